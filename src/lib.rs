@@ -1,0 +1,4 @@
+//! handover: a live dual-write synchronizing reverse proxy for migrating an
+//! OpenID Connect / OAuth 2.0 server without logging anybody out.
+
+pub mod http;

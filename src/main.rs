@@ -1,0 +1,3 @@
+//! The `handover` binary.
+
+fn main() {}
