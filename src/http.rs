@@ -128,10 +128,13 @@ pub const SERVE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves `handler` on `listener` (HTTP/1.1 and h2c prior knowledge) until
 /// `shutdown` is cancelled, then lets in-flight requests finish for up to
 /// [`SERVE_DRAIN_TIMEOUT`].
+///
+/// A handler that returns `Err` makes hyper drop the connection without an
+/// answer; the emulators use that to play a server that is down.
 pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: CancellationToken)
 where
     H: Fn(http::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -155,10 +158,7 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let response = handler(request, peer);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
+        let service = hyper::service::service_fn(move |request| handler(request, peer));
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
