@@ -1,0 +1,1062 @@
+//! Configuration: one TOML file (`config/handover.example.toml` documents
+//! every key), read into raw serde structs ([`FileConfig`], unknown keys
+//! refused) and validated into the typed [`Config`] that the rest of the
+//! program sees. Validation collects every problem with the field it belongs
+//! to, resolves secrets from environment variables or files, and runs before
+//! any socket is bound; `main` exits 64 on failure.
+//!
+//! Secrets (API tokens, the admin token, the journal key) are never written in
+//! the file itself: `*_env` names an environment variable, `*_file` a file.
+
+mod units;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use units::{format_duration, parse_duration, parse_size};
+
+/// Largest request body buffered for inspection. Connect2id caps `/clients`
+/// bodies at 250,000 characters and token requests at 50,000, so 1 MiB
+/// covers every trigger with room to spare.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+/// Largest downstream request head. Browsers send a few KiB; large cookies
+/// push it to tens of KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 << 10;
+/// Most header lines accepted per downstream request (hyper's default).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Time a downstream client has to send a complete request head: long enough
+/// for a slow mobile link, short enough to shed slowloris connections.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Downstream keep-alive connections with no request in flight are closed
+/// after this long. Longer than the common 60 s load-balancer idle timeout,
+/// so the balancer, not the proxy, closes first and never races a request.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Time to establish a TCP (and TLS) connection to an upstream.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time an upstream has to start answering a forwarded request.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time in-flight requests get to finish after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Pause between `/readyz` turning false and the listener closing, so that a
+/// load balancer polling readiness stops sending traffic first. Zero by
+/// default: set it to your balancer's health-check interval.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// Idle upstream connections are closed after this long.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle upstream connections kept per upstream host.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+/// How often the primary's reachability is probed for `/readyz`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// The admin listener: loopback only unless an admin token is configured.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said, with the offending key.
+        message: String,
+    },
+    /// The file parsed but some values are invalid.
+    #[error("config file {path}: {problems}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found, each naming its field.
+        problems: Problems,
+    },
+}
+
+/// Field-named validation problems, displayed on one line.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push((field.into(), message.into()));
+    }
+
+    /// The fields that have a problem, in the order found.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(field, _)| field.as_str())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (field, message)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{field}: {message}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret value (token, key). `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file format.
+
+/// The config file as written. Every table refuses unknown keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[proxy]`
+    pub proxy: RawProxy,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// `[source]`
+    pub source: RawServer,
+    /// `[target]`
+    pub target: RawServer,
+}
+
+/// `[proxy]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawProxy {
+    pub listen: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub trusted_issuer_header: bool,
+    #[serde(default)]
+    pub trust_forwarded_headers: bool,
+    #[serde(default)]
+    pub preserve_host: bool,
+    pub max_body_bytes: Option<String>,
+    pub max_header_bytes: Option<String>,
+    pub max_headers: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub shutdown_delay: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle: Option<usize>,
+    pub health_interval: Option<String>,
+}
+
+/// `[admin]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[source]` / `[target]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawServer {
+    pub kind: String,
+    pub url: String,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub tokens: Option<RawTokens>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub http2: bool,
+}
+
+/// `[source.tokens]` / `[target.tokens]`: one token per management API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawTokens {
+    pub clients_env: Option<String>,
+    pub clients_file: Option<PathBuf>,
+    pub authz_sessions_env: Option<String>,
+    pub authz_sessions_file: Option<PathBuf>,
+    pub authz_store_env: Option<String>,
+    pub authz_store_file: Option<PathBuf>,
+    pub session_store_env: Option<String>,
+    pub session_store_file: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------------------
+// The validated form.
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The downstream listener and forwarding.
+    pub proxy: ProxyConfig,
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// The server being migrated from.
+    pub source: ServerConfig,
+    /// The server being migrated to.
+    pub target: ServerConfig,
+}
+
+/// The downstream listener and forwarding settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where downstream clients connect.
+    pub listen: SocketAddr,
+    /// TLS certificate and key (PEM); plain HTTP when absent.
+    pub tls: Option<TlsFiles>,
+    /// Keep client-sent `Issuer` / `Tenant-ID` headers (only behind trusted
+    /// infrastructure that sets them itself).
+    pub trusted_issuer_header: bool,
+    /// Append to client-sent `X-Forwarded-*` (behind a trusted load
+    /// balancer) instead of replacing them.
+    pub trust_forwarded_headers: bool,
+    /// Forward the downstream `Host` instead of the upstream's authority.
+    pub preserve_host: bool,
+    /// Largest buffered (trigger) request body; larger ones get `413`.
+    pub max_body_bytes: usize,
+    /// Largest downstream request head.
+    pub max_header_bytes: usize,
+    /// Most header lines per downstream request.
+    pub max_headers: usize,
+    /// Time to receive a complete request head.
+    pub header_read_timeout: Duration,
+    /// Idle downstream keep-alive connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Time to connect to an upstream.
+    pub connect_timeout: Duration,
+    /// Time for an upstream to start answering.
+    pub upstream_timeout: Duration,
+    /// Time in-flight requests get at shutdown.
+    pub shutdown_grace: Duration,
+    /// Pause between readiness turning false and the listener closing.
+    pub shutdown_delay: Duration,
+    /// Idle upstream connections are closed after this.
+    pub pool_idle_timeout: Duration,
+    /// Idle upstream connections kept per host.
+    pub pool_max_idle: usize,
+    /// How often the primary's reachability is probed.
+    pub health_interval: Duration,
+}
+
+/// PEM files for TLS termination.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where the admin API listens.
+    pub listen: SocketAddr,
+    /// Bearer token for the admin API; without one, the admin API only
+    /// starts on a loopback address.
+    pub token: Option<Secret>,
+}
+
+/// What kind of server an upstream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// A Connect2id server.
+    Connect2id,
+}
+
+/// An upstream server (source or target).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The server kind.
+    pub kind: ServerKind,
+    /// The base URL (scheme, authority and the base path of its endpoints,
+    /// e.g. `https://c2id.internal/c2id`).
+    pub url: BaseUrl,
+    /// Management API tokens.
+    pub tokens: ApiTokens,
+    /// Extra CA certificates (PEM) to trust for `https` upstreams, instead of
+    /// the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Speak HTTP/2 to this upstream (ALPN for https, prior knowledge for http).
+    pub http2: bool,
+}
+
+/// Bearer tokens for the Connect2id management APIs (each API has its own
+/// token configuration on the server; `spec/connect2id.md` §1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokens {
+    /// `/clients` (the registration "master token").
+    pub clients: Secret,
+    /// `/authz-sessions`, `/direct-authz`, `/logout-sessions`.
+    pub authz_sessions: Secret,
+    /// `/authz-store`.
+    pub authz_store: Secret,
+    /// `/session-store`.
+    pub session_store: Secret,
+}
+
+impl ApiTokens {
+    /// The same token for every API.
+    pub fn single(token: &str) -> Self {
+        Self {
+            clients: Secret::new(token),
+            authz_sessions: Secret::new(token),
+            authz_store: Secret::new(token),
+            session_store: Secret::new(token),
+        }
+    }
+}
+
+/// A parsed upstream base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// `host[:port]`.
+    pub authority: http::uri::Authority,
+    /// The path prefix of the server's endpoints, without a trailing slash
+    /// (`""` or e.g. `"/c2id"`).
+    pub base_path: String,
+}
+
+impl BaseUrl {
+    /// Parses `scheme://authority[/base]`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|err| format!("{text:?} is not a URL: {err}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("{text:?} has no scheme (http:// or https://)"))?;
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(format!("{text:?}: scheme must be http or https"));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{text:?} has no host"))?;
+        if uri.query().is_some() {
+            return Err(format!("{text:?} must not have a query"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            scheme,
+            authority,
+            base_path,
+        })
+    }
+
+    /// The host name, for TLS SNI.
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+
+    /// The URI of `path_and_query` on this server (unchanged path).
+    pub fn uri_for(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
+        http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+
+    /// The URI of an endpoint below the base path (`endpoint` starts with `/`).
+    pub fn endpoint(&self, endpoint: &str) -> Result<http::Uri, http::Error> {
+        self.uri_for(&format!("{}{endpoint}", self.base_path))
+    }
+}
+
+impl fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading and validation.
+
+/// Where secrets come from: the process environment in production, a map in
+/// tests.
+pub trait Env {
+    /// The value of an environment variable.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| (*value).to_owned())
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`, resolving secrets from the process
+    /// environment.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        Self::load_with_env(path, &ProcessEnv)
+    }
+
+    /// Reads and validates `path`, resolving secrets from `env`.
+    pub fn load_with_env(path: &Path, env: &dyn Env) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, env)
+    }
+
+    /// Parses and validates config text (`path` is only used in messages).
+    pub fn parse(text: &str, path: &Path, env: &dyn Env) -> Result<Self, Error> {
+        let file: FileConfig = toml::from_str(text).map_err(|err| Error::Parse {
+            path: path.to_owned(),
+            message: one_line(&err.to_string()),
+        })?;
+        file.validate(env).map_err(|problems| Error::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// A config for tests: plain HTTP on ephemeral loopback ports, forwarding
+    /// to `source`, with `target` as the secondary; every token is `token`.
+    pub fn for_test(source: &str, target: &str, token: &str) -> Self {
+        let server = |url: &str| ServerConfig {
+            kind: ServerKind::Connect2id,
+            url: BaseUrl::parse(url).expect("test URLs are valid"),
+            tokens: ApiTokens::single(token),
+            ca_file: None,
+            http2: false,
+        };
+        Self {
+            proxy: ProxyConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                tls: None,
+                trusted_issuer_header: false,
+                trust_forwarded_headers: false,
+                preserve_host: false,
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES as usize,
+                max_header_bytes: DEFAULT_MAX_HEADER_BYTES as usize,
+                max_headers: DEFAULT_MAX_HEADERS,
+                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+                shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+                shutdown_delay: Duration::ZERO,
+                pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+                pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+                health_interval: DEFAULT_HEALTH_INTERVAL,
+            },
+            admin: AdminConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                token: Some(Secret::new(token)),
+            },
+            source: server(source),
+            target: server(target),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Validates every field, collecting all problems.
+    pub fn validate(self, env: &dyn Env) -> Result<Config, Problems> {
+        let mut problems = Problems::default();
+        let proxy = validate_proxy(self.proxy, &mut problems);
+        let admin = validate_admin(self.admin, env, &mut problems);
+        let source = validate_server("source", self.source, env, &mut problems);
+        let target = validate_server("target", self.target, env, &mut problems);
+        if let (Some(source), Some(target)) = (&source, &target)
+            && source.url == target.url
+        {
+            problems.push("target.url", "must differ from source.url");
+        }
+        if let (Some(proxy), Some(admin)) = (&proxy, &admin)
+            && proxy.listen == admin.listen
+            && proxy.listen.port() != 0
+        {
+            problems.push("admin.listen", "must differ from proxy.listen");
+        }
+        match (proxy, admin, source, target) {
+            (Some(proxy), Some(admin), Some(source), Some(target)) if problems.is_empty() => {
+                Ok(Config {
+                    proxy,
+                    admin,
+                    source,
+                    target,
+                })
+            }
+            _ => Err(problems),
+        }
+    }
+}
+
+fn validate_proxy(raw: RawProxy, problems: &mut Problems) -> Option<ProxyConfig> {
+    let start = problems.0.len();
+    let listen = socket_addr("proxy.listen", &raw.listen, problems);
+    if let Some(cert) = &raw.tls_cert {
+        readable_file("proxy.tls_cert", cert, problems);
+    }
+    if let Some(key) = &raw.tls_key {
+        readable_file("proxy.tls_key", key, problems);
+    }
+    let tls = match (raw.tls_cert, raw.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push("proxy.tls_key", "required when proxy.tls_cert is set");
+            None
+        }
+        (None, Some(_)) => {
+            problems.push("proxy.tls_cert", "required when proxy.tls_key is set");
+            None
+        }
+    };
+    let max_body_bytes = size(
+        "proxy.max_body_bytes",
+        raw.max_body_bytes,
+        DEFAULT_MAX_BODY_BYTES,
+        problems,
+    );
+    let max_header_bytes = size(
+        "proxy.max_header_bytes",
+        raw.max_header_bytes,
+        DEFAULT_MAX_HEADER_BYTES,
+        problems,
+    );
+    // hyper refuses read buffers below 8 KiB.
+    if max_header_bytes < 8 << 10 {
+        problems.push("proxy.max_header_bytes", "must be at least 8KiB");
+    }
+    let max_headers = raw.max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
+    if max_headers == 0 {
+        problems.push("proxy.max_headers", "must be > 0");
+    }
+    let mut timeout = |field: &str, value: Option<String>, default: Duration| {
+        let value = duration(field, value, default, problems);
+        if value.is_zero() {
+            problems.push(field, "must be > 0");
+        }
+        value
+    };
+    let header_read_timeout = timeout(
+        "proxy.header_read_timeout",
+        raw.header_read_timeout,
+        DEFAULT_HEADER_READ_TIMEOUT,
+    );
+    let idle_timeout = timeout("proxy.idle_timeout", raw.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    let connect_timeout = timeout(
+        "proxy.connect_timeout",
+        raw.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let upstream_timeout = timeout(
+        "proxy.upstream_timeout",
+        raw.upstream_timeout,
+        DEFAULT_UPSTREAM_TIMEOUT,
+    );
+    let shutdown_grace = timeout(
+        "proxy.shutdown_grace",
+        raw.shutdown_grace,
+        DEFAULT_SHUTDOWN_GRACE,
+    );
+    let pool_idle_timeout = timeout(
+        "proxy.pool_idle_timeout",
+        raw.pool_idle_timeout,
+        DEFAULT_POOL_IDLE_TIMEOUT,
+    );
+    let health_interval = timeout(
+        "proxy.health_interval",
+        raw.health_interval,
+        DEFAULT_HEALTH_INTERVAL,
+    );
+    let shutdown_delay = duration(
+        "proxy.shutdown_delay",
+        raw.shutdown_delay,
+        DEFAULT_SHUTDOWN_DELAY,
+        problems,
+    );
+    if max_body_bytes == 0 {
+        problems.push("proxy.max_body_bytes", "must be > 0");
+    }
+    if problems.0.len() > start {
+        return None;
+    }
+    Some(ProxyConfig {
+        listen: listen?,
+        tls,
+        trusted_issuer_header: raw.trusted_issuer_header,
+        trust_forwarded_headers: raw.trust_forwarded_headers,
+        preserve_host: raw.preserve_host,
+        max_body_bytes: usize::try_from(max_body_bytes).ok()?,
+        max_header_bytes: usize::try_from(max_header_bytes).ok()?,
+        max_headers,
+        header_read_timeout,
+        idle_timeout,
+        connect_timeout,
+        upstream_timeout,
+        shutdown_grace,
+        shutdown_delay,
+        pool_idle_timeout,
+        pool_max_idle: raw.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
+        health_interval,
+    })
+}
+
+fn validate_admin(raw: RawAdmin, env: &dyn Env, problems: &mut Problems) -> Option<AdminConfig> {
+    let listen_text = raw
+        .listen
+        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
+    let listen = socket_addr("admin.listen", &listen_text, problems);
+    let token = match (raw.token_env, raw.token_file) {
+        (None, None) => None,
+        (env_name, file) => secret(
+            "admin.token",
+            env_name.as_deref(),
+            file.as_deref(),
+            env,
+            problems,
+        ),
+    };
+    let listen = listen?;
+    if token.is_none() && !listen.ip().is_loopback() {
+        problems.push(
+            "admin.token_env",
+            format!(
+                "an admin token is required when admin.listen ({listen}) is not a loopback address"
+            ),
+        );
+        return None;
+    }
+    Some(AdminConfig { listen, token })
+}
+
+fn validate_server(
+    side: &str,
+    raw: RawServer,
+    env: &dyn Env,
+    problems: &mut Problems,
+) -> Option<ServerConfig> {
+    let start = problems.0.len();
+    let kind = match raw.kind.as_str() {
+        "connect2id" => Some(ServerKind::Connect2id),
+        other => {
+            problems.push(
+                format!("{side}.kind"),
+                format!("unknown kind {other:?} (expected \"connect2id\")"),
+            );
+            None
+        }
+    };
+    let url = match BaseUrl::parse(&raw.url) {
+        Ok(url) => Some(url),
+        Err(message) => {
+            problems.push(format!("{side}.url"), message);
+            None
+        }
+    };
+    if let Some(ca) = &raw.ca_file {
+        readable_file(&format!("{side}.ca_file"), ca, problems);
+    }
+    let tokens = api_tokens(side, &raw, env, problems);
+    if problems.0.len() > start {
+        return None;
+    }
+    Some(ServerConfig {
+        kind: kind?,
+        url: url?,
+        tokens: tokens?,
+        ca_file: raw.ca_file,
+        http2: raw.http2,
+    })
+}
+
+fn api_tokens(
+    side: &str,
+    raw: &RawServer,
+    env: &dyn Env,
+    problems: &mut Problems,
+) -> Option<ApiTokens> {
+    let single = match (&raw.token_env, &raw.token_file) {
+        (None, None) => None,
+        (env_name, file) => Some(secret(
+            &format!("{side}.token"),
+            env_name.as_deref(),
+            file.as_deref(),
+            env,
+            problems,
+        )),
+    };
+    let per_api = raw.tokens.as_ref();
+    if single.is_none() && per_api.is_none() {
+        problems.push(
+            format!("{side}.token_env"),
+            "set token_env (one token for every management API) or a [".to_owned()
+                + side
+                + ".tokens] table",
+        );
+        return None;
+    }
+    let empty = RawTokens::default();
+    let per_api = per_api.unwrap_or(&empty);
+    let mut pick = |api: &str, env_name: &Option<String>, file: &Option<PathBuf>| {
+        if env_name.is_some() || file.is_some() {
+            secret(
+                &format!("{side}.tokens.{api}"),
+                env_name.as_deref(),
+                file.as_deref(),
+                env,
+                problems,
+            )
+        } else if let Some(single) = &single {
+            single.clone()
+        } else {
+            problems.push(
+                format!("{side}.tokens.{api}_env"),
+                format!("no token for the {api} API (set it, or {side}.token_env for all APIs)"),
+            );
+            None
+        }
+    };
+    let clients = pick("clients", &per_api.clients_env, &per_api.clients_file);
+    let authz_sessions = pick(
+        "authz_sessions",
+        &per_api.authz_sessions_env,
+        &per_api.authz_sessions_file,
+    );
+    let authz_store = pick(
+        "authz_store",
+        &per_api.authz_store_env,
+        &per_api.authz_store_file,
+    );
+    let session_store = pick(
+        "session_store",
+        &per_api.session_store_env,
+        &per_api.session_store_file,
+    );
+    Some(ApiTokens {
+        clients: clients?,
+        authz_sessions: authz_sessions?,
+        authz_store: authz_store?,
+        session_store: session_store?,
+    })
+}
+
+/// Resolves a secret from `<field>_env` or `<field>_file` (exactly one).
+fn secret(
+    field: &str,
+    env_name: Option<&str>,
+    file: Option<&Path>,
+    env: &dyn Env,
+    problems: &mut Problems,
+) -> Option<Secret> {
+    match (env_name, file) {
+        (Some(_), Some(_)) => {
+            problems.push(
+                format!("{field}_env"),
+                format!("set {field}_env or {field}_file, not both"),
+            );
+            None
+        }
+        (Some(name), None) => match env.var(name) {
+            Some(value) if !value.trim().is_empty() => Some(Secret::new(value.trim())),
+            Some(_) => {
+                problems.push(
+                    format!("{field}_env"),
+                    format!("environment variable {name} is empty"),
+                );
+                None
+            }
+            None => {
+                problems.push(
+                    format!("{field}_env"),
+                    format!("environment variable {name} is not set"),
+                );
+                None
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(value) if !value.trim().is_empty() => Some(Secret::new(value.trim())),
+            Ok(_) => {
+                problems.push(
+                    format!("{field}_file"),
+                    format!("{} is empty", path.display()),
+                );
+                None
+            }
+            Err(err) => {
+                problems.push(
+                    format!("{field}_file"),
+                    format!("cannot read {}: {err}", path.display()),
+                );
+                None
+            }
+        },
+        (None, None) => {
+            problems.push(format!("{field}_env"), "required");
+            None
+        }
+    }
+}
+
+fn socket_addr(field: &str, text: &str, problems: &mut Problems) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(
+                field,
+                format!("{text:?} is not an address like 0.0.0.0:8443"),
+            );
+            None
+        }
+    }
+}
+
+fn duration(
+    field: &str,
+    value: Option<String>,
+    default: Duration,
+    problems: &mut Problems,
+) -> Duration {
+    match value {
+        None => default,
+        Some(text) => parse_duration(&text).unwrap_or_else(|message| {
+            problems.push(field, message);
+            default
+        }),
+    }
+}
+
+fn size(field: &str, value: Option<String>, default: u64, problems: &mut Problems) -> u64 {
+    match value {
+        None => default,
+        Some(text) => parse_size(&text).unwrap_or_else(|message| {
+            problems.push(field, message);
+            default
+        }),
+    }
+}
+
+fn readable_file(field: &str, path: &Path, problems: &mut Problems) {
+    if let Err(err) = std::fs::File::open(path) {
+        problems.push(field, format!("cannot read {}: {err}", path.display()));
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [proxy]
+        listen = "127.0.0.1:8443"
+        [source]
+        kind = "connect2id"
+        url = "http://127.0.0.1:18080/c2id"
+        token_env = "SRC"
+        [target]
+        kind = "connect2id"
+        url = "http://127.0.0.1:18081/c2id"
+        token_env = "DST"
+    "#;
+
+    fn env() -> [(&'static str, &'static str); 3] {
+        [
+            ("SRC", "source-token"),
+            ("DST", "target-token"),
+            ("ADMIN", "admin-token"),
+        ]
+    }
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(text, Path::new("test.toml"), &env())
+    }
+
+    fn problem_fields(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(Error::Invalid { problems, .. }) => problems.fields().map(str::to_owned).collect(),
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.proxy.max_body_bytes, DEFAULT_MAX_BODY_BYTES as usize);
+        assert_eq!(config.proxy.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(config.admin.listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
+        assert_eq!(config.source.url.base_path, "/c2id");
+        assert_eq!(config.source.tokens, ApiTokens::single("source-token"));
+        assert!(config.admin.token.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let text = MINIMAL.replace("[proxy]", "[proxy]\nlisten_adress = \"x\"");
+        match parse(&text) {
+            Err(Error::Parse { message, .. }) => {
+                assert!(message.contains("listen_adress"), "{message}")
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let text = MINIMAL
+            .replace(
+                "listen = \"127.0.0.1:8443\"",
+                "listen = \"nowhere\"\nmax_body_bytes = \"0B\"\nidle_timeout = \"5\"",
+            )
+            .replace("token_env = \"DST\"", "token_env = \"MISSING\"");
+        let fields = problem_fields(&text);
+        assert_eq!(
+            fields,
+            [
+                "proxy.listen",
+                "proxy.idle_timeout",
+                "proxy.max_body_bytes",
+                "target.token_env"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_secret_says_which_variable() {
+        let text = MINIMAL.replace(
+            "token_env = \"DST\"",
+            "token_env = \"HANDOVER_TARGET_TOKEN\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("target.token_env: environment variable HANDOVER_TARGET_TOKEN is not set"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn admin_on_public_address_needs_a_token() {
+        let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\n");
+        assert_eq!(problem_fields(&text), ["admin.token_env"]);
+        let text =
+            format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"ADMIN\"\n");
+        assert_eq!(
+            parse(&text).unwrap().admin.token,
+            Some(Secret::new("admin-token"))
+        );
+    }
+
+    #[test]
+    fn per_api_tokens_override_the_single_token() {
+        let text = MINIMAL.replace(
+            "token_env = \"SRC\"",
+            "token_env = \"SRC\"\ntokens = { session_store_env = \"ADMIN\" }",
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.source.tokens.session_store,
+            Secret::new("admin-token")
+        );
+        assert_eq!(config.source.tokens.clients, Secret::new("source-token"));
+        let text = MINIMAL.replace("token_env = \"SRC\"", "tokens = { clients_env = \"SRC\" }");
+        assert_eq!(
+            problem_fields(&text),
+            [
+                "source.tokens.authz_sessions_env",
+                "source.tokens.authz_store_env",
+                "source.tokens.session_store_env"
+            ]
+        );
+    }
+
+    #[test]
+    fn source_and_target_must_differ() {
+        let text = MINIMAL.replace("18081", "18080");
+        assert_eq!(problem_fields(&text), ["target.url"]);
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let text = MINIMAL.replace("[source]", "tls_cert = \"/nonexistent.pem\"\n[source]");
+        assert_eq!(problem_fields(&text), ["proxy.tls_cert", "proxy.tls_key"]);
+    }
+
+    #[test]
+    fn base_url_keeps_the_base_path_only() {
+        let url = BaseUrl::parse("https://c2id.example.com/c2id/").unwrap();
+        assert_eq!(url.base_path, "/c2id");
+        assert_eq!(url.host(), "c2id.example.com");
+        assert_eq!(
+            url.endpoint("/clients").unwrap(),
+            "https://c2id.example.com/c2id/clients"
+        );
+        assert_eq!(
+            url.uri_for("/token?x=1").unwrap(),
+            "https://c2id.example.com/token?x=1"
+        );
+        assert!(BaseUrl::parse("ftp://x").is_err());
+        assert!(BaseUrl::parse("c2id.example.com").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(..)");
+    }
+}

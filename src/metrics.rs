@@ -1,0 +1,344 @@
+//! Every metric name, as a constant, and the typed recorders the subsystems
+//! use. Names start `handover_`, then the subsystem, then a unit suffix.
+//! Labels are low-cardinality: never a path, an id or a token.
+//!
+//! One [`Metrics`] is built in `app.rs` and handed to each subsystem; there
+//! are no global statics. Hot-path handles (per method class and status
+//! class) are created once up front so a request only touches atomics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Downstream requests answered, by method class and status class.
+pub const PROXY_REQUESTS_TOTAL: &str = "handover_proxy_requests_total";
+/// Time from receiving a request to having its response head, by method class.
+pub const PROXY_REQUEST_DURATION_SECONDS: &str = "handover_proxy_request_duration_seconds";
+/// Requests that failed in the proxy, by fault side and kind.
+pub const PROXY_ERRORS_TOTAL: &str = "handover_proxy_errors_total";
+/// Open downstream connections.
+pub const PROXY_CONNECTIONS_OPEN: &str = "handover_proxy_connections_open";
+/// Downstream connections accepted.
+pub const PROXY_CONNECTIONS_TOTAL: &str = "handover_proxy_connections_total";
+/// Open upstream connections (pooled, idle or busy), by upstream.
+pub const UPSTREAM_CONNECTIONS_OPEN: &str = "handover_upstream_connections_open";
+/// Upstream connections established, by upstream.
+pub const UPSTREAM_CONNECTIONS_TOTAL: &str = "handover_upstream_connections_total";
+/// 1 while the primary answers health probes.
+pub const PRIMARY_UP: &str = "handover_primary_up";
+/// 1 while `/readyz` reports ready.
+pub const READY: &str = "handover_ready";
+
+/// Latency buckets from 100 µs to 10 s: the proxy's own overhead sits in the
+/// first buckets, upstream latency in the rest.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Read or write, from the method: enough to tell triggers' share of
+/// traffic without a label per method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MethodClass {
+    /// `GET`, `HEAD`, `OPTIONS`.
+    Read,
+    /// Everything else.
+    Write,
+}
+
+impl MethodClass {
+    /// Classifies a method.
+    pub fn of(method: &http::Method) -> Self {
+        match *method {
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS => Self::Read,
+            _ => Self::Write,
+        }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method_class: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method_class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    fault: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: &'static str,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// All metrics of one process.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Proxy request path.
+    pub proxy: ProxyMetrics,
+    /// Upstream connection pools.
+    pub upstream: UpstreamMetrics,
+    /// Health and readiness.
+    pub health: HealthMetrics,
+}
+
+/// Request-path recorders.
+#[derive(Debug, Clone)]
+pub struct ProxyMetrics {
+    // [method class][status class]
+    requests: [[Counter; 5]; 2],
+    durations: [Histogram; 2],
+    errors: Family<ErrorLabels, Counter>,
+    /// Open downstream connections.
+    pub connections_open: Gauge,
+    /// Downstream connections accepted.
+    pub connections_total: Counter,
+}
+
+impl ProxyMetrics {
+    /// Records one answered request.
+    pub fn record_request(&self, class: MethodClass, status: http::StatusCode, elapsed: Duration) {
+        let status_index = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        let class_index = class as usize;
+        self.requests[class_index][status_index].inc();
+        self.durations[class_index].observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a request that failed in the proxy.
+    pub fn record_error(&self, fault: &'static str, kind: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels { fault, kind })
+            .inc();
+    }
+}
+
+/// Which upstream a connection goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// The source server.
+    Source,
+    /// The target server.
+    Target,
+}
+
+impl Upstream {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Target => "target",
+        }
+    }
+}
+
+/// Upstream pool recorders.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    open: Family<UpstreamLabels, Gauge>,
+    total: Family<UpstreamLabels, Counter>,
+}
+
+impl UpstreamMetrics {
+    /// The open-connections gauge and the established-connections counter of
+    /// one upstream.
+    pub fn handles(&self, upstream: Upstream) -> (Gauge, Counter) {
+        let labels = UpstreamLabels {
+            upstream: upstream.as_str(),
+        };
+        (
+            self.open.get_or_create(&labels).clone(),
+            self.total.get_or_create(&labels).clone(),
+        )
+    }
+}
+
+/// Health recorders.
+#[derive(Debug, Clone)]
+pub struct HealthMetrics {
+    /// 1 while the primary answers.
+    pub primary_up: Gauge,
+    /// 1 while ready.
+    pub ready: Gauge,
+}
+
+/// Registers a counter under its full exposition name (prometheus-client
+/// appends `_total` itself).
+fn register_counter<M: prometheus_client::registry::Metric>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) {
+    let base = name.strip_suffix("_total").unwrap_or(name);
+    registry.register(base, help, metric);
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+
+        let requests_family = Family::<RequestLabels, Counter>::default();
+        register_counter(
+            &mut registry,
+            PROXY_REQUESTS_TOTAL,
+            "Downstream requests answered, by method class and status class",
+            requests_family.clone(),
+        );
+        let durations_family = Family::<MethodLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register(
+            PROXY_REQUEST_DURATION_SECONDS,
+            "Time from receiving a request to having its response head",
+            durations_family.clone(),
+        );
+        let classes = [MethodClass::Read, MethodClass::Write];
+        let requests = classes.map(|class| {
+            STATUS_CLASSES.map(|status_class| {
+                requests_family
+                    .get_or_create(&RequestLabels {
+                        method_class: class.as_str(),
+                        status_class,
+                    })
+                    .clone()
+            })
+        });
+        let durations = classes.map(|class| {
+            durations_family
+                .get_or_create(&MethodLabels {
+                    method_class: class.as_str(),
+                })
+                .clone()
+        });
+        let errors = Family::<ErrorLabels, Counter>::default();
+        register_counter(
+            &mut registry,
+            PROXY_ERRORS_TOTAL,
+            "Requests that failed in the proxy, by fault side and kind",
+            errors.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            PROXY_CONNECTIONS_OPEN,
+            "Open downstream connections",
+            connections_open.clone(),
+        );
+        let connections_total = Counter::default();
+        register_counter(
+            &mut registry,
+            PROXY_CONNECTIONS_TOTAL,
+            "Downstream connections accepted",
+            connections_total.clone(),
+        );
+
+        let open = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            UPSTREAM_CONNECTIONS_OPEN,
+            "Open upstream connections (idle or busy), by upstream",
+            open.clone(),
+        );
+        let total = Family::<UpstreamLabels, Counter>::default();
+        register_counter(
+            &mut registry,
+            UPSTREAM_CONNECTIONS_TOTAL,
+            "Upstream connections established, by upstream",
+            total.clone(),
+        );
+
+        let primary_up = Gauge::default();
+        registry.register(
+            PRIMARY_UP,
+            "1 while the primary answers health probes",
+            primary_up.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(READY, "1 while /readyz reports ready", ready.clone());
+
+        Self {
+            registry: Arc::new(registry),
+            proxy: ProxyMetrics {
+                requests,
+                durations,
+                errors,
+                connections_open,
+                connections_total,
+            },
+            upstream: UpstreamMetrics { open, total },
+            health: HealthMetrics { primary_up, ready },
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_uses_the_documented_names() {
+        let metrics = Metrics::new();
+        metrics.proxy.record_request(
+            MethodClass::Write,
+            http::StatusCode::CREATED,
+            Duration::from_millis(3),
+        );
+        metrics.proxy.record_error("primary", "connect");
+        let (open, total) = metrics.upstream.handles(Upstream::Source);
+        open.inc();
+        total.inc();
+        let text = metrics.encode();
+        for name in [
+            PROXY_REQUESTS_TOTAL,
+            PROXY_REQUEST_DURATION_SECONDS,
+            PROXY_ERRORS_TOTAL,
+            UPSTREAM_CONNECTIONS_OPEN,
+            UPSTREAM_CONNECTIONS_TOTAL,
+            PRIMARY_UP,
+            READY,
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+        assert!(text.contains(
+            "handover_proxy_requests_total{method_class=\"write\",status_class=\"2xx\"} 1"
+        ));
+        assert!(text.contains("handover_upstream_connections_open{upstream=\"source\"} 1"));
+    }
+}

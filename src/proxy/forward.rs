@@ -1,0 +1,445 @@
+//! Forwarding one downstream request to the primary and its answer back:
+//! framing check, header hygiene, `X-Forwarded-*`, body streaming (or
+//! buffering for inspected routes), the upstream deadline, and the error
+//! response when the primary fails.
+//!
+//! The path and query are forwarded unchanged (DESIGN.md §7: the issuer URL
+//! appears in tokens and discovery documents, so public paths must equal the
+//! source's). Only the scheme and authority change to the primary's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::ProxyBody;
+use super::framing::Verdict;
+use super::headers::{self, Hop};
+use super::{ConnInfo, Exchange, Hook, InFlight, Ticket};
+use crate::config::ProxyConfig;
+use crate::error::{Fault, Kind, ProxyError};
+use crate::health::Health;
+use crate::metrics::{MethodClass, Metrics};
+use crate::upstream::{self, Upstream};
+
+/// `X-Request-Id`: kept when the client sent one, generated otherwise, and
+/// passed to the primary so its logs and ours line up.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Forwarding settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Keep client-sent `Issuer` / `Tenant-ID`.
+    pub trusted_issuer_header: bool,
+    /// Append to client-sent `X-Forwarded-*`.
+    pub trust_forwarded_headers: bool,
+    /// Forward the client's `Host`.
+    pub preserve_host: bool,
+    /// Cap for buffered bodies (requests and inspected responses).
+    pub max_body_bytes: usize,
+    /// Deadline for the primary's response head.
+    pub upstream_timeout: Duration,
+}
+
+impl Settings {
+    /// Settings from the validated config.
+    pub fn from_config(config: &ProxyConfig) -> Self {
+        Self {
+            trusted_issuer_header: config.trusted_issuer_header,
+            trust_forwarded_headers: config.trust_forwarded_headers,
+            preserve_host: config.preserve_host,
+            max_body_bytes: config.max_body_bytes,
+            upstream_timeout: config.upstream_timeout,
+        }
+    }
+}
+
+/// Which upstream currently is the primary.
+pub trait PrimarySelector: Send + Sync + 'static {
+    /// The upstream that should receive a request now.
+    fn primary(&self) -> Arc<Upstream>;
+}
+
+/// A fixed primary (no cutover machinery).
+#[derive(Debug)]
+pub struct FixedPrimary(pub Arc<Upstream>);
+
+impl PrimarySelector for FixedPrimary {
+    fn primary(&self) -> Arc<Upstream> {
+        Arc::clone(&self.0)
+    }
+}
+
+/// Forwards requests to the primary.
+pub struct Forwarder {
+    settings: Settings,
+    primary: Arc<dyn PrimarySelector>,
+    hook: Option<Arc<dyn Hook>>,
+    health: Arc<Health>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("settings", &self.settings)
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
+}
+
+impl Forwarder {
+    /// A forwarder to whatever `primary` selects, observed by `hook`.
+    pub fn new(
+        settings: Settings,
+        primary: Arc<dyn PrimarySelector>,
+        hook: Option<Arc<dyn Hook>>,
+        health: Arc<Health>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            settings,
+            primary,
+            hook,
+            health,
+            metrics,
+        }
+    }
+
+    /// Answers one downstream request. Never fails: errors become responses.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        conn: &Arc<ConnInfo>,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let in_flight = InFlight::start(conn);
+        let class = MethodClass::of(request.method());
+        let request_id = request_id(request.headers());
+        let span = tracing::info_span!(
+            "request",
+            method = %request.method(),
+            route_class = class.as_str(),
+            request_id = %request_id.to_str().unwrap_or_default(),
+            status = tracing::field::Empty,
+            fault = tracing::field::Empty,
+        );
+        let result =
+            tracing::Instrument::instrument(self.forward(request, conn, request_id), span.clone())
+                .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                span.record("fault", error.fault.as_str());
+                self.metrics
+                    .proxy
+                    .record_error(error.fault.as_str(), error.kind_label());
+                let _entered = span.enter();
+                match error.fault {
+                    Fault::Primary | Fault::Internal => {
+                        tracing::warn!(error = %error, "request failed");
+                    }
+                    Fault::Downstream => tracing::info!(error = %error, "request refused"),
+                }
+                error_response(&error)
+            }
+        };
+        span.record("status", response.status().as_u16());
+        self.metrics
+            .proxy
+            .record_request(class, response.status(), started.elapsed());
+        let (parts, body) = response.into_parts();
+        Response::from_parts(parts, body.with_guard(Box::new(in_flight)))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        conn: &ConnInfo,
+        request_id: HeaderValue,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if let Some(Verdict::Ambiguous(reason)) = conn.verdicts.next() {
+            return Err(ProxyError::downstream(Kind::AmbiguousFraming(reason)));
+        }
+        let (mut parts, body) = request.into_parts();
+        let route = self.hook.as_ref().and_then(|hook| {
+            hook.route(&parts.method, parts.uri.path())
+                .map(|route| (hook, route))
+        });
+
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+        let original_headers = route.is_some().then(|| parts.headers.clone());
+        self.clean_request_headers(&mut parts, conn, request_id);
+
+        // Inspected routes are buffered (and may be held or refused by the
+        // hook); everything else streams.
+        let (upstream_body, inspected) = match route {
+            None => (ProxyBody::stream(body), None),
+            Some((hook, route)) => {
+                let bytes = crate::http::read_body(body, self.settings.max_body_bytes)
+                    .await
+                    .map_err(|err| match err {
+                        crate::http::ReadBodyError::TooLarge { limit } => {
+                            ProxyError::downstream(Kind::BodyTooLarge { limit })
+                        }
+                        crate::http::ReadBodyError::Io(err) => {
+                            ProxyError::downstream(Kind::DownstreamBody(err.to_string()))
+                        }
+                    })?;
+                // The hook sees the client's own headers (client
+                // authentication lives in `Authorization`).
+                let mut view = parts.clone_without_extensions();
+                view.headers = original_headers.unwrap_or_default();
+                let ticket = hook.begin(route, &view, &bytes).await?;
+                // A buffered body has a known length now; a chunked
+                // framing header from downstream no longer applies.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                (ProxyBody::full(bytes.clone()), Some((ticket, view, bytes)))
+            }
+        };
+
+        // The primary is chosen after the hook returned: a held write is
+        // released to whichever server is primary by then.
+        let primary = self.primary.primary();
+        let uri = primary.url.uri_for(&path_and_query).map_err(|err| {
+            ProxyError::downstream(Kind::BadRequest(format!("unforwardable path: {err}")))
+        })?;
+        parts.uri = uri;
+        let upstream_request = Request::from_parts(parts, upstream_body);
+        let response = match primary
+            .send(upstream_request, self.settings.upstream_timeout)
+            .await
+        {
+            Ok(response) => {
+                self.health.primary_answered();
+                response
+            }
+            Err(err) => {
+                if let Some((ticket, _, _)) = inspected {
+                    ticket.abandon();
+                }
+                return Err(self.upstream_error(err));
+            }
+        };
+        let (mut response_parts, response_body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut response_parts.headers);
+
+        let Some((ticket, view, request_body)) = inspected else {
+            return Ok(Response::from_parts(
+                response_parts,
+                ProxyBody::stream(response_body),
+            ));
+        };
+        let (buffered, body) = self.buffer_response(response_body).await?;
+        finish(
+            ticket,
+            &view,
+            &request_body,
+            &response_parts,
+            buffered.as_ref(),
+        )
+        .await;
+        Ok(Response::from_parts(response_parts, body))
+    }
+
+    fn clean_request_headers(
+        &self,
+        parts: &mut http::request::Parts,
+        conn: &ConnInfo,
+        request_id: HeaderValue,
+    ) {
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let headers = &mut parts.headers;
+        headers::strip_hop_by_hop(headers);
+        headers::scrub_issuer(headers, self.settings.trusted_issuer_header);
+        headers::set_forwarded(
+            headers,
+            Hop {
+                client_ip: conn.peer.ip(),
+                proto: if conn.tls { "https" } else { "http" },
+                host: host.as_ref(),
+            },
+            self.settings.trust_forwarded_headers,
+        );
+        // The 100-continue handshake already happened downstream.
+        headers.remove(header::EXPECT);
+        headers.insert(X_REQUEST_ID, request_id);
+        if self.settings.preserve_host {
+            if let Some(host) = host {
+                headers.insert(header::HOST, host);
+            }
+        } else {
+            // hyper sets Host from the upstream URI.
+            headers.remove(header::HOST);
+        }
+    }
+
+    /// Reads an inspected response up to the cap. Past the cap the hook gets
+    /// no body and the client still gets everything, streamed.
+    async fn buffer_response(
+        &self,
+        mut body: Incoming,
+    ) -> Result<(Option<Bytes>, ProxyBody), ProxyError> {
+        let limit = self.settings.max_body_bytes;
+        let mut buffer = BytesMut::new();
+        let deadline = tokio::time::Instant::now() + self.settings.upstream_timeout;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    return Err(ProxyError::primary(Kind::Timeout(
+                        self.settings.upstream_timeout,
+                    )));
+                }
+                Ok(None) => {
+                    let bytes = buffer.freeze();
+                    return Ok((Some(bytes.clone()), ProxyBody::full(bytes)));
+                }
+                Ok(Some(Err(err))) => {
+                    return Err(ProxyError::primary(Kind::Upstream(format!(
+                        "response body: {err}"
+                    ))));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            // Trailers on an inspected response are dropped: these are JSON
+            // management answers, which carry none.
+            if let Ok(data) = frame.into_data() {
+                buffer.extend_from_slice(&data);
+                if buffer.len() > limit {
+                    tracing::warn!(
+                        limit,
+                        "inspected response larger than the cap; streaming it uninspected"
+                    );
+                    return Ok((None, ProxyBody::prefixed(buffer.freeze(), body)));
+                }
+            }
+        }
+    }
+
+    fn upstream_error(&self, err: upstream::Error) -> ProxyError {
+        match err {
+            upstream::Error::Connect { message, .. } => {
+                self.health.primary_unreachable();
+                ProxyError::primary(Kind::Connect(message))
+            }
+            upstream::Error::Timeout { timeout, .. } => ProxyError::primary(Kind::Timeout(timeout)),
+            upstream::Error::Exchange { message, .. } => {
+                ProxyError::primary(Kind::Upstream(message))
+            }
+            upstream::Error::Build { message, .. } => {
+                ProxyError::downstream(Kind::BadRequest(message))
+            }
+        }
+    }
+}
+
+async fn finish(
+    ticket: Box<dyn Ticket>,
+    request: &http::request::Parts,
+    request_body: &Bytes,
+    response: &http::response::Parts,
+    response_body: Option<&Bytes>,
+) {
+    let exchange = Exchange {
+        method: &request.method,
+        path: request.uri.path(),
+        query: request.uri.query(),
+        request_headers: &request.headers,
+        request_body,
+        status: response.status,
+        response_headers: &response.headers,
+        response_body,
+    };
+    ticket.finish(exchange).await;
+}
+
+trait CloneParts {
+    fn clone_without_extensions(&self) -> http::request::Parts;
+}
+
+impl CloneParts for http::request::Parts {
+    fn clone_without_extensions(&self) -> http::request::Parts {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = self.method.clone();
+        parts.uri = self.uri.clone();
+        parts.version = self.version;
+        parts.headers = self.headers.clone();
+        parts
+    }
+}
+
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(X_REQUEST_ID)
+        && id.len() <= 128
+    {
+        return id.clone();
+    }
+    let id = format!("{:016x}", fastrand::u64(..));
+    HeaderValue::from_str(&id).expect("hex digits are a valid header value")
+}
+
+/// The response for a failed request: the mapped status and a generic body.
+fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(Bytes::from_static(
+        error.public_message().as_bytes(),
+    )));
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(retry_after) = error.retry_after() {
+        let seconds = retry_after.as_secs().max(1);
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            headers.insert(header::RETRY_AFTER, value);
+        }
+    }
+    if matches!(error.kind, Kind::AmbiguousFraming(_)) {
+        // RFC 9112 §6.3: close after answering a CL+TE request.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn error_responses_are_generic() {
+        let error = ProxyError::primary(Kind::Connect(
+            "tcp connect error: 10.0.0.5:8080 refused".into(),
+        ));
+        let response = error_response(&error);
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        let error = ProxyError::downstream(Kind::AmbiguousFraming("both"));
+        assert_eq!(
+            error_response(&error).headers()[header::CONNECTION],
+            "close"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_generated() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(request_id(&headers).len(), 16);
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc"));
+        assert_eq!(request_id(&headers), "abc");
+    }
+}

@@ -1,0 +1,113 @@
+//! rustls configurations: the downstream server (PEM certificate chain and
+//! key, ALPN `h2` + `http/1.1`) and the upstream clients (system roots or an
+//! operator-supplied CA file, SNI from the upstream host, ALPN per the
+//! configured protocol). One crypto provider, *ring*, everywhere.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A TLS set-up problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A PEM file could not be read or parsed.
+    #[error("cannot load {what} from {path}: {message}")]
+    Pem {
+        /// Certificate, key or CA bundle.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// rustls refused the material (for example a key that does not match
+    /// the certificate).
+    #[error("invalid TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// No trust anchors could be loaded.
+    #[error("no trusted CA certificates: {0}")]
+    NoRoots(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate of a PEM chain.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let pem_error = |message: String| Error::Pem {
+        what: "certificates",
+        path: path.to_owned(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|err| pem_error(err.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| pem_error(err.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_error("no CERTIFICATE block found".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_file(path).map_err(|err| Error::Pem {
+        what: "private key",
+        path: path.to_owned(),
+        message: err.to_string(),
+    })
+}
+
+/// The downstream server configuration: HTTP/2 and HTTP/1.1 by ALPN.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let certs = load_certs(cert)?;
+    let key = load_key(key)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// An upstream client configuration. `ca_file` replaces the system roots
+/// (internal servers usually have an internal CA); `http2` selects the ALPN
+/// offer.
+pub fn client_config(ca_file: Option<&Path>, http2: bool) -> Result<rustls::ClientConfig, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in load_certs(path)? {
+                roots.add(cert)?;
+            }
+        }
+        None => {
+            let loaded = rustls_native_certs::load_native_certs();
+            for cert in loaded.certs {
+                // A single unparsable system certificate must not make every
+                // upstream unreachable; the rest still apply.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+                return Err(Error::NoRoots(format!(
+                    "the system store is empty ({}); set ca_file",
+                    errors.join("; ")
+                )));
+            }
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(config)
+}
