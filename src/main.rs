@@ -37,12 +37,32 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Validate a config file (and resolve its secrets) without starting anything.
+    Check {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(&config, cli.log_format),
+        Command::Check { config } => check(&config),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(_) => {
+            eprintln!("handover: {} is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("handover: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

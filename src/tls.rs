@@ -74,9 +74,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 }
 
 /// An upstream client configuration. `ca_file` replaces the system roots
-/// (internal servers usually have an internal CA); `http2` selects the ALPN
-/// offer.
-pub fn client_config(ca_file: Option<&Path>, http2: bool) -> Result<rustls::ClientConfig, Error> {
+/// (internal servers usually have an internal CA). The ALPN offer is left
+/// empty: the connector sets it from the configured protocol.
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -100,14 +100,8 @@ pub fn client_config(ca_file: Option<&Path>, http2: bool) -> Result<rustls::Clie
             }
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
-    Ok(config)
+        .with_no_client_auth())
 }

@@ -95,7 +95,7 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(proxy.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = crate::tls::client_config(server.ca_file.as_deref(), server.http2)?;
+        let tls = crate::tls::client_config(server.ca_file.as_deref())?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();

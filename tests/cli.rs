@@ -1,0 +1,162 @@
+//! The binary as an operator runs it: config validation before any socket
+//! is bound (exit 64, one line naming the field), and a clean exit on
+//! SIGTERM.
+#![allow(clippy::unwrap_used)] // tests unwrap freely; a panic is a failure
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::proxy::{FakeUpstream, client, eventually, get};
+
+const BIN: &str = env!("CARGO_BIN_EXE_handover");
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config_text(proxy_port: u16, admin_port: u16, source: &str) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:{proxy_port}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[source]
+kind = "connect2id"
+url = "{source}/c2id"
+token_env = "HANDOVER_SOURCE_TOKEN"
+[target]
+kind = "connect2id"
+url = "http://127.0.0.1:9/c2id"
+token_env = "HANDOVER_TARGET_TOKEN"
+"#
+    )
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let output = Command::new(BIN)
+        .args(["check", "-c", "config/handover.example.toml"])
+        .env("HANDOVER_ADMIN_TOKEN", "admin")
+        .env("HANDOVER_SOURCE_TOKEN", "source")
+        .env("HANDOVER_TARGET_TOKEN", "target")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_field_before_binding() {
+    let port = free_port();
+    let text = config_text(port, free_port(), "http://127.0.0.1:9")
+        .replace("[admin]", "max_body_bytes = \"lots\"\n[admin]");
+    let file = config_file(&text);
+    let output = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(file.path())
+        .env("HANDOVER_SOURCE_TOKEN", "s")
+        .env("HANDOVER_TARGET_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("proxy.max_body_bytes"), "{stderr}");
+    // Nothing was bound.
+    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+}
+
+#[test]
+fn missing_secret_and_unknown_key_exit_64() {
+    let file = config_file(&config_text(free_port(), free_port(), "http://127.0.0.1:9"));
+    let output = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(file.path())
+        .env_remove("HANDOVER_SOURCE_TOKEN")
+        .env("HANDOVER_TARGET_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("source.token_env: environment variable HANDOVER_SOURCE_TOKEN is not set"),
+        "{stderr}"
+    );
+
+    let text = config_text(free_port(), free_port(), "http://127.0.0.1:9")
+        .replace("[source]", "[source]\nurll = \"x\"");
+    let file = config_file(&text);
+    let output = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("urll"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let output = Command::new(BIN).args(["serve"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn serve_forwards_and_exits_0_on_sigterm() {
+    let upstream = FakeUpstream::echo().await;
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let file = config_file(&config_text(proxy_port, admin_port, &upstream.url()));
+    let mut child = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(file.path())
+        .env("HANDOVER_SOURCE_TOKEN", "s")
+        .env("HANDOVER_TARGET_TOKEN", "t")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = client();
+    let ready = format!("http://127.0.0.1:{admin_port}/readyz");
+    let ready_ok = eventually(Duration::from_secs(20), || async {
+        match client
+            .request(http::Request::get(&ready).body(Default::default()).unwrap())
+            .await
+        {
+            Ok(response) => response.status() == http::StatusCode::OK,
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(ready_ok, "proxy never became ready");
+    let (parts, _) = get(
+        &client,
+        &format!("http://127.0.0.1:{proxy_port}/c2id/jwks.json"),
+    )
+    .await;
+    assert_eq!(parts.status, http::StatusCode::OK);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

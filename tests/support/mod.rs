@@ -1,0 +1,5 @@
+//! Shared integration-test harness. Each test binary uses a different subset,
+//! hence the allowances.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+pub mod proxy;
