@@ -8,10 +8,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use handover::emulator::authlete::{Config, token_hash};
+use handover::emulator::authlete::{Config, Error, Options, run, token_hash};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::authlete::{Emulator, Reply, Version, config, form, start};
+use tokio_util::sync::CancellationToken;
 
 const V2: Version = Version::V2;
 const V3: Version = Version::V3;
@@ -1256,4 +1257,25 @@ async fn knobs_play_down_latency_and_errors() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 
     emu.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn standalone_run_reports_bind_failures_and_stops_on_shutdown() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let busy = run(Options::new(addr, "token"), CancellationToken::new()).await;
+    assert!(
+        matches!(busy, Err(Error::Bind { addr: a, .. }) if a == addr),
+        "{busy:?}"
+    );
+
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let options = Options::new("127.0.0.1:0".parse().expect("addr"), "token");
+    tokio::time::timeout(Duration::from_secs(10), run(options, shutdown))
+        .await
+        .expect("run returns after shutdown")
+        .expect("run succeeded");
 }

@@ -123,7 +123,8 @@
 //!   `/client/secret/refresh/{clientIdentifier}` (`GET` or `POST`)
 //!   generates one.
 //! - `GET /service/get` (v2 `/api/service/get`, v3 `/api/{id}/service/get`)
-//!   and `GET /api/service/get/list`: `apiKey` (the service id),
+//!   and `GET /api/service/get/list`: `apiKey` (v2: the API key, as a
+//!   number when numeric; v3: the service id),
 //!   `supportedScopes` (`[{name}]`, `null` when any scope is accepted),
 //!   `supportedGrantTypes` (all, `REFRESH_TOKEN` included),
 //!   `refreshTokenKept`, `singleAccessTokenPerSubject`,
@@ -362,7 +363,7 @@ impl Handle {
         if let Some(task) = self.task.take()
             && let Err(err) = task.await
         {
-            tracing::warn!(error = %err, "authlete emulator task failed");
+            tracing::warn!(error = %err, "failed to join the authlete emulator task");
         }
     }
 }
@@ -460,7 +461,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         service_id,
         v2 = %format_args!("{}/api", handle.url()),
         v3 = %format_args!("{}/api/{service_id}", handle.url()),
-        "authlete emulator listening"
+        "started the authlete emulator"
     );
     shutdown.cancelled().await;
     handle.shutdown().await;

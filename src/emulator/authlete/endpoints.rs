@@ -213,7 +213,7 @@ async fn run_batch(
         }
     }
     shared.state().finish_batch(&request_id, failure, now_ms());
-    tracing::debug!(dry_run, "authlete emulator batch finished");
+    tracing::debug!(dry_run, "finished an authlete emulator batch");
 }
 
 fn batch_item(
@@ -752,7 +752,7 @@ fn client_delete(call: &Call<'_>, identifier: &str) -> Result<Reply, Reply> {
         .shared
         .state()
         .delete_client(identifier, call.version)?;
-    tracing::debug!(tokens, "authlete emulator deleted a client and its tokens");
+    tracing::debug!(tokens, "deleted an emulated client and its tokens");
     Ok(Reply::no_content())
 }
 
@@ -795,8 +795,17 @@ fn service(call: &Call<'_>) -> Value {
             .map(|name| json!({ "name": name }))
             .collect::<Vec<_>>()
     });
+    // v2 identifies the service by its API key (numeric on real services);
+    // v3 by the service id, which Authlete also reports as `apiKey`.
+    let api_key = match call.version {
+        Version::V2 => config
+            .api_key
+            .parse::<u64>()
+            .map_or_else(|_| Value::from(config.api_key.as_str()), Value::from),
+        Version::V3 => Value::from(config.service_id),
+    };
     json!({
-        "apiKey": config.service_id,
+        "apiKey": api_key,
         "serviceName": "handover emulated Authlete service",
         "supportedScopes": scopes,
         "supportedGrantTypes": GrantType::ALL,

@@ -273,7 +273,7 @@ fn control(shared: &Shared, parts: &Parts, body: &Bytes) -> Result<Response<Body
                 )
             })?;
             shared.knobs.apply(&settings);
-            tracing::info!(?settings, "authlete emulator knobs changed");
+            tracing::info!(?settings, "changed the authlete emulator knobs");
             Ok(json_response(StatusCode::OK, &shared.knobs.settings()))
         }
         "/_emulator/state" if method == Method::GET => {

@@ -137,7 +137,7 @@ pub struct Property {
 
 /// A client as the emulated service stores and returns it: the subset of
 /// Authlete's `Client` the migration uses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Client {
     /// Sequence number within the service (creation order).
@@ -182,6 +182,21 @@ pub struct Client {
     pub created_at: i64,
     /// Last modification time, epoch ms.
     pub modified_at: i64,
+}
+
+impl std::fmt::Debug for Client {
+    // The secret stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("number", &self.number)
+            .field("client_id", &self.client_id)
+            .field("client_id_alias", &self.client_id_alias)
+            .field("client_id_alias_enabled", &self.client_id_alias_enabled)
+            .field("client_name", &self.client_name)
+            .field("client_type", &self.client_type)
+            .field("grant_types", &self.grant_types)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The writable part of a `Client` in `/client/create` and
