@@ -2,4 +2,5 @@
 //! hence the allowances.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod authlete;
 pub mod proxy;

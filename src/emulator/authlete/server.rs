@@ -1,0 +1,351 @@
+//! The HTTP front of the emulator: knobs, API version and authentication,
+//! body decoding, and the `/_emulator/*` controls. The APIs themselves are
+//! in `endpoints.rs`.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::envelope::{self as codes, Reply};
+use super::store::Version;
+use super::{Config, Shared, endpoints, form};
+use crate::emulator::KnobSettings;
+use crate::http::{Body, BoxError, ReadBodyError, json_response, read_body};
+
+/// Largest request body accepted: room for a batch of tens of thousands of
+/// token-create requests.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Form fields whose JSON type is not a string, so that a form body
+/// decodes to the same request as its JSON twin.
+const FORM_INTEGER_FIELDS: [&str; 4] = [
+    "accessTokenDuration",
+    "refreshTokenDuration",
+    "accessTokenExpiresAt",
+    "refreshTokenExpiresAt",
+];
+const FORM_BOOLEAN_FIELDS: [&str; 4] = [
+    "clientIdAliasUsed",
+    "accessTokenPersistent",
+    "accessTokenValueUpdated",
+    "clientIdAliasEnabled",
+];
+/// Form fields holding a space-separated list.
+const FORM_LIST_FIELDS: [&str; 1] = ["scopes"];
+
+/// One request to an API, after version and credentials were settled.
+#[derive(Debug)]
+pub(super) struct Call<'a> {
+    /// The emulator.
+    pub(super) shared: &'a Arc<Shared>,
+    /// Which API generation the path and credentials belong to.
+    pub(super) version: Version,
+    /// The HTTP method.
+    pub(super) method: &'a Method,
+    query: &'a str,
+    content_type: Option<&'a str>,
+    body: &'a [u8],
+}
+
+impl Call<'_> {
+    /// The service settings.
+    pub(super) fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The body as JSON (a form body is converted field by field); an
+    /// empty body is an empty object.
+    pub(super) fn body_value(&self) -> Result<Value, Reply> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Object(Map::new()));
+        }
+        let is_form = self
+            .content_type
+            .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
+        if is_form {
+            return Ok(form_to_json(&String::from_utf8_lossy(self.body)));
+        }
+        serde_json::from_slice(self.body).map_err(|err| {
+            Reply::new(
+                StatusCode::BAD_REQUEST,
+                codes::REQUEST_MALFORMED,
+                format!("The request body could not be parsed as JSON: {err}."),
+            )
+        })
+    }
+
+    /// The body as a typed request.
+    pub(super) fn body<T: DeserializeOwned>(&self) -> Result<T, Reply> {
+        decode(self.body_value()?)
+    }
+
+    /// The first value of a query parameter.
+    pub(super) fn query(&self, name: &str) -> Option<String> {
+        let pairs = form::parse(self.query);
+        form::first(&pairs, name).map(str::to_owned)
+    }
+}
+
+/// A JSON value as a typed request; a mismatch is the caller's fault.
+pub(super) fn decode<T: DeserializeOwned>(value: Value) -> Result<T, Reply> {
+    serde_json::from_value(value).map_err(|err| {
+        Reply::new(
+            StatusCode::BAD_REQUEST,
+            codes::REQUEST_MALFORMED,
+            format!("The request could not be parsed: {err}."),
+        )
+    })
+}
+
+/// Serves one request. `Err` drops the connection: that is how "down" is
+/// played.
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, BoxError> {
+    let (parts, body) = request.into_parts();
+    let is_control = parts.uri.path().starts_with("/_emulator/");
+    if !is_control {
+        if shared.knobs.is_down() {
+            return Err("the authlete emulator plays a service that is down".into());
+        }
+        let latency = shared.knobs.latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if shared.knobs.should_fail() {
+            return Ok(Reply::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::SERVER_ERROR,
+                "Authlete Server error.",
+            )
+            .into_response());
+        }
+    }
+    let body = match read_body(body, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(ReadBodyError::TooLarge { limit }) => {
+            return Ok(Reply::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::REQUEST_MALFORMED,
+                format!("The request body is larger than {limit} bytes."),
+            )
+            .into_response());
+        }
+        Err(ReadBodyError::Io(err)) => return Err(err),
+    };
+    if is_control {
+        return Ok(control(&shared, &parts, &body).unwrap_or_else(Reply::into_response));
+    }
+    let reply = api(&shared, &parts, &body).unwrap_or_else(|reply| reply);
+    Ok(reply.into_response())
+}
+
+/// Version, credentials, service id, then the API.
+fn api(shared: &Arc<Shared>, parts: &Parts, body: &Bytes) -> Result<Reply, Reply> {
+    let path = parts.uri.path();
+    let Some(rest) = path.strip_prefix("/api/") else {
+        return Err(not_found(path));
+    };
+    let segments: Vec<String> = rest.split('/').map(|s| form::decode(s, false)).collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let (version, service, route) = match segments.split_first() {
+        Some((first, route)) if !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) => {
+            (Version::V3, Some(*first), route)
+        }
+        // No service id in either version: the scheme tells them apart.
+        _ if segments == ["service", "get", "list"] => {
+            let version =
+                if scheme(&parts.headers).is_some_and(|(s, _)| s.eq_ignore_ascii_case("bearer")) {
+                    Version::V3
+                } else {
+                    Version::V2
+                };
+            (version, None, &segments[..])
+        }
+        _ => (Version::V2, None, &segments[..]),
+    };
+    authenticate(&parts.headers, version, &shared.config)?;
+    if let Some(service) = service
+        && service.parse::<u64>() != Ok(shared.config.service_id)
+    {
+        return Err(Reply::new(
+            StatusCode::FORBIDDEN,
+            codes::SERVICE_FORBIDDEN,
+            format!("The access token is not allowed to access the service ({service})."),
+        ));
+    }
+    let call = Call {
+        shared,
+        version,
+        method: &parts.method,
+        query: parts.uri.query().unwrap_or(""),
+        content_type: parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok()),
+        body,
+    };
+    endpoints::dispatch(&call, route).ok_or_else(|| not_found(path))?
+}
+
+/// 404 for a path that is no API.
+pub(super) fn not_found(path: &str) -> Reply {
+    Reply::new(
+        StatusCode::NOT_FOUND,
+        codes::API_NOT_FOUND,
+        format!("The API ({path}) does not exist."),
+    )
+}
+
+/// The scheme and the credentials of the `Authorization` header.
+fn scheme(headers: &HeaderMap) -> Option<(&str, &str)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    Some((scheme, credentials.trim()))
+}
+
+/// v2: Basic key:secret. v3: Bearer access token.
+fn authenticate(headers: &HeaderMap, version: Version, config: &Config) -> Result<(), Reply> {
+    let challenge = match version {
+        Version::V2 => "Basic realm=\"Authlete\"",
+        Version::V3 => "Bearer realm=\"Authlete\"",
+    };
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return Err(Reply::new(
+            StatusCode::UNAUTHORIZED,
+            codes::AUTHORIZATION_MISSING,
+            "The request does not contain an Authorization header.",
+        )
+        .challenge(challenge));
+    }
+    let valid = match (version, scheme(headers)) {
+        (Version::V2, Some((scheme, credentials))) if scheme.eq_ignore_ascii_case("basic") => {
+            STANDARD
+                .decode(credentials)
+                .ok()
+                .and_then(|decoded| String::from_utf8(decoded).ok())
+                .is_some_and(|pair| {
+                    pair.split_once(':').is_some_and(|(key, secret)| {
+                        key == config.api_key && secret == config.api_secret
+                    })
+                })
+        }
+        (Version::V3, Some((scheme, token))) if scheme.eq_ignore_ascii_case("bearer") => {
+            token == config.access_token
+        }
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(Reply::new(
+            StatusCode::UNAUTHORIZED,
+            codes::CREDENTIALS_INVALID,
+            "The credentials in the Authorization header are invalid.",
+        )
+        .challenge(challenge))
+    }
+}
+
+/// `/_emulator/knobs` and `/_emulator/state`.
+fn control(shared: &Shared, parts: &Parts, body: &Bytes) -> Result<Response<Body>, Reply> {
+    authenticate(&parts.headers, Version::V3, &shared.config)?;
+    let path = parts.uri.path();
+    let method = &parts.method;
+    match path {
+        "/_emulator/knobs" if method == Method::GET => {
+            Ok(json_response(StatusCode::OK, &shared.knobs.settings()))
+        }
+        "/_emulator/knobs" if method == Method::PUT || method == Method::POST => {
+            let settings: KnobSettings = serde_json::from_slice(body).map_err(|err| {
+                Reply::new(
+                    StatusCode::BAD_REQUEST,
+                    codes::REQUEST_MALFORMED,
+                    format!("The knob settings could not be parsed: {err}."),
+                )
+            })?;
+            shared.knobs.apply(&settings);
+            tracing::info!(?settings, "changed the authlete emulator knobs");
+            Ok(json_response(StatusCode::OK, &shared.knobs.settings()))
+        }
+        "/_emulator/state" if method == Method::GET => {
+            let pairs = form::parse(parts.uri.query().unwrap_or(""));
+            let state = shared.state();
+            let document = match form::first(&pairs, "dataset") {
+                None => serde_json::json!({
+                    "clients": state.clients().len(),
+                    "tokens": state.token_count(),
+                    "batches": state.batch_count(),
+                }),
+                Some("clients") => serde_json::json!({ "clients": state.clients() }),
+                Some("tokens") => serde_json::json!({ "tokens": state.tokens() }),
+                Some(other) => {
+                    return Err(Reply::new(
+                        StatusCode::BAD_REQUEST,
+                        codes::REQUEST_MALFORMED,
+                        format!("Unknown dataset '{other}'; expected 'clients' or 'tokens'."),
+                    ));
+                }
+            };
+            Ok(json_response(StatusCode::OK, &document))
+        }
+        "/_emulator/knobs" | "/_emulator/state" => Err(Reply::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            codes::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}."),
+        )),
+        _ => Err(not_found(path)),
+    }
+}
+
+/// A form body as the JSON object its JSON twin would be.
+fn form_to_json(body: &str) -> Value {
+    let mut object = Map::new();
+    for (name, value) in form::parse(body) {
+        let json = if FORM_INTEGER_FIELDS.contains(&name.as_str()) {
+            value
+                .parse::<i64>()
+                .map_or_else(|_| Value::String(value.clone()), Value::from)
+        } else if FORM_BOOLEAN_FIELDS.contains(&name.as_str()) {
+            value
+                .parse::<bool>()
+                .map_or_else(|_| Value::String(value.clone()), Value::Bool)
+        } else if FORM_LIST_FIELDS.contains(&name.as_str()) {
+            Value::from(value.split_whitespace().collect::<Vec<_>>())
+        } else {
+            Value::String(value)
+        };
+        object.insert(name, json);
+    }
+    Value::Object(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_bodies_decode_like_json() {
+        let value = form_to_json(
+            "grantType=AUTHORIZATION_CODE&clientId=123&scopes=openid+email&accessTokenDuration=60&clientIdAliasUsed=true",
+        );
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "grantType": "AUTHORIZATION_CODE",
+                "clientId": "123",
+                "scopes": ["openid", "email"],
+                "accessTokenDuration": 60,
+                "clientIdAliasUsed": true,
+            })
+        );
+    }
+}
