@@ -6,6 +6,8 @@
 //! The proxy's downstream listener does not use [`serve`]: it needs TLS, the
 //! framing sniffer and idle accounting, and lives in `proxy.rs`.
 
+pub mod form;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

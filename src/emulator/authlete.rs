@@ -159,7 +159,7 @@
 
 mod endpoints;
 mod envelope;
-mod form;
+
 mod server;
 mod store;
 

@@ -17,7 +17,8 @@ use super::store::{
     DEFAULT_REFRESH_TOKEN_DURATION_S, GrantType, Introspected, RevokeRequest, State, Token,
     TokenCreateRequest, TokenUpdateRequest, Version, token_hash,
 };
-use super::{Shared, form, now_ms};
+use super::{Shared, now_ms};
+use crate::http::form;
 
 /// How many batch items are applied between two yields to the runtime, so
 /// a huge batch does not starve other requests.

@@ -15,8 +15,9 @@ use serde_json::{Map, Value};
 
 use super::envelope::{self as codes, Reply};
 use super::store::Version;
-use super::{Config, Shared, endpoints, form};
+use super::{Config, Shared, endpoints};
 use crate::emulator::KnobSettings;
+use crate::http::form;
 use crate::http::{Body, BoxError, ReadBodyError, json_response, read_body};
 
 /// Largest request body accepted: room for a batch of tens of thousands of
@@ -154,7 +155,7 @@ fn api(shared: &Arc<Shared>, parts: &Parts, body: &Bytes) -> Result<Reply, Reply
     let Some(rest) = path.strip_prefix("/api/") else {
         return Err(not_found(path));
     };
-    let segments: Vec<String> = rest.split('/').map(|s| form::decode(s, false)).collect();
+    let segments: Vec<String> = rest.split('/').map(form::decode_segment).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let (version, service, route) = match segments.split_first() {
         Some((first, route)) if !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) => {
