@@ -39,4 +39,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod telemetry;
 pub mod tls;
+pub mod triggers;
 pub mod upstream;

@@ -1,0 +1,1338 @@
+//! The trigger catalogue: which forwarded requests change state on the
+//! primary, and which keys they changed. One table ([`CATALOGUE`]), one row
+//! per request shape, each row a pure function from the exchange (method,
+//! path under the base path, request head and body, response status, head
+//! and body) to the [`Change`]s to journal.
+//!
+//! The rule (DESIGN.md §2): never replay a minting request. A row names the
+//! *key* whose current state must be copied; the sync worker reads that
+//! state from the primary. Where the key is not on the exchange (a refresh
+//! token, an identifier access token) the row emits a [`Change::Resolve`]
+//! and the worker looks the token up at the primary's authz-store
+//! `/inspection` endpoint. Events that are not state (a revocation with its
+//! timestamp) are carried as payload.
+//!
+//! Rows follow `spec/connect2id.md` §8 and §4.1:
+//!
+//! | method | path (under the base path) | changes |
+//! |---|---|---|
+//! | POST | `/clients` | client, `client_id` from the response |
+//! | PUT, DELETE | `/clients/{id}` | client `{id}` |
+//! | PUT | `/authz-sessions/rest/v3/{sid}` | session from `sub_session.sid` / `sub_sid`; for an implicit long-lived consent, the authorization of the issued access token |
+//! | POST | `/token` (code, refresh, password, token exchange, CIBA, device, JWT bearer) | the authorization: from a JWT access token's `sub` + `cid`, else resolved from the (new) refresh token or the access token |
+//! | POST | `/token/revoke` | the token is resolved *before* forwarding (the record is gone after); then a revocation event and the authorization |
+//! | POST | `/direct-authz/rest/v2` | the authorization (`sub` + `client_id` of the request, else the access token) and the session in `sub_sid` |
+//! | POST, PUT, DELETE | `/authz-store/rest/v3/authorizations` | the authorization (`sub` + `cid` of the body, or the query) |
+//! | POST | `/authz-store/rest/v3/revocation` | a revocation event with its timestamp (and the authorization) |
+//! | POST, PUT, DELETE | `/session-store/rest/v2/sessions` | the session (`SID` header or the created SID); all of a subject's sessions for `DELETE ?subject=` |
+//! | PUT | `/session-store/rest/v2/sessions/subject-auth-life` | the session |
+//! | POST | `/logout-sessions/rest/v1` | the session in `sub_sid`; remembers logout session → SID |
+//! | PUT | `/logout-sessions/rest/v1/{sid}` | the remembered session |
+//!
+//! Not triggers, by decision: `GET` of one session (it bumps the last-used
+//! time on the primary; idle timers may drift by the read traffic, spec
+//! §6.4 calls this optional), `POST /session-store/rest/v2/purge` (expired
+//! sessions expire on the secondary by the same times), and
+//! `/token/introspect?revoke=true` (identifier access tokens have no import
+//! path, spec §8).
+
+use base64::Engine;
+use http::{HeaderMap, Method};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::http::form;
+use crate::proxy::{Exchange, RouteId};
+
+/// A record's identity in a dataset (DESIGN.md §1).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "dataset")]
+pub enum Key {
+    /// A client registration.
+    #[serde(rename = "clients")]
+    Client {
+        /// The `client_id`.
+        client_id: String,
+    },
+    /// A long-lived authorization, keyed by subject and client.
+    #[serde(rename = "authorizations")]
+    Authorization {
+        /// The subject.
+        subject: String,
+        /// The client.
+        client_id: String,
+    },
+    /// A subject session.
+    #[serde(rename = "sessions")]
+    Session {
+        /// The full SID (key, `.`, HMAC): needed to read the session.
+        sid: String,
+    },
+}
+
+impl Key {
+    /// The dataset name.
+    pub fn dataset(&self) -> &'static str {
+        match self {
+            Self::Client { .. } => "clients",
+            Self::Authorization { .. } => "authorizations",
+            Self::Session { .. } => "sessions",
+        }
+    }
+
+    /// The identity used to coalesce work on one record: for sessions the
+    /// SID key, since two SIDs with the same key are the same session.
+    pub fn identity(&self) -> String {
+        match self {
+            Self::Client { client_id } => format!("client:{client_id}"),
+            Self::Authorization { subject, client_id } => format!("authz:{subject}|{client_id}"),
+            Self::Session { sid } => format!("session:{}", sid_key(sid)),
+        }
+    }
+
+    /// A form safe for logs: session identifiers are secrets (a SID is a
+    /// browser cookie), so only a short prefix of the key is shown.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Session { sid } => {
+                let key = sid_key(sid);
+                let prefix: String = key.chars().take(6).collect();
+                format!("session:{prefix}…")
+            }
+            other => other.identity(),
+        }
+    }
+}
+
+/// The SID key: the SID up to its last `.` (the rest is the HMAC).
+pub fn sid_key(sid: &str) -> &str {
+    sid.rsplit_once('.').map_or(sid, |(key, _)| key)
+}
+
+/// Which kind of token a [`Change::Resolve`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// A refresh token.
+    Refresh,
+    /// An access token.
+    Access,
+}
+
+/// One journaled change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// Copy the current state of a key from the primary.
+    Sync {
+        /// The key.
+        key: Key,
+    },
+    /// Re-sync every session of a subject (after `DELETE ?subject=`).
+    SubjectSessions {
+        /// The subject.
+        subject: String,
+    },
+    /// A revocation event, replayed with the primary's timestamp.
+    Revocation {
+        /// Revoked subject.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        /// Revoked client.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        /// Revoked actor (token exchange).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+        /// Epoch seconds: tokens issued before are revoked.
+        timestamp: u64,
+    },
+    /// Find the authorization a token belongs to (at the primary), then
+    /// copy it.
+    Resolve {
+        /// The token value (a secret: journaled encrypted, never logged).
+        token: String,
+        /// Refresh or access token.
+        kind: TokenKind,
+    },
+}
+
+impl Change {
+    /// A sync change for `key`.
+    pub fn sync(key: Key) -> Self {
+        Self::Sync { key }
+    }
+
+    /// A short description safe for logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Sync { key } => key.redacted(),
+            Self::SubjectSessions { subject } => format!("sessions of {subject}"),
+            Self::Revocation {
+                subject, client_id, ..
+            } => format!(
+                "revocation of {}|{}",
+                subject.as_deref().unwrap_or("*"),
+                client_id.as_deref().unwrap_or("*")
+            ),
+            Self::Resolve { kind, .. } => format!("{kind:?} token to resolve").to_lowercase(),
+        }
+    }
+}
+
+/// What a row needs before the request is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    /// Nothing.
+    Nothing,
+    /// Resolve the token in the request body to its authorization now: the
+    /// primary deletes the record while answering.
+    ResolveRevokedToken,
+}
+
+/// A token to resolve before forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenToResolve {
+    /// The token value.
+    pub token: String,
+    /// The client's `token_type_hint`.
+    pub kind: TokenKind,
+}
+
+/// What a row learned before forwarding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// Subject and client of the token, if found.
+    pub authorization: Option<(String, String)>,
+}
+
+/// A hint kept across requests for the logout flow: the confirmation `PUT`
+/// carries only the logout session id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogoutHint {
+    /// Logout session `logout_sid` will end subject session `sid`.
+    Remember {
+        /// The logout session id.
+        logout_sid: String,
+        /// The subject session SID.
+        sid: String,
+    },
+    /// Look up which subject session logout session `logout_sid` ends.
+    Lookup {
+        /// The logout session id.
+        logout_sid: String,
+    },
+}
+
+/// What one exchange changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Changes to journal.
+    pub changes: Vec<Change>,
+    /// Logout bookkeeping.
+    pub logout: Option<LogoutHint>,
+}
+
+impl Outcome {
+    fn of(changes: Vec<Change>) -> Self {
+        Self {
+            changes,
+            logout: None,
+        }
+    }
+}
+
+/// One catalogue row.
+#[derive(Debug)]
+pub struct Row {
+    /// The method.
+    pub method: Method,
+    /// The path under the base path; `{}` matches one segment.
+    pub path: &'static str,
+    /// A name for logs and metrics.
+    pub name: &'static str,
+    /// What to do before forwarding.
+    pub before: Before,
+    extract: fn(&Input<'_>) -> Outcome,
+}
+
+/// A row's view of the exchange.
+struct Input<'a> {
+    exchange: &'a Exchange<'a>,
+    /// Path segments matched by `{}`.
+    captures: Vec<String>,
+    resolved: &'a Resolved,
+    /// The primary's clock for this exchange (epoch seconds).
+    now: u64,
+}
+
+macro_rules! row {
+    ($method:ident, $path:literal, $name:literal, $extract:expr) => {
+        Row {
+            method: Method::$method,
+            path: $path,
+            name: $name,
+            before: Before::Nothing,
+            extract: $extract,
+        }
+    };
+    ($method:ident, $path:literal, $name:literal, $before:expr, $extract:expr) => {
+        Row {
+            method: Method::$method,
+            path: $path,
+            name: $name,
+            before: $before,
+            extract: $extract,
+        }
+    };
+}
+
+/// The catalogue.
+pub static CATALOGUE: &[Row] = &[
+    row!(POST, "/clients", "client_create", client_created),
+    row!(PUT, "/clients/{}", "client_update", client_in_path),
+    row!(DELETE, "/clients/{}", "client_delete", client_in_path),
+    row!(
+        PUT,
+        "/authz-sessions/rest/v3/{}",
+        "authz_session_step",
+        authz_session_step
+    ),
+    row!(POST, "/token", "token", token_issued),
+    row!(
+        POST,
+        "/token/revoke",
+        "token_revoke",
+        Before::ResolveRevokedToken,
+        token_revoked
+    ),
+    row!(POST, "/direct-authz/rest/v2", "direct_authz", direct_authz),
+    row!(
+        POST,
+        "/authz-store/rest/v3/authorizations",
+        "authz_store_add",
+        authz_in_body
+    ),
+    row!(
+        PUT,
+        "/authz-store/rest/v3/authorizations",
+        "authz_store_update",
+        authz_in_body
+    ),
+    row!(
+        DELETE,
+        "/authz-store/rest/v3/authorizations",
+        "authz_store_delete",
+        authz_in_query
+    ),
+    row!(
+        POST,
+        "/authz-store/rest/v3/revocation",
+        "authz_store_revocation",
+        authz_store_revocation
+    ),
+    row!(
+        POST,
+        "/session-store/rest/v2/sessions",
+        "session_create",
+        session_created
+    ),
+    row!(
+        PUT,
+        "/session-store/rest/v2/sessions",
+        "session_update",
+        session_in_header
+    ),
+    row!(
+        DELETE,
+        "/session-store/rest/v2/sessions",
+        "session_delete",
+        session_deleted
+    ),
+    row!(
+        PUT,
+        "/session-store/rest/v2/sessions/subject-auth-life",
+        "session_auth_life",
+        session_in_header
+    ),
+    row!(
+        POST,
+        "/logout-sessions/rest/v1",
+        "logout_start",
+        logout_started
+    ),
+    row!(
+        PUT,
+        "/logout-sessions/rest/v1/{}",
+        "logout_confirm",
+        logout_confirmed
+    ),
+];
+
+/// The catalogue bound to a server's base path.
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    base_path: String,
+}
+
+impl Catalogue {
+    /// A catalogue for endpoints under `base_path` (`""` or e.g. `/c2id`).
+    pub fn new(base_path: &str) -> Self {
+        Self {
+            base_path: base_path.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The row matching a request, if it is a trigger. Cheap: a prefix check
+    /// and a segment match over a short table.
+    pub fn route(&self, method: &Method, path: &str) -> Option<RouteId> {
+        if *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS {
+            return None;
+        }
+        let relative = path.strip_prefix(self.base_path.as_str())?;
+        if !relative.starts_with('/') {
+            return None;
+        }
+        let relative = if relative.len() > 1 {
+            relative.trim_end_matches('/')
+        } else {
+            relative
+        };
+        CATALOGUE
+            .iter()
+            .position(|row| row.method == *method && matches(row.path, relative).is_some())
+            .and_then(|index| u16::try_from(index).ok())
+            .map(RouteId)
+    }
+
+    /// The row of a route.
+    pub fn row(&self, route: RouteId) -> &'static Row {
+        &CATALOGUE[usize::from(route.0)]
+    }
+
+    /// The token a row must resolve before forwarding, if any.
+    pub fn token_to_resolve(&self, route: RouteId, body: &[u8]) -> Option<TokenToResolve> {
+        if self.row(route).before != Before::ResolveRevokedToken {
+            return None;
+        }
+        let pairs = form_body(body);
+        let token = form::first(&pairs, "token")?.to_owned();
+        let kind = match form::first(&pairs, "token_type_hint") {
+            Some("access_token") => TokenKind::Access,
+            Some("refresh_token") => TokenKind::Refresh,
+            // No hint: a JWT is an access token; anything else is tried as a
+            // refresh token first by the resolver.
+            _ if looks_like_jwt(&token) => TokenKind::Access,
+            _ => TokenKind::Refresh,
+        };
+        Some(TokenToResolve { token, kind })
+    }
+
+    /// What an exchange changed. Only successful (2xx) exchanges change
+    /// anything.
+    pub fn extract(
+        &self,
+        route: RouteId,
+        exchange: &Exchange<'_>,
+        resolved: &Resolved,
+        now: u64,
+    ) -> Outcome {
+        if !exchange.status.is_success() {
+            return Outcome::default();
+        }
+        let row = self.row(route);
+        let relative = exchange
+            .path
+            .strip_prefix(self.base_path.as_str())
+            .unwrap_or(exchange.path);
+        let relative = if relative.len() > 1 {
+            relative.trim_end_matches('/')
+        } else {
+            relative
+        };
+        let captures = matches(row.path, relative).unwrap_or_default();
+        let input = Input {
+            exchange,
+            captures,
+            resolved,
+            now,
+        };
+        (row.extract)(&input)
+    }
+}
+
+/// Matches a pattern against a relative path, returning the `{}` captures
+/// (percent-decoded).
+fn matches(pattern: &str, path: &str) -> Option<Vec<String>> {
+    let mut captures = Vec::new();
+    let mut pattern_segments = pattern.split('/');
+    let mut path_segments = path.split('/');
+    loop {
+        match (pattern_segments.next(), path_segments.next()) {
+            (None, None) => return Some(captures),
+            (Some("{}"), Some(segment)) if !segment.is_empty() => {
+                captures.push(form::decode_segment(segment));
+            }
+            (Some(expected), Some(segment)) if expected == segment => {}
+            _ => return None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing helpers.
+
+fn json(bytes: Option<&bytes::Bytes>) -> Option<Value> {
+    serde_json::from_slice(bytes?).ok()
+}
+
+fn request_json(input: &Input<'_>) -> Option<Value> {
+    serde_json::from_slice(input.exchange.request_body).ok()
+}
+
+fn response_json(input: &Input<'_>) -> Option<Value> {
+    json(input.exchange.response_body)
+}
+
+fn form_body(body: &[u8]) -> Vec<(String, String)> {
+    form::parse(&String::from_utf8_lossy(body))
+}
+
+fn query(input: &Input<'_>) -> Vec<(String, String)> {
+    form::parse(input.exchange.query.unwrap_or_default())
+}
+
+fn string_field(value: &Value, name: &str) -> Option<String> {
+    value
+        .get(name)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+fn session(sid: String) -> Change {
+    Change::sync(Key::Session { sid })
+}
+
+fn authorization(subject: String, client_id: String) -> Change {
+    Change::sync(Key::Authorization { subject, client_id })
+}
+
+/// A SID inside an authz-session, direct-authz or logout response:
+/// `sub_session.sid`, else `sub_sid`.
+fn response_sid(value: &Value) -> Option<String> {
+    value
+        .get("sub_session")
+        .and_then(|s| string_field(s, "sid"))
+        .or_else(|| string_field(value, "sub_sid"))
+}
+
+/// Whether a token has the shape of a JWT (three base64url parts).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.split('.').count() == 3 && token.starts_with("ey")
+}
+
+/// The subject and client of a JWT access token, read from its payload
+/// without checking the signature: the primary has just issued it, and the
+/// sync reads the authorization from the primary anyway.
+pub fn jwt_subject_and_client(token: &str) -> Option<(String, String)> {
+    if !looks_like_jwt(token) {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    let subject = string_field(&claims, "sub")?;
+    let client = string_field(&claims, "cid").or_else(|| string_field(&claims, "client_id"))?;
+    Some((subject, client))
+}
+
+/// The authorization behind an issued token pair: from a JWT access token,
+/// else resolved at the primary from the refresh token (preferred: it finds
+/// the long-lived record directly) or the access token.
+fn authorization_of_tokens(
+    access_token: Option<&str>,
+    refresh_token: Option<&str>,
+) -> Option<Change> {
+    if let Some((subject, client_id)) = access_token.and_then(jwt_subject_and_client) {
+        return Some(authorization(subject, client_id));
+    }
+    if let Some(token) = refresh_token {
+        return Some(Change::Resolve {
+            token: token.to_owned(),
+            kind: TokenKind::Refresh,
+        });
+    }
+    access_token.map(|token| Change::Resolve {
+        token: token.to_owned(),
+        kind: TokenKind::Access,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Rows.
+
+fn client_created(input: &Input<'_>) -> Outcome {
+    let client_id = response_json(input).and_then(|v| string_field(&v, "client_id"));
+    Outcome::of(
+        client_id
+            .map(|client_id| Change::sync(Key::Client { client_id }))
+            .into_iter()
+            .collect(),
+    )
+}
+
+fn client_in_path(input: &Input<'_>) -> Outcome {
+    Outcome::of(
+        input
+            .captures
+            .first()
+            .map(|client_id| {
+                Change::sync(Key::Client {
+                    client_id: client_id.clone(),
+                })
+            })
+            .into_iter()
+            .collect(),
+    )
+}
+
+fn authz_session_step(input: &Input<'_>) -> Outcome {
+    let Some(response) = response_json(input) else {
+        return Outcome::default();
+    };
+    let mut changes: Vec<Change> = response_sid(&response).map(session).into_iter().collect();
+    // An implicit or hybrid flow with a long-lived consent persists the
+    // authorization at the end of the authorization endpoint (spec §4.1):
+    // the tokens are in the redirect URI.
+    let long_lived = request_json(input)
+        .and_then(|v| v.get("long_lived").and_then(Value::as_bool))
+        .unwrap_or(false);
+    if long_lived && response.get("type").and_then(Value::as_str) == Some("response") {
+        let uri = response
+            .get("parameters")
+            .and_then(|p| p.get("uri"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let params = uri
+            .split_once(['#', '?'])
+            .map(|(_, rest)| rest)
+            .unwrap_or_default();
+        let pairs = form::parse(params);
+        if let Some(change) = authorization_of_tokens(
+            form::first(&pairs, "access_token"),
+            form::first(&pairs, "refresh_token"),
+        ) {
+            changes.push(change);
+        }
+    }
+    Outcome::of(changes)
+}
+
+/// Grants whose success may create or update a long-lived authorization
+/// (spec §4.1 (b)).
+const AUTHORIZATION_GRANTS: [&str; 7] = [
+    "authorization_code",
+    "refresh_token",
+    "password",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+    "urn:openid:params:grant-type:ciba",
+    "urn:ietf:params:oauth:grant-type:device_code",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+];
+
+fn token_issued(input: &Input<'_>) -> Outcome {
+    let request = form_body(input.exchange.request_body);
+    let Some(grant) = form::first(&request, "grant_type") else {
+        return Outcome::default();
+    };
+    if !AUTHORIZATION_GRANTS.contains(&grant) {
+        return Outcome::default();
+    }
+    let Some(response) = response_json(input) else {
+        return Outcome::default();
+    };
+    let access = response.get("access_token").and_then(Value::as_str);
+    // A rotated refresh token is in the response; without rotation the
+    // client keeps the one it sent.
+    let refresh = response
+        .get("refresh_token")
+        .and_then(Value::as_str)
+        .or_else(|| {
+            (grant == "refresh_token")
+                .then(|| form::first(&request, "refresh_token"))
+                .flatten()
+        });
+    Outcome::of(
+        authorization_of_tokens(access, refresh)
+            .into_iter()
+            .collect(),
+    )
+}
+
+fn token_revoked(input: &Input<'_>) -> Outcome {
+    let Some((subject, client_id)) = input.resolved.authorization.clone() else {
+        // Unknown or transient token: nothing persisted changed.
+        return Outcome::default();
+    };
+    let request = form_body(input.exchange.request_body);
+    let mut changes = Vec::new();
+    // 19.9+: `token_only=true` revokes just that refresh token; the record
+    // stays (and is re-read).
+    if form::first(&request, "token_only") != Some("true") {
+        changes.push(Change::Revocation {
+            subject: Some(subject.clone()),
+            client_id: Some(client_id.clone()),
+            actor: None,
+            timestamp: input.now,
+        });
+    }
+    changes.push(authorization(subject, client_id));
+    Outcome::of(changes)
+}
+
+fn direct_authz(input: &Input<'_>) -> Outcome {
+    let request = request_json(input);
+    let response = response_json(input);
+    let mut changes = Vec::new();
+    let from_request = request.as_ref().and_then(|r| {
+        let subject = string_field(r, "sub")?;
+        let client_id = string_field(r, "client_id")?;
+        Some(authorization(subject, client_id))
+    });
+    let change = from_request.or_else(|| {
+        let response = response.as_ref()?;
+        authorization_of_tokens(
+            response.get("access_token").and_then(Value::as_str),
+            response.get("refresh_token").and_then(Value::as_str),
+        )
+    });
+    changes.extend(change);
+    if let Some(sid) = response.as_ref().and_then(response_sid) {
+        changes.push(session(sid));
+    }
+    Outcome::of(changes)
+}
+
+fn authz_in_body(input: &Input<'_>) -> Outcome {
+    let key = request_json(input).and_then(|body| {
+        let subject = string_field(&body, "sub")?;
+        let client_id = string_field(&body, "cid")?;
+        Some(authorization(subject, client_id))
+    });
+    Outcome::of(key.into_iter().collect())
+}
+
+fn authz_in_query(input: &Input<'_>) -> Outcome {
+    let pairs = query(input);
+    let key = form::first(&pairs, "subject")
+        .zip(form::first(&pairs, "client_id"))
+        .map(|(subject, client_id)| authorization(subject.to_owned(), client_id.to_owned()));
+    Outcome::of(key.into_iter().collect())
+}
+
+fn authz_store_revocation(input: &Input<'_>) -> Outcome {
+    // Form parameters, possibly in the query too.
+    let mut pairs = form_body(input.exchange.request_body);
+    pairs.extend(query(input));
+    let field = |name| {
+        form::first(&pairs, name)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let subject = field("subject");
+    let client_id = field("client_id");
+    let actor = field("actor");
+    if subject.is_none() && client_id.is_none() && actor.is_none() {
+        return Outcome::default();
+    }
+    let timestamp = field("timestamp")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(input.now);
+    let mut changes = vec![Change::Revocation {
+        subject: subject.clone(),
+        client_id: client_id.clone(),
+        actor,
+        timestamp,
+    }];
+    if let (Some(subject), Some(client_id)) = (subject, client_id) {
+        changes.push(authorization(subject, client_id));
+    }
+    Outcome::of(changes)
+}
+
+/// The SID in a session-store create response: `{"sid": ...}`, a JSON
+/// string, or the bare SID as text.
+fn created_sid(body: Option<&bytes::Bytes>) -> Option<String> {
+    let body = body?;
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::String(sid)) => Some(sid),
+        Ok(value) => string_field(&value, "sid"),
+        Err(_) => {
+            let text = std::str::from_utf8(body).ok()?.trim();
+            (!text.is_empty() && !text.contains(char::is_whitespace)).then(|| text.to_owned())
+        }
+    }
+}
+
+fn session_created(input: &Input<'_>) -> Outcome {
+    Outcome::of(
+        created_sid(input.exchange.response_body)
+            .map(session)
+            .into_iter()
+            .collect(),
+    )
+}
+
+fn session_in_header(input: &Input<'_>) -> Outcome {
+    let sid = header(input.exchange.request_headers, "sid").or_else(|| {
+        // subject-auth-life may carry the SID in the body.
+        request_json(input).and_then(|v| string_field(&v, "sid"))
+    });
+    Outcome::of(sid.map(session).into_iter().collect())
+}
+
+fn session_deleted(input: &Input<'_>) -> Outcome {
+    if let Some(sid) = header(input.exchange.request_headers, "sid") {
+        return Outcome::of(vec![session(sid)]);
+    }
+    let pairs = query(input);
+    Outcome::of(
+        form::first(&pairs, "subject")
+            .map(|subject| Change::SubjectSessions {
+                subject: subject.to_owned(),
+            })
+            .into_iter()
+            .collect(),
+    )
+}
+
+fn logout_started(input: &Input<'_>) -> Outcome {
+    let request_sid = request_json(input).and_then(|v| string_field(&v, "sub_sid"));
+    let response = response_json(input);
+    let response_sid = response.as_ref().and_then(response_sid);
+    let logout_sid = response.as_ref().and_then(|v| string_field(v, "sid"));
+    let sid = response_sid.or(request_sid);
+    Outcome {
+        logout: logout_sid
+            .zip(sid.clone())
+            .map(|(logout_sid, sid)| LogoutHint::Remember { logout_sid, sid }),
+        // Re-read now too: a logout without confirmation ends the session
+        // right away.
+        changes: sid.map(session).into_iter().collect(),
+    }
+}
+
+fn logout_confirmed(input: &Input<'_>) -> Outcome {
+    Outcome {
+        changes: Vec::new(),
+        logout: input.captures.first().map(|logout_sid| LogoutHint::Lookup {
+            logout_sid: logout_sid.clone(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::StatusCode;
+
+    const JWT_PAYLOAD: &str = r#"{"sub":"alice","cid":"s6BhdRkqt3","scp":["openid","email"],"iss":"https://c2id.example.com","exp":1900000000}"#;
+
+    fn jwt() -> String {
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.{}",
+            engine.encode(r#"{"alg":"EdDSA","kid":"sig-1"}"#),
+            engine.encode(JWT_PAYLOAD),
+            engine.encode("signature")
+        )
+    }
+
+    struct Case {
+        method: Method,
+        path: &'static str,
+        headers: Vec<(&'static str, String)>,
+        request: String,
+        status: u16,
+        response: String,
+        resolved: Resolved,
+    }
+
+    impl Case {
+        fn new(method: Method, path: &'static str) -> Self {
+            Self {
+                method,
+                path,
+                headers: Vec::new(),
+                request: String::new(),
+                status: 200,
+                response: String::new(),
+                resolved: Resolved::default(),
+            }
+        }
+        fn request(mut self, body: &str) -> Self {
+            self.request = body.to_owned();
+            self
+        }
+        fn response(mut self, status: u16, body: &str) -> Self {
+            self.status = status;
+            self.response = body.to_owned();
+            self
+        }
+        fn header(mut self, name: &'static str, value: &str) -> Self {
+            self.headers.push((name, value.to_owned()));
+            self
+        }
+        fn resolved(mut self, subject: &str, client: &str) -> Self {
+            self.resolved.authorization = Some((subject.to_owned(), client.to_owned()));
+            self
+        }
+
+        fn run(&self) -> Outcome {
+            let catalogue = Catalogue::new("/c2id");
+            let (path, query) = match self.path.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (self.path, None),
+            };
+            let route = catalogue
+                .route(&self.method, path)
+                .unwrap_or_else(|| panic!("{} {} is not a trigger", self.method, self.path));
+            let mut request_headers = HeaderMap::new();
+            for (name, value) in &self.headers {
+                request_headers.insert(*name, value.parse().unwrap());
+            }
+            let request_body = Bytes::from(self.request.clone());
+            let response_body = Bytes::from(self.response.clone());
+            let response_headers = HeaderMap::new();
+            let exchange = Exchange {
+                method: &self.method,
+                path,
+                query,
+                request_headers: &request_headers,
+                request_body: &request_body,
+                status: StatusCode::from_u16(self.status).unwrap(),
+                response_headers: &response_headers,
+                response_body: Some(&response_body),
+            };
+            catalogue.extract(route, &exchange, &self.resolved, 1_700_000_000)
+        }
+
+        fn changes(&self) -> Vec<Change> {
+            self.run().changes
+        }
+    }
+
+    fn client(id: &str) -> Change {
+        Change::sync(Key::Client {
+            client_id: id.into(),
+        })
+    }
+    fn authz(sub: &str, cid: &str) -> Change {
+        authorization(sub.into(), cid.into())
+    }
+    fn sess(sid: &str) -> Change {
+        session(sid.into())
+    }
+
+    #[test]
+    fn reads_and_unknown_paths_are_not_triggers() {
+        let catalogue = Catalogue::new("/c2id");
+        assert_eq!(catalogue.route(&Method::GET, "/c2id/clients"), None);
+        assert_eq!(
+            catalogue.route(&Method::POST, "/clients"),
+            None,
+            "outside the base path"
+        );
+        assert_eq!(catalogue.route(&Method::POST, "/c2idx/clients"), None);
+        assert_eq!(
+            catalogue.route(&Method::POST, "/c2id/token/introspect"),
+            None
+        );
+        assert_eq!(
+            catalogue.route(&Method::POST, "/c2id/session-store/rest/v2/purge"),
+            None
+        );
+        assert!(catalogue.route(&Method::POST, "/c2id/clients/").is_some());
+        assert!(
+            Catalogue::new("")
+                .route(&Method::POST, "/clients")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn client_registration_takes_the_key_from_the_response() {
+        let case = Case::new(Method::POST, "/c2id/clients")
+            .request(r#"{"redirect_uris":["https://client.example.org/cb"],"client_name":"My App"}"#)
+            .response(
+                201,
+                r#"{"client_id":"s6BhdRkqt3","client_secret":"ahL7AhthchiNg6beAo5HeijeThae3deiChab7ajiVuip2eodesoBie0ufohtiiK4","client_id_issued_at":1504187117,"registration_access_token":"7ykDWJO481cGp66GddfsNMwwp2TptkTUH1XdgAFx9Yk.Kg","redirect_uris":["https://client.example.org/cb"]}"#,
+            );
+        assert_eq!(case.changes(), [client("s6BhdRkqt3")]);
+        // A refused registration changes nothing.
+        let refused = Case::new(Method::POST, "/c2id/clients").response(
+            400,
+            r#"{"error":"invalid_client_metadata","error_description":"Invalid redirect_uris"}"#,
+        );
+        assert!(refused.changes().is_empty());
+    }
+
+    #[test]
+    fn client_update_and_delete_take_the_key_from_the_path() {
+        let update = Case::new(Method::PUT, "/c2id/clients/s6BhdRkqt3")
+            .request(
+                r#"{"client_id":"s6BhdRkqt3","redirect_uris":["https://client.example.org/cb2"]}"#,
+            )
+            .response(
+                200,
+                r#"{"client_id":"s6BhdRkqt3","client_secret":"new-secret"}"#,
+            );
+        assert_eq!(update.changes(), [client("s6BhdRkqt3")]);
+        let delete =
+            Case::new(Method::DELETE, "/c2id/clients/urn%3Aexample%3Aclient").response(204, "");
+        assert_eq!(delete.changes(), [client("urn:example:client")]);
+    }
+
+    #[test]
+    fn subject_authentication_creates_a_session() {
+        let case = Case::new(Method::PUT, "/c2id/authz-sessions/rest/v3/g6f5K6Kf6EY11zC00errCf64yLtg9lLANAcnXQk2xUE")
+            .request(r#"{"sub":"alice","acr":"https://loa.c2id.com/basic","amr":["pwd"]}"#)
+            .response(
+                200,
+                r#"{"type":"consent","sid":"g6f5K6Kf6EY11zC00errCf64yLtg9lLANAcnXQk2xUE","sub_session":{"sid":"N4ICV2CQmTu6KLbrJKQSXw.KDtRkxEw76uDsobEL5zz1Q","sub":"alice","auth_time":1700000000},"scope":{"new":["openid","email"],"consented":[]}}"#,
+            );
+        assert_eq!(
+            case.changes(),
+            [sess("N4ICV2CQmTu6KLbrJKQSXw.KDtRkxEw76uDsobEL5zz1Q")]
+        );
+    }
+
+    #[test]
+    fn consent_final_response_names_the_session_and_implicit_tokens() {
+        let code_flow = Case::new(Method::PUT, "/c2id/authz-sessions/rest/v3/abc")
+            .request(r#"{"scope":["openid"],"long_lived":true,"refresh_token":{"issue":true,"rotate":true}}"#)
+            .response(
+                200,
+                r#"{"type":"response","mode":"query","parameters":{"uri":"https://client.example.org/cb?code=SplxlOBeZQQYbYS6WxSbIA&state=af0ifjsldkj"},"sub_sid":"N4ICV2CQmTu6KLbrJKQSXw.KDtRkxEw76uDsobEL5zz1Q"}"#,
+            );
+        // The code flow's authorization is persisted at /token, not here.
+        assert_eq!(
+            code_flow.changes(),
+            [sess("N4ICV2CQmTu6KLbrJKQSXw.KDtRkxEw76uDsobEL5zz1Q")]
+        );
+        let uri = format!(
+            "https://client.example.org/cb#access_token={}&token_type=Bearer",
+            jwt()
+        );
+        let implicit = Case::new(Method::PUT, "/c2id/authz-sessions/rest/v3/abc")
+            .request(r#"{"scope":["openid"],"long_lived":true}"#)
+            .response(
+                200,
+                &format!(
+                    r#"{{"type":"response","mode":"fragment","parameters":{{"uri":"{uri}"}}}}"#
+                ),
+            );
+        assert_eq!(implicit.changes(), [authz("alice", "s6BhdRkqt3")]);
+    }
+
+    #[test]
+    fn token_grants_name_the_authorization() {
+        let jwt = jwt();
+        let code = Case::new(Method::POST, "/c2id/token")
+            .request("grant_type=authorization_code&code=SplxlOBeZQQYbYS6WxSbIA&redirect_uri=https%3A%2F%2Fclient.example.org%2Fcb")
+            .response(200, &format!(r#"{{"access_token":"{jwt}","token_type":"Bearer","expires_in":600,"refresh_token":"tGzv3JOkF0XG5Qx2TlKWIA"}}"#));
+        assert_eq!(code.changes(), [authz("alice", "s6BhdRkqt3")]);
+
+        let rotated = Case::new(Method::POST, "/c2id/token")
+            .request("grant_type=refresh_token&refresh_token=old-refresh-token")
+            .response(200, r#"{"access_token":"2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA","token_type":"Bearer","expires_in":600,"refresh_token":"new-refresh-token"}"#);
+        assert_eq!(
+            rotated.changes(),
+            [Change::Resolve {
+                token: "new-refresh-token".into(),
+                kind: TokenKind::Refresh
+            }]
+        );
+
+        let kept = Case::new(Method::POST, "/c2id/token")
+            .request("grant_type=refresh_token&refresh_token=kept-refresh-token&client_id=public-app")
+            .response(200, r#"{"access_token":"2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA","token_type":"Bearer","expires_in":600}"#);
+        assert_eq!(
+            kept.changes(),
+            [Change::Resolve {
+                token: "kept-refresh-token".into(),
+                kind: TokenKind::Refresh
+            }]
+        );
+
+        let identifier_only = Case::new(Method::POST, "/c2id/token")
+            .request("grant_type=password&username=alice&password=secret&scope=openid")
+            .response(200, r#"{"access_token":"2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA","token_type":"Bearer","expires_in":600}"#);
+        assert_eq!(
+            identifier_only.changes(),
+            [Change::Resolve {
+                token: "2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA".into(),
+                kind: TokenKind::Access
+            }]
+        );
+
+        for grant in [
+            "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange",
+            "urn%3Aopenid%3Aparams%3Agrant-type%3Aciba",
+        ] {
+            let case = Case::new(Method::POST, "/c2id/token")
+                .request(&format!("grant_type={grant}&subject_token=x&auth_req_id=y"))
+                .response(
+                    200,
+                    &format!(r#"{{"access_token":"{jwt}","token_type":"Bearer"}}"#),
+                );
+            assert_eq!(case.changes(), [authz("alice", "s6BhdRkqt3")], "{grant}");
+        }
+
+        let client_credentials = Case::new(Method::POST, "/c2id/token")
+            .request("grant_type=client_credentials&scope=read")
+            .response(200, r#"{"access_token":"x.y","token_type":"Bearer"}"#);
+        assert!(client_credentials.changes().is_empty());
+        let failed = Case::new(Method::POST, "/c2id/token")
+            .request("grant_type=refresh_token&refresh_token=expended")
+            .response(400, r#"{"error":"invalid_grant"}"#);
+        assert!(failed.changes().is_empty());
+    }
+
+    #[test]
+    fn token_revocation_uses_what_was_resolved_before_forwarding() {
+        let catalogue = Catalogue::new("/c2id");
+        let route = catalogue
+            .route(&Method::POST, "/c2id/token/revoke")
+            .unwrap();
+        assert_eq!(
+            catalogue.token_to_resolve(
+                route,
+                b"token=45ghiukldjahdnhzdauz&token_type_hint=refresh_token"
+            ),
+            Some(TokenToResolve {
+                token: "45ghiukldjahdnhzdauz".into(),
+                kind: TokenKind::Refresh
+            })
+        );
+        assert_eq!(
+            catalogue
+                .token_to_resolve(route, &jwt_form())
+                .map(|t| t.kind),
+            Some(TokenKind::Access)
+        );
+        let case = Case::new(Method::POST, "/c2id/token/revoke")
+            .request("token=45ghiukldjahdnhzdauz&token_type_hint=refresh_token")
+            .response(200, "")
+            .resolved("alice", "s6BhdRkqt3");
+        assert_eq!(
+            case.changes(),
+            [
+                Change::Revocation {
+                    subject: Some("alice".into()),
+                    client_id: Some("s6BhdRkqt3".into()),
+                    actor: None,
+                    timestamp: 1_700_000_000
+                },
+                authz("alice", "s6BhdRkqt3")
+            ]
+        );
+        let unknown = Case::new(Method::POST, "/c2id/token/revoke")
+            .request("token=unknown")
+            .response(200, "");
+        assert!(unknown.changes().is_empty());
+    }
+
+    fn jwt_form() -> Vec<u8> {
+        format!("token={}", jwt()).into_bytes()
+    }
+
+    #[test]
+    fn direct_authorization_names_authorization_and_session() {
+        let case = Case::new(Method::POST, "/c2id/direct-authz/rest/v2")
+            .request(r#"{"sub":"alice","client_id":"s6BhdRkqt3","scope":["openid"],"long_lived":true,"sub_session":{"sub":"alice","amr":["pwd"]}}"#)
+            .response(200, r#"{"access_token":"x","refresh_token":"y","sub_sid":"Key123.Hmac456"}"#);
+        assert_eq!(
+            case.changes(),
+            [authz("alice", "s6BhdRkqt3"), sess("Key123.Hmac456")]
+        );
+    }
+
+    #[test]
+    fn authz_store_writes_name_the_record() {
+        let add = Case::new(
+            Method::POST,
+            "/c2id/authz-store/rest/v3/authorizations?return=tokens",
+        )
+        .request(r#"{"sub":"alice","cid":"s6BhdRkqt3","scp":["openid"],"irt":true}"#)
+        .response(200, r#"{"access_token":"x","refresh_token":"y"}"#);
+        assert_eq!(add.changes(), [authz("alice", "s6BhdRkqt3")]);
+        let update = Case::new(Method::PUT, "/c2id/authz-store/rest/v3/authorizations")
+            .request(r#"{"sub":"alice","cid":"s6BhdRkqt3","scp":["openid","email"]}"#);
+        assert_eq!(update.changes(), [authz("alice", "s6BhdRkqt3")]);
+        let delete = Case::new(
+            Method::DELETE,
+            "/c2id/authz-store/rest/v3/authorizations?subject=alice&client_id=s6BhdRkqt3",
+        )
+        .response(204, "");
+        assert_eq!(delete.changes(), [authz("alice", "s6BhdRkqt3")]);
+    }
+
+    #[test]
+    fn store_revocation_is_a_payload_with_the_timestamp() {
+        let case = Case::new(
+            Method::POST,
+            "/c2id/authz-store/rest/v3/revocation?quiet=true",
+        )
+        .request("subject=alice&timestamp=1699999000")
+        .response(204, "");
+        assert_eq!(
+            case.changes(),
+            [Change::Revocation {
+                subject: Some("alice".into()),
+                client_id: None,
+                actor: None,
+                timestamp: 1_699_999_000
+            }]
+        );
+        let both = Case::new(Method::POST, "/c2id/authz-store/rest/v3/revocation")
+            .request("subject=alice&client_id=s6BhdRkqt3")
+            .response(200, r#"[{"sub":"alice","cid":"s6BhdRkqt3"}]"#);
+        assert_eq!(
+            both.changes(),
+            [
+                Change::Revocation {
+                    subject: Some("alice".into()),
+                    client_id: Some("s6BhdRkqt3".into()),
+                    actor: None,
+                    timestamp: 1_700_000_000
+                },
+                authz("alice", "s6BhdRkqt3")
+            ]
+        );
+    }
+
+    #[test]
+    fn session_store_writes_name_the_session() {
+        let created = Case::new(Method::POST, "/c2id/session-store/rest/v2/sessions")
+            .request(r#"{"sub":"alice","ctx":"web","auth_life":43200}"#)
+            .response(
+                201,
+                r#"{"sid":"N4ICV2CQmTu6KLbrJKQSXw.KDtRkxEw76uDsobEL5zz1Q"}"#,
+            );
+        assert_eq!(
+            created.changes(),
+            [sess("N4ICV2CQmTu6KLbrJKQSXw.KDtRkxEw76uDsobEL5zz1Q")]
+        );
+        let created_text = Case::new(Method::POST, "/c2id/session-store/rest/v2/sessions")
+            .request(r#"{"sub":"alice"}"#)
+            .response(201, "a-wwPf7tckz2wbzpIEVtug.egmsAdB_sg3Au1hoD6InnA");
+        assert_eq!(
+            created_text.changes(),
+            [sess("a-wwPf7tckz2wbzpIEVtug.egmsAdB_sg3Au1hoD6InnA")]
+        );
+        let update = Case::new(Method::PUT, "/c2id/session-store/rest/v2/sessions")
+            .header("sid", "K.H")
+            .request(r#"{"sub":"alice","data":{"theme":"dark"}}"#);
+        assert_eq!(update.changes(), [sess("K.H")]);
+        let delete = Case::new(Method::DELETE, "/c2id/session-store/rest/v2/sessions")
+            .header("sid", "K.H")
+            .response(204, "");
+        assert_eq!(delete.changes(), [sess("K.H")]);
+        let by_subject = Case::new(
+            Method::DELETE,
+            "/c2id/session-store/rest/v2/sessions?subject=alice",
+        )
+        .response(200, "{}");
+        assert_eq!(
+            by_subject.changes(),
+            [Change::SubjectSessions {
+                subject: "alice".into()
+            }]
+        );
+        let auth_life = Case::new(
+            Method::PUT,
+            "/c2id/session-store/rest/v2/sessions/subject-auth-life",
+        )
+        .header("sid", "K.H")
+        .request(r#"{"auth_life":-1}"#)
+        .response(204, "");
+        assert_eq!(auth_life.changes(), [sess("K.H")]);
+    }
+
+    #[test]
+    fn logout_remembers_then_resolves_the_session() {
+        let start = Case::new(Method::POST, "/c2id/logout-sessions/rest/v1")
+            .request(r#"{"query":"id_token_hint=eyJ...&post_logout_redirect_uri=https%3A%2F%2Fclient.example.org","sub_sid":"K.H"}"#)
+            .response(200, r#"{"type":"confirm","sid":"logout-1","sub_session":{"sid":"K.H","sub":"alice"}}"#);
+        let outcome = start.run();
+        assert_eq!(outcome.changes, [sess("K.H")]);
+        assert_eq!(
+            outcome.logout,
+            Some(LogoutHint::Remember {
+                logout_sid: "logout-1".into(),
+                sid: "K.H".into()
+            })
+        );
+        let confirm = Case::new(Method::PUT, "/c2id/logout-sessions/rest/v1/logout-1")
+            .request(r#"{"confirm_logout":true}"#)
+            .response(200, r#"{"type":"end"}"#);
+        assert_eq!(
+            confirm.run().logout,
+            Some(LogoutHint::Lookup {
+                logout_sid: "logout-1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn keys_redact_session_ids_and_serialise_stably() {
+        let key = Key::Session {
+            sid: "N4ICV2CQmTu6KLbrJKQSXw.KDtRkxEw76uDsobEL5zz1Q".into(),
+        };
+        assert_eq!(key.identity(), "session:N4ICV2CQmTu6KLbrJKQSXw");
+        assert_eq!(key.redacted(), "session:N4ICV2…");
+        let change = Change::sync(key);
+        let json = serde_json::to_string(&change).unwrap();
+        assert_eq!(
+            json,
+            r#"{"change":"sync","key":{"dataset":"sessions","sid":"N4ICV2CQmTu6KLbrJKQSXw.KDtRkxEw76uDsobEL5zz1Q"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Change>(&json).unwrap(), change);
+        assert!(
+            !Change::Resolve {
+                token: "secret".into(),
+                kind: TokenKind::Refresh
+            }
+            .redacted()
+            .contains("secret")
+        );
+    }
+
+    #[test]
+    fn jwt_claims_are_read_without_verification() {
+        assert_eq!(
+            jwt_subject_and_client(&jwt()),
+            Some(("alice".into(), "s6BhdRkqt3".into()))
+        );
+        assert_eq!(jwt_subject_and_client("not.a.jwt"), None);
+        assert_eq!(
+            jwt_subject_and_client("2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA"),
+            None
+        );
+    }
+}
