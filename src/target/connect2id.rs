@@ -1,0 +1,676 @@
+//! A Connect2id server's management APIs, as the sync reads and writes them.
+//! The same type serves the primary (reads) and the secondary (writes with
+//! the import semantics, DESIGN.md §3):
+//!
+//! - clients: `client_id` → `preferred_client_id`, `client_secret` (or a
+//!   codec's `encoded_client_secret`) → `preferred_client_secret`;
+//!   `client_id_issued_at`, `registration_access_token` and
+//!   `registration_client_uri` dropped (the server regenerates them).
+//!   Import is documented for create only, and `PUT` mints a new secret by
+//!   default (spec §2.4), so a changed client is replaced: `DELETE`, then
+//!   `POST` with the preferred values. The secondary takes no traffic before
+//!   cutover, so the moment without the client is harmless there.
+//! - authorizations: `POST /authorizations?import=true` with the record as
+//!   read (it replaces the record with the same subject and client).
+//! - sessions: an existing session is updated with `PUT` (never deleted and
+//!   re-created: a delete sends back-channel logout notifications); a new
+//!   one is imported with `POST` and `SID-Key` = the SID up to its last `.`,
+//!   so the secondary recomputes the same SID HMAC.
+//!
+//! Every other field passes through untouched. Session reads use
+//! `skip_last_used_update=true` so that syncing does not extend anyone's
+//! idle timer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+use crate::config::ApiTokens;
+use crate::http::form;
+use crate::proxy::body::ProxyBody;
+use crate::triggers::{TokenKind, sid_key};
+use crate::upstream::{self, Upstream};
+
+/// Largest single-record answer read into memory (exports stream instead).
+pub const MAX_RECORD_RESPONSE_BYTES: usize = 4 << 20;
+
+/// Fields that legitimately differ between two servers holding the same
+/// record: regenerated on import, rebuilt from the issuer, or touched by
+/// reads.
+pub const IGNORED_FIELDS: &[(&str, &[&str])] = &[
+    (
+        "clients",
+        &[
+            "client_id_issued_at",
+            "registration_access_token",
+            "registration_client_uri",
+        ],
+    ),
+    ("authorizations", &["rft"]),
+    ("sessions", &["last_used", "lut", "last_used_time"]),
+];
+
+/// A management API failure, classified for retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Worth retrying: unreachable, timed out, 5xx, 429.
+    #[error("{0}")]
+    Transient(String),
+    /// Our token was refused: an operator must fix the config; retried
+    /// (the record is not lost) but loud.
+    #[error("{server} refused the {api} API token ({status})")]
+    Credentials {
+        /// Source or target.
+        server: &'static str,
+        /// Which management API.
+        api: &'static str,
+        /// 401 or 403.
+        status: u16,
+    },
+    /// The server refused the request itself; retrying the same request
+    /// will not help (dead-letter it).
+    #[error("{server} answered {status} to {operation}: {error}")]
+    Rejected {
+        /// Source or target.
+        server: &'static str,
+        /// What we tried.
+        operation: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The OAuth `error` and description, shortened.
+        error: String,
+    },
+    /// The server answered success with a body we cannot parse.
+    #[error("{server} answered {operation} with malformed JSON: {message}")]
+    Malformed {
+        /// Source or target.
+        server: &'static str,
+        /// What we tried.
+        operation: &'static str,
+        /// The parser's complaint.
+        message: String,
+    },
+}
+
+impl ApiError {
+    /// Whether a retry may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_) | Self::Credentials { .. })
+    }
+}
+
+/// The management APIs of one Connect2id server.
+#[derive(Debug, Clone)]
+pub struct Connect2id {
+    upstream: Arc<Upstream>,
+    tokens: ApiTokens,
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Api {
+    Clients,
+    AuthzStore,
+    SessionStore,
+}
+
+impl Api {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Clients => "clients",
+            Self::AuthzStore => "authz-store",
+            Self::SessionStore => "session-store",
+        }
+    }
+}
+
+/// An answer, classified.
+struct Answer {
+    status: StatusCode,
+    body: Bytes,
+}
+
+impl Connect2id {
+    /// The management APIs of `upstream`, authenticated with `tokens`, each
+    /// call bounded by `timeout`.
+    pub fn new(upstream: Arc<Upstream>, tokens: ApiTokens, timeout: Duration) -> Self {
+        Self {
+            upstream,
+            tokens,
+            timeout,
+        }
+    }
+
+    /// Source or target.
+    pub fn server(&self) -> &'static str {
+        self.upstream.which.as_str()
+    }
+
+    /// The upstream behind these APIs.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    fn token(&self, api: Api) -> &str {
+        match api {
+            Api::Clients => self.tokens.clients.expose(),
+            Api::AuthzStore => self.tokens.authz_store.expose(),
+            Api::SessionStore => self.tokens.session_store.expose(),
+        }
+    }
+
+    fn request(
+        &self,
+        api: Api,
+        method: Method,
+        endpoint: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<Request<ProxyBody>, ApiError> {
+        let uri = self
+            .upstream
+            .url
+            .endpoint(endpoint)
+            .map_err(|err| ApiError::Transient(format!("invalid endpoint {endpoint}: {err}")))?;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token(api)))
+            .header(header::ACCEPT, "application/json");
+        let body = match body {
+            Some((content_type, bytes)) => {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+                ProxyBody::full(Bytes::from(bytes))
+            }
+            None => ProxyBody::empty(),
+        };
+        builder
+            .body(body)
+            .map_err(|err| ApiError::Transient(format!("cannot build request: {err}")))
+    }
+
+    /// Sends a request and reads the (bounded) answer.
+    async fn call(&self, api: Api, request: Request<ProxyBody>) -> Result<Answer, ApiError> {
+        let response = self
+            .upstream
+            .send(request, self.timeout)
+            .await
+            .map_err(|err| ApiError::Transient(err.to_string()))?;
+        let status = response.status();
+        let body = tokio::time::timeout(
+            self.timeout,
+            crate::http::read_body(response.into_body(), MAX_RECORD_RESPONSE_BYTES),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::Transient(format!("{} body not read within {:?}", self.server(), self.timeout))
+        })?
+        .map_err(|err| ApiError::Transient(format!("{} body: {err}", self.server())))?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(ApiError::Credentials {
+                server: self.server(),
+                api: api.name(),
+                status: status.as_u16(),
+            });
+        }
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
+            return Err(ApiError::Transient(format!(
+                "{} answered {}",
+                self.server(),
+                status.as_u16()
+            )));
+        }
+        Ok(Answer { status, body })
+    }
+
+    fn rejected(&self, operation: &'static str, answer: &Answer) -> ApiError {
+        ApiError::Rejected {
+            server: self.server(),
+            operation,
+            status: answer.status.as_u16(),
+            error: oauth_error(&answer.body),
+        }
+    }
+
+    fn parse(&self, operation: &'static str, body: &[u8]) -> Result<Value, ApiError> {
+        serde_json::from_slice(body).map_err(|err| ApiError::Malformed {
+            server: self.server(),
+            operation,
+            message: err.to_string(),
+        })
+    }
+
+    /// `GET` that maps 404 to `None`.
+    async fn get_optional(
+        &self,
+        api: Api,
+        operation: &'static str,
+        request: Request<ProxyBody>,
+    ) -> Result<Option<Value>, ApiError> {
+        let answer = self.call(api, request).await?;
+        match answer.status {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => self.parse(operation, &answer.body).map(Some),
+            _ => Err(self.rejected(operation, &answer)),
+        }
+    }
+
+    /// A write that must succeed (or, for deletes, find nothing).
+    async fn write(
+        &self,
+        api: Api,
+        operation: &'static str,
+        request: Request<ProxyBody>,
+        missing_ok: bool,
+    ) -> Result<(), ApiError> {
+        let answer = self.call(api, request).await?;
+        if answer.status.is_success() || (missing_ok && answer.status == StatusCode::NOT_FOUND) {
+            Ok(())
+        } else {
+            Err(self.rejected(operation, &answer))
+        }
+    }
+
+    // ---- clients ----
+
+    /// One client, or `None`.
+    pub async fn get_client(&self, client_id: &str) -> Result<Option<Value>, ApiError> {
+        let request = self.request(Api::Clients, Method::GET, &client_path(client_id), None)?;
+        self.get_optional(Api::Clients, "GET /clients/{id}", request).await
+    }
+
+    /// Deletes a client (absent is fine).
+    pub async fn delete_client(&self, client_id: &str) -> Result<(), ApiError> {
+        let request = self.request(Api::Clients, Method::DELETE, &client_path(client_id), None)?;
+        self.write(Api::Clients, "DELETE /clients/{id}", request, true).await
+    }
+
+    /// Creates a client with the identifiers and secret of `record` (a
+    /// record as read from another server).
+    pub async fn import_client(&self, record: &Value) -> Result<(), ApiError> {
+        let body = serde_json::to_vec(&client_import_form(record))
+            .map_err(|err| ApiError::Transient(err.to_string()))?;
+        let request = self.request(Api::Clients, Method::POST, "/clients", Some(("application/json", body)))?;
+        self.write(Api::Clients, "POST /clients", request, false).await
+    }
+
+    /// Makes this server hold `record` (read from the primary): nothing if
+    /// it already holds an equal one, else replace.
+    pub async fn upsert_client(&self, record: &Value) -> Result<(), ApiError> {
+        let client_id = record.get("client_id").and_then(Value::as_str).unwrap_or_default();
+        if let Some(existing) = self.get_client(client_id).await? {
+            if comparable("clients", &existing) == comparable("clients", record) {
+                return Ok(());
+            }
+            self.delete_client(client_id).await?;
+        }
+        self.import_client(record).await
+    }
+
+    // ---- authorizations ----
+
+    /// The long-lived authorization of `subject` for `client_id`, or `None`.
+    pub async fn get_authorization(&self, subject: &str, client_id: &str) -> Result<Option<Value>, ApiError> {
+        let endpoint = format!(
+            "/authz-store/rest/v3/authorizations?{}",
+            form::encode([("subject", subject), ("client_id", client_id)])
+        );
+        let request = self.request(Api::AuthzStore, Method::GET, &endpoint, None)?;
+        self.get_optional(Api::AuthzStore, "GET /authz-store/rest/v3/authorizations", request)
+            .await
+    }
+
+    /// Every long-lived authorization of a subject (or of a client).
+    pub async fn list_authorizations(&self, selector: (&str, &str)) -> Result<Vec<Value>, ApiError> {
+        let endpoint = format!("/authz-store/rest/v3/authorizations?{}", form::encode([selector]));
+        let request = self.request(Api::AuthzStore, Method::GET, &endpoint, None)?;
+        match self
+            .get_optional(Api::AuthzStore, "GET /authz-store/rest/v3/authorizations", request)
+            .await?
+        {
+            None => Ok(Vec::new()),
+            Some(Value::Array(records)) => Ok(records),
+            Some(_) => Err(ApiError::Malformed {
+                server: self.server(),
+                operation: "GET /authz-store/rest/v3/authorizations",
+                message: "expected a JSON array".to_owned(),
+            }),
+        }
+    }
+
+    /// Stores `record` as given (`import=true`: nothing minted).
+    pub async fn import_authorization(&self, record: &Value) -> Result<(), ApiError> {
+        let body = serde_json::to_vec(record).map_err(|err| ApiError::Transient(err.to_string()))?;
+        let request = self.request(
+            Api::AuthzStore,
+            Method::POST,
+            "/authz-store/rest/v3/authorizations?import=true",
+            Some(("application/json", body)),
+        )?;
+        self.write(Api::AuthzStore, "POST /authz-store/rest/v3/authorizations?import=true", request, false)
+            .await
+    }
+
+    /// Deletes one authorization (absent is fine).
+    pub async fn delete_authorization(&self, subject: &str, client_id: &str) -> Result<(), ApiError> {
+        let endpoint = format!(
+            "/authz-store/rest/v3/authorizations?{}",
+            form::encode([("subject", subject), ("client_id", client_id)])
+        );
+        let request = self.request(Api::AuthzStore, Method::DELETE, &endpoint, None)?;
+        self.write(Api::AuthzStore, "DELETE /authz-store/rest/v3/authorizations", request, true)
+            .await
+    }
+
+    /// Replays a revocation with the primary's timestamp.
+    pub async fn revoke(
+        &self,
+        subject: Option<&str>,
+        client_id: Option<&str>,
+        actor: Option<&str>,
+        timestamp: u64,
+    ) -> Result<(), ApiError> {
+        let timestamp = timestamp.to_string();
+        let mut pairs = vec![("timestamp", timestamp.as_str())];
+        pairs.extend(subject.map(|v| ("subject", v)));
+        pairs.extend(client_id.map(|v| ("client_id", v)));
+        pairs.extend(actor.map(|v| ("actor", v)));
+        let body = form::encode(pairs).into_bytes();
+        let request = self.request(
+            Api::AuthzStore,
+            Method::POST,
+            "/authz-store/rest/v3/revocation?quiet=true",
+            Some(("application/x-www-form-urlencoded", body)),
+        )?;
+        self.write(Api::AuthzStore, "POST /authz-store/rest/v3/revocation", request, true)
+            .await
+    }
+
+    /// The authorization record a token belongs to, or `None` (unknown,
+    /// expired, or a transient authorization that has no record).
+    pub async fn inspect(&self, token: &str, kind: TokenKind) -> Result<Option<Value>, ApiError> {
+        let name = match kind {
+            TokenKind::Refresh => "refresh_token",
+            TokenKind::Access => "access_token",
+        };
+        let body = form::encode([(name, token)]).into_bytes();
+        let request = self.request(
+            Api::AuthzStore,
+            Method::POST,
+            "/authz-store/rest/v3/inspection",
+            Some(("application/x-www-form-urlencoded", body)),
+        )?;
+        let answer = self.call(Api::AuthzStore, request).await?;
+        match answer.status {
+            // Unknown tokens: 404, or 400 on servers that call it invalid.
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => Ok(None),
+            status if status.is_success() => self
+                .parse("POST /authz-store/rest/v3/inspection", &answer.body)
+                .map(Some),
+            _ => Err(self.rejected("POST /authz-store/rest/v3/inspection", &answer)),
+        }
+    }
+
+    // ---- sessions ----
+
+    /// One session by SID, without bumping its idle timer.
+    pub async fn get_session(&self, sid: &str) -> Result<Option<Value>, ApiError> {
+        let mut request = self.request(
+            Api::SessionStore,
+            Method::GET,
+            "/session-store/rest/v2/sessions?skip_last_used_update=true",
+            None,
+        )?;
+        insert_sid(&mut request, "sid", sid)?;
+        self.get_optional(Api::SessionStore, "GET /session-store/rest/v2/sessions", request)
+            .await
+    }
+
+    /// Every session of a subject, keyed by SID.
+    pub async fn subject_sessions(&self, subject: &str) -> Result<BTreeMap<String, Value>, ApiError> {
+        let endpoint = format!(
+            "/session-store/rest/v2/sessions?{}",
+            form::encode([("subject", subject), ("skip_last_used_update", "true")])
+        );
+        let request = self.request(Api::SessionStore, Method::GET, &endpoint, None)?;
+        match self
+            .get_optional(Api::SessionStore, "GET /session-store/rest/v2/sessions?subject", request)
+            .await?
+        {
+            None => Ok(BTreeMap::new()),
+            Some(Value::Object(map)) => Ok(map.into_iter().collect()),
+            Some(Value::Array(items)) => Ok(items
+                .into_iter()
+                .filter_map(|item| {
+                    let sid = item.get("sid")?.as_str()?.to_owned();
+                    Some((sid, item))
+                })
+                .collect()),
+            Some(_) => Err(ApiError::Malformed {
+                server: self.server(),
+                operation: "GET /session-store/rest/v2/sessions?subject",
+                message: "expected a JSON object keyed by SID".to_owned(),
+            }),
+        }
+    }
+
+    /// Makes this server hold `session` under `sid`: update if it exists,
+    /// else import with `SID-Key`.
+    pub async fn upsert_session(&self, sid: &str, session: &Value) -> Result<(), ApiError> {
+        let body = serde_json::to_vec(session).map_err(|err| ApiError::Transient(err.to_string()))?;
+        if let Some(existing) = self.get_session(sid).await? {
+            if comparable("sessions", &existing) == comparable("sessions", session) {
+                return Ok(());
+            }
+            let mut request = self.request(
+                Api::SessionStore,
+                Method::PUT,
+                "/session-store/rest/v2/sessions",
+                Some(("application/json", body)),
+            )?;
+            insert_sid(&mut request, "sid", sid)?;
+            return self
+                .write(Api::SessionStore, "PUT /session-store/rest/v2/sessions", request, false)
+                .await;
+        }
+        let mut request = self.request(
+            Api::SessionStore,
+            Method::POST,
+            "/session-store/rest/v2/sessions",
+            Some(("application/json", body)),
+        )?;
+        insert_sid(&mut request, "sid-key", sid_key(sid))?;
+        self.write(Api::SessionStore, "POST /session-store/rest/v2/sessions", request, false)
+            .await
+    }
+
+    /// Ends a session (absent is fine).
+    pub async fn delete_session(&self, sid: &str) -> Result<(), ApiError> {
+        let mut request = self.request(Api::SessionStore, Method::DELETE, "/session-store/rest/v2/sessions", None)?;
+        insert_sid(&mut request, "sid", sid)?;
+        self.write(Api::SessionStore, "DELETE /session-store/rest/v2/sessions", request, true)
+            .await
+    }
+
+    // ---- exports ----
+
+    /// Starts streaming a dataset export: `GET /clients` (array),
+    /// `GET /authz-store/rest/v3/authorizations` (array) or
+    /// `GET /session-store/rest/v2/sessions` (object keyed by SID).
+    pub async fn export(&self, dataset: &str) -> Result<Incoming, ApiError> {
+        let (api, endpoint) = match dataset {
+            "clients" => (Api::Clients, "/clients"),
+            "authorizations" => (Api::AuthzStore, "/authz-store/rest/v3/authorizations"),
+            _ => (Api::SessionStore, "/session-store/rest/v2/sessions"),
+        };
+        let request = self.request(api, Method::GET, endpoint, None)?;
+        // Exports of millions of records take long: only the head has a
+        // deadline here; the body is read by the caller at its own pace.
+        let response = self
+            .upstream
+            .send(request, self.timeout)
+            .await
+            .map_err(|err: upstream::Error| ApiError::Transient(err.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let body = crate::http::read_body(response.into_body(), 64 << 10)
+            .await
+            .unwrap_or_default();
+        let answer = Answer { status, body };
+        match status.as_u16() {
+            401 | 403 => Err(ApiError::Credentials {
+                server: self.server(),
+                api: api.name(),
+                status: status.as_u16(),
+            }),
+            code if code >= 500 || code == 429 => {
+                Err(ApiError::Transient(format!("{} answered {code}", self.server())))
+            }
+            _ => Err(self.rejected("export", &answer)),
+        }
+    }
+}
+
+fn client_path(client_id: &str) -> String {
+    format!(
+        "/clients/{}",
+        percent_encoding::utf8_percent_encode(client_id, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+fn insert_sid(request: &mut Request<ProxyBody>, name: &'static str, value: &str) -> Result<(), ApiError> {
+    let value = http::HeaderValue::from_str(value)
+        .map_err(|_| ApiError::Transient("session id is not a valid header value".to_owned()))?;
+    request.headers_mut().insert(name, value);
+    Ok(())
+}
+
+/// The `error` and a shortened `error_description` of an OAuth-style error
+/// body (never the rest of the body, which may echo secrets).
+fn oauth_error(body: &[u8]) -> String {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return "(no OAuth error body)".to_owned();
+    };
+    let error = value.get("error").and_then(Value::as_str).unwrap_or("unknown_error");
+    match value.get("error_description").and_then(Value::as_str) {
+        Some(description) => {
+            let short: String = description.chars().take(160).collect();
+            format!("{error}: {short}")
+        }
+        None => error.to_owned(),
+    }
+}
+
+/// A client record in the form `POST /clients` imports (migration guide,
+/// step 1).
+pub fn client_import_form(record: &Value) -> Value {
+    let Value::Object(fields) = record else {
+        return record.clone();
+    };
+    let mut out = Map::with_capacity(fields.len());
+    for (name, value) in fields {
+        match name.as_str() {
+            "client_id" => {
+                out.insert("preferred_client_id".to_owned(), value.clone());
+            }
+            "client_secret" => {
+                out.insert("preferred_client_secret".to_owned(), value.clone());
+            }
+            // A secret codec exports the encoded form, which the target's
+            // codec accepts on import (spec §2.4).
+            "encoded_client_secret" => {
+                if !fields.contains_key("client_secret") {
+                    out.insert("preferred_client_secret".to_owned(), value.clone());
+                }
+            }
+            "client_id_issued_at" | "registration_access_token" | "registration_client_uri" => {}
+            _ => {
+                out.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// A record with the fields that legitimately differ between servers
+/// removed, for comparison.
+pub fn comparable(dataset: &str, record: &Value) -> Value {
+    let ignored = IGNORED_FIELDS
+        .iter()
+        .find(|(name, _)| *name == dataset)
+        .map_or(&[][..], |(_, fields)| *fields);
+    match record {
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .filter(|(name, _)| !ignored.contains(&name.as_str()))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn client_import_renames_credentials_and_drops_regenerated_fields() {
+        let record = json!({
+            "client_id": "s6BhdRkqt3",
+            "client_secret": "ahL7AhthchiNg6beAo5HeijeThae3deiChab7ajiVuip2eodesoBie0ufohtiiK4",
+            "client_id_issued_at": 1504187117,
+            "client_secret_expires_at": 0,
+            "registration_client_uri": "https://c2id.example.com/clients/s6BhdRkqt3",
+            "registration_access_token": "7ykDWJO481cGp66GddfsNMwwp2TptkTUH1XdgAFx9Yk.Kg",
+            "redirect_uris": ["https://client.example.org/cb"],
+            "data": {"tier": "gold"},
+        });
+        assert_eq!(
+            client_import_form(&record),
+            json!({
+                "preferred_client_id": "s6BhdRkqt3",
+                "preferred_client_secret": "ahL7AhthchiNg6beAo5HeijeThae3deiChab7ajiVuip2eodesoBie0ufohtiiK4",
+                "client_secret_expires_at": 0,
+                "redirect_uris": ["https://client.example.org/cb"],
+                "data": {"tier": "gold"},
+            })
+        );
+    }
+
+    #[test]
+    fn encoded_secrets_are_imported_as_preferred_secret() {
+        let record = json!({"client_id": "a", "encoded_client_secret": "$2a$10$hash"});
+        assert_eq!(
+            client_import_form(&record),
+            json!({"preferred_client_id": "a", "preferred_client_secret": "$2a$10$hash"})
+        );
+    }
+
+    #[test]
+    fn comparison_ignores_regenerated_fields_only() {
+        let a = json!({"client_id": "a", "client_secret": "s", "client_id_issued_at": 1});
+        let b = json!({"client_id": "a", "client_secret": "s", "client_id_issued_at": 2});
+        let c = json!({"client_id": "a", "client_secret": "t", "client_id_issued_at": 2});
+        assert_eq!(comparable("clients", &a), comparable("clients", &b));
+        assert_ne!(comparable("clients", &a), comparable("clients", &c));
+        let s1 = json!({"sub": "alice", "last_used": 1});
+        let s2 = json!({"sub": "alice", "last_used": 2});
+        assert_eq!(comparable("sessions", &s1), comparable("sessions", &s2));
+    }
+
+    #[test]
+    fn error_bodies_are_shortened_to_the_oauth_error() {
+        let body = br#"{"error":"invalid_client_metadata","error_description":"Invalid redirect_uris","client_secret":"x"}"#;
+        assert_eq!(oauth_error(body), "invalid_client_metadata: Invalid redirect_uris");
+        assert_eq!(oauth_error(b"<html>"), "(no OAuth error body)");
+    }
+}
