@@ -131,7 +131,7 @@ impl Cipher {
     }
 
     /// Decrypts `ciphertext_and_tag` in place and returns the plaintext, which
-    /// is the buffer minus its last [`TAG_BYTES`] bytes.
+    /// is the buffer minus its last 16 (tag) bytes.
     pub fn open_in_place<'a>(
         &self,
         nonce: [u8; NONCE_BYTES],
