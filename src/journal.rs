@@ -44,6 +44,7 @@
 //! <dir>/LOCK                         flock'd while open
 //! <dir>/cursor                       seq u64 LE | crc32 u32 LE (12 bytes)
 //! <dir>/NNNNNNNNNNNNNNNNNNNN.seg     20-digit first seq of the file; records back to back
+//! <dir>/deadletters/                 the dead-letter log, same layout (see DeadLetters)
 //!
 //! record:
 //!   len    u32 LE    bytes after the crc field (37 + plaintext length)
@@ -150,9 +151,15 @@
 //! Storage sits behind the synchronous [`Store`] trait so a PostgreSQL store
 //! can replace the segment files (`store.rs` explains why synchronous).
 //! [`Journal`] handles are cheap clones of one `Arc`.
+//!
+//! # Dead letters
+//!
+//! [`DeadLetters`] reuses the same framing and segment store in
+//! `<dir>/deadletters/` for records the sync layer gave up on.
 
 mod cipher;
 mod cursor;
+mod deadletters;
 pub mod record;
 mod segment;
 mod store;
@@ -172,6 +179,7 @@ use tokio::sync::oneshot;
 use tracing::warn;
 
 pub use cipher::{Cipher, CipherError, KEY_LEN, KeyError};
+pub use deadletters::{DEAD_LETTERS_DIR, DeadLetter, DeadLetters, MAX_REASON_BYTES};
 pub use record::{EncodeError, FrameError};
 pub use segment::SegmentStore;
 pub use store::{Appended, Recovery, Store, TornTail, Usage};
