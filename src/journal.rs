@@ -644,10 +644,7 @@ impl Journal {
             let mut state = lock(&self.inner.state);
             if seq >= state.next_seq {
                 drop(state);
-                warn!(
-                    seq,
-                    "ack for a journal seq that was never appended; ignored"
-                );
+                warn!(seq, "ignored an ack for a journal seq never appended");
                 return;
             }
             let before = state.acks.cursor();

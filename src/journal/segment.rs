@@ -397,14 +397,17 @@ impl SegmentStore {
             .map_err(|err| io_error("stat segment", &path, err))?
             .len();
         if len != 0 {
-            // Only possible if someone else writes here: the lock prevents
-            // another journal, so refuse rather than append after unknown data.
-            return Err(Error::SeqMismatch {
-                path,
-                offset: 0,
-                expected: first_seq,
-                found: first_seq,
-            });
+            // Only possible if someone else writes here (the lock keeps
+            // other journals out): refuse rather than append after unknown
+            // data.
+            return Err(io_error(
+                "create segment",
+                &path,
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("segment already exists with {len} bytes"),
+                ),
+            ));
         }
         fsync_dir(&self.dir)?;
         Ok((
@@ -431,13 +434,15 @@ impl SegmentStore {
             .append(true)
             .open(path)
             .map_err(|err| io_error("open segment", path, err))?;
+        // A kill can leave written but never fsynced records (a group whose
+        // fsync did not finish, or `interval` data). Recovery hands them out
+        // as pending, so make them durable before anyone acts on them.
+        file.sync_data()
+            .map_err(|err| io_error("sync segment", path, err))?;
         Ok(Active {
             file: Arc::new(file),
             first_seq,
             len,
-            // Recovery read it back; a torn tail was cut and synced. What is
-            // left came from a previous run and is treated as synced, like
-            // every other byte recovery hands out.
             synced: len,
             generation: 0,
             needs_repair: false,
@@ -499,7 +504,7 @@ impl Active {
             Ok(()) => self.needs_repair = false,
             Err(err) => {
                 warn!(path = %path.display(), offset = self.len, error = %err,
-                    "cannot truncate failed journal write; will retry before the next append");
+                    "failed to truncate a failed journal write; retrying before the next append");
                 self.needs_repair = true;
             }
         }
@@ -516,7 +521,7 @@ impl Store for SegmentStore {
                 let first = segments.first().map_or(0, |s| s.first_seq);
                 if first > 0 {
                     warn!(dir = %self.dir.display(), first_seq = first,
-                        "journal cursor file missing; replaying every record present");
+                        "replaying every journal record present: cursor file missing");
                 }
                 first
             }
@@ -545,16 +550,24 @@ impl Store for SegmentStore {
         for (i, segment) in segments.iter_mut().enumerate() {
             // Rule 5: the records that must exist are [cursor, next_seq).
             let expected = log_end.unwrap_or(cursor);
-            if segment.first_seq != expected {
-                let overlap = log_end.is_some_and(|end| segment.first_seq < end);
-                if overlap || segment.first_seq > cursor {
-                    return Err(Error::Gap {
-                        path: segment.path.clone(),
-                        expected,
-                        found: segment.first_seq,
-                        cursor,
-                    });
-                }
+            if log_end.is_some_and(|end| segment.first_seq < end) {
+                // Overlaps the previous segment: its first record cannot
+                // carry the seq its name promises and the one that belongs.
+                return Err(Error::SeqMismatch {
+                    path: segment.path.clone(),
+                    offset: 0,
+                    expected,
+                    found: segment.first_seq,
+                });
+            }
+            // Missing seqs are fine only below the cursor (applied).
+            if segment.first_seq > expected && segment.first_seq > cursor {
+                return Err(Error::Gap {
+                    path: segment.path.clone(),
+                    expected,
+                    found: segment.first_seq,
+                    cursor,
+                });
             }
             let (end, torn) = self.scan_segment(segment, i + 1 == count, cursor, &mut entries)?;
             log_end = Some(end);
@@ -571,8 +584,8 @@ impl Store for SegmentStore {
         } else {
             if let Some(end) = log_end.filter(|&end| end < next_seq) {
                 warn!(dir = %self.dir.display(), log_end = end, cursor,
-                    "journal cursor is ahead of the log: the missing records were applied \
-                     before they were lost (sync = interval and a power loss?)");
+                    "starting the journal at its cursor, which is ahead of the log: the missing \
+                     records were applied before they were lost (sync = interval and a power loss?)");
             }
             // An empty last segment with the wrong name would break the
             // "a segment starts with its name" rule once written to.
@@ -1019,6 +1032,28 @@ mod tests {
         let mut store = SegmentStore::open(dir.path(), cipher(), 150).unwrap();
         let err = store.recover().unwrap_err();
         assert!(matches!(err, Error::Gap { .. }), "{err}");
+    }
+
+    #[test]
+    fn overlapping_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), 1 << 20);
+        append(&store, 0..3);
+        drop(store);
+        fs::write(segment_path(dir.path(), 2), b"").unwrap();
+        let mut store = SegmentStore::open(dir.path(), cipher(), 1 << 20).unwrap();
+        let err = store.recover().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SeqMismatch {
+                    expected: 3,
+                    found: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

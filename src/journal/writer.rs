@@ -157,9 +157,10 @@ impl Writer {
                 None => {}
                 Some(WriterMsg::Close { reply }) => {
                     let result = self.store.sync();
-                    // Drop the store (and with it the directory lock)
-                    // before answering, so a reopen right after close()
-                    // returns finds the directory free.
+                    // Let go of the store before answering: once the
+                    // maintenance thread has done the same (close() stops
+                    // it next), the directory lock is released, so a reopen
+                    // right after close() returns finds the directory free.
                     drop(self);
                     let _ = reply.send(result);
                     return;
@@ -230,7 +231,7 @@ impl Writer {
                 }
             }
             Err(err) => {
-                warn!(error = %err, records = entries.len(), "journal append failed");
+                warn!(error = %err, records = entries.len(), "failed to append to the journal");
                 self.observer.on_error(&err);
                 for waiter in waiters {
                     let _ = waiter.reply.send(Err(err.clone()));
@@ -241,7 +242,7 @@ impl Writer {
 
     fn sync_quietly(&self) {
         if let Err(err) = self.store.sync() {
-            warn!(error = %err, "journal sync at exit failed");
+            warn!(error = %err, "failed to sync the journal at exit");
             self.observer.on_error(&err);
         }
     }
@@ -323,7 +324,7 @@ impl Maintenance {
             Err(err) => {
                 // With `interval` the appenders were already answered: all
                 // that is left is to say so loudly and try again next tick.
-                warn!(error = %err, "journal background sync failed");
+                warn!(error = %err, "failed to sync the journal in the background");
                 self.observer.on_error(&err);
                 Err(err)
             }
@@ -336,7 +337,7 @@ impl Maintenance {
             if let Err(err) = self.store.persist_cursor(cursor) {
                 // Not a safety problem: more records are replayed after a
                 // crash. Retried at the next tick.
-                warn!(error = %err, cursor, "journal cursor persist failed");
+                warn!(error = %err, cursor, "failed to persist the journal cursor");
                 self.observer.on_error(&err);
                 return Err(err);
             }
@@ -351,7 +352,7 @@ impl Maintenance {
             let result = self.store.delete_applied(self.persisted);
             lock(&self.state).usage = self.store.usage();
             if let Err(err) = result {
-                warn!(error = %err, "deleting applied journal segments failed");
+                warn!(error = %err, "failed to delete applied journal segments");
                 self.observer.on_error(&err);
                 return Err(err);
             }
