@@ -18,11 +18,12 @@
 //!
 //! # Invariants
 //!
-//! 1. Seqs are assigned by the single writer thread, consecutively, and only
-//!    to records that were written: a failed write consumes no seq. Seqs
-//!    returned by `append` strictly increase, across restarts too; the only
-//!    seqs ever handed out twice belong to a torn tail (records whose append
-//!    never returned `Ok`, cut off by recovery).
+//! 1. Seqs are assigned by the single writer thread, consecutively; a
+//!    failed group consumes none. Seqs returned by `append` strictly
+//!    increase, across restarts too. A seq is only ever written twice if its
+//!    first record never made it into the journal for good: its group
+//!    failed (and was cut back), or it was in a torn tail cut by recovery;
+//!    in both cases its `append` never returned `Ok`.
 //! 2. A record is never half present: a failed write is truncated back to the
 //!    last whole batch before anything else is written, and recovery cuts a
 //!    torn tail. Nothing is ever written after a partial record.
