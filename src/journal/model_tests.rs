@@ -463,9 +463,18 @@ impl TinyFs {
 
 impl Drop for TinyFs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
+        let unmounted = std::process::Command::new("umount")
             .arg(self.dir.path())
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (a failed assertion left files open): detach it
+            // rather than leak a mount.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
     }
 }
 
@@ -506,12 +515,14 @@ fn disk_full_fails_the_append_and_the_journal_recovers_when_space_returns() {
     assert_eq!(seq, ok.len() as u64, "failed appends consumed no seq");
     ok.push((seq, vec![7; 3000]));
     journal.crash();
-    let (_journal, recovery) = Journal::open(config(&dir), cipher()).unwrap();
+    let (journal, recovery) = Journal::open(config(&dir), cipher()).unwrap();
     assert_eq!(
         recovery.torn_tail, None,
         "the partial write was truncated at once"
     );
     assert_eq!(bodies(&recovery), ok);
+    // Close (not just drop) so no file is open when the tmpfs is unmounted.
+    rt.block_on(journal.close()).unwrap();
 }
 
 // ---------------------------------------------------------------------------
