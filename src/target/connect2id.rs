@@ -171,11 +171,10 @@ impl Connect2id {
         endpoint: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Request<ProxyBody>, ApiError> {
-        let uri = self
-            .upstream
-            .url
-            .endpoint(endpoint)
-            .map_err(|err| ApiError::Transient(format!("invalid endpoint {endpoint}: {err}")))?;
+        let uri =
+            self.upstream.url.endpoint(endpoint).map_err(|err| {
+                ApiError::Transient(format!("invalid endpoint {endpoint}: {err}"))
+            })?;
         let mut builder = Request::builder()
             .method(method)
             .uri(uri)
@@ -207,7 +206,11 @@ impl Connect2id {
         )
         .await
         .map_err(|_| {
-            ApiError::Transient(format!("{} body not read within {:?}", self.server(), self.timeout))
+            ApiError::Transient(format!(
+                "{} body not read within {:?}",
+                self.server(),
+                self.timeout
+            ))
         })?
         .map_err(|err| ApiError::Transient(format!("{} body: {err}", self.server())))?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -217,7 +220,10 @@ impl Connect2id {
                 status: status.as_u16(),
             });
         }
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
+        if status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
             return Err(ApiError::Transient(format!(
                 "{} answered {}",
                 self.server(),
@@ -280,13 +286,15 @@ impl Connect2id {
     /// One client, or `None`.
     pub async fn get_client(&self, client_id: &str) -> Result<Option<Value>, ApiError> {
         let request = self.request(Api::Clients, Method::GET, &client_path(client_id), None)?;
-        self.get_optional(Api::Clients, "GET /clients/{id}", request).await
+        self.get_optional(Api::Clients, "GET /clients/{id}", request)
+            .await
     }
 
     /// Deletes a client (absent is fine).
     pub async fn delete_client(&self, client_id: &str) -> Result<(), ApiError> {
         let request = self.request(Api::Clients, Method::DELETE, &client_path(client_id), None)?;
-        self.write(Api::Clients, "DELETE /clients/{id}", request, true).await
+        self.write(Api::Clients, "DELETE /clients/{id}", request, true)
+            .await
     }
 
     /// Creates a client with the identifiers and secret of `record` (a
@@ -294,14 +302,23 @@ impl Connect2id {
     pub async fn import_client(&self, record: &Value) -> Result<(), ApiError> {
         let body = serde_json::to_vec(&client_import_form(record))
             .map_err(|err| ApiError::Transient(err.to_string()))?;
-        let request = self.request(Api::Clients, Method::POST, "/clients", Some(("application/json", body)))?;
-        self.write(Api::Clients, "POST /clients", request, false).await
+        let request = self.request(
+            Api::Clients,
+            Method::POST,
+            "/clients",
+            Some(("application/json", body)),
+        )?;
+        self.write(Api::Clients, "POST /clients", request, false)
+            .await
     }
 
     /// Makes this server hold `record` (read from the primary): nothing if
     /// it already holds an equal one, else replace.
     pub async fn upsert_client(&self, record: &Value) -> Result<(), ApiError> {
-        let client_id = record.get("client_id").and_then(Value::as_str).unwrap_or_default();
+        let client_id = record
+            .get("client_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if let Some(existing) = self.get_client(client_id).await? {
             if comparable("clients", &existing) == comparable("clients", record) {
                 return Ok(());
@@ -314,22 +331,40 @@ impl Connect2id {
     // ---- authorizations ----
 
     /// The long-lived authorization of `subject` for `client_id`, or `None`.
-    pub async fn get_authorization(&self, subject: &str, client_id: &str) -> Result<Option<Value>, ApiError> {
+    pub async fn get_authorization(
+        &self,
+        subject: &str,
+        client_id: &str,
+    ) -> Result<Option<Value>, ApiError> {
         let endpoint = format!(
             "/authz-store/rest/v3/authorizations?{}",
             form::encode([("subject", subject), ("client_id", client_id)])
         );
         let request = self.request(Api::AuthzStore, Method::GET, &endpoint, None)?;
-        self.get_optional(Api::AuthzStore, "GET /authz-store/rest/v3/authorizations", request)
-            .await
+        self.get_optional(
+            Api::AuthzStore,
+            "GET /authz-store/rest/v3/authorizations",
+            request,
+        )
+        .await
     }
 
     /// Every long-lived authorization of a subject (or of a client).
-    pub async fn list_authorizations(&self, selector: (&str, &str)) -> Result<Vec<Value>, ApiError> {
-        let endpoint = format!("/authz-store/rest/v3/authorizations?{}", form::encode([selector]));
+    pub async fn list_authorizations(
+        &self,
+        selector: (&str, &str),
+    ) -> Result<Vec<Value>, ApiError> {
+        let endpoint = format!(
+            "/authz-store/rest/v3/authorizations?{}",
+            form::encode([selector])
+        );
         let request = self.request(Api::AuthzStore, Method::GET, &endpoint, None)?;
         match self
-            .get_optional(Api::AuthzStore, "GET /authz-store/rest/v3/authorizations", request)
+            .get_optional(
+                Api::AuthzStore,
+                "GET /authz-store/rest/v3/authorizations",
+                request,
+            )
             .await?
         {
             None => Ok(Vec::new()),
@@ -344,26 +379,41 @@ impl Connect2id {
 
     /// Stores `record` as given (`import=true`: nothing minted).
     pub async fn import_authorization(&self, record: &Value) -> Result<(), ApiError> {
-        let body = serde_json::to_vec(record).map_err(|err| ApiError::Transient(err.to_string()))?;
+        let body =
+            serde_json::to_vec(record).map_err(|err| ApiError::Transient(err.to_string()))?;
         let request = self.request(
             Api::AuthzStore,
             Method::POST,
             "/authz-store/rest/v3/authorizations?import=true",
             Some(("application/json", body)),
         )?;
-        self.write(Api::AuthzStore, "POST /authz-store/rest/v3/authorizations?import=true", request, false)
-            .await
+        self.write(
+            Api::AuthzStore,
+            "POST /authz-store/rest/v3/authorizations?import=true",
+            request,
+            false,
+        )
+        .await
     }
 
     /// Deletes one authorization (absent is fine).
-    pub async fn delete_authorization(&self, subject: &str, client_id: &str) -> Result<(), ApiError> {
+    pub async fn delete_authorization(
+        &self,
+        subject: &str,
+        client_id: &str,
+    ) -> Result<(), ApiError> {
         let endpoint = format!(
             "/authz-store/rest/v3/authorizations?{}",
             form::encode([("subject", subject), ("client_id", client_id)])
         );
         let request = self.request(Api::AuthzStore, Method::DELETE, &endpoint, None)?;
-        self.write(Api::AuthzStore, "DELETE /authz-store/rest/v3/authorizations", request, true)
-            .await
+        self.write(
+            Api::AuthzStore,
+            "DELETE /authz-store/rest/v3/authorizations",
+            request,
+            true,
+        )
+        .await
     }
 
     /// Replays a revocation with the primary's timestamp.
@@ -386,8 +436,13 @@ impl Connect2id {
             "/authz-store/rest/v3/revocation?quiet=true",
             Some(("application/x-www-form-urlencoded", body)),
         )?;
-        self.write(Api::AuthzStore, "POST /authz-store/rest/v3/revocation", request, true)
-            .await
+        self.write(
+            Api::AuthzStore,
+            "POST /authz-store/rest/v3/revocation",
+            request,
+            true,
+        )
+        .await
     }
 
     /// The authorization record a token belongs to, or `None` (unknown,
@@ -426,19 +481,30 @@ impl Connect2id {
             None,
         )?;
         insert_sid(&mut request, "sid", sid)?;
-        self.get_optional(Api::SessionStore, "GET /session-store/rest/v2/sessions", request)
-            .await
+        self.get_optional(
+            Api::SessionStore,
+            "GET /session-store/rest/v2/sessions",
+            request,
+        )
+        .await
     }
 
     /// Every session of a subject, keyed by SID.
-    pub async fn subject_sessions(&self, subject: &str) -> Result<BTreeMap<String, Value>, ApiError> {
+    pub async fn subject_sessions(
+        &self,
+        subject: &str,
+    ) -> Result<BTreeMap<String, Value>, ApiError> {
         let endpoint = format!(
             "/session-store/rest/v2/sessions?{}",
             form::encode([("subject", subject), ("skip_last_used_update", "true")])
         );
         let request = self.request(Api::SessionStore, Method::GET, &endpoint, None)?;
         match self
-            .get_optional(Api::SessionStore, "GET /session-store/rest/v2/sessions?subject", request)
+            .get_optional(
+                Api::SessionStore,
+                "GET /session-store/rest/v2/sessions?subject",
+                request,
+            )
             .await?
         {
             None => Ok(BTreeMap::new()),
@@ -461,7 +527,8 @@ impl Connect2id {
     /// Makes this server hold `session` under `sid`: update if it exists,
     /// else import with `SID-Key`.
     pub async fn upsert_session(&self, sid: &str, session: &Value) -> Result<(), ApiError> {
-        let body = serde_json::to_vec(session).map_err(|err| ApiError::Transient(err.to_string()))?;
+        let body =
+            serde_json::to_vec(session).map_err(|err| ApiError::Transient(err.to_string()))?;
         if let Some(existing) = self.get_session(sid).await? {
             if comparable("sessions", &existing) == comparable("sessions", session) {
                 return Ok(());
@@ -474,7 +541,12 @@ impl Connect2id {
             )?;
             insert_sid(&mut request, "sid", sid)?;
             return self
-                .write(Api::SessionStore, "PUT /session-store/rest/v2/sessions", request, false)
+                .write(
+                    Api::SessionStore,
+                    "PUT /session-store/rest/v2/sessions",
+                    request,
+                    false,
+                )
                 .await;
         }
         let mut request = self.request(
@@ -484,16 +556,31 @@ impl Connect2id {
             Some(("application/json", body)),
         )?;
         insert_sid(&mut request, "sid-key", sid_key(sid))?;
-        self.write(Api::SessionStore, "POST /session-store/rest/v2/sessions", request, false)
-            .await
+        self.write(
+            Api::SessionStore,
+            "POST /session-store/rest/v2/sessions",
+            request,
+            false,
+        )
+        .await
     }
 
     /// Ends a session (absent is fine).
     pub async fn delete_session(&self, sid: &str) -> Result<(), ApiError> {
-        let mut request = self.request(Api::SessionStore, Method::DELETE, "/session-store/rest/v2/sessions", None)?;
+        let mut request = self.request(
+            Api::SessionStore,
+            Method::DELETE,
+            "/session-store/rest/v2/sessions",
+            None,
+        )?;
         insert_sid(&mut request, "sid", sid)?;
-        self.write(Api::SessionStore, "DELETE /session-store/rest/v2/sessions", request, true)
-            .await
+        self.write(
+            Api::SessionStore,
+            "DELETE /session-store/rest/v2/sessions",
+            request,
+            true,
+        )
+        .await
     }
 
     // ---- exports ----
@@ -529,9 +616,10 @@ impl Connect2id {
                 api: api.name(),
                 status: status.as_u16(),
             }),
-            code if code >= 500 || code == 429 => {
-                Err(ApiError::Transient(format!("{} answered {code}", self.server())))
-            }
+            code if code >= 500 || code == 429 => Err(ApiError::Transient(format!(
+                "{} answered {code}",
+                self.server()
+            ))),
             _ => Err(self.rejected("export", &answer)),
         }
     }
@@ -544,7 +632,11 @@ fn client_path(client_id: &str) -> String {
     )
 }
 
-fn insert_sid(request: &mut Request<ProxyBody>, name: &'static str, value: &str) -> Result<(), ApiError> {
+fn insert_sid(
+    request: &mut Request<ProxyBody>,
+    name: &'static str,
+    value: &str,
+) -> Result<(), ApiError> {
     let value = http::HeaderValue::from_str(value)
         .map_err(|_| ApiError::Transient("session id is not a valid header value".to_owned()))?;
     request.headers_mut().insert(name, value);
@@ -557,7 +649,10 @@ fn oauth_error(body: &[u8]) -> String {
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
         return "(no OAuth error body)".to_owned();
     };
-    let error = value.get("error").and_then(Value::as_str).unwrap_or("unknown_error");
+    let error = value
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown_error");
     match value.get("error_description").and_then(Value::as_str) {
         Some(description) => {
             let short: String = description.chars().take(160).collect();
@@ -670,7 +765,10 @@ mod tests {
     #[test]
     fn error_bodies_are_shortened_to_the_oauth_error() {
         let body = br#"{"error":"invalid_client_metadata","error_description":"Invalid redirect_uris","client_secret":"x"}"#;
-        assert_eq!(oauth_error(body), "invalid_client_metadata: Invalid redirect_uris");
+        assert_eq!(
+            oauth_error(body),
+            "invalid_client_metadata: Invalid redirect_uris"
+        );
         assert_eq!(oauth_error(b"<html>"), "(no OAuth error body)");
     }
 }
