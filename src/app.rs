@@ -1,6 +1,12 @@
 //! Builds every subsystem from the validated [`Config`], runs them under one
 //! root cancellation token, and shuts them down in a fixed order.
 //!
+//! # Start-up
+//!
+//! The journal is opened (and recovered) before anything listens: its
+//! backlog from before a restart goes to the sync workers first, so a crash
+//! between a client's acknowledgement and the sync never loses the change.
+//!
 //! # Shutdown order
 //!
 //! 1. `/readyz` turns false (load balancers stop sending new traffic), then
@@ -8,9 +14,13 @@
 //! 2. Stop accepting downstream connections.
 //! 3. Drain in-flight requests (every connection finishes what it has and
 //!    closes; HTTP/2 gets GOAWAY), bounded by `proxy.shutdown_grace`;
-//!    connections still busy after that are closed.
-//! 4. Stop the readiness probe.
-//! 5. Stop the admin API last, so `/readyz` and `/metrics` answer to the end.
+//!    connections still busy after that are closed. Every trigger that
+//!    finished has its changes in the journal by now.
+//! 4. Stop the background tasks (readiness probe, metrics publisher).
+//! 5. Flush the journal (fdatasync).
+//! 6. Stop the sync workers (unfinished work stays in the journal for the
+//!    next start) and close the journal, persisting the applied cursor.
+//! 7. Stop the admin API last, so `/readyz` and `/metrics` answer to the end.
 //!
 //! A critical task that fails cancels the root token, so the process shuts
 //! down as a whole instead of half-running.
@@ -18,6 +28,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,10 +38,22 @@ use tracing::Instrument;
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::health::{self, Health};
-use crate::metrics::{self, Metrics};
-use crate::proxy::forward::{FixedPrimary, PrimarySelector, Settings};
-use crate::proxy::{self, Forwarder, ListenerOptions};
+use crate::journal::{self, Cipher, DeadLetters, Journal};
+use crate::metrics::{self, JournalMetrics, Metrics};
+use crate::mirror::Mirror;
+use crate::proxy::forward::{PrimarySelector, Settings};
+use crate::proxy::{self, Forwarder, Hook, ListenerOptions};
+use crate::routing::{Routing, Side};
+use crate::sync::{self, SyncHandle};
+use crate::target::connect2id::Connect2id;
+use crate::triggers::Change;
 use crate::upstream::Upstream;
+
+/// How long stopping the sync workers may take before they are abandoned
+/// (their work stays in the journal).
+const SYNC_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often journal and lag gauges are refreshed.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A start-up failure.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +71,12 @@ pub enum Error {
     /// TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::Error),
+    /// The journal could not be opened or recovered.
+    #[error(transparent)]
+    Journal(#[from] journal::Error),
+    /// The journal key is malformed.
+    #[error("journal key: {0}")]
+    JournalKey(#[from] journal::KeyError),
 }
 
 /// The bound sockets. Bound by the caller (after config validation), so tests
@@ -81,6 +110,25 @@ impl Listeners {
     }
 }
 
+/// Feeds journal events into the metrics.
+struct JournalObserver(JournalMetrics);
+
+impl journal::Observer for JournalObserver {
+    fn on_commit(&self, commit: &journal::Commit) {
+        if let Some(fsync) = commit.fsync {
+            self.0.fsync_seconds.observe(fsync.as_secs_f64());
+        }
+    }
+
+    fn on_sync(&self, fsync: Duration) {
+        self.0.fsync_seconds.observe(fsync.as_secs_f64());
+    }
+
+    fn on_error(&self, _error: &journal::Error) {
+        self.0.errors.inc();
+    }
+}
+
 /// Runs everything until `shutdown` completes (or `POST /shutdown`, or a
 /// critical failure), then shuts down in the documented order.
 pub async fn run(
@@ -97,23 +145,81 @@ pub async fn run(
         )?)),
         None => None,
     };
+
+    // The journal first: its backlog is work owed from before a restart.
+    let cipher = Cipher::from_hex(config.journal.key.expose())?;
+    let mut journal_config = journal::Config::new(&config.journal.dir);
+    journal_config.sync = config.journal.sync;
+    journal_config.segment_bytes = config.journal.segment_bytes;
+    let (journal, recovery) = Journal::open_with_observer(
+        journal_config,
+        cipher.clone(),
+        Arc::new(JournalObserver(metrics.journal.clone())),
+    )?;
+    let dead_letters = Arc::new(DeadLetters::open(&config.journal.dir, cipher)?);
+    metrics
+        .sync
+        .dead_letters
+        .set(i64::try_from(dead_letters.len()).unwrap_or(i64::MAX));
+
     let source = Arc::new(Upstream::new(
         metrics::Upstream::Source,
         &config.source,
         &config.proxy,
         &metrics,
     )?);
-    let primary: Arc<dyn PrimarySelector> = Arc::new(FixedPrimary(Arc::clone(&source)));
-    let forwarder = Arc::new(Forwarder::new(
-        Settings::from_config(&config.proxy),
-        Arc::clone(&primary),
-        None,
-        Arc::clone(&health),
-        metrics.clone(),
+    let target = Arc::new(Upstream::new(
+        metrics::Upstream::Target,
+        &config.target,
+        &config.proxy,
+        &metrics,
+    )?);
+    let timeout = config.sync.request_timeout;
+    let routing = Arc::new(Routing::new(
+        Arc::clone(&source),
+        Arc::clone(&target),
+        Connect2id::new(Arc::clone(&source), config.source.tokens.clone(), timeout),
+        Connect2id::new(Arc::clone(&target), config.target.tokens.clone(), timeout),
+        Side::Source,
     ));
 
     let root = CancellationToken::new();
     let tracker = TaskTracker::new();
+
+    let sync_stop = CancellationToken::new();
+    let sync_tracker = TaskTracker::new();
+    let sync = sync::spawn(
+        sync::Config {
+            workers: config.sync.workers,
+            retry_initial: config.sync.retry_initial,
+            retry_max: config.sync.retry_max,
+        },
+        Arc::clone(&routing),
+        journal.clone(),
+        Arc::clone(&dead_letters),
+        metrics.sync.clone(),
+        &sync_tracker,
+        sync_stop.clone(),
+    );
+    resume_backlog(&sync, &journal, recovery.entries, &dead_letters);
+
+    let mirror = Mirror::new(
+        &config.source.url.base_path,
+        config.sync.datasets.clone(),
+        journal.clone(),
+        sync.clone(),
+        Arc::clone(&routing),
+        Arc::clone(&health),
+        metrics.journal.clone(),
+    );
+    let primary: Arc<dyn PrimarySelector> = Arc::clone(&routing) as Arc<dyn PrimarySelector>;
+    let forwarder = Arc::new(Forwarder::new(
+        Settings::from_config(&config.proxy),
+        Arc::clone(&primary),
+        Some(Arc::new(mirror.clone()) as Arc<dyn Hook>),
+        Arc::clone(&health),
+        metrics.clone(),
+    ));
 
     let admin_stop = CancellationToken::new();
     let admin = Arc::new(Admin {
@@ -127,15 +233,25 @@ pub async fn run(
             .instrument(tracing::info_span!("admin")),
     );
 
-    let probe_stop = root.child_token();
-    let probe_task = tracker.spawn(
+    let background_stop = root.child_token();
+    tracker.spawn(
         health::run_probe(
             Arc::clone(&health),
             Arc::clone(&primary),
             config.proxy.health_interval,
-            probe_stop.clone(),
+            background_stop.clone(),
         )
         .instrument(tracing::info_span!("health")),
+    );
+    tracker.spawn(
+        publish_stats(
+            journal.clone(),
+            sync.clone(),
+            Arc::clone(&dead_letters),
+            metrics.clone(),
+            background_stop.clone(),
+        )
+        .instrument(tracing::info_span!("stats")),
     );
 
     let proxy_stop = CancellationToken::new();
@@ -155,7 +271,9 @@ pub async fn run(
     tracing::info!(
         proxy = ?proxy_addr,
         primary = %config.source.url,
+        secondary = %config.target.url,
         tls = config.proxy.tls.is_some(),
+        backlog = journal.stats().depth,
         "handover started"
     );
 
@@ -175,12 +293,114 @@ pub async fn run(
     let _ = proxy_task.await;
     tracing::info!("downstream drained");
     // 4. Background tasks.
-    probe_stop.cancel();
-    let _ = probe_task.await;
-    // 5. Admin last.
+    background_stop.cancel();
+    // 5. Flush the journal.
+    if let Err(err) = journal.flush().await {
+        tracing::error!(error = %err, "cannot flush the journal at shutdown");
+    }
+    // 6. Stop the sync workers, then close the journal (persists the cursor).
+    sync_stop.cancel();
+    sync_tracker.close();
+    if tokio::time::timeout(SYNC_STOP_TIMEOUT, sync_tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            jobs = sync_tracker.len(),
+            "sync jobs still running at the stop deadline; their changes stay in the journal"
+        );
+    }
+    drop(sync);
+    drop(mirror);
+    if let Err(err) = journal.close().await {
+        tracing::error!(error = %err, "cannot close the journal cleanly");
+    }
+    // 7. Admin last.
     admin_stop.cancel();
     let _ = admin_task.await;
     tracker.wait().await;
     tracing::info!("handover stopped");
     Ok(())
+}
+
+/// Gives the journal's backlog from before a restart to the sync workers.
+fn resume_backlog(
+    sync: &SyncHandle,
+    journal: &Journal,
+    entries: Vec<journal::Entry>,
+    dead_letters: &DeadLetters,
+) {
+    if entries.is_empty() {
+        return;
+    }
+    tracing::info!(changes = entries.len(), "resuming journal backlog");
+    let parsed: Vec<_> = entries
+        .into_iter()
+        .filter_map(|entry| parse_entry(entry, journal, dead_letters))
+        .collect();
+    sync.submit_journaled(parsed);
+}
+
+/// A journal record's change. A record that does not parse (authenticated
+/// by the AEAD, so written by a handover of another version) goes to the
+/// dead letters for the operator and is acknowledged.
+fn parse_entry(
+    entry: journal::Entry,
+    journal: &Journal,
+    dead_letters: &DeadLetters,
+) -> Option<(journal::Seq, Change)> {
+    match serde_json::from_slice::<Change>(&entry.body) {
+        Ok(change) => Some((entry.seq, change)),
+        Err(err) => {
+            tracing::error!(seq = entry.seq, error = %err, "unreadable journal record; moved to dead letters");
+            let reason = format!("unreadable journal record: {err}");
+            match dead_letters.push(&reason, &entry.body) {
+                Ok(_) => journal.ack(entry.seq),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot write the dead-letter log; the record stays in the journal")
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Refreshes the journal and lag gauges until `stop`.
+async fn publish_stats(
+    journal: Journal,
+    sync: SyncHandle,
+    dead_letters: Arc<DeadLetters>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    loop {
+        let stats = journal.stats();
+        metrics
+            .journal
+            .depth
+            .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
+        metrics
+            .journal
+            .size_bytes
+            .set(i64::try_from(stats.bytes_on_disk).unwrap_or(i64::MAX));
+        metrics.sync.lag_seconds.set(
+            stats
+                .oldest_unacked_age
+                .map_or(0.0, |age| age.as_secs_f64()),
+        );
+        // A dropped append future leaves its records with the journal:
+        // sync them like any other.
+        let orphans = journal.take_orphans();
+        if !orphans.is_empty() {
+            let parsed: Vec<_> = orphans
+                .into_iter()
+                .filter_map(|entry| parse_entry(entry, &journal, &dead_letters))
+                .collect();
+            sync.submit_journaled(parsed);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(STATS_INTERVAL) => {}
+        }
+    }
 }

@@ -53,6 +53,12 @@ pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// The admin listener: loopback only unless an admin token is configured.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Datasets synced when `sync.datasets` is not given: all of them (the
+/// migration guide's three steps).
+pub const DATASETS: [&str; 3] = ["clients", "authorizations", "sessions"];
+/// Deadline for one management-API call made by the sync (read at the
+/// primary or write at the secondary).
+pub const DEFAULT_SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A configuration problem.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +158,36 @@ pub struct FileConfig {
     pub source: RawServer,
     /// `[target]`
     pub target: RawServer,
+    /// `[journal]`
+    pub journal: RawJournal,
+    /// `[sync]`
+    #[serde(default)]
+    pub sync: RawSync,
+}
+
+/// `[journal]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawJournal {
+    pub dir: PathBuf,
+    pub payload_key_env: Option<String>,
+    pub payload_key_file: Option<PathBuf>,
+    pub sync: Option<String>,
+    pub sync_interval: Option<String>,
+    pub segment_bytes: Option<String>,
+}
+
+/// `[sync]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawSync {
+    pub datasets: Option<Vec<String>>,
+    pub workers: Option<usize>,
+    pub retry_initial: Option<String>,
+    pub retry_max: Option<String>,
+    pub request_timeout: Option<String>,
 }
 
 /// `[proxy]` as written.
@@ -236,6 +272,38 @@ pub struct Config {
     pub source: ServerConfig,
     /// The server being migrated to.
     pub target: ServerConfig,
+    /// The durable journal.
+    pub journal: JournalConfig,
+    /// The sync workers.
+    pub sync: SyncConfig,
+}
+
+/// The journal settings.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Directory of the segment files, cursor, dead letters and phase.
+    pub dir: PathBuf,
+    /// The at-rest encryption key, 64 hex characters (32 bytes).
+    pub key: Secret,
+    /// Durability policy.
+    pub sync: crate::journal::SyncPolicy,
+    /// Segment file size.
+    pub segment_bytes: u64,
+}
+
+/// The sync settings.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Datasets kept in sync (`clients`, `authorizations`, `sessions`).
+    pub datasets: Vec<String>,
+    /// Concurrent sync jobs.
+    pub workers: usize,
+    /// First retry delay after a transient failure.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Deadline of one management-API call.
+    pub request_timeout: Duration,
 }
 
 /// The downstream listener and forwarding settings.
@@ -506,9 +574,26 @@ impl Config {
             },
             source: server(source),
             target: server(target),
+            journal: JournalConfig {
+                dir: std::env::temp_dir().join("handover-test-journal"),
+                key: Secret::new(TEST_JOURNAL_KEY),
+                sync: crate::journal::SyncPolicy::Always,
+                segment_bytes: crate::journal::DEFAULT_SEGMENT_BYTES,
+            },
+            sync: SyncConfig {
+                datasets: DATASETS.iter().map(|d| (*d).to_owned()).collect(),
+                workers: crate::sync::DEFAULT_WORKERS,
+                retry_initial: Duration::from_millis(20),
+                retry_max: Duration::from_millis(500),
+                request_timeout: DEFAULT_SYNC_REQUEST_TIMEOUT,
+            },
         }
     }
 }
+
+/// The journal key `Config::for_test` uses (tests only; never in a file).
+pub const TEST_JOURNAL_KEY: &str =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 impl FileConfig {
     /// Validates every field, collecting all problems.
@@ -518,6 +603,8 @@ impl FileConfig {
         let admin = validate_admin(self.admin, env, &mut problems);
         let source = validate_server("source", self.source, env, &mut problems);
         let target = validate_server("target", self.target, env, &mut problems);
+        let journal = validate_journal(self.journal, env, &mut problems);
+        let sync = validate_sync(self.sync, &mut problems);
         if let (Some(source), Some(target)) = (&source, &target)
             && source.url == target.url
         {
@@ -529,13 +616,17 @@ impl FileConfig {
         {
             problems.push("admin.listen", "must differ from proxy.listen");
         }
-        match (proxy, admin, source, target) {
-            (Some(proxy), Some(admin), Some(source), Some(target)) if problems.is_empty() => {
+        match (proxy, admin, source, target, journal, sync) {
+            (Some(proxy), Some(admin), Some(source), Some(target), Some(journal), Some(sync))
+                if problems.is_empty() =>
+            {
                 Ok(Config {
                     proxy,
                     admin,
                     source,
                     target,
+                    journal,
+                    sync,
                 })
             }
             _ => Err(problems),
@@ -794,6 +885,151 @@ fn api_tokens(
     })
 }
 
+fn validate_journal(
+    raw: RawJournal,
+    env: &dyn Env,
+    problems: &mut Problems,
+) -> Option<JournalConfig> {
+    let start = problems.0.len();
+    let key = secret(
+        "journal.payload_key",
+        raw.payload_key_env.as_deref(),
+        raw.payload_key_file.as_deref(),
+        env,
+        problems,
+    );
+    if let Some(key) = &key
+        && let Err(err) = crate::journal::Cipher::from_hex(key.expose())
+    {
+        let field = if raw.payload_key_env.is_some() {
+            "journal.payload_key_env"
+        } else {
+            "journal.payload_key_file"
+        };
+        problems.push(field, err.to_string());
+    }
+    let interval = duration(
+        "journal.sync_interval",
+        raw.sync_interval,
+        crate::journal::DEFAULT_SYNC_INTERVAL,
+        problems,
+    );
+    let sync = match raw.sync.as_deref() {
+        None | Some("always") => crate::journal::SyncPolicy::Always,
+        Some("interval") if interval.is_zero() => {
+            problems.push("journal.sync_interval", "must be > 0");
+            crate::journal::SyncPolicy::Always
+        }
+        Some("interval") => crate::journal::SyncPolicy::Interval(interval),
+        Some(other) => {
+            problems.push(
+                "journal.sync",
+                format!("{other:?} is not \"always\" or \"interval\""),
+            );
+            crate::journal::SyncPolicy::Always
+        }
+    };
+    let segment_bytes = size(
+        "journal.segment_bytes",
+        raw.segment_bytes,
+        crate::journal::DEFAULT_SEGMENT_BYTES,
+        problems,
+    );
+    if segment_bytes < 1 << 20 {
+        problems.push("journal.segment_bytes", "must be at least 1MiB");
+    }
+    if let Err(message) = writable_dir(&raw.dir) {
+        problems.push("journal.dir", message);
+    }
+    if problems.0.len() > start {
+        return None;
+    }
+    Some(JournalConfig {
+        dir: raw.dir,
+        key: key?,
+        sync,
+        segment_bytes,
+    })
+}
+
+/// Creates `dir` if needed and checks that files can be created in it.
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+    let probe = dir.join(format!(".handover-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe")
+        .map_err(|err| format!("{} is not writable: {err}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+fn validate_sync(raw: RawSync, problems: &mut Problems) -> Option<SyncConfig> {
+    let start = problems.0.len();
+    let datasets = match raw.datasets {
+        None => DATASETS.iter().map(|d| (*d).to_owned()).collect(),
+        Some(names) => {
+            let mut seen: Vec<String> = Vec::new();
+            for name in names {
+                if !DATASETS.contains(&name.as_str()) {
+                    problems.push(
+                        "sync.datasets",
+                        format!("unknown dataset {name:?} (expected one of {DATASETS:?})"),
+                    );
+                } else if seen.contains(&name) {
+                    problems.push("sync.datasets", format!("dataset {name:?} listed twice"));
+                } else {
+                    seen.push(name);
+                }
+            }
+            if seen.is_empty() && problems.0.len() == start {
+                problems.push("sync.datasets", "must name at least one dataset");
+            }
+            seen
+        }
+    };
+    let workers = raw.workers.unwrap_or(crate::sync::DEFAULT_WORKERS);
+    if workers == 0 || workers > 1024 {
+        problems.push("sync.workers", "must be between 1 and 1024");
+    }
+    let retry_initial = duration(
+        "sync.retry_initial",
+        raw.retry_initial,
+        crate::sync::DEFAULT_RETRY_INITIAL,
+        problems,
+    );
+    let retry_max = duration(
+        "sync.retry_max",
+        raw.retry_max,
+        crate::sync::DEFAULT_RETRY_MAX,
+        problems,
+    );
+    if retry_initial.is_zero() {
+        problems.push("sync.retry_initial", "must be > 0");
+    }
+    if retry_max < retry_initial {
+        problems.push("sync.retry_max", "must be at least sync.retry_initial");
+    }
+    let request_timeout = duration(
+        "sync.request_timeout",
+        raw.request_timeout,
+        DEFAULT_SYNC_REQUEST_TIMEOUT,
+        problems,
+    );
+    if request_timeout.is_zero() {
+        problems.push("sync.request_timeout", "must be > 0");
+    }
+    if problems.0.len() > start {
+        return None;
+    }
+    Some(SyncConfig {
+        datasets,
+        workers,
+        retry_initial,
+        retry_max,
+        request_timeout,
+    })
+}
+
 /// Resolves a secret from `<field>_env` or `<field>_file` (exactly one).
 fn secret(
     field: &str,
@@ -914,13 +1150,17 @@ mod tests {
         kind = "connect2id"
         url = "http://127.0.0.1:18081/c2id"
         token_env = "DST"
+        [journal]
+        dir = "/tmp/handover-config-tests"
+        payload_key_env = "KEY"
     "#;
 
-    fn env() -> [(&'static str, &'static str); 3] {
+    fn env() -> [(&'static str, &'static str); 4] {
         [
             ("SRC", "source-token"),
             ("DST", "target-token"),
             ("ADMIN", "admin-token"),
+            ("KEY", TEST_JOURNAL_KEY),
         ]
     }
 
@@ -1024,6 +1264,30 @@ mod tests {
                 "source.tokens.session_store_env"
             ]
         );
+    }
+
+    #[test]
+    fn journal_key_and_datasets_are_checked() {
+        let text = MINIMAL.replace("payload_key_env = \"KEY\"", "payload_key_env = \"SRC\"");
+        assert_eq!(problem_fields(&text), ["journal.payload_key_env"]);
+        let text =
+            format!("{MINIMAL}\n[sync]\ndatasets = [\"clients\", \"tokens\"]\nworkers = 0\n");
+        assert_eq!(problem_fields(&text), ["sync.datasets", "sync.workers"]);
+        let text = MINIMAL.replace(
+            "payload_key_env = \"KEY\"",
+            "payload_key_env = \"KEY\"\nsync = \"sometimes\"",
+        );
+        assert_eq!(problem_fields(&text), ["journal.sync"]);
+        let config = parse(&MINIMAL.replace(
+            "payload_key_env = \"KEY\"",
+            "payload_key_env = \"KEY\"\nsync = \"interval\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            config.journal.sync,
+            crate::journal::SyncPolicy::Interval(crate::journal::DEFAULT_SYNC_INTERVAL)
+        );
+        assert_eq!(config.sync.datasets, DATASETS);
     }
 
     #[test]

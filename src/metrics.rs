@@ -34,6 +34,32 @@ pub const UPSTREAM_CONNECTIONS_TOTAL: &str = "handover_upstream_connections_tota
 pub const PRIMARY_UP: &str = "handover_primary_up";
 /// 1 while `/readyz` reports ready.
 pub const READY: &str = "handover_ready";
+/// Changes applied to the secondary, by dataset.
+pub const SYNC_APPLIED_TOTAL: &str = "handover_sync_applied_total";
+/// Failed sync attempts that will be retried, by dataset.
+pub const SYNC_FAILURES_TOTAL: &str = "handover_sync_failures_total";
+/// Changes moved to the dead-letter log, by dataset.
+pub const SYNC_DEAD_LETTERED_TOTAL: &str = "handover_sync_dead_lettered_total";
+/// Time to apply one change (read at the primary, write at the secondary).
+pub const SYNC_APPLY_SECONDS: &str = "handover_sync_apply_seconds";
+/// Age of the oldest change not yet applied to the secondary.
+pub const SYNC_LAG_SECONDS: &str = "handover_sync_lag_seconds";
+/// Records currently in the dead-letter log.
+pub const SYNC_DEAD_LETTERS: &str = "handover_sync_dead_letters";
+/// Journal records appended and not yet applied.
+pub const JOURNAL_DEPTH: &str = "handover_journal_depth";
+/// Bytes of journal segment files.
+pub const JOURNAL_SIZE_BYTES: &str = "handover_journal_size_bytes";
+/// Time of one journal fdatasync.
+pub const JOURNAL_FSYNC_SECONDS: &str = "handover_journal_fsync_seconds";
+/// Time a trigger's response waited for its journal append.
+pub const JOURNAL_APPEND_SECONDS: &str = "handover_journal_append_seconds";
+/// Journal write failures.
+pub const JOURNAL_ERRORS_TOTAL: &str = "handover_journal_errors_total";
+/// Trigger exchanges seen, by trigger.
+pub const MIRROR_TRIGGERS_TOTAL: &str = "handover_mirror_triggers_total";
+/// Changes kept in memory for repair because the journal could not be written.
+pub const MIRROR_UNJOURNALED_TOTAL: &str = "handover_mirror_unjournaled_total";
 
 /// Latency buckets from 100 µs to 10 s: the proxy's own overhead sits in the
 /// first buckets, upstream latency in the rest.
@@ -88,6 +114,16 @@ struct ErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatasetLabels {
+    dataset: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    trigger: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: &'static str,
 }
@@ -104,6 +140,80 @@ pub struct Metrics {
     pub upstream: UpstreamMetrics,
     /// Health and readiness.
     pub health: HealthMetrics,
+    /// Sync workers.
+    pub sync: SyncMetrics,
+    /// The journal and the trigger path.
+    pub journal: JournalMetrics,
+}
+
+/// Sync recorders.
+#[derive(Debug, Clone)]
+pub struct SyncMetrics {
+    applied: Family<DatasetLabels, Counter>,
+    failures: Family<DatasetLabels, Counter>,
+    dead_lettered: Family<DatasetLabels, Counter>,
+    apply_seconds: Family<DatasetLabels, Histogram>,
+    /// Age of the oldest unapplied change.
+    pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Records in the dead-letter log.
+    pub dead_letters: Gauge,
+}
+
+impl SyncMetrics {
+    /// One change applied.
+    pub fn record_applied(&self, dataset: &'static str, elapsed: Duration) {
+        let labels = DatasetLabels { dataset };
+        self.applied.get_or_create(&labels).inc();
+        self.apply_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One failed attempt (to be retried).
+    pub fn record_failure(&self, dataset: &'static str) {
+        self.failures
+            .get_or_create(&DatasetLabels { dataset })
+            .inc();
+    }
+
+    /// One change dead-lettered.
+    pub fn record_dead_letter(&self, dataset: &'static str) {
+        self.dead_lettered
+            .get_or_create(&DatasetLabels { dataset })
+            .inc();
+    }
+
+    /// Applied count of a dataset (for summaries).
+    pub fn applied(&self, dataset: &'static str) -> u64 {
+        self.applied.get_or_create(&DatasetLabels { dataset }).get()
+    }
+}
+
+/// Journal and trigger-path recorders.
+#[derive(Debug, Clone)]
+pub struct JournalMetrics {
+    /// Records not yet applied.
+    pub depth: Gauge,
+    /// Bytes on disk.
+    pub size_bytes: Gauge,
+    /// fdatasync latency.
+    pub fsync_seconds: Histogram,
+    /// Append latency as the trigger's response sees it.
+    pub append_seconds: Histogram,
+    /// Write failures.
+    pub errors: Counter,
+    triggers: Family<TriggerLabels, Counter>,
+    /// Changes kept in memory because the journal failed.
+    pub unjournaled: Counter,
+}
+
+impl JournalMetrics {
+    /// One trigger exchange seen.
+    pub fn record_trigger(&self, trigger: &'static str) {
+        self.triggers
+            .get_or_create(&TriggerLabels { trigger })
+            .inc();
+    }
 }
 
 /// Request-path recorders.
@@ -279,8 +389,102 @@ impl Metrics {
         let ready = Gauge::default();
         registry.register(READY, "1 while /readyz reports ready", ready.clone());
 
+        let sync = SyncMetrics {
+            applied: Family::default(),
+            failures: Family::default(),
+            dead_lettered: Family::default(),
+            apply_seconds: Family::new_with_constructor(
+                (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
+            ),
+            lag_seconds: Gauge::default(),
+            dead_letters: Gauge::default(),
+        };
+        register_counter(
+            &mut registry,
+            SYNC_APPLIED_TOTAL,
+            "Changes applied to the secondary, by dataset",
+            sync.applied.clone(),
+        );
+        register_counter(
+            &mut registry,
+            SYNC_FAILURES_TOTAL,
+            "Failed sync attempts that will be retried, by dataset",
+            sync.failures.clone(),
+        );
+        register_counter(
+            &mut registry,
+            SYNC_DEAD_LETTERED_TOTAL,
+            "Changes moved to the dead-letter log, by dataset",
+            sync.dead_lettered.clone(),
+        );
+        registry.register(
+            SYNC_APPLY_SECONDS,
+            "Time to apply one change",
+            sync.apply_seconds.clone(),
+        );
+        registry.register(
+            SYNC_LAG_SECONDS,
+            "Age of the oldest change not yet applied to the secondary",
+            sync.lag_seconds.clone(),
+        );
+        registry.register(
+            SYNC_DEAD_LETTERS,
+            "Records currently in the dead-letter log",
+            sync.dead_letters.clone(),
+        );
+
+        let journal = JournalMetrics {
+            depth: Gauge::default(),
+            size_bytes: Gauge::default(),
+            fsync_seconds: Histogram::new(LATENCY_BUCKETS),
+            append_seconds: Histogram::new(LATENCY_BUCKETS),
+            errors: Counter::default(),
+            triggers: Family::default(),
+            unjournaled: Counter::default(),
+        };
+        registry.register(
+            JOURNAL_DEPTH,
+            "Journal records appended and not yet applied",
+            journal.depth.clone(),
+        );
+        registry.register(
+            JOURNAL_SIZE_BYTES,
+            "Bytes of journal segment files",
+            journal.size_bytes.clone(),
+        );
+        registry.register(
+            JOURNAL_FSYNC_SECONDS,
+            "Time of one journal fdatasync",
+            journal.fsync_seconds.clone(),
+        );
+        registry.register(
+            JOURNAL_APPEND_SECONDS,
+            "Time a trigger response waited for its journal append",
+            journal.append_seconds.clone(),
+        );
+        register_counter(
+            &mut registry,
+            JOURNAL_ERRORS_TOTAL,
+            "Journal write failures",
+            journal.errors.clone(),
+        );
+        register_counter(
+            &mut registry,
+            MIRROR_TRIGGERS_TOTAL,
+            "Trigger exchanges seen, by trigger",
+            journal.triggers.clone(),
+        );
+        register_counter(
+            &mut registry,
+            MIRROR_UNJOURNALED_TOTAL,
+            "Changes kept in memory for repair because the journal could not be written",
+            journal.unjournaled.clone(),
+        );
+
         Self {
             registry: Arc::new(registry),
+            sync,
+            journal,
             proxy: ProxyMetrics {
                 requests,
                 durations,

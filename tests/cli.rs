@@ -42,14 +42,31 @@ token_env = "HANDOVER_SOURCE_TOKEN"
 kind = "connect2id"
 url = "http://127.0.0.1:9/c2id"
 token_env = "HANDOVER_TARGET_TOKEN"
-"#
+[journal]
+dir = "{journal}"
+payload_key_env = "HANDOVER_JOURNAL_KEY"
+"#,
+        journal = tempfile::tempdir().unwrap().keep().display()
     )
 }
 
+const KEY: &str = handover::config::TEST_JOURNAL_KEY;
+
 #[test]
 fn the_example_config_is_valid() {
+    // Everything as shipped, except the journal in a scratch directory.
+    let journal = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string("config/handover.example.toml")
+        .unwrap()
+        .replace(
+            "dir = \"/var/lib/handover\"",
+            &format!("dir = \"{}\"", journal.path().display()),
+        );
+    let file = config_file(&text);
     let output = Command::new(BIN)
-        .args(["check", "-c", "config/handover.example.toml"])
+        .args(["check", "-c"])
+        .arg(file.path())
+        .env("HANDOVER_JOURNAL_KEY", KEY)
         .env("HANDOVER_ADMIN_TOKEN", "admin")
         .env("HANDOVER_SOURCE_TOKEN", "source")
         .env("HANDOVER_TARGET_TOKEN", "target")
@@ -73,6 +90,7 @@ fn bad_config_exits_64_naming_the_field_before_binding() {
         .arg(file.path())
         .env("HANDOVER_SOURCE_TOKEN", "s")
         .env("HANDOVER_TARGET_TOKEN", "t")
+        .env("HANDOVER_JOURNAL_KEY", KEY)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
@@ -91,6 +109,7 @@ fn missing_secret_and_unknown_key_exit_64() {
         .arg(file.path())
         .env_remove("HANDOVER_SOURCE_TOKEN")
         .env("HANDOVER_TARGET_TOKEN", "t")
+        .env("HANDOVER_JOURNAL_KEY", KEY)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
@@ -128,6 +147,7 @@ async fn serve_forwards_and_exits_0_on_sigterm() {
         .arg(file.path())
         .env("HANDOVER_SOURCE_TOKEN", "s")
         .env("HANDOVER_TARGET_TOKEN", "t")
+        .env("HANDOVER_JOURNAL_KEY", KEY)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();

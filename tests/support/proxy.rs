@@ -142,12 +142,24 @@ impl Drop for FakeUpstream {
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The journal directory, removed on drop unless the test chose its own.
+    pub journal_dir: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), handover::app::Error>>>,
 }
 
 impl TestProxy {
-    pub async fn start(config: Config) -> Self {
+    /// Starts the proxy with a fresh temporary journal directory.
+    pub async fn start(mut config: Config) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        config.journal.dir = dir.path().to_owned();
+        let mut proxy = Self::start_with_journal(config).await;
+        proxy.journal_dir = Some(dir);
+        proxy
+    }
+
+    /// Starts the proxy on `config.journal.dir` as given (restart tests).
+    pub async fn start_with_journal(config: Config) -> Self {
         let listeners = handover::app::Listeners {
             proxy: TcpListener::bind(config.proxy.listen).await.unwrap(),
             admin: TcpListener::bind(config.admin.listen).await.unwrap(),
@@ -161,6 +173,7 @@ impl TestProxy {
         Self {
             addr,
             admin,
+            journal_dir: None,
             shutdown: Some(tx),
             task: Some(task),
         }

@@ -1,0 +1,341 @@
+//! The proxy's [`Hook`]: turns forwarded trigger exchanges into journaled
+//! changes and hands them to the sync workers.
+//!
+//! For each trigger ([`crate::triggers`]):
+//!
+//! 1. before forwarding, resolve what the exchange will destroy
+//!    (`/token/revoke`: the token's subject and client, read from a JWT or
+//!    inspected at the primary);
+//! 2. after the primary answered, extract the changed keys, append them to
+//!    the journal and wait until they are durable; only then is the
+//!    downstream response released;
+//! 3. give them to the sync workers.
+//!
+//! A journal that cannot be written never fails the client's request: the
+//! primary already did the work. Readiness turns false (the operator is
+//! paged), the changes are synced from memory right away (best effort) and
+//! kept for the next successful append, which journals them again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::Method;
+
+use crate::error::ProxyError;
+use crate::health::Health;
+use crate::journal::Journal;
+use crate::metrics::JournalMetrics;
+use crate::proxy::{BoxFuture, Exchange, Hook, RouteId, Ticket};
+use crate::routing::Routing;
+use crate::sync::{SyncHandle, dataset_of};
+use crate::triggers::{
+    Catalogue, Change, Key, LogoutHint, Resolved, TokenKind, jwt_subject_and_client,
+};
+
+/// Most changes kept in memory while the journal cannot be written; past
+/// this the oldest are dropped (and counted): `handover verify --repair`
+/// finds what they would have fixed.
+pub const MAX_UNJOURNALED: usize = 100_000;
+/// Most remembered logout sessions (logout session id → SID).
+pub const MAX_LOGOUT_HINTS: usize = 100_000;
+/// How long a logout hint is kept: a logout confirmation comes within
+/// seconds of its start.
+pub const LOGOUT_HINT_TTL: Duration = Duration::from_secs(3600);
+
+/// The trigger hook.
+#[derive(Clone)]
+pub struct Mirror {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalogue: Catalogue,
+    datasets: Vec<String>,
+    journal: Journal,
+    sync: SyncHandle,
+    routing: Arc<Routing>,
+    health: Arc<Health>,
+    metrics: JournalMetrics,
+    logout: Mutex<LogoutHints>,
+    unjournaled: Mutex<VecDeque<Change>>,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror")
+            .field("datasets", &self.inner.datasets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mirror {
+    /// A hook recognising triggers under `base_path` for the enabled
+    /// `datasets`.
+    pub fn new(
+        base_path: &str,
+        datasets: Vec<String>,
+        journal: Journal,
+        sync: SyncHandle,
+        routing: Arc<Routing>,
+        health: Arc<Health>,
+        metrics: JournalMetrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                catalogue: Catalogue::new(base_path),
+                datasets,
+                journal,
+                sync,
+                routing,
+                health,
+                metrics,
+                logout: Mutex::new(LogoutHints::default()),
+                unjournaled: Mutex::new(VecDeque::new()),
+            }),
+        }
+    }
+
+    /// Changes waiting in memory for the journal to accept them again.
+    pub fn unjournaled(&self) -> usize {
+        self.inner.unjournaled.lock().map_or(0, |q| q.len())
+    }
+
+    /// Journals changes and hands them to the sync (used by the triggers and
+    /// by operator repairs). Returns once they are durable, or once the
+    /// failure has been recorded.
+    pub async fn record(&self, changes: Vec<Change>) {
+        self.inner.record(changes).await;
+    }
+}
+
+impl Hook for Mirror {
+    fn route(&self, method: &Method, path: &str) -> Option<RouteId> {
+        self.inner.catalogue.route(method, path)
+    }
+
+    fn begin<'a>(
+        &'a self,
+        route: RouteId,
+        _request: &'a http::request::Parts,
+        body: &'a Bytes,
+    ) -> BoxFuture<'a, Result<Box<dyn Ticket>, ProxyError>> {
+        Box::pin(async move {
+            let mut resolved = Resolved::default();
+            if let Some(token) = self.inner.catalogue.token_to_resolve(route, body) {
+                resolved.authorization = self
+                    .inner
+                    .resolve_before_forwarding(&token.token, token.kind)
+                    .await;
+            }
+            Ok(Box::new(MirrorTicket {
+                inner: Arc::clone(&self.inner),
+                route,
+                resolved,
+            }) as Box<dyn Ticket>)
+        })
+    }
+}
+
+struct MirrorTicket {
+    inner: Arc<Inner>,
+    route: RouteId,
+    resolved: Resolved,
+}
+
+impl Ticket for MirrorTicket {
+    fn finish<'a>(self: Box<Self>, exchange: Exchange<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let row = inner.catalogue.row(self.route);
+            inner.metrics.record_trigger(row.name);
+            let now = primary_clock(&exchange);
+            let outcome = inner
+                .catalogue
+                .extract(self.route, &exchange, &self.resolved, now);
+            let mut changes = outcome.changes;
+            if let Some(hint) = outcome.logout {
+                changes.extend(inner.logout_hint(hint));
+            }
+            inner.record(changes).await;
+        })
+    }
+}
+
+impl Inner {
+    async fn resolve_before_forwarding(
+        &self,
+        token: &str,
+        kind: TokenKind,
+    ) -> Option<(String, String)> {
+        if let Some(pair) = jwt_subject_and_client(token) {
+            return Some(pair);
+        }
+        let primary = self.routing.primary_api();
+        for kind in [kind, other(kind)] {
+            match primary.inspect(token, kind).await {
+                Ok(Some(record)) => {
+                    if let Some(Key::Authorization { subject, client_id }) =
+                        crate::sync::authorization_key(&record)
+                    {
+                        return Some((subject, client_id));
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    // Forward anyway: the client's revocation must not fail
+                    // because we could not look ahead. Verify will find the
+                    // record left on the secondary.
+                    tracing::warn!(error = %err, "cannot resolve a revoked token before forwarding");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    fn logout_hint(&self, hint: LogoutHint) -> Option<Change> {
+        let mut hints = self.logout.lock().ok()?;
+        match hint {
+            LogoutHint::Remember { logout_sid, sid } => {
+                hints.insert(logout_sid, sid);
+                None
+            }
+            LogoutHint::Lookup { logout_sid } => hints
+                .take(&logout_sid)
+                .map(|sid| Change::sync(Key::Session { sid })),
+        }
+    }
+
+    fn enabled(&self, change: &Change) -> bool {
+        let dataset = dataset_of(change);
+        self.datasets.iter().any(|d| d == dataset)
+    }
+
+    async fn record(&self, changes: Vec<Change>) {
+        let mut changes: Vec<Change> = changes.into_iter().filter(|c| self.enabled(c)).collect();
+        if changes.is_empty() {
+            return;
+        }
+        // Re-journal what a failed append left in memory.
+        let backlog: Vec<Change> = self
+            .unjournaled
+            .lock()
+            .map(|mut q| q.drain(..).collect())
+            .unwrap_or_default();
+        let retried = backlog.len();
+        changes.extend(backlog);
+        let bodies: Vec<Vec<u8>> = changes
+            .iter()
+            .map(|change| {
+                serde_json::to_vec(change).expect("changes serialise: plain strings and integers")
+            })
+            .collect();
+        let started = Instant::now();
+        match self.journal.append_batch(bodies).await {
+            Ok(seqs) => {
+                self.metrics
+                    .append_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.health.set_journal_ok(true);
+                if retried > 0 {
+                    tracing::info!(changes = retried, "re-journaled changes kept in memory");
+                }
+                self.sync.submit_journaled(seqs.zip(changes));
+            }
+            Err(err) => {
+                self.metrics.errors.inc();
+                self.health.set_journal_ok(false);
+                tracing::error!(error = %err, changes = changes.len(), "cannot journal changes; syncing from memory and keeping them for repair");
+                self.metrics.unjournaled.inc_by(changes.len() as u64);
+                if let Ok(mut queue) = self.unjournaled.lock() {
+                    queue.extend(changes.iter().cloned());
+                    let excess = queue.len().saturating_sub(MAX_UNJOURNALED);
+                    if excess > 0 {
+                        queue.drain(..excess);
+                        tracing::error!(
+                            dropped = excess,
+                            "in-memory repair backlog full; run `handover verify --repair` once the journal is back"
+                        );
+                    }
+                }
+                self.sync.submit_unjournaled(changes);
+            }
+        }
+    }
+}
+
+fn other(kind: TokenKind) -> TokenKind {
+    match kind {
+        TokenKind::Refresh => TokenKind::Access,
+        TokenKind::Access => TokenKind::Refresh,
+    }
+}
+
+/// The primary's clock for an exchange (its `Date` header), so replayed
+/// revocations carry the primary's timestamp; ours if it sent none.
+fn primary_clock(exchange: &Exchange<'_>) -> u64 {
+    exchange
+        .response_headers
+        .get(http::header::DATE)
+        .and_then(|date| date.to_str().ok())
+        .and_then(|date| httpdate::parse_http_date(date).ok())
+        .unwrap_or_else(SystemTime::now)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Logout session id → SID, bounded by count and age.
+#[derive(Debug, Default)]
+struct LogoutHints {
+    map: HashMap<String, (String, Instant)>,
+    order: VecDeque<String>,
+}
+
+impl LogoutHints {
+    fn insert(&mut self, logout_sid: String, sid: String) {
+        while self.order.len() >= MAX_LOGOUT_HINTS
+            || self
+                .order
+                .front()
+                .and_then(|oldest| self.map.get(oldest))
+                .is_some_and(|(_, at)| at.elapsed() > LOGOUT_HINT_TTL)
+        {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.map.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        if self
+            .map
+            .insert(logout_sid.clone(), (sid, Instant::now()))
+            .is_none()
+        {
+            self.order.push_back(logout_sid);
+        }
+    }
+
+    fn take(&mut self, logout_sid: &str) -> Option<String> {
+        self.map.remove(logout_sid).map(|(sid, _)| sid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logout_hints_are_bounded_and_single_use() {
+        let mut hints = LogoutHints::default();
+        hints.insert("l1".into(), "K.H".into());
+        assert_eq!(hints.take("l1").as_deref(), Some("K.H"));
+        assert_eq!(hints.take("l1"), None);
+        for i in 0..MAX_LOGOUT_HINTS + 10 {
+            hints.insert(format!("l{i}"), "s".into());
+        }
+        assert!(hints.map.len() <= MAX_LOGOUT_HINTS);
+    }
+}

@@ -1,0 +1,116 @@
+//! Which server is primary right now. The source until cutover, the target
+//! after; the forwarding path, the sync workers and the admin API all read
+//! it here, so a flip is one atomic store seen by everyone.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use crate::proxy::forward::PrimarySelector;
+use crate::target::connect2id::Connect2id;
+use crate::upstream::Upstream;
+
+/// Source or target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The server migrated from.
+    Source,
+    /// The server migrated to.
+    Target,
+}
+
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Source => Self::Target,
+            Self::Target => Self::Source,
+        }
+    }
+
+    /// The name used in logs, metrics and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Target => "target",
+        }
+    }
+}
+
+/// Both servers, and which one is primary.
+#[derive(Debug)]
+pub struct Routing {
+    source: Arc<Upstream>,
+    target: Arc<Upstream>,
+    source_api: Connect2id,
+    target_api: Connect2id,
+    target_is_primary: AtomicBool,
+}
+
+impl Routing {
+    /// Both servers, with `primary` serving traffic.
+    pub fn new(
+        source: Arc<Upstream>,
+        target: Arc<Upstream>,
+        source_api: Connect2id,
+        target_api: Connect2id,
+        primary: Side,
+    ) -> Self {
+        Self {
+            source,
+            target,
+            source_api,
+            target_api,
+            target_is_primary: AtomicBool::new(primary == Side::Target),
+        }
+    }
+
+    /// The side serving traffic.
+    pub fn primary_side(&self) -> Side {
+        if self.target_is_primary.load(Ordering::Acquire) {
+            Side::Target
+        } else {
+            Side::Source
+        }
+    }
+
+    /// Makes `side` the primary.
+    pub fn set_primary(&self, side: Side) {
+        self.target_is_primary
+            .store(side == Side::Target, Ordering::Release);
+    }
+
+    /// The management APIs of a side.
+    pub fn api(&self, side: Side) -> &Connect2id {
+        match side {
+            Side::Source => &self.source_api,
+            Side::Target => &self.target_api,
+        }
+    }
+
+    /// The primary's management APIs (read current state here).
+    pub fn primary_api(&self) -> &Connect2id {
+        self.api(self.primary_side())
+    }
+
+    /// The secondary's management APIs (write the state here).
+    pub fn secondary_api(&self) -> &Connect2id {
+        self.api(self.primary_side().other())
+    }
+
+    /// The upstream of a side.
+    pub fn upstream(&self, side: Side) -> &Arc<Upstream> {
+        match side {
+            Side::Source => &self.source,
+            Side::Target => &self.target,
+        }
+    }
+}
+
+impl PrimarySelector for Routing {
+    fn primary(&self) -> Arc<Upstream> {
+        Arc::clone(self.upstream(self.primary_side()))
+    }
+}

@@ -1,0 +1,648 @@
+//! Sync workers: take journaled changes, read the current state of each key
+//! from the primary, and upsert or delete it on the secondary (DESIGN.md
+//! §2, step 3).
+//!
+//! # Lanes
+//!
+//! Work is grouped in *lanes*, one per record identity
+//! ([`Key::identity`]). A lane runs one job at a time, so two workers never
+//! write the same record concurrently (a worker holding an older read could
+//! otherwise overwrite a newer one). Within a lane:
+//!
+//! - state changes ([`Change::Sync`]) coalesce: any number of them arriving
+//!   while the lane is busy become one more sync afterwards, which reads the
+//!   state current at that time (the newest read wins);
+//! - payload events (revocations) queue in order and run before the lane's
+//!   next state sync;
+//! - work that needs a lookup first ([`Change::Resolve`],
+//!   [`Change::SubjectSessions`], a revocation's re-reads) produces
+//!   *follow-ups*, which enter the lane of the key they resolved to.
+//!
+//! Because workers copy current state, order across lanes does not matter,
+//! duplicates are harmless, and several proxy instances converge without
+//! coordination.
+//!
+//! # Acknowledgement
+//!
+//! Each journaled change carries an [`Ack`]: the journal record is
+//! acknowledged (and may be deleted) when the last piece of work holding it
+//! is done, including follow-ups. A failure that retrying cannot fix (the
+//! secondary refuses the record, the primary answers garbage) moves the
+//! change to the dead-letter log with the reason, then acknowledges it; an
+//! operator can retry dead letters after fixing the cause. Transient
+//! failures (unreachable, 5xx, refused credentials) retry with capped
+//! exponential backoff and jitter, forever: the journal grows and the lag
+//! metric says so, nothing is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::journal::{DeadLetters, Journal, Seq};
+use crate::metrics::SyncMetrics;
+use crate::routing::Routing;
+use crate::target::connect2id::ApiError;
+use crate::triggers::{Change, Key, TokenKind};
+
+/// Default number of concurrent sync jobs: enough to hide a few
+/// milliseconds of target latency at thousands of writes per second, few
+/// enough not to overload a target that is catching up.
+pub const DEFAULT_WORKERS: usize = 16;
+/// First retry delay after a transient failure.
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(100);
+/// Longest retry delay: a target that was down is picked up again within
+/// half a minute of coming back.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Sync settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Concurrent jobs.
+    pub workers: usize,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            workers: DEFAULT_WORKERS,
+            retry_initial: DEFAULT_RETRY_INITIAL,
+            retry_max: DEFAULT_RETRY_MAX,
+        }
+    }
+}
+
+/// Acknowledges one journal record when the last holder drops it, unless
+/// the sync is stopping (unfinished work must come back after a restart).
+pub struct Ack {
+    seq: Seq,
+    journal: Journal,
+    stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ack").field("seq", &self.seq).finish()
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if !self.stopping.load(Ordering::Acquire) {
+            self.journal.ack(self.seq);
+        }
+    }
+}
+
+/// One unit of work: a change and the journal records it settles.
+#[derive(Debug)]
+pub struct Work {
+    /// The change.
+    pub change: Change,
+    acks: Vec<Arc<Ack>>,
+}
+
+impl Work {
+    /// Work not backed by a journal record (the journal failed; best effort).
+    pub fn unjournaled(change: Change) -> Self {
+        Self {
+            change,
+            acks: Vec::new(),
+        }
+    }
+
+    fn follow_up(change: Change, acks: &[Arc<Ack>]) -> Self {
+        Self {
+            change,
+            acks: acks.to_vec(),
+        }
+    }
+}
+
+enum Command {
+    Submit(Vec<Work>),
+    Done { lane: String, follow_ups: Vec<Work> },
+}
+
+/// A handle to the running sync.
+#[derive(Debug, Clone)]
+pub struct SyncHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    journal: Journal,
+    stopping: Arc<AtomicBool>,
+    busy_lanes: Arc<AtomicUsize>,
+    idle: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Submit(work) => write!(f, "Submit({} changes)", work.len()),
+            Self::Done { follow_ups, .. } => write!(f, "Done({} follow-ups)", follow_ups.len()),
+        }
+    }
+}
+
+impl SyncHandle {
+    /// Queues journaled changes (`seqs[i]` is the record of `changes[i]`).
+    pub fn submit_journaled(&self, entries: impl IntoIterator<Item = (Seq, Change)>) {
+        let work: Vec<Work> = entries
+            .into_iter()
+            .map(|(seq, change)| Work {
+                change,
+                acks: vec![Arc::new(Ack {
+                    seq,
+                    journal: self.journal.clone(),
+                    stopping: Arc::clone(&self.stopping),
+                })],
+            })
+            .collect();
+        if !work.is_empty() {
+            let _ = self.commands.send(Command::Submit(work));
+        }
+    }
+
+    /// Queues changes that are not in the journal (best effort).
+    pub fn submit_unjournaled(&self, changes: impl IntoIterator<Item = Change>) {
+        let work: Vec<Work> = changes.into_iter().map(Work::unjournaled).collect();
+        if !work.is_empty() {
+            let _ = self.commands.send(Command::Submit(work));
+        }
+    }
+
+    /// Lanes with work queued or running.
+    pub fn busy_lanes(&self) -> usize {
+        self.busy_lanes.load(Ordering::Acquire)
+    }
+
+    /// Waits until no lane has work, or `timeout` passes. Returns whether
+    /// the sync went idle.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let mut idle = self.idle.clone();
+        tokio::time::timeout(timeout, idle.wait_for(|idle| *idle))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+#[derive(Default)]
+struct Lane {
+    running: bool,
+    /// A pending state sync and the records it settles.
+    sync: Option<(Key, Vec<Arc<Ack>>)>,
+    /// Ordered payload events.
+    payloads: VecDeque<Work>,
+}
+
+enum Job {
+    Sync { key: Key, acks: Vec<Arc<Ack>> },
+    Payload(Work),
+}
+
+/// The lane a change belongs to.
+fn lane_of(change: &Change) -> String {
+    match change {
+        Change::Sync { key } => key.identity(),
+        Change::SubjectSessions { subject } => format!("subject-sessions:{subject}"),
+        Change::Revocation {
+            subject: Some(subject),
+            client_id: Some(client_id),
+            ..
+        } => Key::Authorization {
+            subject: subject.clone(),
+            client_id: client_id.clone(),
+        }
+        .identity(),
+        Change::Revocation {
+            subject,
+            client_id,
+            actor,
+            ..
+        } => format!(
+            "revocation:{}|{}|{}",
+            subject.as_deref().unwrap_or(""),
+            client_id.as_deref().unwrap_or(""),
+            actor.as_deref().unwrap_or("")
+        ),
+        // Each resolution is its own lane: nothing to coalesce, and the
+        // token must not appear in a lane name that could be logged.
+        Change::Resolve { .. } => format!("resolve:{}", fastrand::u64(..)),
+    }
+}
+
+/// The dataset a change counts against in metrics.
+pub fn dataset_of(change: &Change) -> &'static str {
+    match change {
+        Change::Sync { key } => key.dataset(),
+        Change::SubjectSessions { .. } => "sessions",
+        Change::Revocation { .. } | Change::Resolve { .. } => "authorizations",
+    }
+}
+
+struct Worker {
+    routing: Arc<Routing>,
+    dead_letters: Arc<DeadLetters>,
+    metrics: SyncMetrics,
+    config: Config,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+}
+
+/// Starts the sync: a dispatcher task owning the lanes, and jobs spawned on
+/// `tracker` (at most `config.workers` running at once). `recovered` is the
+/// journal's backlog from before the restart.
+pub fn spawn(
+    config: Config,
+    routing: Arc<Routing>,
+    journal: Journal,
+    dead_letters: Arc<DeadLetters>,
+    metrics: SyncMetrics,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) -> SyncHandle {
+    let (commands, mut receiver) = mpsc::unbounded_channel::<Command>();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let busy_lanes = Arc::new(AtomicUsize::new(0));
+    let (idle_tx, idle) = watch::channel(true);
+    let handle = SyncHandle {
+        commands: commands.clone(),
+        journal,
+        stopping: Arc::clone(&stopping),
+        busy_lanes: Arc::clone(&busy_lanes),
+        idle,
+    };
+    let worker = Arc::new(Worker {
+        routing,
+        dead_letters,
+        metrics,
+        permits: Arc::new(Semaphore::new(config.workers.max(1))),
+        config,
+        stop: stop.clone(),
+    });
+    let job_tracker = tracker.clone();
+    let dispatcher = async move {
+        let mut lanes: HashMap<String, Lane> = HashMap::new();
+        loop {
+            let command = tokio::select! {
+                () = stop.cancelled() => break,
+                command = receiver.recv() => match command {
+                    Some(command) => command,
+                    None => break,
+                },
+            };
+            let mut touched = Vec::new();
+            match command {
+                Command::Submit(work) => {
+                    for item in work {
+                        touched.push(enqueue(&mut lanes, item));
+                    }
+                }
+                Command::Done { lane, follow_ups } => {
+                    if let Some(state) = lanes.get_mut(&lane) {
+                        state.running = false;
+                    }
+                    touched.push(lane);
+                    for item in follow_ups {
+                        touched.push(enqueue(&mut lanes, item));
+                    }
+                }
+            }
+            for name in touched {
+                let Some(lane) = lanes.get_mut(&name) else {
+                    continue;
+                };
+                if lane.running {
+                    continue;
+                }
+                let job = match lane.payloads.pop_front() {
+                    Some(work) => Job::Payload(work),
+                    None => match lane.sync.take() {
+                        Some((key, acks)) => Job::Sync { key, acks },
+                        None => {
+                            lanes.remove(&name);
+                            continue;
+                        }
+                    },
+                };
+                lane.running = true;
+                let worker = Arc::clone(&worker);
+                let commands = commands.clone();
+                job_tracker.spawn(
+                    async move {
+                        let follow_ups = worker.run(job).await;
+                        let _ = commands.send(Command::Done {
+                            lane: name,
+                            follow_ups,
+                        });
+                    }
+                    .instrument(tracing::debug_span!("sync")),
+                );
+            }
+            busy_lanes.store(lanes.len(), Ordering::Release);
+            idle_tx.send_if_modified(|idle| {
+                let now_idle = lanes.is_empty();
+                std::mem::replace(idle, now_idle) != now_idle
+            });
+        }
+        // Stopping: unfinished work must come back from the journal after a
+        // restart, so late drops must not acknowledge it.
+        stopping.store(true, Ordering::Release);
+        drop(lanes);
+    };
+    tracker.spawn(dispatcher.instrument(tracing::info_span!("sync")));
+    handle
+}
+
+/// Adds work to its lane; returns the lane's name.
+fn enqueue(lanes: &mut HashMap<String, Lane>, work: Work) -> String {
+    let name = lane_of(&work.change);
+    let lane = lanes.entry(name.clone()).or_default();
+    match work.change {
+        Change::Sync { key } => match &mut lane.sync {
+            Some((pending, acks)) => {
+                // Coalesce; keep the newest form of the key (a session's
+                // SID may arrive with either HMAC-equivalent spelling).
+                *pending = key;
+                acks.extend(work.acks);
+            }
+            None => lane.sync = Some((key, work.acks)),
+        },
+        change => lane.payloads.push_back(Work {
+            change,
+            acks: work.acks,
+        }),
+    }
+    name
+}
+
+impl Worker {
+    /// Runs one job to completion: success, dead letter, or stop. Returns
+    /// the follow-ups.
+    async fn run(&self, job: Job) -> Vec<Work> {
+        let (change, acks) = match job {
+            Job::Sync { key, acks } => (Change::Sync { key }, acks),
+            Job::Payload(work) => (work.change, work.acks),
+        };
+        let dataset = dataset_of(&change);
+        let mut attempt: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let result = {
+                let Ok(_permit) = self.permits.acquire().await else {
+                    return Vec::new();
+                };
+                self.execute(&change).await
+            };
+            match result {
+                Ok(follow_ups) => {
+                    self.metrics.record_applied(dataset, started.elapsed());
+                    if attempt > 0 {
+                        tracing::info!(change = %change.redacted(), attempts = attempt + 1, "synced after retries");
+                    }
+                    return follow_ups
+                        .into_iter()
+                        .map(|change| Work::follow_up(change, &acks))
+                        .collect();
+                }
+                Err(err) if err.is_transient() => {
+                    self.metrics.record_failure(dataset);
+                    let delay = self.backoff(attempt);
+                    if attempt == 0 || attempt % 10 == 9 {
+                        tracing::warn!(change = %change.redacted(), error = %err, attempt = attempt + 1, retry_in = ?delay, "sync failed; retrying");
+                    }
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        () = self.stop.cancelled() => return Vec::new(),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(err) => {
+                    self.dead_letter(&change, dataset, &err.to_string()).await;
+                    return Vec::new();
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .config
+            .retry_initial
+            .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+            .min(self.config.retry_max);
+        // Jitter: between half and all of the delay, so instances retrying
+        // the same outage do not stampede together.
+        base.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    async fn dead_letter(&self, change: &Change, dataset: &'static str, reason: &str) {
+        self.metrics.record_dead_letter(dataset);
+        tracing::error!(change = %change.redacted(), reason, "sync gave up; moved to dead letters");
+        let body = match serde_json::to_vec(change) {
+            Ok(body) => body,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot serialise a dead letter");
+                return;
+            }
+        };
+        let letters = Arc::clone(&self.dead_letters);
+        let reason = reason.to_owned();
+        let pushed = tokio::task::spawn_blocking(move || letters.push(&reason, &body)).await;
+        match pushed {
+            Ok(Ok(_)) => {
+                let count = i64::try_from(self.dead_letters.len()).unwrap_or(i64::MAX);
+                self.metrics.dead_letters.set(count);
+            }
+            Ok(Err(err)) => tracing::error!(error = %err, "cannot write the dead-letter log"),
+            Err(err) => tracing::error!(error = %err, "dead-letter task failed"),
+        }
+    }
+
+    /// One attempt at a change: returns follow-up changes.
+    async fn execute(&self, change: &Change) -> Result<Vec<Change>, ApiError> {
+        let primary = self.routing.primary_api();
+        let secondary = self.routing.secondary_api();
+        match change {
+            Change::Sync { key } => {
+                sync_key(primary, secondary, key).await?;
+                Ok(Vec::new())
+            }
+            Change::SubjectSessions { subject } => {
+                let mut sids: Vec<String> = primary
+                    .subject_sessions(subject)
+                    .await?
+                    .into_keys()
+                    .collect();
+                sids.extend(secondary.subject_sessions(subject).await?.into_keys());
+                sids.sort();
+                sids.dedup();
+                Ok(sids
+                    .into_iter()
+                    .map(|sid| Change::sync(Key::Session { sid }))
+                    .collect())
+            }
+            Change::Revocation {
+                subject,
+                client_id,
+                actor,
+                timestamp,
+            } => {
+                secondary
+                    .revoke(
+                        subject.as_deref(),
+                        client_id.as_deref(),
+                        actor.as_deref(),
+                        *timestamp,
+                    )
+                    .await?;
+                // The secondary removed every matching record, including any
+                // the primary re-created since: re-read what the primary has.
+                let records = match (subject, client_id) {
+                    (Some(subject), Some(client_id)) => {
+                        return Ok(vec![Change::sync(Key::Authorization {
+                            subject: subject.clone(),
+                            client_id: client_id.clone(),
+                        })]);
+                    }
+                    (Some(subject), None) => {
+                        primary.list_authorizations(("subject", subject)).await?
+                    }
+                    (None, Some(client_id)) => {
+                        primary
+                            .list_authorizations(("client_id", client_id))
+                            .await?
+                    }
+                    (None, None) => Vec::new(),
+                };
+                Ok(records
+                    .iter()
+                    .filter_map(authorization_key)
+                    .map(Change::sync)
+                    .collect())
+            }
+            Change::Resolve { token, kind } => {
+                let mut record = primary.inspect(token, *kind).await?;
+                if record.is_none() {
+                    // A token of the other kind than guessed.
+                    let other = match kind {
+                        TokenKind::Refresh => TokenKind::Access,
+                        TokenKind::Access => TokenKind::Refresh,
+                    };
+                    record = primary.inspect(token, other).await?;
+                }
+                // No record: a transient authorization (nothing persisted)
+                // or a token already gone.
+                Ok(record
+                    .as_ref()
+                    .and_then(authorization_key)
+                    .map(Change::sync)
+                    .into_iter()
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The key of an authorization record (`sub` + `cid`).
+pub fn authorization_key(record: &Value) -> Option<Key> {
+    Some(Key::Authorization {
+        subject: record.get("sub")?.as_str()?.to_owned(),
+        client_id: record.get("cid")?.as_str()?.to_owned(),
+    })
+}
+
+/// Copies the current state of `key` from `primary` to `secondary`.
+pub async fn sync_key(
+    primary: &crate::target::connect2id::Connect2id,
+    secondary: &crate::target::connect2id::Connect2id,
+    key: &Key,
+) -> Result<(), ApiError> {
+    match key {
+        Key::Client { client_id } => match primary.get_client(client_id).await? {
+            Some(record) => secondary.upsert_client(&record).await,
+            None => secondary.delete_client(client_id).await,
+        },
+        Key::Authorization { subject, client_id } => {
+            match primary.get_authorization(subject, client_id).await? {
+                Some(record) => secondary.import_authorization(&record).await,
+                None => secondary.delete_authorization(subject, client_id).await,
+            }
+        }
+        Key::Session { sid } => match primary.get_session(sid).await? {
+            Some(session) => secondary.upsert_session(sid, &session).await,
+            None => secondary.delete_session(sid).await,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_of_one_record_share_a_lane() {
+        let authz = Key::Authorization {
+            subject: "alice".into(),
+            client_id: "app".into(),
+        };
+        let revocation = Change::Revocation {
+            subject: Some("alice".into()),
+            client_id: Some("app".into()),
+            actor: None,
+            timestamp: 1,
+        };
+        assert_eq!(lane_of(&Change::sync(authz)), lane_of(&revocation));
+        let a = Change::sync(Key::Session {
+            sid: "K.hmac1".into(),
+        });
+        let b = Change::sync(Key::Session {
+            sid: "K.hmac2".into(),
+        });
+        assert_eq!(lane_of(&a), lane_of(&b));
+        let resolve = Change::Resolve {
+            token: "secret-token".into(),
+            kind: TokenKind::Refresh,
+        };
+        assert!(!lane_of(&resolve).contains("secret-token"));
+    }
+
+    #[test]
+    fn state_changes_coalesce_and_payloads_queue() {
+        let mut lanes = HashMap::new();
+        let key = Key::Client {
+            client_id: "c".into(),
+        };
+        enqueue(&mut lanes, Work::unjournaled(Change::sync(key.clone())));
+        enqueue(&mut lanes, Work::unjournaled(Change::sync(key.clone())));
+        assert_eq!(lanes.len(), 1);
+        let lane = &lanes[&key.identity()];
+        assert!(lane.sync.is_some());
+        assert!(lane.payloads.is_empty());
+        let authz = Key::Authorization {
+            subject: "s".into(),
+            client_id: "c".into(),
+        };
+        for timestamp in [1, 2] {
+            enqueue(
+                &mut lanes,
+                Work::unjournaled(Change::Revocation {
+                    subject: Some("s".into()),
+                    client_id: Some("c".into()),
+                    actor: None,
+                    timestamp,
+                }),
+            );
+        }
+        assert_eq!(lanes[&authz.identity()].payloads.len(), 2);
+    }
+}
