@@ -8,6 +8,9 @@
 //! (bearer-protected with the emulator's API token), so a test or a rehearsal
 //! can play a slow, failing or unreachable upstream.
 
+pub mod connect2id;
+pub mod jwks;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
