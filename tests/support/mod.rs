@@ -1,0 +1,3 @@
+//! Shared integration-test harness.
+
+pub(crate) mod c2id;
