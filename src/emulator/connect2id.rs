@@ -74,6 +74,8 @@
 //!   session and answers `204`; changing `fpt` is `400`. The quota counts
 //!   all contexts of a subject. `DELETE ?subject=` answers the removed
 //!   sessions keyed by SID (`204` with `?quiet=true`).
+//! * Without configured issuer aliases, a request with an `Issuer` header
+//!   other than the issuer is refused with `400`.
 //! * Introspection requires a confidential client; tokens of another issuer
 //!   are inactive. Refresh tokens introspect without `token_type`.
 
@@ -592,7 +594,6 @@ impl Req {
 }
 
 /// The shared state behind a [`Connect2id`].
-#[derive(Debug)]
 struct Service {
     tokens: ApiTokens,
     jwks: JwkSet,
@@ -607,6 +608,35 @@ struct Service {
     codes: Ephemeral<tokens::CodeGrant>,
     access_tokens: Ephemeral<tokens::IdentifierToken>,
     expended: Ephemeral<tokens::Expended>,
+}
+
+impl std::fmt::Debug for Service {
+    // The stores hold secrets (client secrets, codes, tokens): show only
+    // what identifies the server.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect2id")
+            .field("issuer", &self.issuer.get())
+            .field("base_path", &self.base_path)
+            .field("counts", &self.store.counts())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The route of a path with identifiers replaced, for logs: paths carry
+/// authorization and logout session IDs, which must not be logged.
+fn route_template(route: &str) -> &str {
+    const TEMPLATES: &[(&str, &str)] = &[
+        ("/clients/", "/clients/{id}"),
+        ("/authz-sessions/rest/v3/", "/authz-sessions/rest/v3/{sid}"),
+        (
+            "/logout-sessions/rest/v1/",
+            "/logout-sessions/rest/v1/{sid}",
+        ),
+    ];
+    TEMPLATES
+        .iter()
+        .find(|(prefix, _)| route.starts_with(prefix))
+        .map_or(route, |(_, template)| template)
 }
 
 /// Which management API a path belongs to, for its bearer token.
@@ -727,9 +757,21 @@ impl Service {
         if self.knobs.should_fail() {
             return Ok(ApiError::unavailable().into_response());
         }
+        // Issuer aliases are not configured here, so any Issuer header
+        // other than the issuer is unknown: 400, as on the real server. A
+        // proxy must scrub client-sent Issuer headers.
+        if let Some(alias) = web::header_str(&req.headers, "issuer")
+            && alias.trim_end_matches('/') != self.issuer()
+        {
+            return Ok(ApiError::invalid_request("Unknown issuer").into_response());
+        }
         let reply = self.dispatch(&route, req).await;
         let response = reply.unwrap_or_else(|err| {
-            tracing::debug!(route = %route, status = %err.status(), "connect2id emulator refused a request");
+            tracing::debug!(
+                route = route_template(&route),
+                status = %err.status(),
+                "connect2id emulator refused a request"
+            );
             err.into_response()
         });
         Ok(response)
