@@ -2343,3 +2343,162 @@ async fn seeded_records_are_deterministic_and_usable() {
     assert_eq!(emulator.emulator().counts().clients, 39);
     assert_eq!(http.get(&url, TOKEN).await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn state_dumps_each_dataset() {
+    let jwks = JwkSet::generate();
+    let mut seeded = config(&jwks);
+    seeded.seed = 3;
+    let emulator = start(seeded).await;
+    let http = Http::default();
+    let state = |dataset: &str| {
+        let http = http.clone();
+        let url = format!("{}/_emulator/state?dataset={dataset}", emulator.url());
+        async move { http.get(&url, TOKEN).await.expect(StatusCode::OK).json() }
+    };
+    assert_eq!(state("clients").await.as_array().unwrap().len(), 3);
+    assert_eq!(state("authorizations").await.as_array().unwrap().len(), 3);
+    assert_eq!(state("sessions").await.as_object().unwrap().len(), 3);
+    assert_eq!(state("revocations").await, json!([]));
+    let summary = http
+        .get(&format!("{}/_emulator/state", emulator.url()), TOKEN)
+        .await
+        .json();
+    assert_eq!(
+        summary["counts"],
+        json!({ "clients": 3, "authorizations": 3, "sessions": 3, "revocations": 0 })
+    );
+    assert_eq!(summary["seed"], 3);
+    let unknown = http
+        .get(
+            &format!("{}/_emulator/state?dataset=nope", emulator.url()),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    // Read-back matches the HTTP view.
+    assert_eq!(
+        Value::Array(emulator.emulator().clients()),
+        state("clients").await
+    );
+    assert_eq!(
+        Value::Array(emulator.emulator().authorizations()),
+        state("authorizations").await
+    );
+    assert_eq!(
+        Value::Object(emulator.emulator().sessions()),
+        state("sessions").await
+    );
+}
+
+#[tokio::test]
+async fn unknown_issuer_header_is_refused() {
+    let emulator = start(config(&JwkSet::generate())).await;
+    let http = Http::default();
+    let url = format!("{}/clients", emulator.url());
+    let send = |issuer: String| Send {
+        bearer: Some(TOKEN),
+        headers: vec![("Issuer", issuer)],
+        ..Send::default()
+    };
+    let refused = http
+        .send(
+            Method::GET,
+            &url,
+            send("https://alias.example.com".to_owned()),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    http.send(Method::GET, &url, send(emulator.url()))
+        .await
+        .expect(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shutdown_stops_serving() {
+    let emulator = start(config(&JwkSet::generate())).await;
+    let http = Http::default();
+    let url = format!("{}/jwks.json", emulator.url());
+    http.send(Method::GET, &url, Send::default())
+        .await
+        .expect(StatusCode::OK);
+    emulator.shutdown().await;
+    // A new connection is refused once the listener is gone.
+    let fresh = Http::default();
+    assert!(
+        fresh
+            .try_send(Method::GET, &url, Send::default())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn emulate_command_reports_bad_options() {
+    use handover::emulator::connect2id::{Error, Options, run};
+    use tokio_util::sync::CancellationToken;
+
+    let options = Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        api_token: TOKEN.to_owned(),
+        seed: 0,
+        jwks: None,
+        base_path: "/c2id".to_owned(),
+        issuer: None,
+        latency_ms: 0,
+        error_rate: 0.0,
+    };
+    let bad_base = Options {
+        base_path: "c2id/".to_owned(),
+        ..options.clone()
+    };
+    let err = run(bad_base, CancellationToken::new()).await.unwrap_err();
+    assert!(matches!(err, Error::BasePath { .. }), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.json");
+    let err = run(
+        Options {
+            base_path: "/c2id".to_owned(),
+            jwks: Some(missing),
+            ..options.clone()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("missing.json"), "{err}");
+
+    let mut set: Value = serde_json::from_str(&JwkSet::generate().to_json()).unwrap();
+    set["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|key| key["kid"] != "hmac");
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, set.to_string()).unwrap();
+    let err = run(
+        Options {
+            jwks: Some(file),
+            ..options.clone()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("\"hmac\""), "{err}");
+
+    // Good options: serves until cancelled.
+    let jwks_file = dir.path().join("good.json");
+    std::fs::write(&jwks_file, JwkSet::generate().to_json()).unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run(
+        Options {
+            jwks: Some(jwks_file),
+            seed: 2,
+            ..options
+        },
+        cancel.clone(),
+    ));
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
