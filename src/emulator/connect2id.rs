@@ -420,7 +420,7 @@ impl Connect2id {
     /// One client's information, as `GET /clients/{id}` shows it.
     pub fn client(&self, id: &str) -> Option<Value> {
         let stored = self.service.store.client(id)?;
-        serde_json::from_str(&self.service.client_output(&stored.info)).ok()
+        serde_json::from_str(&self.service.client_output(id, &stored.info)).ok()
     }
 
     /// Every long-lived authorization, with `rft`, as the authz store
@@ -680,11 +680,8 @@ impl Service {
     /// Client information as served: the stored JSON plus
     /// `registration_client_uri`, which is rebuilt from the issuer and never
     /// stored.
-    fn client_output(&self, info: &str) -> String {
-        let id = serde_json::from_str::<clients::ClientInfo>(info)
-            .map(|client| client.client_id)
-            .unwrap_or_default();
-        let uri = format!("{}/clients/{}", self.issuer(), web::percent_encode(&id));
+    fn client_output(&self, id: &str, info: &str) -> String {
+        let uri = format!("{}/clients/{}", self.issuer(), web::percent_encode(id));
         let body = info.trim_end().strip_suffix('}').unwrap_or(info);
         let separator = if body.trim_end().ends_with('{') {
             ""
@@ -702,8 +699,8 @@ impl Service {
         let mut cursor = Cursor::Start;
         loop {
             let (chunk, next) = self.store.clients_chunk(&cursor);
-            for client in chunk {
-                if let Ok(value) = serde_json::from_str(&self.client_output(&client.info)) {
+            for (id, client) in chunk {
+                if let Ok(value) = serde_json::from_str(&self.client_output(&id, &client.info)) {
                     each(value);
                 }
             }

@@ -314,11 +314,11 @@ fn create(service: &Service, body: &[u8]) -> Reply {
             "Invalid preferred_client_id: client {id} is already registered"
         )));
     }
-    Ok(output(service, StatusCode::CREATED, &info))
+    Ok(output(service, StatusCode::CREATED, &id, &info))
 }
 
-fn output(service: &Service, status: StatusCode, info: &str) -> Response<Body> {
-    web::raw_json(status, service.client_output(info))
+fn output(service: &Service, status: StatusCode, id: &str, info: &str) -> Response<Body> {
+    web::raw_json(status, service.client_output(id, info))
 }
 
 /// `/clients/{id}`: read, update and delete with the master token or the
@@ -350,7 +350,7 @@ pub(super) async fn item(service: &Arc<Service>, mut req: Req, id: &str) -> Repl
         }
     }
     match req.method {
-        Method::GET => Ok(output(service, StatusCode::OK, &stored.info)),
+        Method::GET => Ok(output(service, StatusCode::OK, id, &stored.info)),
         Method::PUT => {
             let body = req.body(limits::CLIENTS).await?;
             update(service, id, &stored, &body, master)
@@ -446,7 +446,7 @@ fn update(service: &Service, id: &str, current: &StoredClient, body: &[u8], mast
             "Invalid client: not found",
         ));
     }
-    Ok(output(service, StatusCode::OK, &info))
+    Ok(output(service, StatusCode::OK, id, &info))
 }
 
 /// Streams every client as one JSON array, chunk by chunk.
@@ -456,7 +456,7 @@ pub(super) fn export(service: &Arc<Service>) -> Response<Body> {
         let (chunk, next) = service.store.clients_chunk(cursor);
         let items = chunk
             .iter()
-            .map(|client| service.client_output(&client.info))
+            .map(|(id, client)| service.client_output(id, &client.info))
             .collect();
         (items, next)
     })

@@ -674,14 +674,12 @@ impl Store {
             .is_some()
     }
 
-    /// One export chunk of clients.
+    /// One export chunk of clients, by client ID.
     pub(crate) fn clients_chunk(
         &self,
         cursor: &Cursor<String>,
-    ) -> (Vec<StoredClient>, Cursor<String>) {
-        let (chunk, next) =
-            read(&self.clients).chunk(cursor, CHUNK_RECORDS, &ClientSeeds(&self.seeder));
-        (chunk.into_iter().map(|(_, client)| client).collect(), next)
+    ) -> (Vec<(String, StoredClient)>, Cursor<String>) {
+        read(&self.clients).chunk(cursor, CHUNK_RECORDS, &ClientSeeds(&self.seeder))
     }
 
     // ---- authorizations ----
