@@ -308,6 +308,14 @@ fn lifetime_u64(seconds: i64) -> u64 {
     u64::try_from(seconds).unwrap_or(0)
 }
 
+/// When the refresh token of a long-lived record expires (`rtl` counts
+/// from `rti`), if it does.
+fn long_lived_expiry(record: &Authorization) -> Option<u64> {
+    let lifetime = record.rtl.unwrap_or(0);
+    let issued = record.rti.or(record.iat).unwrap_or(0);
+    (lifetime > 0).then(|| issued + lifetime_u64(lifetime))
+}
+
 impl Service {
     /// The refresh token of a long-lived authorization, rebuilt from its
     /// `rts`: the same record always yields the same token.
@@ -317,13 +325,14 @@ impl Service {
     }
 
     /// A self-contained refresh token for a transient authorization, issued
-    /// at `iat`; `exp` keeps the original expiry on rotation.
+    /// at `iat`, and its expiry; `exp` keeps the original expiry on
+    /// rotation.
     fn transient_refresh_token(
         &self,
         record: &Authorization,
         iat: u64,
         exp: Option<u64>,
-    ) -> String {
+    ) -> (String, Option<u64>) {
         let mut claims = record.clone();
         claims.iat = Some(iat);
         claims.exp = exp.or_else(|| {
@@ -333,7 +342,7 @@ impl Service {
         claims
             .extra
             .insert("jti".to_owned(), self.keys.random_string::<16>().into());
-        self.keys.encrypt_jwe(&json!(claims))
+        (self.keys.encrypt_jwe(&json!(claims)), claims.exp)
     }
 
     fn decode_refresh_token(&self, token: &str) -> Option<RefreshToken> {
@@ -362,7 +371,7 @@ impl Service {
         let iat = self.store.issue_time(sub, cid, now);
         let issue_refresh =
             grant.record.irt.unwrap_or(false) && client.allows_grant("refresh_token");
-        let (record, refresh_token) = if grant.long_lived {
+        let (record, refresh_token, refresh_expiry) = if grant.long_lived {
             let record = if persist {
                 let mut record = grant.record.clone();
                 record.irt = Some(issue_refresh);
@@ -381,14 +390,19 @@ impl Service {
                 (Some(rts), Some(true)) => Some(self.long_lived_refresh_token(sub, cid, rts)),
                 _ => None,
             };
-            (record, refresh)
+            let expiry = long_lived_expiry(&record);
+            (record, refresh, expiry)
         } else {
             let mut record = grant.record.clone();
             record.irt = Some(issue_refresh);
-            let refresh = issue_refresh.then(|| self.transient_refresh_token(&record, iat, None));
-            (record, refresh)
+            let (refresh, expiry) = if issue_refresh {
+                let (token, expiry) = self.transient_refresh_token(&record, iat, None);
+                (Some(token), expiry)
+            } else {
+                (None, None)
+            };
+            (record, refresh, expiry)
         };
-        let refresh_expiry = self.refresh_expiry(&record, &refresh_token);
         Ok(self.token_response(
             &record,
             iat,
@@ -398,20 +412,6 @@ impl Service {
             grant.auth.as_ref(),
             grant.nonce.as_deref(),
         ))
-    }
-
-    /// When a just-issued refresh token expires, if it does.
-    fn refresh_expiry(&self, record: &Authorization, token: &Option<String>) -> Option<u64> {
-        let token = token.as_deref()?;
-        if token.contains('.') {
-            match self.decode_refresh_token(token)? {
-                RefreshToken::Transient(claims) => claims.exp,
-                RefreshToken::LongLived { .. } => None,
-            }
-        } else {
-            let lifetime = record.rtl.unwrap_or(0);
-            (lifetime > 0).then(|| record.rti.unwrap_or(0) + lifetime_u64(lifetime))
-        }
     }
 
     /// The token endpoint response for `record` issued at `iat`. The access
@@ -614,8 +614,7 @@ impl Service {
                     match self.check_long_lived(&record, &rts, now) {
                         Ok(()) => {
                             let rti = record.rti.or(record.iat).unwrap_or(0);
-                            let lifetime = record.rtl.unwrap_or(0);
-                            let exp = (lifetime > 0).then(|| rti + lifetime_u64(lifetime));
+                            let exp = long_lived_expiry(&record);
                             let mut value = active(
                                 &sub,
                                 &cid,
@@ -674,8 +673,7 @@ impl Service {
         if self.store.is_revoked(&record.sub, &record.cid, rti) {
             return Err("The refresh token has been revoked");
         }
-        let lifetime = record.rtl.unwrap_or(0);
-        if lifetime > 0 && now >= rti + lifetime_u64(lifetime) {
+        if long_lived_expiry(record).is_some_and(|expiry| now >= expiry) {
             return Err("Expired refresh token");
         }
         // Idle time counts from the last issue of the refresh token, which
@@ -945,12 +943,9 @@ fn refresh_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<
                     },
                     now,
                 );
-                let rti = record.rti.or(record.iat).unwrap_or(0);
-                let lifetime = record.rtl.unwrap_or(0);
-                if lifetime > 0 {
+                if let Some(expiry) = long_lived_expiry(record) {
                     // The new token keeps the absolute expiry: rtl becomes
                     // the remaining lifetime relative to the new rti.
-                    let expiry = rti + lifetime_u64(lifetime);
                     record.rtl = Some(
                         i64::try_from(expiry.saturating_sub(issue_at))
                             .unwrap_or(i64::MAX)
@@ -976,10 +971,7 @@ fn refresh_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<
                 }
                 Refreshed::Invalid(reason) => Err(ApiError::invalid_grant(reason)),
                 Refreshed::Issued(record, token, iat) => {
-                    let expiry = {
-                        let lifetime = record.rtl.unwrap_or(0);
-                        (lifetime > 0).then(|| record.rti.unwrap_or(0) + lifetime_u64(lifetime))
-                    };
+                    let expiry = long_lived_expiry(&record);
                     let id_lifetime =
                         (record.idr == Some(true)).then_some(DEFAULT_ID_TOKEN_LIFETIME);
                     Ok(
@@ -1033,7 +1025,11 @@ fn refresh_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<
                 }
                 let mut next = claims.clone();
                 next.extra.remove("jti");
-                Some(service.transient_refresh_token(&next, issue_at, claims.exp))
+                Some(
+                    service
+                        .transient_refresh_token(&next, issue_at, claims.exp)
+                        .0,
+                )
             } else {
                 None
             };
