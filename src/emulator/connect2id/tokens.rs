@@ -548,7 +548,6 @@ impl Service {
                 "sub": sub,
                 "iat": iat,
                 "iss": self.issuer(),
-                "token_type": "Bearer",
             });
             if let Some(exp) = exp {
                 value["exp"] = exp.into();
@@ -578,6 +577,7 @@ impl Service {
                     .and_then(|scp| serde_json::from_value(scp.clone()).ok())
                     .unwrap_or_default();
                 let mut value = active(sub, cid, &scope, iat, Some(exp));
+                value["token_type"] = "Bearer".into();
                 if let Some(aud) = claims.get("aud") {
                     value["aud"] = aud.clone();
                 }
@@ -601,6 +601,7 @@ impl Service {
                     token.iat,
                     Some(token.exp),
                 );
+                value["token_type"] = "Bearer".into();
                 if !token.aud.is_empty() {
                     value["aud"] = token.aud.clone().into();
                 }
@@ -611,41 +612,28 @@ impl Service {
                     let Some(record) = self.store.authorization(&sub, &cid) else {
                         return inactive;
                     };
-                    match self.check_long_lived(&record, &rts, now) {
-                        Ok(()) => {
-                            let rti = record.rti.or(record.iat).unwrap_or(0);
-                            let exp = long_lived_expiry(&record);
-                            let mut value = active(
-                                &sub,
-                                &cid,
-                                record.scp.as_deref().unwrap_or_default(),
-                                rti,
-                                exp,
-                            );
-                            value
-                                .as_object_mut()
-                                .map(|object| object.remove("token_type"));
-                            value
-                        }
-                        Err(_) => inactive,
+                    if self.check_long_lived(&record, &rts, now).is_err() {
+                        return inactive;
                     }
+                    active(
+                        &sub,
+                        &cid,
+                        record.scp.as_deref().unwrap_or_default(),
+                        record.rti.or(record.iat).unwrap_or(0),
+                        long_lived_expiry(&record),
+                    )
                 }
                 Some(RefreshToken::Transient(claims)) => {
                     if self.check_transient(&claims, now).is_err() {
                         return inactive;
                     }
-                    let iat = claims.iat.unwrap_or(0);
-                    let mut value = active(
+                    active(
                         &claims.sub,
                         &claims.cid,
                         claims.scp.as_deref().unwrap_or_default(),
-                        iat,
+                        claims.iat.unwrap_or(0),
                         claims.exp,
-                    );
-                    value
-                        .as_object_mut()
-                        .map(|object| object.remove("token_type"));
-                    value
+                    )
                 }
                 None => inactive,
             },
