@@ -107,6 +107,26 @@ pub(crate) struct AuthInfo {
     pub(crate) amr: Option<Vec<String>>,
 }
 
+/// What an ID token needs beyond the authorization.
+#[derive(Debug, Clone, Copy)]
+struct IdTokenParams<'a> {
+    lifetime: i64,
+    auth: Option<&'a AuthInfo>,
+    nonce: Option<&'a str>,
+}
+
+impl IdTokenParams<'_> {
+    /// An ID token refreshed at the token endpoint (`idr`), with no login
+    /// context.
+    fn refreshed() -> Self {
+        Self {
+            lifetime: DEFAULT_ID_TOKEN_LIFETIME,
+            auth: None,
+            nonce: None,
+        }
+    }
+}
+
 /// A grant about to be turned into tokens.
 #[derive(Debug, Clone)]
 pub(crate) struct Grant {
@@ -408,25 +428,24 @@ impl Service {
             iat,
             refresh_token,
             refresh_expiry,
-            Some(grant.id_token_lifetime),
-            grant.auth.as_ref(),
-            grant.nonce.as_deref(),
+            Some(IdTokenParams {
+                lifetime: grant.id_token_lifetime,
+                auth: grant.auth.as_ref(),
+                nonce: grant.nonce.as_deref(),
+            }),
         ))
     }
 
     /// The token endpoint response for `record` issued at `iat`. The access
     /// token never outlives the refresh token (RN 15.0). An ID token is
-    /// added when `id_token_lifetime` is given and `openid` was granted.
-    #[allow(clippy::too_many_arguments)]
+    /// added when `id_token` is given and `openid` was granted.
     fn token_response(
         &self,
         record: &Authorization,
         iat: u64,
         refresh_token: Option<String>,
         refresh_expiry: Option<u64>,
-        id_token_lifetime: Option<i64>,
-        auth: Option<&AuthInfo>,
-        nonce: Option<&str>,
+        id_token: Option<IdTokenParams<'_>>,
     ) -> Value {
         let scope = record.scp.clone().unwrap_or_default();
         let mut lifetime = lifetime_u64(
@@ -451,10 +470,10 @@ impl Service {
                 response["refresh_token_expires_in"] = expiry.saturating_sub(iat).into();
             }
         }
-        if let Some(lifetime) = id_token_lifetime
+        if let Some(params) = id_token
             && scope.iter().any(|value| value == "openid")
         {
-            response["id_token"] = self.id_token(record, iat, lifetime, auth, nonce).into();
+            response["id_token"] = self.id_token(record, iat, params).into();
         }
         response
     }
@@ -501,14 +520,12 @@ impl Service {
         self.keys.sign_jwt("at+jwt", &claims)
     }
 
-    fn id_token(
-        &self,
-        record: &Authorization,
-        iat: u64,
-        lifetime: i64,
-        auth: Option<&AuthInfo>,
-        nonce: Option<&str>,
-    ) -> String {
+    fn id_token(&self, record: &Authorization, iat: u64, params: IdTokenParams<'_>) -> String {
+        let IdTokenParams {
+            lifetime,
+            auth,
+            nonce,
+        } = params;
         let mut claims = json!({
             "iss": self.issuer(),
             "sub": record.sub,
@@ -960,19 +977,8 @@ fn refresh_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<
                 Refreshed::Invalid(reason) => Err(ApiError::invalid_grant(reason)),
                 Refreshed::Issued(record, token, iat) => {
                     let expiry = long_lived_expiry(&record);
-                    let id_lifetime =
-                        (record.idr == Some(true)).then_some(DEFAULT_ID_TOKEN_LIFETIME);
-                    Ok(
-                        service.token_response(
-                            &record,
-                            iat,
-                            token,
-                            expiry,
-                            id_lifetime,
-                            None,
-                            None,
-                        ),
-                    )
+                    let id_token = (record.idr == Some(true)).then(IdTokenParams::refreshed);
+                    Ok(service.token_response(&record, iat, token, expiry, id_token))
                 }
             }
         }
@@ -1021,16 +1027,8 @@ fn refresh_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<
             } else {
                 None
             };
-            let id_lifetime = (claims.idr == Some(true)).then_some(DEFAULT_ID_TOKEN_LIFETIME);
-            Ok(service.token_response(
-                &claims,
-                issue_at,
-                token,
-                claims.exp,
-                id_lifetime,
-                None,
-                None,
-            ))
+            let id_token = (claims.idr == Some(true)).then(IdTokenParams::refreshed);
+            Ok(service.token_response(&claims, issue_at, token, claims.exp, id_token))
         }
     }
 }
@@ -1071,7 +1069,7 @@ fn client_credentials(
     let iat = service
         .store
         .issue_time(&record.sub, &record.cid, service.now());
-    Ok(service.token_response(&record, iat, None, None, None, None, None))
+    Ok(service.token_response(&record, iat, None, None, None))
 }
 
 /// `POST /token/introspect`: any confidential client may introspect.
