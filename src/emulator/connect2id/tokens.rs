@@ -407,7 +407,10 @@ impl Service {
                     .ok_or_else(|| ApiError::invalid_grant("The authorization no longer exists"))?
             };
             let refresh = match (&record.rts, record.irt) {
-                (Some(rts), Some(true)) => Some(self.long_lived_refresh_token(sub, cid, rts)),
+                // An imported record may lack `irt`: its `rts` says enough.
+                (Some(rts), None | Some(true)) => {
+                    Some(self.long_lived_refresh_token(sub, cid, rts))
+                }
                 _ => None,
             };
             let expiry = long_lived_expiry(&record);
@@ -668,7 +671,7 @@ impl Service {
         if record.rts.as_deref() != Some(rts) {
             return Err("Invalid refresh token");
         }
-        if record.irt != Some(true) {
+        if record.irt == Some(false) {
             return Err("The authorization does not allow refresh tokens");
         }
         if record.exp.is_some_and(|exp| now >= exp) {
