@@ -9,6 +9,8 @@
 //! can play a slow, failing or unreachable upstream.
 
 pub mod authlete;
+pub mod connect2id;
+pub mod jwks;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;

@@ -3,4 +3,5 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod authlete;
+pub mod c2id;
 pub mod proxy;
