@@ -43,6 +43,58 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run a standalone Connect2id or Authlete emulator (rehearsals, tests).
+    Emulate(EmulateArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EmulatorKind {
+    Connect2id,
+    Authlete,
+}
+
+#[derive(Debug, clap::Args)]
+struct EmulateArgs {
+    /// Which server to play.
+    #[arg(long, value_enum)]
+    kind: EmulatorKind,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    listen: std::net::SocketAddr,
+    /// Bearer token for every management API (Connect2id), or the v3
+    /// service access token (Authlete).
+    #[arg(long, env = "HANDOVER_EMULATOR_TOKEN")]
+    api_token: String,
+    /// Connect2id: pre-load N clients, N long-lived authorizations and N
+    /// sessions.
+    #[arg(long, default_value_t = 0)]
+    seed: usize,
+    /// Connect2id: the server JWK set (with the `hmac` and
+    /// `refresh-token-encrypt` keys); two emulators given the same set
+    /// accept each other's SIDs and refresh tokens. Generated when absent.
+    #[arg(long, value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    /// Connect2id: the base path of the endpoints, e.g. /c2id.
+    #[arg(long, default_value = "")]
+    base_path: String,
+    /// Connect2id: the issuer URL (defaults to http://ADDR + base path).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Added latency per request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Fraction of requests answered with an error (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Authlete: the service id in v3 paths.
+    #[arg(long, default_value_t = handover::emulator::authlete::DEFAULT_SERVICE_ID)]
+    service_id: u64,
+    /// Authlete: the v2 service API key (Basic user; defaults to the service id).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Authlete: the v2 service API secret (Basic password; defaults to the token).
+    #[arg(long)]
+    api_secret: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +102,66 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config, cli.log_format),
         Command::Check { config } => check(&config),
+        Command::Emulate(args) => emulate(args, cli.log_format),
+    }
+}
+
+fn emulate(args: EmulateArgs, log_format: LogFormat) -> ExitCode {
+    use handover::emulator::{authlete, connect2id};
+    telemetry::init(log_format);
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(EXIT_PROBLEM);
+    };
+    let result: Result<(), String> = runtime.block_on(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            signal.cancel();
+        });
+        match args.kind {
+            EmulatorKind::Connect2id => connect2id::run(
+                connect2id::Options {
+                    listen: args.listen,
+                    api_token: args.api_token,
+                    seed: args.seed,
+                    jwks: args.jwks,
+                    base_path: args.base_path,
+                    issuer: args.issuer,
+                    latency_ms: args.latency_ms,
+                    error_rate: args.error_rate,
+                },
+                stop,
+            )
+            .await
+            .map_err(|err| err.to_string()),
+            EmulatorKind::Authlete => {
+                let mut options = authlete::Options::new(args.listen, args.api_token);
+                options.service_id = args.service_id;
+                options.api_key = args.api_key;
+                options.api_secret = args.api_secret;
+                options.latency_ms = args.latency_ms;
+                options.error_rate = args.error_rate;
+                authlete::run(options, stop).await.map_err(|err| err.to_string())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("handover: {err}");
+            ExitCode::from(EXIT_PROBLEM)
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(err) => {
+            eprintln!("handover: cannot start the async runtime: {err}");
+            None
+        }
     }
 }
 

@@ -393,6 +393,10 @@ pub struct Options {
     pub refresh_token_kept: bool,
     /// `singleAccessTokenPerSubject`.
     pub single_access_token_per_subject: bool,
+    /// Added latency per request (`--latency-ms`).
+    pub latency_ms: u64,
+    /// Fraction of requests failing with 500 (`--error-rate`).
+    pub error_rate: f64,
 }
 
 impl Options {
@@ -407,6 +411,8 @@ impl Options {
             supported_scopes: None,
             refresh_token_kept: false,
             single_access_token_per_subject: false,
+            latency_ms: 0,
+            error_rate: 0.0,
         }
     }
 
@@ -450,10 +456,16 @@ pub enum Error {
 /// (`handover emulate --kind authlete`).
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
     let addr = options.listen;
+    let knobs = crate::emulator::KnobSettings {
+        latency_ms: Some(options.latency_ms),
+        error_rate: Some(options.error_rate),
+        down: None,
+    };
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
     let authlete = Authlete::new(options.into_config());
+    authlete.knobs().apply(&knobs);
     let handle = authlete.clone().start(listener).await;
     let service_id = authlete.config().service_id;
     tracing::info!(
