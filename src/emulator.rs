@@ -10,6 +10,7 @@
 
 pub mod authlete;
 pub mod connect2id;
+pub mod driver;
 pub mod jwks;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

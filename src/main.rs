@@ -142,7 +142,9 @@ fn emulate(args: EmulateArgs, log_format: LogFormat) -> ExitCode {
                 options.api_secret = args.api_secret;
                 options.latency_ms = args.latency_ms;
                 options.error_rate = args.error_rate;
-                authlete::run(options, stop).await.map_err(|err| err.to_string())
+                authlete::run(options, stop)
+                    .await
+                    .map_err(|err| err.to_string())
             }
         }
     });
@@ -156,7 +158,10 @@ fn emulate(args: EmulateArgs, log_format: LogFormat) -> ExitCode {
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => Some(runtime),
         Err(err) => {
             eprintln!("handover: cannot start the async runtime: {err}");

@@ -25,6 +25,17 @@ pub fn decode_segment(segment: &str) -> String {
         .into_owned()
 }
 
+/// Form-encodes one value (as in HTTP Basic client credentials, RFC 6749
+/// §2.3.1).
+pub fn encode_component(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// Percent-encodes one URL path segment.
+pub fn encode_segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 /// Encodes `pairs` as a form body.
 pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     form_urlencoded::Serializer::new(String::new())

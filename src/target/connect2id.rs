@@ -626,10 +626,7 @@ impl Connect2id {
 }
 
 fn client_path(client_id: &str) -> String {
-    format!(
-        "/clients/{}",
-        percent_encoding::utf8_percent_encode(client_id, percent_encoding::NON_ALPHANUMERIC)
-    )
+    format!("/clients/{}", form::encode_segment(client_id))
 }
 
 fn insert_sid(

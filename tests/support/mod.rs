@@ -5,3 +5,4 @@
 pub mod authlete;
 pub mod c2id;
 pub mod proxy;
+pub mod stack;

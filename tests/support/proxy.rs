@@ -158,10 +158,42 @@ impl TestProxy {
         proxy
     }
 
+    /// Starts the proxy on a bound listener with a fresh journal directory.
+    pub async fn start_on_with_journal_dir(proxy: TcpListener, mut config: Config) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        config.journal.dir = dir.path().to_owned();
+        let mut started = Self::start_on(proxy, config).await;
+        started.journal_dir = Some(dir);
+        started
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&mut self) {
+        let http = client();
+        let url = self.admin_url("/readyz");
+        let ready = eventually(Duration::from_secs(10), || async {
+            match http
+                .request(Request::get(&url).body(Full::default()).unwrap())
+                .await
+            {
+                Ok(response) => response.status() == StatusCode::OK,
+                Err(_) => false,
+            }
+        })
+        .await;
+        assert!(ready, "the proxy never became ready");
+    }
+
     /// Starts the proxy on `config.journal.dir` as given (restart tests).
     pub async fn start_with_journal(config: Config) -> Self {
+        let proxy = TcpListener::bind(config.proxy.listen).await.unwrap();
+        Self::start_on(proxy, config).await
+    }
+
+    /// Starts the proxy on an already bound downstream listener.
+    pub async fn start_on(proxy: TcpListener, config: Config) -> Self {
         let listeners = handover::app::Listeners {
-            proxy: TcpListener::bind(config.proxy.listen).await.unwrap(),
+            proxy,
             admin: TcpListener::bind(config.admin.listen).await.unwrap(),
         };
         let addr = listeners.proxy.local_addr().unwrap();

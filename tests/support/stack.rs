@@ -1,0 +1,116 @@
+//! A whole migration in one process: a source and a target Connect2id
+//! emulator (same JWK set, same public issuer: the proxy's URL), and the real
+//! proxy in front of the source, with drivers for traffic through the proxy
+//! and for direct checks on either server.
+
+use std::time::Duration;
+
+use handover::config::{ApiTokens, Config};
+use handover::emulator::connect2id::{self, Connect2id, Handle};
+use handover::emulator::driver::Driver;
+use handover::emulator::jwks::JwkSet;
+use tokio::net::TcpListener;
+
+use super::proxy::{TestProxy, client, eventually, get};
+
+/// The management token of both emulators.
+pub const TOKEN: &str = "ztucZS1ZyFKgh0tUEruUtiSTXhnexmd6-stack";
+
+pub struct Stack {
+    pub source: Handle,
+    pub target: Handle,
+    pub proxy: TestProxy,
+    /// Traffic through the proxy.
+    pub via_proxy: Driver,
+    /// Direct to the source.
+    pub at_source: Driver,
+    /// Direct to the target.
+    pub at_target: Driver,
+    pub jwks: JwkSet,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts everything; `adjust` may change the proxy config.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let jwks = JwkSet::generate();
+        let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}/c2id", proxy_listener.local_addr().unwrap());
+        let emulator = |jwks: &JwkSet| {
+            let mut config =
+                connect2id::Config::new(connect2id::ApiTokens::single(TOKEN), jwks.clone());
+            config.base_path = "/c2id".to_owned();
+            config.issuer = Some(issuer.clone());
+            config
+        };
+        let source = start_emulator(emulator(&jwks)).await;
+        let target = start_emulator(emulator(&jwks)).await;
+        let mut config = Config::for_test(&source.url(), &target.url(), TOKEN);
+        config.source.tokens = ApiTokens::single(TOKEN);
+        config.target.tokens = ApiTokens::single(TOKEN);
+        adjust(&mut config);
+        let mut proxy = TestProxy::start_on_with_journal_dir(proxy_listener, config).await;
+        let via_proxy = Driver::new(proxy.url("/c2id"), TOKEN);
+        let at_source = Driver::new(source.url(), TOKEN);
+        let at_target = Driver::new(target.url(), TOKEN);
+        proxy.wait_ready().await;
+        Self {
+            source,
+            target,
+            proxy,
+            via_proxy,
+            at_source,
+            at_target,
+            jwks,
+        }
+    }
+
+    pub fn source_emulator(&self) -> &Connect2id {
+        self.source.emulator()
+    }
+
+    pub fn target_emulator(&self) -> &Connect2id {
+        self.target.emulator()
+    }
+
+    /// Waits until the journal is empty (every change reached the target).
+    pub async fn wait_synced(&self) {
+        let metrics_url = self.proxy.admin_url("/metrics");
+        let http = client();
+        let synced = eventually(Duration::from_secs(20), || async {
+            let (_, body) = get(&http, &metrics_url).await;
+            let text = String::from_utf8_lossy(&body);
+            metric(&text, "handover_journal_depth") == Some(0.0)
+        })
+        .await;
+        assert!(synced, "the journal did not drain");
+    }
+
+    /// The current value of a metric line from `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = get(&client(), &self.proxy.admin_url("/metrics")).await;
+        metric(&String::from_utf8_lossy(&body), name)
+    }
+}
+
+async fn start_emulator(config: connect2id::Config) -> Handle {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Connect2id::new(config).start(listener).await
+}
+
+/// A metric's value in Prometheus text (the first line starting with
+/// `name` followed by a space or `{`; pass the full `name{labels}` to pick a
+/// series).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
