@@ -16,10 +16,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::Secret;
 use crate::health::Health;
 use crate::http::{Body, BoxError, json_response, text_response};
+use crate::journal::{DeadLetters, Journal};
 use crate::metrics::Metrics;
+use crate::routing::Routing;
 
 /// What the admin API serves from.
 #[derive(Debug)]
@@ -32,6 +36,76 @@ pub struct Admin {
     pub token: Option<Secret>,
     /// Cancelled by `POST /shutdown`: the process-wide shutdown trigger.
     pub shutdown: CancellationToken,
+    /// The journal (depth, lag).
+    pub journal: Journal,
+    /// The dead-letter log.
+    pub dead_letters: Arc<DeadLetters>,
+    /// Which side is primary.
+    pub routing: Arc<Routing>,
+}
+
+/// `GET /status`, the operator's one-look view (DESIGN.md §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The migration phase.
+    pub phase: String,
+    /// Increments at every flip of the primary.
+    pub epoch: u64,
+    /// `source` or `target`.
+    pub primary: String,
+    /// Whether `/readyz` reports ready.
+    pub ready: bool,
+    /// The journal.
+    pub journal: JournalStatus,
+    /// The backfill.
+    pub backfill: BackfillStatus,
+}
+
+/// The journal part of [`Status`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JournalStatus {
+    /// Changes journaled and not yet applied to the secondary.
+    pub depth: u64,
+    /// Age of the oldest of them, in milliseconds.
+    pub oldest_age_ms: u64,
+    /// How far the secondary is behind the primary, in milliseconds: the
+    /// age of the oldest change not yet applied (0 when caught up).
+    pub lag_ms: u64,
+    /// Changes the sync gave up on (see `GET /dead-letters`).
+    pub dead_letters: u64,
+    /// The last sequence number handed out.
+    #[serde(default)]
+    pub last_seq: Option<u64>,
+    /// Every record below this sequence number is applied.
+    #[serde(default)]
+    pub applied_cursor: u64,
+    /// Bytes of journal files on disk.
+    #[serde(default)]
+    pub bytes_on_disk: u64,
+}
+
+/// The backfill part of [`Status`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackfillStatus {
+    /// `idle`, `running`, `paused`, `done` or `failed`.
+    pub state: String,
+    /// Per-dataset progress.
+    pub datasets: std::collections::BTreeMap<String, DatasetProgress>,
+}
+
+/// One dataset's backfill progress.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DatasetProgress {
+    /// Records in the export, when known.
+    pub total: u64,
+    /// Records copied (or skipped because live traffic owns them).
+    pub copied: u64,
+    /// Records that could not be copied.
+    pub failed: u64,
+    /// Records per second, recently.
+    pub rate: f64,
+    /// Estimated seconds to go.
+    pub eta_s: u64,
 }
 
 /// Serves the admin API until `stop` is cancelled.
@@ -63,6 +137,7 @@ impl Admin {
                 json_response(status, &readiness)
             }
             (Method::GET, "/metrics") => {
+                self.refresh_gauges();
                 let mut response = text_response(StatusCode::OK, &self.metrics.encode());
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -79,8 +154,53 @@ impl Admin {
         }
     }
 
+    /// The journal gauges, fresh for a scrape.
+    fn refresh_gauges(&self) {
+        let stats = self.journal.stats();
+        let journal = &self.metrics.journal;
+        journal
+            .depth
+            .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
+        journal
+            .size_bytes
+            .set(i64::try_from(stats.bytes_on_disk).unwrap_or(i64::MAX));
+        self.metrics.sync.lag_seconds.set(
+            stats
+                .oldest_unacked_age
+                .map_or(0.0, |age| age.as_secs_f64()),
+        );
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        let stats = self.journal.stats();
+        let age_ms = stats
+            .oldest_unacked_age
+            .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        Status {
+            phase: "mirroring".to_owned(),
+            epoch: 1,
+            primary: self.routing.primary_side().as_str().to_owned(),
+            ready: self.health.readiness().ready,
+            journal: JournalStatus {
+                depth: stats.depth,
+                oldest_age_ms: age_ms,
+                lag_ms: age_ms,
+                dead_letters: self.dead_letters.len() as u64,
+                last_seq: stats.last_seq,
+                applied_cursor: stats.applied_cursor,
+                bytes_on_disk: stats.bytes_on_disk,
+            },
+            backfill: BackfillStatus {
+                state: "idle".to_owned(),
+                datasets: std::collections::BTreeMap::new(),
+            },
+        }
+    }
+
     fn handle_protected(&self, method: &Method, path: &str) -> Response<Body> {
         match (method, path) {
+            (&Method::GET, "/status") => json_response(StatusCode::OK, &self.status()),
             (&Method::POST, "/shutdown") => {
                 tracing::info!("shutdown requested through the admin API");
                 self.shutdown.cancel();

@@ -227,6 +227,9 @@ pub async fn run(
         metrics: metrics.clone(),
         token: config.admin.token.clone(),
         shutdown: root.clone(),
+        journal: journal.clone(),
+        dead_letters: Arc::clone(&dead_letters),
+        routing: Arc::clone(&routing),
     });
     let admin_task = tracker.spawn(
         admin::run(listeners.admin, admin, admin_stop.clone())

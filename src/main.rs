@@ -45,6 +45,19 @@ enum Command {
     },
     /// Run a standalone Connect2id or Authlete emulator (rehearsals, tests).
     Emulate(EmulateArgs),
+    /// Zero-config demo: emulated source and target, the proxy in front,
+    /// realistic traffic, then a comparison of both servers.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Seconds of traffic.
+    #[arg(long, default_value_t = 8)]
+    duration: u64,
+    /// Concurrent simulated users.
+    #[arg(long, default_value_t = 16)]
+    users: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,6 +116,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(&config, cli.log_format),
         Command::Check { config } => check(&config),
         Command::Emulate(args) => emulate(args, cli.log_format),
+        Command::Demo(args) => demo(&args),
     }
 }
 
@@ -152,6 +166,33 @@ fn emulate(args: EmulateArgs, log_format: LogFormat) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("handover: {err}");
+            ExitCode::from(EXIT_PROBLEM)
+        }
+    }
+}
+
+fn demo(args: &DemoArgs) -> ExitCode {
+    // Quiet logs: the demo prints its own progress; RUST_LOG overrides.
+    if std::env::var_os("RUST_LOG").is_none() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("error"))
+            .with_writer(std::io::stderr)
+            .try_init();
+    } else {
+        telemetry::init(LogFormat::Text);
+    }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(EXIT_PROBLEM);
+    };
+    let options = handover::demo::Options {
+        duration: std::time::Duration::from_secs(args.duration.max(1)),
+        users: args.users.max(1),
+    };
+    match runtime.block_on(handover::demo::run(options)) {
+        Ok(summary) if summary.passed() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(EXIT_PROBLEM),
+        Err(err) => {
+            eprintln!("handover demo: {err}");
             ExitCode::from(EXIT_PROBLEM)
         }
     }

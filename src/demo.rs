@@ -1,0 +1,341 @@
+//! `handover demo`: the whole product on one machine, zero config. A source
+//! and a target Connect2id emulator (same JWK set, same public issuer) and
+//! the real proxy in front of the source; realistic traffic through the
+//! proxy for a few seconds (client registrations and updates, logins that
+//! create sessions, long-lived consents and code exchanges, refreshes with
+//! rotation, revocations, logouts) with a live progress line; then wait for
+//! the journal to drain, compare the two servers dataset by dataset, and
+//! print a summary. Exits non-zero if any drift remains or any client
+//! request failed.
+
+pub mod traffic;
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::config::{ApiTokens, Config};
+use crate::emulator::connect2id::{self, Connect2id};
+use crate::emulator::jwks::JwkSet;
+use crate::target::connect2id::comparable;
+
+pub use traffic::Totals;
+
+/// Demo settings (`handover demo --help`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long traffic runs.
+    pub duration: Duration,
+    /// Concurrent simulated users.
+    pub users: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(8),
+            users: 16,
+        }
+    }
+}
+
+/// Why the demo failed to run (drift is a result, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A socket could not be bound.
+    #[error("cannot bind a loopback port: {0}")]
+    Bind(std::io::Error),
+    /// The journal directory could not be created.
+    #[error("cannot create a temporary journal directory: {0}")]
+    TempDir(std::io::Error),
+    /// The proxy failed to start.
+    #[error("the proxy failed: {0}")]
+    Proxy(#[from] crate::app::Error),
+    /// The proxy never became ready.
+    #[error("the proxy did not become ready")]
+    NotReady,
+}
+
+/// The demo's outcome.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// What the traffic did.
+    pub totals: Totals,
+    /// Changes applied to the target, per dataset.
+    pub synced: Vec<(&'static str, u64)>,
+    /// Records compared and found different or missing, per dataset.
+    pub drift: Vec<DatasetDrift>,
+    /// 99th percentile of the sync lag sampled during traffic.
+    pub lag_p99: Duration,
+    /// Time from the end of traffic to an empty journal.
+    pub drain: Duration,
+}
+
+impl Summary {
+    /// Whether the demo succeeded: no drift, no failed client request.
+    pub fn passed(&self) -> bool {
+        self.totals.errors == 0 && self.drift.iter().all(|d| d.drifted() == 0)
+    }
+}
+
+/// One dataset's comparison.
+#[derive(Debug, Clone, Default)]
+pub struct DatasetDrift {
+    /// The dataset.
+    pub dataset: &'static str,
+    /// Records on the source.
+    pub source: usize,
+    /// Records equal on both.
+    pub matching: usize,
+    /// Records on both but different.
+    pub mismatched: usize,
+    /// On the source only.
+    pub missing_on_target: usize,
+    /// On the target only.
+    pub extra_on_target: usize,
+}
+
+impl DatasetDrift {
+    /// Records that differ in any way.
+    pub fn drifted(&self) -> usize {
+        self.mismatched + self.missing_on_target + self.extra_on_target
+    }
+}
+
+const TOKEN: &str = "demo-management-token-0123456789abcdef";
+
+/// Runs the demo, printing progress to stderr and the summary to stdout.
+pub async fn run(options: Options) -> Result<Summary, Error> {
+    let jwks = JwkSet::generate();
+    let proxy_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(Error::Bind)?;
+    let proxy_addr = proxy_listener.local_addr().map_err(Error::Bind)?;
+    let issuer = format!("http://{proxy_addr}/c2id");
+    let emulator_config = || {
+        let mut config =
+            connect2id::Config::new(connect2id::ApiTokens::single(TOKEN), jwks.clone());
+        config.base_path = "/c2id".to_owned();
+        config.issuer = Some(issuer.clone());
+        config
+    };
+    let source = Connect2id::new(emulator_config())
+        .start(
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(Error::Bind)?,
+        )
+        .await;
+    let target = Connect2id::new(emulator_config())
+        .start(
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(Error::Bind)?,
+        )
+        .await;
+
+    let journal_dir = tempfile::tempdir().map_err(Error::TempDir)?;
+    let mut config = Config::for_test(&source.url(), &target.url(), TOKEN);
+    config.source.tokens = ApiTokens::single(TOKEN);
+    config.target.tokens = ApiTokens::single(TOKEN);
+    config.journal.dir = journal_dir.path().to_owned();
+    config.journal.key = crate::config::Secret::new(random_key());
+    config.sync.retry_initial = crate::sync::DEFAULT_RETRY_INITIAL;
+    config.sync.retry_max = Duration::from_secs(2);
+    let admin_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(Error::Bind)?;
+    let admin_addr = admin_listener.local_addr().map_err(Error::Bind)?;
+    let listeners = crate::app::Listeners {
+        proxy: proxy_listener,
+        admin: admin_listener,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = tokio::spawn(crate::app::run(listeners, config, async move {
+        let _ = stopped.await;
+    }));
+    let admin = traffic::AdminProbe::new(admin_addr, TOKEN);
+    if !admin.wait_ready(Duration::from_secs(10)).await {
+        return Err(Error::NotReady);
+    }
+
+    say(&format!(
+        "handover demo: source {} → proxy http://{proxy_addr}/c2id → target {}",
+        source.url(),
+        target.url()
+    ));
+    say(&format!(
+        "driving {} users for {}s through the proxy (registrations, logins, consents, refreshes with rotation, revocations, logouts)",
+        options.users,
+        options.duration.as_secs()
+    ));
+    let base = format!("http://{proxy_addr}/c2id");
+    let traffic = Arc::new(traffic::Traffic::new(&base, TOKEN));
+    let lag_samples = traffic::run(&traffic, &admin, options.users, options.duration).await;
+    let totals = traffic.totals();
+
+    let drain_started = Instant::now();
+    say("traffic stopped; waiting for the journal to drain");
+    admin.wait_drained(Duration::from_secs(60)).await;
+    let drain = drain_started.elapsed();
+
+    let drift = compare(source.emulator(), target.emulator());
+    let synced = admin.synced().await;
+    let summary = Summary {
+        totals,
+        synced,
+        drift,
+        lag_p99: percentile(&lag_samples, 0.99),
+        drain,
+    };
+    print_summary(&summary);
+
+    let _ = stop.send(());
+    if let Ok(result) = app.await {
+        result?;
+    }
+    source.shutdown().await;
+    target.shutdown().await;
+    Ok(summary)
+}
+
+fn random_key() -> String {
+    let mut key = [0u8; 32];
+    // The system RNG failing is not recoverable here; fall back to fastrand
+    // (the demo's journal lives in a temp dir for seconds).
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).is_err() {
+        key.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares every dataset of two emulators record by record.
+pub fn compare(source: &Connect2id, target: &Connect2id) -> Vec<DatasetDrift> {
+    let clients = |e: &Connect2id| {
+        e.clients()
+            .into_iter()
+            .filter_map(|c| Some((c.get("client_id")?.as_str()?.to_owned(), c)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let authorizations = |e: &Connect2id| {
+        e.authorizations()
+            .into_iter()
+            .filter_map(|a| {
+                let key = format!("{}|{}", a.get("sub")?.as_str()?, a.get("cid")?.as_str()?);
+                Some((key, a))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let sessions = |e: &Connect2id| {
+        e.sessions()
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    vec![
+        diff("clients", &clients(source), &clients(target)),
+        diff(
+            "authorizations",
+            &authorizations(source),
+            &authorizations(target),
+        ),
+        diff("sessions", &sessions(source), &sessions(target)),
+    ]
+}
+
+fn diff(
+    dataset: &'static str,
+    source: &std::collections::BTreeMap<String, serde_json::Value>,
+    target: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> DatasetDrift {
+    let mut drift = DatasetDrift {
+        dataset,
+        source: source.len(),
+        ..DatasetDrift::default()
+    };
+    for (key, record) in source {
+        match target.get(key) {
+            None => drift.missing_on_target += 1,
+            Some(other) if comparable(dataset, record) == comparable(dataset, other) => {
+                drift.matching += 1
+            }
+            Some(_) => drift.mismatched += 1,
+        }
+    }
+    drift.extra_on_target = target.keys().filter(|k| !source.contains_key(*k)).count();
+    drift
+}
+
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn print_summary(summary: &Summary) {
+    let mut out = std::io::stdout().lock();
+    let totals = &summary.totals;
+    let _ = writeln!(out);
+    let _ = writeln!(out, "== handover demo summary ==");
+    let _ = writeln!(
+        out,
+        "client requests      {:>8}   failed {}",
+        totals.requests, totals.errors
+    );
+    let _ = writeln!(
+        out,
+        "  registrations {} · updates {} · deletes {} · logins {} · code exchanges {} · refreshes {} (failed {}) · revocations {} · logouts {}",
+        totals.registrations,
+        totals.updates,
+        totals.deletes,
+        totals.logins,
+        totals.exchanges,
+        totals.refreshes,
+        totals.failed_refreshes,
+        totals.revocations,
+        totals.logouts
+    );
+    let synced: Vec<String> = summary
+        .synced
+        .iter()
+        .map(|(dataset, count)| format!("{dataset} {count}"))
+        .collect();
+    let _ = writeln!(out, "keys synced          {}", synced.join(" · "));
+    let _ = writeln!(
+        out,
+        "sync lag p99         {:>8.1} ms   drained {:.1} ms after traffic stopped",
+        summary.lag_p99.as_secs_f64() * 1000.0,
+        summary.drain.as_secs_f64() * 1000.0
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<16}{:>8}{:>10}{:>12}{:>10}{:>8}",
+        "dataset", "source", "matching", "mismatched", "missing", "extra"
+    );
+    for d in &summary.drift {
+        let _ = writeln!(
+            out,
+            "{:<16}{:>8}{:>10}{:>12}{:>10}{:>8}",
+            d.dataset, d.source, d.matching, d.mismatched, d.missing_on_target, d.extra_on_target
+        );
+    }
+    let drift: usize = summary.drift.iter().map(DatasetDrift::drifted).sum();
+    let _ = writeln!(out);
+    let verdict = if summary.passed() { "PASS" } else { "FAIL" };
+    let _ = writeln!(
+        out,
+        "drift {drift} · failed client requests {} · failed refreshes {} → {verdict}",
+        totals.errors, totals.failed_refreshes
+    );
+}

@@ -1,0 +1,26 @@
+//! The demo, as the README's first command runs it (shorter): traffic
+//! through the proxy, then zero drift and zero failed requests.
+
+#![allow(clippy::unwrap_used)] // tests unwrap freely; a panic is a failure
+
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_ends_with_zero_drift_and_zero_failures() {
+    let summary = handover::demo::run(handover::demo::Options {
+        duration: Duration::from_secs(2),
+        users: 4,
+    })
+    .await
+    .unwrap();
+    assert_eq!(summary.totals.errors, 0, "{summary:?}");
+    assert!(
+        summary.totals.logins > 0 && summary.totals.refreshes > 0,
+        "{summary:?}"
+    );
+    for dataset in &summary.drift {
+        assert_eq!(dataset.drifted(), 0, "{dataset:?}");
+        assert!(dataset.source > 0, "{dataset:?}");
+    }
+    assert!(summary.passed());
+}
