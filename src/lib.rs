@@ -37,6 +37,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod journal;
+pub mod json_stream;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;
