@@ -5,10 +5,21 @@
 //! loopback address (checked by config validation) and the protected
 //! endpoints are refused.
 //!
-//! `POST /shutdown` starts the same ordered shutdown as SIGTERM.
+//! Operator endpoints (JSON):
+//!
+//! | endpoint | does |
+//! |---|---|
+//! | `GET /status` | phase, primary, journal depth and lag, backfill progress, dead letters |
+//! | `POST /backfill/start`, `/pause`, `/resume` | control the backfill; optional body `{"rate": N, "concurrency": N}` adjusts it live |
+//! | `POST /backfill/settings` | `{"rate": N, "concurrency": N}` only |
+//! | `POST /verify` | starts a verify (`{"dataset": D, "repair": bool, "list": N}`), answers `202` with its id |
+//! | `GET /verify` | the latest verify: state, live progress, report |
+//! | `GET /dead-letters` | changes the sync gave up on, with the reason (never their contents) |
+//! | `POST /dead-letters/retry` | journals them again and clears the list |
+//! | `POST /shutdown` | the same ordered shutdown as SIGTERM |
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -18,12 +29,16 @@ use tokio_util::sync::CancellationToken;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backfill::Backfill;
 use crate::config::Secret;
 use crate::health::Health;
 use crate::http::{Body, BoxError, json_response, text_response};
 use crate::journal::{DeadLetters, Journal};
 use crate::metrics::Metrics;
+use crate::mirror::Mirror;
 use crate::routing::Routing;
+use crate::triggers::Change;
+use crate::verify::{self, Verifier};
 
 /// What the admin API serves from.
 #[derive(Debug)]
@@ -42,7 +57,71 @@ pub struct Admin {
     pub dead_letters: Arc<DeadLetters>,
     /// Which side is primary.
     pub routing: Arc<Routing>,
+    /// The backfill controller.
+    pub backfill: Backfill,
+    /// Runs verifies.
+    pub verifier: Verifier,
+    /// Journals repairs and retried dead letters.
+    pub mirror: Mirror,
+    /// The latest verify.
+    pub verify_job: Mutex<Option<VerifyJob>>,
 }
+
+/// A verify started through the API.
+#[derive(Debug, Clone)]
+pub struct VerifyJob {
+    /// Sequential id.
+    pub id: u64,
+    /// What was asked.
+    pub request: verify::Request,
+    /// Live progress.
+    pub progress: Arc<verify::Progress>,
+    /// The outcome, once finished.
+    pub outcome: Option<Result<verify::Report, String>>,
+}
+
+/// `GET /verify`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyStatus {
+    /// The job id.
+    pub id: u64,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// The dataset being verified.
+    pub dataset: String,
+    /// Records looked at in it so far.
+    pub scanned: u64,
+    /// The report, when done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<verify::Report>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One entry of `GET /dead-letters`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterView {
+    /// Its sequence number in the dead-letter log.
+    pub seq: u64,
+    /// What the change was about (session ids shortened, tokens omitted).
+    pub change: String,
+    /// Why the sync gave up.
+    pub reason: String,
+    /// When, in Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// Body of the backfill control endpoints.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillSettings {
+    rate: Option<u64>,
+    concurrency: Option<usize>,
+}
+
+/// Largest operator request body.
+const MAX_ADMIN_BODY: usize = 64 << 10;
 
 /// `GET /status`, the operator's one-look view (DESIGN.md §7).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +168,12 @@ pub struct JournalStatus {
 pub struct BackfillStatus {
     /// `idle`, `running`, `paused`, `done` or `failed`.
     pub state: String,
+    /// Records per second allowed (0 = unlimited).
+    #[serde(default)]
+    pub rate_limit: u64,
+    /// Writes in flight at once.
+    #[serde(default)]
+    pub concurrency: usize,
     /// Per-dataset progress.
     pub datasets: std::collections::BTreeMap<String, DatasetProgress>,
 }
@@ -98,14 +183,21 @@ pub struct BackfillStatus {
 pub struct DatasetProgress {
     /// Records in the export, when known.
     pub total: u64,
-    /// Records copied (or skipped because live traffic owns them).
+    /// Records written to the secondary.
     pub copied: u64,
-    /// Records that could not be copied.
+    /// Records not written because live traffic changed them after the
+    /// export began (the sync path copied their current state instead).
+    #[serde(default)]
+    pub skipped: u64,
+    /// Records that could not be copied (see the dead letters).
     pub failed: u64,
     /// Records per second, recently.
     pub rate: f64,
     /// Estimated seconds to go.
     pub eta_s: u64,
+    /// Why the dataset failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Serves the admin API until `stop` is cancelled.
@@ -122,7 +214,11 @@ pub async fn run(listener: TcpListener, admin: Arc<Admin>, stop: CancellationTok
 }
 
 impl Admin {
-    async fn handle(&self, request: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    async fn handle(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         match (method, path.as_str()) {
@@ -149,7 +245,11 @@ impl Admin {
                 if let Err(response) = self.authorize(&request) {
                     return response;
                 }
-                self.handle_protected(&method, path)
+                let body = match crate::http::read_body(request.into_body(), MAX_ADMIN_BODY).await {
+                    Ok(body) => body,
+                    Err(err) => return bad_request(&err.to_string()),
+                };
+                self.handle_protected(&method, path, &body).await
             }
         }
     }
@@ -191,22 +291,210 @@ impl Admin {
                 applied_cursor: stats.applied_cursor,
                 bytes_on_disk: stats.bytes_on_disk,
             },
-            backfill: BackfillStatus {
-                state: "idle".to_owned(),
-                datasets: std::collections::BTreeMap::new(),
-            },
+            backfill: self.backfill.status(),
         }
     }
 
-    fn handle_protected(&self, method: &Method, path: &str) -> Response<Body> {
+    async fn handle_protected(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+    ) -> Response<Body> {
         match (method, path) {
             (&Method::GET, "/status") => json_response(StatusCode::OK, &self.status()),
+            (
+                &Method::POST,
+                "/backfill/start" | "/backfill/pause" | "/backfill/resume" | "/backfill/settings",
+            ) => {
+                let settings: BackfillSettings = if body.is_empty() {
+                    BackfillSettings::default()
+                } else {
+                    match serde_json::from_slice(body) {
+                        Ok(settings) => settings,
+                        Err(err) => return bad_request(&format!("invalid JSON body: {err}")),
+                    }
+                };
+                if let Some(concurrency) = settings.concurrency
+                    && let Err(err) = self.backfill.set_concurrency(concurrency)
+                {
+                    return bad_request(&err.to_string());
+                }
+                if let Some(rate) = settings.rate {
+                    self.backfill.set_rate(rate);
+                }
+                let result = match path {
+                    "/backfill/start" => self.backfill.start(),
+                    "/backfill/pause" => self.backfill.pause(),
+                    "/backfill/resume" => self.backfill.resume(),
+                    _ => Ok(self.backfill.state()),
+                };
+                match result {
+                    Ok(_) => {
+                        tracing::info!(operation = path, "backfill control");
+                        json_response(StatusCode::OK, &self.backfill.status())
+                    }
+                    Err(err) => json_response(
+                        StatusCode::CONFLICT,
+                        &json!({"error": "conflict", "error_description": err.to_string()}),
+                    ),
+                }
+            }
+            (&Method::POST, "/verify") => {
+                let request: verify::Request = if body.is_empty() {
+                    verify::Request::default()
+                } else {
+                    match serde_json::from_slice(body) {
+                        Ok(request) => request,
+                        Err(err) => return bad_request(&format!("invalid JSON body: {err}")),
+                    }
+                };
+                self.start_verify(request)
+            }
+            (&Method::GET, "/verify") => match self.verify_status() {
+                Some(status) => json_response(StatusCode::OK, &status),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": "not_found", "error_description": "no verify has run"}),
+                ),
+            },
+            (&Method::GET, "/dead-letters") => {
+                json_response(StatusCode::OK, &self.dead_letter_views())
+            }
+            (&Method::POST, "/dead-letters/retry") => self.retry_dead_letters().await,
             (&Method::POST, "/shutdown") => {
                 tracing::info!("shutdown requested through the admin API");
                 self.shutdown.cancel();
                 json_response(StatusCode::ACCEPTED, &json!({"shutting_down": true}))
             }
             _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
+        }
+    }
+
+    fn start_verify(self: &Arc<Self>, request: verify::Request) -> Response<Body> {
+        let Ok(mut slot) = self.verify_job.lock() else {
+            return json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "internal_error"}),
+            );
+        };
+        if let Some(job) = slot.as_ref()
+            && job.outcome.is_none()
+        {
+            return json_response(
+                StatusCode::CONFLICT,
+                &json!({"error": "conflict", "error_description": format!("verify {} is still running", job.id), "id": job.id}),
+            );
+        }
+        let id = slot.as_ref().map_or(1, |job| job.id + 1);
+        let progress = Arc::new(verify::Progress::default());
+        *slot = Some(VerifyJob {
+            id,
+            request: request.clone(),
+            progress: Arc::clone(&progress),
+            outcome: None,
+        });
+        drop(slot);
+        let admin = Arc::clone(self);
+        tokio::spawn(async move {
+            tracing::info!(id, dataset = ?request.dataset, repair = request.repair, "verify started");
+            let outcome = admin
+                .verifier
+                .run(&request, &progress)
+                .await
+                .map_err(|err| err.to_string());
+            match &outcome {
+                Ok(report) => tracing::info!(id, drift = report.drift, "verify finished"),
+                Err(err) => tracing::warn!(id, error = %err, "verify failed"),
+            }
+            if let Ok(mut slot) = admin.verify_job.lock()
+                && let Some(job) = slot.as_mut()
+                && job.id == id
+            {
+                job.outcome = Some(outcome);
+            }
+        });
+        json_response(StatusCode::ACCEPTED, &json!({"id": id, "state": "running"}))
+    }
+
+    /// The latest verify.
+    pub fn verify_status(&self) -> Option<VerifyStatus> {
+        let slot = self.verify_job.lock().ok()?;
+        let job = slot.as_ref()?;
+        let (state, report, error) = match &job.outcome {
+            None => ("running", None, None),
+            Some(Ok(report)) => ("done", Some(report.clone()), None),
+            Some(Err(err)) => ("failed", None, Some(err.clone())),
+        };
+        Some(VerifyStatus {
+            id: job.id,
+            state: state.to_owned(),
+            dataset: job
+                .progress
+                .dataset
+                .lock()
+                .map(|d| d.clone())
+                .unwrap_or_default(),
+            scanned: job
+                .progress
+                .scanned
+                .load(std::sync::atomic::Ordering::Relaxed),
+            report,
+            error,
+        })
+    }
+
+    fn dead_letter_views(&self) -> Vec<DeadLetterView> {
+        self.dead_letters
+            .list()
+            .into_iter()
+            .map(|letter| DeadLetterView {
+                seq: letter.seq,
+                change: serde_json::from_slice::<Change>(&letter.body).map_or_else(
+                    |_| "(unreadable record)".to_owned(),
+                    |change| change.redacted(),
+                ),
+                reason: letter.reason,
+                at_ms: letter
+                    .appended_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            })
+            .collect()
+    }
+
+    async fn retry_dead_letters(&self) -> Response<Body> {
+        let letters = self.dead_letters.list();
+        let Some(last) = letters.iter().map(|l| l.seq).max() else {
+            return json_response(StatusCode::OK, &json!({"retried": 0}));
+        };
+        let changes: Vec<Change> = letters
+            .iter()
+            .filter_map(|letter| serde_json::from_slice(&letter.body).ok())
+            .collect();
+        let retried = changes.len();
+        // Journal first, then clear: a crash in between retries twice,
+        // which is harmless; the reverse could lose them.
+        self.mirror.record(changes).await;
+        let letters = Arc::clone(&self.dead_letters);
+        let cleared = tokio::task::spawn_blocking(move || letters.clear_through(last)).await;
+        match cleared {
+            Ok(Ok(())) => {
+                self.metrics
+                    .sync
+                    .dead_letters
+                    .set(i64::try_from(self.dead_letters.len()).unwrap_or(i64::MAX));
+                tracing::info!(retried, "dead letters retried");
+                json_response(StatusCode::OK, &json!({"retried": retried}))
+            }
+            Ok(Err(err)) => json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "internal_error", "error_description": format!("journaled again, but the dead-letter log could not be cleared: {err}")}),
+            ),
+            Err(_) => json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "internal_error"}),
+            ),
         }
     }
 
@@ -238,6 +526,13 @@ impl Admin {
             Err(response)
         }
     }
+}
+
+fn bad_request(description: &str) -> Response<Body> {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": "invalid_request", "error_description": description}),
+    )
 }
 
 /// Compares two secrets in time independent of where they differ: both are

@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admin::{self, Admin};
+use crate::backfill::{self, Backfill};
 use crate::config::Config;
 use crate::health::{self, Health};
 use crate::journal::{self, Cipher, DeadLetters, Journal};
@@ -48,6 +49,7 @@ use crate::sync::{self, SyncHandle};
 use crate::target::connect2id::Connect2id;
 use crate::triggers::Change;
 use crate::upstream::Upstream;
+use crate::verify::Verifier;
 
 /// How long stopping the sync workers may take before they are abandoned
 /// (their work stays in the journal).
@@ -203,6 +205,20 @@ pub async fn run(
     );
     resume_backlog(&sync, &journal, recovery.entries, &dead_letters);
 
+    let backfill_stop = CancellationToken::new();
+    let backfill = Backfill::new(
+        backfill::Config {
+            datasets: config.sync.datasets.clone(),
+            concurrency: config.backfill.concurrency,
+            rate: config.backfill.rate,
+            count_first: config.backfill.count_first,
+            dir: config.journal.dir.join("backfill"),
+        },
+        Arc::clone(&routing),
+        sync.clone(),
+        backfill_stop.clone(),
+    );
+
     let mirror = Mirror::new(
         &config.source.url.base_path,
         config.sync.datasets.clone(),
@@ -230,6 +246,17 @@ pub async fn run(
         journal: journal.clone(),
         dead_letters: Arc::clone(&dead_letters),
         routing: Arc::clone(&routing),
+        backfill: backfill.clone(),
+        verifier: Verifier {
+            routing: Arc::clone(&routing),
+            sync: sync.clone(),
+            mirror: mirror.clone(),
+            datasets: config.sync.datasets.clone(),
+            concurrency: crate::verify::DEFAULT_CONCURRENCY,
+            stop: backfill_stop.clone(),
+        },
+        mirror: mirror.clone(),
+        verify_job: std::sync::Mutex::new(None),
     });
     let admin_task = tracker.spawn(
         admin::run(listeners.admin, admin, admin_stop.clone())
@@ -271,6 +298,9 @@ pub async fn run(
         .instrument(tracing::info_span!("proxy")),
     );
     tracker.close();
+    if config.backfill.auto_start && backfill.state() != crate::backfill::State::Done {
+        let _ = backfill.start();
+    }
     tracing::info!(
         proxy = ?proxy_addr,
         primary = %config.source.url,
@@ -295,8 +325,10 @@ pub async fn run(
     proxy_stop.cancel();
     let _ = proxy_task.await;
     tracing::info!("downstream drained");
-    // 4. Background tasks.
+    // 4. Background tasks; the backfill stops at a checkpoint.
     background_stop.cancel();
+    backfill_stop.cancel();
+    backfill.wait_finished(Duration::from_secs(5)).await;
     // 5. Flush the journal.
     if let Err(err) = journal.flush().await {
         tracing::error!(error = %err, "cannot flush the journal at shutdown");

@@ -163,6 +163,20 @@ pub struct FileConfig {
     /// `[sync]`
     #[serde(default)]
     pub sync: RawSync,
+    /// `[backfill]`
+    #[serde(default)]
+    pub backfill: RawBackfill,
+}
+
+/// `[backfill]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawBackfill {
+    pub auto_start: Option<bool>,
+    pub concurrency: Option<usize>,
+    pub rate: Option<u64>,
+    pub count_first: Option<bool>,
 }
 
 /// `[journal]` as written.
@@ -276,6 +290,22 @@ pub struct Config {
     pub journal: JournalConfig,
     /// The sync workers.
     pub sync: SyncConfig,
+    /// The backfill.
+    pub backfill: BackfillConfig,
+}
+
+/// The backfill settings.
+#[derive(Debug, Clone)]
+pub struct BackfillConfig {
+    /// Start copying as soon as the proxy starts (else on command).
+    pub auto_start: bool,
+    /// Writes in flight at once.
+    pub concurrency: usize,
+    /// Records per second; 0 = unlimited.
+    pub rate: u64,
+    /// Count each export first, for a total and an ETA (one extra
+    /// streaming read of each export on the source).
+    pub count_first: bool,
 }
 
 /// The journal settings.
@@ -587,6 +617,12 @@ impl Config {
                 retry_max: Duration::from_millis(500),
                 request_timeout: DEFAULT_SYNC_REQUEST_TIMEOUT,
             },
+            backfill: BackfillConfig {
+                auto_start: false,
+                concurrency: crate::backfill::DEFAULT_CONCURRENCY,
+                rate: 0,
+                count_first: true,
+            },
         }
     }
 }
@@ -605,6 +641,7 @@ impl FileConfig {
         let target = validate_server("target", self.target, env, &mut problems);
         let journal = validate_journal(self.journal, env, &mut problems);
         let sync = validate_sync(self.sync, &mut problems);
+        let backfill = validate_backfill(self.backfill, &mut problems);
         if let (Some(source), Some(target)) = (&source, &target)
             && source.url == target.url
         {
@@ -627,6 +664,7 @@ impl FileConfig {
                     target,
                     journal,
                     sync,
+                    backfill,
                 })
             }
             _ => Err(problems),
@@ -1028,6 +1066,21 @@ fn validate_sync(raw: RawSync, problems: &mut Problems) -> Option<SyncConfig> {
         retry_max,
         request_timeout,
     })
+}
+
+fn validate_backfill(raw: RawBackfill, problems: &mut Problems) -> BackfillConfig {
+    let concurrency = raw
+        .concurrency
+        .unwrap_or(crate::backfill::DEFAULT_CONCURRENCY);
+    if concurrency == 0 || concurrency > 4096 {
+        problems.push("backfill.concurrency", "must be between 1 and 4096");
+    }
+    BackfillConfig {
+        auto_start: raw.auto_start.unwrap_or(false),
+        concurrency,
+        rate: raw.rate.unwrap_or(0),
+        count_first: raw.count_first.unwrap_or(true),
+    }
 }
 
 /// Resolves a secret from `<field>_env` or `<field>_file` (exactly one).

@@ -30,6 +30,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backfill;
 pub mod config;
 pub mod demo;
 pub mod emulator;
@@ -40,6 +41,7 @@ pub mod journal;
 pub mod json_stream;
 pub mod metrics;
 pub mod mirror;
+pub mod ops;
 pub mod proxy;
 pub mod routing;
 pub mod sync;
@@ -48,3 +50,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod triggers;
 pub mod upstream;
+pub mod verify;

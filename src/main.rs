@@ -48,6 +48,75 @@ enum Command {
     /// Zero-config demo: emulated source and target, the proxy in front,
     /// realistic traffic, then a comparison of both servers.
     Demo(DemoArgs),
+    /// Show the migration status (phase, primary, lag, backfill progress).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Control the backfill.
+    Backfill {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// What to do.
+        #[arg(value_enum)]
+        action: BackfillAction,
+        /// Records per second (0 = unlimited), applied live.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Writes in flight, applied live.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Compare the primary and the secondary; exit 0 only when drift is zero.
+    Verify {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only this dataset (clients, authorizations, sessions).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Journal a sync of every drifted key.
+        #[arg(long)]
+        repair: bool,
+        /// List at most N drifted keys per dataset.
+        #[arg(long, value_name = "N")]
+        list: Option<usize>,
+    },
+    /// List or retry the changes the sync gave up on.
+    DeadLetters {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// `list` (default) or `retry`.
+        #[arg(value_enum, default_value = "list")]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The admin API of the proxy.
+    #[arg(long, default_value = handover::ops::DEFAULT_ADMIN_URL, env = "HANDOVER_ADMIN_URL")]
+    admin: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackfillAction {
+    Start,
+    Pause,
+    Resume,
+    /// Only apply --rate / --concurrency.
+    Set,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DeadLetterAction {
+    List,
+    Retry,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,7 +153,8 @@ struct EmulateArgs {
     seed: usize,
     /// Connect2id: the server JWK set (with the `hmac` and
     /// `refresh-token-encrypt` keys); two emulators given the same set
-    /// accept each other's SIDs and refresh tokens. Generated when absent.
+    /// accept each other's SIDs and refresh tokens. A file that does not
+    /// exist yet is created with a new set.
     #[arg(long, value_name = "FILE")]
     jwks: Option<PathBuf>,
     /// Connect2id: the base path of the endpoints, e.g. /c2id.
@@ -117,6 +187,92 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Emulate(args) => emulate(args, cli.log_format),
         Command::Demo(args) => demo(&args),
+        Command::Status { admin, watch } => operate(&admin, |client, json| async move {
+            handover::ops::watch_status(&client, watch, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Backfill {
+            admin,
+            action,
+            rate,
+            concurrency,
+        } => operate(&admin, |client, json| async move {
+            let operation = match action {
+                BackfillAction::Start => "start",
+                BackfillAction::Pause => "pause",
+                BackfillAction::Resume => "resume",
+                BackfillAction::Set => "settings",
+            };
+            let answer = client.backfill(operation, rate, concurrency).await?;
+            if json {
+                write_stdout(&format!("{answer}\n"));
+            } else {
+                let status = client.status().await?;
+                write_stdout(&handover::ops::render_status(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Verify {
+            admin,
+            dataset,
+            repair,
+            list,
+        } => operate(&admin, |client, json| async move {
+            let request = handover::verify::Request {
+                dataset,
+                repair,
+                list,
+            };
+            let report = client
+                .verify(&request, |status| {
+                    eprint!(
+                        "\rverifying {}: {} records scanned   ",
+                        status.dataset, status.scanned
+                    );
+                })
+                .await?;
+            eprint!("\r{:60}\r", "");
+            if json {
+                write_stdout(&format!(
+                    "{}\n",
+                    serde_json::to_string(&report).unwrap_or_default()
+                ));
+            } else {
+                write_stdout(&handover::ops::render_report(&report));
+            }
+            Ok(if report.drift == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_PROBLEM)
+            })
+        }),
+        Command::DeadLetters { admin, action } => operate(&admin, |client, json| async move {
+            match action {
+                DeadLetterAction::List => {
+                    let letters = client.dead_letters().await?;
+                    if json {
+                        write_stdout(&format!(
+                            "{}\n",
+                            serde_json::to_string(&letters).unwrap_or_default()
+                        ));
+                    } else if letters.is_empty() {
+                        write_stdout("no dead letters\n");
+                    } else {
+                        for letter in &letters {
+                            write_stdout(&format!(
+                                "#{} {}: {}\n",
+                                letter.seq, letter.change, letter.reason
+                            ));
+                        }
+                    }
+                }
+                DeadLetterAction::Retry => {
+                    let retried = client.retry_dead_letters().await?;
+                    write_stdout(&format!("journaled {retried} dead letters again\n"));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
     }
 }
 
@@ -193,6 +349,34 @@ fn demo(args: &DemoArgs) -> ExitCode {
         Ok(_) => ExitCode::from(EXIT_PROBLEM),
         Err(err) => {
             eprintln!("handover demo: {err}");
+            ExitCode::from(EXIT_PROBLEM)
+        }
+    }
+}
+
+fn write_stdout(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Runs an operator command against the admin API (token from
+/// `HANDOVER_ADMIN_TOKEN`).
+fn operate<F, Fut>(admin: &AdminArgs, command: F) -> ExitCode
+where
+    F: FnOnce(handover::ops::AdminClient, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, handover::ops::Error>>,
+{
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(EXIT_PROBLEM);
+    };
+    let token = std::env::var("HANDOVER_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let client = handover::ops::AdminClient::new(&admin.admin, token);
+    match runtime.block_on(command(client, admin.json)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("handover: {err}");
             ExitCode::from(EXIT_PROBLEM)
         }
     }

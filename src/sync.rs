@@ -131,7 +131,43 @@ impl Work {
 
 enum Command {
     Submit(Vec<Work>),
-    Done { lane: String, follow_ups: Vec<Work> },
+    Done {
+        lane: String,
+        follow_ups: Vec<Work>,
+    },
+    /// Start recording which keys live traffic touches (a backfill export
+    /// is about to begin).
+    WatchBegin,
+    /// Stop recording.
+    WatchEnd,
+    /// Write an exported record unless live traffic owns its key.
+    Backfill(BackfillItem),
+}
+
+/// An exported record for the backfill to write.
+#[derive(Debug)]
+pub struct BackfillItem {
+    /// The record's key.
+    pub key: Key,
+    /// The record as exported by the primary.
+    pub record: Value,
+    /// Answered when the record is settled.
+    pub reply: tokio::sync::oneshot::Sender<BackfillOutcome>,
+}
+
+/// What happened to one exported record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackfillOutcome {
+    /// Written to the secondary.
+    Copied,
+    /// Live traffic changed the key since the export began: the sync path
+    /// owns it (it reads the current state), the older exported copy is
+    /// not written.
+    Skipped,
+    /// The secondary refused it; the key is in the dead letters.
+    Failed,
+    /// The sync is stopping.
+    Stopped,
 }
 
 /// A handle to the running sync.
@@ -141,6 +177,8 @@ pub struct SyncHandle {
     journal: Journal,
     stopping: Arc<AtomicBool>,
     busy_lanes: Arc<AtomicUsize>,
+    /// Identities of lanes with live (non-backfill) work, for verify.
+    busy_keys: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     idle: watch::Receiver<bool>,
 }
 
@@ -149,6 +187,9 @@ impl std::fmt::Debug for Command {
         match self {
             Self::Submit(work) => write!(f, "Submit({} changes)", work.len()),
             Self::Done { follow_ups, .. } => write!(f, "Done({} follow-ups)", follow_ups.len()),
+            Self::WatchBegin => f.write_str("WatchBegin"),
+            Self::WatchEnd => f.write_str("WatchEnd"),
+            Self::Backfill(item) => write!(f, "Backfill({})", item.key.redacted()),
         }
     }
 }
@@ -180,6 +221,39 @@ impl SyncHandle {
         }
     }
 
+    /// Starts recording the keys live traffic touches, for a backfill
+    /// export about to begin: a record whose key was touched is not
+    /// overwritten with its exported (older) copy.
+    pub fn watch_begin(&self) {
+        let _ = self.commands.send(Command::WatchBegin);
+    }
+
+    /// Stops recording touched keys.
+    pub fn watch_end(&self) {
+        let _ = self.commands.send(Command::WatchEnd);
+    }
+
+    /// Writes one exported record through the key's lane (serialised with
+    /// live sync of the same key). Returns what happened.
+    pub async fn backfill(&self, key: Key, record: Value) -> BackfillOutcome {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self
+            .commands
+            .send(Command::Backfill(BackfillItem { key, record, reply }))
+            .is_err()
+        {
+            return BackfillOutcome::Stopped;
+        }
+        answer.await.unwrap_or(BackfillOutcome::Stopped)
+    }
+
+    /// Whether live work is queued or running for `key`.
+    pub fn is_busy(&self, key: &Key) -> bool {
+        self.busy_keys
+            .lock()
+            .is_ok_and(|keys| keys.contains(&key.identity()))
+    }
+
     /// Lanes with work queued or running.
     pub fn busy_lanes(&self) -> usize {
         self.busy_lanes.load(Ordering::Acquire)
@@ -202,11 +276,20 @@ struct Lane {
     sync: Option<(Key, Vec<Arc<Ack>>)>,
     /// Ordered payload events.
     payloads: VecDeque<Work>,
+    /// An exported record waiting to be written.
+    backfill: Option<BackfillItem>,
+}
+
+impl Lane {
+    fn has_live_work(&self) -> bool {
+        self.sync.is_some() || !self.payloads.is_empty()
+    }
 }
 
 enum Job {
     Sync { key: Key, acks: Vec<Arc<Ack>> },
     Payload(Work),
+    Backfill(BackfillItem),
 }
 
 /// The lane a change belongs to.
@@ -274,11 +357,13 @@ pub fn spawn(
     let stopping = Arc::new(AtomicBool::new(false));
     let busy_lanes = Arc::new(AtomicUsize::new(0));
     let (idle_tx, idle) = watch::channel(true);
+    let busy_keys = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let handle = SyncHandle {
         commands: commands.clone(),
         journal,
         stopping: Arc::clone(&stopping),
         busy_lanes: Arc::clone(&busy_lanes),
+        busy_keys: Arc::clone(&busy_keys),
         idle,
     };
     let worker = Arc::new(Worker {
@@ -292,6 +377,8 @@ pub fn spawn(
     let job_tracker = tracker.clone();
     let dispatcher = async move {
         let mut lanes: HashMap<String, Lane> = HashMap::new();
+        // While a backfill export runs: the lanes live traffic touched.
+        let mut touched_by_live: Option<std::collections::HashSet<String>> = None;
         loop {
             let command = tokio::select! {
                 () = stop.cancelled() => break,
@@ -304,7 +391,11 @@ pub fn spawn(
             match command {
                 Command::Submit(work) => {
                     for item in work {
-                        touched.push(enqueue(&mut lanes, item));
+                        let name = enqueue(&mut lanes, item);
+                        if let Some(live) = &mut touched_by_live {
+                            live.insert(name.clone());
+                        }
+                        touched.push(name);
                     }
                 }
                 Command::Done { lane, follow_ups } => {
@@ -313,7 +404,41 @@ pub fn spawn(
                     }
                     touched.push(lane);
                     for item in follow_ups {
-                        touched.push(enqueue(&mut lanes, item));
+                        let name = enqueue(&mut lanes, item);
+                        if let Some(live) = &mut touched_by_live {
+                            live.insert(name.clone());
+                        }
+                        touched.push(name);
+                    }
+                }
+                Command::WatchBegin => {
+                    // Work already queued or running is live and at least as
+                    // new as the export about to start.
+                    touched_by_live = Some(
+                        lanes
+                            .iter()
+                            .filter(|(_, lane)| lane.has_live_work() || lane.running)
+                            .map(|(name, _)| name.clone())
+                            .collect(),
+                    );
+                }
+                Command::WatchEnd => touched_by_live = None,
+                Command::Backfill(item) => {
+                    let name = item.key.identity();
+                    let owned_by_live = touched_by_live
+                        .as_ref()
+                        .is_some_and(|live| live.contains(&name))
+                        || lanes.get(&name).is_some_and(|lane| lane.has_live_work());
+                    if owned_by_live {
+                        let _ = item.reply.send(BackfillOutcome::Skipped);
+                    } else {
+                        let lane = lanes.entry(name.clone()).or_default();
+                        // Two exported copies of one key (the export listed
+                        // it twice): the later copy wins.
+                        if let Some(earlier) = lane.backfill.replace(item) {
+                            let _ = earlier.reply.send(BackfillOutcome::Skipped);
+                        }
+                        touched.push(name);
                     }
                 }
             }
@@ -324,15 +449,20 @@ pub fn spawn(
                 if lane.running {
                     continue;
                 }
-                let job = match lane.payloads.pop_front() {
-                    Some(work) => Job::Payload(work),
-                    None => match lane.sync.take() {
-                        Some((key, acks)) => Job::Sync { key, acks },
-                        None => {
-                            lanes.remove(&name);
-                            continue;
-                        }
-                    },
+                // Live work first; an exported copy only if nothing live
+                // touched the key meanwhile.
+                let job = if let Some(work) = lane.payloads.pop_front() {
+                    Job::Payload(work)
+                } else if let Some((key, acks)) = lane.sync.take() {
+                    if let Some(item) = lane.backfill.take() {
+                        let _ = item.reply.send(BackfillOutcome::Skipped);
+                    }
+                    Job::Sync { key, acks }
+                } else if let Some(item) = lane.backfill.take() {
+                    Job::Backfill(item)
+                } else {
+                    lanes.remove(&name);
+                    continue;
                 };
                 lane.running = true;
                 let worker = Arc::clone(&worker);
@@ -349,6 +479,17 @@ pub fn spawn(
                 );
             }
             busy_lanes.store(lanes.len(), Ordering::Release);
+            if let Ok(mut keys) = busy_keys.lock() {
+                keys.clear();
+                keys.extend(
+                    lanes
+                        .iter()
+                        .filter(|(_, lane)| {
+                            lane.has_live_work() || (lane.running && lane.backfill.is_none())
+                        })
+                        .map(|(name, _)| name.clone()),
+                );
+            }
             idle_tx.send_if_modified(|idle| {
                 let now_idle = lanes.is_empty();
                 std::mem::replace(idle, now_idle) != now_idle
@@ -392,6 +533,11 @@ impl Worker {
         let (change, acks) = match job {
             Job::Sync { key, acks } => (Change::Sync { key }, acks),
             Job::Payload(work) => (work.change, work.acks),
+            Job::Backfill(item) => {
+                let outcome = self.backfill(&item.key, &item.record).await;
+                let _ = item.reply.send(outcome);
+                return Vec::new();
+            }
         };
         let dataset = dataset_of(&change);
         let mut attempt: u32 = 0;
@@ -429,6 +575,40 @@ impl Worker {
                 Err(err) => {
                     self.dead_letter(&change, dataset, &err.to_string()).await;
                     return Vec::new();
+                }
+            }
+        }
+    }
+
+    /// Writes one exported record, retrying transient failures.
+    async fn backfill(&self, key: &Key, record: &Value) -> BackfillOutcome {
+        let dataset = key.dataset();
+        let mut attempt: u32 = 0;
+        loop {
+            let started = Instant::now();
+            match write_exported(self.routing.secondary_api(), key, record).await {
+                Ok(()) => {
+                    self.metrics.record_applied(dataset, started.elapsed());
+                    return BackfillOutcome::Copied;
+                }
+                Err(err) if err.is_transient() => {
+                    self.metrics.record_failure(dataset);
+                    let delay = self.backoff(attempt);
+                    if attempt == 0 || attempt % 10 == 9 {
+                        tracing::warn!(key = %key.redacted(), error = %err, attempt = attempt + 1, retry_in = ?delay, "backfill write failed; retrying");
+                    }
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        () = self.stop.cancelled() => return BackfillOutcome::Stopped,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(err) => {
+                    // Dead-letter the key (not the exported copy): a retry
+                    // re-reads the current state from the primary.
+                    self.dead_letter(&Change::sync(key.clone()), dataset, &err.to_string())
+                        .await;
+                    return BackfillOutcome::Failed;
                 }
             }
         }
@@ -550,6 +730,27 @@ impl Worker {
                     .collect())
             }
         }
+    }
+}
+
+/// Writes an exported record to the secondary with the import semantics,
+/// trying the one-request import first (the usual case: the record is new)
+/// and falling back to the full upsert when the secondary refuses it.
+async fn write_exported(
+    secondary: &crate::target::connect2id::Connect2id,
+    key: &Key,
+    record: &Value,
+) -> Result<(), ApiError> {
+    match key {
+        Key::Client { .. } => match secondary.import_client(record).await {
+            Err(ApiError::Rejected { .. }) => secondary.upsert_client(record).await,
+            other => other,
+        },
+        Key::Authorization { .. } => secondary.import_authorization(record).await,
+        Key::Session { sid } => match secondary.import_session(sid, record).await {
+            Err(ApiError::Rejected { .. }) => secondary.upsert_session(sid, record).await,
+            other => other,
+        },
     }
 }
 

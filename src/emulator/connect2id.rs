@@ -240,12 +240,30 @@ pub enum Error {
         /// The value given.
         value: String,
     },
+    /// A new `--jwks` file could not be written.
+    #[error("cannot write the JWK set to {path}: {source}")]
+    WriteJwks {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// `--error-rate` is outside 0.0..=1.0.
     #[error("invalid error rate {value}: it must be between 0.0 and 1.0")]
     ErrorRate {
         /// The value given.
         value: f64,
     },
+}
+
+/// Writes a file readable by its owner only (it holds private keys).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }
 
 /// The options of `handover emulate --kind connect2id`.
@@ -281,7 +299,18 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         });
     }
     let jwks = match &options.jwks {
-        Some(path) => JwkSet::load(path)?,
+        Some(path) if path.exists() => JwkSet::load(path)?,
+        Some(path) => {
+            // A rehearsal starts one emulator with a new file, then the
+            // other with the same file: both share the keys.
+            let jwks = JwkSet::generate();
+            write_private(path, jwks.to_json().as_bytes()).map_err(|source| Error::WriteJwks {
+                path: path.clone(),
+                source,
+            })?;
+            tracing::info!(path = %path.display(), "wrote a new JWK set; give the same file to the other server");
+            jwks
+        }
         None => {
             tracing::warn!(
                 "generated a fresh JWK set: SIDs and tokens will not be accepted by any other server"

@@ -49,6 +49,8 @@ pub const IGNORED_FIELDS: &[(&str, &[&str])] = &[
             "client_id_issued_at",
             "registration_access_token",
             "registration_client_uri",
+            // Set by each server from its own secret lifetime setting.
+            "client_secret_expires_at",
         ],
     ),
     ("authorizations", &["rft"]),
@@ -527,28 +529,34 @@ impl Connect2id {
     /// Makes this server hold `session` under `sid`: update if it exists,
     /// else import with `SID-Key`.
     pub async fn upsert_session(&self, sid: &str, session: &Value) -> Result<(), ApiError> {
+        let Some(existing) = self.get_session(sid).await? else {
+            return self.import_session(sid, session).await;
+        };
+        if comparable("sessions", &existing) == comparable("sessions", session) {
+            return Ok(());
+        }
         let body =
             serde_json::to_vec(session).map_err(|err| ApiError::Transient(err.to_string()))?;
-        if let Some(existing) = self.get_session(sid).await? {
-            if comparable("sessions", &existing) == comparable("sessions", session) {
-                return Ok(());
-            }
-            let mut request = self.request(
-                Api::SessionStore,
-                Method::PUT,
-                "/session-store/rest/v2/sessions",
-                Some(("application/json", body)),
-            )?;
-            insert_sid(&mut request, "sid", sid)?;
-            return self
-                .write(
-                    Api::SessionStore,
-                    "PUT /session-store/rest/v2/sessions",
-                    request,
-                    false,
-                )
-                .await;
-        }
+        let mut request = self.request(
+            Api::SessionStore,
+            Method::PUT,
+            "/session-store/rest/v2/sessions",
+            Some(("application/json", body)),
+        )?;
+        insert_sid(&mut request, "sid", sid)?;
+        self.write(
+            Api::SessionStore,
+            "PUT /session-store/rest/v2/sessions",
+            request,
+            false,
+        )
+        .await
+    }
+
+    /// Imports a session under `sid` (`POST` with `SID-Key`).
+    pub async fn import_session(&self, sid: &str, session: &Value) -> Result<(), ApiError> {
+        let body =
+            serde_json::to_vec(session).map_err(|err| ApiError::Transient(err.to_string()))?;
         let mut request = self.request(
             Api::SessionStore,
             Method::POST,

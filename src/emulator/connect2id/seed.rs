@@ -134,7 +134,6 @@ impl Seeder {
         let mut info = json!({
             "client_id": id,
             "client_id_issued_at": issued_at,
-            "client_secret_expires_at": 0,
             "registration_access_token":
                 self.keys.keyed(&b64(self.derive("seed-client-rat", index))),
             "client_name": format!("Seeded App {index}"),
@@ -151,6 +150,7 @@ impl Seeder {
         } else {
             info["application_type"] = json!("web");
             info["client_secret"] = json!(b64(self.derive("seed-client-secret", index)));
+            info["client_secret_expires_at"] = json!(0);
             info["redirect_uris"] = json!([
                 format!("https://app{index}.example.com/oauth/callback"),
                 format!("https://app{index}.example.com/silent-renew"),

@@ -1,0 +1,946 @@
+//! The backfill: copies everything that existed on the primary before
+//! handover was deployed (DESIGN.md §5).
+//!
+//! For each enabled dataset, in order (clients before the authorizations
+//! that name them), the primary's export (`GET /clients`,
+//! `GET /authz-store/rest/v3/authorizations`, `GET
+//! /session-store/rest/v2/sessions`) is streamed and split incrementally
+//! ([`crate::json_stream`]): memory stays flat whatever the size. Each record
+//! is written to the secondary with the import semantics, through the sync
+//! lane of its key.
+//!
+//! # Live writes win
+//!
+//! Before an export starts, the sync starts recording which keys live
+//! traffic touches. An exported record whose key was touched since (or has
+//! live work queued) is not written: its exported copy may be older than
+//! the primary's state, and the sync path, which reads the current state,
+//! owns it. Because a record is written inside its key's lane, a live change
+//! that arrives while the exported copy is being written is synced right
+//! after it: the newest read always lands last (the DBLog rule). Deletes
+//! are covered too: a key deleted during the export is synced as a delete
+//! and its exported copy is skipped, so nothing is resurrected.
+//!
+//! # Progress, checkpoints and resume
+//!
+//! Records complete out of order (bounded concurrency); the checkpoint is
+//! the number of leading records of the export that are settled (copied,
+//! skipped because live traffic owns them, or dead-lettered), plus a hash of
+//! the last one's key. It is written atomically to
+//! `<journal dir>/backfill/<dataset>.json` about once a second and when the
+//! dataset ends. **What resume guarantees:** after a restart (or a failed
+//! export), the dataset's export is streamed again and the first
+//! `checkpoint` records are skipped without being written, provided the
+//! record at the checkpoint has the same key as before (the source's export
+//! order is stable); otherwise the dataset is copied again from the start,
+//! which is safe because every write is an idempotent import. Records that
+//! were in flight at a crash are written again. A finished dataset is not
+//! copied again by `start`; `start` after `done` begins a new pass.
+//!
+//! Rate (records per second) and concurrency are adjustable while running;
+//! pause stops reading the export (the connection stays open; if the source
+//! drops it, the dataset resumes from its checkpoint).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{BackfillStatus, DatasetProgress};
+use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
+use crate::routing::Routing;
+use crate::sync::{BackfillOutcome, SyncHandle};
+use crate::triggers::Key;
+
+/// Writes in flight at once by default: enough to keep a remote target
+/// busy, well below the sync workers' share of its capacity.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+/// How often the checkpoint is written while a dataset runs.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Attempts at one dataset's export before the backfill is marked failed.
+pub const EXPORT_ATTEMPTS: u32 = 3;
+
+/// Backfill settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Datasets to copy, in order.
+    pub datasets: Vec<String>,
+    /// Writes in flight at once.
+    pub concurrency: usize,
+    /// Records per second; 0 = unlimited.
+    pub rate: u64,
+    /// Count each export first (one extra streaming read of the source) so
+    /// progress has a total and an ETA.
+    pub count_first: bool,
+    /// Where checkpoints live (`<journal dir>/backfill`).
+    pub dir: PathBuf,
+}
+
+/// A backfill control error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operation does not apply in the current state.
+    #[error("backfill is {state}: cannot {operation}")]
+    State {
+        /// The current state.
+        state: &'static str,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// A setting is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The backfill's overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Never started (or nothing to do).
+    Idle,
+    /// Copying.
+    Running,
+    /// Paused by the operator.
+    Paused,
+    /// Every dataset copied.
+    Done,
+    /// An export failed after retries; `start` resumes from the checkpoints.
+    Failed,
+}
+
+impl State {
+    /// The `/status` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The persisted checkpoint of one dataset.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct Checkpoint {
+    /// The dataset finished.
+    done: bool,
+    /// Leading export records settled.
+    settled: u64,
+    /// SHA-256 (hex) of the identity of the last settled record's key:
+    /// checks the export order on resume without storing the key (a
+    /// session id is a secret).
+    last_key_hash: Option<String>,
+    /// Records written, skipped (live traffic owned them), failed.
+    copied: u64,
+    skipped: u64,
+    failed: u64,
+    /// Records in the export when counted.
+    total: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    total: Option<u64>,
+    copied: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+    /// Settled records per second, smoothed.
+    rate: Mutex<f64>,
+    error: Mutex<Option<String>>,
+}
+
+impl Progress {
+    fn settled(&self) -> u64 {
+        self.copied.load(Ordering::Relaxed)
+            + self.skipped.load(Ordering::Relaxed)
+            + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// The backfill controller (cheap clone).
+#[derive(Debug, Clone)]
+pub struct Backfill {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Mutex<Config>,
+    routing: Arc<Routing>,
+    sync: SyncHandle,
+    state: watch::Sender<State>,
+    progress: Mutex<BTreeMap<String, Arc<Progress>>>,
+    rate: AtomicU64,
+    permits: Arc<Semaphore>,
+    concurrency: AtomicUsize,
+    stop: CancellationToken,
+    runner: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Backfill {
+    /// A controller (nothing runs until [`Backfill::start`]). Progress of
+    /// earlier runs is read from the checkpoints.
+    pub fn new(
+        config: Config,
+        routing: Arc<Routing>,
+        sync: SyncHandle,
+        stop: CancellationToken,
+    ) -> Self {
+        let mut progress = BTreeMap::new();
+        let mut all_done = !config.datasets.is_empty();
+        let mut any = false;
+        for dataset in &config.datasets {
+            let checkpoint = read_checkpoint(&config.dir, dataset);
+            any |= checkpoint.is_some();
+            let checkpoint = checkpoint.unwrap_or_default();
+            all_done &= checkpoint.done;
+            progress.insert(dataset.clone(), Arc::new(progress_from(&checkpoint)));
+        }
+        let initial = if any && all_done {
+            State::Done
+        } else {
+            State::Idle
+        };
+        let concurrency = config.concurrency.max(1);
+        Self {
+            inner: Arc::new(Inner {
+                rate: AtomicU64::new(config.rate),
+                permits: Arc::new(Semaphore::new(concurrency)),
+                concurrency: AtomicUsize::new(concurrency),
+                config: Mutex::new(config),
+                routing,
+                sync,
+                state: watch::channel(initial).0,
+                progress: Mutex::new(progress),
+                stop,
+                runner: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        *self.inner.state.borrow()
+    }
+
+    /// Starts (or resumes after a failure or restart) the backfill. `start`
+    /// while running is a no-op; `start` after `done` begins a new pass.
+    pub fn start(&self) -> Result<State, Error> {
+        match self.state() {
+            State::Running => return Ok(State::Running),
+            State::Paused => return self.resume(),
+            State::Done => {
+                // A new pass: forget the finished checkpoints.
+                let config = self.config();
+                for dataset in &config.datasets {
+                    let _ = std::fs::remove_file(checkpoint_path(&config.dir, dataset));
+                }
+                if let Ok(mut progress) = self.inner.progress.lock() {
+                    for dataset in &config.datasets {
+                        progress.insert(dataset.clone(), Arc::new(Progress::default()));
+                    }
+                }
+            }
+            State::Idle | State::Failed => {}
+        }
+        self.inner.state.send_replace(State::Running);
+        let inner = Arc::clone(&self.inner);
+        let task = tokio::spawn(async move { inner.run().await });
+        if let Ok(mut runner) = self.inner.runner.lock() {
+            *runner = Some(task);
+        }
+        Ok(State::Running)
+    }
+
+    /// Pauses reading the exports.
+    pub fn pause(&self) -> Result<State, Error> {
+        match self.state() {
+            State::Running | State::Paused => {
+                self.inner.state.send_replace(State::Paused);
+                Ok(State::Paused)
+            }
+            other => Err(Error::State {
+                state: other.as_str(),
+                operation: "pause",
+            }),
+        }
+    }
+
+    /// Resumes after a pause.
+    pub fn resume(&self) -> Result<State, Error> {
+        match self.state() {
+            State::Paused | State::Running => {
+                self.inner.state.send_replace(State::Running);
+                Ok(State::Running)
+            }
+            other => Err(Error::State {
+                state: other.as_str(),
+                operation: "resume",
+            }),
+        }
+    }
+
+    /// Sets the rate limit (records per second, 0 = unlimited), live.
+    pub fn set_rate(&self, rate: u64) {
+        self.inner.rate.store(rate, Ordering::Relaxed);
+        if let Ok(mut config) = self.inner.config.lock() {
+            config.rate = rate;
+        }
+    }
+
+    /// Sets the concurrency (writes in flight), live.
+    pub fn set_concurrency(&self, concurrency: usize) -> Result<(), Error> {
+        if concurrency == 0 || concurrency > 4096 {
+            return Err(Error::Invalid(
+                "concurrency must be between 1 and 4096".to_owned(),
+            ));
+        }
+        let previous = self.inner.concurrency.swap(concurrency, Ordering::AcqRel);
+        if concurrency > previous {
+            self.inner.permits.add_permits(concurrency - previous);
+        } else {
+            // Take the surplus permits out as they come back.
+            let permits = Arc::clone(&self.inner.permits);
+            let surplus = u32::try_from(previous - concurrency).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(permit) = permits.acquire_many(surplus).await {
+                    permit.forget();
+                }
+            });
+        }
+        if let Ok(mut config) = self.inner.config.lock() {
+            config.concurrency = concurrency;
+        }
+        Ok(())
+    }
+
+    fn config(&self) -> Config {
+        self.inner
+            .config
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Waits until the backfill is no longer running (done, failed, idle),
+    /// or `timeout` passes.
+    pub async fn wait_finished(&self, timeout: Duration) -> State {
+        let mut state = self.inner.state.subscribe();
+        let _ = tokio::time::timeout(
+            timeout,
+            state.wait_for(|s| matches!(s, State::Done | State::Failed | State::Idle)),
+        )
+        .await;
+        self.state()
+    }
+
+    /// The `/status` view.
+    pub fn status(&self) -> BackfillStatus {
+        let progress = self
+            .inner
+            .progress
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        let datasets = progress
+            .into_iter()
+            .map(|(dataset, p)| {
+                let settled = p.settled();
+                let rate = p.rate.lock().map_or(0.0, |r| *r);
+                let total = p.total.unwrap_or(settled);
+                let remaining = total.saturating_sub(settled);
+                let eta_s = if rate > 0.0 {
+                    (remaining as f64 / rate).ceil() as u64
+                } else {
+                    0
+                };
+                (
+                    dataset,
+                    DatasetProgress {
+                        total,
+                        copied: p.copied.load(Ordering::Relaxed),
+                        skipped: p.skipped.load(Ordering::Relaxed),
+                        failed: p.failed.load(Ordering::Relaxed),
+                        rate,
+                        eta_s,
+                        error: p.error.lock().ok().and_then(|e| e.clone()),
+                    },
+                )
+            })
+            .collect();
+        BackfillStatus {
+            state: self.state().as_str().to_owned(),
+            rate_limit: self.inner.rate.load(Ordering::Relaxed),
+            concurrency: self.inner.concurrency.load(Ordering::Relaxed),
+            datasets,
+        }
+    }
+}
+
+impl Inner {
+    async fn run(self: Arc<Self>) {
+        let config = self
+            .config
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        if let Err(err) = std::fs::create_dir_all(&config.dir) {
+            tracing::error!(dir = %config.dir.display(), error = %err, "cannot create the backfill checkpoint directory");
+        }
+        let mut failed = false;
+        for dataset in &config.datasets {
+            let checkpoint = read_checkpoint(&config.dir, dataset).unwrap_or_default();
+            if checkpoint.done {
+                continue;
+            }
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match self.copy_dataset(&config, dataset).await {
+                    Ok(()) => break,
+                    Err(DatasetError::Stopped) => {
+                        // Resumes from the checkpoints on the next start.
+                        self.state.send_replace(State::Idle);
+                        return;
+                    }
+                    Err(DatasetError::OrderChanged) => {
+                        // copy_dataset handles it; unreachable here.
+                        break;
+                    }
+                    Err(DatasetError::Export(message)) if attempt < EXPORT_ATTEMPTS => {
+                        tracing::warn!(dataset, attempt, error = %message, "backfill export failed; resuming from the checkpoint");
+                        tokio::select! {
+                            () = self.stop.cancelled() => return,
+                            () = tokio::time::sleep(Duration::from_secs(u64::from(attempt))) => {}
+                        }
+                    }
+                    Err(DatasetError::Export(message)) => {
+                        tracing::error!(dataset, error = %message, "backfill failed; `handover backfill start` resumes from the checkpoint");
+                        if let Some(progress) = self.progress_of(dataset)
+                            && let Ok(mut error) = progress.error.lock()
+                        {
+                            *error = Some(message);
+                        }
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                break;
+            }
+        }
+        self.sync.watch_end();
+        let state = if failed { State::Failed } else { State::Done };
+        if !failed {
+            tracing::info!("backfill done");
+        }
+        self.state.send_replace(state);
+    }
+
+    fn progress_of(&self, dataset: &str) -> Option<Arc<Progress>> {
+        self.progress.lock().ok()?.get(dataset).cloned()
+    }
+
+    async fn copy_dataset(&self, config: &Config, dataset: &str) -> Result<(), DatasetError> {
+        let mut checkpoint = read_checkpoint(&config.dir, dataset).unwrap_or_default();
+        let primary = self.routing.primary_api().clone();
+        // Count first, for a total and an ETA.
+        let total = match checkpoint.total {
+            Some(total) => Some(total),
+            None if config.count_first => Some(self.count(&primary, dataset).await?),
+            None => None,
+        };
+        checkpoint.total = total;
+        let progress = Arc::new(Progress {
+            total,
+            ..progress_from(&checkpoint)
+        });
+        if let Ok(mut all) = self.progress.lock() {
+            all.insert(dataset.to_owned(), Arc::clone(&progress));
+        }
+        tracing::info!(dataset, total = ?total, resume_at = checkpoint.settled, "backfill copying");
+
+        let tracker = Arc::new(Mutex::new(Settled::new(checkpoint.settled)));
+        let result = self
+            .stream_dataset(config, dataset, &checkpoint, &progress, &tracker)
+            .await;
+        if let Err(DatasetError::OrderChanged) = result {
+            // Copy everything again: imports are idempotent.
+            let _ = std::fs::remove_file(checkpoint_path(&config.dir, dataset));
+            return Box::pin(self.copy_dataset(config, dataset)).await;
+        }
+        // Whatever happened, keep what is settled.
+        self.save(
+            config,
+            dataset,
+            &checkpoint,
+            &progress,
+            &tracker,
+            result.is_ok(),
+        );
+        result
+    }
+
+    async fn stream_dataset(
+        &self,
+        config: &Config,
+        dataset: &str,
+        checkpoint: &Checkpoint,
+        progress: &Arc<Progress>,
+        tracker: &Arc<Mutex<Settled>>,
+    ) -> Result<(), DatasetError> {
+        let primary = self.routing.primary_api().clone();
+        // From here on, keys touched by live traffic belong to the sync.
+        self.sync.watch_begin();
+        let mut body = primary
+            .export(dataset)
+            .await
+            .map_err(|err| DatasetError::Export(err.to_string()))?;
+        let container = if dataset == "sessions" {
+            Container::Object
+        } else {
+            Container::Array
+        };
+        let mut splitter = Splitter::new(container, DEFAULT_MAX_MEMBER_BYTES);
+        let skip = checkpoint.settled;
+        let expected_hash = checkpoint.last_key_hash.clone();
+        let mut index: u64 = 0;
+        let mut members = Vec::new();
+        let mut limiter = Limiter::new();
+        let mut last_checkpoint = Instant::now();
+        let mut rate_window = (Instant::now(), progress.settled());
+        let mut in_flight = tokio::task::JoinSet::new();
+        loop {
+            let frame = tokio::select! {
+                () = self.stop.cancelled() => return Err(DatasetError::Stopped),
+                frame = body.frame() => frame,
+            };
+            let bytes = match frame {
+                None => break,
+                Some(Err(err)) => {
+                    return Err(DatasetError::Export(format!(
+                        "export of {dataset} broke: {err}"
+                    )));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(bytes) => bytes,
+                    Err(_) => continue,
+                },
+            };
+            splitter
+                .feed(&bytes, &mut members)
+                .map_err(|err| DatasetError::Export(format!("export of {dataset}: {err}")))?;
+            for member in members.drain(..) {
+                index += 1;
+                let Some(key) = key_of(dataset, member.key.as_deref(), &member.value) else {
+                    {
+                        // A record without a usable key is reported, not
+                        // fatal: the rest of the export still copies.
+                        tracing::warn!(dataset, index, "exported record without a key; skipped");
+                        if index > skip {
+                            progress.failed.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut t) = tracker.lock() {
+                                t.complete(index, None);
+                            }
+                        }
+                        continue;
+                    }
+                };
+                if index <= skip {
+                    if index == skip && expected_hash.as_deref() != Some(&hash_key(&key)) {
+                        // The export order changed: copy everything again
+                        // (imports are idempotent).
+                        tracing::warn!(
+                            dataset,
+                            "export order changed since the checkpoint; copying the dataset from the start"
+                        );
+                        return Err(DatasetError::OrderChanged);
+                    }
+                    continue;
+                }
+                let Ok(record) = serde_json::from_slice::<Value>(&member.value) else {
+                    tracing::warn!(dataset, index, "malformed record in the export; skipped");
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut t) = tracker.lock() {
+                        t.complete(index, None);
+                    }
+                    continue;
+                };
+                // Pause, rate limit and concurrency apply per record.
+                self.wait_while_paused().await?;
+                limiter.wait(self.rate.load(Ordering::Relaxed)).await;
+                let permit = tokio::select! {
+                    () = self.stop.cancelled() => return Err(DatasetError::Stopped),
+                    permit = Arc::clone(&self.permits).acquire_owned() => permit.map_err(|_| DatasetError::Stopped)?,
+                };
+                let sync = self.sync.clone();
+                let progress = Arc::clone(progress);
+                let tracker = Arc::clone(tracker);
+                let key_hash = hash_key(&key);
+                in_flight.spawn(async move {
+                    let outcome = sync.backfill(key, record).await;
+                    drop(permit);
+                    match outcome {
+                        BackfillOutcome::Copied => progress.copied.fetch_add(1, Ordering::Relaxed),
+                        BackfillOutcome::Skipped => {
+                            progress.skipped.fetch_add(1, Ordering::Relaxed)
+                        }
+                        BackfillOutcome::Failed => progress.failed.fetch_add(1, Ordering::Relaxed),
+                        BackfillOutcome::Stopped => return,
+                    };
+                    if let Ok(mut t) = tracker.lock() {
+                        t.complete(index, Some(key_hash));
+                    }
+                });
+                while in_flight.try_join_next().is_some() {}
+            }
+            if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+                last_checkpoint = Instant::now();
+                self.save(config, dataset, checkpoint, progress, tracker, false);
+                let (since, before) = rate_window;
+                let now_settled = progress.settled();
+                let elapsed = since.elapsed().as_secs_f64();
+                if elapsed > 0.0 {
+                    let instant = (now_settled - before) as f64 / elapsed;
+                    if let Ok(mut rate) = progress.rate.lock() {
+                        *rate = if *rate == 0.0 {
+                            instant
+                        } else {
+                            0.7 * *rate + 0.3 * instant
+                        };
+                    }
+                }
+                rate_window = (Instant::now(), now_settled);
+            }
+        }
+        splitter
+            .finish()
+            .map_err(|err| DatasetError::Export(format!("export of {dataset}: {err}")))?;
+        while in_flight.join_next().await.is_some() {}
+        if self.stop.is_cancelled() {
+            return Err(DatasetError::Stopped);
+        }
+        tracing::info!(
+            dataset,
+            copied = progress.copied.load(Ordering::Relaxed),
+            skipped_live = progress.skipped.load(Ordering::Relaxed),
+            failed = progress.failed.load(Ordering::Relaxed),
+            "backfill dataset done"
+        );
+        Ok(())
+    }
+
+    /// Streams an export only to count its records.
+    async fn count(
+        &self,
+        primary: &crate::target::connect2id::Connect2id,
+        dataset: &str,
+    ) -> Result<u64, DatasetError> {
+        let mut body = primary
+            .export(dataset)
+            .await
+            .map_err(|err| DatasetError::Export(err.to_string()))?;
+        let container = if dataset == "sessions" {
+            Container::Object
+        } else {
+            Container::Array
+        };
+        let mut splitter = Splitter::new(container, DEFAULT_MAX_MEMBER_BYTES);
+        let mut members = Vec::new();
+        let mut total = 0u64;
+        loop {
+            let frame = tokio::select! {
+                () = self.stop.cancelled() => return Err(DatasetError::Stopped),
+                frame = body.frame() => frame,
+            };
+            match frame {
+                None => break,
+                Some(Err(err)) => {
+                    return Err(DatasetError::Export(format!("counting {dataset}: {err}")));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(bytes) = frame.into_data() {
+                        splitter.feed(&bytes, &mut members).map_err(|err| {
+                            DatasetError::Export(format!("counting {dataset}: {err}"))
+                        })?;
+                        total += members.len() as u64;
+                        members.clear();
+                    }
+                }
+            }
+        }
+        splitter
+            .finish()
+            .map_err(|err| DatasetError::Export(format!("counting {dataset}: {err}")))?;
+        Ok(total)
+    }
+
+    async fn wait_while_paused(&self) -> Result<(), DatasetError> {
+        let mut state = self.state.subscribe();
+        tokio::select! {
+            () = self.stop.cancelled() => Err(DatasetError::Stopped),
+            result = state.wait_for(|s| *s != State::Paused) => result.map(|_| ()).map_err(|_| DatasetError::Stopped),
+        }
+    }
+
+    fn save(
+        &self,
+        config: &Config,
+        dataset: &str,
+        base: &Checkpoint,
+        progress: &Progress,
+        tracker: &Mutex<Settled>,
+        done: bool,
+    ) {
+        let (settled, last_key_hash) = tracker
+            .lock()
+            .map(|t| (t.settled, t.last_hash.clone()))
+            .unwrap_or((base.settled, base.last_key_hash.clone()));
+        let checkpoint = Checkpoint {
+            done,
+            settled,
+            last_key_hash,
+            copied: progress.copied.load(Ordering::Relaxed),
+            skipped: progress.skipped.load(Ordering::Relaxed),
+            failed: progress.failed.load(Ordering::Relaxed),
+            total: progress.total,
+        };
+        if let Err(err) = write_checkpoint(&config.dir, dataset, &checkpoint) {
+            tracing::warn!(dataset, error = %err, "cannot write the backfill checkpoint");
+        }
+    }
+}
+
+enum DatasetError {
+    Stopped,
+    Export(String),
+    /// The export's order differs from the checkpoint's.
+    OrderChanged,
+}
+
+/// Tracks the contiguous prefix of settled records (they settle out of
+/// order).
+#[derive(Debug)]
+struct Settled {
+    settled: u64,
+    last_hash: Option<String>,
+    pending: BTreeMap<u64, Option<String>>,
+}
+
+impl Settled {
+    fn new(settled: u64) -> Self {
+        Self {
+            settled,
+            last_hash: None,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    fn complete(&mut self, index: u64, hash: Option<String>) {
+        self.pending.insert(index, hash);
+        while let Some(hash) = self.pending.remove(&(self.settled + 1)) {
+            self.settled += 1;
+            if hash.is_some() {
+                self.last_hash = hash;
+            }
+        }
+    }
+}
+
+/// A simple pacing limiter: at most `rate` records per second on average.
+struct Limiter {
+    next: tokio::time::Instant,
+}
+
+impl Limiter {
+    fn new() -> Self {
+        Self {
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn wait(&mut self, rate: u64) {
+        if rate == 0 {
+            return;
+        }
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let now = tokio::time::Instant::now();
+        // Do not bank unused time beyond one second of burst.
+        if self.next + Duration::from_secs(1) < now {
+            self.next = now;
+        }
+        if self.next > now {
+            tokio::time::sleep_until(self.next).await;
+        }
+        self.next += interval;
+    }
+}
+
+/// The key of an exported record.
+pub fn key_of(dataset: &str, member_key: Option<&str>, value: &[u8]) -> Option<Key> {
+    match dataset {
+        "sessions" => Some(Key::Session {
+            sid: member_key?.to_owned(),
+        }),
+        "clients" => {
+            #[derive(Deserialize)]
+            struct Client {
+                client_id: String,
+            }
+            let client: Client = serde_json::from_slice(value).ok()?;
+            Some(Key::Client {
+                client_id: client.client_id,
+            })
+        }
+        _ => {
+            #[derive(Deserialize)]
+            struct Authorization {
+                sub: String,
+                cid: String,
+            }
+            let record: Authorization = serde_json::from_slice(value).ok()?;
+            Some(Key::Authorization {
+                subject: record.sub,
+                client_id: record.cid,
+            })
+        }
+    }
+}
+
+fn hash_key(key: &Key) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.identity().as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn progress_from(checkpoint: &Checkpoint) -> Progress {
+    Progress {
+        total: checkpoint.total,
+        copied: AtomicU64::new(checkpoint.copied),
+        skipped: AtomicU64::new(checkpoint.skipped),
+        failed: AtomicU64::new(checkpoint.failed),
+        rate: Mutex::new(0.0),
+        error: Mutex::new(None),
+    }
+}
+
+fn checkpoint_path(dir: &Path, dataset: &str) -> PathBuf {
+    dir.join(format!("{dataset}.json"))
+}
+
+fn read_checkpoint(dir: &Path, dataset: &str) -> Option<Checkpoint> {
+    let text = std::fs::read(checkpoint_path(dir, dataset)).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(checkpoint) => Some(checkpoint),
+        Err(err) => {
+            tracing::warn!(dataset, error = %err, "unreadable backfill checkpoint; starting the dataset over");
+            None
+        }
+    }
+}
+
+/// Writes a checkpoint atomically: temp file, fsync, rename.
+fn write_checkpoint(dir: &Path, dataset: &str, checkpoint: &Checkpoint) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let path = checkpoint_path(dir, dataset);
+    let temp = dir.join(format!(".{dataset}.json.tmp"));
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(&serde_json::to_vec(checkpoint).map_err(std::io::Error::other)?)?;
+    file.sync_data()?;
+    std::fs::rename(&temp, &path)?;
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_settled_prefix_advances_over_out_of_order_completions() {
+        let mut settled = Settled::new(10);
+        settled.complete(12, Some("b".into()));
+        assert_eq!(settled.settled, 10);
+        settled.complete(11, Some("a".into()));
+        assert_eq!(settled.settled, 12);
+        assert_eq!(settled.last_hash.as_deref(), Some("b"));
+        settled.complete(13, None);
+        assert_eq!(settled.settled, 13);
+        assert_eq!(settled.last_hash.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn keys_come_from_the_records() {
+        assert_eq!(
+            key_of(
+                "clients",
+                None,
+                br#"{"client_id":"abc","client_secret":"s"}"#
+            ),
+            Some(Key::Client {
+                client_id: "abc".into()
+            })
+        );
+        assert_eq!(
+            key_of(
+                "authorizations",
+                None,
+                br#"{"sub":"alice","cid":"abc","scp":["openid"]}"#
+            ),
+            Some(Key::Authorization {
+                subject: "alice".into(),
+                client_id: "abc".into()
+            })
+        );
+        assert_eq!(
+            key_of("sessions", Some("K.H"), br#"{"sub":"alice"}"#),
+            Some(Key::Session { sid: "K.H".into() })
+        );
+        assert_eq!(key_of("clients", None, br#"{"client_name":"x"}"#), None);
+    }
+
+    #[test]
+    fn checkpoints_round_trip_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint {
+            done: false,
+            settled: 42,
+            last_key_hash: Some(hash_key(&Key::Client {
+                client_id: "a".into(),
+            })),
+            copied: 40,
+            skipped: 1,
+            failed: 1,
+            total: Some(100),
+        };
+        write_checkpoint(dir.path(), "clients", &checkpoint).unwrap();
+        assert_eq!(read_checkpoint(dir.path(), "clients"), Some(checkpoint));
+        assert_eq!(read_checkpoint(dir.path(), "sessions"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limiter_paces_records() {
+        let mut limiter = Limiter::new();
+        let started = tokio::time::Instant::now();
+        for _ in 0..11 {
+            limiter.wait(10).await;
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(990) && elapsed < Duration::from_millis(1100),
+            "{elapsed:?}"
+        );
+    }
+}

@@ -1,0 +1,631 @@
+//! Verify: proves the primary and the secondary agree, dataset by dataset
+//! (DESIGN.md §5), while production keeps running.
+//!
+//! For each dataset:
+//!
+//! 1. The primary's export is streamed; each record is looked up on the
+//!    secondary by key and compared with the fields that legitimately
+//!    differ removed ([`crate::target::connect2id::comparable`]): `matching`,
+//!    `mismatched` or `missing_on_target`. A key with sync work queued or
+//!    running is `in_flight`, not drift. A record that differs is read again
+//!    from both sides before it counts, so a change that landed during the
+//!    verify is not reported.
+//! 2. The secondary's export is streamed; a key the primary's export did
+//!    not contain (a Bloom filter of the primary's keys: a few bits per key,
+//!    no false negatives) is looked up on the primary: absent there, it is
+//!    `extra_on_target`. The filter's rare false positives could hide an
+//!    extra record; the counts catch that (records on the secondary minus
+//!    those found in step 1 must equal the extras found), and when they
+//!    disagree an exact pass looks up every secondary key on the primary.
+//!
+//! Memory stays flat: both exports are streamed and only the filter
+//! (about 2.5 MB per million keys) and the first `list` drifted keys are
+//! kept. `repair` journals a sync of every drifted key, which copies the
+//! primary's current state (or deletes an extra record).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::backfill::key_of;
+use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
+use crate::mirror::Mirror;
+use crate::routing::Routing;
+use crate::sync::SyncHandle;
+use crate::target::connect2id::{ApiError, Connect2id, comparable};
+use crate::triggers::{Change, Key};
+
+/// Lookups in flight at once by default.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Drifted keys listed per dataset by default.
+pub const DEFAULT_LIST: usize = 20;
+
+/// What to verify.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Request {
+    /// One dataset, or every enabled one.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// Journal a sync of every drifted key.
+    #[serde(default)]
+    pub repair: bool,
+    /// List at most this many drifted keys per dataset (never their
+    /// contents; session ids shortened).
+    #[serde(default)]
+    pub list: Option<usize>,
+}
+
+/// One dataset's result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DatasetReport {
+    /// Records on the primary.
+    pub primary: u64,
+    /// Records on the secondary.
+    pub secondary: u64,
+    /// Equal on both.
+    pub matching: u64,
+    /// On both, different.
+    pub mismatched: u64,
+    /// On the primary only.
+    pub missing_on_target: u64,
+    /// On the secondary only.
+    pub extra_on_target: u64,
+    /// Keys with sync work pending: not drift.
+    pub in_flight: u64,
+    /// The first drifted keys, shortened for logs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drifted_keys: Vec<String>,
+    /// Syncs journaled by `repair`.
+    #[serde(default)]
+    pub repaired: u64,
+}
+
+impl DatasetReport {
+    /// Records that differ in any way.
+    pub fn drift(&self) -> u64 {
+        self.mismatched + self.missing_on_target + self.extra_on_target
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Per dataset.
+    pub datasets: BTreeMap<String, DatasetReport>,
+    /// Sum of drift over all datasets.
+    pub drift: u64,
+    /// Which side was compared as the primary.
+    pub primary: String,
+}
+
+/// Why a verify could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An export or a lookup failed.
+    #[error("{dataset}: {message}")]
+    Dataset {
+        /// The dataset.
+        dataset: String,
+        /// What failed.
+        message: String,
+    },
+    /// An unknown dataset was asked for.
+    #[error("unknown or disabled dataset {0:?}")]
+    UnknownDataset(String),
+    /// Stopped by shutdown.
+    #[error("verify stopped")]
+    Stopped,
+}
+
+/// Live progress of a running verify.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The dataset being verified.
+    pub dataset: std::sync::Mutex<String>,
+    /// Records looked at in it so far.
+    pub scanned: AtomicU64,
+}
+
+/// Everything verify needs.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    /// Both servers.
+    pub routing: Arc<Routing>,
+    /// To tell in-flight keys.
+    pub sync: SyncHandle,
+    /// To journal repairs.
+    pub mirror: Mirror,
+    /// Enabled datasets.
+    pub datasets: Vec<String>,
+    /// Lookups in flight.
+    pub concurrency: usize,
+    /// Shutdown.
+    pub stop: CancellationToken,
+}
+
+impl Verifier {
+    /// Runs a verify.
+    pub async fn run(&self, request: &Request, progress: &Progress) -> Result<Report, Error> {
+        let datasets: Vec<String> = match &request.dataset {
+            Some(dataset) if self.datasets.contains(dataset) => vec![dataset.clone()],
+            Some(dataset) => return Err(Error::UnknownDataset(dataset.clone())),
+            None => self.datasets.clone(),
+        };
+        let list = request.list.unwrap_or(DEFAULT_LIST);
+        let mut report = Report {
+            primary: self.routing.primary_side().as_str().to_owned(),
+            ..Report::default()
+        };
+        for dataset in datasets {
+            if let Ok(mut current) = progress.dataset.lock() {
+                current.clone_from(&dataset);
+            }
+            progress.scanned.store(0, Ordering::Relaxed);
+            let result = self
+                .dataset(&dataset, request.repair, list, progress)
+                .await?;
+            report.drift += result.drift();
+            report.datasets.insert(dataset, result);
+        }
+        Ok(report)
+    }
+
+    async fn dataset(
+        &self,
+        dataset: &str,
+        repair: bool,
+        list: usize,
+        progress: &Progress,
+    ) -> Result<DatasetReport, Error> {
+        let primary = self.routing.primary_api().clone();
+        let secondary = self.routing.secondary_api().clone();
+        let state = Arc::new(Tally {
+            list,
+            ..Tally::default()
+        });
+        // Pass 1: every primary record, looked up on the secondary.
+        let mut filter = ScalableBloom::new();
+        let mut primary_count = 0u64;
+        self.stream(&primary, dataset, progress, |key, record| {
+            primary_count += 1;
+            filter.insert(&key.identity());
+            let (primary, secondary, state, sync) = (
+                primary.clone(),
+                secondary.clone(),
+                Arc::clone(&state),
+                self.sync.clone(),
+            );
+            let dataset = dataset.to_owned();
+            Some(Box::pin(async move {
+                compare_one(&dataset, &primary, &secondary, &sync, &state, key, record).await
+            }))
+        })
+        .await?;
+
+        // Pass 2: every secondary record the primary's export lacked.
+        let mut secondary_count = 0u64;
+        self.stream(&secondary, dataset, progress, |key, _record| {
+            secondary_count += 1;
+            if filter.contains(&key.identity()) {
+                return None;
+            }
+            let (primary, state, sync) = (primary.clone(), Arc::clone(&state), self.sync.clone());
+            Some(Box::pin(async move {
+                check_extra(&primary, &sync, &state, key).await
+            }))
+        })
+        .await?;
+
+        // The counts must add up; if not, an extra record hid behind a
+        // filter false positive: look every secondary key up.
+        let found = state.found_on_secondary.load(Ordering::Relaxed);
+        let accounted = found
+            + state.extra.load(Ordering::Relaxed)
+            + state.new_on_primary.load(Ordering::Relaxed);
+        if secondary_count > accounted {
+            tracing::info!(
+                dataset,
+                secondary_count,
+                accounted,
+                "counts disagree; checking every secondary key on the primary"
+            );
+            state.extra.store(0, Ordering::Relaxed);
+            state.new_on_primary.store(0, Ordering::Relaxed);
+            if let Ok(mut drifted) = state.drifted.lock() {
+                drifted.clear();
+            }
+            if let Ok(mut repairs) = state.repairs.lock() {
+                repairs.clear();
+            }
+            self.stream(&secondary, dataset, progress, |key, _record| {
+                let (primary, state, sync) =
+                    (primary.clone(), Arc::clone(&state), self.sync.clone());
+                Some(Box::pin(async move {
+                    check_extra(&primary, &sync, &state, key).await
+                }))
+            })
+            .await?;
+        }
+
+        let drifted = state.drifted.lock().map(|d| d.clone()).unwrap_or_default();
+        let mut report = DatasetReport {
+            primary: primary_count,
+            secondary: secondary_count,
+            matching: state.matching.load(Ordering::Relaxed),
+            mismatched: state.mismatched.load(Ordering::Relaxed),
+            missing_on_target: state.missing.load(Ordering::Relaxed),
+            extra_on_target: state.extra.load(Ordering::Relaxed),
+            in_flight: state.in_flight.load(Ordering::Relaxed),
+            drifted_keys: drifted.iter().map(Key::redacted).collect(),
+            repaired: 0,
+        };
+        if repair {
+            let repairs = state.repairs.lock().map(|r| r.clone()).unwrap_or_default();
+            report.repaired = repairs.len() as u64;
+            for chunk in repairs.chunks(1000) {
+                self.mirror
+                    .record(chunk.iter().cloned().map(Change::sync).collect())
+                    .await;
+            }
+            let unlisted = report.drift().saturating_sub(report.repaired);
+            if unlisted > 0 {
+                tracing::warn!(
+                    dataset,
+                    unlisted,
+                    "more drifted keys than kept for repair; run verify --repair again after this one settles"
+                );
+            }
+        }
+        Ok(report)
+    }
+
+    /// Streams one side's export; `each` turns a record into an optional
+    /// lookup, run with bounded concurrency. The first failed lookup fails
+    /// the pass.
+    async fn stream<F>(
+        &self,
+        server: &Connect2id,
+        dataset: &str,
+        progress: &Progress,
+        mut each: F,
+    ) -> Result<(), Error>
+    where
+        F: FnMut(Key, Value) -> Option<Lookup>,
+    {
+        let fail = |message: String| Error::Dataset {
+            dataset: dataset.to_owned(),
+            message,
+        };
+        let mut body = server
+            .export(dataset)
+            .await
+            .map_err(|err| fail(format!("export from {}: {err}", server.server())))?;
+        let container = if dataset == "sessions" {
+            Container::Object
+        } else {
+            Container::Array
+        };
+        let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let mut tasks: tokio::task::JoinSet<Result<(), ApiError>> = tokio::task::JoinSet::new();
+        let mut splitter = Splitter::new(container, DEFAULT_MAX_MEMBER_BYTES);
+        let mut members = Vec::new();
+        let collect =
+            |tasks: &mut tokio::task::JoinSet<Result<(), ApiError>>| -> Result<(), Error> {
+                while let Some(result) = tasks.try_join_next() {
+                    if let Ok(Err(err)) = result {
+                        return Err(fail(format!("lookup failed: {err}")));
+                    }
+                }
+                Ok(())
+            };
+        loop {
+            let frame = tokio::select! {
+                () = self.stop.cancelled() => return Err(Error::Stopped),
+                frame = body.frame() => frame,
+            };
+            let bytes = match frame {
+                None => break,
+                Some(Err(err)) => {
+                    return Err(fail(format!(
+                        "export from {} broke: {err}",
+                        server.server()
+                    )));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(bytes) => bytes,
+                    Err(_) => continue,
+                },
+            };
+            splitter
+                .feed(&bytes, &mut members)
+                .map_err(|err| fail(format!("export from {}: {err}", server.server())))?;
+            for member in members.drain(..) {
+                progress.scanned.fetch_add(1, Ordering::Relaxed);
+                let Some(key) = key_of(dataset, member.key.as_deref(), &member.value) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_slice::<Value>(&member.value) else {
+                    return Err(fail(format!(
+                        "malformed record in the export from {}",
+                        server.server()
+                    )));
+                };
+                if let Some(lookup) = each(key, record) {
+                    let permit = Arc::clone(&permits)
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Error::Stopped)?;
+                    tasks.spawn(async move {
+                        let result = lookup.await;
+                        drop(permit);
+                        result
+                    });
+                }
+                collect(&mut tasks)?;
+            }
+        }
+        splitter
+            .finish()
+            .map_err(|err| fail(format!("export from {}: {err}", server.server())))?;
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(Err(err)) = result {
+                return Err(fail(format!("lookup failed: {err}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One lookup of a verify pass.
+type Lookup = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>;
+
+#[derive(Debug, Default)]
+struct Tally {
+    list: usize,
+    matching: AtomicU64,
+    mismatched: AtomicU64,
+    missing: AtomicU64,
+    extra: AtomicU64,
+    in_flight: AtomicU64,
+    found_on_secondary: AtomicU64,
+    new_on_primary: AtomicU64,
+    drifted: std::sync::Mutex<Vec<Key>>,
+    repairs: std::sync::Mutex<Vec<Key>>,
+}
+
+/// Most keys kept for repair per dataset in one verify.
+const MAX_REPAIRS: usize = 1_000_000;
+
+impl Tally {
+    fn drifted(&self, key: &Key) {
+        if let Ok(mut drifted) = self.drifted.lock()
+            && drifted.len() < self.list
+        {
+            drifted.push(key.clone());
+        }
+        if let Ok(mut repairs) = self.repairs.lock()
+            && repairs.len() < MAX_REPAIRS
+        {
+            repairs.push(key.clone());
+        }
+    }
+}
+
+async fn read_secondary(
+    dataset: &str,
+    secondary: &Connect2id,
+    key: &Key,
+) -> Result<Option<Value>, ApiError> {
+    let _ = dataset;
+    match key {
+        Key::Client { client_id } => secondary.get_client(client_id).await,
+        Key::Authorization { subject, client_id } => {
+            secondary.get_authorization(subject, client_id).await
+        }
+        Key::Session { sid } => secondary.get_session(sid).await,
+    }
+}
+
+async fn compare_one(
+    dataset: &str,
+    primary: &Connect2id,
+    secondary: &Connect2id,
+    sync: &SyncHandle,
+    tally: &Tally,
+    key: Key,
+    record: Value,
+) -> Result<(), ApiError> {
+    let on_secondary = read_secondary(dataset, secondary, &key).await?;
+    if on_secondary.is_some() {
+        tally.found_on_secondary.fetch_add(1, Ordering::Relaxed);
+    }
+    if sync.is_busy(&key) {
+        tally.in_flight.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    let equal = |other: &Value| comparable(dataset, &record) == comparable(dataset, other);
+    match &on_secondary {
+        Some(other) if equal(other) => {
+            tally.matching.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        _ => {}
+    }
+    // Different or missing: read both sides again, in case the record
+    // changed while the export streamed.
+    let now_primary = read_secondary(dataset, primary, &key).await?;
+    let now_secondary = read_secondary(dataset, secondary, &key).await?;
+    if sync.is_busy(&key) {
+        tally.in_flight.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    match (now_primary, now_secondary) {
+        (Some(p), Some(s)) if comparable(dataset, &p) == comparable(dataset, &s) => {
+            tally.matching.fetch_add(1, Ordering::Relaxed);
+        }
+        (None, None) => {
+            // Deleted on both meanwhile: nothing to compare.
+        }
+        (Some(_), None) => {
+            tally.missing.fetch_add(1, Ordering::Relaxed);
+            tally.drifted(&key);
+        }
+        (None, Some(_)) => {
+            // Deleted on the primary since the export: the secondary keeps
+            // a record the primary no longer has.
+            tally.extra.fetch_add(1, Ordering::Relaxed);
+            tally.drifted(&key);
+        }
+        (Some(_), Some(_)) => {
+            tally.mismatched.fetch_add(1, Ordering::Relaxed);
+            tally.drifted(&key);
+        }
+    }
+    Ok(())
+}
+
+async fn check_extra(
+    primary: &Connect2id,
+    sync: &SyncHandle,
+    tally: &Tally,
+    key: Key,
+) -> Result<(), ApiError> {
+    if sync.is_busy(&key) {
+        tally.in_flight.fetch_add(1, Ordering::Relaxed);
+        tally.new_on_primary.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    let on_primary = match &key {
+        Key::Client { client_id } => primary.get_client(client_id).await?,
+        Key::Authorization { subject, client_id } => {
+            primary.get_authorization(subject, client_id).await?
+        }
+        Key::Session { sid } => primary.get_session(sid).await?,
+    };
+    if on_primary.is_some() {
+        // Created on the primary after its export streamed past: compared
+        // next time, not drift now.
+        tally.new_on_primary.fetch_add(1, Ordering::Relaxed);
+    } else {
+        tally.extra.fetch_add(1, Ordering::Relaxed);
+        tally.drifted(&key);
+    }
+    Ok(())
+}
+
+/// A Bloom filter that grows: a list of fixed filters, each twice the
+/// capacity of the previous, at 20 bits and 14 hashes per key (false
+/// positive rate about 1 in 10,000).
+#[derive(Debug)]
+struct ScalableBloom {
+    filters: Vec<Bloom>,
+}
+
+#[derive(Debug)]
+struct Bloom {
+    bits: Vec<u64>,
+    capacity: u64,
+    count: u64,
+}
+
+const BITS_PER_KEY: u64 = 20;
+const HASHES: u64 = 14;
+const FIRST_CAPACITY: u64 = 1 << 16;
+
+impl Bloom {
+    fn new(capacity: u64) -> Self {
+        let words = (capacity * BITS_PER_KEY).div_ceil(64) as usize;
+        Self {
+            bits: vec![0; words.max(1)],
+            capacity,
+            count: 0,
+        }
+    }
+
+    fn positions(&self, key: &str) -> impl Iterator<Item = u64> + use<> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let bytes = digest.as_ref();
+        let h1 = u64::from_le_bytes(bytes[0..8].try_into().unwrap_or_default());
+        let h2 = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default()) | 1;
+        let size = self.bits.len() as u64 * 64;
+        (0..HASHES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % size)
+    }
+
+    fn insert(&mut self, key: &str) {
+        for bit in self.positions(key).collect::<Vec<_>>() {
+            self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        self.count += 1;
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.positions(key)
+            .all(|bit| self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
+}
+
+impl ScalableBloom {
+    fn new() -> Self {
+        Self {
+            filters: vec![Bloom::new(FIRST_CAPACITY)],
+        }
+    }
+
+    fn insert(&mut self, key: &str) {
+        let full = self.filters.last().is_none_or(|f| f.count >= f.capacity);
+        if full {
+            let capacity = self
+                .filters
+                .last()
+                .map_or(FIRST_CAPACITY, |f| f.capacity * 2);
+            self.filters.push(Bloom::new(capacity));
+        }
+        if let Some(filter) = self.filters.last_mut() {
+            filter.insert(key);
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.filters.iter().any(|f| f.contains(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_has_no_false_negatives_and_few_false_positives() {
+        let mut filter = ScalableBloom::new();
+        for i in 0..200_000 {
+            filter.insert(&format!("client:{i}"));
+        }
+        assert!((0..200_000).all(|i| filter.contains(&format!("client:{i}"))));
+        let false_positives = (0..100_000)
+            .filter(|i| filter.contains(&format!("other:{i}")))
+            .count();
+        assert!(
+            false_positives < 100,
+            "{false_positives} false positives in 100000"
+        );
+        assert!(filter.filters.len() > 1, "the filter grew");
+    }
+
+    #[test]
+    fn drift_sums_the_three_kinds() {
+        let report = DatasetReport {
+            mismatched: 1,
+            missing_on_target: 2,
+            extra_on_target: 3,
+            in_flight: 10,
+            ..DatasetReport::default()
+        };
+        assert_eq!(report.drift(), 6);
+    }
+}
