@@ -434,3 +434,57 @@ async fn journal_survives_a_clean_restart_with_a_backlog() {
     // 2 clients, 4 authorizations, 3 sessions (one logged out).
     assert_eq!(assert_converged(&stack), 9);
 }
+
+/// SIGTERM while changes sit in their retry backoff (the target is down)
+/// must leave them in the journal, however the sync tasks wake up. Several
+/// shutdowns, each with one more change waiting, on a multi-threaded
+/// runtime like the binary's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_waiting_for_a_retry_survive_clean_shutdowns() {
+    const ROUNDS: usize = 5;
+    let mut stack = Stack::start().await;
+    stack.target_emulator().knobs().set_down(true);
+    let dir = stack.proxy.journal_dir.take().unwrap();
+    let mut config = stack.config.clone();
+    config.journal.dir = dir.path().to_owned();
+    config.proxy.listen = stack.proxy.addr;
+    let mut registered = Vec::new();
+    for round in 0..ROUNDS {
+        registered.push(
+            stack
+                .via_proxy
+                .register_client(&format!("App {round}"))
+                .await
+                .unwrap(),
+        );
+        // Wait until the sync has tried and failed (the change is in its
+        // backoff), then stop.
+        let metrics_url = stack.proxy.admin_url("/metrics");
+        let failed = eventually(Duration::from_secs(10), || async {
+            let (_, body) = get(&client(), &metrics_url).await;
+            metric_sum(
+                &String::from_utf8_lossy(&body),
+                "handover_sync_failures_total",
+            ) > 0.0
+        })
+        .await;
+        assert!(failed, "the sync never tried the down target");
+        stack.proxy.shutdown().await;
+        stack.proxy = TestProxy::start_with_journal(config.clone()).await;
+        stack.proxy.wait_ready().await;
+    }
+    stack.target_emulator().knobs().set_down(false);
+    stack.wait_synced().await;
+    let lost: Vec<&str> = registered
+        .iter()
+        .filter(|app| stack.target_emulator().client(&app.id).is_none())
+        .map(|app| app.id.as_str())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {ROUNDS} changes lost: {lost:?}",
+        lost.len()
+    );
+    stack.proxy.journal_dir = Some(dir);
+    assert_converged(&stack);
+}
