@@ -36,7 +36,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -84,10 +84,14 @@ impl Default for Config {
 
 /// Acknowledges one journal record when the last holder drops it, unless
 /// the sync is stopping (unfinished work must come back after a restart).
+///
+/// "Stopping" is the stop token itself, not a flag some task sets once it
+/// notices the token: a job woken by the stop drops its acks at once, and
+/// must find them refused no matter which task the runtime ran first.
 pub struct Ack {
     seq: Seq,
     journal: Journal,
-    stopping: Arc<AtomicBool>,
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Ack {
@@ -98,7 +102,7 @@ impl std::fmt::Debug for Ack {
 
 impl Drop for Ack {
     fn drop(&mut self) {
-        if !self.stopping.load(Ordering::Acquire) {
+        if !self.stop.is_cancelled() {
             self.journal.ack(self.seq);
         }
     }
@@ -175,7 +179,7 @@ pub enum BackfillOutcome {
 pub struct SyncHandle {
     commands: mpsc::UnboundedSender<Command>,
     journal: Journal,
-    stopping: Arc<AtomicBool>,
+    stop: CancellationToken,
     busy_lanes: Arc<AtomicUsize>,
     /// Identities of lanes with live (non-backfill) work, for verify.
     busy_keys: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -204,7 +208,7 @@ impl SyncHandle {
                 acks: vec![Arc::new(Ack {
                     seq,
                     journal: self.journal.clone(),
-                    stopping: Arc::clone(&self.stopping),
+                    stop: self.stop.clone(),
                 })],
             })
             .collect();
@@ -354,14 +358,13 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> SyncHandle {
     let (commands, mut receiver) = mpsc::unbounded_channel::<Command>();
-    let stopping = Arc::new(AtomicBool::new(false));
     let busy_lanes = Arc::new(AtomicUsize::new(0));
     let (idle_tx, idle) = watch::channel(true);
     let busy_keys = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let handle = SyncHandle {
         commands: commands.clone(),
         journal,
-        stopping: Arc::clone(&stopping),
+        stop: stop.clone(),
         busy_lanes: Arc::clone(&busy_lanes),
         busy_keys: Arc::clone(&busy_keys),
         idle,
@@ -496,8 +499,9 @@ pub fn spawn(
             });
         }
         // Stopping: unfinished work must come back from the journal after a
-        // restart, so late drops must not acknowledge it.
-        stopping.store(true, Ordering::Release);
+        // restart, so late drops must not acknowledge it (the token may not
+        // be cancelled yet if the dispatcher ended for another reason).
+        stop.cancel();
         drop(lanes);
     };
     tracker.spawn(dispatcher.instrument(tracing::info_span!("sync")));

@@ -9,9 +9,10 @@ use handover::config::{ApiTokens, Config};
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::Driver;
 use handover::emulator::jwks::JwkSet;
+use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 
-use super::proxy::{TestProxy, client, eventually, get};
+use super::proxy::{TestProxy, client, get};
 
 /// The management token of both emulators.
 pub const TOKEN: &str = "ztucZS1ZyFKgh0tUEruUtiSTXhnexmd6-stack";
@@ -27,6 +28,9 @@ pub struct Stack {
     /// Direct to the target.
     pub at_target: Driver,
     pub jwks: JwkSet,
+    /// The proxy's config (its journal directory is the proxy's
+    /// `journal_dir`), for restarting it.
+    pub config: Config,
 }
 
 impl Stack {
@@ -52,7 +56,7 @@ impl Stack {
         config.source.tokens = ApiTokens::single(TOKEN);
         config.target.tokens = ApiTokens::single(TOKEN);
         adjust(&mut config);
-        let mut proxy = TestProxy::start_on_with_journal_dir(proxy_listener, config).await;
+        let mut proxy = TestProxy::start_on_with_journal_dir(proxy_listener, config.clone()).await;
         let via_proxy = Driver::new(proxy.url("/c2id"), TOKEN);
         let at_source = Driver::new(source.url(), TOKEN);
         let at_target = Driver::new(target.url(), TOKEN);
@@ -65,6 +69,7 @@ impl Stack {
             at_source,
             at_target,
             jwks,
+            config,
         }
     }
 
@@ -78,21 +83,67 @@ impl Stack {
 
     /// Waits until the journal is empty (every change reached the target).
     pub async fn wait_synced(&self) {
-        let metrics_url = self.proxy.admin_url("/metrics");
-        let http = client();
-        let synced = eventually(Duration::from_secs(20), || async {
-            let (_, body) = get(&http, &metrics_url).await;
-            let text = String::from_utf8_lossy(&body);
-            metric(&text, "handover_journal_depth") == Some(0.0)
-        })
-        .await;
-        assert!(synced, "the journal did not drain");
+        let drained =
+            wait_drained(&self.proxy.admin_url("/metrics"), Duration::from_secs(30)).await;
+        assert!(drained, "the journal did not drain");
     }
 
     /// The current value of a metric line from `/metrics`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = get(&client(), &self.proxy.admin_url("/metrics")).await;
         metric(&String::from_utf8_lossy(&body), name)
+    }
+}
+
+/// How long the trigger and sync counters must stay still before a
+/// `handover_journal_depth 0` reading is trusted: longer than the proxy's
+/// gauge refresh interval (1 s), so the reading was published after the last
+/// change, with slack for a loaded machine.
+pub const QUIET: Duration = Duration::from_secs(2);
+
+/// Waits until the proxy whose metrics are at `metrics_url` has drained its
+/// journal and its sync is idle; false if that does not happen within
+/// `deadline`.
+///
+/// `handover_journal_depth` is a gauge refreshed about once a second, so a
+/// 0 read right after a write may be stale. The counters that move whenever
+/// anything is journaled or synced (triggers, applied, failed and
+/// dead-lettered changes) are live: a depth of 0 read after they stayed
+/// still for [`QUIET`] was published after the last change.
+pub async fn wait_drained(metrics_url: &str, deadline: Duration) -> bool {
+    const COUNTERS: [&str; 4] = [
+        "handover_mirror_triggers_total",
+        "handover_sync_applied_total",
+        "handover_sync_failures_total",
+        "handover_sync_dead_lettered_total",
+    ];
+    let http = client();
+    let until = tokio::time::Instant::now() + deadline;
+    let mut last: Option<[f64; 4]> = None;
+    let mut still_since = tokio::time::Instant::now();
+    loop {
+        let request = http::Request::get(metrics_url)
+            .body(Default::default())
+            .unwrap();
+        if let Ok(response) = http.request(request).await
+            && let Ok(body) = response.into_body().collect().await
+        {
+            let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+            let counters = COUNTERS.map(|name| metric_sum(&text, name));
+            if last != Some(counters) {
+                last = Some(counters);
+                still_since = tokio::time::Instant::now();
+            }
+            if metric(&text, "handover_journal_depth") == Some(0.0)
+                && still_since.elapsed() >= QUIET
+            {
+                return true;
+            }
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -113,4 +164,17 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         })
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
+}
+
+/// The sum of every series of a metric (0 when it has none yet).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next())
+        .filter_map(|value| value.parse::<f64>().ok())
+        .sum()
 }
