@@ -2456,7 +2456,9 @@ async fn emulate_command_reports_bad_options() {
     assert!(matches!(err, Error::BasePath { .. }), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("missing.json");
+    // A file that does not exist is created with a new set; one that cannot
+    // be created is an error naming it.
+    let missing = dir.path().join("no-such-dir").join("missing.json");
     let err = run(
         Options {
             base_path: "/c2id".to_owned(),

@@ -95,32 +95,14 @@ impl Stack {
     }
 }
 
-/// How long the trigger and sync counters must stay still before a
-/// `handover_journal_depth 0` reading is trusted: longer than the proxy's
-/// gauge refresh interval (1 s), so the reading was published after the last
-/// change, with slack for a loaded machine.
-pub const QUIET: Duration = Duration::from_secs(2);
-
 /// Waits until the proxy whose metrics are at `metrics_url` has drained its
-/// journal and its sync is idle; false if that does not happen within
+/// journal (`handover_journal_depth 0`, refreshed on every scrape: a change
+/// is journaled before its client gets an answer and leaves the journal only
+/// once it reached the target); false if that does not happen within
 /// `deadline`.
-///
-/// `handover_journal_depth` is a gauge refreshed about once a second, so a
-/// 0 read right after a write may be stale. The counters that move whenever
-/// anything is journaled or synced (triggers, applied, failed and
-/// dead-lettered changes) are live: a depth of 0 read after they stayed
-/// still for [`QUIET`] was published after the last change.
 pub async fn wait_drained(metrics_url: &str, deadline: Duration) -> bool {
-    const COUNTERS: [&str; 4] = [
-        "handover_mirror_triggers_total",
-        "handover_sync_applied_total",
-        "handover_sync_failures_total",
-        "handover_sync_dead_lettered_total",
-    ];
     let http = client();
     let until = tokio::time::Instant::now() + deadline;
-    let mut last: Option<[f64; 4]> = None;
-    let mut still_since = tokio::time::Instant::now();
     loop {
         let request = http::Request::get(metrics_url)
             .body(Default::default())
@@ -129,21 +111,14 @@ pub async fn wait_drained(metrics_url: &str, deadline: Duration) -> bool {
             && let Ok(body) = response.into_body().collect().await
         {
             let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
-            let counters = COUNTERS.map(|name| metric_sum(&text, name));
-            if last != Some(counters) {
-                last = Some(counters);
-                still_since = tokio::time::Instant::now();
-            }
-            if metric(&text, "handover_journal_depth") == Some(0.0)
-                && still_since.elapsed() >= QUIET
-            {
+            if metric(&text, "handover_journal_depth") == Some(0.0) {
                 return true;
             }
         }
         if tokio::time::Instant::now() >= until {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
