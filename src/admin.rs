@@ -174,6 +174,9 @@ pub struct BackfillStatus {
     /// Writes in flight at once.
     #[serde(default)]
     pub concurrency: usize,
+    /// Time spent in the current (or last) pass, in milliseconds.
+    #[serde(default)]
+    pub elapsed_ms: u64,
     /// Per-dataset progress.
     pub datasets: std::collections::BTreeMap<String, DatasetProgress>,
 }

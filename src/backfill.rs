@@ -184,6 +184,8 @@ struct Inner {
     concurrency: AtomicUsize,
     stop: CancellationToken,
     runner: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// When the current pass started, and how long it took once finished.
+    timing: Mutex<(Option<Instant>, Option<Duration>)>,
 }
 
 impl Backfill {
@@ -223,6 +225,7 @@ impl Backfill {
                 progress: Mutex::new(progress),
                 stop,
                 runner: Mutex::new(None),
+                timing: Mutex::new((None, None)),
             }),
         }
     }
@@ -253,6 +256,9 @@ impl Backfill {
             State::Idle | State::Failed => {}
         }
         self.inner.state.send_replace(State::Running);
+        if let Ok(mut timing) = self.inner.timing.lock() {
+            *timing = (Some(Instant::now()), None);
+        }
         let inner = Arc::clone(&self.inner);
         let task = tokio::spawn(async move { inner.run().await });
         if let Ok(mut runner) = self.inner.runner.lock() {
@@ -356,7 +362,8 @@ impl Backfill {
             .map(|(dataset, p)| {
                 let settled = p.settled();
                 let rate = p.rate.lock().map_or(0.0, |r| *r);
-                let total = p.total.unwrap_or(settled);
+                // Records created after the count are in the export too.
+                let total = p.total.unwrap_or(settled).max(settled);
                 let remaining = total.saturating_sub(settled);
                 let eta_s = if rate > 0.0 {
                     (remaining as f64 / rate).ceil() as u64
@@ -377,7 +384,18 @@ impl Backfill {
                 )
             })
             .collect();
+        let elapsed = self
+            .inner
+            .timing
+            .lock()
+            .ok()
+            .and_then(|timing| match *timing {
+                (_, Some(took)) => Some(took),
+                (Some(started), None) => Some(started.elapsed()),
+                (None, None) => None,
+            });
         BackfillStatus {
+            elapsed_ms: elapsed.map_or(0, |e| u64::try_from(e.as_millis()).unwrap_or(u64::MAX)),
             state: self.state().as_str().to_owned(),
             rate_limit: self.inner.rate.load(Ordering::Relaxed),
             concurrency: self.inner.concurrency.load(Ordering::Relaxed),
@@ -440,6 +458,11 @@ impl Inner {
             }
         }
         self.sync.watch_end();
+        if let Ok(mut timing) = self.timing.lock()
+            && let (Some(started), None) = *timing
+        {
+            timing.1 = Some(started.elapsed());
+        }
         let state = if failed { State::Failed } else { State::Done };
         if !failed {
             tracing::info!("backfill done");

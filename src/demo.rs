@@ -1,12 +1,14 @@
 //! `handover demo`: the whole product on one machine, zero config. A source
-//! and a target Connect2id emulator (same JWK set, same public issuer) and
-//! the real proxy in front of the source; realistic traffic through the
-//! proxy for a few seconds (client registrations and updates, logins that
+//! Connect2id emulator pre-loaded with records (as a production server has
+//! before the migration starts), an empty target (same JWK set, same public
+//! issuer), and the real proxy in front of the source. Realistic traffic
+//! runs through the proxy (client registrations and updates, logins that
 //! create sessions, long-lived consents and code exchanges, refreshes with
-//! rotation, revocations, logouts) with a live progress line; then wait for
-//! the journal to drain, compare the two servers dataset by dataset, and
-//! print a summary. Exits non-zero if any drift remains or any client
-//! request failed.
+//! rotation, revocations, logouts) while the backfill copies the
+//! pre-existing records, with a live progress line; then the journal
+//! drains, the real `verify` compares the two servers dataset by dataset,
+//! and a summary is printed. Exits non-zero if any drift remains or any
+//! client request failed.
 
 pub mod traffic;
 
@@ -31,6 +33,8 @@ pub struct Options {
     pub duration: Duration,
     /// Concurrent simulated users.
     pub users: usize,
+    /// Records of each dataset on the source before the proxy starts.
+    pub records: usize,
 }
 
 impl Default for Options {
@@ -38,6 +42,7 @@ impl Default for Options {
         Self {
             duration: Duration::from_secs(8),
             users: 16,
+            records: 3000,
         }
     }
 }
@@ -57,6 +62,9 @@ pub enum Error {
     /// The proxy never became ready.
     #[error("the proxy did not become ready")]
     NotReady,
+    /// The admin API failed.
+    #[error("admin API: {0}")]
+    Admin(#[from] crate::ops::Error),
 }
 
 /// The demo's outcome.
@@ -66,7 +74,14 @@ pub struct Summary {
     pub totals: Totals,
     /// Changes applied to the target, per dataset.
     pub synced: Vec<(&'static str, u64)>,
-    /// Records compared and found different or missing, per dataset.
+    /// The backfill at its end.
+    pub backfill: crate::admin::BackfillStatus,
+    /// How long the backfill took.
+    pub backfill_time: Duration,
+    /// The final verify, through the admin API.
+    pub verify: crate::verify::Report,
+    /// The emulators compared directly, record by record (a second
+    /// opinion, independent of the proxy's own verify).
     pub drift: Vec<DatasetDrift>,
     /// 99th percentile of the sync lag sampled during traffic.
     pub lag_p99: Duration,
@@ -75,9 +90,13 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Whether the demo succeeded: no drift, no failed client request.
+    /// Whether the demo succeeded: no drift (by verify and by direct
+    /// comparison), backfill done, no failed client request.
     pub fn passed(&self) -> bool {
-        self.totals.errors == 0 && self.drift.iter().all(|d| d.drifted() == 0)
+        self.totals.errors == 0
+            && self.verify.drift == 0
+            && self.backfill.state == "done"
+            && self.drift.iter().all(|d| d.drifted() == 0)
     }
 }
 
@@ -122,7 +141,9 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         config.issuer = Some(issuer.clone());
         config
     };
-    let source = Connect2id::new(emulator_config())
+    let mut source_config = emulator_config();
+    source_config.seed = options.records;
+    let source = Connect2id::new(source_config)
         .start(
             TcpListener::bind("127.0.0.1:0")
                 .await
@@ -161,6 +182,8 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     if !admin.wait_ready(Duration::from_secs(10)).await {
         return Err(Error::NotReady);
     }
+    let operator =
+        crate::ops::AdminClient::new(&format!("http://{admin_addr}"), Some(TOKEN.to_owned()));
 
     say(&format!(
         "handover demo: source {} → proxy http://{proxy_addr}/c2id → target {}",
@@ -168,25 +191,45 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         target.url()
     ));
     say(&format!(
-        "driving {} users for {}s through the proxy (registrations, logins, consents, refreshes with rotation, revocations, logouts)",
+        "the source already holds {} clients, {} long-lived authorizations and {} sessions; the target is empty",
+        options.records, options.records, options.records
+    ));
+    say(&format!(
+        "driving {} users for {}s through the proxy (registrations, logins, consents, refreshes with rotation, revocations, logouts) while the backfill copies what existed before",
         options.users,
         options.duration.as_secs()
     ));
     let base = format!("http://{proxy_addr}/c2id");
     let traffic = Arc::new(traffic::Traffic::new(&base, TOKEN));
+    operator.backfill("start", None, None).await?;
     let lag_samples = traffic::run(&traffic, &admin, options.users, options.duration).await;
     let totals = traffic.totals();
 
+    say("traffic stopped; waiting for the backfill and the journal");
+    let backfill = admin.wait_backfill(Duration::from_secs(600)).await;
+    let backfill_time = Duration::from_millis(backfill.elapsed_ms);
     let drain_started = Instant::now();
-    say("traffic stopped; waiting for the journal to drain");
     admin.wait_drained(Duration::from_secs(60)).await;
     let drain = drain_started.elapsed();
 
+    say("verifying: every record of the source compared with the target");
+    let verify = operator
+        .verify(&crate::verify::Request::default(), |status| {
+            traffic::progress(&format!(
+                "  verifying {}: {} records",
+                status.dataset, status.scanned
+            ));
+        })
+        .await?;
+    traffic::progress_done();
     let drift = compare(source.emulator(), target.emulator());
     let synced = admin.synced().await;
     let summary = Summary {
         totals,
         synced,
+        backfill,
+        backfill_time,
+        verify,
         drift,
         lag_p99: percentile(&lag_samples, 0.99),
         drain,
@@ -317,25 +360,33 @@ fn print_summary(summary: &Summary) {
         summary.lag_p99.as_secs_f64() * 1000.0,
         summary.drain.as_secs_f64() * 1000.0
     );
-    let _ = writeln!(out);
+    let backfill: Vec<String> = summary
+        .backfill
+        .datasets
+        .iter()
+        .map(|(dataset, p)| format!("{dataset} {} copied, {} live-owned", p.copied, p.skipped))
+        .collect();
     let _ = writeln!(
         out,
-        "{:<16}{:>8}{:>10}{:>12}{:>10}{:>8}",
-        "dataset", "source", "matching", "mismatched", "missing", "extra"
+        "backfill             {} in {:.1}s: {}",
+        summary.backfill.state,
+        summary.backfill_time.as_secs_f64(),
+        backfill.join(" · ")
     );
-    for d in &summary.drift {
-        let _ = writeln!(
-            out,
-            "{:<16}{:>8}{:>10}{:>12}{:>10}{:>8}",
-            d.dataset, d.source, d.matching, d.mismatched, d.missing_on_target, d.extra_on_target
-        );
-    }
-    let drift: usize = summary.drift.iter().map(DatasetDrift::drifted).sum();
+    let _ = writeln!(out);
+    let _ = writeln!(out, "verify (handover's own, through the admin API):");
+    let _ = write!(out, "{}", crate::ops::render_report(&summary.verify));
+    let direct: usize = summary.drift.iter().map(DatasetDrift::drifted).sum();
+    let _ = writeln!(
+        out,
+        "direct comparison of the two emulators: {} records, drift {direct}",
+        summary.drift.iter().map(|d| d.source).sum::<usize>()
+    );
     let _ = writeln!(out);
     let verdict = if summary.passed() { "PASS" } else { "FAIL" };
     let _ = writeln!(
         out,
-        "drift {drift} · failed client requests {} · failed refreshes {} → {verdict}",
-        totals.errors, totals.failed_refreshes
+        "drift {} · failed client requests {} · failed refreshes {} → {verdict}",
+        summary.verify.drift, totals.errors, totals.failed_refreshes
     );
 }

@@ -127,6 +127,10 @@ struct DemoArgs {
     /// Concurrent simulated users.
     #[arg(long, default_value_t = 16)]
     users: usize,
+    /// Records of each dataset on the source before the proxy starts (the
+    /// backfill copies them under live traffic).
+    #[arg(long, default_value_t = 3000)]
+    records: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -343,6 +347,7 @@ fn demo(args: &DemoArgs) -> ExitCode {
     let options = handover::demo::Options {
         duration: std::time::Duration::from_secs(args.duration.max(1)),
         users: args.users.max(1),
+        records: args.records,
     };
     match runtime.block_on(handover::demo::run(options)) {
         Ok(summary) if summary.passed() => ExitCode::SUCCESS,

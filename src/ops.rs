@@ -407,6 +407,7 @@ mod tests {
                 state: "running".into(),
                 rate_limit: 0,
                 concurrency: 32,
+                elapsed_ms: 0,
                 datasets,
             },
         };

@@ -10,10 +10,16 @@ async fn the_demo_ends_with_zero_drift_and_zero_failures() {
     let summary = handover::demo::run(handover::demo::Options {
         duration: Duration::from_secs(2),
         users: 4,
+        records: 300,
     })
     .await
     .unwrap();
     assert_eq!(summary.totals.errors, 0, "{summary:?}");
+    assert_eq!(summary.backfill.state, "done", "{summary:?}");
+    assert_eq!(summary.verify.drift, 0, "{summary:?}");
+    for dataset in summary.verify.datasets.values() {
+        assert!(dataset.matching >= 300, "{dataset:?}");
+    }
     assert!(
         summary.totals.logins > 0 && summary.totals.refreshes > 0,
         "{summary:?}"

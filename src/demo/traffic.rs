@@ -286,19 +286,19 @@ pub async fn run(
         tokio::select! {
             _ = tasks.join_next() => {}
             () = tokio::time::sleep(Duration::from_millis(100)) => {
-                let status = admin.sample().await;
-                samples.push(status.lag);
+                let sample = admin.sample().await;
+                samples.push(sample.lag);
                 if last_print.elapsed() >= Duration::from_secs(1) {
                     last_print = Instant::now();
                     let totals = traffic.totals();
                     progress(&format!(
-                        "  {:>4.1}s  requests {:>6}  failed {:>3}  journal depth {:>4}  sync lag {:>6.1} ms  synced {:>6}",
+                        "  {:>4.1}s  requests {:>6}  failed {:>3}  journal depth {:>4}  lag {:>5.1} ms  backfill {}",
                         started.elapsed().as_secs_f64(),
                         totals.requests,
                         totals.errors,
-                        status.depth,
-                        status.lag.as_secs_f64() * 1000.0,
-                        status.applied,
+                        sample.depth,
+                        sample.lag.as_secs_f64() * 1000.0,
+                        sample.backfill,
                     ));
                 }
             }
@@ -310,7 +310,7 @@ pub async fn run(
 
 /// A progress line: rewritten in place on a terminal, one line per update
 /// otherwise (logs, CI).
-fn progress(line: &str) {
+pub fn progress(line: &str) {
     use std::io::IsTerminal as _;
     let mut err = std::io::stderr().lock();
     if err.is_terminal() {
@@ -321,7 +321,8 @@ fn progress(line: &str) {
     }
 }
 
-fn progress_done() {
+/// Ends a run of progress lines.
+pub fn progress_done() {
     use std::io::IsTerminal as _;
     if std::io::stderr().is_terminal() {
         let _ = writeln!(std::io::stderr());
@@ -329,14 +330,14 @@ fn progress_done() {
 }
 
 /// What the progress line shows.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Sample {
     /// Journal records not yet applied.
     pub depth: u64,
     /// Age of the oldest.
     pub lag: Duration,
-    /// Changes applied so far.
-    pub applied: u64,
+    /// Backfill progress, e.g. `clients 100% · authorizations 40%`.
+    pub backfill: String,
 }
 
 /// Reads the proxy's admin API.
@@ -394,21 +395,49 @@ impl AdminProbe {
         serde_json::from_str(&text).ok()
     }
 
-    /// The current depth, lag and applied count.
+    /// The current depth, lag and backfill progress.
     pub async fn sample(&self) -> Sample {
-        let (depth, lag) = match self.status().await {
-            Some(status) => (
-                status.journal.depth,
-                Duration::from_millis(status.journal.lag_ms),
-            ),
-            None => (0, Duration::ZERO),
+        let Some(status) = self.status().await else {
+            return Sample::default();
         };
-        let applied = self.synced().await.iter().map(|(_, count)| count).sum();
+        let backfill = status
+            .backfill
+            .datasets
+            .iter()
+            .map(|(dataset, p)| {
+                let done = p.copied + p.skipped + p.failed;
+                let percent = if p.total == 0 {
+                    0.0
+                } else {
+                    100.0 * done as f64 / p.total as f64
+                };
+                format!("{dataset} {percent:.0}%")
+            })
+            .collect::<Vec<_>>()
+            .join(" · ");
         Sample {
-            depth,
-            lag,
-            applied,
+            depth: status.journal.depth,
+            lag: Duration::from_millis(status.journal.lag_ms),
+            backfill: format!("{} ({backfill})", status.backfill.state),
         }
+    }
+
+    /// Waits until the backfill is done (or failed), showing progress.
+    pub async fn wait_backfill(&self, timeout: Duration) -> crate::admin::BackfillStatus {
+        let until = Instant::now() + timeout;
+        let mut last = crate::admin::BackfillStatus::default();
+        while Instant::now() < until {
+            if let Some(status) = self.status().await {
+                last = status.backfill;
+                if last.state == "done" || last.state == "failed" {
+                    break;
+                }
+                progress(&format!("  backfill {}", self.sample().await.backfill));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        progress_done();
+        last
     }
 
     /// Changes applied per dataset.
