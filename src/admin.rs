@@ -16,6 +16,9 @@
 //! | `GET /verify` | the latest verify: state, live progress, report |
 //! | `GET /dead-letters` | changes the sync gave up on, with the reason (never their contents) |
 //! | `POST /dead-letters/retry` | journals them again and clears the list |
+//! | `POST /cutover`, `/rollback` | the fenced flip (`{"dry_run": bool, "max_pause_ms": N, "force": bool}`), answers the step-by-step report |
+//! | `POST /cutover/prepare`, `/cutover/commit`, `/cutover/abort` | the same flip split in two phases, for several instances driven together |
+//! | `POST /complete` | stop syncing for good after a cutover |
 //! | `POST /shutdown` | the same ordered shutdown as SIGTERM |
 
 use std::net::SocketAddr;
@@ -31,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backfill::Backfill;
 use crate::config::Secret;
+use crate::cutover::procedure::{self, Cutover};
 use crate::health::Health;
 use crate::http::{Body, BoxError, json_response, text_response};
 use crate::journal::{DeadLetters, Journal};
@@ -65,6 +69,8 @@ pub struct Admin {
     pub mirror: Mirror,
     /// The latest verify.
     pub verify_job: Mutex<Option<VerifyJob>>,
+    /// The cutover machinery.
+    pub cutover: Arc<Cutover>,
 }
 
 /// A verify started through the API.
@@ -280,9 +286,10 @@ impl Admin {
         let age_ms = stats
             .oldest_unacked_age
             .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        let phase = self.cutover.phases.current();
         Status {
-            phase: "mirroring".to_owned(),
-            epoch: 1,
+            phase: phase.phase.as_str().to_owned(),
+            epoch: phase.epoch,
             primary: self.routing.primary_side().as_str().to_owned(),
             ready: self.health.readiness().ready,
             journal: JournalStatus {
@@ -361,6 +368,34 @@ impl Admin {
                     &json!({"error": "not_found", "error_description": "no verify has run"}),
                 ),
             },
+            (&Method::POST, "/cutover" | "/rollback" | "/cutover/prepare") => {
+                let request: procedure::Request = if body.is_empty() {
+                    procedure::Request::default()
+                } else {
+                    match serde_json::from_slice(body) {
+                        Ok(request) => request,
+                        Err(err) => return bad_request(&format!("invalid JSON body: {err}")),
+                    }
+                };
+                let report = match path {
+                    "/cutover" => self.cutover.cutover(&request).await,
+                    "/rollback" => self.cutover.rollback(&request).await,
+                    _ => self.cutover.prepare(&request).await,
+                };
+                json_response(flip_status(&report), &report)
+            }
+            (&Method::POST, "/cutover/commit") => {
+                let report = self.cutover.commit().await;
+                json_response(flip_status(&report), &report)
+            }
+            (&Method::POST, "/cutover/abort") => {
+                let report = self.cutover.abort("aborted by the coordinator").await;
+                json_response(flip_status(&report), &report)
+            }
+            (&Method::POST, "/complete") => {
+                let report = self.cutover.complete().await;
+                json_response(flip_status(&report), &report)
+            }
             (&Method::GET, "/dead-letters") => {
                 json_response(StatusCode::OK, &self.dead_letter_views())
             }
@@ -528,6 +563,16 @@ impl Admin {
             );
             Err(response)
         }
+    }
+}
+
+/// `200` when the flip did what was asked; `409` when it was refused or
+/// aborted (the report says why).
+fn flip_status(report: &procedure::Report) -> StatusCode {
+    if report.succeeded() {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
     }
 }
 

@@ -38,11 +38,16 @@ use tracing::Instrument;
 use crate::admin::{self, Admin};
 use crate::backfill::{self, Backfill};
 use crate::config::Config;
+use crate::cutover::Phases;
+use crate::cutover::credentials::Credentials;
+use crate::cutover::gate::Gate;
+use crate::cutover::procedure::{self, Cutover};
 use crate::health::{self, Health};
 use crate::journal::{self, Cipher, DeadLetters, Journal};
 use crate::metrics::{self, JournalMetrics, Metrics};
+use crate::mirror::CutoverParts;
 use crate::mirror::Mirror;
-use crate::proxy::forward::{PrimarySelector, Settings};
+use crate::proxy::forward::{PrimarySelector, Rewriter, Settings};
 use crate::proxy::{self, Forwarder, Hook, ListenerOptions};
 use crate::routing::{Routing, Side};
 use crate::sync::{self, SyncHandle};
@@ -79,6 +84,9 @@ pub enum Error {
     /// The journal key is malformed.
     #[error("journal key: {0}")]
     JournalKey(#[from] journal::KeyError),
+    /// The persisted phase could not be read.
+    #[error(transparent)]
+    Phase(#[from] crate::cutover::Error),
 }
 
 /// The bound sockets. Bound by the caller (after config validation), so tests
@@ -109,6 +117,21 @@ impl Listeners {
                 source,
             })?;
         Ok(Self { proxy, admin })
+    }
+}
+
+/// Management credentials follow the upstream a request goes to.
+struct CredentialRewriter {
+    credentials: Credentials,
+}
+
+impl Rewriter for CredentialRewriter {
+    fn rewrite(&self, path: &str, headers: &mut http::HeaderMap, to: metrics::Upstream) {
+        let side = match to {
+            metrics::Upstream::Source => Side::Source,
+            metrics::Upstream::Target => Side::Target,
+        };
+        self.credentials.follow_primary(path, headers, side);
     }
 }
 
@@ -177,12 +200,20 @@ pub async fn run(
         &metrics,
     )?);
     let timeout = config.sync.request_timeout;
+    // The phase decides who is primary: a restart after a flip keeps it.
+    let phases = Arc::new(Phases::load(&config.journal.dir)?);
     let routing = Arc::new(Routing::new(
         Arc::clone(&source),
         Arc::clone(&target),
         Connect2id::new(Arc::clone(&source), config.source.tokens.clone(), timeout),
         Connect2id::new(Arc::clone(&target), config.target.tokens.clone(), timeout),
-        Side::Source,
+        phases.current().phase.primary(),
+    ));
+    let gate = Arc::new(Gate::new(
+        config.cutover.hold_max_requests,
+        config.cutover.hold_max_bytes,
+        metrics.cutover.held.clone(),
+        metrics.cutover.rejected.clone(),
     ));
 
     let root = CancellationToken::new();
@@ -227,15 +258,48 @@ pub async fn run(
         Arc::clone(&routing),
         Arc::clone(&health),
         metrics.journal.clone(),
+        CutoverParts {
+            phases: Arc::clone(&phases),
+            gate: Arc::clone(&gate),
+            fallback_window: config.cutover.fallback_window,
+            fallbacks: metrics.cutover.fallbacks.clone(),
+        },
     );
-    let primary: Arc<dyn PrimarySelector> = Arc::clone(&routing) as Arc<dyn PrimarySelector>;
-    let forwarder = Arc::new(Forwarder::new(
-        Settings::from_config(&config.proxy),
-        Arc::clone(&primary),
-        Some(Arc::new(mirror.clone()) as Arc<dyn Hook>),
-        Arc::clone(&health),
-        metrics.clone(),
+    let cutover = Arc::new(Cutover::new(
+        Arc::clone(&phases),
+        Arc::clone(&gate),
+        Arc::clone(&routing),
+        journal.clone(),
+        sync.clone(),
+        backfill.clone(),
+        Arc::clone(&dead_letters),
+        mirror.clone(),
+        metrics.cutover.clone(),
+        procedure::Settings {
+            max_pause: config.cutover.max_pause,
+            max_lag: config.cutover.max_lag,
+            peers: config.cutover.peers.clone(),
+            admin_token: config.admin.token.as_ref().map(|t| t.expose().to_owned()),
+        },
     ));
+    let credentials = Arc::new(CredentialRewriter {
+        credentials: Credentials::new(
+            &config.source.url.base_path,
+            config.source.tokens.clone(),
+            config.target.tokens.clone(),
+        ),
+    });
+    let primary: Arc<dyn PrimarySelector> = Arc::clone(&routing) as Arc<dyn PrimarySelector>;
+    let forwarder = Arc::new(
+        Forwarder::new(
+            Settings::from_config(&config.proxy),
+            Arc::clone(&primary),
+            Some(Arc::new(mirror.clone()) as Arc<dyn Hook>),
+            Arc::clone(&health),
+            metrics.clone(),
+        )
+        .with_rewriter(credentials),
+    );
 
     let admin_stop = CancellationToken::new();
     let admin = Arc::new(Admin {
@@ -257,6 +321,7 @@ pub async fn run(
         },
         mirror: mirror.clone(),
         verify_job: std::sync::Mutex::new(None),
+        cutover: Arc::clone(&cutover),
     });
     let admin_task = tracker.spawn(
         admin::run(listeners.admin, admin, admin_stop.clone())

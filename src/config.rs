@@ -166,6 +166,23 @@ pub struct FileConfig {
     /// `[backfill]`
     #[serde(default)]
     pub backfill: RawBackfill,
+    /// `[cutover]`
+    #[serde(default)]
+    pub cutover: RawCutover,
+}
+
+/// `[cutover]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawCutover {
+    pub max_pause: Option<String>,
+    pub max_lag: Option<String>,
+    pub hold_max_requests: Option<usize>,
+    pub hold_max_bytes: Option<String>,
+    pub fallback_window: Option<String>,
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 /// `[backfill]` as written.
@@ -292,6 +309,38 @@ pub struct Config {
     pub sync: SyncConfig,
     /// The backfill.
     pub backfill: BackfillConfig,
+    /// The cutover.
+    pub cutover: CutoverConfig,
+}
+
+/// The cutover settings.
+#[derive(Debug, Clone)]
+pub struct CutoverConfig {
+    /// Default bound on the write pause.
+    pub max_pause: Duration,
+    /// Largest sync lag at which a cutover may start.
+    pub max_lag: Duration,
+    /// Most trigger requests held during a flip.
+    pub hold_max_requests: usize,
+    /// Most bytes of held request bodies.
+    pub hold_max_bytes: usize,
+    /// How long after a flip the previous primary serves state only it has.
+    pub fallback_window: Duration,
+    /// The other instances' admin URLs.
+    pub peers: Vec<String>,
+}
+
+impl Default for CutoverConfig {
+    fn default() -> Self {
+        Self {
+            max_pause: crate::cutover::procedure::DEFAULT_MAX_PAUSE,
+            max_lag: crate::cutover::procedure::DEFAULT_MAX_LAG,
+            hold_max_requests: crate::cutover::gate::DEFAULT_MAX_HELD,
+            hold_max_bytes: crate::cutover::gate::DEFAULT_MAX_HELD_BYTES,
+            fallback_window: crate::cutover::procedure::DEFAULT_FALLBACK_WINDOW,
+            peers: Vec::new(),
+        }
+    }
 }
 
 /// The backfill settings.
@@ -623,6 +672,7 @@ impl Config {
                 rate: 0,
                 count_first: true,
             },
+            cutover: CutoverConfig::default(),
         }
     }
 }
@@ -642,6 +692,7 @@ impl FileConfig {
         let journal = validate_journal(self.journal, env, &mut problems);
         let sync = validate_sync(self.sync, &mut problems);
         let backfill = validate_backfill(self.backfill, &mut problems);
+        let cutover = validate_cutover(self.cutover, &mut problems);
         if let (Some(source), Some(target)) = (&source, &target)
             && source.url == target.url
         {
@@ -665,6 +716,7 @@ impl FileConfig {
                     journal,
                     sync,
                     backfill,
+                    cutover,
                 })
             }
             _ => Err(problems),
@@ -1080,6 +1132,49 @@ fn validate_backfill(raw: RawBackfill, problems: &mut Problems) -> BackfillConfi
         concurrency,
         rate: raw.rate.unwrap_or(0),
         count_first: raw.count_first.unwrap_or(true),
+    }
+}
+
+fn validate_cutover(raw: RawCutover, problems: &mut Problems) -> CutoverConfig {
+    let defaults = CutoverConfig::default();
+    let max_pause = duration(
+        "cutover.max_pause",
+        raw.max_pause,
+        defaults.max_pause,
+        problems,
+    );
+    if max_pause < Duration::from_millis(10) || max_pause > Duration::from_secs(60) {
+        problems.push("cutover.max_pause", "must be between 10ms and 60s");
+    }
+    let max_lag = duration("cutover.max_lag", raw.max_lag, defaults.max_lag, problems);
+    let hold_max_requests = raw.hold_max_requests.unwrap_or(defaults.hold_max_requests);
+    if hold_max_requests == 0 {
+        problems.push("cutover.hold_max_requests", "must be > 0");
+    }
+    let hold_max_bytes = size(
+        "cutover.hold_max_bytes",
+        raw.hold_max_bytes,
+        defaults.hold_max_bytes as u64,
+        problems,
+    );
+    let fallback_window = duration(
+        "cutover.fallback_window",
+        raw.fallback_window,
+        defaults.fallback_window,
+        problems,
+    );
+    for peer in &raw.peers {
+        if BaseUrl::parse(peer).is_err() {
+            problems.push("cutover.peers", format!("{peer:?} is not an http(s) URL"));
+        }
+    }
+    CutoverConfig {
+        max_pause,
+        max_lag,
+        hold_max_requests,
+        hold_max_bytes: usize::try_from(hold_max_bytes).unwrap_or(usize::MAX),
+        fallback_window,
+        peers: raw.peers,
     }
 }
 

@@ -32,6 +32,7 @@ pub mod admin;
 pub mod app;
 pub mod backfill;
 pub mod config;
+pub mod cutover;
 pub mod demo;
 pub mod emulator;
 pub mod error;

@@ -84,6 +84,16 @@ enum Command {
         #[arg(long, value_name = "N")]
         list: Option<usize>,
     },
+    /// The fenced flip to the target: hold writes, drain, verify, flip,
+    /// release. Exit 0 only when it cut over.
+    Cutover(FlipArgs),
+    /// The same fenced flip back to the source.
+    Rollback(FlipArgs),
+    /// After a cutover: stop syncing for good (a plain pass-through).
+    Complete {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// List or retry the changes the sync gave up on.
     DeadLetters {
         #[command(flatten)]
@@ -102,6 +112,29 @@ struct AdminArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct FlipArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Run the pre-flight checks only.
+    #[arg(long)]
+    dry_run: bool,
+    /// Bound on the write pause (e.g. 2s, 500ms); past it the flip aborts.
+    #[arg(long, value_parser = parse_duration_arg)]
+    max_pause: Option<std::time::Duration>,
+    /// Flip despite dead letters or an unfinished backfill.
+    #[arg(long)]
+    force: bool,
+    /// Another instance's admin URL (repeat for each): all flip together or
+    /// none does.
+    #[arg(long = "peer", value_name = "URL")]
+    peers: Vec<String>,
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    handover::config::parse_duration(text)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -250,6 +283,24 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_PROBLEM)
             })
         }),
+        Command::Cutover(args) => flip_command(args, handover::ops::Flip::Cutover),
+        Command::Rollback(args) => flip_command(args, handover::ops::Flip::Rollback),
+        Command::Complete { admin } => operate(&admin, |client, json| async move {
+            let report = client.flip("/complete", &Default::default()).await?;
+            if json {
+                write_stdout(&format!(
+                    "{}\n",
+                    serde_json::to_string(&report).unwrap_or_default()
+                ));
+            } else {
+                write_stdout(&handover::ops::render_flip(client.base(), &report));
+            }
+            Ok(if report.succeeded() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_PROBLEM)
+            })
+        }),
         Command::DeadLetters { admin, action } => operate(&admin, |client, json| async move {
             match action {
                 DeadLetterAction::List => {
@@ -357,6 +408,49 @@ fn demo(args: &DemoArgs) -> ExitCode {
             ExitCode::from(EXIT_PROBLEM)
         }
     }
+}
+
+fn flip_command(args: FlipArgs, flip: handover::ops::Flip) -> ExitCode {
+    let request = handover::cutover::procedure::Request {
+        dry_run: args.dry_run,
+        max_pause_ms: args
+            .max_pause
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        force: args.force,
+    };
+    let peers = args.peers.clone();
+    operate(&args.admin, |client, json| async move {
+        let token = std::env::var("HANDOVER_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let mut clients = vec![client];
+        clients.extend(
+            peers
+                .iter()
+                .map(|peer| handover::ops::AdminClient::new(peer, token.clone())),
+        );
+        let reports = handover::ops::flip(&clients, flip, &request).await?;
+        if json {
+            write_stdout(&format!(
+                "{}\n",
+                serde_json::to_string(&reports).unwrap_or_default()
+            ));
+        } else {
+            for (client, report) in clients.iter().zip(&reports) {
+                write_stdout(&handover::ops::render_flip(client.base(), report));
+            }
+        }
+        Ok(
+            if reports
+                .iter()
+                .all(handover::cutover::procedure::Report::succeeded)
+            {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_PROBLEM)
+            },
+        )
+    })
 }
 
 fn write_stdout(text: &str) {

@@ -56,6 +56,23 @@ pub const JOURNAL_FSYNC_SECONDS: &str = "handover_journal_fsync_seconds";
 pub const JOURNAL_APPEND_SECONDS: &str = "handover_journal_append_seconds";
 /// Journal write failures.
 pub const JOURNAL_ERRORS_TOTAL: &str = "handover_journal_errors_total";
+/// 1 for the current migration phase, by phase.
+pub const PHASE: &str = "handover_phase";
+/// The current epoch (increments at every flip of the primary).
+pub const EPOCH: &str = "handover_epoch";
+/// How long trigger requests were held during a flip.
+pub const CUTOVER_PAUSE_SECONDS: &str = "handover_cutover_pause_seconds";
+/// Flips attempted, by outcome (cut-over, rolled-back, aborted).
+pub const CUTOVER_FLIPS_TOTAL: &str = "handover_cutover_flips_total";
+/// Trigger requests held at the gate during flips.
+pub const CUTOVER_HELD_TOTAL: &str = "handover_cutover_held_total";
+/// Held trigger requests released after flips.
+pub const CUTOVER_RELEASED_TOTAL: &str = "handover_cutover_released_total";
+/// Trigger requests refused with 503 because the hold buffer was full.
+pub const CUTOVER_REJECTED_TOTAL: &str = "handover_cutover_rejected_total";
+/// Requests replayed at the previous primary after a flip, because the
+/// state they need lives only there.
+pub const CUTOVER_FALLBACKS_TOTAL: &str = "handover_cutover_fallbacks_total";
 /// Trigger exchanges seen, by trigger.
 pub const MIRROR_TRIGGERS_TOTAL: &str = "handover_mirror_triggers_total";
 /// Changes kept in memory for repair because the journal could not be written.
@@ -119,6 +136,16 @@ struct DatasetLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabels {
     trigger: &'static str,
 }
@@ -144,6 +171,54 @@ pub struct Metrics {
     pub sync: SyncMetrics,
     /// The journal and the trigger path.
     pub journal: JournalMetrics,
+    /// Phases and flips.
+    pub cutover: CutoverMetrics,
+}
+
+/// Phase and flip recorders.
+#[derive(Debug, Clone)]
+pub struct CutoverMetrics {
+    phase: Family<PhaseLabels, Gauge>,
+    epoch: Gauge,
+    pause_seconds: Histogram,
+    flips: Family<OutcomeLabels, Counter>,
+    /// Requests held at the gate.
+    pub held: Counter,
+    released: Counter,
+    /// Requests refused with 503 (hold buffer full).
+    pub rejected: Counter,
+    /// Requests replayed at the previous primary.
+    pub fallbacks: Counter,
+}
+
+impl CutoverMetrics {
+    /// Publishes the current phase and epoch.
+    pub fn set_phase(&self, phase: &'static str, epoch: u64) {
+        for name in [
+            "mirroring",
+            "cutting-over",
+            "cut-over",
+            "rolling-back",
+            "completed",
+        ] {
+            self.phase
+                .get_or_create(&PhaseLabels { phase: name })
+                .set(i64::from(name == phase));
+        }
+        self.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    }
+
+    /// Records a flip (or an aborted one).
+    pub fn record_flip(&self, outcome: &str, pause: Duration, released: u64, _rejected: u64) {
+        let outcome = match outcome {
+            "cut-over" => "cut-over",
+            "rolled-back" => "rolled-back",
+            _ => "aborted",
+        };
+        self.flips.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.pause_seconds.observe(pause.as_secs_f64());
+        self.released.inc_by(released);
+    }
 }
 
 /// Sync recorders.
@@ -481,10 +556,67 @@ impl Metrics {
             journal.unjournaled.clone(),
         );
 
+        let cutover = CutoverMetrics {
+            phase: Family::default(),
+            epoch: Gauge::default(),
+            pause_seconds: Histogram::new(LATENCY_BUCKETS),
+            flips: Family::default(),
+            held: Counter::default(),
+            released: Counter::default(),
+            rejected: Counter::default(),
+            fallbacks: Counter::default(),
+        };
+        registry.register(
+            PHASE,
+            "1 for the current migration phase",
+            cutover.phase.clone(),
+        );
+        registry.register(
+            EPOCH,
+            "The current epoch (increments at every flip)",
+            cutover.epoch.clone(),
+        );
+        registry.register(
+            CUTOVER_PAUSE_SECONDS,
+            "How long trigger requests were held during a flip",
+            cutover.pause_seconds.clone(),
+        );
+        register_counter(
+            &mut registry,
+            CUTOVER_FLIPS_TOTAL,
+            "Flips attempted, by outcome",
+            cutover.flips.clone(),
+        );
+        register_counter(
+            &mut registry,
+            CUTOVER_HELD_TOTAL,
+            "Trigger requests held at the gate during flips",
+            cutover.held.clone(),
+        );
+        register_counter(
+            &mut registry,
+            CUTOVER_RELEASED_TOTAL,
+            "Held trigger requests released after flips",
+            cutover.released.clone(),
+        );
+        register_counter(
+            &mut registry,
+            CUTOVER_REJECTED_TOTAL,
+            "Trigger requests refused with 503 because the hold buffer was full",
+            cutover.rejected.clone(),
+        );
+        register_counter(
+            &mut registry,
+            CUTOVER_FALLBACKS_TOTAL,
+            "Requests replayed at the previous primary after a flip",
+            cutover.fallbacks.clone(),
+        );
+
         Self {
             registry: Arc::new(registry),
             sync,
             journal,
+            cutover,
             proxy: ProxyMetrics {
                 requests,
                 durations,

@@ -15,20 +15,31 @@
 //! primary already did the work. Readiness turns false (the operator is
 //! paged), the changes are synced from memory right away (best effort) and
 //! kept for the next successful append, which journals them again.
+//!
+//! During a flip, trigger requests wait at the cutover [`Gate`] before
+//! being forwarded. Right after a flip (for `cutover.fallback_window`),
+//! requests whose state lives only on the previous primary (a login in
+//! progress, an authorization code, an identifier access token) are
+//! replayed there when the new primary does not know it, and whatever they
+//! change is synced from the previous primary: users in the middle of a
+//! login at the moment of the flip do not see an error. In `completed` the
+//! hook steps aside entirely: a plain pass-through.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::Method;
+use http::{Method, StatusCode};
 
+use crate::cutover::gate::{Gate, Pass};
+use crate::cutover::{Phase, Phases};
 use crate::error::ProxyError;
 use crate::health::Health;
 use crate::journal::Journal;
 use crate::metrics::JournalMetrics;
 use crate::proxy::{BoxFuture, Exchange, Hook, RouteId, Ticket};
-use crate::routing::Routing;
+use crate::routing::{Routing, Side};
 use crate::sync::{SyncHandle, dataset_of};
 use crate::triggers::{
     Catalogue, Change, Key, LogoutHint, Resolved, TokenKind, jwt_subject_and_client,
@@ -52,6 +63,11 @@ pub struct Mirror {
 
 struct Inner {
     catalogue: Catalogue,
+    base_path: String,
+    phases: Arc<Phases>,
+    gate: Arc<Gate>,
+    fallback_window: Duration,
+    fallbacks: prometheus_client::metrics::counter::Counter,
     datasets: Vec<String>,
     journal: Journal,
     sync: SyncHandle,
@@ -73,6 +89,7 @@ impl std::fmt::Debug for Mirror {
 impl Mirror {
     /// A hook recognising triggers under `base_path` for the enabled
     /// `datasets`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         base_path: &str,
         datasets: Vec<String>,
@@ -81,10 +98,16 @@ impl Mirror {
         routing: Arc<Routing>,
         health: Arc<Health>,
         metrics: JournalMetrics,
+        cutover: CutoverParts,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 catalogue: Catalogue::new(base_path),
+                base_path: base_path.trim_end_matches('/').to_owned(),
+                phases: cutover.phases,
+                gate: cutover.gate,
+                fallback_window: cutover.fallback_window,
+                fallbacks: cutover.fallbacks,
                 datasets,
                 journal,
                 sync,
@@ -110,29 +133,116 @@ impl Mirror {
     }
 }
 
+/// What the mirror needs from the cutover machinery.
+#[derive(Debug, Clone)]
+pub struct CutoverParts {
+    /// The phase.
+    pub phases: Arc<Phases>,
+    /// The write gate.
+    pub gate: Arc<Gate>,
+    /// How long after a flip the previous primary is asked for state it
+    /// alone holds.
+    pub fallback_window: Duration,
+    /// Counts replays at the previous primary.
+    pub fallbacks: prometheus_client::metrics::counter::Counter,
+}
+
+/// Route ids above the catalogue's: requests inspected only for the
+/// fallback to the previous primary.
+const FALLBACK_ROUTE: u16 = 1000;
+
+/// Requests whose state may live only on the previous primary right after
+/// a flip, and how to tell the new primary does not know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// `/authz-sessions/rest/v3/{sid}`: 404.
+    AuthzSession,
+    /// `/logout-sessions/rest/v1/{sid}`: 404.
+    LogoutSession,
+    /// `/token` with a code, CIBA or device grant: `invalid_grant`.
+    Token,
+    /// `/token/introspect`: `active: false`.
+    Introspect,
+    /// `/userinfo`: 401.
+    UserInfo,
+}
+
+fn fallback_of(method: &Method, relative: &str) -> Option<Fallback> {
+    let segments: Vec<&str> = relative.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (_, ["authz-sessions", "rest", "v3", sid]) if !sid.is_empty() => {
+            Some(Fallback::AuthzSession)
+        }
+        (_, ["logout-sessions", "rest", "v1", sid]) if !sid.is_empty() => {
+            Some(Fallback::LogoutSession)
+        }
+        (&Method::POST, ["token"]) => Some(Fallback::Token),
+        (&Method::POST, ["token", "introspect"]) => Some(Fallback::Introspect),
+        (&Method::GET | &Method::POST, ["userinfo"]) => Some(Fallback::UserInfo),
+        _ => None,
+    }
+}
+
+/// Grants whose unknown code lives on the previous primary.
+const FALLBACK_GRANTS: [&str; 3] = [
+    "authorization_code",
+    "urn:openid:params:grant-type:ciba",
+    "urn:ietf:params:oauth:grant-type:device_code",
+];
+
 impl Hook for Mirror {
     fn route(&self, method: &Method, path: &str) -> Option<RouteId> {
-        self.inner.catalogue.route(method, path)
+        let inner = &self.inner;
+        if inner.phases.phase() == Phase::Completed {
+            return None;
+        }
+        if let Some(route) = inner.catalogue.route(method, path) {
+            return Some(route);
+        }
+        // Only right after a flip: everything else streams untouched.
+        inner.routing.previous_within(inner.fallback_window)?;
+        let relative = path.strip_prefix(inner.base_path.as_str())?;
+        fallback_of(method, relative).map(|fallback| RouteId(FALLBACK_ROUTE + fallback as u16))
     }
 
     fn begin<'a>(
         &'a self,
         route: RouteId,
-        _request: &'a http::request::Parts,
+        request: &'a http::request::Parts,
         body: &'a Bytes,
     ) -> BoxFuture<'a, Result<Box<dyn Ticket>, ProxyError>> {
         Box::pin(async move {
+            let inner = &self.inner;
+            let trigger = route.0 < FALLBACK_ROUTE;
+            // Triggers wait here while a flip holds writes.
+            let pass = if trigger {
+                Some(inner.gate.pass(body.len()).await?)
+            } else {
+                None
+            };
             let mut resolved = Resolved::default();
-            if let Some(token) = self.inner.catalogue.token_to_resolve(route, body) {
-                resolved.authorization = self
-                    .inner
+            if trigger && let Some(token) = inner.catalogue.token_to_resolve(route, body) {
+                resolved.authorization = inner
                     .resolve_before_forwarding(&token.token, token.kind)
                     .await;
             }
+            let previous = inner.routing.previous_within(inner.fallback_window);
+            let fallback = previous.and_then(|_| {
+                let relative = request.uri.path().strip_prefix(inner.base_path.as_str())?;
+                let fallback = fallback_of(&request.method, relative)?;
+                if fallback == Fallback::Token {
+                    let pairs = crate::http::form::parse(&String::from_utf8_lossy(body));
+                    let grant = crate::http::form::first(&pairs, "grant_type")?;
+                    return FALLBACK_GRANTS.contains(&grant).then_some(fallback);
+                }
+                Some(fallback)
+            });
             Ok(Box::new(MirrorTicket {
-                inner: Arc::clone(&self.inner),
+                inner: Arc::clone(inner),
                 route,
                 resolved,
+                fallback: fallback.zip(previous),
+                _pass: pass,
             }) as Box<dyn Ticket>)
         })
     }
@@ -142,12 +252,51 @@ struct MirrorTicket {
     inner: Arc<Inner>,
     route: RouteId,
     resolved: Resolved,
+    /// What to watch for, and the previous primary to ask.
+    fallback: Option<(Fallback, Side)>,
+    /// Held until the changes are journaled (the flip waits for it).
+    _pass: Option<Pass>,
 }
 
 impl Ticket for MirrorTicket {
+    fn redirect(
+        &mut self,
+        status: StatusCode,
+        body: Option<&Bytes>,
+    ) -> Option<Arc<crate::upstream::Upstream>> {
+        let (fallback, previous) = self.fallback?;
+        let json = || body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+        let unknown_here = match fallback {
+            Fallback::AuthzSession | Fallback::LogoutSession => status == StatusCode::NOT_FOUND,
+            Fallback::Token => {
+                status == StatusCode::BAD_REQUEST
+                    && json().is_some_and(|v| {
+                        v.get("error").and_then(serde_json::Value::as_str) == Some("invalid_grant")
+                    })
+            }
+            Fallback::Introspect => {
+                status == StatusCode::OK
+                    && json().is_some_and(|v| {
+                        v.get("active").and_then(serde_json::Value::as_bool) == Some(false)
+                    })
+            }
+            Fallback::UserInfo => status == StatusCode::UNAUTHORIZED,
+        };
+        if !unknown_here {
+            return None;
+        }
+        self.inner.fallbacks.inc();
+        tracing::debug!(fallback = ?fallback, "replaying at the previous primary");
+        Some(Arc::clone(self.inner.routing.upstream(previous)))
+    }
+
     fn finish<'a>(self: Box<Self>, exchange: Exchange<'a>) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let inner = &self.inner;
+            if self.route.0 >= FALLBACK_ROUTE {
+                // Inspected only for the fallback; not a trigger.
+                return;
+            }
             let row = inner.catalogue.row(self.route);
             inner.metrics.record_trigger(row.name);
             let now = primary_clock(&exchange);
@@ -157,6 +306,17 @@ impl Ticket for MirrorTicket {
             let mut changes = outcome.changes;
             if let Some(hint) = outcome.logout {
                 changes.extend(inner.logout_hint(hint));
+            }
+            // Answered by the previous primary: what changed lives there.
+            let answered = match exchange.answered_by {
+                crate::metrics::Upstream::Source => Side::Source,
+                crate::metrics::Upstream::Target => Side::Target,
+            };
+            if answered != inner.routing.primary_side() {
+                changes = changes
+                    .into_iter()
+                    .map(|change| change.reading_from(answered))
+                    .collect();
             }
             inner.record(changes).await;
         })

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::admin::{DeadLetterView, Status, VerifyStatus};
+use crate::cutover::procedure::{Report as FlipReport, Request as FlipRequest};
 use crate::verify::Report;
 
 /// The default admin API address.
@@ -68,6 +69,32 @@ impl AdminClient {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, Error> {
+        let (status, value, text) = self.call_raw(method, path, body).await?;
+        if !status.is_success() {
+            let message = value
+                .get("error_description")
+                .or_else(|| value.get("error"))
+                .and_then(Value::as_str)
+                .map_or_else(|| text.trim().to_owned(), str::to_owned);
+            let hint = if status == StatusCode::UNAUTHORIZED {
+                " (set HANDOVER_ADMIN_TOKEN)"
+            } else {
+                ""
+            };
+            return Err(Error::Refused {
+                status: status.as_u16(),
+                message: format!("{message}{hint}"),
+            });
+        }
+        Ok(value)
+    }
+
+    async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value, String), Error> {
         let url = format!("{}{path}", self.base);
         let mut builder = Request::builder().method(method).uri(&url);
         if let Some(token) = &self.token {
@@ -105,26 +132,7 @@ impl AdminClient {
             })?
             .to_bytes();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = value
-                .get("error_description")
-                .or_else(|| value.get("error"))
-                .and_then(Value::as_str)
-                .map_or_else(
-                    || String::from_utf8_lossy(&bytes).trim().to_owned(),
-                    str::to_owned,
-                );
-            let hint = if status == StatusCode::UNAUTHORIZED {
-                " (set HANDOVER_ADMIN_TOKEN)"
-            } else {
-                ""
-            };
-            return Err(Error::Refused {
-                status: status.as_u16(),
-                message: format!("{message}{hint}"),
-            });
-        }
-        Ok(value)
+        Ok((status, value, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Error> {
@@ -202,6 +210,26 @@ impl AdminClient {
         }
     }
 
+    /// `POST` a flip endpoint (`/cutover`, `/rollback`, `/complete`,
+    /// `/cutover/prepare`, `/cutover/commit`, `/cutover/abort`). Refusals
+    /// and aborts come back as reports, not errors.
+    pub async fn flip(&self, path: &str, request: &FlipRequest) -> Result<FlipReport, Error> {
+        let body =
+            serde_json::to_value(request).map_err(|err| Error::Unexpected(err.to_string()))?;
+        let (status, value, text) = self.call_raw(Method::POST, path, Some(body)).await?;
+        if status.is_success() || status == StatusCode::CONFLICT {
+            return Self::decode(value);
+        }
+        let message = value
+            .get("error_description")
+            .and_then(Value::as_str)
+            .map_or_else(|| text.trim().to_owned(), str::to_owned);
+        Err(Error::Refused {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
     /// `GET /dead-letters`.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetterView>, Error> {
         Self::decode(self.call(Method::GET, "/dead-letters", None).await?)
@@ -215,6 +243,121 @@ impl AdminClient {
             .and_then(Value::as_u64)
             .unwrap_or_default())
     }
+}
+
+/// Which flip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flip {
+    /// Source → target.
+    Cutover,
+    /// Target → source.
+    Rollback,
+}
+
+/// Drives a flip on one instance, or on several together: every instance
+/// prepares (holds, drains, verifies); only if all are prepared do all
+/// commit, else all prepared ones abort. Returns one report per instance,
+/// in order.
+pub async fn flip(
+    clients: &[AdminClient],
+    flip: Flip,
+    request: &FlipRequest,
+) -> Result<Vec<FlipReport>, Error> {
+    let single = match flip {
+        Flip::Cutover => "/cutover",
+        Flip::Rollback => "/rollback",
+    };
+    if clients.len() == 1 || request.dry_run {
+        let mut reports = Vec::new();
+        for client in clients {
+            reports.push(client.flip(single, request).await?);
+        }
+        return Ok(reports);
+    }
+    let mut prepares = tokio::task::JoinSet::new();
+    for (index, client) in clients.iter().enumerate() {
+        let client = client.clone();
+        let request = request.clone();
+        prepares.spawn(async move { (index, client.flip("/cutover/prepare", &request).await) });
+    }
+    let mut prepared: Vec<Option<Result<FlipReport, Error>>> =
+        (0..clients.len()).map(|_| None).collect();
+    while let Some(joined) = prepares.join_next().await {
+        if let Ok((index, result)) = joined {
+            prepared[index] = Some(result);
+        }
+    }
+    let all_prepared = prepared
+        .iter()
+        .all(|r| matches!(r, Some(Ok(report)) if report.outcome == "prepared"));
+    let second = if all_prepared {
+        "/cutover/commit"
+    } else {
+        "/cutover/abort"
+    };
+    let mut reports = Vec::new();
+    for (client, first) in clients.iter().zip(prepared) {
+        let first =
+            first.unwrap_or_else(|| Err(Error::Unexpected("prepare did not finish".to_owned())));
+        match first {
+            Ok(report) if report.outcome == "prepared" => {
+                reports.push(client.flip(second, &FlipRequest::default()).await?)
+            }
+            Ok(report) => reports.push(report),
+            Err(err) => {
+                // This instance is in an unknown state; the others abort.
+                reports.push(FlipReport {
+                    outcome: "unreachable".to_owned(),
+                    reason: Some(err.to_string()),
+                    ..FlipReport::default()
+                });
+            }
+        }
+    }
+    Ok(reports)
+}
+
+/// Renders a flip report, step by step.
+pub fn render_flip(admin: &str, report: &FlipReport) -> String {
+    let mut out = format!(
+        "{admin}: {} · phase {} · epoch {} · primary {}\n",
+        report.outcome.to_uppercase(),
+        report.phase,
+        report.epoch,
+        report.primary
+    );
+    if !report.preflight.is_empty() {
+        out.push_str("  pre-flight:\n");
+        for check in &report.preflight {
+            let mark = if check.ok {
+                "ok  "
+            } else if check.forceable {
+                "WARN"
+            } else {
+                "FAIL"
+            };
+            out.push_str(&format!("    [{mark}] {}: {}\n", check.check, check.detail));
+        }
+    }
+    if !report.steps.is_empty() {
+        out.push_str("  steps:\n");
+        for step in &report.steps {
+            let mark = if step.ok { "ok  " } else { "FAIL" };
+            out.push_str(&format!("    {:>6} ms [{mark}] {}", step.at_ms, step.step));
+            if !step.detail.is_empty() {
+                out.push_str(&format!(": {}", step.detail));
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "  write pause {} ms · held {} · released {} · refused (buffer full) {}\n",
+            report.pause_ms, report.held, report.released, report.rejected
+        ));
+    }
+    if let Some(reason) = &report.reason {
+        out.push_str(&format!("  reason: {reason}\n"));
+    }
+    out
 }
 
 /// Renders `/status` for a human: a headline and one bar per dataset.

@@ -81,6 +81,9 @@ pub struct Exchange<'a> {
     /// The primary's response body, or `None` when it was larger than the
     /// inspection cap (it is then streamed to the client unseen).
     pub response_body: Option<&'a Bytes>,
+    /// Which upstream answered (the primary, or the previous primary when
+    /// the ticket redirected the request there).
+    pub answered_by: crate::metrics::Upstream,
 }
 
 /// Observes (and may hold or refuse) inspected exchanges.
@@ -102,6 +105,18 @@ pub trait Hook: Send + Sync + 'static {
 
 /// The hook's state for one inspected request.
 pub trait Ticket: Send {
+    /// Called with the primary's answer before `finish`: `Some(upstream)`
+    /// replays the request there instead (state that lives only on the
+    /// previous primary right after a flip). The default keeps the answer.
+    fn redirect(
+        &mut self,
+        status: StatusCode,
+        body: Option<&Bytes>,
+    ) -> Option<std::sync::Arc<crate::upstream::Upstream>> {
+        let _ = (status, body);
+        None
+    }
+
     /// Called with the completed exchange (whatever the primary's status);
     /// the downstream response is released when this returns.
     fn finish<'a>(self: Box<Self>, exchange: Exchange<'a>) -> BoxFuture<'a, ()>;

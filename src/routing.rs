@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::proxy::forward::PrimarySelector;
 use crate::target::connect2id::Connect2id;
 use crate::upstream::Upstream;
 
 /// Source or target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
     /// The server migrated from.
@@ -47,6 +47,8 @@ pub struct Routing {
     source_api: Connect2id,
     target_api: Connect2id,
     target_is_primary: AtomicBool,
+    /// When the primary last flipped.
+    flipped_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Routing {
@@ -64,6 +66,7 @@ impl Routing {
             source_api,
             target_api,
             target_is_primary: AtomicBool::new(primary == Side::Target),
+            flipped_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -80,6 +83,21 @@ impl Routing {
     pub fn set_primary(&self, side: Side) {
         self.target_is_primary
             .store(side == Side::Target, Ordering::Release);
+    }
+
+    /// Records that the primary just flipped (see [`Routing::previous_within`]).
+    pub fn mark_flip(&self) {
+        if let Ok(mut at) = self.flipped_at.lock() {
+            *at = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The previous primary, if the primary flipped less than `window` ago:
+    /// state that lives only there (logins in progress, authorization codes,
+    /// identifier access tokens) is still served from it.
+    pub fn previous_within(&self, window: std::time::Duration) -> Option<Side> {
+        let at = (*self.flipped_at.lock().ok()?)?;
+        (at.elapsed() < window).then(|| self.primary_side().other())
     }
 
     /// The management APIs of a side.

@@ -183,6 +183,8 @@ pub struct SyncHandle {
     busy_lanes: Arc<AtomicUsize>,
     /// Identities of lanes with live (non-backfill) work, for verify.
     busy_keys: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Keys synced recently, for the cutover's final check.
+    recent: Arc<Recent>,
     idle: watch::Receiver<bool>,
 }
 
@@ -251,6 +253,11 @@ impl SyncHandle {
         answer.await.unwrap_or(BackfillOutcome::Stopped)
     }
 
+    /// Keys synced (from live changes) since `since`, each once.
+    pub fn recent_keys(&self, since: Instant) -> Vec<Key> {
+        self.recent.since(since)
+    }
+
     /// Whether live work is queued or running for `key`.
     pub fn is_busy(&self, key: &Key) -> bool {
         self.busy_keys
@@ -296,10 +303,49 @@ enum Job {
     Backfill(BackfillItem),
 }
 
+/// Keys synced in the last minute (at most [`RECENT_CAPACITY`]).
+#[derive(Debug, Default)]
+struct Recent {
+    keys: std::sync::Mutex<VecDeque<(Instant, Key)>>,
+}
+
+/// Most recently synced keys remembered.
+const RECENT_CAPACITY: usize = 50_000;
+/// How long a synced key is remembered.
+const RECENT_AGE: Duration = Duration::from_secs(60);
+
+impl Recent {
+    fn push(&self, key: Key) {
+        if let Ok(mut keys) = self.keys.lock() {
+            let now = Instant::now();
+            while keys.len() >= RECENT_CAPACITY
+                || keys
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) > RECENT_AGE)
+            {
+                keys.pop_front();
+            }
+            keys.push_back((now, key));
+        }
+    }
+
+    fn since(&self, since: Instant) -> Vec<Key> {
+        let Ok(keys) = self.keys.lock() else {
+            return Vec::new();
+        };
+        let mut seen = std::collections::HashSet::new();
+        keys.iter()
+            .filter(|(at, _)| *at >= since)
+            .filter(|(_, key)| seen.insert(key.identity()))
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+}
+
 /// The lane a change belongs to.
 fn lane_of(change: &Change) -> String {
     match change {
-        Change::Sync { key } => key.identity(),
+        Change::Sync { key, .. } => key.identity(),
         Change::SubjectSessions { subject } => format!("subject-sessions:{subject}"),
         Change::Revocation {
             subject: Some(subject),
@@ -330,13 +376,14 @@ fn lane_of(change: &Change) -> String {
 /// The dataset a change counts against in metrics.
 pub fn dataset_of(change: &Change) -> &'static str {
     match change {
-        Change::Sync { key } => key.dataset(),
+        Change::Sync { key, .. } => key.dataset(),
         Change::SubjectSessions { .. } => "sessions",
         Change::Revocation { .. } | Change::Resolve { .. } => "authorizations",
     }
 }
 
 struct Worker {
+    recent: Arc<Recent>,
     routing: Arc<Routing>,
     dead_letters: Arc<DeadLetters>,
     metrics: SyncMetrics,
@@ -361,15 +408,18 @@ pub fn spawn(
     let busy_lanes = Arc::new(AtomicUsize::new(0));
     let (idle_tx, idle) = watch::channel(true);
     let busy_keys = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let recent = Arc::new(Recent::default());
     let handle = SyncHandle {
         commands: commands.clone(),
         journal,
         stop: stop.clone(),
         busy_lanes: Arc::clone(&busy_lanes),
         busy_keys: Arc::clone(&busy_keys),
+        recent: Arc::clone(&recent),
         idle,
     };
     let worker = Arc::new(Worker {
+        recent,
         routing,
         dead_letters,
         metrics,
@@ -513,7 +563,7 @@ fn enqueue(lanes: &mut HashMap<String, Lane>, work: Work) -> String {
     let name = lane_of(&work.change);
     let lane = lanes.entry(name.clone()).or_default();
     match work.change {
-        Change::Sync { key } => match &mut lane.sync {
+        Change::Sync { key, from: None } => match &mut lane.sync {
             Some((pending, acks)) => {
                 // Coalesce; keep the newest form of the key (a session's
                 // SID may arrive with either HMAC-equivalent spelling).
@@ -535,7 +585,7 @@ impl Worker {
     /// the follow-ups.
     async fn run(&self, job: Job) -> Vec<Work> {
         let (change, acks) = match job {
-            Job::Sync { key, acks } => (Change::Sync { key }, acks),
+            Job::Sync { key, acks } => (Change::sync(key), acks),
             Job::Payload(work) => (work.change, work.acks),
             Job::Backfill(item) => {
                 let outcome = self.backfill(&item.key, &item.record).await;
@@ -556,6 +606,9 @@ impl Worker {
             match result {
                 Ok(follow_ups) => {
                     self.metrics.record_applied(dataset, started.elapsed());
+                    if let Change::Sync { key, .. } = &change {
+                        self.recent.push(key.clone());
+                    }
                     if attempt > 0 {
                         tracing::info!(change = %change.redacted(), attempts = attempt + 1, "synced after retries");
                     }
@@ -657,8 +710,9 @@ impl Worker {
         let primary = self.routing.primary_api();
         let secondary = self.routing.secondary_api();
         match change {
-            Change::Sync { key } => {
-                sync_key(primary, secondary, key).await?;
+            Change::Sync { key, from } => {
+                let read = from.unwrap_or_else(|| self.routing.primary_side());
+                sync_key(self.routing.api(read), self.routing.api(read.other()), key).await?;
                 Ok(Vec::new())
             }
             Change::SubjectSessions { subject } => {
@@ -714,7 +768,8 @@ impl Worker {
                     .map(Change::sync)
                     .collect())
             }
-            Change::Resolve { token, kind } => {
+            Change::Resolve { token, kind, from } => {
+                let primary = from.map_or(primary, |side| self.routing.api(side));
                 let mut record = primary.inspect(token, *kind).await?;
                 if record.is_none() {
                     // A token of the other kind than guessed.
@@ -729,7 +784,7 @@ impl Worker {
                 Ok(record
                     .as_ref()
                     .and_then(authorization_key)
-                    .map(Change::sync)
+                    .map(|key| Change::Sync { key, from: *from })
                     .into_iter()
                     .collect())
             }
@@ -817,6 +872,7 @@ mod tests {
         let resolve = Change::Resolve {
             token: "secret-token".into(),
             kind: TokenKind::Refresh,
+            from: None,
         };
         assert!(!lane_of(&resolve).contains("secret-token"));
     }

@@ -43,6 +43,7 @@ use serde_json::Value;
 
 use crate::http::form;
 use crate::proxy::{Exchange, RouteId};
+use crate::routing::Side;
 
 /// A record's identity in a dataset (DESIGN.md §1).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -123,10 +124,15 @@ pub enum TokenKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
-    /// Copy the current state of a key from the primary.
+    /// Copy the current state of a key from the primary (or from `from`).
     Sync {
         /// The key.
         key: Key,
+        /// Read from this side instead of the primary: a record created
+        /// on the previous primary right after a flip (see
+        /// `cutover::procedure::DEFAULT_FALLBACK_WINDOW`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<Side>,
     },
     /// Re-sync every session of a subject (after `DELETE ?subject=`).
     SubjectSessions {
@@ -154,19 +160,38 @@ pub enum Change {
         token: String,
         /// Refresh or access token.
         kind: TokenKind,
+        /// Look the token up on this side instead of the primary.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<Side>,
     },
 }
 
 impl Change {
     /// A sync change for `key`.
     pub fn sync(key: Key) -> Self {
-        Self::Sync { key }
+        Self::Sync { key, from: None }
+    }
+
+    /// The same change, reading from `side` rather than the primary.
+    pub fn reading_from(self, side: Side) -> Self {
+        match self {
+            Self::Sync { key, .. } => Self::Sync {
+                key,
+                from: Some(side),
+            },
+            Self::Resolve { token, kind, .. } => Self::Resolve {
+                token,
+                kind,
+                from: Some(side),
+            },
+            other => other,
+        }
     }
 
     /// A short description safe for logs.
     pub fn redacted(&self) -> String {
         match self {
-            Self::Sync { key } => key.redacted(),
+            Self::Sync { key, .. } => key.redacted(),
             Self::SubjectSessions { subject } => format!("sessions of {subject}"),
             Self::Revocation {
                 subject, client_id, ..
@@ -573,11 +598,13 @@ fn authorization_of_tokens(
         return Some(Change::Resolve {
             token: token.to_owned(),
             kind: TokenKind::Refresh,
+            from: None,
         });
     }
     access_token.map(|token| Change::Resolve {
         token: token.to_owned(),
         kind: TokenKind::Access,
+        from: None,
     })
 }
 
@@ -927,6 +954,7 @@ mod tests {
                 status: StatusCode::from_u16(self.status).unwrap(),
                 response_headers: &response_headers,
                 response_body: Some(&response_body),
+                answered_by: crate::metrics::Upstream::Source,
             };
             catalogue.extract(route, &exchange, &self.resolved, 1_700_000_000)
         }
@@ -1064,7 +1092,8 @@ mod tests {
             rotated.changes(),
             [Change::Resolve {
                 token: "new-refresh-token".into(),
-                kind: TokenKind::Refresh
+                kind: TokenKind::Refresh,
+                from: None
             }]
         );
 
@@ -1075,7 +1104,8 @@ mod tests {
             kept.changes(),
             [Change::Resolve {
                 token: "kept-refresh-token".into(),
-                kind: TokenKind::Refresh
+                kind: TokenKind::Refresh,
+                from: None
             }]
         );
 
@@ -1086,7 +1116,8 @@ mod tests {
             identifier_only.changes(),
             [Change::Resolve {
                 token: "2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA".into(),
-                kind: TokenKind::Access
+                kind: TokenKind::Access,
+                from: None
             }]
         );
 
@@ -1316,7 +1347,8 @@ mod tests {
         assert!(
             !Change::Resolve {
                 token: "secret".into(),
-                kind: TokenKind::Refresh
+                kind: TokenKind::Refresh,
+                from: None
             }
             .redacted()
             .contains("secret")

@@ -64,6 +64,13 @@ pub trait PrimarySelector: Send + Sync + 'static {
     fn primary(&self) -> Arc<Upstream>;
 }
 
+/// Adjusts a request for the upstream that will receive it (management
+/// credentials follow the primary after a flip).
+pub trait Rewriter: Send + Sync + 'static {
+    /// Rewrites `headers` of a request to `path` bound for `to`.
+    fn rewrite(&self, path: &str, headers: &mut http::HeaderMap, to: crate::metrics::Upstream);
+}
+
 /// A fixed primary (no cutover machinery).
 #[derive(Debug)]
 pub struct FixedPrimary(pub Arc<Upstream>);
@@ -79,6 +86,7 @@ pub struct Forwarder {
     settings: Settings,
     primary: Arc<dyn PrimarySelector>,
     hook: Option<Arc<dyn Hook>>,
+    rewriter: Option<Arc<dyn Rewriter>>,
     health: Arc<Health>,
     metrics: Metrics,
 }
@@ -105,9 +113,16 @@ impl Forwarder {
             settings,
             primary,
             hook,
+            rewriter: None,
             health,
             metrics,
         }
+    }
+
+    /// Adds a request rewriter.
+    pub fn with_rewriter(mut self, rewriter: Arc<dyn Rewriter>) -> Self {
+        self.rewriter = Some(rewriter);
+        self
     }
 
     /// Answers one downstream request. Never fails: errors become responses.
@@ -212,6 +227,13 @@ impl Forwarder {
             ProxyError::downstream(Kind::BadRequest(format!("unforwardable path: {err}")))
         })?;
         parts.uri = uri;
+        if let Some(rewriter) = &self.rewriter {
+            rewriter.rewrite(parts.uri.path(), &mut parts.headers, primary.which);
+        }
+        // Inspected requests may be replayed elsewhere: keep a copy.
+        let replay = inspected
+            .as_ref()
+            .map(|(_, _, body)| (parts.clone_without_extensions(), body.clone()));
         let upstream_request = Request::from_parts(parts, upstream_body);
         let response = match primary
             .send(upstream_request, self.settings.upstream_timeout)
@@ -231,19 +253,47 @@ impl Forwarder {
         let (mut response_parts, response_body) = response.into_parts();
         headers::strip_hop_by_hop(&mut response_parts.headers);
 
-        let Some((ticket, view, request_body)) = inspected else {
+        let Some((mut ticket, view, request_body)) = inspected else {
             return Ok(Response::from_parts(
                 response_parts,
                 ProxyBody::stream(response_body),
             ));
         };
-        let (buffered, body) = self.buffer_response(response_body).await?;
+        let (mut buffered, mut body) = self.buffer_response(response_body).await?;
+        let mut answered_by = primary.which;
+        if let Some(previous) = ticket.redirect(response_parts.status, buffered.as_ref())
+            && let Some((mut parts, bytes)) = replay
+        {
+            // State that lives only on the previous primary: ask it.
+            if let Ok(uri) = previous.url.uri_for(&path_and_query) {
+                parts.uri = uri;
+                if let Some(rewriter) = &self.rewriter {
+                    rewriter.rewrite(parts.uri.path(), &mut parts.headers, previous.which);
+                }
+                let request = Request::from_parts(parts, ProxyBody::full(bytes));
+                match previous.send(request, self.settings.upstream_timeout).await {
+                    Ok(response) => {
+                        let (mut parts, body_stream) = response.into_parts();
+                        headers::strip_hop_by_hop(&mut parts.headers);
+                        let (replayed, replayed_body) = self.buffer_response(body_stream).await?;
+                        response_parts = parts;
+                        buffered = replayed;
+                        body = replayed_body;
+                        answered_by = previous.which;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "the previous primary could not take a replayed request; keeping the primary's answer");
+                    }
+                }
+            }
+        }
         finish(
             ticket,
             &view,
             &request_body,
             &response_parts,
             buffered.as_ref(),
+            answered_by,
         )
         .await;
         Ok(Response::from_parts(response_parts, body))
@@ -351,6 +401,7 @@ async fn finish(
     request_body: &Bytes,
     response: &http::response::Parts,
     response_body: Option<&Bytes>,
+    answered_by: crate::metrics::Upstream,
 ) {
     let exchange = Exchange {
         method: &request.method,
@@ -361,6 +412,7 @@ async fn finish(
         status: response.status,
         response_headers: &response.headers,
         response_body,
+        answered_by,
     };
     ticket.finish(exchange).await;
 }

@@ -1,0 +1,346 @@
+//! The migration phases and the fenced cutover (DESIGN.md §6).
+//!
+//! # Phase table
+//!
+//! | from | event | to | guard / effect |
+//! |---|---|---|---|
+//! | `mirroring` | `begin` | `cutting-over` | pre-flight checks pass; trigger requests are held |
+//! | `cutting-over` | `flip` | `cut-over` | journal drained to zero, recently synced keys equal on both sides; epoch + 1; primary = target; held requests released to the target |
+//! | `cutting-over` | `abort` | `mirroring` | pause bound exceeded or a step failed; held requests released to the source |
+//! | `cut-over` | `begin` | `rolling-back` | (`handover rollback`) reverse pre-flight passes; trigger requests are held |
+//! | `rolling-back` | `flip` | `mirroring` | reverse journal drained; epoch + 1; primary = source |
+//! | `rolling-back` | `abort` | `cut-over` | as for `cutting-over` |
+//! | `cut-over` | `complete` | `completed` | sync stops; a plain pass-through to the target |
+//!
+//! Every other (phase, event) pair is refused. [`transition`] is the pure
+//! function of this table; [`Phases`] persists the phase and the epoch in
+//! `<journal dir>/phase.json` (written atomically *before* the new phase
+//! takes effect), so a restart resumes with the right primary. A process
+//! that dies while `cutting-over` or `rolling-back` never flipped (the flip
+//! is written first), so it restarts in the phase it was leaving.
+//!
+//! In `mirroring` the source is primary and changes sync source → target;
+//! in `cut-over` the target is primary and changes sync target → source, so
+//! a rollback loses nothing; in `completed` nothing syncs.
+
+pub mod credentials;
+pub mod gate;
+pub mod procedure;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::routing::Side;
+
+/// A migration phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Source primary, syncing to the target.
+    Mirroring,
+    /// Flipping to the target: writes held.
+    CuttingOver,
+    /// Target primary, syncing back to the source.
+    CutOver,
+    /// Flipping back to the source: writes held.
+    RollingBack,
+    /// Target primary, no sync: a plain pass-through.
+    Completed,
+}
+
+impl Phase {
+    /// The name used in `/status`, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mirroring => "mirroring",
+            Self::CuttingOver => "cutting-over",
+            Self::CutOver => "cut-over",
+            Self::RollingBack => "rolling-back",
+            Self::Completed => "completed",
+        }
+    }
+
+    /// Every phase, for metrics.
+    pub const ALL: [Self; 5] = [
+        Self::Mirroring,
+        Self::CuttingOver,
+        Self::CutOver,
+        Self::RollingBack,
+        Self::Completed,
+    ];
+
+    /// Which side serves traffic in this phase.
+    pub fn primary(self) -> Side {
+        match self {
+            Self::Mirroring | Self::CuttingOver => Side::Source,
+            Self::CutOver | Self::RollingBack | Self::Completed => Side::Target,
+        }
+    }
+
+    /// Whether changes are synced in this phase.
+    pub fn syncs(self) -> bool {
+        self != Self::Completed
+    }
+
+    /// Whether trigger requests are held in this phase.
+    pub fn holds_writes(self) -> bool {
+        matches!(self, Self::CuttingOver | Self::RollingBack)
+    }
+}
+
+/// What moves the phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Start a cutover (from `mirroring`) or a rollback (from `cut-over`).
+    Begin,
+    /// The drain and checks passed: switch the primary.
+    Flip,
+    /// The pause bound was exceeded or a step failed.
+    Abort,
+    /// Stop syncing for good.
+    Complete,
+}
+
+/// A refused transition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The event does not apply in the current phase.
+    #[error("cannot {event:?} while {phase}", phase = .phase.as_str())]
+    Illegal {
+        /// The current phase.
+        phase: Phase,
+        /// The event.
+        event: Event,
+    },
+    /// The phase file could not be written.
+    #[error("cannot persist the phase to {path}: {message}")]
+    Persist {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        message: String,
+    },
+}
+
+/// The pure transition function of the phase table.
+pub fn transition(phase: Phase, event: Event) -> Result<Phase, Error> {
+    use Event::{Abort, Begin, Complete, Flip};
+    use Phase::{Completed, CutOver, CuttingOver, Mirroring, RollingBack};
+    match (phase, event) {
+        (Mirroring, Begin) => Ok(CuttingOver),
+        (CuttingOver, Flip) => Ok(CutOver),
+        (CuttingOver, Abort) => Ok(Mirroring),
+        (CutOver, Begin) => Ok(RollingBack),
+        (RollingBack, Flip) => Ok(Mirroring),
+        (RollingBack, Abort) => Ok(CutOver),
+        (CutOver, Complete) => Ok(Completed),
+        (phase, event) => Err(Error::Illegal { phase, event }),
+    }
+}
+
+/// The persisted phase and epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The phase.
+    pub phase: Phase,
+    /// Increments at every flip of the primary (both directions).
+    pub epoch: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            phase: Phase::Mirroring,
+            epoch: 1,
+        }
+    }
+}
+
+/// The phase, persisted.
+#[derive(Debug)]
+pub struct Phases {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// The phase, readable without the lock on the request path.
+    fast: std::sync::atomic::AtomicU8,
+}
+
+impl Phases {
+    /// Loads `<dir>/phase.json` (`mirroring`, epoch 1 when absent). A
+    /// transient phase on disk means the process died mid-flip before the
+    /// flip was written: it resumes in the phase it was leaving.
+    pub fn load(dir: &Path) -> Result<Self, Error> {
+        let path = dir.join("phase.json");
+        let mut state = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<State>(&bytes).map_err(|err| Error::Persist {
+                path: path.clone(),
+                message: format!("unreadable: {err}"),
+            })?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(err) => {
+                return Err(Error::Persist {
+                    path,
+                    message: err.to_string(),
+                });
+            }
+        };
+        match state.phase {
+            Phase::CuttingOver => {
+                tracing::warn!(
+                    "restarted during a cutover that never flipped; resuming in mirroring"
+                );
+                state.phase = Phase::Mirroring;
+            }
+            Phase::RollingBack => {
+                tracing::warn!(
+                    "restarted during a rollback that never flipped; resuming in cut-over"
+                );
+                state.phase = Phase::CutOver;
+            }
+            _ => {}
+        }
+        Ok(Self {
+            path,
+            fast: std::sync::atomic::AtomicU8::new(state.phase as u8),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The current phase, lock-free.
+    pub fn phase(&self) -> Phase {
+        let value = self.fast.load(std::sync::atomic::Ordering::Acquire);
+        Phase::ALL
+            .into_iter()
+            .find(|phase| *phase as u8 == value)
+            .unwrap_or(Phase::Mirroring)
+    }
+
+    /// The current phase and epoch.
+    pub fn current(&self) -> State {
+        self.state.lock().map_or_else(|p| *p.into_inner(), |s| *s)
+    }
+
+    /// Applies an event: checks the table, persists the new state (a flip
+    /// increments the epoch), then makes it current.
+    pub fn apply(&self, event: Event) -> Result<State, Error> {
+        let mut guard = self.state.lock().map_err(|_| Error::Persist {
+            path: self.path.clone(),
+            message: "phase lock poisoned".to_owned(),
+        })?;
+        let phase = transition(guard.phase, event)?;
+        let epoch = if event == Event::Flip {
+            guard.epoch + 1
+        } else {
+            guard.epoch
+        };
+        let next = State { phase, epoch };
+        // Transient phases are not worth an fsync: a crash in them resumes
+        // in the phase before, which is what the file already says.
+        if !phase.holds_writes() {
+            persist(&self.path, &next).map_err(|err| Error::Persist {
+                path: self.path.clone(),
+                message: err.to_string(),
+            })?;
+        }
+        *guard = next;
+        self.fast
+            .store(phase as u8, std::sync::atomic::Ordering::Release);
+        tracing::info!(phase = phase.as_str(), epoch, "phase changed");
+        Ok(next)
+    }
+}
+
+fn persist(path: &Path, state: &State) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+    file.sync_data()?;
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        dir.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_legal_edge_of_the_table() {
+        use Event::*;
+        use Phase::*;
+        let legal = [
+            (Mirroring, Begin, CuttingOver),
+            (CuttingOver, Flip, CutOver),
+            (CuttingOver, Abort, Mirroring),
+            (CutOver, Begin, RollingBack),
+            (RollingBack, Flip, Mirroring),
+            (RollingBack, Abort, CutOver),
+            (CutOver, Complete, Completed),
+        ];
+        for (from, event, to) in legal {
+            assert_eq!(transition(from, event), Ok(to), "{from:?} {event:?}");
+        }
+        for from in Phase::ALL {
+            for event in [Begin, Flip, Abort, Complete] {
+                if !legal.iter().any(|(f, e, _)| *f == from && *e == event) {
+                    assert!(
+                        transition(from, event).is_err(),
+                        "{from:?} {event:?} must be refused"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn phases_name_the_primary() {
+        assert_eq!(Phase::Mirroring.primary(), Side::Source);
+        assert_eq!(Phase::CuttingOver.primary(), Side::Source);
+        assert_eq!(Phase::CutOver.primary(), Side::Target);
+        assert_eq!(Phase::RollingBack.primary(), Side::Target);
+        assert_eq!(Phase::Completed.primary(), Side::Target);
+        assert!(!Phase::Completed.syncs());
+    }
+
+    #[test]
+    fn the_phase_survives_a_restart_and_a_crash_mid_flip_resumes_safely() {
+        let dir = tempfile::tempdir().unwrap();
+        let phases = Phases::load(dir.path()).unwrap();
+        assert_eq!(phases.current(), State::default());
+        phases.apply(Event::Begin).unwrap();
+        // Crash while cutting over: nothing flipped.
+        assert_eq!(
+            Phases::load(dir.path()).unwrap().current().phase,
+            Phase::Mirroring
+        );
+        let flipped = phases.apply(Event::Flip).unwrap();
+        assert_eq!(
+            flipped,
+            State {
+                phase: Phase::CutOver,
+                epoch: 2
+            }
+        );
+        assert_eq!(Phases::load(dir.path()).unwrap().current(), flipped);
+        phases.apply(Event::Begin).unwrap();
+        assert_eq!(
+            Phases::load(dir.path()).unwrap().current().phase,
+            Phase::CutOver
+        );
+        assert_eq!(
+            phases.apply(Event::Flip).unwrap(),
+            State {
+                phase: Phase::Mirroring,
+                epoch: 3
+            }
+        );
+        assert!(phases.apply(Event::Complete).is_err());
+    }
+}
