@@ -405,6 +405,15 @@ fn sessions_in_export_order(stack: &Stack) -> Vec<(String, Value)> {
     sessions
 }
 
+/// Records per second while live writes race the backfill: slow enough
+/// that it cannot reach the changed records ([`AHEAD`]) meanwhile.
+const CRAWL: u64 = 10;
+/// Where the live writes go, relative to the backfill: far enough ahead not
+/// to be reached at [`CRAWL`] speed, near enough that the source has
+/// already streamed them (its export runs ahead of the reader by at least
+/// its 128 KiB of buffered chunks, about 150 records).
+const AHEAD: std::ops::Range<usize> = 40..140;
+
 /// Slows the running backfill down to a crawl once `dataset` has settled
 /// `at_least` records, so the records just ahead of it are read from the
 /// export but not yet written; returns how many it had settled.
@@ -417,7 +426,7 @@ async fn crawl_once(admin: &AdminClient, dataset: &str, at_least: u64) -> u64 {
     )
     .await;
     assert_eq!(status.backfill.state, "running");
-    admin.backfill("settings", Some(20), None).await.unwrap();
+    admin.backfill("settings", Some(CRAWL), None).await.unwrap();
     let status = admin.status().await.unwrap();
     settled(&status, dataset)
 }
@@ -440,17 +449,24 @@ async fn live_writes_win_over_the_export() {
     // Ahead of the backfill (the export already carries the old version)
     // and behind it (already copied); never a client that holds the
     // seeded authorizations.
-    let ahead = (at + 40..at + 200).step_by(4);
+    let ahead = (at + AHEAD.start..at + AHEAD.end).step_by(4);
     let behind = (authz_clients + 5..at - 30).step_by(4);
     let mut updated = Vec::new();
     let mut deleted_clients = Vec::new();
+    // Keys changed ahead of the backfill, per dataset: their exported
+    // copies are older than the source.
+    let mut ahead_touched = [0; 3];
     for (n, index) in ahead.chain(behind).enumerate() {
         let record = &clients[index];
+        let confidential = record.get("client_secret").is_some();
+        if index > at && (n % 3 == 2 || confidential) {
+            ahead_touched[0] += 1;
+        }
         if n % 3 == 2 {
             let id = record["client_id"].as_str().unwrap();
             stack.via_proxy.delete_client(id).await.unwrap();
             deleted_clients.push(id.to_owned());
-        } else if record.get("client_secret").is_some() {
+        } else if confidential {
             let old = registered(record.clone());
             let new = stack
                 .via_proxy
@@ -472,12 +488,15 @@ async fn live_writes_win_over_the_export() {
         let client = index % authz_clients;
         client % 5 != 4 && client % 7 != 6
     };
-    let ahead = (at + 40..at + 200).filter(usable);
+    let ahead = (at + AHEAD.start..at + AHEAD.end).filter(usable);
     let behind = (0..at - 30).filter(usable);
     let mut refreshed = Vec::new();
     let mut revoked = Vec::new();
     for index in ahead.step_by(3).chain(behind.step_by(9)) {
         let record = &authorizations[index];
+        if index > at {
+            ahead_touched[1] += 1;
+        }
         let (subject, client_id) = (
             record["sub"].as_str().unwrap().to_owned(),
             record["cid"].as_str().unwrap().to_owned(),
@@ -503,12 +522,15 @@ async fn live_writes_win_over_the_export() {
     // ---- sessions ----
     let sessions = sessions_in_export_order(&stack);
     let at = crawl_once(&admin, "sessions", 100).await as usize;
-    let ahead = (at + 40..at + 200).step_by(4);
+    let ahead = (at + AHEAD.start..at + AHEAD.end).step_by(4);
     let behind = (0..at - 30).step_by(7);
     let mut ended = Vec::new();
     let mut changed = Vec::new();
     for (n, index) in ahead.chain(behind).enumerate() {
         let (sid, session) = &sessions[index];
+        if index > at {
+            ahead_touched[2] += 1;
+        }
         match n % 3 {
             0 => {
                 stack.via_proxy.logout(sid).await.unwrap();
@@ -547,7 +569,7 @@ async fn live_writes_win_over_the_export() {
     assert_eq!(status.backfill.state, "done", "{status:?}");
     stack.wait_synced().await;
     eprintln!(
-        "touched {} clients, {} authorizations, {} sessions; backfill {}",
+        "touched {} clients, {} authorizations, {} sessions ({ahead_touched:?} ahead of the backfill); backfill {}",
         updated.len() + deleted_clients.len(),
         refreshed.len() + revoked.len(),
         ended.len() + changed.len(),
@@ -590,10 +612,12 @@ async fn live_writes_win_over_the_export() {
         assert_eq!(&target.session(sid).unwrap()["data"], data);
     }
 
-    // The exported copies of keys live traffic owned were not written.
-    for dataset in DATASETS {
+    // The exported copies of the keys live traffic changed ahead of the
+    // backfill were not written, and no other copy was held back.
+    for (dataset, ahead) in DATASETS.into_iter().zip(ahead_touched) {
         let progress = &status.backfill.datasets[dataset];
         assert!(progress.skipped > 0, "{dataset}: {progress:?}");
+        assert_eq!(progress.skipped, ahead, "{dataset}: {progress:?}");
         assert_eq!(progress.failed, 0, "{dataset}: {progress:?}");
     }
     assert_no_drift(&verify(&admin, VerifyRequest::default()).await);
