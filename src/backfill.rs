@@ -25,8 +25,8 @@
 //!
 //! Records complete out of order (bounded concurrency); the checkpoint is
 //! the number of leading records of the export that are settled (copied,
-//! skipped because live traffic owns them, or dead-lettered), plus a hash of
-//! the last one's key. It is written atomically to
+//! skipped because live traffic owns them, or dead-lettered), how many of
+//! them settled each way, plus a hash of the last one's key. It is written atomically to
 //! `<journal dir>/backfill/<dataset>.json` about once a second and when the
 //! dataset ends. **What resume guarantees:** after a restart (or a failed
 //! export), the dataset's export is streamed again and the first
