@@ -139,7 +139,8 @@ struct Checkpoint {
     /// checks the export order on resume without storing the key (a
     /// session id is a secret).
     last_key_hash: Option<String>,
-    /// Records written, skipped (live traffic owned them), failed.
+    /// Of the settled records: written, skipped (live traffic owned them),
+    /// failed.
     copied: u64,
     skipped: u64,
     failed: u64,
