@@ -25,8 +25,8 @@
 //!
 //! Records complete out of order (bounded concurrency); the checkpoint is
 //! the number of leading records of the export that are settled (copied,
-//! skipped because live traffic owns them, or dead-lettered), plus a hash of
-//! the last one's key. It is written atomically to
+//! skipped because live traffic owns them, or dead-lettered), how many of
+//! them settled each way, plus a hash of the last one's key. It is written atomically to
 //! `<journal dir>/backfill/<dataset>.json` about once a second and when the
 //! dataset ends. **What resume guarantees:** after a restart (or a failed
 //! export), the dataset's export is streamed again and the first
@@ -139,7 +139,8 @@ struct Checkpoint {
     /// checks the export order on resume without storing the key (a
     /// session id is a secret).
     last_key_hash: Option<String>,
-    /// Records written, skipped (live traffic owned them), failed.
+    /// Of the settled records: written, skipped (live traffic owned them),
+    /// failed.
     copied: u64,
     skipped: u64,
     failed: u64,
@@ -159,6 +160,14 @@ struct Progress {
 }
 
 impl Progress {
+    fn counter(&self, outcome: Outcome) -> &AtomicU64 {
+        match outcome {
+            Outcome::Copied => &self.copied,
+            Outcome::Skipped => &self.skipped,
+            Outcome::Failed => &self.failed,
+        }
+    }
+
     fn settled(&self) -> u64 {
         self.copied.load(Ordering::Relaxed)
             + self.skipped.load(Ordering::Relaxed)
@@ -493,7 +502,7 @@ impl Inner {
         }
         tracing::info!(dataset, total = ?total, resume_at = checkpoint.settled, "backfill copying");
 
-        let tracker = Arc::new(Mutex::new(Settled::new(checkpoint.settled)));
+        let tracker = Arc::new(Mutex::new(Settled::new(&checkpoint)));
         let result = self
             .stream_dataset(config, dataset, &checkpoint, &progress, &tracker)
             .await;
@@ -573,7 +582,7 @@ impl Inner {
                         if index > skip {
                             progress.failed.fetch_add(1, Ordering::Relaxed);
                             if let Ok(mut t) = tracker.lock() {
-                                t.complete(index, None);
+                                t.complete(index, None, Outcome::Failed);
                             }
                         }
                         continue;
@@ -595,7 +604,7 @@ impl Inner {
                     tracing::warn!(dataset, index, "malformed record in the export; skipped");
                     progress.failed.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut t) = tracker.lock() {
-                        t.complete(index, None);
+                        t.complete(index, None, Outcome::Failed);
                     }
                     continue;
                 };
@@ -613,16 +622,15 @@ impl Inner {
                 in_flight.spawn(async move {
                     let outcome = sync.backfill(key, record).await;
                     drop(permit);
-                    match outcome {
-                        BackfillOutcome::Copied => progress.copied.fetch_add(1, Ordering::Relaxed),
-                        BackfillOutcome::Skipped => {
-                            progress.skipped.fetch_add(1, Ordering::Relaxed)
-                        }
-                        BackfillOutcome::Failed => progress.failed.fetch_add(1, Ordering::Relaxed),
+                    let outcome = match outcome {
+                        BackfillOutcome::Copied => Outcome::Copied,
+                        BackfillOutcome::Skipped => Outcome::Skipped,
+                        BackfillOutcome::Failed => Outcome::Failed,
                         BackfillOutcome::Stopped => return,
                     };
+                    progress.counter(outcome).fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut t) = tracker.lock() {
-                        t.complete(index, Some(key_hash));
+                        t.complete(index, Some(key_hash), outcome);
                     }
                 });
                 while in_flight.try_join_next().is_some() {}
@@ -725,18 +733,20 @@ impl Inner {
         tracker: &Mutex<Settled>,
         done: bool,
     ) {
-        let (settled, last_key_hash) = tracker
-            .lock()
-            .map(|t| (t.settled, t.last_hash.clone()))
-            .unwrap_or((base.settled, base.last_key_hash.clone()));
-        let checkpoint = Checkpoint {
-            done,
-            settled,
-            last_key_hash,
-            copied: progress.copied.load(Ordering::Relaxed),
-            skipped: progress.skipped.load(Ordering::Relaxed),
-            failed: progress.failed.load(Ordering::Relaxed),
-            total: progress.total,
+        // The counts describe the settled prefix, like `settled`: records
+        // that completed beyond it are written again on resume and must
+        // not be counted twice.
+        let checkpoint = match tracker.lock() {
+            Ok(t) => Checkpoint {
+                done,
+                settled: t.settled,
+                last_key_hash: t.last_hash.clone(),
+                copied: t.copied,
+                skipped: t.skipped,
+                failed: t.failed,
+                total: progress.total,
+            },
+            Err(_) => base.clone(),
         };
         if let Err(err) = write_checkpoint(&config.dir, dataset, &checkpoint) {
             tracing::warn!(dataset, error = %err, "cannot write the backfill checkpoint");
@@ -751,28 +761,48 @@ enum DatasetError {
     OrderChanged,
 }
 
+/// How one exported record settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Copied,
+    Skipped,
+    Failed,
+}
+
 /// Tracks the contiguous prefix of settled records (they settle out of
-/// order).
+/// order), and how the records of that prefix settled.
 #[derive(Debug)]
 struct Settled {
     settled: u64,
     last_hash: Option<String>,
-    pending: BTreeMap<u64, Option<String>>,
+    copied: u64,
+    skipped: u64,
+    failed: u64,
+    pending: BTreeMap<u64, (Option<String>, Outcome)>,
 }
 
 impl Settled {
-    fn new(settled: u64) -> Self {
+    /// Continues from a checkpoint.
+    fn new(checkpoint: &Checkpoint) -> Self {
         Self {
-            settled,
-            last_hash: None,
+            settled: checkpoint.settled,
+            last_hash: checkpoint.last_key_hash.clone(),
+            copied: checkpoint.copied,
+            skipped: checkpoint.skipped,
+            failed: checkpoint.failed,
             pending: BTreeMap::new(),
         }
     }
 
-    fn complete(&mut self, index: u64, hash: Option<String>) {
-        self.pending.insert(index, hash);
-        while let Some(hash) = self.pending.remove(&(self.settled + 1)) {
+    fn complete(&mut self, index: u64, hash: Option<String>, outcome: Outcome) {
+        self.pending.insert(index, (hash, outcome));
+        while let Some((hash, outcome)) = self.pending.remove(&(self.settled + 1)) {
             self.settled += 1;
+            match outcome {
+                Outcome::Copied => self.copied += 1,
+                Outcome::Skipped => self.skipped += 1,
+                Outcome::Failed => self.failed += 1,
+            }
             if hash.is_some() {
                 self.last_hash = hash;
             }
@@ -893,15 +923,37 @@ mod tests {
 
     #[test]
     fn the_settled_prefix_advances_over_out_of_order_completions() {
-        let mut settled = Settled::new(10);
-        settled.complete(12, Some("b".into()));
+        let mut settled = Settled::new(&Checkpoint {
+            settled: 10,
+            copied: 9,
+            failed: 1,
+            ..Checkpoint::default()
+        });
+        settled.complete(12, Some("b".into()), Outcome::Skipped);
         assert_eq!(settled.settled, 10);
-        settled.complete(11, Some("a".into()));
+        settled.complete(11, Some("a".into()), Outcome::Copied);
         assert_eq!(settled.settled, 12);
         assert_eq!(settled.last_hash.as_deref(), Some("b"));
-        settled.complete(13, None);
+        settled.complete(13, None, Outcome::Failed);
         assert_eq!(settled.settled, 13);
         assert_eq!(settled.last_hash.as_deref(), Some("b"));
+        assert_eq!(
+            (settled.copied, settled.skipped, settled.failed),
+            (10, 1, 2)
+        );
+    }
+
+    #[test]
+    fn completions_beyond_the_settled_prefix_are_not_counted_in_it() {
+        // Record 2 is still in flight when the backfill stops: records 3
+        // and 4 will be written again on resume, so the checkpoint must
+        // not count them yet.
+        let mut settled = Settled::new(&Checkpoint::default());
+        settled.complete(1, Some("a".into()), Outcome::Copied);
+        settled.complete(3, Some("c".into()), Outcome::Copied);
+        settled.complete(4, Some("d".into()), Outcome::Skipped);
+        assert_eq!(settled.settled, 1);
+        assert_eq!((settled.copied, settled.skipped, settled.failed), (1, 0, 0));
     }
 
     #[test]

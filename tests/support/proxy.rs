@@ -234,6 +234,12 @@ impl TestProxy {
 
     /// Triggers shutdown and waits for `app::run` to return.
     pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+
+    /// Like [`TestProxy::shutdown`], in place (for a restart through a
+    /// `&mut` owner).
+    pub async fn stop(&mut self) {
         self.begin_shutdown();
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();

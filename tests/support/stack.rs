@@ -3,13 +3,17 @@
 //! proxy in front of the source, with drivers for traffic through the proxy
 //! and for direct checks on either server.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use handover::config::{ApiTokens, Config};
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::Driver;
 use handover::emulator::jwks::JwkSet;
+use handover::ops::AdminClient;
+use handover::target::connect2id::comparable;
 use http_body_util::BodyExt;
+use serde_json::Value;
 use tokio::net::TcpListener;
 
 use super::proxy::{TestProxy, client, get};
@@ -40,6 +44,13 @@ impl Stack {
 
     /// Starts everything; `adjust` may change the proxy config.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_seeded(0, adjust).await
+    }
+
+    /// Starts everything with `seed` synthetic records per dataset on the
+    /// source (records that existed before the proxy came: the backfill's
+    /// work); the target starts empty. `adjust` may change the proxy config.
+    pub async fn start_seeded(seed: usize, adjust: impl FnOnce(&mut Config)) -> Self {
         let jwks = JwkSet::generate();
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://{}/c2id", proxy_listener.local_addr().unwrap());
@@ -50,7 +61,9 @@ impl Stack {
             config.issuer = Some(issuer.clone());
             config
         };
-        let source = start_emulator(emulator(&jwks)).await;
+        let mut source_config = emulator(&jwks);
+        source_config.seed = seed;
+        let source = start_emulator(source_config).await;
         let target = start_emulator(emulator(&jwks)).await;
         let mut config = Config::for_test(&source.url(), &target.url(), TOKEN);
         config.source.tokens = ApiTokens::single(TOKEN);
@@ -79,6 +92,44 @@ impl Stack {
 
     pub fn target_emulator(&self) -> &Connect2id {
         self.target.emulator()
+    }
+
+    /// A client of the proxy's admin API, as the operator CLI uses it.
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::new(&self.proxy.admin_url(""), Some(TOKEN.to_owned()))
+    }
+
+    /// Shuts the proxy down cleanly (its journal directory stays).
+    pub async fn stop_proxy(&mut self) {
+        self.proxy.stop().await;
+    }
+
+    /// Shuts the proxy down cleanly (unless it is already stopped) and
+    /// starts a new one on the same journal directory and downstream
+    /// address, as a restart or a deploy does. The admin address changes.
+    pub async fn restart_proxy(&mut self) {
+        self.proxy.stop().await;
+        let dir = self
+            .proxy
+            .journal_dir
+            .take()
+            .expect("the stack owns the journal");
+        let addr = self.proxy.addr;
+        let mut config = self.config.clone();
+        config.journal.dir = dir.path().to_owned();
+        config.proxy.listen = addr;
+        self.proxy = TestProxy::start_with_journal(config).await;
+        self.proxy.journal_dir = Some(dir);
+        self.proxy.wait_ready().await;
+    }
+
+    /// The journal directory of the running proxy.
+    pub fn journal_dir(&self) -> &std::path::Path {
+        self.proxy
+            .journal_dir
+            .as_ref()
+            .expect("the stack owns the journal")
+            .path()
     }
 
     /// Waits until the journal is empty (every change reached the target).
@@ -152,4 +203,49 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .filter_map(|line| line.rsplit(' ').next())
         .filter_map(|value| value.parse::<f64>().ok())
         .sum()
+}
+
+/// Every record of every dataset of an emulator, in comparable form (the
+/// fields that legitimately differ removed), by key.
+pub fn snapshot(emulator: &Connect2id) -> BTreeMap<String, Value> {
+    let mut records = BTreeMap::new();
+    for client in emulator.clients() {
+        let id = client["client_id"].as_str().unwrap().to_owned();
+        records.insert(format!("client:{id}"), comparable("clients", &client));
+    }
+    for authorization in emulator.authorizations() {
+        let key = format!(
+            "authz:{}|{}",
+            authorization["sub"].as_str().unwrap(),
+            authorization["cid"].as_str().unwrap()
+        );
+        records.insert(key, comparable("authorizations", &authorization));
+    }
+    for (sid, session) in emulator.sessions() {
+        records.insert(format!("session:{sid}"), comparable("sessions", &session));
+    }
+    records
+}
+
+/// How the target's records differ from the source's, one line per key
+/// (empty when they agree).
+pub fn differences(source: &Connect2id, target: &Connect2id) -> Vec<String> {
+    let source = snapshot(source);
+    let target = snapshot(target);
+    let mut drift = Vec::new();
+    for (key, record) in &source {
+        match target.get(key) {
+            None => drift.push(format!("{key}: missing on target")),
+            Some(other) if other != record => {
+                drift.push(format!(
+                    "{key}: differs\n  source {record}\n  target {other}"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for key in target.keys().filter(|key| !source.contains_key(*key)) {
+        drift.push(format!("{key}: extra on target"));
+    }
+    drift
 }
