@@ -78,6 +78,10 @@ pub struct Summary {
     pub backfill: crate::admin::BackfillStatus,
     /// How long the backfill took.
     pub backfill_time: Duration,
+    /// The cutover under load.
+    pub cutover: crate::cutover::procedure::Report,
+    /// Refresh tokens rotated just before the flip, used after it.
+    pub rotations: traffic::RotationCheck,
     /// The final verify, through the admin API.
     pub verify: crate::verify::Report,
     /// The emulators compared directly, record by record (a second
@@ -91,11 +95,14 @@ pub struct Summary {
 
 impl Summary {
     /// Whether the demo succeeded: no drift (by verify and by direct
-    /// comparison), backfill done, no failed client request.
+    /// comparison), backfill done, cut over, no failed client request, no
+    /// refresh token rotated before the flip refused after it.
     pub fn passed(&self) -> bool {
         self.totals.errors == 0
             && self.verify.drift == 0
             && self.backfill.state == "done"
+            && self.cutover.outcome == "cut-over"
+            && self.rotations.refused == 0
             && self.drift.iter().all(|d| d.drifted() == 0)
     }
 }
@@ -202,17 +209,50 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     let base = format!("http://{proxy_addr}/c2id");
     let traffic = Arc::new(traffic::Traffic::new(&base, TOKEN));
     operator.backfill("start", None, None).await?;
-    let lag_samples = traffic::run(&traffic, &admin, options.users, options.duration).await;
+    let traffic_started = Instant::now();
+    let load = tokio::spawn(traffic::run(
+        Arc::clone(&traffic),
+        admin.clone(),
+        options.users,
+        options.duration,
+    ));
+
+    // Cut over under load: once the backfill is done and a little more than
+    // half the traffic has run.
+    let cutover_at = traffic_started + options.duration.mul_f64(0.55);
+    let backfill = loop {
+        let status = admin.status().await.map(|s| s.backfill).unwrap_or_default();
+        if (status.state == "done" || status.state == "failed") && Instant::now() >= cutover_at {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let backfill_time = Duration::from_millis(backfill.elapsed_ms);
+    traffic::progress_done();
+    say("cutting over to the target under load: hold writes, drain, verify, flip, release");
+    let cutover_started = Instant::now();
+    let cutover = operator
+        .flip("/cutover", &crate::cutover::procedure::Request::default())
+        .await?;
+    say(&format!(
+        "  {} at epoch {}: writes held {} ms, {} requests held and released to the {}",
+        cutover.outcome, cutover.epoch, cutover.pause_ms, cutover.held, cutover.primary
+    ));
+    let lag_samples = load.await.unwrap_or_default();
     let totals = traffic.totals();
 
-    say("traffic stopped; waiting for the backfill and the journal");
-    let backfill = admin.wait_backfill(Duration::from_secs(600)).await;
-    let backfill_time = Duration::from_millis(backfill.elapsed_ms);
+    say("traffic stopped; waiting for the journal to drain");
     let drain_started = Instant::now();
     admin.wait_drained(Duration::from_secs(60)).await;
     let drain = drain_started.elapsed();
 
-    say("verifying: every record of the source compared with the target");
+    say("checking that refresh tokens rotated in the last second before the flip work after it");
+    let rotations = traffic
+        .check_rotations(cutover_started - Duration::from_secs(1), cutover_started)
+        .await;
+    admin.wait_drained(Duration::from_secs(60)).await;
+
+    say("verifying: every record of the new primary compared with the old one");
     let verify = operator
         .verify(&crate::verify::Request::default(), |status| {
             traffic::progress(&format!(
@@ -229,6 +269,8 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         synced,
         backfill,
         backfill_time,
+        cutover,
+        rotations,
         verify,
         drift,
         lag_p99: percentile(&lag_samples, 0.99),
@@ -373,8 +415,29 @@ fn print_summary(summary: &Summary) {
         summary.backfill_time.as_secs_f64(),
         backfill.join(" · ")
     );
+    let cutover = &summary.cutover;
+    let _ = writeln!(
+        out,
+        "cutover              {} at epoch {} (primary {}): write pause {} ms, held {} · released {} · refused {}",
+        cutover.outcome,
+        cutover.epoch,
+        cutover.primary,
+        cutover.pause_ms,
+        cutover.held,
+        cutover.released,
+        cutover.rejected
+    );
+    let rotations = &summary.rotations;
+    let _ = writeln!(
+        out,
+        "no gap at the flip   {} refresh tokens rotated in the last second before the flip (still current at it): {} used by their users after it, {} by the check, {} refused",
+        rotations.rotated, rotations.used_by_users, rotations.used_by_check, rotations.refused
+    );
     let _ = writeln!(out);
-    let _ = writeln!(out, "verify (handover's own, through the admin API):");
+    let _ = writeln!(
+        out,
+        "verify after the cutover (handover's own, through the admin API):"
+    );
     let _ = write!(out, "{}", crate::ops::render_report(&summary.verify));
     let direct: usize = summary.drift.iter().map(DatasetDrift::drifted).sum();
     let _ = writeln!(
@@ -386,7 +449,7 @@ fn print_summary(summary: &Summary) {
     let verdict = if summary.passed() { "PASS" } else { "FAIL" };
     let _ = writeln!(
         out,
-        "drift {} · failed client requests {} · failed refreshes {} → {verdict}",
-        summary.verify.drift, totals.errors, totals.failed_refreshes
+        "drift {} · failed client requests {} · failed refreshes {} · write pause {} ms → {verdict}",
+        summary.verify.drift, totals.errors, totals.failed_refreshes, summary.cutover.pause_ms
     );
 }

@@ -1,5 +1,6 @@
-//! The demo, as the README's first command runs it (shorter): traffic
-//! through the proxy, then zero drift and zero failed requests.
+//! The demo, as the README's first command runs it (shorter): backfill and
+//! a cutover under traffic through the proxy, then zero drift, zero failed
+//! requests and no refresh token lost at the flip.
 
 #![allow(clippy::unwrap_used)] // tests unwrap freely; a panic is a failure
 
@@ -17,6 +18,9 @@ async fn the_demo_ends_with_zero_drift_and_zero_failures() {
     assert_eq!(summary.totals.errors, 0, "{summary:?}");
     assert_eq!(summary.backfill.state, "done", "{summary:?}");
     assert_eq!(summary.verify.drift, 0, "{summary:?}");
+    assert_eq!(summary.cutover.outcome, "cut-over", "{summary:?}");
+    assert_eq!(summary.cutover.primary, "target");
+    assert_eq!(summary.rotations.refused, 0, "{summary:?}");
     for dataset in summary.verify.datasets.values() {
         assert!(dataset.matching >= 300, "{dataset:?}");
     }

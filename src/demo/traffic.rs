@@ -64,14 +64,52 @@ struct Counters {
 pub struct Traffic {
     driver: Driver,
     counters: Counters,
+    grant_ids: AtomicU64,
+    events: std::sync::Mutex<Vec<TokenEvent>>,
+    /// The latest credentials of every client (secrets rotate on update).
+    clients: std::sync::Mutex<std::collections::HashMap<String, RegisteredClient>>,
 }
 
 /// A user's grant, kept to refresh, revoke or log out later.
 #[derive(Debug)]
 struct Grant {
+    id: u64,
     client: RegisteredClient,
     sid: String,
     refresh_token: Option<String>,
+}
+
+/// What happened to refresh tokens, for the "no gap at the flip" check.
+#[derive(Debug, Clone)]
+enum TokenEvent {
+    /// A refresh returned a new refresh token.
+    Rotated {
+        at: Instant,
+        grant: u64,
+        client: RegisteredClient,
+        token: String,
+    },
+    /// A refresh token was used successfully.
+    Used {
+        at: Instant,
+        grant: u64,
+        token: String,
+    },
+    /// The grant was revoked.
+    Revoked { grant: u64 },
+}
+
+/// The outcome of the "no gap at the flip" check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RotationCheck {
+    /// Refresh tokens rotated in the window before the flip.
+    pub rotated: u64,
+    /// Of those, used successfully after the flip by the simulated users.
+    pub used_by_users: u64,
+    /// Of those, used successfully by the check itself after the traffic.
+    pub used_by_check: u64,
+    /// Of those, refused after the flip.
+    pub refused: u64,
 }
 
 impl Traffic {
@@ -80,7 +118,80 @@ impl Traffic {
         Self {
             driver: Driver::new(base, token),
             counters: Counters::default(),
+            grant_ids: AtomicU64::new(0),
+            events: std::sync::Mutex::new(Vec::new()),
+            clients: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    fn event(&self, event: TokenEvent) {
+        if let Ok(mut events) = self.events.lock() {
+            events.push(event);
+        }
+    }
+
+    /// Checks that every refresh token rotated in `[from, until)` (the last
+    /// moments before the flip) and still current at `until` works after
+    /// the flip: either a user refreshed with it after `until`, or the check
+    /// refreshes with it now (through the proxy, i.e. at the new primary).
+    /// Revoked grants are left out.
+    pub async fn check_rotations(&self, from: Instant, until: Instant) -> RotationCheck {
+        let events = self.events.lock().map(|e| e.clone()).unwrap_or_default();
+        let mut check = RotationCheck::default();
+        for (index, event) in events.iter().enumerate() {
+            let TokenEvent::Rotated {
+                at,
+                grant,
+                client,
+                token,
+            } = event
+            else {
+                continue;
+            };
+            if *at < from || *at >= until {
+                continue;
+            }
+            let later = &events[index + 1..];
+            if later
+                .iter()
+                .any(|e| matches!(e, TokenEvent::Revoked { grant: g } if g == grant))
+            {
+                continue;
+            }
+            let used_at = later.iter().find_map(|e| match e {
+                TokenEvent::Used {
+                    at,
+                    grant: g,
+                    token: t,
+                } if g == grant && t == token => Some(*at),
+                _ => None,
+            });
+            match used_at {
+                // Rotated again before the flip: not current at the flip.
+                Some(at) if at < until => continue,
+                Some(_) => {
+                    check.rotated += 1;
+                    check.used_by_users += 1;
+                    continue;
+                }
+                None => check.rotated += 1,
+            }
+            // The app uses its current secret (it rotates on updates).
+            let client = self
+                .clients
+                .lock()
+                .ok()
+                .and_then(|clients| clients.get(&client.id).cloned())
+                .unwrap_or_else(|| client.clone());
+            match self.driver.refresh(&client, token).await {
+                Ok(_) => check.used_by_check += 1,
+                Err(err) => {
+                    check.refused += 1;
+                    tracing::warn!(error = %err, "a refresh token rotated before the flip was refused after it");
+                }
+            }
+        }
+        check
     }
 
     /// A snapshot of the counters.
@@ -164,6 +275,7 @@ impl Traffic {
                         &c.exchanges,
                     ) {
                         grants.push(Grant {
+                            id: self.grant_ids.fetch_add(1, Ordering::Relaxed),
                             client: client.clone(),
                             sid: login.sid,
                             refresh_token: tokens.refresh_token,
@@ -182,7 +294,18 @@ impl Traffic {
                     match self.driver.refresh(&grant.client, &token).await {
                         Ok(tokens) => {
                             c.refreshes.fetch_add(1, Ordering::Relaxed);
+                            self.event(TokenEvent::Used {
+                                at: Instant::now(),
+                                grant: grant.id,
+                                token: token.clone(),
+                            });
                             if let Some(rotated) = tokens.refresh_token {
+                                self.event(TokenEvent::Rotated {
+                                    at: Instant::now(),
+                                    grant: grant.id,
+                                    client: grant.client.clone(),
+                                    token: rotated.clone(),
+                                });
                                 grant.refresh_token = Some(rotated);
                             }
                         }
@@ -207,6 +330,9 @@ impl Traffic {
                         // only honoured for 30 minutes, and only the last one).
                         for grant in grants.iter_mut().filter(|g| g.client.id == updated.id) {
                             grant.client = updated.clone();
+                        }
+                        if let Ok(mut clients) = self.clients.lock() {
+                            clients.insert(updated.id.clone(), updated.clone());
                         }
                         client = updated;
                     }
@@ -233,6 +359,7 @@ impl Traffic {
                         continue;
                     }
                     let grant = grants.swap_remove(fastrand::usize(..grants.len()));
+                    self.event(TokenEvent::Revoked { grant: grant.id });
                     if let Some(token) = &grant.refresh_token {
                         self.count(
                             1,
@@ -268,8 +395,8 @@ fn pick(grants: &mut [Grant]) -> Option<&mut Grant> {
 /// Runs `users` users until `duration` passes, printing a progress line each
 /// second; returns the sync lag samples.
 pub async fn run(
-    traffic: &Arc<Traffic>,
-    admin: &AdminProbe,
+    traffic: Arc<Traffic>,
+    admin: AdminProbe,
     users: usize,
     duration: Duration,
 ) -> Vec<Duration> {
@@ -277,7 +404,7 @@ pub async fn run(
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..users {
-        let traffic = Arc::clone(traffic);
+        let traffic = Arc::clone(&traffic);
         tasks.spawn(async move { traffic.user(index, deadline).await });
     }
     let mut samples = Vec::new();
