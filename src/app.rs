@@ -51,6 +51,7 @@ use crate::proxy::forward::{PrimarySelector, Rewriter, Settings};
 use crate::proxy::{self, Forwarder, Hook, ListenerOptions};
 use crate::routing::{Routing, Side};
 use crate::sync::{self, SyncHandle};
+use crate::target::authlete::Authlete;
 use crate::target::connect2id::Connect2id;
 use crate::triggers::Change;
 use crate::upstream::Upstream;
@@ -193,22 +194,40 @@ pub async fn run(
         &config.proxy,
         &metrics,
     )?);
+    // For an Authlete target, traffic goes to the new authorization server
+    // after a cutover, and the sync talks to the Authlete API.
+    let target_traffic = match config.target.authlete.as_ref().and_then(|a| a.new_primary.clone()) {
+        Some(url) => {
+            let mut server = config.target.clone();
+            server.url = url;
+            server.ca_file = config.target.authlete.as_ref().and_then(|a| a.new_primary_ca_file.clone());
+            server
+        }
+        None => config.target.clone(),
+    };
     let target = Arc::new(Upstream::new(
         metrics::Upstream::Target,
-        &config.target,
+        &target_traffic,
         &config.proxy,
         &metrics,
     )?);
     let timeout = config.sync.request_timeout;
     // The phase decides who is primary: a restart after a flip keeps it.
     let phases = Arc::new(Phases::load(&config.journal.dir)?);
-    let routing = Arc::new(Routing::new(
+    let mut routing = Routing::new(
         Arc::clone(&source),
         Arc::clone(&target),
         Connect2id::new(Arc::clone(&source), config.source.tokens.clone(), timeout),
         Connect2id::new(Arc::clone(&target), config.target.tokens.clone(), timeout),
         phases.current().phase.primary(),
-    ));
+    );
+    if let Some(settings) = &config.target.authlete {
+        let api = Arc::new(Upstream::new(metrics::Upstream::Target, &config.target, &config.proxy, &metrics)?);
+        let authlete = Arc::new(Authlete::new(api, settings.clone(), timeout));
+        check_authlete(Arc::clone(&authlete));
+        routing = routing.with_authlete(authlete);
+    }
+    let routing = Arc::new(routing);
     let gate = Arc::new(Gate::new(
         config.cutover.hold_max_requests,
         config.cutover.hold_max_bytes,
@@ -280,6 +299,11 @@ pub async fn run(
             max_lag: config.cutover.max_lag,
             peers: config.cutover.peers.clone(),
             admin_token: config.admin.token.as_ref().map(|t| t.expose().to_owned()),
+            target_serves_traffic: config
+                .target
+                .authlete
+                .as_ref()
+                .is_none_or(|authlete| authlete.new_primary.is_some()),
         },
     ));
     let credentials = Arc::new(CredentialRewriter {
@@ -421,6 +445,22 @@ pub async fn run(
     tracker.wait().await;
     tracing::info!("handover stopped");
     Ok(())
+}
+
+/// Checks the Authlete service settings the migration depends on, in the
+/// background (logged; the proxy starts regardless).
+fn check_authlete(authlete: Arc<Authlete>) {
+    tokio::spawn(async move {
+        match authlete.check_service().await {
+            Ok(check) if check.warnings.is_empty() => tracing::info!("Authlete service settings checked"),
+            Ok(check) => {
+                for warning in check.warnings {
+                    tracing::warn!(warning = %warning, "Authlete service setting");
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "cannot read the Authlete service settings"),
+        }
+    });
 }
 
 /// Gives the journal's backlog from before a restart to the sync workers.

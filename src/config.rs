@@ -56,6 +56,10 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 /// Datasets synced when `sync.datasets` is not given: all of them (the
 /// migration guide's three steps).
 pub const DATASETS: [&str; 3] = ["clients", "authorizations", "sessions"];
+/// Datasets synced to an Authlete target: client registrations and tokens
+/// (Authlete has no authorization records or subject sessions; the new
+/// authorization server keeps its own sessions).
+pub const AUTHLETE_DATASETS: [&str; 2] = ["clients", "tokens"];
 /// Deadline for one management-API call made by the sync (read at the
 /// primary or write at the secondary).
 pub const DEFAULT_SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -272,6 +276,19 @@ pub struct RawServer {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub http2: bool,
+    // Authlete targets only.
+    pub api_version: Option<u8>,
+    pub service_id: Option<String>,
+    pub access_token_env: Option<String>,
+    pub access_token_file: Option<PathBuf>,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub api_secret_env: Option<String>,
+    pub api_secret_file: Option<PathBuf>,
+    pub new_primary_url: Option<String>,
+    pub new_primary_ca_file: Option<PathBuf>,
+    pub refresh_token_duration: Option<String>,
+    pub token_sample: Option<usize>,
 }
 
 /// `[source.tokens]` / `[target.tokens]`: one token per management API.
@@ -450,7 +467,54 @@ pub struct AdminConfig {
 pub enum ServerKind {
     /// A Connect2id server.
     Connect2id,
+    /// An Authlete service (targets only).
+    Authlete,
 }
+
+/// How handover authenticates to Authlete.
+#[derive(Debug, Clone)]
+pub enum AuthleteCredentials {
+    /// v2: HTTP Basic with the service API key and secret.
+    V2 {
+        /// The service API key.
+        key: Secret,
+        /// The service API secret.
+        secret: Secret,
+    },
+    /// v3: a service (or organization) access token.
+    V3 {
+        /// The bearer token.
+        token: Secret,
+    },
+}
+
+/// An Authlete target's settings.
+#[derive(Debug, Clone)]
+pub struct AuthleteConfig {
+    /// 2 or 3.
+    pub api_version: u8,
+    /// The service id in v3 paths.
+    pub service_id: Option<u64>,
+    /// Credentials.
+    pub credentials: AuthleteCredentials,
+    /// The new authorization server (built on Authlete) that takes the
+    /// traffic after a cutover; no cutover without it.
+    pub new_primary: Option<BaseUrl>,
+    /// CA certificates for the new authorization server.
+    pub new_primary_ca_file: Option<PathBuf>,
+    /// Lifetime given to mirrored refresh tokens whose remaining lifetime is
+    /// unknown or unbounded on the source.
+    pub refresh_token_duration: Duration,
+    /// Refresh tokens sampled by verify.
+    pub token_sample: usize,
+}
+
+/// Default lifetime of a mirrored refresh token whose source lifetime is
+/// unbounded: 90 days, Authlete's own sweep of unused tokens (spec §5.3)
+/// makes longer pointless.
+pub const DEFAULT_AUTHLETE_REFRESH_DURATION: Duration = Duration::from_secs(90 * 86_400);
+/// Refresh tokens verify samples on an Authlete target.
+pub const DEFAULT_AUTHLETE_TOKEN_SAMPLE: usize = 100;
 
 /// An upstream server (source or target).
 #[derive(Debug, Clone)]
@@ -467,6 +531,8 @@ pub struct ServerConfig {
     pub ca_file: Option<PathBuf>,
     /// Speak HTTP/2 to this upstream (ALPN for https, prior knowledge for http).
     pub http2: bool,
+    /// The Authlete settings, for an Authlete target.
+    pub authlete: Option<AuthleteConfig>,
 }
 
 /// Bearer tokens for the Connect2id management APIs (each API has its own
@@ -626,6 +692,7 @@ impl Config {
             tokens: ApiTokens::single(token),
             ca_file: None,
             http2: false,
+            authlete: None,
         };
         Self {
             proxy: ProxyConfig {
@@ -688,9 +755,10 @@ impl FileConfig {
         let proxy = validate_proxy(self.proxy, &mut problems);
         let admin = validate_admin(self.admin, env, &mut problems);
         let source = validate_server("source", self.source, env, &mut problems);
-        let target = validate_server("target", self.target, env, &mut problems);
+        let target = validate_target(self.target, source.as_ref(), env, &mut problems);
         let journal = validate_journal(self.journal, env, &mut problems);
-        let sync = validate_sync(self.sync, &mut problems);
+        let authlete_target = target.as_ref().is_some_and(|t| t.kind == ServerKind::Authlete);
+        let sync = validate_sync(self.sync, authlete_target, &mut problems);
         let backfill = validate_backfill(self.backfill, &mut problems);
         let cutover = validate_cutover(self.cutover, &mut problems);
         if let (Some(source), Some(target)) = (&source, &target)
@@ -864,6 +932,124 @@ fn validate_admin(raw: RawAdmin, env: &dyn Env, problems: &mut Problems) -> Opti
     Some(AdminConfig { listen, token })
 }
 
+fn validate_target(
+    raw: RawServer,
+    source: Option<&ServerConfig>,
+    env: &dyn Env,
+    problems: &mut Problems,
+) -> Option<ServerConfig> {
+    if raw.kind != "authlete" {
+        return validate_server("target", raw, env, problems);
+    }
+    let start = problems.0.len();
+    let url = match BaseUrl::parse(&raw.url) {
+        Ok(url) => Some(url),
+        Err(message) => {
+            problems.push("target.url", message);
+            None
+        }
+    };
+    if raw.token_env.is_some() || raw.token_file.is_some() || raw.tokens.is_some() {
+        problems.push(
+            "target.token_env",
+            "an Authlete target takes api_key_env/api_secret_env (v2) or access_token_env (v3), not Connect2id tokens",
+        );
+    }
+    let api_version = match raw.api_version {
+        Some(version @ (2 | 3)) => Some(version),
+        Some(other) => {
+            problems.push("target.api_version", format!("{other} is not 2 or 3"));
+            None
+        }
+        None => {
+            problems.push("target.api_version", "required for kind = \"authlete\" (2 or 3)");
+            None
+        }
+    };
+    let service_id = match raw.service_id.as_deref().map(str::parse::<u64>) {
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            problems.push("target.service_id", "must be the numeric Authlete service id");
+            None
+        }
+        None => None,
+    };
+    let credentials = match api_version {
+        Some(3) => {
+            if service_id.is_none() && raw.service_id.is_none() {
+                problems.push("target.service_id", "required for Authlete API v3");
+            }
+            secret(
+                "target.access_token",
+                raw.access_token_env.as_deref(),
+                raw.access_token_file.as_deref(),
+                env,
+                problems,
+            )
+            .map(|token| AuthleteCredentials::V3 { token })
+        }
+        Some(_) => {
+            let key = secret(
+                "target.api_key",
+                raw.api_key_env.as_deref(),
+                raw.api_key_file.as_deref(),
+                env,
+                problems,
+            );
+            let secret = secret(
+                "target.api_secret",
+                raw.api_secret_env.as_deref(),
+                raw.api_secret_file.as_deref(),
+                env,
+                problems,
+            );
+            key.zip(secret).map(|(key, secret)| AuthleteCredentials::V2 { key, secret })
+        }
+        None => None,
+    };
+    let new_primary = match raw.new_primary_url.as_deref().map(BaseUrl::parse) {
+        Some(Ok(url)) => Some(url),
+        Some(Err(message)) => {
+            problems.push("target.new_primary_url", message);
+            None
+        }
+        None => None,
+    };
+    for (field, file) in [("target.ca_file", &raw.ca_file), ("target.new_primary_ca_file", &raw.new_primary_ca_file)] {
+        if let Some(path) = file {
+            readable_file(field, path, problems);
+        }
+    }
+    let refresh_token_duration = duration(
+        "target.refresh_token_duration",
+        raw.refresh_token_duration,
+        DEFAULT_AUTHLETE_REFRESH_DURATION,
+        problems,
+    );
+    if problems.0.len() > start {
+        return None;
+    }
+    Some(ServerConfig {
+        kind: ServerKind::Authlete,
+        url: url?,
+        // Authlete has its own credentials; keeping the source's management
+        // tokens here makes "credentials follow the primary" a no-op: calls
+        // to the new authorization server pass their tokens unchanged.
+        tokens: source.map(|s| s.tokens.clone())?,
+        ca_file: raw.ca_file,
+        http2: raw.http2,
+        authlete: Some(AuthleteConfig {
+            api_version: api_version?,
+            service_id,
+            credentials: credentials?,
+            new_primary,
+            new_primary_ca_file: raw.new_primary_ca_file,
+            refresh_token_duration,
+            token_sample: raw.token_sample.unwrap_or(DEFAULT_AUTHLETE_TOKEN_SAMPLE),
+        }),
+    })
+}
+
 fn validate_server(
     side: &str,
     raw: RawServer,
@@ -873,14 +1059,38 @@ fn validate_server(
     let start = problems.0.len();
     let kind = match raw.kind.as_str() {
         "connect2id" => Some(ServerKind::Connect2id),
+        "authlete" => {
+            problems.push(format!("{side}.kind"), "only the target can be an Authlete service");
+            None
+        }
         other => {
+            let expected = if side == "target" {
+                "\"connect2id\" or \"authlete\""
+            } else {
+                "\"connect2id\""
+            };
             problems.push(
                 format!("{side}.kind"),
-                format!("unknown kind {other:?} (expected \"connect2id\")"),
+                format!("unknown kind {other:?} (expected {expected})"),
             );
             None
         }
     };
+    let authlete_only = [
+        ("api_version", raw.api_version.is_some()),
+        ("service_id", raw.service_id.is_some()),
+        ("access_token_env", raw.access_token_env.is_some() || raw.access_token_file.is_some()),
+        ("api_key_env", raw.api_key_env.is_some() || raw.api_key_file.is_some()),
+        ("api_secret_env", raw.api_secret_env.is_some() || raw.api_secret_file.is_some()),
+        ("new_primary_url", raw.new_primary_url.is_some()),
+        ("refresh_token_duration", raw.refresh_token_duration.is_some()),
+        ("token_sample", raw.token_sample.is_some()),
+    ];
+    for (field, present) in authlete_only {
+        if present {
+            problems.push(format!("{side}.{field}"), "only applies to kind = \"authlete\" targets");
+        }
+    }
     let url = match BaseUrl::parse(&raw.url) {
         Ok(url) => Some(url),
         Err(message) => {
@@ -901,6 +1111,7 @@ fn validate_server(
         tokens: tokens?,
         ca_file: raw.ca_file,
         http2: raw.http2,
+        authlete: None,
     })
 }
 
@@ -1053,17 +1264,19 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_sync(raw: RawSync, problems: &mut Problems) -> Option<SyncConfig> {
+fn validate_sync(raw: RawSync, authlete: bool, problems: &mut Problems) -> Option<SyncConfig> {
     let start = problems.0.len();
+    let allowed: &[&str] = if authlete { &AUTHLETE_DATASETS } else { &DATASETS };
     let datasets = match raw.datasets {
-        None => DATASETS.iter().map(|d| (*d).to_owned()).collect(),
+        None => allowed.iter().map(|d| (*d).to_owned()).collect(),
         Some(names) => {
             let mut seen: Vec<String> = Vec::new();
             for name in names {
-                if !DATASETS.contains(&name.as_str()) {
+                if !allowed.contains(&name.as_str()) {
+                    let target = if authlete { "an Authlete" } else { "a Connect2id" };
                     problems.push(
                         "sync.datasets",
-                        format!("unknown dataset {name:?} (expected one of {DATASETS:?})"),
+                        format!("dataset {name:?} does not apply to {target} target (expected one of {allowed:?})"),
                     );
                 } else if seen.contains(&name) {
                     problems.push("sync.datasets", format!("dataset {name:?} listed twice"));

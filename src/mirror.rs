@@ -307,6 +307,17 @@ impl Ticket for MirrorTicket {
             if let Some(hint) = outcome.logout {
                 changes.extend(inner.logout_hint(hint));
             }
+            if inner.routing.authlete().is_some() {
+                if !inner.routing.syncs_to_authlete() {
+                    // Nothing flows back from an Authlete-based server.
+                    return;
+                }
+                // Authlete learns tokens only from their values.
+                changes.extend(
+                    crate::triggers::token_event(row, &exchange, &self.resolved)
+                        .map(|event| Change::Token { event }),
+                );
+            }
             // Answered by the previous primary: what changed lives there.
             let answered = match exchange.answered_by {
                 crate::metrics::Upstream::Source => Side::Source,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::proxy::forward::PrimarySelector;
+use crate::target::authlete::Authlete;
 use crate::target::connect2id::Connect2id;
 use crate::upstream::Upstream;
 
@@ -49,6 +50,9 @@ pub struct Routing {
     target_is_primary: AtomicBool,
     /// When the primary last flipped.
     flipped_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The Authlete service, when the target is one (the target upstream is
+    /// then the new authorization server, and `target_api` is not used).
+    authlete: Option<Arc<Authlete>>,
 }
 
 impl Routing {
@@ -67,7 +71,25 @@ impl Routing {
             target_api,
             target_is_primary: AtomicBool::new(primary == Side::Target),
             flipped_at: std::sync::Mutex::new(None),
+            authlete: None,
         }
+    }
+
+    /// Makes the target an Authlete service.
+    pub fn with_authlete(mut self, authlete: Arc<Authlete>) -> Self {
+        self.authlete = Some(authlete);
+        self
+    }
+
+    /// The Authlete service, when the target is one.
+    pub fn authlete(&self) -> Option<&Arc<Authlete>> {
+        self.authlete.as_ref()
+    }
+
+    /// Whether changes flow to an Authlete service right now: only while
+    /// the source is primary (nothing syncs back from Authlete).
+    pub fn syncs_to_authlete(&self) -> bool {
+        self.authlete.is_some() && self.primary_side() == Side::Source
     }
 
     /// The side serving traffic.

@@ -370,6 +370,7 @@ fn lane_of(change: &Change) -> String {
         // Each resolution is its own lane: nothing to coalesce, and the
         // token must not appear in a lane name that could be logged.
         Change::Resolve { .. } => format!("resolve:{}", fastrand::u64(..)),
+        Change::Token { event } => event.family(),
     }
 }
 
@@ -379,6 +380,7 @@ pub fn dataset_of(change: &Change) -> &'static str {
         Change::Sync { key, .. } => key.dataset(),
         Change::SubjectSessions { .. } => "sessions",
         Change::Revocation { .. } | Change::Resolve { .. } => "authorizations",
+        Change::Token { .. } => "tokens",
     }
 }
 
@@ -643,7 +645,11 @@ impl Worker {
         let mut attempt: u32 = 0;
         loop {
             let started = Instant::now();
-            match write_exported(self.routing.secondary_api(), key, record).await {
+            let written = match self.routing.authlete() {
+                Some(authlete) => write_exported_authlete(authlete, key, record).await,
+                None => write_exported(self.routing.secondary_api(), key, record).await,
+            };
+            match written {
                 Ok(()) => {
                     self.metrics.record_applied(dataset, started.elapsed());
                     return BackfillOutcome::Copied;
@@ -707,9 +713,18 @@ impl Worker {
 
     /// One attempt at a change: returns follow-up changes.
     async fn execute(&self, change: &Change) -> Result<Vec<Change>, ApiError> {
+        if let Some(authlete) = self.routing.authlete() {
+            if !self.routing.syncs_to_authlete() {
+                // After a cutover to an Authlete-based server nothing flows
+                // back to the Connect2id source.
+                return Ok(Vec::new());
+            }
+            return authlete_change(authlete, self.routing.api(crate::routing::Side::Source), change).await;
+        }
         let primary = self.routing.primary_api();
         let secondary = self.routing.secondary_api();
         match change {
+            Change::Token { .. } => Ok(Vec::new()),
             Change::Sync { key, from } => {
                 let read = from.unwrap_or_else(|| self.routing.primary_side());
                 sync_key(self.routing.api(read), self.routing.api(read.other()), key).await?;
@@ -792,6 +807,118 @@ impl Worker {
     }
 }
 
+/// Applies a change to an Authlete target, reading from the Connect2id
+/// `source` where the change names a key.
+async fn authlete_change(
+    authlete: &crate::target::authlete::Authlete,
+    source: &crate::target::connect2id::Connect2id,
+    change: &Change,
+) -> Result<Vec<Change>, ApiError> {
+    use crate::target::authlete::{TokenSpec, authlete_grant};
+    use crate::triggers::TokenEvent;
+    match change {
+        Change::Sync {
+            key: Key::Client { client_id },
+            ..
+        } => match source.get_client(client_id).await? {
+            Some(record) => {
+                let outcome = authlete.upsert_client(&record).await?;
+                if !outcome.unmapped.is_empty() {
+                    tracing::info!(client = %client_id, unmapped = ?outcome.unmapped, "client copied to Authlete; these fields have no Authlete equivalent");
+                }
+                Ok(Vec::new())
+            }
+            None => authlete.delete_client(client_id).await.map(|()| Vec::new()),
+        },
+        Change::Token {
+            event:
+                TokenEvent::Issued {
+                    grant_type,
+                    client_id,
+                    subject,
+                    scopes,
+                    access_token,
+                    expires_in,
+                    refresh_token,
+                    refresh_expires_in,
+                    replaced_refresh,
+                },
+        } => {
+            let grant = authlete_grant(grant_type);
+            let subject = match subject {
+                Some(subject) => Some(subject.clone()),
+                None if grant == "CLIENT_CREDENTIALS" => None,
+                None => {
+                    // An identifier access token: the source knows whose it is.
+                    let mut record = None;
+                    for (token, kind) in [
+                        (refresh_token.as_deref().or(replaced_refresh.as_deref()), TokenKind::Refresh),
+                        (Some(access_token.as_str()), TokenKind::Access),
+                    ] {
+                        if let Some(token) = token {
+                            record = source.inspect(token, kind).await?;
+                            if record.is_some() {
+                                break;
+                            }
+                        }
+                    }
+                    let subject = record
+                        .as_ref()
+                        .and_then(|r| r.get("sub"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    if subject.is_none() {
+                        return Err(ApiError::Rejected {
+                            server: "source",
+                            operation: "inspection",
+                            status: 404,
+                            error: "the subject of an identifier access token could not be resolved (transient authorization); Authlete needs it".to_owned(),
+                        });
+                    }
+                    subject
+                }
+            };
+            let spec = TokenSpec {
+                grant_type: grant.to_owned(),
+                client_id: client_id.clone(),
+                subject,
+                scopes: scopes.clone(),
+                access_token: Some(access_token.clone()),
+                access_token_duration: *expires_in,
+                refresh_token: refresh_token.clone(),
+                refresh_token_duration: refresh_expires_in
+                    .unwrap_or_else(|| authlete.config().refresh_token_duration.as_secs()),
+            };
+            // Create the new pair first: if that fails, the old one still works.
+            authlete.create_token(&spec).await?;
+            if let Some(old) = replaced_refresh {
+                authlete.revoke_refresh_token(old).await?;
+            }
+            Ok(Vec::new())
+        }
+        Change::Token {
+            event: TokenEvent::Revoked {
+                client_id,
+                subject,
+                token,
+            },
+        } => {
+            if client_id.is_some() && subject.is_some() {
+                // Connect2id revokes every token of the client for the subject.
+                authlete.revoke_grant(client_id.as_deref(), subject.as_deref()).await?;
+            } else if let Some(token) = token {
+                authlete.revoke_refresh_token(token).await?;
+                authlete.revoke_access_token(token).await?;
+            } else {
+                authlete.revoke_grant(client_id.as_deref(), subject.as_deref()).await?;
+            }
+            Ok(Vec::new())
+        }
+        // Authorization records and sessions have no Authlete counterpart.
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// Writes an exported record to the secondary with the import semantics,
 /// trying the one-request import first (the usual case: the record is new)
 /// and falling back to the full upsert when the secondary refuses it.
@@ -810,6 +937,27 @@ async fn write_exported(
             Err(ApiError::Rejected { .. }) => secondary.upsert_session(sid, record).await,
             other => other,
         },
+    }
+}
+
+/// Writes an exported record to an Authlete target: a client, or the
+/// refresh token of a long-lived authorization record (`rft`, with
+/// Authlete generating the access token, which nobody holds).
+async fn write_exported_authlete(
+    authlete: &crate::target::authlete::Authlete,
+    key: &Key,
+    record: &Value,
+) -> Result<(), ApiError> {
+    match key {
+        Key::Client { .. } => authlete.upsert_client(record).await.map(|_| ()),
+        Key::Authorization { subject, client_id } => match crate::target::authlete::spec_of_record(record, authlete.config()) {
+            Some(spec) if spec.subject.as_deref() == Some(subject.as_str()) && spec.client_id == *client_id => {
+                authlete.create_token(&spec).await
+            }
+            // No refresh token (or an expired one) in the record: nothing to copy.
+            _ => Ok(()),
+        },
+        Key::Session { .. } => Ok(()),
     }
 }
 

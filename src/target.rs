@@ -3,4 +3,5 @@
 //! (same identifiers, secrets and token material), never a replay of the
 //! request that minted it.
 
+pub mod authlete;
 pub mod connect2id;

@@ -153,6 +153,11 @@ pub enum Change {
         /// Epoch seconds: tokens issued before are revoked.
         timestamp: u64,
     },
+    /// Create, rotate or revoke tokens at an Authlete target.
+    Token {
+        /// The event.
+        event: TokenEvent,
+    },
     /// Find the authorization a token belongs to (at the primary), then
     /// copy it.
     Resolve {
@@ -201,6 +206,77 @@ impl Change {
                 client_id.as_deref().unwrap_or("*")
             ),
             Self::Resolve { kind, .. } => format!("{kind:?} token to resolve").to_lowercase(),
+            Self::Token { event } => match event {
+                TokenEvent::Issued { client_id, grant_type, .. } => format!("tokens issued to {client_id} ({grant_type})"),
+                TokenEvent::Revoked { client_id, .. } => {
+                    format!("tokens revoked at {}", client_id.as_deref().unwrap_or("*"))
+                }
+            },
+        }
+    }
+}
+
+/// A token event for an Authlete target: Authlete keeps tokens valid only if
+/// told their exact values, so these are payload (journaled encrypted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TokenEvent {
+    /// A token response from the source.
+    Issued {
+        /// The OAuth grant type of the request.
+        grant_type: String,
+        /// The client.
+        client_id: String,
+        /// The subject, when readable from the access token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        /// Granted scopes.
+        #[serde(default)]
+        scopes: Vec<String>,
+        /// The access token.
+        access_token: String,
+        /// Its lifetime in seconds.
+        #[serde(default)]
+        expires_in: u64,
+        /// A new refresh token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refresh_token: Option<String>,
+        /// Its lifetime in seconds, when the source said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refresh_expires_in: Option<u64>,
+        /// The refresh token this response replaced (a rotation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaced_refresh: Option<String>,
+    },
+    /// A revocation at the source.
+    Revoked {
+        /// The client.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        /// The subject.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        /// The token the client revoked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+}
+
+impl TokenEvent {
+    /// The lane of the token family: a delete never overtakes the create it
+    /// follows.
+    pub fn family(&self) -> String {
+        let (client, subject) = match self {
+            Self::Issued { client_id, subject, .. } => (Some(client_id.as_str()), subject.as_deref()),
+            Self::Revoked { client_id, subject, .. } => (client_id.as_deref(), subject.as_deref()),
+        };
+        match (client, subject) {
+            (Some(client_id), Some(subject)) => Key::Authorization {
+                subject: subject.to_owned(),
+                client_id: client_id.to_owned(),
+            }
+            .identity(),
+            (client, _) => format!("tokens:{}", client.unwrap_or("*")),
         }
     }
 }
@@ -393,6 +469,79 @@ pub static CATALOGUE: &[Row] = &[
         logout_confirmed
     ),
 ];
+
+/// The client of a token-endpoint request: HTTP Basic (form-encoded id,
+/// RFC 6749 §2.3.1) or the `client_id` form parameter.
+pub fn client_of(headers: &HeaderMap, form_pairs: &[(String, String)]) -> Option<String> {
+    if let Some(basic) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim())
+        && let Ok(text) = String::from_utf8(decoded)
+        && let Some((id, _)) = text.split_once(':')
+    {
+        return form::parse(&format!("id={id}")).first().map(|(_, v)| v.clone());
+    }
+    form::first(form_pairs, "client_id").map(str::to_owned)
+}
+
+/// The token event of a trigger exchange, for an Authlete target.
+pub fn token_event(row: &Row, exchange: &Exchange<'_>, resolved: &Resolved) -> Option<TokenEvent> {
+    if !exchange.status.is_success() {
+        return None;
+    }
+    let request = form_body(exchange.request_body);
+    match row.name {
+        "token" => {
+            let grant = form::first(&request, "grant_type")?.to_owned();
+            let client_id = client_of(exchange.request_headers, &request)?;
+            let response: Value = serde_json::from_slice(exchange.response_body?).ok()?;
+            let access_token = string_field(&response, "access_token")?;
+            let refresh_token = string_field(&response, "refresh_token");
+            let sent_refresh = (grant == "refresh_token")
+                .then(|| form::first(&request, "refresh_token").map(str::to_owned))
+                .flatten();
+            let replaced_refresh = match (&sent_refresh, &refresh_token) {
+                (Some(sent), Some(new)) if sent != new => Some(sent.clone()),
+                _ => None,
+            };
+            let scopes = response
+                .get("scope")
+                .and_then(Value::as_str)
+                .or_else(|| form::first(&request, "scope"))
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default();
+            Some(TokenEvent::Issued {
+                subject: jwt_subject_and_client(&access_token).map(|(subject, _)| subject),
+                grant_type: grant,
+                client_id,
+                scopes,
+                expires_in: response.get("expires_in").and_then(Value::as_u64).unwrap_or(0),
+                refresh_expires_in: response.get("refresh_token_expires_in").and_then(Value::as_u64),
+                access_token,
+                refresh_token,
+                replaced_refresh,
+            })
+        }
+        "token_revoke" => Some(TokenEvent::Revoked {
+            client_id: client_of(exchange.request_headers, &request)
+                .or_else(|| resolved.authorization.as_ref().map(|(_, c)| c.clone())),
+            subject: resolved.authorization.as_ref().map(|(s, _)| s.clone()),
+            token: form::first(&request, "token").map(str::to_owned),
+        }),
+        "authz_store_revocation" => {
+            let field = |name| form::first(&request, name).filter(|v| !v.is_empty()).map(str::to_owned);
+            let (subject, client_id) = (field("subject"), field("client_id"));
+            (subject.is_some() || client_id.is_some()).then_some(TokenEvent::Revoked {
+                client_id,
+                subject,
+                token: None,
+            })
+        }
+        _ => None,
+    }
+}
 
 /// The catalogue bound to a server's base path.
 #[derive(Debug, Clone)]
@@ -1353,6 +1502,75 @@ mod tests {
             .redacted()
             .contains("secret")
         );
+    }
+
+    fn token_exchange_event(request: &str, response: &str, basic: Option<&str>) -> Option<TokenEvent> {
+        let catalogue = Catalogue::new("/c2id");
+        let route = catalogue.route(&Method::POST, "/c2id/token").unwrap();
+        let mut headers = HeaderMap::new();
+        if let Some(credentials) = basic {
+            let value = base64::engine::general_purpose::STANDARD.encode(credentials);
+            headers.insert("authorization", format!("Basic {value}").parse().unwrap());
+        }
+        let request_body = Bytes::from(request.to_owned());
+        let response_body = Bytes::from(response.to_owned());
+        let response_headers = HeaderMap::new();
+        let exchange = Exchange {
+            method: &Method::POST,
+            path: "/c2id/token",
+            query: None,
+            request_headers: &headers,
+            request_body: &request_body,
+            status: StatusCode::OK,
+            response_headers: &response_headers,
+            response_body: Some(&response_body),
+            answered_by: crate::metrics::Upstream::Source,
+        };
+        token_event(catalogue.row(route), &exchange, &Resolved::default())
+    }
+
+    #[test]
+    fn token_responses_become_authlete_token_events() {
+        let jwt = jwt();
+        let issued = token_exchange_event(
+            "grant_type=authorization_code&code=abc&redirect_uri=x",
+            &format!(r#"{{"access_token":"{jwt}","token_type":"Bearer","expires_in":600,"refresh_token":"rt-1","scope":"openid email"}}"#),
+            Some("s6BhdRkqt3:secret"),
+        );
+        assert_eq!(
+            issued,
+            Some(TokenEvent::Issued {
+                grant_type: "authorization_code".into(),
+                client_id: "s6BhdRkqt3".into(),
+                subject: Some("alice".into()),
+                scopes: vec!["openid".into(), "email".into()],
+                access_token: jwt.clone(),
+                expires_in: 600,
+                refresh_token: Some("rt-1".into()),
+                refresh_expires_in: None,
+                replaced_refresh: None,
+            })
+        );
+        let rotated = token_exchange_event(
+            "grant_type=refresh_token&refresh_token=rt-1&client_id=public-app",
+            r#"{"access_token":"at-2","expires_in":600,"refresh_token":"rt-2"}"#,
+            None,
+        )
+        .unwrap();
+        let TokenEvent::Issued { client_id, replaced_refresh, refresh_token, .. } = &rotated else {
+            panic!("{rotated:?}");
+        };
+        assert_eq!(client_id, "public-app");
+        assert_eq!(replaced_refresh.as_deref(), Some("rt-1"));
+        assert_eq!(refresh_token.as_deref(), Some("rt-2"));
+        assert_eq!(rotated.family(), "tokens:public-app");
+        let kept = token_exchange_event(
+            "grant_type=refresh_token&refresh_token=rt-1",
+            r#"{"access_token":"at-3","expires_in":600}"#,
+            Some("app:s"),
+        )
+        .unwrap();
+        assert!(matches!(kept, TokenEvent::Issued { refresh_token: None, replaced_refresh: None, .. }));
     }
 
     #[test]

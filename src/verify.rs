@@ -183,6 +183,9 @@ impl Verifier {
         list: usize,
         progress: &Progress,
     ) -> Result<DatasetReport, Error> {
+        if let Some(authlete) = self.routing.authlete() {
+            return self.authlete_dataset(authlete, dataset, repair, list, progress).await;
+        }
         let primary = self.routing.primary_api().clone();
         let secondary = self.routing.secondary_api().clone();
         let state = Arc::new(Tally {
@@ -379,6 +382,191 @@ impl Verifier {
             }
         }
         Ok(())
+    }
+}
+
+impl Verifier {
+    /// Verify against an Authlete target: clients by alias (mapped fields
+    /// and secret), and a random sample of the refresh tokens the source's
+    /// authorization records carry, introspected at Authlete (active, same
+    /// subject, client and scopes).
+    async fn authlete_dataset(
+        &self,
+        authlete: &Arc<crate::target::authlete::Authlete>,
+        dataset: &str,
+        repair: bool,
+        list: usize,
+        progress: &Progress,
+    ) -> Result<DatasetReport, Error> {
+        let source = self.routing.api(crate::routing::Side::Source).clone();
+        let state = Arc::new(Tally {
+            list,
+            ..Tally::default()
+        });
+        let fail = |message: String| Error::Dataset {
+            dataset: dataset.to_owned(),
+            message,
+        };
+        let mut report = DatasetReport::default();
+        let mut sample: Vec<(Key, crate::target::authlete::TokenSpec)> = Vec::new();
+        if dataset == "clients" {
+            let version = authlete.config().api_version;
+            let mut filter = ScalableBloom::new();
+            let mut primary_count = 0u64;
+            self.stream(&source, dataset, progress, |key, record| {
+                primary_count += 1;
+                filter.insert(&key.identity());
+                let (authlete, state, sync) = (Arc::clone(authlete), Arc::clone(&state), self.sync.clone());
+                Some(Box::pin(async move {
+                    let Key::Client { client_id } = &key else { return Ok(()) };
+                    if sync.is_busy(&key) {
+                        state.in_flight.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    match authlete.client(client_id).await? {
+                        None => {
+                            state.missing.fetch_add(1, Ordering::Relaxed);
+                            state.drifted(&key);
+                        }
+                        Some(copy) => {
+                            state.found_on_secondary.fetch_add(1, Ordering::Relaxed);
+                            if crate::target::authlete::client_drift(&record, &copy, version).is_some() {
+                                state.mismatched.fetch_add(1, Ordering::Relaxed);
+                                state.drifted(&key);
+                            } else {
+                                state.matching.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Ok(())
+                }))
+            })
+            .await?;
+            // Extra clients: Authlete's, a page at a time.
+            let mut start = 0;
+            let mut secondary = 0u64;
+            loop {
+                let (page, total) = authlete
+                    .clients_page(start, start + 100)
+                    .await
+                    .map_err(|err| fail(err.to_string()))?;
+                if page.is_empty() {
+                    break;
+                }
+                start += page.len();
+                for client in &page {
+                    secondary += 1;
+                    let Some(alias) = client.get("clientIdAlias").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let key = Key::Client { client_id: alias.to_owned() };
+                    if filter.contains(&key.identity()) {
+                        continue;
+                    }
+                    if source.get_client(alias).await.map_err(|err| fail(err.to_string()))?.is_none() {
+                        state.extra.fetch_add(1, Ordering::Relaxed);
+                        state.drifted(&key);
+                    }
+                }
+                if start as u64 >= total {
+                    break;
+                }
+            }
+            report.primary = primary_count;
+            report.secondary = secondary;
+        } else {
+            // Reservoir-sample refresh tokens from the authorization records.
+            let wanted = authlete.config().token_sample.max(1);
+            let mut seen = 0u64;
+            let mut considered = 0u64;
+            self.stream(&source, dataset, progress, |key, record| {
+                considered += 1;
+                let Some(spec) = crate::target::authlete::spec_of_record(&record, authlete.config()) else {
+                    return None;
+                };
+                seen += 1;
+                if sample.len() < wanted {
+                    sample.push((key, spec));
+                } else {
+                    let slot = fastrand::u64(..seen) as usize;
+                    if slot < wanted {
+                        sample[slot] = (key, spec);
+                    }
+                }
+                None
+            })
+            .await?;
+            let mut checks = tokio::task::JoinSet::new();
+            for (key, spec) in sample.iter().cloned() {
+                let (authlete, state, sync) = (Arc::clone(authlete), Arc::clone(&state), self.sync.clone());
+                checks.spawn(async move {
+                    if sync.is_busy(&key) {
+                        state.in_flight.fetch_add(1, Ordering::Relaxed);
+                        return Ok::<(), ApiError>(());
+                    }
+                    let token = spec.refresh_token.clone().unwrap_or_default();
+                    match authlete.introspect(&token, true).await? {
+                        None => {
+                            state.missing.fetch_add(1, Ordering::Relaxed);
+                            state.drifted(&key);
+                        }
+                        Some(info) => {
+                            let mut scopes = info.scopes.clone();
+                            let mut wanted = spec.scopes.clone();
+                            scopes.sort();
+                            wanted.sort();
+                            if info.subject == spec.subject && info.client_id == spec.client_id && scopes == wanted {
+                                state.matching.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                state.mismatched.fetch_add(1, Ordering::Relaxed);
+                                state.drifted(&key);
+                            }
+                        }
+                    }
+                    Ok(())
+                });
+            }
+            while let Some(joined) = checks.join_next().await {
+                if let Ok(Err(err)) = joined {
+                    return Err(fail(format!("introspection failed: {err}")));
+                }
+            }
+            tracing::info!(records = considered, with_refresh_tokens = seen, sampled = sample.len(), "token sample verified");
+            report.primary = sample.len() as u64;
+            report.secondary = state.matching.load(Ordering::Relaxed) + state.mismatched.load(Ordering::Relaxed);
+        }
+        let drifted = state.drifted.lock().map(|d| d.clone()).unwrap_or_default();
+        report.matching = state.matching.load(Ordering::Relaxed);
+        report.mismatched = state.mismatched.load(Ordering::Relaxed);
+        report.missing_on_target = state.missing.load(Ordering::Relaxed);
+        report.extra_on_target = state.extra.load(Ordering::Relaxed);
+        report.in_flight = state.in_flight.load(Ordering::Relaxed);
+        report.drifted_keys = drifted.iter().map(Key::redacted).collect();
+        if repair {
+            // Clients re-sync by key (journaled); a sampled token is copied
+            // again from its record (idempotent: the old pair goes first).
+            let repairs = state.repairs.lock().map(|r| r.clone()).unwrap_or_default();
+            report.repaired = repairs.len() as u64;
+            let mut clients = Vec::new();
+            for key in repairs {
+                match &key {
+                    Key::Client { .. } => clients.push(Change::sync(key)),
+                    Key::Authorization { .. } => {
+                        if let Some((_, spec)) = sample.iter().find(|(k, _)| *k == key) {
+                            let token = spec.refresh_token.clone().unwrap_or_default();
+                            authlete
+                                .revoke_refresh_token(&token)
+                                .await
+                                .map_err(|err| fail(err.to_string()))?;
+                            authlete.create_token(spec).await.map_err(|err| fail(err.to_string()))?;
+                        }
+                    }
+                    Key::Session { .. } => {}
+                }
+            }
+            self.mirror.record(clients).await;
+        }
+        Ok(report)
     }
 }
 

@@ -599,7 +599,8 @@ impl Connect2id {
     pub async fn export(&self, dataset: &str) -> Result<Incoming, ApiError> {
         let (api, endpoint) = match dataset {
             "clients" => (Api::Clients, "/clients"),
-            "authorizations" => (Api::AuthzStore, "/authz-store/rest/v3/authorizations"),
+            // An Authlete target's tokens come from the authorization records.
+            "authorizations" | "tokens" => (Api::AuthzStore, "/authz-store/rest/v3/authorizations"),
             _ => (Api::SessionStore, "/session-store/rest/v2/sessions"),
         };
         let request = self.request(api, Method::GET, endpoint, None)?;

@@ -1,0 +1,864 @@
+//! An Authlete service as the target (`spec/authlete.md`, the second seed
+//! document, DESIGN.md §3).
+//!
+//! Authlete keeps existing tokens valid only if it is told their exact
+//! values: every access and refresh token the source issues is created in
+//! Authlete with `/auth/token/create` and the observed values; a rotation
+//! creates the new pair, then deletes the old one; a refresh that keeps its
+//! refresh token creates the new access token alone; a revocation removes
+//! the pair. A value Authlete already holds ("already exists") counts as
+//! success, so replays after a crash are harmless.
+//!
+//! Clients are created with `clientIdAlias` = the Connect2id `client_id`
+//! (v2: with the alias enabled) and the source's secret set with
+//! `/client/secret/update`; the Connect2id metadata that has an Authlete
+//! field is mapped (name, redirect URIs, grant and response types, token
+//! endpoint auth method, application type, URIs, contacts); the rest is
+//! reported by name. A secret outside Authlete's rules (`A-Z a-z 0-9 - _`, at
+//! most 86 characters) is a permanent failure: dead-lettered with that
+//! reason.
+//!
+//! v2 (`/api/...`, HTTP Basic with the service API key and secret, numeric
+//! client ids) and v3 (`/api/{serviceId}/...`, Bearer token, client ids or
+//! aliases) are both spoken.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{Method, Request, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::config::{AuthleteConfig, AuthleteCredentials};
+use crate::proxy::body::ProxyBody;
+use crate::target::connect2id::ApiError;
+use crate::upstream::Upstream;
+
+/// Largest Authlete answer read.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+/// Characters Authlete accepts in a client secret.
+const SECRET_MAX_LEN: usize = 86;
+
+/// A token to create in Authlete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenSpec {
+    /// Authlete grant type (`AUTHORIZATION_CODE`, `PASSWORD`, ...).
+    pub grant_type: String,
+    /// The Connect2id `client_id` (the Authlete alias).
+    pub client_id: String,
+    /// The subject (absent for client credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The access token value (absent: Authlete generates one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// Seconds the access token has left (0 = the service default).
+    #[serde(default)]
+    pub access_token_duration: u64,
+    /// The refresh token value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Seconds the refresh token has left (0 = the service default).
+    #[serde(default)]
+    pub refresh_token_duration: u64,
+}
+
+/// Maps a Connect2id / OAuth grant type to Authlete's name. `REFRESH_TOKEN`
+/// is not accepted by `/auth/token/create`: a refresh keeps the grant of
+/// its family, which the proxy does not see, so it is recorded as
+/// `AUTHORIZATION_CODE` (the usual origin of refresh tokens).
+pub fn authlete_grant(grant_type: &str) -> &'static str {
+    match grant_type {
+        "password" => "PASSWORD",
+        "client_credentials" => "CLIENT_CREDENTIALS",
+        "urn:ietf:params:oauth:grant-type:token-exchange" => "TOKEN_EXCHANGE",
+        "urn:openid:params:grant-type:ciba" => "CIBA",
+        "urn:ietf:params:oauth:grant-type:device_code" => "DEVICE_CODE",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => "JWT_BEARER",
+        _ => "AUTHORIZATION_CODE",
+    }
+}
+
+/// What a client upsert did.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOutcome {
+    /// Source fields with no Authlete equivalent (names only).
+    pub unmapped: Vec<String>,
+}
+
+/// Token information from Authlete introspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Subject.
+    pub subject: Option<String>,
+    /// The client id or alias Authlete reports.
+    pub client_id: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+}
+
+/// Service settings relevant to the migration, checked at start-up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServiceCheck {
+    /// Problems found (empty: fine).
+    pub warnings: Vec<String>,
+}
+
+/// The Authlete API client.
+#[derive(Debug)]
+pub struct Authlete {
+    upstream: Arc<Upstream>,
+    config: AuthleteConfig,
+    timeout: Duration,
+    /// Alias → numeric client id.
+    ids: DashMap<String, u64>,
+}
+
+impl Authlete {
+    /// A client of the Authlete service behind `upstream`.
+    pub fn new(upstream: Arc<Upstream>, config: AuthleteConfig, timeout: Duration) -> Self {
+        Self {
+            upstream,
+            config,
+            timeout,
+            ids: DashMap::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AuthleteConfig {
+        &self.config
+    }
+
+    fn path(&self, api: &str) -> String {
+        match self.config.service_id {
+            Some(service) if self.config.api_version >= 3 => format!("/api/{service}{api}"),
+            _ => format!("/api{api}"),
+        }
+    }
+
+    fn authorization(&self) -> String {
+        match &self.config.credentials {
+            AuthleteCredentials::V2 { key, secret } => {
+                use base64::Engine as _;
+                let pair = format!("{}:{}", key.expose(), secret.expose());
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+            }
+            AuthleteCredentials::V3 { token } => format!("Bearer {}", token.expose()),
+        }
+    }
+
+    /// Calls an API; returns the status and the envelope.
+    async fn call(&self, method: Method, api: &str, body: Option<Value>) -> Result<(StatusCode, Value), ApiError> {
+        let uri = self
+            .upstream
+            .url
+            .uri_for(&format!("{}{}", self.upstream.url.base_path, self.path(api)))
+            .map_err(|err| ApiError::Transient(format!("invalid Authlete path {api}: {err}")))?;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, self.authorization())
+            .header(header::ACCEPT, "application/json");
+        let body = match body {
+            Some(value) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                ProxyBody::full(Bytes::from(value.to_string()))
+            }
+            None => ProxyBody::empty(),
+        };
+        let request = builder
+            .body(body)
+            .map_err(|err| ApiError::Transient(format!("cannot build request: {err}")))?;
+        let response = self
+            .upstream
+            .send(request, self.timeout)
+            .await
+            .map_err(|err| ApiError::Transient(err.to_string()))?;
+        let status = response.status();
+        let bytes = tokio::time::timeout(
+            self.timeout,
+            crate::http::read_body(response.into_body(), MAX_ANSWER_BYTES),
+        )
+        .await
+        .map_err(|_| ApiError::Transient("Authlete answer not read in time".to_owned()))?
+        .map_err(|err| ApiError::Transient(format!("Authlete answer: {err}")))?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(ApiError::Credentials {
+                server: "target",
+                api: "authlete",
+                status: status.as_u16(),
+            });
+        }
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(ApiError::Transient(format!(
+                "Authlete answered {}: {}",
+                status.as_u16(),
+                envelope_message(&bytes)
+            )));
+        }
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(|err| ApiError::Malformed {
+                server: "target",
+                operation: "authlete",
+                message: err.to_string(),
+            })?
+        };
+        Ok((status, value))
+    }
+
+    fn rejected(operation: &'static str, status: StatusCode, envelope: &Value) -> ApiError {
+        ApiError::Rejected {
+            server: "target",
+            operation,
+            status: status.as_u16(),
+            error: format!(
+                "{} {}",
+                envelope.get("resultCode").and_then(Value::as_str).unwrap_or(""),
+                envelope.get("resultMessage").and_then(Value::as_str).unwrap_or("")
+            )
+            .trim()
+            .to_owned(),
+        }
+    }
+
+    // ---- service ----
+
+    /// Checks the service settings the migration depends on.
+    pub async fn check_service(&self) -> Result<ServiceCheck, ApiError> {
+        let (status, service) = self.call(Method::GET, "/service/get", None).await?;
+        if !status.is_success() {
+            return Err(Self::rejected("service/get", status, &service));
+        }
+        let mut warnings = Vec::new();
+        if service.get("singleAccessTokenPerSubject").and_then(Value::as_bool) == Some(true) {
+            warnings.push(
+                "singleAccessTokenPerSubject is on: creating a mirrored token would invalidate the subject's other tokens; turn it off during the migration".to_owned(),
+            );
+        }
+        if self.config.api_version == 2
+            && service.get("clientIdAliasEnabled").and_then(Value::as_bool) == Some(false)
+        {
+            warnings.push("clientIdAliasEnabled is off on the service: Connect2id client ids (aliases) will not work".to_owned());
+        }
+        let grants: Vec<&str> = service
+            .get("supportedGrantTypes")
+            .and_then(Value::as_array)
+            .map(|g| g.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if !grants.is_empty() && !grants.contains(&"REFRESH_TOKEN") {
+            warnings.push("the service does not support REFRESH_TOKEN: mirrored refresh tokens would be dropped".to_owned());
+        }
+        Ok(ServiceCheck { warnings })
+    }
+
+    // ---- clients ----
+
+    /// The numeric id of the client with `alias`, if it exists.
+    async fn client_id_of(&self, alias: &str) -> Result<Option<(u64, Value)>, ApiError> {
+        let identifier = match self.ids.get(alias) {
+            Some(id) => id.to_string(),
+            None => alias.to_owned(),
+        };
+        let (status, client) = self
+            .call(Method::GET, &format!("/client/get/{}", crate::http::form::encode_segment(&identifier)), None)
+            .await?;
+        if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
+            self.ids.remove(alias);
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(Self::rejected("client/get", status, &client));
+        }
+        let Some(id) = client.get("clientId").and_then(Value::as_u64) else {
+            return Ok(None);
+        };
+        // A numeric lookup may hit another client whose id equals the alias.
+        if client.get("clientIdAlias").and_then(Value::as_str) != Some(alias) {
+            return Ok(None);
+        }
+        self.ids.insert(alias.to_owned(), id);
+        Ok(Some((id, client)))
+    }
+
+    /// The client with `alias` as Authlete holds it.
+    pub async fn client(&self, alias: &str) -> Result<Option<Value>, ApiError> {
+        Ok(self.client_id_of(alias).await?.map(|(_, client)| client))
+    }
+
+    /// Creates or updates the client of a Connect2id record, then sets its
+    /// secret.
+    pub async fn upsert_client(&self, record: &Value) -> Result<ClientOutcome, ApiError> {
+        let alias = record
+            .get("client_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::Malformed {
+                server: "source",
+                operation: "client record",
+                message: "no client_id".to_owned(),
+            })?
+            .to_owned();
+        let secret = record
+            .get("client_secret")
+            .or_else(|| record.get("encoded_client_secret"))
+            .and_then(Value::as_str);
+        if let Some(secret) = secret
+            && !secret_acceptable(secret)
+        {
+            return Err(ApiError::Rejected {
+                server: "target",
+                operation: "client/secret/update",
+                status: 400,
+                error: format!(
+                    "the source client secret of {alias} cannot be stored in Authlete (only A-Z a-z 0-9 - _ and at most {SECRET_MAX_LEN} characters are allowed)"
+                ),
+            });
+        }
+        let (client, unmapped) = map_client(record, self.config.api_version);
+        let existing = self.client_id_of(&alias).await?;
+        let id = match existing {
+            Some((id, current)) => {
+                if !mapped_equal(&current, &client) {
+                    let mut body = client.clone();
+                    body["clientId"] = id.into();
+                    let (status, answer) = self.call(Method::POST, &format!("/client/update/{id}"), Some(body)).await?;
+                    if !status.is_success() {
+                        return Err(Self::rejected("client/update", status, &answer));
+                    }
+                }
+                let current_secret = current.get("clientSecret").and_then(Value::as_str);
+                if secret.is_none() || current_secret == secret {
+                    return Ok(ClientOutcome { unmapped });
+                }
+                id
+            }
+            None => {
+                let (status, created) = self.call(Method::POST, "/client/create", Some(client)).await?;
+                if !status.is_success() {
+                    return Err(Self::rejected("client/create", status, &created));
+                }
+                let id = created.get("clientId").and_then(Value::as_u64).ok_or_else(|| ApiError::Malformed {
+                    server: "target",
+                    operation: "client/create",
+                    message: "no clientId in the answer".to_owned(),
+                })?;
+                self.ids.insert(alias.clone(), id);
+                id
+            }
+        };
+        if let Some(secret) = secret {
+            let identifier = if self.config.api_version >= 3 { alias.clone() } else { id.to_string() };
+            let (status, answer) = self
+                .call(
+                    Method::POST,
+                    &format!("/client/secret/update/{}", crate::http::form::encode_segment(&identifier)),
+                    Some(json!({ "clientSecret": secret })),
+                )
+                .await?;
+            if !status.is_success() {
+                return Err(Self::rejected("client/secret/update", status, &answer));
+            }
+        }
+        Ok(ClientOutcome { unmapped })
+    }
+
+    /// Deletes the client with `alias` (absent is fine). Authlete deletes
+    /// its tokens with it.
+    pub async fn delete_client(&self, alias: &str) -> Result<(), ApiError> {
+        let Some((id, _)) = self.client_id_of(alias).await? else {
+            return Ok(());
+        };
+        let (status, answer) = self.call(Method::DELETE, &format!("/client/delete/{id}"), None).await?;
+        self.ids.remove(alias);
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(Self::rejected("client/delete", status, &answer))
+        }
+    }
+
+    /// Every client, a page at a time (for verify).
+    pub async fn clients_page(&self, start: usize, end: usize) -> Result<(Vec<Value>, u64), ApiError> {
+        let (status, page) = self
+            .call(Method::GET, &format!("/client/get/list?start={start}&end={end}"), None)
+            .await?;
+        if !status.is_success() {
+            return Err(Self::rejected("client/get/list", status, &page));
+        }
+        let clients = page.get("clients").and_then(Value::as_array).cloned().unwrap_or_default();
+        let total = page.get("totalCount").and_then(Value::as_u64).unwrap_or(clients.len() as u64);
+        Ok((clients, total))
+    }
+
+    // ---- tokens ----
+
+    /// The `/auth/token/create` body of a spec.
+    fn create_body(&self, spec: &TokenSpec) -> Result<Value, ApiError> {
+        let mut body = Map::new();
+        body.insert("grantType".into(), spec.grant_type.clone().into());
+        if self.config.api_version >= 3 {
+            body.insert("clientIdentifier".into(), spec.client_id.clone().into());
+        } else {
+            // v2 takes only the numeric id.
+            let id = self.ids.get(&spec.client_id).map(|id| *id).ok_or_else(|| {
+                ApiError::Transient(format!("client {} is not known in Authlete yet", spec.client_id))
+            })?;
+            body.insert("clientId".into(), id.into());
+        }
+        body.insert("clientIdAliasUsed".into(), true.into());
+        if let Some(subject) = &spec.subject {
+            body.insert("subject".into(), subject.clone().into());
+        }
+        body.insert("scopes".into(), spec.scopes.clone().into());
+        if let Some(access) = &spec.access_token {
+            body.insert("accessToken".into(), access.clone().into());
+        }
+        body.insert("accessTokenDuration".into(), spec.access_token_duration.into());
+        if let Some(refresh) = &spec.refresh_token {
+            body.insert("refreshToken".into(), refresh.clone().into());
+        }
+        body.insert("refreshTokenDuration".into(), spec.refresh_token_duration.into());
+        body.insert(
+            "properties".into(),
+            json!([{ "key": "migrated_from", "value": "connect2id", "hidden": true }]),
+        );
+        Ok(Value::Object(body))
+    }
+
+    async fn ensure_client_id(&self, alias: &str) -> Result<(), ApiError> {
+        if self.config.api_version < 3 && !self.ids.contains_key(alias) {
+            self.client_id_of(alias).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates a token with the observed values. Values Authlete already
+    /// holds count as success (a replay).
+    pub async fn create_token(&self, spec: &TokenSpec) -> Result<(), ApiError> {
+        self.ensure_client_id(&spec.client_id).await?;
+        let body = self.create_body(spec)?;
+        let (status, answer) = self.call(Method::POST, "/auth/token/create", Some(body)).await?;
+        if status.is_success() && answer.get("action").and_then(Value::as_str).is_none_or(|a| a == "OK") {
+            return Ok(());
+        }
+        if already_exists(&answer) {
+            return Ok(());
+        }
+        Err(Self::rejected("auth/token/create", status, &answer))
+    }
+
+    /// Creates many tokens: the v3 batch API (asynchronous; polled), else
+    /// one by one. A failed batch (it may be partly applied) is retried
+    /// item by item, where duplicates count as success.
+    pub async fn create_tokens(&self, specs: &[TokenSpec]) -> Result<(), ApiError> {
+        if specs.is_empty() {
+            return Ok(());
+        }
+        if self.config.api_version >= 3 && specs.iter().all(|s| s.access_token.is_some()) {
+            match self.create_batch(specs).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => tracing::debug!(tokens = specs.len(), "token batch failed; creating one by one"),
+                Err(err) => tracing::debug!(error = %err, "token batch unavailable; creating one by one"),
+            }
+        }
+        for spec in specs {
+            self.create_token(spec).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one batch; `Ok(true)` when it succeeded entirely.
+    async fn create_batch(&self, specs: &[TokenSpec]) -> Result<bool, ApiError> {
+        let bodies: Vec<Value> = specs.iter().map(|s| self.create_body(s)).collect::<Result<_, _>>()?;
+        let (status, answer) = self
+            .call(Method::POST, "/auth/token/create/batch", Some(Value::Array(bodies)))
+            .await?;
+        if !status.is_success() {
+            return Err(Self::rejected("auth/token/create/batch", status, &answer));
+        }
+        let Some(request_id) = answer.get("requestId").and_then(Value::as_str).map(str::to_owned) else {
+            return Ok(false);
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout.max(Duration::from_secs(30));
+        loop {
+            let (status, answer) = self
+                .call(
+                    Method::GET,
+                    &format!("/auth/token/create/batch/status/{request_id}"),
+                    None,
+                )
+                .await?;
+            if !status.is_success() {
+                return Err(Self::rejected("auth/token/create/batch/status", status, &answer));
+            }
+            match answer
+                .get("status")
+                .and_then(|s| s.get("result"))
+                .and_then(Value::as_str)
+            {
+                Some("SUCCEEDED") => return Ok(true),
+                Some("FAILED") => return Ok(false),
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Removes the pair holding a refresh token (absent is fine).
+    pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<(), ApiError> {
+        self.revoke(json!({ "refreshTokenIdentifier": refresh_token })).await
+    }
+
+    /// Removes the pair holding an access token (absent is fine).
+    pub async fn revoke_access_token(&self, access_token: &str) -> Result<(), ApiError> {
+        self.revoke(json!({ "accessTokenIdentifier": access_token })).await
+    }
+
+    /// Removes every token of a subject at a client (Connect2id's
+    /// revocation semantics), or of a subject, or of a client.
+    pub async fn revoke_grant(&self, client_id: Option<&str>, subject: Option<&str>) -> Result<(), ApiError> {
+        let mut body = Map::new();
+        if let Some(client) = client_id {
+            body.insert("clientIdentifier".into(), client.into());
+        }
+        if let Some(subject) = subject {
+            body.insert("subject".into(), subject.into());
+        }
+        if body.is_empty() {
+            return Ok(());
+        }
+        self.revoke(Value::Object(body)).await
+    }
+
+    async fn revoke(&self, body: Value) -> Result<(), ApiError> {
+        let (status, answer) = self.call(Method::POST, "/auth/token/revoke", Some(body)).await?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(Self::rejected("auth/token/revoke", status, &answer))
+        }
+    }
+
+    /// Introspects a token (`refresh` picks the hint) through the standard
+    /// introspection backend; `None` when inactive.
+    pub async fn introspect(&self, token: &str, refresh: bool) -> Result<Option<TokenInfo>, ApiError> {
+        let hint = if refresh { "refresh_token" } else { "access_token" };
+        let parameters = crate::http::form::encode([("token", token), ("token_type_hint", hint)]);
+        let (status, answer) = self
+            .call(
+                Method::POST,
+                "/auth/introspection/standard",
+                Some(json!({ "parameters": parameters })),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(Self::rejected("auth/introspection/standard", status, &answer));
+        }
+        let content: Value = answer
+            .get("responseContent")
+            .and_then(Value::as_str)
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or(Value::Null);
+        if content.get("active").and_then(Value::as_bool) != Some(true) {
+            return Ok(None);
+        }
+        Ok(Some(TokenInfo {
+            subject: content.get("sub").and_then(Value::as_str).map(str::to_owned),
+            client_id: content
+                .get("client_id")
+                .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned))
+                .unwrap_or_default(),
+            scopes: content
+                .get("scope")
+                .and_then(Value::as_str)
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+        }))
+    }
+}
+
+/// The token of a Connect2id long-lived authorization record, for the
+/// backfill: its current refresh token (`rft`) with the remaining lifetime
+/// (`rtl` counts from `rti`; 0 means unbounded). `None` when the record
+/// carries no refresh token or it expired.
+pub fn spec_of_record(record: &Value, config: &AuthleteConfig) -> Option<TokenSpec> {
+    let refresh = record.get("rft").and_then(Value::as_str)?;
+    let subject = record.get("sub").and_then(Value::as_str)?;
+    let client = record.get("cid").and_then(Value::as_str)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let lifetime = record.get("rtl").and_then(Value::as_u64).unwrap_or(0);
+    let duration = if lifetime == 0 {
+        config.refresh_token_duration.as_secs()
+    } else {
+        let issued = record
+            .get("rti")
+            .or_else(|| record.get("iat"))
+            .and_then(Value::as_u64)
+            .unwrap_or(now);
+        let expires = issued.saturating_add(lifetime);
+        if expires <= now {
+            return None;
+        }
+        expires - now
+    };
+    Some(TokenSpec {
+        grant_type: "AUTHORIZATION_CODE".to_owned(),
+        client_id: client.to_owned(),
+        subject: Some(subject.to_owned()),
+        scopes: record
+            .get("scp")
+            .and_then(Value::as_array)
+            .map(|s| s.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default(),
+        access_token: None,
+        access_token_duration: 0,
+        refresh_token: Some(refresh.to_owned()),
+        refresh_token_duration: duration,
+    })
+}
+
+/// Whether Authlete takes this client secret (spec §4.3).
+pub fn secret_acceptable(secret: &str) -> bool {
+    !secret.is_empty()
+        && secret.len() <= SECRET_MAX_LEN
+        && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether an error envelope says the token value is already held (a
+/// replay). The result code for this case is undocumented (spec §7 q.1):
+/// the message is matched, and the emulator's codes.
+fn already_exists(envelope: &Value) -> bool {
+    let code = envelope.get("resultCode").and_then(Value::as_str).unwrap_or("");
+    let message = envelope
+        .get("resultMessage")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    matches!(code, "A109208" | "A109209") || message.contains("already exist")
+}
+
+fn envelope_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("resultMessage").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn upper(value: &Value, map: fn(&str) -> Option<&'static str>) -> Value {
+    Value::Array(
+        value
+            .as_array()
+            .map(|items| items.iter().filter_map(Value::as_str).filter_map(map).map(Value::from).collect())
+            .unwrap_or_default(),
+    )
+}
+
+fn grant_name(grant: &str) -> Option<&'static str> {
+    Some(match grant {
+        "authorization_code" => "AUTHORIZATION_CODE",
+        "refresh_token" => "REFRESH_TOKEN",
+        "implicit" => "IMPLICIT",
+        "password" => "PASSWORD",
+        "client_credentials" => "CLIENT_CREDENTIALS",
+        "urn:ietf:params:oauth:grant-type:token-exchange" => "TOKEN_EXCHANGE",
+        "urn:openid:params:grant-type:ciba" => "CIBA",
+        "urn:ietf:params:oauth:grant-type:device_code" => "DEVICE_CODE",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => "JWT_BEARER",
+        _ => return None,
+    })
+}
+
+fn response_type_name(response_type: &str) -> Option<&'static str> {
+    let mut parts: Vec<&str> = response_type.split_whitespace().collect();
+    parts.sort_unstable();
+    Some(match parts.as_slice() {
+        ["none"] => "NONE",
+        ["code"] => "CODE",
+        ["token"] => "TOKEN",
+        ["id_token"] => "ID_TOKEN",
+        ["code", "token"] => "CODE_TOKEN",
+        ["code", "id_token"] => "CODE_ID_TOKEN",
+        ["id_token", "token"] => "ID_TOKEN_TOKEN",
+        ["code", "id_token", "token"] => "CODE_ID_TOKEN_TOKEN",
+        _ => return None,
+    })
+}
+
+fn auth_method_name(method: &str) -> Option<&'static str> {
+    Some(match method {
+        "none" => "NONE",
+        "client_secret_basic" => "CLIENT_SECRET_BASIC",
+        "client_secret_post" => "CLIENT_SECRET_POST",
+        "client_secret_jwt" => "CLIENT_SECRET_JWT",
+        "private_key_jwt" => "PRIVATE_KEY_JWT",
+        "tls_client_auth" => "TLS_CLIENT_AUTH",
+        "self_signed_tls_client_auth" => "SELF_SIGNED_TLS_CLIENT_AUTH",
+        _ => return None,
+    })
+}
+
+/// The Authlete `Client` of a Connect2id client record, and the source
+/// fields that have no Authlete equivalent.
+pub fn map_client(record: &Value, api_version: u8) -> (Value, Vec<String>) {
+    let empty = Map::new();
+    let fields = record.as_object().unwrap_or(&empty);
+    let mut client = Map::new();
+    let mut unmapped = Vec::new();
+    let confidential = fields.contains_key("client_secret") || fields.contains_key("encoded_client_secret");
+    client.insert(
+        "clientType".into(),
+        if confidential { "CONFIDENTIAL" } else { "PUBLIC" }.into(),
+    );
+    for (name, value) in fields {
+        match name.as_str() {
+            "client_id" => {
+                client.insert("clientIdAlias".into(), value.clone());
+                if api_version < 3 {
+                    client.insert("clientIdAliasEnabled".into(), true.into());
+                }
+            }
+            "client_name" => {
+                client.insert("clientName".into(), value.clone());
+            }
+            "redirect_uris" => {
+                client.insert("redirectUris".into(), value.clone());
+            }
+            "grant_types" => {
+                client.insert("grantTypes".into(), upper(value, grant_name));
+            }
+            "response_types" => {
+                client.insert("responseTypes".into(), upper(value, response_type_name));
+            }
+            "token_endpoint_auth_method" => {
+                if let Some(method) = value.as_str().and_then(auth_method_name) {
+                    client.insert("tokenAuthMethod".into(), method.into());
+                } else {
+                    unmapped.push(name.clone());
+                }
+            }
+            "application_type" => {
+                let kind = if value.as_str() == Some("native") { "NATIVE" } else { "WEB" };
+                client.insert("applicationType".into(), kind.into());
+            }
+            "client_uri" => {
+                client.insert("clientUri".into(), value.clone());
+            }
+            "logo_uri" => {
+                client.insert("logoUri".into(), value.clone());
+            }
+            "tos_uri" => {
+                client.insert("tosUri".into(), value.clone());
+            }
+            "policy_uri" => {
+                client.insert("policyUri".into(), value.clone());
+            }
+            "contacts" => {
+                client.insert("contacts".into(), value.clone());
+            }
+            "jwks_uri" => {
+                client.insert("jwksUri".into(), value.clone());
+            }
+            "id_token_signed_response_alg" => {
+                client.insert("idTokenSignAlg".into(), value.clone());
+            }
+            // Credentials and server-side bookkeeping, handled elsewhere or
+            // regenerated by Authlete.
+            "client_secret" | "encoded_client_secret" | "client_secret_expires_at" | "client_id_issued_at"
+            | "registration_access_token" | "registration_client_uri" => {}
+            other => unmapped.push(other.to_owned()),
+        }
+    }
+    (Value::Object(client), unmapped)
+}
+
+/// Whether the mapped fields of an Authlete client already equal `wanted`.
+fn mapped_equal(current: &Value, wanted: &Value) -> bool {
+    let Some(wanted) = wanted.as_object() else {
+        return false;
+    };
+    wanted
+        .iter()
+        .filter(|(name, _)| name.as_str() != "clientIdAliasEnabled")
+        .all(|(name, value)| current.get(name) == Some(value))
+}
+
+/// The fields verify compares between a Connect2id client and its Authlete
+/// copy: the mapped ones, and the secret.
+pub fn client_drift(record: &Value, authlete: &Value, api_version: u8) -> Option<String> {
+    let (wanted, _) = map_client(record, api_version);
+    if !mapped_equal(authlete, &wanted) {
+        return Some("metadata differs".to_owned());
+    }
+    let secret = record.get("client_secret").and_then(Value::as_str);
+    if secret.is_some() && authlete.get("clientSecret").and_then(Value::as_str) != secret {
+        return Some("secret differs".to_owned());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect2id_clients_map_to_authlete_fields() {
+        let record = json!({
+            "client_id": "s6BhdRkqt3",
+            "client_secret": "ahL7AhthchiNg6beAo5HeijeThae3deiChab7ajiVuip2eodesoBie0ufohtiiK4",
+            "client_name": "Shop",
+            "redirect_uris": ["https://shop.example.com/cb"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code", "code id_token"],
+            "token_endpoint_auth_method": "client_secret_basic",
+            "application_type": "web",
+            "data": {"tier": "gold"},
+            "client_id_issued_at": 1,
+        });
+        let (client, unmapped) = map_client(&record, 2);
+        assert_eq!(client["clientIdAlias"], "s6BhdRkqt3");
+        assert_eq!(client["clientIdAliasEnabled"], true);
+        assert_eq!(client["clientType"], "CONFIDENTIAL");
+        assert_eq!(client["grantTypes"], json!(["AUTHORIZATION_CODE", "REFRESH_TOKEN"]));
+        assert_eq!(client["responseTypes"], json!(["CODE", "CODE_ID_TOKEN"]));
+        assert_eq!(client["tokenAuthMethod"], "CLIENT_SECRET_BASIC");
+        assert_eq!(unmapped, ["data"]);
+        assert!(client.get("clientSecret").is_none());
+        let (v3, _) = map_client(&record, 3);
+        assert!(v3.get("clientIdAliasEnabled").is_none());
+    }
+
+    #[test]
+    fn secrets_outside_authletes_rules_are_refused() {
+        assert!(secret_acceptable("ahL7AhthchiNg6beAo5-_"));
+        assert!(!secret_acceptable("has.dot"));
+        assert!(!secret_acceptable(&"a".repeat(87)));
+        assert!(!secret_acceptable(""));
+    }
+
+    #[test]
+    fn duplicate_values_are_recognised() {
+        assert!(already_exists(&json!({"resultCode": "A109208"})));
+        assert!(already_exists(&json!({"resultCode": "A999999", "resultMessage": "The token already exists."})));
+        assert!(!already_exists(&json!({"resultCode": "A109201", "resultMessage": "Bad request"})));
+    }
+
+    #[test]
+    fn grants_map_to_authlete_names() {
+        assert_eq!(authlete_grant("authorization_code"), "AUTHORIZATION_CODE");
+        assert_eq!(authlete_grant("refresh_token"), "AUTHORIZATION_CODE");
+        assert_eq!(authlete_grant("client_credentials"), "CLIENT_CREDENTIALS");
+        assert_eq!(authlete_grant("urn:ietf:params:oauth:grant-type:token-exchange"), "TOKEN_EXCHANGE");
+    }
+}
