@@ -21,8 +21,11 @@
 //! requests whose state lives only on the previous primary (a login in
 //! progress, an authorization code, an identifier access token) are
 //! replayed there when the new primary does not know it, and whatever they
-//! change is synced from the previous primary: users in the middle of a
-//! login at the moment of the flip do not see an error. In `completed` the
+//! change is synced from the previous primary *before* the answer is
+//! released (bounded by [`FALLBACK_SETTLE_LIMIT`]): users in the middle of
+//! a login at the moment of the flip do not see an error, and the tokens a
+//! relying party gets for a code minted before the flip work at the new
+//! primary at once (its very next refresh goes there). In `completed` the
 //! hook steps aside entirely: a plain pass-through.
 
 use std::collections::{HashMap, VecDeque};
@@ -54,6 +57,12 @@ pub const MAX_LOGOUT_HINTS: usize = 100_000;
 /// How long a logout hint is kept: a logout confirmation comes within
 /// seconds of its start.
 pub const LOGOUT_HINT_TTL: Duration = Duration::from_secs(3600);
+/// How long an answer of the previous primary (the fallback right after a
+/// flip) waits for its changes to reach the new primary before it is
+/// released anyway: long enough for a healthy sync (milliseconds), short
+/// enough that a down secondary does not stall the client (the change
+/// stays journaled and keeps retrying).
+pub const FALLBACK_SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// The trigger hook.
 #[derive(Clone)]
@@ -129,7 +138,7 @@ impl Mirror {
     /// by operator repairs). Returns once they are durable, or once the
     /// failure has been recorded.
     pub async fn record(&self, changes: Vec<Change>) {
-        self.inner.record(changes).await;
+        self.inner.record(changes, None).await;
     }
 }
 
@@ -323,13 +332,18 @@ impl Ticket for MirrorTicket {
                 crate::metrics::Upstream::Source => Side::Source,
                 crate::metrics::Upstream::Target => Side::Target,
             };
+            let mut settle = None;
             if answered != inner.routing.primary_side() {
                 changes = changes
                     .into_iter()
                     .map(|change| change.reading_from(answered))
                     .collect();
+                // The client's next request goes to the new primary: it
+                // must already hold what this answer created (the
+                // authorization behind freshly issued tokens, the session).
+                settle = Some(FALLBACK_SETTLE_LIMIT);
             }
-            inner.record(changes).await;
+            inner.record(changes, settle).await;
         })
     }
 }
@@ -384,7 +398,9 @@ impl Inner {
         self.datasets.iter().any(|d| d == dataset)
     }
 
-    async fn record(&self, changes: Vec<Change>) {
+    /// Journals `changes` and hands them to the sync; with `settle`, also
+    /// waits (at most that long) until the sync has applied them.
+    async fn record(&self, changes: Vec<Change>, settle: Option<Duration>) {
         let mut changes: Vec<Change> = changes.into_iter().filter(|c| self.enabled(c)).collect();
         if changes.is_empty() {
             return;
@@ -413,7 +429,18 @@ impl Inner {
                 if retried > 0 {
                     tracing::info!(changes = retried, "re-journaled changes kept in memory");
                 }
-                self.sync.submit_journaled(seqs.zip(changes));
+                match settle {
+                    None => self.sync.submit_journaled(seqs.zip(changes)),
+                    Some(limit) => {
+                        let settled = self.sync.submit_journaled_settled(seqs.zip(changes));
+                        if tokio::time::timeout(limit, settled).await.is_err() {
+                            tracing::warn!(
+                                limit = ?limit,
+                                "released an answer of the previous primary before its changes reached the new primary"
+                            );
+                        }
+                    }
+                }
             }
             Err(err) => {
                 self.metrics.errors.inc();

@@ -92,6 +92,9 @@ pub struct Ack {
     seq: Seq,
     journal: Journal,
     stop: CancellationToken,
+    /// Told when the record is settled (applied or dead-lettered), for a
+    /// caller that must not answer before the secondary has the change.
+    settled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for Ack {
@@ -104,6 +107,9 @@ impl Drop for Ack {
     fn drop(&mut self) {
         if !self.stop.is_cancelled() {
             self.journal.ack(self.seq);
+            if let Some(settled) = self.settled.take() {
+                let _ = settled.send(());
+            }
         }
     }
 }
@@ -211,11 +217,50 @@ impl SyncHandle {
                     seq,
                     journal: self.journal.clone(),
                     stop: self.stop.clone(),
+                    settled: None,
                 })],
             })
             .collect();
         if !work.is_empty() {
             let _ = self.commands.send(Command::Submit(work));
+        }
+    }
+
+    /// Queues journaled changes like [`SyncHandle::submit_journaled`];
+    /// the returned future completes once every one of them is settled
+    /// (applied to the secondary, follow-ups included, or dead-lettered)
+    /// or the sync stops. Put a deadline on it: a secondary that is down
+    /// keeps a change retrying.
+    pub fn submit_journaled_settled(
+        &self,
+        entries: impl IntoIterator<Item = (Seq, Change)>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut settled = Vec::new();
+        let work: Vec<Work> = entries
+            .into_iter()
+            .map(|(seq, change)| {
+                let (tell, told) = tokio::sync::oneshot::channel();
+                settled.push(told);
+                Work {
+                    change,
+                    acks: vec![Arc::new(Ack {
+                        seq,
+                        journal: self.journal.clone(),
+                        stop: self.stop.clone(),
+                        settled: Some(tell),
+                    })],
+                }
+            })
+            .collect();
+        if !work.is_empty() {
+            let _ = self.commands.send(Command::Submit(work));
+        }
+        async move {
+            for told in settled {
+                // An error means the ack was dropped while stopping: the
+                // change stays in the journal; nothing more to wait for.
+                let _ = told.await;
+            }
         }
     }
 

@@ -4,5 +4,6 @@
 
 pub mod authlete;
 pub mod c2id;
+pub mod cutover;
 pub mod proxy;
 pub mod stack;

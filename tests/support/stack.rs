@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use handover::config::{ApiTokens, Config};
+use handover::config::{ApiTokens, Config, Secret};
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::Driver;
 use handover::emulator::jwks::JwkSet;
@@ -37,6 +37,41 @@ pub struct Stack {
     pub config: Config,
 }
 
+/// How the two emulated servers are set up. By default they share one JWK
+/// set (as a migration requires) and the management token [`TOKEN`].
+#[derive(Debug, Clone)]
+pub struct Servers {
+    /// The target's own JWK set; `None` shares the source's.
+    pub target_jwks: Option<JwkSet>,
+    /// The source's management tokens (the proxy's `source.tokens` too).
+    pub source_tokens: connect2id::ApiTokens,
+    /// The target's management tokens (the proxy's `target.tokens` too).
+    pub target_tokens: connect2id::ApiTokens,
+    /// Synthetic records per dataset pre-loaded on the source.
+    pub seed: usize,
+}
+
+impl Default for Servers {
+    fn default() -> Self {
+        Self {
+            target_jwks: None,
+            source_tokens: connect2id::ApiTokens::single(TOKEN),
+            target_tokens: connect2id::ApiTokens::single(TOKEN),
+            seed: 0,
+        }
+    }
+}
+
+/// The proxy's form of an emulator's management tokens.
+pub fn proxy_tokens(tokens: &connect2id::ApiTokens) -> ApiTokens {
+    ApiTokens {
+        clients: Secret::new(&tokens.clients),
+        authz_sessions: Secret::new(&tokens.authz_sessions),
+        authz_store: Secret::new(&tokens.authz_store),
+        session_store: Secret::new(&tokens.session_store),
+    }
+}
+
 impl Stack {
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
@@ -44,35 +79,42 @@ impl Stack {
 
     /// Starts everything; `adjust` may change the proxy config.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        Self::start_seeded(0, adjust).await
+        Self::start_servers(Servers::default(), adjust).await
     }
 
     /// Starts everything with `seed` synthetic records per dataset on the
     /// source (records that existed before the proxy came: the backfill's
     /// work); the target starts empty. `adjust` may change the proxy config.
     pub async fn start_seeded(seed: usize, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_servers(Servers { seed, ..Servers::default() }, adjust).await
+    }
+
+    /// Starts everything with the servers set up as `servers` says (the
+    /// drivers use each side's clients token); `adjust` may change the
+    /// proxy config.
+    pub async fn start_servers(servers: Servers, adjust: impl FnOnce(&mut Config)) -> Self {
         let jwks = JwkSet::generate();
+        let target_jwks = servers.target_jwks.clone().unwrap_or_else(|| jwks.clone());
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://{}/c2id", proxy_listener.local_addr().unwrap());
-        let emulator = |jwks: &JwkSet| {
-            let mut config =
-                connect2id::Config::new(connect2id::ApiTokens::single(TOKEN), jwks.clone());
+        let emulator = |jwks: &JwkSet, tokens: &connect2id::ApiTokens| {
+            let mut config = connect2id::Config::new(tokens.clone(), jwks.clone());
             config.base_path = "/c2id".to_owned();
             config.issuer = Some(issuer.clone());
             config
         };
-        let mut source_config = emulator(&jwks);
-        source_config.seed = seed;
+        let mut source_config = emulator(&jwks, &servers.source_tokens);
+        source_config.seed = servers.seed;
         let source = start_emulator(source_config).await;
-        let target = start_emulator(emulator(&jwks)).await;
+        let target = start_emulator(emulator(&target_jwks, &servers.target_tokens)).await;
         let mut config = Config::for_test(&source.url(), &target.url(), TOKEN);
-        config.source.tokens = ApiTokens::single(TOKEN);
-        config.target.tokens = ApiTokens::single(TOKEN);
+        config.source.tokens = proxy_tokens(&servers.source_tokens);
+        config.target.tokens = proxy_tokens(&servers.target_tokens);
         adjust(&mut config);
         let mut proxy = TestProxy::start_on_with_journal_dir(proxy_listener, config.clone()).await;
-        let via_proxy = Driver::new(proxy.url("/c2id"), TOKEN);
-        let at_source = Driver::new(source.url(), TOKEN);
-        let at_target = Driver::new(target.url(), TOKEN);
+        let via_proxy = Driver::new(proxy.url("/c2id"), &servers.source_tokens.clients);
+        let at_source = Driver::new(source.url(), &servers.source_tokens.clients);
+        let at_target = Driver::new(target.url(), &servers.target_tokens.clients);
         proxy.wait_ready().await;
         Self {
             source,
