@@ -12,6 +12,7 @@
 //! | `GET /status` | phase, primary, journal depth and lag, backfill progress, dead letters |
 //! | `POST /backfill/start`, `/pause`, `/resume` | control the backfill; optional body `{"rate": N, "concurrency": N}` adjusts it live |
 //! | `POST /backfill/settings` | `{"rate": N, "concurrency": N}` only |
+//! | `POST /backfill/tokens` | an Authlete target: a tokens file (JSON lines) streamed in the body, created in Authlete |
 //! | `POST /verify` | starts a verify (`{"dataset": D, "repair": bool, "list": N}`), answers `202` with its id |
 //! | `GET /verify` | the latest verify: state, live progress, report |
 //! | `GET /dead-letters` | changes the sync gave up on, with the reason (never their contents) |
@@ -249,6 +250,22 @@ impl Admin {
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 response
+            }
+            (Method::POST, "/backfill/tokens") => {
+                if let Err(response) = self.authorize(&request) {
+                    return response;
+                }
+                let Some(authlete) = self.routing.authlete().cloned() else {
+                    return json_response(
+                        StatusCode::CONFLICT,
+                        &json!({"error": "conflict", "error_description": "a tokens file applies to an Authlete target only"}),
+                    );
+                };
+                // Streamed: a tokens file can hold millions of lines.
+                match crate::backfill::import_tokens(authlete, request.into_body()).await {
+                    Ok(report) => json_response(StatusCode::OK, &report),
+                    Err(message) => bad_request(&message),
+                }
             }
             (method, path) => {
                 if let Err(response) = self.authorize(&request) {

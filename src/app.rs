@@ -196,11 +196,20 @@ pub async fn run(
     )?);
     // For an Authlete target, traffic goes to the new authorization server
     // after a cutover, and the sync talks to the Authlete API.
-    let target_traffic = match config.target.authlete.as_ref().and_then(|a| a.new_primary.clone()) {
+    let target_traffic = match config
+        .target
+        .authlete
+        .as_ref()
+        .and_then(|a| a.new_primary.clone())
+    {
         Some(url) => {
             let mut server = config.target.clone();
             server.url = url;
-            server.ca_file = config.target.authlete.as_ref().and_then(|a| a.new_primary_ca_file.clone());
+            server.ca_file = config
+                .target
+                .authlete
+                .as_ref()
+                .and_then(|a| a.new_primary_ca_file.clone());
             server
         }
         None => config.target.clone(),
@@ -222,7 +231,12 @@ pub async fn run(
         phases.current().phase.primary(),
     );
     if let Some(settings) = &config.target.authlete {
-        let api = Arc::new(Upstream::new(metrics::Upstream::Target, &config.target, &config.proxy, &metrics)?);
+        let api = Arc::new(Upstream::new(
+            metrics::Upstream::Target,
+            &config.target,
+            &config.proxy,
+            &metrics,
+        )?);
         let authlete = Arc::new(Authlete::new(api, settings.clone(), timeout));
         check_authlete(Arc::clone(&authlete));
         routing = routing.with_authlete(authlete);
@@ -452,7 +466,9 @@ pub async fn run(
 fn check_authlete(authlete: Arc<Authlete>) {
     tokio::spawn(async move {
         match authlete.check_service().await {
-            Ok(check) if check.warnings.is_empty() => tracing::info!("Authlete service settings checked"),
+            Ok(check) if check.warnings.is_empty() => {
+                tracing::info!("Authlete service settings checked")
+            }
             Ok(check) => {
                 for warning in check.warnings {
                     tracing::warn!(warning = %warning, "Authlete service setting");

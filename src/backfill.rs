@@ -1025,7 +1025,6 @@ mod tests {
 /// records do not expose (access tokens; refresh tokens of transient
 /// authorizations), exported from the old system by the operator.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TokenLine {
     /// The Connect2id `client_id`.
     pub client_id: String,
@@ -1080,18 +1079,27 @@ const MAX_TOKEN_LINE: usize = 64 << 10;
 
 impl TokenLine {
     /// The Authlete token of this line, or `None` when it expired.
-    pub fn spec(&self, now: u64, unbounded_refresh: Duration) -> Option<crate::target::authlete::TokenSpec> {
+    pub fn spec(
+        &self,
+        now: u64,
+        unbounded_refresh: Duration,
+    ) -> Option<crate::target::authlete::TokenSpec> {
         let remaining = |at: Option<u64>| at.map(|at| at.saturating_sub(now));
         let access_left = remaining(self.access_token_expires_at);
         let refresh_left = remaining(self.refresh_token_expires_at);
         let access = self.access_token.clone().filter(|_| access_left != Some(0));
-        let refresh = self.refresh_token.clone().filter(|_| refresh_left != Some(0));
+        let refresh = self
+            .refresh_token
+            .clone()
+            .filter(|_| refresh_left != Some(0));
         if access.is_none() && refresh.is_none() {
             return None;
         }
         Some(crate::target::authlete::TokenSpec {
-            grant_type: crate::target::authlete::authlete_grant(self.grant_type.as_deref().unwrap_or("authorization_code"))
-                .to_owned(),
+            grant_type: crate::target::authlete::authlete_grant(
+                self.grant_type.as_deref().unwrap_or("authorization_code"),
+            )
+            .to_owned(),
             client_id: self.client_id.clone(),
             subject: self.subject.clone(),
             scopes: self.scopes.clone(),
@@ -1140,7 +1148,9 @@ where
                     Err(err) => {
                         report.failed += count;
                         if report.errors.len() < 5 {
-                            report.errors.push(format!("a batch of {count} tokens: {err}"));
+                            report
+                                .errors
+                                .push(format!("a batch of {count} tokens: {err}"));
                         }
                     }
                 }
@@ -1174,40 +1184,62 @@ where
             if text.is_empty() {
                 continue;
             }
-            let mut record = report.lock().map_err(|_| "report lock".to_owned())?;
-            record.lines += 1;
-            match serde_json::from_str::<TokenLine>(text) {
-                Err(err) => {
-                    record.invalid += 1;
-                    if record.errors.len() < 5 {
-                        record.errors.push(format!("line {line_number}: {}", err.to_string().chars().take(120).collect::<String>()));
+            {
+                let mut record = report.lock().map_err(|_| "report lock".to_owned())?;
+                record.lines += 1;
+                match serde_json::from_str::<TokenLine>(text) {
+                    Err(err) => {
+                        record.invalid += 1;
+                        if record.errors.len() < 5 {
+                            let message: String = err.to_string().chars().take(120).collect();
+                            record.errors.push(format!("line {line_number}: {message}"));
+                        }
                     }
+                    Ok(token) => match token.spec(now, unbounded) {
+                        None => record.expired += 1,
+                        Some(spec) => pending.push(spec),
+                    },
                 }
-                Ok(token) => match token.spec(now, unbounded) {
-                    None => record.expired += 1,
-                    Some(spec) => pending.push(spec),
-                },
             }
-            drop(record);
             if pending.len() >= TOKEN_BATCH {
-                let permit = Arc::clone(&permits).acquire_owned().await.map_err(|_| "stopped".to_owned())?;
+                let permit = Arc::clone(&permits)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "stopped".to_owned())?;
                 flush(&mut pending, &mut batches, permit);
             }
         }
         if buffer.len() > MAX_TOKEN_LINE {
-            return Err(format!("line {} is longer than {MAX_TOKEN_LINE} bytes", line_number + 1));
+            return Err(format!(
+                "line {} is longer than {MAX_TOKEN_LINE} bytes",
+                line_number + 1
+            ));
         }
     }
     if !pending.is_empty() {
-        let permit = Arc::clone(&permits).acquire_owned().await.map_err(|_| "stopped".to_owned())?;
+        let permit = Arc::clone(&permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| "stopped".to_owned())?;
         flush(&mut pending, &mut batches, permit);
     }
     while batches.join_next().await.is_some() {}
-    let mut report = report.lock().map(|r| r.clone()).map_err(|_| "report lock".to_owned())?;
+    let mut report = report
+        .lock()
+        .map(|r| r.clone())
+        .map_err(|_| "report lock".to_owned())?;
     let elapsed = started.elapsed().as_secs_f64();
     if elapsed > 0.0 {
         report.rate = report.created as f64 / elapsed;
     }
-    tracing::info!(lines = report.lines, created = report.created, expired = report.expired, invalid = report.invalid, failed = report.failed, rate = report.rate, "tokens file imported");
+    tracing::info!(
+        lines = report.lines,
+        created = report.created,
+        expired = report.expired,
+        invalid = report.invalid,
+        failed = report.failed,
+        rate = report.rate,
+        "tokens file imported"
+    );
     Ok(report)
 }

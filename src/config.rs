@@ -757,7 +757,9 @@ impl FileConfig {
         let source = validate_server("source", self.source, env, &mut problems);
         let target = validate_target(self.target, source.as_ref(), env, &mut problems);
         let journal = validate_journal(self.journal, env, &mut problems);
-        let authlete_target = target.as_ref().is_some_and(|t| t.kind == ServerKind::Authlete);
+        let authlete_target = target
+            .as_ref()
+            .is_some_and(|t| t.kind == ServerKind::Authlete);
         let sync = validate_sync(self.sync, authlete_target, &mut problems);
         let backfill = validate_backfill(self.backfill, &mut problems);
         let cutover = validate_cutover(self.cutover, &mut problems);
@@ -962,14 +964,20 @@ fn validate_target(
             None
         }
         None => {
-            problems.push("target.api_version", "required for kind = \"authlete\" (2 or 3)");
+            problems.push(
+                "target.api_version",
+                "required for kind = \"authlete\" (2 or 3)",
+            );
             None
         }
     };
     let service_id = match raw.service_id.as_deref().map(str::parse::<u64>) {
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => {
-            problems.push("target.service_id", "must be the numeric Authlete service id");
+            problems.push(
+                "target.service_id",
+                "must be the numeric Authlete service id",
+            );
             None
         }
         None => None,
@@ -1003,7 +1011,8 @@ fn validate_target(
                 env,
                 problems,
             );
-            key.zip(secret).map(|(key, secret)| AuthleteCredentials::V2 { key, secret })
+            key.zip(secret)
+                .map(|(key, secret)| AuthleteCredentials::V2 { key, secret })
         }
         None => None,
     };
@@ -1015,7 +1024,10 @@ fn validate_target(
         }
         None => None,
     };
-    for (field, file) in [("target.ca_file", &raw.ca_file), ("target.new_primary_ca_file", &raw.new_primary_ca_file)] {
+    for (field, file) in [
+        ("target.ca_file", &raw.ca_file),
+        ("target.new_primary_ca_file", &raw.new_primary_ca_file),
+    ] {
         if let Some(path) = file {
             readable_file(field, path, problems);
         }
@@ -1060,7 +1072,10 @@ fn validate_server(
     let kind = match raw.kind.as_str() {
         "connect2id" => Some(ServerKind::Connect2id),
         "authlete" => {
-            problems.push(format!("{side}.kind"), "only the target can be an Authlete service");
+            problems.push(
+                format!("{side}.kind"),
+                "only the target can be an Authlete service",
+            );
             None
         }
         other => {
@@ -1079,16 +1094,31 @@ fn validate_server(
     let authlete_only = [
         ("api_version", raw.api_version.is_some()),
         ("service_id", raw.service_id.is_some()),
-        ("access_token_env", raw.access_token_env.is_some() || raw.access_token_file.is_some()),
-        ("api_key_env", raw.api_key_env.is_some() || raw.api_key_file.is_some()),
-        ("api_secret_env", raw.api_secret_env.is_some() || raw.api_secret_file.is_some()),
+        (
+            "access_token_env",
+            raw.access_token_env.is_some() || raw.access_token_file.is_some(),
+        ),
+        (
+            "api_key_env",
+            raw.api_key_env.is_some() || raw.api_key_file.is_some(),
+        ),
+        (
+            "api_secret_env",
+            raw.api_secret_env.is_some() || raw.api_secret_file.is_some(),
+        ),
         ("new_primary_url", raw.new_primary_url.is_some()),
-        ("refresh_token_duration", raw.refresh_token_duration.is_some()),
+        (
+            "refresh_token_duration",
+            raw.refresh_token_duration.is_some(),
+        ),
         ("token_sample", raw.token_sample.is_some()),
     ];
     for (field, present) in authlete_only {
         if present {
-            problems.push(format!("{side}.{field}"), "only applies to kind = \"authlete\" targets");
+            problems.push(
+                format!("{side}.{field}"),
+                "only applies to kind = \"authlete\" targets",
+            );
         }
     }
     let url = match BaseUrl::parse(&raw.url) {
@@ -1266,14 +1296,22 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
 
 fn validate_sync(raw: RawSync, authlete: bool, problems: &mut Problems) -> Option<SyncConfig> {
     let start = problems.0.len();
-    let allowed: &[&str] = if authlete { &AUTHLETE_DATASETS } else { &DATASETS };
+    let allowed: &[&str] = if authlete {
+        &AUTHLETE_DATASETS
+    } else {
+        &DATASETS
+    };
     let datasets = match raw.datasets {
         None => allowed.iter().map(|d| (*d).to_owned()).collect(),
         Some(names) => {
             let mut seen: Vec<String> = Vec::new();
             for name in names {
                 if !allowed.contains(&name.as_str()) {
-                    let target = if authlete { "an Authlete" } else { "a Connect2id" };
+                    let target = if authlete {
+                        "an Authlete"
+                    } else {
+                        "a Connect2id"
+                    };
                     problems.push(
                         "sync.datasets",
                         format!("dataset {name:?} does not apply to {target} target (expected one of {allowed:?})"),

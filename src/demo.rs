@@ -10,6 +10,7 @@
 //! and a summary is printed. Exits non-zero if any drift remains or any
 //! client request failed.
 
+pub mod authlete;
 pub mod traffic;
 
 use std::io::Write as _;
@@ -287,7 +288,7 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     Ok(summary)
 }
 
-fn random_key() -> String {
+pub(crate) fn random_key() -> String {
     let mut key = [0u8; 32];
     // The system RNG failing is not recoverable here; fall back to fastrand
     // (the demo's journal lives in a temp dir for seconds).
@@ -363,7 +364,7 @@ fn percentile(samples: &[Duration], q: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 

@@ -56,13 +56,17 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Control the backfill.
+    /// Control the backfill, or (Authlete target) import a tokens file.
     Backfill {
         #[command(flatten)]
         admin: AdminArgs,
         /// What to do.
-        #[arg(value_enum)]
-        action: BackfillAction,
+        #[arg(value_enum, required_unless_present = "tokens_file")]
+        action: Option<BackfillAction>,
+        /// An Authlete target: create the tokens of this JSON-lines file
+        /// (see the README for the format).
+        #[arg(long, value_name = "FILE", conflicts_with = "action")]
+        tokens_file: Option<PathBuf>,
         /// Records per second (0 = unlimited), applied live.
         #[arg(long)]
         rate: Option<u64>,
@@ -164,6 +168,9 @@ struct DemoArgs {
     /// backfill copies them under live traffic).
     #[arg(long, default_value_t = 3000)]
     records: usize,
+    /// Which kind of new server to migrate to.
+    #[arg(long, value_enum, default_value_t = EmulatorKind::Connect2id)]
+    target: EmulatorKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -231,10 +238,39 @@ fn main() -> ExitCode {
         Command::Backfill {
             admin,
             action,
+            tokens_file,
             rate,
             concurrency,
         } => operate(&admin, |client, json| async move {
-            let operation = match action {
+            if let Some(path) = tokens_file {
+                let report = client.upload_tokens(&path).await?;
+                if json {
+                    write_stdout(&format!(
+                        "{}\n",
+                        serde_json::to_string(&report).unwrap_or_default()
+                    ));
+                } else {
+                    write_stdout(&format!(
+                        "tokens file {}: {} lines · {} tokens created · {} expired · {} invalid · {} refused · {:.0} tokens/s\n",
+                        path.display(),
+                        report.lines,
+                        report.created,
+                        report.expired,
+                        report.invalid,
+                        report.failed,
+                        report.rate
+                    ));
+                    for error in &report.errors {
+                        write_stdout(&format!("  {error}\n"));
+                    }
+                }
+                return Ok(if report.failed == 0 && report.invalid == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_PROBLEM)
+                });
+            }
+            let operation = match action.unwrap_or(BackfillAction::Start) {
                 BackfillAction::Start => "start",
                 BackfillAction::Pause => "pause",
                 BackfillAction::Resume => "resume",
@@ -400,9 +436,17 @@ fn demo(args: &DemoArgs) -> ExitCode {
         users: args.users.max(1),
         records: args.records,
     };
-    match runtime.block_on(handover::demo::run(options)) {
-        Ok(summary) if summary.passed() => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(EXIT_PROBLEM),
+    let passed = match args.target {
+        EmulatorKind::Connect2id => runtime
+            .block_on(handover::demo::run(options))
+            .map(|summary| summary.passed()),
+        EmulatorKind::Authlete => runtime
+            .block_on(handover::demo::authlete::run(options))
+            .map(|summary| summary.passed()),
+    };
+    match passed {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_PROBLEM),
         Err(err) => {
             eprintln!("handover demo: {err}");
             ExitCode::from(EXIT_PROBLEM)

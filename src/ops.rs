@@ -230,6 +230,82 @@ impl AdminClient {
         })
     }
 
+    /// Streams a tokens file to `POST /backfill/tokens`.
+    pub async fn upload_tokens(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<crate::backfill::TokenImport, Error> {
+        use tokio::io::AsyncReadExt as _;
+        let url = format!("{}/backfill/tokens", self.base);
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|err| Error::Unexpected(format!("cannot read {}: {err}", path.display())))?;
+        let (mut sender, body) = crate::http::channel_body(8);
+        let feeder = tokio::spawn(async move {
+            let mut buffer = vec![0u8; 256 << 10];
+            loop {
+                match file.read(&mut buffer).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if sender
+                            .send_data(Bytes::copy_from_slice(&buffer[..n]))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(err) => {
+                        sender.abort(Box::new(err));
+                        break;
+                    }
+                }
+            }
+        });
+        let client: Client<HttpConnector, crate::http::Body> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let mut builder = Request::post(&url).header(header::CONTENT_TYPE, "application/x-ndjson");
+        if let Some(token) = &self.token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = builder
+            .body(body)
+            .map_err(|err| Error::Unexpected(err.to_string()))?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|err| Error::Unreachable {
+                url: url.clone(),
+                message: crate::error::chain(&err),
+            })?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| Error::Unreachable {
+                url: url.clone(),
+                message: err.to_string(),
+            })?
+            .to_bytes();
+        let _ = feeder.await;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = value
+                .get("error_description")
+                .and_then(Value::as_str)
+                .map_or_else(
+                    || String::from_utf8_lossy(&bytes).trim().to_owned(),
+                    str::to_owned,
+                );
+            return Err(Error::Refused {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Self::decode(value)
+    }
+
     /// `GET /dead-letters`.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetterView>, Error> {
         Self::decode(self.call(Method::GET, "/dead-letters", None).await?)

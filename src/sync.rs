@@ -764,7 +764,12 @@ impl Worker {
                 // back to the Connect2id source.
                 return Ok(Vec::new());
             }
-            return authlete_change(authlete, self.routing.api(crate::routing::Side::Source), change).await;
+            return authlete_change(
+                authlete,
+                self.routing.api(crate::routing::Side::Source),
+                change,
+            )
+            .await;
         }
         let primary = self.routing.primary_api();
         let secondary = self.routing.secondary_api();
@@ -887,41 +892,42 @@ async fn authlete_change(
                     refresh_token,
                     refresh_expires_in,
                     replaced_refresh,
+                    client_auth,
                 },
         } => {
             let grant = authlete_grant(grant_type);
             let subject = match subject {
                 Some(subject) => Some(subject.clone()),
                 None if grant == "CLIENT_CREDENTIALS" => None,
-                None => {
-                    // An identifier access token: the source knows whose it is.
-                    let mut record = None;
-                    for (token, kind) in [
-                        (refresh_token.as_deref().or(replaced_refresh.as_deref()), TokenKind::Refresh),
-                        (Some(access_token.as_str()), TokenKind::Access),
-                    ] {
-                        if let Some(token) = token {
-                            record = source.inspect(token, kind).await?;
-                            if record.is_some() {
-                                break;
-                            }
+                None => match resolve_subject(
+                    source,
+                    client_id,
+                    access_token,
+                    refresh_token.as_deref().or(replaced_refresh.as_deref()),
+                    client_auth.as_deref(),
+                )
+                .await?
+                {
+                    Resolution::Subject(subject) => Some(subject),
+                    Resolution::Gone => {
+                        // Revoked at the source (or its client deleted)
+                        // since it was issued: nothing to create, and the
+                        // pair it replaced is dead too.
+                        if let Some(old) = replaced_refresh {
+                            authlete.revoke_refresh_token(old).await?;
                         }
+                        tracing::debug!(client_id = %client_id, "tokens no longer active at the source; not created");
+                        return Ok(Vec::new());
                     }
-                    let subject = record
-                        .as_ref()
-                        .and_then(|r| r.get("sub"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
-                    if subject.is_none() {
+                    Resolution::Unknown => {
                         return Err(ApiError::Rejected {
                             server: "source",
                             operation: "inspection",
                             status: 404,
-                            error: "the subject of an identifier access token could not be resolved (transient authorization); Authlete needs it".to_owned(),
+                            error: "the subject of an identifier access token could not be resolved (transient authorization, client not using a secret); Authlete needs it".to_owned(),
                         });
                     }
-                    subject
-                }
+                },
             };
             let spec = TokenSpec {
                 grant_type: grant.to_owned(),
@@ -942,26 +948,85 @@ async fn authlete_change(
             Ok(Vec::new())
         }
         Change::Token {
-            event: TokenEvent::Revoked {
-                client_id,
-                subject,
-                token,
-            },
+            event:
+                TokenEvent::Revoked {
+                    client_id,
+                    subject,
+                    token,
+                },
         } => {
             if client_id.is_some() && subject.is_some() {
                 // Connect2id revokes every token of the client for the subject.
-                authlete.revoke_grant(client_id.as_deref(), subject.as_deref()).await?;
+                authlete
+                    .revoke_grant(client_id.as_deref(), subject.as_deref())
+                    .await?;
             } else if let Some(token) = token {
                 authlete.revoke_refresh_token(token).await?;
                 authlete.revoke_access_token(token).await?;
             } else {
-                authlete.revoke_grant(client_id.as_deref(), subject.as_deref()).await?;
+                authlete
+                    .revoke_grant(client_id.as_deref(), subject.as_deref())
+                    .await?;
             }
             Ok(Vec::new())
         }
         // Authorization records and sessions have no Authlete counterpart.
         _ => Ok(Vec::new()),
     }
+}
+
+/// Whose identifier access token is it, by the source's own account.
+enum Resolution {
+    Subject(String),
+    /// The source no longer has the tokens (revoked, client deleted).
+    Gone,
+    /// The source could not say (no record, no client secret to ask with).
+    Unknown,
+}
+
+/// Resolves the subject of an identifier access token at the source: the
+/// long-lived authorization behind its refresh token, else its own record,
+/// else the token introspection endpoint as the client (a transient
+/// authorization has no record). The client may have rotated its secret
+/// between the request and now; its current secret is then read from the
+/// source's registration and the introspection asked once more.
+async fn resolve_subject(
+    source: &crate::target::connect2id::Connect2id,
+    client_id: &str,
+    access_token: &str,
+    refresh_token: Option<&str>,
+    client_auth: Option<&str>,
+) -> Result<Resolution, ApiError> {
+    for (token, kind) in [
+        (refresh_token, TokenKind::Refresh),
+        (Some(access_token), TokenKind::Access),
+    ] {
+        let Some(token) = token else { continue };
+        if let Some(record) = source.inspect(token, kind).await?
+            && let Some(subject) = record.get("sub").and_then(Value::as_str)
+        {
+            return Ok(Resolution::Subject(subject.to_owned()));
+        }
+    }
+    let Some(auth) = client_auth else {
+        return Ok(Resolution::Unknown);
+    };
+    let answer = match source.subject_via_introspection(access_token, auth).await {
+        Err(ApiError::Rejected { status: 401, .. }) => {
+            let Some(client) = source.get_client(client_id).await? else {
+                return Ok(Resolution::Gone);
+            };
+            let Some(secret) = client.get("client_secret").and_then(Value::as_str) else {
+                return Ok(Resolution::Unknown);
+            };
+            let auth = crate::triggers::basic_auth(client_id, secret);
+            source
+                .subject_via_introspection(access_token, &auth)
+                .await?
+        }
+        other => other?,
+    };
+    Ok(answer.map_or(Resolution::Gone, Resolution::Subject))
 }
 
 /// Writes an exported record to the secondary with the import semantics,
@@ -995,13 +1060,18 @@ async fn write_exported_authlete(
 ) -> Result<(), ApiError> {
     match key {
         Key::Client { .. } => authlete.upsert_client(record).await.map(|_| ()),
-        Key::Authorization { subject, client_id } => match crate::target::authlete::spec_of_record(record, authlete.config()) {
-            Some(spec) if spec.subject.as_deref() == Some(subject.as_str()) && spec.client_id == *client_id => {
-                authlete.create_token(&spec).await
+        Key::Authorization { subject, client_id } => {
+            match crate::target::authlete::spec_of_record(record, authlete.config()) {
+                Some(spec)
+                    if spec.subject.as_deref() == Some(subject.as_str())
+                        && spec.client_id == *client_id =>
+                {
+                    authlete.create_token(&spec).await
+                }
+                // No refresh token (or an expired one) in the record: nothing to copy.
+                _ => Ok(()),
             }
-            // No refresh token (or an expired one) in the record: nothing to copy.
-            _ => Ok(()),
-        },
+        }
         Key::Session { .. } => Ok(()),
     }
 }

@@ -207,7 +207,11 @@ impl Change {
             ),
             Self::Resolve { kind, .. } => format!("{kind:?} token to resolve").to_lowercase(),
             Self::Token { event } => match event {
-                TokenEvent::Issued { client_id, grant_type, .. } => format!("tokens issued to {client_id} ({grant_type})"),
+                TokenEvent::Issued {
+                    client_id,
+                    grant_type,
+                    ..
+                } => format!("tokens issued to {client_id} ({grant_type})"),
                 TokenEvent::Revoked { client_id, .. } => {
                     format!("tokens revoked at {}", client_id.as_deref().unwrap_or("*"))
                 }
@@ -247,6 +251,12 @@ pub enum TokenEvent {
         /// The refresh token this response replaced (a rotation).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replaced_refresh: Option<String>,
+        /// The client's own credentials as an `Authorization: Basic`
+        /// value, to ask the source whose an identifier access token is
+        /// (its introspection endpoint takes client authentication). A
+        /// secret: journaled encrypted, never logged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_auth: Option<String>,
     },
     /// A revocation at the source.
     Revoked {
@@ -267,8 +277,12 @@ impl TokenEvent {
     /// follows.
     pub fn family(&self) -> String {
         let (client, subject) = match self {
-            Self::Issued { client_id, subject, .. } => (Some(client_id.as_str()), subject.as_deref()),
-            Self::Revoked { client_id, subject, .. } => (client_id.as_deref(), subject.as_deref()),
+            Self::Issued {
+                client_id, subject, ..
+            } => (Some(client_id.as_str()), subject.as_deref()),
+            Self::Revoked {
+                client_id, subject, ..
+            } => (client_id.as_deref(), subject.as_deref()),
         };
         match (client, subject) {
             (Some(client_id), Some(subject)) => Key::Authorization {
@@ -481,9 +495,40 @@ pub fn client_of(headers: &HeaderMap, form_pairs: &[(String, String)]) -> Option
         && let Ok(text) = String::from_utf8(decoded)
         && let Some((id, _)) = text.split_once(':')
     {
-        return form::parse(&format!("id={id}")).first().map(|(_, v)| v.clone());
+        return form::parse(&format!("id={id}"))
+            .first()
+            .map(|(_, v)| v.clone());
     }
     form::first(form_pairs, "client_id").map(str::to_owned)
+}
+
+/// The client authentication of a token request as a Basic header value:
+/// the request's own, or built from `client_secret_post` parameters.
+fn client_auth_of(headers: &HeaderMap, form_pairs: &[(String, String)]) -> Option<String> {
+    if let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && value.starts_with("Basic ")
+    {
+        return Some(value.to_owned());
+    }
+    let id = form::first(form_pairs, "client_id")?;
+    let secret = form::first(form_pairs, "client_secret")?;
+    Some(basic_auth(id, secret))
+}
+
+/// A `client_secret_basic` Authorization header value (RFC 6749 §2.3.1:
+/// both parts form-encoded before joining).
+pub fn basic_auth(client_id: &str, secret: &str) -> String {
+    let pair = format!(
+        "{}:{}",
+        form::encode_component(client_id),
+        form::encode_component(secret)
+    );
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 /// The token event of a trigger exchange, for an Authlete target.
@@ -512,13 +557,25 @@ pub fn token_event(row: &Row, exchange: &Exchange<'_>, resolved: &Resolved) -> O
                 .or_else(|| form::first(&request, "scope"))
                 .map(|s| s.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default();
+            let subject = jwt_subject_and_client(&access_token).map(|(subject, _)| subject);
+            // Only needed when the subject is not readable from the token.
+            let client_auth = subject
+                .is_none()
+                .then(|| client_auth_of(exchange.request_headers, &request))
+                .flatten();
             Some(TokenEvent::Issued {
-                subject: jwt_subject_and_client(&access_token).map(|(subject, _)| subject),
+                subject,
+                client_auth,
                 grant_type: grant,
                 client_id,
                 scopes,
-                expires_in: response.get("expires_in").and_then(Value::as_u64).unwrap_or(0),
-                refresh_expires_in: response.get("refresh_token_expires_in").and_then(Value::as_u64),
+                expires_in: response
+                    .get("expires_in")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                refresh_expires_in: response
+                    .get("refresh_token_expires_in")
+                    .and_then(Value::as_u64),
                 access_token,
                 refresh_token,
                 replaced_refresh,
@@ -531,7 +588,11 @@ pub fn token_event(row: &Row, exchange: &Exchange<'_>, resolved: &Resolved) -> O
             token: form::first(&request, "token").map(str::to_owned),
         }),
         "authz_store_revocation" => {
-            let field = |name| form::first(&request, name).filter(|v| !v.is_empty()).map(str::to_owned);
+            let field = |name| {
+                form::first(&request, name)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            };
             let (subject, client_id) = (field("subject"), field("client_id"));
             (subject.is_some() || client_id.is_some()).then_some(TokenEvent::Revoked {
                 client_id,
@@ -1504,7 +1565,11 @@ mod tests {
         );
     }
 
-    fn token_exchange_event(request: &str, response: &str, basic: Option<&str>) -> Option<TokenEvent> {
+    fn token_exchange_event(
+        request: &str,
+        response: &str,
+        basic: Option<&str>,
+    ) -> Option<TokenEvent> {
         let catalogue = Catalogue::new("/c2id");
         let route = catalogue.route(&Method::POST, "/c2id/token").unwrap();
         let mut headers = HeaderMap::new();
@@ -1534,7 +1599,9 @@ mod tests {
         let jwt = jwt();
         let issued = token_exchange_event(
             "grant_type=authorization_code&code=abc&redirect_uri=x",
-            &format!(r#"{{"access_token":"{jwt}","token_type":"Bearer","expires_in":600,"refresh_token":"rt-1","scope":"openid email"}}"#),
+            &format!(
+                r#"{{"access_token":"{jwt}","token_type":"Bearer","expires_in":600,"refresh_token":"rt-1","scope":"openid email"}}"#
+            ),
             Some("s6BhdRkqt3:secret"),
         );
         assert_eq!(
@@ -1549,6 +1616,7 @@ mod tests {
                 refresh_token: Some("rt-1".into()),
                 refresh_expires_in: None,
                 replaced_refresh: None,
+                client_auth: None,
             })
         );
         let rotated = token_exchange_event(
@@ -1557,7 +1625,13 @@ mod tests {
             None,
         )
         .unwrap();
-        let TokenEvent::Issued { client_id, replaced_refresh, refresh_token, .. } = &rotated else {
+        let TokenEvent::Issued {
+            client_id,
+            replaced_refresh,
+            refresh_token,
+            ..
+        } = &rotated
+        else {
             panic!("{rotated:?}");
         };
         assert_eq!(client_id, "public-app");
@@ -1570,7 +1644,14 @@ mod tests {
             Some("app:s"),
         )
         .unwrap();
-        assert!(matches!(kept, TokenEvent::Issued { refresh_token: None, replaced_refresh: None, .. }));
+        assert!(matches!(
+            kept,
+            TokenEvent::Issued {
+                refresh_token: None,
+                replaced_refresh: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -184,7 +184,9 @@ impl Verifier {
         progress: &Progress,
     ) -> Result<DatasetReport, Error> {
         if let Some(authlete) = self.routing.authlete() {
-            return self.authlete_dataset(authlete, dataset, repair, list, progress).await;
+            return self
+                .authlete_dataset(authlete, dataset, repair, list, progress)
+                .await;
         }
         let primary = self.routing.primary_api().clone();
         let secondary = self.routing.secondary_api().clone();
@@ -416,9 +418,12 @@ impl Verifier {
             self.stream(&source, dataset, progress, |key, record| {
                 primary_count += 1;
                 filter.insert(&key.identity());
-                let (authlete, state, sync) = (Arc::clone(authlete), Arc::clone(&state), self.sync.clone());
+                let (authlete, state, sync) =
+                    (Arc::clone(authlete), Arc::clone(&state), self.sync.clone());
                 Some(Box::pin(async move {
-                    let Key::Client { client_id } = &key else { return Ok(()) };
+                    let Key::Client { client_id } = &key else {
+                        return Ok(());
+                    };
                     if sync.is_busy(&key) {
                         state.in_flight.fetch_add(1, Ordering::Relaxed);
                         return Ok(());
@@ -430,7 +435,9 @@ impl Verifier {
                         }
                         Some(copy) => {
                             state.found_on_secondary.fetch_add(1, Ordering::Relaxed);
-                            if crate::target::authlete::client_drift(&record, &copy, version).is_some() {
+                            if crate::target::authlete::client_drift(&record, &copy, version)
+                                .is_some()
+                            {
                                 state.mismatched.fetch_add(1, Ordering::Relaxed);
                                 state.drifted(&key);
                             } else {
@@ -459,11 +466,18 @@ impl Verifier {
                     let Some(alias) = client.get("clientIdAlias").and_then(Value::as_str) else {
                         continue;
                     };
-                    let key = Key::Client { client_id: alias.to_owned() };
+                    let key = Key::Client {
+                        client_id: alias.to_owned(),
+                    };
                     if filter.contains(&key.identity()) {
                         continue;
                     }
-                    if source.get_client(alias).await.map_err(|err| fail(err.to_string()))?.is_none() {
+                    if source
+                        .get_client(alias)
+                        .await
+                        .map_err(|err| fail(err.to_string()))?
+                        .is_none()
+                    {
                         state.extra.fetch_add(1, Ordering::Relaxed);
                         state.drifted(&key);
                     }
@@ -481,9 +495,7 @@ impl Verifier {
             let mut considered = 0u64;
             self.stream(&source, dataset, progress, |key, record| {
                 considered += 1;
-                let Some(spec) = crate::target::authlete::spec_of_record(&record, authlete.config()) else {
-                    return None;
-                };
+                let spec = crate::target::authlete::spec_of_record(&record, authlete.config())?;
                 seen += 1;
                 if sample.len() < wanted {
                     sample.push((key, spec));
@@ -498,7 +510,8 @@ impl Verifier {
             .await?;
             let mut checks = tokio::task::JoinSet::new();
             for (key, spec) in sample.iter().cloned() {
-                let (authlete, state, sync) = (Arc::clone(authlete), Arc::clone(&state), self.sync.clone());
+                let (authlete, state, sync) =
+                    (Arc::clone(authlete), Arc::clone(&state), self.sync.clone());
                 checks.spawn(async move {
                     if sync.is_busy(&key) {
                         state.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -515,7 +528,10 @@ impl Verifier {
                             let mut wanted = spec.scopes.clone();
                             scopes.sort();
                             wanted.sort();
-                            if info.subject == spec.subject && info.client_id == spec.client_id && scopes == wanted {
+                            if info.subject == spec.subject
+                                && info.client_id == spec.client_id
+                                && scopes == wanted
+                            {
                                 state.matching.fetch_add(1, Ordering::Relaxed);
                             } else {
                                 state.mismatched.fetch_add(1, Ordering::Relaxed);
@@ -531,9 +547,15 @@ impl Verifier {
                     return Err(fail(format!("introspection failed: {err}")));
                 }
             }
-            tracing::info!(records = considered, with_refresh_tokens = seen, sampled = sample.len(), "token sample verified");
+            tracing::info!(
+                records = considered,
+                with_refresh_tokens = seen,
+                sampled = sample.len(),
+                "token sample verified"
+            );
             report.primary = sample.len() as u64;
-            report.secondary = state.matching.load(Ordering::Relaxed) + state.mismatched.load(Ordering::Relaxed);
+            report.secondary =
+                state.matching.load(Ordering::Relaxed) + state.mismatched.load(Ordering::Relaxed);
         }
         let drifted = state.drifted.lock().map(|d| d.clone()).unwrap_or_default();
         report.matching = state.matching.load(Ordering::Relaxed);
@@ -558,7 +580,10 @@ impl Verifier {
                                 .revoke_refresh_token(&token)
                                 .await
                                 .map_err(|err| fail(err.to_string()))?;
-                            authlete.create_token(spec).await.map_err(|err| fail(err.to_string()))?;
+                            authlete
+                                .create_token(spec)
+                                .await
+                                .map_err(|err| fail(err.to_string()))?;
                         }
                     }
                     Key::Session { .. } => {}

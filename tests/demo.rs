@@ -34,3 +34,24 @@ async fn the_demo_ends_with_zero_drift_and_zero_failures() {
     }
     assert!(summary.passed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authlete_demo_ends_with_every_held_token_valid_at_authlete() {
+    let summary = handover::demo::authlete::run(handover::demo::Options {
+        duration: Duration::from_secs(2),
+        users: 4,
+        records: 300,
+    })
+    .await
+    .unwrap();
+    assert_eq!(summary.totals.errors, 0, "{summary:?}");
+    assert_eq!(summary.backfill.state, "done", "{summary:?}");
+    assert_eq!(summary.verify.drift, 0, "{summary:?}");
+    assert_eq!(summary.dead_letters, 0, "{summary:?}");
+    assert!(summary.held > 0 && summary.refresh_held > 0, "{summary:?}");
+    assert_eq!(summary.access_valid, summary.held, "{summary:?}");
+    assert_eq!(summary.refresh_valid, summary.refresh_held, "{summary:?}");
+    let clients = &summary.verify.datasets["clients"];
+    assert!(clients.matching >= 300, "{clients:?}");
+    assert!(summary.passed());
+}

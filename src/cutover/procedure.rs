@@ -686,7 +686,8 @@ impl Cutover {
             checks.push(Check {
                 check: "new authorization server configured".to_owned(),
                 ok: false,
-                detail: "target.new_primary_url is not set: there is no server to send traffic to".to_owned(),
+                detail: "target.new_primary_url is not set: there is no server to send traffic to"
+                    .to_owned(),
                 forceable: false,
             });
             return checks;
@@ -716,7 +717,12 @@ impl Cutover {
         checks.push(Check {
             check: "sync lag".to_owned(),
             ok: lag <= self.settings.max_lag,
-            detail: format!("lag {} ms (bound {} ms), journal depth {}", millis(lag), millis(self.settings.max_lag), stats.depth),
+            detail: format!(
+                "lag {} ms (bound {} ms), journal depth {}",
+                millis(lag),
+                millis(self.settings.max_lag),
+                stats.depth
+            ),
             forceable: false,
         });
         let dead = self.dead_letters.len();

@@ -68,6 +68,8 @@ pub struct Traffic {
     events: std::sync::Mutex<Vec<TokenEvent>>,
     /// The latest credentials of every client (secrets rotate on update).
     clients: std::sync::Mutex<std::collections::HashMap<String, RegisteredClient>>,
+    /// Tokens held at the end.
+    held: std::sync::Mutex<Vec<HeldTokens>>,
 }
 
 /// A user's grant, kept to refresh, revoke or log out later.
@@ -76,7 +78,19 @@ struct Grant {
     id: u64,
     client: RegisteredClient,
     sid: String,
+    access_token: String,
     refresh_token: Option<String>,
+}
+
+/// Tokens a user still holds at the end (their grant not revoked).
+#[derive(Debug, Clone)]
+pub struct HeldTokens {
+    /// The client.
+    pub client_id: String,
+    /// The latest access token.
+    pub access_token: String,
+    /// The current refresh token.
+    pub refresh_token: Option<String>,
 }
 
 /// What happened to refresh tokens, for the "no gap at the flip" check.
@@ -121,6 +135,7 @@ impl Traffic {
             grant_ids: AtomicU64::new(0),
             events: std::sync::Mutex::new(Vec::new()),
             clients: std::sync::Mutex::new(std::collections::HashMap::new()),
+            held: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -278,6 +293,7 @@ impl Traffic {
                             id: self.grant_ids.fetch_add(1, Ordering::Relaxed),
                             client: client.clone(),
                             sid: login.sid,
+                            access_token: tokens.access_token,
                             refresh_token: tokens.refresh_token,
                         });
                     }
@@ -294,6 +310,7 @@ impl Traffic {
                     match self.driver.refresh(&grant.client, &token).await {
                         Ok(tokens) => {
                             c.refreshes.fetch_add(1, Ordering::Relaxed);
+                            grant.access_token.clone_from(&tokens.access_token);
                             self.event(TokenEvent::Used {
                                 at: Instant::now(),
                                 grant: grant.id,
@@ -375,11 +392,32 @@ impl Traffic {
                     if grants.is_empty() {
                         continue;
                     }
+                    // Logging out ends the session, not the grant: the
+                    // app keeps its tokens.
                     let grant = grants.swap_remove(fastrand::usize(..grants.len()));
                     self.count(2, self.driver.logout(&grant.sid).await, &c.logouts);
+                    self.keep(&grant);
                 }
             }
         }
+        for grant in &grants {
+            self.keep(grant);
+        }
+    }
+
+    fn keep(&self, grant: &Grant) {
+        if let Ok(mut held) = self.held.lock() {
+            held.push(HeldTokens {
+                client_id: grant.client.id.clone(),
+                access_token: grant.access_token.clone(),
+                refresh_token: grant.refresh_token.clone(),
+            });
+        }
+    }
+
+    /// Tokens users still held at the end of the traffic.
+    pub fn held_tokens(&self) -> Vec<HeldTokens> {
+        self.held.lock().map(|h| h.clone()).unwrap_or_default()
     }
 }
 

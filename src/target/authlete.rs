@@ -147,18 +147,30 @@ impl Authlete {
             AuthleteCredentials::V2 { key, secret } => {
                 use base64::Engine as _;
                 let pair = format!("{}:{}", key.expose(), secret.expose());
-                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )
             }
             AuthleteCredentials::V3 { token } => format!("Bearer {}", token.expose()),
         }
     }
 
     /// Calls an API; returns the status and the envelope.
-    async fn call(&self, method: Method, api: &str, body: Option<Value>) -> Result<(StatusCode, Value), ApiError> {
+    async fn call(
+        &self,
+        method: Method,
+        api: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value), ApiError> {
         let uri = self
             .upstream
             .url
-            .uri_for(&format!("{}{}", self.upstream.url.base_path, self.path(api)))
+            .uri_for(&format!(
+                "{}{}",
+                self.upstream.url.base_path,
+                self.path(api)
+            ))
             .map_err(|err| ApiError::Transient(format!("invalid Authlete path {api}: {err}")))?;
         let mut builder = Request::builder()
             .method(method)
@@ -221,8 +233,14 @@ impl Authlete {
             status: status.as_u16(),
             error: format!(
                 "{} {}",
-                envelope.get("resultCode").and_then(Value::as_str).unwrap_or(""),
-                envelope.get("resultMessage").and_then(Value::as_str).unwrap_or("")
+                envelope
+                    .get("resultCode")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                envelope
+                    .get("resultMessage")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
             )
             .trim()
             .to_owned(),
@@ -238,7 +256,11 @@ impl Authlete {
             return Err(Self::rejected("service/get", status, &service));
         }
         let mut warnings = Vec::new();
-        if service.get("singleAccessTokenPerSubject").and_then(Value::as_bool) == Some(true) {
+        if service
+            .get("singleAccessTokenPerSubject")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
             warnings.push(
                 "singleAccessTokenPerSubject is on: creating a mirrored token would invalidate the subject's other tokens; turn it off during the migration".to_owned(),
             );
@@ -268,7 +290,14 @@ impl Authlete {
             None => alias.to_owned(),
         };
         let (status, client) = self
-            .call(Method::GET, &format!("/client/get/{}", crate::http::form::encode_segment(&identifier)), None)
+            .call(
+                Method::GET,
+                &format!(
+                    "/client/get/{}",
+                    crate::http::form::encode_segment(&identifier)
+                ),
+                None,
+            )
             .await?;
         if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
             self.ids.remove(alias);
@@ -328,7 +357,9 @@ impl Authlete {
                 if !mapped_equal(&current, &client) {
                     let mut body = client.clone();
                     body["clientId"] = id.into();
-                    let (status, answer) = self.call(Method::POST, &format!("/client/update/{id}"), Some(body)).await?;
+                    let (status, answer) = self
+                        .call(Method::POST, &format!("/client/update/{id}"), Some(body))
+                        .await?;
                     if !status.is_success() {
                         return Err(Self::rejected("client/update", status, &answer));
                     }
@@ -340,25 +371,37 @@ impl Authlete {
                 id
             }
             None => {
-                let (status, created) = self.call(Method::POST, "/client/create", Some(client)).await?;
+                let (status, created) = self
+                    .call(Method::POST, "/client/create", Some(client))
+                    .await?;
                 if !status.is_success() {
                     return Err(Self::rejected("client/create", status, &created));
                 }
-                let id = created.get("clientId").and_then(Value::as_u64).ok_or_else(|| ApiError::Malformed {
-                    server: "target",
-                    operation: "client/create",
-                    message: "no clientId in the answer".to_owned(),
-                })?;
+                let id = created
+                    .get("clientId")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| ApiError::Malformed {
+                        server: "target",
+                        operation: "client/create",
+                        message: "no clientId in the answer".to_owned(),
+                    })?;
                 self.ids.insert(alias.clone(), id);
                 id
             }
         };
         if let Some(secret) = secret {
-            let identifier = if self.config.api_version >= 3 { alias.clone() } else { id.to_string() };
+            let identifier = if self.config.api_version >= 3 {
+                alias.clone()
+            } else {
+                id.to_string()
+            };
             let (status, answer) = self
                 .call(
                     Method::POST,
-                    &format!("/client/secret/update/{}", crate::http::form::encode_segment(&identifier)),
+                    &format!(
+                        "/client/secret/update/{}",
+                        crate::http::form::encode_segment(&identifier)
+                    ),
                     Some(json!({ "clientSecret": secret })),
                 )
                 .await?;
@@ -375,7 +418,9 @@ impl Authlete {
         let Some((id, _)) = self.client_id_of(alias).await? else {
             return Ok(());
         };
-        let (status, answer) = self.call(Method::DELETE, &format!("/client/delete/{id}"), None).await?;
+        let (status, answer) = self
+            .call(Method::DELETE, &format!("/client/delete/{id}"), None)
+            .await?;
         self.ids.remove(alias);
         if status.is_success() || status == StatusCode::NOT_FOUND {
             Ok(())
@@ -385,15 +430,30 @@ impl Authlete {
     }
 
     /// Every client, a page at a time (for verify).
-    pub async fn clients_page(&self, start: usize, end: usize) -> Result<(Vec<Value>, u64), ApiError> {
+    pub async fn clients_page(
+        &self,
+        start: usize,
+        end: usize,
+    ) -> Result<(Vec<Value>, u64), ApiError> {
         let (status, page) = self
-            .call(Method::GET, &format!("/client/get/list?start={start}&end={end}"), None)
+            .call(
+                Method::GET,
+                &format!("/client/get/list?start={start}&end={end}"),
+                None,
+            )
             .await?;
         if !status.is_success() {
             return Err(Self::rejected("client/get/list", status, &page));
         }
-        let clients = page.get("clients").and_then(Value::as_array).cloned().unwrap_or_default();
-        let total = page.get("totalCount").and_then(Value::as_u64).unwrap_or(clients.len() as u64);
+        let clients = page
+            .get("clients")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let total = page
+            .get("totalCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(clients.len() as u64);
         Ok((clients, total))
     }
 
@@ -408,7 +468,10 @@ impl Authlete {
         } else {
             // v2 takes only the numeric id.
             let id = self.ids.get(&spec.client_id).map(|id| *id).ok_or_else(|| {
-                ApiError::Transient(format!("client {} is not known in Authlete yet", spec.client_id))
+                ApiError::Transient(format!(
+                    "client {} is not known in Authlete yet",
+                    spec.client_id
+                ))
             })?;
             body.insert("clientId".into(), id.into());
         }
@@ -420,11 +483,17 @@ impl Authlete {
         if let Some(access) = &spec.access_token {
             body.insert("accessToken".into(), access.clone().into());
         }
-        body.insert("accessTokenDuration".into(), spec.access_token_duration.into());
+        body.insert(
+            "accessTokenDuration".into(),
+            spec.access_token_duration.into(),
+        );
         if let Some(refresh) = &spec.refresh_token {
             body.insert("refreshToken".into(), refresh.clone().into());
         }
-        body.insert("refreshTokenDuration".into(), spec.refresh_token_duration.into());
+        body.insert(
+            "refreshTokenDuration".into(),
+            spec.refresh_token_duration.into(),
+        );
         body.insert(
             "properties".into(),
             json!([{ "key": "migrated_from", "value": "connect2id", "hidden": true }]),
@@ -444,8 +513,15 @@ impl Authlete {
     pub async fn create_token(&self, spec: &TokenSpec) -> Result<(), ApiError> {
         self.ensure_client_id(&spec.client_id).await?;
         let body = self.create_body(spec)?;
-        let (status, answer) = self.call(Method::POST, "/auth/token/create", Some(body)).await?;
-        if status.is_success() && answer.get("action").and_then(Value::as_str).is_none_or(|a| a == "OK") {
+        let (status, answer) = self
+            .call(Method::POST, "/auth/token/create", Some(body))
+            .await?;
+        if status.is_success()
+            && answer
+                .get("action")
+                .and_then(Value::as_str)
+                .is_none_or(|a| a == "OK")
+        {
             return Ok(());
         }
         if already_exists(&answer) {
@@ -464,8 +540,13 @@ impl Authlete {
         if self.config.api_version >= 3 && specs.iter().all(|s| s.access_token.is_some()) {
             match self.create_batch(specs).await {
                 Ok(true) => return Ok(()),
-                Ok(false) => tracing::debug!(tokens = specs.len(), "token batch failed; creating one by one"),
-                Err(err) => tracing::debug!(error = %err, "token batch unavailable; creating one by one"),
+                Ok(false) => tracing::debug!(
+                    tokens = specs.len(),
+                    "token batch failed; creating one by one"
+                ),
+                Err(err) => {
+                    tracing::debug!(error = %err, "token batch unavailable; creating one by one")
+                }
             }
         }
         for spec in specs {
@@ -476,14 +557,25 @@ impl Authlete {
 
     /// Runs one batch; `Ok(true)` when it succeeded entirely.
     async fn create_batch(&self, specs: &[TokenSpec]) -> Result<bool, ApiError> {
-        let bodies: Vec<Value> = specs.iter().map(|s| self.create_body(s)).collect::<Result<_, _>>()?;
+        let bodies: Vec<Value> = specs
+            .iter()
+            .map(|s| self.create_body(s))
+            .collect::<Result<_, _>>()?;
         let (status, answer) = self
-            .call(Method::POST, "/auth/token/create/batch", Some(Value::Array(bodies)))
+            .call(
+                Method::POST,
+                "/auth/token/create/batch",
+                Some(Value::Array(bodies)),
+            )
             .await?;
         if !status.is_success() {
             return Err(Self::rejected("auth/token/create/batch", status, &answer));
         }
-        let Some(request_id) = answer.get("requestId").and_then(Value::as_str).map(str::to_owned) else {
+        let Some(request_id) = answer
+            .get("requestId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
             return Ok(false);
         };
         let deadline = tokio::time::Instant::now() + self.timeout.max(Duration::from_secs(30));
@@ -496,7 +588,11 @@ impl Authlete {
                 )
                 .await?;
             if !status.is_success() {
-                return Err(Self::rejected("auth/token/create/batch/status", status, &answer));
+                return Err(Self::rejected(
+                    "auth/token/create/batch/status",
+                    status,
+                    &answer,
+                ));
             }
             match answer
                 .get("status")
@@ -516,17 +612,23 @@ impl Authlete {
 
     /// Removes the pair holding a refresh token (absent is fine).
     pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<(), ApiError> {
-        self.revoke(json!({ "refreshTokenIdentifier": refresh_token })).await
+        self.revoke(json!({ "refreshTokenIdentifier": refresh_token }))
+            .await
     }
 
     /// Removes the pair holding an access token (absent is fine).
     pub async fn revoke_access_token(&self, access_token: &str) -> Result<(), ApiError> {
-        self.revoke(json!({ "accessTokenIdentifier": access_token })).await
+        self.revoke(json!({ "accessTokenIdentifier": access_token }))
+            .await
     }
 
     /// Removes every token of a subject at a client (Connect2id's
     /// revocation semantics), or of a subject, or of a client.
-    pub async fn revoke_grant(&self, client_id: Option<&str>, subject: Option<&str>) -> Result<(), ApiError> {
+    pub async fn revoke_grant(
+        &self,
+        client_id: Option<&str>,
+        subject: Option<&str>,
+    ) -> Result<(), ApiError> {
         let mut body = Map::new();
         if let Some(client) = client_id {
             body.insert("clientIdentifier".into(), client.into());
@@ -541,7 +643,9 @@ impl Authlete {
     }
 
     async fn revoke(&self, body: Value) -> Result<(), ApiError> {
-        let (status, answer) = self.call(Method::POST, "/auth/token/revoke", Some(body)).await?;
+        let (status, answer) = self
+            .call(Method::POST, "/auth/token/revoke", Some(body))
+            .await?;
         if status.is_success() || status == StatusCode::NOT_FOUND {
             Ok(())
         } else {
@@ -551,8 +655,16 @@ impl Authlete {
 
     /// Introspects a token (`refresh` picks the hint) through the standard
     /// introspection backend; `None` when inactive.
-    pub async fn introspect(&self, token: &str, refresh: bool) -> Result<Option<TokenInfo>, ApiError> {
-        let hint = if refresh { "refresh_token" } else { "access_token" };
+    pub async fn introspect(
+        &self,
+        token: &str,
+        refresh: bool,
+    ) -> Result<Option<TokenInfo>, ApiError> {
+        let hint = if refresh {
+            "refresh_token"
+        } else {
+            "access_token"
+        };
         let parameters = crate::http::form::encode([("token", token), ("token_type_hint", hint)]);
         let (status, answer) = self
             .call(
@@ -562,7 +674,11 @@ impl Authlete {
             )
             .await?;
         if !status.is_success() {
-            return Err(Self::rejected("auth/introspection/standard", status, &answer));
+            return Err(Self::rejected(
+                "auth/introspection/standard",
+                status,
+                &answer,
+            ));
         }
         let content: Value = answer
             .get("responseContent")
@@ -573,7 +689,10 @@ impl Authlete {
             return Ok(None);
         }
         Ok(Some(TokenInfo {
-            subject: content.get("sub").and_then(Value::as_str).map(str::to_owned),
+            subject: content
+                .get("sub")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             client_id: content
                 .get("client_id")
                 .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned))
@@ -620,7 +739,12 @@ pub fn spec_of_record(record: &Value, config: &AuthleteConfig) -> Option<TokenSp
         scopes: record
             .get("scp")
             .and_then(Value::as_array)
-            .map(|s| s.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|s| {
+                s.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default(),
         access_token: None,
         access_token_duration: 0,
@@ -633,14 +757,19 @@ pub fn spec_of_record(record: &Value, config: &AuthleteConfig) -> Option<TokenSp
 pub fn secret_acceptable(secret: &str) -> bool {
     !secret.is_empty()
         && secret.len() <= SECRET_MAX_LEN
-        && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Whether an error envelope says the token value is already held (a
 /// replay). The result code for this case is undocumented (spec §7 q.1):
 /// the message is matched, and the emulator's codes.
 fn already_exists(envelope: &Value) -> bool {
-    let code = envelope.get("resultCode").and_then(Value::as_str).unwrap_or("");
+    let code = envelope
+        .get("resultCode")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let message = envelope
         .get("resultMessage")
         .and_then(Value::as_str)
@@ -652,7 +781,11 @@ fn already_exists(envelope: &Value) -> bool {
 fn envelope_message(bytes: &[u8]) -> String {
     serde_json::from_slice::<Value>(bytes)
         .ok()
-        .and_then(|v| v.get("resultMessage").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.get("resultMessage")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .unwrap_or_default()
 }
 
@@ -660,7 +793,14 @@ fn upper(value: &Value, map: fn(&str) -> Option<&'static str>) -> Value {
     Value::Array(
         value
             .as_array()
-            .map(|items| items.iter().filter_map(Value::as_str).filter_map(map).map(Value::from).collect())
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(map)
+                    .map(Value::from)
+                    .collect()
+            })
             .unwrap_or_default(),
     )
 }
@@ -716,10 +856,16 @@ pub fn map_client(record: &Value, api_version: u8) -> (Value, Vec<String>) {
     let fields = record.as_object().unwrap_or(&empty);
     let mut client = Map::new();
     let mut unmapped = Vec::new();
-    let confidential = fields.contains_key("client_secret") || fields.contains_key("encoded_client_secret");
+    let confidential =
+        fields.contains_key("client_secret") || fields.contains_key("encoded_client_secret");
     client.insert(
         "clientType".into(),
-        if confidential { "CONFIDENTIAL" } else { "PUBLIC" }.into(),
+        if confidential {
+            "CONFIDENTIAL"
+        } else {
+            "PUBLIC"
+        }
+        .into(),
     );
     for (name, value) in fields {
         match name.as_str() {
@@ -749,7 +895,11 @@ pub fn map_client(record: &Value, api_version: u8) -> (Value, Vec<String>) {
                 }
             }
             "application_type" => {
-                let kind = if value.as_str() == Some("native") { "NATIVE" } else { "WEB" };
+                let kind = if value.as_str() == Some("native") {
+                    "NATIVE"
+                } else {
+                    "WEB"
+                };
                 client.insert("applicationType".into(), kind.into());
             }
             "client_uri" => {
@@ -775,8 +925,12 @@ pub fn map_client(record: &Value, api_version: u8) -> (Value, Vec<String>) {
             }
             // Credentials and server-side bookkeeping, handled elsewhere or
             // regenerated by Authlete.
-            "client_secret" | "encoded_client_secret" | "client_secret_expires_at" | "client_id_issued_at"
-            | "registration_access_token" | "registration_client_uri" => {}
+            "client_secret"
+            | "encoded_client_secret"
+            | "client_secret_expires_at"
+            | "client_id_issued_at"
+            | "registration_access_token"
+            | "registration_client_uri" => {}
             other => unmapped.push(other.to_owned()),
         }
     }
@@ -799,7 +953,17 @@ fn mapped_equal(current: &Value, wanted: &Value) -> bool {
 pub fn client_drift(record: &Value, authlete: &Value, api_version: u8) -> Option<String> {
     let (wanted, _) = map_client(record, api_version);
     if !mapped_equal(authlete, &wanted) {
-        return Some("metadata differs".to_owned());
+        let differing: Vec<&String> = wanted
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(name, value)| {
+                name.as_str() != "clientIdAliasEnabled"
+                    && authlete.get(name.as_str()) != Some(value)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        return Some(format!("differs in {differing:?}"));
     }
     let secret = record.get("client_secret").and_then(Value::as_str);
     if secret.is_some() && authlete.get("clientSecret").and_then(Value::as_str) != secret {
@@ -830,7 +994,10 @@ mod tests {
         assert_eq!(client["clientIdAlias"], "s6BhdRkqt3");
         assert_eq!(client["clientIdAliasEnabled"], true);
         assert_eq!(client["clientType"], "CONFIDENTIAL");
-        assert_eq!(client["grantTypes"], json!(["AUTHORIZATION_CODE", "REFRESH_TOKEN"]));
+        assert_eq!(
+            client["grantTypes"],
+            json!(["AUTHORIZATION_CODE", "REFRESH_TOKEN"])
+        );
         assert_eq!(client["responseTypes"], json!(["CODE", "CODE_ID_TOKEN"]));
         assert_eq!(client["tokenAuthMethod"], "CLIENT_SECRET_BASIC");
         assert_eq!(unmapped, ["data"]);
@@ -850,8 +1017,12 @@ mod tests {
     #[test]
     fn duplicate_values_are_recognised() {
         assert!(already_exists(&json!({"resultCode": "A109208"})));
-        assert!(already_exists(&json!({"resultCode": "A999999", "resultMessage": "The token already exists."})));
-        assert!(!already_exists(&json!({"resultCode": "A109201", "resultMessage": "Bad request"})));
+        assert!(already_exists(
+            &json!({"resultCode": "A999999", "resultMessage": "The token already exists."})
+        ));
+        assert!(!already_exists(
+            &json!({"resultCode": "A109201", "resultMessage": "Bad request"})
+        ));
     }
 
     #[test]
@@ -859,6 +1030,9 @@ mod tests {
         assert_eq!(authlete_grant("authorization_code"), "AUTHORIZATION_CODE");
         assert_eq!(authlete_grant("refresh_token"), "AUTHORIZATION_CODE");
         assert_eq!(authlete_grant("client_credentials"), "CLIENT_CREDENTIALS");
-        assert_eq!(authlete_grant("urn:ietf:params:oauth:grant-type:token-exchange"), "TOKEN_EXCHANGE");
+        assert_eq!(
+            authlete_grant("urn:ietf:params:oauth:grant-type:token-exchange"),
+            "TOKEN_EXCHANGE"
+        );
     }
 }

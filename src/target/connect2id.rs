@@ -472,6 +472,51 @@ impl Connect2id {
         }
     }
 
+    /// Introspects a token as its client (`/token/introspect` with the
+    /// client's own `Authorization: Basic` value): the subject of an active
+    /// token, `None` when inactive.
+    pub async fn subject_via_introspection(
+        &self,
+        token: &str,
+        client_auth: &str,
+    ) -> Result<Option<String>, ApiError> {
+        let uri = self
+            .upstream
+            .url
+            .endpoint("/token/introspect")
+            .map_err(|err| ApiError::Transient(format!("invalid endpoint: {err}")))?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::AUTHORIZATION, client_auth)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(ProxyBody::full(Bytes::from(form::encode([(
+                "token", token,
+            )]))))
+            .map_err(|err| ApiError::Transient(format!("cannot build request: {err}")))?;
+        let answer = match self.call(Api::AuthzStore, request).await {
+            // The client's credentials, not ours: a retry will not help.
+            Err(ApiError::Credentials { status, .. }) => {
+                return Err(ApiError::Rejected {
+                    server: self.server(),
+                    operation: "POST /token/introspect",
+                    status,
+                    error: "the client's credentials were refused (secret rotated since?)"
+                        .to_owned(),
+                });
+            }
+            other => other?,
+        };
+        if !answer.status.is_success() {
+            return Err(self.rejected("POST /token/introspect", &answer));
+        }
+        let value = self.parse("POST /token/introspect", &answer.body)?;
+        if value.get("active").and_then(Value::as_bool) != Some(true) {
+            return Ok(None);
+        }
+        Ok(value.get("sub").and_then(Value::as_str).map(str::to_owned))
+    }
+
     // ---- sessions ----
 
     /// One session by SID, without bumping its idle timer.

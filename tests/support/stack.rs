@@ -86,7 +86,14 @@ impl Stack {
     /// source (records that existed before the proxy came: the backfill's
     /// work); the target starts empty. `adjust` may change the proxy config.
     pub async fn start_seeded(seed: usize, adjust: impl FnOnce(&mut Config)) -> Self {
-        Self::start_servers(Servers { seed, ..Servers::default() }, adjust).await
+        Self::start_servers(
+            Servers {
+                seed,
+                ..Servers::default()
+            },
+            adjust,
+        )
+        .await
     }
 
     /// Starts everything with the servers set up as `servers` says (the

@@ -178,6 +178,11 @@ pub struct Client {
     pub token_auth_method: Option<String>,
     /// `attributes`.
     pub attributes: Vec<Pair>,
+    /// Other Authlete client metadata kept as given (`clientUri`,
+    /// `logoUri`, `tosUri`, `policyUri`, `contacts`, `jwksUri`,
+    /// `idTokenSignAlg`).
+    #[serde(flatten)]
+    pub metadata: ClientMetadata,
     /// Creation time, epoch ms.
     pub created_at: i64,
     /// Last modification time, epoch ms.
@@ -221,6 +226,35 @@ pub(super) struct ClientRequest {
     token_auth_method: Option<String>,
     #[serde(default)]
     attributes: Vec<Pair>,
+    #[serde(flatten)]
+    metadata: ClientMetadata,
+}
+
+/// Client metadata the emulator stores without interpreting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientMetadata {
+    /// `clientUri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_uri: Option<String>,
+    /// `logoUri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logo_uri: Option<String>,
+    /// `tosUri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tos_uri: Option<String>,
+    /// `policyUri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_uri: Option<String>,
+    /// `contacts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contacts: Option<Vec<String>>,
+    /// `jwksUri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// `idTokenSignAlg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token_sign_alg: Option<String>,
 }
 
 /// One token record: an access token and the refresh token issued with it
@@ -478,6 +512,7 @@ impl State {
             redirect_uris: request.redirect_uris,
             token_auth_method: request.token_auth_method,
             attributes: request.attributes,
+            metadata: request.metadata,
             created_at: now,
             modified_at: now,
         };
@@ -521,6 +556,7 @@ impl State {
             redirect_uris: request.redirect_uris,
             token_auth_method: request.token_auth_method,
             attributes: request.attributes,
+            metadata: request.metadata,
             modified_at: now,
             ..current.clone()
         };
