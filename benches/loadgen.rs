@@ -83,6 +83,20 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// A bare hyper reverse proxy (hyper-util server and pooled client, no
+    /// header hygiene, tracing or metrics): a reference for what the stack
+    /// alone costs, not a product.
+    BareProxy {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The upstream's address.
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// Tokio worker threads (multi-thread scheduler, like handover).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
     /// Fixed-rate open-loop load, latency from the intended send time.
     OpenLoop {
         #[command(flatten)]
@@ -138,6 +152,10 @@ struct Common {
     /// Free-form labels stored in the JSON report (`target=handover`).
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Processes (all their threads) whose CPU time is read at the start
+    /// and the end of the measured window: the proxy under test.
+    #[arg(long = "cpu-pid")]
+    cpu_pids: Vec<u32>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -167,6 +185,16 @@ fn main() -> std::process::ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Upstream { listen, threads } => runtime(threads)?.block_on(upstream(listen)),
+        Command::BareProxy {
+            listen,
+            upstream,
+            threads,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .build()
+            .context("cannot build the tokio runtime")?
+            .block_on(bare_proxy(listen, upstream)),
         Command::OpenLoop { common, rate } => {
             if !(rate > 0.0 && rate.is_finite()) {
                 bail!("--rate must be a positive number, got {rate}");
@@ -232,6 +260,57 @@ async fn upstream(listen: SocketAddr) -> anyhow::Result<()> {
                 Ok::<_, Infallible>(response)
             });
             // A client closing its connection is the normal end.
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn bare_proxy(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
+    use hyper_util::client::legacy::{Client, connect::HttpConnector};
+
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("loadgen bare proxy listening on {}", listener.local_addr()?);
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, hyper::body::Incoming> =
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(connector);
+    let base: Arc<str> = Arc::from(format!("http://{upstream}"));
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(err) => {
+                eprintln!("loadgen bare proxy: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = Arc::clone(&builder);
+        let client = client.clone();
+        let base = Arc::clone(&base);
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    let uri = format!(
+                        "{base}{}",
+                        request.uri().path_and_query().map_or("/", |pq| pq.as_str())
+                    );
+                    async move {
+                        // A failure closes the downstream connection: good
+                        // enough for a reference that never fails.
+                        *request.uri_mut() = uri.parse::<Uri>().map_err(anyhow::Error::from)?;
+                        request.headers_mut().remove(header::HOST);
+                        client.request(request).await.map_err(anyhow::Error::from)
+                    }
+                });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -373,6 +452,8 @@ struct Samples {
     timeouts: u64,
     first_error: Option<String>,
     measured: Duration,
+    /// CPU time the `--cpu-pid` processes used during the window.
+    cpu: Option<Duration>,
 }
 
 impl Samples {
@@ -399,6 +480,38 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// CPU time used so far by every thread of the given processes, from
+/// `/proc/PID/task/*/schedstat` (nanoseconds on the CPU, not ticks).
+fn cpu_time(pids: &[u32]) -> Option<Duration> {
+    let mut total = 0u64;
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let path = task.ok()?.path().join("schedstat");
+            let text = std::fs::read_to_string(path).ok()?;
+            total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// Reads the CPU time of `pids` at `from` and at `to`, in the background.
+fn watch_cpu(
+    pids: Vec<u32>,
+    from: Instant,
+    to: Instant,
+) -> Option<tokio::task::JoinHandle<Option<Duration>>> {
+    if pids.is_empty() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        tokio::time::sleep_until(from.into()).await;
+        let start = cpu_time(&pids)?;
+        tokio::time::sleep_until(to.into()).await;
+        let end = cpu_time(&pids)?;
+        end.checked_sub(start)
+    }))
+}
+
 async fn connect_all(target: &Target, connections: usize) -> anyhow::Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections.max(1) {
@@ -418,6 +531,7 @@ async fn open_loop(target: &Target, common: &Common, rate: f64) -> anyhow::Resul
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let hard_deadline = end + DRAIN_GRACE;
+    let cpu = watch_cpu(common.cpu_pids.clone(), measure_from, end);
     let count = ((common.warmup + common.duration) * rate).ceil();
     // `as` saturates for f64 -> u64, and the count is positive and finite.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -502,6 +616,9 @@ async fn open_loop(target: &Target, common: &Common, rate: f64) -> anyhow::Resul
         .join()
         .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
     samples.measured = duration;
+    if let Some(cpu) = cpu {
+        samples.cpu = cpu.await.context("the CPU watcher panicked")?;
+    }
     Ok(samples)
 }
 
@@ -510,6 +627,7 @@ async fn closed_loop(target: &Target, common: &Common) -> anyhow::Result<Samples
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(common.warmup);
     let end = measure_from + Duration::from_secs_f64(common.duration);
+    let cpu = watch_cpu(common.cpu_pids.clone(), measure_from, end);
     let mut workers = Vec::with_capacity(conns.len());
     for mut conn in conns {
         workers.push(tokio::spawn(async move {
@@ -543,6 +661,9 @@ async fn closed_loop(target: &Target, common: &Common) -> anyhow::Result<Samples
         samples.merge(worker.await.context("a connection task panicked")?);
     }
     samples.measured = end - measure_from;
+    if let Some(cpu) = cpu {
+        samples.cpu = cpu.await.context("the CPU watcher panicked")?;
+    }
     Ok(samples)
 }
 
@@ -629,6 +750,12 @@ struct Report {
     service_us: Option<Percentiles>,
     /// Open-loop only: actual minus intended send time.
     send_lag_us: Option<Percentiles>,
+    /// CPU time of the `--cpu-pid` processes per successful request (us).
+    #[serde(default)]
+    cpu_us_per_request: Option<f64>,
+    /// The same, as a fraction of one core over the window.
+    #[serde(default)]
+    cpu_utilization: Option<f64>,
 }
 
 fn emit(
@@ -641,6 +768,15 @@ fn emit(
     #[allow(clippy::cast_precision_loss)]
     let achieved_rps = requests as f64 / samples.measured.as_secs_f64().max(1e-9);
     let open = mode == Mode::OpenLoop;
+    let window = samples.measured.as_secs_f64().max(1e-9);
+    #[allow(clippy::cast_precision_loss)]
+    let cpu_us_per_request = samples
+        .cpu
+        .filter(|_| requests > 0)
+        .map(|cpu| (cpu.as_secs_f64() * 1e6 / requests as f64 * 10.0).round() / 10.0);
+    let cpu_utilization = samples
+        .cpu
+        .map(|cpu| (cpu.as_secs_f64() / window * 1000.0).round() / 1000.0);
     let report = Report {
         mode,
         url: common.url.clone(),
@@ -657,6 +793,8 @@ fn emit(
         latency_us: Percentiles::of(&mut samples.latency),
         service_us: open.then(|| Percentiles::of(&mut samples.service)),
         send_lag_us: open.then(|| Percentiles::of(&mut samples.send_lag)),
+        cpu_us_per_request,
+        cpu_utilization,
     };
     if common.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -670,7 +808,7 @@ fn emit(
 fn one_line(report: &Report) -> String {
     let l = &report.latency_us;
     format!(
-        "{} {} rps={} err={} timeout={} p50={}us p99={}us p99.9={}us max={}us",
+        "{} {} rps={} err={} timeout={} p50={}us p99={}us p99.9={}us max={}us cpu/req={}",
         report.labels.get("target").map_or("-", String::as_str),
         match report.mode {
             Mode::OpenLoop => "open-loop",
@@ -682,7 +820,10 @@ fn one_line(report: &Report) -> String {
         l.p50,
         l.p99,
         l.p999,
-        l.max
+        l.max,
+        report
+            .cpu_us_per_request
+            .map_or_else(|| "-".to_owned(), |us| format!("{us}us"))
     )
 }
 
@@ -711,6 +852,11 @@ fn print_report(report: &Report) {
         println!("first error  {err}");
     }
     println!("achieved     {} req/s", report.achieved_rps);
+    if let (Some(per_request), Some(utilization)) =
+        (report.cpu_us_per_request, report.cpu_utilization)
+    {
+        println!("watched cpu  {per_request} us per request, {utilization} of a core");
+    }
     println!();
     println!(
         "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -754,6 +900,8 @@ struct Summary {
     /// Per scenario (`open-loop@2000`, `closed-loop`) and proxy.
     added_latency: Vec<AddedLatency>,
     throughput: Vec<Ratio>,
+    /// Proxy CPU time per request, each proxy relative to nginx.
+    cpu_per_request: Vec<Ratio>,
     verdicts: Vec<Verdict>,
 }
 
@@ -864,7 +1012,7 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
 
     println!("== every run (latency from the intended send time, us) ==");
     println!(
-        "{:<20} {:<6} {:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "{:<20} {:<6} {:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
         "scenario",
         "round",
         "target",
@@ -875,15 +1023,19 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
         "p99",
         "p99.9",
         "max",
-        "lag p99"
+        "lag p99",
+        "cpu/req"
     );
     for ((scenario, round, target), report) in &by_key {
         let l = &report.latency_us;
         let lag = report
             .send_lag_us
             .map_or(String::from("-"), |p| p.p99.to_string());
+        let cpu = report
+            .cpu_us_per_request
+            .map_or(String::from("-"), |us| us.to_string());
         println!(
-            "{scenario:<20} {round:<6} {target:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+            "{scenario:<20} {round:<6} {target:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {cpu:>8}",
             report.achieved_rps,
             report.errors + report.timeouts,
             l.p50,
@@ -899,6 +1051,7 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
         rounds: rounds.iter().cloned().collect(),
         added_latency: Vec::new(),
         throughput: Vec::new(),
+        cpu_per_request: Vec::new(),
         verdicts: Vec::new(),
     };
 
@@ -999,6 +1152,79 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
                 .join(", ")
         );
         summary.throughput.push(ratio);
+    }
+
+    // A proxy that did not use its whole core was held back by the other
+    // core (generator + upstream): its ratio is then a lower bound.
+    let utilization: Vec<String> = proxies
+        .iter()
+        .filter_map(|proxy| {
+            let values: Vec<f64> = rounds
+                .iter()
+                .filter_map(|round| {
+                    by_key
+                        .get(&(closed.clone(), round.clone(), (*proxy).clone()))
+                        .and_then(|r| r.cpu_utilization)
+                })
+                .collect();
+            (!values.is_empty()).then(|| format!("{proxy} {:.2}", median(&values)))
+        })
+        .collect();
+    if !utilization.is_empty() {
+        println!(
+            "proxy core utilization (1.00 = saturated; below ~0.95 the other core limited it): {}",
+            utilization.join(", ")
+        );
+    }
+
+    println!();
+    println!("== proxy CPU time per request (us, all threads; median over rounds) ==");
+    println!(
+        "{:<20} {}",
+        "scenario",
+        proxies
+            .iter()
+            .map(|p| format!("{p:>14}"))
+            .collect::<String>()
+    );
+    for scenario in &scenarios {
+        let cpu = |round: &String, target: &str| {
+            by_key
+                .get(&(scenario.clone(), round.clone(), target.to_owned()))
+                .and_then(|r| r.cpu_us_per_request)
+        };
+        let mut line = format!("{scenario:<20} ");
+        for proxy in &proxies {
+            let values: Vec<f64> = rounds.iter().filter_map(|r| cpu(r, proxy)).collect();
+            line.push_str(&format!("{:>14.1}", median(&values)));
+        }
+        println!("{line}");
+        for proxy in proxies.iter().filter(|p| p.as_str() != NGINX) {
+            let per_round: Vec<f64> = rounds
+                .iter()
+                .filter_map(|r| Some(cpu(r, proxy)? / cpu(r, NGINX)?))
+                .collect();
+            if !per_round.is_empty() {
+                summary.cpu_per_request.push(Ratio {
+                    name: format!("{scenario}: {proxy}/{NGINX}"),
+                    median: median(&per_round),
+                    per_round,
+                });
+            }
+        }
+    }
+    for ratio in &summary.cpu_per_request {
+        println!(
+            "{:<40} {:>6.2}   per round: {}",
+            ratio.name,
+            ratio.median,
+            ratio
+                .per_round
+                .iter()
+                .map(|v| format!("{v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
 
     // Verdicts, on the medians over rounds.

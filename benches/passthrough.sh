@@ -14,7 +14,9 @@
 #   DURATION=20 WARMUP=3 open-loop measured / warm-up seconds
 #   CL_DURATION=10 CL_WARMUP=2   closed-loop measured / warm-up seconds
 #   OL_CONNECTIONS=32 CL_CONNECTIONS=32
-#   TARGETS="direct handover nginx"   add handover_warn for handover with RUST_LOG=warn
+#   TARGETS="direct handover nginx"   optional extras: handover_warn (handover
+#                        with RUST_LOG=warn), bare_hyper (a bare hyper-util proxy
+#                        from the load generator: what the stack alone costs)
 #   PROXY_CPU=0 LOAD_CPU=1    cores for the proxy under test / the generator
 #   LATENCY_UPSTREAM_CPU=$PROXY_CPU THROUGHPUT_UPSTREAM_CPU=$LOAD_CPU
 #                        the upstream's core during the open-loop / closed-loop runs
@@ -71,6 +73,8 @@ HANDOVER=target/release/handover
 WORK=$(mktemp -d -t handover-bench.XXXXXX)
 mkdir -p "$RESULTS"
 PIDS=()
+# Per target: the processes whose CPU time is charged to it.
+declare -A CPU_PIDS=()
 cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do
@@ -98,6 +102,7 @@ HANDOVER_ADMIN_PORT=$(pick_port)
 HANDOVER_WARN_PORT=$(pick_port)
 HANDOVER_WARN_ADMIN_PORT=$(pick_port)
 NGINX_PORT=$(pick_port)
+BARE_PORT=$(pick_port)
 
 machine_facts() {
     echo "date: $(date -u +%FT%TZ)"
@@ -144,6 +149,7 @@ start_handover() { # NAME PORT ADMIN_PORT RUST_LOG
         HANDOVER_SOURCE_TOKEN=bench HANDOVER_TARGET_TOKEN=bench \
         "$HANDOVER" serve -c "$WORK/$1.toml" 2>"$WORK/$1.log" &
     PIDS+=($!)
+    CPU_PIDS[$1]=$!
 }
 
 for target in $TARGETS; do
@@ -190,6 +196,13 @@ EOF
         taskset -c "$PROXY_CPU" "$NGINX" -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx.conf" \
             2>"$WORK/nginx.log" &
         PIDS+=($!)
+        NGINX_PID=$!
+        ;;
+    bare_hyper)
+        taskset -c "$PROXY_CPU" "$LOADGEN" bare-proxy --listen "127.0.0.1:$BARE_PORT" \
+            --upstream "127.0.0.1:$UPSTREAM_PORT" --threads 1 2>"$WORK/bare_hyper.log" &
+        PIDS+=($!)
+        CPU_PIDS[bare_hyper]=$!
         ;;
     direct) ;;
     *) log "unknown target $target"; exit 2 ;;
@@ -202,6 +215,7 @@ url_of() {
     handover) echo "http://127.0.0.1:$HANDOVER_PORT$REQUEST_PATH" ;;
     handover_warn) echo "http://127.0.0.1:$HANDOVER_WARN_PORT$REQUEST_PATH" ;;
     nginx) echo "http://127.0.0.1:$NGINX_PORT$REQUEST_PATH" ;;
+    bare_hyper) echo "http://127.0.0.1:$BARE_PORT$REQUEST_PATH" ;;
     esac
 }
 
@@ -213,6 +227,14 @@ for target in $TARGETS; do
     fi
 done
 log "all targets ready"
+if [ -n "${NGINX_PID:-}" ]; then
+    # The master and its worker(s).
+    CPU_PIDS[nginx]="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+fi
+cpu_args() { # TARGET
+    local pid
+    for pid in ${CPU_PIDS[$1]:-}; do printf -- '--cpu-pid %s ' "$pid"; done
+}
 
 # ---------------------------------------------------------------- runs
 # The generator always has a core of its own; the proxy under test always
@@ -238,7 +260,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         for target in $(rotate "$round" $TARGETS); do
             gen open-loop --url "$(url_of "$target")" --rate "$rate" \
                 --duration "$DURATION" --warmup "$WARMUP" --connections "$OL_CONNECTIONS" \
-                --label "target=$target" --label "round=$round" --json \
+                --label "target=$target" --label "round=$round" --json $(cpu_args "$target") \
                 >"$RESULTS/r$round-open-$rate-$target.json"
             sleep 1
         done
@@ -248,7 +270,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for target in $(rotate "$round" $TARGETS); do
         gen closed-loop --url "$(url_of "$target")" \
             --duration "$CL_DURATION" --warmup "$CL_WARMUP" --connections "$CL_CONNECTIONS" \
-            --label "target=$target" --label "round=$round" --json \
+            --label "target=$target" --label "round=$round" --json $(cpu_args "$target") \
             >"$RESULTS/r$round-closed-$target.json"
         sleep 1
     done
