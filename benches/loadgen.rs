@@ -121,8 +121,10 @@ enum Command {
     },
     /// Prints the comparison of the JSON reports in DIR.
     Summarize {
-        /// The directory holding the `*.json` reports of one run.
-        dir: PathBuf,
+        /// Directories holding the `*.json` reports of one run each; the
+        /// rounds of several runs are pooled.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
         /// Also write the summary as JSON to this file.
         #[arg(long)]
         json_out: Option<PathBuf>,
@@ -156,6 +158,12 @@ struct Common {
     /// and the end of the measured window: the proxy under test.
     #[arg(long = "cpu-pid")]
     cpu_pids: Vec<u32>,
+    /// Other processes of the benchmark (the upstream). With `--cpu-pid`
+    /// and the generator itself they are subtracted from the machine's busy
+    /// time to report the load *other* programs put on the machine during
+    /// the window.
+    #[arg(long = "own-pid")]
+    own_pids: Vec<u32>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -212,7 +220,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let target = Target::parse(&url)?;
             runtime(1)?.block_on(wait_ready(&target, Duration::from_secs_f64(timeout)))
         }
-        Command::Summarize { dir, json_out } => summarize(&dir, json_out.as_deref()),
+        Command::Summarize { dirs, json_out } => summarize(&dirs, json_out.as_deref()),
     }
 }
 
@@ -454,6 +462,9 @@ struct Samples {
     measured: Duration,
     /// CPU time the `--cpu-pid` processes used during the window.
     cpu: Option<Duration>,
+    /// Cores' worth of CPU that programs outside the benchmark used during
+    /// the window.
+    other_load: Option<f64>,
 }
 
 impl Samples {
@@ -494,22 +505,72 @@ fn cpu_time(pids: &[u32]) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
-/// Reads the CPU time of `pids` at `from` and at `to`, in the background.
+/// Busy CPU time of the whole machine (every core), from `/proc/stat`:
+/// everything but idle and iowait, steal included (the hypervisor's other
+/// guests take it from us too).
+fn machine_busy() -> Option<Duration> {
+    /// `USER_HZ`, fixed at 100 on Linux for `/proc/stat`.
+    const TICKS_PER_SECOND: u64 = 100;
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = fields[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Some(Duration::from_millis(busy * 1000 / TICKS_PER_SECOND))
+}
+
+/// What the CPU watcher found over the measured window.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    /// The `--cpu-pid` processes (the proxy under test).
+    watched: Option<Duration>,
+    /// Cores' worth of busy time not accounted for by the benchmark's own
+    /// processes.
+    other_load: Option<f64>,
+}
+
+/// Reads CPU times at `from` and at `to`, in the background.
 fn watch_cpu(
-    pids: Vec<u32>,
+    watched: Vec<u32>,
+    own: Vec<u32>,
     from: Instant,
     to: Instant,
-) -> Option<tokio::task::JoinHandle<Option<Duration>>> {
-    if pids.is_empty() {
-        return None;
-    }
-    Some(tokio::spawn(async move {
+) -> tokio::task::JoinHandle<CpuUse> {
+    let mut ours = watched.clone();
+    ours.extend(own);
+    ours.push(std::process::id());
+    tokio::spawn(async move {
         tokio::time::sleep_until(from.into()).await;
-        let start = cpu_time(&pids)?;
+        let start = (cpu_time(&watched), cpu_time(&ours), machine_busy());
         tokio::time::sleep_until(to.into()).await;
-        let end = cpu_time(&pids)?;
-        end.checked_sub(start)
-    }))
+        let end = (cpu_time(&watched), cpu_time(&ours), machine_busy());
+        let window = (to - from).as_secs_f64().max(1e-9);
+        let watched = if watched.is_empty() {
+            None
+        } else {
+            end.0.zip(start.0).and_then(|(e, s)| e.checked_sub(s))
+        };
+        let other_load = match (start, end) {
+            ((_, Some(ours0), Some(busy0)), (_, Some(ours1), Some(busy1))) => {
+                let busy = busy1.saturating_sub(busy0).as_secs_f64();
+                let ours = ours1.saturating_sub(ours0).as_secs_f64();
+                Some((((busy - ours) / window).max(0.0) * 100.0).round() / 100.0)
+            }
+            _ => None,
+        };
+        CpuUse {
+            watched,
+            other_load,
+        }
+    })
 }
 
 async fn connect_all(target: &Target, connections: usize) -> anyhow::Result<Vec<Conn>> {
@@ -531,7 +592,12 @@ async fn open_loop(target: &Target, common: &Common, rate: f64) -> anyhow::Resul
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let hard_deadline = end + DRAIN_GRACE;
-    let cpu = watch_cpu(common.cpu_pids.clone(), measure_from, end);
+    let cpu = watch_cpu(
+        common.cpu_pids.clone(),
+        common.own_pids.clone(),
+        measure_from,
+        end,
+    );
     let count = ((common.warmup + common.duration) * rate).ceil();
     // `as` saturates for f64 -> u64, and the count is positive and finite.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -616,9 +682,9 @@ async fn open_loop(target: &Target, common: &Common, rate: f64) -> anyhow::Resul
         .join()
         .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
     samples.measured = duration;
-    if let Some(cpu) = cpu {
-        samples.cpu = cpu.await.context("the CPU watcher panicked")?;
-    }
+    let cpu = cpu.await.context("the CPU watcher panicked")?;
+    samples.cpu = cpu.watched;
+    samples.other_load = cpu.other_load;
     Ok(samples)
 }
 
@@ -627,7 +693,12 @@ async fn closed_loop(target: &Target, common: &Common) -> anyhow::Result<Samples
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(common.warmup);
     let end = measure_from + Duration::from_secs_f64(common.duration);
-    let cpu = watch_cpu(common.cpu_pids.clone(), measure_from, end);
+    let cpu = watch_cpu(
+        common.cpu_pids.clone(),
+        common.own_pids.clone(),
+        measure_from,
+        end,
+    );
     let mut workers = Vec::with_capacity(conns.len());
     for mut conn in conns {
         workers.push(tokio::spawn(async move {
@@ -661,9 +732,9 @@ async fn closed_loop(target: &Target, common: &Common) -> anyhow::Result<Samples
         samples.merge(worker.await.context("a connection task panicked")?);
     }
     samples.measured = end - measure_from;
-    if let Some(cpu) = cpu {
-        samples.cpu = cpu.await.context("the CPU watcher panicked")?;
-    }
+    let cpu = cpu.await.context("the CPU watcher panicked")?;
+    samples.cpu = cpu.watched;
+    samples.other_load = cpu.other_load;
     Ok(samples)
 }
 
@@ -756,6 +827,10 @@ struct Report {
     /// The same, as a fraction of one core over the window.
     #[serde(default)]
     cpu_utilization: Option<f64>,
+    /// Cores' worth of CPU used by programs outside the benchmark during
+    /// the window (0 to 2 on a 2-core machine): the noise.
+    #[serde(default)]
+    other_load: Option<f64>,
 }
 
 fn emit(
@@ -795,6 +870,7 @@ fn emit(
         send_lag_us: open.then(|| Percentiles::of(&mut samples.send_lag)),
         cpu_us_per_request,
         cpu_utilization,
+        other_load: samples.other_load,
     };
     if common.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -808,7 +884,7 @@ fn emit(
 fn one_line(report: &Report) -> String {
     let l = &report.latency_us;
     format!(
-        "{} {} rps={} err={} timeout={} p50={}us p99={}us p99.9={}us max={}us cpu/req={}",
+        "{} {} rps={} err={} timeout={} p50={}us p99={}us p99.9={}us max={}us cpu/req={} other-load={}",
         report.labels.get("target").map_or("-", String::as_str),
         match report.mode {
             Mode::OpenLoop => "open-loop",
@@ -823,7 +899,10 @@ fn one_line(report: &Report) -> String {
         l.max,
         report
             .cpu_us_per_request
-            .map_or_else(|| "-".to_owned(), |us| format!("{us}us"))
+            .map_or_else(|| "-".to_owned(), |us| format!("{us}us")),
+        report
+            .other_load
+            .map_or_else(|| "-".to_owned(), |load| load.to_string())
     )
 }
 
@@ -856,6 +935,9 @@ fn print_report(report: &Report) {
         (report.cpu_us_per_request, report.cpu_utilization)
     {
         println!("watched cpu  {per_request} us per request, {utilization} of a core");
+    }
+    if let Some(load) = report.other_load {
+        println!("other load   {load} cores used by programs outside the benchmark");
     }
     println!();
     println!(
@@ -932,8 +1014,34 @@ struct Ratio {
 struct Verdict {
     budget: String,
     measured: String,
-    met: bool,
+    status: Status,
+    /// Why a verdict is inconclusive.
+    note: Option<String>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Status {
+    Met,
+    Missed,
+    /// The run was too noisy to tell (see the note).
+    Inconclusive,
+}
+
+impl Status {
+    fn of(met: bool) -> Self {
+        if met { Self::Met } else { Self::Missed }
+    }
+}
+
+/// A p99 comparison is only meaningful while the generator's own send lag
+/// (which is everybody else's load on the machine, seen from here) stays
+/// well below the budget being checked.
+const MAX_LAG_P99_FOR_P99_VERDICT_US: f64 = BUDGET_ADDED_P99_US / 2.0;
+
+/// A throughput ratio is only meaningful while both proxies had most of
+/// their core; below this the other tenants took it.
+const MIN_UTILIZATION_FOR_THROUGHPUT_VERDICT: f64 = 0.8;
 
 fn median(values: &[f64]) -> f64 {
     if values.is_empty() {
@@ -985,10 +1093,23 @@ fn load_reports(dir: &Path) -> anyhow::Result<Vec<Report>> {
 }
 
 #[allow(clippy::too_many_lines)] // one table after another, read top to bottom
-fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
-    let reports = load_reports(dir)?;
-    if reports.is_empty() {
-        bail!("no reports in {}", dir.display());
+fn summarize(dirs: &[PathBuf], json_out: Option<&Path>) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    for (index, dir) in dirs.iter().enumerate() {
+        let mut run = load_reports(dir)?;
+        if run.is_empty() {
+            bail!("no reports in {}", dir.display());
+        }
+        if dirs.len() > 1 {
+            // Rounds of different runs are different rounds.
+            for report in &mut run {
+                let round = report.labels.get("round").cloned().unwrap_or_default();
+                report
+                    .labels
+                    .insert("round".to_owned(), format!("{}.{round}", index + 1));
+            }
+        }
+        reports.extend(run);
     }
     // (scenario, round, target) -> report
     let mut by_key: BTreeMap<(String, String, String), &Report> = BTreeMap::new();
@@ -1011,8 +1132,9 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
     let proxies: Vec<&String> = targets.iter().filter(|t| *t != DIRECT).collect();
 
     println!("== every run (latency from the intended send time, us) ==");
+    println!("   other = cores used by programs outside the benchmark during the window");
     println!(
-        "{:<20} {:<6} {:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
+        "{:<20} {:<6} {:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}",
         "scenario",
         "round",
         "target",
@@ -1024,7 +1146,8 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
         "p99.9",
         "max",
         "lag p99",
-        "cpu/req"
+        "cpu/req",
+        "other"
     );
     for ((scenario, round, target), report) in &by_key {
         let l = &report.latency_us;
@@ -1034,8 +1157,11 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
         let cpu = report
             .cpu_us_per_request
             .map_or(String::from("-"), |us| us.to_string());
+        let other = report
+            .other_load
+            .map_or(String::from("-"), |load| format!("{load:.2}"));
         println!(
-            "{scenario:<20} {round:<6} {target:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {cpu:>8}",
+            "{scenario:<20} {round:<6} {target:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {cpu:>8} {other:>6}",
             report.achieved_rps,
             report.errors + report.timeouts,
             l.p50,
@@ -1228,7 +1354,29 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
     }
 
     // Verdicts, on the medians over rounds.
+    let lag_p99 = |scenario: &str| {
+        let values: Vec<f64> = by_key
+            .iter()
+            .filter(|((s, _, _), _)| s == scenario)
+            .filter_map(|(_, r)| r.send_lag_us.map(|p| p.p99))
+            .collect();
+        median(&values)
+    };
     for added in summary.added_latency.iter().filter(|a| a.proxy == HANDOVER) {
+        let lag = lag_p99(&added.scenario);
+        let p99_noise = (lag > MAX_LAG_P99_FOR_P99_VERDICT_US).then(|| {
+            format!(
+                "generator send lag p99 {lag:.0} us (median of the runs) exceeds \
+                 {MAX_LAG_P99_FOR_P99_VERDICT_US} us: other load on the machine dominates p99"
+            )
+        });
+        let p99_status = |met: bool| {
+            if p99_noise.is_some() {
+                Status::Inconclusive
+            } else {
+                Status::of(met)
+            }
+        };
         let nginx = summary
             .added_latency
             .iter()
@@ -1236,12 +1384,14 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
         summary.verdicts.push(Verdict {
             budget: format!("{}: added p50 <= {BUDGET_ADDED_P50_US} us", added.scenario),
             measured: format!("{:.0} us", added.median_p50_us),
-            met: added.median_p50_us <= BUDGET_ADDED_P50_US,
+            status: Status::of(added.median_p50_us <= BUDGET_ADDED_P50_US),
+            note: None,
         });
         summary.verdicts.push(Verdict {
             budget: format!("{}: added p99 <= {BUDGET_ADDED_P99_US} us", added.scenario),
             measured: format!("{:.0} us", added.median_p99_us),
-            met: added.median_p99_us <= BUDGET_ADDED_P99_US,
+            status: p99_status(added.median_p99_us <= BUDGET_ADDED_P99_US),
+            note: p99_noise.clone(),
         });
         if let Some(nginx) = nginx {
             summary.verdicts.push(Verdict {
@@ -1250,7 +1400,8 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
                     "{:.0} vs {:.0} us",
                     added.median_p50_us, nginx.median_p50_us
                 ),
-                met: added.median_p50_us <= nginx.median_p50_us,
+                status: Status::of(added.median_p50_us <= nginx.median_p50_us),
+                note: None,
             });
             summary.verdicts.push(Verdict {
                 budget: format!("{}: added p99 <= nginx's (aim)", added.scenario),
@@ -1258,7 +1409,8 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
                     "{:.0} vs {:.0} us",
                     added.median_p99_us, nginx.median_p99_us
                 ),
-                met: added.median_p99_us <= nginx.median_p99_us,
+                status: p99_status(added.median_p99_us <= nginx.median_p99_us),
+                note: p99_noise.clone(),
             });
         }
     }
@@ -1267,21 +1419,55 @@ fn summarize(dir: &Path, json_out: Option<&Path>) -> anyhow::Result<()> {
         .iter()
         .find(|r| r.name == format!("{HANDOVER}/{NGINX}"))
     {
+        let starved: Vec<String> = [HANDOVER, NGINX]
+            .iter()
+            .filter_map(|proxy| {
+                let values: Vec<f64> = rounds
+                    .iter()
+                    .filter_map(|round| {
+                        by_key
+                            .get(&(closed.clone(), round.clone(), (*proxy).to_owned()))
+                            .and_then(|r| r.cpu_utilization)
+                    })
+                    .collect();
+                let utilization = median(&values);
+                (utilization < MIN_UTILIZATION_FOR_THROUGHPUT_VERDICT)
+                    .then(|| format!("{proxy} {utilization:.2}"))
+            })
+            .collect();
+        let met = ratio.median >= BUDGET_THROUGHPUT_VS_NGINX;
         summary.verdicts.push(Verdict {
             budget: format!("throughput handover/nginx >= {BUDGET_THROUGHPUT_VS_NGINX}"),
             measured: format!("{:.2}", ratio.median),
-            met: ratio.median >= BUDGET_THROUGHPUT_VS_NGINX,
+            status: if starved.is_empty() {
+                Status::of(met)
+            } else {
+                Status::Inconclusive
+            },
+            note: (!starved.is_empty()).then(|| {
+                format!(
+                    "proxy core utilization {} below {MIN_UTILIZATION_FOR_THROUGHPUT_VERDICT}: \
+                     other load took the core",
+                    starved.join(", ")
+                )
+            }),
         });
     }
     println!();
     println!("== DESIGN.md section 8 budgets (median over rounds) ==");
     for verdict in &summary.verdicts {
+        let status = match verdict.status {
+            Status::Met => "MET",
+            Status::Missed => "MISSED",
+            Status::Inconclusive => "NOISY",
+        };
         println!(
-            "{:<6} {:<46} measured {}",
-            if verdict.met { "MET" } else { "MISSED" },
-            verdict.budget,
-            verdict.measured
+            "{status:<6} {:<46} measured {}",
+            verdict.budget, verdict.measured
         );
+        if let Some(note) = &verdict.note {
+            println!("       ({note})");
+        }
     }
     if let Some(path) = json_out {
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)

@@ -20,6 +20,9 @@
 #   PROXY_CPU=0 LOAD_CPU=1    cores for the proxy under test / the generator
 #   LATENCY_UPSTREAM_CPU=$PROXY_CPU THROUGHPUT_UPSTREAM_CPU=$LOAD_CPU
 #                        the upstream's core during the open-loop / closed-loop runs
+#   QUIET_WAIT=0         before each run, wait up to this many seconds for the
+#                        machine to be quiet (programs outside the benchmark
+#                        using at most QUIET_LOAD=0.3 cores over 1 s)
 #   RESULTS=benches/results/<timestamp>   where the JSON reports go
 #
 # Everything started here is stopped on exit (trap), by PID.
@@ -42,6 +45,8 @@ LOAD_CPU=${LOAD_CPU:-1}
 # generator for the throughput runs.
 LATENCY_UPSTREAM_CPU=${LATENCY_UPSTREAM_CPU:-$PROXY_CPU}
 THROUGHPUT_UPSTREAM_CPU=${THROUGHPUT_UPSTREAM_CPU:-$LOAD_CPU}
+QUIET_WAIT=${QUIET_WAIT:-0}
+QUIET_LOAD=${QUIET_LOAD:-0.3}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${RESULTS:-benches/results/$STAMP}
 # The path requested: a public Connect2id endpoint, forwarded unchanged.
@@ -110,6 +115,7 @@ machine_facts() {
     echo "handover: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo ' (src modified)')"
     echo "nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
     echo "pinning: proxy on core $PROXY_CPU, generator on core $LOAD_CPU, upstream on core $LATENCY_UPSTREAM_CPU (open loop) / $THROUGHPUT_UPSTREAM_CPU (closed loop)"
+    echo "quiet wait: up to ${QUIET_WAIT}s per run for other load <= $QUIET_LOAD cores"
     echo "rounds=$ROUNDS rates=[$RATES] open-loop ${DURATION}s+${WARMUP}s warm-up x $OL_CONNECTIONS conns; closed-loop ${CL_DURATION}s+${CL_WARMUP}s x $CL_CONNECTIONS conns"
 }
 machine_facts | tee "$RESULTS/machine.txt" >&2
@@ -238,8 +244,28 @@ cpu_args() { # TARGET
 
 # ---------------------------------------------------------------- runs
 # The generator always has a core of its own; the proxy under test always
-# runs on the other one.
-gen() { taskset -c "$LOAD_CPU" "$LOADGEN" "$@"; }
+# runs on the other one. It also reports the load other programs put on the
+# machine during each window (--own-pid: the upstream is ours).
+gen() {
+    wait_quiet
+    taskset -c "$LOAD_CPU" "$LOADGEN" "$@" --own-pid "$UPSTREAM_PID"
+}
+
+# Machine-wide busy time in 1/100 s (user nice system irq softirq steal).
+busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+wait_quiet() {
+    [ "$QUIET_WAIT" -gt 0 ] || return 0
+    local deadline=$((SECONDS + QUIET_WAIT)) limit b0 b1
+    limit=$(awk -v l="$QUIET_LOAD" 'BEGIN { print int(l * 100) }')
+    while :; do
+        b0=$(busy_ticks); sleep 1; b1=$(busy_ticks)
+        [ $((b1 - b0)) -le "$limit" ] && return 0
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "other programs still use $((b1 - b0))% of a core after ${QUIET_WAIT}s; measuring anyway"
+            return 0
+        fi
+    done
+}
 
 # Rotate the order of targets every round so a slow drift in machine load
 # does not always land on the same one.
