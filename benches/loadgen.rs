@@ -128,6 +128,10 @@ enum Command {
         /// Also write the summary as JSON to this file.
         #[arg(long)]
         json_out: Option<PathBuf>,
+        /// Leave out the rounds of a scenario in which any run saw other
+        /// programs use more than this many cores.
+        #[arg(long)]
+        max_other_load: Option<f64>,
     },
 }
 
@@ -220,7 +224,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             let target = Target::parse(&url)?;
             runtime(1)?.block_on(wait_ready(&target, Duration::from_secs_f64(timeout)))
         }
-        Command::Summarize { dirs, json_out } => summarize(&dirs, json_out.as_deref()),
+        Command::Summarize {
+            dirs,
+            json_out,
+            max_other_load,
+        } => summarize(&dirs, json_out.as_deref(), max_other_load),
     }
 }
 
@@ -1093,7 +1101,11 @@ fn load_reports(dir: &Path) -> anyhow::Result<Vec<Report>> {
 }
 
 #[allow(clippy::too_many_lines)] // one table after another, read top to bottom
-fn summarize(dirs: &[PathBuf], json_out: Option<&Path>) -> anyhow::Result<()> {
+fn summarize(
+    dirs: &[PathBuf],
+    json_out: Option<&Path>,
+    max_other_load: Option<f64>,
+) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for (index, dir) in dirs.iter().enumerate() {
         let mut run = load_reports(dir)?;
@@ -1128,6 +1140,25 @@ fn summarize(dirs: &[PathBuf], json_out: Option<&Path>) -> anyhow::Result<()> {
         rounds.insert(round.clone());
         targets.insert(target.clone());
         by_key.insert((scenario, round, target), report);
+    }
+    if let Some(limit) = max_other_load {
+        let noisy: BTreeSet<(String, String)> = by_key
+            .iter()
+            .filter(|(_, r)| r.other_load.is_none_or(|load| load > limit))
+            .map(|((scenario, round, _), _)| (scenario.clone(), round.clone()))
+            .collect();
+        by_key
+            .retain(|(scenario, round, _), _| !noisy.contains(&(scenario.clone(), round.clone())));
+        println!(
+            "== only rounds where other programs used <= {limit} cores in every run: \
+             {} scenario-rounds left out ==",
+            noisy.len()
+        );
+        if by_key.is_empty() {
+            bail!("no round was quiet enough");
+        }
+        scenarios = by_key.keys().map(|(s, _, _)| s.clone()).collect();
+        rounds = by_key.keys().map(|(_, r, _)| r.clone()).collect();
     }
     let proxies: Vec<&String> = targets.iter().filter(|t| *t != DIRECT).collect();
 
