@@ -18,6 +18,8 @@
 #                        with RUST_LOG=warn), bare_hyper (a bare hyper-util proxy
 #                        from the load generator: what the stack alone costs)
 #   PROXY_CPU=0 LOAD_CPU=1    cores for the proxy under test / the generator
+#                        (taskset lists: PROXY_CPU=0,1 LOAD_CPU=0,1 = unpinned)
+#   PROXY_WORKERS=1      nginx worker_processes = handover's tokio worker threads
 #   LATENCY_UPSTREAM_CPU=$PROXY_CPU THROUGHPUT_UPSTREAM_CPU=$LOAD_CPU
 #                        the upstream's core during the open-loop / closed-loop runs
 #   QUIET_WAIT=0         before each run, wait up to this many seconds for the
@@ -45,6 +47,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 # generator for the throughput runs.
 LATENCY_UPSTREAM_CPU=${LATENCY_UPSTREAM_CPU:-$PROXY_CPU}
 THROUGHPUT_UPSTREAM_CPU=${THROUGHPUT_UPSTREAM_CPU:-$LOAD_CPU}
+PROXY_WORKERS=${PROXY_WORKERS:-1}
 QUIET_WAIT=${QUIET_WAIT:-0}
 QUIET_LOAD=${QUIET_LOAD:-0.3}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -114,6 +117,7 @@ machine_facts() {
     echo "host: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), kernel $(uname -r)"
     echo "handover: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo ' (src modified)')"
     echo "nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
+    echo "proxy workers: $PROXY_WORKERS (nginx worker_processes, handover TOKIO_WORKER_THREADS)"
     echo "pinning: proxy on core $PROXY_CPU, generator on core $LOAD_CPU, upstream on core $LATENCY_UPSTREAM_CPU (open loop) / $THROUGHPUT_UPSTREAM_CPU (closed loop)"
     echo "quiet wait: up to ${QUIET_WAIT}s per run for other load <= $QUIET_LOAD cores"
     echo "rounds=$ROUNDS rates=[$RATES] open-loop ${DURATION}s+${WARMUP}s warm-up x $OL_CONNECTIONS conns; closed-loop ${CL_DURATION}s+${CL_WARMUP}s x $CL_CONNECTIONS conns"
@@ -150,8 +154,9 @@ EOF
 start_handover() { # NAME PORT ADMIN_PORT RUST_LOG
     handover_config "$2" "$3" >"$WORK/$1.toml"
     # One core, one tokio worker: tokio sizes its pool from the CPU
-    # affinity already, TOKIO_WORKER_THREADS makes it explicit.
-    taskset -c "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 RUST_LOG="$4" \
+    # affinity already (available_parallelism), TOKIO_WORKER_THREADS makes
+    # it explicit. src/main.rs has no knob of its own.
+    taskset -c "$PROXY_CPU" env TOKIO_WORKER_THREADS="$PROXY_WORKERS" RUST_LOG="$4" \
         HANDOVER_SOURCE_TOKEN=bench HANDOVER_TARGET_TOKEN=bench \
         "$HANDOVER" serve -c "$WORK/$1.toml" 2>"$WORK/$1.log" &
     PIDS+=($!)
@@ -169,7 +174,7 @@ for target in $TARGETS; do
 # same job as handover (keep-alive to the upstream, forwarded headers).
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes $PROXY_WORKERS;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 events { worker_connections 4096; }
@@ -206,7 +211,7 @@ EOF
         ;;
     bare_hyper)
         taskset -c "$PROXY_CPU" "$LOADGEN" bare-proxy --listen "127.0.0.1:$BARE_PORT" \
-            --upstream "127.0.0.1:$UPSTREAM_PORT" --threads 1 2>"$WORK/bare_hyper.log" &
+            --upstream "127.0.0.1:$UPSTREAM_PORT" --threads "$PROXY_WORKERS" 2>"$WORK/bare_hyper.log" &
         PIDS+=($!)
         CPU_PIDS[bare_hyper]=$!
         ;;
