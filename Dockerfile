@@ -6,6 +6,9 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The manifest names the bench targets; cargo refuses a manifest whose
+# targets are missing, even when building only the binary.
+COPY benches ./benches
 RUN cargo build --release --locked --bin handover
 
 FROM debian:bookworm-slim

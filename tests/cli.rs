@@ -52,9 +52,9 @@ payload_key_env = "HANDOVER_JOURNAL_KEY"
 
 const KEY: &str = handover::config::TEST_JOURNAL_KEY;
 
-#[test]
-fn the_example_config_is_valid() {
-    // Everything as shipped, except the journal in a scratch directory.
+/// `handover check` on the example config as shipped, except the journal
+/// in a scratch directory and what `edit` changes.
+fn check_example(edit: impl FnOnce(String) -> String) -> std::process::Output {
     let journal = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string("config/handover.example.toml")
         .unwrap()
@@ -62,16 +62,52 @@ fn the_example_config_is_valid() {
             "dir = \"/var/lib/handover\"",
             &format!("dir = \"{}\"", journal.path().display()),
         );
-    let file = config_file(&text);
-    let output = Command::new(BIN)
+    let file = config_file(&edit(text));
+    Command::new(BIN)
         .args(["check", "-c"])
         .arg(file.path())
         .env("HANDOVER_JOURNAL_KEY", KEY)
         .env("HANDOVER_ADMIN_TOKEN", "admin")
         .env("HANDOVER_SOURCE_TOKEN", "source")
         .env("HANDOVER_TARGET_TOKEN", "target")
+        .env("HANDOVER_AUTHLETE_TOKEN", "authlete")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let output = check_example(|text| text);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_example_configs_authlete_target_is_valid_once_uncommented() {
+    // The commented `[target]` block replaces the Connect2id one, with the
+    // datasets an Authlete target has.
+    let output = check_example(|text| {
+        let connect2id = text.find("[target]\n").unwrap();
+        let authlete = text.find("# [target]\n# kind = \"authlete\"").unwrap();
+        let journal = text.find("\n[journal]").unwrap();
+        let block: Vec<&str> = text[authlete..journal]
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .collect();
+        format!(
+            "{}{}{}",
+            &text[..connect2id],
+            block.join("\n"),
+            &text[journal..]
+        )
+        .replace(
+            r#"datasets = ["clients", "authorizations", "sessions"]"#,
+            r#"datasets = ["clients", "tokens"]"#,
+        )
+    });
     assert!(
         output.status.success(),
         "{}",
