@@ -296,15 +296,22 @@ fn main() -> ExitCode {
                 repair,
                 list,
             };
+            // A progress line redrawn in place: only on a terminal, never
+            // into a log file or a pipe.
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let report = client
                 .verify(&request, |status| {
-                    eprint!(
-                        "\rverifying {}: {} records scanned   ",
-                        status.dataset, status.scanned
-                    );
+                    if terminal {
+                        eprint!(
+                            "\rverifying {}: {} records scanned   ",
+                            status.dataset, status.scanned
+                        );
+                    }
                 })
                 .await?;
-            eprint!("\r{:60}\r", "");
+            if terminal {
+                eprint!("\r{:60}\r", "");
+            }
             if json {
                 write_stdout(&format!(
                     "{}\n",
