@@ -121,18 +121,7 @@ impl AdminClient {
                 url: url.clone(),
                 message: crate::error::chain(&err),
             })?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|err| Error::Unreachable {
-                url: url.clone(),
-                message: err.to_string(),
-            })?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, value, String::from_utf8_lossy(&bytes).into_owned()))
+        read_answer(&url, response).await
     }
 
     fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Error> {
@@ -278,26 +267,13 @@ impl AdminClient {
                 url: url.clone(),
                 message: crate::error::chain(&err),
             })?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|err| Error::Unreachable {
-                url: url.clone(),
-                message: err.to_string(),
-            })?
-            .to_bytes();
+        let (status, value, text) = read_answer(&url, response).await?;
         let _ = feeder.await;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
             let message = value
                 .get("error_description")
                 .and_then(Value::as_str)
-                .map_or_else(
-                    || String::from_utf8_lossy(&bytes).trim().to_owned(),
-                    str::to_owned,
-                );
+                .map_or_else(|| text.trim().to_owned(), str::to_owned);
             return Err(Error::Refused {
                 status: status.as_u16(),
                 message,
@@ -594,6 +570,26 @@ pub async fn watch_status(client: &AdminClient, watch: bool, json: bool) -> Resu
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Reads an admin API answer whole: its status, its JSON (`Null` when it is
+/// not JSON) and its text (for messages that are not JSON).
+async fn read_answer(
+    url: &str,
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<(StatusCode, Value, String), Error> {
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| Error::Unreachable {
+            url: url.to_owned(),
+            message: err.to_string(),
+        })?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok((status, value, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 #[cfg(test)]

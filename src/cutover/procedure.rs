@@ -639,6 +639,13 @@ impl Cutover {
             },
         });
         checks.push(self.compare_jwks().await);
+        self.sync_checks(forward, &mut checks);
+        checks
+    }
+
+    /// The checks both kinds of target share: the backfill finished
+    /// (forward only), the sync lag within bounds, no dead letters.
+    fn sync_checks(&self, forward: bool, checks: &mut Vec<Check>) {
         if forward {
             let state = self.backfill.state();
             checks.push(Check {
@@ -674,7 +681,6 @@ impl Cutover {
             },
             forceable: true,
         });
-        checks
     }
 
     /// Pre-flight for an Authlete target: the new authorization server (or,
@@ -703,35 +709,7 @@ impl Cutover {
             },
             forceable: false,
         });
-        if forward {
-            let state = self.backfill.state();
-            checks.push(Check {
-                check: "backfill finished".to_owned(),
-                ok: state == backfill::State::Done,
-                detail: format!("backfill {}", state.as_str()),
-                forceable: true,
-            });
-        }
-        let stats = self.journal.stats();
-        let lag = stats.oldest_unacked_age.unwrap_or_default();
-        checks.push(Check {
-            check: "sync lag".to_owned(),
-            ok: lag <= self.settings.max_lag,
-            detail: format!(
-                "lag {} ms (bound {} ms), journal depth {}",
-                millis(lag),
-                millis(self.settings.max_lag),
-                stats.depth
-            ),
-            forceable: false,
-        });
-        let dead = self.dead_letters.len();
-        checks.push(Check {
-            check: "no dead letters".to_owned(),
-            ok: dead == 0,
-            detail: format!("{dead} dead letters"),
-            forceable: true,
-        });
+        self.sync_checks(forward, &mut checks);
         checks
     }
 
