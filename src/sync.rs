@@ -941,7 +941,30 @@ async fn authlete_change(
                     .unwrap_or_else(|| authlete.config().refresh_token_duration.as_secs()),
             };
             // Create the new pair first: if that fails, the old one still works.
-            authlete.create_token(&spec).await?;
+            if let Err(err) = authlete.create_token(&spec).await {
+                // The client's own sync runs in another lane and may not
+                // have reached Authlete yet (both waited out an outage, or a
+                // restart handed them over together): v3 then refuses the
+                // token for good ("client does not exist"), which used to
+                // dead-letter it. Retry until the client is there, unless
+                // the source deleted it meanwhile: its tokens are dead then.
+                if authlete.client(client_id).await?.is_none() {
+                    if source.get_client(client_id).await?.is_none() {
+                        tracing::debug!(client_id = %client_id, "client deleted at the source; tokens not created");
+                        return Ok(Vec::new());
+                    }
+                    return Err(ApiError::Transient(format!(
+                        "client {client_id} is not in Authlete yet"
+                    )));
+                }
+                if err.is_transient() {
+                    return Err(err);
+                }
+                // Refused, yet the client is there: it may have arrived
+                // between the refusal and the lookup. Once more decides; a
+                // refusal now is the token's own.
+                authlete.create_token(&spec).await?;
+            }
             if let Some(old) = replaced_refresh {
                 authlete.revoke_refresh_token(old).await?;
             }

@@ -22,7 +22,7 @@
 //! | POST | `/token` (code, refresh, password, token exchange, CIBA, device, JWT bearer) | the authorization: from a JWT access token's `sub` + `cid`, else resolved from the (new) refresh token or the access token |
 //! | POST | `/token/revoke` | the token is resolved *before* forwarding (the record is gone after); then a revocation event and the authorization |
 //! | POST | `/direct-authz/rest/v2` | the authorization (`sub` + `client_id` of the request, else the access token) and the session in `sub_sid` |
-//! | POST, PUT, DELETE | `/authz-store/rest/v3/authorizations` | the authorization (`sub` + `cid` of the body, or the query) |
+//! | POST, PUT, DELETE | `/authz-store/rest/v3/authorizations` | the authorization (`sub` + `cid` of the body, or the query); for an Authlete target a DELETE revokes the subject's tokens at the client |
 //! | POST | `/authz-store/rest/v3/revocation` | a revocation event with its timestamp (and the authorization) |
 //! | POST, PUT, DELETE | `/session-store/rest/v2/sessions` | the session (`SID` header or the created SID); all of a subject's sessions for `DELETE ?subject=` |
 //! | PUT | `/session-store/rest/v2/sessions/subject-auth-life` | the session |
@@ -587,6 +587,23 @@ pub fn token_event(row: &Row, exchange: &Exchange<'_>, resolved: &Resolved) -> O
             subject: resolved.authorization.as_ref().map(|(s, _)| s.clone()),
             token: form::first(&request, "token").map(str::to_owned),
         }),
+        // Deleting a long-lived authorization ends its refresh token at
+        // Connect2id (the record holds it); without this event the pair
+        // stayed valid at Authlete, the authorization record itself having
+        // no Authlete counterpart to sync.
+        "authz_store_delete" => {
+            let query = form::parse(exchange.query.unwrap_or_default());
+            let field = |name| {
+                form::first(&query, name)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            };
+            Some(TokenEvent::Revoked {
+                client_id: Some(field("client_id")?),
+                subject: Some(field("subject")?),
+                token: None,
+            })
+        }
         "authz_store_revocation" => {
             let field = |name| {
                 form::first(&request, name)
@@ -1652,6 +1669,42 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn deleting_an_authorization_revokes_its_tokens_at_authlete() {
+        let catalogue = Catalogue::new("/c2id");
+        let path = "/c2id/authz-store/rest/v3/authorizations";
+        let route = catalogue.route(&Method::DELETE, path).unwrap();
+        let headers = HeaderMap::new();
+        let empty = Bytes::new();
+        let event = |query, status| {
+            let exchange = Exchange {
+                method: &Method::DELETE,
+                path,
+                query: Some(query),
+                request_headers: &headers,
+                request_body: &empty,
+                status,
+                response_headers: &headers,
+                response_body: Some(&empty),
+                answered_by: crate::metrics::Upstream::Source,
+            };
+            token_event(catalogue.row(route), &exchange, &Resolved::default())
+        };
+        assert_eq!(
+            event("subject=alice&client_id=app", StatusCode::NO_CONTENT),
+            Some(TokenEvent::Revoked {
+                client_id: Some("app".into()),
+                subject: Some("alice".into()),
+                token: None,
+            })
+        );
+        assert_eq!(
+            event("subject=alice&client_id=app", StatusCode::NOT_FOUND),
+            None
+        );
+        assert_eq!(event("subject=alice", StatusCode::NO_CONTENT), None);
     }
 
     #[test]

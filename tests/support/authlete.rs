@@ -323,6 +323,51 @@ impl Emulator {
         .await
     }
 
+    /// `/auth/introspection` of an access token through `version`.
+    pub async fn introspect_in(&self, version: Version, access_token: &str) -> Reply {
+        self.post(
+            version,
+            "/auth/introspection",
+            &serde_json::json!({ "token": access_token }),
+        )
+        .await
+    }
+
+    /// `/auth/introspection/standard` of a refresh token through
+    /// `version`: the RFC 7662 answer (`responseContent`).
+    pub async fn introspect_refresh_in(&self, version: Version, refresh_token: &str) -> Value {
+        self.post(
+            version,
+            "/auth/introspection/standard",
+            &serde_json::json!({
+                "parameters": form(&[("token", refresh_token), ("token_type_hint", "refresh_token")]),
+            }),
+        )
+        .await
+        .ok("A146001")
+        .content()
+    }
+
+    /// `/auth/token` refresh through `version`, with client credentials.
+    pub async fn refresh_in(
+        &self,
+        version: Version,
+        client_id: &str,
+        secret: &str,
+        refresh_token: &str,
+    ) -> Reply {
+        self.post(
+            version,
+            "/auth/token",
+            &serde_json::json!({
+                "clientId": client_id,
+                "clientSecret": secret,
+                "parameters": form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)]),
+            }),
+        )
+        .await
+    }
+
     /// Emulator controls (`/_emulator/...`) with the v3 token.
     pub async fn control(&self, method: Method, path: &str, body: Option<&Value>) -> Reply {
         let body = body.map(Value::to_string).unwrap_or_default();

@@ -1,12 +1,16 @@
 //! A whole migration in one process: a source and a target Connect2id
 //! emulator (same JWK set, same public issuer: the proxy's URL), and the real
 //! proxy in front of the source, with drivers for traffic through the proxy
-//! and for direct checks on either server.
+//! and for direct checks on either server. [`AuthleteStack`] is the same with
+//! an Authlete service (emulated, v2 or v3 API) as the target.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use handover::config::{ApiTokens, Config, Secret};
+use handover::config::{
+    AUTHLETE_DATASETS, ApiTokens, AuthleteConfig, AuthleteCredentials, Config,
+    DEFAULT_AUTHLETE_REFRESH_DURATION, DEFAULT_AUTHLETE_TOKEN_SAMPLE, Secret, ServerKind,
+};
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::Driver;
 use handover::emulator::jwks::JwkSet;
@@ -16,6 +20,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+use super::authlete::{self as authlete_support, Version};
 use super::proxy::{TestProxy, client, get};
 
 /// The management token of both emulators.
@@ -103,13 +108,9 @@ impl Stack {
         let jwks = JwkSet::generate();
         let target_jwks = servers.target_jwks.clone().unwrap_or_else(|| jwks.clone());
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!("http://{}/c2id", proxy_listener.local_addr().unwrap());
-        let emulator = |jwks: &JwkSet, tokens: &connect2id::ApiTokens| {
-            let mut config = connect2id::Config::new(tokens.clone(), jwks.clone());
-            config.base_path = "/c2id".to_owned();
-            config.issuer = Some(issuer.clone());
-            config
-        };
+        let issuer = issuer_of(&proxy_listener);
+        let emulator =
+            |jwks: &JwkSet, tokens: &connect2id::ApiTokens| c2id_config(&issuer, jwks, tokens);
         let mut source_config = emulator(&jwks, &servers.source_tokens);
         source_config.seed = servers.seed;
         let source = start_emulator(source_config).await;
@@ -157,41 +158,203 @@ impl Stack {
     /// starts a new one on the same journal directory and downstream
     /// address, as a restart or a deploy does. The admin address changes.
     pub async fn restart_proxy(&mut self) {
-        self.proxy.stop().await;
-        let dir = self
-            .proxy
-            .journal_dir
-            .take()
-            .expect("the stack owns the journal");
-        let addr = self.proxy.addr;
-        let mut config = self.config.clone();
-        config.journal.dir = dir.path().to_owned();
-        config.proxy.listen = addr;
-        self.proxy = TestProxy::start_with_journal(config).await;
-        self.proxy.journal_dir = Some(dir);
-        self.proxy.wait_ready().await;
+        restart(&mut self.proxy, &self.config).await;
     }
 
     /// The journal directory of the running proxy.
     pub fn journal_dir(&self) -> &std::path::Path {
-        self.proxy
-            .journal_dir
-            .as_ref()
-            .expect("the stack owns the journal")
-            .path()
+        journal_dir_of(&self.proxy)
     }
 
     /// Waits until the journal is empty (every change reached the target).
     pub async fn wait_synced(&self) {
-        let drained =
-            wait_drained(&self.proxy.admin_url("/metrics"), Duration::from_secs(30)).await;
-        assert!(drained, "the journal did not drain");
+        wait_synced(&self.proxy).await;
     }
 
     /// The current value of a metric line from `/metrics`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = get(&client(), &self.proxy.admin_url("/metrics")).await;
-        metric(&String::from_utf8_lossy(&body), name)
+        metric_of(&self.proxy, name).await
+    }
+}
+
+/// The issuer both emulated Connect2id servers announce: the proxy's URL.
+fn issuer_of(proxy_listener: &TcpListener) -> String {
+    format!("http://{}/c2id", proxy_listener.local_addr().unwrap())
+}
+
+/// An emulated Connect2id server under `/c2id` with the proxy's issuer.
+fn c2id_config(issuer: &str, jwks: &JwkSet, tokens: &connect2id::ApiTokens) -> connect2id::Config {
+    let mut config = connect2id::Config::new(tokens.clone(), jwks.clone());
+    config.base_path = "/c2id".to_owned();
+    config.issuer = Some(issuer.to_owned());
+    config
+}
+
+/// Shuts `proxy` down cleanly (unless it is already stopped) and starts a
+/// new one from `config` on the same journal directory and downstream
+/// address, as a restart or a deploy does. The admin address changes.
+async fn restart(proxy: &mut TestProxy, config: &Config) {
+    proxy.stop().await;
+    let dir = proxy
+        .journal_dir
+        .take()
+        .expect("the stack owns the journal");
+    let mut config = config.clone();
+    config.journal.dir = dir.path().to_owned();
+    config.proxy.listen = proxy.addr;
+    *proxy = TestProxy::start_with_journal(config).await;
+    proxy.journal_dir = Some(dir);
+    proxy.wait_ready().await;
+}
+
+fn journal_dir_of(proxy: &TestProxy) -> &std::path::Path {
+    proxy
+        .journal_dir
+        .as_ref()
+        .expect("the stack owns the journal")
+        .path()
+}
+
+/// Waits until the proxy's journal is empty (every change reached the
+/// target).
+async fn wait_synced(proxy: &TestProxy) {
+    let drained = wait_drained(&proxy.admin_url("/metrics"), Duration::from_secs(30)).await;
+    assert!(drained, "the journal did not drain");
+}
+
+async fn metric_of(proxy: &TestProxy, name: &str) -> Option<f64> {
+    let (_, body) = get(&client(), &proxy.admin_url("/metrics")).await;
+    metric(&String::from_utf8_lossy(&body), name)
+}
+
+/// A migration to Authlete in one process: a Connect2id source emulator
+/// (public issuer: the proxy's URL), an Authlete service emulator as the
+/// target, spoken to in one API version, and the real proxy in front of the
+/// source syncing clients and tokens to it.
+pub struct AuthleteStack {
+    pub source: Handle,
+    /// The Authlete service, with helpers for its API (both versions).
+    pub authlete: authlete_support::Emulator,
+    /// The API version the proxy speaks to Authlete (and the checks use).
+    pub version: Version,
+    pub proxy: TestProxy,
+    /// Traffic through the proxy.
+    pub via_proxy: Driver,
+    /// Direct to the source.
+    pub at_source: Driver,
+    /// The proxy's config, for restarting it.
+    pub config: Config,
+}
+
+impl AuthleteStack {
+    /// Starts everything, the source empty.
+    pub async fn start(version: Version) -> Self {
+        Self::start_seeded(version, 0).await
+    }
+
+    /// Starts everything with `seed` synthetic records per dataset on the
+    /// source (clients, and long-lived authorizations with refresh tokens:
+    /// the backfill's work); Authlete starts empty.
+    pub async fn start_seeded(version: Version, seed: usize) -> Self {
+        let jwks = JwkSet::generate();
+        let tokens = connect2id::ApiTokens::single(TOKEN);
+        let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut source_config = c2id_config(&issuer_of(&proxy_listener), &jwks, &tokens);
+        source_config.seed = seed;
+        let source = start_emulator(source_config).await;
+        let authlete = authlete_support::start(authlete_support::config()).await;
+        let mut config = Config::for_test(&source.url(), &authlete.handle.url(), TOKEN);
+        config.target.kind = ServerKind::Authlete;
+        config.target.authlete = Some(proxy_authlete_config(&authlete, version));
+        config.sync.datasets = AUTHLETE_DATASETS.iter().map(|d| (*d).to_owned()).collect();
+        let mut proxy = TestProxy::start_on_with_journal_dir(proxy_listener, config.clone()).await;
+        let via_proxy = Driver::new(proxy.url("/c2id"), TOKEN);
+        let at_source = Driver::new(source.url(), TOKEN);
+        proxy.wait_ready().await;
+        Self {
+            source,
+            authlete,
+            version,
+            proxy,
+            via_proxy,
+            at_source,
+            config,
+        }
+    }
+
+    pub fn source_emulator(&self) -> &Connect2id {
+        self.source.emulator()
+    }
+
+    /// A client of the proxy's admin API, as the operator CLI uses it.
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::new(&self.proxy.admin_url(""), Some(TOKEN.to_owned()))
+    }
+
+    /// Shuts the proxy down cleanly (its journal directory stays).
+    pub async fn stop_proxy(&mut self) {
+        self.proxy.stop().await;
+    }
+
+    /// Restarts the proxy on the same journal directory and address.
+    pub async fn restart_proxy(&mut self) {
+        restart(&mut self.proxy, &self.config).await;
+    }
+
+    /// The journal directory of the proxy.
+    pub fn journal_dir(&self) -> &std::path::Path {
+        journal_dir_of(&self.proxy)
+    }
+
+    /// Waits until the journal is empty (every change reached Authlete).
+    pub async fn wait_synced(&self) {
+        wait_synced(&self.proxy).await;
+    }
+
+    /// The current value of a metric line from `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        metric_of(&self.proxy, name).await
+    }
+
+    /// Changes the sync gave up on.
+    pub async fn dead_letters(&self) -> u64 {
+        self.admin().status().await.unwrap().journal.dead_letters
+    }
+}
+
+/// The proxy's `[target]` Authlete settings for `emulator` in `version`
+/// (v2: API key and secret, Basic, no service id; v3: service id and
+/// access token, Bearer), as `demo --target authlete` builds them.
+pub fn proxy_authlete_config(
+    emulator: &authlete_support::Emulator,
+    version: Version,
+) -> AuthleteConfig {
+    let service = emulator.authlete.config();
+    let (api_version, service_id, credentials) = match version {
+        Version::V2 => (
+            2,
+            None,
+            AuthleteCredentials::V2 {
+                key: Secret::new(&service.api_key),
+                secret: Secret::new(&service.api_secret),
+            },
+        ),
+        Version::V3 => (
+            3,
+            Some(service.service_id),
+            AuthleteCredentials::V3 {
+                token: Secret::new(&service.access_token),
+            },
+        ),
+    };
+    AuthleteConfig {
+        api_version,
+        service_id,
+        credentials,
+        new_primary: None,
+        new_primary_ca_file: None,
+        refresh_token_duration: DEFAULT_AUTHLETE_REFRESH_DURATION,
+        token_sample: DEFAULT_AUTHLETE_TOKEN_SAMPLE,
     }
 }
 
