@@ -947,12 +947,16 @@ async fn authlete_change(
                 // restart handed them over together): v3 then refuses the
                 // token for good ("client does not exist"), which used to
                 // dead-letter it. Retry until the client is there, unless
-                // the source deleted it meanwhile: its tokens are dead then.
+                // the source deleted it meanwhile (its tokens are dead
+                // then) or Authlete can never hold it (its tokens neither:
+                // dead-lettered with the client's reason, not retried
+                // forever behind it).
                 if authlete.client(client_id).await?.is_none() {
-                    if source.get_client(client_id).await?.is_none() {
+                    let Some(record) = source.get_client(client_id).await? else {
                         tracing::debug!(client_id = %client_id, "client deleted at the source; tokens not created");
                         return Ok(Vec::new());
-                    }
+                    };
+                    crate::target::authlete::storable(client_id, &record)?;
                     return Err(ApiError::Transient(format!(
                         "client {client_id} is not in Authlete yet"
                     )));

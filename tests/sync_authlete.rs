@@ -62,6 +62,7 @@ macro_rules! in_both_versions {
 
 in_both_versions!(
     a_registered_client_exists_at_authlete_under_its_client_id_and_secret_and_follows_updates_and_deletion,
+    a_client_authlete_cannot_hold_is_dead_lettered_with_its_tokens_instead_of_retried_forever,
     a_code_exchange_creates_the_same_token_pair_at_authlete_for_the_right_subject_and_scopes,
     a_rotated_refresh_token_works_at_authlete_and_the_expended_ones_do_not,
     revocation_at_the_source_removes_the_pair_at_authlete_and_nothing_else,
@@ -409,6 +410,70 @@ async fn a_registered_client_exists_at_authlete_under_its_client_id_and_secret_a
 }
 
 // ---- 2. code exchange ----
+
+async fn a_client_authlete_cannot_hold_is_dead_lettered_with_its_tokens_instead_of_retried_forever(
+    version: Version,
+) {
+    let stack = AuthleteStack::start(version).await;
+    // A secret with characters Authlete refuses ('.' and '~'), set with the
+    // master token as an admin tool migrating its own clients would.
+    let request = Request::post(stack.proxy.url("/c2id/clients"))
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(
+            json!({
+                "client_name": "Legacy",
+                "redirect_uris": [REDIRECT_URI],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "client_secret_basic",
+                "scope": "openid email",
+                "preferred_client_secret": "legacy.secret~with-dots.and.tildes-0123456789",
+            })
+            .to_string(),
+        )))
+        .unwrap();
+    let (parts, body) = send(&client(), request).await;
+    assert!(parts.status.is_success(), "{}", parts.status);
+    let record: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let legacy = RegisteredClient {
+        id: record["client_id"].as_str().unwrap().to_owned(),
+        secret: record["client_secret"].as_str().unwrap().to_owned(),
+        record,
+    };
+    // Its users log in at the source all the same.
+    let held = log_in(&stack, &legacy, "carol", Consent::default()).await;
+
+    // The client and its tokens are given up with the reason, and the
+    // journal drains: the tokens do not wait forever behind a client that
+    // can never arrive.
+    let admin = stack.admin();
+    let settled = eventually(Duration::from_secs(20), || async {
+        let status = admin.status().await.unwrap();
+        status.journal.dead_letters >= 2 && status.journal.depth == 0
+    })
+    .await;
+    let letters = admin.dead_letters().await.unwrap();
+    assert!(settled, "not settled; dead letters: {letters:#?}");
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason.contains("cannot be stored in Authlete")),
+        "{letters:#?}"
+    );
+    assert!(
+        letters.iter().all(|l| !l.reason.contains(&legacy.secret)
+            && !l.change.contains(held.refresh_token())),
+        "a secret reached the dead-letter log: {letters:#?}"
+    );
+    assert!(
+        stack
+            .authlete
+            .authlete
+            .client_by_alias(&legacy.id)
+            .is_none()
+    );
+}
 
 async fn a_code_exchange_creates_the_same_token_pair_at_authlete_for_the_right_subject_and_scopes(
     version: Version,

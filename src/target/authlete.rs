@@ -334,22 +334,11 @@ impl Authlete {
                 message: "no client_id".to_owned(),
             })?
             .to_owned();
+        storable(&alias, record)?;
         let secret = record
             .get("client_secret")
             .or_else(|| record.get("encoded_client_secret"))
             .and_then(Value::as_str);
-        if let Some(secret) = secret
-            && !secret_acceptable(secret)
-        {
-            return Err(ApiError::Rejected {
-                server: "target",
-                operation: "client/secret/update",
-                status: 400,
-                error: format!(
-                    "the source client secret of {alias} cannot be stored in Authlete (only A-Z a-z 0-9 - _ and at most {SECRET_MAX_LEN} characters are allowed)"
-                ),
-            });
-        }
         let (client, unmapped) = map_client(record, self.config.api_version);
         let existing = self.client_id_of(&alias).await?;
         let id = match existing {
@@ -862,6 +851,26 @@ const RENAMED: [(&str, &str); 9] = [
     ("jwks_uri", "jwksUri"),
     ("id_token_signed_response_alg", "idTokenSignAlg"),
 ];
+
+/// Whether Authlete can hold the client of a Connect2id record: its secret
+/// must follow Authlete's rules. A refusal is permanent, with the reason.
+pub fn storable(alias: &str, record: &Value) -> Result<(), ApiError> {
+    let secret = record
+        .get("client_secret")
+        .or_else(|| record.get("encoded_client_secret"))
+        .and_then(Value::as_str);
+    match secret {
+        Some(secret) if !secret_acceptable(secret) => Err(ApiError::Rejected {
+            server: "target",
+            operation: "client/secret/update",
+            status: 400,
+            error: format!(
+                "the source client secret of {alias} cannot be stored in Authlete (only A-Z a-z 0-9 - _ and at most {SECRET_MAX_LEN} characters are allowed)"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
 
 /// The Authlete `Client` of a Connect2id client record, and the source
 /// fields that have no Authlete equivalent.
