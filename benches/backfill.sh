@@ -468,6 +468,23 @@ def cpu(c0; c1; m0; m1; wall):
           ([$samples[] | {t, c: (.status.backfill.datasets[$d].copied // 0)}]
            | map(select(.c > 0 and .c < ($fd[$d].copied // 0)))) as $mid
         | if ($mid | length) >= 2 then (($mid | last).c - ($mid | first).c) / (($mid | last).t - ($mid | first).t) | round else null end)
+    # CPU per process over the dataset (the samples inside its window).
+    | .cpu = (
+          ($samples | map(select(.t >= $from and .t <= $to))) as $in
+        | if ($in | length) >= 2 then
+              ($in | first) as $a | ($in | last) as $b | ($b.t - $a.t) as $w
+            | (($a.machine | mt)) as $ma | (($b.machine | mt)) as $mb
+            | {source: (($b.ticks.source - $a.ticks.source) / $tck / $w),
+               target: (($b.ticks.target - $a.ticks.target) / $tck / $w),
+               handover: (($b.ticks.handover - $a.ticks.handover) / $tck / $w),
+               machine: (($mb.busy - $ma.busy) / $tck / $w)}
+            | .others = ([.machine - .source - .target - .handover, 0] | max)
+            | map_values(. * 100 | round / 100) as $cores
+            | ($to - $from) as $dw
+            | {cores_used: $cores,
+               us_per_record: ($cores | {source, target, handover}
+                                      | map_values(. * $dw * 1e6 / ($fd[$d].copied // 1) | round))}
+          else null end)
     | {key: $d, value: .}) | from_entries) as $per
 # RSS curve by progress (settled records / all records): the first sample at or past each mark.
 | ($samples | map({t, rss_kb, target_rss_kb, p: (([.status.backfill.datasets[]? | .copied + .skipped + .failed] | add // 0) / (3 * $n))})) as $curve
