@@ -22,6 +22,17 @@
 //! - `summarize DIR`: reads the JSON reports the script wrote and prints the
 //!   comparison table (added latency and throughput ratios, per round, then
 //!   median over rounds) against the DESIGN.md §8 budgets.
+//! - `fdatasync --dir DIR --count N`: the disk's own latency for what a
+//!   durable journal append costs (append a small record, `fdatasync`), so
+//!   that a benchmark can put it next to the trigger-write latency measured
+//!   in the same run (`benches/trigger_write.sh`).
+//!
+//! The load modes send `GET` with no body by default; `--method`, `--body`
+//! and `--header` make them send a trigger (`POST /clients` with a JSON body
+//! and a bearer token). Any `2xx` answer counts as a success. `open-loop
+//! --timeline FILE` also writes every measured request (intended send time,
+//! latency, outcome), for the scripts that look at *when* requests were slow
+//! or failed (`benches/cutover.sh`).
 //!
 //! Latencies are kept as exact samples in a vector and sorted at the end
 //! (a 30 s run at 5,000 req/s is 150,000 samples, 1.2 MB): exact percentiles,
@@ -41,7 +52,7 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use http::{Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -110,6 +121,24 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// The disk's own append + fdatasync latency in DIR.
+    Fdatasync {
+        /// Directory to write the probe file in (the journal's disk).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Appends, each followed by one `fdatasync`.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Bytes appended before each `fdatasync` (about one journal record).
+        #[arg(long, default_value_t = 128)]
+        record_bytes: usize,
+        /// Print the report as JSON (for the script) instead of a line.
+        #[arg(long)]
+        json: bool,
+        /// Free-form labels stored in the JSON report.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
     /// Waits until URL answers 200.
     WaitReady {
         /// The URL to poll.
@@ -162,6 +191,21 @@ struct Common {
     /// and the end of the measured window: the proxy under test.
     #[arg(long = "cpu-pid")]
     cpu_pids: Vec<u32>,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    method: http::Method,
+    /// Request body (sent with `Content-Length`), e.g. a JSON document.
+    #[arg(long)]
+    body: Option<String>,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(header::HeaderName, header::HeaderValue)>,
+    /// Open loop only: write every measured request to this file, one line
+    /// each, `due_us,latency_us,outcome` (`due_us` from the schedule's start,
+    /// whose wall-clock time is in the header line; outcome is the status
+    /// code, `error` or `timeout`).
+    #[arg(long)]
+    timeline: Option<PathBuf>,
     /// Other processes of the benchmark (the upstream). With `--cpu-pid`
     /// and the generator itself they are subtracted from the machine's busy
     /// time to report the load *other* programs put on the machine during
@@ -175,6 +219,17 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("label {text:?} is not KEY=VALUE"))?;
     Ok((key.to_owned(), value.to_owned()))
+}
+
+fn parse_header(text: &str) -> Result<(header::HeaderName, header::HeaderValue), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("header {text:?} is not `Name: value`"))?;
+    let name = header::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|err| format!("bad header name in {text:?}: {err}"))?;
+    let value = header::HeaderValue::from_str(value.trim())
+        .map_err(|err| format!("bad header value in {text:?}: {err}"))?;
+    Ok((name, value))
 }
 
 fn main() -> std::process::ExitCode {
@@ -211,15 +266,22 @@ fn run(command: Command) -> anyhow::Result<()> {
             if !(rate > 0.0 && rate.is_finite()) {
                 bail!("--rate must be a positive number, got {rate}");
             }
-            let target = Target::parse(&common.url)?;
+            let target = Target::parse(&common.url)?.with_request(&common);
             let samples = runtime(common.threads)?.block_on(open_loop(&target, &common, rate))?;
             emit(&common, Mode::OpenLoop, Some(rate), samples)
         }
         Command::ClosedLoop { common } => {
-            let target = Target::parse(&common.url)?;
+            let target = Target::parse(&common.url)?.with_request(&common);
             let samples = runtime(common.threads)?.block_on(closed_loop(&target, &common))?;
             emit(&common, Mode::ClosedLoop, None, samples)
         }
+        Command::Fdatasync {
+            dir,
+            count,
+            record_bytes,
+            json,
+            labels,
+        } => fdatasync(&dir, count, record_bytes, json, labels),
         Command::WaitReady { url, timeout } => {
             let target = Target::parse(&url)?;
             runtime(1)?.block_on(wait_ready(&target, Duration::from_secs_f64(timeout)))
@@ -336,12 +398,16 @@ async fn bare_proxy(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<
 
 // ---------------------------------------------------------------- client
 
-/// Where requests go: a resolved address, the `Host` header and the path.
+/// Where requests go and what they are: a resolved address, the `Host`
+/// header, the path, and the method, extra headers and body.
 #[derive(Debug, Clone)]
 struct Target {
     addr: SocketAddr,
     host: header::HeaderValue,
     path: String,
+    method: http::Method,
+    headers: Vec<(header::HeaderName, header::HeaderValue)>,
+    body: Bytes,
 }
 
 impl Target {
@@ -366,14 +432,28 @@ impl Target {
             host: header::HeaderValue::from_str(authority.as_str())
                 .context("host is not a valid header value")?,
             path,
+            method: http::Method::GET,
+            headers: Vec::new(),
+            body: Bytes::new(),
         })
+    }
+
+    /// The method, headers and body given on the command line.
+    fn with_request(mut self, common: &Common) -> Self {
+        self.method = common.method.clone();
+        self.headers.clone_from(&common.headers);
+        self.body = common
+            .body
+            .as_ref()
+            .map_or_else(Bytes::new, |body| Bytes::from(body.clone()));
+        self
     }
 }
 
 /// One persistent HTTP/1.1 connection, reconnected after an error.
 struct Conn {
     target: Target,
-    sender: Option<SendRequest<Empty<Bytes>>>,
+    sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Conn {
@@ -399,7 +479,8 @@ impl Conn {
         Ok(())
     }
 
-    /// One request, its whole response body read. Any non-200 is an error.
+    /// One request, its whole response body read. Anything but a `2xx` is
+    /// an error.
     async fn exchange(&mut self) -> anyhow::Result<()> {
         let result = self.try_exchange().await;
         if result.is_err() {
@@ -418,17 +499,41 @@ impl Conn {
             .as_mut()
             .context("no connection after connecting")?;
         sender.ready().await?;
-        let request = Request::get(self.target.path.as_str())
-            .header(header::HOST, self.target.host.clone())
-            .body(Empty::new())?;
+        let mut request = Request::builder()
+            .method(self.target.method.clone())
+            .uri(self.target.path.as_str())
+            .header(header::HOST, self.target.host.clone());
+        for (name, value) in &self.target.headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(self.target.body.clone()))?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         response.into_body().collect().await?;
-        if status != StatusCode::OK {
-            bail!("status {status}");
+        if !status.is_success() {
+            return Err(StatusError(status).into());
         }
         Ok(())
     }
+}
+
+/// A complete answer that was not a `2xx`.
+#[derive(Debug)]
+struct StatusError(StatusCode);
+
+impl std::fmt::Display for StatusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "status {}", self.0)
+    }
+}
+
+impl std::error::Error for StatusError {}
+
+/// How a failed request is counted: `status 503`, or `transport` for
+/// anything that did not produce a complete answer.
+fn error_kind(err: &anyhow::Error) -> String {
+    err.downcast_ref::<StatusError>()
+        .map_or_else(|| "transport".to_owned(), |status| status.to_string())
 }
 
 async fn wait_ready(target: &Target, timeout: Duration) -> anyhow::Result<()> {
@@ -465,8 +570,13 @@ struct Samples {
     /// Open-loop only: actual minus intended send time (generator error).
     send_lag: Vec<u64>,
     errors: u64,
+    /// Failed requests by kind (`status 503`, `transport`).
+    error_kinds: BTreeMap<String, u64>,
     timeouts: u64,
     first_error: Option<String>,
+    /// Open loop with `--timeline`: every measured request as (intended
+    /// send time from the schedule's start, latency, outcome), in ns.
+    timeline: Vec<(u64, u64, Outcome)>,
     measured: Duration,
     /// CPU time the `--cpu-pid` processes used during the window.
     cpu: Option<Duration>,
@@ -481,7 +591,11 @@ impl Samples {
         self.service.extend(other.service);
         self.send_lag.extend(other.send_lag);
         self.errors += other.errors;
+        for (kind, count) in other.error_kinds {
+            *self.error_kinds.entry(kind).or_default() += count;
+        }
         self.timeouts += other.timeouts;
+        self.timeline.extend(other.timeline);
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -489,10 +603,19 @@ impl Samples {
 
     fn error(&mut self, err: &anyhow::Error) {
         self.errors += 1;
+        *self.error_kinds.entry(error_kind(err)).or_default() += 1;
         if self.first_error.is_none() {
             self.first_error = Some(format!("{err:#}"));
         }
     }
+}
+
+/// What became of one request in a `--timeline`.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Ok,
+    Error(Option<StatusCode>),
+    Timeout,
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -597,6 +720,12 @@ async fn open_loop(target: &Target, common: &Common, rate: f64) -> anyhow::Resul
     let duration = Duration::from_secs_f64(common.duration);
     // The schedule starts a little after every connection is up.
     let start = Instant::now() + Duration::from_millis(20);
+    // The same instant on the wall clock, for `--timeline` readers that
+    // line requests up with events logged by other processes.
+    let start_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        + Duration::from_millis(20);
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let hard_deadline = end + DRAIN_GRACE;
@@ -636,11 +765,17 @@ async fn open_loop(target: &Target, common: &Common, rate: f64) -> anyhow::Resul
     // Free connections queue on the mutex (tokio's is FIFO): the next due
     // request goes to the connection that has waited longest.
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let keep_timeline = common.timeline.is_some();
     let mut workers = Vec::with_capacity(conns.len());
     for mut conn in conns {
         let rx = Arc::clone(&rx);
         workers.push(tokio::spawn(async move {
             let mut samples = Samples::default();
+            let note = |samples: &mut Samples, due: Instant, took: u64, outcome| {
+                if keep_timeline {
+                    samples.timeline.push((nanos(due - start), took, outcome));
+                }
+            };
             loop {
                 let due = {
                     let mut rx = rx.lock().await;
@@ -654,6 +789,7 @@ async fn open_loop(target: &Target, common: &Common, rate: f64) -> anyhow::Resul
                     // target cannot keep up with the rate.
                     if measured {
                         samples.timeouts += 1;
+                        note(&mut samples, due, nanos(sent - due), Outcome::Timeout);
                     }
                     continue;
                 }
@@ -666,16 +802,23 @@ async fn open_loop(target: &Target, common: &Common, rate: f64) -> anyhow::Resul
                     }
                     continue;
                 }
+                let took = nanos(done - due);
                 match result {
                     Ok(Ok(())) => {
-                        samples.latency.push(nanos(done - due));
+                        samples.latency.push(took);
                         samples.service.push(nanos(done - sent));
                         samples.send_lag.push(nanos(sent - due));
+                        note(&mut samples, due, took, Outcome::Ok);
                     }
-                    Ok(Err(err)) => samples.error(&err),
+                    Ok(Err(err)) => {
+                        let status = err.downcast_ref::<StatusError>().map(|status| status.0);
+                        samples.error(&err);
+                        note(&mut samples, due, took, Outcome::Error(status));
+                    }
                     Err(_) => {
                         conn.sender = None;
                         samples.timeouts += 1;
+                        note(&mut samples, due, took, Outcome::Timeout);
                     }
                 }
             }
@@ -693,7 +836,41 @@ async fn open_loop(target: &Target, common: &Common, rate: f64) -> anyhow::Resul
     let cpu = cpu.await.context("the CPU watcher panicked")?;
     samples.cpu = cpu.watched;
     samples.other_load = cpu.other_load;
+    if let Some(path) = &common.timeline {
+        write_timeline(path, start_unix, &mut samples.timeline)?;
+    }
     Ok(samples)
+}
+
+/// Writes a `--timeline` file: a header line with the schedule's start as
+/// Unix time, then `due_us,latency_us,outcome` per request, by due time.
+fn write_timeline(
+    path: &Path,
+    start_unix: Duration,
+    timeline: &mut [(u64, u64, Outcome)],
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    timeline.sort_unstable_by_key(|&(due, _, _)| due);
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    writeln!(
+        out,
+        "# start_unix_s={}.{:09} columns=due_us,latency_us,outcome",
+        start_unix.as_secs(),
+        start_unix.subsec_nanos()
+    )?;
+    for &(due, took, outcome) in timeline.iter() {
+        let outcome = match outcome {
+            Outcome::Ok => "ok".to_owned(),
+            Outcome::Error(Some(status)) => status.as_u16().to_string(),
+            Outcome::Error(None) => "error".to_owned(),
+            Outcome::Timeout => "timeout".to_owned(),
+        };
+        writeln!(out, "{},{},{outcome}", due / 1_000, took / 1_000)?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn closed_loop(target: &Target, common: &Common) -> anyhow::Result<Samples> {
@@ -744,6 +921,78 @@ async fn closed_loop(target: &Target, common: &Common) -> anyhow::Result<Samples
     samples.cpu = cpu.watched;
     samples.other_load = cpu.other_load;
     Ok(samples)
+}
+
+// ---------------------------------------------------------------- disk
+
+/// The disk's own cost of a durable append, as the script stores it.
+#[derive(Debug, Serialize)]
+struct FdatasyncReport {
+    mode: &'static str,
+    dir: String,
+    labels: BTreeMap<String, String>,
+    count: usize,
+    record_bytes: usize,
+    /// `write` + `fdatasync` of one record, in microseconds.
+    latency_us: Percentiles,
+    /// Of which in `fdatasync`.
+    fdatasync_us: Percentiles,
+    /// Appends per second, one after the other.
+    achieved_per_s: f64,
+}
+
+/// Appends `count` records of `record_bytes` to a fresh file in `dir`, each
+/// followed by `fdatasync`: the journal's `sync = "always"` path with one
+/// writer and no batching, minus everything but the disk.
+fn fdatasync(
+    dir: &Path,
+    count: usize,
+    record_bytes: usize,
+    json: bool,
+    labels: Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let mut handle = file.as_file();
+    let record = vec![0x5a_u8; record_bytes.max(1)];
+    let mut whole = Vec::with_capacity(count);
+    let mut synced = Vec::with_capacity(count);
+    let started = Instant::now();
+    for _ in 0..count.max(1) {
+        let t0 = Instant::now();
+        handle.write_all(&record).context("write")?;
+        let t1 = Instant::now();
+        handle.sync_data().context("fdatasync")?;
+        let t2 = Instant::now();
+        whole.push(nanos(t2 - t0));
+        synced.push(nanos(t2 - t1));
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    #[allow(clippy::cast_precision_loss)]
+    let achieved_per_s = (whole.len() as f64 / elapsed).round();
+    let report = FdatasyncReport {
+        mode: "fdatasync",
+        dir: dir.display().to_string(),
+        labels: labels.into_iter().collect(),
+        count: whole.len(),
+        record_bytes: record.len(),
+        latency_us: Percentiles::of(&mut whole),
+        fdatasync_us: Percentiles::of(&mut synced),
+        achieved_per_s,
+    };
+    let l = &report.latency_us;
+    let line = format!(
+        "fdatasync {} x{} B: p50={}us p99={}us p99.9={}us max={}us {}/s",
+        report.dir, report.record_bytes, l.p50, l.p99, l.p999, l.max, report.achieved_per_s
+    );
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- reports
@@ -815,8 +1064,11 @@ struct Report {
     duration_s: f64,
     /// Successful requests in the measured window.
     requests: u64,
-    /// Failed requests (connection errors, non-200).
+    /// Failed requests (connection errors, non-2xx).
     errors: u64,
+    /// The same by kind: `status 503`, `transport`.
+    #[serde(default)]
+    error_kinds: BTreeMap<String, u64>,
     /// Requests that took longer than the request timeout, or were still
     /// queued when the drain grace ran out.
     timeouts: u64,
@@ -870,6 +1122,7 @@ fn emit(
         duration_s: common.duration,
         requests,
         errors: samples.errors,
+        error_kinds: std::mem::take(&mut samples.error_kinds),
         timeouts: samples.timeouts,
         first_error: samples.first_error.take(),
         achieved_rps: achieved_rps.round(),
@@ -935,6 +1188,9 @@ fn print_report(report: &Report) {
         "errors       {} (timeouts {})",
         report.errors, report.timeouts
     );
+    for (kind, count) in &report.error_kinds {
+        println!("  {kind:<10} {count}");
+    }
     if let Some(err) = &report.first_error {
         println!("first error  {err}");
     }

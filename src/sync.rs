@@ -542,8 +542,8 @@ pub fn spawn(
                     }
                 }
             }
-            for name in touched {
-                let Some(lane) = lanes.get_mut(&name) else {
+            for name in &touched {
+                let Some(lane) = lanes.get_mut(name) else {
                     continue;
                 };
                 if lane.running {
@@ -561,34 +561,37 @@ pub fn spawn(
                 } else if let Some(item) = lane.backfill.take() {
                     Job::Backfill(item)
                 } else {
-                    lanes.remove(&name);
+                    lanes.remove(name);
                     continue;
                 };
                 lane.running = true;
                 let worker = Arc::clone(&worker);
                 let commands = commands.clone();
+                let lane = name.clone();
                 job_tracker.spawn(
                     async move {
                         let follow_ups = worker.run(job).await;
-                        let _ = commands.send(Command::Done {
-                            lane: name,
-                            follow_ups,
-                        });
+                        let _ = commands.send(Command::Done { lane, follow_ups });
                     }
                     .instrument(tracing::debug_span!("sync")),
                 );
             }
             busy_lanes.store(lanes.len(), Ordering::Release);
             if let Ok(mut keys) = busy_keys.lock() {
-                keys.clear();
-                keys.extend(
-                    lanes
-                        .iter()
-                        .filter(|(_, lane)| {
-                            lane.has_live_work() || (lane.running && lane.backfill.is_none())
-                        })
-                        .map(|(name, _)| name.clone()),
-                );
+                // Only the lanes this command touched can have changed, so
+                // only their entries are updated. (Rebuilding the set from
+                // every lane cost O(backlog) per command: quadratic while
+                // the secondary is down and the backlog grows.)
+                for name in touched {
+                    let busy = lanes.get(&name).is_some_and(|lane| {
+                        lane.has_live_work() || (lane.running && lane.backfill.is_none())
+                    });
+                    if busy {
+                        keys.insert(name);
+                    } else {
+                        keys.remove(&name);
+                    }
+                }
             }
             idle_tx.send_if_modified(|idle| {
                 let now_idle = lanes.is_empty();
