@@ -34,6 +34,8 @@
 //! exponential backoff and jitter, forever: the journal grows and the lag
 //! metric says so, nothing is dropped.
 
+mod breaker;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -436,6 +438,7 @@ struct Worker {
     metrics: SyncMetrics,
     config: Config,
     permits: Arc<Semaphore>,
+    breaker: breaker::Breaker,
     stop: CancellationToken,
 }
 
@@ -471,6 +474,7 @@ pub fn spawn(
         dead_letters,
         metrics,
         permits: Arc::new(Semaphore::new(config.workers.max(1))),
+        breaker: breaker::Breaker::new(config.retry_initial, config.retry_max, backoff),
         config,
         stop: stop.clone(),
     });
@@ -608,6 +612,25 @@ pub fn spawn(
     handle
 }
 
+/// Why [`Worker::retrying`] stopped trying.
+enum GaveUp {
+    /// The sync is stopping; the work stays in the journal.
+    Stopped,
+    /// Refused for good: dead-letter it.
+    Refused(ApiError),
+}
+
+/// The delay before retry number `attempt` (0-based): doubling from
+/// `initial`, capped at `max`, then jittered to between half and all of
+/// it, so that instances retrying the same outage do not stampede
+/// together.
+fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let base = initial
+        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+        .min(max);
+    base.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
 /// Adds work to its lane; returns the lane's name.
 fn enqueue(lanes: &mut HashMap<String, Lane>, work: Work) -> String {
     let name = lane_of(&work.change);
@@ -644,45 +667,28 @@ impl Worker {
             }
         };
         let dataset = dataset_of(&change);
-        let mut attempt: u32 = 0;
-        loop {
-            let started = Instant::now();
-            let result = {
+        let applied = self
+            .retrying(dataset, &|| change.redacted(), || async {
                 let Ok(_permit) = self.permits.acquire().await else {
-                    return Vec::new();
+                    return Err(ApiError::Transient("the sync is stopping".to_owned()));
                 };
                 self.execute(&change).await
-            };
-            match result {
-                Ok(follow_ups) => {
-                    self.metrics.record_applied(dataset, started.elapsed());
-                    if let Change::Sync { key, .. } = &change {
-                        self.recent.push(key.clone());
-                    }
-                    if attempt > 0 {
-                        tracing::info!(change = %change.redacted(), attempts = attempt + 1, "synced after retries");
-                    }
-                    return follow_ups
-                        .into_iter()
-                        .map(|change| Work::follow_up(change, &acks))
-                        .collect();
+            })
+            .await;
+        match applied {
+            Ok(follow_ups) => {
+                if let Change::Sync { key, .. } = &change {
+                    self.recent.push(key.clone());
                 }
-                Err(err) if err.is_transient() => {
-                    self.metrics.record_failure(dataset);
-                    let delay = self.backoff(attempt);
-                    if attempt == 0 || attempt % 10 == 9 {
-                        tracing::warn!(change = %change.redacted(), error = %err, attempt = attempt + 1, retry_in = ?delay, "sync failed; retrying");
-                    }
-                    attempt = attempt.saturating_add(1);
-                    tokio::select! {
-                        () = self.stop.cancelled() => return Vec::new(),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-                Err(err) => {
-                    self.dead_letter(&change, dataset, &err.to_string()).await;
-                    return Vec::new();
-                }
+                follow_ups
+                    .into_iter()
+                    .map(|change| Work::follow_up(change, &acks))
+                    .collect()
+            }
+            Err(GaveUp::Stopped) => Vec::new(),
+            Err(GaveUp::Refused(err)) => {
+                self.dead_letter(&change, dataset, &err.to_string()).await;
+                Vec::new()
             }
         }
     }
@@ -690,50 +696,80 @@ impl Worker {
     /// Writes one exported record, retrying transient failures.
     async fn backfill(&self, key: &Key, record: &Value) -> BackfillOutcome {
         let dataset = key.dataset();
-        let mut attempt: u32 = 0;
-        loop {
-            let started = Instant::now();
-            let written = match self.routing.authlete() {
-                Some(authlete) => write_exported_authlete(authlete, key, record).await,
-                None => write_exported(self.routing.secondary_api(), key, record).await,
-            };
-            match written {
-                Ok(()) => {
-                    self.metrics.record_applied(dataset, started.elapsed());
-                    return BackfillOutcome::Copied;
+        let written = self
+            .retrying(dataset, &|| key.redacted(), || async {
+                match self.routing.authlete() {
+                    Some(authlete) => write_exported_authlete(authlete, key, record).await,
+                    None => write_exported(self.routing.secondary_api(), key, record).await,
                 }
-                Err(err) if err.is_transient() => {
-                    self.metrics.record_failure(dataset);
-                    let delay = self.backoff(attempt);
-                    if attempt == 0 || attempt % 10 == 9 {
-                        tracing::warn!(key = %key.redacted(), error = %err, attempt = attempt + 1, retry_in = ?delay, "backfill write failed; retrying");
-                    }
-                    attempt = attempt.saturating_add(1);
-                    tokio::select! {
-                        () = self.stop.cancelled() => return BackfillOutcome::Stopped,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-                Err(err) => {
-                    // Dead-letter the key (not the exported copy): a retry
-                    // re-reads the current state from the primary.
-                    self.dead_letter(&Change::sync(key.clone()), dataset, &err.to_string())
-                        .await;
-                    return BackfillOutcome::Failed;
-                }
+            })
+            .await;
+        match written {
+            Ok(()) => BackfillOutcome::Copied,
+            Err(GaveUp::Stopped) => BackfillOutcome::Stopped,
+            Err(GaveUp::Refused(err)) => {
+                // Dead-letter the key (not the exported copy): a retry
+                // re-reads the current state from the primary.
+                self.dead_letter(&Change::sync(key.clone()), dataset, &err.to_string())
+                    .await;
+                BackfillOutcome::Failed
             }
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let base = self
-            .config
-            .retry_initial
-            .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-            .min(self.config.retry_max);
-        // Jitter: between half and all of the delay, so instances retrying
-        // the same outage do not stampede together.
-        base.mul_f64(0.5 + fastrand::f64() * 0.5)
+    /// Runs `attempt` until it succeeds, fails for good, or the sync stops.
+    /// A transient failure is retried after the lane's own backoff; during
+    /// an outage ([`breaker`]) the lane waits for the breaker instead, so
+    /// one probe retries for all. `what` names the work in log lines
+    /// (redacted), only computed when something is logged.
+    async fn retrying<T, Fut>(
+        &self,
+        dataset: &'static str,
+        what: &(dyn Fn() -> String + Sync),
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Result<T, GaveUp>
+    where
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let mut failures: u32 = 0;
+        loop {
+            let admission = self
+                .breaker
+                .admit(&self.stop)
+                .await
+                .ok_or(GaveUp::Stopped)?;
+            let started = Instant::now();
+            match attempt().await {
+                Ok(value) => {
+                    self.breaker.record(admission, breaker::Outcome::Answered);
+                    self.metrics.record_applied(dataset, started.elapsed());
+                    if failures > 0 {
+                        tracing::info!(change = %what(), attempts = failures + 1, "synced after retries");
+                    }
+                    return Ok(value);
+                }
+                Err(err) if err.is_transient() => {
+                    self.metrics.record_failure(dataset);
+                    let outage = self.breaker.record(admission, breaker::Outcome::Transient);
+                    let delay = backoff(failures, self.config.retry_initial, self.config.retry_max);
+                    if failures == 0 || failures % 10 == 9 {
+                        tracing::warn!(change = %what(), error = %err, attempt = failures + 1, retry_in = ?delay, outage, "sync failed; retrying");
+                    }
+                    failures = failures.saturating_add(1);
+                    if !outage {
+                        tokio::select! {
+                            () = self.stop.cancelled() => return Err(GaveUp::Stopped),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+                Err(err) => {
+                    // Refused for good, but the servers answered.
+                    self.breaker.record(admission, breaker::Outcome::Answered);
+                    return Err(GaveUp::Refused(err));
+                }
+            }
+        }
     }
 
     async fn dead_letter(&self, change: &Change, dataset: &'static str, reason: &str) {
