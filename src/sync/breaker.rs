@@ -26,6 +26,12 @@ use tokio::time::Instant;
 /// breaker.
 pub(super) const THRESHOLD: u32 = 8;
 
+/// Longest wait between probes. One request every two seconds costs the
+/// servers nothing, and the backlog starts draining at most this long
+/// after the secondary is back (the lanes' own `retry_max` is for isolated
+/// failures).
+pub(super) const PROBE_MAX: Duration = Duration::from_secs(2);
+
 /// What a lane may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Admission {
@@ -66,7 +72,8 @@ pub(super) struct Breaker {
 
 impl Breaker {
     /// A closed breaker whose probes back off from `initial` to `max`
-    /// (with `backoff(attempt, initial, max)`).
+    /// (with `backoff(attempt, initial, max)`), `max` capped at
+    /// [`PROBE_MAX`].
     pub(super) fn new(
         initial: Duration,
         max: Duration,
@@ -77,7 +84,7 @@ impl Breaker {
             changed: Notify::new(),
             backoff,
             initial,
-            max,
+            max: max.min(PROBE_MAX),
         }
     }
 
@@ -271,6 +278,22 @@ mod tests {
         assert_eq!(released.load(Ordering::SeqCst), 50);
         assert_eq!(started.elapsed(), Duration::from_millis(1500));
         assert!(!breaker.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_come_at_least_every_probe_max_however_long_the_outage() {
+        let breaker = breaker();
+        for _ in 0..THRESHOLD {
+            breaker.record(Admission::Normal, Outcome::Transient);
+        }
+        let stop = CancellationToken::new();
+        for _ in 0..20 {
+            assert_eq!(breaker.admit(&stop).await, Some(Admission::Probe));
+            breaker.record(Admission::Probe, Outcome::Transient);
+        }
+        let before = Instant::now();
+        assert_eq!(breaker.admit(&stop).await, Some(Admission::Probe));
+        assert_eq!(before.elapsed(), PROBE_MAX);
     }
 
     #[tokio::test(start_paused = true)]
