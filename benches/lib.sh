@@ -107,6 +107,28 @@ start_emulator() {
     EMU_ADDR=$addr
 }
 
+# start_emulators [SOURCE EXTRA ARGS...]: the source and the (empty) target
+# emulator of a stack, on free ports. Sets SOURCE_PID, SOURCE_ADDR,
+# TARGET_PID and TARGET_ADDR.
+start_emulators() {
+    start_emulator source "$HANDOVER_SOURCE_TOKEN" 127.0.0.1:0 "$@"
+    SOURCE_PID=$EMU_PID SOURCE_ADDR=$EMU_ADDR
+    start_emulator target "$HANDOVER_TARGET_TOKEN" 127.0.0.1:0
+    TARGET_PID=$EMU_PID TARGET_ADDR=$EMU_ADDR
+}
+
+# bench_begin: what every stack benchmark does first: build, create
+# $RESULTS with the machine's facts, make the secrets and the trigger
+# request.
+bench_begin() {
+    bench_build
+    mkdir -p "$RESULTS"
+    machine_facts "$WORK" >"$RESULTS/machine.json"
+    bench_log "results in $RESULTS"
+    bench_secrets
+    trigger_args
+}
+
 # ---------------------------------------------------------------- handover
 
 # write_config FILE PROXY_PORT ADMIN_PORT SOURCE_ADDR TARGET_ADDR JOURNAL_DIR SYNC [EXTRA TOML]

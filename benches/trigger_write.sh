@@ -64,19 +64,11 @@ WORK=$(mktemp -d "$JOURNAL_PARENT/handover-trigger.XXXXXX")
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 
-bench_build
-mkdir -p "$RESULTS"
-machine_facts "$WORK" >"$RESULTS/machine.json"
-bench_log "results in $RESULTS"
+bench_begin
 
 # ---------------------------------------------------------------- stack
 
-bench_secrets
-trigger_args
-start_emulator source "$HANDOVER_SOURCE_TOKEN" 127.0.0.1:0
-SOURCE_PID=$EMU_PID SOURCE_ADDR=$EMU_ADDR
-start_emulator target "$HANDOVER_TARGET_TOKEN" 127.0.0.1:0
-TARGET_PID=$EMU_PID TARGET_ADDR=$EMU_ADDR
+start_emulators
 
 declare -A URL=() ADMIN=() CPU_PIDS=()
 URL[direct]=http://$SOURCE_ADDR$TRIGGER_PATH
