@@ -46,6 +46,9 @@ pub const SYNC_APPLY_SECONDS: &str = "handover_sync_apply_seconds";
 pub const SYNC_LAG_SECONDS: &str = "handover_sync_lag_seconds";
 /// Records currently in the dead-letter log.
 pub const SYNC_DEAD_LETTERS: &str = "handover_sync_dead_letters";
+/// 1 while the sync cannot reach the servers (its circuit breaker is
+/// open: changes wait in the journal, one probe retries for all).
+pub const SYNC_OUTAGE: &str = "handover_sync_outage";
 /// Journal records appended and not yet applied.
 pub const JOURNAL_DEPTH: &str = "handover_journal_depth";
 /// Bytes of journal segment files.
@@ -232,6 +235,8 @@ pub struct SyncMetrics {
     pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Records in the dead-letter log.
     pub dead_letters: Gauge,
+    /// 1 while the sync's circuit breaker is open.
+    pub outage: Gauge,
 }
 
 impl SyncMetrics {
@@ -473,6 +478,7 @@ impl Metrics {
             ),
             lag_seconds: Gauge::default(),
             dead_letters: Gauge::default(),
+            outage: Gauge::default(),
         };
         register_counter(
             &mut registry,
@@ -506,6 +512,11 @@ impl Metrics {
             SYNC_DEAD_LETTERS,
             "Records currently in the dead-letter log",
             sync.dead_letters.clone(),
+        );
+        registry.register(
+            SYNC_OUTAGE,
+            "1 while the sync cannot reach the servers and waits for one probe",
+            sync.outage.clone(),
         );
 
         let journal = JournalMetrics {
@@ -669,6 +680,7 @@ mod tests {
             UPSTREAM_CONNECTIONS_TOTAL,
             PRIMARY_UP,
             READY,
+            SYNC_OUTAGE,
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

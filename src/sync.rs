@@ -468,13 +468,14 @@ pub fn spawn(
         recent: Arc::clone(&recent),
         idle,
     };
+    let outage = metrics.outage.clone();
     let worker = Arc::new(Worker {
         recent,
         routing,
         dead_letters,
         metrics,
         permits: Arc::new(Semaphore::new(config.workers.max(1))),
-        breaker: breaker::Breaker::new(config.retry_initial, config.retry_max, backoff),
+        breaker: breaker::Breaker::new(config.retry_initial, config.retry_max, backoff, outage),
         config,
         stop: stop.clone(),
     });

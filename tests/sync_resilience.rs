@@ -157,9 +157,17 @@ async fn target_down_for_a_while_then_back_converges_without_client_errors() {
     );
     assert_eq!(stack.target_emulator().counts().clients, 0);
     assert_eq!(readyz(&stack.proxy).await, StatusCode::OK);
+    // Every key failed at once: the sync stops trying key by key and says
+    // so (one probe retries for all).
+    let outage = eventually(Duration::from_secs(10), || async {
+        stack.metric("handover_sync_outage").await == Some(1.0)
+    })
+    .await;
+    assert!(outage, "the outage was never reported");
 
     stack.target_emulator().knobs().set_down(false);
     stack.wait_synced().await;
+    assert_eq!(stack.metric("handover_sync_outage").await, Some(0.0));
     let records = assert_converged(&stack);
     // 3 clients, 6 authorizations, 5 sessions (one logged out).
     assert_eq!(records, 14);

@@ -68,6 +68,8 @@ pub(super) struct Breaker {
     backoff: fn(u32, Duration, Duration) -> Duration,
     initial: Duration,
     max: Duration,
+    /// Set to 1 while open (`handover_sync_outage`).
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Breaker {
@@ -78,6 +80,7 @@ impl Breaker {
         initial: Duration,
         max: Duration,
         backoff: fn(u32, Duration, Duration) -> Duration,
+        gauge: prometheus_client::metrics::gauge::Gauge,
     ) -> Self {
         Self {
             state: Mutex::new(State::default()),
@@ -85,6 +88,7 @@ impl Breaker {
             backoff,
             initial,
             max: max.min(PROBE_MAX),
+            gauge,
         }
     }
 
@@ -140,6 +144,7 @@ impl Breaker {
                         "the sync reaches the servers again; every waiting change resumes"
                     );
                     *state = State::default();
+                    self.gauge.set(0);
                     self.changed.notify_waiters();
                 }
             }
@@ -160,6 +165,7 @@ impl Breaker {
                     self.changed.notify_waiters();
                 } else if !state.open && state.failures_in_a_row >= THRESHOLD {
                     state.open = true;
+                    self.gauge.set(1);
                     state.probing = false;
                     state.probes_failed = 0;
                     let delay = (self.backoff)(0, self.initial, self.max);
@@ -208,6 +214,7 @@ mod tests {
             Duration::from_millis(100),
             Duration::from_secs(30),
             doubling,
+            prometheus_client::metrics::gauge::Gauge::default(),
         ))
     }
 
@@ -231,6 +238,7 @@ mod tests {
             breaker.record(Admission::Normal, Outcome::Transient);
         }
         assert!(breaker.is_open());
+        assert_eq!(breaker.gauge.get(), 1);
         let stop = CancellationToken::new();
         let probes = Arc::new(AtomicUsize::new(0));
         let released = Arc::new(AtomicUsize::new(0));
@@ -278,6 +286,7 @@ mod tests {
         assert_eq!(released.load(Ordering::SeqCst), 50);
         assert_eq!(started.elapsed(), Duration::from_millis(1500));
         assert!(!breaker.is_open());
+        assert_eq!(breaker.gauge.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
