@@ -22,28 +22,7 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use support::proxy::{FakeUpstream, TestProxy, client, eventually, get, send};
-use support::stack::{Stack, TOKEN, metric, metric_sum, wait_drained};
-
-/// Every record of every dataset, in comparable form, by key.
-fn snapshot(emulator: &Connect2id) -> BTreeMap<String, Value> {
-    let mut records = BTreeMap::new();
-    for client in emulator.clients() {
-        let id = client["client_id"].as_str().unwrap().to_owned();
-        records.insert(format!("client:{id}"), comparable("clients", &client));
-    }
-    for authorization in emulator.authorizations() {
-        let key = format!(
-            "authz:{}|{}",
-            authorization["sub"].as_str().unwrap(),
-            authorization["cid"].as_str().unwrap()
-        );
-        records.insert(key, comparable("authorizations", &authorization));
-    }
-    for (sid, session) in emulator.sessions() {
-        records.insert(format!("session:{sid}"), comparable("sessions", &session));
-    }
-    records
-}
+use support::stack::{Stack, TOKEN, metric, metric_sum, snapshot, wait_drained};
 
 /// Asserts the target holds exactly the source's records (ignoring the
 /// fields that legitimately differ); returns how many there are.
