@@ -6,6 +6,7 @@
 //! The proxy's downstream listener does not use [`serve`]: it needs TLS, the
 //! framing sniffer and idle accounting, and lives in `proxy.rs`.
 
+pub mod body;
 pub mod form;
 
 use std::convert::Infallible;

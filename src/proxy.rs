@@ -25,7 +25,6 @@
 //! client may take to send a request head (slowloris); the TLS handshake
 //! gets the same bound.
 
-pub mod body;
 pub mod forward;
 pub mod framing;
 pub mod headers;

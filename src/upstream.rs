@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{BaseUrl, ProxyConfig, ServerConfig};
 use crate::metrics::{self, Metrics};
-use crate::proxy::body::ProxyBody;
+use crate::http::body::ProxyBody;
 
 type Connector = Counting<hyper_rustls::HttpsConnector<HttpConnector>>;
 

@@ -722,7 +722,7 @@ impl Cutover {
                 .endpoint("/jwks.json")
                 .map_err(|e| e.to_string())?;
             let request = http::Request::get(uri)
-                .body(crate::proxy::body::ProxyBody::empty())
+                .body(crate::http::body::ProxyBody::empty())
                 .map_err(|e| e.to_string())?;
             let response = upstream
                 .send(request, Duration::from_secs(5))

@@ -16,7 +16,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::ProxyBody;
+use crate::http::body::ProxyBody;
 use super::framing::Verdict;
 use super::headers::{self, Hop};
 use super::{ConnInfo, Exchange, Hook, InFlight, Ticket};

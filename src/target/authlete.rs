@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::config::{AuthleteConfig, AuthleteCredentials};
-use crate::proxy::body::ProxyBody;
+use crate::http::body::ProxyBody;
 use crate::target::connect2id::ApiError;
 use crate::upstream::Upstream;
 

@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 
 use crate::config::ApiTokens;
 use crate::http::form;
-use crate::proxy::body::ProxyBody;
+use crate::http::body::ProxyBody;
 use crate::triggers::{TokenKind, sid_key};
 use crate::upstream::{self, Upstream};
 
