@@ -41,8 +41,8 @@ use crate::http::{Body, BoxError, json_response, text_response};
 use crate::journal::{DeadLetters, Journal};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
+use crate::model::Change;
 use crate::routing::Routing;
-use crate::triggers::Change;
 use crate::verify::{self, Verifier};
 
 /// What the admin API serves from.

@@ -47,13 +47,14 @@ use crate::journal::{self, Cipher, DeadLetters, Journal};
 use crate::metrics::{self, JournalMetrics, Metrics};
 use crate::mirror::CutoverParts;
 use crate::mirror::Mirror;
+use crate::model::Change;
+use crate::model::Side;
 use crate::proxy::forward::{PrimarySelector, Rewriter, Settings};
 use crate::proxy::{self, Forwarder, Hook, ListenerOptions};
-use crate::routing::{Routing, Side};
+use crate::routing::Routing;
 use crate::sync::{self, SyncHandle};
 use crate::target::authlete::Authlete;
 use crate::target::connect2id::Connect2id;
-use crate::triggers::Change;
 use crate::upstream::Upstream;
 use crate::verify::Verifier;
 

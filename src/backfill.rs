@@ -55,9 +55,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{BackfillStatus, DatasetProgress};
 use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
+use crate::model::Key;
 use crate::routing::Routing;
 use crate::sync::{BackfillOutcome, SyncHandle};
-use crate::triggers::Key;
 
 /// Writes in flight at once by default: enough to keep a remote target
 /// busy, well below the sync workers' share of its capacity.

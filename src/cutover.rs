@@ -32,88 +32,14 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::routing::Side;
+pub use crate::model::phase::{Event, Illegal, Phase, transition};
 
-/// A migration phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    /// Source primary, syncing to the target.
-    Mirroring,
-    /// Flipping to the target: writes held.
-    CuttingOver,
-    /// Target primary, syncing back to the source.
-    CutOver,
-    /// Flipping back to the source: writes held.
-    RollingBack,
-    /// Target primary, no sync: a plain pass-through.
-    Completed,
-}
-
-impl Phase {
-    /// The name used in `/status`, logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mirroring => "mirroring",
-            Self::CuttingOver => "cutting-over",
-            Self::CutOver => "cut-over",
-            Self::RollingBack => "rolling-back",
-            Self::Completed => "completed",
-        }
-    }
-
-    /// Every phase, for metrics.
-    pub const ALL: [Self; 5] = [
-        Self::Mirroring,
-        Self::CuttingOver,
-        Self::CutOver,
-        Self::RollingBack,
-        Self::Completed,
-    ];
-
-    /// Which side serves traffic in this phase.
-    pub fn primary(self) -> Side {
-        match self {
-            Self::Mirroring | Self::CuttingOver => Side::Source,
-            Self::CutOver | Self::RollingBack | Self::Completed => Side::Target,
-        }
-    }
-
-    /// Whether changes are synced in this phase.
-    pub fn syncs(self) -> bool {
-        self != Self::Completed
-    }
-
-    /// Whether trigger requests are held in this phase.
-    pub fn holds_writes(self) -> bool {
-        matches!(self, Self::CuttingOver | Self::RollingBack)
-    }
-}
-
-/// What moves the phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// Start a cutover (from `mirroring`) or a rollback (from `cut-over`).
-    Begin,
-    /// The drain and checks passed: switch the primary.
-    Flip,
-    /// The pause bound was exceeded or a step failed.
-    Abort,
-    /// Stop syncing for good.
-    Complete,
-}
-
-/// A refused transition.
+/// A refused or unpersisted phase change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The event does not apply in the current phase.
-    #[error("cannot {event:?} while {phase}", phase = .phase.as_str())]
-    Illegal {
-        /// The current phase.
-        phase: Phase,
-        /// The event.
-        event: Event,
-    },
+    #[error(transparent)]
+    Illegal(#[from] Illegal),
     /// The phase file could not be written.
     #[error("cannot persist the phase to {path}: {message}")]
     Persist {
@@ -122,22 +48,6 @@ pub enum Error {
         /// The I/O error.
         message: String,
     },
-}
-
-/// The pure transition function of the phase table.
-pub fn transition(phase: Phase, event: Event) -> Result<Phase, Error> {
-    use Event::{Abort, Begin, Complete, Flip};
-    use Phase::{Completed, CutOver, CuttingOver, Mirroring, RollingBack};
-    match (phase, event) {
-        (Mirroring, Begin) => Ok(CuttingOver),
-        (CuttingOver, Flip) => Ok(CutOver),
-        (CuttingOver, Abort) => Ok(Mirroring),
-        (CutOver, Begin) => Ok(RollingBack),
-        (RollingBack, Flip) => Ok(Mirroring),
-        (RollingBack, Abort) => Ok(CutOver),
-        (CutOver, Complete) => Ok(Completed),
-        (phase, event) => Err(Error::Illegal { phase, event }),
-    }
 }
 
 /// The persisted phase and epoch.
@@ -270,6 +180,7 @@ fn persist(path: &Path, state: &State) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Side;
 
     #[test]
     fn every_legal_edge_of_the_table() {

@@ -42,6 +42,7 @@ pub mod journal;
 pub mod json_stream;
 pub mod metrics;
 pub mod mirror;
+pub mod model;
 pub mod ops;
 pub mod proxy;
 pub mod routing;

@@ -41,12 +41,12 @@ use crate::error::ProxyError;
 use crate::health::Health;
 use crate::journal::Journal;
 use crate::metrics::JournalMetrics;
+use crate::model::Side;
+use crate::model::{Change, Key, TokenKind};
 use crate::proxy::{BoxFuture, Exchange, Hook, RouteId, Ticket};
-use crate::routing::{Routing, Side};
+use crate::routing::Routing;
 use crate::sync::{SyncHandle, dataset_of};
-use crate::triggers::{
-    Catalogue, Change, Key, LogoutHint, Resolved, TokenKind, jwt_subject_and_client,
-};
+use crate::triggers::{Catalogue, LogoutHint, Resolved, jwt_subject_and_client};
 
 /// Most changes kept in memory while the journal cannot be written; past
 /// this the oldest are dropped (and counted): `handover verify --repair`
@@ -358,7 +358,7 @@ impl Inner {
             return Some(pair);
         }
         let primary = self.routing.primary_api();
-        for kind in [kind, other(kind)] {
+        for kind in [kind, kind.other()] {
             match primary.inspect(token, kind).await {
                 Ok(Some(record)) => {
                     if let Some(Key::Authorization { subject, client_id }) =
@@ -461,13 +461,6 @@ impl Inner {
                 self.sync.submit_unjournaled(changes);
             }
         }
-    }
-}
-
-fn other(kind: TokenKind) -> TokenKind {
-    match kind {
-        TokenKind::Refresh => TokenKind::Access,
-        TokenKind::Access => TokenKind::Refresh,
     }
 }
 

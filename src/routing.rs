@@ -5,40 +5,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::{Deserialize, Serialize};
-
+use crate::model::Side;
 use crate::proxy::forward::PrimarySelector;
 use crate::target::authlete::Authlete;
 use crate::target::connect2id::Connect2id;
 use crate::upstream::Upstream;
-
-/// Source or target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    /// The server migrated from.
-    Source,
-    /// The server migrated to.
-    Target,
-}
-
-impl Side {
-    /// The other side.
-    pub fn other(self) -> Self {
-        match self {
-            Self::Source => Self::Target,
-            Self::Target => Self::Source,
-        }
-    }
-
-    /// The name used in logs, metrics and `/status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Source => "source",
-            Self::Target => "target",
-        }
-    }
-}
 
 /// Both servers, and which one is primary.
 #[derive(Debug)]

@@ -49,9 +49,9 @@ use tracing::Instrument;
 
 use crate::journal::{DeadLetters, Journal, Seq};
 use crate::metrics::SyncMetrics;
+use crate::model::{Change, Key, TokenKind};
 use crate::routing::Routing;
 use crate::target::connect2id::ApiError;
-use crate::triggers::{Change, Key, TokenKind};
 
 /// Default number of concurrent sync jobs: enough to hide a few
 /// milliseconds of target latency at thousands of writes per second, few
@@ -806,7 +806,7 @@ impl Worker {
             }
             return authlete_change(
                 authlete,
-                self.routing.api(crate::routing::Side::Source),
+                self.routing.api(crate::model::Side::Source),
                 change,
             )
             .await;
@@ -878,11 +878,7 @@ impl Worker {
                 let mut record = primary.inspect(token, *kind).await?;
                 if record.is_none() {
                     // A token of the other kind than guessed.
-                    let other = match kind {
-                        TokenKind::Refresh => TokenKind::Access,
-                        TokenKind::Access => TokenKind::Refresh,
-                    };
-                    record = primary.inspect(token, other).await?;
+                    record = primary.inspect(token, kind.other()).await?;
                 }
                 // No record: a transient authorization (nothing persisted)
                 // or a token already gone.
@@ -904,8 +900,8 @@ async fn authlete_change(
     source: &crate::target::connect2id::Connect2id,
     change: &Change,
 ) -> Result<Vec<Change>, ApiError> {
+    use crate::model::TokenEvent;
     use crate::target::authlete::{TokenSpec, authlete_grant};
-    use crate::triggers::TokenEvent;
     match change {
         Change::Sync {
             key: Key::Client { client_id },

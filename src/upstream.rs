@@ -19,8 +19,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{BaseUrl, ProxyConfig, ServerConfig};
-use crate::metrics::{self, Metrics};
 use crate::http::body::ProxyBody;
+use crate::metrics::{self, Metrics};
 
 type Connector = Counting<hyper_rustls::HttpsConnector<HttpConnector>>;
 

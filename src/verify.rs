@@ -36,10 +36,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backfill::key_of;
 use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
 use crate::mirror::Mirror;
+use crate::model::{Change, Key};
 use crate::routing::Routing;
 use crate::sync::SyncHandle;
 use crate::target::connect2id::{ApiError, Connect2id, comparable};
-use crate::triggers::{Change, Key};
 
 /// Lookups in flight at once by default.
 pub const DEFAULT_CONCURRENCY: usize = 32;
@@ -400,7 +400,7 @@ impl Verifier {
         list: usize,
         progress: &Progress,
     ) -> Result<DatasetReport, Error> {
-        let source = self.routing.api(crate::routing::Side::Source).clone();
+        let source = self.routing.api(crate::model::Side::Source).clone();
         let state = Arc::new(Tally {
             list,
             ..Tally::default()

@@ -26,9 +26,9 @@ use handover::backfill::TokenImport;
 use handover::config::TEST_JOURNAL_KEY;
 use handover::cutover::procedure::{Check, Report as FlipReport, Step};
 use handover::journal::{self, Cipher, DeadLetters, Journal};
+use handover::model::Side;
+use handover::model::{Change, Key, TokenEvent, TokenKind};
 use handover::ops::AdminClient;
-use handover::routing::Side;
-use handover::triggers::{Change, Key, TokenEvent, TokenKind};
 use handover::verify::{DatasetReport, Report as VerifyReport};
 
 fn golden(name: &str) -> PathBuf {

@@ -73,7 +73,6 @@ const ALLOWED: &[(&str, &str)] = &[
     ("routing", "proxy::forward"),
     ("target::authlete", "config"),
     ("target::connect2id", "config"),
-    ("target::connect2id", "triggers"),
     ("upstream", "config"),
     ("upstream", "error"),
 ];
@@ -84,7 +83,6 @@ const ALLOWED_CYCLES: &[&[&str]] = &[
         "admin",
         "backfill",
         "config",
-        "cutover",
         "cutover::procedure",
         "health",
         "mirror",

@@ -11,7 +11,7 @@ use http::header::{AUTHORIZATION, HeaderValue};
 
 use crate::admin::constant_time_eq;
 use crate::config::{ApiTokens, Secret};
-use crate::routing::Side;
+use crate::model::Side;
 
 /// The management APIs, by path prefix under the base path.
 const APIS: [(&str, Api); 6] = [

@@ -39,10 +39,11 @@ use crate::backfill::{self, Backfill};
 use crate::journal::{DeadLetters, Journal};
 use crate::metrics::CutoverMetrics;
 use crate::mirror::Mirror;
-use crate::routing::{Routing, Side};
+use crate::model::Key;
+use crate::model::Side;
+use crate::routing::Routing;
 use crate::sync::SyncHandle;
 use crate::target::connect2id::comparable;
-use crate::triggers::Key;
 
 /// Default bound on the write pause.
 pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(2);

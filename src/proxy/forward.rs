@@ -16,13 +16,13 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::http::body::ProxyBody;
 use super::framing::Verdict;
 use super::headers::{self, Hop};
 use super::{ConnInfo, Exchange, Hook, InFlight, Ticket};
 use crate::config::ProxyConfig;
 use crate::error::{Fault, Kind, ProxyError};
 use crate::health::Health;
+use crate::http::body::ProxyBody;
 use crate::metrics::{MethodClass, Metrics};
 use crate::upstream::{self, Upstream};
 

@@ -31,9 +31,9 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use crate::config::ApiTokens;
-use crate::http::form;
 use crate::http::body::ProxyBody;
-use crate::triggers::{TokenKind, sid_key};
+use crate::http::form;
+use crate::model::{TokenKind, sid_key};
 use crate::upstream::{self, Upstream};
 
 /// Largest single-record answer read into memory (exports stream instead).

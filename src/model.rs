@@ -1,0 +1,22 @@
+//! The vocabulary of DESIGN.md §1 as types, with no I/O: what the rest of
+//! the crate talks about.
+//!
+//! | word | type |
+//! |---|---|
+//! | source / target | [`Side`] |
+//! | primary / secondary | a [`Side`] given by the [`Phase`] ([`Phase::primary`]) |
+//! | key | [`Key`]: `client:<client_id>`, `authz:<sub>\|<client_id>`, `session:<sid-key>` |
+//! | change (a journal record) | [`Change`], with [`TokenEvent`] and [`TokenKind`] |
+//! | phase | [`Phase`], moved by an [`Event`] through [`phase::transition`] |
+//!
+//! Nothing here imports from the rest of the crate.
+
+mod change;
+mod key;
+pub mod phase;
+mod side;
+
+pub use change::{Change, TokenEvent, TokenKind};
+pub use key::{Key, sid_key};
+pub use phase::{Event, Phase};
+pub use side::Side;

@@ -1,0 +1,69 @@
+//! Keys: one record's identity in a dataset (DESIGN.md §1), and the
+//! derivations of a key from what the servers return.
+
+use serde::{Deserialize, Serialize};
+
+/// A record's identity in a dataset (DESIGN.md §1).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "dataset")]
+pub enum Key {
+    /// A client registration.
+    #[serde(rename = "clients")]
+    Client {
+        /// The `client_id`.
+        client_id: String,
+    },
+    /// A long-lived authorization, keyed by subject and client.
+    #[serde(rename = "authorizations")]
+    Authorization {
+        /// The subject.
+        subject: String,
+        /// The client.
+        client_id: String,
+    },
+    /// A subject session.
+    #[serde(rename = "sessions")]
+    Session {
+        /// The full SID (key, `.`, HMAC): needed to read the session.
+        sid: String,
+    },
+}
+
+impl Key {
+    /// The dataset name.
+    pub fn dataset(&self) -> &'static str {
+        match self {
+            Self::Client { .. } => "clients",
+            Self::Authorization { .. } => "authorizations",
+            Self::Session { .. } => "sessions",
+        }
+    }
+
+    /// The identity used to coalesce work on one record: for sessions the
+    /// SID key, since two SIDs with the same key are the same session.
+    pub fn identity(&self) -> String {
+        match self {
+            Self::Client { client_id } => format!("client:{client_id}"),
+            Self::Authorization { subject, client_id } => format!("authz:{subject}|{client_id}"),
+            Self::Session { sid } => format!("session:{}", sid_key(sid)),
+        }
+    }
+
+    /// A form safe for logs: session identifiers are secrets (a SID is a
+    /// browser cookie), so only a short prefix of the key is shown.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Session { sid } => {
+                let key = sid_key(sid);
+                let prefix: String = key.chars().take(6).collect();
+                format!("session:{prefix}…")
+            }
+            other => other.identity(),
+        }
+    }
+}
+
+/// The SID key: the SID up to its last `.` (the rest is the HMAC).
+pub fn sid_key(sid: &str) -> &str {
+    sid.rsplit_once('.').map_or(sid, |(key, _)| key)
+}

@@ -1,0 +1,34 @@
+//! Which server: the source (migrated from) or the target (migrated to).
+//! Fixed for the whole migration; *primary* and *secondary* are roles the
+//! phase gives them (see [`super::Phase::primary`]). The one side type:
+//! upstreams, metric labels, errors and the admin API all use it.
+
+use serde::{Deserialize, Serialize};
+
+/// Source or target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The server migrated from.
+    Source,
+    /// The server migrated to.
+    Target,
+}
+
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Source => Self::Target,
+            Self::Target => Self::Source,
+        }
+    }
+
+    /// The name used in logs, metrics and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Target => "target",
+        }
+    }
+}
