@@ -19,6 +19,8 @@ use serde::Deserialize;
 
 pub use units::{format_duration, parse_duration, parse_size};
 
+pub use crate::model::{BaseUrl, Secret};
+
 /// Largest request body buffered for inspection. Connect2id caps `/clients`
 /// bodies at 250,000 characters and token requests at 50,000, so 1 MiB
 /// covers every trigger with room to spare.
@@ -121,28 +123,6 @@ impl fmt::Display for Problems {
             write!(f, "{field}: {message}")?;
         }
         Ok(())
-    }
-}
-
-/// A secret value (token, key). `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
     }
 }
 
@@ -558,85 +538,6 @@ impl ApiTokens {
             authz_store: Secret::new(token),
             session_store: Secret::new(token),
         }
-    }
-}
-
-/// A parsed upstream base URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseUrl {
-    /// `http` or `https`.
-    pub scheme: http::uri::Scheme,
-    /// `host[:port]`.
-    pub authority: http::uri::Authority,
-    /// The path prefix of the server's endpoints, without a trailing slash
-    /// (`""` or e.g. `"/c2id"`).
-    pub base_path: String,
-}
-
-impl BaseUrl {
-    /// Parses `scheme://authority[/base]`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|err| format!("{text:?} is not a URL: {err}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("{text:?} has no scheme (http:// or https://)"))?;
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(format!("{text:?}: scheme must be http or https"));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("{text:?} has no host"))?;
-        if uri.query().is_some() {
-            return Err(format!("{text:?} must not have a query"));
-        }
-        let base_path = uri.path().trim_end_matches('/').to_owned();
-        Ok(Self {
-            scheme,
-            authority,
-            base_path,
-        })
-    }
-
-    /// The host name, for TLS SNI.
-    pub fn host(&self) -> &str {
-        self.authority.host()
-    }
-
-    /// The URI of `path_and_query` on this server (unchanged path).
-    pub fn uri_for(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
-        http::Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-    }
-
-    /// The same, for a path already parsed (a forwarded request's: no
-    /// second parse on the hot path).
-    pub fn uri_with(
-        &self,
-        path_and_query: http::uri::PathAndQuery,
-    ) -> Result<http::Uri, http::Error> {
-        http::Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-    }
-
-    /// The URI of an endpoint below the base path (`endpoint` starts with `/`).
-    pub fn endpoint(&self, endpoint: &str) -> Result<http::Uri, http::Error> {
-        self.uri_for(&format!("{}{endpoint}", self.base_path))
-    }
-}
-
-impl fmt::Display for BaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
     }
 }
 
@@ -1712,23 +1613,6 @@ mod tests {
     fn tls_needs_both_files() {
         let text = MINIMAL.replace("[source]", "tls_cert = \"/nonexistent.pem\"\n[source]");
         assert_eq!(problem_fields(&text), ["proxy.tls_cert", "proxy.tls_key"]);
-    }
-
-    #[test]
-    fn base_url_keeps_the_base_path_only() {
-        let url = BaseUrl::parse("https://c2id.example.com/c2id/").unwrap();
-        assert_eq!(url.base_path, "/c2id");
-        assert_eq!(url.host(), "c2id.example.com");
-        assert_eq!(
-            url.endpoint("/clients").unwrap(),
-            "https://c2id.example.com/c2id/clients"
-        );
-        assert_eq!(
-            url.uri_for("/token?x=1").unwrap(),
-            "https://c2id.example.com/token?x=1"
-        );
-        assert!(BaseUrl::parse("ftp://x").is_err());
-        assert!(BaseUrl::parse("c2id.example.com").is_err());
     }
 
     #[test]

@@ -8,15 +8,21 @@
 //! | key | [`Key`]: `client:<client_id>`, `authz:<sub>\|<client_id>`, `session:<sid-key>` |
 //! | change (a journal record) | [`Change`], with [`TokenEvent`] and [`TokenKind`] |
 //! | phase | [`Phase`], moved by an [`Event`] through [`phase::transition`] |
+//! | a server's address | [`BaseUrl`] (its path is the base of the management APIs) |
+//! | a token, key or password | [`Secret`] (never printed, compared in constant time) |
 //!
 //! Nothing here imports from the rest of the crate.
 
 mod change;
 mod key;
 pub mod phase;
+mod secret;
 mod side;
+mod url;
 
 pub use change::{Change, TokenEvent, TokenKind};
 pub use key::{Key, sid_key};
 pub use phase::{Event, Phase};
+pub use secret::Secret;
 pub use side::Side;
+pub use url::BaseUrl;

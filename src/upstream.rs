@@ -18,9 +18,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::config::{BaseUrl, ProxyConfig, ServerConfig};
+use crate::config::{ProxyConfig, ServerConfig};
 use crate::http::body::ProxyBody;
 use crate::metrics::{self, Metrics};
+use crate::model::BaseUrl;
 
 type Connector = Counting<hyper_rustls::HttpsConnector<HttpConnector>>;
 

@@ -9,8 +9,8 @@
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderValue};
 
-use crate::admin::constant_time_eq;
-use crate::config::{ApiTokens, Secret};
+use crate::config::ApiTokens;
+use crate::model::Secret;
 use crate::model::Side;
 
 /// The management APIs, by path prefix under the base path.
@@ -89,7 +89,7 @@ impl Credentials {
         };
         let other = token(self.tokens(primary.other()), api);
         let own = token(self.tokens(primary), api);
-        if other == own || !constant_time_eq(presented.as_bytes(), other.expose().as_bytes()) {
+        if other == own || !other.matches(presented.as_bytes()) {
             return false;
         }
         match HeaderValue::from_str(&format!("Bearer {}", own.expose())) {

@@ -232,12 +232,9 @@ impl Forwarder {
         // The primary is chosen after the hook returned: a held write is
         // released to whichever server is primary by then.
         let primary = self.primary.primary();
-        let uri = primary
-            .url
-            .uri_with(path_and_query.clone())
-            .map_err(|err| {
-                ProxyError::downstream(Kind::BadRequest(format!("unforwardable path: {err}")))
-            })?;
+        let uri = primary.url.uri(path_and_query.clone()).map_err(|err| {
+            ProxyError::downstream(Kind::BadRequest(format!("unforwardable path: {err}")))
+        })?;
         parts.uri = uri;
         if let Some(rewriter) = &self.rewriter {
             rewriter.rewrite(parts.uri.path(), &mut parts.headers, primary.which);
@@ -277,7 +274,7 @@ impl Forwarder {
             && let Some((mut parts, bytes)) = replay
         {
             // State that lives only on the previous primary: ask it.
-            if let Ok(uri) = previous.url.uri_with(path_and_query) {
+            if let Ok(uri) = previous.url.uri(path_and_query) {
                 parts.uri = uri;
                 if let Some(rewriter) = &self.rewriter {
                     rewriter.rewrite(parts.uri.path(), &mut parts.headers, previous.which);

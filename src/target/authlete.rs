@@ -166,11 +166,7 @@ impl Authlete {
         let uri = self
             .upstream
             .url
-            .uri_for(&format!(
-                "{}{}",
-                self.upstream.url.base_path,
-                self.path(api)
-            ))
+            .uri(format!("{}{}", self.upstream.url.base_path, self.path(api)))
             .map_err(|err| ApiError::Transient(format!("invalid Authlete path {api}: {err}")))?;
         let mut builder = Request::builder()
             .method(method)
