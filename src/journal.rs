@@ -161,6 +161,7 @@
 mod cipher;
 mod cursor;
 mod deadletters;
+mod io;
 pub mod record;
 mod segment;
 mod store;

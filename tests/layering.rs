@@ -100,7 +100,6 @@ const ALLOWED_CYCLES: &[&[&str]] = &[
         "emulator::authlete::server",
     ],
     &["emulator::connect2id::seed", "emulator::connect2id::store"],
-    &["journal::cursor", "journal::segment"],
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

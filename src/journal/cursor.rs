@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::segment::{fsync_dir, io_error};
+use super::io::{fsync_dir, io_error};
 use super::{Error, Seq};
 
 /// Name of the cursor file inside a journal directory.

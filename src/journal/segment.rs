@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::cipher::Cipher;
 use super::cursor;
+use super::io::{fsync_dir, io_error};
 use super::record::{self, FrameError, MIN_LEN, PREFIX_LEN};
 use super::store::{Appended, Recovery, Store, TornTail, Usage};
 use super::{Entry, Error, Seq};
@@ -45,23 +46,6 @@ pub(crate) const TIMESTAMP_LEN: usize = 8;
 
 /// Read buffer used while scanning segments at recovery.
 const SCAN_BUFFER_BYTES: usize = 256 * 1024;
-
-/// Builds an [`Error::Io`].
-pub(crate) fn io_error(op: &'static str, path: &Path, err: io::Error) -> Error {
-    Error::Io {
-        op,
-        path: path.to_path_buf(),
-        source: Arc::new(err),
-    }
-}
-
-/// fsyncs a directory, so that creates, renames and deletes inside it are
-/// durable (a file's own fsync does not cover its directory entry).
-pub(crate) fn fsync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|err| io_error("sync directory", dir, err))
-}
 
 /// The path of the segment whose first record is `first_seq`.
 pub(crate) fn segment_path(dir: &Path, first_seq: Seq) -> PathBuf {
