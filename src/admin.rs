@@ -31,10 +31,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use crate::api::{
+    DeadLetterView, FlipReport, FlipRequest, JournalStatus, Status, VerifyReport, VerifyRequest,
+    VerifyStatus,
+};
 use crate::backfill::Backfill;
-use crate::cutover::procedure::{self, Cutover};
+use crate::cutover::procedure::Cutover;
 use crate::health::Health;
 use crate::http::{Body, BoxError, json_response, text_response};
 use crate::journal::{DeadLetters, Journal};
@@ -80,43 +84,11 @@ pub struct VerifyJob {
     /// Sequential id.
     pub id: u64,
     /// What was asked.
-    pub request: verify::Request,
+    pub request: VerifyRequest,
     /// Live progress.
     pub progress: Arc<verify::Progress>,
     /// The outcome, once finished.
-    pub outcome: Option<Result<verify::Report, String>>,
-}
-
-/// `GET /verify`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VerifyStatus {
-    /// The job id.
-    pub id: u64,
-    /// `running`, `done` or `failed`.
-    pub state: String,
-    /// The dataset being verified.
-    pub dataset: String,
-    /// Records looked at in it so far.
-    pub scanned: u64,
-    /// The report, when done.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<verify::Report>,
-    /// Why it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One entry of `GET /dead-letters`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeadLetterView {
-    /// Its sequence number in the dead-letter log.
-    pub seq: u64,
-    /// What the change was about (session ids shortened, tokens omitted).
-    pub change: String,
-    /// Why the sync gave up.
-    pub reason: String,
-    /// When, in Unix milliseconds.
-    pub at_ms: u64,
+    pub outcome: Option<Result<VerifyReport, String>>,
 }
 
 /// Body of the backfill control endpoints.
@@ -129,86 +101,6 @@ struct BackfillSettings {
 
 /// Largest operator request body.
 const MAX_ADMIN_BODY: usize = 64 << 10;
-
-/// `GET /status`, the operator's one-look view (DESIGN.md §7).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    /// The migration phase.
-    pub phase: String,
-    /// Increments at every flip of the primary.
-    pub epoch: u64,
-    /// `source` or `target`.
-    pub primary: String,
-    /// Whether `/readyz` reports ready.
-    pub ready: bool,
-    /// The journal.
-    pub journal: JournalStatus,
-    /// The backfill.
-    pub backfill: BackfillStatus,
-}
-
-/// The journal part of [`Status`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct JournalStatus {
-    /// Changes journaled and not yet applied to the secondary.
-    pub depth: u64,
-    /// Age of the oldest of them, in milliseconds.
-    pub oldest_age_ms: u64,
-    /// How far the secondary is behind the primary, in milliseconds: the
-    /// age of the oldest change not yet applied (0 when caught up).
-    pub lag_ms: u64,
-    /// Changes the sync gave up on (see `GET /dead-letters`).
-    pub dead_letters: u64,
-    /// The last sequence number handed out.
-    #[serde(default)]
-    pub last_seq: Option<u64>,
-    /// Every record below this sequence number is applied.
-    #[serde(default)]
-    pub applied_cursor: u64,
-    /// Bytes of journal files on disk.
-    #[serde(default)]
-    pub bytes_on_disk: u64,
-}
-
-/// The backfill part of [`Status`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct BackfillStatus {
-    /// `idle`, `running`, `paused`, `done` or `failed`.
-    pub state: String,
-    /// Records per second allowed (0 = unlimited).
-    #[serde(default)]
-    pub rate_limit: u64,
-    /// Writes in flight at once.
-    #[serde(default)]
-    pub concurrency: usize,
-    /// Time spent in the current (or last) pass, in milliseconds.
-    #[serde(default)]
-    pub elapsed_ms: u64,
-    /// Per-dataset progress.
-    pub datasets: std::collections::BTreeMap<String, DatasetProgress>,
-}
-
-/// One dataset's backfill progress.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DatasetProgress {
-    /// Records in the export, when known.
-    pub total: u64,
-    /// Records written to the secondary.
-    pub copied: u64,
-    /// Records not written because live traffic changed them after the
-    /// export began (the sync path copied their current state instead).
-    #[serde(default)]
-    pub skipped: u64,
-    /// Records that could not be copied (see the dead letters).
-    pub failed: u64,
-    /// Records per second, recently.
-    pub rate: f64,
-    /// Estimated seconds to go.
-    pub eta_s: u64,
-    /// Why the dataset failed, if it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// Serves the admin API until `stop` is cancelled.
 pub async fn run(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
@@ -368,8 +260,8 @@ impl Admin {
                 }
             }
             (&Method::POST, "/verify") => {
-                let request: verify::Request = if body.is_empty() {
-                    verify::Request::default()
+                let request: VerifyRequest = if body.is_empty() {
+                    VerifyRequest::default()
                 } else {
                     match serde_json::from_slice(body) {
                         Ok(request) => request,
@@ -386,8 +278,8 @@ impl Admin {
                 ),
             },
             (&Method::POST, "/cutover" | "/rollback" | "/cutover/prepare") => {
-                let request: procedure::Request = if body.is_empty() {
-                    procedure::Request::default()
+                let request: FlipRequest = if body.is_empty() {
+                    FlipRequest::default()
                 } else {
                     match serde_json::from_slice(body) {
                         Ok(request) => request,
@@ -426,7 +318,7 @@ impl Admin {
         }
     }
 
-    fn start_verify(self: &Arc<Self>, request: verify::Request) -> Response<Body> {
+    fn start_verify(self: &Arc<Self>, request: VerifyRequest) -> Response<Body> {
         let Ok(mut slot) = self.verify_job.lock() else {
             return json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -585,7 +477,7 @@ impl Admin {
 
 /// `200` when the flip did what was asked; `409` when it was refused or
 /// aborted (the report says why).
-fn flip_status(report: &procedure::Report) -> StatusCode {
+fn flip_status(report: &FlipReport) -> StatusCode {
     if report.succeeded() {
         StatusCode::OK
     } else {

@@ -53,7 +53,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{BackfillStatus, DatasetProgress};
+use crate::api::{BackfillStatus, DatasetProgress, TokenImport};
 use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
 use crate::model::Key;
 use crate::routing::Routing;
@@ -1049,25 +1049,6 @@ pub struct TokenLine {
     /// When it expires, epoch seconds (absent: `target.refresh_token_duration`).
     #[serde(default)]
     pub refresh_token_expires_at: Option<u64>,
-}
-
-/// What a tokens-file import did.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TokenImport {
-    /// Lines read.
-    pub lines: u64,
-    /// Tokens created (or already held: replays count).
-    pub created: u64,
-    /// Lines skipped because every token in them had expired.
-    pub expired: u64,
-    /// Lines that are not a valid token line.
-    pub invalid: u64,
-    /// Tokens Authlete refused.
-    pub failed: u64,
-    /// Tokens per second.
-    pub rate: f64,
-    /// The first problems, by line number (never token values).
-    pub errors: Vec<String>,
 }
 
 /// Tokens created per Authlete call (the v3 batch API; one by one on v2).

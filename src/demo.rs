@@ -65,7 +65,7 @@ pub enum Error {
     NotReady,
     /// The admin API failed.
     #[error("admin API: {0}")]
-    Admin(#[from] crate::ops::Error),
+    Admin(#[from] crate::api::Error),
 }
 
 /// The demo's outcome.
@@ -76,15 +76,15 @@ pub struct Summary {
     /// Changes applied to the target, per dataset.
     pub synced: Vec<(&'static str, u64)>,
     /// The backfill at its end.
-    pub backfill: crate::admin::BackfillStatus,
+    pub backfill: crate::api::BackfillStatus,
     /// How long the backfill took.
     pub backfill_time: Duration,
     /// The cutover under load.
-    pub cutover: crate::cutover::procedure::Report,
+    pub cutover: crate::api::FlipReport,
     /// Refresh tokens rotated just before the flip, used after it.
     pub rotations: traffic::RotationCheck,
     /// The final verify, through the admin API.
-    pub verify: crate::verify::Report,
+    pub verify: crate::api::VerifyReport,
     /// The emulators compared directly, record by record (a second
     /// opinion, independent of the proxy's own verify).
     pub drift: Vec<DatasetDrift>,
@@ -191,7 +191,7 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         return Err(Error::NotReady);
     }
     let operator =
-        crate::ops::AdminClient::new(&format!("http://{admin_addr}"), Some(TOKEN.to_owned()));
+        crate::api::AdminClient::new(&format!("http://{admin_addr}"), Some(TOKEN.to_owned()));
 
     say(&format!(
         "handover demo: source {} → proxy http://{proxy_addr}/c2id → target {}",
@@ -233,7 +233,7 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     say("cutting over to the target under load: hold writes, drain, verify, flip, release");
     let cutover_started = Instant::now();
     let cutover = operator
-        .flip("/cutover", &crate::cutover::procedure::Request::default())
+        .flip("/cutover", &crate::api::FlipRequest::default())
         .await?;
     say(&format!(
         "  {} at epoch {}: writes held {} ms, {} requests held and released to the {}",
@@ -255,7 +255,7 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
 
     say("verifying: every record of the new primary compared with the old one");
     let verify = operator
-        .verify(&crate::verify::Request::default(), |status| {
+        .verify(&crate::api::VerifyRequest::default(), |status| {
             traffic::progress(&format!(
                 "  verifying {}: {} records",
                 status.dataset, status.scanned

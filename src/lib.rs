@@ -29,6 +29,7 @@
 //! - [`http`]: small shared HTTP plumbing.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod backfill;
 pub mod config;

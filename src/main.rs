@@ -111,7 +111,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct AdminArgs {
     /// The admin API of the proxy.
-    #[arg(long, default_value = handover::ops::DEFAULT_ADMIN_URL, env = "HANDOVER_ADMIN_URL")]
+    #[arg(long, default_value = handover::api::DEFAULT_ADMIN_URL, env = "HANDOVER_ADMIN_URL")]
     admin: String,
     /// Print JSON for scripts.
     #[arg(long)]
@@ -291,7 +291,7 @@ fn main() -> ExitCode {
             repair,
             list,
         } => operate(&admin, |client, json| async move {
-            let request = handover::verify::Request {
+            let request = handover::api::VerifyRequest {
                 dataset,
                 repair,
                 list,
@@ -462,7 +462,7 @@ fn demo(args: &DemoArgs) -> ExitCode {
 }
 
 fn flip_command(args: FlipArgs, flip: handover::ops::Flip) -> ExitCode {
-    let request = handover::cutover::procedure::Request {
+    let request = handover::api::FlipRequest {
         dry_run: args.dry_run,
         max_pause_ms: args
             .max_pause
@@ -478,7 +478,7 @@ fn flip_command(args: FlipArgs, flip: handover::ops::Flip) -> ExitCode {
         clients.extend(
             peers
                 .iter()
-                .map(|peer| handover::ops::AdminClient::new(peer, token.clone())),
+                .map(|peer| handover::api::AdminClient::new(peer, token.clone())),
         );
         let reports = handover::ops::flip(&clients, flip, &request).await?;
         if json {
@@ -492,10 +492,7 @@ fn flip_command(args: FlipArgs, flip: handover::ops::Flip) -> ExitCode {
             }
         }
         Ok(
-            if reports
-                .iter()
-                .all(handover::cutover::procedure::Report::succeeded)
-            {
+            if reports.iter().all(handover::api::FlipReport::succeeded) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_PROBLEM)
@@ -513,8 +510,8 @@ fn write_stdout(text: &str) {
 /// `HANDOVER_ADMIN_TOKEN`).
 fn operate<F, Fut>(admin: &AdminArgs, command: F) -> ExitCode
 where
-    F: FnOnce(handover::ops::AdminClient, bool) -> Fut,
-    Fut: std::future::Future<Output = Result<ExitCode, handover::ops::Error>>,
+    F: FnOnce(handover::api::AdminClient, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, handover::api::Error>>,
 {
     let Some(runtime) = runtime() else {
         return ExitCode::from(EXIT_PROBLEM);
@@ -522,7 +519,7 @@ where
     let token = std::env::var("HANDOVER_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    let client = handover::ops::AdminClient::new(&admin.admin, token);
+    let client = handover::api::AdminClient::new(&admin.admin, token);
     match runtime.block_on(command(client, admin.json)) {
         Ok(code) => code,
         Err(err) => {

@@ -407,7 +407,7 @@ async fn serve_io<I>(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
-                    tracing::debug!(error = %crate::error::chain(err.as_ref()), "downstream connection ended with an error");
+                    tracing::debug!(error = %crate::telemetry::error_chain(err.as_ref()), "downstream connection ended with an error");
                 }
                 return;
             }

@@ -29,3 +29,18 @@ pub fn init(format: LogFormat) {
     // A second init (tests, the demo) keeps the first subscriber.
     let _ = result;
 }
+
+/// Renders an error chain on one line (`a: b: c`), for log fields.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -148,7 +148,7 @@ impl Upstream {
             Err(_) => Err(Error::Timeout { upstream, timeout }),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => {
-                let message = crate::error::chain(&err);
+                let message = crate::telemetry::error_chain(&err);
                 if err.is_connect() {
                     Err(Error::Connect { upstream, message })
                 } else {

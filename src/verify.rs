@@ -23,16 +23,15 @@
 //! kept. `repair` journals a sync of every drifted key, which copies the
 //! primary's current state (or deletes an extra record).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http_body_util::BodyExt;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{DatasetReport, VerifyReport, VerifyRequest};
 use crate::backfill::key_of;
 use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
 use crate::mirror::Mirror;
@@ -45,64 +44,6 @@ use crate::target::connect2id::{ApiError, Connect2id, comparable};
 pub const DEFAULT_CONCURRENCY: usize = 32;
 /// Drifted keys listed per dataset by default.
 pub const DEFAULT_LIST: usize = 20;
-
-/// What to verify.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Request {
-    /// One dataset, or every enabled one.
-    #[serde(default)]
-    pub dataset: Option<String>,
-    /// Journal a sync of every drifted key.
-    #[serde(default)]
-    pub repair: bool,
-    /// List at most this many drifted keys per dataset (never their
-    /// contents; session ids shortened).
-    #[serde(default)]
-    pub list: Option<usize>,
-}
-
-/// One dataset's result.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DatasetReport {
-    /// Records on the primary.
-    pub primary: u64,
-    /// Records on the secondary.
-    pub secondary: u64,
-    /// Equal on both.
-    pub matching: u64,
-    /// On both, different.
-    pub mismatched: u64,
-    /// On the primary only.
-    pub missing_on_target: u64,
-    /// On the secondary only.
-    pub extra_on_target: u64,
-    /// Keys with sync work pending: not drift.
-    pub in_flight: u64,
-    /// The first drifted keys, shortened for logs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drifted_keys: Vec<String>,
-    /// Syncs journaled by `repair`.
-    #[serde(default)]
-    pub repaired: u64,
-}
-
-impl DatasetReport {
-    /// Records that differ in any way.
-    pub fn drift(&self) -> u64 {
-        self.mismatched + self.missing_on_target + self.extra_on_target
-    }
-}
-
-/// The whole report.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Report {
-    /// Per dataset.
-    pub datasets: BTreeMap<String, DatasetReport>,
-    /// Sum of drift over all datasets.
-    pub drift: u64,
-    /// Which side was compared as the primary.
-    pub primary: String,
-}
 
 /// Why a verify could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -151,16 +92,20 @@ pub struct Verifier {
 
 impl Verifier {
     /// Runs a verify.
-    pub async fn run(&self, request: &Request, progress: &Progress) -> Result<Report, Error> {
+    pub async fn run(
+        &self,
+        request: &VerifyRequest,
+        progress: &Progress,
+    ) -> Result<VerifyReport, Error> {
         let datasets: Vec<String> = match &request.dataset {
             Some(dataset) if self.datasets.contains(dataset) => vec![dataset.clone()],
             Some(dataset) => return Err(Error::UnknownDataset(dataset.clone())),
             None => self.datasets.clone(),
         };
         let list = request.list.unwrap_or(DEFAULT_LIST);
-        let mut report = Report {
+        let mut report = VerifyReport {
             primary: self.routing.primary_side().as_str().to_owned(),
-            ..Report::default()
+            ..VerifyReport::default()
         };
         for dataset in datasets {
             if let Ok(mut current) = progress.dataset.lock() {

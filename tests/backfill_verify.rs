@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use handover::admin::Status;
+use handover::api::AdminClient;
+use handover::api::Status;
+use handover::api::{VerifyReport as Report, VerifyRequest};
 use handover::config::Config;
 use handover::emulator::connect2id::{self, Connect2id};
 use handover::emulator::driver::RegisteredClient;
 use handover::emulator::jwks::JwkSet;
-use handover::ops::AdminClient;
 use handover::target::connect2id::comparable;
-use handover::verify::{Report, Request as VerifyRequest};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;

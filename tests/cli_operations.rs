@@ -9,8 +9,8 @@ mod support;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use handover::admin::Status;
-use handover::verify::Report;
+use handover::api::Status;
+use handover::api::VerifyReport;
 use support::stack::{Stack, TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_handover");
@@ -87,7 +87,7 @@ async fn status_backfill_and_verify_commands_print_json_and_exit_by_drift() {
     assert!(stdout(&output).contains("drift 0"), "{}", explain(&output));
     let output = run(&["verify", "--json"]).await;
     assert_eq!(output.status.code(), Some(0), "{}", explain(&output));
-    let report: Report = serde_json::from_str(stdout(&output).trim()).unwrap();
+    let report: VerifyReport = serde_json::from_str(stdout(&output).trim()).unwrap();
     assert_eq!(report.drift, 0);
     assert_eq!(report.datasets["clients"].matching, SEED);
 
@@ -99,7 +99,7 @@ async fn status_backfill_and_verify_commands_print_json_and_exit_by_drift() {
     stack.at_target.delete_client(&client_id).await.unwrap();
     let output = run(&["verify", "--json"]).await;
     assert_eq!(output.status.code(), Some(1), "{}", explain(&output));
-    let report: Report = serde_json::from_str(stdout(&output).trim()).unwrap();
+    let report: VerifyReport = serde_json::from_str(stdout(&output).trim()).unwrap();
     assert_eq!(report.drift, 1);
     assert_eq!(report.datasets["clients"].missing_on_target, 1);
     let output = run(&["verify"]).await;

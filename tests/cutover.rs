@@ -9,15 +9,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use handover::api::AdminClient;
+use handover::api::{FlipReport, FlipRequest};
 use handover::config::TEST_JOURNAL_KEY;
-use handover::cutover::procedure::{Report, Request};
 use handover::emulator::connect2id::ApiTokens;
 use handover::emulator::driver::{Consent, Driver};
 use handover::emulator::jwks::JwkSet;
 use handover::journal::{Cipher, DeadLetters};
 use handover::model::{Change, Key};
-use handover::ops::{self, AdminClient, Flip};
-use handover::verify;
+use handover::ops::{self, Flip};
 use serde_json::Value;
 use support::cutover::{admin, finish_backfill, status};
 use support::proxy::TestProxy;
@@ -30,8 +30,11 @@ async fn ready_stack() -> Stack {
     stack
 }
 
-async fn cut_over(admin: &AdminClient) -> Report {
-    let report = admin.flip("/cutover", &Request::default()).await.unwrap();
+async fn cut_over(admin: &AdminClient) -> FlipReport {
+    let report = admin
+        .flip("/cutover", &FlipRequest::default())
+        .await
+        .unwrap();
     assert_eq!(report.outcome, "cut-over", "{report:#?}");
     report
 }
@@ -79,7 +82,10 @@ async fn preflight_refuses_different_jwk_sets_naming_the_key_ids() {
         .collect();
     assert!(!differing.is_empty());
 
-    let report = admin.flip("/cutover", &Request::default()).await.unwrap();
+    let report = admin
+        .flip("/cutover", &FlipRequest::default())
+        .await
+        .unwrap();
     assert_eq!(report.outcome, "refused", "{report:#?}");
     let check = report
         .preflight
@@ -115,13 +121,13 @@ async fn preflight_refuses_different_jwk_sets_naming_the_key_ids() {
 
     // A dry run reports the same, and so does `force`: it cannot override this.
     for request in [
-        Request {
+        FlipRequest {
             dry_run: true,
-            ..Request::default()
+            ..FlipRequest::default()
         },
-        Request {
+        FlipRequest {
             force: true,
-            ..Request::default()
+            ..FlipRequest::default()
         },
     ] {
         let again = admin.flip("/cutover", &request).await.unwrap();
@@ -255,9 +261,9 @@ async fn rollback_after_writes_on_the_target_keeps_them_on_the_source() {
     let report = admin
         .flip(
             "/rollback",
-            &Request {
+            &FlipRequest {
                 max_pause_ms: Some(20_000),
-                ..Request::default()
+                ..FlipRequest::default()
             },
         )
         .await
@@ -304,7 +310,7 @@ async fn rollback_after_writes_on_the_target_keeps_them_on_the_source() {
             .is_some()
     );
     let drift = admin
-        .verify(&verify::Request::default(), |_| {})
+        .verify(&handover::api::VerifyRequest::default(), |_| {})
         .await
         .unwrap();
     assert_eq!(drift.primary, "source");
@@ -351,7 +357,7 @@ async fn two_instances_cut_over_together() {
     let reports = ops::flip(
         &[admin_a.clone(), admin_b.clone()],
         Flip::Cutover,
-        &Request::default(),
+        &FlipRequest::default(),
     )
     .await
     .unwrap();
@@ -384,7 +390,7 @@ async fn two_instances_cut_over_together() {
     let reports = ops::flip(
         &[admin_a.clone(), admin_b.clone()],
         Flip::Cutover,
-        &Request::default(),
+        &FlipRequest::default(),
     )
     .await
     .unwrap();
@@ -425,7 +431,10 @@ async fn complete_stops_syncing_and_passes_through() {
     let admin = admin(&stack.proxy);
     cut_over(&admin).await;
 
-    let report = admin.flip("/complete", &Request::default()).await.unwrap();
+    let report = admin
+        .flip("/complete", &FlipRequest::default())
+        .await
+        .unwrap();
     assert_eq!(report.outcome, "completed", "{report:#?}");
     assert_eq!(phase(&admin).await, expect("completed", 2, "target"));
     let journaled = status(&admin).await.journal.last_seq;
@@ -467,7 +476,10 @@ async fn complete_stops_syncing_and_passes_through() {
     assert!(stack.source_emulator().client(&app.id).is_none());
     assert!(stack.source_emulator().session(&login.sid).is_none());
     // There is no way back from here.
-    let refused = admin.flip("/rollback", &Request::default()).await.unwrap();
+    let refused = admin
+        .flip("/rollback", &FlipRequest::default())
+        .await
+        .unwrap();
     assert_eq!(refused.outcome, "refused", "{refused:#?}");
     assert_eq!(phase(&admin).await, expect("completed", 2, "target"));
 }

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use handover::cutover::procedure::Request;
-use handover::verify;
+use handover::api::FlipRequest;
 use http::{StatusCode, header};
 use http_body_util::Full;
 use serde_json::json;
@@ -50,9 +49,9 @@ async fn a_target_slower_than_the_pause_bound_aborts_with_zero_client_errors() {
     let report = admin
         .flip(
             "/cutover",
-            &Request {
+            &FlipRequest {
                 max_pause_ms: Some(300),
-                ..Request::default()
+                ..FlipRequest::default()
             },
         )
         .await
@@ -115,7 +114,7 @@ async fn a_target_slower_than_the_pause_bound_aborts_with_zero_client_errors() {
     stack.target_emulator().knobs().set_latency(Duration::ZERO);
     stack.wait_synced().await;
     let drift = admin
-        .verify(&verify::Request::default(), |_| {})
+        .verify(&handover::api::VerifyRequest::default(), |_| {})
         .await
         .unwrap();
     assert_eq!(drift.primary, "source");
@@ -143,7 +142,7 @@ async fn a_full_hold_buffer_refuses_with_503_and_retry_after() {
     stack.wait_synced().await;
     let cutover = {
         let admin = admin.clone();
-        tokio::spawn(async move { admin.flip("/cutover", &Request::default()).await })
+        tokio::spawn(async move { admin.flip("/cutover", &FlipRequest::default()).await })
     };
     let holding = eventually(Duration::from_secs(10), || async {
         status(&admin).await.phase == "cutting-over"

@@ -7,7 +7,7 @@ mod support;
 
 use std::process::{Command, Output};
 
-use handover::cutover::procedure::Report;
+use handover::api::FlipReport;
 use support::cutover::{admin, finish_backfill, status};
 use support::stack::{Stack, TOKEN};
 
@@ -68,7 +68,7 @@ async fn the_cutover_command_dry_runs_then_flips_and_prints_json() {
     // The flip, for a script.
     let flipped = handover(&["cutover", "--json", "--admin", &url]).await;
     assert_eq!(flipped.status.code(), Some(0), "{}", text(&flipped));
-    let reports: Vec<Report> = serde_json::from_slice(&flipped.stdout).unwrap();
+    let reports: Vec<FlipReport> = serde_json::from_slice(&flipped.stdout).unwrap();
     assert_eq!(reports.len(), 1);
     let report = &reports[0];
     eprintln!(
@@ -95,7 +95,7 @@ async fn the_cutover_command_dry_runs_then_flips_and_prints_json() {
     // Again: already cut over, so refused, exit 1, still valid JSON.
     let again = handover(&["cutover", "--json", "--admin", &url]).await;
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
-    let reports: Vec<Report> = serde_json::from_slice(&again.stdout).unwrap();
+    let reports: Vec<FlipReport> = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(reports[0].outcome, "refused");
     assert!(
         reports[0]

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use handover::cutover::procedure::Request;
+use handover::api::FlipRequest;
 use handover::emulator::driver::{Consent, REDIRECT_URI};
 use handover::http::form;
 use http::{Method, StatusCode, header};
@@ -28,7 +28,7 @@ async fn ready_stack() -> Stack {
 
 async fn cut_over(stack: &Stack) {
     let report = admin(&stack.proxy)
-        .flip("/cutover", &Request::default())
+        .flip("/cutover", &FlipRequest::default())
         .await
         .unwrap();
     assert_eq!(report.outcome, "cut-over", "{report:#?}");

@@ -8,8 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use handover::cutover::procedure::Request;
-use handover::verify;
+use handover::api::FlipRequest;
 use support::cutover::{Load, admin, finish_backfill, status};
 use support::stack::Stack;
 
@@ -29,7 +28,10 @@ async fn cutover_under_continuous_mixed_load_has_zero_client_errors() {
         load.stats.summary()
     );
     let before_flip = Instant::now();
-    let report = admin.flip("/cutover", &Request::default()).await.unwrap();
+    let report = admin
+        .flip("/cutover", &FlipRequest::default())
+        .await
+        .unwrap();
     let ok_at_flip = load.stats.ok();
     eprintln!(
         "cutover under load: {} · pause {} ms · held {} · released {} · rejected {} · load so far {}",
@@ -94,7 +96,7 @@ async fn cutover_under_continuous_mixed_load_has_zero_client_errors() {
     // Everything written on either side of the flip is on both.
     stack.wait_synced().await;
     let drift = admin
-        .verify(&verify::Request::default(), |_| {})
+        .verify(&handover::api::VerifyRequest::default(), |_| {})
         .await
         .unwrap();
     assert_eq!(drift.primary, "target");

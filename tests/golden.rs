@@ -21,15 +21,15 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use handover::admin::{BackfillStatus, DatasetProgress, DeadLetterView, JournalStatus, Status};
-use handover::backfill::TokenImport;
+use handover::api::AdminClient;
+use handover::api::{
+    BackfillStatus, Check, DatasetProgress, DatasetReport, DeadLetterView, FlipReport,
+    JournalStatus, Status, Step, TokenImport, VerifyReport,
+};
 use handover::config::TEST_JOURNAL_KEY;
-use handover::cutover::procedure::{Check, Report as FlipReport, Step};
 use handover::journal::{self, Cipher, DeadLetters, Journal};
 use handover::model::Side;
 use handover::model::{Change, Key, TokenEvent, TokenKind};
-use handover::ops::AdminClient;
-use handover::verify::{DatasetReport, Report as VerifyReport};
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

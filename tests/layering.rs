@@ -62,29 +62,23 @@ const EMULATOR_MAY_IMPORT: &[&str] = &["http", "json_stream", "tls", "telemetry"
 
 /// Edges that break the rule today: `(from, to)` module paths. Only shrinks.
 const ALLOWED: &[(&str, &str)] = &[
-    ("backfill", "admin"),
     ("cutover::credentials", "config"),
-    ("cutover::procedure", "ops"),
-    ("emulator::driver", "error"),
     ("proxy", "config"),
     ("proxy::forward", "config"),
     ("routing", "proxy::forward"),
     ("target::authlete", "config"),
     ("target::connect2id", "config"),
     ("upstream", "config"),
-    ("upstream", "error"),
 ];
 
 /// Import cycles that still exist, each as its sorted modules. Only shrinks.
 const ALLOWED_CYCLES: &[&[&str]] = &[
     &[
-        "admin",
         "backfill",
         "config",
         "cutover::procedure",
         "health",
         "mirror",
-        "ops",
         "proxy",
         "proxy::forward",
         "routing",
@@ -93,7 +87,6 @@ const ALLOWED_CYCLES: &[&[&str]] = &[
         "target::connect2id",
         "triggers",
         "upstream",
-        "verify",
     ],
     &[
         "emulator::authlete::endpoints",

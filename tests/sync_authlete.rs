@@ -863,7 +863,7 @@ async fn tokens_file_backfill(version: Version, tokens: usize) {
     );
 
     let verify = admin
-        .verify(&handover::verify::Request::default(), |_| {})
+        .verify(&handover::api::VerifyRequest::default(), |_| {})
         .await
         .unwrap();
     assert_eq!(

@@ -30,11 +30,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::gate::Gate;
 use super::{Event, Phase, Phases};
+use crate::api::{Check, FlipReport, FlipRequest, Step};
 use crate::backfill::{self, Backfill};
 use crate::journal::{DeadLetters, Journal};
 use crate::metrics::CutoverMetrics;
@@ -75,92 +75,12 @@ pub struct Settings {
     pub target_serves_traffic: bool,
 }
 
-/// What the operator asked for.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Request {
-    /// Run the pre-flight checks only.
-    #[serde(default)]
-    pub dry_run: bool,
-    /// Bound on the write pause, in milliseconds (default 2000).
-    #[serde(default)]
-    pub max_pause_ms: Option<u64>,
-    /// Cut over despite dead letters.
-    #[serde(default)]
-    pub force: bool,
-}
-
-/// One pre-flight check.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Check {
-    /// What was checked.
-    pub check: String,
-    /// Whether it passed.
-    pub ok: bool,
-    /// The figure or the reason.
-    pub detail: String,
-    /// Whether `force` overrides a failure.
-    #[serde(default)]
-    pub forceable: bool,
-}
-
-/// One step of the flip.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Step {
-    /// The step.
-    pub step: String,
-    /// Whether it completed.
-    pub ok: bool,
-    /// Milliseconds since the hold began.
-    pub at_ms: u64,
-    /// The figure.
-    pub detail: String,
-}
-
-/// The outcome, as the command prints it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Report {
-    /// `cut-over`, `rolled-back`, `completed`, `prepared`, `aborted`,
-    /// `refused`, `dry-run`.
-    pub outcome: String,
-    /// The phase after.
-    pub phase: String,
-    /// The epoch after.
-    pub epoch: u64,
-    /// The primary after.
-    pub primary: String,
-    /// Pre-flight checks.
-    pub preflight: Vec<Check>,
-    /// Steps of the flip.
-    pub steps: Vec<Step>,
-    /// How long trigger requests were held, in milliseconds.
-    pub pause_ms: u64,
-    /// Requests held.
-    pub held: u64,
-    /// Requests released after the hold.
-    pub released: u64,
-    /// Requests refused because the hold buffer was full.
-    pub rejected: u64,
-    /// Why it did not flip.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl Report {
-    /// Whether the operation did what was asked.
-    pub fn succeeded(&self) -> bool {
-        matches!(
-            self.outcome.as_str(),
-            "cut-over" | "rolled-back" | "completed" | "prepared" | "dry-run-passed"
-        )
-    }
-}
-
 /// A flip in progress (between prepare and commit).
 #[derive(Debug)]
 struct Prepared {
     started: Instant,
     deadline: Instant,
-    report: Report,
+    report: FlipReport,
     /// The epoch the flip will produce.
     next_epoch: u64,
 }
@@ -231,29 +151,29 @@ impl Cutover {
         self.metrics.set_phase(state.phase.as_str(), state.epoch);
     }
 
-    fn report(&self, outcome: &str) -> Report {
+    fn report(&self, outcome: &str) -> FlipReport {
         let state = self.phases.current();
-        Report {
+        FlipReport {
             outcome: outcome.to_owned(),
             phase: state.phase.as_str().to_owned(),
             epoch: state.epoch,
             primary: self.routing.primary_side().as_str().to_owned(),
-            ..Report::default()
+            ..FlipReport::default()
         }
     }
 
     /// `handover cutover`: source → target.
-    pub async fn cutover(&self, request: &Request) -> Report {
+    pub async fn cutover(&self, request: &FlipRequest) -> FlipReport {
         self.flip(request, Phase::Mirroring).await
     }
 
     /// `handover rollback`: target → source.
-    pub async fn rollback(&self, request: &Request) -> Report {
+    pub async fn rollback(&self, request: &FlipRequest) -> FlipReport {
         self.flip(request, Phase::CutOver).await
     }
 
     /// `handover complete`: stop syncing for good.
-    pub async fn complete(&self) -> Report {
+    pub async fn complete(&self) -> FlipReport {
         let _running = self.running.lock().await;
         match self.phases.apply(Event::Complete) {
             Ok(_) => {
@@ -268,7 +188,7 @@ impl Cutover {
         }
     }
 
-    async fn flip(&self, request: &Request, from: Phase) -> Report {
+    async fn flip(&self, request: &FlipRequest, from: Phase) -> FlipReport {
         let _running = self.running.lock().await;
         let report = self.prepare_locked(request, from).await;
         if report.outcome != "prepared" {
@@ -288,7 +208,7 @@ impl Cutover {
     /// Multi-instance step one: pre-flight, hold, drain, verify; the gate
     /// stays closed until [`Cutover::commit`] or [`Cutover::abort`] (or
     /// the watchdog).
-    pub async fn prepare(self: &Arc<Self>, request: &Request) -> Report {
+    pub async fn prepare(self: &Arc<Self>, request: &FlipRequest) -> FlipReport {
         let from = self.phases.current().phase;
         let _running = self.running.lock().await;
         let report = self.prepare_locked(request, from).await;
@@ -300,7 +220,7 @@ impl Cutover {
     }
 
     /// Multi-instance step two: flip and release.
-    pub async fn commit(&self) -> Report {
+    pub async fn commit(&self) -> FlipReport {
         let _running = self.running.lock().await;
         match self.take_prepared() {
             Some(prepared) => self.commit_locked(prepared),
@@ -313,7 +233,7 @@ impl Cutover {
     }
 
     /// Multi-instance: give up a prepared flip.
-    pub async fn abort(&self, reason: &str) -> Report {
+    pub async fn abort(&self, reason: &str) -> FlipReport {
         let _running = self.running.lock().await;
         match self.take_prepared() {
             Some(prepared) => {
@@ -331,7 +251,7 @@ impl Cutover {
 
     /// Pre-flight and the held drain. On success the gate is closed and a
     /// `Prepared` is stored; otherwise everything is as before.
-    async fn prepare_locked(&self, request: &Request, from: Phase) -> Report {
+    async fn prepare_locked(&self, request: &FlipRequest, from: Phase) -> FlipReport {
         let state = self.phases.current();
         let mut report = self.report("refused");
         if state.phase != from {
@@ -375,7 +295,7 @@ impl Cutover {
         self.publish();
         let started = Instant::now();
         let deadline = started + max_pause;
-        let step = |report: &mut Report, name: &str, ok: bool, detail: String| {
+        let step = |report: &mut FlipReport, name: &str, ok: bool, detail: String| {
             report.steps.push(Step {
                 step: name.to_owned(),
                 ok,
@@ -475,7 +395,7 @@ impl Cutover {
         report
     }
 
-    fn commit_locked(&self, prepared: Prepared) -> Report {
+    fn commit_locked(&self, prepared: Prepared) -> FlipReport {
         let mut report = prepared.report;
         let report = &mut report;
         let started = prepared.started;
@@ -529,7 +449,7 @@ impl Cutover {
         report.clone()
     }
 
-    fn abort_locked(&self, report: &mut Report, started: Instant, reason: &str) {
+    fn abort_locked(&self, report: &mut FlipReport, started: Instant, reason: &str) {
         if let Ok(mut slot) = self.prepared.lock() {
             *slot = None;
         }
@@ -552,7 +472,7 @@ impl Cutover {
         );
     }
 
-    fn finish_report(&self, report: &mut Report, pause: Duration, held: u64, rejected: u64) {
+    fn finish_report(&self, report: &mut FlipReport, pause: Duration, held: u64, rejected: u64) {
         let state = self.phases.current();
         report.phase = state.phase.as_str().to_owned();
         report.epoch = state.epoch;
@@ -856,7 +776,7 @@ impl Cutover {
         }
         let mut unknown = false;
         for peer in &self.settings.peers {
-            let client = crate::ops::AdminClient::new(peer, self.settings.admin_token.clone());
+            let client = crate::api::AdminClient::new(peer, self.settings.admin_token.clone());
             match client.status().await {
                 Ok(status) if status.epoch >= next_epoch => return PeerVerdict::SomeoneFlipped,
                 Ok(_) => {}

@@ -35,9 +35,9 @@ pub struct Summary {
     /// What the traffic did.
     pub totals: traffic::Totals,
     /// The backfill at its end.
-    pub backfill: crate::admin::BackfillStatus,
+    pub backfill: crate::api::BackfillStatus,
     /// The final verify (clients by alias, a sample of refresh tokens).
-    pub verify: crate::verify::Report,
+    pub verify: crate::api::VerifyReport,
     /// Tokens the users still held at the end.
     pub held: u64,
     /// Of those, access tokens active at Authlete.
@@ -136,7 +136,7 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
         return Err(Error::NotReady);
     }
     let operator =
-        crate::ops::AdminClient::new(&format!("http://{admin_addr}"), Some(TOKEN.to_owned()));
+        crate::api::AdminClient::new(&format!("http://{admin_addr}"), Some(TOKEN.to_owned()));
 
     say(&format!(
         "handover demo (Authlete target): source {} → proxy http://{proxy_addr}/c2id → Authlete {}/api/{service_id}",
@@ -172,7 +172,7 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
     let started = Instant::now();
     say("verifying: clients by alias, a sample of refresh tokens introspected at Authlete");
     let verify = operator
-        .verify(&crate::verify::Request::default(), |_| {})
+        .verify(&crate::api::VerifyRequest::default(), |_| {})
         .await?;
     let dead_letters = admin.status().await.map_or(0, |s| s.journal.dead_letters);
 

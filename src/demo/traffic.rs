@@ -552,7 +552,7 @@ impl AdminProbe {
     }
 
     /// The proxy's `/status`.
-    pub async fn status(&self) -> Option<crate::admin::Status> {
+    pub async fn status(&self) -> Option<crate::api::Status> {
         let (status, text) = self.get("/status").await?;
         if !status.is_success() {
             return None;
@@ -588,9 +588,9 @@ impl AdminProbe {
     }
 
     /// Waits until the backfill is done (or failed), showing progress.
-    pub async fn wait_backfill(&self, timeout: Duration) -> crate::admin::BackfillStatus {
+    pub async fn wait_backfill(&self, timeout: Duration) -> crate::api::BackfillStatus {
         let until = Instant::now() + timeout;
-        let mut last = crate::admin::BackfillStatus::default();
+        let mut last = crate::api::BackfillStatus::default();
         while Instant::now() < until {
             if let Some(status) = self.status().await {
                 last = status.backfill;

@@ -195,7 +195,7 @@ impl Driver {
                 .await
                 .map_err(|err| Error::Transport {
                     operation,
-                    message: crate::error::chain(&err),
+                    message: crate::telemetry::error_chain(&err),
                 })?;
             let status = response.status();
             let body = response

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use handover::admin::Status;
+use handover::api::AdminClient;
+use handover::api::Status;
 use handover::emulator::driver::{Consent, Driver, RegisteredClient, Tokens};
-use handover::ops::AdminClient;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

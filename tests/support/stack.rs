@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use handover::api::AdminClient;
 use handover::config::{
     AUTHLETE_DATASETS, ApiTokens, AuthleteConfig, AuthleteCredentials, Config,
     DEFAULT_AUTHLETE_REFRESH_DURATION, DEFAULT_AUTHLETE_TOKEN_SAMPLE, Secret, ServerKind,
@@ -14,7 +15,6 @@ use handover::config::{
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::Driver;
 use handover::emulator::jwks::JwkSet;
-use handover::ops::AdminClient;
 use handover::target::connect2id::comparable;
 use http_body_util::BodyExt;
 use serde_json::Value;

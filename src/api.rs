@@ -1,0 +1,598 @@
+//! The admin API's contract (DESIGN.md §7), typed: every request and answer
+//! of the operator endpoints, and [`AdminClient`], the client the CLI, the
+//! demo and the tests use. The server (`admin.rs`) answers with these types
+//! and the CLI reads them, so neither end defines the other's wire format.
+//! `tests/golden.rs` pins their JSON byte for byte: other versions' CLIs and
+//! operators' scripts read it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------
+// GET /status
+
+/// `GET /status`, the operator's one-look view (DESIGN.md §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The migration phase.
+    pub phase: String,
+    /// Increments at every flip of the primary.
+    pub epoch: u64,
+    /// `source` or `target`.
+    pub primary: String,
+    /// Whether `/readyz` reports ready.
+    pub ready: bool,
+    /// The journal.
+    pub journal: JournalStatus,
+    /// The backfill.
+    pub backfill: BackfillStatus,
+}
+
+/// The journal part of [`Status`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JournalStatus {
+    /// Changes journaled and not yet applied to the secondary.
+    pub depth: u64,
+    /// Age of the oldest of them, in milliseconds.
+    pub oldest_age_ms: u64,
+    /// How far the secondary is behind the primary, in milliseconds: the
+    /// age of the oldest change not yet applied (0 when caught up).
+    pub lag_ms: u64,
+    /// Changes the sync gave up on (see `GET /dead-letters`).
+    pub dead_letters: u64,
+    /// The last sequence number handed out.
+    #[serde(default)]
+    pub last_seq: Option<u64>,
+    /// Every record below this sequence number is applied.
+    #[serde(default)]
+    pub applied_cursor: u64,
+    /// Bytes of journal files on disk.
+    #[serde(default)]
+    pub bytes_on_disk: u64,
+}
+
+/// The backfill part of [`Status`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackfillStatus {
+    /// `idle`, `running`, `paused`, `done` or `failed`.
+    pub state: String,
+    /// Records per second allowed (0 = unlimited).
+    #[serde(default)]
+    pub rate_limit: u64,
+    /// Writes in flight at once.
+    #[serde(default)]
+    pub concurrency: usize,
+    /// Time spent in the current (or last) pass, in milliseconds.
+    #[serde(default)]
+    pub elapsed_ms: u64,
+    /// Per-dataset progress.
+    pub datasets: BTreeMap<String, DatasetProgress>,
+}
+
+/// One dataset's backfill progress.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DatasetProgress {
+    /// Records in the export, when known.
+    pub total: u64,
+    /// Records written to the secondary.
+    pub copied: u64,
+    /// Records not written because live traffic changed them after the
+    /// export began (the sync path copied their current state instead).
+    #[serde(default)]
+    pub skipped: u64,
+    /// Records that could not be copied (see the dead letters).
+    pub failed: u64,
+    /// Records per second, recently.
+    pub rate: f64,
+    /// Estimated seconds to go.
+    pub eta_s: u64,
+    /// Why the dataset failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// POST /verify, GET /verify
+
+/// What to verify.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    /// One dataset, or every enabled one.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// Journal a sync of every drifted key.
+    #[serde(default)]
+    pub repair: bool,
+    /// List at most this many drifted keys per dataset (never their
+    /// contents; session ids shortened).
+    #[serde(default)]
+    pub list: Option<usize>,
+}
+
+/// One dataset's result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DatasetReport {
+    /// Records on the primary.
+    pub primary: u64,
+    /// Records on the secondary.
+    pub secondary: u64,
+    /// Equal on both.
+    pub matching: u64,
+    /// On both, different.
+    pub mismatched: u64,
+    /// On the primary only.
+    pub missing_on_target: u64,
+    /// On the secondary only.
+    pub extra_on_target: u64,
+    /// Keys with sync work pending: not drift.
+    pub in_flight: u64,
+    /// The first drifted keys, shortened for logs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drifted_keys: Vec<String>,
+    /// Syncs journaled by `repair`.
+    #[serde(default)]
+    pub repaired: u64,
+}
+
+impl DatasetReport {
+    /// Records that differ in any way.
+    pub fn drift(&self) -> u64 {
+        self.mismatched + self.missing_on_target + self.extra_on_target
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Per dataset.
+    pub datasets: BTreeMap<String, DatasetReport>,
+    /// Sum of drift over all datasets.
+    pub drift: u64,
+    /// Which side was compared as the primary.
+    pub primary: String,
+}
+
+/// `GET /verify`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyStatus {
+    /// The job id.
+    pub id: u64,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// The dataset being verified.
+    pub dataset: String,
+    /// Records looked at in it so far.
+    pub scanned: u64,
+    /// The report, when done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<VerifyReport>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One entry of `GET /dead-letters`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterView {
+    /// Its sequence number in the dead-letter log.
+    pub seq: u64,
+    /// What the change was about (session ids shortened, tokens omitted).
+    pub change: String,
+    /// Why the sync gave up.
+    pub reason: String,
+    /// When, in Unix milliseconds.
+    pub at_ms: u64,
+}
+
+// ---------------------------------------------------------------------------
+// POST /cutover, /rollback, /complete (and the two-phase variants)
+
+/// What the operator asked for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FlipRequest {
+    /// Run the pre-flight checks only.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Bound on the write pause, in milliseconds (default 2000).
+    #[serde(default)]
+    pub max_pause_ms: Option<u64>,
+    /// Cut over despite dead letters.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// One pre-flight check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    /// What was checked.
+    pub check: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// The figure or the reason.
+    pub detail: String,
+    /// Whether `force` overrides a failure.
+    #[serde(default)]
+    pub forceable: bool,
+}
+
+/// One step of the flip.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    /// The step.
+    pub step: String,
+    /// Whether it completed.
+    pub ok: bool,
+    /// Milliseconds since the hold began.
+    pub at_ms: u64,
+    /// The figure.
+    pub detail: String,
+}
+
+/// The outcome, as the command prints it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FlipReport {
+    /// `cut-over`, `rolled-back`, `completed`, `prepared`, `aborted`,
+    /// `refused`, `dry-run`.
+    pub outcome: String,
+    /// The phase after.
+    pub phase: String,
+    /// The epoch after.
+    pub epoch: u64,
+    /// The primary after.
+    pub primary: String,
+    /// Pre-flight checks.
+    pub preflight: Vec<Check>,
+    /// Steps of the flip.
+    pub steps: Vec<Step>,
+    /// How long trigger requests were held, in milliseconds.
+    pub pause_ms: u64,
+    /// Requests held.
+    pub held: u64,
+    /// Requests released after the hold.
+    pub released: u64,
+    /// Requests refused because the hold buffer was full.
+    pub rejected: u64,
+    /// Why it did not flip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl FlipReport {
+    /// Whether the operation did what was asked.
+    pub fn succeeded(&self) -> bool {
+        matches!(
+            self.outcome.as_str(),
+            "cut-over" | "rolled-back" | "completed" | "prepared" | "dry-run-passed"
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// GET /dead-letters, POST /backfill/tokens
+
+/// What a tokens-file import did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TokenImport {
+    /// Lines read.
+    pub lines: u64,
+    /// Tokens created (or already held: replays count).
+    pub created: u64,
+    /// Lines skipped because every token in them had expired.
+    pub expired: u64,
+    /// Lines that are not a valid token line.
+    pub invalid: u64,
+    /// Tokens Authlete refused.
+    pub failed: u64,
+    /// Tokens per second.
+    pub rate: f64,
+    /// The first problems, by line number (never token values).
+    pub errors: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------
+// The client
+
+/// The default admin API address.
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9901";
+
+/// Why an operator command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The admin API could not be reached.
+    #[error("cannot reach the admin API at {url}: {message}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The admin API refused the request.
+    #[error("the admin API answered {status}: {message}")]
+    Refused {
+        /// The status.
+        status: u16,
+        /// The error description.
+        message: String,
+    },
+    /// The answer was not what this version expects.
+    #[error("unexpected answer from the admin API: {0}")]
+    Unexpected(String),
+}
+
+/// A client of one proxy's admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    token: Option<String>,
+}
+
+impl AdminClient {
+    /// A client of the admin API at `base` with the bearer `token`.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    /// The admin URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, Error> {
+        let (status, value, text) = self.call_raw(method, path, body).await?;
+        if !status.is_success() {
+            let message = value
+                .get("error_description")
+                .or_else(|| value.get("error"))
+                .and_then(Value::as_str)
+                .map_or_else(|| text.trim().to_owned(), str::to_owned);
+            let hint = if status == StatusCode::UNAUTHORIZED {
+                " (set HANDOVER_ADMIN_TOKEN)"
+            } else {
+                ""
+            };
+            return Err(Error::Refused {
+                status: status.as_u16(),
+                message: format!("{message}{hint}"),
+            });
+        }
+        Ok(value)
+    }
+
+    async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value, String), Error> {
+        let url = format!("{}{path}", self.base);
+        let mut builder = Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(value) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(value.to_string()))
+            }
+            None => Full::default(),
+        };
+        let request = builder.body(body).map_err(|err| Error::Unreachable {
+            url: url.clone(),
+            message: err.to_string(),
+        })?;
+        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
+            .await
+            .map_err(|_| Error::Unreachable {
+                url: url.clone(),
+                message: "no answer within 30s".to_owned(),
+            })?
+            .map_err(|err| Error::Unreachable {
+                url: url.clone(),
+                message: crate::telemetry::error_chain(&err),
+            })?;
+        read_answer(&url, response).await
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Error> {
+        serde_json::from_value(value).map_err(|err| Error::Unexpected(err.to_string()))
+    }
+
+    /// `GET /status`.
+    pub async fn status(&self) -> Result<Status, Error> {
+        Self::decode(self.call(Method::GET, "/status", None).await?)
+    }
+
+    /// `POST /backfill/{operation}` with optional settings.
+    pub async fn backfill(
+        &self,
+        operation: &str,
+        rate: Option<u64>,
+        concurrency: Option<usize>,
+    ) -> Result<Value, Error> {
+        let mut body = serde_json::Map::new();
+        if let Some(rate) = rate {
+            body.insert("rate".to_owned(), rate.into());
+        }
+        if let Some(concurrency) = concurrency {
+            body.insert("concurrency".to_owned(), concurrency.into());
+        }
+        let body = (!body.is_empty()).then_some(Value::Object(body));
+        self.call(Method::POST, &format!("/backfill/{operation}"), body)
+            .await
+    }
+
+    /// Starts a verify and waits for it, calling `progress` while it runs.
+    pub async fn verify(
+        &self,
+        request: &VerifyRequest,
+        mut progress: impl FnMut(&VerifyStatus),
+    ) -> Result<VerifyReport, Error> {
+        let started = self
+            .call(
+                Method::POST,
+                "/verify",
+                Some(
+                    serde_json::to_value(request)
+                        .map_err(|err| Error::Unexpected(err.to_string()))?,
+                ),
+            )
+            .await?;
+        let id = started
+            .get("id")
+            .and_then(Value::as_u64)
+            .unwrap_or_default();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let status: VerifyStatus =
+                Self::decode(self.call(Method::GET, "/verify", None).await?)?;
+            if status.id != id {
+                return Err(Error::Unexpected(format!(
+                    "verify {id} was replaced by verify {}",
+                    status.id
+                )));
+            }
+            match status.state.as_str() {
+                "done" => {
+                    return status.report.ok_or_else(|| {
+                        Error::Unexpected("a finished verify without a report".to_owned())
+                    });
+                }
+                "failed" => {
+                    return Err(Error::Refused {
+                        status: 500,
+                        message: format!("verify failed: {}", status.error.unwrap_or_default()),
+                    });
+                }
+                _ => progress(&status),
+            }
+        }
+    }
+
+    /// `POST` a flip endpoint (`/cutover`, `/rollback`, `/complete`,
+    /// `/cutover/prepare`, `/cutover/commit`, `/cutover/abort`). Refusals
+    /// and aborts come back as reports, not errors.
+    pub async fn flip(&self, path: &str, request: &FlipRequest) -> Result<FlipReport, Error> {
+        let body =
+            serde_json::to_value(request).map_err(|err| Error::Unexpected(err.to_string()))?;
+        let (status, value, text) = self.call_raw(Method::POST, path, Some(body)).await?;
+        if status.is_success() || status == StatusCode::CONFLICT {
+            return Self::decode(value);
+        }
+        let message = value
+            .get("error_description")
+            .and_then(Value::as_str)
+            .map_or_else(|| text.trim().to_owned(), str::to_owned);
+        Err(Error::Refused {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    /// Streams a tokens file to `POST /backfill/tokens`.
+    pub async fn upload_tokens(&self, path: &std::path::Path) -> Result<TokenImport, Error> {
+        use tokio::io::AsyncReadExt as _;
+        let url = format!("{}/backfill/tokens", self.base);
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|err| Error::Unexpected(format!("cannot read {}: {err}", path.display())))?;
+        let (mut sender, body) = crate::http::channel_body(8);
+        let feeder = tokio::spawn(async move {
+            let mut buffer = vec![0u8; 256 << 10];
+            loop {
+                match file.read(&mut buffer).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if sender
+                            .send_data(Bytes::copy_from_slice(&buffer[..n]))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(err) => {
+                        sender.abort(Box::new(err));
+                        break;
+                    }
+                }
+            }
+        });
+        let client: Client<HttpConnector, crate::http::Body> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let mut builder = Request::post(&url).header(header::CONTENT_TYPE, "application/x-ndjson");
+        if let Some(token) = &self.token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = builder
+            .body(body)
+            .map_err(|err| Error::Unexpected(err.to_string()))?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|err| Error::Unreachable {
+                url: url.clone(),
+                message: crate::telemetry::error_chain(&err),
+            })?;
+        let (status, value, text) = read_answer(&url, response).await?;
+        let _ = feeder.await;
+        if !status.is_success() {
+            let message = value
+                .get("error_description")
+                .and_then(Value::as_str)
+                .map_or_else(|| text.trim().to_owned(), str::to_owned);
+            return Err(Error::Refused {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Self::decode(value)
+    }
+
+    /// `GET /dead-letters`.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetterView>, Error> {
+        Self::decode(self.call(Method::GET, "/dead-letters", None).await?)
+    }
+
+    /// `POST /dead-letters/retry`.
+    pub async fn retry_dead_letters(&self) -> Result<u64, Error> {
+        let answer = self.call(Method::POST, "/dead-letters/retry", None).await?;
+        Ok(answer
+            .get("retried")
+            .and_then(Value::as_u64)
+            .unwrap_or_default())
+    }
+}
+
+/// Reads an admin API answer whole: its status, its JSON (`Null` when it is
+/// not JSON) and its text (for messages that are not JSON).
+async fn read_answer(
+    url: &str,
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<(StatusCode, Value, String), Error> {
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| Error::Unreachable {
+            url: url.to_owned(),
+            message: err.to_string(),
+        })?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok((status, value, String::from_utf8_lossy(&bytes).into_owned()))
+}
