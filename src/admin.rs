@@ -35,7 +35,7 @@ use serde::Deserialize;
 
 use crate::api::{
     DeadLetterView, FlipReport, FlipRequest, JournalStatus, Status, VerifyReport, VerifyRequest,
-    VerifyStatus,
+    VerifyState, VerifyStatus,
 };
 use crate::backfill::Backfill;
 use crate::cutover::procedure::Cutover;
@@ -197,9 +197,9 @@ impl Admin {
             .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         let phase = self.cutover.phases.current();
         Status {
-            phase: phase.phase.as_str().to_owned(),
+            phase: phase.phase,
             epoch: phase.epoch,
-            primary: self.routing.primary_side().as_str().to_owned(),
+            primary: self.routing.primary_side(),
             ready: self.health.readiness().ready,
             journal: JournalStatus {
                 depth: stats.depth,
@@ -369,13 +369,13 @@ impl Admin {
         let slot = self.verify_job.lock().ok()?;
         let job = slot.as_ref()?;
         let (state, report, error) = match &job.outcome {
-            None => ("running", None, None),
-            Some(Ok(report)) => ("done", Some(report.clone()), None),
-            Some(Err(err)) => ("failed", None, Some(err.clone())),
+            None => (VerifyState::Running, None, None),
+            Some(Ok(report)) => (VerifyState::Done, Some(report.clone()), None),
+            Some(Err(err)) => (VerifyState::Failed, None, Some(err.clone())),
         };
         Some(VerifyStatus {
             id: job.id,
-            state: state.to_owned(),
+            state,
             dataset: job
                 .progress
                 .dataset

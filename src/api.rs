@@ -17,6 +17,8 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::{Phase, Side};
+
 // ---------------------------------------------------------------------------
 // GET /status
 
@@ -24,11 +26,11 @@ use serde_json::Value;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// The migration phase.
-    pub phase: String,
+    pub phase: Phase,
     /// Increments at every flip of the primary.
     pub epoch: u64,
-    /// `source` or `target`.
-    pub primary: String,
+    /// Which side serves traffic.
+    pub primary: Side,
     /// Whether `/readyz` reports ready.
     pub ready: bool,
     /// The journal.
@@ -63,8 +65,8 @@ pub struct JournalStatus {
 /// The backfill part of [`Status`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BackfillStatus {
-    /// `idle`, `running`, `paused`, `done` or `failed`.
-    pub state: String,
+    /// Where the backfill is.
+    pub state: BackfillState,
     /// Records per second allowed (0 = unlimited).
     #[serde(default)]
     pub rate_limit: u64,
@@ -76,6 +78,47 @@ pub struct BackfillStatus {
     pub elapsed_ms: u64,
     /// Per-dataset progress.
     pub datasets: BTreeMap<String, DatasetProgress>,
+}
+
+/// The backfill's overall state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackfillState {
+    /// Never started (or nothing to do).
+    #[default]
+    Idle,
+    /// Copying.
+    Running,
+    /// Paused by the operator.
+    Paused,
+    /// Every dataset copied.
+    Done,
+    /// An export failed after retries; `start` resumes from the checkpoints.
+    Failed,
+}
+
+impl BackfillState {
+    /// The `/status` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether the backfill has stopped by itself (done or failed).
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Done | Self::Failed)
+    }
+}
+
+impl std::fmt::Display for BackfillState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One dataset's backfill progress.
@@ -158,7 +201,7 @@ pub struct VerifyReport {
     /// Sum of drift over all datasets.
     pub drift: u64,
     /// Which side was compared as the primary.
-    pub primary: String,
+    pub primary: Side,
 }
 
 /// `GET /verify`.
@@ -166,8 +209,8 @@ pub struct VerifyReport {
 pub struct VerifyStatus {
     /// The job id.
     pub id: u64,
-    /// `running`, `done` or `failed`.
-    pub state: String,
+    /// Where the verify is.
+    pub state: VerifyState,
     /// The dataset being verified.
     pub dataset: String,
     /// Records looked at in it so far.
@@ -178,6 +221,18 @@ pub struct VerifyStatus {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Where a verify started through the API is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyState {
+    /// Still comparing.
+    Running,
+    /// Finished: the report is there.
+    Done,
+    /// Could not finish: the error says why.
+    Failed,
 }
 
 /// One entry of `GET /dead-letters`.
@@ -237,18 +292,66 @@ pub struct Step {
     pub detail: String,
 }
 
+/// How a flip (or a phase move) ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Flipped to the target.
+    CutOver,
+    /// Flipped back to the source.
+    RolledBack,
+    /// Syncing stopped for good.
+    Completed,
+    /// Held, drained and verified; waiting for commit or abort (one of
+    /// several instances driven together).
+    Prepared,
+    /// Started but undone (pause bound exceeded, a step failed, or asked
+    /// to): held requests went to the old primary, nothing was lost.
+    Aborted,
+    /// Not started: a pre-flight check failed or the phase does not allow
+    /// it. The default: nothing happened.
+    #[default]
+    Refused,
+    /// `--dry-run`: every pre-flight check passed; nothing was changed.
+    DryRunPassed,
+    /// The instance could not be asked (set by the CLI, never by a server).
+    Unreachable,
+}
+
+impl Outcome {
+    /// The wire name (`cut-over`, `dry-run-passed`, ...), also the metric
+    /// label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CutOver => "cut-over",
+            Self::RolledBack => "rolled-back",
+            Self::Completed => "completed",
+            Self::Prepared => "prepared",
+            Self::Aborted => "aborted",
+            Self::Refused => "refused",
+            Self::DryRunPassed => "dry-run-passed",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The outcome, as the command prints it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FlipReport {
-    /// `cut-over`, `rolled-back`, `completed`, `prepared`, `aborted`,
-    /// `refused`, `dry-run`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: Outcome,
     /// The phase after.
-    pub phase: String,
+    pub phase: Phase,
     /// The epoch after.
     pub epoch: u64,
     /// The primary after.
-    pub primary: String,
+    pub primary: Side,
     /// Pre-flight checks.
     pub preflight: Vec<Check>,
     /// Steps of the flip.
@@ -270,8 +373,12 @@ impl FlipReport {
     /// Whether the operation did what was asked.
     pub fn succeeded(&self) -> bool {
         matches!(
-            self.outcome.as_str(),
-            "cut-over" | "rolled-back" | "completed" | "prepared" | "dry-run-passed"
+            self.outcome,
+            Outcome::CutOver
+                | Outcome::RolledBack
+                | Outcome::Completed
+                | Outcome::Prepared
+                | Outcome::DryRunPassed
         )
     }
 }
@@ -465,13 +572,13 @@ impl AdminClient {
                     status.id
                 )));
             }
-            match status.state.as_str() {
-                "done" => {
+            match status.state {
+                VerifyState::Done => {
                     return status.report.ok_or_else(|| {
                         Error::Unexpected("a finished verify without a report".to_owned())
                     });
                 }
-                "failed" => {
+                VerifyState::Failed => {
                     return Err(Error::Refused {
                         status: 500,
                         message: format!("verify failed: {}", status.error.unwrap_or_default()),

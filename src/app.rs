@@ -402,7 +402,7 @@ pub async fn run(
         .instrument(tracing::info_span!("proxy")),
     );
     tracker.close();
-    if config.backfill.auto_start && backfill.state() != crate::backfill::State::Done {
+    if config.backfill.auto_start && backfill.state() != crate::api::BackfillState::Done {
         let _ = backfill.start();
     }
     tracing::info!(

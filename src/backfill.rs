@@ -53,7 +53,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{BackfillStatus, DatasetProgress, TokenImport};
+use crate::api::{BackfillState as State, BackfillStatus, DatasetProgress, TokenImport};
 use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
 use crate::model::Key;
 use crate::routing::Routing;
@@ -97,35 +97,6 @@ pub enum Error {
     /// A setting is out of range.
     #[error("{0}")]
     Invalid(String),
-}
-
-/// The backfill's overall state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Never started (or nothing to do).
-    Idle,
-    /// Copying.
-    Running,
-    /// Paused by the operator.
-    Paused,
-    /// Every dataset copied.
-    Done,
-    /// An export failed after retries; `start` resumes from the checkpoints.
-    Failed,
-}
-
-impl State {
-    /// The `/status` name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Idle => "idle",
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Done => "done",
-            Self::Failed => "failed",
-        }
-    }
 }
 
 /// The persisted checkpoint of one dataset.
@@ -405,7 +376,7 @@ impl Backfill {
             });
         BackfillStatus {
             elapsed_ms: elapsed.map_or(0, |e| u64::try_from(e.as_millis()).unwrap_or(u64::MAX)),
-            state: self.state().as_str().to_owned(),
+            state: self.state(),
             rate_limit: self.inner.rate.load(Ordering::Relaxed),
             concurrency: self.inner.concurrency.load(Ordering::Relaxed),
             datasets,

@@ -101,8 +101,8 @@ impl Summary {
     pub fn passed(&self) -> bool {
         self.totals.errors == 0
             && self.verify.drift == 0
-            && self.backfill.state == "done"
-            && self.cutover.outcome == "cut-over"
+            && self.backfill.state == crate::api::BackfillState::Done
+            && self.cutover.outcome == crate::api::Outcome::CutOver
             && self.rotations.refused == 0
             && self.drift.iter().all(|d| d.drifted() == 0)
     }
@@ -223,7 +223,10 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     let cutover_at = traffic_started + options.duration.mul_f64(0.55);
     let backfill = loop {
         let status = admin.status().await.map(|s| s.backfill).unwrap_or_default();
-        if (status.state == "done" || status.state == "failed") && Instant::now() >= cutover_at {
+        if (status.state == crate::api::BackfillState::Done
+            || status.state == crate::api::BackfillState::Failed)
+            && Instant::now() >= cutover_at
+        {
             break status;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

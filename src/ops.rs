@@ -52,7 +52,7 @@ pub async fn flip(
     }
     let all_prepared = prepared
         .iter()
-        .all(|r| matches!(r, Some(Ok(report)) if report.outcome == "prepared"));
+        .all(|r| matches!(r, Some(Ok(report)) if report.outcome == crate::api::Outcome::Prepared));
     let second = if all_prepared {
         "/cutover/commit"
     } else {
@@ -63,14 +63,14 @@ pub async fn flip(
         let first =
             first.unwrap_or_else(|| Err(Error::Unexpected("prepare did not finish".to_owned())));
         match first {
-            Ok(report) if report.outcome == "prepared" => {
+            Ok(report) if report.outcome == crate::api::Outcome::Prepared => {
                 reports.push(client.flip(second, &FlipRequest::default()).await?)
             }
             Ok(report) => reports.push(report),
             Err(err) => {
                 // This instance is in an unknown state; the others abort.
                 reports.push(FlipReport {
-                    outcome: "unreachable".to_owned(),
+                    outcome: crate::api::Outcome::Unreachable,
                     reason: Some(err.to_string()),
                     ..FlipReport::default()
                 });
@@ -84,7 +84,7 @@ pub async fn flip(
 pub fn render_flip(admin: &str, report: &FlipReport) -> String {
     let mut out = format!(
         "{admin}: {} · phase {} · epoch {} · primary {}\n",
-        report.outcome.to_uppercase(),
+        report.outcome.as_str().to_uppercase(),
         report.phase,
         report.epoch,
         report.primary
@@ -150,7 +150,11 @@ pub fn render_status(status: &Status) -> String {
     for (dataset, progress) in &backfill.datasets {
         let done = progress.copied + progress.skipped + progress.failed;
         let fraction = if progress.total == 0 {
-            if backfill.state == "done" { 1.0 } else { 0.0 }
+            if backfill.state == crate::api::BackfillState::Done {
+                1.0
+            } else {
+                0.0
+            }
         } else {
             (done as f64 / progress.total as f64).min(1.0)
         };
@@ -304,13 +308,13 @@ mod tests {
             },
         );
         let status = Status {
-            phase: "mirroring".into(),
+            phase: crate::model::Phase::Mirroring,
             epoch: 1,
-            primary: "source".into(),
+            primary: crate::model::Side::Source,
             ready: true,
             journal: JournalStatus::default(),
             backfill: BackfillStatus {
-                state: "running".into(),
+                state: crate::api::BackfillState::Running,
                 rate_limit: 0,
                 concurrency: 32,
                 elapsed_ms: 0,

@@ -104,7 +104,7 @@ impl Verifier {
         };
         let list = request.list.unwrap_or(DEFAULT_LIST);
         let mut report = VerifyReport {
-            primary: self.routing.primary_side().as_str().to_owned(),
+            primary: self.routing.primary_side(),
             ..VerifyReport::default()
         };
         for dataset in datasets {

@@ -98,12 +98,19 @@ async fn backfill_copies_every_seeded_record_and_verify_reports_zero_drift() {
     const SEED: u64 = 300;
     let stack = Stack::start_seeded(SEED as usize, |_| {}).await;
     let admin = stack.admin();
-    assert_eq!(admin.status().await.unwrap().backfill.state, "idle");
+    assert_eq!(
+        admin.status().await.unwrap().backfill.state,
+        handover::api::BackfillState::Idle
+    );
     assert_eq!(stack.target_emulator().counts().clients, 0);
 
     admin.backfill("start", None, None).await.unwrap();
     let status = wait_backfill_finished(&admin, Duration::from_secs(30)).await;
-    assert_eq!(status.backfill.state, "done", "{status:?}");
+    assert_eq!(
+        status.backfill.state,
+        handover::api::BackfillState::Done,
+        "{status:?}"
+    );
     for dataset in DATASETS {
         let progress = &status.backfill.datasets[dataset];
         assert_eq!(progress.total, SEED, "{dataset}: {progress:?}");
@@ -115,7 +122,7 @@ async fn backfill_copies_every_seeded_record_and_verify_reports_zero_drift() {
 
     let report = verify(&admin, VerifyRequest::default()).await;
     assert_no_drift(&report);
-    assert_eq!(report.primary, "source");
+    assert_eq!(report.primary, handover::model::Side::Source);
     for dataset in DATASETS {
         let result = &report.datasets[dataset];
         assert_eq!(result.primary, SEED, "{dataset}: {result:?}");
@@ -180,7 +187,7 @@ async fn verify_finds_drift_injected_behind_the_proxys_back_and_repair_fixes_it(
     let admin = stack.admin();
     admin.backfill("start", None, None).await.unwrap();
     let status = wait_backfill_finished(&admin, Duration::from_secs(30)).await;
-    assert_eq!(status.backfill.state, "done");
+    assert_eq!(status.backfill.state, handover::api::BackfillState::Done);
     assert_no_drift(&verify(&admin, VerifyRequest::default()).await);
 
     // Drift made directly on the target, where the proxy cannot see it.
@@ -380,7 +387,7 @@ async fn the_admin_api_refuses_missing_or_wrong_tokens() {
     }
     // Refused calls changed nothing.
     let status = stack.admin().status().await.unwrap();
-    assert_eq!(status.backfill.state, "idle");
+    assert_eq!(status.backfill.state, handover::api::BackfillState::Idle);
 
     for (method, path) in &protected {
         let (parts, body) = call(method.clone(), path, Some(TOKEN)).await;
@@ -425,7 +432,7 @@ async fn crawl_once(admin: &AdminClient, dataset: &str, at_least: u64) -> u64 {
         |status| settled(status, dataset) >= at_least,
     )
     .await;
-    assert_eq!(status.backfill.state, "running");
+    assert_eq!(status.backfill.state, handover::api::BackfillState::Running);
     admin.backfill("settings", Some(CRAWL), None).await.unwrap();
     let status = admin.status().await.unwrap();
     settled(&status, dataset)
@@ -566,7 +573,11 @@ async fn live_writes_win_over_the_export() {
     admin.backfill("settings", Some(0), None).await.unwrap();
 
     let status = wait_backfill_finished(&admin, Duration::from_secs(60)).await;
-    assert_eq!(status.backfill.state, "done", "{status:?}");
+    assert_eq!(
+        status.backfill.state,
+        handover::api::BackfillState::Done,
+        "{status:?}"
+    );
     stack.wait_synced().await;
     eprintln!(
         "touched {} clients, {} authorizations, {} sessions ({ahead_touched:?} ahead of the backfill); backfill {}",
@@ -648,7 +659,7 @@ async fn a_backfill_interrupted_by_a_restart_resumes_from_its_checkpoint() {
     )
     .await;
     let progress = &status.backfill.datasets["clients"];
-    assert_eq!(status.backfill.state, "running");
+    assert_eq!(status.backfill.state, handover::api::BackfillState::Running);
     assert!(progress.copied < SEED, "{progress:?}");
 
     // A clean shutdown stops the backfill at a checkpoint.
@@ -669,11 +680,19 @@ async fn a_backfill_interrupted_by_a_restart_resumes_from_its_checkpoint() {
     stack.restart_proxy().await;
     let admin = stack.admin();
     let status = admin.status().await.unwrap();
-    assert_eq!(status.backfill.state, "idle", "{status:?}");
+    assert_eq!(
+        status.backfill.state,
+        handover::api::BackfillState::Idle,
+        "{status:?}"
+    );
     assert_eq!(stack.metric(APPLIED).await, None);
     admin.backfill("start", None, None).await.unwrap();
     let status = wait_backfill_finished(&admin, Duration::from_secs(30)).await;
-    assert_eq!(status.backfill.state, "done", "{status:?}");
+    assert_eq!(
+        status.backfill.state,
+        handover::api::BackfillState::Done,
+        "{status:?}"
+    );
 
     // Only what was not settled before the restart was written again.
     let written = stack.metric(APPLIED).await.unwrap() as u64;
@@ -823,10 +842,14 @@ async fn a_malformed_export_fails_the_backfill_clearly_and_stays_resumable() {
         &admin,
         Duration::from_secs(30),
         "the backfill fails",
-        |status| status.backfill.state != "running",
+        |status| status.backfill.state != handover::api::BackfillState::Running,
     )
     .await;
-    assert_eq!(status.backfill.state, "failed", "{status:?}");
+    assert_eq!(
+        status.backfill.state,
+        handover::api::BackfillState::Failed,
+        "{status:?}"
+    );
     let progress = &status.backfill.datasets["clients"];
     let error = progress
         .error
@@ -853,7 +876,11 @@ async fn a_malformed_export_fails_the_backfill_clearly_and_stays_resumable() {
     source.broken.store(false, Ordering::SeqCst);
     admin.backfill("start", None, None).await.unwrap();
     let status = wait_backfill_finished(&admin, Duration::from_secs(30)).await;
-    assert_eq!(status.backfill.state, "done", "{status:?}");
+    assert_eq!(
+        status.backfill.state,
+        handover::api::BackfillState::Done,
+        "{status:?}"
+    );
     let progress = &status.backfill.datasets["clients"];
     assert_eq!((progress.copied, progress.failed), (6, 0), "{progress:?}");
     assert_eq!(progress.error, None);

@@ -55,9 +55,9 @@ async fn status_backfill_and_verify_commands_print_json_and_exit_by_drift() {
     let output = run(&["status", "--json"]).await;
     assert_eq!(output.status.code(), Some(0), "{}", explain(&output));
     let status: Status = serde_json::from_str(stdout(&output).trim()).unwrap();
-    assert_eq!(status.phase, "mirroring");
-    assert_eq!(status.primary, "source");
-    assert_eq!(status.backfill.state, "idle");
+    assert_eq!(status.phase, handover::model::Phase::Mirroring);
+    assert_eq!(status.primary, handover::model::Side::Source);
+    assert_eq!(status.backfill.state, handover::api::BackfillState::Idle);
 
     let output = run(&["status"]).await;
     assert_eq!(output.status.code(), Some(0), "{}", explain(&output));
@@ -72,13 +72,13 @@ async fn status_backfill_and_verify_commands_print_json_and_exit_by_drift() {
     assert!(stdout(&output).contains("backfill"), "{}", explain(&output));
     let client = stack.admin();
     let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client.status().await.unwrap().backfill.state != "done" {
+    while client.status().await.unwrap().backfill.state != handover::api::BackfillState::Done {
         assert!(tokio::time::Instant::now() < give_up, "backfill not done");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let output = run(&["status", "--json"]).await;
     let status: Status = serde_json::from_str(stdout(&output).trim()).unwrap();
-    assert_eq!(status.backfill.state, "done");
+    assert_eq!(status.backfill.state, handover::api::BackfillState::Done);
     assert_eq!(status.backfill.datasets["sessions"].copied, SEED);
 
     // No drift: exit 0.
@@ -144,5 +144,8 @@ async fn operator_commands_without_the_admin_token_exit_1_and_say_why() {
         }
     }
     // Nothing was started.
-    assert_eq!(stack.admin().status().await.unwrap().backfill.state, "idle");
+    assert_eq!(
+        stack.admin().status().await.unwrap().backfill.state,
+        handover::api::BackfillState::Idle
+    );
 }

@@ -35,14 +35,22 @@ async fn cut_over(admin: &AdminClient) -> FlipReport {
         .flip("/cutover", &FlipRequest::default())
         .await
         .unwrap();
-    assert_eq!(report.outcome, "cut-over", "{report:#?}");
+    assert_eq!(
+        report.outcome,
+        handover::api::Outcome::CutOver,
+        "{report:#?}"
+    );
     report
 }
 
 /// (phase, epoch, primary) from `GET /status`.
 async fn phase(admin: &AdminClient) -> (String, u64, String) {
     let status = status(admin).await;
-    (status.phase, status.epoch, status.primary)
+    (
+        status.phase.to_string(),
+        status.epoch,
+        status.primary.to_string(),
+    )
 }
 
 fn expect(phase: &str, epoch: u64, primary: &str) -> (String, u64, String) {
@@ -86,7 +94,11 @@ async fn preflight_refuses_different_jwk_sets_naming_the_key_ids() {
         .flip("/cutover", &FlipRequest::default())
         .await
         .unwrap();
-    assert_eq!(report.outcome, "refused", "{report:#?}");
+    assert_eq!(
+        report.outcome,
+        handover::api::Outcome::Refused,
+        "{report:#?}"
+    );
     let check = report
         .preflight
         .iter()
@@ -131,7 +143,11 @@ async fn preflight_refuses_different_jwk_sets_naming_the_key_ids() {
         },
     ] {
         let again = admin.flip("/cutover", &request).await.unwrap();
-        assert_eq!(again.outcome, "refused", "{request:?}: {again:#?}");
+        assert_eq!(
+            again.outcome,
+            handover::api::Outcome::Refused,
+            "{request:?}: {again:#?}"
+        );
         let same = again
             .preflight
             .iter()
@@ -275,7 +291,11 @@ async fn rollback_after_writes_on_the_target_keeps_them_on_the_source() {
     for step in &report.steps {
         eprintln!("  {:>5} ms  {}  {}", step.at_ms, step.step, step.detail);
     }
-    assert_eq!(report.outcome, "rolled-back", "{report:#?}");
+    assert_eq!(
+        report.outcome,
+        handover::api::Outcome::RolledBack,
+        "{report:#?}"
+    );
     stack.source_emulator().knobs().set_latency(Duration::ZERO);
     assert_eq!(
         (report.phase.as_str(), report.epoch, report.primary.as_str()),
@@ -313,7 +333,7 @@ async fn rollback_after_writes_on_the_target_keeps_them_on_the_source() {
         .verify(&handover::api::VerifyRequest::default(), |_| {})
         .await
         .unwrap();
-    assert_eq!(drift.primary, "source");
+    assert_eq!(drift.primary, handover::model::Side::Source);
     assert_eq!(drift.drift, 0, "{drift:#?}");
     // The refresh token last rotated on the target works at the source.
     let rotated = stack.at_source.refresh(&app, &refresh).await.unwrap();
@@ -361,12 +381,20 @@ async fn two_instances_cut_over_together() {
     )
     .await
     .unwrap();
-    assert_eq!(reports[0].outcome, "aborted", "{reports:#?}");
+    assert_eq!(
+        reports[0].outcome,
+        handover::api::Outcome::Aborted,
+        "{reports:#?}"
+    );
     assert_eq!(
         reports[0].reason.as_deref(),
         Some("aborted by the coordinator")
     );
-    assert_eq!(reports[1].outcome, "refused", "{reports:#?}");
+    assert_eq!(
+        reports[1].outcome,
+        handover::api::Outcome::Refused,
+        "{reports:#?}"
+    );
     assert!(
         reports[1]
             .preflight
@@ -435,7 +463,11 @@ async fn complete_stops_syncing_and_passes_through() {
         .flip("/complete", &FlipRequest::default())
         .await
         .unwrap();
-    assert_eq!(report.outcome, "completed", "{report:#?}");
+    assert_eq!(
+        report.outcome,
+        handover::api::Outcome::Completed,
+        "{report:#?}"
+    );
     assert_eq!(phase(&admin).await, expect("completed", 2, "target"));
     let journaled = status(&admin).await.journal.last_seq;
     let metrics = || async {
@@ -480,7 +512,11 @@ async fn complete_stops_syncing_and_passes_through() {
         .flip("/rollback", &FlipRequest::default())
         .await
         .unwrap();
-    assert_eq!(refused.outcome, "refused", "{refused:#?}");
+    assert_eq!(
+        refused.outcome,
+        handover::api::Outcome::Refused,
+        "{refused:#?}"
+    );
     assert_eq!(phase(&admin).await, expect("completed", 2, "target"));
 }
 

@@ -61,7 +61,11 @@ async fn a_target_slower_than_the_pause_bound_aborts_with_zero_client_errors() {
         "aborted cutover: {} · reason {:?} · pause {} ms · held {} · released {}",
         report.outcome, report.reason, report.pause_ms, report.held, report.released
     );
-    assert_eq!(report.outcome, "aborted", "{report:#?}");
+    assert_eq!(
+        report.outcome,
+        handover::api::Outcome::Aborted,
+        "{report:#?}"
+    );
     let reason = report.reason.clone().expect("an aborted report says why");
     assert!(reason.contains("not drained"), "{reason}");
     assert!(
@@ -117,7 +121,7 @@ async fn a_target_slower_than_the_pause_bound_aborts_with_zero_client_errors() {
         .verify(&handover::api::VerifyRequest::default(), |_| {})
         .await
         .unwrap();
-    assert_eq!(drift.primary, "source");
+    assert_eq!(drift.primary, handover::model::Side::Source);
     assert_eq!(drift.drift, 0, "{drift:#?}");
 }
 
@@ -145,7 +149,7 @@ async fn a_full_hold_buffer_refuses_with_503_and_retry_after() {
         tokio::spawn(async move { admin.flip("/cutover", &FlipRequest::default()).await })
     };
     let holding = eventually(Duration::from_secs(10), || async {
-        status(&admin).await.phase == "cutting-over"
+        status(&admin).await.phase == handover::model::Phase::CuttingOver
     })
     .await;
     assert!(
@@ -209,7 +213,11 @@ async fn a_full_hold_buffer_refuses_with_503_and_retry_after() {
     );
     assert!(report.held <= 1, "{report:#?}");
     assert_eq!(report.rejected, refused.len() as u64, "{report:#?}");
-    assert_eq!(report.outcome, "cut-over", "{report:#?}");
+    assert_eq!(
+        report.outcome,
+        handover::api::Outcome::CutOver,
+        "{report:#?}"
+    );
     assert_eq!(
         stack.metric("handover_cutover_rejected_total").await,
         Some(refused.len() as f64)

@@ -63,7 +63,10 @@ async fn the_cutover_command_dry_runs_then_flips_and_prints_json() {
         "{}",
         text(&passed)
     );
-    assert_eq!(status(&admin).await.phase, "mirroring");
+    assert_eq!(
+        status(&admin).await.phase,
+        handover::model::Phase::Mirroring
+    );
 
     // The flip, for a script.
     let flipped = handover(&["cutover", "--json", "--admin", &url]).await;
@@ -96,7 +99,7 @@ async fn the_cutover_command_dry_runs_then_flips_and_prints_json() {
     let again = handover(&["cutover", "--json", "--admin", &url]).await;
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     let reports: Vec<FlipReport> = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!(reports[0].outcome, "refused");
+    assert_eq!(reports[0].outcome, handover::api::Outcome::Refused);
     assert!(
         reports[0]
             .reason

@@ -31,7 +31,11 @@ async fn cut_over(stack: &Stack) {
         .flip("/cutover", &FlipRequest::default())
         .await
         .unwrap();
-    assert_eq!(report.outcome, "cut-over", "{report:#?}");
+    assert_eq!(
+        report.outcome,
+        handover::api::Outcome::CutOver,
+        "{report:#?}"
+    );
 }
 
 /// One login-page-backend call through the proxy.

@@ -45,10 +45,14 @@ async fn cutover_under_continuous_mixed_load_has_zero_client_errors() {
     for step in &report.steps {
         eprintln!("  {:>5} ms  {}  {}", step.at_ms, step.step, step.detail);
     }
-    assert_eq!(report.outcome, "cut-over", "{report:#?}");
-    assert_eq!(report.phase, "cut-over");
+    assert_eq!(
+        report.outcome,
+        handover::api::Outcome::CutOver,
+        "{report:#?}"
+    );
+    assert_eq!(report.phase, handover::model::Phase::CutOver);
     assert_eq!(report.epoch, 2);
-    assert_eq!(report.primary, "target");
+    assert_eq!(report.primary, handover::model::Side::Target);
     assert!(report.preflight.iter().all(|check| check.ok), "{report:#?}");
     let released = report
         .steps
@@ -99,7 +103,7 @@ async fn cutover_under_continuous_mixed_load_has_zero_client_errors() {
         .verify(&handover::api::VerifyRequest::default(), |_| {})
         .await
         .unwrap();
-    assert_eq!(drift.primary, "target");
+    assert_eq!(drift.primary, handover::model::Side::Target);
     assert_eq!(drift.drift, 0, "{drift:#?}");
 
     // The last refresh tokens rotated before the flip work at the target.

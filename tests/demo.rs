@@ -16,10 +16,18 @@ async fn the_demo_ends_with_zero_drift_and_zero_failures() {
     .await
     .unwrap();
     assert_eq!(summary.totals.errors, 0, "{summary:?}");
-    assert_eq!(summary.backfill.state, "done", "{summary:?}");
+    assert_eq!(
+        summary.backfill.state,
+        handover::api::BackfillState::Done,
+        "{summary:?}"
+    );
     assert_eq!(summary.verify.drift, 0, "{summary:?}");
-    assert_eq!(summary.cutover.outcome, "cut-over", "{summary:?}");
-    assert_eq!(summary.cutover.primary, "target");
+    assert_eq!(
+        summary.cutover.outcome,
+        handover::api::Outcome::CutOver,
+        "{summary:?}"
+    );
+    assert_eq!(summary.cutover.primary, handover::model::Side::Target);
     assert_eq!(summary.rotations.refused, 0, "{summary:?}");
     for dataset in summary.verify.datasets.values() {
         assert!(dataset.matching >= 300, "{dataset:?}");
@@ -45,7 +53,11 @@ async fn the_authlete_demo_ends_with_every_held_token_valid_at_authlete() {
     .await
     .unwrap();
     assert_eq!(summary.totals.errors, 0, "{summary:?}");
-    assert_eq!(summary.backfill.state, "done", "{summary:?}");
+    assert_eq!(
+        summary.backfill.state,
+        handover::api::BackfillState::Done,
+        "{summary:?}"
+    );
     assert_eq!(summary.verify.drift, 0, "{summary:?}");
     assert_eq!(summary.dead_letters, 0, "{summary:?}");
     assert!(summary.held > 0 && summary.refresh_held > 0, "{summary:?}");

@@ -23,13 +23,13 @@ use std::path::{Path, PathBuf};
 
 use handover::api::AdminClient;
 use handover::api::{
-    BackfillStatus, Check, DatasetProgress, DatasetReport, DeadLetterView, FlipReport,
-    JournalStatus, Status, Step, TokenImport, VerifyReport,
+    BackfillState, BackfillStatus, Check, DatasetProgress, DatasetReport, DeadLetterView,
+    FlipReport, JournalStatus, Outcome, Status, Step, TokenImport, VerifyReport,
 };
 use handover::config::TEST_JOURNAL_KEY;
 use handover::journal::{self, Cipher, DeadLetters, Journal};
-use handover::model::Side;
 use handover::model::{Change, Key, TokenEvent, TokenKind};
+use handover::model::{Phase, Side};
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -240,9 +240,9 @@ fn status_json_is_stable() {
         },
     );
     let status = Status {
-        phase: "mirroring".into(),
+        phase: Phase::Mirroring,
         epoch: 1,
-        primary: "source".into(),
+        primary: Side::Source,
         ready: true,
         journal: JournalStatus {
             depth: 12,
@@ -254,7 +254,7 @@ fn status_json_is_stable() {
             bytes_on_disk: 65_536,
         },
         backfill: BackfillStatus {
-            state: "running".into(),
+            state: BackfillState::Running,
             rate_limit: 0,
             concurrency: 32,
             elapsed_ms: 1500,
@@ -267,10 +267,10 @@ fn status_json_is_stable() {
 #[test]
 fn flip_report_json_is_stable() {
     let report = FlipReport {
-        outcome: "cut-over".into(),
-        phase: "cut-over".into(),
+        outcome: Outcome::CutOver,
+        phase: Phase::CutOver,
         epoch: 2,
-        primary: "target".into(),
+        primary: Side::Target,
         preflight: vec![
             Check {
                 check: "target healthy".into(),
@@ -299,20 +299,33 @@ fn flip_report_json_is_stable() {
     };
     assert_golden("flip_report.json", &report);
     let refused = FlipReport {
-        outcome: "refused".into(),
-        phase: "mirroring".into(),
+        outcome: Outcome::Refused,
+        phase: Phase::Mirroring,
         epoch: 1,
-        primary: "source".into(),
+        primary: Side::Source,
         reason: Some("pre-flight failed: dead letters".into()),
         ..FlipReport::default()
     };
     assert_golden("flip_report_refused.json", &refused);
+    for (outcome, text) in [
+        (Outcome::CutOver, "cut-over"),
+        (Outcome::RolledBack, "rolled-back"),
+        (Outcome::Completed, "completed"),
+        (Outcome::Prepared, "prepared"),
+        (Outcome::Aborted, "aborted"),
+        (Outcome::Refused, "refused"),
+        (Outcome::DryRunPassed, "dry-run-passed"),
+        (Outcome::Unreachable, "unreachable"),
+    ] {
+        assert_eq!(serde_json::to_value(outcome).unwrap(), text);
+        assert_eq!(outcome.as_str(), text);
+    }
 }
 
 #[test]
 fn verify_report_json_is_stable() {
     let mut report = VerifyReport {
-        primary: "source".into(),
+        primary: Side::Source,
         drift: 3,
         ..VerifyReport::default()
     };

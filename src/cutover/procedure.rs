@@ -35,7 +35,7 @@ use serde_json::Value;
 use super::gate::Gate;
 use super::{Event, Phase, Phases};
 use crate::api::{Check, FlipReport, FlipRequest, Step};
-use crate::backfill::{self, Backfill};
+use crate::backfill::Backfill;
 use crate::journal::{DeadLetters, Journal};
 use crate::metrics::CutoverMetrics;
 use crate::mirror::Mirror;
@@ -151,13 +151,13 @@ impl Cutover {
         self.metrics.set_phase(state.phase.as_str(), state.epoch);
     }
 
-    fn report(&self, outcome: &str) -> FlipReport {
+    fn report(&self, outcome: crate::api::Outcome) -> FlipReport {
         let state = self.phases.current();
         FlipReport {
-            outcome: outcome.to_owned(),
-            phase: state.phase.as_str().to_owned(),
+            outcome,
+            phase: state.phase,
             epoch: state.epoch,
-            primary: self.routing.primary_side().as_str().to_owned(),
+            primary: self.routing.primary_side(),
             ..FlipReport::default()
         }
     }
@@ -178,10 +178,10 @@ impl Cutover {
         match self.phases.apply(Event::Complete) {
             Ok(_) => {
                 self.publish();
-                self.report("completed")
+                self.report(crate::api::Outcome::Completed)
             }
             Err(err) => {
-                let mut report = self.report("refused");
+                let mut report = self.report(crate::api::Outcome::Refused);
                 report.reason = Some(err.to_string());
                 report
             }
@@ -191,7 +191,7 @@ impl Cutover {
     async fn flip(&self, request: &FlipRequest, from: Phase) -> FlipReport {
         let _running = self.running.lock().await;
         let report = self.prepare_locked(request, from).await;
-        if report.outcome != "prepared" {
+        if report.outcome != crate::api::Outcome::Prepared {
             return report;
         }
         // Single instance: commit right away.
@@ -212,7 +212,7 @@ impl Cutover {
         let from = self.phases.current().phase;
         let _running = self.running.lock().await;
         let report = self.prepare_locked(request, from).await;
-        if report.outcome == "prepared" {
+        if report.outcome == crate::api::Outcome::Prepared {
             let cutover = Arc::clone(self);
             tokio::spawn(async move { cutover.watchdog().await });
         }
@@ -225,7 +225,7 @@ impl Cutover {
         match self.take_prepared() {
             Some(prepared) => self.commit_locked(prepared),
             None => {
-                let mut report = self.report("refused");
+                let mut report = self.report(crate::api::Outcome::Refused);
                 report.reason = Some("nothing is prepared".to_owned());
                 report
             }
@@ -242,7 +242,7 @@ impl Cutover {
                 report
             }
             None => {
-                let mut report = self.report("refused");
+                let mut report = self.report(crate::api::Outcome::Refused);
                 report.reason = Some("nothing is prepared".to_owned());
                 report
             }
@@ -253,7 +253,7 @@ impl Cutover {
     /// `Prepared` is stored; otherwise everything is as before.
     async fn prepare_locked(&self, request: &FlipRequest, from: Phase) -> FlipReport {
         let state = self.phases.current();
-        let mut report = self.report("refused");
+        let mut report = self.report(crate::api::Outcome::Refused);
         if state.phase != from {
             report.reason = Some(format!(
                 "cannot {} while {}",
@@ -281,7 +281,7 @@ impl Cutover {
             return report;
         }
         if request.dry_run {
-            report.outcome = "dry-run-passed".to_owned();
+            report.outcome = crate::api::Outcome::DryRunPassed;
             return report;
         }
 
@@ -383,7 +383,7 @@ impl Cutover {
                 return report;
             }
         }
-        report.outcome = "prepared".to_owned();
+        report.outcome = crate::api::Outcome::Prepared;
         if let Ok(mut slot) = self.prepared.lock() {
             *slot = Some(Prepared {
                 started,
@@ -431,11 +431,10 @@ impl Cutover {
             detail: format!("{} held requests released to the new primary", held.held),
         });
         report.outcome = if before == Phase::RollingBack {
-            "rolled-back"
+            crate::api::Outcome::RolledBack
         } else {
-            "cut-over"
-        }
-        .to_owned();
+            crate::api::Outcome::CutOver
+        };
         self.finish_report(report, pause, held.held, held.rejected);
         self.metrics
             .record_flip(report.outcome.as_str(), pause, held.held, held.rejected);
@@ -460,7 +459,7 @@ impl Cutover {
         // The primary did not change: held requests go to the old one.
         let held = self.gate.open();
         let pause = started.elapsed();
-        report.outcome = "aborted".to_owned();
+        report.outcome = crate::api::Outcome::Aborted;
         report.reason = Some(reason.to_owned());
         self.finish_report(report, pause, held.held, held.rejected);
         self.metrics
@@ -474,9 +473,9 @@ impl Cutover {
 
     fn finish_report(&self, report: &mut FlipReport, pause: Duration, held: u64, rejected: u64) {
         let state = self.phases.current();
-        report.phase = state.phase.as_str().to_owned();
+        report.phase = state.phase;
         report.epoch = state.epoch;
-        report.primary = self.routing.primary_side().as_str().to_owned();
+        report.primary = self.routing.primary_side();
         report.pause_ms = millis(pause);
         report.held = held;
         report.released = held;
@@ -571,7 +570,7 @@ impl Cutover {
             let state = self.backfill.state();
             checks.push(Check {
                 check: "backfill finished".to_owned(),
-                ok: state == backfill::State::Done,
+                ok: state == crate::api::BackfillState::Done,
                 detail: format!("backfill {}", state.as_str()),
                 forceable: true,
             });

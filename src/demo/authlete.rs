@@ -55,7 +55,7 @@ impl Summary {
     pub fn passed(&self) -> bool {
         self.totals.errors == 0
             && self.verify.drift == 0
-            && self.backfill.state == "done"
+            && self.backfill.state == crate::api::BackfillState::Done
             && self.dead_letters == 0
             && self.access_valid == self.held
             && self.refresh_valid == self.refresh_held

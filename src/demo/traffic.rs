@@ -594,7 +594,9 @@ impl AdminProbe {
         while Instant::now() < until {
             if let Some(status) = self.status().await {
                 last = status.backfill;
-                if last.state == "done" || last.state == "failed" {
+                if last.state == crate::api::BackfillState::Done
+                    || last.state == crate::api::BackfillState::Failed
+                {
                     break;
                 }
                 progress(&format!("  backfill {}", self.sample().await.backfill));

@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use super::Side;
 
 /// A migration phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
-    /// Source primary, syncing to the target.
+    /// Source primary, syncing to the target. Where a migration starts.
+    #[default]
     Mirroring,
     /// Flipping to the target: writes held.
     CuttingOver,
@@ -67,6 +68,12 @@ impl Phase {
     /// Whether trigger requests are held in this phase.
     pub fn holds_writes(self) -> bool {
         matches!(self, Self::CuttingOver | Self::RollingBack)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -6,10 +6,12 @@
 use serde::{Deserialize, Serialize};
 
 /// Source or target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
-    /// The server migrated from.
+    /// The server migrated from; the default, being the primary before
+    /// any flip.
+    #[default]
     Source,
     /// The server migrated to.
     Target,
@@ -30,5 +32,11 @@ impl Side {
             Self::Source => "source",
             Self::Target => "target",
         }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -31,7 +31,7 @@ pub async fn status(admin: &AdminClient) -> Status {
 pub async fn finish_backfill(admin: &AdminClient) {
     admin.backfill("start", None, None).await.unwrap();
     let done = eventually(Duration::from_secs(20), || async {
-        status(admin).await.backfill.state == "done"
+        status(admin).await.backfill.state == handover::api::BackfillState::Done
     })
     .await;
     assert!(done, "the backfill did not finish");
