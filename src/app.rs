@@ -44,17 +44,19 @@ use crate::cutover::gate::Gate;
 use crate::cutover::procedure::{self, Cutover};
 use crate::health::{self, Health};
 use crate::journal::{self, Cipher, DeadLetters, Journal};
-use crate::metrics::{self, JournalMetrics, Metrics};
+use crate::metrics::{JournalMetrics, Metrics};
 use crate::mirror::CutoverParts;
 use crate::mirror::Mirror;
 use crate::model::Change;
 use crate::model::Side;
-use crate::proxy::forward::{PrimarySelector, Rewriter, Settings};
+use crate::proxy::Rewriter;
+use crate::proxy::forward::Settings;
 use crate::proxy::{self, Forwarder, Hook, ListenerOptions};
 use crate::routing::Routing;
 use crate::sync::{self, SyncHandle};
 use crate::target::authlete::Authlete;
 use crate::target::connect2id::Connect2id;
+use crate::upstream::PrimarySelector;
 use crate::upstream::Upstream;
 use crate::verify::Verifier;
 
@@ -128,12 +130,8 @@ struct CredentialRewriter {
 }
 
 impl Rewriter for CredentialRewriter {
-    fn rewrite(&self, path: &str, headers: &mut http::HeaderMap, to: metrics::Upstream) {
-        let side = match to {
-            metrics::Upstream::Source => Side::Source,
-            metrics::Upstream::Target => Side::Target,
-        };
-        self.credentials.follow_primary(path, headers, side);
+    fn rewrite(&self, path: &str, headers: &mut http::HeaderMap, to: Side) {
+        self.credentials.follow_primary(path, headers, to);
     }
 }
 
@@ -190,7 +188,7 @@ pub async fn run(
         .set(i64::try_from(dead_letters.len()).unwrap_or(i64::MAX));
 
     let source = Arc::new(Upstream::new(
-        metrics::Upstream::Source,
+        crate::model::Side::Source,
         &config.source,
         &config.proxy,
         &metrics,
@@ -216,7 +214,7 @@ pub async fn run(
         None => config.target.clone(),
     };
     let target = Arc::new(Upstream::new(
-        metrics::Upstream::Target,
+        crate::model::Side::Target,
         &target_traffic,
         &config.proxy,
         &metrics,
@@ -233,7 +231,7 @@ pub async fn run(
     );
     if let Some(settings) = &config.target.authlete {
         let api = Arc::new(Upstream::new(
-            metrics::Upstream::Target,
+            crate::model::Side::Target,
             &config.target,
             &config.proxy,
             &metrics,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::HealthMetrics;
-use crate::proxy::forward::PrimarySelector;
+use crate::upstream::PrimarySelector;
 
 /// Readiness inputs.
 #[derive(Debug)]

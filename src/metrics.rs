@@ -16,6 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::model::Side;
+
 /// Downstream requests answered, by method class and status class.
 pub const PROXY_REQUESTS_TOTAL: &str = "handover_proxy_requests_total";
 /// Time from receiving a request to having its response head, by method class.
@@ -326,25 +328,6 @@ impl ProxyMetrics {
     }
 }
 
-/// Which upstream a connection goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
-    /// The source server.
-    Source,
-    /// The target server.
-    Target,
-}
-
-impl Upstream {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Source => "source",
-            Self::Target => "target",
-        }
-    }
-}
-
 /// Upstream pool recorders.
 #[derive(Debug, Clone)]
 pub struct UpstreamMetrics {
@@ -355,7 +338,7 @@ pub struct UpstreamMetrics {
 impl UpstreamMetrics {
     /// The open-connections gauge and the established-connections counter of
     /// one upstream.
-    pub fn handles(&self, upstream: Upstream) -> (Gauge, Counter) {
+    pub fn handles(&self, upstream: Side) -> (Gauge, Counter) {
         let labels = UpstreamLabels {
             upstream: upstream.as_str(),
         };
@@ -668,7 +651,7 @@ mod tests {
             Duration::from_millis(3),
         );
         metrics.proxy.record_error("primary", "connect");
-        let (open, total) = metrics.upstream.handles(Upstream::Source);
+        let (open, total) = metrics.upstream.handles(Side::Source);
         open.inc();
         total.inc();
         let text = metrics.encode();

@@ -328,10 +328,7 @@ impl Ticket for MirrorTicket {
                 );
             }
             // Answered by the previous primary: what changed lives there.
-            let answered = match exchange.answered_by {
-                crate::metrics::Upstream::Source => Side::Source,
-                crate::metrics::Upstream::Target => Side::Target,
-            };
+            let answered = exchange.answered_by;
             let mut settle = None;
             if answered != inner.routing.primary_side() {
                 changes = changes

@@ -28,16 +28,13 @@
 pub mod forward;
 pub mod framing;
 pub mod headers;
+pub mod hook;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -47,83 +44,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::ProxyConfig;
-use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
 pub use forward::Forwarder;
-
-/// A boxed future, for the object-safe hook traits.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A route the hook asked to inspect. Opaque to the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RouteId(pub u16);
-
-/// A completed exchange with the primary, as the hook sees it.
-#[derive(Debug)]
-pub struct Exchange<'a> {
-    /// The request method.
-    pub method: &'a Method,
-    /// The request path (unchanged from downstream).
-    pub path: &'a str,
-    /// The query string, if any.
-    pub query: Option<&'a str>,
-    /// The request headers as the downstream client sent them (before
-    /// hygiene: client authentication lives in `Authorization`).
-    pub request_headers: &'a HeaderMap,
-    /// The buffered request body.
-    pub request_body: &'a Bytes,
-    /// The primary's status.
-    pub status: StatusCode,
-    /// The primary's response headers.
-    pub response_headers: &'a HeaderMap,
-    /// The primary's response body, or `None` when it was larger than the
-    /// inspection cap (it is then streamed to the client unseen).
-    pub response_body: Option<&'a Bytes>,
-    /// Which upstream answered (the primary, or the previous primary when
-    /// the ticket redirected the request there).
-    pub answered_by: crate::metrics::Upstream,
-}
-
-/// Observes (and may hold or refuse) inspected exchanges.
-pub trait Hook: Send + Sync + 'static {
-    /// Whether a request must be buffered and inspected. Called for every
-    /// request: keep it cheap.
-    fn route(&self, method: &Method, path: &str) -> Option<RouteId>;
-
-    /// Called with the buffered request before it is forwarded. An error
-    /// refuses the request with that error's status; the request is then not
-    /// forwarded at all.
-    fn begin<'a>(
-        &'a self,
-        route: RouteId,
-        request: &'a http::request::Parts,
-        body: &'a Bytes,
-    ) -> BoxFuture<'a, Result<Box<dyn Ticket>, ProxyError>>;
-}
-
-/// The hook's state for one inspected request.
-pub trait Ticket: Send {
-    /// Called with the primary's answer before `finish`: `Some(upstream)`
-    /// replays the request there instead (state that lives only on the
-    /// previous primary right after a flip). The default keeps the answer.
-    fn redirect(
-        &mut self,
-        status: StatusCode,
-        body: Option<&Bytes>,
-    ) -> Option<std::sync::Arc<crate::upstream::Upstream>> {
-        let _ = (status, body);
-        None
-    }
-
-    /// Called with the completed exchange (whatever the primary's status);
-    /// the downstream response is released when this returns.
-    fn finish<'a>(self: Box<Self>, exchange: Exchange<'a>) -> BoxFuture<'a, ()>;
-
-    /// Called instead of `finish` when no exchange happened (the primary
-    /// was unreachable).
-    fn abandon(self: Box<Self>) {}
-}
+pub use hook::{BoxFuture, Exchange, Hook, Rewriter, RouteId, Ticket};
 
 /// Per-connection facts the forwarder needs.
 #[derive(Debug)]

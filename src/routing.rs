@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::model::Side;
-use crate::proxy::forward::PrimarySelector;
 use crate::target::authlete::Authlete;
 use crate::target::connect2id::Connect2id;
+use crate::upstream::PrimarySelector;
 use crate::upstream::Upstream;
 
 /// Both servers, and which one is primary.

@@ -957,7 +957,7 @@ async fn authlete_change(
                     }
                     Resolution::Unknown => {
                         return Err(ApiError::Rejected {
-                            server: "source",
+                            server: crate::model::Side::Source,
                             operation: "inspection",
                             status: 404,
                             error: "the subject of an identifier access token could not be resolved (transient authorization, client not using a secret); Authlete needs it".to_owned(),

@@ -930,7 +930,7 @@ mod tests {
                 status: StatusCode::from_u16(self.status).unwrap(),
                 response_headers: &response_headers,
                 response_body: Some(&response_body),
-                answered_by: crate::metrics::Upstream::Source,
+                answered_by: crate::model::Side::Source,
             };
             catalogue.extract(route, &exchange, &self.resolved, 1_700_000_000)
         }
@@ -1355,7 +1355,7 @@ mod tests {
             status: StatusCode::OK,
             response_headers: &response_headers,
             response_body: Some(&response_body),
-            answered_by: crate::metrics::Upstream::Source,
+            answered_by: crate::model::Side::Source,
         };
         token_event(catalogue.row(route), &exchange, &Resolved::default())
     }
@@ -1437,7 +1437,7 @@ mod tests {
                 status,
                 response_headers: &headers,
                 response_body: Some(&empty),
-                answered_by: crate::metrics::Upstream::Source,
+                answered_by: crate::model::Side::Source,
             };
             token_event(catalogue.row(route), &exchange, &Resolved::default())
         };

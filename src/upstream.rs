@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,8 +21,8 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{ProxyConfig, ServerConfig};
 use crate::http::body::ProxyBody;
-use crate::metrics::{self, Metrics};
-use crate::model::BaseUrl;
+use crate::metrics::Metrics;
+use crate::model::{BaseUrl, Side};
 
 type Connector = Counting<hyper_rustls::HttpsConnector<HttpConnector>>;
 
@@ -29,7 +30,7 @@ type Connector = Counting<hyper_rustls::HttpsConnector<HttpConnector>>;
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// Source or target.
-    pub which: metrics::Upstream,
+    pub side: Side,
     /// Base URL (scheme, authority, base path).
     pub url: BaseUrl,
     /// Whether requests go out as HTTP/2.
@@ -86,7 +87,7 @@ impl Error {
 impl Upstream {
     /// Builds the client for one upstream.
     pub fn new(
-        which: metrics::Upstream,
+        side: Side,
         server: &ServerConfig,
         proxy: &ProxyConfig,
         metrics: &Metrics,
@@ -105,7 +106,7 @@ impl Upstream {
         } else {
             builder.enable_http1().wrap_connector(http)
         };
-        let (open, total) = metrics.upstream.handles(which);
+        let (open, total) = metrics.upstream.handles(side);
         let connector = Counting {
             inner: https,
             open,
@@ -119,7 +120,7 @@ impl Upstream {
             .http2_only(server.http2)
             .build(connector);
         Ok(Self {
-            which,
+            side,
             url: server.url.clone(),
             http2: server.http2,
             client,
@@ -143,7 +144,7 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Response<Incoming>, Error> {
         *request.version_mut() = self.version();
-        let upstream = self.which.as_str();
+        let upstream = self.side.as_str();
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(Error::Timeout { upstream, timeout }),
             Ok(Ok(response)) => Ok(response),
@@ -165,13 +166,13 @@ impl Upstream {
             .url
             .endpoint("/.well-known/openid-configuration")
             .map_err(|err| Error::Build {
-                upstream: self.which.as_str(),
+                upstream: self.side.as_str(),
                 message: err.to_string(),
             })?;
         let request = Request::get(uri)
             .body(ProxyBody::empty())
             .map_err(|err| Error::Build {
-                upstream: self.which.as_str(),
+                upstream: self.side.as_str(),
                 message: err.to_string(),
             })?;
         let response = self.send(request, timeout).await?;
@@ -280,5 +281,21 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
 impl<T: Connection> Connection for Counted<T> {
     fn connected(&self) -> Connected {
         self.io.connected()
+    }
+}
+
+/// Which upstream currently is the primary.
+pub trait PrimarySelector: Send + Sync + 'static {
+    /// The upstream that should receive a request now.
+    fn primary(&self) -> Arc<Upstream>;
+}
+
+/// A fixed primary (no cutover machinery).
+#[derive(Debug)]
+pub struct FixedPrimary(pub Arc<Upstream>);
+
+impl PrimarySelector for FixedPrimary {
+    fn primary(&self) -> Arc<Upstream> {
+        Arc::clone(&self.0)
     }
 }

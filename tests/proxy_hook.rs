@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use handover::error::{Kind, ProxyError};
-use handover::metrics::{self, Metrics};
-use handover::proxy::forward::{FixedPrimary, Settings};
+use handover::metrics::Metrics;
+use handover::proxy::forward::Settings;
 use handover::proxy::{
     self, BoxFuture, Exchange, Forwarder, Hook, ListenerOptions, RouteId, Ticket,
 };
+use handover::upstream::FixedPrimary;
 use handover::upstream::Upstream;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
@@ -100,7 +101,7 @@ async fn start_with_hook(
     let metrics = Metrics::new();
     let source = Arc::new(
         Upstream::new(
-            metrics::Upstream::Source,
+            handover::model::Side::Source,
             &config.source,
             &config.proxy,
             &metrics,

@@ -233,7 +233,7 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
 fn authlete_upstream(url: &str) -> Result<crate::upstream::Upstream, Error> {
     let config = Config::for_test(url, "http://127.0.0.1:9", TOKEN);
     crate::upstream::Upstream::new(
-        crate::metrics::Upstream::Target,
+        crate::model::Side::Target,
         &config.source,
         &config.proxy,
         &crate::metrics::Metrics::new(),

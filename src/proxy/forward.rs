@@ -18,13 +18,15 @@ use hyper::body::Incoming;
 
 use super::framing::Verdict;
 use super::headers::{self, Hop};
-use super::{ConnInfo, Exchange, Hook, InFlight, Ticket};
+use super::hook::{Exchange, Hook, Rewriter, Ticket};
+use super::{ConnInfo, InFlight};
 use crate::config::ProxyConfig;
 use crate::error::{Fault, Kind, ProxyError};
 use crate::health::Health;
 use crate::http::body::ProxyBody;
 use crate::metrics::{MethodClass, Metrics};
-use crate::upstream::{self, Upstream};
+use crate::upstream::PrimarySelector;
+use crate::upstream::{self};
 
 /// `X-Request-Id`: kept when the client sent one, generated otherwise, and
 /// passed to the primary so its logs and ours line up.
@@ -55,29 +57,6 @@ impl Settings {
             max_body_bytes: config.max_body_bytes,
             upstream_timeout: config.upstream_timeout,
         }
-    }
-}
-
-/// Which upstream currently is the primary.
-pub trait PrimarySelector: Send + Sync + 'static {
-    /// The upstream that should receive a request now.
-    fn primary(&self) -> Arc<Upstream>;
-}
-
-/// Adjusts a request for the upstream that will receive it (management
-/// credentials follow the primary after a flip).
-pub trait Rewriter: Send + Sync + 'static {
-    /// Rewrites `headers` of a request to `path` bound for `to`.
-    fn rewrite(&self, path: &str, headers: &mut http::HeaderMap, to: crate::metrics::Upstream);
-}
-
-/// A fixed primary (no cutover machinery).
-#[derive(Debug)]
-pub struct FixedPrimary(pub Arc<Upstream>);
-
-impl PrimarySelector for FixedPrimary {
-    fn primary(&self) -> Arc<Upstream> {
-        Arc::clone(&self.0)
     }
 }
 
@@ -237,7 +216,7 @@ impl Forwarder {
         })?;
         parts.uri = uri;
         if let Some(rewriter) = &self.rewriter {
-            rewriter.rewrite(parts.uri.path(), &mut parts.headers, primary.which);
+            rewriter.rewrite(parts.uri.path(), &mut parts.headers, primary.side);
         }
         // Inspected requests may be replayed elsewhere: keep a copy.
         let replay = inspected
@@ -269,7 +248,7 @@ impl Forwarder {
             ));
         };
         let (mut buffered, mut body) = self.buffer_response(response_body).await?;
-        let mut answered_by = primary.which;
+        let mut answered_by = primary.side;
         if let Some(previous) = ticket.redirect(response_parts.status, buffered.as_ref())
             && let Some((mut parts, bytes)) = replay
         {
@@ -277,7 +256,7 @@ impl Forwarder {
             if let Ok(uri) = previous.url.uri(path_and_query) {
                 parts.uri = uri;
                 if let Some(rewriter) = &self.rewriter {
-                    rewriter.rewrite(parts.uri.path(), &mut parts.headers, previous.which);
+                    rewriter.rewrite(parts.uri.path(), &mut parts.headers, previous.side);
                 }
                 let request = Request::from_parts(parts, ProxyBody::full(bytes));
                 match previous.send(request, self.settings.upstream_timeout).await {
@@ -288,7 +267,7 @@ impl Forwarder {
                         response_parts = parts;
                         buffered = replayed;
                         body = replayed_body;
-                        answered_by = previous.which;
+                        answered_by = previous.side;
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "the previous primary could not take a replayed request; keeping the primary's answer");
@@ -410,7 +389,7 @@ async fn finish(
     request_body: &Bytes,
     response: &http::response::Parts,
     response_body: Option<&Bytes>,
-    answered_by: crate::metrics::Upstream,
+    answered_by: crate::model::Side,
 ) {
     let exchange = Exchange {
         method: &request.method,

@@ -198,7 +198,7 @@ impl Authlete {
         .map_err(|err| ApiError::Transient(format!("Authlete answer: {err}")))?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(ApiError::Credentials {
-                server: "target",
+                server: crate::model::Side::Target,
                 api: "authlete",
                 status: status.as_u16(),
             });
@@ -214,7 +214,7 @@ impl Authlete {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).map_err(|err| ApiError::Malformed {
-                server: "target",
+                server: crate::model::Side::Target,
                 operation: "authlete",
                 message: err.to_string(),
             })?
@@ -224,7 +224,7 @@ impl Authlete {
 
     fn rejected(operation: &'static str, status: StatusCode, envelope: &Value) -> ApiError {
         ApiError::Rejected {
-            server: "target",
+            server: crate::model::Side::Target,
             operation,
             status: status.as_u16(),
             error: format!(
@@ -325,7 +325,7 @@ impl Authlete {
             .get("client_id")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::Malformed {
-                server: "source",
+                server: crate::model::Side::Source,
                 operation: "client record",
                 message: "no client_id".to_owned(),
             })?
@@ -366,7 +366,7 @@ impl Authlete {
                     .get("clientId")
                     .and_then(Value::as_u64)
                     .ok_or_else(|| ApiError::Malformed {
-                        server: "target",
+                        server: crate::model::Side::Target,
                         operation: "client/create",
                         message: "no clientId in the answer".to_owned(),
                     })?;
@@ -857,7 +857,7 @@ pub fn storable(alias: &str, record: &Value) -> Result<(), ApiError> {
         .and_then(Value::as_str);
     match secret {
         Some(secret) if !secret_acceptable(secret) => Err(ApiError::Rejected {
-            server: "target",
+            server: crate::model::Side::Target,
             operation: "client/secret/update",
             status: 400,
             error: format!(

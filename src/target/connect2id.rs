@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use crate::config::ApiTokens;
 use crate::http::body::ProxyBody;
 use crate::http::form;
-use crate::model::{TokenKind, sid_key};
+use crate::model::{Side, TokenKind, sid_key};
 use crate::upstream::{self, Upstream};
 
 /// Largest single-record answer read into memory (exports stream instead).
@@ -68,7 +68,7 @@ pub enum ApiError {
     #[error("{server} refused the {api} API token ({status})")]
     Credentials {
         /// Source or target.
-        server: &'static str,
+        server: Side,
         /// Which management API.
         api: &'static str,
         /// 401 or 403.
@@ -79,7 +79,7 @@ pub enum ApiError {
     #[error("{server} answered {status} to {operation}: {error}")]
     Rejected {
         /// Source or target.
-        server: &'static str,
+        server: Side,
         /// What we tried.
         operation: &'static str,
         /// The HTTP status.
@@ -91,7 +91,7 @@ pub enum ApiError {
     #[error("{server} answered {operation} with malformed JSON: {message}")]
     Malformed {
         /// Source or target.
-        server: &'static str,
+        server: Side,
         /// What we tried.
         operation: &'static str,
         /// The parser's complaint.
@@ -149,8 +149,8 @@ impl Connect2id {
     }
 
     /// Source or target.
-    pub fn server(&self) -> &'static str {
-        self.upstream.which.as_str()
+    pub fn server(&self) -> Side {
+        self.upstream.side
     }
 
     /// The upstream behind these APIs.
