@@ -43,10 +43,10 @@ use crate::health::Health;
 use crate::http::{Body, BoxError, json_response, text_response};
 use crate::journal::{DeadLetters, Journal};
 use crate::metrics::Metrics;
-use crate::mirror::Mirror;
 use crate::model::Change;
 use crate::model::Secret;
 use crate::routing::Routing;
+use crate::sync::Recorder;
 use crate::verify::{self, Verifier};
 
 /// What the admin API serves from.
@@ -71,7 +71,7 @@ pub struct Admin {
     /// Runs verifies.
     pub verifier: Verifier,
     /// Journals repairs and retried dead letters.
-    pub mirror: Mirror,
+    pub recorder: Recorder,
     /// The latest verify.
     pub verify_job: Mutex<Option<VerifyJob>>,
     /// The cutover machinery.
@@ -397,7 +397,7 @@ impl Admin {
             .into_iter()
             .map(|letter| DeadLetterView {
                 seq: letter.seq,
-                change: serde_json::from_slice::<Change>(&letter.body).map_or_else(
+                change: Change::from_record(&letter.body).map_or_else(
                     |_| "(unreadable record)".to_owned(),
                     |change| change.redacted(),
                 ),
@@ -417,12 +417,12 @@ impl Admin {
         };
         let changes: Vec<Change> = letters
             .iter()
-            .filter_map(|letter| serde_json::from_slice(&letter.body).ok())
+            .filter_map(|letter| Change::from_record(&letter.body).ok())
             .collect();
         let retried = changes.len();
         // Journal first, then clear: a crash in between retries twice,
         // which is harmless; the reverse could lose them.
-        self.mirror.record(changes).await;
+        self.recorder.record(changes).await;
         let letters = Arc::clone(&self.dead_letters);
         let cleared = tokio::task::spawn_blocking(move || letters.clear_through(last)).await;
         match cleared {

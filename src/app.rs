@@ -47,13 +47,12 @@ use crate::journal::{self, Cipher, DeadLetters, Journal};
 use crate::metrics::{JournalMetrics, Metrics};
 use crate::mirror::CutoverParts;
 use crate::mirror::Mirror;
-use crate::model::Change;
 use crate::model::Side;
 use crate::proxy::Rewriter;
 use crate::proxy::forward::Settings;
 use crate::proxy::{self, Forwarder, Hook, ListenerOptions};
 use crate::routing::Routing;
-use crate::sync::{self, SyncHandle};
+use crate::sync::{self, Recorder};
 use crate::target::authlete::Authlete;
 use crate::target::connect2id::Connect2id;
 use crate::upstream::PrimarySelector;
@@ -266,7 +265,15 @@ pub async fn run(
         &sync_tracker,
         sync_stop.clone(),
     );
-    resume_backlog(&sync, &journal, recovery.entries, &dead_letters);
+    let recorder = Recorder::new(
+        config.sync.datasets.clone(),
+        journal.clone(),
+        sync.clone(),
+        Arc::clone(&dead_letters),
+        Arc::clone(&health),
+        metrics.journal.clone(),
+    );
+    recorder.resume(recovery.entries);
 
     let backfill_stop = CancellationToken::new();
     let backfill = Backfill::new(
@@ -284,11 +291,8 @@ pub async fn run(
 
     let mirror = Mirror::new(
         &config.source.url.base_path,
-        config.sync.datasets.clone(),
-        journal.clone(),
-        sync.clone(),
+        recorder.clone(),
         Arc::clone(&routing),
-        Arc::clone(&health),
         metrics.journal.clone(),
         CutoverParts {
             phases: Arc::clone(&phases),
@@ -305,7 +309,7 @@ pub async fn run(
         sync.clone(),
         backfill.clone(),
         Arc::clone(&dead_letters),
-        mirror.clone(),
+        recorder.clone(),
         metrics.cutover.clone(),
         procedure::Settings {
             max_pause: config.cutover.max_pause,
@@ -351,12 +355,12 @@ pub async fn run(
         verifier: Verifier {
             routing: Arc::clone(&routing),
             sync: sync.clone(),
-            mirror: mirror.clone(),
+            recorder: recorder.clone(),
             datasets: config.sync.datasets.clone(),
             concurrency: crate::verify::DEFAULT_CONCURRENCY,
             stop: backfill_stop.clone(),
         },
-        mirror: mirror.clone(),
+        recorder: recorder.clone(),
         verify_job: std::sync::Mutex::new(None),
         cutover: Arc::clone(&cutover),
     });
@@ -378,8 +382,7 @@ pub async fn run(
     tracker.spawn(
         publish_stats(
             journal.clone(),
-            sync.clone(),
-            Arc::clone(&dead_letters),
+            recorder.clone(),
             metrics.clone(),
             background_stop.clone(),
         )
@@ -449,6 +452,7 @@ pub async fn run(
     }
     drop(sync);
     drop(mirror);
+    drop(recorder);
     if let Err(err) = journal.close().await {
         tracing::error!(error = %err, "cannot close the journal cleanly");
     }
@@ -478,53 +482,10 @@ fn check_authlete(authlete: Arc<Authlete>) {
     });
 }
 
-/// Gives the journal's backlog from before a restart to the sync workers.
-fn resume_backlog(
-    sync: &SyncHandle,
-    journal: &Journal,
-    entries: Vec<journal::Entry>,
-    dead_letters: &DeadLetters,
-) {
-    if entries.is_empty() {
-        return;
-    }
-    tracing::info!(changes = entries.len(), "resuming journal backlog");
-    let parsed: Vec<_> = entries
-        .into_iter()
-        .filter_map(|entry| parse_entry(entry, journal, dead_letters))
-        .collect();
-    sync.submit_journaled(parsed);
-}
-
-/// A journal record's change. A record that does not parse (authenticated
-/// by the AEAD, so written by a handover of another version) goes to the
-/// dead letters for the operator and is acknowledged.
-fn parse_entry(
-    entry: journal::Entry,
-    journal: &Journal,
-    dead_letters: &DeadLetters,
-) -> Option<(journal::Seq, Change)> {
-    match serde_json::from_slice::<Change>(&entry.body) {
-        Ok(change) => Some((entry.seq, change)),
-        Err(err) => {
-            tracing::error!(seq = entry.seq, error = %err, "unreadable journal record; moved to dead letters");
-            let reason = format!("unreadable journal record: {err}");
-            match dead_letters.push(&reason, &entry.body) {
-                Ok(_) => journal.ack(entry.seq),
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot write the dead-letter log; the record stays in the journal")
-                }
-            }
-            None
-        }
-    }
-}
-
 /// Refreshes the journal and lag gauges until `stop`.
 async fn publish_stats(
     journal: Journal,
-    sync: SyncHandle,
-    dead_letters: Arc<DeadLetters>,
+    recorder: Recorder,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
@@ -545,14 +506,7 @@ async fn publish_stats(
         );
         // A dropped append future leaves its records with the journal:
         // sync them like any other.
-        let orphans = journal.take_orphans();
-        if !orphans.is_empty() {
-            let parsed: Vec<_> = orphans
-                .into_iter()
-                .filter_map(|entry| parse_entry(entry, &journal, &dead_letters))
-                .collect();
-            sync.submit_journaled(parsed);
-        }
+        recorder.pick_up_orphans();
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(STATS_INTERVAL) => {}

@@ -38,20 +38,14 @@ use http::{Method, StatusCode};
 use crate::cutover::gate::{Gate, Pass};
 use crate::cutover::{Phase, Phases};
 use crate::error::ProxyError;
-use crate::health::Health;
-use crate::journal::Journal;
 use crate::metrics::JournalMetrics;
 use crate::model::Side;
 use crate::model::{Change, Key, TokenKind};
 use crate::proxy::{BoxFuture, Exchange, Hook, RouteId, Ticket};
 use crate::routing::Routing;
-use crate::sync::{SyncHandle, dataset_of};
+use crate::sync::Recorder;
 use crate::triggers::{Catalogue, LogoutHint, Resolved, jwt_subject_and_client};
 
-/// Most changes kept in memory while the journal cannot be written; past
-/// this the oldest are dropped (and counted): `handover verify --repair`
-/// finds what they would have fixed.
-pub const MAX_UNJOURNALED: usize = 100_000;
 /// Most remembered logout sessions (logout session id → SID).
 pub const MAX_LOGOUT_HINTS: usize = 100_000;
 /// How long a logout hint is kept: a logout confirmation comes within
@@ -77,35 +71,27 @@ struct Inner {
     gate: Arc<Gate>,
     fallback_window: Duration,
     fallbacks: prometheus_client::metrics::counter::Counter,
-    datasets: Vec<String>,
-    journal: Journal,
-    sync: SyncHandle,
+    recorder: Recorder,
     routing: Arc<Routing>,
-    health: Arc<Health>,
     metrics: JournalMetrics,
     logout: Mutex<LogoutHints>,
-    unjournaled: Mutex<VecDeque<Change>>,
 }
 
 impl std::fmt::Debug for Mirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mirror")
-            .field("datasets", &self.inner.datasets)
+            .field("recorder", &self.inner.recorder)
             .finish_non_exhaustive()
     }
 }
 
 impl Mirror {
-    /// A hook recognising triggers under `base_path` for the enabled
-    /// `datasets`.
-    #[allow(clippy::too_many_arguments)]
+    /// A hook recognising triggers under `base_path`, recording what they
+    /// changed with `recorder`.
     pub fn new(
         base_path: &str,
-        datasets: Vec<String>,
-        journal: Journal,
-        sync: SyncHandle,
+        recorder: Recorder,
         routing: Arc<Routing>,
-        health: Arc<Health>,
         metrics: JournalMetrics,
         cutover: CutoverParts,
     ) -> Self {
@@ -117,28 +103,12 @@ impl Mirror {
                 gate: cutover.gate,
                 fallback_window: cutover.fallback_window,
                 fallbacks: cutover.fallbacks,
-                datasets,
-                journal,
-                sync,
+                recorder,
                 routing,
-                health,
                 metrics,
                 logout: Mutex::new(LogoutHints::default()),
-                unjournaled: Mutex::new(VecDeque::new()),
             }),
         }
-    }
-
-    /// Changes waiting in memory for the journal to accept them again.
-    pub fn unjournaled(&self) -> usize {
-        self.inner.unjournaled.lock().map_or(0, |q| q.len())
-    }
-
-    /// Journals changes and hands them to the sync (used by the triggers and
-    /// by operator repairs). Returns once they are durable, or once the
-    /// failure has been recorded.
-    pub async fn record(&self, changes: Vec<Change>) {
-        self.inner.record(changes, None).await;
     }
 }
 
@@ -329,7 +299,6 @@ impl Ticket for MirrorTicket {
             }
             // Answered by the previous primary: what changed lives there.
             let answered = exchange.answered_by;
-            let mut settle = None;
             if answered != inner.routing.primary_side() {
                 changes = changes
                     .into_iter()
@@ -338,9 +307,13 @@ impl Ticket for MirrorTicket {
                 // The client's next request goes to the new primary: it
                 // must already hold what this answer created (the
                 // authorization behind freshly issued tokens, the session).
-                settle = Some(FALLBACK_SETTLE_LIMIT);
+                inner
+                    .recorder
+                    .record_settled(changes, FALLBACK_SETTLE_LIMIT)
+                    .await;
+            } else {
+                inner.recorder.record(changes).await;
             }
-            inner.record(changes, settle).await;
         })
     }
 }
@@ -387,76 +360,6 @@ impl Inner {
             LogoutHint::Lookup { logout_sid } => hints
                 .take(&logout_sid)
                 .map(|sid| Change::sync(Key::Session { sid })),
-        }
-    }
-
-    fn enabled(&self, change: &Change) -> bool {
-        let dataset = dataset_of(change);
-        self.datasets.iter().any(|d| d == dataset)
-    }
-
-    /// Journals `changes` and hands them to the sync; with `settle`, also
-    /// waits (at most that long) until the sync has applied them.
-    async fn record(&self, changes: Vec<Change>, settle: Option<Duration>) {
-        let mut changes: Vec<Change> = changes.into_iter().filter(|c| self.enabled(c)).collect();
-        if changes.is_empty() {
-            return;
-        }
-        // Re-journal what a failed append left in memory.
-        let backlog: Vec<Change> = self
-            .unjournaled
-            .lock()
-            .map(|mut q| q.drain(..).collect())
-            .unwrap_or_default();
-        let retried = backlog.len();
-        changes.extend(backlog);
-        let bodies: Vec<Vec<u8>> = changes
-            .iter()
-            .map(|change| {
-                serde_json::to_vec(change).expect("changes serialise: plain strings and integers")
-            })
-            .collect();
-        let started = Instant::now();
-        match self.journal.append_batch(bodies).await {
-            Ok(seqs) => {
-                self.metrics
-                    .append_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.health.set_journal_ok(true);
-                if retried > 0 {
-                    tracing::info!(changes = retried, "re-journaled changes kept in memory");
-                }
-                match settle {
-                    None => self.sync.submit_journaled(seqs.zip(changes)),
-                    Some(limit) => {
-                        let settled = self.sync.submit_journaled_settled(seqs.zip(changes));
-                        if tokio::time::timeout(limit, settled).await.is_err() {
-                            tracing::warn!(
-                                limit = ?limit,
-                                "released an answer of the previous primary before its changes reached the new primary"
-                            );
-                        }
-                    }
-                }
-            }
-            Err(err) => {
-                self.metrics.errors.inc();
-                self.health.set_journal_ok(false);
-                tracing::error!(error = %err, changes = changes.len(), "cannot journal changes; syncing from memory and keeping them for repair");
-                self.metrics.unjournaled.inc_by(changes.len() as u64);
-                if let Ok(mut queue) = self.unjournaled.lock() {
-                    queue.extend(changes.iter().cloned());
-                    let excess = queue.len().saturating_sub(MAX_UNJOURNALED);
-                    if excess > 0 {
-                        queue.drain(..excess);
-                        tracing::error!(
-                            dropped = excess,
-                            "in-memory repair backlog full; run `handover verify --repair` once the journal is back"
-                        );
-                    }
-                }
-                self.sync.submit_unjournaled(changes);
-            }
         }
     }
 }

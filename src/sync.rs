@@ -35,6 +35,9 @@
 //! metric says so, nothing is dropped.
 
 mod breaker;
+mod recorder;
+
+pub use recorder::{MAX_UNJOURNALED, Recorder};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -421,16 +424,6 @@ fn lane_of(change: &Change) -> String {
     }
 }
 
-/// The dataset a change counts against in metrics.
-pub fn dataset_of(change: &Change) -> &'static str {
-    match change {
-        Change::Sync { key, .. } => key.dataset(),
-        Change::SubjectSessions { .. } => "sessions",
-        Change::Revocation { .. } | Change::Resolve { .. } => "authorizations",
-        Change::Token { .. } => "tokens",
-    }
-}
-
 struct Worker {
     recent: Arc<Recent>,
     routing: Arc<Routing>,
@@ -667,7 +660,7 @@ impl Worker {
                 return Vec::new();
             }
         };
-        let dataset = dataset_of(&change);
+        let dataset = change.dataset();
         let applied = self
             .retrying(dataset, &|| change.redacted(), || async {
                 let Ok(_permit) = self.permits.acquire().await else {
@@ -776,13 +769,7 @@ impl Worker {
     async fn dead_letter(&self, change: &Change, dataset: &'static str, reason: &str) {
         self.metrics.record_dead_letter(dataset);
         tracing::error!(change = %change.redacted(), reason, "sync gave up; moved to dead letters");
-        let body = match serde_json::to_vec(change) {
-            Ok(body) => body,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot serialise a dead letter");
-                return;
-            }
-        };
+        let body = change.to_record();
         let letters = Arc::clone(&self.dead_letters);
         let reason = reason.to_owned();
         let pushed = tokio::task::spawn_blocking(move || letters.push(&reason, &body)).await;

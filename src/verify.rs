@@ -34,9 +34,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{DatasetReport, VerifyReport, VerifyRequest};
 use crate::backfill::key_of;
 use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
-use crate::mirror::Mirror;
 use crate::model::{Change, Key};
 use crate::routing::Routing;
+use crate::sync::Recorder;
 use crate::sync::SyncHandle;
 use crate::target::connect2id::{ApiError, Connect2id, comparable};
 
@@ -81,7 +81,7 @@ pub struct Verifier {
     /// To tell in-flight keys.
     pub sync: SyncHandle,
     /// To journal repairs.
-    pub mirror: Mirror,
+    pub recorder: Recorder,
     /// Enabled datasets.
     pub datasets: Vec<String>,
     /// Lookups in flight.
@@ -219,7 +219,7 @@ impl Verifier {
             let repairs = state.repairs.lock().map(|r| r.clone()).unwrap_or_default();
             report.repaired = repairs.len() as u64;
             for chunk in repairs.chunks(1000) {
-                self.mirror
+                self.recorder
                     .record(chunk.iter().cloned().map(Change::sync).collect())
                     .await;
             }
@@ -534,7 +534,7 @@ impl Verifier {
                     Key::Session { .. } => {}
                 }
             }
-            self.mirror.record(clients).await;
+            self.recorder.record(clients).await;
         }
         Ok(report)
     }

@@ -76,8 +76,6 @@ const ALLOWED_CYCLES: &[&[&str]] = &[
         "backfill",
         "config",
         "cutover::procedure",
-        "health",
-        "mirror",
         "proxy",
         "routing",
         "sync",

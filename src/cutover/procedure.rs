@@ -38,10 +38,10 @@ use crate::api::{Check, FlipReport, FlipRequest, Step};
 use crate::backfill::Backfill;
 use crate::journal::{DeadLetters, Journal};
 use crate::metrics::CutoverMetrics;
-use crate::mirror::Mirror;
 use crate::model::Key;
 use crate::model::Side;
 use crate::routing::Routing;
+use crate::sync::Recorder;
 use crate::sync::SyncHandle;
 use crate::target::connect2id::comparable;
 
@@ -103,7 +103,7 @@ pub struct Cutover {
     /// The dead letters (should be none).
     pub dead_letters: Arc<DeadLetters>,
     /// Changes kept in memory (must be none).
-    pub mirror: Mirror,
+    pub recorder: Recorder,
     /// Metrics.
     pub metrics: CutoverMetrics,
     /// Settings.
@@ -124,7 +124,7 @@ impl Cutover {
         sync: SyncHandle,
         backfill: Backfill,
         dead_letters: Arc<DeadLetters>,
-        mirror: Mirror,
+        recorder: Recorder,
         metrics: CutoverMetrics,
         settings: Settings,
     ) -> Self {
@@ -136,7 +136,7 @@ impl Cutover {
             sync,
             backfill,
             dead_letters,
-            mirror,
+            recorder,
             metrics,
             settings,
             running: tokio::sync::Mutex::new(()),
@@ -333,7 +333,7 @@ impl Cutover {
         let drained = loop {
             let stats = self.journal.stats();
             let busy = self.sync.busy_lanes();
-            let unjournaled = self.mirror.unjournaled();
+            let unjournaled = self.recorder.unjournaled();
             if stats.depth == 0 && busy == 0 && unjournaled == 0 {
                 break Ok(stats.last_seq);
             }

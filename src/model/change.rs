@@ -79,6 +79,29 @@ pub enum Change {
 }
 
 impl Change {
+    /// The journal record body of this change (its JSON): the one encoder
+    /// of the journal's and the dead letters' on-disk format.
+    pub fn to_record(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a change serialises: plain strings and integers")
+    }
+
+    /// A change from a journal record body. Fails for a record written by
+    /// another version of handover (or not a change at all).
+    pub fn from_record(body: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+
+    /// The dataset the change belongs to (what `sync.datasets` enables and
+    /// metrics count it against).
+    pub fn dataset(&self) -> &'static str {
+        match self {
+            Self::Sync { key, .. } => key.dataset(),
+            Self::SubjectSessions { .. } => "sessions",
+            Self::Revocation { .. } | Self::Resolve { .. } => "authorizations",
+            Self::Token { .. } => "tokens",
+        }
+    }
+
     /// A sync change for `key`.
     pub fn sync(key: Key) -> Self {
         Self::Sync { key, from: None }
