@@ -49,7 +49,6 @@ use crate::mirror::CutoverParts;
 use crate::mirror::Mirror;
 use crate::model::Side;
 use crate::proxy::Rewriter;
-use crate::proxy::forward::Settings;
 use crate::proxy::{self, Forwarder, Hook, ListenerOptions};
 use crate::routing::Routing;
 use crate::sync::{self, Recorder};
@@ -187,9 +186,11 @@ pub async fn run(
         .set(i64::try_from(dead_letters.len()).unwrap_or(i64::MAX));
 
     let source = Arc::new(Upstream::new(
-        crate::model::Side::Source,
-        &config.source,
-        &config.proxy,
+        Side::Source,
+        &config.source.url,
+        config.source.ca_file.as_deref(),
+        config.source.http2,
+        &config.upstream,
         &metrics,
     )?);
     // For an Authlete target, traffic goes to the new authorization server
@@ -213,9 +214,11 @@ pub async fn run(
         None => config.target.clone(),
     };
     let target = Arc::new(Upstream::new(
-        crate::model::Side::Target,
-        &target_traffic,
-        &config.proxy,
+        Side::Target,
+        &target_traffic.url,
+        target_traffic.ca_file.as_deref(),
+        target_traffic.http2,
+        &config.upstream,
         &metrics,
     )?);
     let timeout = config.sync.request_timeout;
@@ -230,9 +233,11 @@ pub async fn run(
     );
     if let Some(settings) = &config.target.authlete {
         let api = Arc::new(Upstream::new(
-            crate::model::Side::Target,
-            &config.target,
-            &config.proxy,
+            Side::Target,
+            &config.target.url,
+            config.target.ca_file.as_deref(),
+            config.target.http2,
+            &config.upstream,
             &metrics,
         )?);
         let authlete = Arc::new(Authlete::new(api, settings.clone(), timeout));
@@ -333,7 +338,7 @@ pub async fn run(
     let primary: Arc<dyn PrimarySelector> = Arc::clone(&routing) as Arc<dyn PrimarySelector>;
     let forwarder = Arc::new(
         Forwarder::new(
-            Settings::from_config(&config.proxy),
+            config.proxy.forward.clone(),
             Arc::clone(&primary),
             Some(Arc::new(mirror.clone()) as Arc<dyn Hook>),
             Arc::clone(&health),

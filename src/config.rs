@@ -21,38 +21,13 @@ pub use units::{format_duration, parse_duration, parse_size};
 
 pub use crate::model::{BaseUrl, Secret};
 
-/// Largest request body buffered for inspection. Connect2id caps `/clients`
-/// bodies at 250,000 characters and token requests at 50,000, so 1 MiB
-/// covers every trigger with room to spare.
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
-/// Largest downstream request head. Browsers send a few KiB; large cookies
-/// push it to tens of KiB.
-pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 << 10;
-/// Most header lines accepted per downstream request (hyper's default).
-pub const DEFAULT_MAX_HEADERS: usize = 100;
-/// Time a downstream client has to send a complete request head: long enough
-/// for a slow mobile link, short enough to shed slowloris connections.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Downstream keep-alive connections with no request in flight are closed
-/// after this long. Longer than the common 60 s load-balancer idle timeout,
-/// so the balancer, not the proxy, closes first and never races a request.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
-/// Time to establish a TCP (and TLS) connection to an upstream.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time an upstream has to start answering a forwarded request.
-pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
-/// Time in-flight requests get to finish after a shutdown signal.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Pause between `/readyz` turning false and the listener closing, so that a
-/// load balancer polling readiness stops sending traffic first. Zero by
-/// default: set it to your balancer's health-check interval.
-pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
-/// Idle upstream connections are closed after this long.
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle upstream connections kept per upstream host.
-pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
-/// How often the primary's reachability is probed for `/readyz`.
-pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+use crate::proxy::forward::{DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT};
+use crate::proxy::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEALTH_INTERVAL, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_SHUTDOWN_DELAY, DEFAULT_SHUTDOWN_GRACE,
+};
+use crate::upstream::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE};
+
 /// The admin listener: loopback only unless an admin token is configured.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 /// Datasets synced when `sync.datasets` is not given: all of them (the
@@ -293,7 +268,9 @@ pub struct RawTokens {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The downstream listener and forwarding.
-    pub proxy: ProxyConfig,
+    pub proxy: crate::proxy::Config,
+    /// The upstream clients (both servers).
+    pub upstream: crate::upstream::Config,
     /// The admin listener.
     pub admin: AdminConfig,
     /// The server being migrated from.
@@ -380,56 +357,6 @@ pub struct SyncConfig {
     pub retry_max: Duration,
     /// Deadline of one management-API call.
     pub request_timeout: Duration,
-}
-
-/// The downstream listener and forwarding settings.
-#[derive(Debug, Clone)]
-pub struct ProxyConfig {
-    /// Where downstream clients connect.
-    pub listen: SocketAddr,
-    /// TLS certificate and key (PEM); plain HTTP when absent.
-    pub tls: Option<TlsFiles>,
-    /// Keep client-sent `Issuer` / `Tenant-ID` headers (only behind trusted
-    /// infrastructure that sets them itself).
-    pub trusted_issuer_header: bool,
-    /// Append to client-sent `X-Forwarded-*` (behind a trusted load
-    /// balancer) instead of replacing them.
-    pub trust_forwarded_headers: bool,
-    /// Forward the downstream `Host` instead of the upstream's authority.
-    pub preserve_host: bool,
-    /// Largest buffered (trigger) request body; larger ones get `413`.
-    pub max_body_bytes: usize,
-    /// Largest downstream request head.
-    pub max_header_bytes: usize,
-    /// Most header lines per downstream request.
-    pub max_headers: usize,
-    /// Time to receive a complete request head.
-    pub header_read_timeout: Duration,
-    /// Idle downstream keep-alive connections are closed after this.
-    pub idle_timeout: Duration,
-    /// Time to connect to an upstream.
-    pub connect_timeout: Duration,
-    /// Time for an upstream to start answering.
-    pub upstream_timeout: Duration,
-    /// Time in-flight requests get at shutdown.
-    pub shutdown_grace: Duration,
-    /// Pause between readiness turning false and the listener closing.
-    pub shutdown_delay: Duration,
-    /// Idle upstream connections are closed after this.
-    pub pool_idle_timeout: Duration,
-    /// Idle upstream connections kept per host.
-    pub pool_max_idle: usize,
-    /// How often the primary's reachability is probed.
-    pub health_interval: Duration,
-}
-
-/// PEM files for TLS termination.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// Certificate chain.
-    pub cert: PathBuf,
-    /// Private key.
-    pub key: PathBuf,
 }
 
 /// The admin listener.
@@ -609,25 +536,8 @@ impl Config {
             authlete: None,
         };
         Self {
-            proxy: ProxyConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                tls: None,
-                trusted_issuer_header: false,
-                trust_forwarded_headers: false,
-                preserve_host: false,
-                max_body_bytes: DEFAULT_MAX_BODY_BYTES as usize,
-                max_header_bytes: DEFAULT_MAX_HEADER_BYTES as usize,
-                max_headers: DEFAULT_MAX_HEADERS,
-                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
-                idle_timeout: DEFAULT_IDLE_TIMEOUT,
-                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
-                shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-                shutdown_delay: Duration::ZERO,
-                pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
-                pool_max_idle: DEFAULT_POOL_MAX_IDLE,
-                health_interval: DEFAULT_HEALTH_INTERVAL,
-            },
+            proxy: crate::proxy::Config::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+            upstream: crate::upstream::Config::default(),
             admin: AdminConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 token: Some(Secret::new(token)),
@@ -667,6 +577,8 @@ impl FileConfig {
     pub fn validate(self, env: &dyn Env) -> Result<Config, Problems> {
         let mut problems = Problems::default();
         let proxy = validate_proxy(self.proxy, &mut problems);
+        let upstream = proxy.as_ref().map(|(_, upstream)| upstream.clone());
+        let proxy = proxy.map(|(proxy, _)| proxy);
         let admin = validate_admin(self.admin, env, &mut problems);
         let source = validate_server("source", self.source, env, &mut problems);
         let target = validate_target(self.target, source.as_ref(), env, &mut problems);
@@ -688,27 +600,35 @@ impl FileConfig {
         {
             problems.push("admin.listen", "must differ from proxy.listen");
         }
-        match (proxy, admin, source, target, journal, sync) {
-            (Some(proxy), Some(admin), Some(source), Some(target), Some(journal), Some(sync))
-                if problems.is_empty() =>
-            {
-                Ok(Config {
-                    proxy,
-                    admin,
-                    source,
-                    target,
-                    journal,
-                    sync,
-                    backfill,
-                    cutover,
-                })
-            }
+        match (proxy, upstream, admin, source, target, journal, sync) {
+            (
+                Some(proxy),
+                Some(upstream),
+                Some(admin),
+                Some(source),
+                Some(target),
+                Some(journal),
+                Some(sync),
+            ) if problems.is_empty() => Ok(Config {
+                proxy,
+                upstream,
+                admin,
+                source,
+                target,
+                journal,
+                sync,
+                backfill,
+                cutover,
+            }),
             _ => Err(problems),
         }
     }
 }
 
-fn validate_proxy(raw: RawProxy, problems: &mut Problems) -> Option<ProxyConfig> {
+fn validate_proxy(
+    raw: RawProxy,
+    problems: &mut Problems,
+) -> Option<(crate::proxy::Config, crate::upstream::Config)> {
     let start = problems.0.len();
     let listen = socket_addr("proxy.listen", &raw.listen, problems);
     if let Some(cert) = &raw.tls_cert {
@@ -718,7 +638,7 @@ fn validate_proxy(raw: RawProxy, problems: &mut Problems) -> Option<ProxyConfig>
         readable_file("proxy.tls_key", key, problems);
     }
     let tls = match (raw.tls_cert, raw.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (Some(cert), Some(key)) => Some(crate::tls::Files { cert, key }),
         (None, None) => None,
         (Some(_), None) => {
             problems.push("proxy.tls_key", "required when proxy.tls_cert is set");
@@ -732,13 +652,13 @@ fn validate_proxy(raw: RawProxy, problems: &mut Problems) -> Option<ProxyConfig>
     let max_body_bytes = size(
         "proxy.max_body_bytes",
         raw.max_body_bytes,
-        DEFAULT_MAX_BODY_BYTES,
+        DEFAULT_MAX_BODY_BYTES as u64,
         problems,
     );
     let max_header_bytes = size(
         "proxy.max_header_bytes",
         raw.max_header_bytes,
-        DEFAULT_MAX_HEADER_BYTES,
+        DEFAULT_MAX_HEADER_BYTES as u64,
         problems,
     );
     // hyper refuses read buffers below 8 KiB.
@@ -799,25 +719,31 @@ fn validate_proxy(raw: RawProxy, problems: &mut Problems) -> Option<ProxyConfig>
     if problems.0.len() > start {
         return None;
     }
-    Some(ProxyConfig {
-        listen: listen?,
-        tls,
-        trusted_issuer_header: raw.trusted_issuer_header,
-        trust_forwarded_headers: raw.trust_forwarded_headers,
-        preserve_host: raw.preserve_host,
-        max_body_bytes: usize::try_from(max_body_bytes).ok()?,
-        max_header_bytes: usize::try_from(max_header_bytes).ok()?,
-        max_headers,
-        header_read_timeout,
-        idle_timeout,
-        connect_timeout,
-        upstream_timeout,
-        shutdown_grace,
-        shutdown_delay,
-        pool_idle_timeout,
-        pool_max_idle: raw.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
-        health_interval,
-    })
+    Some((
+        crate::proxy::Config {
+            listen: listen?,
+            tls,
+            max_header_bytes: usize::try_from(max_header_bytes).ok()?,
+            max_headers,
+            header_read_timeout,
+            idle_timeout,
+            shutdown_grace,
+            shutdown_delay,
+            health_interval,
+            forward: crate::proxy::forward::Config {
+                trusted_issuer_header: raw.trusted_issuer_header,
+                trust_forwarded_headers: raw.trust_forwarded_headers,
+                preserve_host: raw.preserve_host,
+                max_body_bytes: usize::try_from(max_body_bytes).ok()?,
+                upstream_timeout,
+            },
+        },
+        crate::upstream::Config {
+            connect_timeout,
+            pool_idle_timeout,
+            pool_max_idle: raw.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
+        },
+    ))
 }
 
 fn validate_admin(raw: RawAdmin, env: &dyn Env, problems: &mut Problems) -> Option<AdminConfig> {
@@ -1491,7 +1417,7 @@ mod tests {
     #[test]
     fn minimal_config_gets_documented_defaults() {
         let config = parse(MINIMAL).unwrap();
-        assert_eq!(config.proxy.max_body_bytes, DEFAULT_MAX_BODY_BYTES as usize);
+        assert_eq!(config.proxy.forward.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(config.proxy.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         assert_eq!(config.admin.listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
         assert_eq!(config.source.url.base_path, "/c2id");

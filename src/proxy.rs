@@ -43,11 +43,74 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
 
 pub use forward::Forwarder;
 pub use hook::{BoxFuture, Exchange, Hook, Rewriter, RouteId, Ticket};
+
+/// Largest downstream request head. Browsers send a few KiB; large cookies
+/// push it to tens of KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+/// Most header lines accepted per downstream request (hyper's default).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Time a downstream client has to send a complete request head: long enough
+/// for a slow mobile link, short enough to shed slowloris connections.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Downstream keep-alive connections with no request in flight are closed
+/// after this long. Longer than the common 60 s load-balancer idle timeout,
+/// so the balancer, not the proxy, closes first and never races a request.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Time in-flight requests get to finish after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Pause between `/readyz` turning false and the listener closing, so that a
+/// load balancer polling readiness stops sending traffic first. Zero by
+/// default: set it to your balancer's health-check interval.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// How often the primary's reachability is probed for `/readyz`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The downstream listener's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where downstream clients connect.
+    pub listen: SocketAddr,
+    /// TLS certificate and key (PEM); plain HTTP when absent.
+    pub tls: Option<crate::tls::Files>,
+    /// Largest downstream request head.
+    pub max_header_bytes: usize,
+    /// Most header lines per downstream request.
+    pub max_headers: usize,
+    /// Time to receive a complete request head.
+    pub header_read_timeout: Duration,
+    /// Idle downstream keep-alive connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Time in-flight requests get at shutdown.
+    pub shutdown_grace: Duration,
+    /// Pause between readiness turning false and the listener closing.
+    pub shutdown_delay: Duration,
+    /// How often the primary's reachability is probed for `/readyz`.
+    pub health_interval: Duration,
+    /// Forwarding each request.
+    pub forward: forward::Config,
+}
+
+impl Config {
+    /// Defaults, listening on `listen` in plain HTTP.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tls: None,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
+            forward: forward::Config::default(),
+        }
+    }
+}
 
 /// Per-connection facts the forwarder needs.
 #[derive(Debug)]
@@ -148,7 +211,7 @@ impl std::fmt::Debug for ListenerOptions {
 
 impl ListenerOptions {
     /// Options from the validated config.
-    pub fn from_config(config: &ProxyConfig, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    pub fn from_config(config: &Config, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         Self {
             tls,
             header_read_timeout: config.header_read_timeout,

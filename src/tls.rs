@@ -61,6 +61,15 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
     })
 }
 
+/// PEM files for TLS termination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Files {
+    /// Certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Private key.
+    pub key: std::path::PathBuf,
+}
+
 /// The downstream server configuration: HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
     let certs = load_certs(cert)?;

@@ -19,12 +19,39 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::config::{ProxyConfig, ServerConfig};
 use crate::http::body::ProxyBody;
 use crate::metrics::Metrics;
 use crate::model::{BaseUrl, Side};
 
 type Connector = Counting<hyper_rustls::HttpsConnector<HttpConnector>>;
+
+/// Time to establish a TCP (and TLS) connection to an upstream.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle upstream connections are closed after this long.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle upstream connections kept per upstream host.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+
+/// Connection settings of the upstream clients (both servers).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Time to connect (TCP and TLS) to an upstream.
+    pub connect_timeout: Duration,
+    /// Idle upstream connections are closed after this.
+    pub pool_idle_timeout: Duration,
+    /// Idle upstream connections kept per host.
+    pub pool_max_idle: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+        }
+    }
+}
 
 /// One upstream server: its base URL and a pooled client.
 #[derive(Debug, Clone)]
@@ -85,23 +112,26 @@ impl Error {
 }
 
 impl Upstream {
-    /// Builds the client for one upstream.
+    /// Builds the client for the server at `url` (TLS trusting `ca_file`
+    /// or the system roots; HTTP/2 only when `http2`).
     pub fn new(
         side: Side,
-        server: &ServerConfig,
-        proxy: &ProxyConfig,
+        url: &BaseUrl,
+        ca_file: Option<&std::path::Path>,
+        http2: bool,
+        config: &Config,
         metrics: &Metrics,
     ) -> Result<Self, crate::tls::Error> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(proxy.connect_timeout));
+        http.set_connect_timeout(Some(config.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = crate::tls::client_config(server.ca_file.as_deref())?;
+        let tls = crate::tls::client_config(ca_file)?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
-        let https = if server.http2 {
+        let https = if http2 {
             builder.enable_http2().wrap_connector(http)
         } else {
             builder.enable_http1().wrap_connector(http)
@@ -113,16 +143,16 @@ impl Upstream {
             total,
         };
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(proxy.pool_idle_timeout)
-            .pool_max_idle_per_host(proxy.pool_max_idle)
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .http2_only(server.http2)
+            .http2_only(http2)
             .build(connector);
         Ok(Self {
             side,
-            url: server.url.clone(),
-            http2: server.http2,
+            url: url.clone(),
+            http2,
             client,
         })
     }

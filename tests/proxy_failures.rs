@@ -75,7 +75,7 @@ async fn readiness_recovers_when_the_primary_comes_back() {
 async fn slow_primary_gives_504() {
     let upstream = FakeUpstream::start(|_| delayed_response(Duration::from_secs(5))).await;
     let mut config = TestProxy::config_for(&upstream.url());
-    config.proxy.upstream_timeout = Duration::from_millis(200);
+    config.proxy.forward.upstream_timeout = Duration::from_millis(200);
     let proxy = TestProxy::start(config).await;
     let started = Instant::now();
     let (parts, body) = get(&client(), &proxy.url("/userinfo")).await;

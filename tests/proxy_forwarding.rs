@@ -130,9 +130,9 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
 async fn trusted_infrastructure_keeps_issuer_and_appends_forwarding_chain() {
     let upstream = FakeUpstream::echo().await;
     let mut config = TestProxy::config_for(&upstream.url());
-    config.proxy.trusted_issuer_header = true;
-    config.proxy.trust_forwarded_headers = true;
-    config.proxy.preserve_host = true;
+    config.proxy.forward.trusted_issuer_header = true;
+    config.proxy.forward.trust_forwarded_headers = true;
+    config.proxy.forward.preserve_host = true;
     let proxy = TestProxy::start(config).await;
     let request = Request::get(proxy.url("/.well-known/openid-configuration"))
         .header("host", "login.example.com")

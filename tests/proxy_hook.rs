@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use handover::error::{Kind, ProxyError};
 use handover::metrics::Metrics;
-use handover::proxy::forward::Settings;
 use handover::proxy::{
     self, BoxFuture, Exchange, Forwarder, Hook, ListenerOptions, RouteId, Ticket,
 };
@@ -97,20 +96,22 @@ async fn start_with_hook(
     hook: Arc<RecordingHook>,
 ) -> (std::net::SocketAddr, CancellationToken) {
     let mut config = TestProxy::config_for(&upstream.url());
-    config.proxy.max_body_bytes = 1024;
+    config.proxy.forward.max_body_bytes = 1024;
     let metrics = Metrics::new();
     let source = Arc::new(
         Upstream::new(
             handover::model::Side::Source,
-            &config.source,
-            &config.proxy,
+            &config.source.url,
+            None,
+            false,
+            &config.upstream,
             &metrics,
         )
         .unwrap(),
     );
     let health = Arc::new(handover::health::Health::new(metrics.health.clone()));
     let forwarder = Arc::new(Forwarder::new(
-        Settings::from_config(&config.proxy),
+        config.proxy.forward.clone(),
         Arc::new(FixedPrimary(source)),
         Some(hook as Arc<dyn Hook>),
         health,

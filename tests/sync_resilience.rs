@@ -362,7 +362,7 @@ async fn malformed_json_from_the_source_is_forwarded_unchanged() {
 
 #[tokio::test]
 async fn a_trigger_body_over_the_cap_gets_413_and_changes_nothing() {
-    let stack = Stack::start_with(|config| config.proxy.max_body_bytes = 1024).await;
+    let stack = Stack::start_with(|config| config.proxy.forward.max_body_bytes = 1024).await;
     let padding = "x".repeat(4096);
     let body = json!({
         "client_name": "Big",

@@ -234,8 +234,10 @@ fn authlete_upstream(url: &str) -> Result<crate::upstream::Upstream, Error> {
     let config = Config::for_test(url, "http://127.0.0.1:9", TOKEN);
     crate::upstream::Upstream::new(
         crate::model::Side::Target,
-        &config.source,
-        &config.proxy,
+        &config.source.url,
+        config.source.ca_file.as_deref(),
+        config.source.http2,
+        &config.upstream,
         &crate::metrics::Metrics::new(),
     )
     .map_err(|err| Error::Proxy(crate::app::Error::Tls(err)))

@@ -20,7 +20,6 @@ use super::framing::Verdict;
 use super::headers::{self, Hop};
 use super::hook::{Exchange, Hook, Rewriter, Ticket};
 use super::{ConnInfo, InFlight};
-use crate::config::ProxyConfig;
 use crate::error::{Fault, Kind, ProxyError};
 use crate::health::Health;
 use crate::http::body::ProxyBody;
@@ -32,37 +31,46 @@ use crate::upstream::{self};
 /// passed to the primary so its logs and ours line up.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Forwarding settings taken from the config.
+/// Largest request body buffered for inspection. Connect2id caps `/clients`
+/// bodies at 250,000 characters and token requests at 50,000, so 1 MiB
+/// covers every trigger with room to spare.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Time an upstream has to start answering a forwarded request.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Forwarding settings.
 #[derive(Debug, Clone)]
-pub struct Settings {
-    /// Keep client-sent `Issuer` / `Tenant-ID`.
+pub struct Config {
+    /// Keep client-sent `Issuer` / `Tenant-ID` headers (only behind trusted
+    /// infrastructure that sets them itself).
     pub trusted_issuer_header: bool,
-    /// Append to client-sent `X-Forwarded-*`.
+    /// Append to client-sent `X-Forwarded-*` (behind a trusted load
+    /// balancer) instead of replacing them.
     pub trust_forwarded_headers: bool,
-    /// Forward the client's `Host`.
+    /// Forward the downstream `Host` instead of the upstream's authority.
     pub preserve_host: bool,
-    /// Cap for buffered bodies (requests and inspected responses).
+    /// Largest buffered (trigger) request body and inspected response;
+    /// larger requests get `413`.
     pub max_body_bytes: usize,
-    /// Deadline for the primary's response head.
+    /// Time for the primary to start answering.
     pub upstream_timeout: Duration,
 }
 
-impl Settings {
-    /// Settings from the validated config.
-    pub fn from_config(config: &ProxyConfig) -> Self {
+impl Default for Config {
+    fn default() -> Self {
         Self {
-            trusted_issuer_header: config.trusted_issuer_header,
-            trust_forwarded_headers: config.trust_forwarded_headers,
-            preserve_host: config.preserve_host,
-            max_body_bytes: config.max_body_bytes,
-            upstream_timeout: config.upstream_timeout,
+            trusted_issuer_header: false,
+            trust_forwarded_headers: false,
+            preserve_host: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
         }
     }
 }
 
 /// Forwards requests to the primary.
 pub struct Forwarder {
-    settings: Settings,
+    config: Config,
     primary: Arc<dyn PrimarySelector>,
     hook: Option<Arc<dyn Hook>>,
     rewriter: Option<Arc<dyn Rewriter>>,
@@ -73,7 +81,7 @@ pub struct Forwarder {
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")
-            .field("settings", &self.settings)
+            .field("config", &self.config)
             .field("hook", &self.hook.is_some())
             .finish()
     }
@@ -82,14 +90,14 @@ impl std::fmt::Debug for Forwarder {
 impl Forwarder {
     /// A forwarder to whatever `primary` selects, observed by `hook`.
     pub fn new(
-        settings: Settings,
+        config: Config,
         primary: Arc<dyn PrimarySelector>,
         hook: Option<Arc<dyn Hook>>,
         health: Arc<Health>,
         metrics: Metrics,
     ) -> Self {
         Self {
-            settings,
+            config,
             primary,
             hook,
             rewriter: None,
@@ -186,7 +194,7 @@ impl Forwarder {
         let (upstream_body, inspected) = match route {
             None => (ProxyBody::stream(body), None),
             Some((hook, route)) => {
-                let bytes = crate::http::read_body(body, self.settings.max_body_bytes)
+                let bytes = crate::http::read_body(body, self.config.max_body_bytes)
                     .await
                     .map_err(|err| match err {
                         crate::http::ReadBodyError::TooLarge { limit } => {
@@ -224,7 +232,7 @@ impl Forwarder {
             .map(|(_, _, body)| (parts.clone_without_extensions(), body.clone()));
         let upstream_request = Request::from_parts(parts, upstream_body);
         let response = match primary
-            .send(upstream_request, self.settings.upstream_timeout)
+            .send(upstream_request, self.config.upstream_timeout)
             .await
         {
             Ok(response) => {
@@ -259,7 +267,7 @@ impl Forwarder {
                     rewriter.rewrite(parts.uri.path(), &mut parts.headers, previous.side);
                 }
                 let request = Request::from_parts(parts, ProxyBody::full(bytes));
-                match previous.send(request, self.settings.upstream_timeout).await {
+                match previous.send(request, self.config.upstream_timeout).await {
                     Ok(response) => {
                         let (mut parts, body_stream) = response.into_parts();
                         headers::strip_hop_by_hop(&mut parts.headers);
@@ -301,7 +309,7 @@ impl Forwarder {
         });
         let headers = &mut parts.headers;
         headers::strip_hop_by_hop(headers);
-        headers::scrub_issuer(headers, self.settings.trusted_issuer_header);
+        headers::scrub_issuer(headers, self.config.trusted_issuer_header);
         headers::set_forwarded(
             headers,
             Hop {
@@ -309,12 +317,12 @@ impl Forwarder {
                 proto: if conn.tls { "https" } else { "http" },
                 host: host.as_ref(),
             },
-            self.settings.trust_forwarded_headers,
+            self.config.trust_forwarded_headers,
         );
         // The 100-continue handshake already happened downstream.
         headers.remove(header::EXPECT);
         headers.insert(X_REQUEST_ID, request_id);
-        if self.settings.preserve_host {
+        if self.config.preserve_host {
             if let Some(host) = host {
                 headers.insert(header::HOST, host);
             }
@@ -330,14 +338,14 @@ impl Forwarder {
         &self,
         mut body: Incoming,
     ) -> Result<(Option<Bytes>, ProxyBody), ProxyError> {
-        let limit = self.settings.max_body_bytes;
+        let limit = self.config.max_body_bytes;
         let mut buffer = BytesMut::new();
-        let deadline = tokio::time::Instant::now() + self.settings.upstream_timeout;
+        let deadline = tokio::time::Instant::now() + self.config.upstream_timeout;
         loop {
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => {
                     return Err(ProxyError::primary(Kind::Timeout(
-                        self.settings.upstream_timeout,
+                        self.config.upstream_timeout,
                     )));
                 }
                 Ok(None) => {

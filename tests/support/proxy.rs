@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use handover::config::{Config, TlsFiles};
+use handover::config::Config;
 use handover::http::{Body, BoxError};
+use handover::tls::Files as TlsFiles;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
