@@ -45,7 +45,7 @@ use crate::journal::{DeadLetters, Journal};
 use crate::metrics::Metrics;
 use crate::model::Change;
 use crate::model::Secret;
-use crate::routing::Routing;
+use crate::servers::Servers;
 use crate::sync::Recorder;
 use crate::verify::{self, Verifier};
 
@@ -65,7 +65,7 @@ pub struct Admin {
     /// The dead-letter log.
     pub dead_letters: Arc<DeadLetters>,
     /// Which side is primary.
-    pub routing: Arc<Routing>,
+    pub servers: Arc<Servers>,
     /// The backfill controller.
     pub backfill: Backfill,
     /// Runs verifies.
@@ -147,7 +147,7 @@ impl Admin {
                 if let Err(response) = self.authorize(&request) {
                     return response;
                 }
-                let Some(authlete) = self.routing.authlete().cloned() else {
+                let Some(authlete) = self.servers.authlete().cloned() else {
                     return json_response(
                         StatusCode::CONFLICT,
                         &json!({"error": "conflict", "error_description": "a tokens file applies to an Authlete target only"}),
@@ -199,7 +199,7 @@ impl Admin {
         Status {
             phase: phase.phase,
             epoch: phase.epoch,
-            primary: self.routing.primary_side(),
+            primary: self.servers.primary_side(),
             ready: self.health.readiness().ready,
             journal: JournalStatus {
                 depth: stats.depth,

@@ -50,10 +50,10 @@ use crate::mirror::Mirror;
 use crate::model::Side;
 use crate::proxy::Rewriter;
 use crate::proxy::{self, Forwarder, Hook, ListenerOptions};
-use crate::routing::Routing;
+use crate::servers::Servers;
+use crate::servers::authlete::Authlete;
+use crate::servers::connect2id::Connect2id;
 use crate::sync::{self, Recorder};
-use crate::target::authlete::Authlete;
-use crate::target::connect2id::Connect2id;
 use crate::upstream::PrimarySelector;
 use crate::upstream::Upstream;
 use crate::verify::Verifier;
@@ -224,7 +224,7 @@ pub async fn run(
     let timeout = config.sync.request_timeout;
     // The phase decides who is primary: a restart after a flip keeps it.
     let phases = Arc::new(Phases::load(&config.journal.dir)?);
-    let mut routing = Routing::new(
+    let mut servers = Servers::new(
         Arc::clone(&source),
         Arc::clone(&target),
         Connect2id::new(Arc::clone(&source), config.source.tokens.clone(), timeout),
@@ -242,9 +242,9 @@ pub async fn run(
         )?);
         let authlete = Arc::new(Authlete::new(api, settings.clone(), timeout));
         check_authlete(Arc::clone(&authlete));
-        routing = routing.with_authlete(authlete);
+        servers = servers.with_authlete(authlete);
     }
-    let routing = Arc::new(routing);
+    let servers = Arc::new(servers);
     let gate = Arc::new(Gate::new(
         config.cutover.hold_max_requests,
         config.cutover.hold_max_bytes,
@@ -263,7 +263,7 @@ pub async fn run(
             retry_initial: config.sync.retry_initial,
             retry_max: config.sync.retry_max,
         },
-        Arc::clone(&routing),
+        Arc::clone(&servers),
         journal.clone(),
         Arc::clone(&dead_letters),
         metrics.sync.clone(),
@@ -289,7 +289,7 @@ pub async fn run(
             count_first: config.backfill.count_first,
             dir: config.journal.dir.join("backfill"),
         },
-        Arc::clone(&routing),
+        Arc::clone(&servers),
         sync.clone(),
         backfill_stop.clone(),
     );
@@ -297,7 +297,7 @@ pub async fn run(
     let mirror = Mirror::new(
         &config.source.url.base_path,
         recorder.clone(),
-        Arc::clone(&routing),
+        Arc::clone(&servers),
         metrics.journal.clone(),
         CutoverParts {
             phases: Arc::clone(&phases),
@@ -309,7 +309,7 @@ pub async fn run(
     let cutover = Arc::new(Cutover::new(
         Arc::clone(&phases),
         Arc::clone(&gate),
-        Arc::clone(&routing),
+        Arc::clone(&servers),
         journal.clone(),
         sync.clone(),
         backfill.clone(),
@@ -335,7 +335,7 @@ pub async fn run(
             config.target.tokens.clone(),
         ),
     });
-    let primary: Arc<dyn PrimarySelector> = Arc::clone(&routing) as Arc<dyn PrimarySelector>;
+    let primary: Arc<dyn PrimarySelector> = Arc::clone(&servers) as Arc<dyn PrimarySelector>;
     let forwarder = Arc::new(
         Forwarder::new(
             config.proxy.forward.clone(),
@@ -355,10 +355,10 @@ pub async fn run(
         shutdown: root.clone(),
         journal: journal.clone(),
         dead_letters: Arc::clone(&dead_letters),
-        routing: Arc::clone(&routing),
+        servers: Arc::clone(&servers),
         backfill: backfill.clone(),
         verifier: Verifier {
-            routing: Arc::clone(&routing),
+            servers: Arc::clone(&servers),
             sync: sync.clone(),
             recorder: recorder.clone(),
             datasets: config.sync.datasets.clone(),

@@ -56,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{BackfillState as State, BackfillStatus, DatasetProgress, TokenImport};
 use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
 use crate::model::Key;
-use crate::routing::Routing;
+use crate::servers::Servers;
 use crate::sync::{BackfillOutcome, SyncHandle};
 
 /// Writes in flight at once by default: enough to keep a remote target
@@ -155,7 +155,7 @@ pub struct Backfill {
 #[derive(Debug)]
 struct Inner {
     config: Mutex<Config>,
-    routing: Arc<Routing>,
+    servers: Arc<Servers>,
     sync: SyncHandle,
     state: watch::Sender<State>,
     progress: Mutex<BTreeMap<String, Arc<Progress>>>,
@@ -173,7 +173,7 @@ impl Backfill {
     /// earlier runs is read from the checkpoints.
     pub fn new(
         config: Config,
-        routing: Arc<Routing>,
+        servers: Arc<Servers>,
         sync: SyncHandle,
         stop: CancellationToken,
     ) -> Self {
@@ -199,7 +199,7 @@ impl Backfill {
                 permits: Arc::new(Semaphore::new(concurrency)),
                 concurrency: AtomicUsize::new(concurrency),
                 config: Mutex::new(config),
-                routing,
+                servers,
                 sync,
                 state: watch::channel(initial).0,
                 progress: Mutex::new(progress),
@@ -456,7 +456,7 @@ impl Inner {
 
     async fn copy_dataset(&self, config: &Config, dataset: &str) -> Result<(), DatasetError> {
         let mut checkpoint = read_checkpoint(&config.dir, dataset).unwrap_or_default();
-        let primary = self.routing.primary_api().clone();
+        let primary = self.servers.primary_api().clone();
         // Count first, for a total and an ETA.
         let total = match checkpoint.total {
             Some(total) => Some(total),
@@ -502,7 +502,7 @@ impl Inner {
         progress: &Arc<Progress>,
         tracker: &Arc<Mutex<Settled>>,
     ) -> Result<(), DatasetError> {
-        let primary = self.routing.primary_api().clone();
+        let primary = self.servers.primary_api().clone();
         // From here on, keys touched by live traffic belong to the sync.
         self.sync.watch_begin();
         let mut body = primary
@@ -645,7 +645,7 @@ impl Inner {
     /// Streams an export only to count its records.
     async fn count(
         &self,
-        primary: &crate::target::connect2id::Connect2id,
+        primary: &crate::servers::connect2id::Connect2id,
         dataset: &str,
     ) -> Result<u64, DatasetError> {
         let mut body = primary
@@ -1035,7 +1035,7 @@ impl TokenLine {
         &self,
         now: u64,
         unbounded_refresh: Duration,
-    ) -> Option<crate::target::authlete::TokenSpec> {
+    ) -> Option<crate::servers::authlete::TokenSpec> {
         let remaining = |at: Option<u64>| at.map(|at| at.saturating_sub(now));
         let access_left = remaining(self.access_token_expires_at);
         let refresh_left = remaining(self.refresh_token_expires_at);
@@ -1047,8 +1047,8 @@ impl TokenLine {
         if access.is_none() && refresh.is_none() {
             return None;
         }
-        Some(crate::target::authlete::TokenSpec {
-            grant_type: crate::target::authlete::authlete_grant(
+        Some(crate::servers::authlete::TokenSpec {
+            grant_type: crate::servers::authlete::authlete_grant(
                 self.grant_type.as_deref().unwrap_or("authorization_code"),
             )
             .to_owned(),
@@ -1066,7 +1066,7 @@ impl TokenLine {
 /// Imports a tokens file (JSON lines, streamed: memory stays flat) into an
 /// Authlete target, in batches.
 pub async fn import_tokens<B>(
-    authlete: Arc<crate::target::authlete::Authlete>,
+    authlete: Arc<crate::servers::authlete::Authlete>,
     mut body: B,
 ) -> Result<TokenImport, String>
 where
@@ -1079,12 +1079,12 @@ where
         .map_or(0, |d| d.as_secs());
     let unbounded = authlete.config().refresh_token_duration;
     let report = Arc::new(Mutex::new(TokenImport::default()));
-    let mut pending: Vec<crate::target::authlete::TokenSpec> = Vec::with_capacity(TOKEN_BATCH);
+    let mut pending: Vec<crate::servers::authlete::TokenSpec> = Vec::with_capacity(TOKEN_BATCH);
     let mut buffer: Vec<u8> = Vec::new();
     let mut batches = tokio::task::JoinSet::new();
     let permits = Arc::new(Semaphore::new(TOKEN_BATCHES_IN_FLIGHT));
     let mut line_number = 0u64;
-    let flush = |pending: &mut Vec<crate::target::authlete::TokenSpec>,
+    let flush = |pending: &mut Vec<crate::servers::authlete::TokenSpec>,
                  batches: &mut tokio::task::JoinSet<()>,
                  permit: tokio::sync::OwnedSemaphorePermit| {
         let batch = std::mem::take(pending);

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use crate::config::{ApiTokens, Config};
 use crate::emulator::connect2id::{self, Connect2id};
 use crate::emulator::jwks::JwkSet;
-use crate::target::connect2id::comparable;
+use crate::servers::connect2id::comparable;
 
 pub use traffic::Totals;
 

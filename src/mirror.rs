@@ -42,7 +42,7 @@ use crate::metrics::JournalMetrics;
 use crate::model::Side;
 use crate::model::{Change, Key, TokenKind};
 use crate::proxy::{BoxFuture, Exchange, Hook, RouteId, Ticket};
-use crate::routing::Routing;
+use crate::servers::Servers;
 use crate::sync::Recorder;
 use crate::triggers::{Catalogue, LogoutHint, Resolved, jwt_subject_and_client};
 
@@ -72,7 +72,7 @@ struct Inner {
     fallback_window: Duration,
     fallbacks: prometheus_client::metrics::counter::Counter,
     recorder: Recorder,
-    routing: Arc<Routing>,
+    servers: Arc<Servers>,
     metrics: JournalMetrics,
     logout: Mutex<LogoutHints>,
 }
@@ -91,7 +91,7 @@ impl Mirror {
     pub fn new(
         base_path: &str,
         recorder: Recorder,
-        routing: Arc<Routing>,
+        servers: Arc<Servers>,
         metrics: JournalMetrics,
         cutover: CutoverParts,
     ) -> Self {
@@ -104,7 +104,7 @@ impl Mirror {
                 fallback_window: cutover.fallback_window,
                 fallbacks: cutover.fallbacks,
                 recorder,
-                routing,
+                servers,
                 metrics,
                 logout: Mutex::new(LogoutHints::default()),
             }),
@@ -179,7 +179,7 @@ impl Hook for Mirror {
             return Some(route);
         }
         // Only right after a flip: everything else streams untouched.
-        inner.routing.previous_within(inner.fallback_window)?;
+        inner.servers.previous_within(inner.fallback_window)?;
         let relative = path.strip_prefix(inner.base_path.as_str())?;
         fallback_of(method, relative).map(|fallback| RouteId(FALLBACK_ROUTE + fallback as u16))
     }
@@ -205,7 +205,7 @@ impl Hook for Mirror {
                     .resolve_before_forwarding(&token.token, token.kind)
                     .await;
             }
-            let previous = inner.routing.previous_within(inner.fallback_window);
+            let previous = inner.servers.previous_within(inner.fallback_window);
             let fallback = previous.and_then(|_| {
                 let relative = request.uri.path().strip_prefix(inner.base_path.as_str())?;
                 let fallback = fallback_of(&request.method, relative)?;
@@ -266,7 +266,7 @@ impl Ticket for MirrorTicket {
         }
         self.inner.fallbacks.inc();
         tracing::debug!(fallback = ?fallback, "replaying at the previous primary");
-        Some(Arc::clone(self.inner.routing.upstream(previous)))
+        Some(Arc::clone(self.inner.servers.upstream(previous)))
     }
 
     fn finish<'a>(self: Box<Self>, exchange: Exchange<'a>) -> BoxFuture<'a, ()> {
@@ -286,8 +286,8 @@ impl Ticket for MirrorTicket {
             if let Some(hint) = outcome.logout {
                 changes.extend(inner.logout_hint(hint));
             }
-            if inner.routing.authlete().is_some() {
-                if !inner.routing.syncs_to_authlete() {
+            if inner.servers.authlete().is_some() {
+                if !inner.servers.syncs_to_authlete() {
                     // Nothing flows back from an Authlete-based server.
                     return;
                 }
@@ -299,7 +299,7 @@ impl Ticket for MirrorTicket {
             }
             // Answered by the previous primary: what changed lives there.
             let answered = exchange.answered_by;
-            if answered != inner.routing.primary_side() {
+            if answered != inner.servers.primary_side() {
                 changes = changes
                     .into_iter()
                     .map(|change| change.reading_from(answered))
@@ -327,7 +327,7 @@ impl Inner {
         if let Some(pair) = jwt_subject_and_client(token) {
             return Some(pair);
         }
-        let primary = self.routing.primary_api();
+        let primary = self.servers.primary_api();
         for kind in [kind, kind.other()] {
             match primary.inspect(token, kind).await {
                 Ok(Some(record)) => {

@@ -53,8 +53,8 @@ use tracing::Instrument;
 use crate::journal::{DeadLetters, Journal, Seq};
 use crate::metrics::SyncMetrics;
 use crate::model::{Change, Key, TokenKind};
-use crate::routing::Routing;
-use crate::target::connect2id::ApiError;
+use crate::servers::Servers;
+use crate::servers::connect2id::ApiError;
 
 /// Default number of concurrent sync jobs: enough to hide a few
 /// milliseconds of target latency at thousands of writes per second, few
@@ -426,7 +426,7 @@ fn lane_of(change: &Change) -> String {
 
 struct Worker {
     recent: Arc<Recent>,
-    routing: Arc<Routing>,
+    servers: Arc<Servers>,
     dead_letters: Arc<DeadLetters>,
     metrics: SyncMetrics,
     config: Config,
@@ -440,7 +440,7 @@ struct Worker {
 /// journal's backlog from before the restart.
 pub fn spawn(
     config: Config,
-    routing: Arc<Routing>,
+    servers: Arc<Servers>,
     journal: Journal,
     dead_letters: Arc<DeadLetters>,
     metrics: SyncMetrics,
@@ -464,7 +464,7 @@ pub fn spawn(
     let outage = metrics.outage.clone();
     let worker = Arc::new(Worker {
         recent,
-        routing,
+        servers,
         dead_letters,
         metrics,
         permits: Arc::new(Semaphore::new(config.workers.max(1))),
@@ -692,9 +692,9 @@ impl Worker {
         let dataset = key.dataset();
         let written = self
             .retrying(dataset, &|| key.redacted(), || async {
-                match self.routing.authlete() {
+                match self.servers.authlete() {
                     Some(authlete) => write_exported_authlete(authlete, key, record).await,
-                    None => write_exported(self.routing.secondary_api(), key, record).await,
+                    None => write_exported(self.servers.secondary_api(), key, record).await,
                 }
             })
             .await;
@@ -785,26 +785,26 @@ impl Worker {
 
     /// One attempt at a change: returns follow-up changes.
     async fn execute(&self, change: &Change) -> Result<Vec<Change>, ApiError> {
-        if let Some(authlete) = self.routing.authlete() {
-            if !self.routing.syncs_to_authlete() {
+        if let Some(authlete) = self.servers.authlete() {
+            if !self.servers.syncs_to_authlete() {
                 // After a cutover to an Authlete-based server nothing flows
                 // back to the Connect2id source.
                 return Ok(Vec::new());
             }
             return authlete_change(
                 authlete,
-                self.routing.api(crate::model::Side::Source),
+                self.servers.api(crate::model::Side::Source),
                 change,
             )
             .await;
         }
-        let primary = self.routing.primary_api();
-        let secondary = self.routing.secondary_api();
+        let primary = self.servers.primary_api();
+        let secondary = self.servers.secondary_api();
         match change {
             Change::Token { .. } => Ok(Vec::new()),
             Change::Sync { key, from } => {
-                let read = from.unwrap_or_else(|| self.routing.primary_side());
-                sync_key(self.routing.api(read), self.routing.api(read.other()), key).await?;
+                let read = from.unwrap_or_else(|| self.servers.primary_side());
+                sync_key(self.servers.api(read), self.servers.api(read.other()), key).await?;
                 Ok(Vec::new())
             }
             Change::SubjectSessions { subject } => {
@@ -861,7 +861,7 @@ impl Worker {
                     .collect())
             }
             Change::Resolve { token, kind, from } => {
-                let primary = from.map_or(primary, |side| self.routing.api(side));
+                let primary = from.map_or(primary, |side| self.servers.api(side));
                 let mut record = primary.inspect(token, *kind).await?;
                 if record.is_none() {
                     // A token of the other kind than guessed.
@@ -883,12 +883,12 @@ impl Worker {
 /// Applies a change to an Authlete target, reading from the Connect2id
 /// `source` where the change names a key.
 async fn authlete_change(
-    authlete: &crate::target::authlete::Authlete,
-    source: &crate::target::connect2id::Connect2id,
+    authlete: &crate::servers::authlete::Authlete,
+    source: &crate::servers::connect2id::Connect2id,
     change: &Change,
 ) -> Result<Vec<Change>, ApiError> {
     use crate::model::TokenEvent;
-    use crate::target::authlete::{TokenSpec, authlete_grant};
+    use crate::servers::authlete::{TokenSpec, authlete_grant};
     match change {
         Change::Sync {
             key: Key::Client { client_id },
@@ -979,7 +979,7 @@ async fn authlete_change(
                         tracing::debug!(client_id = %client_id, "client deleted at the source; tokens not created");
                         return Ok(Vec::new());
                     };
-                    crate::target::authlete::storable(client_id, &record)?;
+                    crate::servers::authlete::storable(client_id, &record)?;
                     return Err(ApiError::Transient(format!(
                         "client {client_id} is not in Authlete yet"
                     )));
@@ -1041,7 +1041,7 @@ enum Resolution {
 /// between the request and now; its current secret is then read from the
 /// source's registration and the introspection asked once more.
 async fn resolve_subject(
-    source: &crate::target::connect2id::Connect2id,
+    source: &crate::servers::connect2id::Connect2id,
     client_id: &str,
     access_token: &str,
     refresh_token: Option<&str>,
@@ -1083,7 +1083,7 @@ async fn resolve_subject(
 /// trying the one-request import first (the usual case: the record is new)
 /// and falling back to the full upsert when the secondary refuses it.
 async fn write_exported(
-    secondary: &crate::target::connect2id::Connect2id,
+    secondary: &crate::servers::connect2id::Connect2id,
     key: &Key,
     record: &Value,
 ) -> Result<(), ApiError> {
@@ -1104,14 +1104,14 @@ async fn write_exported(
 /// refresh token of a long-lived authorization record (`rft`, with
 /// Authlete generating the access token, which nobody holds).
 async fn write_exported_authlete(
-    authlete: &crate::target::authlete::Authlete,
+    authlete: &crate::servers::authlete::Authlete,
     key: &Key,
     record: &Value,
 ) -> Result<(), ApiError> {
     match key {
         Key::Client { .. } => authlete.upsert_client(record).await.map(|_| ()),
         Key::Authorization { subject, client_id } => {
-            match crate::target::authlete::spec_of_record(record, authlete.config()) {
+            match crate::servers::authlete::spec_of_record(record, authlete.config()) {
                 Some(spec)
                     if spec.subject.as_deref() == Some(subject.as_str())
                         && spec.client_id == *client_id =>
@@ -1136,8 +1136,8 @@ pub fn authorization_key(record: &Value) -> Option<Key> {
 
 /// Copies the current state of `key` from `primary` to `secondary`.
 pub async fn sync_key(
-    primary: &crate::target::connect2id::Connect2id,
-    secondary: &crate::target::connect2id::Connect2id,
+    primary: &crate::servers::connect2id::Connect2id,
+    secondary: &crate::servers::connect2id::Connect2id,
     key: &Key,
 ) -> Result<(), ApiError> {
     match key {

@@ -5,7 +5,7 @@
 //!
 //! 1. The primary's export is streamed; each record is looked up on the
 //!    secondary by key and compared with the fields that legitimately
-//!    differ removed ([`crate::target::connect2id::comparable`]): `matching`,
+//!    differ removed ([`crate::servers::connect2id::comparable`]): `matching`,
 //!    `mismatched` or `missing_on_target`. A key with sync work queued or
 //!    running is `in_flight`, not drift. A record that differs is read again
 //!    from both sides before it counts, so a change that landed during the
@@ -35,10 +35,10 @@ use crate::api::{DatasetReport, VerifyReport, VerifyRequest};
 use crate::backfill::key_of;
 use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
 use crate::model::{Change, Key};
-use crate::routing::Routing;
+use crate::servers::Servers;
+use crate::servers::connect2id::{ApiError, Connect2id, comparable};
 use crate::sync::Recorder;
 use crate::sync::SyncHandle;
-use crate::target::connect2id::{ApiError, Connect2id, comparable};
 
 /// Lookups in flight at once by default.
 pub const DEFAULT_CONCURRENCY: usize = 32;
@@ -77,7 +77,7 @@ pub struct Progress {
 #[derive(Debug, Clone)]
 pub struct Verifier {
     /// Both servers.
-    pub routing: Arc<Routing>,
+    pub servers: Arc<Servers>,
     /// To tell in-flight keys.
     pub sync: SyncHandle,
     /// To journal repairs.
@@ -104,7 +104,7 @@ impl Verifier {
         };
         let list = request.list.unwrap_or(DEFAULT_LIST);
         let mut report = VerifyReport {
-            primary: self.routing.primary_side(),
+            primary: self.servers.primary_side(),
             ..VerifyReport::default()
         };
         for dataset in datasets {
@@ -128,13 +128,13 @@ impl Verifier {
         list: usize,
         progress: &Progress,
     ) -> Result<DatasetReport, Error> {
-        if let Some(authlete) = self.routing.authlete() {
+        if let Some(authlete) = self.servers.authlete() {
             return self
                 .authlete_dataset(authlete, dataset, repair, list, progress)
                 .await;
         }
-        let primary = self.routing.primary_api().clone();
-        let secondary = self.routing.secondary_api().clone();
+        let primary = self.servers.primary_api().clone();
+        let secondary = self.servers.secondary_api().clone();
         let state = Arc::new(Tally {
             list,
             ..Tally::default()
@@ -339,13 +339,13 @@ impl Verifier {
     /// subject, client and scopes).
     async fn authlete_dataset(
         &self,
-        authlete: &Arc<crate::target::authlete::Authlete>,
+        authlete: &Arc<crate::servers::authlete::Authlete>,
         dataset: &str,
         repair: bool,
         list: usize,
         progress: &Progress,
     ) -> Result<DatasetReport, Error> {
-        let source = self.routing.api(crate::model::Side::Source).clone();
+        let source = self.servers.api(crate::model::Side::Source).clone();
         let state = Arc::new(Tally {
             list,
             ..Tally::default()
@@ -355,7 +355,7 @@ impl Verifier {
             message,
         };
         let mut report = DatasetReport::default();
-        let mut sample: Vec<(Key, crate::target::authlete::TokenSpec)> = Vec::new();
+        let mut sample: Vec<(Key, crate::servers::authlete::TokenSpec)> = Vec::new();
         if dataset == "clients" {
             let version = authlete.config().api_version;
             let mut filter = ScalableBloom::new();
@@ -380,7 +380,7 @@ impl Verifier {
                         }
                         Some(copy) => {
                             state.found_on_secondary.fetch_add(1, Ordering::Relaxed);
-                            if crate::target::authlete::client_drift(&record, &copy, version)
+                            if crate::servers::authlete::client_drift(&record, &copy, version)
                                 .is_some()
                             {
                                 state.mismatched.fetch_add(1, Ordering::Relaxed);
@@ -440,7 +440,7 @@ impl Verifier {
             let mut considered = 0u64;
             self.stream(&source, dataset, progress, |key, record| {
                 considered += 1;
-                let spec = crate::target::authlete::spec_of_record(&record, authlete.config())?;
+                let spec = crate::servers::authlete::spec_of_record(&record, authlete.config())?;
                 seen += 1;
                 if sample.len() < wanted {
                     sample.push((key, spec));

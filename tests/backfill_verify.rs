@@ -19,7 +19,7 @@ use handover::config::Config;
 use handover::emulator::connect2id::{self, Connect2id};
 use handover::emulator::driver::RegisteredClient;
 use handover::emulator::jwks::JwkSet;
-use handover::target::connect2id::comparable;
+use handover::servers::connect2id::comparable;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;

@@ -7,7 +7,7 @@
 mod support;
 
 use handover::emulator::driver::Consent;
-use handover::target::connect2id::comparable;
+use handover::servers::connect2id::comparable;
 use support::stack::Stack;
 
 #[tokio::test]

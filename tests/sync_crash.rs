@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::{Consent, Driver, RegisteredClient};
 use handover::emulator::jwks::JwkSet;
-use handover::target::connect2id::comparable;
+use handover::servers::connect2id::comparable;
 use http::StatusCode;
 use support::proxy::{client, eventually};
 use support::stack::{TOKEN, wait_drained};

@@ -17,7 +17,7 @@ use handover::emulator::driver::Consent;
 use handover::emulator::jwks::JwkSet;
 use handover::journal::{Cipher, DEAD_LETTERS_DIR, DeadLetters};
 use handover::model::{Change, Key};
-use handover::target::connect2id::comparable;
+use handover::servers::connect2id::comparable;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Value, json};

@@ -40,10 +40,10 @@ use crate::journal::{DeadLetters, Journal};
 use crate::metrics::CutoverMetrics;
 use crate::model::Key;
 use crate::model::Side;
-use crate::routing::Routing;
+use crate::servers::Servers;
+use crate::servers::connect2id::comparable;
 use crate::sync::Recorder;
 use crate::sync::SyncHandle;
-use crate::target::connect2id::comparable;
 
 /// Default bound on the write pause.
 pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(2);
@@ -93,7 +93,7 @@ pub struct Cutover {
     /// The write gate.
     pub gate: Arc<Gate>,
     /// Which side is primary.
-    pub routing: Arc<Routing>,
+    pub servers: Arc<Servers>,
     /// The journal (to prove the drain).
     pub journal: Journal,
     /// The sync (idle lanes, recently synced keys).
@@ -119,7 +119,7 @@ impl Cutover {
     pub fn new(
         phases: Arc<Phases>,
         gate: Arc<Gate>,
-        routing: Arc<Routing>,
+        servers: Arc<Servers>,
         journal: Journal,
         sync: SyncHandle,
         backfill: Backfill,
@@ -131,7 +131,7 @@ impl Cutover {
         let cutover = Self {
             phases,
             gate,
-            routing,
+            servers,
             journal,
             sync,
             backfill,
@@ -157,7 +157,7 @@ impl Cutover {
             outcome,
             phase: state.phase,
             epoch: state.epoch,
-            primary: self.routing.primary_side(),
+            primary: self.servers.primary_side(),
             ..FlipReport::default()
         }
     }
@@ -402,8 +402,8 @@ impl Cutover {
         let before = self.phases.current().phase;
         match self.phases.apply(Event::Flip) {
             Ok(state) => {
-                self.routing.set_primary(state.phase.primary());
-                self.routing.mark_flip();
+                self.servers.set_primary(state.phase.primary());
+                self.servers.mark_flip();
                 self.publish();
                 report.steps.push(Step {
                     step: "flip primary".to_owned(),
@@ -475,7 +475,7 @@ impl Cutover {
         let state = self.phases.current();
         report.phase = state.phase;
         report.epoch = state.epoch;
-        report.primary = self.routing.primary_side();
+        report.primary = self.servers.primary_side();
         report.pause_ms = millis(pause);
         report.held = held;
         report.released = held;
@@ -484,7 +484,7 @@ impl Cutover {
 
     /// Compares every key synced since shortly before `since` on both sides.
     async fn verify_recent(&self, since: Instant) -> Result<usize, String> {
-        if self.routing.authlete().is_some() {
+        if self.servers.authlete().is_some() {
             // Authlete holds no records to compare key by key; the drain
             // proved every token event was applied.
             return Ok(0);
@@ -497,8 +497,8 @@ impl Cutover {
         for chunk in keys.chunks(64) {
             let mut checks = tokio::task::JoinSet::new();
             for key in chunk {
-                let primary = self.routing.primary_api().clone();
-                let secondary = self.routing.secondary_api().clone();
+                let primary = self.servers.primary_api().clone();
+                let secondary = self.servers.secondary_api().clone();
                 let key = key.clone();
                 checks.spawn(async move {
                     let (a, b) = (read(&primary, &key).await, read(&secondary, &key).await);
@@ -534,11 +534,11 @@ impl Cutover {
     }
 
     async fn preflight(&self, new_primary: Side, forward: bool) -> Vec<Check> {
-        if self.routing.authlete().is_some() {
+        if self.servers.authlete().is_some() {
             return self.preflight_authlete(new_primary, forward).await;
         }
         let mut checks = Vec::new();
-        let api = self.routing.api(new_primary);
+        let api = self.servers.api(new_primary);
         // Reachable, and our management token works there.
         let reachable = api.get_client("handover-preflight-probe").await;
         checks.push(match reachable {
@@ -618,7 +618,7 @@ impl Cutover {
             });
             return checks;
         }
-        let upstream = self.routing.upstream(new_primary);
+        let upstream = self.servers.upstream(new_primary);
         let probe = upstream.probe(Duration::from_secs(5)).await;
         checks.push(Check {
             check: format!("{} reachable", new_primary.as_str()),
@@ -636,7 +636,7 @@ impl Cutover {
     /// `/jwks.json` of both servers must be identical.
     async fn compare_jwks(&self) -> Check {
         let fetch = |side: Side| async move {
-            let upstream = self.routing.upstream(side);
+            let upstream = self.servers.upstream(side);
             let uri = upstream
                 .url
                 .endpoint("/jwks.json")
@@ -821,9 +821,9 @@ fn millis(duration: Duration) -> u64 {
 }
 
 async fn read(
-    api: &crate::target::connect2id::Connect2id,
+    api: &crate::servers::connect2id::Connect2id,
     key: &Key,
-) -> Result<Option<Value>, crate::target::connect2id::ApiError> {
+) -> Result<Option<Value>, crate::servers::connect2id::ApiError> {
     match key {
         Key::Client { client_id } => api.get_client(client_id).await,
         Key::Authorization { subject, client_id } => {

@@ -178,7 +178,7 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
 
     say("checking every token the users still hold at Authlete");
     let held = traffic.held_tokens();
-    let checker = crate::target::authlete::Authlete::new(
+    let checker = crate::servers::authlete::Authlete::new(
         Arc::new(authlete_upstream(&target.url())?),
         AuthleteConfig {
             api_version: 3,

@@ -15,7 +15,7 @@ use handover::config::{
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::Driver;
 use handover::emulator::jwks::JwkSet;
-use handover::target::connect2id::comparable;
+use handover::servers::connect2id::comparable;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::net::TcpListener;

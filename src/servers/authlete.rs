@@ -33,7 +33,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{AuthleteConfig, AuthleteCredentials};
 use crate::http::body::ProxyBody;
-use crate::target::connect2id::ApiError;
+use crate::servers::connect2id::ApiError;
 use crate::upstream::Upstream;
 
 /// Largest Authlete answer read.

@@ -1,19 +1,30 @@
-//! Which server is primary right now. The source until cutover, the target
-//! after; the forwarding path, the sync workers and the admin API all read
-//! it here, so a flip is one atomic store seen by everyone.
+//! The two servers, and which one is primary right now.
+//!
+//! [`Servers`] holds both sides' upstream clients and management-API
+//! clients (one module per kind: [`connect2id`], [`authlete`]). The source is
+//! primary until cutover, the target after; the forwarding path, the sync
+//! workers and the admin API all read it here, so a flip is one atomic store
+//! seen by everyone. The clients write with the import semantics that make a
+//! record on the secondary identical to the primary's (same identifiers,
+//! secrets and token material), never a replay of the request that minted
+//! it; the Connect2id client also reads the primary (hence "servers", not
+//! "target").
+
+pub mod authlete;
+pub mod connect2id;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use self::authlete::Authlete;
+use self::connect2id::Connect2id;
 use crate::model::Side;
-use crate::target::authlete::Authlete;
-use crate::target::connect2id::Connect2id;
 use crate::upstream::PrimarySelector;
 use crate::upstream::Upstream;
 
 /// Both servers, and which one is primary.
 #[derive(Debug)]
-pub struct Routing {
+pub struct Servers {
     source: Arc<Upstream>,
     target: Arc<Upstream>,
     source_api: Connect2id,
@@ -26,7 +37,7 @@ pub struct Routing {
     authlete: Option<Arc<Authlete>>,
 }
 
-impl Routing {
+impl Servers {
     /// Both servers, with `primary` serving traffic.
     pub fn new(
         source: Arc<Upstream>,
@@ -78,7 +89,7 @@ impl Routing {
             .store(side == Side::Target, Ordering::Release);
     }
 
-    /// Records that the primary just flipped (see [`Routing::previous_within`]).
+    /// Records that the primary just flipped (see [`Servers::previous_within`]).
     pub fn mark_flip(&self) {
         if let Ok(mut at) = self.flipped_at.lock() {
             *at = Some(std::time::Instant::now());
@@ -120,7 +131,7 @@ impl Routing {
     }
 }
 
-impl PrimarySelector for Routing {
+impl PrimarySelector for Servers {
     fn primary(&self) -> Arc<Upstream> {
         Arc::clone(self.upstream(self.primary_side()))
     }
