@@ -21,6 +21,12 @@ pub use units::{format_duration, parse_duration, parse_size};
 
 pub use crate::model::{BaseUrl, Secret};
 
+use crate::servers::authlete::{
+    Config as AuthleteConfig, Credentials as AuthleteCredentials, DEFAULT_REFRESH_DURATION,
+    DEFAULT_TOKEN_SAMPLE,
+};
+use crate::servers::connect2id::ApiTokens;
+
 use crate::proxy::forward::{DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT};
 use crate::proxy::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEALTH_INTERVAL, DEFAULT_IDLE_TIMEOUT,
@@ -378,51 +384,6 @@ pub enum ServerKind {
     Authlete,
 }
 
-/// How handover authenticates to Authlete.
-#[derive(Debug, Clone)]
-pub enum AuthleteCredentials {
-    /// v2: HTTP Basic with the service API key and secret.
-    V2 {
-        /// The service API key.
-        key: Secret,
-        /// The service API secret.
-        secret: Secret,
-    },
-    /// v3: a service (or organization) access token.
-    V3 {
-        /// The bearer token.
-        token: Secret,
-    },
-}
-
-/// An Authlete target's settings.
-#[derive(Debug, Clone)]
-pub struct AuthleteConfig {
-    /// 2 or 3.
-    pub api_version: u8,
-    /// The service id in v3 paths.
-    pub service_id: Option<u64>,
-    /// Credentials.
-    pub credentials: AuthleteCredentials,
-    /// The new authorization server (built on Authlete) that takes the
-    /// traffic after a cutover; no cutover without it.
-    pub new_primary: Option<BaseUrl>,
-    /// CA certificates for the new authorization server.
-    pub new_primary_ca_file: Option<PathBuf>,
-    /// Lifetime given to mirrored refresh tokens whose remaining lifetime is
-    /// unknown or unbounded on the source.
-    pub refresh_token_duration: Duration,
-    /// Refresh tokens sampled by verify.
-    pub token_sample: usize,
-}
-
-/// Default lifetime of a mirrored refresh token whose source lifetime is
-/// unbounded: 90 days, Authlete's own sweep of unused tokens (spec §5.3)
-/// makes longer pointless.
-pub const DEFAULT_AUTHLETE_REFRESH_DURATION: Duration = Duration::from_secs(90 * 86_400);
-/// Refresh tokens verify samples on an Authlete target.
-pub const DEFAULT_AUTHLETE_TOKEN_SAMPLE: usize = 100;
-
 /// An upstream server (source or target).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -440,32 +401,6 @@ pub struct ServerConfig {
     pub http2: bool,
     /// The Authlete settings, for an Authlete target.
     pub authlete: Option<AuthleteConfig>,
-}
-
-/// Bearer tokens for the Connect2id management APIs (each API has its own
-/// token configuration on the server; `spec/connect2id.md` §1.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiTokens {
-    /// `/clients` (the registration "master token").
-    pub clients: Secret,
-    /// `/authz-sessions`, `/direct-authz`, `/logout-sessions`.
-    pub authz_sessions: Secret,
-    /// `/authz-store`.
-    pub authz_store: Secret,
-    /// `/session-store`.
-    pub session_store: Secret,
-}
-
-impl ApiTokens {
-    /// The same token for every API.
-    pub fn single(token: &str) -> Self {
-        Self {
-            clients: Secret::new(token),
-            authz_sessions: Secret::new(token),
-            authz_store: Secret::new(token),
-            session_store: Secret::new(token),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -875,7 +810,7 @@ fn validate_target(
     let refresh_token_duration = duration(
         "target.refresh_token_duration",
         raw.refresh_token_duration,
-        DEFAULT_AUTHLETE_REFRESH_DURATION,
+        DEFAULT_REFRESH_DURATION,
         problems,
     );
     if problems.0.len() > start {
@@ -897,7 +832,7 @@ fn validate_target(
             new_primary,
             new_primary_ca_file: raw.new_primary_ca_file,
             refresh_token_duration,
-            token_sample: raw.token_sample.unwrap_or(DEFAULT_AUTHLETE_TOKEN_SAMPLE),
+            token_sample: raw.token_sample.unwrap_or(DEFAULT_TOKEN_SAMPLE),
         }),
     })
 }

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::config::{ApiTokens, Config};
+use crate::config::Config;
 use crate::emulator::connect2id::{self, Connect2id};
 use crate::emulator::jwks::JwkSet;
+use crate::servers::connect2id::ApiTokens;
 use crate::servers::connect2id::comparable;
 
 pub use traffic::Totals;

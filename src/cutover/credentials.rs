@@ -9,9 +9,9 @@
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderValue};
 
-use crate::config::ApiTokens;
 use crate::model::Secret;
 use crate::model::Side;
+use crate::servers::connect2id::ApiTokens;
 
 /// The management APIs, by path prefix under the base path.
 const APIS: [(&str, Api); 6] = [

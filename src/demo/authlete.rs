@@ -18,13 +18,16 @@ use tokio::sync::oneshot;
 
 use super::traffic;
 use super::{Error, say};
-use crate::config::{
-    ApiTokens, AuthleteConfig, AuthleteCredentials, Config, DEFAULT_AUTHLETE_REFRESH_DURATION,
-    DEFAULT_AUTHLETE_TOKEN_SAMPLE, Secret, ServerKind,
-};
+use crate::config::{Config, ServerKind};
 use crate::emulator::authlete as emulated;
 use crate::emulator::connect2id::{self, Connect2id};
 use crate::emulator::jwks::JwkSet;
+use crate::model::Secret;
+use crate::servers::authlete::{
+    Config as AuthleteConfig, Credentials as AuthleteCredentials, DEFAULT_REFRESH_DURATION,
+    DEFAULT_TOKEN_SAMPLE,
+};
+use crate::servers::connect2id::ApiTokens;
 
 const TOKEN: &str = "demo-management-token-0123456789abcdef";
 const AUTHLETE_TOKEN: &str = "demo-authlete-service-access-token";
@@ -106,8 +109,8 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
         },
         new_primary: None,
         new_primary_ca_file: None,
-        refresh_token_duration: DEFAULT_AUTHLETE_REFRESH_DURATION,
-        token_sample: DEFAULT_AUTHLETE_TOKEN_SAMPLE,
+        refresh_token_duration: DEFAULT_REFRESH_DURATION,
+        token_sample: DEFAULT_TOKEN_SAMPLE,
     });
     config.sync.datasets = crate::config::AUTHLETE_DATASETS
         .iter()
@@ -188,7 +191,7 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
             },
             new_primary: None,
             new_primary_ca_file: None,
-            refresh_token_duration: DEFAULT_AUTHLETE_REFRESH_DURATION,
+            refresh_token_duration: DEFAULT_REFRESH_DURATION,
             token_sample: 0,
         },
         Duration::from_secs(10),

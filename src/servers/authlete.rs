@@ -31,8 +31,8 @@ use http::{Method, Request, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::config::{AuthleteConfig, AuthleteCredentials};
 use crate::http::body::ProxyBody;
+use crate::model::{BaseUrl, Secret};
 use crate::servers::connect2id::ApiError;
 use crate::upstream::Upstream;
 
@@ -109,11 +109,56 @@ pub struct ServiceCheck {
     pub warnings: Vec<String>,
 }
 
+/// How handover authenticates to Authlete.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// v2: HTTP Basic with the service API key and secret.
+    V2 {
+        /// The service API key.
+        key: Secret,
+        /// The service API secret.
+        secret: Secret,
+    },
+    /// v3: a service (or organization) access token.
+    V3 {
+        /// The bearer token.
+        token: Secret,
+    },
+}
+
+/// An Authlete target's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// 2 or 3.
+    pub api_version: u8,
+    /// The service id in v3 paths.
+    pub service_id: Option<u64>,
+    /// Credentials.
+    pub credentials: Credentials,
+    /// The new authorization server (built on Authlete) that takes the
+    /// traffic after a cutover; no cutover without it.
+    pub new_primary: Option<BaseUrl>,
+    /// CA certificates for the new authorization server.
+    pub new_primary_ca_file: Option<std::path::PathBuf>,
+    /// Lifetime given to mirrored refresh tokens whose remaining lifetime is
+    /// unknown or unbounded on the source.
+    pub refresh_token_duration: Duration,
+    /// Refresh tokens sampled by verify.
+    pub token_sample: usize,
+}
+
+/// Default lifetime of a mirrored refresh token whose source lifetime is
+/// unbounded: 90 days, Authlete's own sweep of unused tokens (spec §5.3)
+/// makes longer pointless.
+pub const DEFAULT_REFRESH_DURATION: Duration = Duration::from_secs(90 * 86_400);
+/// Refresh tokens verify samples on an Authlete target.
+pub const DEFAULT_TOKEN_SAMPLE: usize = 100;
+
 /// The Authlete API client.
 #[derive(Debug)]
 pub struct Authlete {
     upstream: Arc<Upstream>,
-    config: AuthleteConfig,
+    config: Config,
     timeout: Duration,
     /// Alias → numeric client id.
     ids: DashMap<String, u64>,
@@ -121,7 +166,7 @@ pub struct Authlete {
 
 impl Authlete {
     /// A client of the Authlete service behind `upstream`.
-    pub fn new(upstream: Arc<Upstream>, config: AuthleteConfig, timeout: Duration) -> Self {
+    pub fn new(upstream: Arc<Upstream>, config: Config, timeout: Duration) -> Self {
         Self {
             upstream,
             config,
@@ -131,7 +176,7 @@ impl Authlete {
     }
 
     /// The settings.
-    pub fn config(&self) -> &AuthleteConfig {
+    pub fn config(&self) -> &Config {
         &self.config
     }
 
@@ -144,7 +189,7 @@ impl Authlete {
 
     fn authorization(&self) -> String {
         match &self.config.credentials {
-            AuthleteCredentials::V2 { key, secret } => {
+            Credentials::V2 { key, secret } => {
                 use base64::Engine as _;
                 let pair = format!("{}:{}", key.expose(), secret.expose());
                 format!(
@@ -152,7 +197,7 @@ impl Authlete {
                     base64::engine::general_purpose::STANDARD.encode(pair)
                 )
             }
-            AuthleteCredentials::V3 { token } => format!("Bearer {}", token.expose()),
+            Credentials::V3 { token } => format!("Bearer {}", token.expose()),
         }
     }
 
@@ -695,7 +740,7 @@ impl Authlete {
 /// backfill: its current refresh token (`rft`) with the remaining lifetime
 /// (`rtl` counts from `rti`; 0 means unbounded). `None` when the record
 /// carries no refresh token or it expired.
-pub fn spec_of_record(record: &Value, config: &AuthleteConfig) -> Option<TokenSpec> {
+pub fn spec_of_record(record: &Value, config: &Config) -> Option<TokenSpec> {
     let refresh = record.get("rft").and_then(Value::as_str)?;
     let subject = record.get("sub").and_then(Value::as_str)?;
     let client = record.get("cid").and_then(Value::as_str)?;

@@ -30,10 +30,9 @@ use http::{Method, Request, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
-use crate::config::ApiTokens;
 use crate::http::body::ProxyBody;
 use crate::http::form;
-use crate::model::{Side, TokenKind, sid_key};
+use crate::model::{Secret, Side, TokenKind, sid_key};
 use crate::upstream::{self, Upstream};
 
 /// Largest single-record answer read into memory (exports stream instead).
@@ -56,6 +55,32 @@ pub const IGNORED_FIELDS: &[(&str, &[&str])] = &[
     ("authorizations", &["rft"]),
     ("sessions", &["last_used", "lut", "last_used_time"]),
 ];
+
+/// Bearer tokens for the Connect2id management APIs (each API has its own
+/// token configuration on the server; `spec/connect2id.md` §1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokens {
+    /// `/clients` (the registration "master token").
+    pub clients: Secret,
+    /// `/authz-sessions`, `/direct-authz`, `/logout-sessions`.
+    pub authz_sessions: Secret,
+    /// `/authz-store`.
+    pub authz_store: Secret,
+    /// `/session-store`.
+    pub session_store: Secret,
+}
+
+impl ApiTokens {
+    /// The same token for every API.
+    pub fn single(token: &str) -> Self {
+        Self {
+            clients: Secret::new(token),
+            authz_sessions: Secret::new(token),
+            authz_store: Secret::new(token),
+            session_store: Secret::new(token),
+        }
+    }
+}
 
 /// A management API failure, classified for retry.
 #[derive(Debug, thiserror::Error)]

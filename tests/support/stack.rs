@@ -8,13 +8,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use handover::api::AdminClient;
-use handover::config::{
-    AUTHLETE_DATASETS, ApiTokens, AuthleteConfig, AuthleteCredentials, Config,
-    DEFAULT_AUTHLETE_REFRESH_DURATION, DEFAULT_AUTHLETE_TOKEN_SAMPLE, Secret, ServerKind,
-};
+use handover::config::{AUTHLETE_DATASETS, Config, ServerKind};
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::Driver;
 use handover::emulator::jwks::JwkSet;
+use handover::model::Secret;
+use handover::servers::authlete::{
+    Config as AuthleteConfig, Credentials as AuthleteCredentials, DEFAULT_REFRESH_DURATION,
+    DEFAULT_TOKEN_SAMPLE,
+};
+use handover::servers::connect2id::ApiTokens;
 use handover::servers::connect2id::comparable;
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -353,8 +356,8 @@ pub fn proxy_authlete_config(
         credentials,
         new_primary: None,
         new_primary_ca_file: None,
-        refresh_token_duration: DEFAULT_AUTHLETE_REFRESH_DURATION,
-        token_sample: DEFAULT_AUTHLETE_TOKEN_SAMPLE,
+        refresh_token_duration: DEFAULT_REFRESH_DURATION,
+        token_sample: DEFAULT_TOKEN_SAMPLE,
     }
 }
 
