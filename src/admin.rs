@@ -49,6 +49,19 @@ use crate::servers::Servers;
 use crate::sync::Recorder;
 use crate::verify::{self, Verifier};
 
+/// The admin listener: loopback only unless an admin token is configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9901";
+
+/// The admin listener's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the admin API listens.
+    pub listen: std::net::SocketAddr,
+    /// Bearer token for the admin API; without one, the admin API only
+    /// starts on a loopback address.
+    pub token: Option<Secret>,
+}
+
 /// What the admin API serves from.
 #[derive(Debug)]
 pub struct Admin {

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admin::{self, Admin};
-use crate::backfill::{self, Backfill};
+use crate::backfill::Backfill;
 use crate::config::Config;
 use crate::cutover::Phases;
 use crate::cutover::credentials::Credentials;
@@ -170,12 +170,9 @@ pub async fn run(
     };
 
     // The journal first: its backlog is work owed from before a restart.
-    let cipher = Cipher::from_hex(config.journal.key.expose())?;
-    let mut journal_config = journal::Config::new(&config.journal.dir);
-    journal_config.sync = config.journal.sync;
-    journal_config.segment_bytes = config.journal.segment_bytes;
+    let cipher = Cipher::from_hex(config.journal_key.expose())?;
     let (journal, recovery) = Journal::open_with_observer(
-        journal_config,
+        config.journal.clone(),
         cipher.clone(),
         Arc::new(JournalObserver(metrics.journal.clone())),
     )?;
@@ -258,11 +255,7 @@ pub async fn run(
     let sync_stop = CancellationToken::new();
     let sync_tracker = TaskTracker::new();
     let sync = sync::spawn(
-        sync::Config {
-            workers: config.sync.workers,
-            retry_initial: config.sync.retry_initial,
-            retry_max: config.sync.retry_max,
-        },
+        config.sync.clone(),
         Arc::clone(&servers),
         journal.clone(),
         Arc::clone(&dead_letters),
@@ -282,13 +275,9 @@ pub async fn run(
 
     let backfill_stop = CancellationToken::new();
     let backfill = Backfill::new(
-        backfill::Config {
-            datasets: config.sync.datasets.clone(),
-            concurrency: config.backfill.concurrency,
-            rate: config.backfill.rate,
-            count_first: config.backfill.count_first,
-            dir: config.journal.dir.join("backfill"),
-        },
+        config.backfill.clone(),
+        config.sync.datasets.clone(),
+        config.journal.dir.join("backfill"),
         Arc::clone(&servers),
         sync.clone(),
         backfill_stop.clone(),
@@ -316,11 +305,9 @@ pub async fn run(
         Arc::clone(&dead_letters),
         recorder.clone(),
         metrics.cutover.clone(),
-        procedure::Settings {
-            max_pause: config.cutover.max_pause,
-            max_lag: config.cutover.max_lag,
-            peers: config.cutover.peers.clone(),
-            admin_token: config.admin.token.as_ref().map(|t| t.expose().to_owned()),
+        config.cutover.clone(),
+        procedure::Environment {
+            admin_token: config.admin.token.clone(),
             target_serves_traffic: config
                 .target
                 .authlete

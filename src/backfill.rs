@@ -70,8 +70,8 @@ pub const EXPORT_ATTEMPTS: u32 = 3;
 /// Backfill settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Datasets to copy, in order.
-    pub datasets: Vec<String>,
+    /// Start copying as soon as the proxy starts (else on command).
+    pub auto_start: bool,
     /// Writes in flight at once.
     pub concurrency: usize,
     /// Records per second; 0 = unlimited.
@@ -79,8 +79,17 @@ pub struct Config {
     /// Count each export first (one extra streaming read of the source) so
     /// progress has a total and an ETA.
     pub count_first: bool,
-    /// Where checkpoints live (`<journal dir>/backfill`).
-    pub dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            auto_start: false,
+            concurrency: DEFAULT_CONCURRENCY,
+            rate: 0,
+            count_first: true,
+        }
+    }
 }
 
 /// A backfill control error.
@@ -155,6 +164,10 @@ pub struct Backfill {
 #[derive(Debug)]
 struct Inner {
     config: Mutex<Config>,
+    /// The datasets, in copy order.
+    datasets: Vec<String>,
+    /// The checkpoint directory.
+    dir: PathBuf,
     servers: Arc<Servers>,
     sync: SyncHandle,
     state: watch::Sender<State>,
@@ -171,17 +184,21 @@ struct Inner {
 impl Backfill {
     /// A controller (nothing runs until [`Backfill::start`]). Progress of
     /// earlier runs is read from the checkpoints.
+    /// `datasets` are copied in order; checkpoints live in `dir`
+    /// (`<journal dir>/backfill`).
     pub fn new(
         config: Config,
+        datasets: Vec<String>,
+        dir: PathBuf,
         servers: Arc<Servers>,
         sync: SyncHandle,
         stop: CancellationToken,
     ) -> Self {
         let mut progress = BTreeMap::new();
-        let mut all_done = !config.datasets.is_empty();
+        let mut all_done = !datasets.is_empty();
         let mut any = false;
-        for dataset in &config.datasets {
-            let checkpoint = read_checkpoint(&config.dir, dataset);
+        for dataset in &datasets {
+            let checkpoint = read_checkpoint(&dir, dataset);
             any |= checkpoint.is_some();
             let checkpoint = checkpoint.unwrap_or_default();
             all_done &= checkpoint.done;
@@ -199,6 +216,8 @@ impl Backfill {
                 permits: Arc::new(Semaphore::new(concurrency)),
                 concurrency: AtomicUsize::new(concurrency),
                 config: Mutex::new(config),
+                datasets,
+                dir,
                 servers,
                 sync,
                 state: watch::channel(initial).0,
@@ -223,12 +242,11 @@ impl Backfill {
             State::Paused => return self.resume(),
             State::Done => {
                 // A new pass: forget the finished checkpoints.
-                let config = self.config();
-                for dataset in &config.datasets {
-                    let _ = std::fs::remove_file(checkpoint_path(&config.dir, dataset));
+                for dataset in &self.inner.datasets {
+                    let _ = std::fs::remove_file(checkpoint_path(&self.inner.dir, dataset));
                 }
                 if let Ok(mut progress) = self.inner.progress.lock() {
-                    for dataset in &config.datasets {
+                    for dataset in &self.inner.datasets {
                         progress.insert(dataset.clone(), Arc::new(Progress::default()));
                     }
                 }
@@ -309,14 +327,6 @@ impl Backfill {
         Ok(())
     }
 
-    fn config(&self) -> Config {
-        self.inner
-            .config
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
     /// Waits until the backfill is no longer running (done, failed, idle),
     /// or `timeout` passes.
     pub async fn wait_finished(&self, timeout: Duration) -> State {
@@ -391,12 +401,12 @@ impl Inner {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
-        if let Err(err) = std::fs::create_dir_all(&config.dir) {
-            tracing::error!(dir = %config.dir.display(), error = %err, "cannot create the backfill checkpoint directory");
+        if let Err(err) = std::fs::create_dir_all(&self.dir) {
+            tracing::error!(dir = %self.dir.display(), error = %err, "cannot create the backfill checkpoint directory");
         }
         let mut failed = false;
-        for dataset in &config.datasets {
-            let checkpoint = read_checkpoint(&config.dir, dataset).unwrap_or_default();
+        for dataset in &self.datasets {
+            let checkpoint = read_checkpoint(&self.dir, dataset).unwrap_or_default();
             if checkpoint.done {
                 continue;
             }
@@ -455,7 +465,7 @@ impl Inner {
     }
 
     async fn copy_dataset(&self, config: &Config, dataset: &str) -> Result<(), DatasetError> {
-        let mut checkpoint = read_checkpoint(&config.dir, dataset).unwrap_or_default();
+        let mut checkpoint = read_checkpoint(&self.dir, dataset).unwrap_or_default();
         let primary = self.servers.primary_api().clone();
         // Count first, for a total and an ETA.
         let total = match checkpoint.total {
@@ -479,24 +489,17 @@ impl Inner {
             .await;
         if let Err(DatasetError::OrderChanged) = result {
             // Copy everything again: imports are idempotent.
-            let _ = std::fs::remove_file(checkpoint_path(&config.dir, dataset));
+            let _ = std::fs::remove_file(checkpoint_path(&self.dir, dataset));
             return Box::pin(self.copy_dataset(config, dataset)).await;
         }
         // Whatever happened, keep what is settled.
-        self.save(
-            config,
-            dataset,
-            &checkpoint,
-            &progress,
-            &tracker,
-            result.is_ok(),
-        );
+        self.save(dataset, &checkpoint, &progress, &tracker, result.is_ok());
         result
     }
 
     async fn stream_dataset(
         &self,
-        config: &Config,
+        _config: &Config,
         dataset: &str,
         checkpoint: &Checkpoint,
         progress: &Arc<Progress>,
@@ -608,7 +611,7 @@ impl Inner {
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
                 last_checkpoint = Instant::now();
-                self.save(config, dataset, checkpoint, progress, tracker, false);
+                self.save(dataset, checkpoint, progress, tracker, false);
                 let (since, before) = rate_window;
                 let now_settled = progress.settled();
                 let elapsed = since.elapsed().as_secs_f64();
@@ -697,7 +700,6 @@ impl Inner {
 
     fn save(
         &self,
-        config: &Config,
         dataset: &str,
         base: &Checkpoint,
         progress: &Progress,
@@ -719,7 +721,7 @@ impl Inner {
             },
             Err(_) => base.clone(),
         };
-        if let Err(err) = write_checkpoint(&config.dir, dataset, &checkpoint) {
+        if let Err(err) = write_checkpoint(&self.dir, dataset, &checkpoint) {
             tracing::warn!(dataset, error = %err, "cannot write the backfill checkpoint");
         }
     }

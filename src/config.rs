@@ -34,19 +34,6 @@ use crate::proxy::{
 };
 use crate::upstream::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE};
 
-/// The admin listener: loopback only unless an admin token is configured.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
-/// Datasets synced when `sync.datasets` is not given: all of them (the
-/// migration guide's three steps).
-pub const DATASETS: [&str; 3] = ["clients", "authorizations", "sessions"];
-/// Datasets synced to an Authlete target: client registrations and tokens
-/// (Authlete has no authorization records or subject sessions; the new
-/// authorization server keeps its own sessions).
-pub const AUTHLETE_DATASETS: [&str; 2] = ["clients", "tokens"];
-/// Deadline for one management-API call made by the sync (read at the
-/// primary or write at the secondary).
-pub const DEFAULT_SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A configuration problem.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -278,101 +265,21 @@ pub struct Config {
     /// The upstream clients (both servers).
     pub upstream: crate::upstream::Config,
     /// The admin listener.
-    pub admin: AdminConfig,
+    pub admin: crate::admin::Config,
     /// The server being migrated from.
     pub source: ServerConfig,
     /// The server being migrated to.
     pub target: ServerConfig,
     /// The durable journal.
-    pub journal: JournalConfig,
+    pub journal: crate::journal::Config,
+    /// The journal's at-rest encryption key, 64 hex characters (32 bytes).
+    pub journal_key: Secret,
     /// The sync workers.
-    pub sync: SyncConfig,
+    pub sync: crate::sync::Config,
     /// The backfill.
-    pub backfill: BackfillConfig,
+    pub backfill: crate::backfill::Config,
     /// The cutover.
-    pub cutover: CutoverConfig,
-}
-
-/// The cutover settings.
-#[derive(Debug, Clone)]
-pub struct CutoverConfig {
-    /// Default bound on the write pause.
-    pub max_pause: Duration,
-    /// Largest sync lag at which a cutover may start.
-    pub max_lag: Duration,
-    /// Most trigger requests held during a flip.
-    pub hold_max_requests: usize,
-    /// Most bytes of held request bodies.
-    pub hold_max_bytes: usize,
-    /// How long after a flip the previous primary serves state only it has.
-    pub fallback_window: Duration,
-    /// The other instances' admin URLs.
-    pub peers: Vec<String>,
-}
-
-impl Default for CutoverConfig {
-    fn default() -> Self {
-        Self {
-            max_pause: crate::cutover::procedure::DEFAULT_MAX_PAUSE,
-            max_lag: crate::cutover::procedure::DEFAULT_MAX_LAG,
-            hold_max_requests: crate::cutover::gate::DEFAULT_MAX_HELD,
-            hold_max_bytes: crate::cutover::gate::DEFAULT_MAX_HELD_BYTES,
-            fallback_window: crate::cutover::procedure::DEFAULT_FALLBACK_WINDOW,
-            peers: Vec::new(),
-        }
-    }
-}
-
-/// The backfill settings.
-#[derive(Debug, Clone)]
-pub struct BackfillConfig {
-    /// Start copying as soon as the proxy starts (else on command).
-    pub auto_start: bool,
-    /// Writes in flight at once.
-    pub concurrency: usize,
-    /// Records per second; 0 = unlimited.
-    pub rate: u64,
-    /// Count each export first, for a total and an ETA (one extra
-    /// streaming read of each export on the source).
-    pub count_first: bool,
-}
-
-/// The journal settings.
-#[derive(Debug, Clone)]
-pub struct JournalConfig {
-    /// Directory of the segment files, cursor, dead letters and phase.
-    pub dir: PathBuf,
-    /// The at-rest encryption key, 64 hex characters (32 bytes).
-    pub key: Secret,
-    /// Durability policy.
-    pub sync: crate::journal::SyncPolicy,
-    /// Segment file size.
-    pub segment_bytes: u64,
-}
-
-/// The sync settings.
-#[derive(Debug, Clone)]
-pub struct SyncConfig {
-    /// Datasets kept in sync (`clients`, `authorizations`, `sessions`).
-    pub datasets: Vec<String>,
-    /// Concurrent sync jobs.
-    pub workers: usize,
-    /// First retry delay after a transient failure.
-    pub retry_initial: Duration,
-    /// Longest retry delay.
-    pub retry_max: Duration,
-    /// Deadline of one management-API call.
-    pub request_timeout: Duration,
-}
-
-/// The admin listener.
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    /// Where the admin API listens.
-    pub listen: SocketAddr,
-    /// Bearer token for the admin API; without one, the admin API only
-    /// starts on a loopback address.
-    pub token: Option<Secret>,
+    pub cutover: crate::cutover::Config,
 }
 
 /// What kind of server an upstream is.
@@ -473,32 +380,24 @@ impl Config {
         Self {
             proxy: crate::proxy::Config::new(SocketAddr::from(([127, 0, 0, 1], 0))),
             upstream: crate::upstream::Config::default(),
-            admin: AdminConfig {
+            admin: crate::admin::Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 token: Some(Secret::new(token)),
             },
             source: server(source),
             target: server(target),
-            journal: JournalConfig {
-                dir: std::env::temp_dir().join("handover-test-journal"),
-                key: Secret::new(TEST_JOURNAL_KEY),
-                sync: crate::journal::SyncPolicy::Always,
-                segment_bytes: crate::journal::DEFAULT_SEGMENT_BYTES,
-            },
-            sync: SyncConfig {
-                datasets: DATASETS.iter().map(|d| (*d).to_owned()).collect(),
-                workers: crate::sync::DEFAULT_WORKERS,
+            journal: crate::journal::Config::new(
+                std::env::temp_dir().join("handover-test-journal"),
+            ),
+            journal_key: Secret::new(TEST_JOURNAL_KEY),
+            sync: crate::sync::Config {
+                // Fast retries: tests wait for recoveries.
                 retry_initial: Duration::from_millis(20),
                 retry_max: Duration::from_millis(500),
-                request_timeout: DEFAULT_SYNC_REQUEST_TIMEOUT,
+                ..crate::sync::Config::default()
             },
-            backfill: BackfillConfig {
-                auto_start: false,
-                concurrency: crate::backfill::DEFAULT_CONCURRENCY,
-                rate: 0,
-                count_first: true,
-            },
-            cutover: CutoverConfig::default(),
+            backfill: crate::backfill::Config::default(),
+            cutover: crate::cutover::Config::default(),
         }
     }
 }
@@ -550,7 +449,8 @@ impl FileConfig {
                 admin,
                 source,
                 target,
-                journal,
+                journal: journal.0,
+                journal_key: journal.1,
                 sync,
                 backfill,
                 cutover,
@@ -681,10 +581,14 @@ fn validate_proxy(
     ))
 }
 
-fn validate_admin(raw: RawAdmin, env: &dyn Env, problems: &mut Problems) -> Option<AdminConfig> {
+fn validate_admin(
+    raw: RawAdmin,
+    env: &dyn Env,
+    problems: &mut Problems,
+) -> Option<crate::admin::Config> {
     let listen_text = raw
         .listen
-        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
+        .unwrap_or_else(|| crate::admin::DEFAULT_LISTEN.to_owned());
     let listen = socket_addr("admin.listen", &listen_text, problems);
     let token = match (raw.token_env, raw.token_file) {
         (None, None) => None,
@@ -706,7 +610,7 @@ fn validate_admin(raw: RawAdmin, env: &dyn Env, problems: &mut Problems) -> Opti
         );
         return None;
     }
-    Some(AdminConfig { listen, token })
+    Some(crate::admin::Config { listen, token })
 }
 
 fn validate_target(
@@ -995,7 +899,7 @@ fn validate_journal(
     raw: RawJournal,
     env: &dyn Env,
     problems: &mut Problems,
-) -> Option<JournalConfig> {
+) -> Option<(crate::journal::Config, Secret)> {
     let start = problems.0.len();
     let key = secret(
         "journal.payload_key",
@@ -1050,12 +954,10 @@ fn validate_journal(
     if problems.0.len() > start {
         return None;
     }
-    Some(JournalConfig {
-        dir: raw.dir,
-        key: key?,
-        sync,
-        segment_bytes,
-    })
+    let mut journal = crate::journal::Config::new(raw.dir);
+    journal.sync = sync;
+    journal.segment_bytes = segment_bytes;
+    Some((journal, key?))
 }
 
 /// Creates `dir` if needed and checks that files can be created in it.
@@ -1069,12 +971,16 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_sync(raw: RawSync, authlete: bool, problems: &mut Problems) -> Option<SyncConfig> {
+fn validate_sync(
+    raw: RawSync,
+    authlete: bool,
+    problems: &mut Problems,
+) -> Option<crate::sync::Config> {
     let start = problems.0.len();
     let allowed: &[&str] = if authlete {
-        &AUTHLETE_DATASETS
+        &crate::sync::AUTHLETE_DATASETS
     } else {
-        &DATASETS
+        &crate::sync::DATASETS
     };
     let datasets = match raw.datasets {
         None => allowed.iter().map(|d| (*d).to_owned()).collect(),
@@ -1128,7 +1034,7 @@ fn validate_sync(raw: RawSync, authlete: bool, problems: &mut Problems) -> Optio
     let request_timeout = duration(
         "sync.request_timeout",
         raw.request_timeout,
-        DEFAULT_SYNC_REQUEST_TIMEOUT,
+        crate::sync::DEFAULT_REQUEST_TIMEOUT,
         problems,
     );
     if request_timeout.is_zero() {
@@ -1137,7 +1043,7 @@ fn validate_sync(raw: RawSync, authlete: bool, problems: &mut Problems) -> Optio
     if problems.0.len() > start {
         return None;
     }
-    Some(SyncConfig {
+    Some(crate::sync::Config {
         datasets,
         workers,
         retry_initial,
@@ -1146,14 +1052,14 @@ fn validate_sync(raw: RawSync, authlete: bool, problems: &mut Problems) -> Optio
     })
 }
 
-fn validate_backfill(raw: RawBackfill, problems: &mut Problems) -> BackfillConfig {
+fn validate_backfill(raw: RawBackfill, problems: &mut Problems) -> crate::backfill::Config {
     let concurrency = raw
         .concurrency
         .unwrap_or(crate::backfill::DEFAULT_CONCURRENCY);
     if concurrency == 0 || concurrency > 4096 {
         problems.push("backfill.concurrency", "must be between 1 and 4096");
     }
-    BackfillConfig {
+    crate::backfill::Config {
         auto_start: raw.auto_start.unwrap_or(false),
         concurrency,
         rate: raw.rate.unwrap_or(0),
@@ -1161,8 +1067,8 @@ fn validate_backfill(raw: RawBackfill, problems: &mut Problems) -> BackfillConfi
     }
 }
 
-fn validate_cutover(raw: RawCutover, problems: &mut Problems) -> CutoverConfig {
-    let defaults = CutoverConfig::default();
+fn validate_cutover(raw: RawCutover, problems: &mut Problems) -> crate::cutover::Config {
+    let defaults = crate::cutover::Config::default();
     let max_pause = duration(
         "cutover.max_pause",
         raw.max_pause,
@@ -1194,7 +1100,7 @@ fn validate_cutover(raw: RawCutover, problems: &mut Problems) -> CutoverConfig {
             problems.push("cutover.peers", format!("{peer:?} is not an http(s) URL"));
         }
     }
-    CutoverConfig {
+    crate::cutover::Config {
         max_pause,
         max_lag,
         hold_max_requests,
@@ -1354,7 +1260,10 @@ mod tests {
         let config = parse(MINIMAL).unwrap();
         assert_eq!(config.proxy.forward.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(config.proxy.idle_timeout, DEFAULT_IDLE_TIMEOUT);
-        assert_eq!(config.admin.listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
+        assert_eq!(
+            config.admin.listen,
+            crate::admin::DEFAULT_LISTEN.parse().unwrap()
+        );
         assert_eq!(config.source.url.base_path, "/c2id");
         assert_eq!(config.source.tokens, ApiTokens::single("source-token"));
         assert!(config.admin.token.is_none());
@@ -1461,7 +1370,7 @@ mod tests {
             config.journal.sync,
             crate::journal::SyncPolicy::Interval(crate::journal::DEFAULT_SYNC_INTERVAL)
         );
-        assert_eq!(config.sync.datasets, DATASETS);
+        assert_eq!(config.sync.datasets, crate::sync::DATASETS);
     }
 
     #[test]

@@ -29,10 +29,42 @@ pub mod procedure;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::phase::{Event, Illegal, Phase, transition};
+
+/// The cutover's settings (`[cutover]`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Default bound on the write pause.
+    pub max_pause: Duration,
+    /// Largest sync lag at which a cutover may start.
+    pub max_lag: Duration,
+    /// Most trigger requests held during a flip.
+    pub hold_max_requests: usize,
+    /// Most bytes of held request bodies.
+    pub hold_max_bytes: usize,
+    /// How long after a flip the previous primary serves state only it has.
+    pub fallback_window: Duration,
+    /// The other instances' admin URLs (for a prepared instance that lost
+    /// its coordinator).
+    pub peers: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_pause: procedure::DEFAULT_MAX_PAUSE,
+            max_lag: procedure::DEFAULT_MAX_LAG,
+            hold_max_requests: gate::DEFAULT_MAX_HELD,
+            hold_max_bytes: gate::DEFAULT_MAX_HELD_BYTES,
+            fallback_window: procedure::DEFAULT_FALLBACK_WINDOW,
+            peers: Vec::new(),
+        }
+    }
+}
 
 /// A refused or unpersisted phase change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

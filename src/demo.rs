@@ -172,7 +172,7 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     config.source.tokens = ApiTokens::single(TOKEN);
     config.target.tokens = ApiTokens::single(TOKEN);
     config.journal.dir = journal_dir.path().to_owned();
-    config.journal.key = crate::config::Secret::new(random_key());
+    config.journal_key = crate::config::Secret::new(random_key());
     config.sync.retry_initial = crate::sync::DEFAULT_RETRY_INITIAL;
     config.sync.retry_max = Duration::from_secs(2);
     let admin_listener = TcpListener::bind("127.0.0.1:0")

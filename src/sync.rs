@@ -66,20 +66,38 @@ pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(100);
 /// half a minute of coming back.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// Datasets synced when `sync.datasets` is not given: all of them (the
+/// migration guide's three steps).
+pub const DATASETS: [&str; 3] = ["clients", "authorizations", "sessions"];
+/// Datasets synced to an Authlete target: client registrations and tokens
+/// (Authlete has no authorization records or subject sessions; the new
+/// authorization server keeps its own sessions).
+pub const AUTHLETE_DATASETS: [&str; 2] = ["clients", "tokens"];
+/// Deadline for one management-API call made by the sync (read at the
+/// primary or write at the secondary).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Sync settings.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Datasets kept in sync (`clients`, `authorizations`, `sessions`; or
+    /// `clients`, `tokens` for an Authlete target).
+    pub datasets: Vec<String>,
     /// Concurrent jobs.
     pub workers: usize,
     /// First retry delay.
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// Deadline of one management-API call.
+    pub request_timeout: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
+            datasets: DATASETS.iter().map(|d| (*d).to_owned()).collect(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             workers: DEFAULT_WORKERS,
             retry_initial: DEFAULT_RETRY_INITIAL,
             retry_max: DEFAULT_RETRY_MAX,

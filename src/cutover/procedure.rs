@@ -58,18 +58,11 @@ pub const VERIFY_LOOKBACK: Duration = Duration::from_secs(2);
 /// from it after a flip: an authorization code lives 10 minutes.
 pub const DEFAULT_FALLBACK_WINDOW: Duration = Duration::from_secs(600);
 
-/// Cutover settings.
+/// What the flip needs besides [`super::Config`].
 #[derive(Debug, Clone)]
-pub struct Settings {
-    /// Default bound on the write pause.
-    pub max_pause: Duration,
-    /// Largest sync lag at which a cutover may start.
-    pub max_lag: Duration,
-    /// The other instances' admin URLs (for a prepared instance that lost
-    /// its coordinator).
-    pub peers: Vec<String>,
+pub struct Environment {
     /// The admin token, to ask peers.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<crate::model::Secret>,
     /// Whether the target can take traffic (an Authlete target needs
     /// `target.new_primary_url`: Authlete itself is an API, not an OP).
     pub target_serves_traffic: bool,
@@ -107,7 +100,9 @@ pub struct Cutover {
     /// Metrics.
     pub metrics: CutoverMetrics,
     /// Settings.
-    pub settings: Settings,
+    pub config: super::Config,
+    /// What the settings do not say.
+    pub environment: Environment,
     /// One flip at a time.
     running: tokio::sync::Mutex<()>,
     prepared: Mutex<Option<Prepared>>,
@@ -126,7 +121,8 @@ impl Cutover {
         dead_letters: Arc<DeadLetters>,
         recorder: Recorder,
         metrics: CutoverMetrics,
-        settings: Settings,
+        config: super::Config,
+        environment: Environment,
     ) -> Self {
         let cutover = Self {
             phases,
@@ -138,7 +134,8 @@ impl Cutover {
             dead_letters,
             recorder,
             metrics,
-            settings,
+            config,
+            environment,
             running: tokio::sync::Mutex::new(()),
             prepared: Mutex::new(None),
         };
@@ -287,7 +284,7 @@ impl Cutover {
 
         let max_pause = request
             .max_pause_ms
-            .map_or(self.settings.max_pause, Duration::from_millis);
+            .map_or(self.config.max_pause, Duration::from_millis);
         if let Err(err) = self.phases.apply(Event::Begin) {
             report.reason = Some(err.to_string());
             return report;
@@ -579,11 +576,11 @@ impl Cutover {
         let lag = stats.oldest_unacked_age.unwrap_or_default();
         checks.push(Check {
             check: "sync lag".to_owned(),
-            ok: lag <= self.settings.max_lag,
+            ok: lag <= self.config.max_lag,
             detail: format!(
                 "lag {} ms (bound {} ms), journal depth {}",
                 millis(lag),
-                millis(self.settings.max_lag),
+                millis(self.config.max_lag),
                 stats.depth
             ),
             forceable: false,
@@ -608,7 +605,7 @@ impl Cutover {
     /// own business (Authlete-issued tokens are opaque values).
     async fn preflight_authlete(&self, new_primary: Side, forward: bool) -> Vec<Check> {
         let mut checks = Vec::new();
-        if forward && !self.settings.target_serves_traffic {
+        if forward && !self.environment.target_serves_traffic {
             checks.push(Check {
                 check: "new authorization server configured".to_owned(),
                 ok: false,
@@ -770,12 +767,18 @@ impl Cutover {
     }
 
     async fn ask_peers(&self, next_epoch: u64) -> PeerVerdict {
-        if self.settings.peers.is_empty() {
+        if self.config.peers.is_empty() {
             return PeerVerdict::NobodyFlipped;
         }
         let mut unknown = false;
-        for peer in &self.settings.peers {
-            let client = crate::api::AdminClient::new(peer, self.settings.admin_token.clone());
+        for peer in &self.config.peers {
+            let client = crate::api::AdminClient::new(
+                peer,
+                self.environment
+                    .admin_token
+                    .as_ref()
+                    .map(|t| t.expose().to_owned()),
+            );
             match client.status().await {
                 Ok(status) if status.epoch >= next_epoch => return PeerVerdict::SomeoneFlipped,
                 Ok(_) => {}

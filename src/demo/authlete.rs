@@ -112,12 +112,12 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
         refresh_token_duration: DEFAULT_REFRESH_DURATION,
         token_sample: DEFAULT_TOKEN_SAMPLE,
     });
-    config.sync.datasets = crate::config::AUTHLETE_DATASETS
+    config.sync.datasets = crate::sync::AUTHLETE_DATASETS
         .iter()
         .map(|d| (*d).to_owned())
         .collect();
     config.journal.dir = journal_dir.path().to_owned();
-    config.journal.key = Secret::new(super::random_key());
+    config.journal_key = Secret::new(super::random_key());
     config.sync.retry_max = Duration::from_secs(2);
     let admin_listener = TcpListener::bind("127.0.0.1:0")
         .await

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use handover::api::AdminClient;
-use handover::config::{AUTHLETE_DATASETS, Config, ServerKind};
+use handover::config::{Config, ServerKind};
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::Driver;
 use handover::emulator::jwks::JwkSet;
@@ -19,6 +19,7 @@ use handover::servers::authlete::{
 };
 use handover::servers::connect2id::ApiTokens;
 use handover::servers::connect2id::comparable;
+use handover::sync::AUTHLETE_DATASETS;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::net::TcpListener;
