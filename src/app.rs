@@ -242,6 +242,14 @@ pub async fn run(
         servers = servers.with_authlete(authlete);
     }
     let servers = Arc::new(servers);
+    // What the sync does to the secondary, chosen once by its kind.
+    let apply: Arc<dyn sync::Apply> = match servers.authlete() {
+        Some(authlete) => Arc::new(sync::AuthleteApply::new(
+            Arc::clone(&servers),
+            Arc::clone(authlete),
+        )),
+        None => Arc::new(sync::Connect2idCopy::new(Arc::clone(&servers))),
+    };
     let gate = Arc::new(Gate::new(
         config.cutover.hold_max_requests,
         config.cutover.hold_max_bytes,
@@ -256,7 +264,7 @@ pub async fn run(
     let sync_tracker = TaskTracker::new();
     let sync = sync::spawn(
         config.sync.clone(),
-        Arc::clone(&servers),
+        apply,
         journal.clone(),
         Arc::clone(&dead_letters),
         metrics.sync.clone(),

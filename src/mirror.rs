@@ -332,7 +332,7 @@ impl Inner {
             match primary.inspect(token, kind).await {
                 Ok(Some(record)) => {
                     if let Some(Key::Authorization { subject, client_id }) =
-                        crate::sync::authorization_key(&record)
+                        Key::of_authorization(&record)
                     {
                         return Some((subject, client_id));
                     }

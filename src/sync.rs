@@ -34,9 +34,13 @@
 //! exponential backoff and jitter, forever: the journal grows and the lag
 //! metric says so, nothing is dropped.
 
+mod apply;
+mod authlete;
 mod breaker;
 mod recorder;
 
+pub use apply::{Apply, BoxFuture, Connect2idCopy};
+pub use authlete::AuthleteApply;
 pub use recorder::{MAX_UNJOURNALED, Recorder};
 
 use std::collections::{HashMap, VecDeque};
@@ -52,8 +56,7 @@ use tracing::Instrument;
 
 use crate::journal::{DeadLetters, Journal, Seq};
 use crate::metrics::SyncMetrics;
-use crate::model::{Change, Key, TokenKind};
-use crate::servers::Servers;
+use crate::model::{Change, Key};
 use crate::servers::connect2id::ApiError;
 
 /// Default number of concurrent sync jobs: enough to hide a few
@@ -444,7 +447,7 @@ fn lane_of(change: &Change) -> String {
 
 struct Worker {
     recent: Arc<Recent>,
-    servers: Arc<Servers>,
+    apply: Arc<dyn Apply>,
     dead_letters: Arc<DeadLetters>,
     metrics: SyncMetrics,
     config: Config,
@@ -454,11 +457,11 @@ struct Worker {
 }
 
 /// Starts the sync: a dispatcher task owning the lanes, and jobs spawned on
-/// `tracker` (at most `config.workers` running at once). `recovered` is the
-/// journal's backlog from before the restart.
+/// `tracker` (at most `config.workers` running at once), writing to the
+/// secondary through `apply`.
 pub fn spawn(
     config: Config,
-    servers: Arc<Servers>,
+    apply: Arc<dyn Apply>,
     journal: Journal,
     dead_letters: Arc<DeadLetters>,
     metrics: SyncMetrics,
@@ -482,7 +485,7 @@ pub fn spawn(
     let outage = metrics.outage.clone();
     let worker = Arc::new(Worker {
         recent,
-        servers,
+        apply,
         dead_letters,
         metrics,
         permits: Arc::new(Semaphore::new(config.workers.max(1))),
@@ -684,7 +687,7 @@ impl Worker {
                 let Ok(_permit) = self.permits.acquire().await else {
                     return Err(ApiError::Transient("the sync is stopping".to_owned()));
                 };
-                self.execute(&change).await
+                self.apply.apply(&change).await
             })
             .await;
         match applied {
@@ -710,10 +713,7 @@ impl Worker {
         let dataset = key.dataset();
         let written = self
             .retrying(dataset, &|| key.redacted(), || async {
-                match self.servers.authlete() {
-                    Some(authlete) => write_exported_authlete(authlete, key, record).await,
-                    None => write_exported(self.servers.secondary_api(), key, record).await,
-                }
+                self.apply.write_exported(key, record).await
             })
             .await;
         match written {
@@ -800,385 +800,12 @@ impl Worker {
             Err(err) => tracing::error!(error = %err, "dead-letter task failed"),
         }
     }
-
-    /// One attempt at a change: returns follow-up changes.
-    async fn execute(&self, change: &Change) -> Result<Vec<Change>, ApiError> {
-        if let Some(authlete) = self.servers.authlete() {
-            if !self.servers.syncs_to_authlete() {
-                // After a cutover to an Authlete-based server nothing flows
-                // back to the Connect2id source.
-                return Ok(Vec::new());
-            }
-            return authlete_change(
-                authlete,
-                self.servers.api(crate::model::Side::Source),
-                change,
-            )
-            .await;
-        }
-        let primary = self.servers.primary_api();
-        let secondary = self.servers.secondary_api();
-        match change {
-            Change::Token { .. } => Ok(Vec::new()),
-            Change::Sync { key, from } => {
-                let read = from.unwrap_or_else(|| self.servers.primary_side());
-                sync_key(self.servers.api(read), self.servers.api(read.other()), key).await?;
-                Ok(Vec::new())
-            }
-            Change::SubjectSessions { subject } => {
-                let mut sids: Vec<String> = primary
-                    .subject_sessions(subject)
-                    .await?
-                    .into_keys()
-                    .collect();
-                sids.extend(secondary.subject_sessions(subject).await?.into_keys());
-                sids.sort();
-                sids.dedup();
-                Ok(sids
-                    .into_iter()
-                    .map(|sid| Change::sync(Key::Session { sid }))
-                    .collect())
-            }
-            Change::Revocation {
-                subject,
-                client_id,
-                actor,
-                timestamp,
-            } => {
-                secondary
-                    .revoke(
-                        subject.as_deref(),
-                        client_id.as_deref(),
-                        actor.as_deref(),
-                        *timestamp,
-                    )
-                    .await?;
-                // The secondary removed every matching record, including any
-                // the primary re-created since: re-read what the primary has.
-                let records = match (subject, client_id) {
-                    (Some(subject), Some(client_id)) => {
-                        return Ok(vec![Change::sync(Key::Authorization {
-                            subject: subject.clone(),
-                            client_id: client_id.clone(),
-                        })]);
-                    }
-                    (Some(subject), None) => {
-                        primary.list_authorizations(("subject", subject)).await?
-                    }
-                    (None, Some(client_id)) => {
-                        primary
-                            .list_authorizations(("client_id", client_id))
-                            .await?
-                    }
-                    (None, None) => Vec::new(),
-                };
-                Ok(records
-                    .iter()
-                    .filter_map(authorization_key)
-                    .map(Change::sync)
-                    .collect())
-            }
-            Change::Resolve { token, kind, from } => {
-                let primary = from.map_or(primary, |side| self.servers.api(side));
-                let mut record = primary.inspect(token, *kind).await?;
-                if record.is_none() {
-                    // A token of the other kind than guessed.
-                    record = primary.inspect(token, kind.other()).await?;
-                }
-                // No record: a transient authorization (nothing persisted)
-                // or a token already gone.
-                Ok(record
-                    .as_ref()
-                    .and_then(authorization_key)
-                    .map(|key| Change::Sync { key, from: *from })
-                    .into_iter()
-                    .collect())
-            }
-        }
-    }
-}
-
-/// Applies a change to an Authlete target, reading from the Connect2id
-/// `source` where the change names a key.
-async fn authlete_change(
-    authlete: &crate::servers::authlete::Authlete,
-    source: &crate::servers::connect2id::Connect2id,
-    change: &Change,
-) -> Result<Vec<Change>, ApiError> {
-    use crate::model::TokenEvent;
-    use crate::servers::authlete::{TokenSpec, authlete_grant};
-    match change {
-        Change::Sync {
-            key: Key::Client { client_id },
-            ..
-        } => match source.get_client(client_id).await? {
-            Some(record) => {
-                let outcome = authlete.upsert_client(&record).await?;
-                if !outcome.unmapped.is_empty() {
-                    tracing::info!(client = %client_id, unmapped = ?outcome.unmapped, "client copied to Authlete; these fields have no Authlete equivalent");
-                }
-                Ok(Vec::new())
-            }
-            None => authlete.delete_client(client_id).await.map(|()| Vec::new()),
-        },
-        Change::Token {
-            event:
-                TokenEvent::Issued {
-                    grant_type,
-                    client_id,
-                    subject,
-                    scopes,
-                    access_token,
-                    expires_in,
-                    refresh_token,
-                    refresh_expires_in,
-                    replaced_refresh,
-                    client_auth,
-                },
-        } => {
-            let grant = authlete_grant(grant_type);
-            let subject = match subject {
-                Some(subject) => Some(subject.clone()),
-                None if grant == "CLIENT_CREDENTIALS" => None,
-                None => match resolve_subject(
-                    source,
-                    client_id,
-                    access_token,
-                    refresh_token.as_deref().or(replaced_refresh.as_deref()),
-                    client_auth.as_deref(),
-                )
-                .await?
-                {
-                    Resolution::Subject(subject) => Some(subject),
-                    Resolution::Gone => {
-                        // Revoked at the source (or its client deleted)
-                        // since it was issued: nothing to create, and the
-                        // pair it replaced is dead too.
-                        if let Some(old) = replaced_refresh {
-                            authlete.revoke_refresh_token(old).await?;
-                        }
-                        tracing::debug!(client_id = %client_id, "tokens no longer active at the source; not created");
-                        return Ok(Vec::new());
-                    }
-                    Resolution::Unknown => {
-                        return Err(ApiError::Rejected {
-                            server: crate::model::Side::Source,
-                            operation: "inspection",
-                            status: 404,
-                            error: "the subject of an identifier access token could not be resolved (transient authorization, client not using a secret); Authlete needs it".to_owned(),
-                        });
-                    }
-                },
-            };
-            let spec = TokenSpec {
-                grant_type: grant.to_owned(),
-                client_id: client_id.clone(),
-                subject,
-                scopes: scopes.clone(),
-                access_token: Some(access_token.clone()),
-                access_token_duration: *expires_in,
-                refresh_token: refresh_token.clone(),
-                refresh_token_duration: refresh_expires_in
-                    .unwrap_or_else(|| authlete.config().refresh_token_duration.as_secs()),
-            };
-            // Create the new pair first: if that fails, the old one still works.
-            if let Err(err) = authlete.create_token(&spec).await {
-                // The client's own sync runs in another lane and may not
-                // have reached Authlete yet (both waited out an outage, or a
-                // restart handed them over together): v3 then refuses the
-                // token for good ("client does not exist"), which used to
-                // dead-letter it. Retry until the client is there, unless
-                // the source deleted it meanwhile (its tokens are dead
-                // then) or Authlete can never hold it (its tokens neither:
-                // dead-lettered with the client's reason, not retried
-                // forever behind it).
-                if authlete.client(client_id).await?.is_none() {
-                    let Some(record) = source.get_client(client_id).await? else {
-                        tracing::debug!(client_id = %client_id, "client deleted at the source; tokens not created");
-                        return Ok(Vec::new());
-                    };
-                    crate::servers::authlete::storable(client_id, &record)?;
-                    return Err(ApiError::Transient(format!(
-                        "client {client_id} is not in Authlete yet"
-                    )));
-                }
-                if err.is_transient() {
-                    return Err(err);
-                }
-                // Refused, yet the client is there: it may have arrived
-                // between the refusal and the lookup. Once more decides; a
-                // refusal now is the token's own.
-                authlete.create_token(&spec).await?;
-            }
-            if let Some(old) = replaced_refresh {
-                authlete.revoke_refresh_token(old).await?;
-            }
-            Ok(Vec::new())
-        }
-        Change::Token {
-            event:
-                TokenEvent::Revoked {
-                    client_id,
-                    subject,
-                    token,
-                },
-        } => {
-            if client_id.is_some() && subject.is_some() {
-                // Connect2id revokes every token of the client for the subject.
-                authlete
-                    .revoke_grant(client_id.as_deref(), subject.as_deref())
-                    .await?;
-            } else if let Some(token) = token {
-                authlete.revoke_refresh_token(token).await?;
-                authlete.revoke_access_token(token).await?;
-            } else {
-                authlete
-                    .revoke_grant(client_id.as_deref(), subject.as_deref())
-                    .await?;
-            }
-            Ok(Vec::new())
-        }
-        // Authorization records and sessions have no Authlete counterpart.
-        _ => Ok(Vec::new()),
-    }
-}
-
-/// Whose identifier access token is it, by the source's own account.
-enum Resolution {
-    Subject(String),
-    /// The source no longer has the tokens (revoked, client deleted).
-    Gone,
-    /// The source could not say (no record, no client secret to ask with).
-    Unknown,
-}
-
-/// Resolves the subject of an identifier access token at the source: the
-/// long-lived authorization behind its refresh token, else its own record,
-/// else the token introspection endpoint as the client (a transient
-/// authorization has no record). The client may have rotated its secret
-/// between the request and now; its current secret is then read from the
-/// source's registration and the introspection asked once more.
-async fn resolve_subject(
-    source: &crate::servers::connect2id::Connect2id,
-    client_id: &str,
-    access_token: &str,
-    refresh_token: Option<&str>,
-    client_auth: Option<&str>,
-) -> Result<Resolution, ApiError> {
-    for (token, kind) in [
-        (refresh_token, TokenKind::Refresh),
-        (Some(access_token), TokenKind::Access),
-    ] {
-        let Some(token) = token else { continue };
-        if let Some(record) = source.inspect(token, kind).await?
-            && let Some(subject) = record.get("sub").and_then(Value::as_str)
-        {
-            return Ok(Resolution::Subject(subject.to_owned()));
-        }
-    }
-    let Some(auth) = client_auth else {
-        return Ok(Resolution::Unknown);
-    };
-    let answer = match source.subject_via_introspection(access_token, auth).await {
-        Err(ApiError::Rejected { status: 401, .. }) => {
-            let Some(client) = source.get_client(client_id).await? else {
-                return Ok(Resolution::Gone);
-            };
-            let Some(secret) = client.get("client_secret").and_then(Value::as_str) else {
-                return Ok(Resolution::Unknown);
-            };
-            let auth = crate::triggers::basic_auth(client_id, secret);
-            source
-                .subject_via_introspection(access_token, &auth)
-                .await?
-        }
-        other => other?,
-    };
-    Ok(answer.map_or(Resolution::Gone, Resolution::Subject))
-}
-
-/// Writes an exported record to the secondary with the import semantics,
-/// trying the one-request import first (the usual case: the record is new)
-/// and falling back to the full upsert when the secondary refuses it.
-async fn write_exported(
-    secondary: &crate::servers::connect2id::Connect2id,
-    key: &Key,
-    record: &Value,
-) -> Result<(), ApiError> {
-    match key {
-        Key::Client { .. } => match secondary.import_client(record).await {
-            Err(ApiError::Rejected { .. }) => secondary.upsert_client(record).await,
-            other => other,
-        },
-        Key::Authorization { .. } => secondary.import_authorization(record).await,
-        Key::Session { sid } => match secondary.import_session(sid, record).await {
-            Err(ApiError::Rejected { .. }) => secondary.upsert_session(sid, record).await,
-            other => other,
-        },
-    }
-}
-
-/// Writes an exported record to an Authlete target: a client, or the
-/// refresh token of a long-lived authorization record (`rft`, with
-/// Authlete generating the access token, which nobody holds).
-async fn write_exported_authlete(
-    authlete: &crate::servers::authlete::Authlete,
-    key: &Key,
-    record: &Value,
-) -> Result<(), ApiError> {
-    match key {
-        Key::Client { .. } => authlete.upsert_client(record).await.map(|_| ()),
-        Key::Authorization { subject, client_id } => {
-            match crate::servers::authlete::spec_of_record(record, authlete.config()) {
-                Some(spec)
-                    if spec.subject.as_deref() == Some(subject.as_str())
-                        && spec.client_id == *client_id =>
-                {
-                    authlete.create_token(&spec).await
-                }
-                // No refresh token (or an expired one) in the record: nothing to copy.
-                _ => Ok(()),
-            }
-        }
-        Key::Session { .. } => Ok(()),
-    }
-}
-
-/// The key of an authorization record (`sub` + `cid`).
-pub fn authorization_key(record: &Value) -> Option<Key> {
-    Some(Key::Authorization {
-        subject: record.get("sub")?.as_str()?.to_owned(),
-        client_id: record.get("cid")?.as_str()?.to_owned(),
-    })
-}
-
-/// Copies the current state of `key` from `primary` to `secondary`.
-pub async fn sync_key(
-    primary: &crate::servers::connect2id::Connect2id,
-    secondary: &crate::servers::connect2id::Connect2id,
-    key: &Key,
-) -> Result<(), ApiError> {
-    match key {
-        Key::Client { client_id } => match primary.get_client(client_id).await? {
-            Some(record) => secondary.upsert_client(&record).await,
-            None => secondary.delete_client(client_id).await,
-        },
-        Key::Authorization { subject, client_id } => {
-            match primary.get_authorization(subject, client_id).await? {
-                Some(record) => secondary.import_authorization(&record).await,
-                None => secondary.delete_authorization(subject, client_id).await,
-            }
-        }
-        Key::Session { sid } => match primary.get_session(sid).await? {
-            Some(session) => secondary.upsert_session(sid, &session).await,
-            None => secondary.delete_session(sid).await,
-        },
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TokenKind;
 
     #[test]
     fn changes_of_one_record_share_a_lane() {

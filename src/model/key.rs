@@ -39,6 +39,15 @@ impl Key {
         }
     }
 
+    /// The key of an authorization record as the authz-store returns it
+    /// (`sub` + `cid`).
+    pub fn of_authorization(record: &serde_json::Value) -> Option<Self> {
+        Some(Self::Authorization {
+            subject: record.get("sub")?.as_str()?.to_owned(),
+            client_id: record.get("cid")?.as_str()?.to_owned(),
+        })
+    }
+
     /// The identity used to coalesce work on one record: for sessions the
     /// SID key, since two SIDs with the same key are the same session.
     pub fn identity(&self) -> String {
