@@ -264,7 +264,7 @@ pub async fn run(
     let sync_tracker = TaskTracker::new();
     let sync = sync::spawn(
         config.sync.clone(),
-        apply,
+        Arc::clone(&apply),
         journal.clone(),
         Arc::clone(&dead_letters),
         metrics.sync.clone(),
@@ -294,6 +294,7 @@ pub async fn run(
     let mirror = Mirror::new(
         &config.source.url.base_path,
         recorder.clone(),
+        Arc::clone(&apply),
         Arc::clone(&servers),
         metrics.journal.clone(),
         CutoverParts {

@@ -43,7 +43,7 @@ use crate::model::Side;
 use crate::model::{Change, Key, TokenKind};
 use crate::proxy::{BoxFuture, Exchange, Hook, RouteId, Ticket};
 use crate::servers::Servers;
-use crate::sync::Recorder;
+use crate::sync::{Apply, Recorder};
 use crate::triggers::{Catalogue, LogoutHint, Resolved, jwt_subject_and_client};
 
 /// Most remembered logout sessions (logout session id → SID).
@@ -72,6 +72,7 @@ struct Inner {
     fallback_window: Duration,
     fallbacks: prometheus_client::metrics::counter::Counter,
     recorder: Recorder,
+    apply: Arc<dyn Apply>,
     servers: Arc<Servers>,
     metrics: JournalMetrics,
     logout: Mutex<LogoutHints>,
@@ -91,6 +92,7 @@ impl Mirror {
     pub fn new(
         base_path: &str,
         recorder: Recorder,
+        apply: Arc<dyn Apply>,
         servers: Arc<Servers>,
         metrics: JournalMetrics,
         cutover: CutoverParts,
@@ -104,6 +106,7 @@ impl Mirror {
                 fallback_window: cutover.fallback_window,
                 fallbacks: cutover.fallbacks,
                 recorder,
+                apply,
                 servers,
                 metrics,
                 logout: Mutex::new(LogoutHints::default()),
@@ -286,12 +289,10 @@ impl Ticket for MirrorTicket {
             if let Some(hint) = outcome.logout {
                 changes.extend(inner.logout_hint(hint));
             }
-            if inner.servers.authlete().is_some() {
-                if !inner.servers.syncs_to_authlete() {
-                    // Nothing flows back from an Authlete-based server.
-                    return;
-                }
-                // Authlete learns tokens only from their values.
+            if !inner.apply.is_active() {
+                return;
+            }
+            if inner.apply.needs_token_values() {
                 changes.extend(
                     crate::triggers::token_event(row, &exchange, &self.resolved)
                         .map(|event| Change::Token { event }),

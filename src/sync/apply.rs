@@ -36,6 +36,18 @@ pub trait Apply: Send + Sync + std::fmt::Debug + 'static {
         key: &'a Key,
         record: &'a Value,
     ) -> BoxFuture<'a, Result<(), ApiError>>;
+
+    /// Whether changes flow to the secondary now (nothing flows back to
+    /// the source after a cutover to an Authlete-based server).
+    fn is_active(&self) -> bool {
+        true
+    }
+
+    /// Whether the secondary learns tokens only from their values, so the
+    /// trigger hook must journal them ([`Change::Token`]).
+    fn needs_token_values(&self) -> bool {
+        false
+    }
 }
 
 /// Copies Connect2id records from the primary to the secondary.

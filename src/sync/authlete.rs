@@ -33,7 +33,7 @@ impl AuthleteApply {
 impl Apply for AuthleteApply {
     fn apply<'a>(&'a self, change: &'a Change) -> BoxFuture<'a, Result<Vec<Change>, ApiError>> {
         Box::pin(async move {
-            if !self.servers.syncs_to_authlete() {
+            if !self.is_active() {
                 // After a cutover to an Authlete-based server nothing flows
                 // back to the Connect2id source.
                 return Ok(Vec::new());
@@ -48,6 +48,14 @@ impl Apply for AuthleteApply {
         record: &'a Value,
     ) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(write_exported_authlete(&self.authlete, key, record))
+    }
+
+    fn is_active(&self) -> bool {
+        self.servers.syncs_to_authlete()
+    }
+
+    fn needs_token_values(&self) -> bool {
+        true
     }
 }
 
