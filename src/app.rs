@@ -45,8 +45,6 @@ use crate::cutover::procedure::{self, Cutover};
 use crate::health::{self, Health};
 use crate::journal::{self, Cipher, DeadLetters, Journal};
 use crate::metrics::{JournalMetrics, Metrics};
-use crate::mirror::CutoverParts;
-use crate::mirror::Mirror;
 use crate::model::Side;
 use crate::proxy::Rewriter;
 use crate::proxy::{self, Forwarder, Hook, ListenerOptions};
@@ -54,6 +52,8 @@ use crate::servers::Servers;
 use crate::servers::authlete::Authlete;
 use crate::servers::connect2id::Connect2id;
 use crate::sync::{self, Recorder};
+use crate::trigger_hook::CutoverParts;
+use crate::trigger_hook::TriggerHook;
 use crate::upstream::PrimarySelector;
 use crate::upstream::Upstream;
 use crate::verify::Verifier;
@@ -291,7 +291,7 @@ pub async fn run(
         backfill_stop.clone(),
     );
 
-    let mirror = Mirror::new(
+    let trigger_hook = TriggerHook::new(
         &config.source.url.base_path,
         recorder.clone(),
         Arc::clone(&apply),
@@ -336,7 +336,7 @@ pub async fn run(
         Forwarder::new(
             config.proxy.forward.clone(),
             Arc::clone(&primary),
-            Some(Arc::new(mirror.clone()) as Arc<dyn Hook>),
+            Some(Arc::new(trigger_hook.clone()) as Arc<dyn Hook>),
             Arc::clone(&health),
             metrics.clone(),
         )
@@ -452,7 +452,7 @@ pub async fn run(
         );
     }
     drop(sync);
-    drop(mirror);
+    drop(trigger_hook);
     drop(recorder);
     if let Err(err) = journal.close().await {
         tracing::error!(error = %err, "cannot close the journal cleanly");

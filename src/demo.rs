@@ -443,7 +443,7 @@ fn print_summary(summary: &Summary) {
         out,
         "verify after the cutover (handover's own, through the admin API):"
     );
-    let _ = write!(out, "{}", crate::ops::render_report(&summary.verify));
+    let _ = write!(out, "{}", crate::cli::render_report(&summary.verify));
     let direct: usize = summary.drift.iter().map(DatasetDrift::drifted).sum();
     let _ = writeln!(
         out,

@@ -3,7 +3,7 @@
 //! HTTP status. The downstream client sees a short generic body; the full
 //! error (with the upstream's cause) goes to the log only.
 //!
-//! Mirror and secondary failures are not request-path errors: they never
+//! Sync and secondary failures are not request-path errors: they never
 //! change the downstream response (DESIGN.md §2).
 
 use std::fmt;

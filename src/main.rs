@@ -232,7 +232,7 @@ fn main() -> ExitCode {
         Command::Emulate(args) => emulate(args, cli.log_format),
         Command::Demo(args) => demo(&args),
         Command::Status { admin, watch } => operate(&admin, |client, json| async move {
-            handover::ops::watch_status(&client, watch, json).await?;
+            handover::cli::watch_status(&client, watch, json).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Backfill {
@@ -281,7 +281,7 @@ fn main() -> ExitCode {
                 write_stdout(&format!("{answer}\n"));
             } else {
                 let status = client.status().await?;
-                write_stdout(&handover::ops::render_status(&status));
+                write_stdout(&handover::cli::render_status(&status));
             }
             Ok(ExitCode::SUCCESS)
         }),
@@ -318,7 +318,7 @@ fn main() -> ExitCode {
                     serde_json::to_string(&report).unwrap_or_default()
                 ));
             } else {
-                write_stdout(&handover::ops::render_report(&report));
+                write_stdout(&handover::cli::render_report(&report));
             }
             Ok(if report.drift == 0 {
                 ExitCode::SUCCESS
@@ -326,8 +326,8 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_PROBLEM)
             })
         }),
-        Command::Cutover(args) => flip_command(args, handover::ops::Flip::Cutover),
-        Command::Rollback(args) => flip_command(args, handover::ops::Flip::Rollback),
+        Command::Cutover(args) => flip_command(args, handover::cli::Flip::Cutover),
+        Command::Rollback(args) => flip_command(args, handover::cli::Flip::Rollback),
         Command::Complete { admin } => operate(&admin, |client, json| async move {
             let report = client.flip("/complete", &Default::default()).await?;
             if json {
@@ -336,7 +336,7 @@ fn main() -> ExitCode {
                     serde_json::to_string(&report).unwrap_or_default()
                 ));
             } else {
-                write_stdout(&handover::ops::render_flip(client.base(), &report));
+                write_stdout(&handover::cli::render_flip(client.base(), &report));
             }
             Ok(if report.succeeded() {
                 ExitCode::SUCCESS
@@ -461,7 +461,7 @@ fn demo(args: &DemoArgs) -> ExitCode {
     }
 }
 
-fn flip_command(args: FlipArgs, flip: handover::ops::Flip) -> ExitCode {
+fn flip_command(args: FlipArgs, flip: handover::cli::Flip) -> ExitCode {
     let request = handover::api::FlipRequest {
         dry_run: args.dry_run,
         max_pause_ms: args
@@ -480,7 +480,7 @@ fn flip_command(args: FlipArgs, flip: handover::ops::Flip) -> ExitCode {
                 .iter()
                 .map(|peer| handover::api::AdminClient::new(peer, token.clone())),
         );
-        let reports = handover::ops::flip(&clients, flip, &request).await?;
+        let reports = handover::cli::flip(&clients, flip, &request).await?;
         if json {
             write_stdout(&format!(
                 "{}\n",
@@ -488,7 +488,7 @@ fn flip_command(args: FlipArgs, flip: handover::ops::Flip) -> ExitCode {
             ));
         } else {
             for (client, report) in clients.iter().zip(&reports) {
-                write_stdout(&handover::ops::render_flip(client.base(), report));
+                write_stdout(&handover::cli::render_flip(client.base(), report));
             }
         }
         Ok(

@@ -36,13 +36,19 @@
 //! `/token/introspect?revoke=true` (identifier access tokens have no import
 //! path, spec §8).
 
-use base64::Engine;
-use http::{HeaderMap, Method};
+mod parse;
+mod rows;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
 use serde_json::Value;
 
+use self::rows::*;
 use crate::http::form;
-use crate::model::{Change, Key, TokenEvent, TokenKind};
+use crate::model::{Change, TokenEvent, TokenKind};
 use crate::proxy::{Exchange, RouteId};
+
+pub use self::parse::{client_of, jwt_subject_and_client, looks_like_jwt};
 
 /// What a row needs before the request is forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +104,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn of(changes: Vec<Change>) -> Self {
+    pub(crate) fn of(changes: Vec<Change>) -> Self {
         Self {
             changes,
             logout: None,
@@ -118,35 +124,43 @@ pub struct Row {
     /// What to do before forwarding.
     pub before: Before,
     extract: fn(&Input<'_>) -> Outcome,
+    /// The token event, for a target that learns tokens only from their
+    /// values (Authlete); `None` for rows that issue or end no token.
+    token_event: Option<fn(&Input<'_>) -> Option<TokenEvent>>,
 }
 
 /// A row's view of the exchange.
-struct Input<'a> {
-    exchange: &'a Exchange<'a>,
+pub(crate) struct Input<'a> {
+    pub(crate) exchange: &'a Exchange<'a>,
     /// Path segments matched by `{}`.
-    captures: Vec<String>,
-    resolved: &'a Resolved,
+    pub(crate) captures: Vec<String>,
+    pub(crate) resolved: &'a Resolved,
     /// The primary's clock for this exchange (epoch seconds).
-    now: u64,
+    pub(crate) now: u64,
 }
 
 macro_rules! row {
     ($method:ident, $path:literal, $name:literal, $extract:expr) => {
-        Row {
-            method: Method::$method,
-            path: $path,
-            name: $name,
-            before: Before::Nothing,
-            extract: $extract,
-        }
+        row!($method, $path, $name, Before::Nothing, $extract, None)
     };
-    ($method:ident, $path:literal, $name:literal, $before:expr, $extract:expr) => {
+    ($method:ident, $path:literal, $name:literal, $extract:expr, events: $event:expr) => {
+        row!(
+            $method,
+            $path,
+            $name,
+            Before::Nothing,
+            $extract,
+            Some($event)
+        )
+    };
+    ($method:ident, $path:literal, $name:literal, $before:expr, $extract:expr, $event:expr) => {
         Row {
             method: Method::$method,
             path: $path,
             name: $name,
             before: $before,
             extract: $extract,
+            token_event: $event,
         }
     };
 }
@@ -162,13 +176,14 @@ pub static CATALOGUE: &[Row] = &[
         "authz_session_step",
         authz_session_step
     ),
-    row!(POST, "/token", "token", token_issued),
+    row!(POST, "/token", "token", token_issued, events: tokens_issued_event),
     row!(
         POST,
         "/token/revoke",
         "token_revoke",
         Before::ResolveRevokedToken,
-        token_revoked
+        token_revoked,
+        Some(token_revoked_event)
     ),
     row!(POST, "/direct-authz/rest/v2", "direct_authz", direct_authz),
     row!(
@@ -187,13 +202,15 @@ pub static CATALOGUE: &[Row] = &[
         DELETE,
         "/authz-store/rest/v3/authorizations",
         "authz_store_delete",
-        authz_in_query
+        authz_in_query,
+        events: authorization_deleted_event
     ),
     row!(
         POST,
         "/authz-store/rest/v3/revocation",
         "authz_store_revocation",
-        authz_store_revocation
+        authz_store_revocation,
+        events: revocation_event
     ),
     row!(
         POST,
@@ -233,140 +250,72 @@ pub static CATALOGUE: &[Row] = &[
     ),
 ];
 
-/// The client of a token-endpoint request: HTTP Basic (form-encoded id,
-/// RFC 6749 §2.3.1) or the `client_id` form parameter.
-pub fn client_of(headers: &HeaderMap, form_pairs: &[(String, String)]) -> Option<String> {
-    if let Some(basic) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim())
-        && let Ok(text) = String::from_utf8(decoded)
-        && let Some((id, _)) = text.split_once(':')
-    {
-        return form::parse(&format!("id={id}"))
-            .first()
-            .map(|(_, v)| v.clone());
-    }
-    form::first(form_pairs, "client_id").map(str::to_owned)
+/// Requests whose state may live only on the previous primary right after
+/// a flip (a login in progress, an authorization code, an identifier access
+/// token), and how to tell that the new primary does not know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// `/authz-sessions/rest/v3/{sid}`: 404.
+    AuthzSession,
+    /// `/logout-sessions/rest/v1/{sid}`: 404.
+    LogoutSession,
+    /// `/token` with a code, CIBA or device grant: `invalid_grant`.
+    Token,
+    /// `/token/introspect`: `active: false`.
+    Introspect,
+    /// `/userinfo`: 401.
+    UserInfo,
 }
 
-/// The client authentication of a token request as a Basic header value:
-/// the request's own, or built from `client_secret_post` parameters.
-fn client_auth_of(headers: &HeaderMap, form_pairs: &[(String, String)]) -> Option<String> {
-    if let Some(value) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        && value.starts_with("Basic ")
-    {
-        return Some(value.to_owned());
-    }
-    let id = form::first(form_pairs, "client_id")?;
-    let secret = form::first(form_pairs, "client_secret")?;
-    Some(basic_auth(id, secret))
-}
+/// Grants whose unknown code lives on the previous primary.
+const FALLBACK_GRANTS: [&str; 3] = [
+    "authorization_code",
+    "urn:openid:params:grant-type:ciba",
+    "urn:ietf:params:oauth:grant-type:device_code",
+];
 
-/// A `client_secret_basic` Authorization header value (RFC 6749 §2.3.1:
-/// both parts form-encoded before joining).
-pub fn basic_auth(client_id: &str, secret: &str) -> String {
-    let pair = format!(
-        "{}:{}",
-        form::encode_component(client_id),
-        form::encode_component(secret)
-    );
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
-}
+/// The fallback table: methods (empty = any), path under the base path.
+static FALLBACKS: &[(&[Method], &str, Fallback)] = &[
+    (&[], "/authz-sessions/rest/v3/{}", Fallback::AuthzSession),
+    (&[], "/logout-sessions/rest/v1/{}", Fallback::LogoutSession),
+    (&[Method::POST], "/token", Fallback::Token),
+    (&[Method::POST], "/token/introspect", Fallback::Introspect),
+    (
+        &[Method::GET, Method::POST],
+        "/userinfo",
+        Fallback::UserInfo,
+    ),
+];
 
-/// The token event of a trigger exchange, for an Authlete target.
-pub fn token_event(row: &Row, exchange: &Exchange<'_>, resolved: &Resolved) -> Option<TokenEvent> {
-    if !exchange.status.is_success() {
-        return None;
+impl Fallback {
+    /// Whether the request is one the previous primary may alone know
+    /// (for `/token`: only grants that redeem a code).
+    pub fn applies(self, body: &[u8]) -> bool {
+        if self != Self::Token {
+            return true;
+        }
+        let pairs = parse::form_body(body);
+        form::first(&pairs, "grant_type").is_some_and(|grant| FALLBACK_GRANTS.contains(&grant))
     }
-    let request = form_body(exchange.request_body);
-    match row.name {
-        "token" => {
-            let grant = form::first(&request, "grant_type")?.to_owned();
-            let client_id = client_of(exchange.request_headers, &request)?;
-            let response: Value = serde_json::from_slice(exchange.response_body?).ok()?;
-            let access_token = string_field(&response, "access_token")?;
-            let refresh_token = string_field(&response, "refresh_token");
-            let sent_refresh = (grant == "refresh_token")
-                .then(|| form::first(&request, "refresh_token").map(str::to_owned))
-                .flatten();
-            let replaced_refresh = match (&sent_refresh, &refresh_token) {
-                (Some(sent), Some(new)) if sent != new => Some(sent.clone()),
-                _ => None,
-            };
-            let scopes = response
-                .get("scope")
-                .and_then(Value::as_str)
-                .or_else(|| form::first(&request, "scope"))
-                .map(|s| s.split_whitespace().map(str::to_owned).collect())
-                .unwrap_or_default();
-            let subject = jwt_subject_and_client(&access_token).map(|(subject, _)| subject);
-            // Only needed when the subject is not readable from the token.
-            let client_auth = subject
-                .is_none()
-                .then(|| client_auth_of(exchange.request_headers, &request))
-                .flatten();
-            Some(TokenEvent::Issued {
-                subject,
-                client_auth,
-                grant_type: grant,
-                client_id,
-                scopes,
-                expires_in: response
-                    .get("expires_in")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
-                refresh_expires_in: response
-                    .get("refresh_token_expires_in")
-                    .and_then(Value::as_u64),
-                access_token,
-                refresh_token,
-                replaced_refresh,
-            })
+
+    /// Whether the new primary's answer says it does not know the state.
+    pub fn unknown_here(self, status: StatusCode, body: Option<&Bytes>) -> bool {
+        let json = || body.and_then(|b| serde_json::from_slice::<Value>(b).ok());
+        match self {
+            Self::AuthzSession | Self::LogoutSession => status == StatusCode::NOT_FOUND,
+            Self::Token => {
+                status == StatusCode::BAD_REQUEST
+                    && json().is_some_and(|v| {
+                        v.get("error").and_then(Value::as_str) == Some("invalid_grant")
+                    })
+            }
+            Self::Introspect => {
+                status == StatusCode::OK
+                    && json()
+                        .is_some_and(|v| v.get("active").and_then(Value::as_bool) == Some(false))
+            }
+            Self::UserInfo => status == StatusCode::UNAUTHORIZED,
         }
-        "token_revoke" => Some(TokenEvent::Revoked {
-            client_id: client_of(exchange.request_headers, &request)
-                .or_else(|| resolved.authorization.as_ref().map(|(_, c)| c.clone())),
-            subject: resolved.authorization.as_ref().map(|(s, _)| s.clone()),
-            token: form::first(&request, "token").map(str::to_owned),
-        }),
-        // Deleting a long-lived authorization ends its refresh token at
-        // Connect2id (the record holds it); without this event the pair
-        // stayed valid at Authlete, the authorization record itself having
-        // no Authlete counterpart to sync.
-        "authz_store_delete" => {
-            let query = form::parse(exchange.query.unwrap_or_default());
-            let field = |name| {
-                form::first(&query, name)
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_owned)
-            };
-            Some(TokenEvent::Revoked {
-                client_id: Some(field("client_id")?),
-                subject: Some(field("subject")?),
-                token: None,
-            })
-        }
-        "authz_store_revocation" => {
-            let field = |name| {
-                form::first(&request, name)
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_owned)
-            };
-            let (subject, client_id) = (field("subject"), field("client_id"));
-            (subject.is_some() || client_id.is_some()).then_some(TokenEvent::Revoked {
-                client_id,
-                subject,
-                token: None,
-            })
-        }
-        _ => None,
     }
 }
 
@@ -384,39 +333,61 @@ impl Catalogue {
         }
     }
 
-    /// The row matching a request, if it is a trigger. Cheap: a prefix check
-    /// and a segment match over a short table.
-    pub fn route(&self, method: &Method, path: &str) -> Option<RouteId> {
-        if *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS {
-            return None;
-        }
+    /// The path under the base path (without a trailing slash), if the
+    /// request is for this server's endpoints at all.
+    fn relative<'p>(&self, path: &'p str) -> Option<&'p str> {
         let relative = path.strip_prefix(self.base_path.as_str())?;
         if !relative.starts_with('/') {
             return None;
         }
-        let relative = if relative.len() > 1 {
+        Some(if relative.len() > 1 {
             relative.trim_end_matches('/')
         } else {
             relative
-        };
+        })
+    }
+
+    /// The row matching a request, if it is a trigger. Cheap, called for
+    /// every request: a prefix check and a segment comparison over a short
+    /// table, without allocating.
+    pub fn route(&self, method: &Method, path: &str) -> Option<RouteId> {
+        if *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS {
+            return None;
+        }
+        let relative = self.relative(path)?;
         CATALOGUE
             .iter()
-            .position(|row| row.method == *method && matches(row.path, relative).is_some())
+            .position(|row| row.method == *method && fits(row.path, relative))
             .and_then(|index| u16::try_from(index).ok())
             .map(RouteId)
     }
 
+    /// The route id of a request inspected only for the fallback to the
+    /// previous primary (no row: not a trigger).
+    pub const FALLBACK_ONLY: RouteId = RouteId(u16::MAX);
+
+    /// Whether a request may need the previous primary right after a flip.
+    pub fn fallback(&self, method: &Method, path: &str) -> Option<Fallback> {
+        let relative = self.relative(path)?;
+        FALLBACKS
+            .iter()
+            .find(|(methods, pattern, _)| {
+                (methods.is_empty() || methods.contains(method)) && fits(pattern, relative)
+            })
+            .map(|(_, _, fallback)| *fallback)
+    }
+
     /// The row of a route.
-    pub fn row(&self, route: RouteId) -> &'static Row {
-        &CATALOGUE[usize::from(route.0)]
+    pub fn row(&self, route: RouteId) -> Option<&'static Row> {
+        CATALOGUE.get(usize::from(route.0))
     }
 
     /// The token a row must resolve before forwarding, if any.
     pub fn token_to_resolve(&self, route: RouteId, body: &[u8]) -> Option<TokenToResolve> {
-        if self.row(route).before != Before::ResolveRevokedToken {
+        if self.row(route)?.before != Before::ResolveRevokedToken {
             return None;
         }
-        let pairs = form_body(body);
+        let pairs = parse::form_body(body);
         let token = form::first(&pairs, "token")?.to_owned();
         let kind = match form::first(&pairs, "token_type_hint") {
             Some("access_token") => TokenKind::Access,
@@ -438,27 +409,62 @@ impl Catalogue {
         resolved: &Resolved,
         now: u64,
     ) -> Outcome {
-        if !exchange.status.is_success() {
-            return Outcome::default();
+        match self.input(route, exchange, resolved, now) {
+            Some((row, input)) => (row.extract)(&input),
+            None => Outcome::default(),
         }
-        let row = self.row(route);
-        let relative = exchange
-            .path
-            .strip_prefix(self.base_path.as_str())
-            .unwrap_or(exchange.path);
-        let relative = if relative.len() > 1 {
-            relative.trim_end_matches('/')
-        } else {
-            relative
-        };
+    }
+
+    /// The token event of an exchange, for a target that learns tokens
+    /// only from their values.
+    pub fn token_event(
+        &self,
+        route: RouteId,
+        exchange: &Exchange<'_>,
+        resolved: &Resolved,
+    ) -> Option<TokenEvent> {
+        let (row, input) = self.input(route, exchange, resolved, 0)?;
+        (row.token_event?)(&input)
+    }
+
+    /// A row's view of a successful (2xx) exchange; only those change
+    /// anything.
+    fn input<'a>(
+        &self,
+        route: RouteId,
+        exchange: &'a Exchange<'a>,
+        resolved: &'a Resolved,
+        now: u64,
+    ) -> Option<(&'static Row, Input<'a>)> {
+        if !exchange.status.is_success() {
+            return None;
+        }
+        let row = self.row(route)?;
+        let relative = self.relative(exchange.path).unwrap_or(exchange.path);
         let captures = matches(row.path, relative).unwrap_or_default();
-        let input = Input {
-            exchange,
-            captures,
-            resolved,
-            now,
-        };
-        (row.extract)(&input)
+        Some((
+            row,
+            Input {
+                exchange,
+                captures,
+                resolved,
+                now,
+            },
+        ))
+    }
+}
+
+/// Whether a pattern matches a relative path (no allocation).
+fn fits(pattern: &str, path: &str) -> bool {
+    let mut pattern_segments = pattern.split('/');
+    let mut path_segments = path.split('/');
+    loop {
+        match (pattern_segments.next(), path_segments.next()) {
+            (None, None) => return true,
+            (Some("{}"), Some(segment)) if !segment.is_empty() => {}
+            (Some(expected), Some(segment)) if expected == segment => {}
+            _ => return false,
+        }
     }
 }
 
@@ -480,377 +486,14 @@ fn matches(pattern: &str, path: &str) -> Option<Vec<String>> {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Parsing helpers.
-
-fn json(bytes: Option<&bytes::Bytes>) -> Option<Value> {
-    serde_json::from_slice(bytes?).ok()
-}
-
-fn request_json(input: &Input<'_>) -> Option<Value> {
-    serde_json::from_slice(input.exchange.request_body).ok()
-}
-
-fn response_json(input: &Input<'_>) -> Option<Value> {
-    json(input.exchange.response_body)
-}
-
-fn form_body(body: &[u8]) -> Vec<(String, String)> {
-    form::parse(&String::from_utf8_lossy(body))
-}
-
-fn query(input: &Input<'_>) -> Vec<(String, String)> {
-    form::parse(input.exchange.query.unwrap_or_default())
-}
-
-fn string_field(value: &Value, name: &str) -> Option<String> {
-    value
-        .get(name)?
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
-fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)?
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
-}
-
-fn session(sid: String) -> Change {
-    Change::sync(Key::Session { sid })
-}
-
-fn authorization(subject: String, client_id: String) -> Change {
-    Change::sync(Key::Authorization { subject, client_id })
-}
-
-/// A SID inside an authz-session, direct-authz or logout response:
-/// `sub_session.sid`, else `sub_sid`.
-fn response_sid(value: &Value) -> Option<String> {
-    value
-        .get("sub_session")
-        .and_then(|s| string_field(s, "sid"))
-        .or_else(|| string_field(value, "sub_sid"))
-}
-
-/// Whether a token has the shape of a JWT (three base64url parts).
-pub fn looks_like_jwt(token: &str) -> bool {
-    token.split('.').count() == 3 && token.starts_with("ey")
-}
-
-/// The subject and client of a JWT access token, read from its payload
-/// without checking the signature: the primary has just issued it, and the
-/// sync reads the authorization from the primary anyway.
-pub fn jwt_subject_and_client(token: &str) -> Option<(String, String)> {
-    if !looks_like_jwt(token) {
-        return None;
-    }
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    let subject = string_field(&claims, "sub")?;
-    let client = string_field(&claims, "cid").or_else(|| string_field(&claims, "client_id"))?;
-    Some((subject, client))
-}
-
-/// The authorization behind an issued token pair: from a JWT access token,
-/// else resolved at the primary from the refresh token (preferred: it finds
-/// the long-lived record directly) or the access token.
-fn authorization_of_tokens(
-    access_token: Option<&str>,
-    refresh_token: Option<&str>,
-) -> Option<Change> {
-    if let Some((subject, client_id)) = access_token.and_then(jwt_subject_and_client) {
-        return Some(authorization(subject, client_id));
-    }
-    if let Some(token) = refresh_token {
-        return Some(Change::Resolve {
-            token: token.to_owned(),
-            kind: TokenKind::Refresh,
-            from: None,
-        });
-    }
-    access_token.map(|token| Change::Resolve {
-        token: token.to_owned(),
-        kind: TokenKind::Access,
-        from: None,
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Rows.
-
-fn client_created(input: &Input<'_>) -> Outcome {
-    let client_id = response_json(input).and_then(|v| string_field(&v, "client_id"));
-    Outcome::of(
-        client_id
-            .map(|client_id| Change::sync(Key::Client { client_id }))
-            .into_iter()
-            .collect(),
-    )
-}
-
-fn client_in_path(input: &Input<'_>) -> Outcome {
-    Outcome::of(
-        input
-            .captures
-            .first()
-            .map(|client_id| {
-                Change::sync(Key::Client {
-                    client_id: client_id.clone(),
-                })
-            })
-            .into_iter()
-            .collect(),
-    )
-}
-
-fn authz_session_step(input: &Input<'_>) -> Outcome {
-    let Some(response) = response_json(input) else {
-        return Outcome::default();
-    };
-    let mut changes: Vec<Change> = response_sid(&response).map(session).into_iter().collect();
-    // An implicit or hybrid flow with a long-lived consent persists the
-    // authorization at the end of the authorization endpoint (spec §4.1):
-    // the tokens are in the redirect URI.
-    let long_lived = request_json(input)
-        .and_then(|v| v.get("long_lived").and_then(Value::as_bool))
-        .unwrap_or(false);
-    if long_lived && response.get("type").and_then(Value::as_str) == Some("response") {
-        let uri = response
-            .get("parameters")
-            .and_then(|p| p.get("uri"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let params = uri
-            .split_once(['#', '?'])
-            .map(|(_, rest)| rest)
-            .unwrap_or_default();
-        let pairs = form::parse(params);
-        if let Some(change) = authorization_of_tokens(
-            form::first(&pairs, "access_token"),
-            form::first(&pairs, "refresh_token"),
-        ) {
-            changes.push(change);
-        }
-    }
-    Outcome::of(changes)
-}
-
-/// Grants whose success may create or update a long-lived authorization
-/// (spec §4.1 (b)).
-const AUTHORIZATION_GRANTS: [&str; 7] = [
-    "authorization_code",
-    "refresh_token",
-    "password",
-    "urn:ietf:params:oauth:grant-type:token-exchange",
-    "urn:openid:params:grant-type:ciba",
-    "urn:ietf:params:oauth:grant-type:device_code",
-    "urn:ietf:params:oauth:grant-type:jwt-bearer",
-];
-
-fn token_issued(input: &Input<'_>) -> Outcome {
-    let request = form_body(input.exchange.request_body);
-    let Some(grant) = form::first(&request, "grant_type") else {
-        return Outcome::default();
-    };
-    if !AUTHORIZATION_GRANTS.contains(&grant) {
-        return Outcome::default();
-    }
-    let Some(response) = response_json(input) else {
-        return Outcome::default();
-    };
-    let access = response.get("access_token").and_then(Value::as_str);
-    // A rotated refresh token is in the response; without rotation the
-    // client keeps the one it sent.
-    let refresh = response
-        .get("refresh_token")
-        .and_then(Value::as_str)
-        .or_else(|| {
-            (grant == "refresh_token")
-                .then(|| form::first(&request, "refresh_token"))
-                .flatten()
-        });
-    Outcome::of(
-        authorization_of_tokens(access, refresh)
-            .into_iter()
-            .collect(),
-    )
-}
-
-fn token_revoked(input: &Input<'_>) -> Outcome {
-    let Some((subject, client_id)) = input.resolved.authorization.clone() else {
-        // Unknown or transient token: nothing persisted changed.
-        return Outcome::default();
-    };
-    let request = form_body(input.exchange.request_body);
-    let mut changes = Vec::new();
-    // 19.9+: `token_only=true` revokes just that refresh token; the record
-    // stays (and is re-read).
-    if form::first(&request, "token_only") != Some("true") {
-        changes.push(Change::Revocation {
-            subject: Some(subject.clone()),
-            client_id: Some(client_id.clone()),
-            actor: None,
-            timestamp: input.now,
-        });
-    }
-    changes.push(authorization(subject, client_id));
-    Outcome::of(changes)
-}
-
-fn direct_authz(input: &Input<'_>) -> Outcome {
-    let request = request_json(input);
-    let response = response_json(input);
-    let mut changes = Vec::new();
-    let from_request = request.as_ref().and_then(|r| {
-        let subject = string_field(r, "sub")?;
-        let client_id = string_field(r, "client_id")?;
-        Some(authorization(subject, client_id))
-    });
-    let change = from_request.or_else(|| {
-        let response = response.as_ref()?;
-        authorization_of_tokens(
-            response.get("access_token").and_then(Value::as_str),
-            response.get("refresh_token").and_then(Value::as_str),
-        )
-    });
-    changes.extend(change);
-    if let Some(sid) = response.as_ref().and_then(response_sid) {
-        changes.push(session(sid));
-    }
-    Outcome::of(changes)
-}
-
-fn authz_in_body(input: &Input<'_>) -> Outcome {
-    let key = request_json(input).and_then(|body| {
-        let subject = string_field(&body, "sub")?;
-        let client_id = string_field(&body, "cid")?;
-        Some(authorization(subject, client_id))
-    });
-    Outcome::of(key.into_iter().collect())
-}
-
-fn authz_in_query(input: &Input<'_>) -> Outcome {
-    let pairs = query(input);
-    let key = form::first(&pairs, "subject")
-        .zip(form::first(&pairs, "client_id"))
-        .map(|(subject, client_id)| authorization(subject.to_owned(), client_id.to_owned()));
-    Outcome::of(key.into_iter().collect())
-}
-
-fn authz_store_revocation(input: &Input<'_>) -> Outcome {
-    // Form parameters, possibly in the query too.
-    let mut pairs = form_body(input.exchange.request_body);
-    pairs.extend(query(input));
-    let field = |name| {
-        form::first(&pairs, name)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-    };
-    let subject = field("subject");
-    let client_id = field("client_id");
-    let actor = field("actor");
-    if subject.is_none() && client_id.is_none() && actor.is_none() {
-        return Outcome::default();
-    }
-    let timestamp = field("timestamp")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(input.now);
-    let mut changes = vec![Change::Revocation {
-        subject: subject.clone(),
-        client_id: client_id.clone(),
-        actor,
-        timestamp,
-    }];
-    if let (Some(subject), Some(client_id)) = (subject, client_id) {
-        changes.push(authorization(subject, client_id));
-    }
-    Outcome::of(changes)
-}
-
-/// The SID in a session-store create response: `{"sid": ...}`, a JSON
-/// string, or the bare SID as text.
-fn created_sid(body: Option<&bytes::Bytes>) -> Option<String> {
-    let body = body?;
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::String(sid)) => Some(sid),
-        Ok(value) => string_field(&value, "sid"),
-        Err(_) => {
-            let text = std::str::from_utf8(body).ok()?.trim();
-            (!text.is_empty() && !text.contains(char::is_whitespace)).then(|| text.to_owned())
-        }
-    }
-}
-
-fn session_created(input: &Input<'_>) -> Outcome {
-    Outcome::of(
-        created_sid(input.exchange.response_body)
-            .map(session)
-            .into_iter()
-            .collect(),
-    )
-}
-
-fn session_in_header(input: &Input<'_>) -> Outcome {
-    let sid = header(input.exchange.request_headers, "sid").or_else(|| {
-        // subject-auth-life may carry the SID in the body.
-        request_json(input).and_then(|v| string_field(&v, "sid"))
-    });
-    Outcome::of(sid.map(session).into_iter().collect())
-}
-
-fn session_deleted(input: &Input<'_>) -> Outcome {
-    if let Some(sid) = header(input.exchange.request_headers, "sid") {
-        return Outcome::of(vec![session(sid)]);
-    }
-    let pairs = query(input);
-    Outcome::of(
-        form::first(&pairs, "subject")
-            .map(|subject| Change::SubjectSessions {
-                subject: subject.to_owned(),
-            })
-            .into_iter()
-            .collect(),
-    )
-}
-
-fn logout_started(input: &Input<'_>) -> Outcome {
-    let request_sid = request_json(input).and_then(|v| string_field(&v, "sub_sid"));
-    let response = response_json(input);
-    let response_sid = response.as_ref().and_then(response_sid);
-    let logout_sid = response.as_ref().and_then(|v| string_field(v, "sid"));
-    let sid = response_sid.or(request_sid);
-    Outcome {
-        logout: logout_sid
-            .zip(sid.clone())
-            .map(|(logout_sid, sid)| LogoutHint::Remember { logout_sid, sid }),
-        // Re-read now too: a logout without confirmation ends the session
-        // right away.
-        changes: sid.map(session).into_iter().collect(),
-    }
-}
-
-fn logout_confirmed(input: &Input<'_>) -> Outcome {
-    Outcome {
-        changes: Vec::new(),
-        logout: input.captures.first().map(|logout_sid| LogoutHint::Lookup {
-            logout_sid: logout_sid.clone(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::parse::{authorization, session};
     use super::*;
+    use crate::model::Key;
+    use base64::Engine as _;
     use bytes::Bytes;
+    use http::HeaderMap;
     use http::StatusCode;
 
     const JWT_PAYLOAD: &str = r#"{"sub":"alice","cid":"s6BhdRkqt3","scp":["openid","email"],"iss":"https://c2id.example.com","exp":1900000000}"#;
@@ -1357,7 +1000,7 @@ mod tests {
             response_body: Some(&response_body),
             answered_by: crate::model::Side::Source,
         };
-        token_event(catalogue.row(route), &exchange, &Resolved::default())
+        catalogue.token_event(route, &exchange, &Resolved::default())
     }
 
     #[test]
@@ -1439,7 +1082,7 @@ mod tests {
                 response_body: Some(&empty),
                 answered_by: crate::model::Side::Source,
             };
-            token_event(catalogue.row(route), &exchange, &Resolved::default())
+            catalogue.token_event(route, &exchange, &Resolved::default())
         };
         assert_eq!(
             event("subject=alice&client_id=app", StatusCode::NO_CONTENT),

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use handover::api::AdminClient;
 use handover::api::{FlipReport, FlipRequest};
+use handover::cli::{self, Flip};
 use handover::config::TEST_JOURNAL_KEY;
 use handover::emulator::connect2id::ApiTokens;
 use handover::emulator::driver::{Consent, Driver};
 use handover::emulator::jwks::JwkSet;
 use handover::journal::{Cipher, DeadLetters};
 use handover::model::{Change, Key};
-use handover::ops::{self, Flip};
 use serde_json::Value;
 use support::cutover::{admin, finish_backfill, status};
 use support::proxy::TestProxy;
@@ -374,7 +374,7 @@ async fn two_instances_cut_over_together() {
     let via_b = Driver::new(b.url("/c2id"), TOKEN);
 
     // B cannot prepare (a dead letter): A prepares, then aborts with it.
-    let reports = ops::flip(
+    let reports = cli::flip(
         &[admin_a.clone(), admin_b.clone()],
         Flip::Cutover,
         &FlipRequest::default(),
@@ -415,7 +415,7 @@ async fn two_instances_cut_over_together() {
     assert_eq!(admin_b.retry_dead_letters().await.unwrap(), 1);
     stack.wait_synced().await;
     assert!(wait_drained(&b.admin_url("/metrics"), Duration::from_secs(30)).await);
-    let reports = ops::flip(
+    let reports = cli::flip(
         &[admin_a.clone(), admin_b.clone()],
         Flip::Cutover,
         &FlipRequest::default(),

@@ -38,14 +38,12 @@ const LAYERS: &[(&str, u8)] = &[
     ("sync", 5),
     // L6 control and jobs
     ("trigger_hook", 6),
-    ("mirror", 6),
     ("cutover", 6),
     ("backfill", 6),
     ("verify", 6),
     // L7 surfaces
     ("admin", 7),
     ("cli", 7),
-    ("ops", 7),
     ("demo", 7),
     // L8 composition
     ("app", 8),

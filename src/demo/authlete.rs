@@ -286,7 +286,7 @@ fn print(summary: &Summary, service: &emulated::Authlete) {
         service.token_count()
     );
     let _ = writeln!(out);
-    let _ = write!(out, "{}", crate::ops::render_report(&summary.verify));
+    let _ = write!(out, "{}", crate::cli::render_report(&summary.verify));
     let _ = writeln!(
         out,
         "tokens held by users {}: access tokens valid at Authlete {}/{} · refresh tokens valid {}/{}",

@@ -2,6 +2,8 @@
 //! the `parameters` strings of Authlete's endpoint backends) over the
 //! `form_urlencoded` and `percent-encoding` crates.
 
+use base64::Engine as _;
+
 /// Decodes `input` into `(name, value)` pairs, in order. Invalid UTF-8 is
 /// replaced rather than refused: servers are lenient here.
 pub fn parse(input: &str) -> Vec<(String, String)> {
@@ -41,6 +43,20 @@ pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String
     form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()
+}
+
+/// A `client_secret_basic` Authorization header value (RFC 6749 §2.3.1:
+/// both parts form-encoded before joining).
+pub fn basic_auth(client_id: &str, secret: &str) -> String {
+    let pair = format!(
+        "{}:{}",
+        encode_component(client_id),
+        encode_component(secret)
+    );
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 #[cfg(test)]

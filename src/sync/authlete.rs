@@ -246,7 +246,7 @@ async fn resolve_subject(
             let Some(secret) = client.get("client_secret").and_then(Value::as_str) else {
                 return Ok(Resolution::Unknown);
             };
-            let auth = crate::triggers::basic_auth(client_id, secret);
+            let auth = crate::http::form::basic_auth(client_id, secret);
             source
                 .subject_via_introspection(access_token, &auth)
                 .await?

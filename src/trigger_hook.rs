@@ -44,7 +44,7 @@ use crate::model::{Change, Key, TokenKind};
 use crate::proxy::{BoxFuture, Exchange, Hook, RouteId, Ticket};
 use crate::servers::Servers;
 use crate::sync::{Apply, Recorder};
-use crate::triggers::{Catalogue, LogoutHint, Resolved, jwt_subject_and_client};
+use crate::triggers::{Catalogue, Fallback, LogoutHint, Resolved, jwt_subject_and_client};
 
 /// Most remembered logout sessions (logout session id → SID).
 pub const MAX_LOGOUT_HINTS: usize = 100_000;
@@ -60,13 +60,12 @@ pub const FALLBACK_SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// The trigger hook.
 #[derive(Clone)]
-pub struct Mirror {
+pub struct TriggerHook {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     catalogue: Catalogue,
-    base_path: String,
     phases: Arc<Phases>,
     gate: Arc<Gate>,
     fallback_window: Duration,
@@ -78,15 +77,15 @@ struct Inner {
     logout: Mutex<LogoutHints>,
 }
 
-impl std::fmt::Debug for Mirror {
+impl std::fmt::Debug for TriggerHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mirror")
+        f.debug_struct("TriggerHook")
             .field("recorder", &self.inner.recorder)
             .finish_non_exhaustive()
     }
 }
 
-impl Mirror {
+impl TriggerHook {
     /// A hook recognising triggers under `base_path`, recording what they
     /// changed with `recorder`.
     pub fn new(
@@ -100,7 +99,6 @@ impl Mirror {
         Self {
             inner: Arc::new(Inner {
                 catalogue: Catalogue::new(base_path),
-                base_path: base_path.trim_end_matches('/').to_owned(),
                 phases: cutover.phases,
                 gate: cutover.gate,
                 fallback_window: cutover.fallback_window,
@@ -115,7 +113,7 @@ impl Mirror {
     }
 }
 
-/// What the mirror needs from the cutover machinery.
+/// What the trigger hook needs from the cutover machinery.
 #[derive(Debug, Clone)]
 pub struct CutoverParts {
     /// The phase.
@@ -129,50 +127,7 @@ pub struct CutoverParts {
     pub fallbacks: prometheus_client::metrics::counter::Counter,
 }
 
-/// Route ids above the catalogue's: requests inspected only for the
-/// fallback to the previous primary.
-const FALLBACK_ROUTE: u16 = 1000;
-
-/// Requests whose state may live only on the previous primary right after
-/// a flip, and how to tell the new primary does not know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fallback {
-    /// `/authz-sessions/rest/v3/{sid}`: 404.
-    AuthzSession,
-    /// `/logout-sessions/rest/v1/{sid}`: 404.
-    LogoutSession,
-    /// `/token` with a code, CIBA or device grant: `invalid_grant`.
-    Token,
-    /// `/token/introspect`: `active: false`.
-    Introspect,
-    /// `/userinfo`: 401.
-    UserInfo,
-}
-
-fn fallback_of(method: &Method, relative: &str) -> Option<Fallback> {
-    let segments: Vec<&str> = relative.trim_matches('/').split('/').collect();
-    match (method, segments.as_slice()) {
-        (_, ["authz-sessions", "rest", "v3", sid]) if !sid.is_empty() => {
-            Some(Fallback::AuthzSession)
-        }
-        (_, ["logout-sessions", "rest", "v1", sid]) if !sid.is_empty() => {
-            Some(Fallback::LogoutSession)
-        }
-        (&Method::POST, ["token"]) => Some(Fallback::Token),
-        (&Method::POST, ["token", "introspect"]) => Some(Fallback::Introspect),
-        (&Method::GET | &Method::POST, ["userinfo"]) => Some(Fallback::UserInfo),
-        _ => None,
-    }
-}
-
-/// Grants whose unknown code lives on the previous primary.
-const FALLBACK_GRANTS: [&str; 3] = [
-    "authorization_code",
-    "urn:openid:params:grant-type:ciba",
-    "urn:ietf:params:oauth:grant-type:device_code",
-];
-
-impl Hook for Mirror {
+impl Hook for TriggerHook {
     fn route(&self, method: &Method, path: &str) -> Option<RouteId> {
         let inner = &self.inner;
         if inner.phases.phase() == Phase::Completed {
@@ -183,8 +138,10 @@ impl Hook for Mirror {
         }
         // Only right after a flip: everything else streams untouched.
         inner.servers.previous_within(inner.fallback_window)?;
-        let relative = path.strip_prefix(inner.base_path.as_str())?;
-        fallback_of(method, relative).map(|fallback| RouteId(FALLBACK_ROUTE + fallback as u16))
+        inner
+            .catalogue
+            .fallback(method, path)
+            .map(|_| Catalogue::FALLBACK_ONLY)
     }
 
     fn begin<'a>(
@@ -195,7 +152,7 @@ impl Hook for Mirror {
     ) -> BoxFuture<'a, Result<Box<dyn Ticket>, ProxyError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let trigger = route.0 < FALLBACK_ROUTE;
+            let trigger = route != Catalogue::FALLBACK_ONLY;
             // Triggers wait here while a flip holds writes.
             let pass = if trigger {
                 Some(inner.gate.pass(body.len()).await?)
@@ -210,16 +167,12 @@ impl Hook for Mirror {
             }
             let previous = inner.servers.previous_within(inner.fallback_window);
             let fallback = previous.and_then(|_| {
-                let relative = request.uri.path().strip_prefix(inner.base_path.as_str())?;
-                let fallback = fallback_of(&request.method, relative)?;
-                if fallback == Fallback::Token {
-                    let pairs = crate::http::form::parse(&String::from_utf8_lossy(body));
-                    let grant = crate::http::form::first(&pairs, "grant_type")?;
-                    return FALLBACK_GRANTS.contains(&grant).then_some(fallback);
-                }
-                Some(fallback)
+                inner
+                    .catalogue
+                    .fallback(&request.method, request.uri.path())
+                    .filter(|fallback| fallback.applies(body))
             });
-            Ok(Box::new(MirrorTicket {
+            Ok(Box::new(TriggerTicket {
                 inner: Arc::clone(inner),
                 route,
                 resolved,
@@ -230,7 +183,7 @@ impl Hook for Mirror {
     }
 }
 
-struct MirrorTicket {
+struct TriggerTicket {
     inner: Arc<Inner>,
     route: RouteId,
     resolved: Resolved,
@@ -240,31 +193,14 @@ struct MirrorTicket {
     _pass: Option<Pass>,
 }
 
-impl Ticket for MirrorTicket {
+impl Ticket for TriggerTicket {
     fn redirect(
         &mut self,
         status: StatusCode,
         body: Option<&Bytes>,
     ) -> Option<Arc<crate::upstream::Upstream>> {
         let (fallback, previous) = self.fallback?;
-        let json = || body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
-        let unknown_here = match fallback {
-            Fallback::AuthzSession | Fallback::LogoutSession => status == StatusCode::NOT_FOUND,
-            Fallback::Token => {
-                status == StatusCode::BAD_REQUEST
-                    && json().is_some_and(|v| {
-                        v.get("error").and_then(serde_json::Value::as_str) == Some("invalid_grant")
-                    })
-            }
-            Fallback::Introspect => {
-                status == StatusCode::OK
-                    && json().is_some_and(|v| {
-                        v.get("active").and_then(serde_json::Value::as_bool) == Some(false)
-                    })
-            }
-            Fallback::UserInfo => status == StatusCode::UNAUTHORIZED,
-        };
-        if !unknown_here {
+        if !fallback.unknown_here(status, body) {
             return None;
         }
         self.inner.fallbacks.inc();
@@ -275,11 +211,10 @@ impl Ticket for MirrorTicket {
     fn finish<'a>(self: Box<Self>, exchange: Exchange<'a>) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let inner = &self.inner;
-            if self.route.0 >= FALLBACK_ROUTE {
+            let Some(row) = inner.catalogue.row(self.route) else {
                 // Inspected only for the fallback; not a trigger.
                 return;
-            }
-            let row = inner.catalogue.row(self.route);
+            };
             inner.metrics.record_trigger(row.name);
             let now = primary_clock(&exchange);
             let outcome = inner
@@ -294,7 +229,9 @@ impl Ticket for MirrorTicket {
             }
             if inner.apply.needs_token_values() {
                 changes.extend(
-                    crate::triggers::token_event(row, &exchange, &self.resolved)
+                    inner
+                        .catalogue
+                        .token_event(self.route, &exchange, &self.resolved)
                         .map(|event| Change::Token { event }),
                 );
             }
