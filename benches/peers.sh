@@ -531,17 +531,19 @@ summary() {
       for (r in R) {
         if (rps[t, r] != "" && rps[t, r] != "NA" && rps["direct", r] > 0) add(t SUBSEP "xrps", rps[t, r] / rps["direct", r])
         if (rps[t, r] != "" && rps[t, r] != "NA" && rps["nginx", r] > 0) add(t SUBSEP "xngx", rps[t, r] / rps["nginx", r])
+        if (rps[t, r] != "" && rps[t, r] != "NA" && rps["haproxy", r] > 0) add(t SUBSEP "xhap", rps[t, r] / rps["haproxy", r])
         if (p50[t, r] != "" && p50[t, r] != "NA" && p50["direct", r] != "" && p50["direct", r] != "NA") add(t SUBSEP "d50", p50[t, r] - p50["direct", r])
         if (p99[t, r] != "" && p99[t, r] != "NA" && p99["direct", r] != "" && p99["direct", r] != "NA") add(t SUBSEP "d99", p99[t, r] - p99["direct", r])
       }
     }
-    print "| target | req/s (median) | req/s min-max (spread) | req/s x direct | req/s x nginx | p50 us | p99 us | p99.9 us | p99 min-max (spread) | +p50 us vs direct | +p99 us vs direct | errors |"
-    print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    print "| target | req/s (median) | req/s min-max (spread) | req/s x direct | req/s x nginx | req/s x haproxy | p50 us | p99 us | p99.9 us | p99 min-max (spread) | +p50 us vs direct | +p99 us vs direct | errors |"
+    print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for (i = 1; i <= nt; i++) { t = T[i]
       k = t SUBSEP
-      printf "| %s | %s | %s-%s (%s) | %s | %s | %s | %s | %s | %s-%s (%s) | %s | %s | %s |\n", t,
+      printf "| %s | %s | %s-%s (%s) | %s | %s | %s | %s | %s | %s | %s-%s (%s) | %s | %s | %s |\n", t,
         f0(med(L[k "rps"])), f0(mn(L[k "rps"])), f0(mx(L[k "rps"])), spread(L[k "rps"]),
         f2(med(L[k "xrps"])), (("nginx" SUBSEP "rps") in L) ? f2(med(L[k "xngx"])) : "NA",
+        (("haproxy" SUBSEP "rps") in L) ? f2(med(L[k "xhap"])) : "NA",
         f0(med(L[k "p50"])), f0(med(L[k "p99"])), f0(med(L[k "p999"])),
         f0(mn(L[k "p99"])), f0(mx(L[k "p99"])), spread(L[k "p99"]),
         (t == "direct") ? "-" : f0(med(L[k "d50"])), (t == "direct") ? "-" : f0(med(L[k "d99"])), err[t]
@@ -575,14 +577,14 @@ per_round() {
   echo "- rounds: $ROUNDS, interleaved (${ACTIVE[*]}), one discarded $WARMUP wrk warm-up per target; wall time of the measurement $ELAPSED s"
   echo "- closed loop: \`${LG[*]:+${LG[*]} }${WRK_CMD[*]} URL\`"
   echo "- open loop: \`${LG[*]:+${LG[*]} }oha ${OHA_CMD[*]:1} URL\`"
-  echo "- URL: direct http://127.0.0.1:$UP_PORT, nginx :$NGX_PORT, haproxy :$HAP_PORT, handover :$HO_PORT, path $BENCH_PATH"
+  echo "- URL: direct $SCHEME://127.0.0.1:$DIRECT_PORT, nginx :$NGX_PORT, haproxy :$HAP_PORT, handover :$HO_PORT, path $BENCH_PATH"
   for n in "${NOTES[@]}"; do echo "- NOTE: $n"; done
   echo
   echo "## Summary (medians across rounds)"
   echo
   summary
   echo
-  echo "req/s x direct / x nginx: median of per-round ratios (each run paired with the same round's reference run)."
+  echo "req/s x direct / x nginx / x haproxy: median of per-round ratios (each run paired with the same round's reference run)."
   echo "+p50/+p99: median of per-round differences to direct (added latency of the hop). Latency is oha's, corrected for coordinated omission."
   echo "spread = (max - min) / median across rounds. steal% / idle%: whole-machine /proc/stat deltas during the run."
   echo
