@@ -5,7 +5,10 @@
 # Same upstream and proxy configs as benches/peers.sh (nginx `return 200`
 # upstream, 1 worker; nginx `proxy_pass` with upstream keep-alive; HAProxy
 # `http-reuse always`; handover with source = target = that upstream), HTTP/1.1
-# cleartext. Pinned like `PIN=1 peers.sh`: load generator on LOADGEN_CPUS,
+# cleartext by default (PROTO=h2c: HTTP/2 prior knowledge downstream, oha
+# --http2; PROTO=tls: HTTP/1.1 over TLS with one self-signed ECDSA P-256
+# certificate for all, oha --insecure; the upstream leg stays HTTP/1.1
+# cleartext, as in peers.sh). Pinned like `PIN=1 peers.sh`: load generator on LOADGEN_CPUS,
 # upstream + proxy on SERVER_CPUS, one proxy thread / worker
 # (`PIN=0`: unpinned, PROXY_THREADS = nproc).
 #
@@ -69,6 +72,7 @@ OHA=${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}
 UP_PORT=$((BASE_PORT + 1))
 declare -A PORT=([nginx]=$((BASE_PORT + 2)) [haproxy]=$((BASE_PORT + 3)) [handover]=$((BASE_PORT + 4)))
 HO_ADMIN_PORT=$((BASE_PORT + 5))
+PROTO=${PROTO:-h1}
 UP_BODY='{"status":"ok","service":"bench-upstream","issuer":"http://127.0.0.1/c2id","n":42}'
 
 log() { printf '[costs %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -79,6 +83,19 @@ for t in nginx haproxy curl jq perf strace valgrind taskset python3 "$OHA"; do
 done
 [[ " $TARGETS " != *" handover "* || -x $HANDOVER_BIN ]] || die "no $HANDOVER_BIN: cargo build --release"
 
+# Downstream protocol: listener options per server, client flags.
+SCHEME=http OHA_PROTO=() CURL_PROTO=() NGX_LISTEN_OPT="" NGX_SERVER_EXTRA="" HAP_BIND_OPT="" HO_PROXY_EXTRA=""
+TLS_DIR=""
+case $PROTO in
+  h1) ;;
+  h2c)
+    OHA_PROTO=(--http2) CURL_PROTO=(--http2-prior-knowledge)
+    NGX_LISTEN_OPT=" http2" HAP_BIND_OPT=" proto h2" ;;
+  tls)
+    SCHEME=https OHA_PROTO=(--insecure) CURL_PROTO=(-k) ;;
+  *) die "PROTO must be h1, h2c or tls" ;;
+esac
+
 if [[ $PIN == 1 ]]; then
   LG=(taskset -c "$LOADGEN_CPUS") SRV=(taskset -c "$SERVER_CPUS")
 else
@@ -87,11 +104,25 @@ fi
 PROXY_THREADS=${PROXY_THREADS:-$("${SRV[@]}" nproc)}
 
 STAMP=$(date +%F-%H%M%S)
+[[ $PROTO != h1 ]] && STAMP="$STAMP-$PROTO"
 [[ $PIN == 1 ]] && STAMP="$STAMP-pinned"
 RAW=$OUT_DIR/raw/costs-$STAMP
 REPORT=$OUT_DIR/costs-$STAMP.md
 mkdir -p "$RAW"
 WORK=$(mktemp -d /tmp/costs.XXXXXX)
+if [[ $PROTO == tls ]]; then
+  TLS_DIR=$WORK/tls
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>/dev/null
+  cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/haproxy.pem"
+  NGX_LISTEN_OPT=" ssl http2"
+  NGX_SERVER_EXTRA="ssl_certificate $TLS_DIR/cert.pem; ssl_certificate_key $TLS_DIR/key.pem; ssl_protocols TLSv1.2 TLSv1.3;"
+  HAP_BIND_OPT=" ssl crt $TLS_DIR/haproxy.pem alpn h2,http/1.1"
+  HO_PROXY_EXTRA="tls_cert = \"$TLS_DIR/cert.pem\"
+tls_key = \"$TLS_DIR/key.pem\""
+fi
 
 # ---------------------------------------------------------------- lifecycle
 declare -A PID=()
@@ -116,11 +147,13 @@ start() { # NAME LOG CMD...
   "$@" >"$logf" 2>&1 &
   PID[$name]=$!
 }
-wait_http() { # NAME PORT TIMEOUT_S
-  local i
+wait_http() { # NAME PORT TIMEOUT_S [h1: plain HTTP/1.1, the upstream]
+  local i scheme=$SCHEME
+  local -a proto=("${CURL_PROTO[@]}")
+  if [[ ${4:-} == h1 ]]; then scheme=http; proto=(); fi
   for ((i = 0; i < $3 * 10; i++)); do
     kill -0 "${PID[$1]}" 2>/dev/null || return 2
-    [[ $(curl -sS -m 2 "http://127.0.0.1:$2$BENCH_PATH" 2>/dev/null) == "$UP_BODY" ]] && return 0
+    [[ $(curl -sS -m 2 "${proto[@]}" "$scheme://127.0.0.1:$2$BENCH_PATH" 2>/dev/null) == "$UP_BODY" ]] && return 0
     sleep 0.1
   done
   return 1
@@ -163,7 +196,8 @@ EOF
         keepalive_timeout 60s;
     }
     server {
-        listen 127.0.0.1:$3 backlog=4096 reuseport;
+        listen 127.0.0.1:$3 backlog=4096 reuseport$NGX_LISTEN_OPT;
+        $NGX_SERVER_EXTRA
         location / {
             proxy_pass http://bench_upstream;
             proxy_http_version 1.1;
@@ -189,7 +223,7 @@ defaults
     timeout server 30s
     timeout http-keep-alive 30s
 frontend fe
-    bind 127.0.0.1:${PORT[haproxy]}
+    bind 127.0.0.1:${PORT[haproxy]}$HAP_BIND_OPT
     default_backend be
 backend be
     server up1 127.0.0.1:$UP_PORT
@@ -201,6 +235,7 @@ handover_conf() { # DIR
   cat <<EOF
 [proxy]
 listen = "127.0.0.1:${PORT[handover]}"
+$HO_PROXY_EXTRA
 [admin]
 listen = "127.0.0.1:$HO_ADMIN_PORT"
 token_env = "HANDOVER_ADMIN_TOKEN"
@@ -259,12 +294,12 @@ start_target() {
 }
 
 # ---------------------------------------------------------------- load
-url() { echo "http://127.0.0.1:${PORT[$1]}$BENCH_PATH"; }
+url() { echo "$SCHEME://127.0.0.1:${PORT[$1]}$BENCH_PATH"; }
 oha_open() { # URL N JSON
-  "${LG[@]}" "$OHA" -q "$RATE" -n "$2" -c "$OHA_CONNS" --latency-correction --no-tui --output-format json "$1" >"$3"
+  "${LG[@]}" "$OHA" "${OHA_PROTO[@]}" -q "$RATE" -n "$2" -c "$OHA_CONNS" --latency-correction --no-tui --output-format json "$1" >"$3"
 }
 oha_closed() { # URL N JSON
-  "${LG[@]}" "$OHA" -n "$2" -c "$CONNS" --no-tui --output-format json "$1" >"$3"
+  "${LG[@]}" "$OHA" "${OHA_PROTO[@]}" -n "$2" -c "$CONNS" --no-tui --output-format json "$1" >"$3"
 }
 ok_count() { jq '.statusCodeDistribution["200"] // 0' "$1"; }
 cpu_snap() { awk '/^cpu /{t=0; for(i=2;i<=NF;i++) t+=$i; print t, $9, $5+$6; exit}' /proc/stat; }
@@ -301,10 +336,10 @@ stage_stat() { # TARGET
     c0=$(ctxt "$PIDS_OF"); snap=$(cpu_snap)
     if [[ $load == open ]]; then
       perf stat -x, -e "$PERF_EVENTS" -p "$PIDS_OF" -o "$RAW/$t-stat-$load.perf" -- \
-        "${LG[@]}" "$OHA" -q "$RATE" -n "$N_OPEN" -c "$OHA_CONNS" --latency-correction --no-tui --output-format json "$(url "$t")" >"$json"
+        "${LG[@]}" "$OHA" "${OHA_PROTO[@]}" -q "$RATE" -n "$N_OPEN" -c "$OHA_CONNS" --latency-correction --no-tui --output-format json "$(url "$t")" >"$json"
     else
       perf stat -x, -e "$PERF_EVENTS" -p "$PIDS_OF" -o "$RAW/$t-stat-$load.perf" -- \
-        "${LG[@]}" "$OHA" -n "$N_CLOSED" -c "$CONNS" --no-tui --output-format json "$(url "$t")" >"$json"
+        "${LG[@]}" "$OHA" "${OHA_PROTO[@]}" -n "$N_CLOSED" -c "$CONNS" --no-tui --output-format json "$(url "$t")" >"$json"
     fi
     c1=$(ctxt "$PIDS_OF")
     n=$(ok_count "$json")
@@ -398,7 +433,7 @@ stage_valgrind() { # TARGET
 stage_perf() { # TARGET
   local t=$1 json=$RAW/$t-perf.json
   perf record -q -e cpu-clock -F 4999 -g -p "$PIDS_OF" -o "$RAW/$t-perf.data" -- \
-    "${LG[@]}" timeout "$((PERF_SECONDS + 5))" "$OHA" -z "${PERF_SECONDS}s" -c "$CONNS" --no-tui --output-format json "$(url "$t")" >"$json" 2>/dev/null || true
+    "${LG[@]}" timeout "$((PERF_SECONDS + 5))" "$OHA" "${OHA_PROTO[@]}" -z "${PERF_SECONDS}s" -c "$CONNS" --no-tui --output-format json "$(url "$t")" >"$json" 2>/dev/null || true
   perf report -i "$RAW/$t-perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' >"$RAW/$t-perf-dso.txt" || true
   perf report -i "$RAW/$t-perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' >"$RAW/$t-perf-sym.txt" || true
   python3 "$HERE/costs_profile.py" perf "$RAW/$t-perf-sym.txt" >"$RAW/$t-perf-components.md" 2>/dev/null || true
@@ -412,7 +447,7 @@ mkdir -p "$WORK/upstream"
 nginx_conf "$WORK/upstream" 1 "" on >"$WORK/upstream/nginx.conf"
 start upstream "$WORK/upstream/stdout.log" "${SRV[@]}" nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -e "$WORK/upstream/error.log"
 PORT[upstream]=$UP_PORT
-wait_http upstream "$UP_PORT" 10 || die "upstream did not come up"
+wait_http upstream "$UP_PORT" 10 h1 || die "upstream did not come up"
 
 for t in $TARGETS; do
   for stage in $STAGES; do
@@ -434,6 +469,7 @@ ELAPSED=$(($(date +%s) - T0))
   echo "# Per-request costs, $(date '+%F %T %Z')"
   echo
   echo "- host: $(nproc) CPUs, kernel $(uname -r), load avg at start $LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg); wall time ${ELAPSED}s"
+  echo "- downstream protocol: $PROTO (upstream leg HTTP/1.1 cleartext)"
   echo "- mode: PIN=$PIN (load generator on ${LG[*]:-any CPU}, upstream + proxy on ${SRV[*]:-any CPU}), proxy threads/workers $PROXY_THREADS"
   echo "- commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null), src/ dirty files: $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l)"
   echo "- loads: open = \`oha -q $RATE -n $N_OPEN -c $OHA_CONNS\`, closed = \`oha -n $N_CLOSED -c $CONNS\`, strace = open with -n $N_STRACE, valgrind = closed, (${N_LARGE} - ${N_SMALL}) requests differenced"
