@@ -290,6 +290,9 @@ start_target() {
   PIDS_OF=${PID[$t]}
   if [[ $t == nginx && $# == 0 ]]; then
     PIDS_OF=$(pgrep -P "${PID[$t]}" | paste -sd, -)
+  elif [[ $t == handover ]]; then
+    # A wrapper as HANDOVER_BIN (several processes): count its children too.
+    PIDS_OF=$(echo "${PID[$t]}" $(pgrep -P "${PID[$t]}") | tr ' ' ,)
   fi
 }
 
