@@ -695,6 +695,40 @@ async fn session_import_keeps_last_used_only_leniently() {
     }
 }
 
+#[tokio::test]
+async fn expired_sessions_are_purged_in_the_background_only_with_an_interval() {
+    let purging = start_with(Strictness {
+        session_purge_interval_secs: 1,
+        ..Strictness::real()
+    })
+    .await;
+    let idle = start_with(Strictness::lenient()).await;
+    let http = Http::default();
+    for emulator in [&purging, &idle] {
+        create_session(
+            &http,
+            &emulator.url(),
+            json!({ "sub": "pia", "max_idle": 1 }),
+            None,
+        )
+        .await;
+        emulator.emulator().advance_clock(Duration::from_secs(61));
+        assert_eq!(
+            emulator.emulator().counts().sessions,
+            1,
+            "expired, not yet removed"
+        );
+    }
+    eventually("the background purge", || {
+        purging.emulator().counts().sessions == 0
+    })
+    .await;
+    // The same second passed for the other one, whose interval is 0.
+    assert_eq!(idle.emulator().counts().sessions, 1);
+    assert_eq!(idle.emulator().purge_expired_sessions(), 1);
+    assert_eq!(idle.emulator().counts().sessions, 0);
+}
+
 // ---- 4. client delete ----
 
 #[tokio::test]
@@ -1252,14 +1286,25 @@ async fn client_updates_follow_the_rotation_switches() {
         let emulator = start_with(strictness).await;
         let base = emulator.url();
         let http = Http::default();
+        // The server mints the registration access token on create and
+        // import; a supplied one is ignored in every reading.
         let client = register(
             &http,
             &base,
-            json!({ "grant_types": ["client_credentials"], "client_name": "Rot" }),
+            json!({
+                "grant_types": ["client_credentials"],
+                "client_name": "Rot",
+                "registration_access_token": "supplied-by-the-caller",
+            }),
         )
         .await;
         let url = format!("{base}/clients/{}", id(&client));
         let rat = client["registration_access_token"].as_str().unwrap();
+        assert_ne!(rat, "supplied-by-the-caller");
+        assert_eq!(
+            http.get(&url, "supplied-by-the-caller").await.status,
+            StatusCode::UNAUTHORIZED
+        );
         let mut body = client.clone();
         body["client_name"] = "Renamed".into();
         let updated = http

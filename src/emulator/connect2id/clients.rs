@@ -403,7 +403,7 @@ fn cascade_delete(service: &Service, client_id: &str) {
         .revoke(None, Some(client_id), None, None, service.now());
     tracing::debug!(
         authorizations = records.len(),
-        "client delete cascaded to its authorizations and revoked its tokens"
+        "cascaded a client delete to its authorizations and revoked its tokens"
     );
 }
 
