@@ -222,6 +222,20 @@ struct EmulateArgs {
     /// Authlete: the v2 service API secret (Basic password; defaults to the token).
     #[arg(long)]
     api_secret: Option<String>,
+    /// Connect2id: read the server strictly (every real-server behaviour
+    /// that is harder on a migration than the lenient default).
+    #[arg(long)]
+    strict: bool,
+    /// Connect2id: individual strictness switches as a JSON object, on top
+    /// of the default or --strict, e.g. '{"backchannel_logout":true}'.
+    #[arg(long, value_name = "JSON")]
+    strictness: Option<String>,
+    /// Connect2id: a tenant of the multi-tenant edition (repeatable).
+    #[arg(long = "tenant", value_name = "ID")]
+    tenants: Vec<String>,
+    /// Connect2id: an issuer alias of the default tenant (repeatable).
+    #[arg(long = "issuer-alias", value_name = "URL")]
+    issuer_aliases: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -388,21 +402,29 @@ fn emulate(args: EmulateArgs, log_format: LogFormat) -> ExitCode {
             signal.cancel();
         });
         match args.kind {
-            EmulatorKind::Connect2id => connect2id::run(
-                connect2id::Options {
-                    listen: args.listen,
-                    api_token: args.api_token,
-                    seed: args.seed,
-                    jwks: args.jwks,
-                    base_path: args.base_path,
-                    issuer: args.issuer,
-                    latency_ms: args.latency_ms,
-                    error_rate: args.error_rate,
-                },
-                stop,
-            )
-            .await
-            .map_err(|err| err.to_string()),
+            EmulatorKind::Connect2id => {
+                let strictness =
+                    connect2id::strictness_from_flags(args.strict, args.strictness.as_deref())
+                        .map_err(|err| err.to_string())?;
+                connect2id::run(
+                    connect2id::Options {
+                        listen: args.listen,
+                        api_token: args.api_token,
+                        seed: args.seed,
+                        jwks: args.jwks,
+                        base_path: args.base_path,
+                        issuer: args.issuer,
+                        latency_ms: args.latency_ms,
+                        error_rate: args.error_rate,
+                        strictness,
+                        tenants: args.tenants,
+                        issuer_aliases: args.issuer_aliases,
+                    },
+                    stop,
+                )
+                .await
+                .map_err(|err| err.to_string())
+            }
             EmulatorKind::Authlete => {
                 let mut options = authlete::Options::new(args.listen, args.api_token);
                 options.service_id = args.service_id;

@@ -2435,7 +2435,7 @@ async fn shutdown_stops_serving() {
 
 #[tokio::test]
 async fn emulate_command_reports_bad_options() {
-    use handover::emulator::connect2id::{Error, Options, run};
+    use handover::emulator::connect2id::{Error, Options, Strictness, run};
     use tokio_util::sync::CancellationToken;
 
     let options = Options {
@@ -2447,6 +2447,9 @@ async fn emulate_command_reports_bad_options() {
         issuer: None,
         latency_ms: 0,
         error_rate: 0.0,
+        strictness: Strictness::default(),
+        tenants: Vec::new(),
+        issuer_aliases: Vec::new(),
     };
     let bad_base = Options {
         base_path: "c2id/".to_owned(),
@@ -2454,6 +2457,14 @@ async fn emulate_command_reports_bad_options() {
     };
     let err = run(bad_base, CancellationToken::new()).await.unwrap_err();
     assert!(matches!(err, Error::BasePath { .. }), "{err}");
+    let duplicate_tenant = Options {
+        tenants: vec!["acme".to_owned(), "acme".to_owned()],
+        ..options.clone()
+    };
+    let err = run(duplicate_tenant, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Tenant { .. }), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     // A file that does not exist is created with a new set; one that cannot

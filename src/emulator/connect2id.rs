@@ -5,17 +5,25 @@
 //!
 //! Every path is served under `base_path` (e.g. `/c2id`) and nowhere else:
 //! discovery (`/.well-known/openid-configuration`), `/jwks.json`,
-//! `/clients`, `/token`, `/token/introspect`, `/token/revoke`,
+//! `/clients`, `/par`, `/token`, `/token/introspect`, `/token/revoke`,
 //! `/authz-sessions/rest/v3`, `/direct-authz/rest/v2`,
 //! `/logout-sessions/rest/v1`, `/authz-store/rest/v3/{authorizations,
-//! revocation, inspection}` and `/session-store/rest/v2/sessions`, plus the
-//! test endpoints `/_emulator/knobs` and `/_emulator/state`. Each management
-//! API checks its own bearer token ([`ApiTokens`]); a missing or wrong one
-//! gets `401 {"error": "invalid_token"}`. Errors are
+//! revocation, inspection}`, `/session-store/rest/v2/sessions` and
+//! `/session-store/rest/v2/purge`, the legacy versions a configured
+//! [`Strictness::server_version`] serves, plus the test endpoints
+//! `/_emulator/knobs`, `/_emulator/strictness` and `/_emulator/state`. Each
+//! management API checks its own bearer token ([`ApiTokens`]); a missing or
+//! wrong one gets `401 {"error": "invalid_token"}`. Errors are
 //! `{"error", "error_description"}` JSON; every JSON answer carries
 //! `Cache-Control: no-store`. The exports (`GET /clients`,
 //! `GET /authz-store/rest/v3/authorizations`,
 //! `GET /session-store/rest/v2/sessions`) stream chunk by chunk.
+//!
+//! With [`Config::tenants`] it plays the multi-tenant edition: each tenant
+//! has its own stores and issuer and is chosen per request by `Tenant-ID`
+//! (or its issuer in `Issuer`); with [`Config::issuer_aliases`] an `Issuer`
+//! header naming an alias serves the request under that issuer over the
+//! default tenant's stores. Neither header: the default tenant.
 //!
 //! # Keys and portability
 //!
@@ -25,33 +33,65 @@
 //! `refresh-token-encrypt`, JWTs are signed with the Ed25519 key. Two
 //! emulators with the same set accept each other's SIDs, refresh tokens (once
 //! the record is imported) and JWTs (when their issuers are equal, as a
-//! migration requires); with different sets they do not.
+//! migration requires); with different sets they do not. `/jwks.json`
+//! publishes the public members of the asymmetric keys only.
 //!
-//! # Knobs
+//! # Knobs and strictness
 //!
 //! `/_emulator/*` needs the clients token and ignores the knobs. Every other
 //! request: when down, the connection is dropped; then the latency is
 //! added; then the error rate may answer `503 {"error": "server_error"}`.
 //!
+//! [`Strictness`] holds one switch per behaviour in which a real server may
+//! be harder on a migration than the emulator's first reading; the lenient
+//! preset is the default, [`Strictness::real`] turns them all on. It is set
+//! in [`Config::strictness`], by `--strict` / `--strictness`, or over
+//! `GET`/`PUT /_emulator/strictness` (a partial JSON object).
+//!
 //! # Inferences
 //!
 //! Where the spec marks a behaviour as inferred or leaves it open, this
-//! emulator implements the following (check them against a live server):
+//! emulator implements the following (check them against a live server).
+//! "Leniently" and "strictly" name the two readings of a [`Strictness`]
+//! switch; everything else holds in both.
 //!
 //! * Each management API has its own token; `/direct-authz` and
 //!   `/logout-sessions` use the authz-sessions token.
 //! * The default issuer is `http://<bound address><base_path>`, so that
-//!   every endpoint is `issuer + path`.
+//!   every endpoint is `issuer + path`. A tenant's issuer is
+//!   `<default issuer>/<tenant id>`; its endpoints are still reached at the
+//!   default address, with the header.
 //! * `POST /clients` answers `201`; `DELETE /clients/{id}` answers `204`;
 //!   the master token can read, update and delete any client; an unknown
 //!   client is `404 invalid_client`. A `PUT` must repeat the `client_id`.
 //!   A client may only authenticate at `/token` with its registered
-//!   `token_endpoint_auth_method`.
+//!   `token_endpoint_auth_method`. Only the current registration access
+//!   token works on `/clients/{id}`.
+//! * `PUT /clients/{id}` mints a new secret when
+//!   `always_refresh_client_secret_on_update` (both readings, the 14.0
+//!   default) or the body has `refresh_client_secret: true`, and a new
+//!   registration access token when `refresh_access_token_on_update` (both
+//!   readings). `preferred_client_secret` on `PUT` is ignored in both
+//!   readings (`preferred_client_secret_on_update` off): only registration
+//!   documents it. `client_secret_expires_at` is never taken from a request,
+//!   import included: the server computes it from
+//!   `client_secret_lifetime_secs` (0: never, both readings).
+//! * Deleting a client leniently leaves its authorizations; strictly
+//!   (`client_delete_cascades`) deletes them and journals a revocation of
+//!   the client at the delete time.
 //! * Refresh tokens are issued when the consent does not say
 //!   `refresh_token.issue: false` and the client is registered for the
-//!   `refresh_token` grant. Without rotation the refresh response omits
-//!   `refresh_token`. A refresh-token `max_idle` counts from `rti`, so it only
-//!   behaves as an idle timeout with rotation.
+//!   `refresh_token` grant. A consent, direct authorization or minted record
+//!   that does not say rotates per `default_rotate` (false in both readings,
+//!   the real default). Without rotation the refresh response omits
+//!   `refresh_token`. A refresh-token `max_idle` counts from `rti`, so it
+//!   only behaves as an idle timeout with rotation.
+//! * A long-lived refresh token is `{sub, cid, rts}` sealed with AES-GCM.
+//!   Leniently the nonce derives from the plaintext, so the client's token
+//!   and every `rft` are the same string; strictly
+//!   (`random_refresh_token_nonce`) each sealing has a random nonce and a
+//!   different string, and any of them is accepted wherever the record and
+//!   key are.
 //! * Reusing a rotated-away long-lived refresh token deletes the record and
 //!   journals a revocation of the subject and client. The memory of expended
 //!   tokens is local (not exported): at another server the same reuse is a
@@ -60,39 +100,80 @@
 //!   is at or before a matching journal timestamp. New tokens and records
 //!   for a subject and client get an `iat` one second after a revocation of
 //!   the current second, so they are not born revoked.
+//! * `/token/revoke` of a transient (self-contained) refresh token or a JWT
+//!   access token journals a revocation of its subject and client; a server
+//!   that did not see the revocation still accepts the token (it needs
+//!   nothing imported), in both readings.
+//! * Native SSO (`native_sso`, strictly): a code grant with scope `openid
+//!   device_sso` opens a device session whose SID is the `device_secret`;
+//!   refresh tokens of that grant carry the session's key and fail once it
+//!   has ended. `/token/revoke` of a `device_secret` (hint `device_secret`,
+//!   or no hint and no other token matches) ends the session, for any
+//!   authenticated client of the group.
 //! * `POST /authz-store/rest/v3/authorizations?import=true` stores the record
 //!   as given and answers `201` (`200` when it replaced one) with the record
-//!   and its `rft`; it does not check that the client exists. Mint answers
-//!   `200`. `PUT` keeps `iat` and, unless given, `rts`/`rti`.
-//!   `/inspection` accepts `refresh_token`, `access_token` or `token`, and
-//!   has nothing for transient refresh tokens (`404`). `/revocation` deletes
-//!   matching records whatever the timestamp (which only dates the journal
-//!   entry).
+//!   and its `rft`; leniently it does not check that the client exists,
+//!   strictly (`import_requires_client`) an unknown client is
+//!   `400 invalid_client`. Mint answers `200`. `PUT` keeps `iat` and, unless
+//!   given, `rts`/`rti`. `/inspection` accepts `refresh_token`,
+//!   `access_token` or `token`, and has nothing for transient refresh tokens
+//!   (`404`); strictly (`allow_direct_inspection` off) an access token is
+//!   `400 invalid_request`. `/revocation` deletes matching records whatever
+//!   the timestamp (which only dates the journal entry). v2's `/revocation`
+//!   answers `404` where v3 answers `204`.
+//! * Legacy paths (`server_version`, strictly 16) answer exactly like their
+//!   current versions.
 //! * Session fields `max_life`, `auth_time`, `creation_time` and `last_used`
 //!   use those names; `POST /sessions` answers `201 {"sid": ...}`, with
-//!   `SID-Key` replacing any session with that key; `PUT` merges into the
-//!   session and answers `204`; changing `fpt` is `400`. The quota counts
-//!   all contexts of a subject. `DELETE ?subject=` answers the removed
-//!   sessions keyed by SID (`204` with `?quiet=true`).
-//! * Without configured issuer aliases, a request with an `Issuer` header
-//!   other than the issuer is refused with `400`.
+//!   `SID-Key` replacing any session with that key; leniently it keeps a
+//!   supplied `last_used`, strictly (`import_resets_last_used`) it becomes
+//!   now; `PUT` merges into the session and answers `204`; changing `fpt` is
+//!   `400`. The quota counts all contexts of a subject. `DELETE ?subject=`
+//!   answers the removed sessions keyed by SID (`204` with `?quiet=true`).
+//!   `GET` by SID bumps `last_used` unless `skip_last_used_update=true`;
+//!   strictly (`sso_updates_last_used`) so does an SSO start or direct
+//!   authorization that finds the session by `sub_sid`. New sessions idle
+//!   out after `session_max_idle_minutes` unless they say `max_idle`.
+//!   `POST /purge` answers `204`.
+//! * Back-channel logout (`backchannel_logout`, strictly): relying parties
+//!   that got an ID token in a session are listed in its `rps` member (an
+//!   inferred name), which an export carries; every end of the session
+//!   (delete, logout, quota, expiry when touched or purged, device secret
+//!   revoked) POSTs a `logout+jwt` to each one's `backchannel_logout_uri`.
+//! * PAR: `POST /par` answers `201 {request_uri, expires_in}`; the
+//!   `request_uri` is single use, bound to its client, lives
+//!   `par_lifetime_secs`; an unknown, expired or foreign one gives the
+//!   authorization session start `{"type": "error", "error":
+//!   "invalid_request_uri"}`.
+//! * An `Issuer` header that is neither the issuer, a configured alias nor a
+//!   tenant's issuer is refused with `400`; so is an unknown `Tenant-ID` in
+//!   the multi-tenant edition (the regular edition ignores the header), and
+//!   a `Tenant-ID` and `Issuer` that disagree. Access tokens, codes and
+//!   authorization flows are bound to the issuer they were issued under;
+//!   clients, authorizations (so long-lived refresh tokens), sessions and
+//!   the revocation journal are shared by an issuer's aliases, and separate
+//!   between tenants (a transient refresh token names its tenant, since the
+//!   emulator's tenants share one JWK set).
 //! * Introspection requires a confidential client; tokens of another issuer
 //!   are inactive. Refresh tokens introspect without `token_type`.
 
 mod authz;
 mod authz_store;
+mod backchannel;
 mod clients;
 mod keys;
+mod par;
 mod seed;
 mod sessions;
 mod store;
+mod strictness;
 mod tokens;
 mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -112,7 +193,9 @@ use super::jwks::{self, JwkSet};
 use super::{KnobSettings, Knobs};
 use crate::http::{Body, BoxError, ReadBodyError, read_body};
 
+pub use self::backchannel::BackchannelLogout;
 pub use self::store::{Counts, RevocationEntry};
+pub use self::strictness::Strictness;
 
 /// The bearer tokens of the management APIs. Connect2id configures one per
 /// API; a proxy must hold the right one for each.
@@ -162,10 +245,24 @@ pub struct Config {
     pub issuer: Option<String>,
     /// The path every endpoint is served under: `""` or e.g. `"/c2id"`.
     pub base_path: String,
+    /// How strictly to read Connect2id (see [`Strictness`]); changeable
+    /// later with [`Connect2id::set_strictness`].
+    pub strictness: Strictness,
+    /// Multi-tenant edition: the IDs of the tenants besides the default one.
+    /// Each has its own stores and issuer (`<issuer>/<id>`) and is selected
+    /// by the `Tenant-ID` header (or its issuer in `Issuer`); a request with
+    /// neither goes to the default tenant. Empty: the regular edition, which
+    /// ignores `Tenant-ID`.
+    pub tenants: Vec<String>,
+    /// Issuer aliases of the default tenant (`op.issuer.aliases`, RN 12.3,
+    /// mode `MIGRATION`), selected by an `Issuer` header equal to one: the
+    /// stores are shared, tokens and flows are bound to the alias.
+    pub issuer_aliases: Vec<String>,
 }
 
 impl Config {
-    /// A configuration with no seed, the default issuer and no base path.
+    /// A configuration with no seed, the default issuer, no base path, the
+    /// default strictness and a single tenant.
     pub fn new(tokens: ApiTokens, jwks: JwkSet) -> Self {
         Self {
             tokens,
@@ -173,6 +270,9 @@ impl Config {
             seed: 0,
             issuer: None,
             base_path: String::new(),
+            strictness: Strictness::default(),
+            tenants: Vec::new(),
+            issuer_aliases: Vec::new(),
         }
     }
 }
@@ -192,6 +292,7 @@ pub struct Handle {
     emulator: Connect2id,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
+    reaper: Option<JoinHandle<()>>,
 }
 
 impl Handle {
@@ -208,7 +309,7 @@ impl Handle {
     /// Stops accepting connections and waits for in-flight requests.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.reaper.take()].into_iter().flatten() {
             let _ = task.await;
         }
     }
@@ -254,6 +355,18 @@ pub enum Error {
         /// The value given.
         value: f64,
     },
+    /// `--strictness` is not a JSON object of known switches.
+    #[error("invalid --strictness: {reason}")]
+    Strictness {
+        /// What was wrong.
+        reason: String,
+    },
+    /// A `--tenant` or `--issuer-alias` is empty or given twice.
+    #[error("invalid tenant or issuer alias {value:?}: it must be non-empty and unique")]
+    Tenant {
+        /// The value given.
+        value: String,
+    },
 }
 
 /// Writes a file readable by its owner only (it holds private keys).
@@ -285,6 +398,30 @@ pub struct Options {
     pub latency_ms: u64,
     /// `--error-rate F`.
     pub error_rate: f64,
+    /// `--strict` and `--strictness JSON`.
+    pub strictness: Strictness,
+    /// `--tenant ID`, repeatable.
+    pub tenants: Vec<String>,
+    /// `--issuer-alias URL`, repeatable.
+    pub issuer_aliases: Vec<String>,
+}
+
+/// The strictness chosen on the command line: the strict preset with
+/// `--strict`, else the default, with `--strictness` overrides on top.
+pub fn strictness_from_flags(strict: bool, overrides: Option<&str>) -> Result<Strictness, Error> {
+    let base = if strict {
+        Strictness::real()
+    } else {
+        Strictness::default()
+    };
+    let Some(text) = overrides else {
+        return Ok(base);
+    };
+    let value: Value = serde_json::from_str(text).map_err(|err| Error::Strictness {
+        reason: err.to_string(),
+    })?;
+    base.with_overrides(&value)
+        .map_err(|reason| Error::Strictness { reason })
 }
 
 /// Runs a standalone emulator until `shutdown` is cancelled.
@@ -297,6 +434,19 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         return Err(Error::ErrorRate {
             value: options.error_rate,
         });
+    }
+    options
+        .strictness
+        .validate()
+        .map_err(|reason| Error::Strictness { reason })?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(bad) = options
+        .tenants
+        .iter()
+        .chain(&options.issuer_aliases)
+        .find(|value| value.trim().is_empty() || !seen.insert(value.as_str()))
+    {
+        return Err(Error::Tenant { value: bad.clone() });
     }
     let jwks = match &options.jwks {
         Some(path) if path.exists() => JwkSet::load(path)?,
@@ -330,6 +480,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         seed: options.seed,
         issuer: options.issuer,
         base_path,
+        strictness: options.strictness,
+        tenants: options.tenants,
+        issuer_aliases: options.issuer_aliases,
     });
     emulator.knobs().apply(&KnobSettings {
         latency_ms: Some(options.latency_ms),
@@ -342,6 +495,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         url = %handle.url(),
         issuer = %handle.emulator().issuer().unwrap_or_default(),
         seed = options.seed,
+        strictness = ?handle.emulator().strictness(),
         "connect2id emulator listening"
     );
     shutdown.cancelled().await;
@@ -352,29 +506,67 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
 impl Connect2id {
     /// Builds an emulator; nothing listens until [`Connect2id::start`].
     pub fn new(config: Config) -> Self {
-        let clock = Clock::default();
+        let clock = Arc::new(Clock::default());
         let keys = Arc::new(Keys::new(&config.jwks));
-        let seeder = Seeder::new(keys.clone(), config.seed, clock.now());
-        let base_path = config.base_path.trim_end_matches('/').to_owned();
-        let issuer = OnceLock::new();
-        if let Some(configured) = &config.issuer {
-            let _ = issuer.set(configured.trim_end_matches('/').to_owned());
-        }
-        let service = Service {
+        let shared = Shared {
             tokens: config.tokens,
             jwks: config.jwks,
-            base_path,
-            issuer,
-            keys,
-            store: Store::new(seeder),
-            knobs: Knobs::default(),
-            clock,
-            authz_sessions: Ephemeral::default(),
-            logout_sessions: Ephemeral::default(),
-            codes: Ephemeral::default(),
-            access_tokens: Ephemeral::default(),
-            expended: Ephemeral::default(),
+            base_path: config.base_path.trim_end_matches('/').to_owned(),
+            keys: keys.clone(),
+            knobs: Arc::new(Knobs::default()),
+            clock: clock.clone(),
+            strictness: Arc::new(RwLock::new(config.strictness)),
+            backchannel: Arc::new(backchannel::Notifier::default()),
         };
+        let seeder = Seeder::new(keys.clone(), config.seed, clock.now());
+        let store = Arc::new(Store::new(seeder));
+        let expended = Arc::new(Ephemeral::default());
+        let configured = config
+            .issuer
+            .as_deref()
+            .map(|issuer| issuer.trim_end_matches('/').to_owned());
+        let tenants = config
+            .tenants
+            .iter()
+            .map(|id| {
+                let seeder = Seeder::new(keys.clone(), 0, clock.now());
+                let tenant = Service::new(
+                    &shared,
+                    Some(id.clone()),
+                    Arc::new(Store::new(seeder)),
+                    Arc::new(Ephemeral::default()),
+                    Routes::default(),
+                );
+                if let Some(issuer) = &configured {
+                    let _ = tenant.issuer.set(format!("{issuer}/{id}"));
+                }
+                (id.clone(), Arc::new(tenant))
+            })
+            .collect();
+        // An alias shares the default tenant's stores and expended-token
+        // memory (MIGRATION mode), but has its own flows and identifier
+        // access tokens: RN 13.0 forbids switching issuer mid-flow and
+        // reports tokens of another alias inactive.
+        let aliases = config
+            .issuer_aliases
+            .iter()
+            .map(|alias| {
+                let alias = alias.trim_end_matches('/').to_owned();
+                let service = Service::new(
+                    &shared,
+                    None,
+                    store.clone(),
+                    expended.clone(),
+                    Routes::default(),
+                );
+                let _ = service.issuer.set(alias.clone());
+                (alias, Arc::new(service))
+            })
+            .collect();
+        let service = Service::new(&shared, None, store, expended, Routes { tenants, aliases });
+        if let Some(issuer) = configured {
+            let _ = service.issuer.set(issuer);
+        }
         Self {
             service: Arc::new(service),
         }
@@ -391,6 +583,9 @@ impl Connect2id {
             .service
             .issuer
             .set(format!("http://{addr}{}", self.service.base_path));
+        for (id, tenant) in &self.service.routes.tenants {
+            let _ = tenant.issuer.set(format!("{}/{id}", self.service.issuer()));
+        }
         let cancel = CancellationToken::new();
         let service = self.service.clone();
         let handler = move |request: Request<Incoming>, _peer: SocketAddr| {
@@ -398,12 +593,53 @@ impl Connect2id {
             async move { service.handle(request).await }
         };
         let task = tokio::spawn(crate::http::serve(listener, handler, cancel.clone()));
+        let reaper = tokio::spawn(sessions::reap(self.service.clone(), cancel.clone()));
         Handle {
             addr,
             emulator: self,
             cancel,
             task: Some(task),
+            reaper: Some(reaper),
         }
+    }
+
+    /// The tenant with this ID (multi-tenant edition), for read-back.
+    pub fn tenant(&self, id: &str) -> Option<Connect2id> {
+        self.service
+            .routes
+            .tenants
+            .iter()
+            .find(|(tenant, _)| tenant == id)
+            .map(|(_, service)| Connect2id {
+                service: service.clone(),
+            })
+    }
+
+    /// The current strictness, shared by every tenant and alias.
+    pub fn strictness(&self) -> Strictness {
+        self.service.strict()
+    }
+
+    /// Changes the strictness for requests from now on.
+    pub fn set_strictness(&self, strictness: Strictness) {
+        *self
+            .service
+            .strictness
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = strictness;
+    }
+
+    /// Every back-channel logout notification sent so far (all tenants),
+    /// oldest first, with its delivery outcome once known.
+    pub fn backchannel_logouts(&self) -> Vec<BackchannelLogout> {
+        self.service.backchannel.notifications()
+    }
+
+    /// Removes every expired session of every tenant now, as the real
+    /// server's purge task does (sending their back-channel logouts);
+    /// returns how many were removed.
+    pub fn purge_expired_sessions(&self) -> usize {
+        self.service.purge_all_expired_sessions()
     }
 
     /// The latency, error-rate and down switches.
@@ -622,21 +858,46 @@ impl Req {
     }
 }
 
-/// The shared state behind a [`Connect2id`].
+/// What every tenant and issuer alias of one emulator shares.
+struct Shared {
+    tokens: ApiTokens,
+    jwks: JwkSet,
+    base_path: String,
+    keys: Arc<Keys>,
+    knobs: Arc<Knobs>,
+    clock: Arc<Clock>,
+    strictness: Arc<RwLock<Strictness>>,
+    backchannel: Arc<backchannel::Notifier>,
+}
+
+/// The other tenants and issuer aliases, reachable from the default tenant.
+#[derive(Default)]
+struct Routes {
+    tenants: Vec<(String, Arc<Service>)>,
+    aliases: Vec<(String, Arc<Service>)>,
+}
+
+/// The state behind a [`Connect2id`]: one tenant (or issuer alias) of it.
 struct Service {
     tokens: ApiTokens,
     jwks: JwkSet,
     base_path: String,
     issuer: OnceLock<String>,
+    /// `None` for the default tenant.
+    tenant: Option<String>,
     keys: Arc<Keys>,
-    store: Store,
-    knobs: Knobs,
-    clock: Clock,
+    store: Arc<Store>,
+    knobs: Arc<Knobs>,
+    clock: Arc<Clock>,
+    strictness: Arc<RwLock<Strictness>>,
+    backchannel: Arc<backchannel::Notifier>,
     authz_sessions: Ephemeral<authz::AuthzSession>,
     logout_sessions: Ephemeral<authz::LogoutSession>,
     codes: Ephemeral<tokens::CodeGrant>,
     access_tokens: Ephemeral<tokens::IdentifierToken>,
-    expended: Ephemeral<tokens::Expended>,
+    expended: Arc<Ephemeral<tokens::Expended>>,
+    pushed: Ephemeral<par::Pushed>,
+    routes: Routes,
 }
 
 impl std::fmt::Debug for Service {
@@ -645,6 +906,7 @@ impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connect2id")
             .field("issuer", &self.issuer.get())
+            .field("tenant", &self.tenant)
             .field("base_path", &self.base_path)
             .field("counts", &self.store.counts())
             .finish_non_exhaustive()
@@ -657,6 +919,8 @@ fn route_template(route: &str) -> &str {
     const TEMPLATES: &[(&str, &str)] = &[
         ("/clients/", "/clients/{id}"),
         ("/authz-sessions/rest/v3/", "/authz-sessions/rest/v3/{sid}"),
+        ("/authz-sessions/rest/v2/", "/authz-sessions/rest/v2/{sid}"),
+        ("/authz-sessions/rest/v1/", "/authz-sessions/rest/v1/{sid}"),
         (
             "/logout-sessions/rest/v1/",
             "/logout-sessions/rest/v1/{sid}",
@@ -678,8 +942,103 @@ enum Api {
 }
 
 impl Service {
+    fn new(
+        shared: &Shared,
+        tenant: Option<String>,
+        store: Arc<Store>,
+        expended: Arc<Ephemeral<tokens::Expended>>,
+        routes: Routes,
+    ) -> Self {
+        Self {
+            tokens: shared.tokens.clone(),
+            jwks: shared.jwks.clone(),
+            base_path: shared.base_path.clone(),
+            issuer: OnceLock::new(),
+            tenant,
+            keys: shared.keys.clone(),
+            store,
+            knobs: shared.knobs.clone(),
+            clock: shared.clock.clone(),
+            strictness: shared.strictness.clone(),
+            backchannel: shared.backchannel.clone(),
+            authz_sessions: Ephemeral::default(),
+            logout_sessions: Ephemeral::default(),
+            codes: Ephemeral::default(),
+            access_tokens: Ephemeral::default(),
+            expended,
+            pushed: Ephemeral::default(),
+            routes,
+        }
+    }
+
     fn now(&self) -> u64 {
         self.clock.now()
+    }
+
+    /// A snapshot of the strictness for this request.
+    fn strict(&self) -> Strictness {
+        *self
+            .strictness
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The tenant or issuer alias a request is for: by `Tenant-ID` (in the
+    /// multi-tenant edition) or `Issuer`, else this, the default tenant. An
+    /// unknown tenant or issuer is `400`, as the real server answers an
+    /// unknown `Issuer` (RN 12.3); a proxy must scrub client-sent ones.
+    fn route(self: &Arc<Self>, headers: &HeaderMap) -> Result<Arc<Self>, ApiError> {
+        let tenants = &self.routes.tenants;
+        let by_tenant = match web::header_str(headers, "tenant-id") {
+            // The regular edition has no notion of tenants.
+            Some(_) if tenants.is_empty() => None,
+            Some(id) => Some(
+                tenants
+                    .iter()
+                    .find(|(tenant, _)| tenant == id)
+                    .map(|(_, service)| service.clone())
+                    .ok_or_else(|| ApiError::invalid_request("Unknown tenant"))?,
+            ),
+            None => None,
+        };
+        let by_issuer = match web::header_str(headers, "issuer") {
+            Some(issuer) => {
+                let issuer = issuer.trim_end_matches('/');
+                let found = if issuer == self.issuer() {
+                    Some(self.clone())
+                } else {
+                    tenants
+                        .iter()
+                        .chain(&self.routes.aliases)
+                        .map(|(_, service)| service)
+                        .find(|service| service.issuer() == issuer)
+                        .cloned()
+                };
+                Some(found.ok_or_else(|| ApiError::invalid_request("Unknown issuer"))?)
+            }
+            None => None,
+        };
+        match (by_tenant, by_issuer) {
+            (Some(tenant), Some(issuer)) if !Arc::ptr_eq(&tenant, &issuer) => Err(
+                ApiError::invalid_request("The Issuer does not belong to the tenant"),
+            ),
+            (Some(tenant), _) => Ok(tenant),
+            (None, Some(issuer)) => Ok(issuer),
+            (None, None) => Ok(self.clone()),
+        }
+    }
+
+    /// Every tenant's service, the default one first (aliases share the
+    /// default's stores).
+    fn all_tenants(self: &Arc<Self>) -> Vec<Arc<Self>> {
+        std::iter::once(self.clone())
+            .chain(
+                self.routes
+                    .tenants
+                    .iter()
+                    .map(|(_, service)| service.clone()),
+            )
+            .collect()
     }
 
     fn issuer(&self) -> &str {
@@ -770,7 +1129,10 @@ impl Service {
         // The test endpoints stay reachable while the server plays down, so
         // a test can bring it back.
         if let Some(name) = route.strip_prefix("/_emulator/") {
-            let reply = self.emulator_api(name, req).await;
+            let reply = match self.route(&req.headers) {
+                Ok(service) => service.emulator_api(name, req).await,
+                Err(err) => Err(err),
+            };
             return Ok(reply.unwrap_or_else(ApiError::into_response));
         }
         if self.knobs.is_down() {
@@ -783,15 +1145,11 @@ impl Service {
         if self.knobs.should_fail() {
             return Ok(ApiError::unavailable().into_response());
         }
-        // Issuer aliases are not configured here, so any Issuer header
-        // other than the issuer is unknown: 400, as on the real server. A
-        // proxy must scrub client-sent Issuer headers.
-        if let Some(alias) = web::header_str(&req.headers, "issuer")
-            && alias.trim_end_matches('/') != self.issuer()
-        {
-            return Ok(ApiError::invalid_request("Unknown issuer").into_response());
-        }
-        let reply = self.dispatch(&route, req).await;
+        let service = match self.route(&req.headers) {
+            Ok(service) => service,
+            Err(err) => return Ok(err.into_response()),
+        };
+        let reply = service.dispatch(&route, req).await;
         let response = reply.unwrap_or_else(|err| {
             tracing::debug!(
                 route = route_template(&route),
@@ -813,6 +1171,11 @@ impl Service {
     }
 
     async fn dispatch(self: &Arc<Self>, route: &str, req: Req) -> Reply {
+        let strict = self.strict();
+        // Legacy versions answer like their current counterparts (see
+        // `Strictness::server_version`); unserved ones are plain 404s.
+        let rewritten = legacy_route(route, &strict);
+        let route = rewritten.as_deref().unwrap_or(route);
         match route {
             "/.well-known/openid-configuration" | "/.well-known/oauth-authorization-server" => {
                 only(&req, &Method::GET)?;
@@ -826,16 +1189,19 @@ impl Service {
             "/token" => tokens::token(self, req).await,
             "/token/introspect" => tokens::introspect(self, req).await,
             "/token/revoke" => tokens::revoke(self, req).await,
+            "/par" => par::push(self, req).await,
             "/authz-sessions/rest/v3" => authz::start_authz(self, req).await,
             "/direct-authz/rest/v2" => authz::direct(self, req).await,
             "/logout-sessions/rest/v1" => authz::start_logout(self, req).await,
             "/authz-store/rest/v3/authorizations" => authz_store::authorizations(self, req).await,
-            "/authz-store/rest/v3/revocation" => authz_store::revocation(self, req).await,
+            "/authz-store/rest/v3/revocation" => authz_store::revocation(self, req, false).await,
+            "/authz-store/rest/v2/revocation" => authz_store::revocation(self, req, true).await,
             "/authz-store/rest/v3/inspection" => authz_store::inspection(self, req).await,
             "/session-store/rest/v2/sessions" => sessions::sessions(self, req).await,
             "/session-store/rest/v2/sessions/subject-auth-life" => {
                 sessions::auth_life(self, req).await
             }
+            "/session-store/rest/v2/purge" => sessions::purge(self, req).await,
             _ => {
                 if let Some(id) = route.strip_prefix("/clients/") {
                     clients::item(self, req, &web::percent_decode(id)).await
@@ -853,7 +1219,8 @@ impl Service {
     /// The OpenID provider metadata.
     fn discovery(&self) -> Value {
         let issuer = self.issuer();
-        json!({
+        let strict = self.strict();
+        let mut metadata = json!({
             "issuer": issuer,
             "authorization_endpoint": format!("{issuer}/login"),
             "token_endpoint": format!("{issuer}/token"),
@@ -877,8 +1244,17 @@ impl Service {
             "request_parameter_supported": false,
             "request_uri_parameter_supported": false,
             "frontchannel_logout_supported": false,
-            "backchannel_logout_supported": false,
-        })
+            "backchannel_logout_supported": strict.backchannel_logout,
+            "pushed_authorization_request_endpoint": format!("{issuer}/par"),
+        });
+        // Members the real server omits when the feature is off.
+        if strict.backchannel_logout {
+            metadata["backchannel_logout_session_supported"] = true.into();
+        }
+        if strict.native_sso {
+            metadata["native_sso_supported"] = true.into();
+        }
+        metadata
     }
 
     /// `/_emulator/knobs` and `/_emulator/state`, guarded by the clients
@@ -901,19 +1277,39 @@ impl Service {
                 self.knobs.apply(&settings);
                 web::ok_json(&json!(self.knobs.settings()))
             }
+            ("strictness", &Method::GET) => web::ok_json(&json!(self.strict())),
+            ("strictness", &Method::PUT) => {
+                let body = req.body(limits::OTHER).await?;
+                let overrides: Value = web::parse_json(&body)?;
+                let next = self
+                    .strict()
+                    .with_overrides(&overrides)
+                    .map_err(ApiError::invalid_request)?;
+                *self
+                    .strictness
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = next;
+                web::ok_json(&json!(next))
+            }
             ("state", &Method::GET) => match req.query.get("dataset") {
                 None => web::ok_json(&json!({
                     "issuer": self.issuer(),
+                    "tenant": self.tenant,
                     "seed": self.store.seeder().count(),
                     "counts": self.store.counts(),
+                    "strictness": self.strict(),
                     "ephemeral": {
                         "authz_sessions": self.authz_sessions.len(),
                         "logout_sessions": self.logout_sessions.len(),
                         "codes": self.codes.len(),
                         "access_tokens": self.access_tokens.len(),
                         "expended_refresh_tokens": self.expended.len(),
+                        "pushed_authorization_requests": self.pushed.len(),
                     },
                 })),
+                Some("backchannel_logouts") => {
+                    web::ok_json(&json!(self.backchannel.notifications()))
+                }
                 Some("clients") => Ok(clients::export(self)),
                 Some("authorizations") => Ok(authz_store::export(self)),
                 Some("sessions") => Ok(sessions::export(self)),
@@ -922,10 +1318,58 @@ impl Service {
                     "Unknown dataset {other:?}"
                 ))),
             },
-            ("knobs" | "state", _) => Err(ApiError::method_not_allowed()),
+            ("knobs" | "state" | "strictness", _) => Err(ApiError::method_not_allowed()),
             _ => Err(ApiError::not_found("not_found", "Not found")),
         }
     }
+}
+
+/// The current route a legacy one answers as, when this server version
+/// serves it (see [`Strictness::server_version`]); a legacy route it does not
+/// serve becomes one that is not found.
+fn legacy_route(route: &str, strict: &Strictness) -> Option<String> {
+    const NOT_SERVED: &str = "/not-served";
+    // (legacy prefix, current prefix, served?)
+    let versions: [(&str, &str, bool); 4] = [
+        // v2 revocation answers 404 where v3 answers 204 (RN 10.0), so it
+        // keeps its own route; the other v2 resources answer like v3.
+        (
+            "/authz-store/rest/v2",
+            "/authz-store/rest/v3",
+            strict.serves_authz_store_v2(),
+        ),
+        (
+            "/authz-sessions/rest/v1",
+            "/authz-sessions/rest/v3",
+            strict.serves_pre17_apis(),
+        ),
+        (
+            "/authz-sessions/rest/v2",
+            "/authz-sessions/rest/v3",
+            strict.serves_pre17_apis(),
+        ),
+        (
+            "/direct-authz/rest/v1",
+            "/direct-authz/rest/v2",
+            strict.serves_pre17_apis(),
+        ),
+    ];
+    for (legacy, current, served) in versions {
+        let Some(rest) = route.strip_prefix(legacy) else {
+            continue;
+        };
+        if !rest.is_empty() && !rest.starts_with('/') {
+            continue;
+        }
+        if !served {
+            return Some(NOT_SERVED.to_owned());
+        }
+        if route == "/authz-store/rest/v2/revocation" {
+            return Some(route.to_owned());
+        }
+        return Some(format!("{current}{rest}"));
+    }
+    None
 }
 
 /// Refuses any method but `method`.

@@ -37,6 +37,9 @@ pub const GENERATED_SIGNING_KID: &str = "sig-1";
 /// from the public form of a key.
 const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
+/// The key types that have a public form (RFC 7518 §6, RFC 8037).
+const PUBLIC_KEY_TYPES: &[&str] = &["RSA", "EC", "OKP"];
+
 /// Why a JWK set could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -216,12 +219,19 @@ impl JwkSet {
     }
 
     /// The public set served at `/jwks.json`: the public members of the
-    /// asymmetric keys only; secret (`oct`) keys are never published.
+    /// asymmetric keys only. Keys are let through by an allowlist of key
+    /// types (`RSA`, `EC`, `OKP`), so a secret (`oct`) key, or one of a type
+    /// this emulator does not know, is never published, and the private
+    /// members of every published key are removed.
     pub fn public_json(&self) -> String {
         let keys: Vec<Value> = self
             .keys
             .iter()
-            .filter(|key| key.get("kty").and_then(Value::as_str) != Some("oct"))
+            .filter(|key| {
+                key.get("kty")
+                    .and_then(Value::as_str)
+                    .is_some_and(|kty| PUBLIC_KEY_TYPES.contains(&kty))
+            })
             .map(|key| {
                 let mut public = key.clone();
                 for member in PRIVATE_MEMBERS {
@@ -372,6 +382,40 @@ mod tests {
         assert_eq!(keys[0]["kty"], "OKP");
         assert!(keys[0].get("d").is_none());
         assert!(keys[0].get("x").is_some());
+    }
+
+    #[test]
+    fn loaded_sets_publish_no_secret_or_private_material() {
+        let set = JwkSet::generate();
+        let mut value: Value = serde_json::from_str(&set.to_json()).unwrap();
+        let keys = value["keys"].as_array_mut().unwrap();
+        keys.push(json!({
+            "kty": "RSA", "kid": "rsa-1", "use": "sig", "alg": "RS256",
+            "n": "modulus", "e": "AQAB", "d": "private-exponent", "p": "prime-p",
+            "q": "prime-q", "dp": "dp", "dq": "dq", "qi": "qi",
+        }));
+        keys.push(json!({
+            "kty": "EC", "kid": "ec-1", "crv": "P-256", "x": "x", "y": "y", "d": "private",
+        }));
+        keys.push(json!({ "kty": "oct", "kid": "subject-encrypt", "k": "secret-1" }));
+        keys.push(json!({ "kty": "oct", "kid": "access-token-dir", "use": "enc", "k": "s2" }));
+        keys.push(json!({ "kty": "unknown", "kid": "odd", "k": "secret-3", "x": "x" }));
+        keys.push(json!({ "kid": "no-type", "k": "secret-4" }));
+        let loaded = JwkSet::from_json(&value.to_string()).unwrap();
+        let public: Value = serde_json::from_str(&loaded.public_json()).unwrap();
+        let kids: Vec<&str> = public["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|key| key["kid"].as_str().unwrap())
+            .collect();
+        assert_eq!(kids, ["sig-1", "rsa-1", "ec-1"]);
+        let text = public.to_string();
+        for secret in ["secret-", "private", "prime-", "\"d\"", "\"k\"", "\"qi\""] {
+            assert!(!text.contains(secret), "{secret} published: {text}");
+        }
+        assert_eq!(public["keys"][1]["n"], "modulus");
+        assert_eq!(public["keys"][2]["y"], "y");
     }
 
     #[test]

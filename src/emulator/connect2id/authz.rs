@@ -5,6 +5,9 @@
 //!
 //! An authorization session walks `auth` → `consent` → `response`:
 //! subject authentication creates a subject session in the session store;
+//! an SSO start that finds the `sub_sid` session may bump its `last_used`
+//! (`Strictness::sso_updates_last_used`); a `request_uri` from `/par` stands
+//! in for the request;
 //! the consent issues a single-use code (10 minutes) that carries the grant.
 //! A long-lived consent is persisted in the authz store only when the code
 //! is redeemed at `/token`. Non-redirectable request errors (unknown client,
@@ -139,10 +142,28 @@ pub(super) async fn start_authz(service: &Arc<Service>, mut req: Req) -> Reply {
 
 /// Validates the authorization request and opens the session.
 fn begin(service: &Service, start: &Start) -> Value {
-    let query = Form::parse(&start.query);
-    let Some(client_id) = query.get("client_id") else {
+    let mut query = Form::parse(&start.query);
+    let Some(client_id) = query.get("client_id").map(str::to_owned) else {
         return prompt_error("invalid_request", "Missing client_id parameter");
     };
+    // A pushed request (PAR, RFC 9126) stands in for the whole query: it is
+    // single use (RN 12.18) and bound to the client that pushed it.
+    let pushed_uri = query
+        .get("request_uri")
+        .filter(|uri| uri.starts_with(super::par::REQUEST_URI_PREFIX))
+        .map(str::to_owned);
+    if let Some(uri) = pushed_uri {
+        match service.take_pushed(&uri, &client_id) {
+            Some(pushed) => query = pushed,
+            None => {
+                return prompt_error(
+                    "invalid_request_uri",
+                    "Invalid or expired pushed authorization request URI",
+                );
+            }
+        }
+    }
+    let client_id = client_id.as_str();
     let Some(stored) = service.store.client(client_id) else {
         return prompt_error("invalid_client", "Invalid client_id: client not registered");
     };
@@ -219,6 +240,7 @@ fn begin(service: &Service, start: &Start) -> Value {
         .sub_sid
         .as_deref()
         .and_then(|sid| service.live_session(sid))
+        .map(|(key, session)| service.touch_session(key, session))
         .filter(|(_, session)| !session.is_auth_expired(now))
         .filter(|(_, session)| {
             max_age.is_none_or(|age| now <= session.auth_time.unwrap_or(0).saturating_add(age))
@@ -439,6 +461,7 @@ fn consent(
         &session.client_id,
         &session.scope,
         &session.claims,
+        service.strict().default_rotate,
     )?;
     grant.auth = Some(AuthInfo {
         sid: Some(subject.sid.clone()),
@@ -494,9 +517,13 @@ pub(super) async fn direct(service: &Arc<Service>, mut req: Req) -> Reply {
         ));
     };
     let client = ClientInfo::parse(&stored.info);
-    let mut grant = request
-        .spec
-        .into_grant(&request.sub, &request.client_id, &[], &[])?;
+    let mut grant = request.spec.into_grant(
+        &request.sub,
+        &request.client_id,
+        &[],
+        &[],
+        service.strict().default_rotate,
+    )?;
     let subject = if let Some(mut fields) = request.sub_session {
         match fields.get("sub") {
             None => {
@@ -518,6 +545,7 @@ pub(super) async fn direct(service: &Arc<Service>, mut req: Req) -> Reply {
             .as_deref()
             .and_then(|sid| service.live_session(sid))
             .filter(|(_, session)| session.sub == request.sub)
+            .map(|(key, session)| service.touch_session(key, session))
             .map(|(key, session)| (service.keys.keyed(&key), session))
     };
     if let Some((sid, session)) = &subject {
@@ -610,6 +638,7 @@ pub(super) async fn logout_session(service: &Arc<Service>, mut req: Req, sid: &s
                 && let Some(key) = service.keys.verify_keyed(&logout.sid)
                 && let Some(session) = service.store.remove_session(key)
             {
+                service.session_ended(key, &session, "logout");
                 end["sub_session"] = sub_session_json(&logout.sid, &session);
                 end["frontchannel_logout_uris"] = json!([]);
             }

@@ -8,9 +8,13 @@
 //! * `POST /authorizations?import=true` stores the record exactly as given
 //!   (keeping `rts`, `rti`, `iat`; `rft` is ignored) and mints nothing, so
 //!   the refresh token of the source keeps working here when the JWK sets
-//!   match. It does not require the client to be registered here.
-//! * Every record read carries `rft`, the current refresh token rebuilt
-//!   from `rts`.
+//!   match. Leniently the client need not be registered here; strictly it
+//!   must (`Strictness::import_requires_client`, else `400 invalid_client`).
+//! * Every record read carries `rft`, a refresh token rebuilt from `rts`:
+//!   the same string every time leniently, a new one every time strictly
+//!   (`Strictness::random_refresh_token_nonce`); all of them work.
+//! * `/inspection` with an access token is refused strictly
+//!   (`authzStore.accessToken.allowDirectInspection=false`).
 //! * `POST /revocation` deletes the matching records and journals the
 //!   revocation: tokens of that subject / client issued at or before the
 //!   timestamp (default now) are revoked.
@@ -79,8 +83,16 @@ pub(super) async fn authorizations(service: &Arc<Service>, mut req: Req) -> Repl
     }
 }
 
-/// Stores an imported record as given.
+/// Stores an imported record as given. Strictly the client must be
+/// registered (`Strictness::import_requires_client`).
 fn import(service: &Service, record: Authorization) -> Reply {
+    if service.strict().import_requires_client && service.store.client(&record.cid).is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            format!("Invalid client: {} is not registered", record.cid),
+        ));
+    }
     let replaced = service.store.put_authorization(&record).is_some();
     let status = if replaced {
         StatusCode::OK
@@ -106,7 +118,7 @@ fn mint(service: &Service, mut record: Authorization, return_tokens: bool) -> Re
     record.uat = Some(iat);
     record.scp.get_or_insert_with(Vec::new);
     record.irt.get_or_insert(false);
-    record.rtr.get_or_insert(false);
+    record.rtr.get_or_insert(service.strict().default_rotate);
     record.rtl.get_or_insert(0);
     record.rtm.get_or_insert(0);
     record.idr.get_or_insert(false);
@@ -215,8 +227,9 @@ async fn form_body(req: &mut Req) -> Result<Form, ApiError> {
     Form::parse_bytes(&body)
 }
 
-/// `POST /authz-store/rest/v3/revocation`.
-pub(super) async fn revocation(service: &Arc<Service>, mut req: Req) -> Reply {
+/// `POST /authz-store/rest/v3/revocation` (and v2's, which answers `404`
+/// instead of `204` when no long-lived record matched, RN 10.0).
+pub(super) async fn revocation(service: &Arc<Service>, mut req: Req, v2: bool) -> Reply {
     service.require(&req.headers, Api::AuthzStore)?;
     let form = form_body(&mut req).await?;
     let subject = form.get("subject");
@@ -254,6 +267,9 @@ pub(super) async fn revocation(service: &Arc<Service>, mut req: Req) -> Reply {
     service
         .store
         .revoke(subject, client_id, actor, timestamp, now);
+    if v2 && removed.is_empty() {
+        return Err(not_found());
+    }
     if quiet || removed.is_empty() {
         return Ok(empty_response(StatusCode::NO_CONTENT));
     }
@@ -291,6 +307,10 @@ pub(super) async fn inspection(service: &Arc<Service>, mut req: Req) -> Reply {
             "Missing token, refresh_token or access_token parameter",
         ));
     };
+    let direct = service.strict().allow_direct_inspection;
+    if kind == Some(false) && !direct {
+        return Err(direct_inspection_disabled());
+    }
     if kind != Some(false)
         && let Some(record) = service.inspect_refresh_token(token)
     {
@@ -298,10 +318,20 @@ pub(super) async fn inspection(service: &Arc<Service>, mut req: Req) -> Reply {
         value["rft"] = token.into();
         return web::ok_json(&value);
     }
-    if kind != Some(true)
-        && let Some(record) = service.inspect_access_token(token)
-    {
-        return web::ok_json(&service.authorization_output(&record));
+    if kind != Some(true) {
+        if !direct {
+            // A `token` that is no refresh token would need an access token
+            // lookup, which the server does not allow.
+            return Err(direct_inspection_disabled());
+        }
+        if let Some(record) = service.inspect_access_token(token) {
+            return web::ok_json(&service.authorization_output(&record));
+        }
     }
     Err(not_found())
+}
+
+/// The answer when `authzStore.accessToken.allowDirectInspection` is false.
+fn direct_inspection_disabled() -> ApiError {
+    ApiError::invalid_request("Direct access token inspection is not allowed")
 }

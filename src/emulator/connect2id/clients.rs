@@ -6,11 +6,22 @@
 //!   object are privileged: honoured with the master token, refused with
 //!   `invalid_client_metadata` when a client updates itself with its
 //!   registration access token.
-//! * `PUT /clients/{id}` is a full replace that, as with the 14.0 defaults,
-//!   always issues a new `client_secret` (for confidential clients) and a
-//!   new `registration_access_token`; the previous secret stays valid at the
-//!   token endpoint for 30 minutes. That grace is in-memory state and does
-//!   not travel with an export.
+//! * `PUT /clients/{id}` is a full replace that, with the 14.0 defaults
+//!   (`Strictness::always_refresh_client_secret_on_update`,
+//!   `refresh_access_token_on_update`), issues a new `client_secret` (for
+//!   confidential clients) and a new `registration_access_token`; with the
+//!   first off, only `refresh_client_secret: true` does. The previous
+//!   secret stays valid at the token endpoint for 30 minutes. That grace is
+//!   in-memory state and does not travel with an export. Only the current
+//!   registration access token is accepted. `preferred_client_secret` on
+//!   `PUT` is ignored unless `Strictness::preferred_client_secret_on_update`.
+//! * `client_secret_expires_at` is the server's own: computed from
+//!   `Strictness::client_secret_lifetime_secs` whenever a secret is minted
+//!   or imported, never taken from a request; an expired secret fails
+//!   client authentication.
+//! * `DELETE /clients/{id}` strictly cascades to the client's long-lived
+//!   authorizations and journals a revocation of the client
+//!   (`Strictness::client_delete_cascades`).
 //! * `GET /clients` streams every client as one JSON array.
 //!
 //! Unknown metadata is kept as given. `registration_client_uri` is never
@@ -63,6 +74,9 @@ pub(crate) struct ClientInfo {
     /// Current secret (confidential clients).
     #[serde(default)]
     pub(crate) client_secret: Option<String>,
+    /// When the current secret expires, epoch seconds (0: never).
+    #[serde(default)]
+    pub(crate) client_secret_expires_at: Option<u64>,
     /// Registered grant types.
     #[serde(default = "default_grant_types")]
     pub(crate) grant_types: Vec<String>,
@@ -298,7 +312,10 @@ fn create(service: &Service, body: &[u8]) -> Reply {
     if !public {
         let secret = preferred_secret.unwrap_or_else(|| service.keys.random_string::<32>());
         metadata.insert("client_secret".to_owned(), secret.into());
-        metadata.insert("client_secret_expires_at".to_owned(), 0.into());
+        metadata.insert(
+            "client_secret_expires_at".to_owned(),
+            secret_expiry(service, now).into(),
+        );
     }
     metadata.insert(
         "registration_access_token".to_owned(),
@@ -357,6 +374,9 @@ pub(super) async fn item(service: &Arc<Service>, mut req: Req, id: &str) -> Repl
         }
         Method::DELETE => {
             if service.store.remove_client(id) {
+                if service.strict().client_delete_cascades {
+                    cascade_delete(service, id);
+                }
                 Ok(empty_response(StatusCode::NO_CONTENT))
             } else {
                 Err(ApiError::not_found(
@@ -366,6 +386,33 @@ pub(super) async fn item(service: &Arc<Service>, mut req: Req, id: &str) -> Repl
             }
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// What a client delete also does, strictly: its long-lived authorizations
+/// go, and the revocation journal records the client at the delete time, so
+/// every token of the client issued until then is revoked here, including
+/// records imported again later with their original issue times.
+fn cascade_delete(service: &Service, client_id: &str) {
+    let records = service.store.authorizations_of_client(client_id);
+    for record in &records {
+        service.store.remove_authorization(&record.sub, &record.cid);
+    }
+    service
+        .store
+        .revoke(None, Some(client_id), None, None, service.now());
+    tracing::debug!(
+        authorizations = records.len(),
+        "cascaded a client delete to its authorizations and revoked its tokens"
+    );
+}
+
+/// `client_secret_expires_at` for a secret minted now: from
+/// `op.reg.clientSecretLifetime` (0: never).
+fn secret_expiry(service: &Service, now: u64) -> u64 {
+    match service.strict().client_secret_lifetime_secs {
+        0 => 0,
+        lifetime => now + lifetime,
     }
 }
 
@@ -395,6 +442,10 @@ fn update(service: &Service, id: &str, current: &StoredClient, body: &[u8], mast
             ));
         }
     }
+    let strict = service.strict();
+    let preferred_secret = take_string(&mut metadata, "preferred_client_secret")?
+        .filter(|_| master && strict.preferred_client_secret_on_update);
+    let refresh_requested = metadata.get("refresh_client_secret") == Some(&Value::Bool(true));
     for name in SERVER_SET.iter().chain(&[
         "preferred_client_id",
         "preferred_client_secret",
@@ -416,22 +467,56 @@ fn update(service: &Service, id: &str, current: &StoredClient, body: &[u8], mast
             .cloned()
             .unwrap_or_else(|| now.into()),
     );
+    let current_secret = current_info.get("client_secret").and_then(Value::as_str);
+    // A new secret: the preferred one where honoured, else a random one
+    // when every update refreshes it (RN 14.0) or the body asks (RN 12.9).
+    let new_secret = if public {
+        None
+    } else if let Some(secret) = preferred_secret {
+        Some(secret)
+    } else if strict.always_refresh_client_secret_on_update
+        || refresh_requested
+        || current_secret.is_none()
+    {
+        Some(service.keys.random_string::<32>())
+    } else {
+        None
+    };
     if !public {
-        metadata.insert(
-            "client_secret".to_owned(),
-            service.keys.random_string::<32>().into(),
-        );
-        metadata.insert("client_secret_expires_at".to_owned(), 0.into());
+        match &new_secret {
+            Some(secret) => {
+                metadata.insert("client_secret".to_owned(), secret.clone().into());
+                metadata.insert(
+                    "client_secret_expires_at".to_owned(),
+                    secret_expiry(service, now).into(),
+                );
+            }
+            None => {
+                for name in ["client_secret", "client_secret_expires_at"] {
+                    if let Some(value) = current_info.get(name) {
+                        metadata.insert(name.to_owned(), value.clone());
+                    }
+                }
+            }
+        }
     }
-    metadata.insert(
-        "registration_access_token".to_owned(),
-        service.keys.new_keyed().into(),
-    );
+    let registration_access_token = if strict.refresh_access_token_on_update {
+        Some(service.keys.new_keyed().into())
+    } else {
+        current_info.get("registration_access_token").cloned()
+    };
+    if let Some(token) = registration_access_token {
+        metadata.insert("registration_access_token".to_owned(), token);
+    }
     let info = Value::Object(metadata).to_string();
-    let previous_secret = current_info
-        .get("client_secret")
-        .and_then(Value::as_str)
-        .map(|secret| (Box::from(secret), now + PREVIOUS_SECRET_GRACE_SECS));
+    // The replaced secret stays valid for 30 minutes (RN 11.0); an update
+    // that keeps the secret keeps the earlier grace.
+    let previous_secret = match (&new_secret, current_secret) {
+        (Some(new), Some(old)) if new != old => {
+            Some((Box::from(old), now + PREVIOUS_SECRET_GRACE_SECS))
+        }
+        _ => current.previous_secret.clone(),
+    };
     let next = StoredClient {
         info: info.clone().into_boxed_str(),
         previous_secret,

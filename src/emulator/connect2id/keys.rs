@@ -1,6 +1,7 @@
 //! The cryptography of the emulated server, all derived from its JWK set:
-//! HMAC-protected identifiers (`<key>.<hmac>`), deterministic and random
-//! AES-GCM encryption of refresh tokens, and Ed25519-signed JWTs.
+//! HMAC-protected identifiers (`<key>.<hmac>`), AES-GCM encryption of
+//! refresh tokens with a deterministic or a random nonce (the lenient and
+//! strict readings), and Ed25519-signed JWTs.
 //!
 //! Everything that must survive a migration is a pure function of the JWK
 //! set and the stored record, so a second emulator loaded with the same set
@@ -141,13 +142,25 @@ impl Keys {
 
     /// Encrypts `plaintext` with a nonce derived from it, so the same
     /// plaintext always yields the same token: a long-lived refresh token is
-    /// rebuilt from the stored `rts` and still equals what the client holds.
-    /// Safe because each plaintext embeds random refresh-token material, so
-    /// distinct plaintexts never share a nonce.
+    /// rebuilt from the stored `rts` and still equals what the client holds
+    /// (the lenient reading). Safe because each plaintext embeds random
+    /// refresh-token material, so distinct plaintexts never share a nonce.
     pub(crate) fn seal_deterministic(&self, plaintext: &[u8]) -> String {
         let mac = self.mac("refresh-token-nonce", plaintext);
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&mac[..NONCE_LEN]);
+        self.seal_with(nonce, plaintext)
+    }
+
+    /// Encrypts `plaintext` with a random nonce: every sealing of the same
+    /// record is a different string, as a real server's recreated refresh
+    /// tokens are (the strict reading). 96 random bits per token keep the
+    /// nonce-collision risk negligible for any emulated workload.
+    pub(crate) fn seal_random(&self, plaintext: &[u8]) -> String {
+        self.seal_with(self.random::<NONCE_LEN>(), plaintext)
+    }
+
+    fn seal_with(&self, nonce: [u8; NONCE_LEN], plaintext: &[u8]) -> String {
         let mut buffer = plaintext.to_vec();
         self.aead
             .seal_in_place_append_tag(
@@ -161,8 +174,10 @@ impl Keys {
         b64(token)
     }
 
-    /// Opens a token from [`Keys::seal_deterministic`].
-    pub(crate) fn open_deterministic(&self, token: &str) -> Option<Vec<u8>> {
+    /// Opens a token from [`Keys::seal_deterministic`] or
+    /// [`Keys::seal_random`]: the nonce travels with the token, so either
+    /// kind opens under the same key.
+    pub(crate) fn open_sealed(&self, token: &str) -> Option<Vec<u8>> {
         let bytes = unb64(token)?;
         if bytes.len() <= NONCE_LEN {
             return None;
@@ -282,12 +297,23 @@ mod tests {
         let token = a.seal_deterministic(b"material");
         assert_eq!(token, a.seal_deterministic(b"material"));
         assert_ne!(token, a.seal_deterministic(b"material2"));
-        assert_eq!(a.open_deterministic(&token).unwrap(), b"material");
-        assert!(
-            Keys::new(&JwkSet::generate())
-                .open_deterministic(&token)
-                .is_none()
-        );
+        assert_eq!(a.open_sealed(&token).unwrap(), b"material");
+        assert!(Keys::new(&JwkSet::generate()).open_sealed(&token).is_none());
+    }
+
+    #[test]
+    fn random_sealing_differs_every_time_but_opens_under_the_same_key() {
+        let set = JwkSet::generate();
+        let a = Keys::new(&set);
+        let same = Keys::new(&JwkSet::from_json(&set.to_json()).unwrap());
+        let first = a.seal_random(b"material");
+        let second = a.seal_random(b"material");
+        assert_ne!(first, second);
+        assert_ne!(first, a.seal_deterministic(b"material"));
+        for token in [&first, &second] {
+            assert_eq!(same.open_sealed(token).unwrap(), b"material");
+        }
+        assert!(Keys::new(&JwkSet::generate()).open_sealed(&first).is_none());
     }
 
     #[test]

@@ -6,20 +6,29 @@
 //! same SIDs. `POST` with `SID-Key` imports a session under a preset key.
 //!
 //! * `GET` with `SID` bumps `last_used` (the idle timer) unless
-//!   `?skip_last_used_update=true`;
+//!   `?skip_last_used_update=true`; so may an SSO start
+//!   (`Strictness::sso_updates_last_used`);
+//! * `POST` keeps a supplied `last_used` leniently and resets it to "now"
+//!   strictly (`Strictness::import_resets_last_used`);
 //! * at most five sessions per subject: storing a sixth closes the oldest
 //!   (by `creation_time`), also on import;
-//! * a session past `max_life` or `max_idle` (minutes) is gone;
+//! * a session past `max_life` or `max_idle` (minutes; new sessions default
+//!   to `Strictness::session_max_idle_minutes`) is gone: removed when
+//!   touched, by `POST /purge` and by the background purge;
+//! * every end of a session (delete, logout, quota, expiry) goes through
+//!   `Service::session_ended`, which sends back-channel logouts when on;
 //! * `fpt` cannot change after creation.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
 
-use super::seed::{DEFAULT_AUTH_LIFE, DEFAULT_MAX_IDLE, DEFAULT_MAX_LIFE};
+use super::seed::{DEFAULT_AUTH_LIFE, DEFAULT_MAX_LIFE};
 use super::store::{Cursor, Session};
-use super::web::{self, ApiError, Reply};
+use super::web::{self, ApiError, Form, Reply};
 use super::{Api, Req, Service, limits, only};
 use crate::http::{Body, empty_response};
 
@@ -38,7 +47,9 @@ impl Service {
         session.last_used.get_or_insert(now);
         session.max_life.get_or_insert(DEFAULT_MAX_LIFE);
         session.auth_life.get_or_insert(DEFAULT_AUTH_LIFE);
-        session.max_idle.get_or_insert(DEFAULT_MAX_IDLE);
+        session
+            .max_idle
+            .get_or_insert(self.strict().session_max_idle_minutes);
         let key = key.unwrap_or_else(|| self.keys.random_string::<32>());
         let closed = self.store.put_session(&key, &session);
         if !closed.is_empty() {
@@ -47,20 +58,138 @@ impl Service {
                 "session quota reached, closed the oldest sessions of the subject"
             );
         }
+        for (closed_key, closed_session) in &closed {
+            self.session_ended(closed_key, closed_session, "quota");
+        }
         (self.keys.keyed(&key), session)
     }
 
     /// The live session with this SID: its key and the session. An expired
-    /// session is deleted on the way.
+    /// session is deleted on the way (and its end notified).
     pub(crate) fn live_session(&self, sid: &str) -> Option<(String, Session)> {
         let key = self.keys.verify_keyed(sid)?;
         let session = self.store.session(key)?;
         if session.is_expired(self.now()) {
-            self.store.remove_session(key);
+            if let Some(session) = self.store.remove_session(key) {
+                self.session_ended(key, &session, "expired");
+            }
             return None;
         }
         Some((key.to_owned(), session))
     }
+
+    /// An SSO use of a live session: bumps `last_used` when the strictness
+    /// says SSO counts as use (`Strictness::sso_updates_last_used`).
+    pub(crate) fn touch_session(&self, key: String, session: Session) -> (String, Session) {
+        if !self.strict().sso_updates_last_used {
+            return (key, session);
+        }
+        let now = self.now();
+        let touched = self.store.modify_session(&key, |slot| {
+            let current = slot.as_mut()?;
+            current.last_used = Some(now);
+            Some(current.clone())
+        });
+        (key, touched.unwrap_or(session))
+    }
+
+    /// Records that `client_id` received an ID token in the session `sid`,
+    /// for its back-channel logout (only when that is on).
+    pub(crate) fn record_relying_party(&self, sid: &str, client_id: &str) {
+        if !self.strict().backchannel_logout {
+            return;
+        }
+        let Some(key) = self.keys.verify_keyed(sid) else {
+            return;
+        };
+        self.store.modify_session(key, |slot| {
+            let Some(session) = slot.as_mut() else {
+                return;
+            };
+            let rps = session
+                .extra
+                .entry(RELYING_PARTIES.to_owned())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(list) = rps
+                && !list.iter().any(|rp| rp.as_str() == Some(client_id))
+            {
+                list.push(client_id.into());
+            }
+        });
+    }
+
+    /// Removes every expired session of this tenant; returns how many.
+    pub(crate) fn purge_expired_sessions(&self) -> usize {
+        let now = self.now();
+        let mut expired = Vec::new();
+        let mut cursor = Cursor::Start;
+        loop {
+            let (chunk, next) = self.store.sessions_chunk(&cursor);
+            expired.extend(
+                chunk
+                    .into_iter()
+                    .filter(|(_, session)| session.is_expired(now))
+                    .map(|(key, _)| key),
+            );
+            if matches!(next, Cursor::Done) {
+                break;
+            }
+            cursor = next;
+        }
+        let mut removed = 0;
+        for key in expired {
+            if let Some(session) = self.store.remove_session(&key) {
+                self.session_ended(&key, &session, "expired");
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// [`Service::purge_expired_sessions`] for every tenant.
+    pub(crate) fn purge_all_expired_sessions(self: &Arc<Self>) -> usize {
+        self.all_tenants()
+            .iter()
+            .map(|tenant| tenant.purge_expired_sessions())
+            .sum()
+    }
+}
+
+/// The session member listing the relying parties that received an ID token
+/// in it (the name is inferred: the real one is not public).
+pub(crate) const RELYING_PARTIES: &str = "rps";
+
+/// The background purge of expired sessions, at the interval the strictness
+/// says (`sessionStore.sessionMap.expirationInterval`); the interval is read
+/// again after every wait so a change at run time takes effect.
+pub(super) async fn reap(service: Arc<Service>, cancel: CancellationToken) {
+    loop {
+        let interval = service.strict().session_purge_interval_secs;
+        let wait = Duration::from_secs(interval.max(1));
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        if interval > 0 && service.strict().session_purge_interval_secs > 0 {
+            let removed = service.purge_all_expired_sessions();
+            if removed > 0 {
+                tracing::debug!(removed, "purged expired sessions");
+            }
+        }
+    }
+}
+
+/// `POST /session-store/rest/v2/purge` (RN 14.7): purges the expired
+/// sessions now (form `sessions`, default true) and answers `204`.
+pub(super) async fn purge(service: &Arc<Service>, mut req: Req) -> Reply {
+    service.require(&req.headers, Api::SessionStore)?;
+    only(&req, &Method::POST)?;
+    let body = req.body(limits::OTHER).await?;
+    let form = Form::parse_bytes(&body)?;
+    if form.get("sessions") != Some("false") {
+        service.purge_expired_sessions();
+    }
+    Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
 fn not_found() -> ApiError {
@@ -99,9 +228,14 @@ fn parse_session(body: &[u8]) -> Result<Session, ApiError> {
     Ok(session)
 }
 
-/// `POST /sessions`: create, or import with `SID-Key`.
+/// `POST /sessions`: create, or import with `SID-Key`. A supplied
+/// `last_used` is kept leniently and replaced by "now" strictly
+/// (`Strictness::import_resets_last_used`).
 fn create(service: &Service, req: &Req, body: &[u8]) -> Reply {
-    let session = parse_session(body)?;
+    let mut session = parse_session(body)?;
+    if service.strict().import_resets_last_used {
+        session.last_used = None;
+    }
     let key = match web::header_str(&req.headers, "sid-key") {
         Some(key) if key.contains('.') || key.contains(char::is_whitespace) => {
             return Err(ApiError::invalid_request(
@@ -195,12 +329,14 @@ fn update(service: &Service, req: &Req, body: &[u8]) -> Reply {
 /// sessions (answered with them, or `204` with `?quiet=true`).
 fn delete(service: &Service, req: &Req) -> Reply {
     if let Some(sid) = sid_header(req) {
-        let removed = service
-            .keys
-            .verify_keyed(sid)
-            .and_then(|key| service.store.remove_session(key));
-        return match removed {
-            Some(_) => Ok(empty_response(StatusCode::NO_CONTENT)),
+        let Some(key) = service.keys.verify_keyed(sid) else {
+            return Err(not_found());
+        };
+        return match service.store.remove_session(key) {
+            Some(session) => {
+                service.session_ended(key, &session, "deleted");
+                Ok(empty_response(StatusCode::NO_CONTENT))
+            }
             None => Err(not_found()),
         };
     }
@@ -212,6 +348,7 @@ fn delete(service: &Service, req: &Req) -> Reply {
     let mut removed = Map::new();
     for (key, _) in service.store.sessions_of_subject(subject) {
         if let Some(session) = service.store.remove_session(&key) {
+            service.session_ended(&key, &session, "deleted");
             removed.insert(service.keys.keyed(&key), json!(session));
         }
     }

@@ -8,11 +8,18 @@
 //! both:
 //!
 //! * long-lived: the record is persisted (replacing the same subject and
-//!   client) and its refresh token is the deterministic AES-GCM encryption
-//!   of `{sub, cid, rts}`, so the token is rebuilt from the record and works
-//!   on any server holding the record and the same JWK set;
+//!   client) and its refresh token is the AES-GCM encryption of `{sub, cid,
+//!   rts}` (plus the device session key under native SSO), so a token is
+//!   rebuilt from the record and works on any server holding the record and
+//!   the same JWK set. Leniently the nonce is derived, so the rebuilt token
+//!   equals the one the client holds; strictly it is random, so it does not
+//!   (`Strictness::random_refresh_token_nonce`) but is equally accepted;
 //! * transient: the refresh token is a JWE of the whole record plus `iat`,
 //!   `exp` and `jti`; nothing is stored.
+//!
+//! Native SSO (`Strictness::native_sso`) opens a device session at the code
+//! grant and binds the grant's refresh token to it; revoking the
+//! `device_secret` ends it.
 //!
 //! Access tokens are Ed25519-signed JWTs (`SELF_CONTAINED`) or
 //! `<key>.<hmac>` identifiers kept in memory (`IDENTIFIER`, never exported,
@@ -29,7 +36,7 @@ use serde_json::{Value, json};
 
 use super::clients::ClientInfo;
 use super::keys::{constant_time_eq, sha256_b64};
-use super::store::Authorization;
+use super::store::{Authorization, Session};
 use super::web::{self, ApiError, Form, Reply, percent_decode};
 use super::{Expiring, Req, Service, limits};
 use crate::http::empty_response;
@@ -235,6 +242,7 @@ impl GrantSpec {
         cid: &str,
         requested_scope: &[String],
         requested_claims: &[String],
+        default_rotate: bool,
     ) -> Result<Grant, ApiError> {
         let scope = consented(self.scope, requested_scope, "scope")?;
         let claims = consented(self.claims, requested_claims, "claims")?;
@@ -260,7 +268,9 @@ impl GrantSpec {
             // refresh_token grant (checked when the grant completes).
             irt: Some(refresh.issue.unwrap_or(true)),
             rtl: Some(non_negative(refresh.lifetime, 0, "refresh_token.lifetime")?),
-            rtr: Some(refresh.rotate.unwrap_or(false)),
+            // `authzStore.refreshToken.defaultRotate` when the consent is
+            // silent (RN 14.0).
+            rtr: Some(refresh.rotate.unwrap_or(default_rotate)),
             rtm: Some(non_negative(refresh.max_idle, 0, "refresh_token.max_idle")?),
             idr: Some(id_token.allow_refresh.unwrap_or(false)),
             ate: Some(encoding),
@@ -288,6 +298,14 @@ impl GrantSpec {
     }
 }
 
+/// The member of a refresh token naming the native SSO device session it is
+/// bound to (the SID key of the session).
+const DEVICE_SESSION_MEMBER: &str = "dsk";
+
+/// The member of a transient refresh token naming its tenant (absent for
+/// the default tenant).
+const TENANT_MEMBER: &str = "tnt";
+
 /// A decoded refresh token.
 enum RefreshToken {
     /// Points at a long-lived record.
@@ -295,9 +313,11 @@ enum RefreshToken {
         sub: String,
         cid: String,
         rts: String,
+        /// The device session it is bound to (native SSO).
+        dsk: Option<String>,
     },
-    /// Carries a transient authorization (with `iat`, `exp` and a `jti` in
-    /// `extra`).
+    /// Carries a transient authorization (with `iat`, `exp`, a `jti` and
+    /// any device session key in `extra`).
     Transient(Box<Authorization>),
 }
 
@@ -307,6 +327,8 @@ struct LongLivedPlaintext {
     sub: String,
     cid: String,
     rts: String,
+    #[serde(default)]
+    dsk: Option<String>,
 }
 
 /// What a refresh of a long-lived authorization came to.
@@ -337,11 +359,38 @@ fn long_lived_expiry(record: &Authorization) -> Option<u64> {
 }
 
 impl Service {
-    /// The refresh token of a long-lived authorization, rebuilt from its
-    /// `rts`: the same record always yields the same token.
+    /// The refresh token of a long-lived authorization, built from its
+    /// `rts`. Leniently the same record always yields the same token;
+    /// strictly every call yields a new string that opens to the same
+    /// record (`Strictness::random_refresh_token_nonce`).
     pub(crate) fn long_lived_refresh_token(&self, sub: &str, cid: &str, rts: &str) -> String {
-        let plaintext = json!({ "sub": sub, "cid": cid, "rts": rts }).to_string();
-        self.keys.seal_deterministic(plaintext.as_bytes())
+        self.bound_refresh_token(sub, cid, rts, None)
+    }
+
+    /// [`Service::long_lived_refresh_token`] bound to a native SSO device
+    /// session.
+    fn bound_refresh_token(&self, sub: &str, cid: &str, rts: &str, dsk: Option<&str>) -> String {
+        let mut plaintext = json!({ "sub": sub, "cid": cid, "rts": rts });
+        if let Some(dsk) = dsk {
+            plaintext[DEVICE_SESSION_MEMBER] = dsk.into();
+        }
+        let plaintext = plaintext.to_string();
+        if self.strict().random_refresh_token_nonce {
+            self.keys.seal_random(plaintext.as_bytes())
+        } else {
+            self.keys.seal_deterministic(plaintext.as_bytes())
+        }
+    }
+
+    /// Whether the device session a refresh token is bound to (if any) is
+    /// still live: revoking its `device_secret` or its expiry disables the
+    /// token (RN 16.0).
+    fn device_session_live(&self, dsk: Option<&str>) -> bool {
+        dsk.is_none_or(|key| {
+            self.store
+                .session(key)
+                .is_some_and(|session| !session.is_expired(self.now()))
+        })
     }
 
     /// A self-contained refresh token for a transient authorization, issued
@@ -362,19 +411,26 @@ impl Service {
         claims
             .extra
             .insert("jti".to_owned(), self.keys.random_string::<16>().into());
+        // Tenants share the emulator's keys (a real tenant has its own), so
+        // the token names its tenant.
+        if let Some(tenant) = &self.tenant {
+            claims
+                .extra
+                .insert(TENANT_MEMBER.to_owned(), tenant.clone().into());
+        }
         (self.keys.encrypt_jwe(&json!(claims)), claims.exp)
     }
 
     fn decode_refresh_token(&self, token: &str) -> Option<RefreshToken> {
         if token.contains('.') {
-            let claims = self.keys.decrypt_jwe(token)?;
-            return serde_json::from_value(claims)
-                .ok()
-                .map(RefreshToken::Transient);
+            let claims: Box<Authorization> =
+                serde_json::from_value(self.keys.decrypt_jwe(token)?).ok()?;
+            let tenant = claims.extra.get(TENANT_MEMBER).and_then(Value::as_str);
+            return (tenant == self.tenant.as_deref()).then_some(RefreshToken::Transient(claims));
         }
-        let plaintext = self.keys.open_deterministic(token)?;
-        let LongLivedPlaintext { sub, cid, rts } = serde_json::from_slice(&plaintext).ok()?;
-        Some(RefreshToken::LongLived { sub, cid, rts })
+        let plaintext = self.keys.open_sealed(token)?;
+        let LongLivedPlaintext { sub, cid, rts, dsk } = serde_json::from_slice(&plaintext).ok()?;
+        Some(RefreshToken::LongLived { sub, cid, rts, dsk })
     }
 
     /// Completes a grant: persists a long-lived record (when `persist`) and
@@ -385,6 +441,18 @@ impl Service {
         grant: &Grant,
         client: &ClientInfo,
         persist: bool,
+    ) -> Result<Value, ApiError> {
+        self.authorize_bound(grant, client, persist, None)
+    }
+
+    /// [`Service::authorize`] with the refresh token bound to a native SSO
+    /// device session (its SID key).
+    fn authorize_bound(
+        &self,
+        grant: &Grant,
+        client: &ClientInfo,
+        persist: bool,
+        device: Option<&str>,
     ) -> Result<Value, ApiError> {
         let now = self.now();
         let (sub, cid) = (&grant.record.sub, &grant.record.cid);
@@ -409,7 +477,7 @@ impl Service {
             let refresh = match (&record.rts, record.irt) {
                 // An imported record may lack `irt`: its `rts` says enough.
                 (Some(rts), None | Some(true)) => {
-                    Some(self.long_lived_refresh_token(sub, cid, rts))
+                    Some(self.bound_refresh_token(sub, cid, rts, device))
                 }
                 _ => None,
             };
@@ -418,6 +486,11 @@ impl Service {
         } else {
             let mut record = grant.record.clone();
             record.irt = Some(issue_refresh);
+            if let Some(device) = device {
+                record
+                    .extra
+                    .insert(DEVICE_SESSION_MEMBER.to_owned(), device.into());
+            }
             let (refresh, expiry) = if issue_refresh {
                 let (token, expiry) = self.transient_refresh_token(&record, iat, None);
                 (Some(token), expiry)
@@ -426,7 +499,7 @@ impl Service {
             };
             (record, refresh, expiry)
         };
-        Ok(self.token_response(
+        let response = self.token_response(
             &record,
             iat,
             refresh_token,
@@ -436,7 +509,14 @@ impl Service {
                 auth: grant.auth.as_ref(),
                 nonce: grant.nonce.as_deref(),
             }),
-        ))
+        );
+        // The session now has a relying party to notify at logout.
+        if response.get("id_token").is_some()
+            && let Some(sid) = grant.auth.as_ref().and_then(|auth| auth.sid.as_deref())
+        {
+            self.record_relying_party(sid, cid);
+        }
+        Ok(response)
     }
 
     /// The token endpoint response for `record` issued at `iat`. The access
@@ -628,11 +708,13 @@ impl Service {
                 value
             }
             _ => match self.decode_refresh_token(token) {
-                Some(RefreshToken::LongLived { sub, cid, rts }) => {
+                Some(RefreshToken::LongLived { sub, cid, rts, dsk }) => {
                     let Some(record) = self.store.authorization(&sub, &cid) else {
                         return inactive;
                     };
-                    if self.check_long_lived(&record, &rts, now).is_err() {
+                    if self.check_long_lived(&record, &rts, now).is_err()
+                        || !self.device_session_live(dsk.as_deref())
+                    {
                         return inactive;
                     }
                     active(
@@ -698,6 +780,13 @@ impl Service {
         if claims.exp.is_some_and(|exp| now >= exp) {
             return Err("Expired refresh token");
         }
+        let device = claims
+            .extra
+            .get(DEVICE_SESSION_MEMBER)
+            .and_then(Value::as_str);
+        if !self.device_session_live(device) {
+            return Err("The device session of the refresh token has ended");
+        }
         if self
             .store
             .is_revoked(&claims.sub, &claims.cid, claims.iat.unwrap_or(0))
@@ -718,13 +807,14 @@ impl Service {
 
     /// The long-lived record behind a currently valid refresh token.
     pub(crate) fn inspect_refresh_token(&self, token: &str) -> Option<Authorization> {
-        let RefreshToken::LongLived { sub, cid, rts } = self.decode_refresh_token(token)? else {
+        let RefreshToken::LongLived { sub, cid, rts, dsk } = self.decode_refresh_token(token)?
+        else {
             // Transient authorizations have no record.
             return None;
         };
         let record = self.store.authorization(&sub, &cid)?;
         self.check_long_lived(&record, &rts, self.now()).ok()?;
-        Some(record)
+        self.device_session_live(dsk.as_deref()).then_some(record)
     }
 
     /// The long-lived record of the subject and client of a currently
@@ -761,6 +851,57 @@ impl Service {
                 RefreshToken::LongLived { sub, cid, .. } => Some((sub, cid)),
                 RefreshToken::Transient(claims) => Some((claims.sub, claims.cid)),
             },
+        }
+    }
+
+    /// Opens a native SSO device session for the subject of a code grant
+    /// (RN 16.0): a session of its own context, sharing the web session's
+    /// authentication. Its SID is the `device_secret`; returns that and the
+    /// SID key the refresh token is bound to.
+    fn open_device_session(&self, grant: &Grant) -> (String, String) {
+        let strict = self.strict();
+        let auth = grant.auth.clone().unwrap_or_default();
+        let web = auth
+            .sid
+            .as_deref()
+            .and_then(|sid| self.live_session(sid))
+            .map(|(_, session)| session);
+        let session = Session {
+            sub: grant.record.sub.clone(),
+            ctx: Some(strict.device_session_ctx().to_owned()),
+            acr: auth.acr,
+            amr: auth.amr,
+            auth_time: auth.auth_time,
+            claims: web.and_then(|session| session.claims),
+            ..Session::default()
+        };
+        let (secret, _) = self.open_session(session, None);
+        let key = secret
+            .rsplit_once('.')
+            .map(|(key, _)| key.to_owned())
+            .expect("SIDs contain a dot");
+        (secret, key)
+    }
+
+    /// Ends the native SSO device session of a `device_secret`; whether
+    /// there was one.
+    fn end_device_session(&self, secret: &str) -> bool {
+        let Some(key) = self.keys.verify_keyed(secret) else {
+            return false;
+        };
+        let is_device = self
+            .store
+            .session(key)
+            .is_some_and(|session| matches!(session.ctx.as_deref(), Some("NCG" | "device")));
+        if !is_device {
+            return false;
+        }
+        match self.store.remove_session(key) {
+            Some(session) => {
+                self.session_ended(key, &session, "device_secret revoked");
+                true
+            }
+            None => false,
         }
     }
 }
@@ -834,12 +975,22 @@ pub(crate) fn authenticate(
         if !current && !previous {
             return Err(ApiError::invalid_client(Some(&id)));
         }
+        // `client_secret_expires_at` (0: never), from
+        // `op.reg.clientSecretLifetime`.
+        if current
+            && !previous
+            && info
+                .client_secret_expires_at
+                .is_some_and(|expiry| expiry > 0 && now >= expiry)
+        {
+            return Err(ApiError::invalid_client(Some(&id)));
+        }
     }
     Ok(info)
 }
 
 /// Reads a token-endpoint style form body.
-async fn form_body(req: &mut Req) -> Result<Form, ApiError> {
+pub(crate) async fn form_body(req: &mut Req) -> Result<Form, ApiError> {
     if req.method != Method::POST {
         return Err(ApiError::method_not_allowed());
     }
@@ -907,7 +1058,19 @@ fn code_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<Val
             return Err(ApiError::invalid_grant("Invalid code_verifier"));
         }
     }
-    service.authorize(&code.grant, client, code.persist)
+    let strict = service.strict();
+    let scope = code.grant.record.scp.as_deref().unwrap_or_default();
+    let device_sso = strict.native_sso
+        && scope.iter().any(|value| value == "openid")
+        && scope.iter().any(|value| value == "device_sso")
+        && code.grant.auth.is_some();
+    if !device_sso {
+        return service.authorize(&code.grant, client, code.persist);
+    }
+    let (device_secret, key) = service.open_device_session(&code.grant);
+    let mut response = service.authorize_bound(&code.grant, client, code.persist, Some(&key))?;
+    response["device_secret"] = device_secret.into();
+    Ok(response)
 }
 
 fn refresh_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<Value, ApiError> {
@@ -920,9 +1083,14 @@ fn refresh_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<
     let now = service.now();
     match service.decode_refresh_token(token) {
         None => Err(ApiError::invalid_grant("Invalid refresh token")),
-        Some(RefreshToken::LongLived { sub, cid, rts }) => {
+        Some(RefreshToken::LongLived { sub, cid, rts, dsk }) => {
             if cid != client.client_id {
                 return Err(ApiError::invalid_grant("Invalid refresh token"));
+            }
+            if !service.device_session_live(dsk.as_deref()) {
+                return Err(ApiError::invalid_grant(
+                    "The device session of the refresh token has ended",
+                ));
             }
             let issue_at = service.store.issue_time(&sub, &cid, now);
             let expended_key = format!("L:{rts}");
@@ -961,7 +1129,7 @@ fn refresh_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<
                     );
                 }
                 let new_rts = service.keys.random_string::<32>();
-                let token = service.long_lived_refresh_token(&sub, &cid, &new_rts);
+                let token = service.bound_refresh_token(&sub, &cid, &new_rts, dsk.as_deref());
                 record.rts = Some(new_rts);
                 record.rti = Some(issue_at);
                 record.uat = Some(issue_at);
@@ -1098,14 +1266,30 @@ pub(super) async fn revoke(service: &Arc<Service>, mut req: Req) -> Reply {
     let token = form
         .get("token")
         .ok_or_else(|| ApiError::invalid_request("Missing token"))?;
-    if let Some((sub, cid)) = service.token_owner(token)
-        && cid == client.client_id
+    let native_sso = service.strict().native_sso;
+    // A device secret ends its device session (RN 16.0); it is shared by
+    // the client group, so any authenticated client may end it.
+    if native_sso
+        && form.get("token_type_hint") == Some("device_secret")
+        && service.end_device_session(token)
     {
-        let now = service.now();
-        service
-            .store
-            .revoke(Some(&sub), Some(&cid), None, None, now);
-        service.store.remove_authorization(&sub, &cid);
+        return Ok(empty_response(StatusCode::OK));
+    }
+    match service.token_owner(token) {
+        Some((sub, cid)) if cid == client.client_id => {
+            let now = service.now();
+            service
+                .store
+                .revoke(Some(&sub), Some(&cid), None, None, now);
+            service.store.remove_authorization(&sub, &cid);
+        }
+        Some(_) => {}
+        None => {
+            // Without a hint the server tells the token kinds apart itself.
+            if native_sso && form.get("token_type_hint").is_none() {
+                service.end_device_session(token);
+            }
+        }
     }
     Ok(empty_response(StatusCode::OK))
 }

@@ -183,6 +183,19 @@ impl Form {
             .filter(|value| !value.is_empty())
     }
 
+    /// Every pair, in order.
+    pub(crate) fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+
+    /// Adds `name=value` unless `name` is present.
+    pub(crate) fn set_default(&mut self, name: &str, value: &str) {
+        if self.get(name).is_none() {
+            self.pairs.retain(|(key, _)| key != name);
+            self.pairs.push((name.to_owned(), value.to_owned()));
+        }
+    }
+
     /// Whether `name` is `true`.
     pub(crate) fn flag(&self, name: &str) -> bool {
         self.get(name) == Some("true")
