@@ -15,6 +15,12 @@ pub mod connect2id;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+
+use crate::http::body::ProxyBody;
 
 use self::authlete::Authlete;
 use self::connect2id::Connect2id;
@@ -135,4 +141,103 @@ impl PrimarySelector for Servers {
     fn primary(&self) -> Arc<Upstream> {
         Arc::clone(self.upstream(self.primary_side()))
     }
+}
+
+/// A management API failure, classified for retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Worth retrying: unreachable, timed out, 5xx, 429.
+    #[error("{0}")]
+    Transient(String),
+    /// Our token was refused: an operator must fix the config; retried
+    /// (the record is not lost) but loud.
+    #[error("{server} refused the {api} API token ({status})")]
+    Credentials {
+        /// Source or target.
+        server: Side,
+        /// Which management API.
+        api: &'static str,
+        /// 401 or 403.
+        status: u16,
+    },
+    /// The server refused the request itself; retrying the same request
+    /// will not help (dead-letter it).
+    #[error("{server} answered {status} to {operation}: {error}")]
+    Rejected {
+        /// Source or target.
+        server: Side,
+        /// What we tried.
+        operation: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The OAuth `error` and description, shortened.
+        error: String,
+    },
+    /// The server answered success with a body we cannot parse.
+    #[error("{server} answered {operation} with malformed JSON: {message}")]
+    Malformed {
+        /// Source or target.
+        server: Side,
+        /// What we tried.
+        operation: &'static str,
+        /// The parser's complaint.
+        message: String,
+    },
+}
+
+impl ApiError {
+    /// Whether a retry may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_) | Self::Credentials { .. })
+    }
+}
+
+/// The one management-API call path of both kinds of server: sends
+/// `request`, reads the answer (at most `limit` bytes, within `timeout`)
+/// and classifies failures for retry: unreachable, timed out, 5xx, 408 and
+/// 429 are transient; 401 and 403 mean our token for `api` was refused. Any
+/// other status is the caller's to interpret. `detail` describes an error
+/// body for the log (Authlete's envelope message); it must not return
+/// secrets.
+pub(crate) async fn call(
+    upstream: &Upstream,
+    api: &'static str,
+    request: Request<ProxyBody>,
+    timeout: Duration,
+    limit: usize,
+    detail: fn(&[u8]) -> String,
+) -> Result<(StatusCode, Bytes), ApiError> {
+    let side = upstream.side;
+    let response = upstream
+        .send(request, timeout)
+        .await
+        .map_err(|err| ApiError::Transient(err.to_string()))?;
+    let status = response.status();
+    let body = tokio::time::timeout(timeout, crate::http::read_body(response.into_body(), limit))
+        .await
+        .map_err(|_| ApiError::Transient(format!("{side} answer not read within {timeout:?}")))?
+        .map_err(|err| ApiError::Transient(format!("{side} answer: {err}")))?;
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return Err(ApiError::Credentials {
+            server: side,
+            api,
+            status: status.as_u16(),
+        });
+    }
+    if status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+    {
+        let detail = detail(&body);
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {detail}")
+        };
+        return Err(ApiError::Transient(format!(
+            "{side} answered {}{detail}",
+            status.as_u16()
+        )));
+    }
+    Ok((status, body))
 }

@@ -57,7 +57,7 @@ use tracing::Instrument;
 use crate::journal::{DeadLetters, Journal, Seq};
 use crate::metrics::SyncMetrics;
 use crate::model::{Change, Key};
-use crate::servers::connect2id::ApiError;
+use crate::servers::ApiError;
 
 /// Default number of concurrent sync jobs: enough to hide a few
 /// milliseconds of target latency at thousands of writes per second, few

@@ -35,8 +35,9 @@ use crate::api::{DatasetReport, VerifyReport, VerifyRequest};
 use crate::backfill::key_of;
 use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
 use crate::model::{Change, Key};
+use crate::servers::ApiError;
 use crate::servers::Servers;
-use crate::servers::connect2id::{ApiError, Connect2id, comparable};
+use crate::servers::connect2id::{Connect2id, comparable};
 use crate::sync::Recorder;
 use crate::sync::SyncHandle;
 

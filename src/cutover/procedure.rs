@@ -826,7 +826,7 @@ fn millis(duration: Duration) -> u64 {
 async fn read(
     api: &crate::servers::connect2id::Connect2id,
     key: &Key,
-) -> Result<Option<Value>, crate::servers::connect2id::ApiError> {
+) -> Result<Option<Value>, crate::servers::ApiError> {
     match key {
         Key::Client { client_id } => api.get_client(client_id).await,
         Key::Authorization { subject, client_id } => {

@@ -31,9 +31,9 @@ use http::{Method, Request, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::ApiError;
 use crate::http::body::ProxyBody;
 use crate::model::{BaseUrl, Secret};
-use crate::servers::connect2id::ApiError;
 use crate::upstream::Upstream;
 
 /// Largest Authlete answer read.
@@ -228,33 +228,15 @@ impl Authlete {
         let request = builder
             .body(body)
             .map_err(|err| ApiError::Transient(format!("cannot build request: {err}")))?;
-        let response = self
-            .upstream
-            .send(request, self.timeout)
-            .await
-            .map_err(|err| ApiError::Transient(err.to_string()))?;
-        let status = response.status();
-        let bytes = tokio::time::timeout(
+        let (status, bytes) = super::call(
+            &self.upstream,
+            "authlete",
+            request,
             self.timeout,
-            crate::http::read_body(response.into_body(), MAX_ANSWER_BYTES),
+            MAX_ANSWER_BYTES,
+            envelope_message,
         )
-        .await
-        .map_err(|_| ApiError::Transient("Authlete answer not read in time".to_owned()))?
-        .map_err(|err| ApiError::Transient(format!("Authlete answer: {err}")))?;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(ApiError::Credentials {
-                server: crate::model::Side::Target,
-                api: "authlete",
-                status: status.as_u16(),
-            });
-        }
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(ApiError::Transient(format!(
-                "Authlete answered {}: {}",
-                status.as_u16(),
-                envelope_message(&bytes)
-            )));
-        }
+        .await?;
         let value = if bytes.is_empty() {
             Value::Null
         } else {

@@ -30,9 +30,11 @@ use http::{Method, Request, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
+use super::ApiError;
 use crate::http::body::ProxyBody;
 use crate::http::form;
 use crate::model::{Secret, Side, TokenKind, sid_key};
+
 use crate::upstream::{self, Upstream};
 
 /// Largest single-record answer read into memory (exports stream instead).
@@ -79,55 +81,6 @@ impl ApiTokens {
             authz_store: Secret::new(token),
             session_store: Secret::new(token),
         }
-    }
-}
-
-/// A management API failure, classified for retry.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// Worth retrying: unreachable, timed out, 5xx, 429.
-    #[error("{0}")]
-    Transient(String),
-    /// Our token was refused: an operator must fix the config; retried
-    /// (the record is not lost) but loud.
-    #[error("{server} refused the {api} API token ({status})")]
-    Credentials {
-        /// Source or target.
-        server: Side,
-        /// Which management API.
-        api: &'static str,
-        /// 401 or 403.
-        status: u16,
-    },
-    /// The server refused the request itself; retrying the same request
-    /// will not help (dead-letter it).
-    #[error("{server} answered {status} to {operation}: {error}")]
-    Rejected {
-        /// Source or target.
-        server: Side,
-        /// What we tried.
-        operation: &'static str,
-        /// The HTTP status.
-        status: u16,
-        /// The OAuth `error` and description, shortened.
-        error: String,
-    },
-    /// The server answered success with a body we cannot parse.
-    #[error("{server} answered {operation} with malformed JSON: {message}")]
-    Malformed {
-        /// Source or target.
-        server: Side,
-        /// What we tried.
-        operation: &'static str,
-        /// The parser's complaint.
-        message: String,
-    },
-}
-
-impl ApiError {
-    /// Whether a retry may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_) | Self::Credentials { .. })
     }
 }
 
@@ -221,42 +174,15 @@ impl Connect2id {
 
     /// Sends a request and reads the (bounded) answer.
     async fn call(&self, api: Api, request: Request<ProxyBody>) -> Result<Answer, ApiError> {
-        let response = self
-            .upstream
-            .send(request, self.timeout)
-            .await
-            .map_err(|err| ApiError::Transient(err.to_string()))?;
-        let status = response.status();
-        let body = tokio::time::timeout(
+        let (status, body) = super::call(
+            &self.upstream,
+            api.name(),
+            request,
             self.timeout,
-            crate::http::read_body(response.into_body(), MAX_RECORD_RESPONSE_BYTES),
+            MAX_RECORD_RESPONSE_BYTES,
+            |_| String::new(),
         )
-        .await
-        .map_err(|_| {
-            ApiError::Transient(format!(
-                "{} body not read within {:?}",
-                self.server(),
-                self.timeout
-            ))
-        })?
-        .map_err(|err| ApiError::Transient(format!("{} body: {err}", self.server())))?;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(ApiError::Credentials {
-                server: self.server(),
-                api: api.name(),
-                status: status.as_u16(),
-            });
-        }
-        if status.is_server_error()
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::REQUEST_TIMEOUT
-        {
-            return Err(ApiError::Transient(format!(
-                "{} answered {}",
-                self.server(),
-                status.as_u16()
-            )));
-        }
+        .await?;
         Ok(Answer { status, body })
     }
 

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::model::{Change, Key};
+use crate::servers::ApiError;
 use crate::servers::Servers;
-use crate::servers::connect2id::{ApiError, Connect2id};
+use crate::servers::connect2id::Connect2id;
 
 /// A boxed future, for the object-safe [`Apply`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -11,9 +11,10 @@ use serde_json::Value;
 
 use super::apply::{Apply, BoxFuture};
 use crate::model::{Change, Key, Side, TokenEvent, TokenKind};
+use crate::servers::ApiError;
 use crate::servers::Servers;
 use crate::servers::authlete::{Authlete, TokenSpec, authlete_grant};
-use crate::servers::connect2id::{ApiError, Connect2id};
+use crate::servers::connect2id::Connect2id;
 
 /// Applies changes to an Authlete target, reading from the Connect2id
 /// source.
