@@ -54,9 +54,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{BackfillState as State, BackfillStatus, DatasetProgress, TokenImport};
-use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
 use crate::model::Key;
 use crate::servers::Servers;
+use crate::servers::export::Export;
 use crate::sync::{BackfillOutcome, SyncHandle};
 
 /// Writes in flight at once by default: enough to keep a remote target
@@ -508,47 +508,25 @@ impl Inner {
         let primary = self.servers.primary_api().clone();
         // From here on, keys touched by live traffic belong to the sync.
         self.sync.watch_begin();
-        let mut body = primary
-            .export(dataset)
+        let mut export = Export::open(&primary, dataset)
             .await
             .map_err(|err| DatasetError::Export(err.to_string()))?;
-        let container = if dataset == "sessions" {
-            Container::Object
-        } else {
-            Container::Array
-        };
-        let mut splitter = Splitter::new(container, DEFAULT_MAX_MEMBER_BYTES);
         let skip = checkpoint.settled;
         let expected_hash = checkpoint.last_key_hash.clone();
         let mut index: u64 = 0;
-        let mut members = Vec::new();
         let mut limiter = Limiter::new();
         let mut last_checkpoint = Instant::now();
         let mut rate_window = (Instant::now(), progress.settled());
         let mut in_flight = tokio::task::JoinSet::new();
         loop {
-            let frame = tokio::select! {
+            let records = tokio::select! {
                 () = self.stop.cancelled() => return Err(DatasetError::Stopped),
-                frame = body.frame() => frame,
+                next = export.next() => next.map_err(|err| DatasetError::Export(err.to_string()))?,
             };
-            let bytes = match frame {
-                None => break,
-                Some(Err(err)) => {
-                    return Err(DatasetError::Export(format!(
-                        "export of {dataset} broke: {err}"
-                    )));
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(bytes) => bytes,
-                    Err(_) => continue,
-                },
-            };
-            splitter
-                .feed(&bytes, &mut members)
-                .map_err(|err| DatasetError::Export(format!("export of {dataset}: {err}")))?;
-            for member in members.drain(..) {
+            let Some(records) = records else { break };
+            for member in records {
                 index += 1;
-                let Some(key) = key_of(dataset, member.key.as_deref(), &member.value) else {
+                let Some(key) = member.key else {
                     {
                         // A record without a usable key is reported, not
                         // fatal: the rest of the export still copies.
@@ -574,7 +552,7 @@ impl Inner {
                     }
                     continue;
                 }
-                let Ok(record) = serde_json::from_slice::<Value>(&member.value) else {
+                let Ok(record) = serde_json::from_slice::<Value>(&member.json) else {
                     tracing::warn!(dataset, index, "malformed record in the export; skipped");
                     progress.failed.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut t) = tracker.lock() {
@@ -628,9 +606,6 @@ impl Inner {
                 rate_window = (Instant::now(), now_settled);
             }
         }
-        splitter
-            .finish()
-            .map_err(|err| DatasetError::Export(format!("export of {dataset}: {err}")))?;
         while in_flight.join_next().await.is_some() {}
         if self.stop.is_cancelled() {
             return Err(DatasetError::Stopped);
@@ -651,42 +626,20 @@ impl Inner {
         primary: &crate::servers::connect2id::Connect2id,
         dataset: &str,
     ) -> Result<u64, DatasetError> {
-        let mut body = primary
-            .export(dataset)
+        let mut export = Export::open(primary, dataset)
             .await
             .map_err(|err| DatasetError::Export(err.to_string()))?;
-        let container = if dataset == "sessions" {
-            Container::Object
-        } else {
-            Container::Array
-        };
-        let mut splitter = Splitter::new(container, DEFAULT_MAX_MEMBER_BYTES);
-        let mut members = Vec::new();
         let mut total = 0u64;
         loop {
-            let frame = tokio::select! {
+            let records = tokio::select! {
                 () = self.stop.cancelled() => return Err(DatasetError::Stopped),
-                frame = body.frame() => frame,
+                next = export.next() => next.map_err(|err| DatasetError::Export(format!("counting: {err}")))?,
             };
-            match frame {
+            match records {
+                Some(records) => total += records.len() as u64,
                 None => break,
-                Some(Err(err)) => {
-                    return Err(DatasetError::Export(format!("counting {dataset}: {err}")));
-                }
-                Some(Ok(frame)) => {
-                    if let Ok(bytes) = frame.into_data() {
-                        splitter.feed(&bytes, &mut members).map_err(|err| {
-                            DatasetError::Export(format!("counting {dataset}: {err}"))
-                        })?;
-                        total += members.len() as u64;
-                        members.clear();
-                    }
-                }
             }
         }
-        splitter
-            .finish()
-            .map_err(|err| DatasetError::Export(format!("counting {dataset}: {err}")))?;
         Ok(total)
     }
 
@@ -812,37 +765,8 @@ impl Limiter {
     }
 }
 
-/// The key of an exported record.
-pub fn key_of(dataset: &str, member_key: Option<&str>, value: &[u8]) -> Option<Key> {
-    match dataset {
-        "sessions" => Some(Key::Session {
-            sid: member_key?.to_owned(),
-        }),
-        "clients" => {
-            #[derive(Deserialize)]
-            struct Client {
-                client_id: String,
-            }
-            let client: Client = serde_json::from_slice(value).ok()?;
-            Some(Key::Client {
-                client_id: client.client_id,
-            })
-        }
-        _ => {
-            #[derive(Deserialize)]
-            struct Authorization {
-                sub: String,
-                cid: String,
-            }
-            let record: Authorization = serde_json::from_slice(value).ok()?;
-            Some(Key::Authorization {
-                subject: record.sub,
-                client_id: record.cid,
-            })
-        }
-    }
-}
-
+/// A short digest of a key, for the checkpoint (never the key itself: a
+/// SID is a secret).
 fn hash_key(key: &Key) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, key.identity().as_bytes());
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -927,36 +851,6 @@ mod tests {
         settled.complete(4, Some("d".into()), Outcome::Skipped);
         assert_eq!(settled.settled, 1);
         assert_eq!((settled.copied, settled.skipped, settled.failed), (1, 0, 0));
-    }
-
-    #[test]
-    fn keys_come_from_the_records() {
-        assert_eq!(
-            key_of(
-                "clients",
-                None,
-                br#"{"client_id":"abc","client_secret":"s"}"#
-            ),
-            Some(Key::Client {
-                client_id: "abc".into()
-            })
-        );
-        assert_eq!(
-            key_of(
-                "authorizations",
-                None,
-                br#"{"sub":"alice","cid":"abc","scp":["openid"]}"#
-            ),
-            Some(Key::Authorization {
-                subject: "alice".into(),
-                client_id: "abc".into()
-            })
-        );
-        assert_eq!(
-            key_of("sessions", Some("K.H"), br#"{"sub":"alice"}"#),
-            Some(Key::Session { sid: "K.H".into() })
-        );
-        assert_eq!(key_of("clients", None, br#"{"client_name":"x"}"#), None);
     }
 
     #[test]

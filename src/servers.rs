@@ -12,6 +12,7 @@
 
 pub mod authlete;
 pub mod connect2id;
+pub mod export;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

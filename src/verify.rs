@@ -26,18 +26,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{DatasetReport, VerifyReport, VerifyRequest};
-use crate::backfill::key_of;
-use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Splitter};
 use crate::model::{Change, Key};
 use crate::servers::ApiError;
 use crate::servers::Servers;
 use crate::servers::connect2id::{Connect2id, comparable};
+use crate::servers::export::Export;
 use crate::sync::Recorder;
 use crate::sync::SyncHandle;
 
@@ -253,19 +251,11 @@ impl Verifier {
             dataset: dataset.to_owned(),
             message,
         };
-        let mut body = server
-            .export(dataset)
+        let mut export = Export::open(server, dataset)
             .await
-            .map_err(|err| fail(format!("export from {}: {err}", server.server())))?;
-        let container = if dataset == "sessions" {
-            Container::Object
-        } else {
-            Container::Array
-        };
+            .map_err(|err| fail(err.to_string()))?;
         let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut tasks: tokio::task::JoinSet<Result<(), ApiError>> = tokio::task::JoinSet::new();
-        let mut splitter = Splitter::new(container, DEFAULT_MAX_MEMBER_BYTES);
-        let mut members = Vec::new();
         let collect =
             |tasks: &mut tokio::task::JoinSet<Result<(), ApiError>>| -> Result<(), Error> {
                 while let Some(result) = tasks.try_join_next() {
@@ -276,32 +266,17 @@ impl Verifier {
                 Ok(())
             };
         loop {
-            let frame = tokio::select! {
+            let records = tokio::select! {
                 () = self.stop.cancelled() => return Err(Error::Stopped),
-                frame = body.frame() => frame,
+                next = export.next() => next.map_err(|err| fail(err.to_string()))?,
             };
-            let bytes = match frame {
-                None => break,
-                Some(Err(err)) => {
-                    return Err(fail(format!(
-                        "export from {} broke: {err}",
-                        server.server()
-                    )));
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(bytes) => bytes,
-                    Err(_) => continue,
-                },
-            };
-            splitter
-                .feed(&bytes, &mut members)
-                .map_err(|err| fail(format!("export from {}: {err}", server.server())))?;
-            for member in members.drain(..) {
+            let Some(records) = records else { break };
+            for member in records {
                 progress.scanned.fetch_add(1, Ordering::Relaxed);
-                let Some(key) = key_of(dataset, member.key.as_deref(), &member.value) else {
+                let Some(key) = member.key else {
                     continue;
                 };
-                let Ok(record) = serde_json::from_slice::<Value>(&member.value) else {
+                let Ok(record) = serde_json::from_slice::<Value>(&member.json) else {
                     return Err(fail(format!(
                         "malformed record in the export from {}",
                         server.server()
@@ -321,9 +296,6 @@ impl Verifier {
                 collect(&mut tasks)?;
             }
         }
-        splitter
-            .finish()
-            .map_err(|err| fail(format!("export from {}: {err}", server.server())))?;
         while let Some(result) = tasks.join_next().await {
             if let Ok(Err(err)) = result {
                 return Err(fail(format!("lookup failed: {err}")));

@@ -39,6 +39,46 @@ impl Key {
         }
     }
 
+    /// The key of a record in an export of `dataset`: sessions are keyed by
+    /// their SID (`member_key`, the export being an object), clients by
+    /// `client_id`, authorizations by `sub` + `cid`. `None` for a record
+    /// without a usable key.
+    pub fn from_export_member(
+        dataset: &str,
+        member_key: Option<&str>,
+        value: &[u8],
+    ) -> Option<Self> {
+        use serde::Deserialize;
+
+        match dataset {
+            "sessions" => Some(Self::Session {
+                sid: member_key?.to_owned(),
+            }),
+            "clients" => {
+                #[derive(Deserialize)]
+                struct Client {
+                    client_id: String,
+                }
+                let client: Client = serde_json::from_slice(value).ok()?;
+                Some(Self::Client {
+                    client_id: client.client_id,
+                })
+            }
+            _ => {
+                #[derive(Deserialize)]
+                struct Authorization {
+                    sub: String,
+                    cid: String,
+                }
+                let record: Authorization = serde_json::from_slice(value).ok()?;
+                Some(Self::Authorization {
+                    subject: record.sub,
+                    client_id: record.cid,
+                })
+            }
+        }
+    }
+
     /// The key of an authorization record as the authz-store returns it
     /// (`sub` + `cid`).
     pub fn of_authorization(record: &serde_json::Value) -> Option<Self> {
@@ -75,4 +115,42 @@ impl Key {
 /// The SID key: the SID up to its last `.` (the rest is the HMAC).
 pub fn sid_key(sid: &str) -> &str {
     sid.rsplit_once('.').map_or(sid, |(key, _)| key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_from_the_records() {
+        assert_eq!(
+            Key::from_export_member(
+                "clients",
+                None,
+                br#"{"client_id":"abc","client_secret":"s"}"#
+            ),
+            Some(Key::Client {
+                client_id: "abc".into()
+            })
+        );
+        assert_eq!(
+            Key::from_export_member(
+                "authorizations",
+                None,
+                br#"{"sub":"alice","cid":"abc","scp":["openid"]}"#
+            ),
+            Some(Key::Authorization {
+                subject: "alice".into(),
+                client_id: "abc".into()
+            })
+        );
+        assert_eq!(
+            Key::from_export_member("sessions", Some("K.H"), br#"{"sub":"alice"}"#),
+            Some(Key::Session { sid: "K.H".into() })
+        );
+        assert_eq!(
+            Key::from_export_member("clients", None, br#"{"client_name":"x"}"#),
+            None
+        );
+    }
 }
