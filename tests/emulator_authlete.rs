@@ -195,7 +195,9 @@ async fn client_create_assigns_id_and_secret_and_enforces_unique_aliases() {
     let tail = emu.get(V3, "/client/get/list?start=6&end=100").await;
     assert_eq!(tail.body["clients"].as_array().expect("clients").len(), 2);
 
-    // Update is a full replace that keeps id, secret and createdAt.
+    // Update keeps id, secret and createdAt; in the lenient reading the
+    // fields the body omits keep their value (the replacing reading is in
+    // emulator_authlete_strict.rs).
     let updated = emu
         .post(
             V3,
@@ -206,7 +208,11 @@ async fn client_create_assigns_id_and_secret_and_enforces_unique_aliases() {
         .ok("A123001");
     assert_eq!(updated.body["clientSecret"], json!(secret));
     assert_eq!(updated.body["createdAt"], created["createdAt"]);
-    assert_eq!(updated.body["redirectUris"], json!([]));
+    assert_eq!(updated.body["clientName"], json!("Renamed"));
+    assert_eq!(
+        updated.body["redirectUris"],
+        json!(["https://rp.example.com/cb"])
+    );
     assert!(emu.authlete.client_by_alias("c2id-rp-1").is_none());
     assert_eq!(
         emu.authlete
