@@ -89,11 +89,27 @@ async fn get_with_headers(
     path: &str,
     authorization: &str,
 ) -> (StatusCode, HeaderMap, Value) {
+    request(base, Method::GET, path, authorization, None).await
+}
+
+/// Any request to `base + path`, JSON in and out, headers kept.
+async fn request(
+    base: &str,
+    method: Method,
+    path: &str,
+    authorization: &str,
+    body: Option<&Value>,
+) -> (StatusCode, HeaderMap, Value) {
     let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = Request::get(format!("{base}{path}"))
-        .header(header::AUTHORIZATION, authorization)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header(header::AUTHORIZATION, authorization);
+    if body.is_some() {
+        builder = builder.header(header::CONTENT_TYPE, "application/json");
+    }
+    let bytes = body.map_or_else(Bytes::new, |body| Bytes::from(body.to_string()));
+    let request = builder.body(Full::new(bytes)).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
         .await
         .expect("answered within 10 s")
@@ -1015,4 +1031,127 @@ async fn the_real_preset_serves_every_documented_api_the_product_needs() {
             StatusCode::NO_CONTENT
         );
     }
+}
+
+// ---- `handover emulate --kind authlete` flags -------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_handover");
+const CLI_TOKEN: &str = "cli-token";
+
+/// A standalone emulator process, killed when dropped.
+struct Standalone {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `handover emulate --kind authlete` with `flags` on a free port,
+/// and waits (polling, with a deadline) until it accepts connections.
+async fn emulate(flags: &[&str]) -> Standalone {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(BIN)
+        .args(["emulate", "--kind", "authlete", "--listen", &listen])
+        .args(["--api-token", CLI_TOKEN])
+        .args(flags)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let standalone = Standalone {
+        child,
+        base: format!("http://{listen}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "emulate did not listen on {listen}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    standalone
+}
+
+#[tokio::test]
+async fn emulate_flags_pick_the_preset_and_override_single_switches() {
+    let service_id = handover::emulator::authlete::DEFAULT_SERVICE_ID;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{service_id}:{CLI_TOKEN}"))
+    );
+    let bearer = format!("Bearer {CLI_TOKEN}");
+
+    // Lenient preset, two switches strict.
+    let one = emulate(&["--strict", "paths", "--rate-limit", "3/10s"]).await;
+    let (bare, _, _) = get_with_headers(&one.base, "/api/service/get", &basic).await;
+    assert_eq!(bare.as_u16(), 404, "paths strict");
+    let keyed = format!("/api/service/get/{service_id}");
+    let (service, _, _) = get_with_headers(&one.base, &keyed, &basic).await;
+    assert_eq!(service.as_u16(), 200, "owner credentials still lenient");
+    let (third, _, _) = get_with_headers(&one.base, &keyed, &basic).await;
+    assert_eq!(third.as_u16(), 200);
+    let (limited, headers, _) = get_with_headers(&one.base, &keyed, &basic).await;
+    assert_eq!(limited, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    drop(one);
+
+    // Real preset, three switches back to lenient.
+    let two = emulate(&[
+        "--strictness",
+        "real",
+        "--lenient",
+        "paths",
+        "--lenient",
+        "owner-credentials",
+        "--lenient",
+        "rate-limit",
+    ])
+    .await;
+    for _ in 0..60 {
+        let (bare, _, _) = get_with_headers(&two.base, "/api/service/get", &basic).await;
+        assert_eq!(
+            bare.as_u16(),
+            200,
+            "paths and owner credentials lenient, no cap"
+        );
+    }
+    let v3 = |path: &str| format!("/api/{service_id}{path}");
+    let (created, _, client) = request(
+        &two.base,
+        Method::POST,
+        &v3("/client/create"),
+        &bearer,
+        Some(&json!({"clientIdAlias": "rp"})),
+    )
+    .await;
+    assert_eq!(created.as_u16(), 200, "{client}");
+    let token = json!({"grantType": "PASSWORD", "clientIdentifier": "rp", "subject": "s", "accessToken": "at"});
+    let path = v3("/auth/token/create");
+    let (first, _, _) = request(&two.base, Method::POST, &path, &bearer, Some(&token)).await;
+    assert_eq!(first.as_u16(), 200);
+    let (again, _, body) = request(&two.base, Method::POST, &path, &bearer, Some(&token)).await;
+    assert_eq!(again.as_u16(), 500, "result codes strict: {body}");
+    assert_eq!(body["resultCode"], "A001101");
+    drop(two);
+
+    // A switch that is not one is refused, naming the ones there are.
+    let refused = std::process::Command::new(BIN)
+        .args(["emulate", "--kind", "authlete", "--api-token", CLI_TOKEN])
+        .args(["--strict", "nope"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("revoke-order"), "{stderr}");
 }
