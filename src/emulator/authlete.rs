@@ -71,9 +71,9 @@
 //!   saying "duplicate" (a client must confirm by introspection).
 //!   *Strict* (`documented_aliases`): v3 `clientId` must be numeric like
 //!   v2's (an int64 in the schema); only `clientIdentifier` takes an alias.
-//!   `IMPLICIT` and
-//!   `CLIENT_CREDENTIALS` never get a refresh token (a supplied one is
-//!   ignored); other grants get the supplied one or a generated one.
+//!   `IMPLICIT` and `CLIENT_CREDENTIALS` never get a refresh token (a
+//!   supplied one is ignored); other grants get the supplied one or a
+//!   generated one.
 //! - `POST /auth/token/create/batch[?dryRun=true]` (v3 only; v2 answers
 //!   404 `A001205`): a JSON array of create requests, each of which must
 //!   carry `accessToken`. Answers `A482001` with a `requestId` at once and
@@ -152,8 +152,8 @@
 //!   returns it on every read. `typed_client_metadata`: *lenient:* values
 //!   as given; *strict:* typed as the schema says (`jwks` is a string),
 //!   enums (`tokenAuthMethod`, `responseTypes`, algorithms, `subjectType`)
-//!   checked, else 400 `A121202`. Aliases are unique per
-//!   service and never equal another client's numeric id (400 `A121201`).
+//!   checked, else 400 `A121202`. Aliases are unique per service and
+//!   never equal another client's numeric id (400 `A121201`).
 //!   v3: the alias defaults to the id and is always enabled. v2: the alias
 //!   counts only with `clientIdAliasEnabled=true` (the emulated service has
 //!   aliases enabled).
@@ -172,13 +172,12 @@
 //! - `POST /client/secret/update/{clientIdentifier}` `{"clientSecret"}`:
 //!   1–86 characters from `A-Z a-z 0-9 - _`, else 400 naming the rule;
 //!   answers `newClientSecret`, `oldClientSecret`.
-//!   `/client/secret/refresh/{clientIdentifier}` (`GET` or `POST`)
-//!   generates one.
+//!   `/client/secret/refresh/{clientIdentifier}` (`GET`; lenient paths
+//!   also `POST`) generates one.
 //! - `GET /service/get` (v2 `/api/service/get/{apiKey}`, another key 404
 //!   `A126301`; v3 `/api/{id}/service/get`) and `GET /api/service/get/list`:
 //!   `apiKey` (v2: the API key, as a number when numeric; v3: the service
-//!   id),
-//!   `supportedScopes` (`[{name}]`, `null` when any scope is accepted),
+//!   id), `supportedScopes` (`[{name}]`, `null` when any scope is accepted),
 //!   `supportedGrantTypes` (all, `REFRESH_TOKEN` included),
 //!   `refreshTokenKept`, `singleAccessTokenPerSubject`,
 //!   `clientIdAliasEnabled` (true), token durations.
