@@ -8,14 +8,24 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use handover::emulator::authlete::{Config, Error, Options, run, token_hash};
+use handover::emulator::authlete::{Config, Error, Options, Strictness, run, token_hash};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::authlete::{Emulator, Reply, Version, config, form, start};
+use support::authlete::{Emulator, Reply, Version, form, start};
 use tokio_util::sync::CancellationToken;
 
 const V2: Version = Version::V2;
 const V3: Version = Version::V3;
+
+/// The harness's service in the lenient reading, which these tests
+/// describe whatever `Config::default()` picks (the strict reading is in
+/// `emulator_authlete_strict.rs`).
+fn config() -> Config {
+    Config {
+        strictness: Strictness::lenient(),
+        ..support::authlete::config()
+    }
+}
 
 #[tokio::test]
 async fn v2_basic_and_v3_bearer_authenticate_and_bad_credentials_get_401() {

@@ -1638,7 +1638,10 @@ mod tests {
     use super::*;
 
     fn config() -> Config {
-        Config::default()
+        Config {
+            strictness: Strictness::lenient(),
+            ..Config::default()
+        }
     }
 
     fn request(json: serde_json::Value) -> TokenCreateRequest {
