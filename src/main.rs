@@ -44,7 +44,7 @@ enum Command {
         config: PathBuf,
     },
     /// Run a standalone Connect2id or Authlete emulator (rehearsals, tests).
-    Emulate(EmulateArgs),
+    Emulate(Box<EmulateArgs>),
     /// Zero-config demo: emulated source and target, the proxy in front,
     /// realistic traffic, then a comparison of both servers.
     Demo(DemoArgs),
@@ -222,20 +222,68 @@ struct EmulateArgs {
     /// Authlete: the v2 service API secret (Basic password; defaults to the token).
     #[arg(long)]
     api_secret: Option<String>,
-    /// Connect2id: read the server strictly (every real-server behaviour
-    /// that is harder on a migration than the lenient default).
-    #[arg(long)]
-    strict: bool,
-    /// Connect2id: individual strictness switches as a JSON object, on top
-    /// of the default or --strict, e.g. '{"backchannel_logout":true}'.
+    /// Connect2id: individual strictness switches as a JSON object, over the
+    /// --strictness preset, e.g. '{"backchannel_logout":true}'.
     #[arg(long, value_name = "JSON")]
-    strictness: Option<String>,
+    switches: Option<String>,
     /// Connect2id: a tenant of the multi-tenant edition (repeatable).
     #[arg(long = "tenant", value_name = "ID")]
     tenants: Vec<String>,
     /// Connect2id: an issuer alias of the default tenant (repeatable).
     #[arg(long = "issuer-alias", value_name = "URL")]
     issuer_aliases: Vec<String>,
+    /// Authlete: the v2 service owner API key (Basic user of the v2 service APIs).
+    #[arg(long)]
+    owner_api_key: Option<String>,
+    /// Authlete: the v2 service owner API secret (defaults to the token).
+    #[arg(long)]
+    owner_api_secret: Option<String>,
+    /// Which reading of the API to play: `lenient` (the emulator as the
+    /// product was first written against) or `real` (every behaviour of the
+    /// real server that is harder on a migration).
+    #[arg(long, value_enum, default_value_t = StrictnessPreset::Lenient)]
+    strictness: StrictnessPreset,
+    /// Authlete: one switch at its strict value, over the preset (repeat):
+    /// paths, owner-credentials, aliases, replace-update, rate-limit, sweep,
+    /// result-codes, client-single-token, typed-client-metadata, revoke-order.
+    #[arg(long = "strict", value_name = "SWITCH", value_parser = parse_switch)]
+    strict: Vec<handover::emulator::authlete::Switch>,
+    /// Authlete: one switch at its lenient value, over the preset (repeat).
+    #[arg(long = "lenient", value_name = "SWITCH", value_parser = parse_switch)]
+    lenient: Vec<handover::emulator::authlete::Switch>,
+    /// Authlete: cap the request rate, e.g. `50/1s` (429 with Retry-After
+    /// beyond it); implies the rate-limit switch.
+    #[arg(long, value_name = "N/DURATION", value_parser = parse_rate_limit)]
+    rate_limit: Option<handover::emulator::authlete::RateLimit>,
+    /// Authlete: delete tokens unused for this long, e.g. `2160h` (Authlete's
+    /// 90 days) or `30s` to compress time; implies the sweep switch.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    sweep_unused_after: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StrictnessPreset {
+    Lenient,
+    Real,
+}
+
+fn parse_switch(text: &str) -> Result<handover::emulator::authlete::Switch, String> {
+    text.parse().map_err(|err| format!("{err}"))
+}
+
+fn parse_rate_limit(text: &str) -> Result<handover::emulator::authlete::RateLimit, String> {
+    let (requests, per) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not N/DURATION (e.g. 50/1s)"))?;
+    let requests: u32 = requests
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: {requests:?} is not a request count"))?;
+    let per = parse_duration_arg(per)?;
+    if requests == 0 || per.is_zero() {
+        return Err(format!("{text:?}: the count and the window must be > 0"));
+    }
+    Ok(handover::emulator::authlete::RateLimit { requests, per })
 }
 
 fn main() -> ExitCode {
@@ -243,7 +291,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config, cli.log_format),
         Command::Check { config } => check(&config),
-        Command::Emulate(args) => emulate(args, cli.log_format),
+        Command::Emulate(args) => emulate(*args, cli.log_format),
         Command::Demo(args) => demo(&args),
         Command::Status { admin, watch } => operate(&admin, |client, json| async move {
             handover::cli::watch_status(&client, watch, json).await?;
@@ -403,9 +451,11 @@ fn emulate(args: EmulateArgs, log_format: LogFormat) -> ExitCode {
         });
         match args.kind {
             EmulatorKind::Connect2id => {
-                let strictness =
-                    connect2id::strictness_from_flags(args.strict, args.strictness.as_deref())
-                        .map_err(|err| err.to_string())?;
+                let strictness = connect2id::strictness_from_flags(
+                    args.strictness == StrictnessPreset::Real,
+                    args.switches.as_deref(),
+                )
+                .map_err(|err| err.to_string())?;
                 connect2id::run(
                     connect2id::Options {
                         listen: args.listen,
@@ -432,6 +482,24 @@ fn emulate(args: EmulateArgs, log_format: LogFormat) -> ExitCode {
                 options.api_secret = args.api_secret;
                 options.latency_ms = args.latency_ms;
                 options.error_rate = args.error_rate;
+                options.owner_api_key = args.owner_api_key;
+                options.owner_api_secret = args.owner_api_secret;
+                options.strictness = match args.strictness {
+                    StrictnessPreset::Lenient => authlete::Strictness::lenient(),
+                    StrictnessPreset::Real => authlete::Strictness::real(),
+                };
+                for switch in args.strict {
+                    options.strictness.set(switch, true);
+                }
+                for switch in args.lenient {
+                    options.strictness.set(switch, false);
+                }
+                if args.rate_limit.is_some() {
+                    options.strictness.rate_limit = args.rate_limit;
+                }
+                if args.sweep_unused_after.is_some() {
+                    options.strictness.sweep_unused_after = args.sweep_unused_after;
+                }
                 authlete::run(options, stop)
                     .await
                     .map_err(|err| err.to_string())

@@ -8,14 +8,24 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use handover::emulator::authlete::{Config, Error, Options, run, token_hash};
+use handover::emulator::authlete::{Config, Error, Options, Strictness, run, token_hash};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::authlete::{Emulator, Reply, Version, config, form, start};
+use support::authlete::{Emulator, Reply, Version, form, start};
 use tokio_util::sync::CancellationToken;
 
 const V2: Version = Version::V2;
 const V3: Version = Version::V3;
+
+/// The harness's service in the lenient reading, which these tests
+/// describe whatever `Config::default()` picks (the strict reading is in
+/// `emulator_authlete_strict.rs`).
+fn config() -> Config {
+    Config {
+        strictness: Strictness::lenient(),
+        ..support::authlete::config()
+    }
+}
 
 #[tokio::test]
 async fn v2_basic_and_v3_bearer_authenticate_and_bad_credentials_get_401() {
@@ -195,7 +205,9 @@ async fn client_create_assigns_id_and_secret_and_enforces_unique_aliases() {
     let tail = emu.get(V3, "/client/get/list?start=6&end=100").await;
     assert_eq!(tail.body["clients"].as_array().expect("clients").len(), 2);
 
-    // Update is a full replace that keeps id, secret and createdAt.
+    // Update keeps id, secret and createdAt; in the lenient reading the
+    // fields the body omits keep their value (the replacing reading is in
+    // emulator_authlete_strict.rs).
     let updated = emu
         .post(
             V3,
@@ -206,7 +218,11 @@ async fn client_create_assigns_id_and_secret_and_enforces_unique_aliases() {
         .ok("A123001");
     assert_eq!(updated.body["clientSecret"], json!(secret));
     assert_eq!(updated.body["createdAt"], created["createdAt"]);
-    assert_eq!(updated.body["redirectUris"], json!([]));
+    assert_eq!(updated.body["clientName"], json!("Renamed"));
+    assert_eq!(
+        updated.body["redirectUris"],
+        json!(["https://rp.example.com/cb"])
+    );
     assert!(emu.authlete.client_by_alias("c2id-rp-1").is_none());
     assert_eq!(
         emu.authlete

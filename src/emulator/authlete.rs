@@ -2,6 +2,14 @@
 //! migration, faithful to `spec/authlete.md` where the spec is confirmed
 //! and explicit about every guess where it is not.
 //!
+//! Where the team's reading and the real service may differ, the emulator
+//! plays either reading: [`Config::strictness`] holds one switch per
+//! question, [`Strictness::lenient`] (the default, the reading the product
+//! was written against) or [`Strictness::real`] (the documented or, where
+//! the material is silent, the most hostile reading). The switch table is
+//! in `strictness.rs`; below, *lenient:* / *strict:* mark what a switch
+//! changes.
+//!
 //! One [`Authlete`] is one service, reachable through both API generations
 //! at once over the same data:
 //!
@@ -18,6 +26,22 @@
 //! with the wrong method 405 `A001206`. `/api/service/get/list` has no
 //! service id in either version; its version follows the scheme of the
 //! `Authorization` header.
+//!
+//! Paths (`documented_paths`). *Strict:* exactly the documented layout and
+//! method per version (v2/v3 OpenAPI, `authlete-java-common` path
+//! constants): v2 `GET /api/service/get/{apiKey}`, v3
+//! `GET /api/{serviceId}/service/get`, the service list only at
+//! `/api/service/get/list`, `client/update` by `POST` only,
+//! `client/secret/refresh` by `GET` only; anything else is 404 (or 405 for
+//! a known path). *Lenient:* also v2 `/api/service/get` (no key), v3
+//! `/api/{serviceId}/service/get/list`, `PUT` on `client/update` and `POST`
+//! on `client/secret/refresh`.
+//!
+//! v2 service credentials (`owner_credentials`). The v2 service APIs are
+//! documented with the service *owner*'s Basic credentials
+//! ([`Config::owner_api_key`] / [`Config::owner_api_secret`]). *Strict:*
+//! the service's own key and secret get 401 `A001203` there. *Lenient:*
+//! either pair passes.
 //!
 //! Every answer, 2xx or 4xx, is the Authlete envelope
 //! `{"resultCode": "A...", "resultMessage": "[A...] ...", "action": ...}`
@@ -39,16 +63,24 @@
 //!   scope must be in it. Durations in seconds, 0 = service default
 //!   (3600 s access, 864000 s refresh). `accessToken` / `refreshToken`
 //!   import caller-chosen values; **if the hash of either already exists
-//!   the call fails** with 400, action `BAD_REQUEST`, `A109208` (access) or
-//!   `A109209` (refresh); there is no upsert. `IMPLICIT` and
-//!   `CLIENT_CREDENTIALS` never get a refresh token (a supplied one is
-//!   ignored); other grants get the supplied one or a generated one.
+//!   the call fails**; there is no upsert. How it fails is undocumented
+//!   (`duplicate_token`): *lenient:* 400, action `BAD_REQUEST`, the
+//!   invented `A109208` (access) or `A109209` (refresh) with a message
+//!   saying the hash "already exists"; *strict:* 500, action
+//!   `INTERNAL_SERVER_ERROR`, `A001101` "Authlete Server error.", nothing
+//!   saying "duplicate" (a client must confirm by introspection).
+//!   *Strict* (`documented_aliases`): v3 `clientId` must be numeric like
+//!   v2's (an int64 in the schema); only `clientIdentifier` takes an alias.
+//!   `IMPLICIT` and `CLIENT_CREDENTIALS` never get a refresh token (a
+//!   supplied one is ignored); other grants get the supplied one or a
+//!   generated one.
 //! - `POST /auth/token/create/batch[?dryRun=true]` (v3 only; v2 answers
 //!   404 `A001205`): a JSON array of create requests, each of which must
 //!   carry `accessToken`. Answers `A482001` with a `requestId` at once and
 //!   works in a background task; items are applied in order and the first
 //!   failing one stops the batch (`FAILED`, partially completed, with that
-//!   item's result code as `errorCode`). `GET` or `POST
+//!   item's result code as `errorCode`, so `A001101` for a duplicate in
+//!   the strict reading). `GET` or `POST
 //!   /auth/token/create/batch/status/{requestId}` answers `A447001` with
 //!   `status.{batchKind, requestId, result, tokenCount, errorCode,
 //!   errorDescription, createdAt, modifiedAt}`; `result` is `null` while
@@ -65,9 +97,15 @@
 //! - `DELETE /auth/token/delete/{accessTokenValueOrHash}`: removes the pair,
 //!   204; unknown 404 `A313301`.
 //! - `POST /auth/token/revoke`: `accessTokenIdentifier`,
-//!   `refreshTokenIdentifier` (value or hash), `clientIdentifier`,
-//!   `subject`, all given ones must match; answers `count`. At least one
-//!   criterion is required (inferred, 400 `A312201`).
+//!   `refreshTokenIdentifier` (value or hash), `clientIdentifier` (id or
+//!   alias), `subject`; answers `count`. At least one criterion is
+//!   required (inferred, 400 `A312201`). A token identifier removes exactly
+//!   the one pair holding it; client and/or subject remove every matching
+//!   pair. Combined criteria (`documented_revoke_order`): *lenient:* all
+//!   given ones must match; *strict:* the first of access token, refresh
+//!   token, client/subject wins and the rest are ignored ([JC]
+//!   `TokenRevokeRequest`), so a client filter does not guard a token
+//!   identifier.
 //! - `GET /auth/token/get/list?clientIdentifier=&subject=&start=&end=`
 //!   (`end` exclusive, default 5): `start`, `end`, `totalCount`, `client`
 //!   (when filtered by client), `subject`, `accessTokens[]` with hashes,
@@ -103,29 +141,43 @@
 //!   (the endpoint answers an empty 200). An unknown token is `OK` too (RFC
 //!   7009; Authlete does the same). A token of another client:
 //!   `BAD_REQUEST` / `unauthorized_client` (inferred).
-//! - `POST /client/create` (a `Client`; `clientId`, `clientSecret` and
-//!   unknown fields ignored): generates a numeric `clientId` (11–14
-//!   digits) and an 86-character `clientSecret`. Aliases are unique per
-//!   service and never equal another client's numeric id (400 `A121201`).
+//! - `POST /client/create` (a `Client`; `clientId`, `clientSecret`,
+//!   read-only and unknown fields ignored): generates a numeric `clientId`
+//!   (11–14 digits) and an 86-character `clientSecret`. Besides the fields
+//!   it interprets it stores every documented writable field (`jwks`,
+//!   `jwksUri`, the `tlsClientAuth*` mTLS fields, `tokenAuthSignAlg`,
+//!   `idTokenSignAlg` and the other algorithms, `dpopRequired`,
+//!   `parRequired`, `subjectType`, `sectorIdentifierUri`,
+//!   `singleAccessTokenPerSubject`, ...; list in `metadata.rs`) and
+//!   returns it on every read. `typed_client_metadata`: *lenient:* values
+//!   as given; *strict:* typed as the schema says (`jwks` is a string),
+//!   enums (`tokenAuthMethod`, `responseTypes`, algorithms, `subjectType`)
+//!   checked, else 400 `A121202`. Aliases are unique per service and
+//!   never equal another client's numeric id (400 `A121201`).
 //!   v3: the alias defaults to the id and is always enabled. v2: the alias
 //!   counts only with `clientIdAliasEnabled=true` (the emulated service has
 //!   aliases enabled).
 //! - `GET /client/get/{clientIdOrAlias}`, `GET /client/get/list?start=&end=`
-//!   (`end` default 5), `POST /client/update/{clientIdOrAlias}` (full
-//!   replace; id, secret and `createdAt` kept), `DELETE
+//!   (`end` default 5), `POST /client/update/{clientId}`, `DELETE
 //!   /client/delete/{clientIdOrAlias}` (204; **deletes all of its tokens**,
-//!   [KB-DELCLIENT]). The spec documents these with the numeric id only;
-//!   whether real Authlete accepts an alias here is unverified (§4.2), so
-//!   code written for the real service should send the numeric id.
+//!   [KB-DELCLIENT]). Get and delete take an alias (the SDK has taken a
+//!   string there since 2.51); update keeps id, secret and `createdAt`.
+//!   `documented_aliases`: *lenient:* update takes an alias too;
+//!   *strict:* update takes the numeric id only (both SDKs format it
+//!   `%d`), an alias is 404. `client_update`: *lenient:* fields the body
+//!   omits keep their value (merge); *strict:* they are reset, unset or
+//!   empty, the v3 alias to the numeric id, the v2 alias to none (the API
+//!   takes a full `Client`, spec §4.4), so a partial body wipes settings
+//!   made on the Authlete side.
 //! - `POST /client/secret/update/{clientIdentifier}` `{"clientSecret"}`:
 //!   1–86 characters from `A-Z a-z 0-9 - _`, else 400 naming the rule;
 //!   answers `newClientSecret`, `oldClientSecret`.
-//!   `/client/secret/refresh/{clientIdentifier}` (`GET` or `POST`)
-//!   generates one.
-//! - `GET /service/get` (v2 `/api/service/get`, v3 `/api/{id}/service/get`)
-//!   and `GET /api/service/get/list`: `apiKey` (v2: the API key, as a
-//!   number when numeric; v3: the service id),
-//!   `supportedScopes` (`[{name}]`, `null` when any scope is accepted),
+//!   `/client/secret/refresh/{clientIdentifier}` (`GET`; lenient paths
+//!   also `POST`) generates one.
+//! - `GET /service/get` (v2 `/api/service/get/{apiKey}`, another key 404
+//!   `A126301`; v3 `/api/{id}/service/get`) and `GET /api/service/get/list`:
+//!   `apiKey` (v2: the API key, as a number when numeric; v3: the service
+//!   id), `supportedScopes` (`[{name}]`, `null` when any scope is accepted),
 //!   `supportedGrantTypes` (all, `REFRESH_TOKEN` included),
 //!   `refreshTokenKept`, `singleAccessTokenPerSubject`,
 //!   `clientIdAliasEnabled` (true), token durations.
@@ -133,7 +185,10 @@
 //! With `single_access_token_per_subject`, creating or refreshing a token
 //! removes the other pairs of the same subject and client (not for client
 //! credentials). Whether `/auth/token/create` does that on a real service
-//! is undocumented; the emulator assumes it does (spec quick fact 9).
+//! is undocumented; the emulator assumes it does (spec quick fact 9). The
+//! client's own `singleAccessTokenPerSubject` (`client_single_access_token`):
+//! *lenient:* stored, ignored; *strict:* has the same effect for that
+//! client, whatever the service's flag says (v2 OpenAPI `Client`).
 //!
 //! # Token storage
 //!
@@ -142,9 +197,23 @@
 //! real algorithm is undocumented. Expiry is checked against the clock at
 //! each use. Pairs whose tokens have all expired are deleted lazily (when a
 //! duplicate check meets one, and on listing), standing in for Authlete's
-//! periodic deletion of expired tokens. **Not emulated:** Authlete's sweep
-//! of tokens unused for 90 days whatever their expiry ([KB-SWEEP]), which a
-//! real migration must plan around; persistent access tokens
+//! periodic deletion of expired tokens.
+//!
+//! The sweep of unused tokens (`sweep_unused_after`): Authlete deletes
+//! pairs nobody used for 90 days, whatever their expiry ([KB-SWEEP]; "use"
+//! is a read or update for a request: creation, `/auth/introspection`,
+//! `/auth/introspection/standard`, a refresh at `/auth/token`,
+//! `/auth/token/update`; a listing is not). *Lenient:* never. *Strict:*
+//! after the configured duration (90 days in [`Strictness::real`], a
+//! fraction of a second in tests), checked whenever the data is touched,
+//! so a swept token is unknown to every API ("does not exist").
+//!
+//! The rate limit (`rate_limit`): *lenient:* none; *strict:* a cap per
+//! fixed window, 429 `A001209` with `Retry-After` (whole seconds) beyond
+//! it. Authlete publishes no limit; see `traffic.rs`. [`Authlete::arrivals`]
+//! tells when each API call arrived and how it was answered.
+//!
+//! **Not emulated:** persistent access tokens
 //! (`accessTokenPersistent` answers 400 `A001208`); scope-, client- and
 //! service-level duration caps; JWT access tokens; DPoP/mTLS binding.
 //!
@@ -153,15 +222,18 @@
 //! `/_emulator/knobs` (`GET`, `PUT` a [`KnobSettings`](super::KnobSettings)) and
 //! `/_emulator/state` (`GET` counts; `?dataset=clients|tokens` dumps the
 //! records, tokens as hashes only) take `Authorization: Bearer <v3 access
-//! token>` and keep answering while the emulator plays down. For every
-//! other request: down drops the connection, then the latency is added,
-//! then the error rate answers 500 `A001101`.
+//! token>`, keep answering while the emulator plays down and are neither
+//! rate limited nor logged as arrivals. For every other request: down
+//! drops the connection, then the rate limit answers 429, then the latency
+//! is added, then the error rate answers 500 `A001101`.
 
 mod endpoints;
 mod envelope;
-
+mod metadata;
 mod server;
 mod store;
+mod strictness;
+mod traffic;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -177,6 +249,12 @@ use store::State;
 pub use store::{
     ApplicationType, Client, ClientType, GrantType, Pair, Property, Token, token_hash,
 };
+pub use strictness::{
+    ClientUpdate, DuplicateToken, REAL_RATE_LIMIT, REAL_SWEEP_UNUSED_AFTER, RateLimit, Strictness,
+    Switch, UnknownSwitch,
+};
+pub use traffic::{ARRIVAL_LOG_CAPACITY, Arrival};
+use traffic::{ArrivalLog, Limiter};
 
 /// The service id `handover emulate --kind authlete` uses unless told
 /// otherwise (the example id of `DESIGN.md`).
@@ -200,11 +278,19 @@ pub struct Config {
     pub refresh_token_kept: bool,
     /// `singleAccessTokenPerSubject`.
     pub single_access_token_per_subject: bool,
+    /// v2 Basic user name of the service *owner*, which the v2 service
+    /// APIs take when [`Strictness::owner_credentials`] is on.
+    pub owner_api_key: String,
+    /// v2 Basic password of the service owner.
+    pub owner_api_secret: String,
+    /// Which reading of the API the emulator plays.
+    pub strictness: Strictness,
 }
 
 impl Default for Config {
     /// A service for tests: [`DEFAULT_SERVICE_ID`], fixed throwaway
-    /// credentials, any scope, rotation on, one token per subject off.
+    /// credentials, any scope, rotation on, one token per subject off,
+    /// [`Strictness::lenient`].
     fn default() -> Self {
         Self {
             service_id: DEFAULT_SERVICE_ID,
@@ -214,9 +300,15 @@ impl Default for Config {
             supported_scopes: None,
             refresh_token_kept: false,
             single_access_token_per_subject: false,
+            owner_api_key: DEFAULT_OWNER_API_KEY.to_owned(),
+            owner_api_secret: "emulator-owner-secret".to_owned(),
+            strictness: Strictness::lenient(),
         }
     }
 }
+
+/// The service owner's API key unless configured otherwise.
+pub const DEFAULT_OWNER_API_KEY: &str = "emulator-owner";
 
 impl fmt::Debug for Config {
     // Credentials stay out of logs.
@@ -230,6 +322,8 @@ impl fmt::Debug for Config {
                 "single_access_token_per_subject",
                 &self.single_access_token_per_subject,
             )
+            .field("owner_api_key", &self.owner_api_key)
+            .field("strictness", &self.strictness)
             .finish_non_exhaustive()
     }
 }
@@ -240,15 +334,43 @@ struct Shared {
     config: Config,
     knobs: Knobs,
     state: Mutex<State>,
+    limiter: Mutex<Limiter>,
+    arrivals: Mutex<ArrivalLog>,
 }
 
 impl Shared {
-    /// The service data. A panic while the lock was held cannot leave the
-    /// maps half-updated in a way that matters to an emulator, so a
-    /// poisoned lock is simply taken over.
+    /// The service data, with the tokens unused for too long swept first
+    /// when the sweep is on, so that nothing (HTTP or in-process) sees a
+    /// token the real service would have deleted. A panic while the lock
+    /// was held cannot leave the maps half-updated in a way that matters to
+    /// an emulator, so a poisoned lock is simply taken over.
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(after) = self.config.strictness.sweep_unused_after {
+            let after = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+            let swept = state.sweep_unused(now_ms(), after);
+            if swept > 0 {
+                tracing::debug!(swept, "swept unused tokens from the authlete emulator");
+            }
+        }
+        state
     }
+
+    /// The rate limiter (see [`lock`]).
+    fn limiter(&self) -> MutexGuard<'_, Limiter> {
+        lock(&self.limiter)
+    }
+
+    /// The arrival log (see [`lock`]).
+    fn arrivals(&self) -> MutexGuard<'_, ArrivalLog> {
+        lock(&self.arrivals)
+    }
+}
+
+/// Takes a lock, taking over a poisoned one: a counter or a log cannot be
+/// left in a state that matters.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One emulated Authlete service. Cloning is cheap and every clone sees
@@ -275,6 +397,8 @@ impl Authlete {
                 config,
                 knobs: Knobs::default(),
                 state: Mutex::new(State::default()),
+                limiter: Mutex::new(Limiter::default()),
+                arrivals: Mutex::new(ArrivalLog::default()),
             }),
         }
     }
@@ -339,6 +463,12 @@ impl Authlete {
     pub fn token_by_refresh_token(&self, value: &str) -> Option<Token> {
         self.shared.state().token_by_refresh_token(value).cloned()
     }
+
+    /// The API calls that arrived, oldest first (the last
+    /// [`ARRIVAL_LOG_CAPACITY`]), with when and how they were answered.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.shared.arrivals().entries()
+    }
 }
 
 /// A running emulator. Dropping it stops the server too, without waiting.
@@ -397,6 +527,14 @@ pub struct Options {
     pub latency_ms: u64,
     /// Fraction of requests failing with 500 (`--error-rate`).
     pub error_rate: f64,
+    /// v2 service owner key (`--owner-api-key`); [`DEFAULT_OWNER_API_KEY`]
+    /// by default.
+    pub owner_api_key: Option<String>,
+    /// v2 service owner secret (`--owner-api-secret`); the API token by
+    /// default.
+    pub owner_api_secret: Option<String>,
+    /// The reading of the API (`--strictness`, `--strict`, `--lenient`).
+    pub strictness: Strictness,
 }
 
 impl Options {
@@ -413,6 +551,9 @@ impl Options {
             single_access_token_per_subject: false,
             latency_ms: 0,
             error_rate: 0.0,
+            owner_api_key: None,
+            owner_api_secret: None,
+            strictness: Strictness::lenient(),
         }
     }
 
@@ -421,10 +562,17 @@ impl Options {
             service_id: self.service_id,
             api_key: self.api_key.unwrap_or_else(|| self.service_id.to_string()),
             api_secret: self.api_secret.unwrap_or_else(|| self.api_token.clone()),
-            access_token: self.api_token,
             supported_scopes: self.supported_scopes,
             refresh_token_kept: self.refresh_token_kept,
             single_access_token_per_subject: self.single_access_token_per_subject,
+            owner_api_key: self
+                .owner_api_key
+                .unwrap_or_else(|| DEFAULT_OWNER_API_KEY.to_owned()),
+            owner_api_secret: self
+                .owner_api_secret
+                .unwrap_or_else(|| self.api_token.clone()),
+            access_token: self.api_token,
+            strictness: self.strictness,
         }
     }
 }
@@ -435,6 +583,7 @@ impl fmt::Debug for Options {
         f.debug_struct("Options")
             .field("listen", &self.listen)
             .field("service_id", &self.service_id)
+            .field("strictness", &self.strictness)
             .finish_non_exhaustive()
     }
 }
@@ -473,6 +622,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         service_id,
         v2 = %format_args!("{}/api", handle.url()),
         v3 = %format_args!("{}/api/{service_id}", handle.url()),
+        strictness = ?authlete.config().strictness,
         "started the authlete emulator"
     );
     shutdown.cancelled().await;

@@ -45,7 +45,7 @@
 //! [`Strictness`] holds one switch per behaviour in which a real server may
 //! be harder on a migration than the emulator's first reading; the lenient
 //! preset is the default, [`Strictness::real`] turns them all on. It is set
-//! in [`Config::strictness`], by `--strict` / `--strictness`, or over
+//! in [`Config::strictness`], by `--strictness real` / `--switches JSON`, or over
 //! `GET`/`PUT /_emulator/strictness` (a partial JSON object).
 //!
 //! # Inferences
@@ -398,7 +398,7 @@ pub struct Options {
     pub latency_ms: u64,
     /// `--error-rate F`.
     pub error_rate: f64,
-    /// `--strict` and `--strictness JSON`.
+    /// `--strictness real` and `--switches JSON`.
     pub strictness: Strictness,
     /// `--tenant ID`, repeatable.
     pub tenants: Vec<String>,
@@ -407,7 +407,7 @@ pub struct Options {
 }
 
 /// The strictness chosen on the command line: the strict preset with
-/// `--strict`, else the default, with `--strictness` overrides on top.
+/// `--strictness real`, else the default, with `--switches` overrides on top.
 pub fn strictness_from_flags(strict: bool, overrides: Option<&str>) -> Result<Strictness, Error> {
     let base = if strict {
         Strictness::real()

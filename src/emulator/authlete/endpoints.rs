@@ -15,7 +15,7 @@ use super::server::{Call, decode, not_found};
 use super::store::{
     Client, ClientRequest, ClientType, DEFAULT_ACCESS_TOKEN_DURATION_S,
     DEFAULT_REFRESH_TOKEN_DURATION_S, GrantType, Introspected, RevokeRequest, State, Token,
-    TokenCreateRequest, TokenUpdateRequest, Version, token_hash,
+    TokenCreateRequest, TokenUpdateRequest, Version, duplicate_in_batch, token_hash,
 };
 use super::{Shared, now_ms};
 use crate::http::form;
@@ -47,18 +47,58 @@ enum Route<'a> {
     ClientDelete(&'a str),
     ClientSecretUpdate(&'a str),
     ClientSecretRefresh(&'a str),
-    ServiceGet,
+    /// v2 names the service by API key in the path; v3 by the service id
+    /// prefix.
+    ServiceGet(Option<&'a str>),
     ServiceList,
 }
 
+const GET: &[Method] = &[Method::GET];
+const POST: &[Method] = &[Method::POST];
+const DELETE: &[Method] = &[Method::DELETE];
+const GET_POST: &[Method] = &[Method::GET, Method::POST];
+
 /// The API at `segments` (the path after `/api/` or `/api/{serviceId}/`)
-/// and the methods it takes.
-fn route<'a>(segments: &[&'a str]) -> Option<(Route<'a>, &'static [Method])> {
-    const GET: &[Method] = &[Method::GET];
-    const POST: &[Method] = &[Method::POST];
-    const DELETE: &[Method] = &[Method::DELETE];
-    const GET_POST: &[Method] = &[Method::GET, Method::POST];
+/// and the methods it takes, in the lenient reading: every API under both
+/// prefixes, a few extra methods, and v2 `service/get` with or without the
+/// API key.
+fn lenient_route<'a>(segments: &[&'a str]) -> Option<(Route<'a>, &'static [Method])> {
     const UPDATE: &[Method] = &[Method::POST, Method::PUT];
+    Some(match segments {
+        ["client", "update", id] => (Route::ClientUpdate(id), UPDATE),
+        ["client", "secret", "refresh", id] => (Route::ClientSecretRefresh(id), GET_POST),
+        ["service", "get"] => (Route::ServiceGet(None), GET),
+        ["service", "get", "list"] => (Route::ServiceList, GET),
+        ["service", "get", key] => (Route::ServiceGet(Some(key)), GET),
+        _ => return common_route(segments),
+    })
+}
+
+/// The documented reading (v2 and v3 OpenAPI, `authlete-java-common`
+/// path constants): one method per API, `service/get/{apiKey}` in v2 and
+/// `{serviceId}/service/get` in v3, the service list only without a
+/// service id. The batch status keeps `GET` (the SDK) and `POST` (the
+/// older spec), which disagree.
+fn documented_route<'a>(
+    segments: &[&'a str],
+    version: Version,
+    service_in_path: bool,
+) -> Option<(Route<'a>, &'static [Method])> {
+    Some(match (version, segments) {
+        (_, ["client", "update", id]) => (Route::ClientUpdate(id), POST),
+        (_, ["client", "secret", "refresh", id]) => (Route::ClientSecretRefresh(id), GET),
+        (_, ["service", "get", "list"]) if !service_in_path => (Route::ServiceList, GET),
+        (Version::V2, ["service", "get", key]) if *key != "list" => {
+            (Route::ServiceGet(Some(key)), GET)
+        }
+        (Version::V3, ["service", "get"]) => (Route::ServiceGet(None), GET),
+        (_, ["service", ..]) => return None,
+        _ => return common_route(segments),
+    })
+}
+
+/// The APIs both readings agree on.
+fn common_route<'a>(segments: &[&'a str]) -> Option<(Route<'a>, &'static [Method])> {
     Some(match segments {
         ["auth", "token", "create"] => (Route::TokenCreate, POST),
         ["auth", "token", "create", "batch"] => (Route::TokenCreateBatch, POST),
@@ -74,19 +114,19 @@ fn route<'a>(segments: &[&'a str]) -> Option<(Route<'a>, &'static [Method])> {
         ["client", "create"] => (Route::ClientCreate, POST),
         ["client", "get", "list"] => (Route::ClientList, GET),
         ["client", "get", id] => (Route::ClientGet(id), GET),
-        ["client", "update", id] => (Route::ClientUpdate(id), UPDATE),
         ["client", "delete", id] => (Route::ClientDelete(id), DELETE),
         ["client", "secret", "update", id] => (Route::ClientSecretUpdate(id), POST),
-        ["client", "secret", "refresh", id] => (Route::ClientSecretRefresh(id), GET_POST),
-        ["service", "get"] => (Route::ServiceGet, GET),
-        ["service", "get", "list"] => (Route::ServiceList, GET),
         _ => return None,
     })
 }
 
 /// Runs the API at `segments`; `None` when there is none.
 pub(super) fn dispatch(call: &Call<'_>, segments: &[&str]) -> Option<Result<Reply, Reply>> {
-    let (route, methods) = route(segments)?;
+    let (route, methods) = if call.config().strictness.documented_paths {
+        documented_route(segments, call.version, call.service_in_path)?
+    } else {
+        lenient_route(segments)?
+    };
     if !methods.contains(call.method) {
         return Some(Err(Reply::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -127,7 +167,7 @@ pub(super) fn dispatch(call: &Call<'_>, segments: &[&str]) -> Option<Result<Repl
         Route::ClientDelete(id) => client_delete(call, id),
         Route::ClientSecretUpdate(id) => client_secret_update(call, id),
         Route::ClientSecretRefresh(id) => client_secret_refresh(call, id),
-        Route::ServiceGet => service_get(call),
+        Route::ServiceGet(key) => service_get(call, key),
         Route::ServiceList => service_list(call),
     })
 }
@@ -237,18 +277,12 @@ fn batch_item(
         .filter(|v| !v.is_empty())
         .map(token_hash);
     if claimed.contains(&(false, access_hash.clone())) {
-        return Err(Reply::bad_request(
-            codes::ACCESS_TOKEN_DUPLICATE,
-            "The access token cannot be inserted because its hash value already exists.",
-        ));
+        return Err(duplicate_in_batch(&shared.config, false));
     }
     if let Some(hash) = &refresh_hash
         && claimed.contains(&(true, hash.clone()))
     {
-        return Err(Reply::bad_request(
-            codes::REFRESH_TOKEN_DUPLICATE,
-            "The refresh token cannot be inserted because its hash value already exists.",
-        ));
+        return Err(duplicate_in_batch(&shared.config, true));
     }
     let now = now_ms();
     let mut state = shared.state();
@@ -281,7 +315,10 @@ fn batch_status(call: &Call<'_>, request_id: &str) -> Result<Reply, Reply> {
 
 fn token_update(call: &Call<'_>) -> Result<Reply, Reply> {
     let request: TokenUpdateRequest = call.body()?;
-    let updated = call.shared.state().update_token(request, call.config())?;
+    let updated = call
+        .shared
+        .state()
+        .update_token(request, call.config(), now_ms())?;
     let token = &updated.token;
     Ok(Reply::ok(
         codes::TOKEN_UPDATE_OK,
@@ -311,7 +348,10 @@ fn token_delete(call: &Call<'_>, identifier: &str) -> Result<Reply, Reply> {
 
 fn token_revoke(call: &Call<'_>) -> Result<Reply, Reply> {
     let request: RevokeRequest = call.body()?;
-    let count = call.shared.state().revoke_tokens(&request, call.version)?;
+    let count =
+        call.shared
+            .state()
+            .revoke_tokens(&request, call.version, &call.config().strictness)?;
     Ok(Reply::ok(
         codes::TOKEN_REVOKE_OK,
         format!("Revoked {count} access token(s)."),
@@ -486,7 +526,7 @@ fn standard_introspection(call: &Call<'_>) -> Result<Reply, Reply> {
         ));
     };
     let refresh_first = form::first(&pairs, "token_type_hint") == Some("refresh_token");
-    let state = call.shared.state();
+    let mut state = call.shared.state();
     let content = match state.find_active(value, refresh_first, now_ms()) {
         None => json!({ "active": false }),
         Some((token, is_refresh)) => {
@@ -699,10 +739,12 @@ struct SecretUpdateRequest {
 
 fn client_create(call: &Call<'_>) -> Result<Reply, Reply> {
     let request: ClientRequest = call.body()?;
-    let client = call
-        .shared
-        .state()
-        .create_client(request, call.version, now_ms())?;
+    let client = call.shared.state().create_client(
+        request,
+        call.version,
+        &call.config().strictness,
+        now_ms(),
+    )?;
     Ok(Reply::ok(
         codes::CLIENT_CREATE_OK,
         "The client was created successfully.",
@@ -737,10 +779,13 @@ fn client_list(call: &Call<'_>) -> Result<Reply, Reply> {
 
 fn client_update(call: &Call<'_>, identifier: &str) -> Result<Reply, Reply> {
     let request: ClientRequest = call.body()?;
-    let client = call
-        .shared
-        .state()
-        .update_client(identifier, request, call.version, now_ms())?;
+    let client = call.shared.state().update_client(
+        identifier,
+        request,
+        call.version,
+        &call.config().strictness,
+        now_ms(),
+    )?;
     Ok(Reply::ok(
         codes::CLIENT_UPDATE_OK,
         "The client was updated successfully.",
@@ -821,7 +866,16 @@ fn service(call: &Call<'_>) -> Value {
     })
 }
 
-fn service_get(call: &Call<'_>) -> Result<Reply, Reply> {
+fn service_get(call: &Call<'_>, api_key: Option<&str>) -> Result<Reply, Reply> {
+    if let Some(key) = api_key
+        && key != call.config().api_key
+    {
+        return Err(Reply::new(
+            StatusCode::NOT_FOUND,
+            codes::SERVICE_UNKNOWN,
+            format!("The service ({key}) does not exist."),
+        ));
+    }
     Ok(Reply::ok(codes::SERVICE_GET_OK, "The service was found.").fields(service(call)))
 }
 

@@ -39,6 +39,9 @@ pub(super) const REQUEST_MALFORMED: &str = "A001207";
 /// The request asks for a feature the emulator does not model (emulator
 /// only; a real service never answers this).
 pub(super) const NOT_EMULATED: &str = "A001208";
+/// The request-rate cap was reached (inferred; Authlete documents neither
+/// a limit nor a 429, see `strictness.rs`).
+pub(super) const RATE_LIMITED: &str = "A001209";
 
 // /auth/token/create (API 109).
 /// Token created (confirmed).
@@ -57,10 +60,12 @@ pub(super) const SUBJECT_MISSING: &str = "A109205";
 pub(super) const SUBJECT_INVALID: &str = "A109206";
 /// A scope the service does not support (inferred).
 pub(super) const SCOPE_UNSUPPORTED: &str = "A109207";
-/// The hash of `accessToken` already exists (inferred; the real code is
-/// undocumented, spec §7 question 1).
+/// The hash of `accessToken` already exists (**invented**: the real code is
+/// undocumented, spec §7 question 1; only the lenient
+/// `DuplicateToken::InventedCodes` reading answers it, the strict one
+/// answers [`SERVER_ERROR`]).
 pub(super) const ACCESS_TOKEN_DUPLICATE: &str = "A109208";
-/// The hash of `refreshToken` already exists (inferred, as above).
+/// The hash of `refreshToken` already exists (invented, as above).
 pub(super) const REFRESH_TOKEN_DUPLICATE: &str = "A109209";
 /// A negative duration (inferred).
 pub(super) const DURATION_INVALID: &str = "A109210";
@@ -161,6 +166,9 @@ pub(super) const REFRESH_TOKEN_WRONG_CLIENT: &str = "A053304";
 pub(super) const CLIENT_CREATE_OK: &str = "A121001";
 /// The alias is taken by another client (inferred).
 pub(super) const CLIENT_ALIAS_IN_USE: &str = "A121201";
+/// A client field has the wrong JSON type or a value outside its enum
+/// (inferred; only with `typed_client_metadata`).
+pub(super) const CLIENT_METADATA_INVALID: &str = "A121202";
 /// Client returned (inferred).
 pub(super) const CLIENT_GET_OK: &str = "A122001";
 /// Client does not exist (inferred; shared by get, update, delete and the
@@ -187,6 +195,8 @@ pub(super) const CLIENT_SECRET_MISSING: &str = "A149203";
 pub(super) const SERVICE_GET_OK: &str = "A126001";
 /// Service list returned (inferred).
 pub(super) const SERVICE_LIST_OK: &str = "A127001";
+/// v2 `/service/get/{apiKey}` naming another service (inferred).
+pub(super) const SERVICE_UNKNOWN: &str = "A126301";
 
 /// `action` values (spec §1.3, §2).
 pub(super) mod action {
@@ -202,6 +212,8 @@ pub(super) mod action {
     pub(crate) const FORBIDDEN: &str = "FORBIDDEN";
     /// Client authentication failed (`/auth/token`, `/auth/revocation`).
     pub(crate) const INVALID_CLIENT: &str = "INVALID_CLIENT";
+    /// An error on Authlete's side.
+    pub(crate) const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
 }
 
 /// One answer of the emulated API: status, envelope and extra fields.
@@ -216,6 +228,7 @@ pub(super) struct Reply {
     action: Option<&'static str>,
     fields: Map<String, Value>,
     challenge: Option<&'static str>,
+    retry_after: Option<u64>,
 }
 
 impl Reply {
@@ -228,6 +241,7 @@ impl Reply {
             action: None,
             fields: Map::new(),
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -296,6 +310,12 @@ impl Reply {
         self
     }
 
+    /// Adds `Retry-After: seconds` (429 answers).
+    pub(super) fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// The result code (for the batch status, which reports the code of the
     /// item that failed).
     pub(super) fn code(&self) -> &'static str {
@@ -328,6 +348,11 @@ impl Reply {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -3,6 +3,7 @@
 //! in `endpoints.rs`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -15,6 +16,7 @@ use serde_json::{Map, Value};
 
 use super::envelope::{self as codes, Reply};
 use super::store::Version;
+use super::traffic::{self, Arrival};
 use super::{Config, Shared, endpoints};
 use crate::emulator::KnobSettings;
 use crate::http::form;
@@ -48,6 +50,9 @@ pub(super) struct Call<'a> {
     pub(super) shared: &'a Arc<Shared>,
     /// Which API generation the path and credentials belong to.
     pub(super) version: Version,
+    /// Whether the path named a service id (every v3 API but
+    /// `/api/service/get/list`).
+    pub(super) service_in_path: bool,
     /// The HTTP method.
     pub(super) method: &'a Method,
     query: &'a str,
@@ -106,47 +111,98 @@ pub(super) fn decode<T: DeserializeOwned>(value: Value) -> Result<T, Reply> {
 }
 
 /// Serves one request. `Err` drops the connection: that is how "down" is
-/// played.
+/// played. Every API call (not the controls) goes into the arrival log.
 pub(super) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, BoxError> {
     let (parts, body) = request.into_parts();
-    let is_control = parts.uri.path().starts_with("/_emulator/");
-    if !is_control {
-        if shared.knobs.is_down() {
-            return Err("the authlete emulator plays a service that is down".into());
-        }
-        let latency = shared.knobs.latency();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        if shared.knobs.should_fail() {
-            return Ok(Reply::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                codes::SERVER_ERROR,
-                "Authlete Server error.",
-            )
-            .into_response());
-        }
-    }
-    let body = match read_body(body, MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(ReadBodyError::TooLarge { limit }) => {
-            return Ok(Reply::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                codes::REQUEST_MALFORMED,
-                format!("The request body is larger than {limit} bytes."),
-            )
-            .into_response());
-        }
-        Err(ReadBodyError::Io(err)) => return Err(err),
-    };
-    if is_control {
+    if parts.uri.path().starts_with("/_emulator/") {
+        let body = match read(body).await? {
+            Ok(body) => body,
+            Err(reply) => return Ok(reply.into_response()),
+        };
         return Ok(control(&shared, &parts, &body).unwrap_or_else(Reply::into_response));
     }
-    let reply = api(&shared, &parts, &body).unwrap_or_else(|reply| reply);
+    let arrived = Instant::now();
+    let result = serve_api(&shared, &parts, body).await;
+    let (status, retry_after) = match &result {
+        Ok(response) => (
+            Some(response.status()),
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<u64>().ok())
+                .map(Duration::from_secs),
+        ),
+        Err(_) => (None, None),
+    };
+    shared.arrivals().record(Arrival {
+        at: arrived,
+        method: parts.method.clone(),
+        path: traffic::redacted(parts.uri.path()),
+        status,
+        retry_after,
+    });
+    result
+}
+
+/// One API call: down, rate limit, latency, error rate, then the API.
+async fn serve_api(
+    shared: &Arc<Shared>,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<Response<Body>, BoxError> {
+    if shared.knobs.is_down() {
+        return Err("the authlete emulator plays a service that is down".into());
+    }
+    if let Some(limit) = shared.config.strictness.rate_limit
+        && let Err(wait) = shared.limiter().admit(limit, Instant::now())
+    {
+        return Ok(Reply::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            codes::RATE_LIMITED,
+            format!(
+                "Too many requests: at most {} per {} ms.",
+                limit.requests,
+                limit.per.as_millis()
+            ),
+        )
+        .retry_after(wait.as_secs())
+        .into_response());
+    }
+    let latency = shared.knobs.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if shared.knobs.should_fail() {
+        return Ok(Reply::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::SERVER_ERROR,
+            "Authlete Server error.",
+        )
+        .into_response());
+    }
+    let body = match read(body).await? {
+        Ok(body) => body,
+        Err(reply) => return Ok(reply.into_response()),
+    };
+    let reply = api(shared, parts, &body).unwrap_or_else(|reply| reply);
     Ok(reply.into_response())
+}
+
+/// The whole body; `Ok(Err)` answers 413 for one too large.
+async fn read(body: Incoming) -> Result<Result<Bytes, Reply>, BoxError> {
+    match read_body(body, MAX_BODY_BYTES).await {
+        Ok(body) => Ok(Ok(body)),
+        Err(ReadBodyError::TooLarge { limit }) => Ok(Err(Reply::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::REQUEST_MALFORMED,
+            format!("The request body is larger than {limit} bytes."),
+        ))),
+        Err(ReadBodyError::Io(err)) => Err(err),
+    }
 }
 
 /// Version, credentials, service id, then the API.
@@ -173,7 +229,12 @@ fn api(shared: &Arc<Shared>, parts: &Parts, body: &Bytes) -> Result<Reply, Reply
         }
         _ => (Version::V2, None, &segments[..]),
     };
-    authenticate(&parts.headers, version, &shared.config)?;
+    let owner_api = version == Version::V2 && route.starts_with(&["service", "get"]);
+    if owner_api {
+        authenticate_owner(&parts.headers, &shared.config)?;
+    } else {
+        authenticate(&parts.headers, version, &shared.config)?;
+    }
     if let Some(service) = service
         && service.parse::<u64>() != Ok(shared.config.service_id)
     {
@@ -186,6 +247,7 @@ fn api(shared: &Arc<Shared>, parts: &Parts, body: &Bytes) -> Result<Reply, Reply
     let call = Call {
         shared,
         version,
+        service_in_path: service.is_some(),
         method: &parts.method,
         query: parts.uri.query().unwrap_or(""),
         content_type: parts
@@ -228,17 +290,8 @@ fn authenticate(headers: &HeaderMap, version: Version, config: &Config) -> Resul
         .challenge(challenge));
     }
     let valid = match (version, scheme(headers)) {
-        (Version::V2, Some((scheme, credentials))) if scheme.eq_ignore_ascii_case("basic") => {
-            STANDARD
-                .decode(credentials)
-                .ok()
-                .and_then(|decoded| String::from_utf8(decoded).ok())
-                .is_some_and(|pair| {
-                    pair.split_once(':').is_some_and(|(key, secret)| {
-                        key == config.api_key && secret == config.api_secret
-                    })
-                })
-        }
+        (Version::V2, Some(_)) => basic_pair(headers)
+            .is_some_and(|(key, secret)| key == config.api_key && secret == config.api_secret),
         (Version::V3, Some((scheme, token))) if scheme.eq_ignore_ascii_case("bearer") => {
             token == config.access_token
         }
@@ -254,6 +307,40 @@ fn authenticate(headers: &HeaderMap, version: Version, config: &Config) -> Resul
         )
         .challenge(challenge))
     }
+}
+
+/// The v2 service APIs (`/api/service/get/{apiKey}`,
+/// `/api/service/get/list`) are documented with the service *owner*'s
+/// Basic credentials. With `owner_credentials` only those pass; otherwise
+/// the service's own key and secret pass too, as they always did here.
+fn authenticate_owner(headers: &HeaderMap, config: &Config) -> Result<(), Reply> {
+    let owner = basic_pair(headers).is_some_and(|(key, secret)| {
+        key == config.owner_api_key && secret == config.owner_api_secret
+    });
+    if owner {
+        return Ok(());
+    }
+    authenticate(headers, Version::V2, config)?;
+    if config.strictness.owner_credentials {
+        return Err(Reply::new(
+            StatusCode::UNAUTHORIZED,
+            codes::CREDENTIALS_INVALID,
+            "The service APIs take the credentials of the service owner, not those of a service.",
+        )
+        .challenge("Basic realm=\"Authlete\""));
+    }
+    Ok(())
+}
+
+/// The key and secret of a Basic `Authorization` header.
+fn basic_pair(headers: &HeaderMap) -> Option<(String, String)> {
+    let (scheme, credentials) = scheme(headers)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(credentials).ok()?).ok()?;
+    let (key, secret) = decoded.split_once(':')?;
+    Some((key.to_owned(), secret.to_owned()))
 }
 
 /// `/_emulator/knobs` and `/_emulator/state`.

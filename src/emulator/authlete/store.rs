@@ -19,10 +19,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::StatusCode;
 use ring::rand::SecureRandom as _;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::Config;
 use super::envelope::{self as codes, Reply, action};
+use super::metadata;
+use super::strictness::{ClientUpdate, DuplicateToken, Strictness};
 
 /// Access token lifetime when a request says 0 (the service default).
 pub(super) const DEFAULT_ACCESS_TOKEN_DURATION_S: i64 = 3_600;
@@ -178,15 +180,24 @@ pub struct Client {
     pub token_auth_method: Option<String>,
     /// `attributes`.
     pub attributes: Vec<Pair>,
-    /// Other Authlete client metadata kept as given (`clientUri`,
-    /// `logoUri`, `tosUri`, `policyUri`, `contacts`, `jwksUri`,
-    /// `idTokenSignAlg`).
+    /// Every other documented writable `Client` field the request set
+    /// (`jwks`, `jwksUri`, `tlsClientAuthSubjectDn`, `tokenAuthSignAlg`,
+    /// `idTokenSignAlg`, `dpopRequired`, `parRequired`, `subjectType`,
+    /// `sectorIdentifierUri`, `singleAccessTokenPerSubject`, ...; the list
+    /// is in `metadata.rs`), under its documented name, as given.
     #[serde(flatten)]
-    pub metadata: ClientMetadata,
+    pub metadata: BTreeMap<String, Value>,
     /// Creation time, epoch ms.
     pub created_at: i64,
     /// Last modification time, epoch ms.
     pub modified_at: i64,
+}
+
+impl Client {
+    /// The client-level `singleAccessTokenPerSubject` flag.
+    pub fn single_access_token_per_subject(&self) -> bool {
+        self.metadata.get("singleAccessTokenPerSubject") == Some(&Value::Bool(true))
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -205,8 +216,10 @@ impl std::fmt::Debug for Client {
 }
 
 /// The writable part of a `Client` in `/client/create` and
-/// `/client/update`. `clientId`, `clientSecret` and unknown fields are
-/// ignored, as Authlete treats them as read-only.
+/// `/client/update`. Every field is optional so that an update can tell
+/// "omitted" from "set"; `clientId`, `clientSecret`, read-only and unknown
+/// fields end up in `extra` and are dropped, as Authlete treats them as
+/// read-only or unknown.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ClientRequest {
@@ -217,44 +230,57 @@ pub(super) struct ClientRequest {
     description: Option<String>,
     client_type: Option<ClientType>,
     application_type: Option<ApplicationType>,
-    #[serde(default)]
-    grant_types: Vec<GrantType>,
-    #[serde(default)]
-    response_types: Vec<String>,
-    #[serde(default)]
-    redirect_uris: Vec<String>,
+    grant_types: Option<Vec<GrantType>>,
+    response_types: Option<Vec<String>>,
+    redirect_uris: Option<Vec<String>>,
     token_auth_method: Option<String>,
-    #[serde(default)]
-    attributes: Vec<Pair>,
+    attributes: Option<Vec<Pair>>,
     #[serde(flatten)]
-    metadata: ClientMetadata,
+    extra: Map<String, Value>,
 }
 
-/// Client metadata the emulator stores without interpreting.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClientMetadata {
-    /// `clientUri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_uri: Option<String>,
-    /// `logoUri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logo_uri: Option<String>,
-    /// `tosUri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tos_uri: Option<String>,
-    /// `policyUri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_uri: Option<String>,
-    /// `contacts`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contacts: Option<Vec<String>>,
-    /// `jwksUri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_uri: Option<String>,
-    /// `idTokenSignAlg`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id_token_sign_alg: Option<String>,
+impl ClientRequest {
+    /// The documented metadata fields of the request (`null` included: it
+    /// clears a field on merge), checked against the schema when
+    /// `typed`, and the typed fields whose values Authlete restricts.
+    fn metadata(&self, typed: bool) -> Result<BTreeMap<String, Value>, Reply> {
+        let invalid = |message: String| {
+            Reply::new(
+                StatusCode::BAD_REQUEST,
+                codes::CLIENT_METADATA_INVALID,
+                message,
+            )
+        };
+        if typed {
+            if let Some(method) = &self.token_auth_method {
+                metadata::check_one_of(
+                    "tokenAuthMethod",
+                    metadata::CLIENT_AUTH_METHOD,
+                    &Value::from(method.as_str()),
+                )
+                .map_err(invalid)?;
+            }
+            for response_type in self.response_types.iter().flatten() {
+                metadata::check_one_of(
+                    "responseTypes",
+                    metadata::RESPONSE_TYPE,
+                    &Value::from(response_type.as_str()),
+                )
+                .map_err(invalid)?;
+            }
+        }
+        let mut fields = BTreeMap::new();
+        for (name, value) in &self.extra {
+            if !metadata::is_documented(name) {
+                continue;
+            }
+            if typed {
+                metadata::check(name, value).map_err(invalid)?;
+            }
+            fields.insert(name.clone(), value.clone());
+        }
+        Ok(fields)
+    }
 }
 
 /// One token record: an access token and the refresh token issued with it
@@ -290,6 +316,12 @@ pub struct Token {
     pub properties: Vec<Property>,
     /// Whether the pair pretends the client used its alias.
     pub client_id_alias_used: bool,
+    /// Last time Authlete read or updated the pair for a request
+    /// (creation, introspection, refresh, `/auth/token/update`), epoch ms:
+    /// what the sweep of unused tokens looks at ([KB-SWEEP]). Not part of
+    /// Authlete's listings.
+    #[serde(skip)]
+    pub last_used_at: i64,
 }
 
 impl Token {
@@ -441,6 +473,9 @@ pub(super) struct State {
     by_refresh: HashMap<String, u64>,
     by_token_id: HashMap<String, u64>,
     next_token_seq: u64,
+    /// A lower bound of every pair's `last_used_at`, so that the sweep of
+    /// unused tokens scans only when something may be due.
+    earliest_use: i64,
     batches: HashMap<String, BatchStatus>,
 }
 
@@ -487,8 +522,11 @@ impl State {
         &mut self,
         request: ClientRequest,
         version: Version,
+        strictness: &Strictness,
         now: i64,
     ) -> Result<Client, Reply> {
+        let mut metadata = request.metadata(strictness.typed_client_metadata)?;
+        metadata.retain(|_, value| !value.is_null());
         let client_id = self.fresh_client_id();
         let (alias, enabled) = Self::alias_of(&request, client_id, version);
         if let Some(alias) = &alias {
@@ -507,12 +545,12 @@ impl State {
             description: request.description,
             client_type: request.client_type,
             application_type: request.application_type,
-            grant_types: request.grant_types,
-            response_types: request.response_types,
-            redirect_uris: request.redirect_uris,
+            grant_types: request.grant_types.unwrap_or_default(),
+            response_types: request.response_types.unwrap_or_default(),
+            redirect_uris: request.redirect_uris.unwrap_or_default(),
             token_auth_method: request.token_auth_method,
-            attributes: request.attributes,
-            metadata: request.metadata,
+            attributes: request.attributes.unwrap_or_default(),
+            metadata,
             created_at: now,
             modified_at: now,
         };
@@ -524,44 +562,102 @@ impl State {
         Ok(client)
     }
 
-    /// `/client/update/{id}`: replaces every writable field, keeping id,
-    /// secret and creation time.
+    /// `/client/update/{id}`: keeps id, secret and creation time, and
+    /// either overlays the fields the body names on the stored client
+    /// ([`ClientUpdate::Merge`]) or replaces every writable field, omitted
+    /// ones becoming unset, empty or (v3 alias) the numeric id
+    /// ([`ClientUpdate::Replace`]). With `documented_aliases` the
+    /// identifier must be the numeric client id, as both SDKs format the
+    /// path (`/client/update/%d`); an alias names no client there.
     pub(super) fn update_client(
         &mut self,
         identifier: &str,
         request: ClientRequest,
         version: Version,
+        strictness: &Strictness,
         now: i64,
     ) -> Result<Client, Reply> {
-        let number = self
-            .find_client(identifier, version)
-            .ok_or_else(|| client_unknown(identifier))?;
+        let number = if strictness.documented_aliases {
+            identifier
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| self.client_numbers.get(&id).copied())
+        } else {
+            self.find_client(identifier, version)
+        }
+        .ok_or_else(|| client_unknown(identifier))?;
         let Some(current) = self.clients.get(&number) else {
             return Err(client_unknown(identifier));
         };
-        let (alias, enabled) = Self::alias_of(&request, current.client_id, version);
-        if let Some(alias) = &alias {
+        let mut metadata = request.metadata(strictness.typed_client_metadata)?;
+        let client = match strictness.client_update {
+            ClientUpdate::Replace => {
+                let (alias, enabled) = Self::alias_of(&request, current.client_id, version);
+                metadata.retain(|_, value| !value.is_null());
+                Client {
+                    client_id_alias: alias,
+                    client_id_alias_enabled: enabled,
+                    developer: request.developer,
+                    client_name: request.client_name,
+                    description: request.description,
+                    client_type: request.client_type,
+                    application_type: request.application_type,
+                    grant_types: request.grant_types.unwrap_or_default(),
+                    response_types: request.response_types.unwrap_or_default(),
+                    redirect_uris: request.redirect_uris.unwrap_or_default(),
+                    token_auth_method: request.token_auth_method,
+                    attributes: request.attributes.unwrap_or_default(),
+                    metadata,
+                    modified_at: now,
+                    ..current.clone()
+                }
+            }
+            ClientUpdate::Merge => {
+                let alias = non_empty(request.client_id_alias.clone())
+                    .or_else(|| current.client_id_alias.clone());
+                let enabled = match version {
+                    Version::V3 => true,
+                    Version::V2 => request
+                        .client_id_alias_enabled
+                        .unwrap_or(current.client_id_alias_enabled),
+                };
+                let mut merged = current.metadata.clone();
+                for (name, value) in metadata {
+                    if value.is_null() {
+                        merged.remove(&name);
+                    } else {
+                        merged.insert(name, value);
+                    }
+                }
+                let current = current.clone();
+                Client {
+                    client_id_alias: alias,
+                    client_id_alias_enabled: enabled,
+                    developer: request.developer.or(current.developer),
+                    client_name: request.client_name.or(current.client_name),
+                    description: request.description.or(current.description),
+                    client_type: request.client_type.or(current.client_type),
+                    application_type: request.application_type.or(current.application_type),
+                    grant_types: request.grant_types.unwrap_or(current.grant_types),
+                    response_types: request.response_types.unwrap_or(current.response_types),
+                    redirect_uris: request.redirect_uris.unwrap_or(current.redirect_uris),
+                    token_auth_method: request.token_auth_method.or(current.token_auth_method),
+                    attributes: request.attributes.unwrap_or(current.attributes),
+                    metadata: merged,
+                    modified_at: now,
+                    ..current
+                }
+            }
+        };
+        if let Some(alias) = &client.client_id_alias {
             self.check_alias_free(alias, Some(number))?;
         }
-        let client = Client {
-            client_id_alias: alias,
-            client_id_alias_enabled: enabled,
-            developer: request.developer,
-            client_name: request.client_name,
-            description: request.description,
-            client_type: request.client_type,
-            application_type: request.application_type,
-            grant_types: request.grant_types,
-            response_types: request.response_types,
-            redirect_uris: request.redirect_uris,
-            token_auth_method: request.token_auth_method,
-            attributes: request.attributes,
-            metadata: request.metadata,
-            modified_at: now,
-            ..current.clone()
-        };
-        if let Some(old) = &current.client_id_alias {
-            self.aliases.remove(old);
+        if let Some(old) = self
+            .clients
+            .get(&number)
+            .and_then(|current| current.client_id_alias.clone())
+        {
+            self.aliases.remove(&old);
         }
         if let Some(alias) = &client.client_id_alias {
             self.aliases.insert(alias.clone(), number);
@@ -734,7 +830,7 @@ impl State {
                 "'accessTokenPersistent' is not supported by the emulator.",
             ));
         }
-        let client_id = self.token_client(&request, version)?;
+        let client_id = self.token_client(&request, version, &config.strictness)?;
         let subject = match grant_type {
             // Ignored for client credentials (spec §1.2).
             GrantType::ClientCredentials => None,
@@ -788,10 +884,7 @@ impl State {
         let access_token = non_empty(request.access_token).unwrap_or_else(|| random_value(32));
         let access_hash = token_hash(&access_token);
         if self.holds(Index::Access, &access_hash, now) {
-            return Err(Reply::bad_request(
-                codes::ACCESS_TOKEN_DUPLICATE,
-                "The access token cannot be inserted because its hash value already exists.",
-            ));
+            return Err(duplicate(config, Index::Access));
         }
         // IMPLICIT and CLIENT_CREDENTIALS never get a refresh token, even
         // if the request supplies one; otherwise Authlete generates one
@@ -803,10 +896,7 @@ impl State {
         if let Some(hash) = &refresh_hash
             && self.holds(Index::Refresh, hash, now)
         {
-            return Err(Reply::bad_request(
-                codes::REFRESH_TOKEN_DUPLICATE,
-                "The refresh token cannot be inserted because its hash value already exists.",
-            ));
+            return Err(duplicate(config, Index::Refresh));
         }
 
         let token = Token {
@@ -827,6 +917,7 @@ impl State {
             last_refreshed_at: now,
             properties: request.properties.unwrap_or_default(),
             client_id_alias_used: request.client_id_alias_used,
+            last_used_at: now,
         };
         if !dry_run {
             self.enforce_single_token(config, &token);
@@ -845,6 +936,7 @@ impl State {
         &mut self,
         request: TokenUpdateRequest,
         config: &Config,
+        now: i64,
     ) -> Result<Updated, Reply> {
         if request.access_token_persistent {
             return Err(Reply::bad_request(
@@ -886,6 +978,7 @@ impl State {
             )
             .action(action::NOT_FOUND));
         };
+        token.last_used_at = now;
         if request.access_token_expires_at > 0 {
             token.access_token_expires_at = request.access_token_expires_at;
         }
@@ -935,11 +1028,14 @@ impl State {
     }
 
     /// `/auth/token/revoke`: removes every pair matching all given
-    /// criteria; returns how many.
+    /// criteria, or with `documented_revoke_order` the pairs matching the
+    /// first criterion in the documented order (access token, refresh
+    /// token, client and/or subject); returns how many.
     pub(super) fn revoke_tokens(
         &mut self,
         request: &RevokeRequest,
         version: Version,
+        strictness: &Strictness,
     ) -> Result<usize, Reply> {
         let access = request
             .access_token_identifier
@@ -960,6 +1056,19 @@ impl State {
                 "The request contains none of 'accessTokenIdentifier', 'refreshTokenIdentifier', 'clientIdentifier' and 'subject'.",
             ));
         }
+        // The documented order: the first criterion given decides alone,
+        // except that client and subject combine ([JC]
+        // `TokenRevokeRequest`). An identifier that is not a client is
+        // not looked at when a token identifier came first.
+        let (access, refresh, client, subject) = if strictness.documented_revoke_order {
+            match (access, refresh) {
+                (Some(access), _) => (Some(access), None, None, None),
+                (None, Some(refresh)) => (None, Some(refresh), None, None),
+                (None, None) => (None, None, client, subject),
+            }
+        } else {
+            (access, refresh, client, subject)
+        };
         let client_id = match client {
             Some(identifier) => Some(
                 self.client(identifier, version)
@@ -991,6 +1100,27 @@ impl State {
             self.remove_token(*seq);
         }
         Ok(matching.len())
+    }
+
+    /// Deletes the pairs nobody used for `after` milliseconds or more,
+    /// whatever their expiry ([KB-SWEEP]); returns how many. Authlete
+    /// sweeps in the background at times of its choosing: the emulator
+    /// deletes a pair the first time it looks after the pair became due,
+    /// the earliest a real sweep could, which is the reading least kind to
+    /// a client counting on the grace of a slow sweeper.
+    pub(super) fn sweep_unused(&mut self, now: i64, after: i64) -> usize {
+        let cutoff = now.saturating_sub(after);
+        if self.earliest_use > cutoff {
+            return 0;
+        }
+        let swept = self.remove_tokens_where(|token| token.last_used_at <= cutoff);
+        self.earliest_use = self
+            .tokens
+            .values()
+            .map(|token| token.last_used_at)
+            .min()
+            .unwrap_or(i64::MAX);
+        swept
     }
 
     /// `/auth/token/get/list`: pairs `start..end` matching the filters, and
@@ -1031,6 +1161,7 @@ impl State {
             return Introspected::Unknown;
         };
         if token.access_token_expires_at > now {
+            token.last_used_at = now;
             return Introspected::Valid(token.clone());
         }
         if token.refresh_token_alive(now) {
@@ -1045,9 +1176,10 @@ impl State {
     /// The live pair a token value (or hash) belongs to, for
     /// `/auth/introspection/standard`: the refresh token table is searched
     /// first when `refresh_first`. Returns the pair and whether the value
-    /// was its refresh token. Nothing is deleted.
+    /// was its refresh token. Nothing is deleted; a pair found counts as
+    /// used.
     pub(super) fn find_active(
-        &self,
+        &mut self,
         value: &str,
         refresh_first: bool,
         now: i64,
@@ -1057,14 +1189,18 @@ impl State {
         } else {
             [Index::Access, Index::Refresh]
         };
-        order.into_iter().find_map(|index| {
-            let token = self.tokens.get(&self.locate(index, value)?)?;
+        let (seq, is_refresh) = order.into_iter().find_map(|index| {
+            let seq = self.locate(index, value)?;
+            let token = self.tokens.get(&seq)?;
             let alive = match index {
                 Index::Access => token.access_token_alive(now),
                 Index::Refresh => token.refresh_token_alive(now),
             };
-            alive.then(|| (token.clone(), index == Index::Refresh))
-        })
+            alive.then_some((seq, index == Index::Refresh))
+        })?;
+        let token = self.tokens.get_mut(&seq)?;
+        token.last_used_at = now;
+        Some((token.clone(), is_refresh))
     }
 
     /// `/auth/revocation`: removes the pair the token belongs to, whichever
@@ -1155,6 +1291,7 @@ impl State {
             value
         };
         token.last_refreshed_at = now;
+        token.last_used_at = now;
         self.enforce_single_token(config, &token);
         self.insert_token_at(seq, token.clone());
         Ok(Refreshed {
@@ -1217,7 +1354,12 @@ impl State {
             .copied()
     }
 
-    fn token_client(&self, request: &TokenCreateRequest, version: Version) -> Result<u64, Reply> {
+    fn token_client(
+        &self,
+        request: &TokenCreateRequest,
+        version: Version,
+        strictness: &Strictness,
+    ) -> Result<u64, Reply> {
         let numeric = match &request.client_id {
             None | Some(Value::Null) => None,
             Some(Value::Number(number)) => Some(number.to_string()),
@@ -1242,6 +1384,18 @@ impl State {
                 text
             }
             Version::V3 => match non_empty(request.client_identifier.clone()).or(numeric) {
+                // `clientId` is an int64 in the schema; only
+                // `clientIdentifier` may carry an alias.
+                Some(text)
+                    if strictness.documented_aliases
+                        && non_empty(request.client_identifier.clone()).is_none()
+                        && text.parse::<u64>().is_err() =>
+                {
+                    return Err(Reply::bad_request(
+                        codes::CLIENT_ID_NOT_NUMERIC,
+                        "'clientId' must be a numeric client ID; use 'clientIdentifier' for an alias.",
+                    ));
+                }
                 Some(text) => text,
                 None => {
                     return Err(Reply::bad_request(
@@ -1267,12 +1421,17 @@ impl State {
         })
     }
 
-    /// `singleAccessTokenPerSubject`: issuing a token for a subject and
-    /// client invalidates the others of that subject and client (not for
-    /// client credentials). Whether `/auth/token/create` triggers it is
-    /// undocumented; the emulator assumes it does (spec quick fact 9).
+    /// `singleAccessTokenPerSubject` (the service's, or with
+    /// `client_single_access_token` the client's): issuing a token for a
+    /// subject and client invalidates the others of that subject and client
+    /// (not for client credentials). Whether `/auth/token/create` triggers
+    /// it is undocumented; the emulator assumes it does (spec quick fact 9).
     fn enforce_single_token(&mut self, config: &Config, token: &Token) {
-        if !config.single_access_token_per_subject
+        let by_client = config.strictness.client_single_access_token
+            && self
+                .client_by_id(token.client_id)
+                .is_some_and(Client::single_access_token_per_subject);
+        if !(config.single_access_token_per_subject || by_client)
             || token.grant_type == GrantType::ClientCredentials
         {
             return;
@@ -1300,6 +1459,7 @@ impl State {
             self.by_refresh.insert(hash.clone(), seq);
         }
         self.by_token_id.insert(token.token_id.clone(), seq);
+        self.earliest_use = self.earliest_use.min(token.last_used_at);
         self.tokens.insert(seq, token);
     }
 
@@ -1398,6 +1558,46 @@ enum Index {
     Refresh,
 }
 
+/// The answer to a token value whose hash is already held, as the
+/// service's [`DuplicateToken`] reading says.
+fn duplicate(config: &Config, index: Index) -> Reply {
+    match (config.strictness.duplicate_token, index) {
+        (DuplicateToken::ServerError, _) => server_error(),
+        (DuplicateToken::InventedCodes, Index::Access) => Reply::bad_request(
+            codes::ACCESS_TOKEN_DUPLICATE,
+            "The access token cannot be inserted because its hash value already exists.",
+        ),
+        (DuplicateToken::InventedCodes, Index::Refresh) => Reply::bad_request(
+            codes::REFRESH_TOKEN_DUPLICATE,
+            "The refresh token cannot be inserted because its hash value already exists.",
+        ),
+    }
+}
+
+/// Authlete's generic failure: 500, `A001101`, action
+/// `INTERNAL_SERVER_ERROR`.
+pub(super) fn server_error() -> Reply {
+    Reply::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        codes::SERVER_ERROR,
+        "Authlete Server error.",
+    )
+    .action(action::INTERNAL_SERVER_ERROR)
+}
+
+/// The duplicate answer for a dry-run batch item repeating a value of an
+/// earlier item of the same batch.
+pub(super) fn duplicate_in_batch(config: &Config, refresh: bool) -> Reply {
+    duplicate(
+        config,
+        if refresh {
+            Index::Refresh
+        } else {
+            Index::Access
+        },
+    )
+}
+
 /// Applies the `/client/secret/update` rules: 1 to 86 characters from
 /// `A-Z a-z 0-9 - _` (spec §4.3).
 fn validate_client_secret(secret: String) -> Result<String, Reply> {
@@ -1438,7 +1638,10 @@ mod tests {
     use super::*;
 
     fn config() -> Config {
-        Config::default()
+        Config {
+            strictness: Strictness::lenient(),
+            ..Config::default()
+        }
     }
 
     fn request(json: serde_json::Value) -> TokenCreateRequest {
@@ -1452,7 +1655,7 @@ mod tests {
         }))
         .expect("valid client");
         state
-            .create_client(request, version, 1_000)
+            .create_client(request, version, &Strictness::lenient(), 1_000)
             .expect("created")
     }
 
@@ -1506,18 +1709,26 @@ mod tests {
         let request: ClientRequest =
             serde_json::from_value(serde_json::json!({"clientIdAlias": "legacy"})).expect("json");
         let v2 = state
-            .create_client(request, Version::V2, 0)
+            .create_client(request, Version::V2, &Strictness::lenient(), 0)
             .expect("created");
         assert!(!v2.client_id_alias_enabled);
         assert!(state.client("legacy", Version::V2).is_none());
         assert!(state.client("legacy", Version::V3).is_some());
         let taken: ClientRequest =
             serde_json::from_value(serde_json::json!({"clientIdAlias": "legacy"})).expect("json");
-        assert!(state.create_client(taken, Version::V3, 0).is_err());
+        assert!(
+            state
+                .create_client(taken, Version::V3, &Strictness::lenient(), 0)
+                .is_err()
+        );
         let numeric: ClientRequest =
             serde_json::from_value(serde_json::json!({"clientIdAlias": v3.client_id.to_string()}))
                 .expect("json");
-        assert!(state.create_client(numeric, Version::V2, 0).is_err());
+        assert!(
+            state
+                .create_client(numeric, Version::V2, &Strictness::lenient(), 0)
+                .is_err()
+        );
     }
 
     #[test]
@@ -1529,6 +1740,74 @@ mod tests {
         let bad = validate_client_secret("abc+def".to_owned()).expect_err("charset");
         assert_eq!(bad.code(), codes::CLIENT_SECRET_CHARSET);
         assert!(validate_client_secret(String::new()).is_err());
+    }
+
+    #[test]
+    fn the_sweep_deletes_pairs_unused_for_long_enough_and_use_postpones_it() {
+        let mut state = State::default();
+        client(&mut state, Version::V3, Some("c1"));
+        for (at, rt) in [("at1", "rt1"), ("at2", "rt2")] {
+            let req = request(serde_json::json!({
+                "grantType": "AUTHORIZATION_CODE", "clientIdentifier": "c1",
+                "subject": "bob", "accessToken": at, "refreshToken": rt,
+            }));
+            state
+                .create_token(req, Version::V3, &config(), 0, false)
+                .expect("created");
+        }
+        assert_eq!(state.sweep_unused(999, 1_000), 0);
+        assert!(matches!(
+            state.introspect("at1", 500),
+            Introspected::Valid(_)
+        ));
+        assert_eq!(state.sweep_unused(1_000, 1_000), 1, "at2 unused since 0");
+        assert!(state.token_by_refresh_token("rt2").is_none());
+        assert_eq!(state.sweep_unused(1_499, 1_000), 0, "at1 used at 500");
+        assert!(state.find_active("rt1", true, 1_400).is_some());
+        assert_eq!(state.sweep_unused(2_399, 1_000), 0, "rt1 used at 1400");
+        assert_eq!(state.sweep_unused(2_400, 1_000), 1);
+        assert_eq!(state.token_count(), 0);
+    }
+
+    #[test]
+    fn revoke_criteria_combine_or_follow_the_documented_order() {
+        let strict = Strictness::real();
+        let lenient = Strictness::lenient();
+        for strictness in [lenient, strict] {
+            let mut state = State::default();
+            client(&mut state, Version::V3, Some("c1"));
+            client(&mut state, Version::V3, Some("c2"));
+            for (alias, at) in [("c1", "a"), ("c1", "b"), ("c2", "c")] {
+                let req = request(serde_json::json!({
+                    "grantType": "AUTHORIZATION_CODE", "clientIdentifier": alias,
+                    "subject": "bob", "accessToken": at,
+                }));
+                state
+                    .create_token(req, Version::V3, &config(), 0, false)
+                    .expect("created");
+            }
+            let revoke = |json| -> RevokeRequest { serde_json::from_value(json).expect("json") };
+            // Token "c" belongs to c2: a c1 filter stops it only when
+            // criteria combine.
+            let guarded = state
+                .revoke_tokens(
+                    &revoke(
+                        serde_json::json!({"accessTokenIdentifier": "c", "clientIdentifier": "c1"}),
+                    ),
+                    Version::V3,
+                    &strictness,
+                )
+                .expect("revoked");
+            assert_eq!(guarded, usize::from(strictness.documented_revoke_order));
+            let all = state
+                .revoke_tokens(
+                    &revoke(serde_json::json!({"clientIdentifier": "c1", "subject": "bob"})),
+                    Version::V3,
+                    &strictness,
+                )
+                .expect("revoked");
+            assert_eq!(all, 2);
+        }
     }
 
     #[test]
