@@ -389,12 +389,7 @@ impl Admin {
         Some(VerifyStatus {
             id: job.id,
             state,
-            dataset: job
-                .progress
-                .dataset
-                .lock()
-                .map(|d| d.clone())
-                .unwrap_or_default(),
+            dataset: job.progress.dataset.lock().map_or(None, |d| *d),
             scanned: job
                 .progress
                 .scanned

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{Phase, Side};
+use crate::model::{Dataset, Phase, Side};
 
 // ---------------------------------------------------------------------------
 // GET /status
@@ -77,7 +77,7 @@ pub struct BackfillStatus {
     #[serde(default)]
     pub elapsed_ms: u64,
     /// Per-dataset progress.
-    pub datasets: BTreeMap<String, DatasetProgress>,
+    pub datasets: BTreeMap<Dataset, DatasetProgress>,
 }
 
 /// The backfill's overall state.
@@ -117,7 +117,7 @@ impl BackfillState {
 
 impl std::fmt::Display for BackfillState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -151,7 +151,7 @@ pub struct DatasetProgress {
 pub struct VerifyRequest {
     /// One dataset, or every enabled one.
     #[serde(default)]
-    pub dataset: Option<String>,
+    pub dataset: Option<Dataset>,
     /// Journal a sync of every drifted key.
     #[serde(default)]
     pub repair: bool,
@@ -197,7 +197,7 @@ impl DatasetReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VerifyReport {
     /// Per dataset.
-    pub datasets: BTreeMap<String, DatasetReport>,
+    pub datasets: BTreeMap<Dataset, DatasetReport>,
     /// Sum of drift over all datasets.
     pub drift: u64,
     /// Which side was compared as the primary.
@@ -211,8 +211,9 @@ pub struct VerifyStatus {
     pub id: u64,
     /// Where the verify is.
     pub state: VerifyState,
-    /// The dataset being verified.
-    pub dataset: String,
+    /// The dataset being verified (none before the first starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<Dataset>,
     /// Records looked at in it so far.
     pub scanned: u64,
     /// The report, when done.
@@ -337,7 +338,7 @@ impl Outcome {
 
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -54,7 +54,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{BackfillState as State, BackfillStatus, DatasetProgress, TokenImport};
-use crate::model::Key;
+use crate::model::{Dataset, Key};
 use crate::servers::Servers;
 use crate::servers::export::Export;
 use crate::sync::{BackfillOutcome, SyncHandle};
@@ -165,13 +165,13 @@ pub struct Backfill {
 struct Inner {
     config: Mutex<Config>,
     /// The datasets, in copy order.
-    datasets: Vec<String>,
+    datasets: Vec<Dataset>,
     /// The checkpoint directory.
     dir: PathBuf,
     servers: Arc<Servers>,
     sync: SyncHandle,
     state: watch::Sender<State>,
-    progress: Mutex<BTreeMap<String, Arc<Progress>>>,
+    progress: Mutex<BTreeMap<Dataset, Arc<Progress>>>,
     rate: AtomicU64,
     permits: Arc<Semaphore>,
     concurrency: AtomicUsize,
@@ -188,7 +188,7 @@ impl Backfill {
     /// (`<journal dir>/backfill`).
     pub fn new(
         config: Config,
-        datasets: Vec<String>,
+        datasets: Vec<Dataset>,
         dir: PathBuf,
         servers: Arc<Servers>,
         sync: SyncHandle,
@@ -197,12 +197,12 @@ impl Backfill {
         let mut progress = BTreeMap::new();
         let mut all_done = !datasets.is_empty();
         let mut any = false;
-        for dataset in &datasets {
+        for &dataset in &datasets {
             let checkpoint = read_checkpoint(&dir, dataset);
             any |= checkpoint.is_some();
             let checkpoint = checkpoint.unwrap_or_default();
             all_done &= checkpoint.done;
-            progress.insert(dataset.clone(), Arc::new(progress_from(&checkpoint)));
+            progress.insert(dataset, Arc::new(progress_from(&checkpoint)));
         }
         let initial = if any && all_done {
             State::Done
@@ -242,12 +242,12 @@ impl Backfill {
             State::Paused => return self.resume(),
             State::Done => {
                 // A new pass: forget the finished checkpoints.
-                for dataset in &self.inner.datasets {
+                for &dataset in &self.inner.datasets {
                     let _ = std::fs::remove_file(checkpoint_path(&self.inner.dir, dataset));
                 }
                 if let Ok(mut progress) = self.inner.progress.lock() {
-                    for dataset in &self.inner.datasets {
-                        progress.insert(dataset.clone(), Arc::new(Progress::default()));
+                    for &dataset in &self.inner.datasets {
+                        progress.insert(dataset, Arc::new(Progress::default()));
                     }
                 }
             }
@@ -405,7 +405,7 @@ impl Inner {
             tracing::error!(dir = %self.dir.display(), error = %err, "cannot create the backfill checkpoint directory");
         }
         let mut failed = false;
-        for dataset in &self.datasets {
+        for &dataset in &self.datasets {
             let checkpoint = read_checkpoint(&self.dir, dataset).unwrap_or_default();
             if checkpoint.done {
                 continue;
@@ -425,14 +425,14 @@ impl Inner {
                         break;
                     }
                     Err(DatasetError::Export(message)) if attempt < EXPORT_ATTEMPTS => {
-                        tracing::warn!(dataset, attempt, error = %message, "backfill export failed; resuming from the checkpoint");
+                        tracing::warn!(dataset = dataset.as_str(), attempt, error = %message, "backfill export failed; resuming from the checkpoint");
                         tokio::select! {
                             () = self.stop.cancelled() => return,
                             () = tokio::time::sleep(Duration::from_secs(u64::from(attempt))) => {}
                         }
                     }
                     Err(DatasetError::Export(message)) => {
-                        tracing::error!(dataset, error = %message, "backfill failed; `handover backfill start` resumes from the checkpoint");
+                        tracing::error!(dataset = dataset.as_str(), error = %message, "backfill failed; `handover backfill start` resumes from the checkpoint");
                         if let Some(progress) = self.progress_of(dataset)
                             && let Ok(mut error) = progress.error.lock()
                         {
@@ -460,11 +460,11 @@ impl Inner {
         self.state.send_replace(state);
     }
 
-    fn progress_of(&self, dataset: &str) -> Option<Arc<Progress>> {
-        self.progress.lock().ok()?.get(dataset).cloned()
+    fn progress_of(&self, dataset: Dataset) -> Option<Arc<Progress>> {
+        self.progress.lock().ok()?.get(&dataset).cloned()
     }
 
-    async fn copy_dataset(&self, config: &Config, dataset: &str) -> Result<(), DatasetError> {
+    async fn copy_dataset(&self, config: &Config, dataset: Dataset) -> Result<(), DatasetError> {
         let mut checkpoint = read_checkpoint(&self.dir, dataset).unwrap_or_default();
         let primary = self.servers.primary_api().clone();
         // Count first, for a total and an ETA.
@@ -479,9 +479,9 @@ impl Inner {
             ..progress_from(&checkpoint)
         });
         if let Ok(mut all) = self.progress.lock() {
-            all.insert(dataset.to_owned(), Arc::clone(&progress));
+            all.insert(dataset, Arc::clone(&progress));
         }
-        tracing::info!(dataset, total = ?total, resume_at = checkpoint.settled, "backfill copying");
+        tracing::info!(dataset = dataset.as_str(), total = ?total, resume_at = checkpoint.settled, "backfill copying");
 
         let tracker = Arc::new(Mutex::new(Settled::new(&checkpoint)));
         let result = self
@@ -500,7 +500,7 @@ impl Inner {
     async fn stream_dataset(
         &self,
         _config: &Config,
-        dataset: &str,
+        dataset: Dataset,
         checkpoint: &Checkpoint,
         progress: &Arc<Progress>,
         tracker: &Arc<Mutex<Settled>>,
@@ -530,7 +530,11 @@ impl Inner {
                     {
                         // A record without a usable key is reported, not
                         // fatal: the rest of the export still copies.
-                        tracing::warn!(dataset, index, "exported record without a key; skipped");
+                        tracing::warn!(
+                            dataset = dataset.as_str(),
+                            index,
+                            "exported record without a key; skipped"
+                        );
                         if index > skip {
                             progress.failed.fetch_add(1, Ordering::Relaxed);
                             if let Ok(mut t) = tracker.lock() {
@@ -545,7 +549,7 @@ impl Inner {
                         // The export order changed: copy everything again
                         // (imports are idempotent).
                         tracing::warn!(
-                            dataset,
+                            dataset = dataset.as_str(),
                             "export order changed since the checkpoint; copying the dataset from the start"
                         );
                         return Err(DatasetError::OrderChanged);
@@ -553,7 +557,11 @@ impl Inner {
                     continue;
                 }
                 let Ok(record) = serde_json::from_slice::<Value>(&member.json) else {
-                    tracing::warn!(dataset, index, "malformed record in the export; skipped");
+                    tracing::warn!(
+                        dataset = dataset.as_str(),
+                        index,
+                        "malformed record in the export; skipped"
+                    );
                     progress.failed.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut t) = tracker.lock() {
                         t.complete(index, None, Outcome::Failed);
@@ -611,7 +619,7 @@ impl Inner {
             return Err(DatasetError::Stopped);
         }
         tracing::info!(
-            dataset,
+            dataset = dataset.as_str(),
             copied = progress.copied.load(Ordering::Relaxed),
             skipped_live = progress.skipped.load(Ordering::Relaxed),
             failed = progress.failed.load(Ordering::Relaxed),
@@ -624,7 +632,7 @@ impl Inner {
     async fn count(
         &self,
         primary: &crate::servers::connect2id::Connect2id,
-        dataset: &str,
+        dataset: Dataset,
     ) -> Result<u64, DatasetError> {
         let mut export = Export::open(primary, dataset)
             .await
@@ -653,7 +661,7 @@ impl Inner {
 
     fn save(
         &self,
-        dataset: &str,
+        dataset: Dataset,
         base: &Checkpoint,
         progress: &Progress,
         tracker: &Mutex<Settled>,
@@ -675,7 +683,7 @@ impl Inner {
             Err(_) => base.clone(),
         };
         if let Err(err) = write_checkpoint(&self.dir, dataset, &checkpoint) {
-            tracing::warn!(dataset, error = %err, "cannot write the backfill checkpoint");
+            tracing::warn!(dataset = dataset.as_str(), error = %err, "cannot write the backfill checkpoint");
         }
     }
 }
@@ -783,23 +791,23 @@ fn progress_from(checkpoint: &Checkpoint) -> Progress {
     }
 }
 
-fn checkpoint_path(dir: &Path, dataset: &str) -> PathBuf {
+fn checkpoint_path(dir: &Path, dataset: Dataset) -> PathBuf {
     dir.join(format!("{dataset}.json"))
 }
 
-fn read_checkpoint(dir: &Path, dataset: &str) -> Option<Checkpoint> {
+fn read_checkpoint(dir: &Path, dataset: Dataset) -> Option<Checkpoint> {
     let text = std::fs::read(checkpoint_path(dir, dataset)).ok()?;
     match serde_json::from_slice(&text) {
         Ok(checkpoint) => Some(checkpoint),
         Err(err) => {
-            tracing::warn!(dataset, error = %err, "unreadable backfill checkpoint; starting the dataset over");
+            tracing::warn!(dataset = dataset.as_str(), error = %err, "unreadable backfill checkpoint; starting the dataset over");
             None
         }
     }
 }
 
 /// Writes a checkpoint atomically: temp file, fsync, rename.
-fn write_checkpoint(dir: &Path, dataset: &str, checkpoint: &Checkpoint) -> std::io::Result<()> {
+fn write_checkpoint(dir: &Path, dataset: Dataset, checkpoint: &Checkpoint) -> std::io::Result<()> {
     use std::io::Write as _;
     std::fs::create_dir_all(dir)?;
     let path = checkpoint_path(dir, dataset);
@@ -867,9 +875,12 @@ mod tests {
             failed: 1,
             total: Some(100),
         };
-        write_checkpoint(dir.path(), "clients", &checkpoint).unwrap();
-        assert_eq!(read_checkpoint(dir.path(), "clients"), Some(checkpoint));
-        assert_eq!(read_checkpoint(dir.path(), "sessions"), None);
+        write_checkpoint(dir.path(), Dataset::Clients, &checkpoint).unwrap();
+        assert_eq!(
+            read_checkpoint(dir.path(), Dataset::Clients),
+            Some(checkpoint)
+        );
+        assert_eq!(read_checkpoint(dir.path(), Dataset::Sessions), None);
     }
 
     #[tokio::test(start_paused = true)]

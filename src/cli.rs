@@ -296,7 +296,7 @@ mod tests {
     fn status_renders_bars_and_lines() {
         let mut datasets = std::collections::BTreeMap::new();
         datasets.insert(
-            "clients".to_owned(),
+            crate::model::Dataset::Clients,
             DatasetProgress {
                 total: 100,
                 copied: 40,

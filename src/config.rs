@@ -21,6 +21,8 @@ pub use units::{format_duration, parse_duration, parse_size};
 
 pub use crate::model::{BaseUrl, Secret};
 
+use crate::model::Dataset;
+
 use crate::servers::authlete::{
     Config as AuthleteConfig, Credentials as AuthleteCredentials, DEFAULT_REFRESH_DURATION,
     DEFAULT_TOKEN_SAMPLE,
@@ -977,17 +979,25 @@ fn validate_sync(
     problems: &mut Problems,
 ) -> Option<crate::sync::Config> {
     let start = problems.0.len();
-    let allowed: &[&str] = if authlete {
-        &crate::sync::AUTHLETE_DATASETS
+    let allowed: &[Dataset] = if authlete {
+        &Dataset::AUTHLETE
     } else {
-        &crate::sync::DATASETS
+        &Dataset::CONNECT2ID
     };
     let datasets = match raw.datasets {
-        None => allowed.iter().map(|d| (*d).to_owned()).collect(),
+        None => allowed.to_vec(),
         Some(names) => {
-            let mut seen: Vec<String> = Vec::new();
+            let mut seen: Vec<Dataset> = Vec::new();
             for name in names {
-                if !allowed.contains(&name.as_str()) {
+                let dataset = name.parse::<Dataset>().ok();
+                if let Some(dataset) = dataset.filter(|d| allowed.contains(d)) {
+                    if seen.contains(&dataset) {
+                        problems.push("sync.datasets", format!("dataset {name:?} listed twice"));
+                    } else {
+                        seen.push(dataset);
+                    }
+                } else {
+                    let allowed: Vec<&str> = allowed.iter().map(|d| d.as_str()).collect();
                     let target = if authlete {
                         "an Authlete"
                     } else {
@@ -997,10 +1007,6 @@ fn validate_sync(
                         "sync.datasets",
                         format!("dataset {name:?} does not apply to {target} target (expected one of {allowed:?})"),
                     );
-                } else if seen.contains(&name) {
-                    problems.push("sync.datasets", format!("dataset {name:?} listed twice"));
-                } else {
-                    seen.push(name);
                 }
             }
             if seen.is_empty() && problems.0.len() == start {
@@ -1370,7 +1376,7 @@ mod tests {
             config.journal.sync,
             crate::journal::SyncPolicy::Interval(crate::journal::DEFAULT_SYNC_INTERVAL)
         );
-        assert_eq!(config.sync.datasets, crate::sync::DATASETS);
+        assert_eq!(config.sync.datasets, Dataset::CONNECT2ID);
     }
 
     #[test]

@@ -23,8 +23,8 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::emulator::connect2id::{self, Connect2id};
 use crate::emulator::jwks::JwkSet;
+use crate::model::Dataset;
 use crate::servers::connect2id::ApiTokens;
-use crate::servers::connect2id::comparable;
 
 pub use traffic::Totals;
 
@@ -110,10 +110,10 @@ impl Summary {
 }
 
 /// One dataset's comparison.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DatasetDrift {
     /// The dataset.
-    pub dataset: &'static str,
+    pub dataset: Dataset,
     /// Records on the source.
     pub source: usize,
     /// Records equal on both.
@@ -262,7 +262,8 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         .verify(&crate::api::VerifyRequest::default(), |status| {
             traffic::progress(&format!(
                 "  verifying {}: {} records",
-                status.dataset, status.scanned
+                status.dataset.map_or("", Dataset::as_str),
+                status.scanned
             ));
         })
         .await?;
@@ -325,30 +326,33 @@ pub fn compare(source: &Connect2id, target: &Connect2id) -> Vec<DatasetDrift> {
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     vec![
-        diff("clients", &clients(source), &clients(target)),
+        diff(Dataset::Clients, &clients(source), &clients(target)),
         diff(
-            "authorizations",
+            Dataset::Authorizations,
             &authorizations(source),
             &authorizations(target),
         ),
-        diff("sessions", &sessions(source), &sessions(target)),
+        diff(Dataset::Sessions, &sessions(source), &sessions(target)),
     ]
 }
 
 fn diff(
-    dataset: &'static str,
+    dataset: Dataset,
     source: &std::collections::BTreeMap<String, serde_json::Value>,
     target: &std::collections::BTreeMap<String, serde_json::Value>,
 ) -> DatasetDrift {
     let mut drift = DatasetDrift {
         dataset,
         source: source.len(),
-        ..DatasetDrift::default()
+        matching: 0,
+        mismatched: 0,
+        missing_on_target: 0,
+        extra_on_target: 0,
     };
     for (key, record) in source {
         match target.get(key) {
             None => drift.missing_on_target += 1,
-            Some(other) if comparable(dataset, record) == comparable(dataset, other) => {
+            Some(other) if dataset.comparable(record) == dataset.comparable(other) => {
                 drift.matching += 1
             }
             Some(_) => drift.mismatched += 1,

@@ -80,7 +80,7 @@ enum Command {
         admin: AdminArgs,
         /// Only this dataset (clients, authorizations, sessions).
         #[arg(long)]
-        dataset: Option<String>,
+        dataset: Option<handover::model::Dataset>,
         /// Journal a sync of every drifted key.
         #[arg(long)]
         repair: bool,
@@ -366,7 +366,8 @@ fn main() -> ExitCode {
                     if terminal {
                         eprint!(
                             "\rverifying {}: {} records scanned   ",
-                            status.dataset, status.scanned
+                            status.dataset.map_or("", |d| d.as_str()),
+                            status.scanned
                         );
                     }
                 })

@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::model::Side;
+use crate::model::{Dataset, Side};
 
 /// Downstream requests answered, by method class and status class.
 pub const PROXY_REQUESTS_TOTAL: &str = "handover_proxy_requests_total";
@@ -243,8 +243,10 @@ pub struct SyncMetrics {
 
 impl SyncMetrics {
     /// One change applied.
-    pub fn record_applied(&self, dataset: &'static str, elapsed: Duration) {
-        let labels = DatasetLabels { dataset };
+    pub fn record_applied(&self, dataset: Dataset, elapsed: Duration) {
+        let labels = DatasetLabels {
+            dataset: dataset.as_str(),
+        };
         self.applied.get_or_create(&labels).inc();
         self.apply_seconds
             .get_or_create(&labels)
@@ -252,22 +254,30 @@ impl SyncMetrics {
     }
 
     /// One failed attempt (to be retried).
-    pub fn record_failure(&self, dataset: &'static str) {
+    pub fn record_failure(&self, dataset: Dataset) {
         self.failures
-            .get_or_create(&DatasetLabels { dataset })
+            .get_or_create(&DatasetLabels {
+                dataset: dataset.as_str(),
+            })
             .inc();
     }
 
     /// One change dead-lettered.
-    pub fn record_dead_letter(&self, dataset: &'static str) {
+    pub fn record_dead_letter(&self, dataset: Dataset) {
         self.dead_lettered
-            .get_or_create(&DatasetLabels { dataset })
+            .get_or_create(&DatasetLabels {
+                dataset: dataset.as_str(),
+            })
             .inc();
     }
 
     /// Applied count of a dataset (for summaries).
-    pub fn applied(&self, dataset: &'static str) -> u64 {
-        self.applied.get_or_create(&DatasetLabels { dataset }).get()
+    pub fn applied(&self, dataset: Dataset) -> u64 {
+        self.applied
+            .get_or_create(&DatasetLabels {
+                dataset: dataset.as_str(),
+            })
+            .get()
     }
 }
 

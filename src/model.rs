@@ -5,6 +5,7 @@
 //! |---|---|
 //! | source / target | [`Side`] |
 //! | primary / secondary | a [`Side`] given by the [`Phase`] ([`Phase::primary`]) |
+//! | dataset | [`Dataset`] |
 //! | key | [`Key`]: `client:<client_id>`, `authz:<sub>\|<client_id>`, `session:<sid-key>` |
 //! | change (a journal record) | [`Change`], with [`TokenEvent`] and [`TokenKind`] |
 //! | phase | [`Phase`], moved by an [`Event`] through [`phase::transition`] |
@@ -14,6 +15,7 @@
 //! Nothing here imports from the rest of the crate.
 
 mod change;
+mod dataset;
 mod key;
 pub mod phase;
 mod secret;
@@ -21,6 +23,7 @@ mod side;
 mod url;
 
 pub use change::{Change, TokenEvent, TokenKind};
+pub use dataset::{Dataset, UnknownDataset};
 pub use key::{Key, sid_key};
 pub use phase::{Event, Phase};
 pub use secret::Secret;

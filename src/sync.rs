@@ -56,7 +56,7 @@ use tracing::Instrument;
 
 use crate::journal::{DeadLetters, Journal, Seq};
 use crate::metrics::SyncMetrics;
-use crate::model::{Change, Key};
+use crate::model::{Change, Dataset, Key};
 use crate::servers::ApiError;
 
 /// Default number of concurrent sync jobs: enough to hide a few
@@ -69,13 +69,6 @@ pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(100);
 /// half a minute of coming back.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Datasets synced when `sync.datasets` is not given: all of them (the
-/// migration guide's three steps).
-pub const DATASETS: [&str; 3] = ["clients", "authorizations", "sessions"];
-/// Datasets synced to an Authlete target: client registrations and tokens
-/// (Authlete has no authorization records or subject sessions; the new
-/// authorization server keeps its own sessions).
-pub const AUTHLETE_DATASETS: [&str; 2] = ["clients", "tokens"];
 /// Deadline for one management-API call made by the sync (read at the
 /// primary or write at the secondary).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +78,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Config {
     /// Datasets kept in sync (`clients`, `authorizations`, `sessions`; or
     /// `clients`, `tokens` for an Authlete target).
-    pub datasets: Vec<String>,
+    pub datasets: Vec<Dataset>,
     /// Concurrent jobs.
     pub workers: usize,
     /// First retry delay.
@@ -99,7 +92,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            datasets: DATASETS.iter().map(|d| (*d).to_owned()).collect(),
+            datasets: Dataset::CONNECT2ID.to_vec(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             workers: DEFAULT_WORKERS,
             retry_initial: DEFAULT_RETRY_INITIAL,
@@ -736,7 +729,7 @@ impl Worker {
     /// (redacted), only computed when something is logged.
     async fn retrying<T, Fut>(
         &self,
-        dataset: &'static str,
+        dataset: Dataset,
         what: &(dyn Fn() -> String + Sync),
         mut attempt: impl FnMut() -> Fut,
     ) -> Result<T, GaveUp>
@@ -784,7 +777,7 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(&self, change: &Change, dataset: &'static str, reason: &str) {
+    async fn dead_letter(&self, change: &Change, dataset: Dataset, reason: &str) {
         self.metrics.record_dead_letter(dataset);
         tracing::error!(change = %change.redacted(), reason, "sync gave up; moved to dead letters");
         let body = change.to_record();

@@ -5,7 +5,7 @@
 //!
 //! 1. The primary's export is streamed; each record is looked up on the
 //!    secondary by key and compared with the fields that legitimately
-//!    differ removed ([`crate::servers::connect2id::comparable`]): `matching`,
+//!    differ removed ([`crate::model::Dataset::comparable`]): `matching`,
 //!    `mismatched` or `missing_on_target`. A key with sync work queued or
 //!    running is `in_flight`, not drift. A record that differs is read again
 //!    from both sides before it counts, so a change that landed during the
@@ -31,10 +31,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{DatasetReport, VerifyReport, VerifyRequest};
-use crate::model::{Change, Key};
+use crate::model::{Change, Dataset, Key};
 use crate::servers::ApiError;
 use crate::servers::Servers;
-use crate::servers::connect2id::{Connect2id, comparable};
+use crate::servers::connect2id::Connect2id;
 use crate::servers::export::Export;
 use crate::sync::Recorder;
 use crate::sync::SyncHandle;
@@ -51,13 +51,13 @@ pub enum Error {
     #[error("{dataset}: {message}")]
     Dataset {
         /// The dataset.
-        dataset: String,
+        dataset: Dataset,
         /// What failed.
         message: String,
     },
     /// An unknown dataset was asked for.
     #[error("unknown or disabled dataset {0:?}")]
-    UnknownDataset(String),
+    UnknownDataset(Dataset),
     /// Stopped by shutdown.
     #[error("verify stopped")]
     Stopped,
@@ -67,7 +67,7 @@ pub enum Error {
 #[derive(Debug, Default)]
 pub struct Progress {
     /// The dataset being verified.
-    pub dataset: std::sync::Mutex<String>,
+    pub dataset: std::sync::Mutex<Option<Dataset>>,
     /// Records looked at in it so far.
     pub scanned: AtomicU64,
 }
@@ -82,7 +82,7 @@ pub struct Verifier {
     /// To journal repairs.
     pub recorder: Recorder,
     /// Enabled datasets.
-    pub datasets: Vec<String>,
+    pub datasets: Vec<Dataset>,
     /// Lookups in flight.
     pub concurrency: usize,
     /// Shutdown.
@@ -96,9 +96,9 @@ impl Verifier {
         request: &VerifyRequest,
         progress: &Progress,
     ) -> Result<VerifyReport, Error> {
-        let datasets: Vec<String> = match &request.dataset {
-            Some(dataset) if self.datasets.contains(dataset) => vec![dataset.clone()],
-            Some(dataset) => return Err(Error::UnknownDataset(dataset.clone())),
+        let datasets: Vec<Dataset> = match &request.dataset {
+            Some(dataset) if self.datasets.contains(dataset) => vec![*dataset],
+            Some(dataset) => return Err(Error::UnknownDataset(*dataset)),
             None => self.datasets.clone(),
         };
         let list = request.list.unwrap_or(DEFAULT_LIST);
@@ -108,11 +108,11 @@ impl Verifier {
         };
         for dataset in datasets {
             if let Ok(mut current) = progress.dataset.lock() {
-                current.clone_from(&dataset);
+                *current = Some(dataset);
             }
             progress.scanned.store(0, Ordering::Relaxed);
             let result = self
-                .dataset(&dataset, request.repair, list, progress)
+                .dataset(dataset, request.repair, list, progress)
                 .await?;
             report.drift += result.drift();
             report.datasets.insert(dataset, result);
@@ -122,7 +122,7 @@ impl Verifier {
 
     async fn dataset(
         &self,
-        dataset: &str,
+        dataset: Dataset,
         repair: bool,
         list: usize,
         progress: &Progress,
@@ -150,9 +150,8 @@ impl Verifier {
                 Arc::clone(&state),
                 self.sync.clone(),
             );
-            let dataset = dataset.to_owned();
             Some(Box::pin(async move {
-                compare_one(&dataset, &primary, &secondary, &sync, &state, key, record).await
+                compare_one(dataset, &primary, &secondary, &sync, &state, key, record).await
             }))
         })
         .await?;
@@ -179,7 +178,7 @@ impl Verifier {
             + state.new_on_primary.load(Ordering::Relaxed);
         if secondary_count > accounted {
             tracing::info!(
-                dataset,
+                dataset = dataset.as_str(),
                 secondary_count,
                 accounted,
                 "counts disagree; checking every secondary key on the primary"
@@ -225,7 +224,7 @@ impl Verifier {
             let unlisted = report.drift().saturating_sub(report.repaired);
             if unlisted > 0 {
                 tracing::warn!(
-                    dataset,
+                    dataset = dataset.as_str(),
                     unlisted,
                     "more drifted keys than kept for repair; run verify --repair again after this one settles"
                 );
@@ -240,17 +239,14 @@ impl Verifier {
     async fn stream<F>(
         &self,
         server: &Connect2id,
-        dataset: &str,
+        dataset: Dataset,
         progress: &Progress,
         mut each: F,
     ) -> Result<(), Error>
     where
         F: FnMut(Key, Value) -> Option<Lookup>,
     {
-        let fail = |message: String| Error::Dataset {
-            dataset: dataset.to_owned(),
-            message,
-        };
+        let fail = |message: String| Error::Dataset { dataset, message };
         let mut export = Export::open(server, dataset)
             .await
             .map_err(|err| fail(err.to_string()))?;
@@ -313,7 +309,7 @@ impl Verifier {
     async fn authlete_dataset(
         &self,
         authlete: &Arc<crate::servers::authlete::Authlete>,
-        dataset: &str,
+        dataset: Dataset,
         repair: bool,
         list: usize,
         progress: &Progress,
@@ -323,13 +319,10 @@ impl Verifier {
             list,
             ..Tally::default()
         });
-        let fail = |message: String| Error::Dataset {
-            dataset: dataset.to_owned(),
-            message,
-        };
+        let fail = |message: String| Error::Dataset { dataset, message };
         let mut report = DatasetReport::default();
         let mut sample: Vec<(Key, crate::servers::authlete::TokenSpec)> = Vec::new();
-        if dataset == "clients" {
+        if dataset == Dataset::Clients {
             let version = authlete.config().api_version;
             let mut filter = ScalableBloom::new();
             let mut primary_count = 0u64;
@@ -549,7 +542,7 @@ impl Tally {
 }
 
 async fn read_secondary(
-    dataset: &str,
+    dataset: Dataset,
     secondary: &Connect2id,
     key: &Key,
 ) -> Result<Option<Value>, ApiError> {
@@ -564,7 +557,7 @@ async fn read_secondary(
 }
 
 async fn compare_one(
-    dataset: &str,
+    dataset: Dataset,
     primary: &Connect2id,
     secondary: &Connect2id,
     sync: &SyncHandle,
@@ -580,7 +573,7 @@ async fn compare_one(
         tally.in_flight.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
-    let equal = |other: &Value| comparable(dataset, &record) == comparable(dataset, other);
+    let equal = |other: &Value| dataset.comparable(&record) == dataset.comparable(other);
     match &on_secondary {
         Some(other) if equal(other) => {
             tally.matching.fetch_add(1, Ordering::Relaxed);
@@ -597,7 +590,7 @@ async fn compare_one(
         return Ok(());
     }
     match (now_primary, now_secondary) {
-        (Some(p), Some(s)) if comparable(dataset, &p) == comparable(dataset, &s) => {
+        (Some(p), Some(s)) if dataset.comparable(&p) == dataset.comparable(&s) => {
             tally.matching.fetch_add(1, Ordering::Relaxed);
         }
         (None, None) => {

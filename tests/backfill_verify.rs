@@ -19,7 +19,7 @@ use handover::config::Config;
 use handover::emulator::connect2id::{self, Connect2id};
 use handover::emulator::driver::RegisteredClient;
 use handover::emulator::jwks::JwkSet;
-use handover::servers::connect2id::comparable;
+use handover::model::Dataset;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -640,7 +640,7 @@ async fn a_backfill_interrupted_by_a_restart_resumes_from_its_checkpoint() {
     const SEED: u64 = 2000;
     const APPLIED: &str = "handover_sync_applied_total{dataset=\"clients\"}";
     let mut stack = Stack::start_seeded(SEED as usize, |config| {
-        config.sync.datasets = vec!["clients".into()];
+        config.sync.datasets = vec![Dataset::Clients];
     })
     .await;
     // A slow target keeps many writes in flight: some finish out of
@@ -820,7 +820,7 @@ async fn a_malformed_export_fails_the_backfill_clearly_and_stays_resumable() {
         .start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
         .await;
     let mut config = Config::for_test(&format!("{}/c2id", fake.url()), &target.url(), TOKEN);
-    config.sync.datasets = vec!["clients".into()];
+    config.sync.datasets = vec![Dataset::Clients];
     // Stream the export once (no counting pass), so the break comes after
     // real progress.
     config.backfill.count_first = false;
@@ -894,8 +894,8 @@ async fn a_malformed_export_fails_the_backfill_clearly_and_stays_resumable() {
         let id = record["client_id"].as_str().unwrap();
         let on_target = target.emulator().client(id).expect("copied");
         assert_eq!(
-            comparable("clients", &on_target),
-            comparable("clients", record)
+            Dataset::Clients.comparable(&on_target),
+            Dataset::Clients.comparable(record)
         );
     }
     let report = verify(&admin, VerifyRequest::default()).await;

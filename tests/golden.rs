@@ -29,7 +29,7 @@ use handover::api::{
 use handover::config::TEST_JOURNAL_KEY;
 use handover::journal::{self, Cipher, DeadLetters, Journal};
 use handover::model::{Change, Key, TokenEvent, TokenKind};
-use handover::model::{Phase, Side};
+use handover::model::{Dataset, Phase, Side};
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -216,7 +216,7 @@ fn assert_golden<T: serde::Serialize + serde::de::DeserializeOwned>(name: &str, 
 fn status_json_is_stable() {
     let mut datasets = std::collections::BTreeMap::new();
     datasets.insert(
-        "clients".to_owned(),
+        Dataset::Clients,
         DatasetProgress {
             total: 3000,
             copied: 1200,
@@ -228,7 +228,7 @@ fn status_json_is_stable() {
         },
     );
     datasets.insert(
-        "sessions".to_owned(),
+        Dataset::Sessions,
         DatasetProgress {
             total: 10,
             copied: 0,
@@ -330,7 +330,7 @@ fn verify_report_json_is_stable() {
         ..VerifyReport::default()
     };
     report.datasets.insert(
-        "clients".into(),
+        Dataset::Clients,
         DatasetReport {
             primary: 100,
             secondary: 99,

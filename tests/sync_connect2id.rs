@@ -7,7 +7,7 @@
 mod support;
 
 use handover::emulator::driver::Consent;
-use handover::servers::connect2id::comparable;
+use handover::model::Dataset;
 use support::stack::Stack;
 
 #[tokio::test]
@@ -46,8 +46,8 @@ async fn client_registration_update_and_delete_reach_the_target_with_the_same_se
         .unwrap();
     assert_eq!(on_target["client_secret"], updated.secret.as_str());
     assert_eq!(
-        comparable("clients", &on_source),
-        comparable("clients", &on_target)
+        Dataset::Clients.comparable(&on_source),
+        Dataset::Clients.comparable(&on_target)
     );
 
     stack.via_proxy.delete_client(&client.id).await.unwrap();
@@ -111,8 +111,8 @@ async fn a_long_lived_consent_becomes_the_same_authorization_on_the_target() {
         .unwrap()
         .expect("authorization on target");
     assert_eq!(
-        comparable("authorizations", &on_source),
-        comparable("authorizations", &on_target)
+        Dataset::Authorizations.comparable(&on_source),
+        Dataset::Authorizations.comparable(&on_target)
     );
 }
 

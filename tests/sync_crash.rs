@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::{Consent, Driver, RegisteredClient};
 use handover::emulator::jwks::JwkSet;
-use handover::servers::connect2id::comparable;
+use handover::model::Dataset;
 use http::StatusCode;
 use support::proxy::{client, eventually};
 use support::stack::{TOKEN, wait_drained};
@@ -470,8 +470,8 @@ async fn kill_under_load(sync_policy: &str) {
                     let source_record = on_source
                         .authorization(&login.subject, &login.client_id)
                         .unwrap();
-                    if comparable("authorizations", &record)
-                        != comparable("authorizations", &source_record)
+                    if Dataset::Authorizations.comparable(&record)
+                        != Dataset::Authorizations.comparable(&source_record)
                     {
                         lost.push(format!(
                             "authorization of {}: the rotation did not reach the target",

@@ -16,8 +16,8 @@ use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::Consent;
 use handover::emulator::jwks::JwkSet;
 use handover::journal::{Cipher, DEAD_LETTERS_DIR, DeadLetters};
+use handover::model::Dataset;
 use handover::model::{Change, Key};
-use handover::servers::connect2id::comparable;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Value, json};
@@ -228,7 +228,7 @@ async fn a_target_answering_garbage_dead_letters_the_change_and_loses_nothing() 
     })
     .await;
     let mut config = Config::for_test(&source.url(), &format!("{}/c2id", garbage.url()), TOKEN);
-    config.sync.datasets = vec!["clients".to_owned()];
+    config.sync.datasets = vec![Dataset::Clients];
     let mut proxy = TestProxy::start(config.clone()).await;
     proxy.wait_ready().await;
 
@@ -248,8 +248,8 @@ async fn a_target_answering_garbage_dead_letters_the_change_and_loses_nothing() 
     let on_source = source.emulator().client(client_id).unwrap();
     assert_eq!(answer["client_secret"], on_source["client_secret"]);
     assert_eq!(
-        comparable("clients", &answer),
-        comparable("clients", &on_source)
+        Dataset::Clients.comparable(&answer),
+        Dataset::Clients.comparable(&on_source)
     );
 
     let metrics_url = proxy.admin_url("/metrics");

@@ -41,7 +41,6 @@ use crate::metrics::CutoverMetrics;
 use crate::model::Key;
 use crate::model::Side;
 use crate::servers::Servers;
-use crate::servers::connect2id::comparable;
 use crate::sync::Recorder;
 use crate::sync::SyncHandle;
 
@@ -505,7 +504,7 @@ impl Cutover {
                     };
                     let dataset = key.dataset();
                     let equal = match (&a, &b) {
-                        (Some(a), Some(b)) => comparable(dataset, a) == comparable(dataset, b),
+                        (Some(a), Some(b)) => dataset.comparable(a) == dataset.comparable(b),
                         (None, None) => true,
                         _ => false,
                     };

@@ -112,10 +112,7 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
         refresh_token_duration: DEFAULT_REFRESH_DURATION,
         token_sample: DEFAULT_TOKEN_SAMPLE,
     });
-    config.sync.datasets = crate::sync::AUTHLETE_DATASETS
-        .iter()
-        .map(|d| (*d).to_owned())
-        .collect();
+    config.sync.datasets = crate::model::Dataset::AUTHLETE.to_vec();
     config.journal.dir = journal_dir.path().to_owned();
     config.journal_key = Secret::new(super::random_key());
     config.sync.retry_max = Duration::from_secs(2);

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Key, Side};
+use super::{Dataset, Key, Side};
 
 /// Which kind of token a [`Change::Resolve`] carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,12 +93,12 @@ impl Change {
 
     /// The dataset the change belongs to (what `sync.datasets` enables and
     /// metrics count it against).
-    pub fn dataset(&self) -> &'static str {
+    pub fn dataset(&self) -> Dataset {
         match self {
             Self::Sync { key, .. } => key.dataset(),
-            Self::SubjectSessions { .. } => "sessions",
-            Self::Revocation { .. } | Self::Resolve { .. } => "authorizations",
-            Self::Token { .. } => "tokens",
+            Self::SubjectSessions { .. } => Dataset::Sessions,
+            Self::Revocation { .. } | Self::Resolve { .. } => Dataset::Authorizations,
+            Self::Token { .. } => Dataset::Tokens,
         }
     }
 

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Dataset;
+
 /// A record's identity in a dataset (DESIGN.md §1).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "dataset")]
@@ -31,11 +33,11 @@ pub enum Key {
 
 impl Key {
     /// The dataset name.
-    pub fn dataset(&self) -> &'static str {
+    pub fn dataset(&self) -> Dataset {
         match self {
-            Self::Client { .. } => "clients",
-            Self::Authorization { .. } => "authorizations",
-            Self::Session { .. } => "sessions",
+            Self::Client { .. } => Dataset::Clients,
+            Self::Authorization { .. } => Dataset::Authorizations,
+            Self::Session { .. } => Dataset::Sessions,
         }
     }
 
@@ -44,17 +46,17 @@ impl Key {
     /// `client_id`, authorizations by `sub` + `cid`. `None` for a record
     /// without a usable key.
     pub fn from_export_member(
-        dataset: &str,
+        dataset: Dataset,
         member_key: Option<&str>,
         value: &[u8],
     ) -> Option<Self> {
         use serde::Deserialize;
 
         match dataset {
-            "sessions" => Some(Self::Session {
+            Dataset::Sessions => Some(Self::Session {
                 sid: member_key?.to_owned(),
             }),
-            "clients" => {
+            Dataset::Clients => {
                 #[derive(Deserialize)]
                 struct Client {
                     client_id: String,
@@ -125,7 +127,7 @@ mod tests {
     fn keys_come_from_the_records() {
         assert_eq!(
             Key::from_export_member(
-                "clients",
+                Dataset::Clients,
                 None,
                 br#"{"client_id":"abc","client_secret":"s"}"#
             ),
@@ -135,7 +137,7 @@ mod tests {
         );
         assert_eq!(
             Key::from_export_member(
-                "authorizations",
+                Dataset::Authorizations,
                 None,
                 br#"{"sub":"alice","cid":"abc","scp":["openid"]}"#
             ),
@@ -145,11 +147,11 @@ mod tests {
             })
         );
         assert_eq!(
-            Key::from_export_member("sessions", Some("K.H"), br#"{"sub":"alice"}"#),
+            Key::from_export_member(Dataset::Sessions, Some("K.H"), br#"{"sub":"alice"}"#),
             Some(Key::Session { sid: "K.H".into() })
         );
         assert_eq!(
-            Key::from_export_member("clients", None, br#"{"client_name":"x"}"#),
+            Key::from_export_member(Dataset::Clients, None, br#"{"client_name":"x"}"#),
             None
         );
     }

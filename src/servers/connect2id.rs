@@ -33,30 +33,12 @@ use serde_json::{Map, Value};
 use super::ApiError;
 use crate::http::body::ProxyBody;
 use crate::http::form;
-use crate::model::{Secret, Side, TokenKind, sid_key};
+use crate::model::{Dataset, Secret, Side, TokenKind, sid_key};
 
 use crate::upstream::{self, Upstream};
 
 /// Largest single-record answer read into memory (exports stream instead).
 pub const MAX_RECORD_RESPONSE_BYTES: usize = 4 << 20;
-
-/// Fields that legitimately differ between two servers holding the same
-/// record: regenerated on import, rebuilt from the issuer, or touched by
-/// reads.
-pub const IGNORED_FIELDS: &[(&str, &[&str])] = &[
-    (
-        "clients",
-        &[
-            "client_id_issued_at",
-            "registration_access_token",
-            "registration_client_uri",
-            // Set by each server from its own secret lifetime setting.
-            "client_secret_expires_at",
-        ],
-    ),
-    ("authorizations", &["rft"]),
-    ("sessions", &["last_used", "lut", "last_used_time"]),
-];
 
 /// Bearer tokens for the Connect2id management APIs (each API has its own
 /// token configuration on the server; `spec/connect2id.md` §1.2).
@@ -273,7 +255,7 @@ impl Connect2id {
             .and_then(Value::as_str)
             .unwrap_or_default();
         if let Some(existing) = self.get_client(client_id).await? {
-            if comparable("clients", &existing) == comparable("clients", record) {
+            if Dataset::Clients.comparable(&existing) == Dataset::Clients.comparable(record) {
                 return Ok(());
             }
             self.delete_client(client_id).await?;
@@ -528,7 +510,7 @@ impl Connect2id {
         let Some(existing) = self.get_session(sid).await? else {
             return self.import_session(sid, session).await;
         };
-        if comparable("sessions", &existing) == comparable("sessions", session) {
+        if Dataset::Sessions.comparable(&existing) == Dataset::Sessions.comparable(session) {
             return Ok(());
         }
         let body =
@@ -592,12 +574,14 @@ impl Connect2id {
     /// Starts streaming a dataset export: `GET /clients` (array),
     /// `GET /authz-store/rest/v3/authorizations` (array) or
     /// `GET /session-store/rest/v2/sessions` (object keyed by SID).
-    pub async fn export(&self, dataset: &str) -> Result<Incoming, ApiError> {
+    pub async fn export(&self, dataset: Dataset) -> Result<Incoming, ApiError> {
         let (api, endpoint) = match dataset {
-            "clients" => (Api::Clients, "/clients"),
+            Dataset::Clients => (Api::Clients, "/clients"),
             // An Authlete target's tokens come from the authorization records.
-            "authorizations" | "tokens" => (Api::AuthzStore, "/authz-store/rest/v3/authorizations"),
-            _ => (Api::SessionStore, "/session-store/rest/v2/sessions"),
+            Dataset::Authorizations | Dataset::Tokens => {
+                (Api::AuthzStore, "/authz-store/rest/v3/authorizations")
+            }
+            Dataset::Sessions => (Api::SessionStore, "/session-store/rest/v2/sessions"),
         };
         let request = self.request(api, Method::GET, endpoint, None)?;
         // Exports of millions of records take long: only the head has a
@@ -695,25 +679,6 @@ pub fn client_import_form(record: &Value) -> Value {
     Value::Object(out)
 }
 
-/// A record with the fields that legitimately differ between servers
-/// removed, for comparison.
-pub fn comparable(dataset: &str, record: &Value) -> Value {
-    let ignored = IGNORED_FIELDS
-        .iter()
-        .find(|(name, _)| *name == dataset)
-        .map_or(&[][..], |(_, fields)| *fields);
-    match record {
-        Value::Object(fields) => Value::Object(
-            fields
-                .iter()
-                .filter(|(name, _)| !ignored.contains(&name.as_str()))
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -757,11 +722,20 @@ mod tests {
         let a = json!({"client_id": "a", "client_secret": "s", "client_id_issued_at": 1});
         let b = json!({"client_id": "a", "client_secret": "s", "client_id_issued_at": 2});
         let c = json!({"client_id": "a", "client_secret": "t", "client_id_issued_at": 2});
-        assert_eq!(comparable("clients", &a), comparable("clients", &b));
-        assert_ne!(comparable("clients", &a), comparable("clients", &c));
+        assert_eq!(
+            Dataset::Clients.comparable(&a),
+            Dataset::Clients.comparable(&b)
+        );
+        assert_ne!(
+            Dataset::Clients.comparable(&a),
+            Dataset::Clients.comparable(&c)
+        );
         let s1 = json!({"sub": "alice", "last_used": 1});
         let s2 = json!({"sub": "alice", "last_used": 2});
-        assert_eq!(comparable("sessions", &s1), comparable("sessions", &s2));
+        assert_eq!(
+            Dataset::Sessions.comparable(&s1),
+            Dataset::Sessions.comparable(&s2)
+        );
     }
 
     #[test]

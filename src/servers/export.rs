@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use super::ApiError;
 use super::connect2id::Connect2id;
 use crate::json_stream::{Container, DEFAULT_MAX_MEMBER_BYTES, Member, Splitter};
-use crate::model::{Key, Side};
+use crate::model::{Dataset, Key, Side};
 
 /// Why an export could not be read to its end.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum Error {
     #[error("export of {dataset} from {side}: {source}")]
     Request {
         /// The dataset.
-        dataset: String,
+        dataset: Dataset,
         /// The server.
         side: Side,
         /// What failed.
@@ -35,7 +35,7 @@ pub enum Error {
     #[error("export of {dataset} from {side} broke: {message}")]
     Broken {
         /// The dataset.
-        dataset: String,
+        dataset: Dataset,
         /// The server.
         side: Side,
         /// What went wrong.
@@ -55,7 +55,7 @@ pub struct Record {
 /// An export being read.
 #[derive(Debug)]
 pub struct Export {
-    dataset: String,
+    dataset: Dataset,
     side: Side,
     body: Incoming,
     splitter: Splitter,
@@ -65,23 +65,23 @@ pub struct Export {
 
 impl Export {
     /// Starts the export of `dataset` at `server`.
-    pub async fn open(server: &Connect2id, dataset: &str) -> Result<Self, Error> {
+    pub async fn open(server: &Connect2id, dataset: Dataset) -> Result<Self, Error> {
         let body = server
             .export(dataset)
             .await
             .map_err(|source| Error::Request {
-                dataset: dataset.to_owned(),
+                dataset,
                 side: server.server(),
                 source,
             })?;
         // Sessions are exported as an object keyed by SID.
-        let container = if dataset == "sessions" {
+        let container = if dataset == Dataset::Sessions {
             Container::Object
         } else {
             Container::Array
         };
         Ok(Self {
-            dataset: dataset.to_owned(),
+            dataset,
             side: server.server(),
             body,
             splitter: Splitter::new(container, DEFAULT_MAX_MEMBER_BYTES),
@@ -95,7 +95,7 @@ impl Export {
     pub async fn next(&mut self) -> Result<Option<Vec<Record>>, Error> {
         loop {
             if !self.members.is_empty() {
-                let dataset = self.dataset.as_str();
+                let dataset = self.dataset;
                 return Ok(Some(
                     self.members
                         .drain(..)
@@ -134,7 +134,7 @@ impl Export {
 
     fn broken(&self, message: String) -> Error {
         Error::Broken {
-            dataset: self.dataset.clone(),
+            dataset: self.dataset,
             side: self.side,
             message,
         }

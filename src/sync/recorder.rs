@@ -31,7 +31,7 @@ use super::SyncHandle;
 use crate::health::Health;
 use crate::journal::{self, DeadLetters, Journal};
 use crate::metrics::JournalMetrics;
-use crate::model::Change;
+use crate::model::{Change, Dataset};
 
 /// Most changes kept in memory while the journal cannot be written; past
 /// this the oldest are dropped (and counted): `handover verify --repair`
@@ -45,7 +45,7 @@ pub struct Recorder {
 }
 
 struct Inner {
-    datasets: Vec<String>,
+    datasets: Vec<Dataset>,
     journal: Journal,
     sync: SyncHandle,
     dead_letters: Arc<DeadLetters>,
@@ -67,7 +67,7 @@ impl Recorder {
     /// A recorder for the enabled `datasets` (changes of other datasets
     /// are ignored).
     pub fn new(
-        datasets: Vec<String>,
+        datasets: Vec<Dataset>,
         journal: Journal,
         sync: SyncHandle,
         dead_letters: Arc<DeadLetters>,
@@ -135,7 +135,7 @@ impl Recorder {
 impl Inner {
     fn enabled(&self, change: &Change) -> bool {
         let dataset = change.dataset();
-        self.datasets.iter().any(|d| d == dataset)
+        self.datasets.contains(&dataset)
     }
 
     async fn record(&self, changes: Vec<Change>, settle: Option<Duration>) {

@@ -12,14 +12,13 @@ use handover::config::{Config, ServerKind};
 use handover::emulator::connect2id::{self, Connect2id, Handle};
 use handover::emulator::driver::Driver;
 use handover::emulator::jwks::JwkSet;
+use handover::model::Dataset;
 use handover::model::Secret;
 use handover::servers::authlete::{
     Config as AuthleteConfig, Credentials as AuthleteCredentials, DEFAULT_REFRESH_DURATION,
     DEFAULT_TOKEN_SAMPLE,
 };
 use handover::servers::connect2id::ApiTokens;
-use handover::servers::connect2id::comparable;
-use handover::sync::AUTHLETE_DATASETS;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -270,7 +269,7 @@ impl AuthleteStack {
         let mut config = Config::for_test(&source.url(), &authlete.handle.url(), TOKEN);
         config.target.kind = ServerKind::Authlete;
         config.target.authlete = Some(proxy_authlete_config(&authlete, version));
-        config.sync.datasets = AUTHLETE_DATASETS.iter().map(|d| (*d).to_owned()).collect();
+        config.sync.datasets = Dataset::AUTHLETE.to_vec();
         let mut proxy = TestProxy::start_on_with_journal_dir(proxy_listener, config.clone()).await;
         let via_proxy = Driver::new(proxy.url("/c2id"), TOKEN);
         let at_source = Driver::new(source.url(), TOKEN);
@@ -427,7 +426,7 @@ pub fn snapshot(emulator: &Connect2id) -> BTreeMap<String, Value> {
     let mut records = BTreeMap::new();
     for client in emulator.clients() {
         let id = client["client_id"].as_str().unwrap().to_owned();
-        records.insert(format!("client:{id}"), comparable("clients", &client));
+        records.insert(format!("client:{id}"), Dataset::Clients.comparable(&client));
     }
     for authorization in emulator.authorizations() {
         let key = format!(
@@ -435,10 +434,13 @@ pub fn snapshot(emulator: &Connect2id) -> BTreeMap<String, Value> {
             authorization["sub"].as_str().unwrap(),
             authorization["cid"].as_str().unwrap()
         );
-        records.insert(key, comparable("authorizations", &authorization));
+        records.insert(key, Dataset::Authorizations.comparable(&authorization));
     }
     for (sid, session) in emulator.sessions() {
-        records.insert(format!("session:{sid}"), comparable("sessions", &session));
+        records.insert(
+            format!("session:{sid}"),
+            Dataset::Sessions.comparable(&session),
+        );
     }
     records
 }
