@@ -169,7 +169,7 @@ impl Admin {
                 // Streamed: a tokens file can hold millions of lines.
                 match crate::backfill::import_tokens(authlete, request.into_body()).await {
                     Ok(report) => json_response(StatusCode::OK, &report),
-                    Err(message) => bad_request(&message),
+                    Err(err) => bad_request(&err.to_string()),
                 }
             }
             (method, path) => {
