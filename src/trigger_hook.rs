@@ -37,7 +37,7 @@ use http::{Method, StatusCode};
 
 use crate::cutover::gate::{Gate, Pass};
 use crate::cutover::{Phase, Phases};
-use crate::error::ProxyError;
+use crate::error::{Kind, ProxyError};
 use crate::metrics::JournalMetrics;
 use crate::model::Side;
 use crate::model::{Change, Key, TokenKind};
@@ -57,6 +57,10 @@ pub const LOGOUT_HINT_TTL: Duration = Duration::from_secs(3600);
 /// enough that a down secondary does not stall the client (the change
 /// stays journaled and keeps retrying).
 pub const FALLBACK_SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// What a client refused by the write gate is told to wait before trying
+/// again: a flip holds writes for well under a second.
+const GATE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The trigger hook.
 #[derive(Clone)]
@@ -155,7 +159,12 @@ impl Hook for TriggerHook {
             let trigger = route != Catalogue::FALLBACK_ONLY;
             // Triggers wait here while a flip holds writes.
             let pass = if trigger {
-                Some(inner.gate.pass(body.len()).await?)
+                Some(inner.gate.pass(body.len()).await.map_err(|refused| {
+                    ProxyError::internal(Kind::Unavailable {
+                        reason: refused.reason(),
+                        retry_after: GATE_RETRY_AFTER,
+                    })
+                })?)
             } else {
                 None
             };

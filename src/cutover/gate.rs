@@ -10,8 +10,6 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
-use crate::error::{Kind, ProxyError};
-
 /// Default most requests held at once.
 pub const DEFAULT_MAX_HELD: usize = 10_000;
 /// Default most bytes of held request bodies.
@@ -103,7 +101,7 @@ impl Gate {
     }
 
     /// Lets a trigger request through, waiting while the gate is closed.
-    pub async fn pass(self: &Arc<Self>, body_bytes: usize) -> Result<Pass, ProxyError> {
+    pub async fn pass(self: &Arc<Self>, body_bytes: usize) -> Result<Pass, Refused> {
         let mut changed = self.changed.subscribe();
         let outcome = self.update(|state| {
             if !state.closed {
@@ -130,7 +128,7 @@ impl Gate {
             }
             Err(()) => {
                 self.rejected_counter.inc();
-                return Err(unavailable("write hold buffer full during a cutover"));
+                return Err(Refused::BufferFull);
             }
         }
         let waited = tokio::time::timeout(HOLD_LIMIT, async {
@@ -163,7 +161,7 @@ impl Gate {
                     state.held -= 1;
                     state.held_bytes = state.held_bytes.saturating_sub(body_bytes);
                 });
-                Err(unavailable("writes held too long during a cutover"))
+                Err(Refused::HeldTooLong)
             }
         }
     }
@@ -218,11 +216,26 @@ impl Gate {
     }
 }
 
-fn unavailable(reason: &'static str) -> ProxyError {
-    ProxyError::internal(Kind::Unavailable {
-        reason,
-        retry_after: Duration::from_secs(1),
-    })
+/// Why the gate refused a request (the caller answers `503` with
+/// `Retry-After`: the client should try again in a moment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The hold buffer is full (by count or bytes).
+    #[error("write hold buffer full during a cutover")]
+    BufferFull,
+    /// The request waited [`HOLD_LIMIT`] and the flip still holds writes.
+    #[error("writes held too long during a cutover")]
+    HeldTooLong,
+}
+
+impl Refused {
+    /// The reason, for the error response's log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::BufferFull => "write hold buffer full during a cutover",
+            Self::HeldTooLong => "writes held too long during a cutover",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -290,8 +303,7 @@ mod tests {
         .await
         .unwrap();
         let refused = gate.pass(1).await.unwrap_err();
-        assert_eq!(refused.status(), http::StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(refused, Refused::BufferFull);
         assert_eq!(
             gate.open(),
             Held {
