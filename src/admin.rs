@@ -188,18 +188,8 @@ impl Admin {
     /// The journal gauges, fresh for a scrape.
     fn refresh_gauges(&self) {
         let stats = self.journal.stats();
-        let journal = &self.metrics.journal;
-        journal
-            .depth
-            .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
-        journal
-            .size_bytes
-            .set(i64::try_from(stats.bytes_on_disk).unwrap_or(i64::MAX));
-        self.metrics.sync.lag_seconds.set(
-            stats
-                .oldest_unacked_age
-                .map_or(0.0, |age| age.as_secs_f64()),
-        );
+        self.metrics
+            .refresh_journal(stats.depth, stats.bytes_on_disk, stats.oldest_unacked_age);
     }
 
     /// The current status.

@@ -492,19 +492,7 @@ async fn publish_stats(
 ) {
     loop {
         let stats = journal.stats();
-        metrics
-            .journal
-            .depth
-            .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
-        metrics
-            .journal
-            .size_bytes
-            .set(i64::try_from(stats.bytes_on_disk).unwrap_or(i64::MAX));
-        metrics.sync.lag_seconds.set(
-            stats
-                .oldest_unacked_age
-                .map_or(0.0, |age| age.as_secs_f64()),
-        );
+        metrics.refresh_journal(stats.depth, stats.bytes_on_disk, stats.oldest_unacked_age);
         // A dropped append future leaves its records with the journal:
         // sync them like any other.
         recorder.pick_up_orphans();

@@ -299,6 +299,23 @@ pub struct JournalMetrics {
     pub unjournaled: Counter,
 }
 
+impl Metrics {
+    /// Refreshes the journal gauges and the sync lag from the journal's
+    /// counters (periodically, and right before a scrape): records not yet
+    /// applied, bytes on disk, and the age of the oldest unapplied record.
+    pub fn refresh_journal(&self, depth: u64, bytes_on_disk: u64, oldest: Option<Duration>) {
+        self.journal
+            .depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.journal
+            .size_bytes
+            .set(i64::try_from(bytes_on_disk).unwrap_or(i64::MAX));
+        self.sync
+            .lag_seconds
+            .set(oldest.map_or(0.0, |age| age.as_secs_f64()));
+    }
+}
+
 impl JournalMetrics {
     /// One trigger exchange seen.
     pub fn record_trigger(&self, trigger: &'static str) {
