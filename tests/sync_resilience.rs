@@ -22,30 +22,14 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use support::proxy::{FakeUpstream, TestProxy, client, eventually, get, send};
-use support::stack::{Stack, TOKEN, metric, metric_sum, snapshot, wait_drained};
+use support::stack::{Stack, TOKEN, differences, metric, metric_sum, snapshot, wait_drained};
 
 /// Asserts the target holds exactly the source's records (ignoring the
 /// fields that legitimately differ); returns how many there are.
 fn assert_converged(stack: &Stack) -> usize {
-    let source = snapshot(stack.source_emulator());
-    let target = snapshot(stack.target_emulator());
-    let mut drift = Vec::new();
-    for (key, record) in &source {
-        match target.get(key) {
-            None => drift.push(format!("{key}: missing on target")),
-            Some(other) if other != record => {
-                drift.push(format!(
-                    "{key}: differs\n  source {record}\n  target {other}"
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    for key in target.keys().filter(|key| !source.contains_key(*key)) {
-        drift.push(format!("{key}: extra on target"));
-    }
+    let drift = differences(stack.source_emulator(), stack.target_emulator());
     assert!(drift.is_empty(), "drift:\n{}", drift.join("\n"));
-    source.len()
+    snapshot(stack.source_emulator()).len()
 }
 
 async fn readyz(proxy: &TestProxy) -> StatusCode {

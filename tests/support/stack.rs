@@ -29,6 +29,44 @@ use super::proxy::{TestProxy, client, get};
 /// The management token of both emulators.
 pub const TOKEN: &str = "ztucZS1ZyFKgh0tUEruUtiSTXhnexmd6-stack";
 
+/// The operator's controls of the proxy in a stack (`self.proxy`, started
+/// from `self.config`), shared by every stack.
+macro_rules! proxy_controls {
+    () => {
+        /// A client of the proxy's admin API, as the operator CLI uses it.
+        pub fn admin(&self) -> AdminClient {
+            AdminClient::new(&self.proxy.admin_url(""), Some(TOKEN.to_owned()))
+        }
+
+        /// Shuts the proxy down cleanly (its journal directory stays).
+        pub async fn stop_proxy(&mut self) {
+            self.proxy.stop().await;
+        }
+
+        /// Shuts the proxy down cleanly (unless it is already stopped) and
+        /// starts a new one on the same journal directory and downstream
+        /// address, as a restart or a deploy does. The admin address changes.
+        pub async fn restart_proxy(&mut self) {
+            restart(&mut self.proxy, &self.config).await;
+        }
+
+        /// The journal directory of the running proxy.
+        pub fn journal_dir(&self) -> &std::path::Path {
+            journal_dir_of(&self.proxy)
+        }
+
+        /// Waits until the journal is empty (every change reached the target).
+        pub async fn wait_synced(&self) {
+            wait_synced(&self.proxy).await;
+        }
+
+        /// The current value of a metric line from `/metrics`.
+        pub async fn metric(&self, name: &str) -> Option<f64> {
+            metric_of(&self.proxy, name).await
+        }
+    };
+}
+
 pub struct Stack {
     pub source: Handle,
     pub target: Handle,
@@ -147,37 +185,7 @@ impl Stack {
         self.target.emulator()
     }
 
-    /// A client of the proxy's admin API, as the operator CLI uses it.
-    pub fn admin(&self) -> AdminClient {
-        AdminClient::new(&self.proxy.admin_url(""), Some(TOKEN.to_owned()))
-    }
-
-    /// Shuts the proxy down cleanly (its journal directory stays).
-    pub async fn stop_proxy(&mut self) {
-        self.proxy.stop().await;
-    }
-
-    /// Shuts the proxy down cleanly (unless it is already stopped) and
-    /// starts a new one on the same journal directory and downstream
-    /// address, as a restart or a deploy does. The admin address changes.
-    pub async fn restart_proxy(&mut self) {
-        restart(&mut self.proxy, &self.config).await;
-    }
-
-    /// The journal directory of the running proxy.
-    pub fn journal_dir(&self) -> &std::path::Path {
-        journal_dir_of(&self.proxy)
-    }
-
-    /// Waits until the journal is empty (every change reached the target).
-    pub async fn wait_synced(&self) {
-        wait_synced(&self.proxy).await;
-    }
-
-    /// The current value of a metric line from `/metrics`.
-    pub async fn metric(&self, name: &str) -> Option<f64> {
-        metric_of(&self.proxy, name).await
-    }
+    proxy_controls!();
 }
 
 /// The issuer both emulated Connect2id servers announce: the proxy's URL.
@@ -289,35 +297,7 @@ impl AuthleteStack {
         self.source.emulator()
     }
 
-    /// A client of the proxy's admin API, as the operator CLI uses it.
-    pub fn admin(&self) -> AdminClient {
-        AdminClient::new(&self.proxy.admin_url(""), Some(TOKEN.to_owned()))
-    }
-
-    /// Shuts the proxy down cleanly (its journal directory stays).
-    pub async fn stop_proxy(&mut self) {
-        self.proxy.stop().await;
-    }
-
-    /// Restarts the proxy on the same journal directory and address.
-    pub async fn restart_proxy(&mut self) {
-        restart(&mut self.proxy, &self.config).await;
-    }
-
-    /// The journal directory of the proxy.
-    pub fn journal_dir(&self) -> &std::path::Path {
-        journal_dir_of(&self.proxy)
-    }
-
-    /// Waits until the journal is empty (every change reached Authlete).
-    pub async fn wait_synced(&self) {
-        wait_synced(&self.proxy).await;
-    }
-
-    /// The current value of a metric line from `/metrics`.
-    pub async fn metric(&self, name: &str) -> Option<f64> {
-        metric_of(&self.proxy, name).await
-    }
+    proxy_controls!();
 
     /// Changes the sync gave up on.
     pub async fn dead_letters(&self) -> u64 {
