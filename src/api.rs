@@ -143,6 +143,22 @@ pub struct DatasetProgress {
     pub error: Option<String>,
 }
 
+impl DatasetProgress {
+    /// Records settled (copied, left to the live sync, or failed).
+    pub fn settled(&self) -> u64 {
+        self.copied + self.skipped + self.failed
+    }
+
+    /// The share settled, 0 to 1 (0 while the total is unknown or zero).
+    pub fn fraction(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            (self.settled() as f64 / self.total as f64).min(1.0)
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // POST /verify, GET /verify
 

@@ -148,15 +148,11 @@ pub fn render_status(status: &Status) -> String {
         backfill.state, backfill.concurrency
     ));
     for (dataset, progress) in &backfill.datasets {
-        let done = progress.copied + progress.skipped + progress.failed;
-        let fraction = if progress.total == 0 {
-            if backfill.state == crate::api::BackfillState::Done {
-                1.0
-            } else {
-                0.0
-            }
+        let done = progress.settled();
+        let fraction = if progress.total == 0 && backfill.state == crate::api::BackfillState::Done {
+            1.0
         } else {
-            (done as f64 / progress.total as f64).min(1.0)
+            progress.fraction()
         };
         let filled = (fraction * 24.0).round() as usize;
         let bar: String = "█".repeat(filled) + &"░".repeat(24 - filled);
@@ -189,15 +185,7 @@ pub fn status_line(status: &Status) -> String {
         .backfill
         .datasets
         .iter()
-        .map(|(dataset, p)| {
-            let done = p.copied + p.skipped + p.failed;
-            let percent = if p.total == 0 {
-                0.0
-            } else {
-                100.0 * done as f64 / p.total as f64
-            };
-            format!("{dataset}={percent:.1}%")
-        })
+        .map(|(dataset, p)| format!("{dataset}={:.1}%", 100.0 * p.fraction()))
         .collect();
     format!(
         "phase={} epoch={} primary={} ready={} depth={} lag_ms={} dead_letters={} backfill={} {}",

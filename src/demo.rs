@@ -100,13 +100,21 @@ impl Summary {
     /// comparison), backfill done, cut over, no failed client request, no
     /// refresh token rotated before the flip refused after it.
     pub fn passed(&self) -> bool {
-        self.totals.errors == 0
-            && self.verify.drift == 0
-            && self.backfill.state == crate::api::BackfillState::Done
+        synced_cleanly(&self.totals, &self.verify, &self.backfill)
             && self.cutover.outcome == crate::api::Outcome::CutOver
             && self.rotations.refused == 0
             && self.drift.iter().all(|d| d.drifted() == 0)
     }
+}
+
+/// What every demo must show: no failed client request, no drift by
+/// handover's own verify, the backfill done.
+fn synced_cleanly(
+    totals: &traffic::Totals,
+    verify: &crate::api::VerifyReport,
+    backfill: &crate::api::BackfillStatus,
+) -> bool {
+    totals.errors == 0 && verify.drift == 0 && backfill.state == crate::api::BackfillState::Done
 }
 
 /// One dataset's comparison.

@@ -9,36 +9,8 @@
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderValue};
 
-use crate::model::Secret;
 use crate::model::Side;
-use crate::servers::connect2id::ApiTokens;
-
-/// The management APIs, by path prefix under the base path.
-const APIS: [(&str, Api); 6] = [
-    ("/clients", Api::Clients),
-    ("/authz-sessions/", Api::AuthzSessions),
-    ("/direct-authz/", Api::AuthzSessions),
-    ("/logout-sessions/", Api::AuthzSessions),
-    ("/authz-store/", Api::AuthzStore),
-    ("/session-store/", Api::SessionStore),
-];
-
-#[derive(Debug, Clone, Copy)]
-enum Api {
-    Clients,
-    AuthzSessions,
-    AuthzStore,
-    SessionStore,
-}
-
-fn token(tokens: &ApiTokens, api: Api) -> &Secret {
-    match api {
-        Api::Clients => &tokens.clients,
-        Api::AuthzSessions => &tokens.authz_sessions,
-        Api::AuthzStore => &tokens.authz_store,
-        Api::SessionStore => &tokens.session_store,
-    }
-}
+use crate::servers::connect2id::{Api, ApiTokens};
 
 /// Both sides' management tokens.
 #[derive(Debug, Clone)]
@@ -71,13 +43,7 @@ impl Credentials {
         let Some(relative) = path.strip_prefix(self.base_path.as_str()) else {
             return false;
         };
-        let Some(api) = APIS
-            .iter()
-            .find(|(prefix, _)| {
-                relative.starts_with(prefix) || relative == prefix.trim_end_matches('/')
-            })
-            .map(|(_, api)| *api)
-        else {
+        let Some(api) = Api::of_path(relative) else {
             return false;
         };
         let Some(presented) = headers
@@ -87,8 +53,8 @@ impl Credentials {
         else {
             return false;
         };
-        let other = token(self.tokens(primary.other()), api);
-        let own = token(self.tokens(primary), api);
+        let other = self.tokens(primary.other()).of(api);
+        let own = self.tokens(primary).of(api);
         if other == own || !other.matches(presented.as_bytes()) {
             return false;
         }
@@ -106,6 +72,7 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Secret;
 
     fn credentials() -> Credentials {
         let mut source = ApiTokens::single("source-token");

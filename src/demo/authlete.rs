@@ -56,9 +56,7 @@ pub struct Summary {
 impl Summary {
     /// No drift, no failed request, every held token valid at Authlete.
     pub fn passed(&self) -> bool {
-        self.totals.errors == 0
-            && self.verify.drift == 0
-            && self.backfill.state == crate::api::BackfillState::Done
+        super::synced_cleanly(&self.totals, &self.verify, &self.backfill)
             && self.dead_letters == 0
             && self.access_valid == self.held
             && self.refresh_valid == self.refresh_held

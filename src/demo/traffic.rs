@@ -569,15 +569,7 @@ impl AdminProbe {
             .backfill
             .datasets
             .iter()
-            .map(|(dataset, p)| {
-                let done = p.copied + p.skipped + p.failed;
-                let percent = if p.total == 0 {
-                    0.0
-                } else {
-                    100.0 * done as f64 / p.total as f64
-                };
-                format!("{dataset} {percent:.0}%")
-            })
+            .map(|(dataset, p)| format!("{dataset} {:.0}%", 100.0 * p.fraction()))
             .collect::<Vec<_>>()
             .join(" · ");
         Sample {

@@ -932,7 +932,10 @@ fn route_template(route: &str) -> &str {
         .map_or(route, |(_, template)| template)
 }
 
-/// Which management API a path belongs to, for its bearer token.
+/// Which management API a path belongs to, for its bearer token. The
+/// emulator keeps its own reading of the API on purpose (not the proxy's
+/// `servers::connect2id::Api`): a table shared by both would hide a shared
+/// mistake.
 #[derive(Debug, Clone, Copy)]
 enum Api {
     Clients,

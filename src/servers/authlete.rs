@@ -249,6 +249,20 @@ impl Authlete {
         Ok((status, value))
     }
 
+    /// Success, or already gone (a delete or revoke that was applied
+    /// before, or whose object the source never had here).
+    fn done_or_gone(
+        operation: &'static str,
+        status: StatusCode,
+        envelope: &Value,
+    ) -> Result<(), ApiError> {
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(Self::rejected(operation, status, envelope))
+        }
+    }
+
     fn rejected(operation: &'static str, status: StatusCode, envelope: &Value) -> ApiError {
         ApiError::Rejected {
             server: crate::model::Side::Target,
@@ -434,11 +448,7 @@ impl Authlete {
             .call(Method::DELETE, &format!("/client/delete/{id}"), None)
             .await?;
         self.ids.remove(alias);
-        if status.is_success() || status == StatusCode::NOT_FOUND {
-            Ok(())
-        } else {
-            Err(Self::rejected("client/delete", status, &answer))
-        }
+        Self::done_or_gone("client/delete", status, &answer)
     }
 
     /// Every client, a page at a time (for verify).
@@ -658,11 +668,7 @@ impl Authlete {
         let (status, answer) = self
             .call(Method::POST, "/auth/token/revoke", Some(body))
             .await?;
-        if status.is_success() || status == StatusCode::NOT_FOUND {
-            Ok(())
-        } else {
-            Err(Self::rejected("auth/token/revoke", status, &answer))
-        }
+        Self::done_or_gone("auth/token/revoke", status, &answer)
     }
 
     /// Introspects a token (`refresh` picks the hint) through the standard

@@ -55,6 +55,16 @@ pub struct ApiTokens {
 }
 
 impl ApiTokens {
+    /// The token of one API.
+    pub fn of(&self, api: Api) -> &Secret {
+        match api {
+            Api::Clients => &self.clients,
+            Api::AuthzSessions => &self.authz_sessions,
+            Api::AuthzStore => &self.authz_store,
+            Api::SessionStore => &self.session_store,
+        }
+    }
+
     /// The same token for every API.
     pub fn single(token: &str) -> Self {
         Self {
@@ -74,20 +84,47 @@ pub struct Connect2id {
     timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Api {
+/// A Connect2id management API: each has its own bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `/clients`.
     Clients,
+    /// `/authz-sessions`, `/direct-authz` and `/logout-sessions`.
+    AuthzSessions,
+    /// `/authz-store`.
     AuthzStore,
+    /// `/session-store`.
     SessionStore,
 }
+
+/// The management APIs by path prefix under the base path.
+const API_PREFIXES: [(&str, Api); 6] = [
+    ("/clients", Api::Clients),
+    ("/authz-sessions/", Api::AuthzSessions),
+    ("/direct-authz/", Api::AuthzSessions),
+    ("/logout-sessions/", Api::AuthzSessions),
+    ("/authz-store/", Api::AuthzStore),
+    ("/session-store/", Api::SessionStore),
+];
 
 impl Api {
     fn name(self) -> &'static str {
         match self {
             Self::Clients => "clients",
+            Self::AuthzSessions => "authz-sessions",
             Self::AuthzStore => "authz-store",
             Self::SessionStore => "session-store",
         }
+    }
+
+    /// The management API a path under the base path belongs to.
+    pub fn of_path(relative: &str) -> Option<Self> {
+        API_PREFIXES
+            .iter()
+            .find(|(prefix, _)| {
+                relative.starts_with(prefix) || relative == prefix.trim_end_matches('/')
+            })
+            .map(|(_, api)| *api)
     }
 }
 
@@ -119,11 +156,7 @@ impl Connect2id {
     }
 
     fn token(&self, api: Api) -> &str {
-        match api {
-            Api::Clients => self.tokens.clients.expose(),
-            Api::AuthzStore => self.tokens.authz_store.expose(),
-            Api::SessionStore => self.tokens.session_store.expose(),
-        }
+        self.tokens.of(api).expose()
     }
 
     fn request(
