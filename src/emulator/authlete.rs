@@ -103,7 +103,7 @@
 //!   the one pair holding it; client and/or subject remove every matching
 //!   pair. Combined criteria (`documented_revoke_order`): *lenient:* all
 //!   given ones must match; *strict:* the first of access token, refresh
-//!   token, client/subject wins and the rest are ignored ([JC]
+//!   token, client/subject wins and the rest are ignored (\[JC\]
 //!   `TokenRevokeRequest`), so a client filter does not guard a token
 //!   identifier.
 //! - `GET /auth/token/get/list?clientIdentifier=&subject=&start=&end=`
