@@ -37,13 +37,14 @@
 mod apply;
 mod authlete;
 mod breaker;
+mod dispatcher;
 mod recorder;
 
 pub use apply::{Apply, BoxFuture, Connect2idCopy};
 pub use authlete::AuthleteApply;
 pub use recorder::{MAX_UNJOURNALED, Recorder};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -134,27 +135,18 @@ impl Drop for Ack {
 }
 
 /// One unit of work: a change and the journal records it settles.
-#[derive(Debug)]
-pub struct Work {
-    /// The change.
-    pub change: Change,
-    acks: Vec<Arc<Ack>>,
-}
+pub type Work = dispatcher::Work<Arc<Ack>>;
 
-impl Work {
-    /// Work not backed by a journal record (the journal failed; best effort).
-    pub fn unjournaled(change: Change) -> Self {
-        Self {
-            change,
-            acks: Vec::new(),
-        }
-    }
+/// An exported record for the backfill to write.
+pub type BackfillItem = dispatcher::Exported<tokio::sync::oneshot::Sender<BackfillOutcome>>;
 
-    fn follow_up(change: Change, acks: &[Arc<Ack>]) -> Self {
-        Self {
-            change,
-            acks: acks.to_vec(),
-        }
+type Job = dispatcher::Job<Arc<Ack>, tokio::sync::oneshot::Sender<BackfillOutcome>>;
+
+/// Work not backed by a journal record (the journal failed; best effort).
+fn unjournaled(change: Change) -> Work {
+    Work {
+        change,
+        acks: Vec::new(),
     }
 }
 
@@ -171,17 +163,6 @@ enum Command {
     WatchEnd,
     /// Write an exported record unless live traffic owns its key.
     Backfill(BackfillItem),
-}
-
-/// An exported record for the backfill to write.
-#[derive(Debug)]
-pub struct BackfillItem {
-    /// The record's key.
-    pub key: Key,
-    /// The record as exported by the primary.
-    pub record: Value,
-    /// Answered when the record is settled.
-    pub reply: tokio::sync::oneshot::Sender<BackfillOutcome>,
 }
 
 /// What happened to one exported record.
@@ -285,7 +266,7 @@ impl SyncHandle {
 
     /// Queues changes that are not in the journal (best effort).
     pub fn submit_unjournaled(&self, changes: impl IntoIterator<Item = Change>) {
-        let work: Vec<Work> = changes.into_iter().map(Work::unjournaled).collect();
+        let work: Vec<Work> = changes.into_iter().map(unjournaled).collect();
         if !work.is_empty() {
             let _ = self.commands.send(Command::Submit(work));
         }
@@ -344,29 +325,6 @@ impl SyncHandle {
     }
 }
 
-#[derive(Default)]
-struct Lane {
-    running: bool,
-    /// A pending state sync and the records it settles.
-    sync: Option<(Key, Vec<Arc<Ack>>)>,
-    /// Ordered payload events.
-    payloads: VecDeque<Work>,
-    /// An exported record waiting to be written.
-    backfill: Option<BackfillItem>,
-}
-
-impl Lane {
-    fn has_live_work(&self) -> bool {
-        self.sync.is_some() || !self.payloads.is_empty()
-    }
-}
-
-enum Job {
-    Sync { key: Key, acks: Vec<Arc<Ack>> },
-    Payload(Work),
-    Backfill(BackfillItem),
-}
-
 /// Keys synced in the last minute (at most [`RECENT_CAPACITY`]).
 #[derive(Debug, Default)]
 struct Recent {
@@ -403,38 +361,6 @@ impl Recent {
             .filter(|(_, key)| seen.insert(key.identity()))
             .map(|(_, key)| key.clone())
             .collect()
-    }
-}
-
-/// The lane a change belongs to.
-fn lane_of(change: &Change) -> String {
-    match change {
-        Change::Sync { key, .. } => key.identity(),
-        Change::SubjectSessions { subject } => format!("subject-sessions:{subject}"),
-        Change::Revocation {
-            subject: Some(subject),
-            client_id: Some(client_id),
-            ..
-        } => Key::Authorization {
-            subject: subject.clone(),
-            client_id: client_id.clone(),
-        }
-        .identity(),
-        Change::Revocation {
-            subject,
-            client_id,
-            actor,
-            ..
-        } => format!(
-            "revocation:{}|{}|{}",
-            subject.as_deref().unwrap_or(""),
-            client_id.as_deref().unwrap_or(""),
-            actor.as_deref().unwrap_or("")
-        ),
-        // Each resolution is its own lane: nothing to coalesce, and the
-        // token must not appear in a lane name that could be logged.
-        Change::Resolve { .. } => format!("resolve:{}", fastrand::u64(..)),
-        Change::Token { event } => event.family(),
     }
 }
 
@@ -488,9 +414,7 @@ pub fn spawn(
     });
     let job_tracker = tracker.clone();
     let dispatcher = async move {
-        let mut lanes: HashMap<String, Lane> = HashMap::new();
-        // While a backfill export runs: the lanes live traffic touched.
-        let mut touched_by_live: Option<std::collections::HashSet<String>> = None;
+        let mut lanes = dispatcher::Dispatcher::default();
         loop {
             let command = tokio::select! {
                 () = stop.cancelled() => break,
@@ -499,87 +423,30 @@ pub fn spawn(
                     None => break,
                 },
             };
-            let mut touched = Vec::new();
-            match command {
-                Command::Submit(work) => {
-                    for item in work {
-                        let name = enqueue(&mut lanes, item);
-                        if let Some(live) = &mut touched_by_live {
-                            live.insert(name.clone());
-                        }
-                        touched.push(name);
-                    }
-                }
-                Command::Done { lane, follow_ups } => {
-                    if let Some(state) = lanes.get_mut(&lane) {
-                        state.running = false;
-                    }
-                    touched.push(lane);
-                    for item in follow_ups {
-                        let name = enqueue(&mut lanes, item);
-                        if let Some(live) = &mut touched_by_live {
-                            live.insert(name.clone());
-                        }
-                        touched.push(name);
-                    }
-                }
+            let effects = match command {
+                Command::Submit(work) => lanes.submit(work),
+                Command::Done { lane, follow_ups } => lanes.done(lane, follow_ups),
                 Command::WatchBegin => {
-                    // Work already queued or running is live and at least as
-                    // new as the export about to start.
-                    touched_by_live = Some(
-                        lanes
-                            .iter()
-                            .filter(|(_, lane)| lane.has_live_work() || lane.running)
-                            .map(|(name, _)| name.clone())
-                            .collect(),
-                    );
+                    lanes.watch_begin();
+                    dispatcher::Effects::default()
                 }
-                Command::WatchEnd => touched_by_live = None,
-                Command::Backfill(item) => {
-                    let name = item.key.identity();
-                    let owned_by_live = touched_by_live
-                        .as_ref()
-                        .is_some_and(|live| live.contains(&name))
-                        || lanes.get(&name).is_some_and(|lane| lane.has_live_work());
-                    if owned_by_live {
-                        let _ = item.reply.send(BackfillOutcome::Skipped);
-                    } else {
-                        let lane = lanes.entry(name.clone()).or_default();
-                        // Two exported copies of one key (the export listed
-                        // it twice): the later copy wins.
-                        if let Some(earlier) = lane.backfill.replace(item) {
-                            let _ = earlier.reply.send(BackfillOutcome::Skipped);
-                        }
-                        touched.push(name);
-                    }
+                Command::WatchEnd => {
+                    lanes.watch_end();
+                    dispatcher::Effects::default()
                 }
+                Command::Backfill(item) => lanes.backfill(item),
+            };
+            let dispatcher::Effects {
+                start,
+                skipped,
+                busy,
+            } = effects;
+            for reply in skipped {
+                let _ = reply.send(BackfillOutcome::Skipped);
             }
-            for name in &touched {
-                let Some(lane) = lanes.get_mut(name) else {
-                    continue;
-                };
-                if lane.running {
-                    continue;
-                }
-                // Live work first; an exported copy only if nothing live
-                // touched the key meanwhile.
-                let job = if let Some(work) = lane.payloads.pop_front() {
-                    Job::Payload(work)
-                } else if let Some((key, acks)) = lane.sync.take() {
-                    if let Some(item) = lane.backfill.take() {
-                        let _ = item.reply.send(BackfillOutcome::Skipped);
-                    }
-                    Job::Sync { key, acks }
-                } else if let Some(item) = lane.backfill.take() {
-                    Job::Backfill(item)
-                } else {
-                    lanes.remove(name);
-                    continue;
-                };
-                lane.running = true;
+            for (lane, job) in start {
                 let worker = Arc::clone(&worker);
                 let commands = commands.clone();
-                let lane = name.clone();
                 job_tracker.spawn(
                     async move {
                         let follow_ups = worker.run(job).await;
@@ -588,25 +455,20 @@ pub fn spawn(
                     .instrument(tracing::debug_span!("sync")),
                 );
             }
-            busy_lanes.store(lanes.len(), Ordering::Release);
-            if let Ok(mut keys) = busy_keys.lock() {
-                // Only the lanes this command touched can have changed, so
-                // only their entries are updated. (Rebuilding the set from
-                // every lane cost O(backlog) per command: quadratic while
-                // the secondary is down and the backlog grows.)
-                for name in touched {
-                    let busy = lanes.get(&name).is_some_and(|lane| {
-                        lane.has_live_work() || (lane.running && lane.backfill.is_none())
-                    });
+            busy_lanes.store(lanes.lanes(), Ordering::Release);
+            if !busy.is_empty()
+                && let Ok(mut keys) = busy_keys.lock()
+            {
+                for (lane, busy) in busy {
                     if busy {
-                        keys.insert(name);
+                        keys.insert(lane);
                     } else {
-                        keys.remove(&name);
+                        keys.remove(&lane);
                     }
                 }
             }
             idle_tx.send_if_modified(|idle| {
-                let now_idle = lanes.is_empty();
+                let now_idle = lanes.is_idle();
                 std::mem::replace(idle, now_idle) != now_idle
             });
         }
@@ -639,28 +501,6 @@ fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     base.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
-/// Adds work to its lane; returns the lane's name.
-fn enqueue(lanes: &mut HashMap<String, Lane>, work: Work) -> String {
-    let name = lane_of(&work.change);
-    let lane = lanes.entry(name.clone()).or_default();
-    match work.change {
-        Change::Sync { key, from: None } => match &mut lane.sync {
-            Some((pending, acks)) => {
-                // Coalesce; keep the newest form of the key (a session's
-                // SID may arrive with either HMAC-equivalent spelling).
-                *pending = key;
-                acks.extend(work.acks);
-            }
-            None => lane.sync = Some((key, work.acks)),
-        },
-        change => lane.payloads.push_back(Work {
-            change,
-            acks: work.acks,
-        }),
-    }
-    name
-}
-
 impl Worker {
     /// Runs one job to completion: success, dead letter, or stop. Returns
     /// the follow-ups.
@@ -690,7 +530,10 @@ impl Worker {
                 }
                 follow_ups
                     .into_iter()
-                    .map(|change| Work::follow_up(change, &acks))
+                    .map(|change| Work {
+                        change,
+                        acks: acks.clone(),
+                    })
                     .collect()
             }
             Err(GaveUp::Stopped) => Vec::new(),
@@ -792,69 +635,5 @@ impl Worker {
             Ok(Err(err)) => tracing::error!(error = %err, "cannot write the dead-letter log"),
             Err(err) => tracing::error!(error = %err, "dead-letter task failed"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::TokenKind;
-
-    #[test]
-    fn changes_of_one_record_share_a_lane() {
-        let authz = Key::Authorization {
-            subject: "alice".into(),
-            client_id: "app".into(),
-        };
-        let revocation = Change::Revocation {
-            subject: Some("alice".into()),
-            client_id: Some("app".into()),
-            actor: None,
-            timestamp: 1,
-        };
-        assert_eq!(lane_of(&Change::sync(authz)), lane_of(&revocation));
-        let a = Change::sync(Key::Session {
-            sid: "K.hmac1".into(),
-        });
-        let b = Change::sync(Key::Session {
-            sid: "K.hmac2".into(),
-        });
-        assert_eq!(lane_of(&a), lane_of(&b));
-        let resolve = Change::Resolve {
-            token: "secret-token".into(),
-            kind: TokenKind::Refresh,
-            from: None,
-        };
-        assert!(!lane_of(&resolve).contains("secret-token"));
-    }
-
-    #[test]
-    fn state_changes_coalesce_and_payloads_queue() {
-        let mut lanes = HashMap::new();
-        let key = Key::Client {
-            client_id: "c".into(),
-        };
-        enqueue(&mut lanes, Work::unjournaled(Change::sync(key.clone())));
-        enqueue(&mut lanes, Work::unjournaled(Change::sync(key.clone())));
-        assert_eq!(lanes.len(), 1);
-        let lane = &lanes[&key.identity()];
-        assert!(lane.sync.is_some());
-        assert!(lane.payloads.is_empty());
-        let authz = Key::Authorization {
-            subject: "s".into(),
-            client_id: "c".into(),
-        };
-        for timestamp in [1, 2] {
-            enqueue(
-                &mut lanes,
-                Work::unjournaled(Change::Revocation {
-                    subject: Some("s".into()),
-                    client_id: Some("c".into()),
-                    actor: None,
-                    timestamp,
-                }),
-            );
-        }
-        assert_eq!(lanes[&authz.identity()].payloads.len(), 2);
     }
 }
