@@ -227,6 +227,7 @@
 //! drops the connection, then the rate limit answers 429, then the latency
 //! is added, then the error rate answers 500 `A001101`.
 
+mod call;
 mod endpoints;
 mod envelope;
 mod metadata;

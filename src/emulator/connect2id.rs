@@ -163,6 +163,7 @@ mod backchannel;
 mod clients;
 mod keys;
 mod par;
+mod records;
 mod seed;
 mod sessions;
 mod store;
@@ -1104,7 +1105,7 @@ impl Service {
 
     /// An authorization as the authz store shows it: the record plus `rft`,
     /// the current refresh token rebuilt from `rts`.
-    fn authorization_output(&self, record: &store::Authorization) -> Value {
+    fn authorization_output(&self, record: &records::Authorization) -> Value {
         let mut value = json!(record);
         if let Some(rts) = &record.rts {
             value["rft"] =

@@ -10,8 +10,8 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::call::{Call, decode, not_found};
 use super::envelope::{self as codes, Reply, action};
-use super::server::{Call, decode, not_found};
 use super::store::{
     Client, ClientRequest, ClientType, DEFAULT_ACCESS_TOKEN_DURATION_S,
     DEFAULT_REFRESH_TOKEN_DURATION_S, GrantType, Introspected, RevokeRequest, State, Token,

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::clients::ClientInfo;
-use super::store::Session;
+use super::records::Session;
 use super::tokens::{AuthInfo, GrantSpec, issue_code};
 use super::web::{self, ApiError, Form, Reply, append_query};
 use super::{Api, Expiring, Req, Service, limits, only};

@@ -25,7 +25,8 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::clients::ClientInfo;
-use super::store::{Authorization, Cursor};
+use super::records::Authorization;
+use super::store::Cursor;
 use super::tokens::{DEFAULT_ACCESS_TOKEN_LIFETIME, DEFAULT_ID_TOKEN_LIFETIME, Grant, issue_code};
 use super::web::{self, ApiError, Form, Reply};
 use super::{Api, Req, Service, limits, only};

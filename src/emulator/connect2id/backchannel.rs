@@ -29,8 +29,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::Service;
+use super::records::Session;
 use super::sessions::RELYING_PARTIES;
-use super::store::Session;
 use super::web::percent_encode;
 
 /// How long a logout token is valid, in seconds (RN 15.7).

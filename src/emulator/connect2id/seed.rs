@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::keys::{Keys, b64, unb64};
-use super::store::{Authorization, Session};
+use super::records::{Authorization, Session};
 
 /// 2025-01-01T00:00:00Z: seeded clients and authorizations are older.
 pub(crate) const SEED_EPOCH: u64 = 1_735_689_600;

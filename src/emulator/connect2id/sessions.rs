@@ -26,8 +26,9 @@ use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::records::Session;
 use super::seed::{DEFAULT_AUTH_LIFE, DEFAULT_MAX_LIFE};
-use super::store::{Cursor, Session};
+use super::store::Cursor;
 use super::web::{self, ApiError, Form, Reply};
 use super::{Api, Req, Service, limits, only};
 use crate::http::{Body, empty_response};

@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 
 use super::clients::ClientInfo;
 use super::keys::{constant_time_eq, sha256_b64};
-use super::store::{Authorization, Session};
+use super::records::{Authorization, Session};
 use super::web::{self, ApiError, Form, Reply, percent_decode};
 use super::{Expiring, Req, Service, limits};
 use crate::http::empty_response;
