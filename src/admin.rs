@@ -50,7 +50,7 @@ use crate::sync::Recorder;
 use crate::verify::{self, Verifier};
 
 /// The admin listener: loopback only unless an admin token is configured.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9901";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9901";
 
 /// The admin listener's settings.
 #[derive(Debug, Clone)]
@@ -368,7 +368,7 @@ impl Admin {
     }
 
     /// The latest verify.
-    pub fn verify_status(&self) -> Option<VerifyStatus> {
+    pub(crate) fn verify_status(&self) -> Option<VerifyStatus> {
         let slot = self.verify_job.lock().ok()?;
         let job = slot.as_ref()?;
         let (state, report, error) = match &job.outcome {

@@ -64,11 +64,11 @@ use crate::sync::{BackfillOutcome, SyncHandle};
 
 /// Writes in flight at once by default: enough to keep a remote target
 /// busy, well below the sync workers' share of its capacity.
-pub const DEFAULT_CONCURRENCY: usize = 32;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 32;
 /// How often the checkpoint is written while a dataset runs.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Attempts at one dataset's export before the backfill is marked failed.
-pub const EXPORT_ATTEMPTS: u32 = 3;
+pub(crate) const EXPORT_ATTEMPTS: u32 = 3;
 
 /// Backfill settings.
 #[derive(Debug, Clone)]
@@ -297,7 +297,7 @@ impl Backfill {
     }
 
     /// Sets the rate limit (records per second, 0 = unlimited), live.
-    pub fn set_rate(&self, rate: u64) {
+    pub(crate) fn set_rate(&self, rate: u64) {
         self.inner.rate.store(rate, Ordering::Relaxed);
         if let Ok(mut config) = self.inner.config.lock() {
             config.rate = rate;
@@ -305,7 +305,7 @@ impl Backfill {
     }
 
     /// Sets the concurrency (writes in flight), live.
-    pub fn set_concurrency(&self, concurrency: usize) -> Result<(), Error> {
+    pub(crate) fn set_concurrency(&self, concurrency: usize) -> Result<(), Error> {
         if concurrency == 0 || concurrency > 4096 {
             return Err(Error::Invalid(
                 "concurrency must be between 1 and 4096".to_owned(),
@@ -332,7 +332,7 @@ impl Backfill {
 
     /// Waits until the backfill is no longer running (done, failed, idle),
     /// or `timeout` passes.
-    pub async fn wait_finished(&self, timeout: Duration) -> State {
+    pub(crate) async fn wait_finished(&self, timeout: Duration) -> State {
         let mut state = self.inner.state.subscribe();
         let _ = tokio::time::timeout(
             timeout,

@@ -180,7 +180,7 @@ pub fn render_status(status: &Status) -> String {
 }
 
 /// One line of `/status`, for logs and pipes.
-pub fn status_line(status: &Status) -> String {
+pub(crate) fn status_line(status: &Status) -> String {
     let datasets: Vec<String> = status
         .backfill
         .datasets

@@ -102,7 +102,7 @@ impl fmt::Display for Problems {
 /// The config file as written. Every table refuses unknown keys.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     /// `[proxy]`
     pub proxy: RawProxy,
     /// `[admin]`
@@ -129,7 +129,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct RawCutover {
+pub(crate) struct RawCutover {
     pub max_pause: Option<String>,
     pub max_lag: Option<String>,
     pub hold_max_requests: Option<usize>,
@@ -143,7 +143,7 @@ pub struct RawCutover {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct RawBackfill {
+pub(crate) struct RawBackfill {
     pub auto_start: Option<bool>,
     pub concurrency: Option<usize>,
     pub rate: Option<u64>,
@@ -154,7 +154,7 @@ pub struct RawBackfill {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct RawJournal {
+pub(crate) struct RawJournal {
     pub dir: PathBuf,
     pub payload_key_env: Option<String>,
     pub payload_key_file: Option<PathBuf>,
@@ -167,7 +167,7 @@ pub struct RawJournal {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct RawSync {
+pub(crate) struct RawSync {
     pub datasets: Option<Vec<String>>,
     pub workers: Option<usize>,
     pub retry_initial: Option<String>,
@@ -179,7 +179,7 @@ pub struct RawSync {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct RawProxy {
+pub(crate) struct RawProxy {
     pub listen: String,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -207,7 +207,7 @@ pub struct RawProxy {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct RawAdmin {
+pub(crate) struct RawAdmin {
     pub listen: Option<String>,
     pub token_env: Option<String>,
     pub token_file: Option<PathBuf>,
@@ -217,7 +217,7 @@ pub struct RawAdmin {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct RawServer {
+pub(crate) struct RawServer {
     pub kind: String,
     pub url: String,
     pub token_env: Option<String>,
@@ -245,7 +245,7 @@ pub struct RawServer {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct RawTokens {
+pub(crate) struct RawTokens {
     pub clients_env: Option<String>,
     pub clients_file: Option<PathBuf>,
     pub authz_sessions_env: Option<String>,
@@ -324,7 +324,7 @@ pub trait Env {
 
 /// The process environment.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
+pub(crate) struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
@@ -348,7 +348,7 @@ impl Config {
     }
 
     /// Reads and validates `path`, resolving secrets from `env`.
-    pub fn load_with_env(path: &Path, env: &dyn Env) -> Result<Self, Error> {
+    pub(crate) fn load_with_env(path: &Path, env: &dyn Env) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,
@@ -410,7 +410,7 @@ pub const TEST_JOURNAL_KEY: &str =
 
 impl FileConfig {
     /// Validates every field, collecting all problems.
-    pub fn validate(self, env: &dyn Env) -> Result<Config, Problems> {
+    pub(crate) fn validate(self, env: &dyn Env) -> Result<Config, Problems> {
         let mut problems = Problems::default();
         let proxy = validate_proxy(self.proxy, &mut problems);
         let upstream = proxy.as_ref().map(|(_, upstream)| upstream.clone());

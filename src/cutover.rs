@@ -25,7 +25,7 @@
 
 pub mod credentials;
 pub mod gate;
-pub mod procedure;
+pub(crate) mod procedure;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -312,7 +312,7 @@ pub(crate) fn random_key() -> String {
 }
 
 /// Compares every dataset of two emulators record by record.
-pub fn compare(source: &Connect2id, target: &Connect2id) -> Vec<DatasetDrift> {
+pub(crate) fn compare(source: &Connect2id, target: &Connect2id) -> Vec<DatasetDrift> {
     let clients = |e: &Connect2id| {
         e.clients()
             .into_iter()

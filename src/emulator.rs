@@ -72,12 +72,12 @@ impl Knobs {
     }
 
     /// Whether the server plays down.
-    pub fn is_down(&self) -> bool {
+    pub(crate) fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }
 
     /// Draws whether this request should fail with `503`.
-    pub fn should_fail(&self) -> bool {
+    pub(crate) fn should_fail(&self) -> bool {
         let ppm = self.error_rate_ppm.load(Ordering::Relaxed);
         ppm > 0 && fastrand::u32(0..1_000_000) < ppm
     }

@@ -124,7 +124,7 @@ impl ProxyError {
     }
 
     /// A short, generic body: never the cause, which may name internal hosts.
-    pub fn public_message(&self) -> &'static str {
+    pub(crate) fn public_message(&self) -> &'static str {
         match self.status() {
             StatusCode::BAD_REQUEST => "bad request\n",
             StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
@@ -144,7 +144,7 @@ impl ProxyError {
     }
 
     /// A low-cardinality metric label for the kind.
-    pub fn kind_label(&self) -> &'static str {
+    pub(crate) fn kind_label(&self) -> &'static str {
         match self.kind {
             Kind::AmbiguousFraming(_) => "ambiguous_framing",
             Kind::BadRequest(_) => "bad_request",

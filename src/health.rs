@@ -48,7 +48,7 @@ impl Health {
     }
 
     /// The primary answered a request.
-    pub fn primary_answered(&self) {
+    pub(crate) fn primary_answered(&self) {
         if !self.primary_up.swap(true, Ordering::AcqRel) {
             tracing::info!("primary reachable again");
             self.publish();
@@ -56,7 +56,7 @@ impl Health {
     }
 
     /// A connection to the primary failed.
-    pub fn primary_unreachable(&self) {
+    pub(crate) fn primary_unreachable(&self) {
         if self.primary_up.swap(false, Ordering::AcqRel) {
             tracing::warn!("primary unreachable; readiness false");
             self.publish();
@@ -64,7 +64,7 @@ impl Health {
     }
 
     /// Records whether the journal accepts writes.
-    pub fn set_journal_ok(&self, ok: bool) {
+    pub(crate) fn set_journal_ok(&self, ok: bool) {
         if self.journal_ok.swap(ok, Ordering::AcqRel) != ok {
             if ok {
                 tracing::info!("journal writable again");
@@ -108,7 +108,7 @@ impl Health {
 }
 
 /// Probes the primary every `interval` until `stop` is cancelled.
-pub async fn run_probe(
+pub(crate) async fn run_probe(
     health: Arc<Health>,
     primary: Arc<dyn PrimarySelector>,
     interval: Duration,

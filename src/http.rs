@@ -126,7 +126,7 @@ where
 }
 
 /// How long [`serve`] waits for in-flight connections after `shutdown` fires.
-pub const SERVE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SERVE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `handler` on `listener` (HTTP/1.1 and h2c prior knowledge) until
 /// `shutdown` is cancelled, then lets in-flight requests finish for up to

@@ -190,29 +190,29 @@ use cursor::AckTracker;
 use writer::{AppendRequest, Maintenance, MaintenanceMsg, State, Writer, WriterMsg, lock};
 
 /// A record's sequence number: its position in the journal, starting at 0.
-pub type Seq = u64;
+pub(crate) type Seq = u64;
 
 /// Default segment file size: 64 MiB. Large enough that creating files (and
 /// fsyncing the directory) is rare, small enough that a fully applied
 /// segment frees its space soon and recovery reads little beyond the cursor.
-pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Default largest body accepted by [`Journal::append`]: 1 MiB. A change
 /// record is a key or a token payload (well under 4 KiB), and a client
 /// registration with an inline JWK set stays far below 1 MiB; the limit
 /// bounds the writer's memory and keeps one record from stalling a whole
 /// group commit.
-pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+pub(crate) const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 /// Default fdatasync interval for [`SyncPolicy::Interval`]: 5 ms, "every few
 /// milliseconds" (DESIGN.md §4): a power loss costs at most this much of
 /// acknowledged writes, and the disk sees at most 200 fsyncs a second.
-pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(5);
+pub(crate) const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Default [`Config::cursor_persist_interval`]: 1 s. A crash replays at most
 /// about a second of already applied records (harmless: sync is
 /// idempotent), while persisting costs three fsyncs, off the append path.
-pub const DEFAULT_CURSOR_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_CURSOR_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When appended records are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -465,7 +465,7 @@ pub trait Observer: Send + Sync + 'static {
 
 /// An [`Observer`] that ignores everything.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NoopObserver;
+pub(crate) struct NoopObserver;
 
 impl Observer for NoopObserver {}
 
@@ -539,7 +539,7 @@ impl Journal {
 
     /// Opens a journal over any [`Store`] (`config.dir` and
     /// `config.segment_bytes` are then the store's business).
-    pub fn open_with_store<S: Store>(
+    pub(crate) fn open_with_store<S: Store>(
         mut store: S,
         config: &Config,
         observer: Arc<dyn Observer>,
@@ -691,7 +691,7 @@ impl Journal {
     /// Records that were written but whose `append` future was dropped
     /// before it learned their seqs. The caller should treat them like
     /// recovered entries (apply, then ack).
-    pub fn take_orphans(&self) -> Vec<Entry> {
+    pub(crate) fn take_orphans(&self) -> Vec<Entry> {
         std::mem::take(&mut lock(&self.inner.state).orphans)
     }
 

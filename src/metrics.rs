@@ -19,69 +19,69 @@ use prometheus_client::registry::Registry;
 use crate::model::{Dataset, Side};
 
 /// Downstream requests answered, by method class and status class.
-pub const PROXY_REQUESTS_TOTAL: &str = "handover_proxy_requests_total";
+pub(crate) const PROXY_REQUESTS_TOTAL: &str = "handover_proxy_requests_total";
 /// Time from receiving a request to having its response head, by method class.
-pub const PROXY_REQUEST_DURATION_SECONDS: &str = "handover_proxy_request_duration_seconds";
+pub(crate) const PROXY_REQUEST_DURATION_SECONDS: &str = "handover_proxy_request_duration_seconds";
 /// Requests that failed in the proxy, by fault side and kind.
-pub const PROXY_ERRORS_TOTAL: &str = "handover_proxy_errors_total";
+pub(crate) const PROXY_ERRORS_TOTAL: &str = "handover_proxy_errors_total";
 /// Open downstream connections.
-pub const PROXY_CONNECTIONS_OPEN: &str = "handover_proxy_connections_open";
+pub(crate) const PROXY_CONNECTIONS_OPEN: &str = "handover_proxy_connections_open";
 /// Downstream connections accepted.
-pub const PROXY_CONNECTIONS_TOTAL: &str = "handover_proxy_connections_total";
+pub(crate) const PROXY_CONNECTIONS_TOTAL: &str = "handover_proxy_connections_total";
 /// Open upstream connections (pooled, idle or busy), by upstream.
-pub const UPSTREAM_CONNECTIONS_OPEN: &str = "handover_upstream_connections_open";
+pub(crate) const UPSTREAM_CONNECTIONS_OPEN: &str = "handover_upstream_connections_open";
 /// Upstream connections established, by upstream.
-pub const UPSTREAM_CONNECTIONS_TOTAL: &str = "handover_upstream_connections_total";
+pub(crate) const UPSTREAM_CONNECTIONS_TOTAL: &str = "handover_upstream_connections_total";
 /// 1 while the primary answers health probes.
-pub const PRIMARY_UP: &str = "handover_primary_up";
+pub(crate) const PRIMARY_UP: &str = "handover_primary_up";
 /// 1 while `/readyz` reports ready.
-pub const READY: &str = "handover_ready";
+pub(crate) const READY: &str = "handover_ready";
 /// Changes applied to the secondary, by dataset.
-pub const SYNC_APPLIED_TOTAL: &str = "handover_sync_applied_total";
+pub(crate) const SYNC_APPLIED_TOTAL: &str = "handover_sync_applied_total";
 /// Failed sync attempts that will be retried, by dataset.
-pub const SYNC_FAILURES_TOTAL: &str = "handover_sync_failures_total";
+pub(crate) const SYNC_FAILURES_TOTAL: &str = "handover_sync_failures_total";
 /// Changes moved to the dead-letter log, by dataset.
-pub const SYNC_DEAD_LETTERED_TOTAL: &str = "handover_sync_dead_lettered_total";
+pub(crate) const SYNC_DEAD_LETTERED_TOTAL: &str = "handover_sync_dead_lettered_total";
 /// Time to apply one change (read at the primary, write at the secondary).
-pub const SYNC_APPLY_SECONDS: &str = "handover_sync_apply_seconds";
+pub(crate) const SYNC_APPLY_SECONDS: &str = "handover_sync_apply_seconds";
 /// Age of the oldest change not yet applied to the secondary.
-pub const SYNC_LAG_SECONDS: &str = "handover_sync_lag_seconds";
+pub(crate) const SYNC_LAG_SECONDS: &str = "handover_sync_lag_seconds";
 /// Records currently in the dead-letter log.
-pub const SYNC_DEAD_LETTERS: &str = "handover_sync_dead_letters";
+pub(crate) const SYNC_DEAD_LETTERS: &str = "handover_sync_dead_letters";
 /// 1 while the sync cannot reach the servers (its circuit breaker is
 /// open: changes wait in the journal, one probe retries for all).
-pub const SYNC_OUTAGE: &str = "handover_sync_outage";
+pub(crate) const SYNC_OUTAGE: &str = "handover_sync_outage";
 /// Journal records appended and not yet applied.
-pub const JOURNAL_DEPTH: &str = "handover_journal_depth";
+pub(crate) const JOURNAL_DEPTH: &str = "handover_journal_depth";
 /// Bytes of journal segment files.
-pub const JOURNAL_SIZE_BYTES: &str = "handover_journal_size_bytes";
+pub(crate) const JOURNAL_SIZE_BYTES: &str = "handover_journal_size_bytes";
 /// Time of one journal fdatasync.
-pub const JOURNAL_FSYNC_SECONDS: &str = "handover_journal_fsync_seconds";
+pub(crate) const JOURNAL_FSYNC_SECONDS: &str = "handover_journal_fsync_seconds";
 /// Time a trigger's response waited for its journal append.
-pub const JOURNAL_APPEND_SECONDS: &str = "handover_journal_append_seconds";
+pub(crate) const JOURNAL_APPEND_SECONDS: &str = "handover_journal_append_seconds";
 /// Journal write failures.
-pub const JOURNAL_ERRORS_TOTAL: &str = "handover_journal_errors_total";
+pub(crate) const JOURNAL_ERRORS_TOTAL: &str = "handover_journal_errors_total";
 /// 1 for the current migration phase, by phase.
-pub const PHASE: &str = "handover_phase";
+pub(crate) const PHASE: &str = "handover_phase";
 /// The current epoch (increments at every flip of the primary).
-pub const EPOCH: &str = "handover_epoch";
+pub(crate) const EPOCH: &str = "handover_epoch";
 /// How long trigger requests were held during a flip.
-pub const CUTOVER_PAUSE_SECONDS: &str = "handover_cutover_pause_seconds";
+pub(crate) const CUTOVER_PAUSE_SECONDS: &str = "handover_cutover_pause_seconds";
 /// Flips attempted, by outcome (cut-over, rolled-back, aborted).
-pub const CUTOVER_FLIPS_TOTAL: &str = "handover_cutover_flips_total";
+pub(crate) const CUTOVER_FLIPS_TOTAL: &str = "handover_cutover_flips_total";
 /// Trigger requests held at the gate during flips.
-pub const CUTOVER_HELD_TOTAL: &str = "handover_cutover_held_total";
+pub(crate) const CUTOVER_HELD_TOTAL: &str = "handover_cutover_held_total";
 /// Held trigger requests released after flips.
-pub const CUTOVER_RELEASED_TOTAL: &str = "handover_cutover_released_total";
+pub(crate) const CUTOVER_RELEASED_TOTAL: &str = "handover_cutover_released_total";
 /// Trigger requests refused with 503 because the hold buffer was full.
-pub const CUTOVER_REJECTED_TOTAL: &str = "handover_cutover_rejected_total";
+pub(crate) const CUTOVER_REJECTED_TOTAL: &str = "handover_cutover_rejected_total";
 /// Requests replayed at the previous primary after a flip, because the
 /// state they need lives only there.
-pub const CUTOVER_FALLBACKS_TOTAL: &str = "handover_cutover_fallbacks_total";
+pub(crate) const CUTOVER_FALLBACKS_TOTAL: &str = "handover_cutover_fallbacks_total";
 /// Trigger exchanges seen, by trigger.
-pub const MIRROR_TRIGGERS_TOTAL: &str = "handover_mirror_triggers_total";
+pub(crate) const MIRROR_TRIGGERS_TOTAL: &str = "handover_mirror_triggers_total";
 /// Changes kept in memory for repair because the journal could not be written.
-pub const MIRROR_UNJOURNALED_TOTAL: &str = "handover_mirror_unjournaled_total";
+pub(crate) const MIRROR_UNJOURNALED_TOTAL: &str = "handover_mirror_unjournaled_total";
 
 /// Latency buckets from 100 µs to 10 s: the proxy's own overhead sits in the
 /// first buckets, upstream latency in the rest.
@@ -93,7 +93,7 @@ const LATENCY_BUCKETS: [f64; 16] = [
 /// Read or write, from the method: enough to tell triggers' share of
 /// traffic without a label per method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MethodClass {
+pub(crate) enum MethodClass {
     /// `GET`, `HEAD`, `OPTIONS`.
     Read,
     /// Everything else.
@@ -102,7 +102,7 @@ pub enum MethodClass {
 
 impl MethodClass {
     /// Classifies a method.
-    pub fn of(method: &http::Method) -> Self {
+    pub(crate) fn of(method: &http::Method) -> Self {
         match *method {
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS => Self::Read,
             _ => Self::Write,
@@ -110,7 +110,7 @@ impl MethodClass {
     }
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Read => "read",
             Self::Write => "write",
@@ -198,7 +198,7 @@ pub struct CutoverMetrics {
 
 impl CutoverMetrics {
     /// Publishes the current phase and epoch.
-    pub fn set_phase(&self, phase: &'static str, epoch: u64) {
+    pub(crate) fn set_phase(&self, phase: &'static str, epoch: u64) {
         for name in [
             "mirroring",
             "cutting-over",
@@ -214,7 +214,13 @@ impl CutoverMetrics {
     }
 
     /// Records a flip (or an aborted one).
-    pub fn record_flip(&self, outcome: &str, pause: Duration, released: u64, _rejected: u64) {
+    pub(crate) fn record_flip(
+        &self,
+        outcome: &str,
+        pause: Duration,
+        released: u64,
+        _rejected: u64,
+    ) {
         let outcome = match outcome {
             "cut-over" => "cut-over",
             "rolled-back" => "rolled-back",
@@ -243,7 +249,7 @@ pub struct SyncMetrics {
 
 impl SyncMetrics {
     /// One change applied.
-    pub fn record_applied(&self, dataset: Dataset, elapsed: Duration) {
+    pub(crate) fn record_applied(&self, dataset: Dataset, elapsed: Duration) {
         let labels = DatasetLabels {
             dataset: dataset.as_str(),
         };
@@ -254,7 +260,7 @@ impl SyncMetrics {
     }
 
     /// One failed attempt (to be retried).
-    pub fn record_failure(&self, dataset: Dataset) {
+    pub(crate) fn record_failure(&self, dataset: Dataset) {
         self.failures
             .get_or_create(&DatasetLabels {
                 dataset: dataset.as_str(),
@@ -263,7 +269,7 @@ impl SyncMetrics {
     }
 
     /// One change dead-lettered.
-    pub fn record_dead_letter(&self, dataset: Dataset) {
+    pub(crate) fn record_dead_letter(&self, dataset: Dataset) {
         self.dead_lettered
             .get_or_create(&DatasetLabels {
                 dataset: dataset.as_str(),
@@ -303,7 +309,7 @@ impl Metrics {
     /// Refreshes the journal gauges and the sync lag from the journal's
     /// counters (periodically, and right before a scrape): records not yet
     /// applied, bytes on disk, and the age of the oldest unapplied record.
-    pub fn refresh_journal(&self, depth: u64, bytes_on_disk: u64, oldest: Option<Duration>) {
+    pub(crate) fn refresh_journal(&self, depth: u64, bytes_on_disk: u64, oldest: Option<Duration>) {
         self.journal
             .depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
@@ -318,7 +324,7 @@ impl Metrics {
 
 impl JournalMetrics {
     /// One trigger exchange seen.
-    pub fn record_trigger(&self, trigger: &'static str) {
+    pub(crate) fn record_trigger(&self, trigger: &'static str) {
         self.triggers
             .get_or_create(&TriggerLabels { trigger })
             .inc();
@@ -340,7 +346,12 @@ pub struct ProxyMetrics {
 
 impl ProxyMetrics {
     /// Records one answered request.
-    pub fn record_request(&self, class: MethodClass, status: http::StatusCode, elapsed: Duration) {
+    pub(crate) fn record_request(
+        &self,
+        class: MethodClass,
+        status: http::StatusCode,
+        elapsed: Duration,
+    ) {
         let status_index = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         let class_index = class as usize;
         self.requests[class_index][status_index].inc();
@@ -348,7 +359,7 @@ impl ProxyMetrics {
     }
 
     /// Records a request that failed in the proxy.
-    pub fn record_error(&self, fault: &'static str, kind: &'static str) {
+    pub(crate) fn record_error(&self, fault: &'static str, kind: &'static str) {
         self.errors
             .get_or_create(&ErrorLabels { fault, kind })
             .inc();
@@ -365,7 +376,7 @@ pub struct UpstreamMetrics {
 impl UpstreamMetrics {
     /// The open-connections gauge and the established-connections counter of
     /// one upstream.
-    pub fn handles(&self, upstream: Side) -> (Gauge, Counter) {
+    pub(crate) fn handles(&self, upstream: Side) -> (Gauge, Counter) {
         let labels = UpstreamLabels {
             upstream: upstream.as_str(),
         };

@@ -50,24 +50,24 @@ pub use hook::{BoxFuture, Exchange, Hook, Rewriter, RouteId, Ticket};
 
 /// Largest downstream request head. Browsers send a few KiB; large cookies
 /// push it to tens of KiB.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
 /// Most header lines accepted per downstream request (hyper's default).
-pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub(crate) const DEFAULT_MAX_HEADERS: usize = 100;
 /// Time a downstream client has to send a complete request head: long enough
 /// for a slow mobile link, short enough to shed slowloris connections.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Downstream keep-alive connections with no request in flight are closed
 /// after this long. Longer than the common 60 s load-balancer idle timeout,
 /// so the balancer, not the proxy, closes first and never races a request.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Time in-flight requests get to finish after a shutdown signal.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Pause between `/readyz` turning false and the listener closing, so that a
 /// load balancer polling readiness stops sending traffic first. Zero by
 /// default: set it to your balancer's health-check interval.
-pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
+pub(crate) const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
 /// How often the primary's reachability is probed for `/readyz`.
-pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The downstream listener's settings.
 #[derive(Debug, Clone)]
@@ -159,13 +159,13 @@ impl Activity {
 
 /// Keeps a request counted as in flight until the response body is done.
 #[derive(Debug)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     conn: Arc<ConnInfo>,
 }
 
 impl InFlight {
     /// Marks a request in flight on `conn`.
-    pub fn start(conn: &Arc<ConnInfo>) -> Self {
+    pub(crate) fn start(conn: &Arc<ConnInfo>) -> Self {
         conn.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
             conn: Arc::clone(conn),

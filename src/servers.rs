@@ -65,7 +65,7 @@ impl Servers {
     }
 
     /// Makes the target an Authlete service.
-    pub fn with_authlete(mut self, authlete: Arc<Authlete>) -> Self {
+    pub(crate) fn with_authlete(mut self, authlete: Arc<Authlete>) -> Self {
         self.authlete = Some(authlete);
         self
     }
@@ -77,12 +77,12 @@ impl Servers {
 
     /// Whether changes flow to an Authlete service right now: only while
     /// the source is primary (nothing syncs back from Authlete).
-    pub fn syncs_to_authlete(&self) -> bool {
+    pub(crate) fn syncs_to_authlete(&self) -> bool {
         self.authlete.is_some() && self.primary_side() == Side::Source
     }
 
     /// The side serving traffic.
-    pub fn primary_side(&self) -> Side {
+    pub(crate) fn primary_side(&self) -> Side {
         if self.target_is_primary.load(Ordering::Acquire) {
             Side::Target
         } else {
@@ -91,13 +91,13 @@ impl Servers {
     }
 
     /// Makes `side` the primary.
-    pub fn set_primary(&self, side: Side) {
+    pub(crate) fn set_primary(&self, side: Side) {
         self.target_is_primary
             .store(side == Side::Target, Ordering::Release);
     }
 
     /// Records that the primary just flipped (see [`Servers::previous_within`]).
-    pub fn mark_flip(&self) {
+    pub(crate) fn mark_flip(&self) {
         if let Ok(mut at) = self.flipped_at.lock() {
             *at = Some(std::time::Instant::now());
         }
@@ -106,7 +106,7 @@ impl Servers {
     /// The previous primary, if the primary flipped less than `window` ago:
     /// state that lives only there (logins in progress, authorization codes,
     /// identifier access tokens) is still served from it.
-    pub fn previous_within(&self, window: std::time::Duration) -> Option<Side> {
+    pub(crate) fn previous_within(&self, window: std::time::Duration) -> Option<Side> {
         let at = (*self.flipped_at.lock().ok()?)?;
         (at.elapsed() < window).then(|| self.primary_side().other())
     }
@@ -120,12 +120,12 @@ impl Servers {
     }
 
     /// The primary's management APIs (read current state here).
-    pub fn primary_api(&self) -> &Connect2id {
+    pub(crate) fn primary_api(&self) -> &Connect2id {
         self.api(self.primary_side())
     }
 
     /// The secondary's management APIs (write the state here).
-    pub fn secondary_api(&self) -> &Connect2id {
+    pub(crate) fn secondary_api(&self) -> &Connect2id {
         self.api(self.primary_side().other())
     }
 

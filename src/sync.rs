@@ -63,16 +63,16 @@ use crate::servers::ApiError;
 /// Default number of concurrent sync jobs: enough to hide a few
 /// milliseconds of target latency at thousands of writes per second, few
 /// enough not to overload a target that is catching up.
-pub const DEFAULT_WORKERS: usize = 16;
+pub(crate) const DEFAULT_WORKERS: usize = 16;
 /// First retry delay after a transient failure.
-pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(100);
+pub(crate) const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(100);
 /// Longest retry delay: a target that was down is picked up again within
 /// half a minute of coming back.
-pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Deadline for one management-API call made by the sync (read at the
 /// primary or write at the secondary).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sync settings.
 #[derive(Debug, Clone)]
@@ -108,7 +108,7 @@ impl Default for Config {
 /// "Stopping" is the stop token itself, not a flag some task sets once it
 /// notices the token: a job woken by the stop drops its acks at once, and
 /// must find them refused no matter which task the runtime ran first.
-pub struct Ack {
+pub(crate) struct Ack {
     seq: Seq,
     journal: Journal,
     stop: CancellationToken,
@@ -135,10 +135,10 @@ impl Drop for Ack {
 }
 
 /// One unit of work: a change and the journal records it settles.
-pub type Work = dispatcher::Work<Arc<Ack>>;
+pub(crate) type Work = dispatcher::Work<Arc<Ack>>;
 
 /// An exported record for the backfill to write.
-pub type BackfillItem = dispatcher::Exported<tokio::sync::oneshot::Sender<BackfillOutcome>>;
+pub(crate) type BackfillItem = dispatcher::Exported<tokio::sync::oneshot::Sender<BackfillOutcome>>;
 
 type Job = dispatcher::Job<Arc<Ack>, tokio::sync::oneshot::Sender<BackfillOutcome>>;
 
@@ -208,7 +208,7 @@ impl std::fmt::Debug for Command {
 
 impl SyncHandle {
     /// Queues journaled changes (`seqs[i]` is the record of `changes[i]`).
-    pub fn submit_journaled(&self, entries: impl IntoIterator<Item = (Seq, Change)>) {
+    pub(crate) fn submit_journaled(&self, entries: impl IntoIterator<Item = (Seq, Change)>) {
         let work: Vec<Work> = entries
             .into_iter()
             .map(|(seq, change)| Work {
@@ -231,7 +231,7 @@ impl SyncHandle {
     /// (applied to the secondary, follow-ups included, or dead-lettered)
     /// or the sync stops. Put a deadline on it: a secondary that is down
     /// keeps a change retrying.
-    pub fn submit_journaled_settled(
+    pub(crate) fn submit_journaled_settled(
         &self,
         entries: impl IntoIterator<Item = (Seq, Change)>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -265,7 +265,7 @@ impl SyncHandle {
     }
 
     /// Queues changes that are not in the journal (best effort).
-    pub fn submit_unjournaled(&self, changes: impl IntoIterator<Item = Change>) {
+    pub(crate) fn submit_unjournaled(&self, changes: impl IntoIterator<Item = Change>) {
         let work: Vec<Work> = changes.into_iter().map(unjournaled).collect();
         if !work.is_empty() {
             let _ = self.commands.send(Command::Submit(work));
@@ -275,12 +275,12 @@ impl SyncHandle {
     /// Starts recording the keys live traffic touches, for a backfill
     /// export about to begin: a record whose key was touched is not
     /// overwritten with its exported (older) copy.
-    pub fn watch_begin(&self) {
+    pub(crate) fn watch_begin(&self) {
         let _ = self.commands.send(Command::WatchBegin);
     }
 
     /// Stops recording touched keys.
-    pub fn watch_end(&self) {
+    pub(crate) fn watch_end(&self) {
         let _ = self.commands.send(Command::WatchEnd);
     }
 
@@ -299,19 +299,19 @@ impl SyncHandle {
     }
 
     /// Keys synced (from live changes) since `since`, each once.
-    pub fn recent_keys(&self, since: Instant) -> Vec<Key> {
+    pub(crate) fn recent_keys(&self, since: Instant) -> Vec<Key> {
         self.recent.since(since)
     }
 
     /// Whether live work is queued or running for `key`.
-    pub fn is_busy(&self, key: &Key) -> bool {
+    pub(crate) fn is_busy(&self, key: &Key) -> bool {
         self.busy_keys
             .lock()
             .is_ok_and(|keys| keys.contains(&key.identity()))
     }
 
     /// Lanes with work queued or running.
-    pub fn busy_lanes(&self) -> usize {
+    pub(crate) fn busy_lanes(&self) -> usize {
         self.busy_lanes.load(Ordering::Acquire)
     }
 

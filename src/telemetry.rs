@@ -31,7 +31,7 @@ pub fn init(format: LogFormat) {
 }
 
 /// Renders an error chain on one line (`a: b: c`), for log fields.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -36,7 +36,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Reads every certificate of a PEM chain.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     let pem_error = |message: String| Error::Pem {
         what: "certificates",
         path: path.to_owned(),
@@ -53,7 +53,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
 }
 
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
     PrivateKeyDer::from_pem_file(path).map_err(|err| Error::Pem {
         what: "private key",
         path: path.to_owned(),
@@ -71,7 +71,7 @@ pub struct Files {
 }
 
 /// The downstream server configuration: HTTP/2 and HTTP/1.1 by ALPN.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
+pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
     let certs = load_certs(cert)?;
     let key = load_key(key)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -85,7 +85,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 /// An upstream client configuration. `ca_file` replaces the system roots
 /// (internal servers usually have an internal CA). The ALPN offer is left
 /// empty: the connector sets it from the configured protocol.
-pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
+pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {

@@ -47,16 +47,16 @@ use crate::sync::{Apply, Recorder};
 use crate::triggers::{Catalogue, Fallback, LogoutHint, Resolved, jwt_subject_and_client};
 
 /// Most remembered logout sessions (logout session id → SID).
-pub const MAX_LOGOUT_HINTS: usize = 100_000;
+pub(crate) const MAX_LOGOUT_HINTS: usize = 100_000;
 /// How long a logout hint is kept: a logout confirmation comes within
 /// seconds of its start.
-pub const LOGOUT_HINT_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const LOGOUT_HINT_TTL: Duration = Duration::from_secs(3600);
 /// How long an answer of the previous primary (the fallback right after a
 /// flip) waits for its changes to reach the new primary before it is
 /// released anyway: long enough for a healthy sync (milliseconds), short
 /// enough that a down secondary does not stall the client (the change
 /// stays journaled and keeps retrying).
-pub const FALLBACK_SETTLE_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const FALLBACK_SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What a client refused by the write gate is told to wait before trying
 /// again: a flip holds writes for well under a second.
@@ -64,7 +64,7 @@ const GATE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The trigger hook.
 #[derive(Clone)]
-pub struct TriggerHook {
+pub(crate) struct TriggerHook {
     inner: Arc<Inner>,
 }
 
@@ -92,7 +92,7 @@ impl std::fmt::Debug for TriggerHook {
 impl TriggerHook {
     /// A hook recognising triggers under `base_path`, recording what they
     /// changed with `recorder`.
-    pub fn new(
+    pub(crate) fn new(
         base_path: &str,
         recorder: Recorder,
         apply: Arc<dyn Apply>,
@@ -119,7 +119,7 @@ impl TriggerHook {
 
 /// What the trigger hook needs from the cutover machinery.
 #[derive(Debug, Clone)]
-pub struct CutoverParts {
+pub(crate) struct CutoverParts {
     /// The phase.
     pub phases: Arc<Phases>,
     /// The write gate.

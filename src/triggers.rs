@@ -62,7 +62,7 @@ pub enum Before {
 
 /// A token to resolve before forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenToResolve {
+pub(crate) struct TokenToResolve {
     /// The token value.
     pub token: String,
     /// The client's `token_type_hint`.
@@ -71,7 +71,7 @@ pub struct TokenToResolve {
 
 /// What a row learned before forwarding.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// Subject and client of the token, if found.
     pub authorization: Option<(String, String)>,
 }
@@ -114,7 +114,7 @@ impl Outcome {
 
 /// One catalogue row.
 #[derive(Debug)]
-pub struct Row {
+pub(crate) struct Row {
     /// The method.
     pub method: Method,
     /// The path under the base path; `{}` matches one segment.
@@ -166,7 +166,7 @@ macro_rules! row {
 }
 
 /// The catalogue.
-pub static CATALOGUE: &[Row] = &[
+pub(crate) static CATALOGUE: &[Row] = &[
     row!(POST, "/clients", "client_create", client_created),
     row!(PUT, "/clients/{}", "client_update", client_in_path),
     row!(DELETE, "/clients/{}", "client_delete", client_in_path),
@@ -254,7 +254,7 @@ pub static CATALOGUE: &[Row] = &[
 /// a flip (a login in progress, an authorization code, an identifier access
 /// token), and how to tell that the new primary does not know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
+pub(crate) enum Fallback {
     /// `/authz-sessions/rest/v3/{sid}`: 404.
     AuthzSession,
     /// `/logout-sessions/rest/v1/{sid}`: 404.
@@ -290,7 +290,7 @@ static FALLBACKS: &[(&[Method], &str, Fallback)] = &[
 impl Fallback {
     /// Whether the request is one the previous primary may alone know
     /// (for `/token`: only grants that redeem a code).
-    pub fn applies(self, body: &[u8]) -> bool {
+    pub(crate) fn applies(self, body: &[u8]) -> bool {
         if self != Self::Token {
             return true;
         }
@@ -299,7 +299,7 @@ impl Fallback {
     }
 
     /// Whether the new primary's answer says it does not know the state.
-    pub fn unknown_here(self, status: StatusCode, body: Option<&Bytes>) -> bool {
+    pub(crate) fn unknown_here(self, status: StatusCode, body: Option<&Bytes>) -> bool {
         let json = || body.and_then(|b| serde_json::from_slice::<Value>(b).ok());
         match self {
             Self::AuthzSession | Self::LogoutSession => status == StatusCode::NOT_FOUND,
@@ -321,13 +321,13 @@ impl Fallback {
 
 /// The catalogue bound to a server's base path.
 #[derive(Debug, Clone)]
-pub struct Catalogue {
+pub(crate) struct Catalogue {
     base_path: String,
 }
 
 impl Catalogue {
     /// A catalogue for endpoints under `base_path` (`""` or e.g. `/c2id`).
-    pub fn new(base_path: &str) -> Self {
+    pub(crate) fn new(base_path: &str) -> Self {
         Self {
             base_path: base_path.trim_end_matches('/').to_owned(),
         }
@@ -350,7 +350,7 @@ impl Catalogue {
     /// The row matching a request, if it is a trigger. Cheap, called for
     /// every request: a prefix check and a segment comparison over a short
     /// table, without allocating.
-    pub fn route(&self, method: &Method, path: &str) -> Option<RouteId> {
+    pub(crate) fn route(&self, method: &Method, path: &str) -> Option<RouteId> {
         if *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS {
             return None;
         }
@@ -364,10 +364,10 @@ impl Catalogue {
 
     /// The route id of a request inspected only for the fallback to the
     /// previous primary (no row: not a trigger).
-    pub const FALLBACK_ONLY: RouteId = RouteId(u16::MAX);
+    pub(crate) const FALLBACK_ONLY: RouteId = RouteId(u16::MAX);
 
     /// Whether a request may need the previous primary right after a flip.
-    pub fn fallback(&self, method: &Method, path: &str) -> Option<Fallback> {
+    pub(crate) fn fallback(&self, method: &Method, path: &str) -> Option<Fallback> {
         let relative = self.relative(path)?;
         FALLBACKS
             .iter()
@@ -378,12 +378,12 @@ impl Catalogue {
     }
 
     /// The row of a route.
-    pub fn row(&self, route: RouteId) -> Option<&'static Row> {
+    pub(crate) fn row(&self, route: RouteId) -> Option<&'static Row> {
         CATALOGUE.get(usize::from(route.0))
     }
 
     /// The token a row must resolve before forwarding, if any.
-    pub fn token_to_resolve(&self, route: RouteId, body: &[u8]) -> Option<TokenToResolve> {
+    pub(crate) fn token_to_resolve(&self, route: RouteId, body: &[u8]) -> Option<TokenToResolve> {
         if self.row(route)?.before != Before::ResolveRevokedToken {
             return None;
         }
@@ -402,7 +402,7 @@ impl Catalogue {
 
     /// What an exchange changed. Only successful (2xx) exchanges change
     /// anything.
-    pub fn extract(
+    pub(crate) fn extract(
         &self,
         route: RouteId,
         exchange: &Exchange<'_>,
@@ -417,7 +417,7 @@ impl Catalogue {
 
     /// The token event of an exchange, for a target that learns tokens
     /// only from their values.
-    pub fn token_event(
+    pub(crate) fn token_event(
         &self,
         route: RouteId,
         exchange: &Exchange<'_>,

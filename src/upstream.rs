@@ -26,11 +26,11 @@ use crate::model::{BaseUrl, Side};
 type Connector = Counting<hyper_rustls::HttpsConnector<HttpConnector>>;
 
 /// Time to establish a TCP (and TLS) connection to an upstream.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle upstream connections are closed after this long.
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle upstream connections kept per upstream host.
-pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+pub(crate) const DEFAULT_POOL_MAX_IDLE: usize = 256;
 
 /// Connection settings of the upstream clients (both servers).
 #[derive(Debug, Clone)]
@@ -214,7 +214,7 @@ impl Upstream {
 
 /// Wraps a connector so every connection it makes is counted while open.
 #[derive(Debug, Clone)]
-pub struct Counting<C> {
+pub(crate) struct Counting<C> {
     inner: C,
     open: Gauge,
     total: Counter,

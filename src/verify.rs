@@ -40,9 +40,9 @@ use crate::sync::Recorder;
 use crate::sync::SyncHandle;
 
 /// Lookups in flight at once by default.
-pub const DEFAULT_CONCURRENCY: usize = 32;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 32;
 /// Drifted keys listed per dataset by default.
-pub const DEFAULT_LIST: usize = 20;
+pub(crate) const DEFAULT_LIST: usize = 20;
 
 /// Why a verify could not finish.
 #[derive(Debug, thiserror::Error)]

@@ -75,7 +75,7 @@ const MAX_TOKEN_LINE: usize = 64 << 10;
 
 impl TokenLine {
     /// The Authlete token of this line, or `None` when it expired.
-    pub fn spec(
+    pub(crate) fn spec(
         &self,
         now: u64,
         unbounded_refresh: Duration,

@@ -39,7 +39,12 @@ impl Credentials {
 
     /// Replaces the other side's token with `primary`'s on a management
     /// call. Returns whether it did.
-    pub fn follow_primary(&self, path: &str, headers: &mut HeaderMap, primary: Side) -> bool {
+    pub(crate) fn follow_primary(
+        &self,
+        path: &str,
+        headers: &mut HeaderMap,
+        primary: Side,
+    ) -> bool {
         let Some(relative) = path.strip_prefix(self.base_path.as_str()) else {
             return false;
         };

@@ -11,13 +11,13 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 /// Default most requests held at once.
-pub const DEFAULT_MAX_HELD: usize = 10_000;
+pub(crate) const DEFAULT_MAX_HELD: usize = 10_000;
 /// Default most bytes of held request bodies.
-pub const DEFAULT_MAX_HELD_BYTES: usize = 64 << 20;
+pub(crate) const DEFAULT_MAX_HELD_BYTES: usize = 64 << 20;
 /// How long a held request waits at most, whatever happens to the flip:
 /// then it is refused with `503` (never forwarded to a primary that may be
 /// stale).
-pub const HOLD_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const HOLD_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 struct State {
@@ -199,7 +199,7 @@ impl Gate {
 
     /// Waits until no request that passed is still being forwarded or
     /// journaled; false on timeout.
-    pub async fn wait_in_flight_done(&self, timeout: Duration) -> bool {
+    pub(crate) async fn wait_in_flight_done(&self, timeout: Duration) -> bool {
         let mut changed = self.changed.subscribe();
         tokio::time::timeout(timeout, async {
             loop {

@@ -45,17 +45,17 @@ use crate::sync::Recorder;
 use crate::sync::SyncHandle;
 
 /// Default bound on the write pause.
-pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(2);
 /// Default largest sync lag at which a cutover may start: the drain must
 /// fit in the pause.
-pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_MAX_LAG: Duration = Duration::from_secs(1);
 /// Keys synced this long before the hold are verified too (the writes
 /// right before the cutover are the ones most likely still settling).
-pub const VERIFY_LOOKBACK: Duration = Duration::from_secs(2);
+pub(crate) const VERIFY_LOOKBACK: Duration = Duration::from_secs(2);
 /// How long state that lives only on the previous primary (login sessions
 /// in progress, authorization codes, identifier access tokens) is served
 /// from it after a flip: an authorization code lives 10 minutes.
-pub const DEFAULT_FALLBACK_WINDOW: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_FALLBACK_WINDOW: Duration = Duration::from_secs(600);
 
 /// What the flip needs besides [`super::Config`].
 #[derive(Debug, Clone)]

@@ -84,7 +84,7 @@ struct Grant {
 
 /// Tokens a user still holds at the end (their grant not revoked).
 #[derive(Debug, Clone)]
-pub struct HeldTokens {
+pub(crate) struct HeldTokens {
     /// The client.
     pub client_id: String,
     /// The latest access token.
@@ -150,7 +150,7 @@ impl Traffic {
     /// the flip: either a user refreshed with it after `until`, or the check
     /// refreshes with it now (through the proxy, i.e. at the new primary).
     /// Revoked grants are left out.
-    pub async fn check_rotations(&self, from: Instant, until: Instant) -> RotationCheck {
+    pub(crate) async fn check_rotations(&self, from: Instant, until: Instant) -> RotationCheck {
         let events = self.events.lock().map(|e| e.clone()).unwrap_or_default();
         let mut check = RotationCheck::default();
         for (index, event) in events.iter().enumerate() {
@@ -416,7 +416,7 @@ impl Traffic {
     }
 
     /// Tokens users still held at the end of the traffic.
-    pub fn held_tokens(&self) -> Vec<HeldTokens> {
+    pub(crate) fn held_tokens(&self) -> Vec<HeldTokens> {
         self.held.lock().map(|h| h.clone()).unwrap_or_default()
     }
 }
@@ -487,7 +487,7 @@ pub fn progress(line: &str) {
 }
 
 /// Ends a run of progress lines.
-pub fn progress_done() {
+pub(crate) fn progress_done() {
     use std::io::IsTerminal as _;
     if std::io::stderr().is_terminal() {
         let _ = writeln!(std::io::stderr());
@@ -580,7 +580,7 @@ impl AdminProbe {
     }
 
     /// Waits until the backfill is done (or failed), showing progress.
-    pub async fn wait_backfill(&self, timeout: Duration) -> crate::api::BackfillStatus {
+    pub(crate) async fn wait_backfill(&self, timeout: Duration) -> crate::api::BackfillStatus {
         let until = Instant::now() + timeout;
         let mut last = crate::api::BackfillStatus::default();
         while Instant::now() < until {

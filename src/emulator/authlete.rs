@@ -309,7 +309,7 @@ impl Default for Config {
 }
 
 /// The service owner's API key unless configured otherwise.
-pub const DEFAULT_OWNER_API_KEY: &str = "emulator-owner";
+pub(crate) const DEFAULT_OWNER_API_KEY: &str = "emulator-owner";
 
 impl fmt::Debug for Config {
     // Credentials stay out of logs.

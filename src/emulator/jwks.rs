@@ -27,11 +27,11 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use serde_json::{Map, Value, json};
 
 /// The `kid` of the HMAC key.
-pub const HMAC_KID: &str = "hmac";
+pub(crate) const HMAC_KID: &str = "hmac";
 /// The `kid` of the refresh-token encryption key.
-pub const REFRESH_TOKEN_KID: &str = "refresh-token-encrypt";
+pub(crate) const REFRESH_TOKEN_KID: &str = "refresh-token-encrypt";
 /// The `kid` given to the signing key of a generated set.
-pub const GENERATED_SIGNING_KID: &str = "sig-1";
+pub(crate) const GENERATED_SIGNING_KID: &str = "sig-1";
 
 /// JWK members that hold private or secret key material; they are removed
 /// from the public form of a key.

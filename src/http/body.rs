@@ -14,7 +14,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// Something to drop when the body is done.
-pub type Guard = Box<dyn Send + Sync>;
+pub(crate) type Guard = Box<dyn Send + Sync>;
 
 /// A forwarding-path body.
 pub struct ProxyBody {
@@ -73,7 +73,7 @@ impl ProxyBody {
     }
 
     /// A streamed body whose first bytes were already read.
-    pub fn prefixed(prefix: Bytes, rest: Incoming) -> Self {
+    pub(crate) fn prefixed(prefix: Bytes, rest: Incoming) -> Self {
         Self {
             kind: Kind::Stream {
                 prefix: (!prefix.is_empty()).then_some(prefix),
@@ -84,7 +84,7 @@ impl ProxyBody {
     }
 
     /// Attaches a guard dropped when the body is done.
-    pub fn with_guard(mut self, guard: Guard) -> Self {
+    pub(crate) fn with_guard(mut self, guard: Guard) -> Self {
         self._guard = Some(guard);
         self
     }

@@ -21,7 +21,7 @@ pub fn first<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Percent-decodes a URL path segment (`+` stays a plus).
-pub fn decode_segment(segment: &str) -> String {
+pub(crate) fn decode_segment(segment: &str) -> String {
     percent_encoding::percent_decode_str(segment)
         .decode_utf8_lossy()
         .into_owned()
@@ -29,12 +29,12 @@ pub fn decode_segment(segment: &str) -> String {
 
 /// Form-encodes one value (as in HTTP Basic client credentials, RFC 6749
 /// §2.3.1).
-pub fn encode_component(text: &str) -> String {
+pub(crate) fn encode_component(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// Percent-encodes one URL path segment.
-pub fn encode_segment(text: &str) -> String {
+pub(crate) fn encode_segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
@@ -47,7 +47,7 @@ pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String
 
 /// A `client_secret_basic` Authorization header value (RFC 6749 §2.3.1:
 /// both parts form-encoded before joining).
-pub fn basic_auth(client_id: &str, secret: &str) -> String {
+pub(crate) fn basic_auth(client_id: &str, secret: &str) -> String {
     let pair = format!(
         "{}:{}",
         encode_component(client_id),

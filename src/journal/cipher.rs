@@ -115,7 +115,7 @@ impl Cipher {
 
     /// Encrypts `in_out` in place and returns the tag. `aad` is authenticated
     /// but not encrypted.
-    pub fn seal_in_place(
+    pub(crate) fn seal_in_place(
         &self,
         nonce: [u8; NONCE_BYTES],
         aad: &[u8],
@@ -132,7 +132,7 @@ impl Cipher {
 
     /// Decrypts `ciphertext_and_tag` in place and returns the plaintext, which
     /// is the buffer minus its last 16 (tag) bytes.
-    pub fn open_in_place<'a>(
+    pub(crate) fn open_in_place<'a>(
         &self,
         nonce: [u8; NONCE_BYTES],
         aad: &[u8],

@@ -141,7 +141,7 @@ impl DeadLetters {
 
     /// Durably clears every dead letter with `seq <= through` (after they
     /// were re-queued for retry).
-    pub fn clear_through(&self, through: Seq) -> Result<(), Error> {
+    pub(crate) fn clear_through(&self, through: Seq) -> Result<(), Error> {
         let mut inner = self.lock();
         let cursor = through.saturating_add(1).min(inner.next_seq);
         inner.store.persist_cursor(cursor)?;

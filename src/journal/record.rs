@@ -26,14 +26,14 @@
 use super::cipher::{Cipher, CipherError, NONCE_BYTES, TAG_BYTES};
 
 /// Bytes before the CRC-covered part: `len` and `crc`.
-pub const PREFIX_LEN: usize = 8;
+pub(crate) const PREFIX_LEN: usize = 8;
 
 /// Fixed bytes inside the CRC-covered part besides the ciphertext: seq,
 /// flags, nonce and tag.
-pub const OVERHEAD: usize = 8 + 1 + NONCE_BYTES + TAG_BYTES;
+pub(crate) const OVERHEAD: usize = 8 + 1 + NONCE_BYTES + TAG_BYTES;
 
 /// Smallest legal `len` (an empty plaintext).
-pub const MIN_LEN: u32 = OVERHEAD as u32;
+pub(crate) const MIN_LEN: u32 = OVERHEAD as u32;
 
 /// Largest plaintext the format allows: 16 MiB.
 ///
@@ -44,13 +44,13 @@ pub const MIN_LEN: u32 = OVERHEAD as u32;
 /// allocation a damaged length can cause. Appends are limited far below it
 /// by `Config::max_record_bytes`, so lowering that setting never makes
 /// existing records unreadable.
-pub const MAX_PLAINTEXT: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_PLAINTEXT: usize = 16 * 1024 * 1024;
 
 /// Largest legal `len`.
-pub const MAX_LEN: u32 = (MAX_PLAINTEXT + OVERHEAD) as u32;
+pub(crate) const MAX_LEN: u32 = (MAX_PLAINTEXT + OVERHEAD) as u32;
 
 /// The only flags value this version writes and accepts.
-pub const FLAGS_NONE: u8 = 0;
+pub(crate) const FLAGS_NONE: u8 = 0;
 
 const SEQ_AT: usize = PREFIX_LEN;
 const FLAGS_AT: usize = SEQ_AT + 8;
@@ -141,7 +141,7 @@ pub struct Decoded {
 
 /// Appends the frame for (`seq`, `plaintext`) to `out`, with a fresh nonce,
 /// and returns its length.
-pub fn encode_into(
+pub(crate) fn encode_into(
     out: &mut Vec<u8>,
     seq: u64,
     plaintext: &[u8],
@@ -190,7 +190,7 @@ pub fn encode(seq: u64, plaintext: &[u8], cipher: &Cipher) -> Result<Vec<u8>, En
 
 /// The total frame length announced by a frame's first [`PREFIX_LEN`]
 /// bytes, or why it is impossible. Lets a reader learn how much to read.
-pub fn frame_len(prefix: &[u8; PREFIX_LEN]) -> Result<usize, FrameError> {
+pub(crate) fn frame_len(prefix: &[u8; PREFIX_LEN]) -> Result<usize, FrameError> {
     let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     if !(MIN_LEN..=MAX_LEN).contains(&len) {
         return Err(FrameError::BadLength { len });

@@ -81,13 +81,13 @@ pub enum Change {
 impl Change {
     /// The journal record body of this change (its JSON): the one encoder
     /// of the journal's and the dead letters' on-disk format.
-    pub fn to_record(&self) -> Vec<u8> {
+    pub(crate) fn to_record(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a change serialises: plain strings and integers")
     }
 
     /// A change from a journal record body. Fails for a record written by
     /// another version of handover (or not a change at all).
-    pub fn from_record(body: &[u8]) -> Result<Self, serde_json::Error> {
+    pub(crate) fn from_record(body: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(body)
     }
 
@@ -124,7 +124,7 @@ impl Change {
     }
 
     /// A short description safe for logs.
-    pub fn redacted(&self) -> String {
+    pub(crate) fn redacted(&self) -> String {
         match self {
             Self::Sync { key, .. } => key.redacted(),
             Self::SubjectSessions { subject } => format!("sessions of {subject}"),
@@ -205,7 +205,7 @@ pub enum TokenEvent {
 impl TokenEvent {
     /// The lane of the token family: a delete never overtakes the create it
     /// follows.
-    pub fn family(&self) -> String {
+    pub(crate) fn family(&self) -> String {
         let (client, subject) = match self {
             Self::Issued {
                 client_id, subject, ..

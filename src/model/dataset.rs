@@ -24,7 +24,7 @@ pub enum Dataset {
 
 impl Dataset {
     /// What a Connect2id target syncs, in the migration guide's order.
-    pub const CONNECT2ID: [Self; 3] = [Self::Clients, Self::Authorizations, Self::Sessions];
+    pub(crate) const CONNECT2ID: [Self; 3] = [Self::Clients, Self::Authorizations, Self::Sessions];
     /// What an Authlete target syncs: it has no authorization records or
     /// subject sessions (the new authorization server keeps its own).
     pub const AUTHLETE: [Self; 2] = [Self::Clients, Self::Tokens];

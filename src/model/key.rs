@@ -45,7 +45,7 @@ impl Key {
     /// their SID (`member_key`, the export being an object), clients by
     /// `client_id`, authorizations by `sub` + `cid`. `None` for a record
     /// without a usable key.
-    pub fn from_export_member(
+    pub(crate) fn from_export_member(
         dataset: Dataset,
         member_key: Option<&str>,
         value: &[u8],
@@ -83,7 +83,7 @@ impl Key {
 
     /// The key of an authorization record as the authz-store returns it
     /// (`sub` + `cid`).
-    pub fn of_authorization(record: &serde_json::Value) -> Option<Self> {
+    pub(crate) fn of_authorization(record: &serde_json::Value) -> Option<Self> {
         Some(Self::Authorization {
             subject: record.get("sub")?.as_str()?.to_owned(),
             client_id: record.get("cid")?.as_str()?.to_owned(),
@@ -92,7 +92,7 @@ impl Key {
 
     /// The identity used to coalesce work on one record: for sessions the
     /// SID key, since two SIDs with the same key are the same session.
-    pub fn identity(&self) -> String {
+    pub(crate) fn identity(&self) -> String {
         match self {
             Self::Client { client_id } => format!("client:{client_id}"),
             Self::Authorization { subject, client_id } => format!("authz:{subject}|{client_id}"),
@@ -102,7 +102,7 @@ impl Key {
 
     /// A form safe for logs: session identifiers are secrets (a SID is a
     /// browser cookie), so only a short prefix of the key is shown.
-    pub fn redacted(&self) -> String {
+    pub(crate) fn redacted(&self) -> String {
         match self {
             Self::Session { sid } => {
                 let key = sid_key(sid);

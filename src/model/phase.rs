@@ -44,7 +44,7 @@ impl Phase {
     }
 
     /// Every phase, for metrics.
-    pub const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 5] = [
         Self::Mirroring,
         Self::CuttingOver,
         Self::CutOver,
@@ -66,7 +66,7 @@ impl Phase {
     }
 
     /// Whether trigger requests are held in this phase.
-    pub fn holds_writes(self) -> bool {
+    pub(crate) fn holds_writes(self) -> bool {
         matches!(self, Self::CuttingOver | Self::RollingBack)
     }
 }

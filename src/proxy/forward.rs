@@ -29,14 +29,14 @@ use crate::upstream::{self};
 
 /// `X-Request-Id`: kept when the client sent one, generated otherwise, and
 /// passed to the primary so its logs and ours line up.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Largest request body buffered for inspection. Connect2id caps `/clients`
 /// bodies at 250,000 characters and token requests at 50,000, so 1 MiB
 /// covers every trigger with room to spare.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Time an upstream has to start answering a forwarded request.
-pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Forwarding settings.
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ impl Forwarder {
     }
 
     /// Adds a request rewriter.
-    pub fn with_rewriter(mut self, rewriter: Arc<dyn Rewriter>) -> Self {
+    pub(crate) fn with_rewriter(mut self, rewriter: Arc<dyn Rewriter>) -> Self {
         self.rewriter = Some(rewriter);
         self
     }

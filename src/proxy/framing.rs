@@ -86,7 +86,7 @@ enum State {
 
 /// Follows HTTP/1.1 request framing over the bytes of one connection.
 #[derive(Debug)]
-pub struct Sniffer {
+pub(crate) struct Sniffer {
     state: State,
     head: Vec<u8>,
     max_head: usize,
@@ -94,7 +94,7 @@ pub struct Sniffer {
 
 impl Sniffer {
     /// A sniffer that gives up on heads larger than `max_head` bytes.
-    pub fn new(max_head: usize) -> Self {
+    pub(crate) fn new(max_head: usize) -> Self {
         Self {
             state: State::Head,
             head: Vec::new(),
@@ -103,13 +103,13 @@ impl Sniffer {
     }
 
     /// Whether the sniffer still follows the connection.
-    pub fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         matches!(self.state, State::Off)
     }
 
     /// Consumes bytes read from the connection, reporting one verdict per
     /// complete request head.
-    pub fn feed(&mut self, mut bytes: &[u8], verdicts: &mut dyn FnMut(Verdict)) {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8], verdicts: &mut dyn FnMut(Verdict)) {
         while !bytes.is_empty() {
             match &mut self.state {
                 State::Off => return,
@@ -323,7 +323,7 @@ fn parse_length(bytes: &[u8]) -> Option<u64> {
 
 /// An I/O stream whose reads feed a [`Sniffer`]; writes pass through.
 #[derive(Debug)]
-pub struct SniffedIo<T> {
+pub(crate) struct SniffedIo<T> {
     inner: T,
     sniffer: Sniffer,
     verdicts: std::sync::Arc<Verdicts>,
@@ -331,7 +331,7 @@ pub struct SniffedIo<T> {
 
 impl<T> SniffedIo<T> {
     /// Wraps `inner`, reporting verdicts to `verdicts`.
-    pub fn new(inner: T, max_head: usize, verdicts: std::sync::Arc<Verdicts>) -> Self {
+    pub(crate) fn new(inner: T, max_head: usize, verdicts: std::sync::Arc<Verdicts>) -> Self {
         Self {
             inner,
             sniffer: Sniffer::new(max_head),

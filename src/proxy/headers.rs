@@ -9,23 +9,23 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `Issuer`: selects a Connect2id issuer alias.
-pub const ISSUER: HeaderName = HeaderName::from_static("issuer");
+pub(crate) const ISSUER: HeaderName = HeaderName::from_static("issuer");
 /// `Tenant-ID`: selects a tenant in the multi-tenant edition.
-pub const TENANT_ID: HeaderName = HeaderName::from_static("tenant-id");
+pub(crate) const TENANT_ID: HeaderName = HeaderName::from_static("tenant-id");
 /// `X-Forwarded-For`.
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// `Forwarded` (RFC 7239).
-pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Removes hop-by-hop headers: `Connection` and every header it names,
 /// `Keep-Alive`, `Transfer-Encoding`, `Upgrade`, every `Proxy-*`, and `TE`
 /// except its `trailers` token (which asks the next hop to keep trailers).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -75,7 +75,7 @@ fn is_proxy_header(name: &HeaderName) -> bool {
 
 /// Removes client-sent `Issuer` and `Tenant-ID` unless the operator declared
 /// the network in front trusted.
-pub fn scrub_issuer(headers: &mut HeaderMap, trusted: bool) {
+pub(crate) fn scrub_issuer(headers: &mut HeaderMap, trusted: bool) {
     if !trusted {
         headers.remove(ISSUER);
         headers.remove(TENANT_ID);
@@ -84,7 +84,7 @@ pub fn scrub_issuer(headers: &mut HeaderMap, trusted: bool) {
 
 /// What the proxy knows about the downstream hop.
 #[derive(Debug, Clone, Copy)]
-pub struct Hop<'a> {
+pub(crate) struct Hop<'a> {
     /// The peer address of the downstream connection.
     pub client_ip: IpAddr,
     /// `https` when TLS was terminated here, else `http`.
@@ -97,7 +97,7 @@ pub struct Hop<'a> {
 /// front that sets them) the client IP is appended to the existing chain and
 /// existing proto/host are kept; without it, client-sent values (and
 /// `Forwarded`) are discarded so nobody can spoof them.
-pub fn set_forwarded(headers: &mut HeaderMap, hop: Hop<'_>, trusted: bool) {
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, hop: Hop<'_>, trusted: bool) {
     let ip = hop.client_ip.to_string();
     let existing_for = if trusted {
         let chain: Vec<&str> = headers

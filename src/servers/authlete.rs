@@ -72,7 +72,7 @@ pub struct TokenSpec {
 /// is not accepted by `/auth/token/create`: a refresh keeps the grant of
 /// its family, which the proxy does not see, so it is recorded as
 /// `AUTHORIZATION_CODE` (the usual origin of refresh tokens).
-pub fn authlete_grant(grant_type: &str) -> &'static str {
+pub(crate) fn authlete_grant(grant_type: &str) -> &'static str {
     match grant_type {
         "password" => "PASSWORD",
         "client_credentials" => "CLIENT_CREDENTIALS",
@@ -86,7 +86,7 @@ pub fn authlete_grant(grant_type: &str) -> &'static str {
 
 /// What a client upsert did.
 #[derive(Debug, Clone, Default)]
-pub struct ClientOutcome {
+pub(crate) struct ClientOutcome {
     /// Source fields with no Authlete equivalent (names only).
     pub unmapped: Vec<String>,
 }
@@ -104,7 +104,7 @@ pub struct TokenInfo {
 
 /// Service settings relevant to the migration, checked at start-up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ServiceCheck {
+pub(crate) struct ServiceCheck {
     /// Problems found (empty: fine).
     pub warnings: Vec<String>,
 }
@@ -287,7 +287,7 @@ impl Authlete {
     // ---- service ----
 
     /// Checks the service settings the migration depends on.
-    pub async fn check_service(&self) -> Result<ServiceCheck, ApiError> {
+    pub(crate) async fn check_service(&self) -> Result<ServiceCheck, ApiError> {
         let (status, service) = self.call(Method::GET, "/service/get", None).await?;
         if !status.is_success() {
             return Err(Self::rejected("service/get", status, &service));
@@ -361,7 +361,7 @@ impl Authlete {
 
     /// Creates or updates the client of a Connect2id record, then sets its
     /// secret.
-    pub async fn upsert_client(&self, record: &Value) -> Result<ClientOutcome, ApiError> {
+    pub(crate) async fn upsert_client(&self, record: &Value) -> Result<ClientOutcome, ApiError> {
         let alias = record
             .get("client_id")
             .and_then(Value::as_str)
@@ -452,7 +452,7 @@ impl Authlete {
     }
 
     /// Every client, a page at a time (for verify).
-    pub async fn clients_page(
+    pub(crate) async fn clients_page(
         &self,
         start: usize,
         end: usize,
@@ -555,7 +555,7 @@ impl Authlete {
     /// Creates many tokens: the v3 batch API (asynchronous; polled), else
     /// one by one. A failed batch (it may be partly applied) is retried
     /// item by item, where duplicates count as success.
-    pub async fn create_tokens(&self, specs: &[TokenSpec]) -> Result<(), ApiError> {
+    pub(crate) async fn create_tokens(&self, specs: &[TokenSpec]) -> Result<(), ApiError> {
         if specs.is_empty() {
             return Ok(());
         }
@@ -633,20 +633,20 @@ impl Authlete {
     }
 
     /// Removes the pair holding a refresh token (absent is fine).
-    pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<(), ApiError> {
+    pub(crate) async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<(), ApiError> {
         self.revoke(json!({ "refreshTokenIdentifier": refresh_token }))
             .await
     }
 
     /// Removes the pair holding an access token (absent is fine).
-    pub async fn revoke_access_token(&self, access_token: &str) -> Result<(), ApiError> {
+    pub(crate) async fn revoke_access_token(&self, access_token: &str) -> Result<(), ApiError> {
         self.revoke(json!({ "accessTokenIdentifier": access_token }))
             .await
     }
 
     /// Removes every token of a subject at a client (Connect2id's
     /// revocation semantics), or of a subject, or of a client.
-    pub async fn revoke_grant(
+    pub(crate) async fn revoke_grant(
         &self,
         client_id: Option<&str>,
         subject: Option<&str>,
@@ -728,7 +728,7 @@ impl Authlete {
 /// backfill: its current refresh token (`rft`) with the remaining lifetime
 /// (`rtl` counts from `rti`; 0 means unbounded). `None` when the record
 /// carries no refresh token or it expired.
-pub fn spec_of_record(record: &Value, config: &Config) -> Option<TokenSpec> {
+pub(crate) fn spec_of_record(record: &Value, config: &Config) -> Option<TokenSpec> {
     let refresh = record.get("rft").and_then(Value::as_str)?;
     let subject = record.get("sub").and_then(Value::as_str)?;
     let client = record.get("cid").and_then(Value::as_str)?;
@@ -772,7 +772,7 @@ pub fn spec_of_record(record: &Value, config: &Config) -> Option<TokenSpec> {
 }
 
 /// Whether Authlete takes this client secret (spec §4.3).
-pub fn secret_acceptable(secret: &str) -> bool {
+pub(crate) fn secret_acceptable(secret: &str) -> bool {
     !secret.is_empty()
         && secret.len() <= SECRET_MAX_LEN
         && secret
@@ -883,7 +883,7 @@ const RENAMED: [(&str, &str); 9] = [
 
 /// Whether Authlete can hold the client of a Connect2id record: its secret
 /// must follow Authlete's rules. A refusal is permanent, with the reason.
-pub fn storable(alias: &str, record: &Value) -> Result<(), ApiError> {
+pub(crate) fn storable(alias: &str, record: &Value) -> Result<(), ApiError> {
     let secret = record
         .get("client_secret")
         .or_else(|| record.get("encoded_client_secret"))
@@ -903,7 +903,7 @@ pub fn storable(alias: &str, record: &Value) -> Result<(), ApiError> {
 
 /// The Authlete `Client` of a Connect2id client record, and the source
 /// fields that have no Authlete equivalent.
-pub fn map_client(record: &Value, api_version: u8) -> (Value, Vec<String>) {
+pub(crate) fn map_client(record: &Value, api_version: u8) -> (Value, Vec<String>) {
     let empty = Map::new();
     let fields = record.as_object().unwrap_or(&empty);
     let mut client = Map::new();
@@ -979,7 +979,7 @@ fn mapped_equal(current: &Value, wanted: &Value) -> bool {
 
 /// The fields verify compares between a Connect2id client and its Authlete
 /// copy: the mapped ones, and the secret.
-pub fn client_drift(record: &Value, authlete: &Value, api_version: u8) -> Option<String> {
+pub(crate) fn client_drift(record: &Value, authlete: &Value, api_version: u8) -> Option<String> {
     let (wanted, _) = map_client(record, api_version);
     if !mapped_equal(authlete, &wanted) {
         let differing: Vec<&String> = wanted

@@ -38,7 +38,7 @@ use crate::model::{Dataset, Secret, Side, TokenKind, sid_key};
 use crate::upstream::{self, Upstream};
 
 /// Largest single-record answer read into memory (exports stream instead).
-pub const MAX_RECORD_RESPONSE_BYTES: usize = 4 << 20;
+pub(crate) const MAX_RECORD_RESPONSE_BYTES: usize = 4 << 20;
 
 /// Bearer tokens for the Connect2id management APIs (each API has its own
 /// token configuration on the server; `spec/connect2id.md` §1.2).
@@ -118,7 +118,7 @@ impl Api {
     }
 
     /// The management API a path under the base path belongs to.
-    pub fn of_path(relative: &str) -> Option<Self> {
+    pub(crate) fn of_path(relative: &str) -> Option<Self> {
         API_PREFIXES
             .iter()
             .find(|(prefix, _)| {
@@ -282,7 +282,7 @@ impl Connect2id {
 
     /// Makes this server hold `record` (read from the primary): nothing if
     /// it already holds an equal one, else replace.
-    pub async fn upsert_client(&self, record: &Value) -> Result<(), ApiError> {
+    pub(crate) async fn upsert_client(&self, record: &Value) -> Result<(), ApiError> {
         let client_id = record
             .get("client_id")
             .and_then(Value::as_str)
@@ -318,7 +318,7 @@ impl Connect2id {
     }
 
     /// Every long-lived authorization of a subject (or of a client).
-    pub async fn list_authorizations(
+    pub(crate) async fn list_authorizations(
         &self,
         selector: (&str, &str),
     ) -> Result<Vec<Value>, ApiError> {
@@ -365,7 +365,7 @@ impl Connect2id {
     }
 
     /// Deletes one authorization (absent is fine).
-    pub async fn delete_authorization(
+    pub(crate) async fn delete_authorization(
         &self,
         subject: &str,
         client_id: &str,
@@ -441,7 +441,7 @@ impl Connect2id {
     /// Introspects a token as its client (`/token/introspect` with the
     /// client's own `Authorization: Basic` value): the subject of an active
     /// token, `None` when inactive.
-    pub async fn subject_via_introspection(
+    pub(crate) async fn subject_via_introspection(
         &self,
         token: &str,
         client_auth: &str,
@@ -503,7 +503,7 @@ impl Connect2id {
     }
 
     /// Every session of a subject, keyed by SID.
-    pub async fn subject_sessions(
+    pub(crate) async fn subject_sessions(
         &self,
         subject: &str,
     ) -> Result<BTreeMap<String, Value>, ApiError> {
@@ -539,7 +539,7 @@ impl Connect2id {
 
     /// Makes this server hold `session` under `sid`: update if it exists,
     /// else import with `SID-Key`.
-    pub async fn upsert_session(&self, sid: &str, session: &Value) -> Result<(), ApiError> {
+    pub(crate) async fn upsert_session(&self, sid: &str, session: &Value) -> Result<(), ApiError> {
         let Some(existing) = self.get_session(sid).await? else {
             return self.import_session(sid, session).await;
         };
@@ -565,7 +565,7 @@ impl Connect2id {
     }
 
     /// Imports a session under `sid` (`POST` with `SID-Key`).
-    pub async fn import_session(&self, sid: &str, session: &Value) -> Result<(), ApiError> {
+    pub(crate) async fn import_session(&self, sid: &str, session: &Value) -> Result<(), ApiError> {
         let body =
             serde_json::to_vec(session).map_err(|err| ApiError::Transient(err.to_string()))?;
         let mut request = self.request(
@@ -585,7 +585,7 @@ impl Connect2id {
     }
 
     /// Ends a session (absent is fine).
-    pub async fn delete_session(&self, sid: &str) -> Result<(), ApiError> {
+    pub(crate) async fn delete_session(&self, sid: &str) -> Result<(), ApiError> {
         let mut request = self.request(
             Api::SessionStore,
             Method::DELETE,
@@ -683,7 +683,7 @@ fn oauth_error(body: &[u8]) -> String {
 
 /// A client record in the form `POST /clients` imports (migration guide,
 /// step 1).
-pub fn client_import_form(record: &Value) -> Value {
+pub(crate) fn client_import_form(record: &Value) -> Value {
     let Value::Object(fields) = record else {
         return record.clone();
     };

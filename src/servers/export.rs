@@ -45,7 +45,7 @@ pub enum Error {
 
 /// One exported record.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub(crate) struct Record {
     /// Its key, when the record has a usable one.
     pub key: Option<Key>,
     /// Its JSON text, as exported.
@@ -54,7 +54,7 @@ pub struct Record {
 
 /// An export being read.
 #[derive(Debug)]
-pub struct Export {
+pub(crate) struct Export {
     dataset: Dataset,
     side: Side,
     body: Incoming,
@@ -65,7 +65,7 @@ pub struct Export {
 
 impl Export {
     /// Starts the export of `dataset` at `server`.
-    pub async fn open(server: &Connect2id, dataset: Dataset) -> Result<Self, Error> {
+    pub(crate) async fn open(server: &Connect2id, dataset: Dataset) -> Result<Self, Error> {
         let body = server
             .export(dataset)
             .await
@@ -92,7 +92,7 @@ impl Export {
 
     /// The next records as they arrive (at least one), or `None` at the
     /// end of a complete document. Cancel-safe.
-    pub async fn next(&mut self) -> Result<Option<Vec<Record>>, Error> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<Record>>, Error> {
         loop {
             if !self.members.is_empty() {
                 let dataset = self.dataset;

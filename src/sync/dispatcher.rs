@@ -31,7 +31,7 @@ use crate::model::{Change, Key};
 
 /// One unit of work: a change and the acknowledgements it settles.
 #[derive(Debug)]
-pub struct Work<A> {
+pub(crate) struct Work<A> {
     /// The change.
     pub change: Change,
     /// What settles when it is done (journal records).
@@ -40,7 +40,7 @@ pub struct Work<A> {
 
 /// An exported record for the backfill to write.
 #[derive(Debug)]
-pub struct Exported<R> {
+pub(crate) struct Exported<R> {
     /// The record's key.
     pub key: Key,
     /// The record as exported by the primary.

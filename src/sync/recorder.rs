@@ -96,12 +96,12 @@ impl Recorder {
     /// Like [`Recorder::record`], then also waits (at most `limit`) until
     /// the sync has applied them: for an answer the client must not get
     /// before the secondary holds what it created.
-    pub async fn record_settled(&self, changes: Vec<Change>, limit: Duration) {
+    pub(crate) async fn record_settled(&self, changes: Vec<Change>, limit: Duration) {
         self.inner.record(changes, Some(limit)).await;
     }
 
     /// Changes waiting in memory for the journal to accept them again.
-    pub fn unjournaled(&self) -> usize {
+    pub(crate) fn unjournaled(&self) -> usize {
         self.inner.unjournaled.lock().map_or(0, |q| q.len())
     }
 
@@ -116,7 +116,7 @@ impl Recorder {
 
     /// Syncs the records whose append future was dropped (the journal keeps
     /// them for us). Called periodically.
-    pub fn pick_up_orphans(&self) {
+    pub(crate) fn pick_up_orphans(&self) {
         let orphans = self.inner.journal.take_orphans();
         if !orphans.is_empty() {
             self.submit_entries(orphans);

@@ -225,7 +225,7 @@ pub enum Switch {
 
 impl Switch {
     /// Every switch, in the order of the module table.
-    pub const ALL: [Self; 10] = [
+    pub(crate) const ALL: [Self; 10] = [
         Self::Paths,
         Self::OwnerCredentials,
         Self::Aliases,

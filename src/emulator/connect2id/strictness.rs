@@ -202,7 +202,7 @@ impl Strictness {
 
     /// A copy with some switches replaced by the members of a JSON object
     /// (as `--strictness` and `PUT /_emulator/strictness` take them).
-    pub fn with_overrides(self, overrides: &Value) -> Result<Self, String> {
+    pub(crate) fn with_overrides(self, overrides: &Value) -> Result<Self, String> {
         let Value::Object(changes) = overrides else {
             return Err("the strictness overrides must be a JSON object".to_owned());
         };
@@ -221,7 +221,7 @@ impl Strictness {
     }
 
     /// Checks the values that have a range.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.session_max_idle_minutes == 0 {
             return Err("session_max_idle_minutes must not be 0 (-1: unlimited)".to_owned());
         }
@@ -232,12 +232,12 @@ impl Strictness {
     }
 
     /// Whether `/authz-store/rest/v2` is served.
-    pub fn serves_authz_store_v2(&self) -> bool {
+    pub(crate) fn serves_authz_store_v2(&self) -> bool {
         self.server_version.is_some()
     }
 
     /// Whether the APIs removed in 17.0 are served.
-    pub fn serves_pre17_apis(&self) -> bool {
+    pub(crate) fn serves_pre17_apis(&self) -> bool {
         self.server_version.is_some_and(|version| version < 17)
     }
 
