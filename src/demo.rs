@@ -175,32 +175,13 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         )
         .await;
 
-    let journal_dir = tempfile::tempdir().map_err(Error::TempDir)?;
     let mut config = Config::for_test(&source.url(), &target.url(), TOKEN);
     config.source.tokens = ApiTokens::single(TOKEN);
     config.target.tokens = ApiTokens::single(TOKEN);
-    config.journal.dir = journal_dir.path().to_owned();
-    config.journal_key = crate::config::Secret::new(random_key());
     config.sync.retry_initial = crate::sync::DEFAULT_RETRY_INITIAL;
     config.sync.retry_max = Duration::from_secs(2);
-    let admin_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(Error::Bind)?;
-    let admin_addr = admin_listener.local_addr().map_err(Error::Bind)?;
-    let listeners = crate::app::Listeners {
-        proxy: proxy_listener,
-        admin: admin_listener,
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let app = tokio::spawn(crate::app::run(listeners, config, async move {
-        let _ = stopped.await;
-    }));
-    let admin = traffic::AdminProbe::new(admin_addr, TOKEN);
-    if !admin.wait_ready(Duration::from_secs(10)).await {
-        return Err(Error::NotReady);
-    }
-    let operator =
-        crate::api::AdminClient::new(&format!("http://{admin_addr}"), Some(TOKEN.to_owned()));
+    let stack = Stack::start(config, proxy_listener).await?;
+    let (admin, operator) = (stack.admin.clone(), stack.operator());
 
     say(&format!(
         "handover demo: source {} → proxy http://{proxy_addr}/c2id → target {}",
@@ -292,13 +273,72 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     };
     print_summary(&summary);
 
-    let _ = stop.send(());
-    if let Ok(result) = app.await {
-        result?;
-    }
+    stack.stop().await?;
     source.shutdown().await;
     target.shutdown().await;
     Ok(summary)
+}
+
+/// handover itself, running in-process for a demo: a temporary journal,
+/// an admin listener on a free port, the app spawned and ready.
+pub(crate) struct Stack {
+    /// Reads `/status` and waits for the sync.
+    pub(crate) admin: traffic::AdminProbe,
+    admin_url: String,
+    stop: oneshot::Sender<()>,
+    app: tokio::task::JoinHandle<Result<(), crate::app::Error>>,
+    // Held so the journal outlives the app; removed on drop.
+    _journal_dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts handover with `config` (its journal directory and key are
+    /// chosen here) on `proxy_listener`, and waits until it is ready.
+    pub(crate) async fn start(
+        mut config: Config,
+        proxy_listener: TcpListener,
+    ) -> Result<Self, Error> {
+        let journal_dir = tempfile::tempdir().map_err(Error::TempDir)?;
+        config.journal.dir = journal_dir.path().to_owned();
+        config.journal_key = crate::config::Secret::new(random_key());
+        let admin_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(Error::Bind)?;
+        let admin_addr = admin_listener.local_addr().map_err(Error::Bind)?;
+        let listeners = crate::app::Listeners {
+            proxy: proxy_listener,
+            admin: admin_listener,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = tokio::spawn(crate::app::run(listeners, config, async move {
+            let _ = stopped.await;
+        }));
+        let admin = traffic::AdminProbe::new(admin_addr, TOKEN);
+        if !admin.wait_ready(Duration::from_secs(10)).await {
+            return Err(Error::NotReady);
+        }
+        Ok(Self {
+            admin,
+            admin_url: format!("http://{admin_addr}"),
+            stop,
+            app,
+            _journal_dir: journal_dir,
+        })
+    }
+
+    /// The operator's client of the admin API.
+    pub(crate) fn operator(&self) -> crate::api::AdminClient {
+        crate::api::AdminClient::new(&self.admin_url, Some(TOKEN.to_owned()))
+    }
+
+    /// Shuts handover down in order and returns its result.
+    pub(crate) async fn stop(self) -> Result<(), Error> {
+        let _ = self.stop.send(());
+        if let Ok(result) = self.app.await {
+            result?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn random_key() -> String {

@@ -64,7 +64,13 @@ pub fn json_response<T: serde::Serialize + ?Sized>(
     let Ok(bytes) = serde_json::to_vec(value) else {
         return text_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
     };
-    let mut response = Response::new(full(bytes));
+    json_body_response(status, full(bytes))
+}
+
+/// A JSON response around an already serialised or streamed `body`, with
+/// the same headers as [`json_response`].
+pub fn json_body_response(status: StatusCode, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(

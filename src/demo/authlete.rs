@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use super::traffic;
 use super::{Error, say};
@@ -95,7 +94,6 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
         )
         .await;
 
-    let journal_dir = tempfile::tempdir().map_err(Error::TempDir)?;
     let mut config = Config::for_test(&source.url(), &target.url(), TOKEN);
     config.source.tokens = ApiTokens::single(TOKEN);
     config.target.kind = ServerKind::Authlete;
@@ -111,30 +109,9 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
         token_sample: DEFAULT_TOKEN_SAMPLE,
     });
     config.sync.datasets = crate::model::Dataset::AUTHLETE.to_vec();
-    config.journal.dir = journal_dir.path().to_owned();
-    config.journal_key = Secret::new(super::random_key());
     config.sync.retry_max = Duration::from_secs(2);
-    let admin_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(Error::Bind)?;
-    let admin_addr = admin_listener.local_addr().map_err(Error::Bind)?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let app = tokio::spawn(crate::app::run(
-        crate::app::Listeners {
-            proxy: proxy_listener,
-            admin: admin_listener,
-        },
-        config,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let admin = traffic::AdminProbe::new(admin_addr, TOKEN);
-    if !admin.wait_ready(Duration::from_secs(10)).await {
-        return Err(Error::NotReady);
-    }
-    let operator =
-        crate::api::AdminClient::new(&format!("http://{admin_addr}"), Some(TOKEN.to_owned()));
+    let stack = super::Stack::start(config, proxy_listener).await?;
+    let (admin, operator) = (stack.admin.clone(), stack.operator());
 
     say(&format!(
         "handover demo (Authlete target): source {} → proxy http://{proxy_addr}/c2id → Authlete {}/api/{service_id}",
@@ -219,10 +196,7 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
         dead_letters,
     };
     print(&summary, &service);
-    let _ = stop.send(());
-    if let Ok(result) = app.await {
-        result?;
-    }
+    stack.stop().await?;
     source.shutdown().await;
     target.shutdown().await;
     Ok(summary)

@@ -370,14 +370,7 @@ where
         buffer: BytesMut::with_capacity(CHUNK_BYTES * 2),
     };
     tokio::spawn(produce(sink));
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    crate::http::json_body_response(StatusCode::OK, body)
 }
 
 /// Streams a whole dataset: `open`, the rendered items of every chunk
@@ -435,15 +428,7 @@ pub(crate) fn streamed_array(items: Vec<Value>) -> Response<Body> {
 
 /// A JSON response from already serialised text.
 pub(crate) fn raw_json(status: StatusCode, text: String) -> Response<Body> {
-    let mut response = Response::new(full(text));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    crate::http::json_body_response(status, full(text))
 }
 
 #[cfg(test)]
