@@ -197,7 +197,7 @@ run_one() {
     local src_token tgt_token
     src_token=source-$(openssl rand -hex 8)
     tgt_token=target-$(openssl rand -hex 8)
-    export HANDOVER_ADMIN_TOKEN=admin-$(openssl rand -hex 8)
+    export HANDOVER_ADMIN_TOKEN=admin-$(openssl rand -hex 16)
     export HANDOVER_SOURCE_TOKEN=$src_token HANDOVER_TARGET_TOKEN=$tgt_token
     HANDOVER_JOURNAL_KEY=$(openssl rand -hex 32)
     export HANDOVER_JOURNAL_KEY

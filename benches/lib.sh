@@ -184,7 +184,7 @@ start_handover() {
 bench_secrets() {
     HANDOVER_SOURCE_TOKEN=source-$(openssl rand -hex 8)
     HANDOVER_TARGET_TOKEN=target-$(openssl rand -hex 8)
-    HANDOVER_ADMIN_TOKEN=admin-$(openssl rand -hex 8)
+    HANDOVER_ADMIN_TOKEN=admin-$(openssl rand -hex 16)
     HANDOVER_JOURNAL_KEY=$(openssl rand -hex 32)
     export HANDOVER_SOURCE_TOKEN HANDOVER_TARGET_TOKEN HANDOVER_ADMIN_TOKEN HANDOVER_JOURNAL_KEY
 }

@@ -392,7 +392,7 @@ for t in $TARGETS; do
       fi
       write_handover_conf
       # Dummy secrets: the upstream accepts anything. A caller may pre-set them.
-      export HANDOVER_ADMIN_TOKEN=${HANDOVER_ADMIN_TOKEN:-bench-admin-token}
+      export HANDOVER_ADMIN_TOKEN=${HANDOVER_ADMIN_TOKEN:-bench-admin-token-0123456789abcdef}
       export HANDOVER_SOURCE_TOKEN=${HANDOVER_SOURCE_TOKEN:-bench-source-token}
       export HANDOVER_TARGET_TOKEN=${HANDOVER_TARGET_TOKEN:-bench-target-token}
       export HANDOVER_JOURNAL_KEY=${HANDOVER_JOURNAL_KEY:-$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')}

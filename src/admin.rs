@@ -34,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 use serde::Deserialize;
 
 use crate::api::{
-    DeadLetterView, FlipReport, FlipRequest, JournalStatus, Status, VerifyReport, VerifyRequest,
-    VerifyState, VerifyStatus,
+    DeadLetterView, FlipReport, FlipRequest, JournalStatus, LatencyMs, Status, SyncStatus,
+    VerifyReport, VerifyRequest, VerifyState, VerifyStatus,
 };
 use crate::backfill::Backfill;
 use crate::cutover::procedure::Cutover;
@@ -45,12 +45,19 @@ use crate::journal::{DeadLetters, Journal};
 use crate::metrics::Metrics;
 use crate::model::Change;
 use crate::model::Secret;
+use crate::model::{Dataset, Side};
 use crate::servers::Servers;
 use crate::sync::Recorder;
 use crate::verify::{self, Verifier};
 
 /// The admin listener: loopback only unless an admin token is configured.
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9901";
+
+/// The shortest admin token accepted, in characters. The token guards the
+/// cutover and every other phase move; 32 characters of `openssl rand -hex
+/// 32` (or of base64) carry 128 bits or more, beyond any online guessing,
+/// while a short human-chosen word is not.
+pub const MIN_TOKEN_CHARS: usize = 32;
 
 /// The admin listener's settings.
 #[derive(Debug, Clone)]
@@ -60,7 +67,21 @@ pub struct Config {
     /// Bearer token for the admin API; without one, the admin API only
     /// starts on a loopback address.
     pub token: Option<Secret>,
+    /// Most admin connections open at once.
+    pub max_connections: usize,
+    /// Admin connections with no request for this long are closed.
+    pub idle_timeout: std::time::Duration,
 }
+
+/// Most admin API connections open at once: operators, a Prometheus
+/// scraper and a few load-balancer probes need a handful; the rest of 64 is
+/// headroom, and the limit keeps a flood on the admin port from taking file
+/// descriptors the proxy needs.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// Admin connections with no request for this long are closed: longer than
+/// any scrape or probe interval in common use (15–30 s), so keep-alive
+/// still saves their reconnects.
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the admin API serves from.
 #[derive(Debug)]
@@ -116,14 +137,20 @@ struct BackfillSettings {
 const MAX_ADMIN_BODY: usize = 64 << 10;
 
 /// Serves the admin API until `stop` is cancelled.
-pub async fn run(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
-    crate::http::serve(
+pub async fn run(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    limits: crate::http::Limits,
+    stop: CancellationToken,
+) {
+    crate::http::serve_limited(
         listener,
         move |request, peer| {
             let admin = Arc::clone(&admin);
             async move { Ok::<_, BoxError>(admin.handle(request, peer).await) }
         },
         stop,
+        limits,
     )
     .await;
 }
@@ -185,11 +212,18 @@ impl Admin {
         }
     }
 
-    /// The journal gauges, fresh for a scrape.
+    /// The journal and concurrency gauges, fresh for a scrape.
     fn refresh_gauges(&self) {
         let stats = self.journal.stats();
         self.metrics
             .refresh_journal(stats.depth, stats.bytes_on_disk, stats.oldest_unacked_age);
+        let snapshot = self.cutover.sync.limiter().snapshot();
+        self.metrics.sync.refresh_concurrency(
+            snapshot.limit,
+            snapshot.in_flight,
+            snapshot.waiting,
+            snapshot.throttled_for,
+        );
     }
 
     /// The current status.
@@ -199,6 +233,7 @@ impl Admin {
             .oldest_unacked_age
             .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         let phase = self.cutover.phases.current();
+        let untracked = self.recorder.untracked();
         Status {
             phase: phase.phase,
             epoch: phase.epoch,
@@ -212,9 +247,76 @@ impl Admin {
                 last_seq: stats.last_seq,
                 applied_cursor: stats.applied_cursor,
                 bytes_on_disk: stats.bytes_on_disk,
+                untracked: untracked.count,
             },
             backfill: self.backfill.status(),
+            warnings: untracked.warning().into_iter().collect(),
+            key_parity: self
+                .cutover
+                .environment
+                .parity
+                .as_ref()
+                .and_then(|parity| parity.status()),
+            fallback: self.fallback_status(),
+            sync: self.sync_status(),
         }
+    }
+
+    /// The sync's concurrency and the secondary's answers.
+    fn sync_status(&self) -> SyncStatus {
+        let sync = &self.cutover.sync;
+        let secondary = sync.secondary();
+        let limiter = sync.limiter();
+        let snapshot = limiter.snapshot();
+        let feedback = self.servers.management(secondary).feedback();
+        let latency = feedback.latency();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        SyncStatus {
+            secondary,
+            concurrency_limit: snapshot.limit,
+            max_concurrency: limiter.bounds().max,
+            in_flight: snapshot.in_flight,
+            waiting: snapshot.waiting,
+            latency_ms: LatencyMs {
+                p50: ms(latency.p50),
+                p99: ms(latency.p99),
+                samples: latency.samples,
+            },
+            min_latency_ms: snapshot.min_latency.map_or(0.0, ms),
+            throttled_ms: snapshot
+                .throttled_for
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            overloaded: feedback.overloaded_total(),
+            rate: sync.rate(),
+        }
+    }
+
+    /// The fallback to the previous primary, once the primary flipped.
+    fn fallback_status(&self) -> Option<crate::api::FallbackStatus> {
+        let cutover = &self.cutover;
+        let flipped = cutover.servers.flipped_at()?;
+        let epoch_ms = |at: std::time::SystemTime| {
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let previous = cutover.servers.primary_side().other();
+        let refresh_open_until_ms = cutover
+            .config
+            .refresh_fallback_window
+            .filter(|_| previous == Side::Source)
+            .map(|window| epoch_ms(flipped + window));
+        let used = Dataset::ALL
+            .into_iter()
+            .map(|dataset| (dataset, cutover.metrics.fallbacks(dataset)))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        Some(crate::api::FallbackStatus {
+            previous,
+            flipped_at_ms: epoch_ms(flipped),
+            open_until_ms: epoch_ms(flipped + cutover.config.fallback_window),
+            refresh_open_until_ms,
+            used,
+        })
     }
 
     async fn handle_protected(
@@ -346,6 +448,7 @@ impl Admin {
         });
         drop(slot);
         let admin = Arc::clone(self);
+        let started = std::time::SystemTime::now();
         tokio::spawn(async move {
             tracing::info!(id, dataset = ?request.dataset, repair = request.repair, "verify started");
             let outcome = admin
@@ -354,7 +457,15 @@ impl Admin {
                 .await
                 .map_err(|err| err.to_string());
             match &outcome {
-                Ok(report) => tracing::info!(id, drift = report.drift, "verify finished"),
+                Ok(report) => {
+                    tracing::info!(id, drift = report.drift, "verify finished");
+                    // Every dataset compared, and any drift found repaired
+                    // (or none): what could not be tracked before it is
+                    // accounted for.
+                    if request.dataset.is_none() && (request.repair || report.drift == 0) {
+                        admin.recorder.verified_since(started);
+                    }
+                }
                 Err(err) => tracing::warn!(id, error = %err, "verify failed"),
             }
             if let Ok(mut slot) = admin.verify_job.lock()
@@ -399,7 +510,8 @@ impl Admin {
                     |_| "(unreadable record)".to_owned(),
                     |change| change.redacted(),
                 ),
-                reason: letter.reason,
+                // Letters written by a version that did not redact.
+                reason: crate::telemetry::redact::text(&letter.reason),
                 at_ms: letter
                     .appended_at
                     .duration_since(std::time::UNIX_EPOCH)

@@ -37,6 +37,115 @@ pub struct Status {
     pub journal: JournalStatus,
     /// The backfill.
     pub backfill: BackfillStatus,
+    /// What the operator must act on (changes that could not be tracked),
+    /// one sentence each; empty when all is well.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The sync's concurrency and the secondary's observed latency: tells
+    /// "the target is slow" from "we are throttled".
+    #[serde(default)]
+    pub sync: SyncStatus,
+    /// The latest functional proof that the secondary holds the primary's
+    /// secret keys (absent before the first probe, and for an Authlete
+    /// target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_parity: Option<KeyParity>,
+    /// The fallback to the previous primary after a flip (requests whose
+    /// state lives only there are replayed at it); absent before any flip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackStatus>,
+}
+
+/// The sync part of [`Status`]: how hard it may push the server it writes
+/// to (the secondary), and how that server answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// The server the sync writes to now.
+    pub secondary: Side,
+    /// Jobs allowed at once right now (the adaptive limit).
+    pub concurrency_limit: usize,
+    /// The most the limit may reach (`sync.max_concurrency`).
+    pub max_concurrency: usize,
+    /// Jobs running (each holding one permit).
+    pub in_flight: usize,
+    /// Jobs waiting for a permit.
+    pub waiting: usize,
+    /// Latency of the secondary's recent management-API answers (the last
+    /// 30 s), in milliseconds.
+    pub latency_ms: LatencyMs,
+    /// The minimum latency the limit is judged against, in milliseconds
+    /// (0 until known).
+    pub min_latency_ms: f64,
+    /// Milliseconds new jobs still wait for the server's `Retry-After` (0:
+    /// not throttled).
+    pub throttled_ms: u64,
+    /// Answers `429`/`503` from the secondary since start.
+    pub overloaded: u64,
+    /// Changes applied per second, over the last 10 seconds.
+    pub rate: f64,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyMs {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Answers counted.
+    pub samples: usize,
+}
+
+/// The running result of the secret-key parity probes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyParity {
+    /// Whether no key was found different.
+    pub ok: bool,
+    /// When the probes ran (epoch milliseconds).
+    pub checked_at_ms: u64,
+    /// One entry per secret key.
+    pub keys: Vec<KeyProbe>,
+}
+
+/// What probing one secret key found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyProbe {
+    /// The key, by its JWK `kid` where it has one (`hmac`,
+    /// `refresh-token-encrypt`), else what it protects (`access-token`).
+    pub key: String,
+    /// Values probed (sessions, refresh tokens, access tokens).
+    pub probed: u64,
+    /// Of those, accepted by the secondary as by the primary.
+    pub equal: u64,
+    /// Of those, refused or read differently by the secondary: the key
+    /// differs.
+    pub differ: u64,
+    /// Probes that proved nothing (the value expired or is not synced yet).
+    #[serde(default)]
+    pub inconclusive: u64,
+}
+
+/// The fallback part of [`Status`]: how long the previous primary is still
+/// asked, and how often it was. An SRE completes the migration once the
+/// refresh fallback is no longer used (or its window is over).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackStatus {
+    /// The previous primary.
+    pub previous: Side,
+    /// When the primary flipped (epoch ms).
+    pub flipped_at_ms: u64,
+    /// Until when logins in progress, codes and identifier access tokens
+    /// are served from the previous primary (epoch ms).
+    pub open_until_ms: u64,
+    /// An Authlete target: until when a refresh the new server refuses is
+    /// replayed at the old Connect2id (epoch ms; absent for a Connect2id
+    /// target, or after a rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_open_until_ms: Option<u64>,
+    /// Requests replayed at the previous primary since the start, by
+    /// dataset (`tokens`: refreshes of refresh tokens Authlete did not
+    /// hold).
+    pub used: BTreeMap<Dataset, u64>,
 }
 
 /// The journal part of [`Status`].
@@ -60,6 +169,11 @@ pub struct JournalStatus {
     /// Bytes of journal files on disk.
     #[serde(default)]
     pub bytes_on_disk: u64,
+    /// Successful triggers whose change could not be named (response too
+    /// large, cut off or malformed) since the last verify that covered
+    /// them (see `warnings`).
+    #[serde(default)]
+    pub untracked: u64,
 }
 
 /// The backfill part of [`Status`].
@@ -134,6 +248,17 @@ pub struct DatasetProgress {
     pub skipped: u64,
     /// Records that could not be copied (see the dead letters).
     pub failed: u64,
+    /// Records with nothing to copy, by reason (an Authlete target's
+    /// `tokens`: authorizations whose export carries no refresh-token
+    /// value, `value_not_exported`, or that issue none, `no_refresh_token`).
+    /// Settled, never counted as copied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_copied: BTreeMap<String, u64>,
+    /// Of `copied`, values taken from the export that the client may not
+    /// hold (Connect2id can rebuild a refresh token into another string):
+    /// confirmed only by verify's live sample.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unconfirmed: u64,
     /// Records per second, recently.
     pub rate: f64,
     /// Estimated seconds to go.
@@ -146,7 +271,7 @@ pub struct DatasetProgress {
 impl DatasetProgress {
     /// Records settled (copied, left to the live sync, or failed).
     pub fn settled(&self) -> u64 {
-        self.copied + self.skipped + self.failed
+        self.copied + self.skipped + self.failed + self.not_copied.values().sum::<u64>()
     }
 
     /// The share settled, 0 to 1 (0 while the total is unknown or zero).
@@ -194,18 +319,88 @@ pub struct DatasetReport {
     pub extra_on_target: u64,
     /// Keys with sync work pending: not drift.
     pub in_flight: u64,
+    /// Sessions equal on both sides but last used earlier on the target
+    /// than on the primary by more than the tolerance: they would idle out
+    /// there first (counted in `mismatched` too).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub idle_expiry_behind: u64,
     /// The first drifted keys, shortened for logs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drifted_keys: Vec<String>,
     /// Syncs journaled by `repair`.
     #[serde(default)]
     pub repaired: u64,
+    /// An Authlete target's `tokens`: the two refresh-token samples, with
+    /// what Authlete accepted of each (the counts above add them up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<TokenSamples>,
+}
+
+/// For `skip_serializing_if` on counters that are usually zero.
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl DatasetReport {
     /// Records that differ in any way.
     pub fn drift(&self) -> u64 {
         self.mismatched + self.missing_on_target + self.extra_on_target
+    }
+}
+
+/// The refresh tokens verify introspected at an Authlete target.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenSamples {
+    /// Refresh tokens seen in live traffic (the strings clients hold; kept
+    /// in memory only): the measure that matters.
+    pub live: Share,
+    /// Refresh-token values of the source's export (unconfirmed: a
+    /// Connect2id may rebuild a token into another string than the
+    /// client's).
+    pub exported: Share,
+}
+
+/// One sample and what the target accepted of it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Share {
+    /// Tokens in the sample.
+    pub sampled: u64,
+    /// Tokens the target accepted (active, same client).
+    pub accepted: u64,
+    /// Tokens still being synced: neither accepted nor refused.
+    pub in_flight: u64,
+}
+
+impl Share {
+    /// Tokens checked (sampled, not in flight).
+    pub fn checked(&self) -> u64 {
+        self.sampled.saturating_sub(self.in_flight)
+    }
+
+    /// The accepted share of the checked tokens; `None` when nothing was
+    /// checked: not measured, which is never a success.
+    pub fn ratio(&self) -> Option<f64> {
+        let checked = self.checked();
+        (checked > 0).then(|| self.accepted as f64 / checked as f64)
+    }
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ratio() {
+            Some(ratio) => write!(
+                f,
+                "{}/{} accepted ({:.1}%)",
+                self.accepted,
+                self.checked(),
+                ratio * 100.0
+            )?,
+            None => f.write_str("not measured (empty sample)")?,
+        }
+        if self.in_flight > 0 {
+            write!(f, ", {} in flight", self.in_flight)?;
+        }
+        Ok(())
     }
 }
 
@@ -218,6 +413,18 @@ pub struct VerifyReport {
     pub drift: u64,
     /// Which side was compared as the primary.
     pub primary: Side,
+    /// What could not be measured, with why (an Authlete target without a
+    /// live refresh-token sample): a verify that measured nothing for a
+    /// dataset has not passed, whatever the drift.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_measured: Vec<String>,
+}
+
+impl VerifyReport {
+    /// No drift, and every dataset measured.
+    pub fn passed(&self) -> bool {
+        self.drift == 0 && self.not_measured.is_empty()
+    }
 }
 
 /// `GET /verify`.
@@ -294,6 +501,45 @@ pub struct Check {
     /// Whether `force` overrides a failure.
     #[serde(default)]
     pub forceable: bool,
+    /// A passing check with something the operator should know before the
+    /// flip (it never refuses one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
+}
+
+impl Check {
+    /// A passing check.
+    pub fn pass(check: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            check: check.into(),
+            ok: true,
+            detail: detail.into(),
+            forceable: false,
+            warning: false,
+        }
+    }
+
+    /// A failed check; `forceable` if `--force` may override it.
+    pub fn fail(check: impl Into<String>, detail: impl Into<String>, forceable: bool) -> Self {
+        Self {
+            check: check.into(),
+            ok: false,
+            detail: detail.into(),
+            forceable,
+            warning: false,
+        }
+    }
+
+    /// A passing check that warns.
+    pub fn warn(check: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            check: check.into(),
+            ok: true,
+            detail: detail.into(),
+            forceable: false,
+            warning: true,
+        }
+    }
 }
 
 /// One step of the flip.

@@ -38,12 +38,13 @@ use tracing::Instrument;
 use crate::admin::{self, Admin};
 use crate::backfill::Backfill;
 use crate::config::Config;
-use crate::cutover::Phases;
 use crate::cutover::credentials::Credentials;
 use crate::cutover::gate::Gate;
+use crate::cutover::parity::{DEFAULT_PARITY_INTERVAL, Parity, Samples};
 use crate::cutover::procedure::{self, Cutover};
+use crate::cutover::{Phase, Phases};
 use crate::health::{self, Health};
-use crate::journal::{self, Cipher, DeadLetters, Journal};
+use crate::journal::{self, Cipher, DeadLetters, Journal, Registrations};
 use crate::metrics::{JournalMetrics, Metrics};
 use crate::model::Side;
 use crate::proxy::Rewriter;
@@ -55,7 +56,7 @@ use crate::sync::{self, Recorder};
 use crate::trigger_hook::CutoverParts;
 use crate::trigger_hook::TriggerHook;
 use crate::upstream::PrimarySelector;
-use crate::upstream::Upstream;
+use crate::upstream::{self, Protocol, Upstream};
 use crate::verify::Verifier;
 
 /// How long stopping the sync workers may take before they are abandoned
@@ -104,13 +105,13 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses from the config.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let proxy = TcpListener::bind(config.proxy.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                what: "proxy.listen",
-                addr: config.proxy.listen,
-                source,
-            })?;
+        let reuseport =
+            matches!(config.proxy.runtime, proxy::Runtime::PerCore { workers } if workers > 1);
+        let proxy = proxy::bind(config.proxy.listen, reuseport).map_err(|source| Error::Bind {
+            what: "proxy.listen",
+            addr: config.proxy.listen,
+            source,
+        })?;
         let admin = TcpListener::bind(config.admin.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -176,7 +177,8 @@ pub async fn run(
         cipher.clone(),
         Arc::new(JournalObserver(metrics.journal.clone())),
     )?;
-    let dead_letters = Arc::new(DeadLetters::open(&config.journal.dir, cipher)?);
+    let dead_letters = Arc::new(DeadLetters::open(&config.journal.dir, cipher.clone())?);
+    let registrations = Arc::new(Registrations::open(&config.journal.dir, cipher)?);
     metrics
         .sync
         .dead_letters
@@ -186,10 +188,33 @@ pub async fn run(
         Side::Source,
         &config.source.url,
         config.source.ca_file.as_deref(),
-        config.source.http2,
+        Protocol::configured(config.source.http2),
         &config.upstream,
         &metrics,
     )?);
+    // The management APIs (sync, backfill, verify, cutover) have their own
+    // clients: HTTP/2 where the server offers it, and a pool that keeps a
+    // connection per job the sync's concurrency may reach, so growing it
+    // does not churn connections.
+    let management = upstream::Config {
+        pool_max_idle: config
+            .upstream
+            .pool_max_idle
+            .max(config.sync.max_concurrency),
+        ..config.upstream.clone()
+    };
+    let management_upstream = |server: &crate::config::ServerConfig, side: Side| {
+        Upstream::new(
+            side,
+            &server.url,
+            server.ca_file.as_deref(),
+            Protocol::management(server.http2),
+            &management,
+            &metrics,
+        )
+        .map(Arc::new)
+    };
+    let source_api = management_upstream(&config.source, Side::Source)?;
     // For an Authlete target, traffic goes to the new authorization server
     // after a cutover, and the sync talks to the Authlete API.
     let target_traffic = match config
@@ -214,32 +239,53 @@ pub async fn run(
         Side::Target,
         &target_traffic.url,
         target_traffic.ca_file.as_deref(),
-        target_traffic.http2,
+        Protocol::configured(target_traffic.http2),
         &config.upstream,
         &metrics,
     )?);
+    // For an Authlete target this is the new authorization server's: the
+    // Authlete API gets its own below.
+    let target_api = management_upstream(&target_traffic, Side::Target)?;
+    // The sync's concurrency limiters learn from each server's
+    // management-API answers.
+    let limits = sync::Limits::new(&config.sync);
+    source_api
+        .feedback()
+        .observe_with(Arc::clone(limits.of(Side::Source)) as Arc<dyn crate::upstream::Observer>);
     let timeout = config.sync.request_timeout;
     // The phase decides who is primary: a restart after a flip keeps it.
     let phases = Arc::new(Phases::load(&config.journal.dir)?);
     let mut servers = Servers::new(
         Arc::clone(&source),
         Arc::clone(&target),
-        Connect2id::new(Arc::clone(&source), config.source.tokens.clone(), timeout),
-        Connect2id::new(Arc::clone(&target), config.target.tokens.clone(), timeout),
+        Connect2id::new(
+            Arc::clone(&source_api),
+            config.source.tokens.clone(),
+            timeout,
+        ),
+        Connect2id::new(
+            Arc::clone(&target_api),
+            config.target.tokens.clone(),
+            timeout,
+        ),
         phases.current().phase.primary(),
     );
+    // The fallback windows count from the flip, also across a restart.
+    if let Some(at) = phases.current().flipped_at_ms {
+        servers.mark_flip_at(std::time::UNIX_EPOCH + Duration::from_millis(at));
+    }
     if let Some(settings) = &config.target.authlete {
-        let api = Arc::new(Upstream::new(
-            Side::Target,
-            &config.target.url,
-            config.target.ca_file.as_deref(),
-            config.target.http2,
-            &config.upstream,
-            &metrics,
-        )?);
+        let api = management_upstream(&config.target, Side::Target)?;
+        api.feedback()
+            .observe_with(Arc::clone(limits.of(Side::Target)) as Arc<dyn crate::upstream::Observer>);
         let authlete = Arc::new(Authlete::new(api, settings.clone(), timeout));
         check_authlete(Arc::clone(&authlete));
         servers = servers.with_authlete(authlete);
+    }
+    if servers.authlete().is_none() {
+        target_api
+            .feedback()
+            .observe_with(Arc::clone(limits.of(Side::Target)) as Arc<dyn crate::upstream::Observer>);
     }
     let servers = Arc::new(servers);
     // What the sync does to the secondary, chosen once by its kind.
@@ -248,7 +294,10 @@ pub async fn run(
             Arc::clone(&servers),
             Arc::clone(authlete),
         )),
-        None => Arc::new(sync::Connect2idCopy::new(Arc::clone(&servers))),
+        None => Arc::new(
+            sync::Connect2idCopy::new(Arc::clone(&servers))
+                .with_registrations(Arc::clone(&registrations)),
+        ),
     };
     let gate = Arc::new(Gate::new(
         config.cutover.hold_max_requests,
@@ -264,6 +313,7 @@ pub async fn run(
     let sync_tracker = TaskTracker::new();
     let sync = sync::spawn(
         config.sync.clone(),
+        limits,
         Arc::clone(&apply),
         journal.clone(),
         Arc::clone(&dead_letters),
@@ -291,19 +341,47 @@ pub async fn run(
         backfill_stop.clone(),
     );
 
+    // Secret-key parity is proven between two Connect2id servers only.
+    let samples = Arc::new(Samples::default());
+    let parity = config.target.authlete.is_none().then(|| {
+        Arc::new(Parity::new(
+            Arc::clone(&servers),
+            Arc::clone(&samples),
+            metrics.cutover.clone(),
+        ))
+    });
+    // Refresh tokens clients hold, seen in live traffic, for verify
+    // against an Authlete target (memory only).
+    let live_sample = servers.authlete().map(|authlete| {
+        Arc::new(crate::verify::LiveSample::new(
+            authlete.config().token_sample,
+        ))
+    });
     let trigger_hook = TriggerHook::new(
         &config.source.url.base_path,
         recorder.clone(),
         Arc::clone(&apply),
         Arc::clone(&servers),
         metrics.journal.clone(),
+        live_sample.clone(),
         CutoverParts {
             phases: Arc::clone(&phases),
             gate: Arc::clone(&gate),
             fallback_window: config.cutover.fallback_window,
-            fallbacks: metrics.cutover.fallbacks.clone(),
+            samples: parity.as_ref().map(|_| Arc::clone(&samples)),
+            refresh_fallback_window: config.cutover.refresh_fallback_window,
+            metrics: metrics.cutover.clone(),
         },
     );
+    let verifier = Verifier {
+        servers: Arc::clone(&servers),
+        sync: sync.clone(),
+        recorder: recorder.clone(),
+        datasets: config.sync.datasets.clone(),
+        concurrency: crate::verify::DEFAULT_CONCURRENCY,
+        live: live_sample.clone(),
+        stop: backfill_stop.clone(),
+    };
     let cutover = Arc::new(Cutover::new(
         Arc::clone(&phases),
         Arc::clone(&gate),
@@ -322,6 +400,9 @@ pub async fn run(
                 .authlete
                 .as_ref()
                 .is_none_or(|authlete| authlete.new_primary.is_some()),
+            verifier: verifier.clone(),
+            registrations: Arc::clone(&registrations),
+            parity: parity.clone(),
         },
     ));
     let credentials = Arc::new(CredentialRewriter {
@@ -329,7 +410,8 @@ pub async fn run(
             &config.source.url.base_path,
             config.source.tokens.clone(),
             config.target.tokens.clone(),
-        ),
+        )
+        .with_registrations(Arc::clone(&registrations)),
     });
     let primary: Arc<dyn PrimarySelector> = Arc::clone(&servers) as Arc<dyn PrimarySelector>;
     let forwarder = Arc::new(
@@ -353,21 +435,23 @@ pub async fn run(
         dead_letters: Arc::clone(&dead_letters),
         servers: Arc::clone(&servers),
         backfill: backfill.clone(),
-        verifier: Verifier {
-            servers: Arc::clone(&servers),
-            sync: sync.clone(),
-            recorder: recorder.clone(),
-            datasets: config.sync.datasets.clone(),
-            concurrency: crate::verify::DEFAULT_CONCURRENCY,
-            stop: backfill_stop.clone(),
-        },
+        verifier,
         recorder: recorder.clone(),
         verify_job: std::sync::Mutex::new(None),
         cutover: Arc::clone(&cutover),
     });
     let admin_task = tracker.spawn(
-        admin::run(listeners.admin, admin, admin_stop.clone())
-            .instrument(tracing::info_span!("admin")),
+        admin::run(
+            listeners.admin,
+            admin,
+            crate::http::Limits {
+                max_connections: Some(config.admin.max_connections),
+                idle_timeout: Some(config.admin.idle_timeout),
+                refused: Some(metrics.proxy.admin_connections_refused.clone()),
+            },
+            admin_stop.clone(),
+        )
+        .instrument(tracing::info_span!("admin")),
     );
 
     let background_stop = root.child_token();
@@ -380,6 +464,14 @@ pub async fn run(
         )
         .instrument(tracing::info_span!("health")),
     );
+    // Changes a failed append left in memory are journaled as soon as the
+    // journal takes them, with or without traffic.
+    tracker.spawn(
+        recorder
+            .clone()
+            .keep_journaling(background_stop.clone())
+            .instrument(tracing::info_span!("journal")),
+    );
     tracker.spawn(
         publish_stats(
             journal.clone(),
@@ -389,6 +481,19 @@ pub async fn run(
         )
         .instrument(tracing::info_span!("stats")),
     );
+
+    if let Some(parity) = parity {
+        let phases = Arc::clone(&phases);
+        tracker.spawn(
+            parity
+                .run(
+                    DEFAULT_PARITY_INTERVAL,
+                    move || phases.current().phase != Phase::Completed,
+                    background_stop.clone(),
+                )
+                .instrument(tracing::info_span!("key_parity")),
+        );
+    }
 
     let proxy_stop = CancellationToken::new();
     let proxy_addr = listeners.proxy.local_addr().ok();

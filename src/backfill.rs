@@ -127,6 +127,11 @@ struct Checkpoint {
     copied: u64,
     skipped: u64,
     failed: u64,
+    /// Of the settled records: not copied, by reason (an authorization
+    /// whose export carries no refresh-token value, for an Authlete
+    /// target).
+    #[serde(default)]
+    not_copied: BTreeMap<String, u64>,
     /// Records in the export when counted.
     total: Option<u64>,
 }
@@ -137,24 +142,40 @@ struct Progress {
     copied: AtomicU64,
     skipped: AtomicU64,
     failed: AtomicU64,
+    not_copied: Mutex<BTreeMap<String, u64>>,
     /// Settled records per second, smoothed.
     rate: Mutex<f64>,
     error: Mutex<Option<String>>,
 }
 
 impl Progress {
-    fn counter(&self, outcome: Outcome) -> &AtomicU64 {
-        match outcome {
+    fn count(&self, outcome: Outcome) {
+        let counter = match outcome {
             Outcome::Copied => &self.copied,
             Outcome::Skipped => &self.skipped,
             Outcome::Failed => &self.failed,
-        }
+            Outcome::NotCopied(reason) => {
+                if let Ok(mut counts) = self.not_copied.lock() {
+                    *counts.entry(reason.to_owned()).or_default() += 1;
+                }
+                return;
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn not_copied(&self) -> BTreeMap<String, u64> {
+        self.not_copied
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     fn settled(&self) -> u64 {
         self.copied.load(Ordering::Relaxed)
             + self.skipped.load(Ordering::Relaxed)
             + self.failed.load(Ordering::Relaxed)
+            + self.not_copied().values().sum::<u64>()
     }
 }
 
@@ -368,6 +389,17 @@ impl Backfill {
                     DatasetProgress {
                         total,
                         copied: p.copied.load(Ordering::Relaxed),
+                        // Refresh-token values copied from the export: the
+                        // client may hold another string (see
+                        // `servers::authlete::refresh_token_of_record`).
+                        unconfirmed: if dataset == Dataset::Tokens
+                            && self.inner.servers.authlete().is_some()
+                        {
+                            p.copied.load(Ordering::Relaxed)
+                        } else {
+                            0
+                        },
+                        not_copied: p.not_copied(),
                         skipped: p.skipped.load(Ordering::Relaxed),
                         failed: p.failed.load(Ordering::Relaxed),
                         rate,
@@ -404,7 +436,7 @@ impl Inner {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
-        if let Err(err) = std::fs::create_dir_all(&self.dir) {
+        if let Err(err) = crate::journal::create_private_dir_all(&self.dir) {
             tracing::error!(dir = %self.dir.display(), error = %err, "cannot create the backfill checkpoint directory");
         }
         let mut failed = false;
@@ -571,6 +603,22 @@ impl Inner {
                     }
                     continue;
                 };
+                // An authorization without a refresh-token value to copy
+                // is said so, never counted as a copy.
+                if dataset == Dataset::Tokens
+                    && let Some(authlete) = self.servers.authlete()
+                    && let Err(reason) = crate::servers::authlete::refresh_token_of_record(
+                        &record,
+                        authlete.config(),
+                    )
+                {
+                    let outcome = Outcome::NotCopied(reason.as_str());
+                    progress.count(outcome);
+                    if let Ok(mut t) = tracker.lock() {
+                        t.complete(index, Some(hash_key(&key)), outcome);
+                    }
+                    continue;
+                }
                 // Pause, rate limit and concurrency apply per record.
                 self.wait_while_paused().await?;
                 limiter.wait(self.rate.load(Ordering::Relaxed)).await;
@@ -591,7 +639,7 @@ impl Inner {
                         BackfillOutcome::Failed => Outcome::Failed,
                         BackfillOutcome::Stopped => return,
                     };
-                    progress.counter(outcome).fetch_add(1, Ordering::Relaxed);
+                    progress.count(outcome);
                     if let Ok(mut t) = tracker.lock() {
                         t.complete(index, Some(key_hash), outcome);
                     }
@@ -681,6 +729,7 @@ impl Inner {
                 copied: t.copied,
                 skipped: t.skipped,
                 failed: t.failed,
+                not_copied: t.not_copied.clone(),
                 total: progress.total,
             },
             Err(_) => base.clone(),
@@ -704,6 +753,8 @@ enum Outcome {
     Copied,
     Skipped,
     Failed,
+    /// Nothing to copy, for this reason.
+    NotCopied(&'static str),
 }
 
 /// Tracks the contiguous prefix of settled records (they settle out of
@@ -715,6 +766,7 @@ struct Settled {
     copied: u64,
     skipped: u64,
     failed: u64,
+    not_copied: BTreeMap<String, u64>,
     pending: BTreeMap<u64, (Option<String>, Outcome)>,
 }
 
@@ -727,6 +779,7 @@ impl Settled {
             copied: checkpoint.copied,
             skipped: checkpoint.skipped,
             failed: checkpoint.failed,
+            not_copied: checkpoint.not_copied.clone(),
             pending: BTreeMap::new(),
         }
     }
@@ -739,6 +792,9 @@ impl Settled {
                 Outcome::Copied => self.copied += 1,
                 Outcome::Skipped => self.skipped += 1,
                 Outcome::Failed => self.failed += 1,
+                Outcome::NotCopied(reason) => {
+                    *self.not_copied.entry(reason.to_owned()).or_default() += 1;
+                }
             }
             if hash.is_some() {
                 self.last_hash = hash;
@@ -789,6 +845,7 @@ fn progress_from(checkpoint: &Checkpoint) -> Progress {
         copied: AtomicU64::new(checkpoint.copied),
         skipped: AtomicU64::new(checkpoint.skipped),
         failed: AtomicU64::new(checkpoint.failed),
+        not_copied: Mutex::new(checkpoint.not_copied.clone()),
         rate: Mutex::new(0.0),
         error: Mutex::new(None),
     }
@@ -812,10 +869,14 @@ fn read_checkpoint(dir: &Path, dataset: Dataset) -> Option<Checkpoint> {
 /// Writes a checkpoint atomically: temp file, fsync, rename.
 fn write_checkpoint(dir: &Path, dataset: Dataset, checkpoint: &Checkpoint) -> std::io::Result<()> {
     use std::io::Write as _;
-    std::fs::create_dir_all(dir)?;
+    crate::journal::create_private_dir_all(dir)?;
     let path = checkpoint_path(dir, dataset);
     let temp = dir.join(format!(".{dataset}.json.tmp"));
-    let mut file = std::fs::File::create(&temp)?;
+    let mut file = crate::journal::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)?;
     file.write_all(&serde_json::to_vec(checkpoint).map_err(std::io::Error::other)?)?;
     file.sync_data()?;
     std::fs::rename(&temp, &path)?;
@@ -876,6 +937,7 @@ mod tests {
             copied: 40,
             skipped: 1,
             failed: 1,
+            not_copied: [("value_not_exported".to_owned(), 3)].into_iter().collect(),
             total: Some(100),
         };
         write_checkpoint(dir.path(), Dataset::Clients, &checkpoint).unwrap();

@@ -7,6 +7,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
 use crate::api::{AdminClient, Error, FlipReport, FlipRequest, Status, VerifyReport};
+use crate::model::Dataset;
 
 /// Which flip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +93,9 @@ pub fn render_flip(admin: &str, report: &FlipReport) -> String {
     if !report.preflight.is_empty() {
         out.push_str("  pre-flight:\n");
         for check in &report.preflight {
-            let mark = if check.ok {
+            let mark = if check.ok && check.warning {
+                "warn"
+            } else if check.ok {
                 "ok  "
             } else if check.forceable {
                 "WARN"
@@ -137,6 +140,8 @@ pub fn render_status(status: &Status) -> String {
         journal.lag_ms,
         journal.dead_letters,
     ));
+    out.push_str(&sync_headline(&status.sync));
+    out.push('\n');
     let backfill = &status.backfill;
     let limit = if backfill.rate_limit == 0 {
         "unlimited".to_owned()
@@ -170,13 +175,129 @@ pub fn render_status(status: &Status) -> String {
                 progress.rate, progress.eta_s
             ));
         }
+        if progress.unconfirmed > 0 {
+            line.push_str(&format!(
+                " · {} exported values unconfirmed",
+                progress.unconfirmed
+            ));
+        }
+        if !progress.not_copied.is_empty() {
+            let reasons: Vec<String> = progress
+                .not_copied
+                .iter()
+                .map(|(reason, count)| format!("{reason} {count}"))
+                .collect();
+            line.push_str(&format!(" · not copied: {}", reasons.join(", ")));
+        }
         if let Some(error) = &progress.error {
             line.push_str(&format!(" · error: {error}"));
         }
         out.push_str(&line);
         out.push('\n');
     }
+    for warning in &status.warnings {
+        out.push_str(&format!("WARNING: {warning}\n"));
+    }
+    if let Some(parity) = &status.key_parity {
+        let keys: Vec<String> = parity
+            .keys
+            .iter()
+            .map(|probe| {
+                format!(
+                    "{} {}/{} equal{}",
+                    probe.key,
+                    probe.equal,
+                    probe.probed,
+                    if probe.differ > 0 {
+                        format!(", {} DIFFER", probe.differ)
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "secret keys {} ({})\n",
+            if parity.ok { "proven equal" } else { "DIFFER" },
+            keys.join(" · ")
+        ));
+    }
+    if let Some(fallback) = &status.fallback {
+        out.push_str(&render_fallback(fallback));
+    }
     out
+}
+
+/// The sync's line of `handover status`: what limits it (the adaptive
+/// concurrency, a `Retry-After`) and how the secondary answers.
+fn sync_headline(sync: &crate::api::SyncStatus) -> String {
+    let mut line = format!(
+        "sync {:.0}/s · concurrency {} of max {} · in flight {} · waiting {} · {} latency p50 {:.0} ms p99 {:.0} ms",
+        sync.rate,
+        sync.concurrency_limit,
+        sync.max_concurrency,
+        sync.in_flight,
+        sync.waiting,
+        sync.secondary,
+        sync.latency_ms.p50,
+        sync.latency_ms.p99,
+    );
+    if sync.min_latency_ms > 0.0 {
+        line.push_str(&format!(" (min {:.0} ms)", sync.min_latency_ms));
+    }
+    if sync.throttled_ms > 0 {
+        line.push_str(&format!(
+            " · THROTTLED by {} for {:.1} s (Retry-After)",
+            sync.secondary,
+            sync.throttled_ms as f64 / 1000.0
+        ));
+    }
+    if sync.overloaded > 0 {
+        line.push_str(&format!(" · {} answers 429/503", sync.overloaded));
+    }
+    line
+}
+
+/// The fallback line of the status: how often the previous primary was
+/// asked and for how long it still is.
+fn render_fallback(fallback: &crate::api::FallbackStatus) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let left = |until: u64| {
+        let seconds = until.saturating_sub(now) / 1000;
+        if seconds == 0 {
+            "closed".to_owned()
+        } else if seconds >= 86_400 {
+            format!(
+                "open {}d {}h more",
+                seconds / 86_400,
+                seconds % 86_400 / 3_600
+            )
+        } else {
+            format!("open {seconds}s more")
+        }
+    };
+    let used: Vec<String> = fallback
+        .used
+        .iter()
+        .map(|(dataset, count)| format!("{dataset} {count}"))
+        .collect();
+    let mut line = format!(
+        "fallback to {}: used {} · in-flight state {}",
+        fallback.previous,
+        if used.is_empty() {
+            "never".to_owned()
+        } else {
+            used.join(" · ")
+        },
+        left(fallback.open_until_ms)
+    );
+    if let Some(until) = fallback.refresh_open_until_ms {
+        line.push_str(&format!(" · refreshes {}", left(until)));
+    }
+    line.push('\n');
+    line
 }
 
 /// One line of `/status`, for logs and pipes.
@@ -187,8 +308,9 @@ pub(crate) fn status_line(status: &Status) -> String {
         .iter()
         .map(|(dataset, p)| format!("{dataset}={:.1}%", 100.0 * p.fraction()))
         .collect();
-    format!(
-        "phase={} epoch={} primary={} ready={} depth={} lag_ms={} dead_letters={} backfill={} {}",
+    let sync = &status.sync;
+    let mut line = format!(
+        "phase={} epoch={} primary={} ready={} depth={} lag_ms={} dead_letters={} sync_rate={:.0} concurrency={} in_flight={} waiting={} latency_p50_ms={:.0} latency_p99_ms={:.0} throttled_ms={} backfill={} {}",
         status.phase,
         status.epoch,
         status.primary,
@@ -196,9 +318,27 @@ pub(crate) fn status_line(status: &Status) -> String {
         status.journal.depth,
         status.journal.lag_ms,
         status.journal.dead_letters,
+        sync.rate,
+        sync.concurrency_limit,
+        sync.in_flight,
+        sync.waiting,
+        sync.latency_ms.p50,
+        sync.latency_ms.p99,
+        sync.throttled_ms,
         status.backfill.state,
         datasets.join(" ")
-    )
+    );
+    if status.journal.untracked > 0 {
+        line.push_str(&format!(" untracked={}", status.journal.untracked));
+    }
+    if let Some(fallback) = &status.fallback {
+        let used: u64 = fallback.used.values().sum();
+        line.push_str(&format!(" fallbacks={used}"));
+        if let Some(tokens) = fallback.used.get(&Dataset::Tokens) {
+            line.push_str(&format!(" fallbacks_tokens={tokens}"));
+        }
+    }
+    line
 }
 
 /// Renders a verify report as a table.
@@ -239,6 +379,17 @@ pub fn render_report(report: &VerifyReport) -> String {
                 d.repaired
             ));
         }
+    }
+    for (dataset, d) in &report.datasets {
+        if let Some(samples) = &d.samples {
+            out.push_str(&format!(
+                "{dataset}: refresh tokens seen in live traffic {} · exported values (unconfirmed) {}\n",
+                samples.live, samples.exported
+            ));
+        }
+    }
+    for reason in &report.not_measured {
+        out.push_str(&format!("not measured: {reason}\n"));
     }
     out.push_str(&format!(
         "drift {} (primary: {})\n",
@@ -290,6 +441,8 @@ mod tests {
                 copied: 40,
                 skipped: 10,
                 failed: 0,
+                not_copied: Default::default(),
+                unconfirmed: 0,
                 rate: 250.0,
                 eta_s: 1,
                 error: None,
@@ -308,8 +461,50 @@ mod tests {
                 elapsed_ms: 0,
                 datasets,
             },
+            warnings: vec!["2 changes could not be tracked since then".to_owned()],
+            sync: crate::api::SyncStatus {
+                secondary: crate::model::Side::Target,
+                concurrency_limit: 120,
+                max_concurrency: 1024,
+                in_flight: 96,
+                waiting: 0,
+                latency_ms: crate::api::LatencyMs {
+                    p50: 101.4,
+                    p99: 140.2,
+                    samples: 2048,
+                },
+                min_latency_ms: 100.2,
+                throttled_ms: 2500,
+                overloaded: 3,
+                rate: 950.0,
+            },
+            key_parity: None,
+            fallback: Some(crate::api::FallbackStatus {
+                previous: crate::model::Side::Source,
+                flipped_at_ms: 0,
+                open_until_ms: 0,
+                refresh_open_until_ms: Some(u64::MAX),
+                used: [(Dataset::Tokens, 7)].into_iter().collect(),
+            }),
         };
         let text = render_status(&status);
+        assert!(
+            text.contains(
+                "sync 950/s · concurrency 120 of max 1024 · in flight 96 · waiting 0 · target latency p50 101 ms p99 140 ms (min 100 ms) · THROTTLED by target for 2.5 s (Retry-After) · 3 answers 429/503"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("WARNING: 2 changes could not be tracked"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fallback to source: used tokens 7 · in-flight state closed · refreshes open "
+            ),
+            "{text}"
+        );
+        assert!(status_line(&status).contains("fallbacks_tokens=7"));
         assert!(text.contains("clients"), "{text}");
         assert!(text.contains(" 50.0%"), "{text}");
         assert!(text.contains("ETA 1s"), "{text}");

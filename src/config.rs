@@ -29,10 +29,13 @@ use crate::servers::authlete::{
 };
 use crate::servers::connect2id::ApiTokens;
 
-use crate::proxy::forward::{DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT};
+use crate::proxy::forward::{
+    DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT,
+};
 use crate::proxy::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEALTH_INTERVAL, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_SHUTDOWN_DELAY, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_SHUTDOWN_DELAY,
+    DEFAULT_SHUTDOWN_GRACE, Runtime,
 };
 use crate::upstream::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE};
 
@@ -65,28 +68,40 @@ pub enum Error {
     },
 }
 
-/// Field-named validation problems, displayed on one line.
+/// Field-named validation problems, displayed on one line, and the
+/// warnings found on the way (which do not fail validation).
 #[derive(Debug, Default)]
-pub struct Problems(Vec<(String, String)>);
+pub struct Problems {
+    errors: Vec<(String, String)>,
+    warnings: Vec<String>,
+}
 
 impl Problems {
     fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push((field.into(), message.into()));
+        self.errors.push((field.into(), message.into()));
+    }
+
+    fn warn(&mut self, field: &str, message: impl fmt::Display) {
+        self.warnings.push(format!("{field}: {message}"));
+    }
+
+    fn len(&self) -> usize {
+        self.errors.len()
     }
 
     /// The fields that have a problem, in the order found.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(field, _)| field.as_str())
+        self.errors.iter().map(|(field, _)| field.as_str())
     }
 
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.errors.is_empty()
     }
 }
 
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (field, message)) in self.0.iter().enumerate() {
+        for (i, (field, message)) in self.errors.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
@@ -132,9 +147,11 @@ pub(crate) struct FileConfig {
 pub(crate) struct RawCutover {
     pub max_pause: Option<String>,
     pub max_lag: Option<String>,
+    pub verify_ahead: Option<String>,
     pub hold_max_requests: Option<usize>,
     pub hold_max_bytes: Option<String>,
     pub fallback_window: Option<String>,
+    pub refresh_fallback_window: Option<String>,
     #[serde(default)]
     pub peers: Vec<String>,
 }
@@ -170,6 +187,7 @@ pub(crate) struct RawJournal {
 pub(crate) struct RawSync {
     pub datasets: Option<Vec<String>>,
     pub workers: Option<usize>,
+    pub max_concurrency: Option<usize>,
     pub retry_initial: Option<String>,
     pub retry_max: Option<String>,
     pub request_timeout: Option<String>,
@@ -201,6 +219,10 @@ pub(crate) struct RawProxy {
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle: Option<usize>,
     pub health_interval: Option<String>,
+    pub runtime: Option<String>,
+    pub workers: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub body_read_timeout: Option<String>,
 }
 
 /// `[admin]` as written.
@@ -209,6 +231,8 @@ pub(crate) struct RawProxy {
 #[allow(missing_docs)]
 pub(crate) struct RawAdmin {
     pub listen: Option<String>,
+    pub max_connections: Option<usize>,
+    pub idle_timeout: Option<String>,
     pub token_env: Option<String>,
     pub token_file: Option<PathBuf>,
 }
@@ -282,6 +306,9 @@ pub struct Config {
     pub backfill: crate::backfill::Config,
     /// The cutover.
     pub cutover: crate::cutover::Config,
+    /// Findings that do not stop the proxy (a secret file others can read),
+    /// each naming its field: `check` prints them, `serve` logs them.
+    pub warnings: Vec<String>,
 }
 
 /// What kind of server an upstream is.
@@ -306,7 +333,9 @@ pub struct ServerConfig {
     /// Extra CA certificates (PEM) to trust for `https` upstreams, instead of
     /// the system roots.
     pub ca_file: Option<PathBuf>,
-    /// Speak HTTP/2 to this upstream (ALPN for https, prior knowledge for http).
+    /// Forward traffic to this upstream over HTTP/2 (ALPN for https, prior
+    /// knowledge for http); the management APIs also use h2c over http
+    /// (over https they negotiate HTTP/2 whenever the server offers it).
     pub http2: bool,
     /// The Authlete settings, for an Authlete target.
     pub authlete: Option<AuthleteConfig>,
@@ -379,12 +408,19 @@ impl Config {
             http2: false,
             authlete: None,
         };
+        let proxy = crate::proxy::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let worker_pools = proxy.runtime.worker_pools();
         Self {
-            proxy: crate::proxy::Config::new(SocketAddr::from(([127, 0, 0, 1], 0))),
-            upstream: crate::upstream::Config::default(),
+            proxy,
+            upstream: crate::upstream::Config {
+                worker_pools,
+                ..crate::upstream::Config::default()
+            },
             admin: crate::admin::Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 token: Some(Secret::new(token)),
+                max_connections: crate::admin::DEFAULT_MAX_CONNECTIONS,
+                idle_timeout: crate::admin::DEFAULT_IDLE_TIMEOUT,
             },
             source: server(source),
             target: server(target),
@@ -400,6 +436,7 @@ impl Config {
             },
             backfill: crate::backfill::Config::default(),
             cutover: crate::cutover::Config::default(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -424,7 +461,8 @@ impl FileConfig {
             .is_some_and(|t| t.kind == ServerKind::Authlete);
         let sync = validate_sync(self.sync, authlete_target, &mut problems);
         let backfill = validate_backfill(self.backfill, &mut problems);
-        let cutover = validate_cutover(self.cutover, &mut problems);
+        let mut cutover = validate_cutover(self.cutover, &mut problems);
+        validate_refresh_fallback(&mut cutover, target.as_ref(), &mut problems);
         if let (Some(source), Some(target)) = (&source, &target)
             && source.url == target.url
         {
@@ -456,6 +494,7 @@ impl FileConfig {
                 sync,
                 backfill,
                 cutover,
+                warnings: problems.warnings,
             }),
             _ => Err(problems),
         }
@@ -466,16 +505,22 @@ fn validate_proxy(
     raw: RawProxy,
     problems: &mut Problems,
 ) -> Option<(crate::proxy::Config, crate::upstream::Config)> {
-    let start = problems.0.len();
+    let start = problems.len();
     let listen = socket_addr("proxy.listen", &raw.listen, problems);
     if let Some(cert) = &raw.tls_cert {
         readable_file("proxy.tls_cert", cert, problems);
     }
     if let Some(key) = &raw.tls_key {
         readable_file("proxy.tls_key", key, problems);
+        warn_if_shared("proxy.tls_key", key, problems);
     }
     let tls = match (raw.tls_cert, raw.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::Files { cert, key }),
+        (Some(cert), Some(key)) => {
+            if problems.len() == start {
+                tls_material(&cert, &key, problems);
+            }
+            Some(crate::tls::Files { cert, key })
+        }
         (None, None) => None,
         (Some(_), None) => {
             problems.push("proxy.tls_key", "required when proxy.tls_cert is set");
@@ -519,6 +564,11 @@ fn validate_proxy(
         DEFAULT_HEADER_READ_TIMEOUT,
     );
     let idle_timeout = timeout("proxy.idle_timeout", raw.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    let body_read_timeout = timeout(
+        "proxy.body_read_timeout",
+        raw.body_read_timeout,
+        DEFAULT_BODY_READ_TIMEOUT,
+    );
     let connect_timeout = timeout(
         "proxy.connect_timeout",
         raw.connect_timeout,
@@ -553,7 +603,28 @@ fn validate_proxy(
     if max_body_bytes == 0 {
         problems.push("proxy.max_body_bytes", "must be > 0");
     }
-    if problems.0.len() > start {
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        problems.push("proxy.max_connections", "must be > 0");
+    }
+    let runtime = match (raw.runtime.as_deref(), raw.workers) {
+        (None | Some("per-core"), None) => Runtime::per_core(),
+        (None | Some("per-core"), Some(0)) => {
+            problems.push("proxy.workers", "must be > 0");
+            Runtime::per_core()
+        }
+        (None | Some("per-core"), Some(workers)) => Runtime::PerCore { workers },
+        (Some("shared"), None) => Runtime::Shared,
+        (Some("shared"), Some(_)) => {
+            problems.push("proxy.workers", "applies to runtime = \"per-core\" only");
+            Runtime::Shared
+        }
+        (Some(_), _) => {
+            problems.push("proxy.runtime", "must be \"per-core\" or \"shared\"");
+            Runtime::Shared
+        }
+    };
+    if problems.len() > start {
         return None;
     }
     Some((
@@ -567,7 +638,10 @@ fn validate_proxy(
             shutdown_grace,
             shutdown_delay,
             health_interval,
+            max_connections,
+            runtime,
             forward: crate::proxy::forward::Config {
+                body_read_timeout,
                 trusted_issuer_header: raw.trusted_issuer_header,
                 trust_forwarded_headers: raw.trust_forwarded_headers,
                 preserve_host: raw.preserve_host,
@@ -579,6 +653,7 @@ fn validate_proxy(
             connect_timeout,
             pool_idle_timeout,
             pool_max_idle: raw.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
+            worker_pools: runtime.worker_pools(),
         },
     ))
 }
@@ -592,6 +667,11 @@ fn validate_admin(
         .listen
         .unwrap_or_else(|| crate::admin::DEFAULT_LISTEN.to_owned());
     let listen = socket_addr("admin.listen", &listen_text, problems);
+    let token_field = if raw.token_file.is_some() && raw.token_env.is_none() {
+        "admin.token_file"
+    } else {
+        "admin.token_env"
+    };
     let token = match (raw.token_env, raw.token_file) {
         (None, None) => None,
         (env_name, file) => secret(
@@ -602,6 +682,19 @@ fn validate_admin(
             problems,
         ),
     };
+    if let Some(token) = &token {
+        let chars = token.expose().chars().count();
+        if chars < crate::admin::MIN_TOKEN_CHARS {
+            problems.push(
+                token_field,
+                format!(
+                    "the admin token has {chars} characters; at least {} are required (for example `openssl rand -hex 32`)",
+                    crate::admin::MIN_TOKEN_CHARS
+                ),
+            );
+            return None;
+        }
+    }
     let listen = listen?;
     if token.is_none() && !listen.ip().is_loopback() {
         problems.push(
@@ -612,7 +705,27 @@ fn validate_admin(
         );
         return None;
     }
-    Some(crate::admin::Config { listen, token })
+    let idle_timeout = duration(
+        "admin.idle_timeout",
+        raw.idle_timeout,
+        crate::admin::DEFAULT_IDLE_TIMEOUT,
+        problems,
+    );
+    if idle_timeout.is_zero() {
+        problems.push("admin.idle_timeout", "must be > 0");
+    }
+    let max_connections = raw
+        .max_connections
+        .unwrap_or(crate::admin::DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        problems.push("admin.max_connections", "must be > 0");
+    }
+    Some(crate::admin::Config {
+        listen,
+        token,
+        max_connections,
+        idle_timeout,
+    })
 }
 
 fn validate_target(
@@ -624,7 +737,7 @@ fn validate_target(
     if raw.kind != "authlete" {
         return validate_server("target", raw, env, problems);
     }
-    let start = problems.0.len();
+    let start = problems.len();
     let url = match BaseUrl::parse(&raw.url) {
         Ok(url) => Some(url),
         Err(message) => {
@@ -710,7 +823,7 @@ fn validate_target(
         ("target.new_primary_ca_file", &raw.new_primary_ca_file),
     ] {
         if let Some(path) = file {
-            readable_file(field, path, problems);
+            ca_material(field, path, problems);
         }
     }
     let refresh_token_duration = duration(
@@ -719,7 +832,7 @@ fn validate_target(
         DEFAULT_REFRESH_DURATION,
         problems,
     );
-    if problems.0.len() > start {
+    if problems.len() > start {
         return None;
     }
     Some(ServerConfig {
@@ -749,7 +862,7 @@ fn validate_server(
     env: &dyn Env,
     problems: &mut Problems,
 ) -> Option<ServerConfig> {
-    let start = problems.0.len();
+    let start = problems.len();
     let kind = match raw.kind.as_str() {
         "connect2id" => Some(ServerKind::Connect2id),
         "authlete" => {
@@ -810,10 +923,10 @@ fn validate_server(
         }
     };
     if let Some(ca) = &raw.ca_file {
-        readable_file(&format!("{side}.ca_file"), ca, problems);
+        ca_material(&format!("{side}.ca_file"), ca, problems);
     }
     let tokens = api_tokens(side, &raw, env, problems);
-    if problems.0.len() > start {
+    if problems.len() > start {
         return None;
     }
     Some(ServerConfig {
@@ -902,7 +1015,7 @@ fn validate_journal(
     env: &dyn Env,
     problems: &mut Problems,
 ) -> Option<(crate::journal::Config, Secret)> {
-    let start = problems.0.len();
+    let start = problems.len();
     let key = secret(
         "journal.payload_key",
         raw.payload_key_env.as_deref(),
@@ -953,7 +1066,7 @@ fn validate_journal(
     if let Err(message) = writable_dir(&raw.dir) {
         problems.push("journal.dir", message);
     }
-    if problems.0.len() > start {
+    if problems.len() > start {
         return None;
     }
     let mut journal = crate::journal::Config::new(raw.dir);
@@ -964,21 +1077,30 @@ fn validate_journal(
 
 /// Creates `dir` if needed and checks that files can be created in it.
 fn writable_dir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir)
+    crate::journal::create_private_dir_all(dir)
         .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
     let probe = dir.join(format!(".handover-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"probe")
+    crate::journal::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, b"probe"))
         .map_err(|err| format!("{} is not writable: {err}", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
+
+/// The highest `sync.max_concurrency` accepted: each job may hold an
+/// HTTP/1.1 connection to the secondary.
+const MAX_SYNC_CONCURRENCY: usize = 16_384;
 
 fn validate_sync(
     raw: RawSync,
     authlete: bool,
     problems: &mut Problems,
 ) -> Option<crate::sync::Config> {
-    let start = problems.0.len();
+    let start = problems.len();
     let allowed: &[Dataset] = if authlete {
         &Dataset::AUTHLETE
     } else {
@@ -1009,7 +1131,7 @@ fn validate_sync(
                     );
                 }
             }
-            if seen.is_empty() && problems.0.len() == start {
+            if seen.is_empty() && problems.len() == start {
                 problems.push("sync.datasets", "must name at least one dataset");
             }
             seen
@@ -1018,6 +1140,20 @@ fn validate_sync(
     let workers = raw.workers.unwrap_or(crate::sync::DEFAULT_WORKERS);
     if workers == 0 || workers > 1024 {
         problems.push("sync.workers", "must be between 1 and 1024");
+    }
+    let max_concurrency = raw
+        .max_concurrency
+        .unwrap_or(crate::sync::DEFAULT_MAX_CONCURRENCY.max(workers));
+    if max_concurrency == 0 || max_concurrency > MAX_SYNC_CONCURRENCY {
+        problems.push(
+            "sync.max_concurrency",
+            format!("must be between 1 and {MAX_SYNC_CONCURRENCY}"),
+        );
+    } else if max_concurrency < workers {
+        problems.push(
+            "sync.max_concurrency",
+            "must be at least sync.workers (the concurrency the sync starts with)",
+        );
     }
     let retry_initial = duration(
         "sync.retry_initial",
@@ -1046,12 +1182,13 @@ fn validate_sync(
     if request_timeout.is_zero() {
         problems.push("sync.request_timeout", "must be > 0");
     }
-    if problems.0.len() > start {
+    if problems.len() > start {
         return None;
     }
     Some(crate::sync::Config {
         datasets,
         workers,
+        max_concurrency,
         retry_initial,
         retry_max,
         request_timeout,
@@ -1085,6 +1222,12 @@ fn validate_cutover(raw: RawCutover, problems: &mut Problems) -> crate::cutover:
         problems.push("cutover.max_pause", "must be between 10ms and 60s");
     }
     let max_lag = duration("cutover.max_lag", raw.max_lag, defaults.max_lag, problems);
+    let verify_ahead = duration(
+        "cutover.verify_ahead",
+        raw.verify_ahead,
+        defaults.verify_ahead,
+        problems,
+    );
     let hold_max_requests = raw.hold_max_requests.unwrap_or(defaults.hold_max_requests);
     if hold_max_requests == 0 {
         problems.push("cutover.hold_max_requests", "must be > 0");
@@ -1106,13 +1249,57 @@ fn validate_cutover(raw: RawCutover, problems: &mut Problems) -> crate::cutover:
             problems.push("cutover.peers", format!("{peer:?} is not an http(s) URL"));
         }
     }
+    let refresh_fallback_window = raw.refresh_fallback_window.map(|text| {
+        duration(
+            "cutover.refresh_fallback_window",
+            Some(text),
+            Duration::ZERO,
+            problems,
+        )
+    });
     crate::cutover::Config {
         max_pause,
         max_lag,
+        verify_ahead,
         hold_max_requests,
         hold_max_bytes: usize::try_from(hold_max_bytes).unwrap_or(usize::MAX),
         fallback_window,
+        refresh_fallback_window,
         peers: raw.peers,
+    }
+}
+
+/// `cutover.refresh_fallback_window` applies to an Authlete target only (a
+/// Connect2id target decrypts the source's refresh tokens itself), defaults
+/// to the lifetime of its mirrored refresh tokens and may not exceed it: a
+/// refresh token the old server still honours after that has no copy at
+/// Authlete that could live as long.
+fn validate_refresh_fallback(
+    cutover: &mut crate::cutover::Config,
+    target: Option<&ServerConfig>,
+    problems: &mut Problems,
+) {
+    let Some(target) = target else { return };
+    match (&target.authlete, cutover.refresh_fallback_window) {
+        (None, Some(_)) => problems.push(
+            "cutover.refresh_fallback_window",
+            "only applies to kind = \"authlete\" targets (a Connect2id target takes the source's refresh tokens as they are)",
+        ),
+        (None, None) => {}
+        (Some(authlete), window) => {
+            let lifetime = authlete.refresh_token_duration;
+            let window = window.unwrap_or(lifetime);
+            if window > lifetime {
+                problems.push(
+                    "cutover.refresh_fallback_window",
+                    format!(
+                        "must not exceed target.refresh_token_duration ({}s): no refresh token mirrored at Authlete lives longer",
+                        lifetime.as_secs()
+                    ),
+                );
+            }
+            cutover.refresh_fallback_window = Some(window);
+        }
     }
 }
 
@@ -1129,6 +1316,21 @@ fn secret(
             problems.push(
                 format!("{field}_env"),
                 format!("set {field}_env or {field}_file, not both"),
+            );
+            None
+        }
+        (Some(name), None) if !looks_like_variable_name(name) => {
+            // Never repeat the value: it is most likely the secret itself.
+            let noun = if field.ends_with("key") {
+                "key"
+            } else {
+                "token"
+            };
+            problems.push(
+                format!("{field}_env"),
+                format!(
+                    "the value of {field}_env is not a variable name; did you paste the {noun} itself? Put it in an environment variable (or a file, {field}_file) and name that here"
+                ),
             );
             None
         }
@@ -1150,7 +1352,10 @@ fn secret(
             }
         },
         (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(value) if !value.trim().is_empty() => Some(Secret::new(value.trim())),
+            Ok(value) if !value.trim().is_empty() => {
+                warn_if_shared(&format!("{field}_file"), path, problems);
+                Some(Secret::new(value.trim()))
+            }
             Ok(_) => {
                 problems.push(
                     format!("{field}_file"),
@@ -1217,6 +1422,90 @@ fn readable_file(field: &str, path: &Path, problems: &mut Problems) {
     }
 }
 
+/// Whether `name` can be an environment variable's name rather than a
+/// pasted secret: a shell identifier, and not secret-shaped (16 or more
+/// characters with digits and either no `_` or mixed case, as tokens and
+/// hex keys are and `HANDOVER_SOURCE_TOKEN_2` is not).
+fn looks_like_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let identifier = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128;
+    let has = |test: fn(&char) -> bool| name.chars().any(|c| test(&c));
+    let secret_shaped = name.len() >= 16
+        && has(char::is_ascii_digit)
+        && (!name.contains('_')
+            || (has(char::is_ascii_lowercase) && has(char::is_ascii_uppercase)));
+    identifier && !secret_shaped
+}
+
+/// Warns when a secret file can be read by the group or by others.
+fn warn_if_shared(field: &str, path: &Path, problems: &mut Problems) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o044 != 0 {
+                problems.warn(
+                    field,
+                    format!(
+                        "{} holds a secret but is readable by {} (mode {mode:04o}); chmod 600 it",
+                        path.display(),
+                        if mode & 0o004 != 0 {
+                            "everyone"
+                        } else {
+                            "its group"
+                        }
+                    ),
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (field, path, problems);
+}
+
+/// Loads the downstream TLS material as `serve` does (both files parse,
+/// the key matches the certificate), so that `check` finds what would stop
+/// the proxy.
+fn tls_material(cert: &Path, key: &Path, problems: &mut Problems) {
+    use crate::tls::Error;
+    match crate::tls::server_config(cert, key) {
+        Ok(_) => {}
+        Err(Error::Pem {
+            what: "certificates",
+            message,
+            ..
+        }) => problems.push(
+            "proxy.tls_cert",
+            format!("{} has no usable certificate: {message}", cert.display()),
+        ),
+        Err(Error::Pem { message, .. }) => problems.push(
+            "proxy.tls_key",
+            format!("{} has no usable private key: {message}", key.display()),
+        ),
+        Err(Error::Rustls(rustls::Error::InconsistentKeys(_))) => problems.push(
+            "proxy.tls_key",
+            format!(
+                "{} does not match the certificate in {}",
+                key.display(),
+                cert.display()
+            ),
+        ),
+        Err(err) => problems.push("proxy.tls_key", err.to_string()),
+    }
+}
+
+/// Loads a CA bundle as the upstream clients do.
+fn ca_material(field: &str, path: &Path, problems: &mut Problems) {
+    if let Err(err) = crate::tls::client_config(Some(path)) {
+        problems.push(field, err.to_string());
+    }
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -1241,11 +1530,13 @@ mod tests {
         payload_key_env = "KEY"
     "#;
 
+    const ADMIN_TOKEN: &str = "admin-token-with-at-least-32-characters";
+
     fn env() -> [(&'static str, &'static str); 4] {
         [
             ("SRC", "source-token"),
             ("DST", "target-token"),
-            ("ADMIN", "admin-token"),
+            ("ADMIN", ADMIN_TOKEN),
             ("KEY", TEST_JOURNAL_KEY),
         ]
     }
@@ -1258,6 +1549,32 @@ mod tests {
         match parse(text) {
             Err(Error::Invalid { problems, .. }) => problems.fields().map(str::to_owned).collect(),
             other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn proxy_runtime_is_per_core_unless_told() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.proxy.runtime, Runtime::per_core());
+        assert_eq!(
+            config.upstream.worker_pools,
+            config.proxy.runtime.worker_pools()
+        );
+        let text = MINIMAL.replace("[proxy]", "[proxy]\nworkers = 3");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.proxy.runtime, Runtime::PerCore { workers: 3 });
+        assert_eq!(config.upstream.worker_pools, 3);
+        let text = MINIMAL.replace("[proxy]", "[proxy]\nruntime = \"shared\"");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.proxy.runtime, Runtime::Shared);
+        assert_eq!(config.upstream.worker_pools, 0);
+        for (extra, field) in [
+            ("workers = 0", "proxy.workers"),
+            ("runtime = \"shared\"\nworkers = 2", "proxy.workers"),
+            ("runtime = \"threads\"", "proxy.runtime"),
+        ] {
+            let text = MINIMAL.replace("[proxy]", &format!("[proxy]\n{extra}"));
+            assert_eq!(problem_fields(&text), [field], "{extra}");
         }
     }
 
@@ -1328,7 +1645,7 @@ mod tests {
             format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"ADMIN\"\n");
         assert_eq!(
             parse(&text).unwrap().admin.token,
-            Some(Secret::new("admin-token"))
+            Some(Secret::new(ADMIN_TOKEN))
         );
     }
 
@@ -1339,10 +1656,7 @@ mod tests {
             "token_env = \"SRC\"\ntokens = { session_store_env = \"ADMIN\" }",
         );
         let config = parse(&text).unwrap();
-        assert_eq!(
-            config.source.tokens.session_store,
-            Secret::new("admin-token")
-        );
+        assert_eq!(config.source.tokens.session_store, Secret::new(ADMIN_TOKEN));
         assert_eq!(config.source.tokens.clients, Secret::new("source-token"));
         let text = MINIMAL.replace("token_env = \"SRC\"", "tokens = { clients_env = \"SRC\" }");
         assert_eq!(
@@ -1352,6 +1666,31 @@ mod tests {
                 "source.tokens.authz_store_env",
                 "source.tokens.session_store_env"
             ]
+        );
+    }
+
+    #[test]
+    fn the_concurrency_cap_is_at_least_the_starting_concurrency() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.sync.workers, crate::sync::DEFAULT_WORKERS);
+        assert_eq!(
+            config.sync.max_concurrency,
+            crate::sync::DEFAULT_MAX_CONCURRENCY
+        );
+        let text = format!("{MINIMAL}\n[sync]\nworkers = 32\nmax_concurrency = 8\n");
+        assert_eq!(problem_fields(&text), ["sync.max_concurrency"]);
+        let text = format!("{MINIMAL}\n[sync]\nmax_concurrency = 0\n");
+        assert_eq!(problem_fields(&text), ["sync.max_concurrency"]);
+        let fixed = parse(&format!(
+            "{MINIMAL}\n[sync]\nworkers = 32\nmax_concurrency = 32\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            fixed.sync.bounds(),
+            crate::sync::Bounds {
+                initial: 32,
+                max: 32
+            }
         );
     }
 
@@ -1389,6 +1728,187 @@ mod tests {
     fn tls_needs_both_files() {
         let text = MINIMAL.replace("[source]", "tls_cert = \"/nonexistent.pem\"\n[source]");
         assert_eq!(problem_fields(&text), ["proxy.tls_cert", "proxy.tls_key"]);
+    }
+
+    #[test]
+    fn a_secret_pasted_where_a_variable_name_belongs_is_not_repeated() {
+        let pasted_key = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+        for (field, pasted) in [
+            ("payload_key_env = \"KEY\"", pasted_key),
+            ("payload_key_env = \"KEY\"", TEST_JOURNAL_KEY),
+            ("token_env = \"DST\"", "Sup3rS3cretValue-xyz"),
+            ("token_env = \"DST\"", "Zq3vW9xKp2Lr8sT4uY6aB1cD5eF7gH0"),
+        ] {
+            let name = field.split(" = ").next().unwrap();
+            let text = MINIMAL.replace(field, &format!("{name} = \"{pasted}\""));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(!err.contains(pasted), "{err}");
+            assert!(
+                err.contains("is not a variable name; did you paste the"),
+                "{err}"
+            );
+        }
+        let text = MINIMAL.replace(
+            "payload_key_env = \"KEY\"",
+            &format!("payload_key_env = \"{pasted_key}\""),
+        );
+        assert!(
+            parse(&text).unwrap_err().to_string().contains(
+                "journal.payload_key_env: the value of journal.payload_key_env is not a variable name; did you paste the key itself?"
+            )
+        );
+        // Conventional names are still named when unset.
+        for name in ["HANDOVER_SOURCE_TOKEN_2", "handover_key", "K"] {
+            assert!(looks_like_variable_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn admin_tokens_shorter_than_32_characters_are_refused() {
+        let env = [
+            ("SRC", "source-token"),
+            ("DST", "target-token"),
+            ("ADMIN", "0123456789abcdef0123456789abcde"),
+            ("KEY", TEST_JOURNAL_KEY),
+        ];
+        let text = format!("{MINIMAL}\n[admin]\ntoken_env = \"ADMIN\"\n");
+        let err = Config::parse(&text, Path::new("test.toml"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.token_env: the admin token has 31 characters; at least 32"),
+            "{err}"
+        );
+        assert!(!err.contains("0123456789abcdef"), "{err}");
+        assert!(parse(&text).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secret_files_readable_by_others_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin.token");
+        std::fs::write(&file, ADMIN_TOKEN).unwrap();
+        let text = format!("{MINIMAL}\n[admin]\ntoken_file = \"{}\"\n", file.display());
+        for (mode, warned) in [
+            (0o600, None),
+            (0o640, Some("its group")),
+            (0o644, Some("everyone")),
+        ] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let config = parse(&text).unwrap();
+            match warned {
+                None => assert!(config.warnings.is_empty(), "{:?}", config.warnings),
+                Some(whom) => {
+                    assert_eq!(config.warnings.len(), 1);
+                    let warning = &config.warnings[0];
+                    assert!(warning.starts_with("admin.token_file: "), "{warning}");
+                    assert!(warning.contains(whom), "{warning}");
+                    assert!(!warning.contains(ADMIN_TOKEN), "{warning}");
+                }
+            }
+        }
+    }
+
+    /// A certificate and key for `localhost`, and a second key.
+    fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let paths = (
+            dir.join("tls.crt"),
+            dir.join("tls.key"),
+            dir.join("other.key"),
+        );
+        std::fs::write(&paths.0, cert.pem()).unwrap();
+        std::fs::write(&paths.1, key.serialize_pem()).unwrap();
+        std::fs::write(&paths.2, other.serialize_pem()).unwrap();
+        #[cfg(unix)]
+        for path in [&paths.1, &paths.2] {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        paths
+    }
+
+    #[test]
+    fn tls_material_is_loaded_as_serve_loads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, other) = tls_files(dir.path());
+        let garbage = dir.path().join("garbage.key");
+        std::fs::write(&garbage, "not a key").unwrap();
+        let with = |cert: &Path, key: &Path| {
+            MINIMAL.replace(
+                "[source]",
+                &format!(
+                    "tls_cert = \"{}\"\ntls_key = \"{}\"\n[source]",
+                    cert.display(),
+                    key.display()
+                ),
+            )
+        };
+        assert!(parse(&with(&cert, &key)).is_ok());
+        for (cert_file, key_file, field, says) in [
+            (&cert, dir.path(), "proxy.tls_key", "no usable private key"),
+            (
+                &cert,
+                garbage.as_path(),
+                "proxy.tls_key",
+                "no usable private key",
+            ),
+            (
+                &cert,
+                other.as_path(),
+                "proxy.tls_key",
+                "does not match the certificate",
+            ),
+            (
+                &key,
+                key.as_path(),
+                "proxy.tls_cert",
+                "no usable certificate",
+            ),
+        ] {
+            let text = with(cert_file, key_file);
+            assert_eq!(problem_fields(&text), [field], "{}", key_file.display());
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+            assert!(!err.contains("PRIVATE KEY"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_refresh_fallback_window_defaults_to_the_refresh_token_lifetime_and_may_not_exceed_it() {
+        let authlete = MINIMAL.replace(
+            "kind = \"connect2id\"\n        url = \"http://127.0.0.1:18081/c2id\"\n        token_env = \"DST\"",
+            "kind = \"authlete\"\nurl = \"http://127.0.0.1:18081\"\napi_version = 3\nservice_id = \"1\"\naccess_token_env = \"DST\"\nrefresh_token_duration = \"30d\"",
+        );
+        assert_ne!(authlete, MINIMAL);
+        let config = parse(&authlete).unwrap();
+        assert_eq!(
+            config.cutover.refresh_fallback_window,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        let shorter = format!("{authlete}\n[cutover]\nrefresh_fallback_window = \"7d\"\n");
+        assert_eq!(
+            parse(&shorter).unwrap().cutover.refresh_fallback_window,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        let longer = format!("{authlete}\n[cutover]\nrefresh_fallback_window = \"31d\"\n");
+        assert_eq!(problem_fields(&longer), ["cutover.refresh_fallback_window"]);
+        let connect2id = format!("{MINIMAL}\n[cutover]\nrefresh_fallback_window = \"1d\"\n");
+        assert_eq!(
+            problem_fields(&connect2id),
+            ["cutover.refresh_fallback_window"]
+        );
+        assert_eq!(
+            parse(MINIMAL).unwrap().cutover.refresh_fallback_window,
+            None
+        );
     }
 
     #[test]

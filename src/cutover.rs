@@ -25,7 +25,8 @@
 
 pub mod credentials;
 pub mod gate;
-pub(crate) mod procedure;
+pub mod parity;
+pub mod procedure;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -42,12 +43,22 @@ pub struct Config {
     pub max_pause: Duration,
     /// Largest sync lag at which a cutover may start.
     pub max_lag: Duration,
+    /// Most time spent verifying recently synced keys before writes are
+    /// held (zero: all of them are verified during the hold).
+    pub verify_ahead: Duration,
     /// Most trigger requests held during a flip.
     pub hold_max_requests: usize,
     /// Most bytes of held request bodies.
     pub hold_max_bytes: usize,
     /// How long after a flip the previous primary serves state only it has.
     pub fallback_window: Duration,
+    /// An Authlete target only: how long after the flip a refresh the new
+    /// authorization server refuses (`invalid_grant`) is replayed at the
+    /// old Connect2id, whose tokens are then created at Authlete (refresh
+    /// tokens held by clients idle during the whole mirroring). Set by the
+    /// config from the target's refresh-token lifetime; `None` for a
+    /// Connect2id target.
+    pub refresh_fallback_window: Option<Duration>,
     /// The other instances' admin URLs (for a prepared instance that lost
     /// its coordinator).
     pub peers: Vec<String>,
@@ -58,9 +69,11 @@ impl Default for Config {
         Self {
             max_pause: procedure::DEFAULT_MAX_PAUSE,
             max_lag: procedure::DEFAULT_MAX_LAG,
+            verify_ahead: procedure::DEFAULT_VERIFY_AHEAD,
             hold_max_requests: gate::DEFAULT_MAX_HELD,
             hold_max_bytes: gate::DEFAULT_MAX_HELD_BYTES,
             fallback_window: procedure::DEFAULT_FALLBACK_WINDOW,
+            refresh_fallback_window: None,
             peers: Vec::new(),
         }
     }
@@ -89,6 +102,11 @@ pub struct State {
     pub phase: Phase,
     /// Increments at every flip of the primary (both directions).
     pub epoch: u64,
+    /// When the primary last flipped (epoch ms): the fallback windows to
+    /// the previous primary count from it, across restarts (the refresh
+    /// fallback to an old Connect2id stays open for weeks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flipped_at_ms: Option<u64>,
 }
 
 impl Default for State {
@@ -96,6 +114,7 @@ impl Default for State {
         Self {
             phase: Phase::Mirroring,
             epoch: 1,
+            flipped_at_ms: None,
         }
     }
 }
@@ -172,12 +191,19 @@ impl Phases {
             message: "phase lock poisoned".to_owned(),
         })?;
         let phase = transition(guard.phase, event)?;
-        let epoch = if event == Event::Flip {
-            guard.epoch + 1
+        let (epoch, flipped_at_ms) = if event == Event::Flip {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            (guard.epoch + 1, Some(now))
         } else {
-            guard.epoch
+            (guard.epoch, guard.flipped_at_ms)
         };
-        let next = State { phase, epoch };
+        let next = State {
+            phase,
+            epoch,
+            flipped_at_ms,
+        };
         // Transient phases are not worth an fsync: a crash in them resumes
         // in the phase before, which is what the file already says.
         if !phase.holds_writes() {
@@ -197,7 +223,11 @@ impl Phases {
 fn persist(path: &Path, state: &State) -> std::io::Result<()> {
     use std::io::Write as _;
     let temp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&temp)?;
+    let mut file = crate::journal::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)?;
     file.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
     file.sync_data()?;
     std::fs::rename(&temp, path)?;
@@ -264,12 +294,13 @@ mod tests {
             Phase::Mirroring
         );
         let flipped = phases.apply(Event::Flip).unwrap();
-        assert_eq!(
-            flipped,
-            State {
-                phase: Phase::CutOver,
-                epoch: 2
-            }
+        assert_eq!((flipped.phase, flipped.epoch), (Phase::CutOver, 2));
+        // The flip instant persists: the fallback windows count from it
+        // after a restart too.
+        assert!(
+            flipped
+                .flipped_at_ms
+                .is_some_and(|at| at > 1_700_000_000_000)
         );
         assert_eq!(Phases::load(dir.path()).unwrap().current(), flipped);
         phases.apply(Event::Begin).unwrap();
@@ -277,13 +308,8 @@ mod tests {
             Phases::load(dir.path()).unwrap().current().phase,
             Phase::CutOver
         );
-        assert_eq!(
-            phases.apply(Event::Flip).unwrap(),
-            State {
-                phase: Phase::Mirroring,
-                epoch: 3
-            }
-        );
+        let back = phases.apply(Event::Flip).unwrap();
+        assert_eq!((back.phase, back.epoch), (Phase::Mirroring, 3));
         assert!(phases.apply(Event::Complete).is_err());
     }
 }

@@ -114,7 +114,7 @@ fn synced_cleanly(
     verify: &crate::api::VerifyReport,
     backfill: &crate::api::BackfillStatus,
 ) -> bool {
-    totals.errors == 0 && verify.drift == 0 && backfill.state == crate::api::BackfillState::Done
+    totals.errors == 0 && verify.passed() && backfill.state == crate::api::BackfillState::Done
 }
 
 /// One dataset's comparison.

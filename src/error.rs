@@ -51,9 +51,13 @@ pub enum Kind {
         /// The cap (`proxy.max_body_bytes`).
         limit: usize,
     },
-    /// The downstream body stream failed while being read.
+    /// The downstream body stream failed while being read (malformed
+    /// chunked encoding, the client went away mid-body).
     #[error("downstream body read failed: {0}")]
     DownstreamBody(String),
+    /// A buffered request body did not arrive in time (`proxy.body_read_timeout`).
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(Duration),
     /// No connection to the primary could be established.
     #[error("cannot connect to the primary: {0}")]
     Connect(String),
@@ -116,6 +120,7 @@ impl ProxyError {
         match (&self.fault, &self.kind) {
             (_, Kind::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             (Fault::Downstream, Kind::BodyTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            (Fault::Downstream, Kind::BodyTimeout(_)) => StatusCode::REQUEST_TIMEOUT,
             (Fault::Downstream, _) => StatusCode::BAD_REQUEST,
             (Fault::Primary, Kind::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             (Fault::Primary, _) => StatusCode::BAD_GATEWAY,
@@ -128,6 +133,7 @@ impl ProxyError {
         match self.status() {
             StatusCode::BAD_REQUEST => "bad request\n",
             StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
+            StatusCode::REQUEST_TIMEOUT => "request body too slow\n",
             StatusCode::BAD_GATEWAY => "bad gateway\n",
             StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
             StatusCode::SERVICE_UNAVAILABLE => "service unavailable, retry later\n",
@@ -150,6 +156,7 @@ impl ProxyError {
             Kind::BadRequest(_) => "bad_request",
             Kind::BodyTooLarge { .. } => "body_too_large",
             Kind::DownstreamBody(_) => "downstream_body",
+            Kind::BodyTimeout(_) => "body_timeout",
             Kind::Connect(_) => "connect",
             Kind::Timeout(_) => "timeout",
             Kind::Upstream(_) => "upstream",
@@ -176,6 +183,14 @@ mod tests {
         let cases = [
             (ProxyError::downstream(Kind::AmbiguousFraming("cl+te")), 400),
             (ProxyError::downstream(Kind::BodyTooLarge { limit: 1 }), 413),
+            (
+                ProxyError::downstream(Kind::BodyTimeout(Duration::from_secs(1))),
+                408,
+            ),
+            (
+                ProxyError::downstream(Kind::DownstreamBody("invalid chunk size".into())),
+                400,
+            ),
             (ProxyError::primary(Kind::Connect("refused".into())), 502),
             (
                 ProxyError::primary(Kind::Timeout(Duration::from_secs(1))),

@@ -12,6 +12,8 @@ pub mod form;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -134,6 +136,20 @@ where
 /// How long [`serve`] waits for in-flight connections after `shutdown` fires.
 pub(crate) const SERVE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Bounds on a [`serve_limited`] listener's connections.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Most connections open at once; past it a connection gets a 503 and
+    /// is closed (`None`: no limit).
+    pub max_connections: Option<usize>,
+    /// A connection whose last request started this long ago (or that
+    /// sent none since its accept) is closed; a request still in flight
+    /// finishes first (`None`: kept open).
+    pub idle_timeout: Option<Duration>,
+    /// Counts refused connections.
+    pub refused: Option<prometheus_client::metrics::counter::Counter>,
+}
+
 /// Serves `handler` on `listener` (HTTP/1.1 and h2c prior knowledge) until
 /// `shutdown` is cancelled, then lets in-flight requests finish for up to
 /// [`SERVE_DRAIN_TIMEOUT`].
@@ -145,13 +161,28 @@ where
     H: Fn(http::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
 {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    serve_limited(listener, handler, shutdown, Limits::default()).await;
+}
+
+/// [`serve`] with bounds on the connections (the admin API's).
+pub async fn serve_limited<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: CancellationToken,
+    limits: Limits,
+) where
+    H: Fn(http::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let tracker = tokio_util::task::TaskTracker::new();
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -165,22 +196,102 @@ where
                 }
             },
         };
+        let slot = OpenSlot::take(&open);
+        if limits.max_connections.is_some_and(|max| slot.before >= max) {
+            if let Some(refused) = &limits.refused {
+                refused.inc();
+            }
+            let _ = stream.try_write(REFUSED_RESPONSE);
+            tracing::debug!(peer = %peer, "refused a connection: too many open");
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |request| handler(request, peer));
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection ended with an error");
+        let epoch = std::time::Instant::now();
+        let last_request_ms = Arc::new(AtomicU64::new(0));
+        let seen = Arc::clone(&last_request_ms);
+        let service = hyper::service::service_fn(move |request| {
+            seen.store(elapsed_ms(epoch), Ordering::Relaxed);
+            handler(request, peer)
+        });
+        let builder = Arc::clone(&builder);
+        let shutdown = shutdown.clone();
+        let idle_timeout = limits.idle_timeout;
+        tracker.spawn(async move {
+            let _slot = slot;
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let mut closing = false;
+            loop {
+                let idle_at = idle_timeout.map(|idle| {
+                    epoch + Duration::from_millis(last_request_ms.load(Ordering::Relaxed)) + idle
+                });
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(err) = result {
+                            tracing::debug!(error = %err, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    () = shutdown.cancelled(), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    () = sleep_until_or_never(idle_at), if !closing => {
+                        // A request may have started while this slept.
+                        let last = Duration::from_millis(last_request_ms.load(Ordering::Relaxed));
+                        if idle_timeout.is_some_and(|idle| epoch.elapsed() >= last + idle) {
+                            // Anything in flight finishes; then it closes.
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(SERVE_DRAIN_TIMEOUT, graceful.shutdown())
+    tracker.close();
+    if tokio::time::timeout(SERVE_DRAIN_TIMEOUT, tracker.wait())
         .await
         .is_err()
     {
         tracing::debug!("connections still open after the drain timeout");
     }
 }
+
+fn elapsed_ms(epoch: std::time::Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn sleep_until_or_never(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One counted open connection of [`serve_limited`].
+struct OpenSlot {
+    open: Arc<AtomicUsize>,
+    /// Connections open before this one.
+    before: usize,
+}
+
+impl OpenSlot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        Self {
+            before: open.fetch_add(1, Ordering::AcqRel),
+            open: Arc::clone(open),
+        }
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Written to a connection past the limit, without reading its request.
+const REFUSED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 33\r\nretry-after: 1\r\nconnection: close\r\n\r\nservice unavailable, retry later\n";

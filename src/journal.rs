@@ -46,6 +46,7 @@
 //! <dir>/cursor                       seq u64 LE | crc32 u32 LE (12 bytes)
 //! <dir>/NNNNNNNNNNNNNNNNNNNN.seg     20-digit first seq of the file; records back to back
 //! <dir>/deadletters/                 the dead-letter log, same layout (see DeadLetters)
+//! <dir>/registrations/               per-client credentials, same layout (see Registrations)
 //!
 //! record:
 //!   len    u32 LE    bytes after the crc field (37 + plaintext length)
@@ -163,6 +164,7 @@ mod cursor;
 mod deadletters;
 mod io;
 pub mod record;
+mod registrations;
 mod segment;
 mod store;
 mod writer;
@@ -182,7 +184,9 @@ use tracing::warn;
 
 pub use cipher::{Cipher, CipherError, KEY_LEN, KeyError};
 pub use deadletters::{DEAD_LETTERS_DIR, DeadLetter, DeadLetters, MAX_REASON_BYTES};
+pub use io::{DIR_MODE, FILE_MODE, Faults, create_private_dir_all, private_file};
 pub use record::{EncodeError, FrameError};
+pub use registrations::{ClientCredentials, REGISTRATIONS_DIR, Registrations};
 pub use segment::SegmentStore;
 pub use store::{Appended, Recovery, Store, TornTail, Usage};
 
@@ -239,6 +243,8 @@ pub struct Config {
     pub max_record_bytes: usize,
     /// Longest time between cursor persists while acks keep coming.
     pub cursor_persist_interval: Duration,
+    /// Failure injection (tests, rehearsals); inert by default.
+    pub faults: Faults,
 }
 
 impl Config {
@@ -250,6 +256,7 @@ impl Config {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             cursor_persist_interval: DEFAULT_CURSOR_PERSIST_INTERVAL,
+            faults: Faults::default(),
         }
     }
 
@@ -533,7 +540,8 @@ impl Journal {
         observer: Arc<dyn Observer>,
     ) -> Result<(Journal, Recovery), Error> {
         config.validate()?;
-        let store = SegmentStore::open(&config.dir, cipher, config.segment_bytes)?;
+        let store = SegmentStore::open(&config.dir, cipher, config.segment_bytes)?
+            .with_faults(config.faults.clone());
         Self::open_with_store(store, &config, observer)
     }
 

@@ -1,7 +1,8 @@
 //! The `handover` binary: parses the command line, validates the config
 //! before binding anything, and maps failures to exit codes (DESIGN.md §7):
 //! 0 success, 1 the operation ran and found a problem, 2 usage, 64 bad
-//! config.
+//! config, 69 the admin API could not be reached (an operator command did
+//! not run at all).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +15,10 @@ use handover::telemetry::{self, LogFormat};
 const EXIT_CONFIG: u8 = 64;
 /// Exit code when the operation ran and found a problem.
 const EXIT_PROBLEM: u8 = 1;
+/// Exit code when an operator command cannot reach the admin API
+/// (EX_UNAVAILABLE from sysexits.h): the operation did not run, so a
+/// script must not read it as "found drift" (1).
+const EXIT_UNREACHABLE: u8 = 69;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,7 +79,8 @@ enum Command {
         #[arg(long)]
         concurrency: Option<usize>,
     },
-    /// Compare the primary and the secondary; exit 0 only when drift is zero.
+    /// Compare the primary and the secondary; exit 0 only when drift is zero
+    /// and every dataset was measured.
     Verify {
         #[command(flatten)]
         admin: AdminArgs,
@@ -383,7 +389,7 @@ fn main() -> ExitCode {
             } else {
                 write_stdout(&handover::cli::render_report(&report));
             }
-            Ok(if report.drift == 0 {
+            Ok(if report.passed() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_PROBLEM)
@@ -582,9 +588,16 @@ fn flip_command(args: FlipArgs, flip: handover::cli::Flip) -> ExitCode {
                 write_stdout(&handover::cli::render_flip(client.base(), report));
             }
         }
+        let unreachable = reports
+            .iter()
+            .any(|report| report.outcome == handover::api::Outcome::Unreachable);
         Ok(
             if reports.iter().all(handover::api::FlipReport::succeeded) {
                 ExitCode::SUCCESS
+            } else if unreachable {
+                // An instance could not be reached: the flip was aborted
+                // everywhere for that reason, not for a failed check.
+                ExitCode::from(EXIT_UNREACHABLE)
             } else {
                 ExitCode::from(EXIT_PROBLEM)
             },
@@ -613,6 +626,10 @@ where
     let client = handover::api::AdminClient::new(&admin.admin, token);
     match runtime.block_on(command(client, admin.json)) {
         Ok(code) => code,
+        Err(err @ handover::api::Error::Unreachable { .. }) => {
+            eprintln!("handover: {err}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
         Err(err) => {
             eprintln!("handover: {err}");
             ExitCode::from(EXIT_PROBLEM)
@@ -635,7 +652,10 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
-        Ok(_) => {
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("handover: warning: {warning}");
+            }
             eprintln!("handover: {} is valid", path.display());
             ExitCode::SUCCESS
         }
@@ -656,6 +676,9 @@ fn serve(path: &std::path::Path, log_format: LogFormat) -> ExitCode {
         }
     };
     telemetry::init(log_format);
+    for warning in &config.warnings {
+        tracing::warn!(warning = %warning, "check the config");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -19,69 +19,96 @@ use prometheus_client::registry::Registry;
 use crate::model::{Dataset, Side};
 
 /// Downstream requests answered, by method class and status class.
-pub(crate) const PROXY_REQUESTS_TOTAL: &str = "handover_proxy_requests_total";
+pub const PROXY_REQUESTS_TOTAL: &str = "handover_proxy_requests_total";
 /// Time from receiving a request to having its response head, by method class.
-pub(crate) const PROXY_REQUEST_DURATION_SECONDS: &str = "handover_proxy_request_duration_seconds";
+pub const PROXY_REQUEST_DURATION_SECONDS: &str = "handover_proxy_request_duration_seconds";
 /// Requests that failed in the proxy, by fault side and kind.
-pub(crate) const PROXY_ERRORS_TOTAL: &str = "handover_proxy_errors_total";
+pub const PROXY_ERRORS_TOTAL: &str = "handover_proxy_errors_total";
 /// Open downstream connections.
-pub(crate) const PROXY_CONNECTIONS_OPEN: &str = "handover_proxy_connections_open";
+pub const PROXY_CONNECTIONS_OPEN: &str = "handover_proxy_connections_open";
 /// Downstream connections accepted.
-pub(crate) const PROXY_CONNECTIONS_TOTAL: &str = "handover_proxy_connections_total";
+pub const PROXY_CONNECTIONS_TOTAL: &str = "handover_proxy_connections_total";
+/// Downstream connections refused (closed with a 503) because
+/// `proxy.max_connections` were open.
+pub const PROXY_CONNECTIONS_REFUSED_TOTAL: &str = "handover_proxy_connections_refused_total";
+/// Admin API connections refused because `admin.max_connections` were open.
+pub const ADMIN_CONNECTIONS_REFUSED_TOTAL: &str = "handover_admin_connections_refused_total";
 /// Open upstream connections (pooled, idle or busy), by upstream.
-pub(crate) const UPSTREAM_CONNECTIONS_OPEN: &str = "handover_upstream_connections_open";
+pub const UPSTREAM_CONNECTIONS_OPEN: &str = "handover_upstream_connections_open";
 /// Upstream connections established, by upstream.
-pub(crate) const UPSTREAM_CONNECTIONS_TOTAL: &str = "handover_upstream_connections_total";
+pub const UPSTREAM_CONNECTIONS_TOTAL: &str = "handover_upstream_connections_total";
+/// Management-API calls made by handover (sync, backfill, verify,
+/// cutover), by server and outcome.
+pub const UPSTREAM_API_REQUESTS_TOTAL: &str = "handover_upstream_api_requests_total";
+/// Latency of answered management-API calls, by server.
+pub const UPSTREAM_API_SECONDS: &str = "handover_upstream_api_seconds";
 /// 1 while the primary answers health probes.
-pub(crate) const PRIMARY_UP: &str = "handover_primary_up";
+pub const PRIMARY_UP: &str = "handover_primary_up";
 /// 1 while `/readyz` reports ready.
-pub(crate) const READY: &str = "handover_ready";
+pub const READY: &str = "handover_ready";
 /// Changes applied to the secondary, by dataset.
-pub(crate) const SYNC_APPLIED_TOTAL: &str = "handover_sync_applied_total";
+pub const SYNC_APPLIED_TOTAL: &str = "handover_sync_applied_total";
 /// Failed sync attempts that will be retried, by dataset.
-pub(crate) const SYNC_FAILURES_TOTAL: &str = "handover_sync_failures_total";
+pub const SYNC_FAILURES_TOTAL: &str = "handover_sync_failures_total";
 /// Changes moved to the dead-letter log, by dataset.
-pub(crate) const SYNC_DEAD_LETTERED_TOTAL: &str = "handover_sync_dead_lettered_total";
+pub const SYNC_DEAD_LETTERED_TOTAL: &str = "handover_sync_dead_lettered_total";
 /// Time to apply one change (read at the primary, write at the secondary).
-pub(crate) const SYNC_APPLY_SECONDS: &str = "handover_sync_apply_seconds";
+pub const SYNC_APPLY_SECONDS: &str = "handover_sync_apply_seconds";
 /// Age of the oldest change not yet applied to the secondary.
-pub(crate) const SYNC_LAG_SECONDS: &str = "handover_sync_lag_seconds";
+pub const SYNC_LAG_SECONDS: &str = "handover_sync_lag_seconds";
 /// Records currently in the dead-letter log.
-pub(crate) const SYNC_DEAD_LETTERS: &str = "handover_sync_dead_letters";
+pub const SYNC_DEAD_LETTERS: &str = "handover_sync_dead_letters";
 /// 1 while the sync cannot reach the servers (its circuit breaker is
 /// open: changes wait in the journal, one probe retries for all).
-pub(crate) const SYNC_OUTAGE: &str = "handover_sync_outage";
+pub const SYNC_OUTAGE: &str = "handover_sync_outage";
+/// The sync's adaptive concurrency limit (jobs allowed at once).
+pub const SYNC_CONCURRENCY_LIMIT: &str = "handover_sync_concurrency_limit";
+/// Sync jobs running.
+pub const SYNC_IN_FLIGHT: &str = "handover_sync_in_flight";
+/// Sync jobs waiting for a permit.
+pub const SYNC_WAITING: &str = "handover_sync_waiting";
+/// Seconds new sync jobs still wait for the secondary's `Retry-After`.
+pub const SYNC_THROTTLED_SECONDS: &str = "handover_sync_throttled_seconds";
 /// Journal records appended and not yet applied.
-pub(crate) const JOURNAL_DEPTH: &str = "handover_journal_depth";
+pub const JOURNAL_DEPTH: &str = "handover_journal_depth";
 /// Bytes of journal segment files.
-pub(crate) const JOURNAL_SIZE_BYTES: &str = "handover_journal_size_bytes";
+pub const JOURNAL_SIZE_BYTES: &str = "handover_journal_size_bytes";
 /// Time of one journal fdatasync.
-pub(crate) const JOURNAL_FSYNC_SECONDS: &str = "handover_journal_fsync_seconds";
+pub const JOURNAL_FSYNC_SECONDS: &str = "handover_journal_fsync_seconds";
 /// Time a trigger's response waited for its journal append.
-pub(crate) const JOURNAL_APPEND_SECONDS: &str = "handover_journal_append_seconds";
+pub const JOURNAL_APPEND_SECONDS: &str = "handover_journal_append_seconds";
 /// Journal write failures.
-pub(crate) const JOURNAL_ERRORS_TOTAL: &str = "handover_journal_errors_total";
+pub const JOURNAL_ERRORS_TOTAL: &str = "handover_journal_errors_total";
 /// 1 for the current migration phase, by phase.
-pub(crate) const PHASE: &str = "handover_phase";
+pub const PHASE: &str = "handover_phase";
 /// The current epoch (increments at every flip of the primary).
-pub(crate) const EPOCH: &str = "handover_epoch";
+pub const EPOCH: &str = "handover_epoch";
 /// How long trigger requests were held during a flip.
-pub(crate) const CUTOVER_PAUSE_SECONDS: &str = "handover_cutover_pause_seconds";
+pub const CUTOVER_PAUSE_SECONDS: &str = "handover_cutover_pause_seconds";
 /// Flips attempted, by outcome (cut-over, rolled-back, aborted).
-pub(crate) const CUTOVER_FLIPS_TOTAL: &str = "handover_cutover_flips_total";
+pub const CUTOVER_FLIPS_TOTAL: &str = "handover_cutover_flips_total";
 /// Trigger requests held at the gate during flips.
-pub(crate) const CUTOVER_HELD_TOTAL: &str = "handover_cutover_held_total";
+pub const CUTOVER_HELD_TOTAL: &str = "handover_cutover_held_total";
 /// Held trigger requests released after flips.
-pub(crate) const CUTOVER_RELEASED_TOTAL: &str = "handover_cutover_released_total";
+pub const CUTOVER_RELEASED_TOTAL: &str = "handover_cutover_released_total";
 /// Trigger requests refused with 503 because the hold buffer was full.
-pub(crate) const CUTOVER_REJECTED_TOTAL: &str = "handover_cutover_rejected_total";
+pub const CUTOVER_REJECTED_TOTAL: &str = "handover_cutover_rejected_total";
 /// Requests replayed at the previous primary after a flip, because the
-/// state they need lives only there.
-pub(crate) const CUTOVER_FALLBACKS_TOTAL: &str = "handover_cutover_fallbacks_total";
+/// state they need lives only there, by `dataset` (`tokens`: refreshes of
+/// tokens the new Authlete-based server does not hold yet).
+pub const CUTOVER_FALLBACKS_TOTAL: &str = "handover_cutover_fallbacks_total";
+/// Whether each secret key of the new primary was last proven equal to
+/// the current primary's by what it does (1) or found different (0), by
+/// key (`hmac`, `refresh-token-encrypt`, `access-token`).
+pub const CUTOVER_KEY_PARITY: &str = "handover_cutover_key_parity";
 /// Trigger exchanges seen, by trigger.
-pub(crate) const MIRROR_TRIGGERS_TOTAL: &str = "handover_mirror_triggers_total";
+pub const MIRROR_TRIGGERS_TOTAL: &str = "handover_mirror_triggers_total";
 /// Changes kept in memory for repair because the journal could not be written.
-pub(crate) const MIRROR_UNJOURNALED_TOTAL: &str = "handover_mirror_unjournaled_total";
+pub const MIRROR_UNJOURNALED_TOTAL: &str = "handover_mirror_unjournaled_total";
+/// Successful triggers whose change could not be named (their response was
+/// too large, cut off or malformed), by route: drift that only `verify`
+/// finds.
+pub const UNTRACKED_CHANGES_TOTAL: &str = "handover_untracked_changes_total";
 
 /// Latency buckets from 100 µs to 10 s: the proxy's own overhead sits in the
 /// first buckets, upstream latency in the rest.
@@ -93,7 +120,7 @@ const LATENCY_BUCKETS: [f64; 16] = [
 /// Read or write, from the method: enough to tell triggers' share of
 /// traffic without a label per method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum MethodClass {
+pub enum MethodClass {
     /// `GET`, `HEAD`, `OPTIONS`.
     Read,
     /// Everything else.
@@ -102,7 +129,7 @@ pub(crate) enum MethodClass {
 
 impl MethodClass {
     /// Classifies a method.
-    pub(crate) fn of(method: &http::Method) -> Self {
+    pub fn of(method: &http::Method) -> Self {
         match *method {
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS => Self::Read,
             _ => Self::Write,
@@ -110,7 +137,7 @@ impl MethodClass {
     }
 
     /// The label value.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Read => "read",
             Self::Write => "write",
@@ -146,6 +173,11 @@ struct PhaseLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    key: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -153,6 +185,17 @@ struct OutcomeLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabels {
     trigger: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiOutcomeLabels {
+    upstream: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,13 +235,34 @@ pub struct CutoverMetrics {
     released: Counter,
     /// Requests refused with 503 (hold buffer full).
     pub rejected: Counter,
-    /// Requests replayed at the previous primary.
-    pub fallbacks: Counter,
+    /// Requests replayed at the previous primary, by the dataset of the
+    /// state they needed.
+    fallbacks: Family<DatasetLabels, Counter>,
+    key_parity: Family<KeyLabels, Gauge>,
 }
 
 impl CutoverMetrics {
+    /// Counts a request replayed at the previous primary because the state
+    /// it needs (of `dataset`) lives only there.
+    pub fn record_fallback(&self, dataset: Dataset) {
+        self.fallbacks
+            .get_or_create(&DatasetLabels {
+                dataset: dataset.as_str(),
+            })
+            .inc();
+    }
+
+    /// Requests replayed at the previous primary for `dataset` so far.
+    pub fn fallbacks(&self, dataset: Dataset) -> u64 {
+        self.fallbacks
+            .get_or_create(&DatasetLabels {
+                dataset: dataset.as_str(),
+            })
+            .get()
+    }
+
     /// Publishes the current phase and epoch.
-    pub(crate) fn set_phase(&self, phase: &'static str, epoch: u64) {
+    pub fn set_phase(&self, phase: &'static str, epoch: u64) {
         for name in [
             "mirroring",
             "cutting-over",
@@ -213,14 +277,15 @@ impl CutoverMetrics {
         self.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
     }
 
+    /// Publishes the latest parity probe of one secret key.
+    pub fn set_key_parity(&self, key: &'static str, equal: bool) {
+        self.key_parity
+            .get_or_create(&KeyLabels { key })
+            .set(i64::from(equal));
+    }
+
     /// Records a flip (or an aborted one).
-    pub(crate) fn record_flip(
-        &self,
-        outcome: &str,
-        pause: Duration,
-        released: u64,
-        _rejected: u64,
-    ) {
+    pub fn record_flip(&self, outcome: &str, pause: Duration, released: u64, _rejected: u64) {
         let outcome = match outcome {
             "cut-over" => "cut-over",
             "rolled-back" => "rolled-back",
@@ -245,11 +310,15 @@ pub struct SyncMetrics {
     pub dead_letters: Gauge,
     /// 1 while the sync's circuit breaker is open.
     pub outage: Gauge,
+    concurrency_limit: Gauge,
+    in_flight: Gauge,
+    waiting: Gauge,
+    throttled_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl SyncMetrics {
     /// One change applied.
-    pub(crate) fn record_applied(&self, dataset: Dataset, elapsed: Duration) {
+    pub fn record_applied(&self, dataset: Dataset, elapsed: Duration) {
         let labels = DatasetLabels {
             dataset: dataset.as_str(),
         };
@@ -260,7 +329,7 @@ impl SyncMetrics {
     }
 
     /// One failed attempt (to be retried).
-    pub(crate) fn record_failure(&self, dataset: Dataset) {
+    pub fn record_failure(&self, dataset: Dataset) {
         self.failures
             .get_or_create(&DatasetLabels {
                 dataset: dataset.as_str(),
@@ -269,12 +338,28 @@ impl SyncMetrics {
     }
 
     /// One change dead-lettered.
-    pub(crate) fn record_dead_letter(&self, dataset: Dataset) {
+    pub fn record_dead_letter(&self, dataset: Dataset) {
         self.dead_lettered
             .get_or_create(&DatasetLabels {
                 dataset: dataset.as_str(),
             })
             .inc();
+    }
+
+    /// Publishes the concurrency limiter's state (at a scrape).
+    pub fn refresh_concurrency(
+        &self,
+        limit: usize,
+        in_flight: usize,
+        waiting: usize,
+        throttled_for: Option<Duration>,
+    ) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.concurrency_limit.set(gauge(limit));
+        self.in_flight.set(gauge(in_flight));
+        self.waiting.set(gauge(waiting));
+        self.throttled_seconds
+            .set(throttled_for.map_or(0.0, |d| d.as_secs_f64()));
     }
 
     /// Applied count of a dataset (for summaries).
@@ -303,13 +388,14 @@ pub struct JournalMetrics {
     triggers: Family<TriggerLabels, Counter>,
     /// Changes kept in memory because the journal failed.
     pub unjournaled: Counter,
+    untracked: Family<RouteLabels, Counter>,
 }
 
 impl Metrics {
     /// Refreshes the journal gauges and the sync lag from the journal's
     /// counters (periodically, and right before a scrape): records not yet
     /// applied, bytes on disk, and the age of the oldest unapplied record.
-    pub(crate) fn refresh_journal(&self, depth: u64, bytes_on_disk: u64, oldest: Option<Duration>) {
+    pub fn refresh_journal(&self, depth: u64, bytes_on_disk: u64, oldest: Option<Duration>) {
         self.journal
             .depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
@@ -324,10 +410,15 @@ impl Metrics {
 
 impl JournalMetrics {
     /// One trigger exchange seen.
-    pub(crate) fn record_trigger(&self, trigger: &'static str) {
+    pub fn record_trigger(&self, trigger: &'static str) {
         self.triggers
             .get_or_create(&TriggerLabels { trigger })
             .inc();
+    }
+
+    /// One successful trigger whose change could not be named.
+    pub fn record_untracked(&self, route: &'static str) {
+        self.untracked.get_or_create(&RouteLabels { route }).inc();
     }
 }
 
@@ -342,16 +433,15 @@ pub struct ProxyMetrics {
     pub connections_open: Gauge,
     /// Downstream connections accepted.
     pub connections_total: Counter,
+    /// Downstream connections refused at `proxy.max_connections`.
+    pub connections_refused: Counter,
+    /// Admin connections refused at `admin.max_connections`.
+    pub admin_connections_refused: Counter,
 }
 
 impl ProxyMetrics {
     /// Records one answered request.
-    pub(crate) fn record_request(
-        &self,
-        class: MethodClass,
-        status: http::StatusCode,
-        elapsed: Duration,
-    ) {
+    pub fn record_request(&self, class: MethodClass, status: http::StatusCode, elapsed: Duration) {
         let status_index = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         let class_index = class as usize;
         self.requests[class_index][status_index].inc();
@@ -359,7 +449,7 @@ impl ProxyMetrics {
     }
 
     /// Records a request that failed in the proxy.
-    pub(crate) fn record_error(&self, fault: &'static str, kind: &'static str) {
+    pub fn record_error(&self, fault: &'static str, kind: &'static str) {
         self.errors
             .get_or_create(&ErrorLabels { fault, kind })
             .inc();
@@ -371,12 +461,29 @@ impl ProxyMetrics {
 pub struct UpstreamMetrics {
     open: Family<UpstreamLabels, Gauge>,
     total: Family<UpstreamLabels, Counter>,
+    api_requests: Family<ApiOutcomeLabels, Counter>,
+    api_seconds: Family<UpstreamLabels, Histogram>,
+}
+
+/// The management-API recorders of one upstream.
+#[derive(Debug, Clone)]
+pub struct ApiMetrics {
+    /// Calls answered (any status but 429 and 503).
+    pub answered: Counter,
+    /// Calls answered 429 or 503.
+    pub overloaded: Counter,
+    /// Calls without an answer in time.
+    pub timed_out: Counter,
+    /// Calls that found no connection.
+    pub unreachable: Counter,
+    /// Latency of answered calls.
+    pub seconds: Histogram,
 }
 
 impl UpstreamMetrics {
     /// The open-connections gauge and the established-connections counter of
     /// one upstream.
-    pub(crate) fn handles(&self, upstream: Side) -> (Gauge, Counter) {
+    pub fn handles(&self, upstream: Side) -> (Gauge, Counter) {
         let labels = UpstreamLabels {
             upstream: upstream.as_str(),
         };
@@ -384,6 +491,29 @@ impl UpstreamMetrics {
             self.open.get_or_create(&labels).clone(),
             self.total.get_or_create(&labels).clone(),
         )
+    }
+
+    /// The management-API recorders of one upstream.
+    pub fn api(&self, upstream: Side) -> ApiMetrics {
+        let side = upstream.as_str();
+        let outcome = |outcome: &'static str| {
+            self.api_requests
+                .get_or_create(&ApiOutcomeLabels {
+                    upstream: side,
+                    outcome,
+                })
+                .clone()
+        };
+        ApiMetrics {
+            answered: outcome("answered"),
+            overloaded: outcome("overloaded"),
+            timed_out: outcome("timed_out"),
+            unreachable: outcome("unreachable"),
+            seconds: self
+                .api_seconds
+                .get_or_create(&UpstreamLabels { upstream: side })
+                .clone(),
+        }
     }
 }
 
@@ -466,6 +596,20 @@ impl Metrics {
             "Downstream connections accepted",
             connections_total.clone(),
         );
+        let connections_refused = Counter::default();
+        register_counter(
+            &mut registry,
+            PROXY_CONNECTIONS_REFUSED_TOTAL,
+            "Downstream connections refused with a 503 because proxy.max_connections were open",
+            connections_refused.clone(),
+        );
+        let admin_connections_refused = Counter::default();
+        register_counter(
+            &mut registry,
+            ADMIN_CONNECTIONS_REFUSED_TOTAL,
+            "Admin API connections refused because admin.max_connections were open",
+            admin_connections_refused.clone(),
+        );
 
         let open = Family::<UpstreamLabels, Gauge>::default();
         registry.register(
@@ -479,6 +623,22 @@ impl Metrics {
             UPSTREAM_CONNECTIONS_TOTAL,
             "Upstream connections established, by upstream",
             total.clone(),
+        );
+
+        let api_requests = Family::<ApiOutcomeLabels, Counter>::default();
+        register_counter(
+            &mut registry,
+            UPSTREAM_API_REQUESTS_TOTAL,
+            "Management-API calls handover made, by upstream and outcome (answered, overloaded: 429/503, timed_out, unreachable)",
+            api_requests.clone(),
+        );
+        let api_seconds = Family::<UpstreamLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register(
+            UPSTREAM_API_SECONDS,
+            "Latency of answered management-API calls, by upstream",
+            api_seconds.clone(),
         );
 
         let primary_up = Gauge::default();
@@ -500,7 +660,31 @@ impl Metrics {
             lag_seconds: Gauge::default(),
             dead_letters: Gauge::default(),
             outage: Gauge::default(),
+            concurrency_limit: Gauge::default(),
+            in_flight: Gauge::default(),
+            waiting: Gauge::default(),
+            throttled_seconds: Gauge::default(),
         };
+        registry.register(
+            SYNC_CONCURRENCY_LIMIT,
+            "Sync jobs allowed at once against the secondary (the adaptive limit)",
+            sync.concurrency_limit.clone(),
+        );
+        registry.register(
+            SYNC_IN_FLIGHT,
+            "Sync jobs running against the secondary",
+            sync.in_flight.clone(),
+        );
+        registry.register(
+            SYNC_WAITING,
+            "Sync jobs waiting for a permit",
+            sync.waiting.clone(),
+        );
+        registry.register(
+            SYNC_THROTTLED_SECONDS,
+            "Seconds new sync jobs still wait for the secondary's Retry-After",
+            sync.throttled_seconds.clone(),
+        );
         register_counter(
             &mut registry,
             SYNC_APPLIED_TOTAL,
@@ -548,6 +732,7 @@ impl Metrics {
             errors: Counter::default(),
             triggers: Family::default(),
             unjournaled: Counter::default(),
+            untracked: Family::default(),
         };
         registry.register(
             JOURNAL_DEPTH,
@@ -587,6 +772,12 @@ impl Metrics {
             "Changes kept in memory for repair because the journal could not be written",
             journal.unjournaled.clone(),
         );
+        register_counter(
+            &mut registry,
+            UNTRACKED_CHANGES_TOTAL,
+            "Successful triggers whose change could not be named (response too large, cut off or malformed), by route",
+            journal.untracked.clone(),
+        );
 
         let cutover = CutoverMetrics {
             phase: Family::default(),
@@ -596,7 +787,8 @@ impl Metrics {
             held: Counter::default(),
             released: Counter::default(),
             rejected: Counter::default(),
-            fallbacks: Counter::default(),
+            fallbacks: Family::default(),
+            key_parity: Family::default(),
         };
         registry.register(
             PHASE,
@@ -640,8 +832,13 @@ impl Metrics {
         register_counter(
             &mut registry,
             CUTOVER_FALLBACKS_TOTAL,
-            "Requests replayed at the previous primary after a flip",
+            "Requests replayed at the previous primary after a flip, by dataset",
             cutover.fallbacks.clone(),
+        );
+        registry.register(
+            CUTOVER_KEY_PARITY,
+            "1 when the secondary's secret key was last proven equal to the primary's, 0 when it differs",
+            cutover.key_parity.clone(),
         );
 
         Self {
@@ -655,8 +852,15 @@ impl Metrics {
                 errors,
                 connections_open,
                 connections_total,
+                connections_refused,
+                admin_connections_refused,
             },
-            upstream: UpstreamMetrics { open, total },
+            upstream: UpstreamMetrics {
+                open,
+                total,
+                api_requests,
+                api_seconds,
+            },
             health: HealthMetrics { primary_up, ready },
         }
     }

@@ -11,11 +11,13 @@
 //! | phase | [`Phase`], moved by an [`Event`] through [`phase::transition`] |
 //! | a server's address | [`BaseUrl`] (its path is the base of the management APIs) |
 //! | a token, key or password | [`Secret`] (never printed, compared in constant time) |
+//! | a session's idle timer | [`idle`] (last-used times compared within a tolerance) |
 //!
 //! Nothing here imports from the rest of the crate.
 
 mod change;
 mod dataset;
+pub mod idle;
 mod key;
 pub mod phase;
 mod secret;

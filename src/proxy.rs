@@ -24,6 +24,22 @@
 //! `proxy.idle_timeout`. hyper's own `header_read_timeout` bounds how long a
 //! client may take to send a request head (slowloris); the TLS handshake
 //! gets the same bound.
+//!
+//! # Runtimes
+//!
+//! By default ([`Runtime::PerCore`]) the downstream side runs on its own
+//! threads, one single-threaded tokio runtime per core, each with its own
+//! listening socket on the same port (`SO_REUSEPORT`, the kernel spreads
+//! connections) and its own upstream connection pool: a request is
+//! accepted, forwarded and answered on one thread, with no hand-off to
+//! another (the process model of nginx, HAProxy and pingora). Measured
+//! pinned to one core, this halves the wake-ups per request; on two cores
+//! it removes the futex and eventfd wake-ups that tokio's work-stealing
+//! scheduler needs when the downstream connection and the pooled upstream
+//! connection sit on different workers (benches/README.md §7). The sync
+//! engine, the journal and the admin API stay on the main multi-threaded
+//! runtime. [`Runtime::Shared`] serves downstream on that main runtime as
+//! well.
 
 pub mod forward;
 pub mod framing;
@@ -46,7 +62,7 @@ use tracing::Instrument;
 use crate::metrics::Metrics;
 
 pub use forward::Forwarder;
-pub use hook::{BoxFuture, Exchange, Hook, Rewriter, RouteId, Ticket};
+pub use hook::{BoxFuture, Exchange, Hook, Rewriter, RouteId, Ticket, Unseen};
 
 /// Largest downstream request head. Browsers send a few KiB; large cookies
 /// push it to tens of KiB.
@@ -69,6 +85,47 @@ pub(crate) const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
 /// How often the primary's reachability is probed for `/readyz`.
 pub(crate) const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Most downstream connections open at once. An identity provider's
+/// clients are browsers and back ends with keep-alive: a few thousand cover
+/// a busy site, and the limit keeps a flood of connections from exhausting
+/// file descriptors (each costs one downstream and, while busy, one
+/// upstream descriptor; raise `LimitNOFILE` above twice this).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// How the downstream side uses the cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// `workers` threads, each with a single-threaded runtime, its own
+    /// `SO_REUSEPORT` listener and its own upstream pool (the default, one
+    /// per core).
+    PerCore {
+        /// How many; at least 1.
+        workers: usize,
+    },
+    /// Downstream connections are tasks of the main multi-threaded runtime
+    /// (work stealing across its threads).
+    Shared,
+}
+
+impl Runtime {
+    /// One worker per core this process may run on (its CPU affinity, so
+    /// `taskset -c 1` gives one).
+    pub fn per_core() -> Self {
+        Self::PerCore {
+            workers: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        }
+    }
+
+    /// How many upstream pools the request path uses (one per worker), or
+    /// 0 when requests use the shared pool.
+    pub fn worker_pools(self) -> usize {
+        match self {
+            Self::PerCore { workers } => workers,
+            Self::Shared => 0,
+        }
+    }
+}
+
 /// The downstream listener's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -90,6 +147,11 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// How often the primary's reachability is probed for `/readyz`.
     pub health_interval: Duration,
+    /// Most downstream connections open at once; past it a new connection
+    /// gets a 503 and is closed.
+    pub max_connections: usize,
+    /// Threads and runtimes of the downstream side.
+    pub runtime: Runtime,
     /// Forwarding each request.
     pub forward: forward::Config,
 }
@@ -107,6 +169,8 @@ impl Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
             health_interval: DEFAULT_HEALTH_INTERVAL,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            runtime: Runtime::per_core(),
             forward: forward::Config::default(),
         }
     }
@@ -119,6 +183,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether TLS was terminated here.
     pub tls: bool,
+    /// `peer`'s IP as an `X-Forwarded-For` value, made once per connection.
+    pub client_ip: http::HeaderValue,
     /// Framing verdicts of this connection's HTTP/1 requests.
     pub verdicts: Arc<framing::Verdicts>,
     activity: Activity,
@@ -129,16 +195,18 @@ pub struct ConnInfo {
 struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
-    /// Milliseconds since `epoch` when the connection last became idle.
+    /// Milliseconds since `epoch` when the connection last became idle;
+    /// `u64::MAX` until its first request, which must start within the
+    /// head-read timeout of the accept.
     idle_since_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(epoch: Instant) -> Self {
         Self {
-            epoch: Instant::now(),
+            epoch,
             in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(NO_REQUEST_YET),
         }
     }
 
@@ -146,16 +214,28 @@ impl Activity {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// When the connection will have been idle for `timeout`, or `None` if a
-    /// request is in flight.
-    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+    /// Whether a request has started on this connection.
+    fn started(&self) -> bool {
+        self.idle_since_ms.load(Ordering::Acquire) != NO_REQUEST_YET
+            || self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// When the connection will have been idle for `idle` (or, before its
+    /// first request, when `first` has passed since the accept), or `None`
+    /// if a request is in flight.
+    fn idle_deadline(&self, idle: Duration, first: Duration) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        Some(self.epoch + since + timeout)
+        match self.idle_since_ms.load(Ordering::Acquire) {
+            NO_REQUEST_YET => Some(self.epoch + first),
+            since => Some(self.epoch + Duration::from_millis(since) + idle),
+        }
     }
 }
+
+/// `Activity::idle_since_ms` of a connection that has not started a request.
+const NO_REQUEST_YET: u64 = u64::MAX;
 
 /// Keeps a request counted as in flight until the response body is done.
 #[derive(Debug)]
@@ -197,6 +277,10 @@ pub struct ListenerOptions {
     pub max_header_bytes: usize,
     /// Most header lines.
     pub max_headers: usize,
+    /// Most downstream connections open at once (all workers together).
+    pub max_connections: usize,
+    /// Threads and runtimes.
+    pub runtime: Runtime,
 }
 
 impl std::fmt::Debug for ListenerOptions {
@@ -205,6 +289,7 @@ impl std::fmt::Debug for ListenerOptions {
             .field("tls", &self.tls.is_some())
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("runtime", &self.runtime)
             .finish_non_exhaustive()
     }
 }
@@ -218,13 +303,43 @@ impl ListenerOptions {
             idle_timeout: config.idle_timeout,
             max_header_bytes: config.max_header_bytes,
             max_headers: config.max_headers,
+            max_connections: config.max_connections,
+            runtime: config.runtime,
         }
     }
 }
 
-/// Runs the downstream listener until `stop` is cancelled, then drains:
-/// every connection finishes its in-flight requests and closes, within
-/// `grace`; connections still open after that are dropped.
+/// Binds the downstream listening socket, with `SO_REUSEPORT` when
+/// `reuseport` (so that the per-core workers can bind theirs to the same
+/// address).
+pub fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuseport;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Pending connections the kernel queues per listening socket (nginx's
+/// default on Linux is 511; the kernel caps it at `somaxconn`).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Runs the downstream side until `stop` is cancelled, then drains: every
+/// connection finishes its in-flight requests and closes, within `grace`;
+/// connections still open after that are dropped.
+///
+/// With [`Runtime::PerCore`] this starts the worker threads (the first
+/// takes `listener`, the others bind their own on its address, or share
+/// it when it was not bound with `SO_REUSEPORT`) and waits for all of them.
 pub async fn run(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
@@ -233,19 +348,106 @@ pub async fn run(
     stop: CancellationToken,
     grace: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(options.max_header_bytes.max(8192))
-        .max_headers(options.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let workers = match options.runtime {
+        Runtime::Shared => {
+            serve_listener(listener, forwarder, Arc::new(options), metrics, stop, grace).await;
+            return;
+        }
+        Runtime::PerCore { workers } => workers.max(1),
+    };
+    let listeners = match worker_listeners(listener, workers) {
+        Ok(listeners) => listeners,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot set up the per-core listeners");
+            return;
+        }
+    };
     let options = Arc::new(options);
+    let mut done = Vec::with_capacity(workers);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (finished, wait) = tokio::sync::oneshot::channel::<()>();
+        let forwarder = Arc::clone(&forwarder);
+        let options = Arc::clone(&options);
+        let metrics = metrics.clone();
+        let stop = stop.clone();
+        let span = tracing::Span::current();
+        let spawned = std::thread::Builder::new()
+            .name(format!("handover-proxy-{index}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        tracing::error!(error = %err, worker = index, "cannot start a proxy worker runtime");
+                        return;
+                    }
+                };
+                crate::upstream::enter_worker(index);
+                runtime.block_on(
+                    async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(listener) => listener,
+                            Err(err) => {
+                                tracing::error!(error = %err, "cannot register the listener");
+                                return;
+                            }
+                        };
+                        serve_listener(listener, forwarder, options, metrics, stop, grace).await;
+                    }
+                    .instrument(tracing::debug_span!(parent: &span, "worker", index)),
+                );
+                let _ = finished.send(());
+            });
+        match spawned {
+            Ok(_) => done.push(wait),
+            Err(err) => {
+                tracing::error!(error = %err, worker = index, "cannot start a proxy worker thread")
+            }
+        }
+    }
+    for wait in done {
+        let _ = wait.await;
+    }
+}
+
+/// One listening socket per worker: the given one, then sockets bound to
+/// its address with `SO_REUSEPORT` or, when the kernel refuses that (the
+/// first was bound without it), duplicates of the first (the workers then
+/// share one accept queue).
+fn worker_listeners(
+    listener: TcpListener,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let addr = listener.local_addr()?;
+    let first = listener.into_std()?;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 1..workers {
+        let extra = match bind(addr, true) {
+            Ok(own) => own.into_std()?,
+            Err(err) => {
+                tracing::debug!(error = %err, "no SO_REUSEPORT socket for a worker; sharing the listener");
+                first.try_clone()?
+            }
+        };
+        listeners.push(extra);
+    }
+    listeners.insert(0, first);
+    Ok(listeners)
+}
+
+/// Accepts on one listener and serves its connections on the current
+/// runtime until `stop`, then drains them within `grace`.
+async fn serve_listener(
+    listener: TcpListener,
+    forwarder: Arc<Forwarder>,
+    options: Arc<ListenerOptions>,
+    metrics: Metrics,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let builder = Arc::new(connection_builder(&options));
     let tracker = TaskTracker::new();
     let force = CancellationToken::new();
     loop {
@@ -260,17 +462,25 @@ pub async fn run(
                 }
             },
         };
+        let accepted = Instant::now();
+        let Some(open) = OpenConnection::admit(&metrics, options.max_connections) else {
+            refuse(&stream, options.tls.is_some(), &metrics);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         metrics.proxy.connections_total.inc();
         let span =
             tracing::debug_span!("connection", peer.addr = %peer, tls = options.tls.is_some());
         let task = serve_tcp(
             stream,
-            peer,
+            Accepted {
+                peer,
+                at: accepted,
+                _open: open,
+            },
             Arc::clone(&builder),
             Arc::clone(&forwarder),
             Arc::clone(&options),
-            metrics.clone(),
             stop.clone(),
             force.clone(),
         );
@@ -292,22 +502,36 @@ pub async fn run(
     }
 }
 
+/// The hyper connection settings of the downstream side.
+fn connection_builder(options: &ListenerOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .max_headers(options.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve_tcp(
     stream: TcpStream,
-    peer: SocketAddr,
+    accepted: Accepted,
     builder: Arc<auto::Builder<TokioExecutor>>,
     forwarder: Arc<Forwarder>,
     options: Arc<ListenerOptions>,
-    metrics: Metrics,
     stop: CancellationToken,
     force: CancellationToken,
 ) {
-    let _open = OpenConnection::new(&metrics);
     match &options.tls {
         None => {
             serve_io(
-                stream, peer, false, &builder, forwarder, &options, stop, force,
+                stream, accepted, false, &builder, forwarder, &options, stop, force,
             )
             .await
         }
@@ -329,21 +553,52 @@ async fn serve_tcp(
                 },
             };
             serve_io(
-                tls_stream, peer, true, &builder, forwarder, &options, stop, force,
+                tls_stream, accepted, true, &builder, forwarder, &options, stop, force,
             )
             .await;
         }
     }
 }
 
+/// A connection just accepted, counted as open until dropped.
+struct Accepted {
+    peer: SocketAddr,
+    /// When it was accepted: the first request head is due one head-read
+    /// timeout after this.
+    at: Instant,
+    _open: OpenConnection,
+}
+
+/// Counts a connection in `handover_proxy_connections_open` while it lives.
 struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
 
 impl OpenConnection {
-    fn new(metrics: &Metrics) -> Self {
-        metrics.proxy.connections_open.inc();
-        Self(metrics.proxy.connections_open.clone())
+    /// Counts a new connection, or `None` when `max` are open already (the
+    /// gauge is shared by every worker, so the limit is the process's).
+    fn admit(metrics: &Metrics, max: usize) -> Option<Self> {
+        let gauge = &metrics.proxy.connections_open;
+        let before = gauge.inc();
+        if usize::try_from(before).unwrap_or(0) >= max {
+            gauge.dec();
+            return None;
+        }
+        Some(Self(gauge.clone()))
     }
 }
+
+/// The answer to a connection past `proxy.max_connections`: a 503 written
+/// straight to the socket (without reading the request: the point is not
+/// to spend anything on it), then close. Over TLS there is no handshake to
+/// spend either: the connection is just closed.
+fn refuse(stream: &TcpStream, tls: bool, metrics: &Metrics) {
+    metrics.proxy.connections_refused.inc();
+    if !tls {
+        let _ = stream.try_write(REFUSED_RESPONSE);
+    }
+    tracing::debug!("refused a downstream connection: proxy.max_connections reached");
+}
+
+const REFUSED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 33\r\nretry-after: 1\r\nconnection: close\r\n\r\nservice unavailable, retry later\n";
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -354,7 +609,7 @@ impl Drop for OpenConnection {
 #[allow(clippy::too_many_arguments)]
 async fn serve_io<I>(
     io: I,
-    peer: SocketAddr,
+    accepted: Accepted,
     tls: bool,
     builder: &auto::Builder<TokioExecutor>,
     forwarder: Arc<Forwarder>,
@@ -367,10 +622,11 @@ async fn serve_io<I>(
     let verdicts = Arc::new(framing::Verdicts::default());
     let io = framing::SniffedIo::new(io, options.max_header_bytes, Arc::clone(&verdicts));
     let conn_info = Arc::new(ConnInfo {
-        peer,
+        peer: accepted.peer,
+        client_ip: headers::client_ip_value(accepted.peer.ip()),
         tls,
         verdicts,
-        activity: Activity::new(),
+        activity: Activity::new(accepted.at),
     });
     let service_conn = Arc::clone(&conn_info);
     let service = hyper::service::service_fn(move |request| {
@@ -381,16 +637,26 @@ async fn serve_io<I>(
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut shutting_down = false;
+    // A connection that sends nothing is closed one head-read timeout after
+    // the accept (hyper's own timer starts only at the first byte).
+    let deadline = |activity: &Activity| {
+        activity.idle_deadline(options.idle_timeout, options.header_read_timeout)
+    };
     loop {
         let idle_deadline = if shutting_down {
             None
         } else {
-            conn_info.activity.idle_deadline(options.idle_timeout)
+            deadline(&conn_info.activity)
         };
-        // While a request is in flight there is no idle deadline; re-check
-        // periodically so a finished request starts the idle clock.
-        let wake_at = idle_deadline
-            .unwrap_or_else(|| Instant::now() + options.idle_timeout.min(Duration::from_secs(1)));
+        // While a request is in flight there is no idle deadline, and before
+        // the first one the deadline is the head-read one; re-check
+        // periodically so that a finished request starts the idle clock.
+        let recheck = Instant::now() + options.idle_timeout.min(Duration::from_secs(1));
+        let wake_at = match idle_deadline {
+            Some(deadline) if conn_info.activity.started() => deadline,
+            Some(deadline) => deadline.min(recheck),
+            None => recheck,
+        };
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
@@ -404,7 +670,7 @@ async fn serve_io<I>(
             }
             () = force.cancelled() => return,
             () = tokio::time::sleep_until(wake_at.into()), if !shutting_down => {
-                if let Some(deadline) = conn_info.activity.idle_deadline(options.idle_timeout)
+                if let Some(deadline) = deadline(&conn_info.activity)
                     && Instant::now() >= deadline
                 {
                     tracing::debug!("closing idle downstream connection");

@@ -22,12 +22,14 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 
 use crate::http::body::ProxyBody;
+use crate::telemetry::redact;
 
 use self::authlete::Authlete;
 use self::connect2id::Connect2id;
 use crate::model::Side;
 use crate::upstream::PrimarySelector;
 use crate::upstream::Upstream;
+use crate::upstream::Verdict;
 
 /// Both servers, and which one is primary.
 #[derive(Debug)]
@@ -38,7 +40,7 @@ pub struct Servers {
     target_api: Connect2id,
     target_is_primary: AtomicBool,
     /// When the primary last flipped.
-    flipped_at: std::sync::Mutex<Option<std::time::Instant>>,
+    flipped_at: std::sync::Mutex<Option<std::time::SystemTime>>,
     /// The Authlete service, when the target is one (the target upstream is
     /// then the new authorization server, and `target_api` is not used).
     authlete: Option<Arc<Authlete>>,
@@ -97,18 +99,33 @@ impl Servers {
     }
 
     /// Records that the primary just flipped (see [`Servers::previous_within`]).
-    pub(crate) fn mark_flip(&self) {
-        if let Ok(mut at) = self.flipped_at.lock() {
-            *at = Some(std::time::Instant::now());
+    pub fn mark_flip(&self) {
+        self.mark_flip_at(std::time::SystemTime::now());
+    }
+
+    /// Records when the primary last flipped (a restart reads it from the
+    /// persisted phase).
+    pub fn mark_flip_at(&self, at: std::time::SystemTime) {
+        if let Ok(mut flipped) = self.flipped_at.lock() {
+            *flipped = Some(at);
         }
+    }
+
+    /// When the primary last flipped, if it did since the process started
+    /// or the persisted phase said so.
+    pub fn flipped_at(&self) -> Option<std::time::SystemTime> {
+        *self.flipped_at.lock().ok()?
     }
 
     /// The previous primary, if the primary flipped less than `window` ago:
     /// state that lives only there (logins in progress, authorization codes,
-    /// identifier access tokens) is still served from it.
-    pub(crate) fn previous_within(&self, window: std::time::Duration) -> Option<Side> {
-        let at = (*self.flipped_at.lock().ok()?)?;
-        (at.elapsed() < window).then(|| self.primary_side().other())
+    /// identifier access tokens) is still served from it. Wall-clock time,
+    /// as the flip instant survives restarts; a clock set back counts as no
+    /// time passed.
+    pub fn previous_within(&self, window: std::time::Duration) -> Option<Side> {
+        let at = self.flipped_at()?;
+        let elapsed = at.elapsed().unwrap_or_default();
+        (elapsed < window).then(|| self.primary_side().other())
     }
 
     /// The management APIs of a side.
@@ -129,6 +146,16 @@ impl Servers {
         self.api(self.primary_side().other())
     }
 
+    /// The upstream handover's own management-API calls to `side` go
+    /// through (the Authlete API's, for an Authlete target): its
+    /// `Feedback` is how that server answers the sync.
+    pub fn management(&self, side: Side) -> &Arc<Upstream> {
+        match (&self.authlete, side) {
+            (Some(authlete), Side::Target) => authlete.upstream(),
+            _ => self.api(side).upstream(),
+        }
+    }
+
     /// The upstream of a side.
     pub fn upstream(&self, side: Side) -> &Arc<Upstream> {
         match side {
@@ -144,7 +171,10 @@ impl PrimarySelector for Servers {
     }
 }
 
-/// A management API failure, classified for retry.
+/// A management API failure, classified for retry. Every text in it that
+/// quotes a server (its error body, a parser's complaint, a transport
+/// error) has passed through [`crate::telemetry::redact`]: the variants
+/// reach logs, dead letters, the admin API and the CLI as they are.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Worth retrying: unreachable, timed out, 5xx, 429.
@@ -171,7 +201,8 @@ pub enum ApiError {
         operation: &'static str,
         /// The HTTP status.
         status: u16,
-        /// The OAuth `error` and description, shortened.
+        /// The OAuth `error` and description, redacted and shortened
+        /// ([`crate::telemetry::redact::error_body`]).
         error: String,
     },
     /// The server answered success with a body we cannot parse.
@@ -187,19 +218,35 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A transient failure whose text quotes a server (redacted here).
+    pub fn transient_quoting(text: &str) -> Self {
+        Self::Transient(redact::shorten(&redact::text(text)))
+    }
+
+    /// A body that does not parse: `message` is the parser's complaint,
+    /// which may quote the body (redacted here).
+    pub fn malformed(server: Side, operation: &'static str, message: &str) -> Self {
+        Self::Malformed {
+            server,
+            operation,
+            message: redact::shorten(&redact::text(message)),
+        }
+    }
+
     /// Whether a retry may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient(_) | Self::Credentials { .. })
     }
 }
 
-/// The one management-API call path of both kinds of server: sends
-/// `request`, reads the answer (at most `limit` bytes, within `timeout`)
-/// and classifies failures for retry: unreachable, timed out, 5xx, 408 and
-/// 429 are transient; 401 and 403 mean our token for `api` was refused. Any
+/// The one management-API call path of both kinds of server: waits out
+/// any `Retry-After` the server gave, sends `request`, reads the answer (at
+/// most `limit` bytes, within `timeout`), reports the exchange to the
+/// upstream's [`crate::upstream::Feedback`] (latency, overload) and
+/// classifies failures for retry: unreachable, timed out, 5xx, 408 and 429
+/// are transient; 401 and 403 mean our token for `api` was refused. Any
 /// other status is the caller's to interpret. `detail` describes an error
-/// body for the log (Authlete's envelope message); it must not return
-/// secrets.
+/// body for the log (Authlete's envelope message); it is redacted here.
 pub(crate) async fn call(
     upstream: &Upstream,
     api: &'static str,
@@ -209,15 +256,54 @@ pub(crate) async fn call(
     detail: fn(&[u8]) -> String,
 ) -> Result<(StatusCode, Bytes), ApiError> {
     let side = upstream.side;
-    let response = upstream
-        .send(request, timeout)
-        .await
-        .map_err(|err| ApiError::Transient(err.to_string()))?;
+    let feedback = upstream.feedback();
+    feedback.wait_turn().await;
+    let started = tokio::time::Instant::now();
+    let response = match upstream.send(request, timeout).await {
+        Ok(response) => response,
+        Err(err) => {
+            let verdict = if matches!(err, crate::upstream::Error::Timeout { .. }) {
+                Verdict::TimedOut
+            } else {
+                Verdict::Unreachable
+            };
+            feedback.record(started.elapsed(), verdict);
+            return Err(ApiError::transient_quoting(&err.to_string()));
+        }
+    };
     let status = response.status();
-    let body = tokio::time::timeout(timeout, crate::http::read_body(response.into_body(), limit))
-        .await
-        .map_err(|_| ApiError::Transient(format!("{side} answer not read within {timeout:?}")))?
-        .map_err(|err| ApiError::Transient(format!("{side} answer: {err}")))?;
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(crate::upstream::parse_retry_after);
+    let body =
+        match tokio::time::timeout(timeout, crate::http::read_body(response.into_body(), limit))
+            .await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(err)) => {
+                feedback.record(started.elapsed(), Verdict::Unreachable);
+                return Err(ApiError::transient_quoting(&format!(
+                    "{side} answer: {err}"
+                )));
+            }
+            Err(_) => {
+                feedback.record(started.elapsed(), Verdict::TimedOut);
+                return Err(ApiError::Transient(format!(
+                    "{side} answer not read within {timeout:?}"
+                )));
+            }
+        };
+    let overloaded =
+        status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+    feedback.record(
+        started.elapsed(),
+        if overloaded {
+            Verdict::Overloaded { retry_after }
+        } else {
+            Verdict::Answered
+        },
+    );
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         return Err(ApiError::Credentials {
             server: side,
@@ -229,7 +315,7 @@ pub(crate) async fn call(
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
     {
-        let detail = detail(&body);
+        let detail = redact::shorten(&redact::text(&detail(&body)));
         let detail = if detail.is_empty() {
             String::new()
         } else {

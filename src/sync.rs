@@ -38,11 +38,15 @@ mod apply;
 mod authlete;
 mod breaker;
 mod dispatcher;
+pub mod limiter;
 mod recorder;
 
 pub use apply::{Apply, BoxFuture, Connect2idCopy};
 pub use authlete::AuthleteApply;
-pub use recorder::{MAX_UNJOURNALED, Recorder};
+pub use limiter::{Bounds, Limiter, Permit, Snapshot};
+pub use recorder::{
+    MAX_UNJOURNALED, REJOURNAL_INITIAL_DELAY, REJOURNAL_MAX_DELAY, Recorder, Untracked,
+};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -50,20 +54,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::journal::{DeadLetters, Journal, Seq};
 use crate::metrics::SyncMetrics;
-use crate::model::{Change, Dataset, Key};
+use crate::model::{Change, Dataset, Key, Side};
 use crate::servers::ApiError;
 
-/// Default number of concurrent sync jobs: enough to hide a few
-/// milliseconds of target latency at thousands of writes per second, few
-/// enough not to overload a target that is catching up.
-pub(crate) const DEFAULT_WORKERS: usize = 16;
+/// Default concurrency the sync starts with (and restarts from after an
+/// outage): enough to hide a few milliseconds of target latency at
+/// thousands of writes per second, few enough not to overload a target
+/// that is catching up. The limit grows from here while the target's
+/// latency allows ([`limiter`]).
+pub const DEFAULT_WORKERS: usize = 16;
+/// Default cap on the adaptive concurrency: a target 200 ms away needs
+/// about 400 jobs in flight to take 1,000 keys/s at two round trips each;
+/// the limiter only goes this high while the target's latency stays flat.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 /// First retry delay after a transient failure.
 pub(crate) const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(100);
 /// Longest retry delay: a target that was down is picked up again within
@@ -80,8 +90,10 @@ pub struct Config {
     /// Datasets kept in sync (`clients`, `authorizations`, `sessions`; or
     /// `clients`, `tokens` for an Authlete target).
     pub datasets: Vec<Dataset>,
-    /// Concurrent jobs.
+    /// Concurrent jobs to start with (and after an outage).
     pub workers: usize,
+    /// The most concurrent jobs the adaptive limit may allow.
+    pub max_concurrency: usize,
     /// First retry delay.
     pub retry_initial: Duration,
     /// Longest retry delay.
@@ -96,8 +108,47 @@ impl Default for Config {
             datasets: Dataset::CONNECT2ID.to_vec(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             workers: DEFAULT_WORKERS,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
             retry_initial: DEFAULT_RETRY_INITIAL,
             retry_max: DEFAULT_RETRY_MAX,
+        }
+    }
+}
+
+impl Config {
+    /// The bounds of each server's concurrency limiter.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            initial: self.workers,
+            max: self.max_concurrency.max(self.workers),
+        }
+    }
+}
+
+/// The sync's concurrency limiters, one per server: jobs take a permit from
+/// the secondary's, and each learns from its own server's answers (its
+/// upstream's `Feedback`), so after a flip the new secondary's limit is
+/// judged against that server's own latency.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    source: Arc<Limiter>,
+    target: Arc<Limiter>,
+}
+
+impl Limits {
+    /// Both limiters, starting at `config`'s bounds.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            source: Limiter::new(config.bounds()),
+            target: Limiter::new(config.bounds()),
+        }
+    }
+
+    /// The limiter of `side`'s server.
+    pub fn of(&self, side: Side) -> &Arc<Limiter> {
+        match side {
+            Side::Source => &self.source,
+            Side::Target => &self.target,
         }
     }
 }
@@ -192,6 +243,10 @@ pub struct SyncHandle {
     /// Keys synced recently, for the cutover's final check.
     recent: Arc<Recent>,
     idle: watch::Receiver<bool>,
+    limits: Limits,
+    apply: Arc<dyn Apply>,
+    /// Changes applied, per second.
+    applied: Arc<RateMeter>,
 }
 
 impl std::fmt::Debug for Command {
@@ -310,6 +365,22 @@ impl SyncHandle {
             .is_ok_and(|keys| keys.contains(&key.identity()))
     }
 
+    /// The concurrency limiter of the server the sync writes to now (the
+    /// secondary): jobs, the cutover's verify and `/status` use it.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        self.limits.of(self.apply.secondary())
+    }
+
+    /// The server the sync writes to now.
+    pub fn secondary(&self) -> Side {
+        self.apply.secondary()
+    }
+
+    /// Changes applied per second over the last [`RATE_WINDOW`].
+    pub fn rate(&self) -> f64 {
+        self.applied.per_second()
+    }
+
     /// Lanes with work queued or running.
     pub(crate) fn busy_lanes(&self) -> usize {
         self.busy_lanes.load(Ordering::Acquire)
@@ -322,6 +393,53 @@ impl SyncHandle {
         tokio::time::timeout(timeout, idle.wait_for(|idle| *idle))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// The window of the sync rate in `/status`.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Events per second over the last [`RATE_WINDOW`], in one-second buckets.
+#[derive(Debug, Default)]
+struct RateMeter {
+    /// (second since `epoch`, events in it), oldest first.
+    buckets: std::sync::Mutex<VecDeque<(u64, u64)>>,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+impl RateMeter {
+    fn now(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_secs()
+    }
+
+    fn tick(&self) {
+        let second = self.now();
+        if let Ok(mut buckets) = self.buckets.lock() {
+            match buckets.back_mut() {
+                Some((at, count)) if *at == second => *count += 1,
+                _ => buckets.push_back((second, 1)),
+            }
+            let window = RATE_WINDOW.as_secs();
+            while buckets.front().is_some_and(|(at, _)| at + window < second) {
+                buckets.pop_front();
+            }
+        }
+    }
+
+    /// Over the complete seconds of the window (the current one is still
+    /// filling), so a steady rate reads steady.
+    fn per_second(&self) -> f64 {
+        let second = self.now();
+        let window = RATE_WINDOW.as_secs();
+        let Ok(buckets) = self.buckets.lock() else {
+            return 0.0;
+        };
+        let events: u64 = buckets
+            .iter()
+            .filter(|(at, _)| *at < second && at + window >= second)
+            .map(|(_, count)| count)
+            .sum();
+        events as f64 / window as f64
     }
 }
 
@@ -366,20 +484,23 @@ impl Recent {
 
 struct Worker {
     recent: Arc<Recent>,
+    applied: Arc<RateMeter>,
     apply: Arc<dyn Apply>,
     dead_letters: Arc<DeadLetters>,
     metrics: SyncMetrics,
     config: Config,
-    permits: Arc<Semaphore>,
+    limits: Limits,
     breaker: breaker::Breaker,
     stop: CancellationToken,
 }
 
 /// Starts the sync: a dispatcher task owning the lanes, and jobs spawned on
-/// `tracker` (at most `config.workers` running at once), writing to the
-/// secondary through `apply`.
+/// `tracker` (as many running at once as the secondary's limiter in
+/// `limits` allows), writing to the secondary through `apply`.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     config: Config,
+    limits: Limits,
     apply: Arc<dyn Apply>,
     journal: Journal,
     dead_letters: Arc<DeadLetters>,
@@ -392,6 +513,7 @@ pub fn spawn(
     let (idle_tx, idle) = watch::channel(true);
     let busy_keys = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let recent = Arc::new(Recent::default());
+    let applied = Arc::new(RateMeter::default());
     let handle = SyncHandle {
         commands: commands.clone(),
         journal,
@@ -400,14 +522,18 @@ pub fn spawn(
         busy_keys: Arc::clone(&busy_keys),
         recent: Arc::clone(&recent),
         idle,
+        limits: limits.clone(),
+        apply: Arc::clone(&apply),
+        applied: Arc::clone(&applied),
     };
     let outage = metrics.outage.clone();
     let worker = Arc::new(Worker {
         recent,
+        applied,
         apply,
         dead_letters,
         metrics,
-        permits: Arc::new(Semaphore::new(config.workers.max(1))),
+        limits: limits.clone(),
         breaker: breaker::Breaker::new(config.retry_initial, config.retry_max, backoff, outage),
         config,
         stop: stop.clone(),
@@ -517,7 +643,8 @@ impl Worker {
         let dataset = change.dataset();
         let applied = self
             .retrying(dataset, &|| change.redacted(), || async {
-                let Ok(_permit) = self.permits.acquire().await else {
+                let limiter = self.limits.of(self.apply.secondary());
+                let Some(_permit) = limiter.acquire(&self.stop).await else {
                     return Err(ApiError::Transient("the sync is stopping".to_owned()));
                 };
                 self.apply.apply(&change).await
@@ -525,6 +652,7 @@ impl Worker {
             .await;
         match applied {
             Ok(follow_ups) => {
+                self.applied.tick();
                 if let Change::Sync { key, .. } = &change {
                     self.recent.push(key.clone());
                 }
@@ -599,6 +727,9 @@ impl Worker {
                 Err(err) if err.is_transient() => {
                     self.metrics.record_failure(dataset);
                     let outage = self.breaker.record(admission, breaker::Outcome::Transient);
+                    if outage {
+                        self.limits.of(self.apply.secondary()).restart();
+                    }
                     let delay = backoff(failures, self.config.retry_initial, self.config.retry_max);
                     if failures == 0 || failures % 10 == 9 {
                         tracing::warn!(change = %what(), error = %err, attempt = failures + 1, retry_in = ?delay, outage, "sync failed; retrying");
@@ -621,6 +752,9 @@ impl Worker {
     }
 
     async fn dead_letter(&self, change: &Change, dataset: Dataset, reason: &str) {
+        // The reason is an error that may quote a server; the dead-letter
+        // log is read by the admin API and the CLI as it is.
+        let reason = &crate::telemetry::redact::text(reason);
         self.metrics.record_dead_letter(dataset);
         tracing::error!(change = %change.redacted(), reason, "sync gave up; moved to dead letters");
         let body = change.to_record();

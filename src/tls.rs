@@ -71,7 +71,7 @@ pub struct Files {
 }
 
 /// The downstream server configuration: HTTP/2 and HTTP/1.1 by ALPN.
-pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
     let certs = load_certs(cert)?;
     let key = load_key(key)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -109,8 +109,20 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConf
             }
         }
     }
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_no_client_auth();
+    // Every new connection to a server seen before resumes its TLS session
+    // (TLS 1.3 tickets, TLS 1.2 ids or tickets): a full handshake costs two
+    // round trips and an asymmetric signature, which adds up when the sync
+    // opens connections to a distant target as its concurrency grows. The
+    // store is shared by every connection of one upstream's pool.
+    config.resumption = rustls::client::Resumption::in_memory_sessions(SESSION_CACHE)
+        .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOrTickets);
+    Ok(config)
 }
+
+/// TLS sessions remembered per upstream client (rustls keeps a few tickets
+/// per server name within it).
+const SESSION_CACHE: usize = 256;

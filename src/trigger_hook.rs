@@ -11,6 +11,10 @@
 //!    downstream response released;
 //! 3. give them to the sync workers.
 //!
+//! Keys an exchange merely *used* (an SSO login or a read moved a
+//! session's last-used time) are journaled like changes but coalesced: at
+//! most once per key per [`USE_COALESCING`].
+//!
 //! A journal that cannot be written never fails the client's request: the
 //! primary already did the work. Readiness turns false (the operator is
 //! paged), the changes are synced from memory right away (best effort) and
@@ -36,15 +40,17 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 
 use crate::cutover::gate::{Gate, Pass};
+use crate::cutover::parity::Samples;
 use crate::cutover::{Phase, Phases};
 use crate::error::{Kind, ProxyError};
-use crate::metrics::JournalMetrics;
+use crate::metrics::{CutoverMetrics, JournalMetrics};
 use crate::model::Side;
 use crate::model::{Change, Key, TokenKind};
 use crate::proxy::{BoxFuture, Exchange, Hook, RouteId, Ticket};
 use crate::servers::Servers;
 use crate::sync::{Apply, Recorder};
 use crate::triggers::{Catalogue, Fallback, LogoutHint, Resolved, jwt_subject_and_client};
+use crate::verify::LiveSample;
 
 /// Most remembered logout sessions (logout session id → SID).
 pub(crate) const MAX_LOGOUT_HINTS: usize = 100_000;
@@ -57,6 +63,16 @@ pub(crate) const LOGOUT_HINT_TTL: Duration = Duration::from_secs(3600);
 /// enough that a down secondary does not stall the client (the change
 /// stays journaled and keeps retrying).
 pub(crate) const FALLBACK_SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long a key merely *used* (a session's SSO login or read: its
+/// last-used time moved) is not journaled again after it was: well inside
+/// [`crate::model::idle::LAST_USED_TOLERANCE`], so the secondary's copy
+/// never trails by more than that, while a busy session costs one journal
+/// record per window instead of one per login.
+pub const USE_COALESCING: Duration = Duration::from_secs(30);
+/// Most used keys remembered for coalescing; beyond it the oldest are
+/// forgotten (and may be journaled again early, which is harmless).
+pub const MAX_COALESCED_USES: usize = 100_000;
 
 /// What a client refused by the write gate is told to wait before trying
 /// again: a flip holds writes for well under a second.
@@ -73,12 +89,17 @@ struct Inner {
     phases: Arc<Phases>,
     gate: Arc<Gate>,
     fallback_window: Duration,
-    fallbacks: prometheus_client::metrics::counter::Counter,
+    refresh_fallback_window: Option<Duration>,
+    cutover_metrics: CutoverMetrics,
     recorder: Recorder,
     apply: Arc<dyn Apply>,
     servers: Arc<Servers>,
     metrics: JournalMetrics,
     logout: Mutex<LogoutHints>,
+    uses: Mutex<RecentUses>,
+    samples: Option<Arc<Samples>>,
+    /// Refresh tokens clients hold, for verify (an Authlete target).
+    live: Option<Arc<LiveSample>>,
 }
 
 impl std::fmt::Debug for TriggerHook {
@@ -98,6 +119,7 @@ impl TriggerHook {
         apply: Arc<dyn Apply>,
         servers: Arc<Servers>,
         metrics: JournalMetrics,
+        live: Option<Arc<LiveSample>>,
         cutover: CutoverParts,
     ) -> Self {
         Self {
@@ -106,12 +128,16 @@ impl TriggerHook {
                 phases: cutover.phases,
                 gate: cutover.gate,
                 fallback_window: cutover.fallback_window,
-                fallbacks: cutover.fallbacks,
+                refresh_fallback_window: cutover.refresh_fallback_window,
+                cutover_metrics: cutover.metrics,
                 recorder,
                 apply,
                 servers,
                 metrics,
                 logout: Mutex::new(LogoutHints::default()),
+                uses: Mutex::new(RecentUses::default()),
+                samples: cutover.samples,
+                live,
             }),
         }
     }
@@ -127,8 +153,14 @@ pub(crate) struct CutoverParts {
     /// How long after a flip the previous primary is asked for state it
     /// alone holds.
     pub fallback_window: Duration,
+    /// An Authlete target: how long after the flip refreshes the new server
+    /// refuses are replayed at the old Connect2id.
+    pub refresh_fallback_window: Option<Duration>,
     /// Counts replays at the previous primary.
-    pub fallbacks: prometheus_client::metrics::counter::Counter,
+    pub metrics: CutoverMetrics,
+    /// Where tokens seen in live token responses are kept (in memory) for
+    /// the secret-key parity probes; `None` for an Authlete target.
+    pub samples: Option<Arc<Samples>>,
 }
 
 impl Hook for TriggerHook {
@@ -141,7 +173,10 @@ impl Hook for TriggerHook {
             return Some(route);
         }
         // Only right after a flip: everything else streams untouched.
-        inner.servers.previous_within(inner.fallback_window)?;
+        inner
+            .servers
+            .previous_within(inner.fallback_window)
+            .or_else(|| inner.refresh_previous())?;
         inner
             .catalogue
             .fallback(method, path)
@@ -174,18 +209,25 @@ impl Hook for TriggerHook {
                     .resolve_before_forwarding(&token.token, token.kind)
                     .await;
             }
+            let (method, path) = (&request.method, request.uri.path());
             let previous = inner.servers.previous_within(inner.fallback_window);
-            let fallback = previous.and_then(|_| {
-                inner
-                    .catalogue
-                    .fallback(&request.method, request.uri.path())
-                    .filter(|fallback| fallback.applies(body))
-            });
+            let fallback = previous
+                .and_then(|_| {
+                    inner
+                        .catalogue
+                        .fallback(method, path)
+                        .filter(|fallback| fallback.applies(body))
+                })
+                .zip(previous)
+                .or_else(|| {
+                    let old = inner.refresh_previous()?;
+                    Some((inner.catalogue.refresh_fallback(method, path, body)?, old))
+                });
             Ok(Box::new(TriggerTicket {
                 inner: Arc::clone(inner),
                 route,
                 resolved,
-                fallback: fallback.zip(previous),
+                fallback,
                 _pass: pass,
             }) as Box<dyn Ticket>)
         })
@@ -212,7 +254,9 @@ impl Ticket for TriggerTicket {
         if !fallback.unknown_here(status, body) {
             return None;
         }
-        self.inner.fallbacks.inc();
+        self.inner
+            .cutover_metrics
+            .record_fallback(fallback.dataset());
         tracing::debug!(fallback = ?fallback, "replaying at the previous primary");
         Some(Arc::clone(self.inner.servers.upstream(previous)))
     }
@@ -225,6 +269,15 @@ impl Ticket for TriggerTicket {
                 return;
             };
             inner.metrics.record_trigger(row.name);
+            if let Some(samples) = &inner.samples
+                && let Some(tokens) = inner.catalogue.issued_tokens(self.route, &exchange)
+            {
+                samples.observe(
+                    tokens.access_token.as_deref(),
+                    tokens.refresh_token.as_deref(),
+                    tokens.client_auth.as_deref(),
+                );
+            }
             let now = primary_clock(&exchange);
             let outcome = inner
                 .catalogue
@@ -233,20 +286,58 @@ impl Ticket for TriggerTicket {
             if let Some(hint) = outcome.logout {
                 changes.extend(inner.logout_hint(hint));
             }
-            if !inner.apply.is_active() {
-                return;
-            }
-            if inner.apply.needs_token_values() {
+            if !outcome.used.is_empty()
+                && let Ok(mut uses) = inner.uses.lock()
+            {
+                let now = Instant::now();
                 changes.extend(
-                    inner
-                        .catalogue
-                        .token_event(self.route, &exchange, &self.resolved)
-                        .map(|event| Change::Token { event }),
+                    outcome
+                        .used
+                        .into_iter()
+                        .filter(|key| uses.admit(key.identity(), now))
+                        .map(Change::sync),
                 );
             }
-            // Answered by the previous primary: what changed lives there.
             let answered = exchange.answered_by;
-            if answered != inner.servers.primary_side() {
+            let by_previous = answered != inner.servers.primary_side();
+            if row.name == "token_revoke" && !by_previous && exchange.status.is_success() {
+                inner.revoke_at_old_server(&exchange).await;
+            }
+            // After a cutover to an Authlete-based server nothing flows any
+            // more, except the tokens the old Connect2id issued in a
+            // fallback: the next refresh must find them at Authlete.
+            let fallback_tokens = by_previous && inner.apply.needs_token_values();
+            if !inner.apply.is_active() && !fallback_tokens {
+                return;
+            }
+            let mut named = !changes.is_empty();
+            if inner.apply.needs_token_values() {
+                let event = inner
+                    .catalogue
+                    .token_event(self.route, &exchange, &self.resolved);
+                // The token values themselves are the change here.
+                named = named && (event.is_some() || row.token_event_is_none());
+                if let (Some(live), Some(event)) = (&inner.live, &event) {
+                    live.observe(event);
+                }
+                changes.extend(event.map(|event| Change::Token { event }));
+            }
+            // Journal what the rest of the exchange still names (the key
+            // in the path, the token sent); if nothing, never only a log
+            // line: counted, and remembered until a verify covers it.
+            if let Some(reason) = inner.catalogue.uninspected(self.route, &exchange) {
+                if named {
+                    tracing::warn!(
+                        route = row.name,
+                        reason,
+                        "trigger response not inspected; journaling what the request names"
+                    );
+                } else {
+                    inner.recorder.record_untracked(row.name, reason);
+                }
+            }
+            // Answered by the previous primary: what changed lives there.
+            if by_previous {
                 changes = changes
                     .into_iter()
                     .map(|change| change.reading_from(answered))
@@ -266,6 +357,56 @@ impl Ticket for TriggerTicket {
 }
 
 impl Inner {
+    /// The old Connect2id, while refreshes are replayed there: after a
+    /// cutover to an Authlete-based server, for the refresh fallback window
+    /// (the hook steps aside at `complete`).
+    fn refresh_previous(&self) -> Option<Side> {
+        self.refresh_fallback_window
+            .and_then(|window| self.servers.previous_within(window))
+            .filter(|side| *side == Side::Source)
+    }
+
+    /// A revocation the new server took is sent to the old Connect2id too
+    /// while the refresh fallback is open: otherwise the fallback would
+    /// bring a revoked refresh token back (the old server still honours
+    /// it, and its answer is created at Authlete). Best effort, bounded; a
+    /// failure is logged, the client keeps the new server's answer.
+    async fn revoke_at_old_server(&self, exchange: &Exchange<'_>) {
+        let Some(old) = self.refresh_previous() else {
+            return;
+        };
+        let upstream = self.servers.upstream(old);
+        let path_and_query = match exchange.query {
+            Some(query) => format!("{}?{query}", exchange.path),
+            None => exchange.path.to_owned(),
+        };
+        let Ok(uri) = upstream.url.uri(path_and_query) else {
+            return;
+        };
+        let mut request = http::Request::post(uri);
+        for name in [http::header::AUTHORIZATION, http::header::CONTENT_TYPE] {
+            if let Some(value) = exchange.request_headers.get(&name) {
+                request = request.header(name, value);
+            }
+        }
+        let Ok(request) = request.body(crate::http::body::ProxyBody::full(
+            exchange.request_body.clone(),
+        )) else {
+            return;
+        };
+        match upstream.send(request, FALLBACK_SETTLE_LIMIT).await {
+            Ok(response) if response.status().is_success() => {
+                tracing::debug!("revocation copied to the old server");
+            }
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "the old server refused a copied revocation; the token may still refresh there until complete");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot copy a revocation to the old server; the token may still refresh there until complete");
+            }
+        }
+    }
+
     async fn resolve_before_forwarding(
         &self,
         token: &str,
@@ -361,9 +502,55 @@ impl LogoutHints {
     }
 }
 
+/// Keys recently journaled as *used*, for coalescing: identity → when.
+#[derive(Debug, Default)]
+struct RecentUses {
+    map: HashMap<String, Instant>,
+    order: VecDeque<(String, Instant)>,
+}
+
+impl RecentUses {
+    /// Whether a use of `identity` at `now` is to be journaled: not if one
+    /// was within [`USE_COALESCING`].
+    fn admit(&mut self, identity: String, now: Instant) -> bool {
+        while let Some((oldest, at)) = self.order.front() {
+            let stale = now.saturating_duration_since(*at) >= USE_COALESCING;
+            if !stale && self.order.len() < MAX_COALESCED_USES {
+                break;
+            }
+            if self.map.get(oldest) == Some(at) {
+                self.map.remove(oldest);
+            }
+            self.order.pop_front();
+        }
+        if self
+            .map
+            .get(&identity)
+            .is_some_and(|at| now.saturating_duration_since(*at) < USE_COALESCING)
+        {
+            return false;
+        }
+        self.map.insert(identity.clone(), now);
+        self.order.push_back((identity, now));
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uses_of_a_key_are_journaled_once_per_window() {
+        let mut uses = RecentUses::default();
+        let start = Instant::now();
+        assert!(uses.admit("session:K".into(), start));
+        assert!(!uses.admit("session:K".into(), start + USE_COALESCING / 2));
+        assert!(uses.admit("session:L".into(), start + USE_COALESCING / 2));
+        assert!(uses.admit("session:K".into(), start + USE_COALESCING));
+        assert!(!uses.admit("session:K".into(), start + USE_COALESCING * 3 / 2));
+        assert!(uses.map.len() <= 2);
+    }
 
     #[test]
     fn logout_hints_are_bounded_and_single_use() {

@@ -4,7 +4,9 @@
 //! path under the base path, request head and body, response status, head
 //! and body) to the [`Change`]s to journal.
 //!
-//! The rule (DESIGN.md §2): never replay a minting request. A row names the
+//! The rule (DESIGN.md §2): never replay a minting request. (The one
+//! request replayed is a token revocation nothing resolves: it mints
+//! nothing.) A row names the
 //! *key* whose current state must be copied; the sync worker reads that
 //! state from the primary. Where the key is not on the exchange (a refresh
 //! token, an identifier access token) the row emits a [`Change::Resolve`]
@@ -18,9 +20,11 @@
 //! |---|---|---|
 //! | POST | `/clients` | client, `client_id` from the response |
 //! | PUT, DELETE | `/clients/{id}` | client `{id}` |
+//! | POST | `/authz-sessions/rest/v3` | *used*: the session in `sub_sid` (an SSO login bumps its last-used time), a federation client (entity-ID `client_id`, registered on first use); the authorization of tokens answered at once (implicit, hybrid) |
+//! | GET | `/session-store/rest/v2/sessions` with `SID` | *used*: the session (unless `skip_last_used_update=true`) |
 //! | PUT | `/authz-sessions/rest/v3/{sid}` | session from `sub_session.sid` / `sub_sid`; for an implicit long-lived consent, the authorization of the issued access token |
-//! | POST | `/token` (code, refresh, password, token exchange, CIBA, device, JWT bearer) | the authorization: from a JWT access token's `sub` + `cid`, else resolved from the (new) refresh token or the access token |
-//! | POST | `/token/revoke` | the token is resolved *before* forwarding (the record is gone after); then a revocation event and the authorization |
+//! | POST | `/token` (code, refresh, password, token exchange, CIBA, device, JWT bearer) | the authorization: from a JWT access token's `sub` + `cid`, else resolved from the (new) refresh token or the access token; with a native SSO `device_secret`, the subject's sessions (the device session opened) |
+//! | POST | `/token/revoke` | the token is resolved *before* forwarding (the record is gone after); then a revocation event and the authorization; when nothing resolves (a self-contained token, a native SSO `device_secret`) the revocation request itself, replayed at the secondary |
 //! | POST | `/direct-authz/rest/v2` | the authorization (`sub` + `client_id` of the request, else the access token) and the session in `sub_sid` |
 //! | POST, PUT, DELETE | `/authz-store/rest/v3/authorizations` | the authorization (`sub` + `cid` of the body, or the query); for an Authlete target a DELETE revokes the subject's tokens at the client |
 //! | POST | `/authz-store/rest/v3/revocation` | a revocation event with its timestamp (and the authorization) |
@@ -29,9 +33,12 @@
 //! | POST | `/logout-sessions/rest/v1` | the session in `sub_sid`; remembers logout session → SID |
 //! | PUT | `/logout-sessions/rest/v1/{sid}` | the remembered session |
 //!
-//! Not triggers, by decision: `GET` of one session (it bumps the last-used
-//! time on the primary; idle timers may drift by the read traffic, spec
-//! §6.4 calls this optional), `POST /session-store/rest/v2/purge` (expired
+//! *Used* keys are synced like changed ones, but the hook coalesces them
+//! (one sync per key per window): a session's last-used time only needs to
+//! stay within [`crate::model::idle::LAST_USED_TOLERANCE`] of the
+//! primary's.
+//!
+//! Not triggers, by decision: `POST /session-store/rest/v2/purge` (expired
 //! sessions expire on the secondary by the same times), and
 //! `/token/introspect?revoke=true` (identifier access tokens have no import
 //! path, spec §8).
@@ -45,7 +52,7 @@ use serde_json::Value;
 
 use self::rows::*;
 use crate::http::form;
-use crate::model::{Change, TokenEvent, TokenKind};
+use crate::model::{Change, Dataset, Key, TokenEvent, TokenKind};
 use crate::proxy::{Exchange, RouteId};
 
 pub use self::parse::{client_of, jwt_subject_and_client, looks_like_jwt};
@@ -62,7 +69,7 @@ pub enum Before {
 
 /// A token to resolve before forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TokenToResolve {
+pub struct TokenToResolve {
     /// The token value.
     pub token: String,
     /// The client's `token_type_hint`.
@@ -71,7 +78,7 @@ pub(crate) struct TokenToResolve {
 
 /// What a row learned before forwarding.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Resolved {
+pub struct Resolved {
     /// Subject and client of the token, if found.
     pub authorization: Option<(String, String)>,
 }
@@ -99,6 +106,11 @@ pub enum LogoutHint {
 pub struct Outcome {
     /// Changes to journal.
     pub changes: Vec<Change>,
+    /// Keys the exchange merely *used*, which may have changed them on the
+    /// primary (a session's last-used time; a federation client registered
+    /// on first use). Frequent and rarely urgent: the hook journals a sync
+    /// of each at most once per coalescing window.
+    pub used: Vec<Key>,
     /// Logout bookkeeping.
     pub logout: Option<LogoutHint>,
 }
@@ -107,6 +119,7 @@ impl Outcome {
     pub(crate) fn of(changes: Vec<Change>) -> Self {
         Self {
             changes,
+            used: Vec::new(),
             logout: None,
         }
     }
@@ -114,7 +127,7 @@ impl Outcome {
 
 /// One catalogue row.
 #[derive(Debug)]
-pub(crate) struct Row {
+pub struct Row {
     /// The method.
     pub method: Method,
     /// The path under the base path; `{}` matches one segment.
@@ -127,6 +140,18 @@ pub(crate) struct Row {
     /// The token event, for a target that learns tokens only from their
     /// values (Authlete); `None` for rows that issue or end no token.
     token_event: Option<fn(&Input<'_>) -> Option<TokenEvent>>,
+    /// Whether the changed keys (or the token values) are read from the
+    /// primary's response, so that an uninspectable response may leave a
+    /// change untracked.
+    pub reads_response: bool,
+}
+
+impl Row {
+    /// Whether the row produces no token event (nothing an Authlete
+    /// target needs the token values of).
+    pub fn token_event_is_none(&self) -> bool {
+        self.token_event.is_none()
+    }
 }
 
 /// A row's view of the exchange.
@@ -141,7 +166,18 @@ pub(crate) struct Input<'a> {
 
 macro_rules! row {
     ($method:ident, $path:literal, $name:literal, $extract:expr) => {
-        row!($method, $path, $name, Before::Nothing, $extract, None)
+        row!(
+            $method,
+            $path,
+            $name,
+            Before::Nothing,
+            $extract,
+            None,
+            false
+        )
+    };
+    ($method:ident, $path:literal, $name:literal, reads_response: $extract:expr) => {
+        row!($method, $path, $name, Before::Nothing, $extract, None, true)
     };
     ($method:ident, $path:literal, $name:literal, $extract:expr, events: $event:expr) => {
         row!(
@@ -150,10 +186,22 @@ macro_rules! row {
             $name,
             Before::Nothing,
             $extract,
-            Some($event)
+            Some($event),
+            false
         )
     };
-    ($method:ident, $path:literal, $name:literal, $before:expr, $extract:expr, $event:expr) => {
+    ($method:ident, $path:literal, $name:literal, reads_response: $extract:expr, events: $event:expr) => {
+        row!(
+            $method,
+            $path,
+            $name,
+            Before::Nothing,
+            $extract,
+            Some($event),
+            true
+        )
+    };
+    ($method:ident, $path:literal, $name:literal, $before:expr, $extract:expr, $event:expr, $reads:expr) => {
         Row {
             method: Method::$method,
             path: $path,
@@ -161,36 +209,64 @@ macro_rules! row {
             before: $before,
             extract: $extract,
             token_event: $event,
+            reads_response: $reads,
         }
     };
 }
 
 /// The catalogue.
-pub(crate) static CATALOGUE: &[Row] = &[
-    row!(POST, "/clients", "client_create", client_created),
+pub static CATALOGUE: &[Row] = &[
+    row!(POST, "/clients", "client_create", reads_response: client_created),
+    row!(
+        POST,
+        "/authz-sessions/rest/v3",
+        "authz_session_start",
+        authz_session_start
+    ),
+    row!(
+        GET,
+        "/session-store/rest/v2/sessions",
+        "session_read",
+        session_read
+    ),
     row!(PUT, "/clients/{}", "client_update", client_in_path),
     row!(DELETE, "/clients/{}", "client_delete", client_in_path),
     row!(
         PUT,
         "/authz-sessions/rest/v3/{}",
         "authz_session_step",
-        authz_session_step
+        reads_response: authz_session_step,
+        events: authz_session_tokens_event
     ),
-    row!(POST, "/token", "token", token_issued, events: tokens_issued_event),
+    row!(
+        POST,
+        "/token",
+        "token",
+        reads_response: token_issued,
+        events: tokens_issued_event
+    ),
     row!(
         POST,
         "/token/revoke",
         "token_revoke",
         Before::ResolveRevokedToken,
         token_revoked,
-        Some(token_revoked_event)
+        Some(token_revoked_event),
+        false
     ),
-    row!(POST, "/direct-authz/rest/v2", "direct_authz", direct_authz),
+    row!(
+        POST,
+        "/direct-authz/rest/v2",
+        "direct_authz",
+        reads_response: direct_authz,
+        events: direct_authz_event
+    ),
     row!(
         POST,
         "/authz-store/rest/v3/authorizations",
         "authz_store_add",
-        authz_in_body
+        authz_in_body,
+        events: authz_store_tokens_event
     ),
     row!(
         PUT,
@@ -216,7 +292,7 @@ pub(crate) static CATALOGUE: &[Row] = &[
         POST,
         "/session-store/rest/v2/sessions",
         "session_create",
-        session_created
+        reads_response: session_created
     ),
     row!(
         PUT,
@@ -240,7 +316,7 @@ pub(crate) static CATALOGUE: &[Row] = &[
         POST,
         "/logout-sessions/rest/v1",
         "logout_start",
-        logout_started
+        reads_response: logout_started
     ),
     row!(
         PUT,
@@ -254,7 +330,10 @@ pub(crate) static CATALOGUE: &[Row] = &[
 /// a flip (a login in progress, an authorization code, an identifier access
 /// token), and how to tell that the new primary does not know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fallback {
+pub enum Fallback {
+    /// `POST /authz-sessions/rest/v3` with a pushed request's `request_uri`
+    /// (PAR, 60 s life): `{"type": "error", "error": "invalid_request_uri"}`.
+    PushedStart,
     /// `/authz-sessions/rest/v3/{sid}`: 404.
     AuthzSession,
     /// `/logout-sessions/rest/v1/{sid}`: 404.
@@ -265,7 +344,15 @@ pub(crate) enum Fallback {
     Introspect,
     /// `/userinfo`: 401.
     UserInfo,
+    /// `/token` with the refresh grant, after a cutover to an
+    /// Authlete-based server, for the refresh fallback window:
+    /// `invalid_grant` (a refresh token Authlete never got: its client was
+    /// idle during the whole mirroring).
+    Refresh,
 }
+
+/// The `request_uri` of a pushed authorization request (RFC 9126 §2.2).
+const PUSHED_REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
 
 /// Grants whose unknown code lives on the previous primary.
 const FALLBACK_GRANTS: [&str; 3] = [
@@ -276,6 +363,11 @@ const FALLBACK_GRANTS: [&str; 3] = [
 
 /// The fallback table: methods (empty = any), path under the base path.
 static FALLBACKS: &[(&[Method], &str, Fallback)] = &[
+    (
+        &[Method::POST],
+        "/authz-sessions/rest/v3",
+        Fallback::PushedStart,
+    ),
     (&[], "/authz-sessions/rest/v3/{}", Fallback::AuthzSession),
     (&[], "/logout-sessions/rest/v1/{}", Fallback::LogoutSession),
     (&[Method::POST], "/token", Fallback::Token),
@@ -289,21 +381,52 @@ static FALLBACKS: &[(&[Method], &str, Fallback)] = &[
 
 impl Fallback {
     /// Whether the request is one the previous primary may alone know
-    /// (for `/token`: only grants that redeem a code).
-    pub(crate) fn applies(self, body: &[u8]) -> bool {
-        if self != Self::Token {
-            return true;
+    /// (for `/token`: only grants that redeem a code; for the refresh
+    /// fallback: the refresh grant).
+    pub fn applies(self, body: &[u8]) -> bool {
+        let grant = || {
+            let pairs = parse::form_body(body);
+            form::first(&pairs, "grant_type").map(str::to_owned)
+        };
+        match self {
+            Self::Token => grant().is_some_and(|grant| FALLBACK_GRANTS.contains(&grant.as_str())),
+            Self::Refresh => grant().as_deref() == Some("refresh_token"),
+            Self::PushedStart => serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|start| {
+                    let query = start.get("query")?.as_str()?.to_owned();
+                    let pairs = form::parse(&query);
+                    form::first(&pairs, "request_uri")
+                        .map(|uri| uri.starts_with(PUSHED_REQUEST_URI_PREFIX))
+                })
+                .unwrap_or(false),
+            _ => true,
         }
-        let pairs = parse::form_body(body);
-        form::first(&pairs, "grant_type").is_some_and(|grant| FALLBACK_GRANTS.contains(&grant))
+    }
+
+    /// The dataset of the state the fallback reaches for (the label of
+    /// `handover_cutover_fallbacks_total`).
+    pub fn dataset(self) -> Dataset {
+        match self {
+            Self::PushedStart | Self::AuthzSession | Self::LogoutSession => Dataset::Sessions,
+            Self::Token => Dataset::Authorizations,
+            Self::Introspect | Self::UserInfo | Self::Refresh => Dataset::Tokens,
+        }
     }
 
     /// Whether the new primary's answer says it does not know the state.
-    pub(crate) fn unknown_here(self, status: StatusCode, body: Option<&Bytes>) -> bool {
+    pub fn unknown_here(self, status: StatusCode, body: Option<&Bytes>) -> bool {
         let json = || body.and_then(|b| serde_json::from_slice::<Value>(b).ok());
         match self {
+            Self::PushedStart => {
+                status == StatusCode::OK
+                    && json().is_some_and(|v| {
+                        v.get("type").and_then(Value::as_str) == Some("error")
+                            && v.get("error").and_then(Value::as_str) == Some("invalid_request_uri")
+                    })
+            }
             Self::AuthzSession | Self::LogoutSession => status == StatusCode::NOT_FOUND,
-            Self::Token => {
+            Self::Token | Self::Refresh => {
                 status == StatusCode::BAD_REQUEST
                     && json().is_some_and(|v| {
                         v.get("error").and_then(Value::as_str) == Some("invalid_grant")
@@ -319,15 +442,33 @@ impl Fallback {
     }
 }
 
+/// The tokens of a successful token response, with the client's own
+/// credentials (secrets: for in-memory probes only).
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedTokens {
+    /// `access_token`.
+    pub access_token: Option<String>,
+    /// `refresh_token`.
+    pub refresh_token: Option<String>,
+    /// The client's authentication as an `Authorization: Basic` value.
+    pub client_auth: Option<String>,
+}
+
+impl std::fmt::Debug for IssuedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IssuedTokens { .. }")
+    }
+}
+
 /// The catalogue bound to a server's base path.
 #[derive(Debug, Clone)]
-pub(crate) struct Catalogue {
+pub struct Catalogue {
     base_path: String,
 }
 
 impl Catalogue {
     /// A catalogue for endpoints under `base_path` (`""` or e.g. `/c2id`).
-    pub(crate) fn new(base_path: &str) -> Self {
+    pub fn new(base_path: &str) -> Self {
         Self {
             base_path: base_path.trim_end_matches('/').to_owned(),
         }
@@ -350,8 +491,8 @@ impl Catalogue {
     /// The row matching a request, if it is a trigger. Cheap, called for
     /// every request: a prefix check and a segment comparison over a short
     /// table, without allocating.
-    pub(crate) fn route(&self, method: &Method, path: &str) -> Option<RouteId> {
-        if *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS {
+    pub fn route(&self, method: &Method, path: &str) -> Option<RouteId> {
+        if *method == Method::HEAD || *method == Method::OPTIONS {
             return None;
         }
         let relative = self.relative(path)?;
@@ -364,10 +505,10 @@ impl Catalogue {
 
     /// The route id of a request inspected only for the fallback to the
     /// previous primary (no row: not a trigger).
-    pub(crate) const FALLBACK_ONLY: RouteId = RouteId(u16::MAX);
+    pub const FALLBACK_ONLY: RouteId = RouteId(u16::MAX);
 
     /// Whether a request may need the previous primary right after a flip.
-    pub(crate) fn fallback(&self, method: &Method, path: &str) -> Option<Fallback> {
+    pub fn fallback(&self, method: &Method, path: &str) -> Option<Fallback> {
         let relative = self.relative(path)?;
         FALLBACKS
             .iter()
@@ -377,13 +518,20 @@ impl Catalogue {
             .map(|(_, _, fallback)| *fallback)
     }
 
+    /// Whether a request is a refresh the old Connect2id may alone know
+    /// after a cutover to an Authlete-based server.
+    pub fn refresh_fallback(&self, method: &Method, path: &str, body: &[u8]) -> Option<Fallback> {
+        (self.fallback(method, path) == Some(Fallback::Token) && Fallback::Refresh.applies(body))
+            .then_some(Fallback::Refresh)
+    }
+
     /// The row of a route.
-    pub(crate) fn row(&self, route: RouteId) -> Option<&'static Row> {
+    pub fn row(&self, route: RouteId) -> Option<&'static Row> {
         CATALOGUE.get(usize::from(route.0))
     }
 
     /// The token a row must resolve before forwarding, if any.
-    pub(crate) fn token_to_resolve(&self, route: RouteId, body: &[u8]) -> Option<TokenToResolve> {
+    pub fn token_to_resolve(&self, route: RouteId, body: &[u8]) -> Option<TokenToResolve> {
         if self.row(route)?.before != Before::ResolveRevokedToken {
             return None;
         }
@@ -392,6 +540,8 @@ impl Catalogue {
         let kind = match form::first(&pairs, "token_type_hint") {
             Some("access_token") => TokenKind::Access,
             Some("refresh_token") => TokenKind::Refresh,
+            // A native SSO device secret names no authorization.
+            Some("device_secret") => return None,
             // No hint: a JWT is an access token; anything else is tried as a
             // refresh token first by the resolver.
             _ if looks_like_jwt(&token) => TokenKind::Access,
@@ -402,7 +552,7 @@ impl Catalogue {
 
     /// What an exchange changed. Only successful (2xx) exchanges change
     /// anything.
-    pub(crate) fn extract(
+    pub fn extract(
         &self,
         route: RouteId,
         exchange: &Exchange<'_>,
@@ -415,9 +565,49 @@ impl Catalogue {
         }
     }
 
+    /// Why a successful trigger's response could not be inspected, when its
+    /// row reads the response: too large, cut off, or not JSON. Then the
+    /// changes extracted from the rest of the exchange may be all that can
+    /// be known, or nothing.
+    pub fn uninspected(&self, route: RouteId, exchange: &Exchange<'_>) -> Option<&'static str> {
+        let row = self.row(route)?;
+        if !row.reads_response || !exchange.status.is_success() {
+            return None;
+        }
+        match (exchange.response_body, exchange.response_unseen) {
+            (None, Some(unseen)) => Some(unseen.as_str()),
+            (None, None) => Some("missing"),
+            (Some(body), _) => serde_json::from_slice::<serde::de::IgnoredAny>(body)
+                .is_err()
+                .then_some("malformed"),
+        }
+    }
+
+    /// The tokens a successful `/token` exchange issued.
+    pub fn issued_tokens(&self, route: RouteId, exchange: &Exchange<'_>) -> Option<IssuedTokens> {
+        let resolved = Resolved::default();
+        let (row, input) = self.input(route, exchange, &resolved, 0)?;
+        if row.name != "token" {
+            return None;
+        }
+        let response: Value = serde_json::from_slice(exchange.response_body?).ok()?;
+        let field = |name| {
+            response
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let request = parse::form_body(exchange.request_body);
+        Some(IssuedTokens {
+            access_token: field("access_token"),
+            refresh_token: field("refresh_token"),
+            client_auth: parse::client_auth_of(input.exchange.request_headers, &request),
+        })
+    }
+
     /// The token event of an exchange, for a target that learns tokens
     /// only from their values.
-    pub(crate) fn token_event(
+    pub fn token_event(
         &self,
         route: RouteId,
         exchange: &Exchange<'_>,
@@ -516,6 +706,7 @@ mod tests {
         status: u16,
         response: String,
         resolved: Resolved,
+        unseen: Option<crate::proxy::Unseen>,
     }
 
     impl Case {
@@ -528,7 +719,13 @@ mod tests {
                 status: 200,
                 response: String::new(),
                 resolved: Resolved::default(),
+                unseen: None,
             }
+        }
+        fn unseen(mut self, status: u16, why: crate::proxy::Unseen) -> Self {
+            self.status = status;
+            self.unseen = Some(why);
+            self
         }
         fn request(mut self, body: &str) -> Self {
             self.request = body.to_owned();
@@ -548,7 +745,7 @@ mod tests {
             self
         }
 
-        fn run(&self) -> Outcome {
+        fn with_exchange<T>(&self, f: impl FnOnce(&Catalogue, RouteId, &Exchange<'_>) -> T) -> T {
             let catalogue = Catalogue::new("/c2id");
             let (path, query) = match self.path.split_once('?') {
                 Some((p, q)) => (p, Some(q)),
@@ -572,10 +769,21 @@ mod tests {
                 request_body: &request_body,
                 status: StatusCode::from_u16(self.status).unwrap(),
                 response_headers: &response_headers,
-                response_body: Some(&response_body),
+                response_body: self.unseen.is_none().then_some(&response_body),
+                response_unseen: self.unseen,
                 answered_by: crate::model::Side::Source,
             };
-            catalogue.extract(route, &exchange, &self.resolved, 1_700_000_000)
+            f(&catalogue, route, &exchange)
+        }
+
+        fn run(&self) -> Outcome {
+            self.with_exchange(|catalogue, route, exchange| {
+                catalogue.extract(route, exchange, &self.resolved, 1_700_000_000)
+            })
+        }
+
+        fn uninspected(&self) -> Option<&'static str> {
+            self.with_exchange(|catalogue, route, exchange| catalogue.uninspected(route, exchange))
         }
 
         fn changes(&self) -> Vec<Change> {
@@ -801,10 +1009,24 @@ mod tests {
                 authz("alice", "s6BhdRkqt3")
             ]
         );
+        // Nothing resolved (a self-contained token, a device secret): the
+        // revocation itself is replayed at the secondary.
         let unknown = Case::new(Method::POST, "/c2id/token/revoke")
-            .request("token=unknown")
+            .header("authorization", "Basic YXBwOnM=")
+            .request("token=transient&token_type_hint=refresh_token")
             .response(200, "");
-        assert!(unknown.changes().is_empty());
+        assert_eq!(
+            unknown.changes(),
+            [Change::RevokeToken {
+                client_id: Some("app".into()),
+                form: "token=transient&token_type_hint=refresh_token".into(),
+                authorization: Some("Basic YXBwOnM=".into()),
+            }]
+        );
+        assert_eq!(
+            catalogue.token_to_resolve(route, b"token=ds&token_type_hint=device_secret"),
+            None
+        );
     }
 
     fn jwt_form() -> Vec<u8> {
@@ -925,6 +1147,87 @@ mod tests {
     }
 
     #[test]
+    fn an_sso_start_uses_the_session_and_may_register_or_issue() {
+        let sso = Case::new(Method::POST, "/c2id/authz-sessions/rest/v3")
+            .request(r#"{"query":"response_type=code&client_id=app","sub_sid":"K.H"}"#)
+            .response(
+                200,
+                r#"{"type":"consent","sid":"a1","sub_session":{"sid":"K.H","sub":"alice"}}"#,
+            );
+        let outcome = sso.run();
+        assert!(outcome.changes.is_empty());
+        assert_eq!(outcome.used, [Key::Session { sid: "K.H".into() }]);
+        // No session passed, or none found: nothing used.
+        let fresh = Case::new(Method::POST, "/c2id/authz-sessions/rest/v3")
+            .request(r#"{"query":"response_type=code&client_id=app"}"#)
+            .response(200, r#"{"type":"auth","sid":"a2"}"#);
+        assert_eq!(fresh.run(), Outcome::default());
+        let refused = Case::new(Method::POST, "/c2id/authz-sessions/rest/v3")
+            .request(r#"{"query":"client_id=app&request_uri=urn:x","sub_sid":"K.H"}"#)
+            .response(200, r#"{"type":"error","error":"invalid_request_uri"}"#);
+        assert_eq!(refused.run(), Outcome::default());
+        // Persisted consent and an implicit flow: tokens at once.
+        let implicit = Case::new(Method::POST, "/c2id/authz-sessions/rest/v3")
+            .request(r#"{"query":"response_type=id_token%20token&client_id=app","sub_sid":"K.H"}"#)
+            .response(200, &format!(r#"{{"type":"response","mode":"fragment","parameters":{{"uri":"https://rp.example.com/cb#access_token={}&token_type=Bearer"}}}}"#, jwt()));
+        let outcome = implicit.run();
+        assert_eq!(outcome.changes, [authz("alice", "s6BhdRkqt3")]);
+        assert_eq!(outcome.used, [Key::Session { sid: "K.H".into() }]);
+        // An OpenID Federation entity registers itself on first use.
+        let federation = Case::new(Method::POST, "/c2id/authz-sessions/rest/v3")
+            .request(r#"{"query":"response_type=code&client_id=https%3A%2F%2Frp.example.org"}"#)
+            .response(200, r#"{"type":"auth","sid":"a3"}"#);
+        assert_eq!(
+            federation.run().used,
+            [Key::Client {
+                client_id: "https://rp.example.org".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_session_read_is_a_use_unless_it_skips_the_update() {
+        let catalogue = Catalogue::new("/c2id");
+        assert!(
+            catalogue
+                .route(&Method::GET, "/c2id/session-store/rest/v2/sessions")
+                .is_some()
+        );
+        assert!(catalogue.route(&Method::GET, "/c2id/clients").is_none());
+        assert!(catalogue.route(&Method::GET, "/c2id/userinfo").is_none());
+        let read = Case::new(Method::GET, "/c2id/session-store/rest/v2/sessions")
+            .header("sid", "K.H")
+            .response(200, r#"{"sub":"alice"}"#);
+        assert_eq!(read.run().used, [Key::Session { sid: "K.H".into() }]);
+        let peek = Case::new(
+            Method::GET,
+            "/c2id/session-store/rest/v2/sessions?skip_last_used_update=true",
+        )
+        .header("sid", "K.H")
+        .response(200, r#"{"sub":"alice"}"#);
+        assert_eq!(peek.run(), Outcome::default());
+        let export =
+            Case::new(Method::GET, "/c2id/session-store/rest/v2/sessions").response(200, "{}");
+        assert_eq!(export.run(), Outcome::default());
+    }
+
+    #[test]
+    fn a_pushed_request_unknown_to_the_new_primary_is_replayed_at_the_old() {
+        let catalogue = Catalogue::new("/c2id");
+        let fallback = catalogue
+            .fallback(&Method::POST, "/c2id/authz-sessions/rest/v3")
+            .unwrap();
+        assert_eq!(fallback, Fallback::PushedStart);
+        let pushed = br#"{"query":"client_id=app&request_uri=urn%3Aietf%3Aparams%3Aoauth%3Arequest_uri%3Aabc"}"#;
+        assert!(fallback.applies(pushed));
+        assert!(!fallback.applies(br#"{"query":"client_id=app&response_type=code"}"#));
+        let unknown = Bytes::from_static(br#"{"type":"error","error":"invalid_request_uri"}"#);
+        assert!(fallback.unknown_here(StatusCode::OK, Some(&unknown)));
+        let other = Bytes::from_static(br#"{"type":"error","error":"invalid_client"}"#);
+        assert!(!fallback.unknown_here(StatusCode::OK, Some(&other)));
+    }
+
+    #[test]
     fn logout_remembers_then_resolves_the_session() {
         let start = Case::new(Method::POST, "/c2id/logout-sessions/rest/v1")
             .request(r#"{"query":"id_token_hint=eyJ...&post_logout_redirect_uri=https%3A%2F%2Fclient.example.org","sub_sid":"K.H"}"#)
@@ -947,6 +1250,59 @@ mod tests {
                 logout_sid: "logout-1".into()
             })
         );
+    }
+
+    #[test]
+    fn uninspectable_responses_of_rows_that_read_them_are_named() {
+        use crate::proxy::Unseen;
+        let created = || Case::new(Method::POST, "/c2id/clients").request("{}");
+        assert_eq!(
+            created().unseen(201, Unseen::TooLarge).uninspected(),
+            Some("too_large")
+        );
+        assert_eq!(
+            created().unseen(201, Unseen::Cut).uninspected(),
+            Some("cut")
+        );
+        assert_eq!(
+            created().response(201, "<html>").uninspected(),
+            Some("malformed")
+        );
+        assert_eq!(
+            created()
+                .response(201, r#"{"client_id":"c1"}"#)
+                .uninspected(),
+            None
+        );
+        // A refusal changed nothing; a row that reads only the request
+        // loses nothing.
+        assert_eq!(created().unseen(400, Unseen::TooLarge).uninspected(), None);
+        let updated = Case::new(Method::PUT, "/c2id/clients/c1").unseen(200, Unseen::TooLarge);
+        assert_eq!(updated.uninspected(), None);
+        assert_eq!(updated.changes(), [client("c1")]);
+        // Nothing to journal: the created client's id was in the response.
+        assert!(created().unseen(201, Unseen::TooLarge).changes().is_empty());
+    }
+
+    #[test]
+    fn a_refresh_without_a_readable_response_still_names_its_authorization() {
+        let refresh = Case::new(Method::POST, "/c2id/token")
+            .request("grant_type=refresh_token&refresh_token=rt-1")
+            .unseen(200, crate::proxy::Unseen::Cut);
+        assert_eq!(refresh.uninspected(), Some("cut"));
+        assert_eq!(
+            refresh.changes(),
+            [Change::Resolve {
+                token: "rt-1".into(),
+                kind: TokenKind::Refresh,
+                from: None
+            }]
+        );
+        let code = Case::new(Method::POST, "/c2id/token")
+            .request("grant_type=authorization_code&code=c")
+            .response(200, "not json");
+        assert_eq!(code.uninspected(), Some("malformed"));
+        assert!(code.changes().is_empty());
     }
 
     #[test]
@@ -998,6 +1354,7 @@ mod tests {
             status: StatusCode::OK,
             response_headers: &response_headers,
             response_body: Some(&response_body),
+            response_unseen: None,
             answered_by: crate::model::Side::Source,
         };
         catalogue.token_event(route, &exchange, &Resolved::default())
@@ -1025,6 +1382,8 @@ mod tests {
                 refresh_token: Some("rt-1".into()),
                 refresh_expires_in: None,
                 replaced_refresh: None,
+                kept_refresh: None,
+                issued_by: None,
                 client_auth: None,
             })
         );
@@ -1053,14 +1412,163 @@ mod tests {
             Some("app:s"),
         )
         .unwrap();
-        assert!(matches!(
-            kept,
-            TokenEvent::Issued {
-                refresh_token: None,
+        let TokenEvent::Issued {
+            refresh_token: None,
+            replaced_refresh: None,
+            kept_refresh: Some(kept_refresh),
+            ..
+        } = &kept
+        else {
+            panic!("no rotation: the client keeps the token it sent: {kept:?}");
+        };
+        assert_eq!(kept_refresh, "rt-1");
+        // An echo of the sent token is no new token either: it must not be
+        // created again (a duplicate), but kept with the new access token.
+        let echoed = token_exchange_event(
+            "grant_type=refresh_token&refresh_token=rt-1",
+            r#"{"access_token":"at-4","expires_in":600,"refresh_token":"rt-1","refresh_token_expires_in":99}"#,
+            Some("app:s"),
+        )
+        .unwrap();
+        let TokenEvent::Issued {
+            access_token,
+            refresh_token: None,
+            replaced_refresh: None,
+            kept_refresh: Some(kept_refresh),
+            refresh_expires_in: None,
+            ..
+        } = &echoed
+        else {
+            panic!("an echoed refresh token is kept, not issued: {echoed:?}");
+        };
+        assert_eq!(
+            (access_token.as_str(), kept_refresh.as_str()),
+            ("at-4", "rt-1")
+        );
+    }
+
+    /// The token event of a JSON exchange at `path` (query included).
+    fn json_event(
+        method: Method,
+        path_and_query: &str,
+        request: &str,
+        response: &str,
+    ) -> Option<TokenEvent> {
+        let catalogue = Catalogue::new("/c2id");
+        let (path, query) = path_and_query
+            .split_once('?')
+            .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+        let route = catalogue.route(&method, path).unwrap();
+        let headers = HeaderMap::new();
+        let request_body = Bytes::from(request.to_owned());
+        let response_body = Bytes::from(response.to_owned());
+        let exchange = Exchange {
+            method: &method,
+            path,
+            query,
+            request_headers: &headers,
+            request_body: &request_body,
+            status: StatusCode::OK,
+            response_headers: &headers,
+            response_body: Some(&response_body),
+            response_unseen: None,
+            answered_by: crate::model::Side::Source,
+        };
+        catalogue.token_event(route, &exchange, &Resolved::default())
+    }
+
+    #[test]
+    fn tokens_minted_outside_the_token_endpoint_become_authlete_token_events() {
+        let direct = json_event(
+            Method::POST,
+            "/c2id/direct-authz/rest/v2",
+            r#"{"sub":"alice","client_id":"app","scope":["openid","email"],"long_lived":true}"#,
+            r#"{"access_token":"at-d","token_type":"Bearer","expires_in":600,"refresh_token":"rt-d","sub_sid":"K.H"}"#,
+        );
+        assert_eq!(
+            direct,
+            Some(TokenEvent::Issued {
+                grant_type: "direct_authz".into(),
+                client_id: "app".into(),
+                subject: Some("alice".into()),
+                scopes: vec!["openid".into(), "email".into()],
+                access_token: "at-d".into(),
+                expires_in: 600,
+                refresh_token: Some("rt-d".into()),
+                refresh_expires_in: None,
                 replaced_refresh: None,
-                ..
+                kept_refresh: None,
+                issued_by: None,
+                client_auth: None,
+            })
+        );
+        let import = r#"{"sub":"bob","cid":"app","scp":["openid"],"irt":true}"#;
+        let tokens =
+            r#"{"access_token":"at-s","expires_in":60,"refresh_token":"rt-s","scope":"openid"}"#;
+        let stored = json_event(
+            Method::POST,
+            "/c2id/authz-store/rest/v3/authorizations?return=tokens",
+            import,
+            tokens,
+        )
+        .unwrap();
+        assert!(
+            matches!(&stored, TokenEvent::Issued { subject: Some(s), client_id, refresh_token: Some(r), .. } if s == "bob" && client_id == "app" && r == "rt-s"),
+            "{stored:?}"
+        );
+        assert_eq!(
+            json_event(
+                Method::POST,
+                "/c2id/authz-store/rest/v3/authorizations",
+                import,
+                r#"{"code":"c"}"#
+            ),
+            None,
+            "a code, no tokens"
+        );
+        // An implicit or hybrid flow: the tokens are in the redirect URI;
+        // an identifier access token is named by the ID token next to it.
+        let id_token = format!(
+            "eyJhbGciOiJub25lIn0.{}.",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(r#"{"sub":"carol","aud":"spa","iss":"https://op"}"#)
+        );
+        let hybrid = json_event(
+            Method::PUT,
+            "/c2id/authz-sessions/rest/v3/XYZ",
+            r#"{"scope":["openid"],"long_lived":false}"#,
+            &format!(
+                r#"{{"type":"response","mode":"fragment","parameters":{{"uri":"https://spa.example/cb#code=c&access_token=at-i&token_type=Bearer&expires_in=300&scope=openid+email&id_token={id_token}"}}}}"#
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            hybrid,
+            TokenEvent::Issued {
+                grant_type: "implicit".into(),
+                client_id: "spa".into(),
+                subject: Some("carol".into()),
+                scopes: vec!["openid".into(), "email".into()],
+                access_token: "at-i".into(),
+                expires_in: 300,
+                refresh_token: None,
+                refresh_expires_in: None,
+                replaced_refresh: None,
+                kept_refresh: None,
+                issued_by: None,
+                client_auth: None,
             }
-        ));
+        );
+        assert_eq!(
+            json_event(
+                Method::PUT,
+                "/c2id/authz-sessions/rest/v3/XYZ",
+                "{}",
+                r#"{"type":"response","mode":"query","parameters":{"uri":"https://app.example/cb?code=c&state=s"}}"#,
+            ),
+            None,
+            "a code flow issues no token here"
+        );
     }
 
     #[test]
@@ -1080,6 +1588,7 @@ mod tests {
                 status,
                 response_headers: &headers,
                 response_body: Some(&empty),
+                response_unseen: None,
                 answered_by: crate::model::Side::Source,
             };
             catalogue.token_event(route, &exchange, &Resolved::default())

@@ -6,7 +6,10 @@
 //! 1. The primary's export is streamed; each record is looked up on the
 //!    secondary by key and compared with the fields that legitimately
 //!    differ removed ([`crate::model::Dataset::comparable`]): `matching`,
-//!    `mismatched` or `missing_on_target`. A key with sync work queued or
+//!    `mismatched` or `missing_on_target`. A session is also `mismatched`
+//!    (and `idle_expiry_behind`) when the secondary last used it earlier
+//!    than the primary beyond [`crate::model::idle::LAST_USED_TOLERANCE`]:
+//!    it would idle out there first; its repair touches it. A key with sync work queued or
 //!    running is `in_flight`, not drift. A record that differs is read again
 //!    from both sides before it counts, so a change that landed during the
 //!    verify is not reported.
@@ -23,15 +26,18 @@
 //! kept. `repair` journals a sync of every drifted key, which copies the
 //! primary's current state (or deletes an extra record).
 
+pub mod live;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{DatasetReport, VerifyReport, VerifyRequest};
-use crate::model::{Change, Dataset, Key};
+use crate::model::{Change, Dataset, Key, idle};
 use crate::servers::ApiError;
 use crate::servers::Servers;
 use crate::servers::connect2id::Connect2id;
@@ -42,7 +48,12 @@ use crate::sync::SyncHandle;
 /// Lookups in flight at once by default.
 pub(crate) const DEFAULT_CONCURRENCY: usize = 32;
 /// Drifted keys listed per dataset by default.
-pub(crate) const DEFAULT_LIST: usize = 20;
+pub const DEFAULT_LIST: usize = 20;
+/// A refresh token seen in live traffic this recently may still be on its
+/// way to the target while the sync is busy: in flight, not refused.
+pub const LIVE_SETTLE: Duration = Duration::from_secs(5);
+
+pub use live::LiveSample;
 
 /// Why a verify could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +96,8 @@ pub struct Verifier {
     pub datasets: Vec<Dataset>,
     /// Lookups in flight.
     pub concurrency: usize,
+    /// Refresh tokens seen in live traffic (an Authlete target).
+    pub live: Option<Arc<LiveSample>>,
     /// Shutdown.
     pub stop: CancellationToken,
 }
@@ -114,6 +127,13 @@ impl Verifier {
             let result = self
                 .dataset(dataset, request.repair, list, progress)
                 .await?;
+            if let Some(samples) = &result.samples
+                && samples.live.ratio().is_none()
+            {
+                report.not_measured.push(format!(
+                    "{dataset}: no refresh token seen in live traffic could be checked at the target (none passed the proxy since it started); the export's values alone prove nothing about the tokens clients hold"
+                ));
+            }
             report.drift += result.drift();
             report.datasets.insert(dataset, result);
         }
@@ -210,8 +230,10 @@ impl Verifier {
             missing_on_target: state.missing.load(Ordering::Relaxed),
             extra_on_target: state.extra.load(Ordering::Relaxed),
             in_flight: state.in_flight.load(Ordering::Relaxed),
+            idle_expiry_behind: state.idle_behind.load(Ordering::Relaxed),
             drifted_keys: drifted.iter().map(Key::redacted).collect(),
             repaired: 0,
+            samples: None,
         };
         if repair {
             let repairs = state.repairs.lock().map(|r| r.clone()).unwrap_or_default();
@@ -301,11 +323,108 @@ impl Verifier {
     }
 }
 
+/// What the pass over the primary's live sessions found on the secondary
+/// (the cutover's pre-flight: nobody is logged out by the flip).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionsAlive {
+    /// Live sessions on the primary (those with no sync work queued).
+    pub live: u64,
+    /// Of those, present on the secondary.
+    pub alive: u64,
+    /// Of those, touched because they were last used earlier there.
+    pub touched: u64,
+    /// Live on the primary, absent from the secondary; a re-sync of each
+    /// was journaled.
+    pub missing: u64,
+    /// Sessions with sync work queued or running (not checked: the drain
+    /// settles them).
+    pub in_flight: u64,
+}
+
+#[derive(Debug, Default)]
+struct AliveTally {
+    live: AtomicU64,
+    alive: AtomicU64,
+    touched: AtomicU64,
+    missing: AtomicU64,
+    in_flight: AtomicU64,
+    repairs: std::sync::Mutex<Vec<Key>>,
+}
+
 impl Verifier {
+    /// Proves every live session of the primary alive on the secondary,
+    /// and no nearer to its idle expiry: a session last used earlier there
+    /// (beyond [`idle::LAST_USED_TOLERANCE`]) is touched on the way, a
+    /// missing one is re-synced (journaled) and counted.
+    pub async fn prove_sessions_alive(&self) -> Result<SessionsAlive, Error> {
+        let primary = self.servers.primary_api().clone();
+        let secondary = self.servers.secondary_api().clone();
+        let tally = Arc::new(AliveTally::default());
+        let progress = Progress::default();
+        self.stream(&primary, Dataset::Sessions, &progress, |key, record| {
+            let (primary, secondary, tally, sync) = (
+                primary.clone(),
+                secondary.clone(),
+                Arc::clone(&tally),
+                self.sync.clone(),
+            );
+            Some(Box::pin(async move {
+                let Key::Session { sid } = &key else {
+                    return Ok(());
+                };
+                if sync.is_busy(&key) {
+                    tally.in_flight.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                match secondary.get_session(sid).await? {
+                    Some(copy) => {
+                        if idle::behind(&record, &copy, idle::LAST_USED_TOLERANCE)
+                            && secondary.touch_session(sid).await?
+                        {
+                            tally.touched.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tally.live.fetch_add(1, Ordering::Relaxed);
+                        tally.alive.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Ended on the primary since its export streamed past:
+                    // not live any more.
+                    None if primary.get_session(sid).await?.is_none() => {}
+                    None => {
+                        tally.live.fetch_add(1, Ordering::Relaxed);
+                        tally.missing.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut repairs) = tally.repairs.lock()
+                            && repairs.len() < MAX_REPAIRS
+                        {
+                            repairs.push(key.clone());
+                        }
+                    }
+                }
+                Ok(())
+            }))
+        })
+        .await?;
+        let repairs = tally.repairs.lock().map(|r| r.clone()).unwrap_or_default();
+        for chunk in repairs.chunks(1000) {
+            self.recorder
+                .record(chunk.iter().cloned().map(Change::sync).collect())
+                .await;
+        }
+        Ok(SessionsAlive {
+            live: tally.live.load(Ordering::Relaxed),
+            alive: tally.alive.load(Ordering::Relaxed),
+            touched: tally.touched.load(Ordering::Relaxed),
+            missing: tally.missing.load(Ordering::Relaxed),
+            in_flight: tally.in_flight.load(Ordering::Relaxed),
+        })
+    }
+
     /// Verify against an Authlete target: clients by alias (mapped fields
-    /// and secret), and a random sample of the refresh tokens the source's
-    /// authorization records carry, introspected at Authlete (active, same
-    /// subject, client and scopes).
+    /// and secret); for tokens, two samples introspected at Authlete. The
+    /// refresh tokens seen in live traffic (the strings clients hold) must
+    /// be active for their client: a refusal is drift. The refresh-token
+    /// values of the source's export (a random sample) are reported as a
+    /// share only: they are unconfirmed, a Connect2id may rebuild each into
+    /// another string at every read.
     async fn authlete_dataset(
         &self,
         authlete: &Arc<crate::servers::authlete::Authlete>,
@@ -419,35 +538,35 @@ impl Verifier {
                 None
             })
             .await?;
+            // The exported values are unconfirmed (a Connect2id may rebuild
+            // a token into a new string at every read, so even a perfect
+            // copy can miss here): their share is reported, not counted as
+            // drift. What clients hold is the live sample's business.
+            let exported_accepted = Arc::new(AtomicU64::new(0));
+            let exported_in_flight = Arc::new(AtomicU64::new(0));
             let mut checks = tokio::task::JoinSet::new();
             for (key, spec) in sample.iter().cloned() {
-                let (authlete, state, sync) =
-                    (Arc::clone(authlete), Arc::clone(&state), self.sync.clone());
+                let (authlete, sync) = (Arc::clone(authlete), self.sync.clone());
+                let (accepted, in_flight) = (
+                    Arc::clone(&exported_accepted),
+                    Arc::clone(&exported_in_flight),
+                );
                 checks.spawn(async move {
                     if sync.is_busy(&key) {
-                        state.in_flight.fetch_add(1, Ordering::Relaxed);
+                        in_flight.fetch_add(1, Ordering::Relaxed);
                         return Ok::<(), ApiError>(());
                     }
                     let token = spec.refresh_token.clone().unwrap_or_default();
-                    match authlete.introspect(&token, true).await? {
-                        None => {
-                            state.missing.fetch_add(1, Ordering::Relaxed);
-                            state.drifted(&key);
-                        }
-                        Some(info) => {
-                            let mut scopes = info.scopes.clone();
-                            let mut wanted = spec.scopes.clone();
-                            scopes.sort();
-                            wanted.sort();
-                            if info.subject == spec.subject
-                                && info.client_id == spec.client_id
-                                && scopes == wanted
-                            {
-                                state.matching.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                state.mismatched.fetch_add(1, Ordering::Relaxed);
-                                state.drifted(&key);
-                            }
+                    if let Some(info) = authlete.introspect(&token, true).await? {
+                        let mut scopes = info.scopes.clone();
+                        let mut wanted = spec.scopes.clone();
+                        scopes.sort();
+                        wanted.sort();
+                        if info.subject == spec.subject
+                            && info.client_id == spec.client_id
+                            && scopes == wanted
+                        {
+                            accepted.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Ok(())
@@ -458,15 +577,26 @@ impl Verifier {
                     return Err(fail(format!("introspection failed: {err}")));
                 }
             }
+            let exported = crate::api::Share {
+                sampled: sample.len() as u64,
+                accepted: exported_accepted.load(Ordering::Relaxed),
+                in_flight: exported_in_flight.load(Ordering::Relaxed),
+            };
+            let live = self
+                .check_live(authlete, &state)
+                .await
+                .map_err(|err| fail(format!("introspection failed: {err}")))?;
             tracing::info!(
                 records = considered,
                 with_refresh_tokens = seen,
-                sampled = sample.len(),
-                "token sample verified"
+                exported = %exported,
+                live = %live,
+                "refresh token samples verified"
             );
-            report.primary = sample.len() as u64;
+            report.primary = live.sampled;
             report.secondary =
                 state.matching.load(Ordering::Relaxed) + state.mismatched.load(Ordering::Relaxed);
+            report.samples = Some(crate::api::TokenSamples { live, exported });
         }
         let drifted = state.drifted.lock().map(|d| d.clone()).unwrap_or_default();
         report.matching = state.matching.load(Ordering::Relaxed);
@@ -484,25 +614,80 @@ impl Verifier {
             for key in repairs {
                 match &key {
                     Key::Client { .. } => clients.push(Change::sync(key)),
-                    Key::Authorization { .. } => {
-                        if let Some((_, spec)) = sample.iter().find(|(k, _)| *k == key) {
-                            let token = spec.refresh_token.clone().unwrap_or_default();
-                            authlete
-                                .revoke_refresh_token(&token)
-                                .await
-                                .map_err(|err| fail(err.to_string()))?;
-                            authlete
-                                .create_token(spec)
-                                .await
-                                .map_err(|err| fail(err.to_string()))?;
-                        }
-                    }
-                    Key::Session { .. } => {}
+                    // A refresh token a client holds that Authlete refuses
+                    // has no record to copy it from: its next refresh
+                    // creates it (lazy capture), or the fallback after the
+                    // flip does.
+                    Key::Authorization { .. } | Key::Session { .. } => {}
                 }
             }
             self.recorder.record(clients).await;
         }
         Ok(report)
+    }
+}
+
+impl Verifier {
+    /// Introspects the refresh tokens of the live sample at Authlete: each
+    /// must be active for its client. Counted into `state` like the
+    /// exported sample (a refused one is drift: a client holds it).
+    async fn check_live(
+        &self,
+        authlete: &Arc<crate::servers::authlete::Authlete>,
+        state: &Arc<Tally>,
+    ) -> Result<crate::api::Share, ApiError> {
+        let sample = self
+            .live
+            .as_ref()
+            .map(|live| live.snapshot())
+            .unwrap_or_default();
+        let mut share = crate::api::Share {
+            sampled: sample.len() as u64,
+            ..crate::api::Share::default()
+        };
+        let mut checks = tokio::task::JoinSet::new();
+        for token in sample {
+            if token.seen_at.elapsed() < LIVE_SETTLE && self.sync.busy_lanes() > 0 {
+                share.in_flight += 1;
+                state.in_flight.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let authlete = Arc::clone(authlete);
+            checks.spawn(async move {
+                let info = authlete
+                    .introspect(token.refresh_token.expose(), true)
+                    .await?;
+                Ok::<_, ApiError>((token, info))
+            });
+        }
+        while let Some(joined) = checks.join_next().await {
+            let Ok(result) = joined else { continue };
+            let (token, info) = result?;
+            let key = match &token.subject {
+                Some(subject) => Key::Authorization {
+                    subject: subject.clone(),
+                    client_id: token.client_id.clone(),
+                },
+                None => Key::Client {
+                    client_id: token.client_id.clone(),
+                },
+            };
+            match info {
+                Some(info) if info.client_id == token.client_id => {
+                    share.accepted += 1;
+                    state.matching.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(_) => {
+                    state.mismatched.fetch_add(1, Ordering::Relaxed);
+                    state.drifted(&key);
+                }
+                None => {
+                    state.missing.fetch_add(1, Ordering::Relaxed);
+                    state.drifted(&key);
+                }
+            }
+        }
+        Ok(share)
     }
 }
 
@@ -519,6 +704,7 @@ struct Tally {
     in_flight: AtomicU64,
     found_on_secondary: AtomicU64,
     new_on_primary: AtomicU64,
+    idle_behind: AtomicU64,
     drifted: std::sync::Mutex<Vec<Key>>,
     repairs: std::sync::Mutex<Vec<Key>>,
 }
@@ -573,13 +759,11 @@ async fn compare_one(
         tally.in_flight.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
-    let equal = |other: &Value| dataset.comparable(&record) == dataset.comparable(other);
-    match &on_secondary {
-        Some(other) if equal(other) => {
-            tally.matching.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        _ => {}
+    if let Some(other) = &on_secondary
+        && verdict(dataset, &record, other) == Verdict::Equal
+    {
+        tally.matching.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
     }
     // Different or missing: read both sides again, in case the record
     // changed while the export streamed.
@@ -590,9 +774,20 @@ async fn compare_one(
         return Ok(());
     }
     match (now_primary, now_secondary) {
-        (Some(p), Some(s)) if dataset.comparable(&p) == dataset.comparable(&s) => {
-            tally.matching.fetch_add(1, Ordering::Relaxed);
-        }
+        (Some(p), Some(s)) => match verdict(dataset, &p, &s) {
+            Verdict::Equal => {
+                tally.matching.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::IdleBehind => {
+                tally.idle_behind.fetch_add(1, Ordering::Relaxed);
+                tally.mismatched.fetch_add(1, Ordering::Relaxed);
+                tally.drifted(&key);
+            }
+            Verdict::Differs => {
+                tally.mismatched.fetch_add(1, Ordering::Relaxed);
+                tally.drifted(&key);
+            }
+        },
         (None, None) => {
             // Deleted on both meanwhile: nothing to compare.
         }
@@ -606,12 +801,30 @@ async fn compare_one(
             tally.extra.fetch_add(1, Ordering::Relaxed);
             tally.drifted(&key);
         }
-        (Some(_), Some(_)) => {
-            tally.mismatched.fetch_add(1, Ordering::Relaxed);
-            tally.drifted(&key);
-        }
     }
     Ok(())
+}
+
+/// How a secondary record compares with the primary's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Equal,
+    /// Equal, but a session last used earlier on the secondary: it would
+    /// idle out there first.
+    IdleBehind,
+    Differs,
+}
+
+fn verdict(dataset: Dataset, primary: &Value, secondary: &Value) -> Verdict {
+    if dataset.comparable(primary) != dataset.comparable(secondary) {
+        Verdict::Differs
+    } else if dataset == Dataset::Sessions
+        && idle::behind(primary, secondary, idle::LAST_USED_TOLERANCE)
+    {
+        Verdict::IdleBehind
+    } else {
+        Verdict::Equal
+    }
 }
 
 async fn check_extra(

@@ -51,6 +51,8 @@ payload_key_env = "HANDOVER_JOURNAL_KEY"
 }
 
 const KEY: &str = handover::config::TEST_JOURNAL_KEY;
+/// An admin token of the shortest accepted length.
+const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 /// `handover check` on the example config as shipped, except the journal
 /// in a scratch directory and what `edit` changes.
@@ -67,7 +69,7 @@ fn check_example(edit: impl FnOnce(String) -> String) -> std::process::Output {
         .args(["check", "-c"])
         .arg(file.path())
         .env("HANDOVER_JOURNAL_KEY", KEY)
-        .env("HANDOVER_ADMIN_TOKEN", "admin")
+        .env("HANDOVER_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("HANDOVER_SOURCE_TOKEN", "source")
         .env("HANDOVER_TARGET_TOKEN", "target")
         .env("HANDOVER_AUTHLETE_TOKEN", "authlete")
@@ -165,6 +167,76 @@ fn missing_secret_and_unknown_key_exit_64() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("urll"));
+}
+
+/// Runs `handover <command> -c FILE` with the secrets of `config_text`.
+fn run_config(command: &str, file: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args([command, "-c"])
+        .arg(file)
+        .env("HANDOVER_SOURCE_TOKEN", "s")
+        .env("HANDOVER_TARGET_TOKEN", "t")
+        .env("HANDOVER_JOURNAL_KEY", KEY)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_and_serve_load_tls_material_alike_and_exit_64_on_bad_material() {
+    let cert = support::proxy::TestCert::generate();
+    let dir = cert.dir.path();
+    let garbage = dir.join("garbage.key");
+    std::fs::write(&garbage, "-----BEGIN PRIVATE KEY-----\nnot base64\n").unwrap();
+    let other = dir.join("other.key");
+    std::fs::write(&other, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    for (key, says) in [
+        (dir.to_owned(), "no usable private key"),
+        (garbage, "no usable private key"),
+        (other, "does not match the certificate"),
+    ] {
+        let port = free_port();
+        let text = config_text(port, free_port(), "http://127.0.0.1:9").replace(
+            "[admin]",
+            &format!(
+                "tls_cert = \"{}\"\ntls_key = \"{}\"\n[admin]",
+                cert.files.cert.display(),
+                key.display()
+            ),
+        );
+        let file = config_file(&text);
+        for command in ["check", "serve"] {
+            let output = run_config(command, file.path());
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(64), "{command}: {stderr}");
+            assert!(stderr.contains("proxy.tls_key"), "{command}: {stderr}");
+            assert!(stderr.contains(says), "{command}: {stderr}");
+        }
+        // Nothing was bound.
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn check_warns_about_a_secret_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("journal.key");
+    std::fs::write(&key_file, KEY).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = config_text(free_port(), free_port(), "http://127.0.0.1:8").replace(
+        "payload_key_env = \"HANDOVER_JOURNAL_KEY\"",
+        &format!("payload_key_file = \"{}\"", key_file.display()),
+    );
+    let file = config_file(&text);
+    let output = run_config("check", file.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: journal.payload_key_file:") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(KEY), "{stderr}");
 }
 
 #[test]

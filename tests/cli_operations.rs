@@ -1,7 +1,8 @@
 //! The operator commands of the real binary (`handover status`, `backfill`,
 //! `verify`) against a proxy running in-process: what they print, that
 //! `--json` is parseable, and their exit codes (DESIGN.md §7: 0 success,
-//! 1 the operation ran and found a problem).
+//! 1 the operation ran and found a problem, 69 the admin API could not be
+//! reached).
 #![allow(clippy::unwrap_used)] // tests unwrap freely; a panic is a failure
 
 mod support;
@@ -148,4 +149,33 @@ async fn operator_commands_without_the_admin_token_exit_1_and_say_why() {
         stack.admin().status().await.unwrap().backfill.state,
         handover::api::BackfillState::Idle
     );
+}
+
+#[tokio::test]
+async fn operator_commands_exit_69_when_the_admin_api_is_unreachable() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = format!("http://127.0.0.1:{port}");
+    for args in [
+        &["status"][..],
+        &["backfill", "start"],
+        &["verify"],
+        &["dead-letters"],
+        &["cutover", "--dry-run"],
+        &["rollback"],
+    ] {
+        let output = handover(&admin, Some(TOKEN), args).await;
+        // Not 1: that means the operation ran and found drift or a problem.
+        assert_eq!(output.status.code(), Some(69), "{}", explain(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("cannot reach the admin API"),
+            "{}",
+            explain(&output)
+        );
+    }
 }

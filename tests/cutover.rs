@@ -589,3 +589,61 @@ async fn management_credentials_follow_the_primary() {
     assert!(own.get_client(&app.id).await.unwrap().is_some());
     stack.source_emulator().knobs().set_down(false);
 }
+
+#[tokio::test]
+async fn a_recent_key_found_different_before_the_hold_is_checked_again_in_it_and_aborts() {
+    let stack = ready_stack().await;
+    let admin = admin(&stack.proxy);
+    let client = stack.via_proxy.register_client("Shop").await.unwrap();
+    stack.wait_synced().await;
+    // Someone changes the client at the target behind the sync's back.
+    stack
+        .at_target
+        .update_client(&client, "Changed at the target")
+        .await
+        .unwrap();
+    let report = admin
+        .flip("/cutover", &FlipRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcome,
+        handover::api::Outcome::Aborted,
+        "{report:#?}"
+    );
+    let verify = report
+        .steps
+        .iter()
+        .find(|step| step.step == "verify recent keys")
+        .expect("a verify step");
+    assert!(!verify.ok, "{report:#?}");
+    assert!(verify.detail.contains("1 keys differ"), "{report:#?}");
+    assert_eq!(phase(&admin).await, expect("mirroring", 1, "source"));
+}
+
+#[tokio::test]
+async fn recent_keys_are_verified_before_the_hold_and_what_synced_since_during_it() {
+    let stack = ready_stack().await;
+    let admin = admin(&stack.proxy);
+    for n in 0..20 {
+        stack
+            .via_proxy
+            .register_client(&format!("App {n}"))
+            .await
+            .unwrap();
+    }
+    stack.wait_synced().await;
+    let report = cut_over(&admin).await;
+    let verify = report
+        .steps
+        .iter()
+        .find(|step| step.step == "verify recent keys")
+        .expect("a verify step");
+    // Nothing synced between the verify before the hold and the hold.
+    assert!(
+        verify
+            .detail
+            .starts_with("0 keys equal on both sides during the hold; 20 verified"),
+        "{report:#?}"
+    );
+}

@@ -171,10 +171,19 @@ async fn a_login_started_before_the_flip_finishes_after_it() {
         .await
         .unwrap();
     assert!(refreshed.refresh_token.is_some());
-    // Three replays: authentication, consent, code exchange.
+    // Three replays: authentication and consent (a login session), the
+    // code exchange (an authorization).
     assert_eq!(
-        stack.metric("handover_cutover_fallbacks_total").await,
-        Some(3.0)
+        stack
+            .metric("handover_cutover_fallbacks_total{dataset=\"sessions\"}")
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        stack
+            .metric("handover_cutover_fallbacks_total{dataset=\"authorizations\"}")
+            .await,
+        Some(1.0)
     );
     stack.wait_synced().await;
     assert!(

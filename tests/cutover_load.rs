@@ -28,10 +28,29 @@ async fn cutover_under_continuous_mixed_load_has_zero_client_errors() {
         load.stats.summary()
     );
     let before_flip = Instant::now();
-    let report = admin
+    // An SRE whose flip is refused because the sync is momentarily behind a
+    // load that runs flat out (a shared, busy test machine) tries again; any
+    // other refusal fails the test.
+    let mut report = admin
         .flip("/cutover", &FlipRequest::default())
         .await
         .unwrap();
+    for _ in 0..40 {
+        let behind_only = report.outcome == handover::api::Outcome::Refused
+            && report
+                .preflight
+                .iter()
+                .all(|check| check.ok || check.check == "sync lag");
+        if !behind_only {
+            break;
+        }
+        eprintln!("refused, sync behind: {:?}", report.preflight);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        report = admin
+            .flip("/cutover", &FlipRequest::default())
+            .await
+            .unwrap();
+    }
     let ok_at_flip = load.stats.ok();
     eprintln!(
         "cutover under load: {} · pause {} ms · held {} · released {} · rejected {} · load so far {}",

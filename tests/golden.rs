@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use handover::api::AdminClient;
 use handover::api::{
     BackfillState, BackfillStatus, Check, DatasetProgress, DatasetReport, DeadLetterView,
-    FlipReport, JournalStatus, Outcome, Status, Step, TokenImport, VerifyReport,
+    FlipReport, JournalStatus, KeyParity, KeyProbe, LatencyMs, Outcome, Status, Step, SyncStatus,
+    TokenImport, VerifyReport,
 };
 use handover::config::TEST_JOURNAL_KEY;
 use handover::journal::{self, Cipher, DeadLetters, Journal};
@@ -87,6 +88,8 @@ fn changes() -> Vec<Change> {
                 refresh_token: Some("rt-2".into()),
                 refresh_expires_in: Some(86_400),
                 replaced_refresh: Some("rt-1".into()),
+                kept_refresh: None,
+                issued_by: None,
                 client_auth: Some("Basic YXBwLTE6czNjcmV0".into()),
             },
         },
@@ -101,6 +104,8 @@ fn changes() -> Vec<Change> {
                 refresh_token: None,
                 refresh_expires_in: None,
                 replaced_refresh: None,
+                kept_refresh: None,
+                issued_by: None,
                 client_auth: None,
             },
         },
@@ -111,20 +116,55 @@ fn changes() -> Vec<Change> {
                 token: Some("rt-2".into()),
             },
         },
+        Change::RevokeToken {
+            client_id: Some("app-1".into()),
+            form: "token=rt-3&token_type_hint=refresh_token".into(),
+            authorization: Some("Basic YXBwLTE6czNjcmV0".into()),
+        },
+        Change::RevokeToken {
+            client_id: None,
+            form: "token=ds-1&token_type_hint=device_secret&client_id=app-2&client_secret=s".into(),
+            authorization: None,
+        },
     ]
+}
+
+/// Shapes added after the journal fixture was written (optional fields
+/// only: the fixture still recovers as [`changes`]).
+fn newer_changes() -> Vec<Change> {
+    vec![Change::Token {
+        event: TokenEvent::Issued {
+            grant_type: "refresh_token".into(),
+            client_id: "app-1".into(),
+            subject: None,
+            scopes: vec!["openid".into()],
+            access_token: "at-3".into(),
+            expires_in: 600,
+            refresh_token: None,
+            refresh_expires_in: None,
+            replaced_refresh: None,
+            kept_refresh: Some("rt-held".into()),
+            issued_by: None,
+            client_auth: None,
+        },
+    }]
 }
 
 #[test]
 fn change_json_is_the_journal_record_format() {
     let text = std::fs::read_to_string(golden("changes.jsonl")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    let changes = changes();
+    let mut changes = changes();
+    changes.extend(newer_changes());
     assert_eq!(lines.len(), changes.len(), "one golden line per change");
     for (line, change) in lines.iter().zip(&changes) {
         assert_eq!(&serde_json::to_string(change).unwrap(), line);
         assert_eq!(&serde_json::from_str::<Change>(line).unwrap(), change);
     }
 }
+
+/// How many of [`changes`] the journal fixture was written with.
+const FIXTURE_CHANGES: usize = 11;
 
 /// Records and dead letters written by an earlier build still recover.
 #[test]
@@ -139,7 +179,10 @@ fn journal_written_by_an_earlier_build_recovers() {
         .iter()
         .map(|entry| serde_json::from_slice(&entry.body).unwrap())
         .collect();
-    assert_eq!(recovered, changes());
+    // The fixture holds the record shapes of the build that wrote it;
+    // shapes added since are pinned by `changes.jsonl` alone.
+    assert_eq!(recovered.len(), FIXTURE_CHANGES);
+    assert_eq!(recovered, changes()[..FIXTURE_CHANGES]);
     drop(journal);
     let letters = DeadLetters::open(dir.path(), cipher).unwrap().list();
     assert_eq!(letters.len(), 2);
@@ -222,6 +265,8 @@ fn status_json_is_stable() {
             copied: 1200,
             skipped: 3,
             failed: 1,
+            not_copied: Default::default(),
+            unconfirmed: 0,
             rate: 812.5,
             eta_s: 2,
             error: None,
@@ -234,6 +279,8 @@ fn status_json_is_stable() {
             copied: 0,
             skipped: 0,
             failed: 0,
+            not_copied: Default::default(),
+            unconfirmed: 0,
             rate: 0.0,
             eta_s: 0,
             error: Some("export failed: source answered 503".into()),
@@ -252,6 +299,7 @@ fn status_json_is_stable() {
             last_seq: Some(1041),
             applied_cursor: 1030,
             bytes_on_disk: 65_536,
+            untracked: 1,
         },
         backfill: BackfillStatus {
             state: BackfillState::Running,
@@ -260,6 +308,44 @@ fn status_json_is_stable() {
             elapsed_ms: 1500,
             datasets,
         },
+        warnings: vec!["1 change could not be tracked since Thu, 03 Dec 2026 10:42:31 GMT (a trigger's response was too large, cut off or malformed); run `handover verify --repair`".into()],
+        sync: SyncStatus {
+            secondary: Side::Target,
+            concurrency_limit: 120,
+            max_concurrency: 1024,
+            in_flight: 96,
+            waiting: 4,
+            latency_ms: LatencyMs {
+                p50: 101.5,
+                p99: 140.25,
+                samples: 2048,
+            },
+            min_latency_ms: 100.5,
+            throttled_ms: 0,
+            overloaded: 3,
+            rate: 950.5,
+        },
+        key_parity: Some(KeyParity {
+            ok: false,
+            checked_at_ms: 1_764_000_000_000,
+            keys: vec![
+                KeyProbe {
+                    key: "hmac".into(),
+                    probed: 50,
+                    equal: 50,
+                    differ: 0,
+                    inconclusive: 0,
+                },
+                KeyProbe {
+                    key: "refresh-token-encrypt".into(),
+                    probed: 50,
+                    equal: 0,
+                    differ: 48,
+                    inconclusive: 2,
+                },
+            ],
+        }),
+        fallback: None,
     };
     assert_golden("status.json", &status);
 }
@@ -277,12 +363,14 @@ fn flip_report_json_is_stable() {
                 ok: true,
                 detail: "answered in 3 ms".into(),
                 forceable: false,
+                warning: false,
             },
             Check {
                 check: "dead letters".into(),
                 ok: false,
                 detail: "2 dead letters".into(),
                 forceable: true,
+                warning: false,
             },
         ],
         steps: vec![Step {
@@ -339,11 +427,95 @@ fn verify_report_json_is_stable() {
             missing_on_target: 2,
             extra_on_target: 0,
             in_flight: 1,
+            idle_expiry_behind: 0,
             drifted_keys: vec!["client:app-7".into(), "session:WYBeZ9…".into()],
             repaired: 0,
+            samples: None,
         },
     );
     assert_golden("verify_report.json", &report);
+}
+
+/// The additions of an Authlete target: the two refresh-token samples and
+/// what was not measured; the backfill's reasons for records not copied
+/// and its unconfirmed values; the fallback after the flip.
+#[test]
+fn authlete_verify_and_status_json_are_stable() {
+    let mut report = VerifyReport {
+        primary: Side::Source,
+        drift: 1,
+        not_measured: vec!["tokens: no refresh token seen in live traffic could be checked".into()],
+        ..VerifyReport::default()
+    };
+    report.datasets.insert(
+        Dataset::Tokens,
+        DatasetReport {
+            primary: 100,
+            secondary: 100,
+            matching: 99,
+            mismatched: 0,
+            missing_on_target: 1,
+            extra_on_target: 0,
+            in_flight: 0,
+            drifted_keys: vec!["authz:alice|app-1".into()],
+            repaired: 0,
+            idle_expiry_behind: 0,
+            samples: Some(handover::api::TokenSamples {
+                live: handover::api::Share::default(),
+                exported: handover::api::Share {
+                    sampled: 100,
+                    accepted: 99,
+                    in_flight: 0,
+                },
+            }),
+        },
+    );
+    assert_golden("verify_report_authlete.json", &report);
+    let mut datasets = std::collections::BTreeMap::new();
+    datasets.insert(
+        Dataset::Tokens,
+        DatasetProgress {
+            total: 1000,
+            copied: 400,
+            skipped: 0,
+            failed: 0,
+            not_copied: [
+                ("no_refresh_token".to_owned(), 100),
+                ("value_not_exported".to_owned(), 500),
+            ]
+            .into_iter()
+            .collect(),
+            unconfirmed: 400,
+            rate: 0.0,
+            eta_s: 0,
+            error: None,
+        },
+    );
+    let status = Status {
+        phase: Phase::CutOver,
+        epoch: 2,
+        primary: Side::Target,
+        ready: true,
+        journal: JournalStatus::default(),
+        backfill: BackfillStatus {
+            state: BackfillState::Done,
+            rate_limit: 0,
+            concurrency: 32,
+            elapsed_ms: 900,
+            datasets,
+        },
+        warnings: vec![],
+        sync: SyncStatus::default(),
+        key_parity: None,
+        fallback: Some(handover::api::FallbackStatus {
+            previous: Side::Source,
+            flipped_at_ms: 1_764_000_000_000,
+            open_until_ms: 1_764_000_600_000,
+            refresh_open_until_ms: Some(1_771_776_000_000),
+            used: [(Dataset::Tokens, 42)].into_iter().collect(),
+        }),
+    };
+    assert_golden("status_authlete.json", &status);
 }
 
 #[test]
@@ -382,6 +554,8 @@ async fn live_status_has_the_golden_shape() {
     for volatile in ["bytes_on_disk", "oldest_age_ms", "lag_ms"] {
         status["journal"][volatile] = serde_json::json!(0);
     }
+    status["sync"]["latency_ms"] = serde_json::json!({"p50": 0.0, "p99": 0.0, "samples": 0});
+    status["sync"]["min_latency_ms"] = serde_json::json!(0.0);
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(golden("status_fresh.json")).unwrap())
             .unwrap();

@@ -103,7 +103,7 @@ async fn start_with_hook(
             handover::model::Side::Source,
             &config.source.url,
             None,
-            false,
+            handover::upstream::Protocol::Http1,
             &config.upstream,
             &metrics,
         )

@@ -252,3 +252,260 @@ async fn logout_deletes_the_session_on_the_target() {
             .is_none()
     );
 }
+
+/// A client with a long-lived authorization of `subject` on both sides;
+/// returns the client and the refresh token.
+async fn client_with_authorization(
+    stack: &Stack,
+    subject: &str,
+) -> (handover::emulator::driver::RegisteredClient, String) {
+    let client = stack.via_proxy.register_client("App").await.unwrap();
+    let login = stack
+        .via_proxy
+        .login(&client.id, subject, Consent::default())
+        .await
+        .unwrap();
+    let tokens = stack
+        .via_proxy
+        .exchange_code(&client, &login.code)
+        .await
+        .unwrap();
+    stack.wait_synced().await;
+    assert!(
+        stack
+            .at_target
+            .get_authorization(subject, &client.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    (client, tokens.refresh_token.unwrap())
+}
+
+/// After a client update: the target holds the source's client, still has
+/// the subject's authorization, and its refresh token still works there
+/// (no cascade of a delete revoked it).
+async fn assert_updated_in_place(
+    stack: &Stack,
+    client: &handover::emulator::driver::RegisteredClient,
+    subject: &str,
+    refresh_token: &str,
+) {
+    let on_source = stack
+        .at_source
+        .get_client(&client.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let on_target = stack
+        .at_target
+        .get_client(&client.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(on_target["client_name"], "App v2");
+    assert_eq!(on_target["client_secret"], on_source["client_secret"]);
+    assert!(
+        stack
+            .at_target
+            .get_authorization(subject, &client.id)
+            .await
+            .unwrap()
+            .is_some(),
+        "the target lost the client's authorization"
+    );
+    let current = handover::emulator::driver::RegisteredClient {
+        id: client.id.clone(),
+        secret: on_source["client_secret"].as_str().unwrap().to_owned(),
+        record: on_source.clone(),
+    };
+    stack
+        .at_target
+        .refresh(&current, refresh_token)
+        .await
+        .expect("the refresh token still works at the target");
+}
+
+#[tokio::test]
+async fn a_changed_client_is_updated_in_place_so_a_cascading_target_keeps_its_authorizations() {
+    use handover::emulator::connect2id::Strictness;
+    let stack = Stack::start().await;
+    // Neither server mints a secret on update; a delete at the target
+    // would take the client's authorizations and revoke its tokens.
+    let keeps_secret = Strictness {
+        always_refresh_client_secret_on_update: false,
+        ..Strictness::lenient()
+    };
+    stack.source_emulator().set_strictness(keeps_secret);
+    stack.target_emulator().set_strictness(Strictness {
+        client_delete_cascades: true,
+        ..keeps_secret
+    });
+    let (client, refresh_token) = client_with_authorization(&stack, "erin").await;
+    let updated = stack
+        .via_proxy
+        .update_client(&client, "App v2")
+        .await
+        .unwrap();
+    assert_eq!(updated.secret, client.secret);
+    stack.wait_synced().await;
+    assert_updated_in_place(&stack, &client, "erin", &refresh_token).await;
+}
+
+#[tokio::test]
+async fn a_rotated_secret_is_set_in_place_where_the_target_takes_it_on_update() {
+    use handover::emulator::connect2id::Strictness;
+    let stack = Stack::start().await;
+    // The source mints a new secret on update (its default); the target
+    // takes `preferred_client_secret` on update and cascades deletes.
+    stack.target_emulator().set_strictness(Strictness {
+        preferred_client_secret_on_update: true,
+        client_delete_cascades: true,
+        ..Strictness::lenient()
+    });
+    let (client, refresh_token) = client_with_authorization(&stack, "frank").await;
+    let updated = stack
+        .via_proxy
+        .update_client(&client, "App v2")
+        .await
+        .unwrap();
+    assert_ne!(updated.secret, client.secret);
+    stack.wait_synced().await;
+    assert_updated_in_place(&stack, &client, "frank", &refresh_token).await;
+}
+
+/// Management-API calls the proxy made to the target so far.
+async fn target_calls(stack: &Stack) -> f64 {
+    let mut total = 0.0;
+    for outcome in ["answered", "overloaded", "timed_out", "unreachable"] {
+        total += stack
+            .metric(&format!(
+                "handover_upstream_api_requests_total{{upstream=\"target\",outcome=\"{outcome}\"}}"
+            ))
+            .await
+            .unwrap_or(0.0);
+    }
+    total
+}
+
+/// Sends a management call through the proxy (a trigger) and waits until
+/// the sync applied it; returns the answer and the calls it cost at the
+/// target.
+async fn through_proxy(
+    stack: &Stack,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: serde_json::Value,
+) -> (serde_json::Value, f64) {
+    let before = target_calls(stack).await;
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(stack.proxy.url(path))
+        .header("authorization", format!("Bearer {}", support::stack::TOKEN))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let (parts, answer) = support::proxy::send(&support::proxy::client(), request).await;
+    assert!(parts.status.is_success(), "{path}: {}", parts.status);
+    stack.wait_synced().await;
+    let answer = serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null);
+    (answer, target_calls(stack).await - before)
+}
+
+#[tokio::test]
+async fn each_kind_of_key_costs_the_documented_round_trips_at_the_target() {
+    use handover::emulator::connect2id::Strictness;
+    use serde_json::json;
+    let stack = Stack::start().await;
+    let keeps_secret = Strictness {
+        always_refresh_client_secret_on_update: false,
+        ..Strictness::lenient()
+    };
+    stack.source_emulator().set_strictness(keeps_secret);
+    stack.target_emulator().set_strictness(keeps_secret);
+    let clients = "/c2id/clients";
+
+    // A new client: read (at once on both sides), import.
+    let (client, calls) = through_proxy(
+        &stack,
+        http::Method::POST,
+        clients,
+        &[],
+        json!({"redirect_uris": ["https://rp.example.com/cb"], "client_name": "A"}),
+    )
+    .await;
+    assert_eq!(calls, 2.0, "new client");
+    let id = client["client_id"].as_str().unwrap().to_owned();
+    // A changed client: read, update in place.
+    let mut body = client.clone();
+    for server_set in [
+        "client_id_issued_at",
+        "registration_access_token",
+        "registration_client_uri",
+        "client_secret_expires_at",
+    ] {
+        body.as_object_mut().unwrap().remove(server_set);
+    }
+    body["client_name"] = "B".into();
+    let (_, calls) = through_proxy(
+        &stack,
+        http::Method::PUT,
+        &format!("{clients}/{id}"),
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(calls, 2.0, "changed client");
+
+    // An authorization: imported (an upsert), no read at the target.
+    let record = json!({"sub": "alice", "cid": id, "scp": ["openid"], "irt": true});
+    let (_, calls) = through_proxy(
+        &stack,
+        http::Method::POST,
+        "/c2id/authz-store/rest/v3/authorizations?import=true",
+        &[],
+        record,
+    )
+    .await;
+    assert_eq!(calls, 1.0, "authorization");
+
+    // A new session: read (missing), imported.
+    let (created, calls) = through_proxy(
+        &stack,
+        http::Method::POST,
+        "/c2id/session-store/rest/v2/sessions",
+        &[],
+        json!({"sub": "alice"}),
+    )
+    .await;
+    assert_eq!(calls, 2.0, "new session");
+    let sid = created["sid"].as_str().unwrap().to_owned();
+    // A changed session: read, then updated in place. The read stays: it
+    // tells whether the target's copy was last used earlier than the
+    // source's, which no write can set (it is then touched, issue 12).
+    let (_, calls) = through_proxy(
+        &stack,
+        http::Method::PUT,
+        "/c2id/session-store/rest/v2/sessions",
+        &[("sid", sid.as_str())],
+        json!({"sub": "alice", "data": {"step": 2}}),
+    )
+    .await;
+    assert_eq!(calls, 2.0, "changed session");
+    let on_target = stack.at_target.get_session(&sid).await.unwrap().unwrap();
+    assert_eq!(on_target["data"]["step"], 2);
+
+    // A deleted client: gone at the source, so only a delete at the target
+    // (idempotent: no read first).
+    let before = target_calls(&stack).await;
+    stack.via_proxy.delete_client(&id).await.unwrap();
+    stack.wait_synced().await;
+    assert_eq!(target_calls(&stack).await - before, 1.0, "deleted client");
+}

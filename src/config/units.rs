@@ -9,7 +9,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{text:?} has no unit (use us, ms, s, m or h)"))?;
+        .ok_or_else(|| format!("{text:?} has no unit (use us, ms, s, m, h or d)"))?;
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -20,9 +20,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3_600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "{text:?} has unknown unit {other:?} (use us, ms, s, m or h)"
+                "{text:?} has unknown unit {other:?} (use us, ms, s, m, h or d)"
             ));
         }
     };

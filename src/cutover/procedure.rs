@@ -2,7 +2,9 @@
 //!
 //! 1. **Pre-flight**: the new primary answers and accepts our management
 //!    token; both servers publish identical JWK sets (otherwise sessions and
-//!    tokens break: the migration guide's first step); the backfill is done
+//!    tokens break: the migration guide's first step); every live session
+//!    of the old primary is alive on the new one, no nearer to its idle
+//!    expiry (those last used earlier there are touched); the backfill is done
 //!    (forward only); the sync lag is under `cutover.max_lag`; no dead
 //!    letters (or `--force`). Each check reports pass/fail with its figure.
 //!    `--dry-run` stops here.
@@ -11,7 +13,16 @@
 //!    the journal is drained to zero and every sync lane is idle. This is
 //!    *proven* from the journal's own counters, not assumed.
 //! 4. **Verify**: every key synced since shortly before the hold is read on
-//!    both sides and must be equal.
+//!    both sides and must be equal. To keep the pause short at a distance,
+//!    most of it happens outside the pause: before the hold, the recent
+//!    keys are verified in rounds while writes flow (each round covering
+//!    what synced during the previous one), and during the hold a key is
+//!    verified as soon as its lane is idle (writes are held, so it no
+//!    longer changes), alongside the drain. Keys are read on both sides at
+//!    once, as many keys at a time as the secondary's concurrency limiter
+//!    allows (the sync's own limit, growing while the target keeps up). A
+//!    key found different before the drain completes is checked again
+//!    after it: only a difference then is drift.
 //! 5. **Flip**: the new phase and epoch are persisted, then the primary
 //!    switches.
 //! 6. **Release**: held requests go on, to the new primary.
@@ -33,16 +44,18 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::gate::Gate;
+use super::parity::{self, Parity};
 use super::{Event, Phase, Phases};
 use crate::api::{Check, FlipReport, FlipRequest, Step};
 use crate::backfill::Backfill;
-use crate::journal::{DeadLetters, Journal};
+use crate::journal::{DeadLetters, Journal, Registrations};
 use crate::metrics::CutoverMetrics;
 use crate::model::Key;
 use crate::model::Side;
 use crate::servers::Servers;
 use crate::sync::Recorder;
 use crate::sync::SyncHandle;
+use crate::verify::Verifier;
 
 /// Default bound on the write pause.
 pub(crate) const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(2);
@@ -52,6 +65,16 @@ pub(crate) const DEFAULT_MAX_LAG: Duration = Duration::from_secs(1);
 /// Keys synced this long before the hold are verified too (the writes
 /// right before the cutover are the ones most likely still settling).
 pub(crate) const VERIFY_LOOKBACK: Duration = Duration::from_secs(2);
+/// Default time spent verifying recent keys before the hold: about what
+/// the pause itself may take, and nothing is held meanwhile.
+pub(crate) const DEFAULT_VERIFY_AHEAD: Duration = Duration::from_secs(2);
+/// Verify rounds before the hold, at most: each covers what synced during
+/// the previous one, so the set left for the pause shrinks round by round.
+const VERIFY_ROUNDS_BEFORE_HOLD: usize = 3;
+/// How long a replaced client secret stays valid on the server that
+/// replaced it, and only there (RN 11.0): a relying party may still present
+/// it.
+pub const PREVIOUS_SECRET_GRACE: Duration = Duration::from_secs(30 * 60);
 /// How long state that lives only on the previous primary (login sessions
 /// in progress, authorization codes, identifier access tokens) is served
 /// from it after a flip: an authorization code lives 10 minutes.
@@ -65,6 +88,12 @@ pub struct Environment {
     /// Whether the target can take traffic (an Authlete target needs
     /// `target.new_primary_url`: Authlete itself is an API, not an OP).
     pub target_serves_traffic: bool,
+    /// The verifier, for the pre-flight passes over live records.
+    pub verifier: Verifier,
+    /// Clients' credentials beyond the records (secret changes).
+    pub registrations: Arc<Registrations>,
+    /// The secret-key parity prover (`None` for an Authlete target).
+    pub parity: Option<Arc<Parity>>,
 }
 
 /// A flip in progress (between prepare and commit).
@@ -281,6 +310,17 @@ impl Cutover {
             return report;
         }
 
+        // Verify what synced recently while writes still flow: the pause
+        // then only covers what syncs from now on.
+        let before_hold = Instant::now();
+        let verified_before = match self.verify_before_hold().await {
+            Ok(verified) => verified,
+            Err(reason) => {
+                report.reason = Some(format!("verifying recent keys failed: {reason}"));
+                return report;
+            }
+        };
+        let verify_took = before_hold.elapsed();
         let max_pause = request
             .max_pause_ms
             .map_or(self.config.max_pause, Duration::from_millis);
@@ -325,22 +365,30 @@ impl Cutover {
         }
         step(&mut report, "finish in-flight writes", true, String::new());
 
-        // Drain, proven from the journal's counters.
-        let drained = loop {
-            let stats = self.journal.stats();
-            let busy = self.sync.busy_lanes();
-            let unjournaled = self.recorder.unjournaled();
-            if stats.depth == 0 && busy == 0 && unjournaled == 0 {
-                break Ok(stats.last_seq);
+        // Drain, proven from the journal's counters; meanwhile verify every
+        // key whose lane is idle.
+        let drain = async {
+            loop {
+                let stats = self.journal.stats();
+                let busy = self.sync.busy_lanes();
+                let unjournaled = self.recorder.unjournaled();
+                if stats.depth == 0 && busy == 0 && unjournaled == 0 {
+                    break Ok(stats.last_seq);
+                }
+                if Instant::now() >= deadline {
+                    break Err(format!(
+                        "journal not drained: depth {}, busy lanes {busy}, unjournaled {unjournaled}",
+                        stats.depth
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            if Instant::now() >= deadline {
-                break Err(format!(
-                    "journal not drained: depth {}, busy lanes {busy}, unjournaled {unjournaled}",
-                    stats.depth
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         };
+        let verify = tokio::time::timeout(
+            remaining(deadline),
+            self.verify_during_hold(verified_before.since, verified_before.differing.clone()),
+        );
+        let (drained, verified) = tokio::join!(drain, verify);
         match drained {
             Ok(last_seq) => step(
                 &mut report,
@@ -359,12 +407,16 @@ impl Cutover {
         }
 
         // Verify what was synced right before and during the hold.
-        match tokio::time::timeout(remaining(deadline), self.verify_recent(started)).await {
+        match verified {
             Ok(Ok(count)) => step(
                 &mut report,
                 "verify recent keys",
                 true,
-                format!("{count} keys equal on both sides"),
+                format!(
+                    "{count} keys equal on both sides during the hold; {} verified in {} ms before it, while writes flowed",
+                    verified_before.equal,
+                    millis(verify_took)
+                ),
             ),
             Ok(Err(reason)) => {
                 step(&mut report, "verify recent keys", false, reason.clone());
@@ -478,55 +530,142 @@ impl Cutover {
         report.rejected = rejected;
     }
 
-    /// Compares every key synced since shortly before `since` on both sides.
-    async fn verify_recent(&self, since: Instant) -> Result<usize, String> {
+    /// Before the hold, while writes flow: verifies the keys synced in the
+    /// last [`VERIFY_LOOKBACK`], in rounds, each covering what synced during
+    /// the previous one, until a round's set fits in one go at the
+    /// limiter's concurrency, or `cutover.verify_ahead` is spent (a round
+    /// cut short leaves its keys to the hold). A read that fails refuses
+    /// the cutover (the pause has not begun); a key that differs is only
+    /// carried over (its sync may be in flight).
+    async fn verify_before_hold(&self) -> Result<VerifiedBeforeHold, String> {
+        let deadline = Instant::now() + self.config.verify_ahead;
+        let mut since = Instant::now()
+            .checked_sub(VERIFY_LOOKBACK)
+            .unwrap_or_else(Instant::now);
+        let mut outcome = VerifiedBeforeHold {
+            since,
+            differing: Vec::new(),
+            equal: 0,
+        };
         if self.servers.authlete().is_some() {
             // Authlete holds no records to compare key by key; the drain
-            // proved every token event was applied.
+            // proves every token event was applied.
+            return Ok(outcome);
+        }
+        for _ in 0..VERIFY_ROUNDS_BEFORE_HOLD {
+            let round = Instant::now();
+            if round >= deadline {
+                break;
+            }
+            let mut keys = outcome.differing.clone();
+            keys.extend(self.sync.recent_keys(since));
+            let keys = dedup(keys);
+            let fits = keys.len() <= self.sync.limiter().snapshot().limit;
+            let Ok(checked) =
+                tokio::time::timeout(remaining(deadline), self.check_keys(keys)).await
+            else {
+                break;
+            };
+            let checked = checked?;
+            outcome.equal += checked.equal.len();
+            outcome.differing = checked.differing;
+            since = round;
+            outcome.since = round;
+            if fits {
+                break;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// During the hold: verifies every key synced since `since` (and the
+    /// ones that differed before), each as soon as its lane is idle, until
+    /// the sync is drained and nothing is left. A key that differs while
+    /// the drain goes on is checked again; once drained, a difference is
+    /// drift. Returns the keys verified.
+    async fn verify_during_hold(
+        &self,
+        since: Instant,
+        mut again: Vec<Key>,
+    ) -> Result<usize, String> {
+        if self.servers.authlete().is_some() {
             return Ok(0);
         }
-        let keys = self
-            .sync
-            .recent_keys(since.checked_sub(VERIFY_LOOKBACK).unwrap_or(since));
-        let count = keys.len();
-        let mut differing = Vec::new();
-        for chunk in keys.chunks(64) {
-            let mut checks = tokio::task::JoinSet::new();
-            for key in chunk {
-                let primary = self.servers.primary_api().clone();
-                let secondary = self.servers.secondary_api().clone();
-                let key = key.clone();
-                checks.spawn(async move {
-                    let (a, b) = (read(&primary, &key).await, read(&secondary, &key).await);
-                    let (a, b) = match (a, b) {
-                        (Ok(a), Ok(b)) => (a, b),
-                        (Err(err), _) | (_, Err(err)) => return Err(err.to_string()),
-                    };
-                    let dataset = key.dataset();
-                    let equal = match (&a, &b) {
-                        (Some(a), Some(b)) => dataset.comparable(a) == dataset.comparable(b),
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    Ok((key, equal))
-                });
-            }
-            while let Some(joined) = checks.join_next().await {
-                let (key, equal) = joined.map_err(|err| err.to_string())??;
-                if !equal {
-                    differing.push(key.redacted());
+        let mut verified = std::collections::HashSet::new();
+        loop {
+            // Read before choosing the keys: drained then means every key
+            // chosen has its final state on both sides.
+            let drained = self.journal.stats().depth == 0
+                && self.sync.busy_lanes() == 0
+                && self.recorder.unjournaled() == 0;
+            let mut keys = std::mem::take(&mut again);
+            keys.extend(self.sync.recent_keys(since));
+            let (ready, waiting): (Vec<Key>, Vec<Key>) = dedup(keys)
+                .into_iter()
+                .filter(|key| !verified.contains(&key.identity()))
+                .partition(|key| drained || !self.sync.is_busy(key));
+            if ready.is_empty() {
+                if drained {
+                    return Ok(verified.len());
                 }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            }
+            let checked = self.check_keys(ready).await?;
+            verified.extend(checked.equal.iter().map(Key::identity));
+            if !checked.differing.is_empty() {
+                if drained {
+                    let names: Vec<String> = checked.differing.iter().map(Key::redacted).collect();
+                    return Err(format!("{} keys differ: {}", names.len(), names.join(", ")));
+                }
+                again = checked.differing;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            again.extend(waiting);
+        }
+    }
+
+    /// Reads `keys` on both sides (both at once per key, as many keys at
+    /// once as the secondary's concurrency limiter allows) and sorts them
+    /// into equal and differing. A read that fails is an error.
+    async fn check_keys(&self, keys: Vec<Key>) -> Result<Checked, String> {
+        let mut checks = tokio::task::JoinSet::new();
+        let limiter = Arc::clone(self.sync.limiter());
+        // Dropped with the set when the caller gives up (deadline).
+        let stop = tokio_util::sync::CancellationToken::new();
+        for key in keys {
+            let primary = self.servers.primary_api().clone();
+            let secondary = self.servers.secondary_api().clone();
+            let limiter = Arc::clone(&limiter);
+            let stop = stop.clone();
+            checks.spawn(async move {
+                let Some(_permit) = limiter.acquire(&stop).await else {
+                    return Err("stopped".to_owned());
+                };
+                let (a, b) = tokio::join!(read(&primary, &key), read(&secondary, &key));
+                let (a, b) = match (a, b) {
+                    (Ok(a), Ok(b)) => (a, b),
+                    (Err(err), _) | (_, Err(err)) => return Err(err.to_string()),
+                };
+                let dataset = key.dataset();
+                let equal = match (&a, &b) {
+                    (Some(a), Some(b)) => dataset.comparable(a) == dataset.comparable(b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                Ok((key, equal))
+            });
+        }
+        let mut checked = Checked::default();
+        while let Some(joined) = checks.join_next().await {
+            let (key, equal) = joined.map_err(|err| err.to_string())??;
+            if equal {
+                checked.equal.push(key);
+            } else {
+                checked.differing.push(key);
             }
         }
-        if differing.is_empty() {
-            Ok(count)
-        } else {
-            Err(format!(
-                "{} keys differ: {}",
-                differing.len(),
-                differing.join(", ")
-            ))
-        }
+        Ok(checked)
     }
 
     async fn preflight(&self, new_primary: Side, forward: bool) -> Vec<Check> {
@@ -535,28 +674,164 @@ impl Cutover {
         }
         let mut checks = Vec::new();
         let api = self.servers.api(new_primary);
-        // Reachable, and our management token works there.
-        let reachable = api.get_client("handover-preflight-probe").await;
-        checks.push(match reachable {
-            Ok(_) => Check {
-                check: format!("{} reachable", new_primary.as_str()),
-                ok: true,
-                detail: format!(
-                    "{} answers and accepts the management token",
-                    api.upstream().url
+        // The checks that talk to the servers run at once: a slow server
+        // delays the pre-flight by its slowest check, not by their sum.
+        let reachable = async {
+            // Reachable, and our management token works there.
+            match api.get_client("handover-preflight-probe").await {
+                Ok(_) => Check::pass(
+                    format!("{} reachable", new_primary.as_str()),
+                    format!(
+                        "{} answers and accepts the management token",
+                        api.upstream().url
+                    ),
                 ),
-                forceable: false,
-            },
-            Err(err) => Check {
-                check: format!("{} reachable", new_primary.as_str()),
-                ok: false,
-                detail: err.to_string(),
-                forceable: false,
-            },
-        });
-        checks.push(self.compare_jwks().await);
+                Err(err) => Check::fail(
+                    format!("{} reachable", new_primary.as_str()),
+                    err.to_string(),
+                    false,
+                ),
+            }
+        };
+        let keys = async {
+            match &self.environment.parity {
+                Some(prover) => parity::checks(
+                    &prover.probe().await,
+                    new_primary.as_str(),
+                    new_primary.other().as_str(),
+                ),
+                None => Vec::new(),
+            }
+        };
+        let sessions = async {
+            if self
+                .environment
+                .verifier
+                .datasets
+                .contains(&crate::model::Dataset::Sessions)
+            {
+                Some(self.sessions_alive(new_primary).await)
+            } else {
+                None
+            }
+        };
+        let (reachable, jwks, keys, discovery, sessions) = tokio::join!(
+            reachable,
+            self.compare_jwks(),
+            keys,
+            self.compare_discovery(new_primary),
+            sessions
+        );
+        checks.push(reachable);
+        checks.push(jwks);
+        checks.extend(keys);
+        checks.push(discovery);
+        checks.extend(sessions);
+        checks.push(self.secret_grace(new_primary));
+        checks.push(self.client_replacements(new_primary));
         self.sync_checks(forward, &mut checks);
         checks
+    }
+
+    /// A warning about clients whose secret changed within the previous
+    /// secret's grace: the old primary alone still accepts their previous
+    /// secret, from relying parties that have not picked up the new one.
+    fn secret_grace(&self, new_primary: Side) -> Check {
+        let check = "no client in its previous-secret grace";
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let grace = PREVIOUS_SECRET_GRACE.as_secs();
+        let recent = self
+            .environment
+            .registrations
+            .secrets_changed_since(now.saturating_sub(grace));
+        if recent == 0 {
+            return Check::pass(
+                check,
+                format!("no client secret changed in the last {} min", grace / 60),
+            );
+        }
+        let latest = self
+            .environment
+            .registrations
+            .latest_secret_change()
+            .unwrap_or(now);
+        let wait = (latest + grace).saturating_sub(now);
+        Check::warn(
+            check,
+            format!(
+                "{recent} client{} changed {} secret less than {} min ago: relying parties still presenting the previous one are refused by the {} (only the {} accepts it, for {} more min); cut over after that to be safe",
+                if recent == 1 { "" } else { "s" },
+                if recent == 1 { "its" } else { "their" },
+                grace / 60,
+                new_primary.as_str(),
+                new_primary.other().as_str(),
+                wait.div_ceil(60),
+            ),
+        )
+    }
+
+    /// A warning about clients the new primary took only by delete and
+    /// create (it would not keep or take their secret on update): where
+    /// its deletes cascade, their authorizations were re-imported but
+    /// tokens issued before may be revoked there.
+    fn client_replacements(&self, new_primary: Side) -> Check {
+        let check = "clients updated in place";
+        let replaced = self.servers.api(new_primary).clients_replaced();
+        if replaced == 0 {
+            return Check::pass(check, "no client was replaced by delete and create");
+        }
+        Check::warn(
+            check,
+            format!(
+                "{replaced} client update{} reached the {} only by delete and create: where its deletes cascade, tokens issued before may be revoked there; set op.reg.alwaysRefreshClientSecretOnUpdate=false on it (and check that it takes preferred_client_secret on update)",
+                if replaced == 1 { "" } else { "s" },
+                new_primary.as_str(),
+            ),
+        )
+    }
+
+    /// Every live session of the current primary is alive on the new one,
+    /// and no nearer to its idle expiry (the pass touches those that are):
+    /// nobody is logged out by the flip.
+    async fn sessions_alive(&self, new_primary: Side) -> Check {
+        let check = format!("live sessions alive on the {}", new_primary.as_str());
+        let old_primary = new_primary.other().as_str();
+        match self.environment.verifier.prove_sessions_alive().await {
+            Ok(found) => {
+                let mut detail = format!(
+                    "{} live sessions: {} alive on the {} ({} touched to match the {old_primary}'s last use)",
+                    found.live,
+                    found.alive,
+                    new_primary.as_str(),
+                    found.touched,
+                );
+                if found.missing > 0 {
+                    detail.push_str(&format!(
+                        "; {} missing (a re-sync of each is journaled: run the check again)",
+                        found.missing
+                    ));
+                }
+                if found.in_flight > 0 {
+                    detail.push_str(&format!("; {} being synced", found.in_flight));
+                }
+                Check {
+                    check,
+                    ok: found.missing == 0,
+                    detail,
+                    forceable: true,
+                    warning: false,
+                }
+            }
+            Err(err) => Check {
+                check,
+                ok: false,
+                detail: err.to_string(),
+                forceable: true,
+                warning: false,
+            },
+        }
     }
 
     /// The checks both kinds of target share: the backfill finished
@@ -569,6 +844,7 @@ impl Cutover {
                 ok: state == crate::api::BackfillState::Done,
                 detail: format!("backfill {}", state.as_str()),
                 forceable: true,
+                warning: false,
             });
         }
         let stats = self.journal.stats();
@@ -583,6 +859,7 @@ impl Cutover {
                 stats.depth
             ),
             forceable: false,
+            warning: false,
         });
         let dead = self.dead_letters.len();
         checks.push(Check {
@@ -596,6 +873,18 @@ impl Cutover {
                 )
             },
             forceable: true,
+            warning: false,
+        });
+        let untracked = self.recorder.untracked();
+        checks.push(Check {
+            check: "nothing left untracked".to_owned(),
+            ok: untracked.count == 0,
+            detail: untracked.warning().map_or_else(
+                || "every change since the last verify was tracked".to_owned(),
+                |warning| format!("{warning}; --force to cut over anyway"),
+            ),
+            forceable: true,
+            warning: false,
         });
     }
 
@@ -611,6 +900,7 @@ impl Cutover {
                 detail: "target.new_primary_url is not set: there is no server to send traffic to"
                     .to_owned(),
                 forceable: false,
+                warning: false,
             });
             return checks;
         }
@@ -624,36 +914,74 @@ impl Cutover {
                 Err(err) => err.to_string(),
             },
             forceable: false,
+            warning: false,
         });
         self.sync_checks(forward, &mut checks);
         checks
     }
 
+    /// A public document of one side, as JSON.
+    async fn fetch_public(&self, side: Side, endpoint: &str) -> Result<Value, String> {
+        let upstream = self.servers.upstream(side);
+        let uri = upstream.url.endpoint(endpoint).map_err(|e| e.to_string())?;
+        let request = http::Request::get(uri)
+            .body(crate::http::body::ProxyBody::empty())
+            .map_err(|e| e.to_string())?;
+        let response = upstream
+            .send(request, Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = crate::http::read_body(response.into_body(), 1 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "{} answered {status} for {endpoint}",
+                side.as_str()
+            ));
+        }
+        serde_json::from_slice::<Value>(&body)
+            .map_err(|e| format!("{} {endpoint} is not JSON: {e}", side.as_str()))
+    }
+
+    /// The discovery documents of both servers, compared where a
+    /// difference changes what clients do (issuer, endpoints, algorithms,
+    /// grant and response types, auth methods, subject types, scopes): a
+    /// warning, since the operator may have meant it.
+    async fn compare_discovery(&self, new_primary: Side) -> Check {
+        let check = "discovery documents agree";
+        let endpoint = "/.well-known/openid-configuration";
+        let old_primary = new_primary.other();
+        let (old, new) = match (
+            self.fetch_public(old_primary, endpoint).await,
+            self.fetch_public(new_primary, endpoint).await,
+        ) {
+            (Ok(old), Ok(new)) => (old, new),
+            (Err(err), _) | (_, Err(err)) => return Check::warn(check, err),
+        };
+        let differences = discovery_differences(&old, &new);
+        if differences.is_empty() {
+            Check::pass(
+                check,
+                "issuer, endpoints, algorithms, grant types and the rest clients act on are equal",
+            )
+        } else {
+            Check::warn(
+                check,
+                format!(
+                    "the {} differs from the {} in {}",
+                    new_primary.as_str(),
+                    old_primary.as_str(),
+                    differences.join("; ")
+                ),
+            )
+        }
+    }
+
     /// `/jwks.json` of both servers must be identical.
     async fn compare_jwks(&self) -> Check {
-        let fetch = |side: Side| async move {
-            let upstream = self.servers.upstream(side);
-            let uri = upstream
-                .url
-                .endpoint("/jwks.json")
-                .map_err(|e| e.to_string())?;
-            let request = http::Request::get(uri)
-                .body(crate::http::body::ProxyBody::empty())
-                .map_err(|e| e.to_string())?;
-            let response = upstream
-                .send(request, Duration::from_secs(5))
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status();
-            let body = crate::http::read_body(response.into_body(), 1 << 20)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                return Err(format!("{} answered {status}", side.as_str()));
-            }
-            serde_json::from_slice::<Value>(&body)
-                .map_err(|e| format!("{} JWK set is not JSON: {e}", side.as_str()))
-        };
+        let fetch = |side: Side| self.fetch_public(side, "/jwks.json");
         let (source, target) = (fetch(Side::Source).await, fetch(Side::Target).await);
         let (source, target) = match (source, target) {
             (Ok(s), Ok(t)) => (s, t),
@@ -663,6 +991,7 @@ impl Cutover {
                     ok: false,
                     detail: err,
                     forceable: false,
+                    warning: false,
                 };
             }
         };
@@ -697,6 +1026,7 @@ impl Cutover {
                 ok: true,
                 detail: format!("{} keys, same on both", a.len()),
                 forceable: false,
+                warning: false,
             }
         } else {
             let mut parts = Vec::new();
@@ -717,6 +1047,7 @@ impl Cutover {
                     parts.join("; ")
                 ),
                 forceable: false,
+                warning: false,
             }
         }
     }
@@ -798,6 +1129,81 @@ impl Cutover {
     pub fn phase(&self) -> Phase {
         self.phases.current().phase
     }
+}
+
+/// What the verify before the hold left for the pause.
+#[derive(Debug)]
+struct VerifiedBeforeHold {
+    /// Keys synced since then still need verifying.
+    since: Instant,
+    /// Keys that differed (their sync may have been in flight).
+    differing: Vec<Key>,
+    /// Keys found equal.
+    equal: usize,
+}
+
+/// Keys read on both sides.
+#[derive(Debug, Default)]
+struct Checked {
+    equal: Vec<Key>,
+    differing: Vec<Key>,
+}
+
+/// Each key once (by identity), in first-seen order.
+fn dedup(keys: Vec<Key>) -> Vec<Key> {
+    let mut seen = std::collections::HashSet::new();
+    keys.into_iter()
+        .filter(|key| seen.insert(key.identity()))
+        .collect()
+}
+
+/// The discovery members that change what a client does, compared as a
+/// whole (`issuer`, every `*_endpoint` and `jwks_uri`, every `*_supported`
+/// list compared as a set, the `require_*` flags).
+fn discovery_differences(old: &Value, new: &Value) -> Vec<String> {
+    let relevant = |name: &str| {
+        name == "issuer"
+            || name == "jwks_uri"
+            || name.ends_with("_endpoint")
+            || name.ends_with("_supported")
+            || name.starts_with("require_")
+    };
+    let members = |doc: &Value| -> std::collections::BTreeMap<String, Value> {
+        doc.as_object()
+            .map(|object| {
+                object
+                    .iter()
+                    .filter(|(name, _)| relevant(name))
+                    .map(|(name, value)| {
+                        let value = match value {
+                            Value::Array(items) => {
+                                let mut items: Vec<String> =
+                                    items.iter().map(Value::to_string).collect();
+                                items.sort();
+                                items.dedup();
+                                Value::from(items)
+                            }
+                            other => other.clone(),
+                        };
+                        (name.clone(), value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (old, new) = (members(old), members(new));
+    let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|name| old.get(*name) != new.get(*name))
+        .map(|name| match (old.get(name), new.get(name)) {
+            (Some(_), None) => format!("{name} (absent)"),
+            (None, Some(_)) => format!("{name} (added)"),
+            _ => name.clone(),
+        })
+        .collect()
 }
 
 enum PeerVerdict {

@@ -208,7 +208,7 @@ fn authlete_upstream(url: &str) -> Result<crate::upstream::Upstream, Error> {
         crate::model::Side::Target,
         &config.source.url,
         config.source.ca_file.as_deref(),
-        config.source.http2,
+        crate::upstream::Protocol::management(config.source.http2),
         &config.upstream,
         &crate::metrics::Metrics::new(),
     )

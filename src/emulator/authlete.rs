@@ -230,6 +230,7 @@
 mod call;
 mod endpoints;
 mod envelope;
+mod front;
 mod metadata;
 mod server;
 mod store;
@@ -412,6 +413,27 @@ impl Authlete {
         let shutdown = CancellationToken::new();
         let shared = self.shared;
         let handler = move |request, _peer| server::handle(Arc::clone(&shared), request);
+        let task = tokio::spawn(crate::http::serve(listener, handler, shutdown.clone()));
+        Handle {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Serves a new authorization server built on this service on
+    /// `listener`, its endpoints under `base_path` (see `front.rs`): the
+    /// server traffic goes to after a cutover to Authlete.
+    pub async fn start_front(self, listener: TcpListener, base_path: &str) -> Handle {
+        let addr = listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address");
+        let shutdown = CancellationToken::new();
+        let shared = self.shared;
+        let base_path: Arc<str> = Arc::from(base_path.trim_end_matches('/'));
+        let handler = move |request, _peer| {
+            front::handle(Arc::clone(&shared), Arc::clone(&base_path), request)
+        };
         let task = tokio::spawn(crate::http::serve(listener, handler, shutdown.clone()));
         Handle {
             addr,

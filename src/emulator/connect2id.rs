@@ -1107,7 +1107,9 @@ impl Service {
     /// the current refresh token rebuilt from `rts`.
     fn authorization_output(&self, record: &records::Authorization) -> Value {
         let mut value = json!(record);
-        if let Some(rts) = &record.rts {
+        if let Some(rts) = &record.rts
+            && self.strict().records_carry_refresh_token
+        {
             value["rft"] =
                 Value::String(self.long_lived_refresh_token(&record.sub, &record.cid, rts));
         }

@@ -269,6 +269,17 @@ impl Driver {
 
     /// Registers a confidential web client for the code and refresh grants.
     pub async fn register_client(&self, name: &str) -> Result<RegisteredClient, Error> {
+        self.register_client_scoped(name, "openid email profile")
+            .await
+    }
+
+    /// Registers a confidential web client for the code and refresh grants
+    /// that may ask for the scope values in `scope`.
+    pub async fn register_client_scoped(
+        &self,
+        name: &str,
+        scope: &str,
+    ) -> Result<RegisteredClient, Error> {
         let record = self
             .json_call(
                 "register client",
@@ -280,7 +291,7 @@ impl Driver {
                     "grant_types": ["authorization_code", "refresh_token"],
                     "response_types": ["code"],
                     "token_endpoint_auth_method": "client_secret_basic",
-                    "scope": "openid email profile",
+                    "scope": scope,
                 }),
                 &[StatusCode::OK, StatusCode::CREATED],
             )
@@ -356,6 +367,66 @@ impl Driver {
             .map(Some)
     }
 
+    /// Reads its own registration as a self-managing client does (RFC
+    /// 7592): with its registration access token, not the master token.
+    /// `Ok(None)` when the token is refused (401) or the client is gone.
+    pub async fn read_own_registration(
+        &self,
+        client_id: &str,
+        registration_token: &str,
+    ) -> Result<Option<Value>, Error> {
+        let answer = self
+            .send(
+                "read own registration",
+                Method::GET,
+                &format!("/clients/{}", form::encode_segment(client_id)),
+                &[("authorization", format!("Bearer {registration_token}"))],
+                None,
+            )
+            .await?;
+        if answer.status == StatusCode::UNAUTHORIZED || answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::expect(answer, "read own registration", &[StatusCode::OK])?
+            .json("read own registration")
+            .map(Some)
+    }
+
+    /// Updates its own registration with its registration access token
+    /// (RFC 7592): the answer carries its new credentials.
+    pub async fn update_own_registration(
+        &self,
+        client: &RegisteredClient,
+        registration_token: &str,
+        name: &str,
+    ) -> Result<RegisteredClient, Error> {
+        let mut body = client.record.clone();
+        for regenerated in [
+            "client_id_issued_at",
+            "registration_access_token",
+            "registration_client_uri",
+            "client_secret_expires_at",
+            "client_secret",
+        ] {
+            if let Some(fields) = body.as_object_mut() {
+                fields.remove(regenerated);
+            }
+        }
+        body["client_name"] = name.into();
+        let answer = self
+            .send(
+                "update own registration",
+                Method::PUT,
+                &format!("/clients/{}", form::encode_segment(&client.id)),
+                &[("authorization", format!("Bearer {registration_token}"))],
+                Some(("application/json", body.to_string().into_bytes())),
+            )
+            .await?;
+        let record = Self::expect(answer, "update own registration", &[StatusCode::OK])?
+            .json("update own registration")?;
+        client_of(record, "update own registration")
+    }
+
     // ---- logins (the login page backend) ----
 
     /// A whole login of `subject` at `client_id`: authorization session,
@@ -367,11 +438,23 @@ impl Driver {
         subject: &str,
         consent: Consent,
     ) -> Result<Login, Error> {
+        self.login_scope(client_id, subject, "openid email", consent)
+            .await
+    }
+
+    /// [`Driver::login`] asking for (and consenting to) `scope`.
+    pub async fn login_scope(
+        &self,
+        client_id: &str,
+        subject: &str,
+        scope: &str,
+        consent: Consent,
+    ) -> Result<Login, Error> {
         let query = form::encode([
             ("response_type", "code"),
             ("client_id", client_id),
             ("redirect_uri", REDIRECT_URI),
-            ("scope", "openid email"),
+            ("scope", scope),
             ("state", "demo-state"),
             ("nonce", "demo-nonce"),
         ]);
@@ -415,7 +498,7 @@ impl Driver {
                 Method::PUT,
                 &path,
                 json!({
-                    "scope": ["openid", "email"],
+                    "scope": scope.split_whitespace().collect::<Vec<_>>(),
                     "long_lived": consent.long_lived,
                     "refresh_token": { "issue": true, "rotate": consent.rotate },
                     "access_token": { "encoding": encoding, "lifetime": 600 },
@@ -437,6 +520,72 @@ impl Driver {
                 message: "no code in the redirect URI".to_owned(),
             })?;
         Ok(Login { sid, code })
+    }
+
+    /// A returning user: the login page starts an authorization session
+    /// with the SID from the browser's cookie (`sub_sid`), and the server
+    /// finds the session (single sign-on). Returns the prompt (`consent`
+    /// when the session was found, `auth` when it was not).
+    pub async fn sso_start(&self, client_id: &str, sid: &str) -> Result<Value, Error> {
+        let query = form::encode([
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", REDIRECT_URI),
+            ("scope", "openid email"),
+            ("state", "demo-state"),
+        ]);
+        self.json_call(
+            "start authorization with a session",
+            Method::POST,
+            "/authz-sessions/rest/v3",
+            json!({ "query": query, "sub_sid": sid }),
+            &[StatusCode::OK],
+        )
+        .await
+    }
+
+    /// Pushes an authorization request (`POST /par`, RFC 9126) as the
+    /// client; returns its `request_uri`.
+    pub async fn push_authorization_request(
+        &self,
+        client: &RegisteredClient,
+    ) -> Result<String, Error> {
+        let answer = self
+            .token_call(
+                "push authorization request",
+                "/par",
+                client,
+                &[
+                    ("response_type", "code"),
+                    ("client_id", client.id.as_str()),
+                    ("redirect_uri", REDIRECT_URI),
+                    ("scope", "openid email"),
+                    ("state", "demo-state"),
+                ],
+            )
+            .await?;
+        let response = Self::expect(
+            answer,
+            "push authorization request",
+            &[StatusCode::CREATED, StatusCode::OK],
+        )?
+        .json("push authorization request")?;
+        string(&response, "request_uri", "push authorization request")
+    }
+
+    /// The login page starts an authorization session from a pushed
+    /// request: only `client_id` and `request_uri` in the query. Returns
+    /// the prompt.
+    pub async fn start_pushed(&self, client_id: &str, request_uri: &str) -> Result<Value, Error> {
+        let query = form::encode([("client_id", client_id), ("request_uri", request_uri)]);
+        self.json_call(
+            "start pushed authorization",
+            Method::POST,
+            "/authz-sessions/rest/v3",
+            json!({ "query": query }),
+            &[StatusCode::OK],
+        )
+        .await
     }
 
     /// Ends a subject session through the logout API (start, confirm).
@@ -481,6 +630,26 @@ impl Driver {
         }
         Self::expect(answer, "read session", &[StatusCode::OK])?
             .json("read session")
+            .map(Some)
+    }
+
+    /// Reads a session the way the login page does, which counts as a use
+    /// of it (bumps its idle timer).
+    pub async fn use_session(&self, sid: &str) -> Result<Option<Value>, Error> {
+        let answer = self
+            .send(
+                "use session",
+                Method::GET,
+                "/session-store/rest/v2/sessions",
+                &[self.bearer(), ("sid", sid.to_owned())],
+                None,
+            )
+            .await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::expect(answer, "use session", &[StatusCode::OK])?
+            .json("use session")
             .map(Some)
     }
 

@@ -244,6 +244,32 @@ impl JwkSet {
             .expect("serialising a JSON value cannot fail")
     }
 
+    /// The same public keys with new secret ones: what a server whose
+    /// operator copied only `/jwks.json` would hold. Its SID HMACs and
+    /// refresh tokens are its own, while every published key is equal.
+    pub fn with_new_secret_keys(&self) -> Self {
+        let fresh = Self::generate();
+        let mut next = self.clone();
+        for kid in [HMAC_KID, REFRESH_TOKEN_KID] {
+            let replacement = fresh
+                .keys
+                .iter()
+                .find(|key| key.get("kid").and_then(Value::as_str) == Some(kid))
+                .cloned();
+            if let (Some(replacement), Some(slot)) = (
+                replacement,
+                next.keys
+                    .iter_mut()
+                    .find(|key| key.get("kid").and_then(Value::as_str) == Some(kid)),
+            ) {
+                *slot = replacement;
+            }
+        }
+        next.hmac = fresh.hmac.clone();
+        next.refresh = fresh.refresh.clone();
+        next
+    }
+
     /// The `kid` of the key that signs tokens.
     pub fn signing_kid(&self) -> &str {
         &self.signing_kid

@@ -13,7 +13,7 @@
 //!   value, never a torn one. The CRC catches a file damaged some other way.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -65,7 +65,7 @@ pub(crate) fn write(dir: &Path, cursor: Seq) -> Result<(), Error> {
     let mut bytes = [0u8; CURSOR_FILE_LEN];
     bytes[..8].copy_from_slice(&cursor.to_le_bytes());
     bytes[8..].copy_from_slice(&crc32fast::hash(&cursor.to_le_bytes()).to_le_bytes());
-    let mut file: File = OpenOptions::new()
+    let mut file: File = super::io::private_file()
         .write(true)
         .create(true)
         .truncate(true)

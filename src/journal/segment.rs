@@ -141,6 +141,8 @@ pub struct SegmentStore {
     /// Held for the store's lifetime: two journals appending to one directory
     /// would interleave records and destroy both.
     _lock: File,
+    /// Failure injection (inert unless a test turns it on).
+    faults: super::io::Faults,
 }
 
 impl SegmentStore {
@@ -153,13 +155,14 @@ impl SegmentStore {
     ) -> Result<Self, Error> {
         let dir = dir.into();
         if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(|err| io_error("create directory", &dir, err))?;
+            super::io::create_private_dir_all(&dir)
+                .map_err(|err| io_error("create directory", &dir, err))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fsync_dir(parent)?;
             }
         }
         let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
+        let lock = super::io::private_file()
             .read(true)
             .write(true)
             .create(true)
@@ -183,7 +186,14 @@ impl SegmentStore {
                 next_seq: 0,
             }),
             _lock: lock,
+            faults: super::io::Faults::default(),
         })
+    }
+
+    /// Writes fail while `faults` says the disk is full.
+    pub fn with_faults(mut self, faults: super::io::Faults) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// The directory this store lives in.
@@ -371,7 +381,7 @@ impl SegmentStore {
     /// starting at `first_seq` and makes its directory entry durable.
     fn create_segment(&self, first_seq: Seq) -> Result<(SegmentMeta, Active), Error> {
         let path = segment_path(&self.dir, first_seq);
-        let file = OpenOptions::new()
+        let file = super::io::private_file()
             .append(true)
             .create(true)
             .open(&path)
@@ -650,7 +660,11 @@ impl Store for SegmentStore {
                 .map(|s| s.path.clone())
                 .ok_or(Error::Closed)?;
             let started = Instant::now();
-            if let Err(err) = (&*active.file).write_all(&buf) {
+            if let Err(err) = self
+                .faults
+                .check_write()
+                .and_then(|()| (&*active.file).write_all(&buf))
+            {
                 active.roll_back(&path);
                 return Err(io_error("write segment", &path, err));
             }

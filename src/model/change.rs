@@ -65,6 +65,25 @@ pub enum Change {
         /// The event.
         event: TokenEvent,
     },
+    /// A token revocation (`/token/revoke`) the primary answered, to be
+    /// replayed at the secondary exactly as the client sent it. Used when
+    /// no record resolves the token (a self-contained refresh token, a
+    /// native SSO `device_secret`): the primary journaled a revocation that
+    /// no export carries. The one exception to "never replay": a
+    /// revocation mints nothing, and repeating it is harmless.
+    RevokeToken {
+        /// The client, as far as the request names it (lanes, logs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        /// The request's form body: the token, its hint, maybe the
+        /// client's credentials. A secret: journaled encrypted, never
+        /// logged.
+        form: String,
+        /// The request's `Authorization` header (the client's
+        /// credentials), if it had one. A secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authorization: Option<String>,
+    },
     /// Find the authorization a token belongs to (at the primary), then
     /// copy it.
     Resolve {
@@ -97,7 +116,9 @@ impl Change {
         match self {
             Self::Sync { key, .. } => key.dataset(),
             Self::SubjectSessions { .. } => Dataset::Sessions,
-            Self::Revocation { .. } | Self::Resolve { .. } => Dataset::Authorizations,
+            Self::Revocation { .. } | Self::RevokeToken { .. } | Self::Resolve { .. } => {
+                Dataset::Authorizations
+            }
             Self::Token { .. } => Dataset::Tokens,
         }
     }
@@ -119,6 +140,12 @@ impl Change {
                 kind,
                 from: Some(side),
             },
+            Self::Token { mut event } => {
+                if let TokenEvent::Issued { issued_by, .. } = &mut event {
+                    *issued_by = Some(side);
+                }
+                Self::Token { event }
+            }
             other => other,
         }
     }
@@ -133,6 +160,10 @@ impl Change {
             } => format!(
                 "revocation of {}|{}",
                 subject.as_deref().unwrap_or("*"),
+                client_id.as_deref().unwrap_or("*")
+            ),
+            Self::RevokeToken { client_id, .. } => format!(
+                "token revocation by {}",
                 client_id.as_deref().unwrap_or("*")
             ),
             Self::Resolve { kind, .. } => format!("{kind:?} token to resolve").to_lowercase(),
@@ -181,6 +212,21 @@ pub enum TokenEvent {
         /// The refresh token this response replaced (a rotation).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replaced_refresh: Option<String>,
+        /// The refresh token the client presented and keeps: the refresh
+        /// did not rotate it (Connect2id's default), so it appears in no
+        /// response (or the response echoed it). Authlete may never have
+        /// seen it (issued before the proxy came): it is created there with
+        /// this response's access token, in place of the pair holding it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_refresh: Option<String>,
+        /// Issued by this side when it was no longer primary: the old
+        /// Connect2id answering a refresh (or a code) the new
+        /// authorization server did not know, right after a cutover to an
+        /// Authlete-based one. Created at Authlete although nothing else
+        /// flows there any more, so that the next refresh works at the new
+        /// server directly.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issued_by: Option<Side>,
         /// The client's own credentials as an `Authorization: Basic`
         /// value, to ask the source whose an identifier access token is
         /// (its introspection endpoint takes client authentication). A

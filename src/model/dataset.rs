@@ -23,6 +23,13 @@ pub enum Dataset {
 }
 
 impl Dataset {
+    /// Every dataset.
+    pub const ALL: [Self; 4] = [
+        Self::Authorizations,
+        Self::Clients,
+        Self::Sessions,
+        Self::Tokens,
+    ];
     /// What a Connect2id target syncs, in the migration guide's order.
     pub(crate) const CONNECT2ID: [Self; 3] = [Self::Clients, Self::Authorizations, Self::Sessions];
     /// What an Authlete target syncs: it has no authorization records or

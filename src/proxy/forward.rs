@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use super::framing::Verdict;
 use super::headers::{self, Hop};
-use super::hook::{Exchange, Hook, Rewriter, Ticket};
+use super::hook::{Exchange, Hook, Rewriter, Ticket, Unseen};
 use super::{ConnInfo, InFlight};
 use crate::error::{Fault, Kind, ProxyError};
 use crate::health::Health;
@@ -36,7 +36,12 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 /// covers every trigger with room to spare.
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Time an upstream has to start answering a forwarded request.
-pub(crate) const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time a client has to send a whole buffered (trigger) request body,
+/// counted from the end of its head. Trigger bodies are forms and JSON
+/// documents of a few KiB; even the 1 MiB cap arrives well within this on
+/// a 1 Mbit/s link, while a client trickling a byte a second is cut off.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Forwarding settings.
 #[derive(Debug, Clone)]
@@ -54,6 +59,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Time for the primary to start answering.
     pub upstream_timeout: Duration,
+    /// Time for a client to send a whole buffered request body.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -64,6 +71,7 @@ impl Default for Config {
             preserve_host: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
     }
 }
@@ -176,6 +184,7 @@ impl Forwarder {
             return Err(ProxyError::downstream(Kind::AmbiguousFraming(reason)));
         }
         let (mut parts, body) = request.into_parts();
+        check_host(&parts)?;
         let route = self.hook.as_ref().and_then(|hook| {
             hook.route(&parts.method, parts.uri.path())
                 .map(|route| (hook, route))
@@ -194,8 +203,12 @@ impl Forwarder {
         let (upstream_body, inspected) = match route {
             None => (ProxyBody::stream(body), None),
             Some((hook, route)) => {
-                let bytes = crate::http::read_body(body, self.config.max_body_bytes)
+                let read = crate::http::read_body(body, self.config.max_body_bytes);
+                let bytes = tokio::time::timeout(self.config.body_read_timeout, read)
                     .await
+                    .map_err(|_| {
+                        ProxyError::downstream(Kind::BodyTimeout(self.config.body_read_timeout))
+                    })?
                     .map_err(|err| match err {
                         crate::http::ReadBodyError::TooLarge { limit } => {
                             ProxyError::downstream(Kind::BodyTooLarge { limit })
@@ -255,7 +268,23 @@ impl Forwarder {
                 ProxyBody::stream(response_body),
             ));
         };
-        let (mut buffered, mut body) = self.buffer_response(response_body).await?;
+        let (mut buffered, mut body) = match self.buffer_response(response_body).await {
+            Ok(read) => read,
+            Err(err) => {
+                // The status is in, so the primary may have made the
+                // change: the hook must hear of it even without the body.
+                finish(
+                    ticket,
+                    &view,
+                    &request_body,
+                    &response_parts,
+                    None,
+                    primary.side,
+                )
+                .await;
+                return Err(err);
+            }
+        };
         let mut answered_by = primary.side;
         if let Some(previous) = ticket.redirect(response_parts.status, buffered.as_ref())
             && let Some((mut parts, bytes)) = replay
@@ -271,7 +300,17 @@ impl Forwarder {
                     Ok(response) => {
                         let (mut parts, body_stream) = response.into_parts();
                         headers::strip_hop_by_hop(&mut parts.headers);
-                        let (replayed, replayed_body) = self.buffer_response(body_stream).await?;
+                        let (replayed, replayed_body) = match self
+                            .buffer_response(body_stream)
+                            .await
+                        {
+                            Ok(read) => read,
+                            Err(err) => {
+                                finish(ticket, &view, &request_body, &parts, None, previous.side)
+                                    .await;
+                                return Err(err);
+                            }
+                        };
                         response_parts = parts;
                         buffered = replayed;
                         body = replayed_body;
@@ -288,7 +327,7 @@ impl Forwarder {
             &view,
             &request_body,
             &response_parts,
-            buffered.as_ref(),
+            Some(buffered.as_ref()),
             answered_by,
         )
         .await;
@@ -308,26 +347,32 @@ impl Forwarder {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         let headers = &mut parts.headers;
-        headers::strip_hop_by_hop(headers);
-        headers::scrub_issuer(headers, self.config.trusted_issuer_header);
-        headers::set_forwarded(
+        let present = headers::Present::scan(headers);
+        headers::strip_hop_by_hop_present(headers, present);
+        if present.issuer {
+            headers::scrub_issuer(headers, self.config.trusted_issuer_header);
+        }
+        headers::set_forwarded_present(
             headers,
             Hop {
-                client_ip: conn.peer.ip(),
+                client_ip: &conn.client_ip,
                 proto: if conn.tls { "https" } else { "http" },
                 host: host.as_ref(),
             },
             self.config.trust_forwarded_headers,
+            present.forwarded,
         );
         // The 100-continue handshake already happened downstream.
-        headers.remove(header::EXPECT);
+        if present.expect {
+            headers.remove(header::EXPECT);
+        }
         headers.insert(X_REQUEST_ID, request_id);
         if self.config.preserve_host {
             if let Some(host) = host {
                 headers.insert(header::HOST, host);
             }
         } else {
-            // hyper sets Host from the upstream URI.
+            // The upstream client sets Host from the upstream URI.
             headers.remove(header::HOST);
         }
     }
@@ -387,18 +432,31 @@ impl Forwarder {
             upstream::Error::Build { message, .. } => {
                 ProxyError::downstream(Kind::BadRequest(message))
             }
+            // The request body we were streaming is the downstream's: a
+            // malformed chunk or a client gone mid-body is its fault.
+            upstream::Error::RequestBody { message, .. } => {
+                ProxyError::downstream(Kind::DownstreamBody(message))
+            }
         }
     }
 }
 
+/// Hands the exchange to the hook. `response_body` is what was buffered:
+/// `Some(None)` when the body was larger than the cap, `None` when it broke
+/// off.
 async fn finish(
     ticket: Box<dyn Ticket>,
     request: &http::request::Parts,
     request_body: &Bytes,
     response: &http::response::Parts,
-    response_body: Option<&Bytes>,
+    response_body: Option<Option<&Bytes>>,
     answered_by: crate::model::Side,
 ) {
+    let (response_body, response_unseen) = match response_body {
+        Some(Some(body)) => (Some(body), None),
+        Some(None) => (None, Some(Unseen::TooLarge)),
+        None => (None, Some(Unseen::Cut)),
+    };
     let exchange = Exchange {
         method: &request.method,
         path: request.uri.path(),
@@ -408,9 +466,26 @@ async fn finish(
         status: response.status,
         response_headers: &response.headers,
         response_body,
+        response_unseen,
         answered_by,
     };
     ticket.finish(exchange).await;
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, and any request with
+/// more than one, is refused with 400 (HTTP/2 carries `:authority`; an
+/// HTTP/1.0 request may lack `Host`).
+fn check_host(parts: &http::request::Parts) -> Result<(), ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::downstream(Kind::BadRequest(
+            "more than one Host header".into(),
+        ))),
+        (None, _) if parts.version == http::Version::HTTP_11 => Err(ProxyError::downstream(
+            Kind::BadRequest("no Host header in an HTTP/1.1 request".into()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 trait CloneParts {
@@ -461,8 +536,13 @@ fn error_response(error: &ProxyError) -> Response<ProxyBody> {
             headers.insert(header::RETRY_AFTER, value);
         }
     }
-    if matches!(error.kind, Kind::AmbiguousFraming(_)) {
-        // RFC 9112 §6.3: close after answering a CL+TE request.
+    if matches!(
+        error.kind,
+        Kind::AmbiguousFraming(_) | Kind::BodyTimeout(_) | Kind::DownstreamBody(_)
+    ) {
+        // RFC 9112 §6.3: close after answering a CL+TE request; after a
+        // body that was cut, malformed or too slow the connection's framing
+        // is lost as well.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response

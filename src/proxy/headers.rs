@@ -9,30 +9,92 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `Issuer`: selects a Connect2id issuer alias.
-pub(crate) const ISSUER: HeaderName = HeaderName::from_static("issuer");
+pub const ISSUER: HeaderName = HeaderName::from_static("issuer");
 /// `Tenant-ID`: selects a tenant in the multi-tenant edition.
-pub(crate) const TENANT_ID: HeaderName = HeaderName::from_static("tenant-id");
+pub const TENANT_ID: HeaderName = HeaderName::from_static("tenant-id");
 /// `X-Forwarded-For`.
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
-pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
-pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// `Forwarded` (RFC 7239).
-pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Which of the headers hygiene acts on a map holds, from one pass over
+/// its names: most requests carry none of them, and a removal costs a hash
+/// and a probe even when the header is absent (this pass replaced ten such
+/// removals per request and response: benches/README.md §7, lever 4).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Present {
+    connection: bool,
+    keep_alive: bool,
+    transfer_encoding: bool,
+    upgrade: bool,
+    te: bool,
+    proxy: bool,
+    /// `Issuer` or `Tenant-ID`.
+    pub issuer: bool,
+    /// `Forwarded`.
+    pub forwarded: bool,
+    /// `Expect`.
+    pub expect: bool,
+}
+
+impl Present {
+    /// One pass over the names in `headers`.
+    pub fn scan(headers: &HeaderMap) -> Self {
+        let mut present = Self::default();
+        for name in headers.keys() {
+            if *name == header::CONNECTION {
+                present.connection = true;
+            } else if *name == header::TRANSFER_ENCODING {
+                present.transfer_encoding = true;
+            } else if *name == header::UPGRADE {
+                present.upgrade = true;
+            } else if *name == header::TE {
+                present.te = true;
+            } else if *name == header::EXPECT {
+                present.expect = true;
+            } else if *name == KEEP_ALIVE {
+                present.keep_alive = true;
+            } else if *name == ISSUER || *name == TENANT_ID {
+                present.issuer = true;
+            } else if *name == FORWARDED {
+                present.forwarded = true;
+            } else if is_proxy_header(name) {
+                present.proxy = true;
+            }
+        }
+        present
+    }
+}
 
 /// Removes hop-by-hop headers: `Connection` and every header it names,
 /// `Keep-Alive`, `Transfer-Encoding`, `Upgrade`, every `Proxy-*`, and `TE`
 /// except its `trailers` token (which asks the next hop to keep trailers).
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let present = Present::scan(headers);
+    strip_hop_by_hop_present(headers, present);
+}
+
+/// [`strip_hop_by_hop`] with the names already scanned.
+pub fn strip_hop_by_hop_present(headers: &mut HeaderMap, present: Present) {
+    if present.connection {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .map(str::trim)
+            // The connection options that are no header names (the
+            // `Keep-Alive` header goes below anyway): no allocation for
+            // the common `Connection: keep-alive` / `close`.
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("keep-alive") && !token.eq_ignore_ascii_case("close")
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
         for name in named {
             // A client naming an end-to-end header we must keep for the
@@ -42,10 +104,18 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    if let Some(te) = headers.remove(header::TE) {
+    if present.keep_alive {
+        headers.remove(KEEP_ALIVE);
+    }
+    if present.transfer_encoding {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present.upgrade {
+        headers.remove(header::UPGRADE);
+    }
+    if present.te
+        && let Some(te) = headers.remove(header::TE)
+    {
         let wants_trailers = te
             .to_str()
             .map(|v| {
@@ -57,7 +127,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
-    if headers.keys().any(is_proxy_header) {
+    if present.proxy {
         let proxy_headers: Vec<HeaderName> = headers
             .keys()
             .filter(|n| is_proxy_header(n))
@@ -75,18 +145,24 @@ fn is_proxy_header(name: &HeaderName) -> bool {
 
 /// Removes client-sent `Issuer` and `Tenant-ID` unless the operator declared
 /// the network in front trusted.
-pub(crate) fn scrub_issuer(headers: &mut HeaderMap, trusted: bool) {
-    if !trusted {
+pub fn scrub_issuer(headers: &mut HeaderMap, trusted: bool) {
+    if !trusted && Present::scan(headers).issuer {
         headers.remove(ISSUER);
         headers.remove(TENANT_ID);
     }
 }
 
+/// A peer address as an `X-Forwarded-For` value.
+pub fn client_ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
 /// What the proxy knows about the downstream hop.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Hop<'a> {
-    /// The peer address of the downstream connection.
-    pub client_ip: IpAddr,
+pub struct Hop<'a> {
+    /// The peer address of the downstream connection, as a header value
+    /// (made once per connection: see [`client_ip_value`]).
+    pub client_ip: &'a HeaderValue,
     /// `https` when TLS was terminated here, else `http`.
     pub proto: &'static str,
     /// The host the client asked for (`Host` header or `:authority`).
@@ -97,8 +173,18 @@ pub(crate) struct Hop<'a> {
 /// front that sets them) the client IP is appended to the existing chain and
 /// existing proto/host are kept; without it, client-sent values (and
 /// `Forwarded`) are discarded so nobody can spoof them.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, hop: Hop<'_>, trusted: bool) {
-    let ip = hop.client_ip.to_string();
+pub fn set_forwarded(headers: &mut HeaderMap, hop: Hop<'_>, trusted: bool) {
+    let forwarded = !trusted && Present::scan(headers).forwarded;
+    set_forwarded_present(headers, hop, trusted, forwarded);
+}
+
+/// [`set_forwarded`] knowing whether `Forwarded` is present.
+pub fn set_forwarded_present(
+    headers: &mut HeaderMap,
+    hop: Hop<'_>,
+    trusted: bool,
+    forwarded: bool,
+) {
     let existing_for = if trusted {
         let chain: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
@@ -109,14 +195,18 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, hop: Hop<'_>, trusted: bool
     } else {
         None
     };
-    let value = match existing_for {
-        Some(chain) => format!("{chain}, {ip}"),
-        None => ip,
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, value);
+    match existing_for {
+        Some(chain) => {
+            let ip = hop.client_ip.to_str().unwrap_or_default();
+            if let Ok(value) = HeaderValue::from_str(&format!("{chain}, {ip}")) {
+                headers.insert(X_FORWARDED_FOR, value);
+            }
+        }
+        None => {
+            headers.insert(X_FORWARDED_FOR, hop.client_ip.clone());
+        }
     }
-    if !trusted {
+    if !trusted && forwarded {
         headers.remove(FORWARDED);
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -200,8 +290,9 @@ mod tests {
     #[test]
     fn forwarded_headers_replace_untrusted_values() {
         let host = HeaderValue::from_static("login.example.com");
+        let ip = client_ip_value("192.0.2.7".parse().unwrap());
         let hop = Hop {
-            client_ip: "192.0.2.7".parse().unwrap(),
+            client_ip: &ip,
             proto: "https",
             host: Some(&host),
         };
@@ -219,8 +310,9 @@ mod tests {
 
     #[test]
     fn forwarded_headers_append_when_trusted() {
+        let ip = client_ip_value("10.1.1.1".parse().unwrap());
         let hop = Hop {
-            client_ip: "10.1.1.1".parse().unwrap(),
+            client_ip: &ip,
             proto: "http",
             host: None,
         };

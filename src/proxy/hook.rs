@@ -34,6 +34,27 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RouteId(pub u16);
 
+/// Why the hook did not get the primary's response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unseen {
+    /// Larger than the inspection cap (`proxy.max_body_bytes`); the client
+    /// got it whole, streamed.
+    TooLarge,
+    /// The body broke off or timed out after the status arrived; the
+    /// client's answer failed, but the primary may have made the change.
+    Cut,
+}
+
+impl Unseen {
+    /// A label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Cut => "cut",
+        }
+    }
+}
+
 /// A completed exchange with the primary, as the hook sees it.
 #[derive(Debug)]
 pub struct Exchange<'a> {
@@ -52,9 +73,11 @@ pub struct Exchange<'a> {
     pub status: StatusCode,
     /// The primary's response headers.
     pub response_headers: &'a HeaderMap,
-    /// The primary's response body, or `None` when it was larger than the
-    /// inspection cap (it is then streamed to the client unseen).
+    /// The primary's response body, or `None` when the hook cannot see it
+    /// (`response_unseen` says why).
     pub response_body: Option<&'a Bytes>,
+    /// Why `response_body` is `None`.
+    pub response_unseen: Option<Unseen>,
     /// Which upstream answered (the primary, or the previous primary when
     /// the ticket redirected the request there).
     pub answered_by: Side,
@@ -87,8 +110,10 @@ pub trait Ticket: Send {
         None
     }
 
-    /// Called with the completed exchange (whatever the primary's status);
-    /// the downstream response is released when this returns.
+    /// Called with the completed exchange (whatever the primary's status,
+    /// and also when the response body broke off after the status: the
+    /// change may have happened); the downstream response is released when
+    /// this returns.
     fn finish<'a>(self: Box<Self>, exchange: Exchange<'a>) -> BoxFuture<'a, ()>;
 
     /// Called instead of `finish` when no exchange happened (the primary

@@ -5,8 +5,10 @@
 //! values: every access and refresh token the source issues is created in
 //! Authlete with `/auth/token/create` and the observed values; a rotation
 //! creates the new pair, then deletes the old one; a refresh that keeps its
-//! refresh token creates the new access token alone; a revocation removes
-//! the pair. A value Authlete already holds ("already exists") counts as
+//! refresh token (no rotation) creates the new access token with the kept
+//! refresh token in place of the pair that held it, so a refresh token
+//! issued before the proxy came reaches Authlete at its first use; a
+//! revocation removes the pair. A value Authlete already holds ("already exists") counts as
 //! success, so replays after a crash are harmless.
 //!
 //! Clients are created with `clientIdAlias` = the Connect2id `client_id`
@@ -80,6 +82,9 @@ pub(crate) fn authlete_grant(grant_type: &str) -> &'static str {
         "urn:openid:params:grant-type:ciba" => "CIBA",
         "urn:ietf:params:oauth:grant-type:device_code" => "DEVICE_CODE",
         "urn:ietf:params:oauth:grant-type:jwt-bearer" => "JWT_BEARER",
+        // The access token of an implicit or hybrid flow: Authlete gives
+        // such a pair no refresh token, as the flow does not.
+        "implicit" => "IMPLICIT",
         _ => "AUTHORIZATION_CODE",
     }
 }
@@ -175,6 +180,11 @@ impl Authlete {
         }
     }
 
+    /// The upstream of the Authlete API.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.config
@@ -240,10 +250,8 @@ impl Authlete {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).map_err(|err| ApiError::Malformed {
-                server: crate::model::Side::Target,
-                operation: "authlete",
-                message: err.to_string(),
+            serde_json::from_slice(&bytes).map_err(|err| {
+                ApiError::malformed(crate::model::Side::Target, "authlete", &err.to_string())
             })?
         };
         Ok((status, value))
@@ -268,19 +276,7 @@ impl Authlete {
             server: crate::model::Side::Target,
             operation,
             status: status.as_u16(),
-            error: format!(
-                "{} {}",
-                envelope
-                    .get("resultCode")
-                    .and_then(Value::as_str)
-                    .unwrap_or(""),
-                envelope
-                    .get("resultMessage")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-            )
-            .trim()
-            .to_owned(),
+            error: crate::telemetry::redact::error_json(envelope),
         }
     }
 
@@ -724,33 +720,67 @@ impl Authlete {
     }
 }
 
+/// Why the backfill did not copy the refresh token of an exported
+/// authorization record (counted per reason in the backfill report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotCopied {
+    /// The authorization issues no refresh token (`irt` false, no
+    /// refresh-token material): nothing to copy.
+    NoRefreshToken,
+    /// The record holds refresh-token material (`rts`) but no token value
+    /// (`rft`): Connect2id rebuilds the value on demand and the export did
+    /// not carry it. Only lazy capture and the refresh fallback reach it.
+    ValueNotExported,
+    /// The refresh token expired.
+    Expired,
+    /// The record names no subject or client.
+    Unnamed,
+}
+
+impl NotCopied {
+    /// The report's name for the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRefreshToken => "no_refresh_token",
+            Self::ValueNotExported => "value_not_exported",
+            Self::Expired => "expired",
+            Self::Unnamed => "no_subject_or_client",
+        }
+    }
+}
+
 /// The token of a Connect2id long-lived authorization record, for the
-/// backfill: its current refresh token (`rft`) with the remaining lifetime
-/// (`rtl` counts from `rti`; 0 means unbounded). `None` when the record
-/// carries no refresh token or it expired.
-pub(crate) fn spec_of_record(record: &Value, config: &Config) -> Option<TokenSpec> {
-    let refresh = record.get("rft").and_then(Value::as_str)?;
-    let subject = record.get("sub").and_then(Value::as_str)?;
-    let client = record.get("cid").and_then(Value::as_str)?;
+/// backfill: its exported refresh token (`rft`) with the remaining
+/// lifetime (`rtl` counts from `rti`; 0 means unbounded), or why there is
+/// none to copy.
+///
+/// The exported value is *unconfirmed*: Connect2id may rebuild it from the
+/// record's material (`rts`) instead of echoing what the client holds (RN
+/// 14.0, authz-store/203; always with randomised encryption), so a copy
+/// proves nothing about the client's token. Verify's live sample does.
+pub fn refresh_token_of_record(record: &Value, config: &Config) -> Result<TokenSpec, NotCopied> {
+    let (Some(subject), Some(client)) = (
+        record.get("sub").and_then(Value::as_str),
+        record.get("cid").and_then(Value::as_str),
+    ) else {
+        return Err(NotCopied::Unnamed);
+    };
+    let Some(refresh) = record.get("rft").and_then(Value::as_str) else {
+        let material = record.get("rts").and_then(Value::as_str).is_some()
+            || record.get("irt").and_then(Value::as_bool) == Some(true);
+        return Err(if material {
+            NotCopied::ValueNotExported
+        } else {
+            NotCopied::NoRefreshToken
+        });
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let lifetime = record.get("rtl").and_then(Value::as_u64).unwrap_or(0);
-    let duration = if lifetime == 0 {
-        config.refresh_token_duration.as_secs()
-    } else {
-        let issued = record
-            .get("rti")
-            .or_else(|| record.get("iat"))
-            .and_then(Value::as_u64)
-            .unwrap_or(now);
-        let expires = issued.saturating_add(lifetime);
-        if expires <= now {
-            return None;
-        }
-        expires - now
-    };
-    Some(TokenSpec {
+    let duration = remaining_refresh_lifetime(record, now)
+        .ok_or(NotCopied::Expired)?
+        .unwrap_or(config.refresh_token_duration.as_secs());
+    Ok(TokenSpec {
         grant_type: "AUTHORIZATION_CODE".to_owned(),
         client_id: client.to_owned(),
         subject: Some(subject.to_owned()),
@@ -769,6 +799,28 @@ pub(crate) fn spec_of_record(record: &Value, config: &Config) -> Option<TokenSpe
         refresh_token: Some(refresh.to_owned()),
         refresh_token_duration: duration,
     })
+}
+
+/// [`refresh_token_of_record`], when there is one.
+pub fn spec_of_record(record: &Value, config: &Config) -> Option<TokenSpec> {
+    refresh_token_of_record(record, config).ok()
+}
+
+/// Seconds the refresh token of a Connect2id long-lived authorization
+/// record has left at `now` (epoch seconds): `rtl` counts from `rti` (else
+/// `iat`). `Some(None)`: unbounded (`rtl` 0 or absent); `None`: expired.
+pub fn remaining_refresh_lifetime(record: &Value, now: u64) -> Option<Option<u64>> {
+    let lifetime = record.get("rtl").and_then(Value::as_u64).unwrap_or(0);
+    if lifetime == 0 {
+        return Some(None);
+    }
+    let issued = record
+        .get("rti")
+        .or_else(|| record.get("iat"))
+        .and_then(Value::as_u64)
+        .unwrap_or(now);
+    let expires = issued.saturating_add(lifetime);
+    (expires > now).then(|| Some(expires - now))
 }
 
 /// Whether Authlete takes this client secret (spec §4.3).

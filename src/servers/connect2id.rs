@@ -6,20 +6,27 @@
 //!   codec's `encoded_client_secret`) → `preferred_client_secret`;
 //!   `client_id_issued_at`, `registration_access_token` and
 //!   `registration_client_uri` dropped (the server regenerates them).
-//!   Import is documented for create only, and `PUT` mints a new secret by
-//!   default (spec §2.4), so a changed client is replaced: `DELETE`, then
-//!   `POST` with the preferred values. The secondary takes no traffic before
-//!   cutover, so the moment without the client is harmless there.
+//!   A changed client is updated in place (`PUT` with the master token,
+//!   `preferred_client_secret` when the secret changed): a delete may
+//!   cascade to the client's authorizations and revoke its tokens on a real
+//!   server. That needs a secondary that keeps a secret on update
+//!   (`op.reg.alwaysRefreshClientSecretOnUpdate=false`) and, for a changed
+//!   secret, takes `preferred_client_secret` on update (undocumented);
+//!   where the answer shows another secret the client is replaced
+//!   (`DELETE`, then `POST` with the preferred values) as the last resort.
 //! - authorizations: `POST /authorizations?import=true` with the record as
 //!   read (it replaces the record with the same subject and client).
-//! - sessions: an existing session is updated with `PUT` (never deleted and
-//!   re-created: a delete sends back-channel logout notifications); a new
-//!   one is imported with `POST` and `SID-Key` = the SID up to its last `.`,
-//!   so the secondary recomputes the same SID HMAC.
+//! - sessions: updated in place with `PUT` (never deleted and re-created: a
+//!   delete sends back-channel logout notifications), without reading the
+//!   secondary first; a `404` means the session is new there, and it is
+//!   imported with `POST` and `SID-Key` = the SID up to its last `.`, so
+//!   the secondary recomputes the same SID HMAC.
 //!
 //! Every other field passes through untouched. Session reads use
 //! `skip_last_used_update=true` so that syncing does not extend anyone's
-//! idle timer.
+//! idle timer; a session the secondary last used earlier than the primary
+//! is *touched* there (read without the flag), since no write can carry the
+//! last-used time (a real server sets it to "now" on import).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +40,7 @@ use serde_json::{Map, Value};
 use super::ApiError;
 use crate::http::body::ProxyBody;
 use crate::http::form;
-use crate::model::{Dataset, Secret, Side, TokenKind, sid_key};
+use crate::model::{Dataset, Secret, Side, TokenKind, idle, sid_key};
 
 use crate::upstream::{self, Upstream};
 
@@ -82,6 +89,34 @@ pub struct Connect2id {
     upstream: Arc<Upstream>,
     tokens: ApiTokens,
     timeout: Duration,
+    /// Clients replaced here by delete and create.
+    replaced: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How a client reached this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientWrite {
+    /// It held an equal one.
+    Unchanged,
+    /// Imported (it had none).
+    Created,
+    /// Updated in place.
+    Updated,
+    /// Deleted and imported again: the update could not give it the
+    /// secret. Its authorizations may be gone here (a cascading delete).
+    Replaced,
+}
+
+/// The outcome of [`Connect2id::upsert_client`].
+#[derive(Debug, Clone)]
+pub struct ClientCopy {
+    /// What it took.
+    pub write: ClientWrite,
+    /// The client as this server now holds it (with its own registration
+    /// access token).
+    pub copy: Value,
+    /// Whether the secret differs from the one this server held before.
+    pub secret_changed: bool,
 }
 
 /// A Connect2id management API: each has its own bearer token.
@@ -142,6 +177,7 @@ impl Connect2id {
             upstream,
             tokens,
             timeout,
+            replaced: Arc::default(),
         }
     }
 
@@ -206,16 +242,13 @@ impl Connect2id {
             server: self.server(),
             operation,
             status: answer.status.as_u16(),
-            error: oauth_error(&answer.body),
+            error: crate::telemetry::redact::error_body(&answer.body),
         }
     }
 
     fn parse(&self, operation: &'static str, body: &[u8]) -> Result<Value, ApiError> {
-        serde_json::from_slice(body).map_err(|err| ApiError::Malformed {
-            server: self.server(),
-            operation,
-            message: err.to_string(),
-        })
+        serde_json::from_slice(body)
+            .map_err(|err| ApiError::malformed(self.server(), operation, &err.to_string()))
     }
 
     /// `GET` that maps 404 to `None`.
@@ -231,6 +264,23 @@ impl Connect2id {
             status if status.is_success() => self.parse(operation, &answer.body).map(Some),
             _ => Err(self.rejected(operation, &answer)),
         }
+    }
+
+    /// A write that must succeed; its JSON answer (`null` when empty).
+    async fn write_answer(
+        &self,
+        api: Api,
+        operation: &'static str,
+        request: Request<ProxyBody>,
+    ) -> Result<Value, ApiError> {
+        let answer = self.call(api, request).await?;
+        if !answer.status.is_success() {
+            return Err(self.rejected(operation, &answer));
+        }
+        if answer.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        self.parse(operation, &answer.body)
     }
 
     /// A write that must succeed (or, for deletes, find nothing).
@@ -266,8 +316,9 @@ impl Connect2id {
     }
 
     /// Creates a client with the identifiers and secret of `record` (a
-    /// record as read from another server).
-    pub async fn import_client(&self, record: &Value) -> Result<(), ApiError> {
+    /// record as read from another server); this server's answer (with the
+    /// registration access token it minted).
+    pub async fn import_client(&self, record: &Value) -> Result<Value, ApiError> {
         let body = serde_json::to_vec(&client_import_form(record))
             .map_err(|err| ApiError::Transient(err.to_string()))?;
         let request = self.request(
@@ -276,24 +327,100 @@ impl Connect2id {
             "/clients",
             Some(("application/json", body)),
         )?;
-        self.write(Api::Clients, "POST /clients", request, false)
+        self.write_answer(Api::Clients, "POST /clients", request)
             .await
     }
 
-    /// Makes this server hold `record` (read from the primary): nothing if
-    /// it already holds an equal one, else replace.
-    pub(crate) async fn upsert_client(&self, record: &Value) -> Result<(), ApiError> {
+    /// Updates a client in place (`PUT /clients/{id}` with the master
+    /// token) to the metadata of `record`, asking for `record`'s secret with
+    /// `preferred_client_secret` when it differs from `current_secret`;
+    /// this server's answer. Whether the server keeps or takes the secret
+    /// depends on its settings: the caller checks the answer.
+    pub async fn update_client(
+        &self,
+        record: &Value,
+        current_secret: Option<&str>,
+    ) -> Result<Value, ApiError> {
         let client_id = record
             .get("client_id")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if let Some(existing) = self.get_client(client_id).await? {
-            if Dataset::Clients.comparable(&existing) == Dataset::Clients.comparable(record) {
-                return Ok(());
-            }
-            self.delete_client(client_id).await?;
+        let body = serde_json::to_vec(&client_update_form(record, current_secret))
+            .map_err(|err| ApiError::Transient(err.to_string()))?;
+        let request = self.request(
+            Api::Clients,
+            Method::PUT,
+            &client_path(client_id),
+            Some(("application/json", body)),
+        )?;
+        self.write_answer(Api::Clients, "PUT /clients/{id}", request)
+            .await
+    }
+
+    /// Makes this server hold `record` (read from the primary): nothing if
+    /// it already holds an equal one, else an in-place update, and a
+    /// replacement (delete, then create with the same id and secret) only
+    /// when the update did not leave the client with `record`'s secret.
+    /// A delete may cascade to the client's authorizations and revoke its
+    /// tokens on a real server (domain-gaps Q1.2), so it is the last
+    /// resort, counted in [`Connect2id::clients_replaced`].
+    pub async fn upsert_client(&self, record: &Value) -> Result<ClientCopy, ApiError> {
+        let client_id = record
+            .get("client_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(existing) = self.get_client(client_id).await? else {
+            let copy = self.import_client(record).await?;
+            return Ok(ClientCopy {
+                write: ClientWrite::Created,
+                copy,
+                secret_changed: false,
+            });
+        };
+        let secret_changed = client_secret(&existing) != client_secret(record);
+        if Dataset::Clients.comparable(&existing) == Dataset::Clients.comparable(record) {
+            return Ok(ClientCopy {
+                write: ClientWrite::Unchanged,
+                copy: existing,
+                secret_changed,
+            });
         }
-        self.import_client(record).await
+        let reason = match self.update_client(record, client_secret(&existing)).await {
+            Ok(updated) if client_secret(&updated) == client_secret(record) => {
+                return Ok(ClientCopy {
+                    write: ClientWrite::Updated,
+                    copy: updated,
+                    secret_changed,
+                });
+            }
+            Ok(_) if secret_changed => {
+                "it did not take the new secret on update (preferred_client_secret)"
+            }
+            Ok(_) => "it minted a new secret on update (op.reg.alwaysRefreshClientSecretOnUpdate)",
+            Err(ApiError::Rejected { .. }) => "it refused the update",
+            Err(other) => return Err(other),
+        };
+        tracing::warn!(
+            server = %self.server(),
+            client_id,
+            reason,
+            "replacing a client by delete and create: its authorizations may be deleted and its tokens revoked there"
+        );
+        self.delete_client(client_id).await?;
+        let copy = self.import_client(record).await?;
+        self.replaced
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(ClientCopy {
+            write: ClientWrite::Replaced,
+            copy,
+            secret_changed,
+        })
+    }
+
+    /// How many clients this process replaced here by delete and create
+    /// (see [`Connect2id::upsert_client`]).
+    pub fn clients_replaced(&self) -> u64 {
+        self.replaced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     // ---- authorizations ----
@@ -483,6 +610,58 @@ impl Connect2id {
         Ok(value.get("sub").and_then(Value::as_str).map(str::to_owned))
     }
 
+    /// Replays a client's token revocation here (`POST /token/revoke` with
+    /// the client's own form and `Authorization`): revoking mints nothing.
+    /// A refusal of the client's credentials (not ours) is final.
+    pub async fn replay_revocation(
+        &self,
+        form: &str,
+        authorization: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let operation = "POST /token/revoke (replayed)";
+        let uri = self
+            .upstream
+            .url
+            .endpoint("/token/revoke")
+            .map_err(|err| ApiError::Transient(format!("invalid endpoint: {err}")))?;
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(authorization) = authorization {
+            let mut value =
+                http::HeaderValue::from_str(authorization).map_err(|_| ApiError::Rejected {
+                    server: self.server(),
+                    operation,
+                    status: 0,
+                    error: "the client's Authorization header is not a valid header value"
+                        .to_owned(),
+                })?;
+            value.set_sensitive(true);
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        let request = builder
+            .body(ProxyBody::full(Bytes::from(form.to_owned())))
+            .map_err(|err| ApiError::Transient(format!("cannot build request: {err}")))?;
+        let answer = match self.call(Api::AuthzStore, request).await {
+            Err(ApiError::Credentials { status, .. }) => {
+                return Err(ApiError::Rejected {
+                    server: self.server(),
+                    operation,
+                    status,
+                    error: "the client's credentials were refused (secret rotated since?)"
+                        .to_owned(),
+                });
+            }
+            other => other?,
+        };
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(self.rejected(operation, &answer))
+        }
+    }
+
     // ---- sessions ----
 
     /// One session by SID, without bumping its idle timer.
@@ -537,13 +716,41 @@ impl Connect2id {
         }
     }
 
+    /// Uses a session the way a session read by the login page does
+    /// (`GET` without `skip_last_used_update`): the server sets its
+    /// last-used time to now (RN 15.3). Whether it was found.
+    pub async fn touch_session(&self, sid: &str) -> Result<bool, ApiError> {
+        let mut request = self.request(
+            Api::SessionStore,
+            Method::GET,
+            "/session-store/rest/v2/sessions",
+            None,
+        )?;
+        insert_sid(&mut request, "sid", sid)?;
+        Ok(self
+            .get_optional(
+                Api::SessionStore,
+                "GET /session-store/rest/v2/sessions (touch)",
+                request,
+            )
+            .await?
+            .is_some())
+    }
+
     /// Makes this server hold `session` under `sid`: update if it exists,
-    /// else import with `SID-Key`.
-    pub(crate) async fn upsert_session(&self, sid: &str, session: &Value) -> Result<(), ApiError> {
+    /// else import with `SID-Key`. A session this server last used earlier
+    /// than `session` says (beyond [`idle::LAST_USED_TOLERANCE`]) is touched
+    /// too: an import or update cannot set the last-used time, and the
+    /// copy must not idle out before the original.
+    pub async fn upsert_session(&self, sid: &str, session: &Value) -> Result<(), ApiError> {
         let Some(existing) = self.get_session(sid).await? else {
             return self.import_session(sid, session).await;
         };
+        let behind = idle::behind(session, &existing, idle::LAST_USED_TOLERANCE);
         if Dataset::Sessions.comparable(&existing) == Dataset::Sessions.comparable(session) {
+            if behind {
+                self.touch_session(sid).await?;
+            }
             return Ok(());
         }
         let body =
@@ -561,7 +768,12 @@ impl Connect2id {
             request,
             false,
         )
-        .await
+        .await?;
+        // Whether an update counts as a use is undocumented: make sure.
+        if behind {
+            self.touch_session(sid).await?;
+        }
+        Ok(())
     }
 
     /// Imports a session under `sid` (`POST` with `SID-Key`).
@@ -662,23 +874,48 @@ fn insert_sid(
     Ok(())
 }
 
-/// The `error` and a shortened `error_description` of an OAuth-style error
-/// body (never the rest of the body, which may echo secrets).
-fn oauth_error(body: &[u8]) -> String {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return "(no OAuth error body)".to_owned();
-    };
-    let error = value
-        .get("error")
+/// A client's secret as a record shows it: `client_secret`, else a secret
+/// codec's `encoded_client_secret`.
+pub fn client_secret(record: &Value) -> Option<&str> {
+    record
+        .get("client_secret")
+        .or_else(|| record.get("encoded_client_secret"))
         .and_then(Value::as_str)
-        .unwrap_or("unknown_error");
-    match value.get("error_description").and_then(Value::as_str) {
-        Some(description) => {
-            let short: String = description.chars().take(160).collect();
-            format!("{error}: {short}")
+}
+
+/// A client's registration access token as a record shows it.
+pub fn registration_access_token(record: &Value) -> Option<&str> {
+    record
+        .get("registration_access_token")
+        .and_then(Value::as_str)
+}
+
+/// A client record in the form `PUT /clients/{id}` takes (RFC 7592: the
+/// whole metadata with `client_id`; what each server generates itself
+/// dropped), asking for the record's secret with `preferred_client_secret`
+/// when it is not `current_secret` already.
+pub fn client_update_form(record: &Value, current_secret: Option<&str>) -> Value {
+    let Value::Object(fields) = record else {
+        return record.clone();
+    };
+    let mut out = Map::with_capacity(fields.len());
+    for (name, value) in fields {
+        match name.as_str() {
+            "client_secret"
+            | "encoded_client_secret"
+            | "client_id_issued_at"
+            | "client_secret_expires_at"
+            | "registration_access_token"
+            | "registration_client_uri" => {}
+            _ => {
+                out.insert(name.clone(), value.clone());
+            }
         }
-        None => error.to_owned(),
     }
+    if let Some(secret) = client_secret(record).filter(|secret| Some(*secret) != current_secret) {
+        out.insert("preferred_client_secret".to_owned(), secret.into());
+    }
+    Value::Object(out)
 }
 
 /// A client record in the form `POST /clients` imports (migration guide,
@@ -742,6 +979,31 @@ mod tests {
     }
 
     #[test]
+    fn an_update_asks_for_the_secret_only_when_it_changed() {
+        let record = json!({
+            "client_id": "s6BhdRkqt3",
+            "client_secret": "new-secret",
+            "client_id_issued_at": 1504187117,
+            "client_secret_expires_at": 0,
+            "registration_access_token": "7ykDWJO481cGp66GddfsNMwwp2TptkTUH1XdgAFx9Yk.Kg",
+            "registration_client_uri": "https://c2id.example.com/clients/s6BhdRkqt3",
+            "client_name": "Shop",
+        });
+        assert_eq!(
+            client_update_form(&record, Some("old-secret")),
+            json!({"client_id": "s6BhdRkqt3", "client_name": "Shop", "preferred_client_secret": "new-secret"})
+        );
+        assert_eq!(
+            client_update_form(&record, Some("new-secret")),
+            json!({"client_id": "s6BhdRkqt3", "client_name": "Shop"})
+        );
+        assert_eq!(
+            client_secret(&json!({"encoded_client_secret": "h"})),
+            Some("h")
+        );
+    }
+
+    #[test]
     fn encoded_secrets_are_imported_as_preferred_secret() {
         let record = json!({"client_id": "a", "encoded_client_secret": "$2a$10$hash"});
         assert_eq!(
@@ -769,15 +1031,5 @@ mod tests {
             Dataset::Sessions.comparable(&s1),
             Dataset::Sessions.comparable(&s2)
         );
-    }
-
-    #[test]
-    fn error_bodies_are_shortened_to_the_oauth_error() {
-        let body = br#"{"error":"invalid_client_metadata","error_description":"Invalid redirect_uris","client_secret":"x"}"#;
-        assert_eq!(
-            oauth_error(body),
-            "invalid_client_metadata: Invalid redirect_uris"
-        );
-        assert_eq!(oauth_error(b"<html>"), "(no OAuth error body)");
     }
 }

@@ -15,10 +15,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::model::{Change, Key};
+use crate::journal::Registrations;
+use crate::model::{Change, Key, Side};
 use crate::servers::ApiError;
 use crate::servers::Servers;
-use crate::servers::connect2id::Connect2id;
+use crate::servers::connect2id::{ClientWrite, Connect2id, registration_access_token};
 
 /// A boxed future, for the object-safe [`Apply`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,6 +39,10 @@ pub trait Apply: Send + Sync + std::fmt::Debug + 'static {
         record: &'a Value,
     ) -> BoxFuture<'a, Result<(), ApiError>>;
 
+    /// The server changes are written to now, whose concurrency limiter
+    /// the engine's jobs take their permits from.
+    fn secondary(&self) -> Side;
+
     /// Whether changes flow to the secondary now (nothing flows back to
     /// the source after a cutover to an Authlete-based server).
     fn is_active(&self) -> bool {
@@ -55,12 +60,103 @@ pub trait Apply: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug)]
 pub struct Connect2idCopy {
     servers: Arc<Servers>,
+    /// Each client's registration access token on each side, and when its
+    /// secret last changed (what no record copy carries).
+    registrations: Option<Arc<Registrations>>,
 }
 
 impl Connect2idCopy {
     /// A copier between the two servers (whichever is primary at the time).
     pub fn new(servers: Arc<Servers>) -> Self {
-        Self { servers }
+        Self {
+            servers,
+            registrations: None,
+        }
+    }
+
+    /// Keeps `registrations` up to date with every client copied.
+    pub fn with_registrations(mut self, registrations: Arc<Registrations>) -> Self {
+        self.registrations = Some(registrations);
+        self
+    }
+
+    /// Copies the current state of `key` from side `read` to the other.
+    /// Returns follow-ups: the authorizations of a client the secondary
+    /// replaced (a cascading delete may have removed them there).
+    async fn sync_key(&self, read: Side, key: &Key) -> Result<Vec<Change>, ApiError> {
+        let (from, to) = (self.servers.api(read), self.servers.api(read.other()));
+        let Key::Client { client_id } = key else {
+            sync_key(from, to, key).await?;
+            return Ok(Vec::new());
+        };
+        let Some(record) = from.get_client(client_id).await? else {
+            to.delete_client(client_id).await?;
+            self.forget_client(client_id).await?;
+            return Ok(Vec::new());
+        };
+        let copied = to.upsert_client(&record).await?;
+        self.remember_client(read, &record, &copied.copy, copied.secret_changed)
+            .await?;
+        if copied.write != ClientWrite::Replaced {
+            return Ok(Vec::new());
+        }
+        let origin = (read != self.servers.primary_side()).then_some(read);
+        Ok(from
+            .list_authorizations(("client_id", client_id))
+            .await?
+            .iter()
+            .filter_map(Key::of_authorization)
+            .map(|key| Change::Sync { key, from: origin })
+            .collect())
+    }
+
+    /// Records a client's registration access tokens as read on side
+    /// `read` (`record`) and as written on the other (`copy`).
+    async fn remember_client(
+        &self,
+        read: Side,
+        record: &Value,
+        copy: &Value,
+        secret_changed: bool,
+    ) -> Result<(), ApiError> {
+        let Some(registrations) = self.registrations.clone() else {
+            return Ok(());
+        };
+        let Some(client_id) = record.get("client_id").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let client_id = client_id.to_owned();
+        let read_token = registration_access_token(record).map(str::to_owned);
+        let written_token = registration_access_token(copy).map(str::to_owned);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        blocking(move || {
+            registrations.update(&client_id, |entry| {
+                let (read_slot, written_slot) = match read {
+                    Side::Source => (&mut entry.source, &mut entry.target),
+                    Side::Target => (&mut entry.target, &mut entry.source),
+                };
+                if read_token.is_some() {
+                    *read_slot = read_token;
+                }
+                if written_token.is_some() {
+                    *written_slot = written_token;
+                }
+                if secret_changed {
+                    entry.secret_changed_at = Some(now);
+                }
+            })
+        })
+        .await
+    }
+
+    async fn forget_client(&self, client_id: &str) -> Result<(), ApiError> {
+        let Some(registrations) = self.registrations.clone() else {
+            return Ok(());
+        };
+        let client_id = client_id.to_owned();
+        blocking(move || registrations.forget(&client_id)).await
     }
 
     async fn apply_change(&self, change: &Change) -> Result<Vec<Change>, ApiError> {
@@ -68,18 +164,28 @@ impl Connect2idCopy {
         let secondary = self.servers.secondary_api();
         match change {
             Change::Token { .. } => Ok(Vec::new()),
-            Change::Sync { key, from } => {
-                let read = from.unwrap_or_else(|| self.servers.primary_side());
-                sync_key(self.servers.api(read), self.servers.api(read.other()), key).await?;
+            Change::RevokeToken {
+                form,
+                authorization,
+                ..
+            } => {
+                secondary
+                    .replay_revocation(form, authorization.as_deref())
+                    .await?;
                 Ok(Vec::new())
             }
+            Change::Sync { key, from } => {
+                let read = from.unwrap_or_else(|| self.servers.primary_side());
+                self.sync_key(read, key).await
+            }
             Change::SubjectSessions { subject } => {
-                let mut sids: Vec<String> = primary
-                    .subject_sessions(subject)
-                    .await?
-                    .into_keys()
-                    .collect();
-                sids.extend(secondary.subject_sessions(subject).await?.into_keys());
+                // Independent reads: both at once.
+                let (on_primary, on_secondary) = tokio::join!(
+                    primary.subject_sessions(subject),
+                    secondary.subject_sessions(subject)
+                );
+                let mut sids: Vec<String> = on_primary?.into_keys().collect();
+                sids.extend(on_secondary?.into_keys());
                 sids.sort();
                 sids.dedup();
                 Ok(sids
@@ -156,19 +262,47 @@ impl Apply for Connect2idCopy {
         key: &'a Key,
         record: &'a Value,
     ) -> BoxFuture<'a, Result<(), ApiError>> {
-        Box::pin(write_exported(self.servers.secondary_api(), key, record))
+        Box::pin(async move {
+            let secondary = self.servers.secondary_api();
+            let Key::Client { .. } = key else {
+                return write_exported(secondary, key, record).await;
+            };
+            // The one-request import first (the usual case: the record is
+            // new), the full upsert when the secondary refuses it.
+            let (copy, secret_changed) = match secondary.import_client(record).await {
+                Err(ApiError::Rejected { .. }) => {
+                    let copied = secondary.upsert_client(record).await?;
+                    (copied.copy, copied.secret_changed)
+                }
+                other => (other?, false),
+            };
+            self.remember_client(self.servers.primary_side(), record, &copy, secret_changed)
+                .await
+        })
+    }
+
+    fn secondary(&self) -> Side {
+        self.servers.primary_side().other()
     }
 }
 
-/// Writes an exported record to the secondary with the import semantics,
-/// trying the one-request import first (the usual case: the record is new)
-/// and falling back to the full upsert when the secondary refuses it.
+/// Runs a registration-map write off the async threads (it fdatasyncs).
+async fn blocking(
+    write: impl FnOnce() -> Result<(), crate::journal::Error> + Send + 'static,
+) -> Result<(), ApiError> {
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(|err| ApiError::Transient(format!("registration map write stopped: {err}")))?
+        .map_err(|err| ApiError::Transient(format!("cannot persist the registration map: {err}")))
+}
+
+/// Writes an exported authorization or session to the secondary with the
+/// import semantics, trying the one-request import first (the usual case:
+/// the record is new) and falling back to the full upsert when the
+/// secondary refuses it.
 async fn write_exported(secondary: &Connect2id, key: &Key, record: &Value) -> Result<(), ApiError> {
     match key {
-        Key::Client { .. } => match secondary.import_client(record).await {
-            Err(ApiError::Rejected { .. }) => secondary.upsert_client(record).await,
-            other => other,
-        },
+        Key::Client { .. } => Ok(()),
         Key::Authorization { .. } => secondary.import_authorization(record).await,
         Key::Session { sid } => match secondary.import_session(sid, record).await {
             Err(ApiError::Rejected { .. }) => secondary.upsert_session(sid, record).await,
@@ -177,13 +311,18 @@ async fn write_exported(secondary: &Connect2id, key: &Key, record: &Value) -> Re
     }
 }
 
-/// Copies the current state of `key` from `primary` to `secondary`.
+/// Copies the current state of `key` from `primary` to `secondary`, in as
+/// few round trips to the secondary as its API allows (README, "Round
+/// trips per key"): authorizations are imported (an upsert by subject and
+/// client) and sessions updated in place without reading the secondary
+/// first; a client is read on both sides at once, because writing one is
+/// not idempotent (an update may mint a secret, a re-create may revoke its
+/// tokens), so an unchanged one is left alone.
 async fn sync_key(primary: &Connect2id, secondary: &Connect2id, key: &Key) -> Result<(), ApiError> {
     match key {
-        Key::Client { client_id } => match primary.get_client(client_id).await? {
-            Some(record) => secondary.upsert_client(&record).await,
-            None => secondary.delete_client(client_id).await,
-        },
+        // Clients go through `Connect2idCopy::sync_key` (their credentials
+        // are remembered on the way).
+        Key::Client { .. } => Ok(()),
         Key::Authorization { subject, client_id } => {
             match primary.get_authorization(subject, client_id).await? {
                 Some(record) => secondary.import_authorization(&record).await,

@@ -34,9 +34,20 @@ impl AuthleteApply {
 impl Apply for AuthleteApply {
     fn apply<'a>(&'a self, change: &'a Change) -> BoxFuture<'a, Result<Vec<Change>, ApiError>> {
         Box::pin(async move {
-            if !self.is_active() {
+            let fallback_tokens = matches!(
+                change,
+                Change::Token {
+                    event: TokenEvent::Issued {
+                        issued_by: Some(Side::Source),
+                        ..
+                    }
+                }
+            );
+            if !self.is_active() && !fallback_tokens {
                 // After a cutover to an Authlete-based server nothing flows
-                // back to the Connect2id source.
+                // back to the Connect2id source; only what the old server
+                // issued in a fallback (a refresh the new server did not
+                // know) still goes to Authlete.
                 return Ok(Vec::new());
             }
             authlete_change(&self.authlete, self.servers.api(Side::Source), change).await
@@ -49,6 +60,12 @@ impl Apply for AuthleteApply {
         record: &'a Value,
     ) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(write_exported_authlete(&self.authlete, key, record))
+    }
+
+    fn secondary(&self) -> Side {
+        // Nothing flows back to the source: Authlete is the only server
+        // this policy writes to.
+        Side::Target
     }
 
     fn is_active(&self) -> bool {
@@ -82,99 +99,8 @@ async fn authlete_change(
             None => authlete.delete_client(client_id).await.map(|()| Vec::new()),
         },
         Change::Token {
-            event:
-                TokenEvent::Issued {
-                    grant_type,
-                    client_id,
-                    subject,
-                    scopes,
-                    access_token,
-                    expires_in,
-                    refresh_token,
-                    refresh_expires_in,
-                    replaced_refresh,
-                    client_auth,
-                },
-        } => {
-            let grant = authlete_grant(grant_type);
-            let subject = match subject {
-                Some(subject) => Some(subject.clone()),
-                None if grant == "CLIENT_CREDENTIALS" => None,
-                None => match resolve_subject(
-                    source,
-                    client_id,
-                    access_token,
-                    refresh_token.as_deref().or(replaced_refresh.as_deref()),
-                    client_auth.as_deref(),
-                )
-                .await?
-                {
-                    Resolution::Subject(subject) => Some(subject),
-                    Resolution::Gone => {
-                        // Revoked at the source (or its client deleted)
-                        // since it was issued: nothing to create, and the
-                        // pair it replaced is dead too.
-                        if let Some(old) = replaced_refresh {
-                            authlete.revoke_refresh_token(old).await?;
-                        }
-                        tracing::debug!(client_id = %client_id, "tokens no longer active at the source; not created");
-                        return Ok(Vec::new());
-                    }
-                    Resolution::Unknown => {
-                        return Err(ApiError::Rejected {
-                            server: crate::model::Side::Source,
-                            operation: "inspection",
-                            status: 404,
-                            error: "the subject of an identifier access token could not be resolved (transient authorization, client not using a secret); Authlete needs it".to_owned(),
-                        });
-                    }
-                },
-            };
-            let spec = TokenSpec {
-                grant_type: grant.to_owned(),
-                client_id: client_id.clone(),
-                subject,
-                scopes: scopes.clone(),
-                access_token: Some(access_token.clone()),
-                access_token_duration: *expires_in,
-                refresh_token: refresh_token.clone(),
-                refresh_token_duration: refresh_expires_in
-                    .unwrap_or_else(|| authlete.config().refresh_token_duration.as_secs()),
-            };
-            // Create the new pair first: if that fails, the old one still works.
-            if let Err(err) = authlete.create_token(&spec).await {
-                // The client's own sync runs in another lane and may not
-                // have reached Authlete yet (both waited out an outage, or a
-                // restart handed them over together): v3 then refuses the
-                // token for good ("client does not exist"), which used to
-                // dead-letter it. Retry until the client is there, unless
-                // the source deleted it meanwhile (its tokens are dead
-                // then) or Authlete can never hold it (its tokens neither:
-                // dead-lettered with the client's reason, not retried
-                // forever behind it).
-                if authlete.client(client_id).await?.is_none() {
-                    let Some(record) = source.get_client(client_id).await? else {
-                        tracing::debug!(client_id = %client_id, "client deleted at the source; tokens not created");
-                        return Ok(Vec::new());
-                    };
-                    crate::servers::authlete::storable(client_id, &record)?;
-                    return Err(ApiError::Transient(format!(
-                        "client {client_id} is not in Authlete yet"
-                    )));
-                }
-                if err.is_transient() {
-                    return Err(err);
-                }
-                // Refused, yet the client is there: it may have arrived
-                // between the refusal and the lookup. Once more decides; a
-                // refusal now is the token's own.
-                authlete.create_token(&spec).await?;
-            }
-            if let Some(old) = replaced_refresh {
-                authlete.revoke_refresh_token(old).await?;
-            }
-            Ok(Vec::new())
-        }
+            event: event @ TokenEvent::Issued { .. },
+        } => issue(authlete, source, event).await.map(|()| Vec::new()),
         Change::Token {
             event:
                 TokenEvent::Revoked {
@@ -189,8 +115,14 @@ async fn authlete_change(
                     .revoke_grant(client_id.as_deref(), subject.as_deref())
                     .await?;
             } else if let Some(token) = token {
-                authlete.revoke_refresh_token(token).await?;
-                authlete.revoke_access_token(token).await?;
+                // Which kind of token it is is unknown; both revocations
+                // are independent: at once.
+                let (refresh, access) = tokio::join!(
+                    authlete.revoke_refresh_token(token),
+                    authlete.revoke_access_token(token)
+                );
+                refresh?;
+                access?;
             } else {
                 authlete
                     .revoke_grant(client_id.as_deref(), subject.as_deref())
@@ -201,6 +133,151 @@ async fn authlete_change(
         // Authorization records and sessions have no Authlete counterpart.
         _ => Ok(Vec::new()),
     }
+}
+
+/// Creates at Authlete the tokens a source response issued.
+///
+/// - A new pair (a code exchange, a rotation, a direct authorization): the
+///   pair is created, then the pair of the refresh token it replaced is
+///   removed (create first: if that fails, the old pair still works).
+/// - A refresh that kept its refresh token (no rotation, Connect2id's
+///   default): the client holds a refresh token that appears in no
+///   response and that Authlete may never have seen (issued before the
+///   proxy came, or only in a backfilled form that differs). It is created
+///   with the new access token, its subject, scopes and remaining lifetime
+///   read from the source's record, in place of the pair that held it
+///   (removed first: Authlete refuses a value it holds). Every refresh
+///   token in use during mirroring reaches Authlete this way ("lazy
+///   capture").
+async fn issue(
+    authlete: &Authlete,
+    source: &Connect2id,
+    event: &TokenEvent,
+) -> Result<(), ApiError> {
+    let TokenEvent::Issued {
+        grant_type,
+        client_id,
+        subject,
+        scopes,
+        access_token,
+        expires_in,
+        refresh_token,
+        refresh_expires_in,
+        replaced_refresh,
+        kept_refresh,
+        client_auth,
+        ..
+    } = event
+    else {
+        return Ok(());
+    };
+    let grant = authlete_grant(grant_type);
+    // The source's record of a kept refresh token: its remaining lifetime
+    // is in no response.
+    let kept_record = match kept_refresh {
+        Some(kept) => source.inspect(kept, TokenKind::Refresh).await?,
+        None => None,
+    };
+    let subject = match subject.clone().or_else(|| {
+        kept_record
+            .as_ref()
+            .and_then(|r| r.get("sub").and_then(Value::as_str).map(str::to_owned))
+    }) {
+        Some(subject) => Some(subject),
+        None if grant == "CLIENT_CREDENTIALS" => None,
+        None => match resolve_subject(
+            source,
+            client_id,
+            access_token,
+            refresh_token
+                .as_deref()
+                .or(kept_refresh.as_deref())
+                .or(replaced_refresh.as_deref()),
+            client_auth.as_deref(),
+        )
+        .await?
+        {
+            Resolution::Subject(subject) => Some(subject),
+            Resolution::Gone => {
+                // Revoked at the source (or its client deleted) since it was
+                // issued: nothing to create, and the pair it replaced (or
+                // the one holding the kept token) is dead too.
+                for old in [replaced_refresh, kept_refresh].into_iter().flatten() {
+                    authlete.revoke_refresh_token(old).await?;
+                }
+                tracing::debug!(client_id = %client_id, "tokens no longer active at the source; not created");
+                return Ok(());
+            }
+            Resolution::Unknown => {
+                return Err(ApiError::Rejected {
+                    server: crate::model::Side::Source,
+                    operation: "inspection",
+                    status: 404,
+                    error: "the subject of an identifier access token could not be resolved (transient authorization, client not using a secret); Authlete needs it".to_owned(),
+                });
+            }
+        },
+    };
+    let default_refresh = authlete.config().refresh_token_duration.as_secs();
+    let refresh_token_duration = match (refresh_expires_in, &kept_record) {
+        (Some(seconds), _) => *seconds,
+        (None, Some(record)) => {
+            crate::servers::authlete::remaining_refresh_lifetime(record, unix_now())
+                .unwrap_or(Some(default_refresh))
+                .unwrap_or(default_refresh)
+        }
+        (None, None) => default_refresh,
+    };
+    let spec = TokenSpec {
+        grant_type: grant.to_owned(),
+        client_id: client_id.clone(),
+        subject,
+        scopes: scopes.clone(),
+        access_token: Some(access_token.clone()),
+        access_token_duration: *expires_in,
+        refresh_token: refresh_token.clone().or_else(|| kept_refresh.clone()),
+        refresh_token_duration,
+    };
+    if let Some(kept) = kept_refresh {
+        authlete.revoke_refresh_token(kept).await?;
+    }
+    if let Err(err) = authlete.create_token(&spec).await {
+        // The client's own sync runs in another lane and may not have
+        // reached Authlete yet (both waited out an outage, or a restart
+        // handed them over together): v3 then refuses the token for good
+        // ("client does not exist"), which used to dead-letter it. Retry
+        // until the client is there, unless the source deleted it meanwhile
+        // (its tokens are dead then) or Authlete can never hold it (its
+        // tokens neither: dead-lettered with the client's reason, not
+        // retried forever behind it).
+        if authlete.client(client_id).await?.is_none() {
+            let Some(record) = source.get_client(client_id).await? else {
+                tracing::debug!(client_id = %client_id, "client deleted at the source; tokens not created");
+                return Ok(());
+            };
+            crate::servers::authlete::storable(client_id, &record)?;
+            return Err(ApiError::Transient(format!(
+                "client {client_id} is not in Authlete yet"
+            )));
+        }
+        if err.is_transient() {
+            return Err(err);
+        }
+        // Refused, yet the client is there: it may have arrived between the
+        // refusal and the lookup. Once more decides; a refusal now is the
+        // token's own.
+        authlete.create_token(&spec).await?;
+    }
+    if let Some(old) = replaced_refresh {
+        authlete.revoke_refresh_token(old).await?;
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Whose identifier access token is it, by the source's own account.

@@ -268,6 +268,9 @@ impl<A, R> Dispatcher<A, R> {
                 format!("resolve:{}", self.resolutions)
             }
             Change::Token { event } => event.family(),
+            Change::RevokeToken { client_id, .. } => {
+                format!("revoke-token:{}", client_id.as_deref().unwrap_or(""))
+            }
         }
     }
 

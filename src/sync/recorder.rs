@@ -15,17 +15,26 @@
 //!
 //! A journal that cannot be written never fails the client's request (the
 //! primary already did the work): readiness turns false (the operator is
-//! paged), the changes are synced from memory right away (best effort), and
-//! they are kept, bounded by [`MAX_UNJOURNALED`], to be journaled again
-//! with the next successful append.
+//! paged), the trigger's changes are synced from memory right away, once
+//! (best effort), and kept in memory once each (coalesced: the same change
+//! twice is kept once), bounded by [`MAX_UNJOURNALED`].
+//! [`Recorder::keep_journaling`] retries journaling them with backoff (at
+//! most [`REJOURNAL_MAX_DELAY`] apart), without waiting for traffic; when
+//! it succeeds readiness returns and the now-journaled changes are synced
+//! again from the journal (so a change costs at most two applies, whatever
+//! the outage's length; a trigger never re-submits what earlier triggers
+//! left in memory).
 //!
 //! A record that no longer decodes (authenticated by the journal's AEAD, so
 //! written by a handover of another version) is moved to the dead letters
 //! with the reason and acknowledged, never silently dropped.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::SyncHandle;
 use crate::health::Health;
@@ -37,6 +46,92 @@ use crate::model::{Change, Dataset};
 /// this the oldest are dropped (and counted): `handover verify --repair`
 /// finds what they would have fixed.
 pub const MAX_UNJOURNALED: usize = 100_000;
+
+/// Longest wait between two attempts to journal the changes kept in
+/// memory: readiness returns at most this long after the journal is
+/// writable again, with or without traffic.
+pub const REJOURNAL_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// First wait after a failed attempt to journal the kept changes (doubling
+/// up to [`REJOURNAL_MAX_DELAY`]): a short hiccup clears at once, a full
+/// disk costs one failed write a second.
+pub const REJOURNAL_INITIAL_DELAY: Duration = Duration::from_millis(100);
+
+/// Changes the proxy could not name: successful triggers whose response
+/// could not be inspected and whose request alone named nothing. Only
+/// `verify` finds what they changed; until one has run after them,
+/// `/status` warns and the cutover pre-flight refuses (forceable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Untracked {
+    /// How many since the last verify that covered them.
+    pub count: u64,
+    /// When the first of them happened.
+    pub since: Option<SystemTime>,
+    /// When the last of them happened.
+    pub last: Option<SystemTime>,
+}
+
+impl Untracked {
+    /// The operator's sentence: "N changes could not be tracked since T;
+    /// run `handover verify --repair`", or `None` when there are none.
+    pub fn warning(&self) -> Option<String> {
+        let since = self.since?;
+        (self.count > 0).then(|| {
+            format!(
+                "{} change{} could not be tracked since {} (a trigger's response was too large, cut off or malformed); run `handover verify --repair`",
+                self.count,
+                if self.count == 1 { "" } else { "s" },
+                httpdate::fmt_http_date(since)
+            )
+        })
+    }
+}
+
+/// Changes that could not be journaled, each kept once, oldest first.
+#[derive(Default)]
+struct Backlog {
+    changes: VecDeque<Change>,
+    /// The record of every change kept or being journaled, so that the
+    /// same change is kept once however many triggers repeat it.
+    kept: HashSet<Vec<u8>>,
+}
+
+impl Backlog {
+    /// Keeps the changes not kept yet; returns how many were new. The
+    /// oldest are dropped past [`MAX_UNJOURNALED`].
+    fn keep(&mut self, changes: &[Change]) -> usize {
+        let mut added = 0;
+        for change in changes {
+            if self.kept.insert(change.to_record()) {
+                self.changes.push_back(change.clone());
+                added += 1;
+            }
+        }
+        self.trim();
+        added
+    }
+
+    /// Puts back, in front, what a failed attempt took out.
+    fn restore(&mut self, taken: Vec<Change>) {
+        for change in taken.into_iter().rev() {
+            self.changes.push_front(change);
+        }
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        let excess = self.changes.len().saturating_sub(MAX_UNJOURNALED);
+        if excess > 0 {
+            for dropped in self.changes.drain(..excess) {
+                self.kept.remove(&dropped.to_record());
+            }
+            tracing::error!(
+                dropped = excess,
+                "in-memory repair backlog full; run `handover verify --repair` once the journal is back"
+            );
+        }
+    }
+}
 
 /// Journals changes and hands them to the sync. Cheap to clone.
 #[derive(Clone)]
@@ -51,7 +146,11 @@ struct Inner {
     dead_letters: Arc<DeadLetters>,
     health: Arc<Health>,
     metrics: JournalMetrics,
-    unjournaled: Mutex<VecDeque<Change>>,
+    unjournaled: Mutex<Backlog>,
+    /// Wakes [`Recorder::keep_journaling`]: the backlog got its first
+    /// change, or an append just succeeded while changes wait.
+    wake: Notify,
+    untracked: Mutex<Untracked>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -82,7 +181,9 @@ impl Recorder {
                 dead_letters,
                 health,
                 metrics,
-                unjournaled: Mutex::new(VecDeque::new()),
+                unjournaled: Mutex::new(Backlog::default()),
+                wake: Notify::new(),
+                untracked: Mutex::new(Untracked::default()),
             }),
         }
     }
@@ -96,13 +197,96 @@ impl Recorder {
     /// Like [`Recorder::record`], then also waits (at most `limit`) until
     /// the sync has applied them: for an answer the client must not get
     /// before the secondary holds what it created.
-    pub(crate) async fn record_settled(&self, changes: Vec<Change>, limit: Duration) {
+    pub async fn record_settled(&self, changes: Vec<Change>, limit: Duration) {
         self.inner.record(changes, Some(limit)).await;
     }
 
+    /// Records a successful trigger at `route` whose change could not be
+    /// named (`reason`: its response was too large, cut off or malformed):
+    /// counted, logged, and remembered for `/status` and the cutover
+    /// pre-flight until a verify covers it.
+    pub fn record_untracked(&self, route: &'static str, reason: &'static str) {
+        self.inner.metrics.record_untracked(route);
+        let now = SystemTime::now();
+        let mut untracked = self
+            .inner
+            .untracked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        untracked.count += 1;
+        untracked.since.get_or_insert(now);
+        untracked.last = Some(now);
+        tracing::error!(
+            route,
+            reason,
+            untracked = untracked.count,
+            "cannot track a change: the primary's answer could not be inspected; run `handover verify --repair`"
+        );
+    }
+
+    /// The changes that could not be tracked since the last verify that
+    /// covered them.
+    pub fn untracked(&self) -> Untracked {
+        *self
+            .inner
+            .untracked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A verify (of every dataset) that started at `started` has finished
+    /// and found or repaired the drift: untracked changes from before it
+    /// are accounted for. Later ones stay.
+    pub fn verified_since(&self, started: SystemTime) {
+        let mut untracked = self
+            .inner
+            .untracked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if untracked.last.is_some_and(|last| last < started) {
+            *untracked = Untracked::default();
+        }
+    }
+
     /// Changes waiting in memory for the journal to accept them again.
-    pub(crate) fn unjournaled(&self) -> usize {
-        self.inner.unjournaled.lock().map_or(0, |q| q.len())
+    pub fn unjournaled(&self) -> usize {
+        self.inner.backlog().changes.len()
+    }
+
+    /// Journals the changes kept in memory, retrying with backoff
+    /// ([`REJOURNAL_INITIAL_DELAY`] doubling to [`REJOURNAL_MAX_DELAY`])
+    /// until they are durable, then hands them to the sync as journaled.
+    /// Runs until `stop`, then makes one last attempt (the downstream is
+    /// drained by then).
+    pub async fn keep_journaling(self, stop: CancellationToken) {
+        let inner = &self.inner;
+        let mut delay = REJOURNAL_INITIAL_DELAY;
+        loop {
+            if inner.backlog().changes.is_empty() {
+                delay = REJOURNAL_INITIAL_DELAY;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = inner.wake.notified() => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+                () = inner.wake.notified() => {}
+            }
+            if inner.rejournal().await {
+                delay = REJOURNAL_INITIAL_DELAY;
+            } else {
+                delay = (delay * 2).min(REJOURNAL_MAX_DELAY);
+            }
+        }
+        if !inner.backlog().changes.is_empty() && !inner.rejournal().await {
+            tracing::error!(
+                changes = inner.backlog().changes.len(),
+                "stopping with changes that could not be journaled; run `handover verify --repair` after the restart"
+            );
+        }
     }
 
     /// Gives the journal's backlog from before a restart to the sync.
@@ -116,7 +300,7 @@ impl Recorder {
 
     /// Syncs the records whose append future was dropped (the journal keeps
     /// them for us). Called periodically.
-    pub(crate) fn pick_up_orphans(&self) {
+    pub fn pick_up_orphans(&self) {
         let orphans = self.inner.journal.take_orphans();
         if !orphans.is_empty() {
             self.submit_entries(orphans);
@@ -138,19 +322,17 @@ impl Inner {
         self.datasets.contains(&dataset)
     }
 
+    fn backlog(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        self.unjournaled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn record(&self, changes: Vec<Change>, settle: Option<Duration>) {
-        let mut changes: Vec<Change> = changes.into_iter().filter(|c| self.enabled(c)).collect();
+        let changes: Vec<Change> = changes.into_iter().filter(|c| self.enabled(c)).collect();
         if changes.is_empty() {
             return;
         }
-        // Re-journal what a failed append left in memory.
-        let backlog: Vec<Change> = self
-            .unjournaled
-            .lock()
-            .map(|mut q| q.drain(..).collect())
-            .unwrap_or_default();
-        let retried = backlog.len();
-        changes.extend(backlog);
         let bodies: Vec<Vec<u8>> = changes.iter().map(Change::to_record).collect();
         let started = Instant::now();
         match self.journal.append_batch(bodies).await {
@@ -159,8 +341,9 @@ impl Inner {
                     .append_seconds
                     .observe(started.elapsed().as_secs_f64());
                 self.health.set_journal_ok(true);
-                if retried > 0 {
-                    tracing::info!(changes = retried, "re-journaled changes kept in memory");
+                if !self.backlog().changes.is_empty() {
+                    // The journal works again: journal the kept changes now.
+                    self.wake.notify_one();
                 }
                 match settle {
                     None => self.sync.submit_journaled(seqs.zip(changes)),
@@ -178,20 +361,57 @@ impl Inner {
             Err(err) => {
                 self.metrics.errors.inc();
                 self.health.set_journal_ok(false);
-                tracing::error!(error = %err, changes = changes.len(), "cannot journal changes; syncing from memory and keeping them for repair");
-                self.metrics.unjournaled.inc_by(changes.len() as u64);
-                if let Ok(mut queue) = self.unjournaled.lock() {
-                    queue.extend(changes.iter().cloned());
-                    let excess = queue.len().saturating_sub(MAX_UNJOURNALED);
-                    if excess > 0 {
-                        queue.drain(..excess);
-                        tracing::error!(
-                            dropped = excess,
-                            "in-memory repair backlog full; run `handover verify --repair` once the journal is back"
-                        );
+                let (added, first) = {
+                    let mut backlog = self.backlog();
+                    let first = backlog.changes.is_empty();
+                    (backlog.keep(&changes), first)
+                };
+                self.metrics.unjournaled.inc_by(added as u64);
+                if first {
+                    tracing::error!(error = %err, changes = changes.len(), "cannot journal changes; syncing from memory and keeping them until the journal is writable");
+                    self.wake.notify_one();
+                } else {
+                    tracing::debug!(error = %err, changes = changes.len(), "cannot journal changes; kept in memory");
+                }
+                // Only this trigger's changes: the kept ones were synced
+                // when their own trigger came.
+                self.sync.submit_unjournaled(changes);
+            }
+        }
+    }
+
+    /// One attempt to journal the kept changes; true when none are left
+    /// waiting.
+    async fn rejournal(&self) -> bool {
+        let taken: Vec<Change> = self.backlog().changes.drain(..).collect();
+        if taken.is_empty() {
+            return true;
+        }
+        let bodies: Vec<Vec<u8>> = taken.iter().map(Change::to_record).collect();
+        match self.journal.append_batch(bodies).await {
+            Ok(seqs) => {
+                {
+                    let mut backlog = self.backlog();
+                    for change in &taken {
+                        backlog.kept.remove(&change.to_record());
                     }
                 }
-                self.sync.submit_unjournaled(changes);
+                self.health.set_journal_ok(true);
+                tracing::info!(
+                    changes = taken.len(),
+                    "journaled the changes kept in memory"
+                );
+                // Synced from memory already, best effort; the journaled
+                // copy is synced (once more) and acknowledged like any other.
+                self.sync.submit_journaled(seqs.zip(taken));
+                self.backlog().changes.is_empty()
+            }
+            Err(err) => {
+                self.metrics.errors.inc();
+                self.health.set_journal_ok(false);
+                tracing::debug!(error = %err, changes = taken.len(), "journal still not writable");
+                self.backlog().restore(taken);
+                false
             }
         }
     }

@@ -69,10 +69,24 @@ pub fn looks_like_jwt(token: &str) -> bool {
     token.split('.').count() == 3 && token.starts_with("ey")
 }
 
-/// The subject and client of a JWT access token, read from its payload
-/// without checking the signature: the primary has just issued it, and the
-/// sync reads the authorization from the primary anyway.
-pub fn jwt_subject_and_client(token: &str) -> Option<(String, String)> {
+/// The subject and client of an ID token (`sub`, and `azp` or the single
+/// `aud`), read without checking the signature like
+/// [`jwt_subject_and_client`].
+pub(super) fn id_token_subject_and_client(token: &str) -> Option<(String, String)> {
+    let claims = jwt_claims(token)?;
+    let subject = string_field(&claims, "sub")?;
+    let client = string_field(&claims, "azp").or_else(|| match claims.get("aud")? {
+        Value::String(aud) => Some(aud.clone()),
+        Value::Array(auds) if auds.len() == 1 => auds[0].as_str().map(str::to_owned),
+        _ => None,
+    })?;
+    Some((subject, client))
+}
+
+/// The claims of a JWT, read from its payload without checking the
+/// signature: the primary has just issued it, and the sync reads the state
+/// it names from the primary anyway.
+fn jwt_claims(token: &str) -> Option<Value> {
     if !looks_like_jwt(token) {
         return None;
     }
@@ -80,7 +94,17 @@ pub fn jwt_subject_and_client(token: &str) -> Option<(String, String)> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The subject of a JWT (an access token or an ID token).
+pub(super) fn jwt_subject(token: &str) -> Option<String> {
+    string_field(&jwt_claims(token)?, "sub")
+}
+
+/// The subject and client of a JWT access token (see [`jwt_claims`]).
+pub fn jwt_subject_and_client(token: &str) -> Option<(String, String)> {
+    let claims = jwt_claims(token)?;
     let subject = string_field(&claims, "sub")?;
     let client = string_field(&claims, "cid").or_else(|| string_field(&claims, "client_id"))?;
     Some((subject, client))

@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::parse::{
     authorization, authorization_of_tokens, client_auth_of, client_of, created_sid, form_body,
-    header, jwt_subject_and_client, query, request_json, response_json, response_sid, session,
-    string_field,
+    header, id_token_subject_and_client, jwt_subject, jwt_subject_and_client, query, request_json,
+    response_json, response_sid, session, string_field,
 };
 use super::{Input, LogoutHint, Outcome};
 use crate::http::form;
@@ -50,24 +50,79 @@ pub(super) fn authz_session_step(input: &Input<'_>) -> Outcome {
         .and_then(|v| v.get("long_lived").and_then(Value::as_bool))
         .unwrap_or(false);
     if long_lived && response.get("type").and_then(Value::as_str) == Some("response") {
-        let uri = response
-            .get("parameters")
-            .and_then(|p| p.get("uri"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let params = uri
-            .split_once(['#', '?'])
-            .map(|(_, rest)| rest)
-            .unwrap_or_default();
-        let pairs = form::parse(params);
-        if let Some(change) = authorization_of_tokens(
-            form::first(&pairs, "access_token"),
-            form::first(&pairs, "refresh_token"),
-        ) {
-            changes.push(change);
-        }
+        changes.extend(authorization_of_redirect(&response));
     }
     Outcome::of(changes)
+}
+
+/// `POST /authz-sessions/rest/v3`, the start of an authorization session.
+/// Three side effects on a real server (spec §4.1, domain-gaps Q1.6):
+///
+/// - a `sub_sid` the server found is an SSO use of that session: its
+///   last-used time moved (a *use*, coalesced by the hook);
+/// - a request that needs no interaction (persisted consent, implicit or
+///   hybrid flow) is answered at once with tokens in the redirect URI, from
+///   the long-lived authorization;
+/// - a client identified by an OpenID Federation entity ID is registered
+///   on first use (automatic registration, RN 10.1).
+pub(super) fn authz_session_start(input: &Input<'_>) -> Outcome {
+    let Some(response) = response_json(input) else {
+        return Outcome::default();
+    };
+    let kind = response.get("type").and_then(Value::as_str);
+    if kind == Some("error") {
+        return Outcome::default();
+    }
+    let request = request_json(input);
+    let mut outcome = Outcome::default();
+    if let Some(sub_sid) = request.as_ref().and_then(|r| string_field(r, "sub_sid")) {
+        // The server names the session it found; without it (a redirect
+        // answered at once) the one the login page passed.
+        let sid = response_sid(&response).unwrap_or(sub_sid);
+        outcome.used.push(Key::Session { sid });
+    }
+    if kind == Some("response") {
+        outcome.changes.extend(authorization_of_redirect(&response));
+    }
+    let client_id = request
+        .as_ref()
+        .and_then(|r| string_field(r, "query"))
+        .and_then(|query| form::first(&form::parse(&query), "client_id").map(str::to_owned))
+        .filter(|id| id.starts_with("https://"));
+    if let Some(client_id) = client_id {
+        outcome.used.push(Key::Client { client_id });
+    }
+    outcome
+}
+
+/// `GET /session-store/rest/v2/sessions` of one session (`SID` header)
+/// without `skip_last_used_update=true`: a use of the session (RN 15.3).
+pub(super) fn session_read(input: &Input<'_>) -> Outcome {
+    let skipped = form::first(&query(input), "skip_last_used_update") == Some("true");
+    let mut outcome = Outcome::default();
+    if !skipped && let Some(sid) = header(input.exchange.request_headers, "sid") {
+        outcome.used.push(Key::Session { sid });
+    }
+    outcome
+}
+
+/// The authorization behind tokens returned in a redirect URI (implicit or
+/// hybrid flow: in the fragment, or the query for `response_mode=query`).
+fn authorization_of_redirect(response: &Value) -> Option<Change> {
+    let uri = response
+        .get("parameters")
+        .and_then(|p| p.get("uri"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let params = uri
+        .split_once(['#', '?'])
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let pairs = form::parse(params);
+    authorization_of_tokens(
+        form::first(&pairs, "access_token"),
+        form::first(&pairs, "refresh_token"),
+    )
 }
 
 /// Grants whose success may create or update a long-lived authorization
@@ -90,33 +145,60 @@ pub(super) fn token_issued(input: &Input<'_>) -> Outcome {
     if !AUTHORIZATION_GRANTS.contains(&grant) {
         return Outcome::default();
     }
-    let Some(response) = response_json(input) else {
-        return Outcome::default();
-    };
-    let access = response.get("access_token").and_then(Value::as_str);
+    // Without a readable response (too large, cut off, malformed) a
+    // refresh still names its authorization by the token it sent.
+    let response = response_json(input);
+    let access = response
+        .as_ref()
+        .and_then(|r| r.get("access_token"))
+        .and_then(Value::as_str);
     // A rotated refresh token is in the response; without rotation the
     // client keeps the one it sent.
     let refresh = response
-        .get("refresh_token")
+        .as_ref()
+        .and_then(|r| r.get("refresh_token"))
         .and_then(Value::as_str)
         .or_else(|| {
             (grant == "refresh_token")
                 .then(|| form::first(&request, "refresh_token"))
                 .flatten()
         });
-    Outcome::of(
-        authorization_of_tokens(access, refresh)
-            .into_iter()
-            .collect(),
-    )
+    let mut changes: Vec<Change> = authorization_of_tokens(access, refresh)
+        .into_iter()
+        .collect();
+    // Native SSO (RN 16.0): a `device_secret` in the answer means the
+    // server opened a device session for the subject, which only a session
+    // listing names (its SID is not on the exchange).
+    if response
+        .as_ref()
+        .is_some_and(|r| r.get("device_secret").is_some())
+        && let Some(subject) = access.and_then(jwt_subject).or_else(|| {
+            response
+                .as_ref()?
+                .get("id_token")
+                .and_then(Value::as_str)
+                .and_then(jwt_subject)
+        })
+    {
+        changes.push(Change::SubjectSessions { subject });
+    }
+    Outcome::of(changes)
 }
 
 pub(super) fn token_revoked(input: &Input<'_>) -> Outcome {
-    let Some((subject, client_id)) = input.resolved.authorization.clone() else {
-        // Unknown or transient token: nothing persisted changed.
-        return Outcome::default();
-    };
     let request = form_body(input.exchange.request_body);
+    let Some((subject, client_id)) = input.resolved.authorization.clone() else {
+        // No record to re-read: a self-contained token (the primary
+        // journaled a revocation no export carries), a native SSO
+        // `device_secret` (its device session ended), or a token unknown
+        // to the primary. Revoking mints nothing: replay the request at the
+        // secondary (a no-op there for an unknown token).
+        return Outcome::of(vec![Change::RevokeToken {
+            client_id: client_of(input.exchange.request_headers, &request),
+            form: String::from_utf8_lossy(input.exchange.request_body).into_owned(),
+            authorization: header(input.exchange.request_headers, "authorization"),
+        }]);
+    };
     let mut changes = Vec::new();
     // 19.9+: `token_only=true` revokes just that refresh token; the record
     // stays (and is re-read).
@@ -247,12 +329,14 @@ pub(super) fn logout_started(input: &Input<'_>) -> Outcome {
         // Re-read now too: a logout without confirmation ends the session
         // right away.
         changes: sid.map(session).into_iter().collect(),
+        used: Vec::new(),
     }
 }
 
 pub(super) fn logout_confirmed(input: &Input<'_>) -> Outcome {
     Outcome {
         changes: Vec::new(),
+        used: Vec::new(),
         logout: input.captures.first().map(|logout_sid| LogoutHint::Lookup {
             logout_sid: logout_sid.clone(),
         }),
@@ -262,51 +346,179 @@ pub(super) fn logout_confirmed(input: &Input<'_>) -> Outcome {
 // Token events, for a target that learns tokens only from their values
 // (Authlete).
 
-/// A token response: the tokens it issued, the refresh token it replaced.
+/// A token response: the tokens it issued, the refresh token it replaced
+/// (a rotation) or the one the client keeps (no rotation).
 pub(super) fn tokens_issued_event(input: &Input<'_>) -> Option<TokenEvent> {
     let exchange = input.exchange;
     let request = form_body(exchange.request_body);
     let grant = form::first(&request, "grant_type")?.to_owned();
     let client_id = client_of(exchange.request_headers, &request)?;
     let response: Value = serde_json::from_slice(exchange.response_body?).ok()?;
-    let access_token = string_field(&response, "access_token")?;
-    let refresh_token = string_field(&response, "refresh_token");
     let sent_refresh = (grant == "refresh_token")
-        .then(|| form::first(&request, "refresh_token").map(str::to_owned))
+        .then(|| form::first(&request, "refresh_token"))
         .flatten();
-    let replaced_refresh = match (&sent_refresh, &refresh_token) {
-        (Some(sent), Some(new)) if sent != new => Some(sent.clone()),
-        _ => None,
-    };
-    let scopes = response
-        .get("scope")
-        .and_then(Value::as_str)
-        .or_else(|| form::first(&request, "scope"))
-        .map(|s| s.split_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default();
+    let access_token = string_field(&response, "access_token")?;
     let subject = jwt_subject_and_client(&access_token).map(|(subject, _)| subject);
     // Only needed when the subject is not readable from the token.
     let client_auth = subject
         .is_none()
         .then(|| client_auth_of(exchange.request_headers, &request))
         .flatten();
-    Some(TokenEvent::Issued {
-        subject,
-        client_auth,
+    let fallback_scope = form::first(&request, "scope").map(scope_list);
+    issued_event(Issued {
         grant_type: grant,
         client_id,
+        subject,
+        response: &response,
+        fallback_scopes: fallback_scope,
+        sent_refresh,
+        client_auth,
+    })
+}
+
+/// A direct authorization (`/direct-authz/rest/v2`): a token response for
+/// the `sub` and `client_id` of the request, minted without `/token`.
+pub(super) fn direct_authz_event(input: &Input<'_>) -> Option<TokenEvent> {
+    let request = request_json(input)?;
+    let response = response_json(input)?;
+    issued_event(Issued {
+        grant_type: "direct_authz".to_owned(),
+        client_id: string_field(&request, "client_id")?,
+        subject: string_field(&request, "sub"),
+        fallback_scopes: request.get("scope").map(json_scopes),
+        response: &response,
+        sent_refresh: None,
+        client_auth: None,
+    })
+}
+
+/// An authz-store import with `?return=tokens`: the tokens of the new
+/// record, for its `sub` and `cid`.
+pub(super) fn authz_store_tokens_event(input: &Input<'_>) -> Option<TokenEvent> {
+    let pairs = query(input);
+    if form::first(&pairs, "return") != Some("tokens") {
+        return None;
+    }
+    let request = request_json(input)?;
+    let response = response_json(input)?;
+    issued_event(Issued {
+        grant_type: "authz_store".to_owned(),
+        client_id: string_field(&request, "cid")?,
+        subject: string_field(&request, "sub"),
+        fallback_scopes: request.get("scp").map(json_scopes),
+        response: &response,
+        sent_refresh: None,
+        client_auth: None,
+    })
+}
+
+/// The end of an implicit or hybrid flow (`PUT /authz-sessions/rest/v3/
+/// {sid}` answering `type=response`): the access token is in the redirect
+/// URI (fragment or query), minted without `/token`. Its client and subject
+/// come from a JWT access token, else the ID token issued with it (`aud`,
+/// `sub`); an identifier access token without an ID token names neither and
+/// is left to the fallback after the flip.
+pub(super) fn authz_session_tokens_event(input: &Input<'_>) -> Option<TokenEvent> {
+    let response = response_json(input)?;
+    if response.get("type").and_then(Value::as_str) != Some("response") {
+        return None;
+    }
+    let uri = response
+        .get("parameters")
+        .and_then(|p| p.get("uri"))
+        .and_then(Value::as_str)?;
+    let params = form::parse(uri.split_once(['#', '?']).map(|(_, rest)| rest)?);
+    let access_token = form::first(&params, "access_token")?.to_owned();
+    let (subject, client_id) = jwt_subject_and_client(&access_token)
+        .or_else(|| form::first(&params, "id_token").and_then(id_token_subject_and_client))?;
+    let mut fragment = serde_json::Map::new();
+    for (name, value) in &params {
+        let value = match name.as_str() {
+            "expires_in" => value.parse::<u64>().map_or(Value::Null, Value::from),
+            _ => Value::from(value.clone()),
+        };
+        fragment.insert(name.clone(), value);
+    }
+    issued_event(Issued {
+        grant_type: "implicit".to_owned(),
+        client_id,
+        subject: Some(subject),
+        response: &Value::Object(fragment),
+        fallback_scopes: None,
+        sent_refresh: None,
+        client_auth: None,
+    })
+}
+
+/// What a token event is built from.
+struct Issued<'a> {
+    grant_type: String,
+    client_id: String,
+    subject: Option<String>,
+    /// The token response (JSON members).
+    response: &'a Value,
+    /// Scopes when the response names none (the request's).
+    fallback_scopes: Option<Vec<String>>,
+    /// The refresh token a refresh request presented.
+    sent_refresh: Option<&'a str>,
+    client_auth: Option<String>,
+}
+
+fn issued_event(issued: Issued<'_>) -> Option<TokenEvent> {
+    let response = issued.response;
+    let access_token = string_field(response, "access_token")?;
+    let issued_refresh = string_field(response, "refresh_token");
+    // Without rotation the client keeps the refresh token it sent; a
+    // response may echo it (RFC 6749 §6 allows both). An echo is no new
+    // token: creating it again would be refused as a duplicate.
+    let (refresh_token, replaced_refresh, kept_refresh) =
+        match (issued.sent_refresh, issued_refresh) {
+            (Some(sent), Some(new)) if sent != new => (Some(new), Some(sent.to_owned()), None),
+            (Some(sent), _) => (None, None, Some(sent.to_owned())),
+            (None, new) => (new, None, None),
+        };
+    let scopes = match response.get("scope") {
+        Some(Value::String(scope)) => scope_list(scope),
+        Some(Value::Array(_)) => json_scopes(&response["scope"]),
+        _ => issued.fallback_scopes.unwrap_or_default(),
+    };
+    Some(TokenEvent::Issued {
+        subject: issued.subject,
+        client_auth: issued.client_auth,
+        grant_type: issued.grant_type,
+        client_id: issued.client_id,
         scopes,
         expires_in: response
             .get("expires_in")
             .and_then(Value::as_u64)
             .unwrap_or(0),
-        refresh_expires_in: response
-            .get("refresh_token_expires_in")
+        refresh_expires_in: refresh_token
+            .as_ref()
+            .and_then(|_| response.get("refresh_token_expires_in"))
             .and_then(Value::as_u64),
         access_token,
         refresh_token,
         replaced_refresh,
+        kept_refresh,
+        issued_by: None,
     })
+}
+
+fn scope_list(scope: &str) -> Vec<String> {
+    scope.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Scopes as a JSON array or a space-separated string.
+fn json_scopes(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(scope) => scope_list(scope),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// `/token/revoke`: the token, and its authorization when resolved.

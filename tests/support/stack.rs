@@ -87,6 +87,8 @@ pub struct Stack {
 /// set (as a migration requires) and the management token [`TOKEN`].
 #[derive(Debug, Clone)]
 pub struct Servers {
+    /// The source's JWK set; `None` generates one.
+    pub source_jwks: Option<JwkSet>,
     /// The target's own JWK set; `None` shares the source's.
     pub target_jwks: Option<JwkSet>,
     /// The source's management tokens (the proxy's `source.tokens` too).
@@ -95,15 +97,23 @@ pub struct Servers {
     pub target_tokens: connect2id::ApiTokens,
     /// Synthetic records per dataset pre-loaded on the source.
     pub seed: usize,
+    /// How strictly both emulators read Connect2id; `None` keeps the
+    /// emulator's default.
+    pub strictness: Option<connect2id::Strictness>,
+    /// The target's own strictness, when it differs from `strictness`.
+    pub target_strictness: Option<connect2id::Strictness>,
 }
 
 impl Default for Servers {
     fn default() -> Self {
         Self {
+            source_jwks: None,
             target_jwks: None,
             source_tokens: connect2id::ApiTokens::single(TOKEN),
             target_tokens: connect2id::ApiTokens::single(TOKEN),
             seed: 0,
+            strictness: None,
+            target_strictness: None,
         }
     }
 }
@@ -146,7 +156,7 @@ impl Stack {
     /// drivers use each side's clients token); `adjust` may change the
     /// proxy config.
     pub async fn start_servers(servers: Servers, adjust: impl FnOnce(&mut Config)) -> Self {
-        let jwks = JwkSet::generate();
+        let jwks = servers.source_jwks.clone().unwrap_or_else(JwkSet::generate);
         let target_jwks = servers.target_jwks.clone().unwrap_or_else(|| jwks.clone());
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = issuer_of(&proxy_listener);
@@ -154,8 +164,16 @@ impl Stack {
             |jwks: &JwkSet, tokens: &connect2id::ApiTokens| c2id_config(&issuer, jwks, tokens);
         let mut source_config = emulator(&jwks, &servers.source_tokens);
         source_config.seed = servers.seed;
+        let mut target_config = emulator(&target_jwks, &servers.target_tokens);
+        if let Some(strictness) = servers.strictness {
+            source_config.strictness = strictness;
+            target_config.strictness = strictness;
+        }
+        if let Some(strictness) = servers.target_strictness {
+            target_config.strictness = strictness;
+        }
         let source = start_emulator(source_config).await;
-        let target = start_emulator(emulator(&target_jwks, &servers.target_tokens)).await;
+        let target = start_emulator(target_config).await;
         let mut config = Config::for_test(&source.url(), &target.url(), TOKEN);
         config.source.tokens = proxy_tokens(&servers.source_tokens);
         config.target.tokens = proxy_tokens(&servers.target_tokens);
@@ -185,16 +203,27 @@ impl Stack {
         self.target.emulator()
     }
 
+    /// Lets time pass on both servers (their clocks move together, as two
+    /// servers' wall clocks do).
+    pub fn advance_clocks(&self, by: Duration) {
+        self.source_emulator().advance_clock(by);
+        self.target_emulator().advance_clock(by);
+    }
+
     proxy_controls!();
 }
 
 /// The issuer both emulated Connect2id servers announce: the proxy's URL.
-fn issuer_of(proxy_listener: &TcpListener) -> String {
+pub fn issuer_of(proxy_listener: &TcpListener) -> String {
     format!("http://{}/c2id", proxy_listener.local_addr().unwrap())
 }
 
 /// An emulated Connect2id server under `/c2id` with the proxy's issuer.
-fn c2id_config(issuer: &str, jwks: &JwkSet, tokens: &connect2id::ApiTokens) -> connect2id::Config {
+pub fn c2id_config(
+    issuer: &str,
+    jwks: &JwkSet,
+    tokens: &connect2id::ApiTokens,
+) -> connect2id::Config {
     let mut config = connect2id::Config::new(tokens.clone(), jwks.clone());
     config.base_path = "/c2id".to_owned();
     config.issuer = Some(issuer.to_owned());
@@ -246,6 +275,9 @@ pub struct AuthleteStack {
     pub source: Handle,
     /// The Authlete service, with helpers for its API (both versions).
     pub authlete: authlete_support::Emulator,
+    /// The new authorization server built on it, when set up (traffic
+    /// goes there after a cutover).
+    pub front: Option<handover::emulator::authlete::Handle>,
     /// The API version the proxy speaks to Authlete (and the checks use).
     pub version: Version,
     pub proxy: TestProxy,
@@ -267,17 +299,55 @@ impl AuthleteStack {
     /// source (clients, and long-lived authorizations with refresh tokens:
     /// the backfill's work); Authlete starts empty.
     pub async fn start_seeded(version: Version, seed: usize) -> Self {
+        Self::start_with(
+            version,
+            AuthleteSetup {
+                seed,
+                ..AuthleteSetup::default()
+            },
+            |_| {},
+        )
+        .await
+    }
+
+    /// Starts everything as `setup` says; `adjust` may change the proxy
+    /// config.
+    pub async fn start_with(
+        version: Version,
+        setup: AuthleteSetup,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let jwks = JwkSet::generate();
         let tokens = connect2id::ApiTokens::single(TOKEN);
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut source_config = c2id_config(&issuer_of(&proxy_listener), &jwks, &tokens);
-        source_config.seed = seed;
+        source_config.seed = setup.seed;
+        source_config.strictness = setup.source;
         let source = start_emulator(source_config).await;
-        let authlete = authlete_support::start(authlete_support::config()).await;
+        let authlete = authlete_support::start(handover::emulator::authlete::Config {
+            strictness: setup.authlete,
+            ..authlete_support::config()
+        })
+        .await;
         let mut config = Config::for_test(&source.url(), &authlete.handle.url(), TOKEN);
         config.target.kind = ServerKind::Authlete;
-        config.target.authlete = Some(proxy_authlete_config(&authlete, version));
+        let mut settings = proxy_authlete_config(&authlete, version);
+        let front = if setup.front {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let front = authlete
+                .authlete
+                .clone()
+                .start_front(listener, "/c2id")
+                .await;
+            settings.new_primary = Some(handover::model::BaseUrl::parse(&front.url()).unwrap());
+            Some(front)
+        } else {
+            None
+        };
+        config.cutover.refresh_fallback_window = Some(settings.refresh_token_duration);
+        config.target.authlete = Some(settings);
         config.sync.datasets = Dataset::AUTHLETE.to_vec();
+        adjust(&mut config);
         let mut proxy = TestProxy::start_on_with_journal_dir(proxy_listener, config.clone()).await;
         let via_proxy = Driver::new(proxy.url("/c2id"), TOKEN);
         let at_source = Driver::new(source.url(), TOKEN);
@@ -285,6 +355,7 @@ impl AuthleteStack {
         Self {
             source,
             authlete,
+            front,
             version,
             proxy,
             via_proxy,
@@ -303,6 +374,20 @@ impl AuthleteStack {
     pub async fn dead_letters(&self) -> u64 {
         self.admin().status().await.unwrap().journal.dead_letters
     }
+}
+
+/// How the servers of an [`AuthleteStack`] are set up.
+#[derive(Debug, Clone, Default)]
+pub struct AuthleteSetup {
+    /// Synthetic records per dataset pre-loaded on the source.
+    pub seed: usize,
+    /// The Connect2id source's reading.
+    pub source: connect2id::Strictness,
+    /// The Authlete service's reading.
+    pub authlete: handover::emulator::authlete::Strictness,
+    /// Start a new authorization server built on the service (the
+    /// proxy's `target.new_primary_url`), so that a cutover can happen.
+    pub front: bool,
 }
 
 /// The proxy's `[target]` Authlete settings for `emulator` in `version`
@@ -368,7 +453,7 @@ pub async fn wait_drained(metrics_url: &str, deadline: Duration) -> bool {
     }
 }
 
-async fn start_emulator(config: connect2id::Config) -> Handle {
+pub async fn start_emulator(config: connect2id::Config) -> Handle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     Connect2id::new(config).start(listener).await
 }

@@ -565,7 +565,7 @@ fn standard_introspection(call: &Call<'_>) -> Result<Reply, Reply> {
     .field("responseContent", content.to_string()))
 }
 
-fn token_endpoint(call: &Call<'_>) -> Result<Reply, Reply> {
+pub(super) fn token_endpoint(call: &Call<'_>) -> Result<Reply, Reply> {
     let request: BackendRequest = call.body()?;
     let Some(parameters) = request.parameters.as_deref() else {
         return Ok(Reply::oauth_error(
@@ -651,7 +651,7 @@ fn token_endpoint(call: &Call<'_>) -> Result<Reply, Reply> {
     .field("responseContent", content.to_string()))
 }
 
-fn revocation(call: &Call<'_>) -> Result<Reply, Reply> {
+pub(super) fn revocation(call: &Call<'_>) -> Result<Reply, Reply> {
     let request: BackendRequest = call.body()?;
     let Some(parameters) = request.parameters.as_deref() else {
         return Ok(Reply::oauth_error(

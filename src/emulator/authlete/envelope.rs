@@ -316,6 +316,16 @@ impl Reply {
         self
     }
 
+    /// The action, if the API has one (the front maps it to a status).
+    pub(super) fn action_name(&self) -> Option<&'static str> {
+        self.action
+    }
+
+    /// A field next to the envelope.
+    pub(super) fn field_value(&self, key: &str) -> Option<&Value> {
+        self.fields.get(key)
+    }
+
     /// The result code (for the batch status, which reports the code of the
     /// item that failed).
     pub(super) fn code(&self) -> &'static str {

@@ -143,6 +143,20 @@ pub struct Strictness {
     /// each one with a `backchannel_logout_uri` is sent a logout token
     /// (RN 14.9, 15.6, 15.7). Discovery advertises it.
     pub backchannel_logout: bool,
+    /// A refresh that does not rotate echoes the presented refresh token in
+    /// its response (RFC 6749 §6 lets a server return it or not). Off: the
+    /// response has no `refresh_token`. Undocumented for Connect2id; both
+    /// presets leave it off, tests turn it on to prove a proxy keeps the
+    /// echoed token instead of mistaking it for a new one.
+    pub echo_kept_refresh_token: bool,
+    /// Every authorization record read (the export, `GET`, the answer of a
+    /// `PUT`) carries its refresh token as `rft`. The member name is
+    /// inferred (spec §3.3) and RN 14.0 only says a record read *by*
+    /// refresh token echoes it. Off: only `/inspection` by refresh token
+    /// answers it, so an export carries no refresh-token value at all.
+    /// Both presets leave it on (the emulator's reading so far); tests turn
+    /// it off to prove a backfill does not claim copies it cannot make.
+    pub records_carry_refresh_token: bool,
 }
 
 impl Default for Strictness {
@@ -173,6 +187,8 @@ impl Strictness {
             client_secret_lifetime_secs: 0,
             par_lifetime_secs: DEFAULT_PAR_LIFETIME_SECS,
             backchannel_logout: false,
+            echo_kept_refresh_token: false,
+            records_carry_refresh_token: true,
         }
     }
 
@@ -197,6 +213,8 @@ impl Strictness {
             client_secret_lifetime_secs: 0,
             par_lifetime_secs: DEFAULT_PAR_LIFETIME_SECS,
             backchannel_logout: true,
+            echo_kept_refresh_token: false,
+            records_carry_refresh_token: true,
         }
     }
 

@@ -1109,7 +1109,11 @@ fn refresh_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<
                     return Refreshed::Invalid(reason);
                 }
                 if record.rtr != Some(true) {
-                    return Refreshed::Issued(Box::new(record.clone()), None, issue_at);
+                    let echo = service
+                        .strict()
+                        .echo_kept_refresh_token
+                        .then(|| token.to_owned());
+                    return Refreshed::Issued(Box::new(record.clone()), echo, issue_at);
                 }
                 service.expended.insert(
                     expended_key.clone(),
@@ -1196,7 +1200,10 @@ fn refresh_grant(service: &Service, client: &ClientInfo, form: &Form) -> Result<
                         .0,
                 )
             } else {
-                None
+                service
+                    .strict()
+                    .echo_kept_refresh_token
+                    .then(|| token.to_owned())
             };
             let id_token = (claims.idr == Some(true)).then(IdTokenParams::refreshed);
             Ok(service.token_response(&claims, issue_at, token, claims.exp, id_token))
