@@ -3,8 +3,8 @@
 //! They back every integration test, the demo and operator rehearsals
 //! (`handover emulate`).
 //!
-//! Both emulators share the test [`Knobs`]: added latency, an error rate and a
-//! "down" switch, settable in-process or over HTTP at `/_emulator/knobs`
+//! Both emulators share the test [`Knobs`]: added latency, an error rate, a
+//! throttle (`429` with `Retry-After`) and a "down" switch, settable in-process or over HTTP at `/_emulator/knobs`
 //! (bearer-protected with the emulator's API token), so a test or a rehearsal
 //! can play a slow, failing or unreachable upstream.
 
@@ -13,8 +13,9 @@ pub mod connect2id;
 pub mod driver;
 pub mod jwks;
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +24,21 @@ use serde::{Deserialize, Serialize};
 pub struct Knobs {
     latency_us: AtomicU64,
     error_rate_ppm: AtomicU32,
+    /// `Retry-After` seconds of a `429` answered to every request; 0: off.
+    throttle_secs: AtomicU64,
     down: AtomicBool,
+    /// When each request was answered and whether it was throttled, kept
+    /// only while [`Knobs::record_calls`] is on (a test's evidence).
+    calls: Mutex<Option<Vec<Call>>>,
+}
+
+/// One request an emulator answered, as recorded by [`Knobs::record_calls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    /// When the answer was sent.
+    pub at: Instant,
+    /// Whether it was the throttle's `429`.
+    pub throttled: bool,
 }
 
 /// The JSON form of [`Knobs`] used by `/_emulator/knobs`; absent fields are
@@ -37,6 +52,10 @@ pub struct KnobSettings {
     /// Fraction of requests (0.0 to 1.0) answered with `503`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<f64>,
+    /// When above 0, every request is answered `429` with this
+    /// `Retry-After` (seconds); 0 turns the throttle off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_secs: Option<u64>,
     /// When true, every request except `/_emulator/*` has its connection
     /// dropped without an answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +85,51 @@ impl Knobs {
         f64::from(self.error_rate_ppm.load(Ordering::Relaxed)) / 1_000_000.0
     }
 
+    /// Answers every request `429` with `Retry-After: retry_after` (whole
+    /// seconds, at least 1), or stops throttling (`None`).
+    pub fn set_throttle(&self, retry_after: Option<Duration>) {
+        let secs = retry_after.map_or(0, |after| after.as_secs().max(1));
+        self.throttle_secs.store(secs, Ordering::Relaxed);
+    }
+
+    /// The `Retry-After` seconds of the throttle, when it is on.
+    pub(crate) fn throttled(&self) -> Option<u64> {
+        Some(self.throttle_secs.load(Ordering::Relaxed)).filter(|secs| *secs > 0)
+    }
+
+    /// Starts (or stops and forgets) recording when each request is
+    /// answered.
+    pub fn record_calls(&self, on: bool) {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = on.then(Vec::new);
+    }
+
+    /// The requests answered since recording started, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Records an answer (when recording).
+    pub(crate) fn answered(&self, throttled: bool) {
+        if let Some(calls) = self
+            .calls
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .as_mut()
+        {
+            calls.push(Call {
+                at: Instant::now(),
+                throttled,
+            });
+        }
+    }
+
     /// Plays a server that is down (connections dropped) or back up.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::Relaxed);
@@ -90,6 +154,9 @@ impl Knobs {
         if let Some(rate) = settings.error_rate {
             self.set_error_rate(rate);
         }
+        if let Some(secs) = settings.throttle_secs {
+            self.set_throttle((secs > 0).then(|| Duration::from_secs(secs)));
+        }
         if let Some(down) = settings.down {
             self.set_down(down);
         }
@@ -100,6 +167,7 @@ impl Knobs {
         KnobSettings {
             latency_ms: Some(u64::try_from(self.latency().as_millis()).unwrap_or(u64::MAX)),
             error_rate: Some(self.error_rate()),
+            throttle_secs: Some(self.throttled().unwrap_or(0)),
             down: Some(self.is_down()),
         }
     }
@@ -125,5 +193,13 @@ mod tests {
         assert!(!knobs.should_fail());
         knobs.set_error_rate(1.0);
         assert!(knobs.should_fail());
+        assert_eq!(knobs.throttled(), None);
+        knobs.apply(&KnobSettings {
+            throttle_secs: Some(3),
+            ..KnobSettings::default()
+        });
+        assert_eq!(knobs.throttled(), Some(3));
+        knobs.set_throttle(None);
+        assert_eq!(knobs.throttled(), None);
     }
 }

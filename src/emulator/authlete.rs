@@ -631,7 +631,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let knobs = crate::emulator::KnobSettings {
         latency_ms: Some(options.latency_ms),
         error_rate: Some(options.error_rate),
-        down: None,
+        ..crate::emulator::KnobSettings::default()
     };
     let listener = TcpListener::bind(addr)
         .await

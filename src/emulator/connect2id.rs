@@ -488,7 +488,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     emulator.knobs().apply(&KnobSettings {
         latency_ms: Some(options.latency_ms),
         error_rate: Some(options.error_rate),
-        down: None,
+        ..crate::emulator::KnobSettings::default()
     });
     let handle = emulator.start(listener).await;
     tracing::info!(
@@ -1148,6 +1148,15 @@ impl Service {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
+        if let Some(retry_after) = self.knobs.throttled() {
+            self.knobs.answered(true);
+            let mut response = ApiError::throttled().into_response();
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, retry_after.into());
+            return Ok(response);
+        }
+        self.knobs.answered(false);
         if self.knobs.should_fail() {
             return Ok(ApiError::unavailable().into_response());
         }

@@ -96,6 +96,16 @@ impl ApiError {
         )
     }
 
+    /// 429, the answer of the throttle knob (the caller adds
+    /// `Retry-After`).
+    pub(crate) fn throttled() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "server_error",
+            "Too many requests",
+        )
+    }
+
     /// 503 `server_error`, the answer of the error-rate knob.
     pub(crate) fn unavailable() -> Self {
         Self::new(
