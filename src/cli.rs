@@ -398,6 +398,113 @@ pub fn render_report(report: &VerifyReport) -> String {
     out
 }
 
+/// The report of `handover journal check`: one headline per log (journal,
+/// dead letters, registrations), one line per damaged place, and what to do.
+pub fn render_journal_check(report: &crate::journal::Report, config: &str) -> String {
+    let mut out = String::new();
+    for log in &report.logs {
+        out.push_str(&format!(
+            "{} {}: {} segments · cursor {} · {} readable records, {} pending · {}\n",
+            log.name,
+            log.dir.display(),
+            log.segments,
+            log.cursor
+                .map_or_else(|| "none".to_owned(), |cursor| cursor.to_string()),
+            log.readable,
+            log.pending,
+            if log.clean() { "clean" } else { "DAMAGED" }
+        ));
+        if let Some(problem) = &log.cursor_problem {
+            out.push_str(&format!("  cursor file: {problem}\n"));
+        }
+        if log.wrong_key {
+            out.push_str(
+                "  no pending record decrypts although their checksums are good: wrong journal.payload_key?\n",
+            );
+        }
+        for damage in &log.damage {
+            let file = damage.segment.file_name().map_or_else(
+                || damage.segment.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            );
+            out.push_str(&format!(
+                "  {file} at byte {}: {} ({} bytes, {} records, {} pending): {}\n",
+                damage.offset,
+                damage.kind.as_str(),
+                damage.bytes,
+                damage.records,
+                damage.pending,
+                damage.reason
+            ));
+        }
+    }
+    if report.clean() {
+        out.push_str("the journal is clean\n");
+    } else {
+        out.push_str(&format!(
+            "damage found: with the proxy stopped, run `handover journal salvage -c {config}` (it keeps every readable record and moves the damaged segments to quarantine/)\n"
+        ));
+    }
+    out
+}
+
+/// The report of `handover journal salvage`: what moved where, what was
+/// kept and lost, and what `handover verify --repair` will fix.
+pub fn render_salvage(salvaged: &crate::journal::Salvaged) -> String {
+    let Some(quarantine) = &salvaged.quarantine else {
+        return "the journal is clean: nothing to salvage\n".to_owned();
+    };
+    let mut out = format!(
+        "salvaged; the original files are in {}\n",
+        quarantine.display()
+    );
+    let name = |path: &std::path::Path| {
+        path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
+    let mut lost_changes = 0;
+    for log in &salvaged.logs {
+        let moved: Vec<String> = log.quarantined.iter().map(|p| name(p)).collect();
+        out.push_str(&format!(
+            "  {}: quarantined {} · kept {} pending records{} · lost {} · cursor {} -> {}\n",
+            log.name,
+            if moved.is_empty() {
+                "the cursor file".to_owned()
+            } else {
+                moved.join(", ")
+            },
+            log.kept,
+            log.written
+                .as_ref()
+                .map_or_else(String::new, |path| format!(" in {}", name(path))),
+            log.lost,
+            log.cursor.0,
+            log.cursor.1
+        ));
+        if log.name == "journal" {
+            lost_changes += log.lost;
+        } else if log.lost > 0 {
+            out.push_str(&format!(
+                "  {} {} entries could not be read.\n",
+                log.lost, log.name
+            ));
+        }
+    }
+    if salvaged.logs.iter().any(|log| log.lost > 0) {
+        out.push_str(&format!(
+            "{lost_changes} pending changes could not be read and are no longer in the journal: the new server may miss what they changed. \
+Start handover and run `handover verify --repair`: it compares every synced dataset on both servers and journals a sync of each key that differs \
+(lost registrations, updates, deletions, authorizations, sessions and revocations that removed records all show up as drift). \
+It cannot see a lost change that leaves no difference it compares (verify lists those datasets as \"not measured\").\n"
+        ));
+    } else {
+        out.push_str("no pending change was lost; nothing for `handover verify --repair` to fix beyond the usual\n");
+    }
+    out
+}
+
 /// Prints `/status` once, or every second with `watch` (redrawn in place on
 /// a terminal, one line per second otherwise).
 pub async fn watch_status(client: &AdminClient, watch: bool, json: bool) -> Result<(), Error> {

@@ -370,6 +370,11 @@ impl<const N: usize> Env for [(&str, &str); N] {
 }
 
 impl Config {
+    /// The journal's cipher, from `journal_key` (validated by [`Config::load`]).
+    pub fn journal_cipher(&self) -> Result<crate::journal::Cipher, crate::journal::KeyError> {
+        crate::journal::Cipher::from_hex(self.journal_key.expose())
+    }
+
     /// Reads and validates `path`, resolving secrets from the process
     /// environment.
     pub fn load(path: &Path) -> Result<Self, Error> {

@@ -165,6 +165,7 @@ mod deadletters;
 mod io;
 pub mod record;
 mod registrations;
+mod salvage;
 mod segment;
 mod store;
 mod writer;
@@ -187,6 +188,9 @@ pub use deadletters::{DEAD_LETTERS_DIR, DeadLetter, DeadLetters, MAX_REASON_BYTE
 pub use io::{DIR_MODE, FILE_MODE, Faults, create_private_dir_all, private_file};
 pub use record::{EncodeError, FrameError};
 pub use registrations::{ClientCredentials, REGISTRATIONS_DIR, Registrations};
+pub use salvage::{
+    Damage, DamageKind, LogReport, LogSalvage, QUARANTINE_DIR, Report, Salvaged, check, salvage,
+};
 pub use segment::SegmentStore;
 pub use store::{Appended, Recovery, Store, TornTail, Usage};
 
@@ -312,7 +316,7 @@ pub enum Error {
     /// other than the last, or a record that passes its CRC but does not
     /// decrypt (wrong key or tampering).
     #[error(
-        "journal file {path} is corrupt at byte {offset}: {reason}; refusing to open rather than skip records"
+        "journal file {path} is corrupt at byte {offset}: {reason}; refusing to open rather than skip records; run `handover journal check` to see the damage and `handover journal salvage` to keep every readable record (README: Durability)"
     )]
     Corrupt {
         /// The segment file.
@@ -325,7 +329,7 @@ pub enum Error {
     /// Recovery found a bad record in the last segment followed by a valid
     /// one: not a torn tail, so truncating would drop good records.
     #[error(
-        "journal file {path} is corrupt at byte {offset}: {reason}, and a valid record follows at byte {valid_at}, so this is not a torn tail; refusing to open rather than skip records"
+        "journal file {path} is corrupt at byte {offset}: {reason}, and a valid record follows at byte {valid_at}, so this is not a torn tail; refusing to open rather than skip records; run `handover journal check` to see the damage and `handover journal salvage` to keep every readable record (README: Durability)"
     )]
     CorruptBeforeValid {
         /// The segment file.
@@ -339,7 +343,7 @@ pub enum Error {
     },
     /// A record passes its checks but carries a seq other than the next one.
     #[error(
-        "journal file {path} holds seq {found} at byte {offset} where seq {expected} belongs; refusing to open"
+        "journal file {path} holds seq {found} at byte {offset} where seq {expected} belongs; refusing to open; run `handover journal check` to see the damage and `handover journal salvage` to keep every readable record (README: Durability)"
     )]
     SeqMismatch {
         /// The segment file.
@@ -354,7 +358,7 @@ pub enum Error {
     /// Segment files do not follow each other: records at or above the
     /// cursor are missing (a segment was deleted or never written).
     #[error(
-        "journal records {expected}..{found} are missing before {path} (applied cursor {cursor}); refusing to open"
+        "journal records {expected}..{found} are missing before {path} (applied cursor {cursor}); refusing to open; run `handover journal check` to see the damage and `handover journal salvage` to keep every readable record (README: Durability)"
     )]
     Gap {
         /// The segment after the gap.
@@ -377,7 +381,9 @@ pub enum Error {
         reason: &'static str,
     },
     /// The cursor file has the wrong size or fails its checksum.
-    #[error("journal cursor file {path} is corrupt: {reason}")]
+    #[error(
+        "journal cursor file {path} is corrupt: {reason}; run `handover journal salvage` to replace it (README: Durability)"
+    )]
     CorruptCursor {
         /// The cursor file.
         path: PathBuf,
@@ -389,6 +395,16 @@ pub enum Error {
     BadSegmentName {
         /// The file.
         path: PathBuf,
+    },
+    /// `handover journal salvage` found no pending record that decrypts,
+    /// although their checksums are good: the key is not the one the
+    /// journal was written with, and salvaging would discard every record.
+    #[error(
+        "no pending record in {dir} decrypts with this key, although their checksums are good: is journal.payload_key the key this journal was written with? Nothing was changed"
+    )]
+    WrongKey {
+        /// The log directory.
+        dir: PathBuf,
     },
     /// Another journal (in this or another process) has the directory open.
     #[error(

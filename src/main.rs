@@ -48,6 +48,16 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Check a stopped proxy's journal for damage, or salvage it (keep every
+    /// readable record, quarantine the damaged segments).
+    Journal {
+        /// `check` (read only; exit 1 when damage is found) or `salvage`.
+        #[arg(value_enum)]
+        action: JournalAction,
+        /// The config file (the journal directory and key come from it).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Run a standalone Connect2id or Authlete emulator (rehearsals, tests).
     Emulate(Box<EmulateArgs>),
     /// Zero-config demo: emulated source and target, the proxy in front,
@@ -154,6 +164,15 @@ enum BackfillAction {
     Resume,
     /// Only apply --rate / --concurrency.
     Set,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum JournalAction {
+    /// Read every segment and report torn tails and corrupt records.
+    Check,
+    /// Keep every readable record, move the damaged segments to
+    /// `<journal dir>/quarantine/`, write a clean segment.
+    Salvage,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -297,6 +316,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config, cli.log_format),
         Command::Check { config } => check(&config),
+        Command::Journal { action, config } => journal(action, &config),
         Command::Emulate(args) => emulate(*args, cli.log_format),
         Command::Demo(args) => demo(&args),
         Command::Status { admin, watch } => operate(&admin, |client, json| async move {
@@ -662,6 +682,61 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(err) => {
             eprintln!("handover: {err}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `handover journal check|salvage`: offline, on the journal directory of
+/// the config (the proxy must be stopped: the journal is locked while it
+/// runs). Exit 0 clean (check) or salvaged, 1 damage found (check) or the
+/// salvage refused or failed, 64 bad config.
+fn journal(action: JournalAction, path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("handover: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let cipher = match config.journal_cipher() {
+        Ok(cipher) => cipher,
+        Err(err) => {
+            eprintln!("handover: journal key: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dir = &config.journal.dir;
+    let config_arg = path.display().to_string();
+    match action {
+        JournalAction::Check => match handover::journal::check(dir, &cipher) {
+            Ok(report) => {
+                write_stdout(&handover::cli::render_journal_check(&report, &config_arg));
+                if report.clean() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_PROBLEM)
+                }
+            }
+            Err(err) => {
+                eprintln!("handover: {err}");
+                ExitCode::from(EXIT_PROBLEM)
+            }
+        },
+        JournalAction::Salvage => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+                .to_string();
+            match handover::journal::salvage(dir, &cipher, &stamp) {
+                Ok(salvaged) => {
+                    write_stdout(&handover::cli::render_salvage(&salvaged));
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("handover: {err}");
+                    ExitCode::from(EXIT_PROBLEM)
+                }
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //! head-read timeout after the accept, a trickled trigger body gets 408,
 //! connections past `proxy.max_connections` get a 503 and are counted, a
 //! malformed chunked body is the downstream's fault (400), and a request
-//! without exactly one `Host` is refused (RFC 9112 §3.2).
+//! without exactly one `Host` is refused (RFC 9112 §3.2), and so is an
+//! HTTP/2 request whose `Host` differs from its `:authority`.
 #![allow(clippy::unwrap_used)] // tests unwrap freely; a panic is a failure
 
 mod support;
@@ -185,6 +186,37 @@ async fn a_request_without_exactly_one_host_is_refused() {
     // HTTP/1.0 may omit Host.
     let response = exchange(&proxy, b"GET /jwks.json HTTP/1.0\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+}
+
+#[tokio::test]
+async fn an_http2_host_that_differs_from_the_authority_is_refused() {
+    let upstream = FakeUpstream::echo().await;
+    let proxy = TestProxy::start(TestProxy::config_for(&upstream.url())).await;
+    let h2 = support::proxy::h2c_client();
+    let authority = format!("{}", proxy.addr);
+    for (host, status) in [
+        (None, http::StatusCode::OK),
+        (Some(authority.to_uppercase()), http::StatusCode::OK),
+        (
+            Some("evil.example".to_owned()),
+            http::StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let mut request = http::Request::get(proxy.url("/jwks.json"));
+        if let Some(host) = &host {
+            request = request.header(http::header::HOST, host);
+        }
+        let request = request.body(Default::default()).unwrap();
+        let (parts, _) = support::proxy::send(&h2, request).await;
+        assert_eq!(parts.status, status, "{host:?}");
+        assert_eq!(parts.version, http::Version::HTTP_2);
+    }
+    let forwarded: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|seen| seen.uri.path() == "/jwks.json")
+        .collect();
+    assert_eq!(forwarded.len(), 2, "{forwarded:?}");
 }
 
 #[tokio::test]

@@ -52,7 +52,7 @@ pub(crate) fn segment_path(dir: &Path, first_seq: Seq) -> PathBuf {
     dir.join(format!("{first_seq:020}.{SEGMENT_EXTENSION}"))
 }
 
-fn parse_segment_name(path: &Path) -> Option<Result<Seq, Error>> {
+pub(super) fn parse_segment_name(path: &Path) -> Option<Result<Seq, Error>> {
     if path.extension().and_then(|e| e.to_str()) != Some(SEGMENT_EXTENSION) {
         return None;
     }
@@ -463,7 +463,7 @@ impl SegmentStore {
 /// The offset in `rest` (past its first byte) of a frame that passes its
 /// CRC and has a plausible seq (at or after `expected`), if any. Used to tell
 /// a torn tail (nothing valid after the damage) from mid-file corruption.
-fn find_valid_frame(rest: &[u8], expected: Seq) -> Option<usize> {
+pub(super) fn find_valid_frame(rest: &[u8], expected: Seq) -> Option<usize> {
     let min_frame = PREFIX_LEN + MIN_LEN as usize;
     let max_seq = expected.saturating_add((rest.len() / min_frame) as u64 + 1);
     (1..rest.len()).find(|&at| {

@@ -473,8 +473,10 @@ async fn finish(
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, and any request with
-/// more than one, is refused with 400 (HTTP/2 carries `:authority`; an
-/// HTTP/1.0 request may lack `Host`).
+/// more than one, is refused with 400 (an HTTP/1.0 request may lack
+/// `Host`). HTTP/2 carries the authority in `:authority` (RFC 9113
+/// §8.3.1): a `Host` that names another authority is refused too, since
+/// the proxy and the upstream could otherwise read different hosts.
 fn check_host(parts: &http::request::Parts) -> Result<(), ProxyError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
@@ -484,6 +486,20 @@ fn check_host(parts: &http::request::Parts) -> Result<(), ProxyError> {
         (None, _) if parts.version == http::Version::HTTP_11 => Err(ProxyError::downstream(
             Kind::BadRequest("no Host header in an HTTP/1.1 request".into()),
         )),
+        (Some(host), None) if parts.version == http::Version::HTTP_2 => {
+            match parts.uri.authority() {
+                Some(authority)
+                    if !host
+                        .as_bytes()
+                        .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+                {
+                    Err(ProxyError::downstream(Kind::BadRequest(
+                        "Host differs from :authority".into(),
+                    )))
+                }
+                _ => Ok(()),
+            }
+        }
         _ => Ok(()),
     }
 }
