@@ -726,7 +726,13 @@ impl Worker {
                 }
                 Err(err) if err.is_transient() => {
                     self.metrics.record_failure(dataset);
-                    let outage = self.breaker.record(admission, breaker::Outcome::Transient);
+                    // A server that answers "not yet" is up: no outage.
+                    let outcome = if matches!(err, ApiError::Awaiting(_)) {
+                        breaker::Outcome::Answered
+                    } else {
+                        breaker::Outcome::Transient
+                    };
+                    let outage = self.breaker.record(admission, outcome);
                     if outage {
                         self.limits.of(self.apply.secondary()).restart();
                     }

@@ -265,7 +265,7 @@ impl Apply for Connect2idCopy {
         Box::pin(async move {
             let secondary = self.servers.secondary_api();
             let Key::Client { .. } = key else {
-                return write_exported(secondary, key, record).await;
+                return write_exported(self.servers.primary_api(), secondary, key, record).await;
             };
             // The one-request import first (the usual case: the record is
             // new), the full upsert when the secondary refuses it.
@@ -296,14 +296,51 @@ async fn blocking(
         .map_err(|err| ApiError::Transient(format!("cannot persist the registration map: {err}")))
 }
 
+/// Imports an authorization at the secondary. A server that checks the
+/// client of an import refuses one whose client has not arrived yet
+/// (domain-gaps Q1.13): clients and authorizations travel in different
+/// lanes, and the backfill may reach an authorization before its client.
+/// While the primary has the client, that refusal is a wait
+/// ([`ApiError::Awaiting`], retried), not a dead letter; a refusal with the
+/// client present on the secondary (or gone from the primary) is the
+/// record's own.
+async fn import_authorization(
+    primary: &Connect2id,
+    secondary: &Connect2id,
+    client_id: &str,
+    record: &Value,
+) -> Result<(), ApiError> {
+    match secondary.import_authorization(record).await {
+        Err(refused @ ApiError::Rejected { status: 400, .. }) => {
+            if secondary.get_client(client_id).await?.is_some()
+                || primary.get_client(client_id).await?.is_none()
+            {
+                return Err(refused);
+            }
+            Err(ApiError::Awaiting(format!(
+                "client {client_id} is not on the {} yet",
+                secondary.server()
+            )))
+        }
+        other => other,
+    }
+}
+
 /// Writes an exported authorization or session to the secondary with the
 /// import semantics, trying the one-request import first (the usual case:
 /// the record is new) and falling back to the full upsert when the
 /// secondary refuses it.
-async fn write_exported(secondary: &Connect2id, key: &Key, record: &Value) -> Result<(), ApiError> {
+async fn write_exported(
+    primary: &Connect2id,
+    secondary: &Connect2id,
+    key: &Key,
+    record: &Value,
+) -> Result<(), ApiError> {
     match key {
         Key::Client { .. } => Ok(()),
-        Key::Authorization { .. } => secondary.import_authorization(record).await,
+        Key::Authorization { client_id, .. } => {
+            import_authorization(primary, secondary, client_id, record).await
+        }
         Key::Session { sid } => match secondary.import_session(sid, record).await {
             Err(ApiError::Rejected { .. }) => secondary.upsert_session(sid, record).await,
             other => other,
@@ -325,7 +362,7 @@ async fn sync_key(primary: &Connect2id, secondary: &Connect2id, key: &Key) -> Re
         Key::Client { .. } => Ok(()),
         Key::Authorization { subject, client_id } => {
             match primary.get_authorization(subject, client_id).await? {
-                Some(record) => secondary.import_authorization(&record).await,
+                Some(record) => import_authorization(primary, secondary, client_id, &record).await,
                 None => secondary.delete_authorization(subject, client_id).await,
             }
         }
