@@ -21,7 +21,8 @@
 //! kept for the next successful append, which journals them again.
 //!
 //! During a flip, trigger requests wait at the cutover [`Gate`] before
-//! being forwarded. Right after a flip (for `cutover.fallback_window`),
+//! being forwarded. Right after a flip (for `cutover.fallback_window`, or
+//! the longest access-token lifetime seen in token responses if longer),
 //! requests whose state lives only on the previous primary (a login in
 //! progress, an authorization code, an identifier access token) are
 //! replayed there when the new primary does not know it, and whatever they
@@ -33,6 +34,7 @@
 //! hook steps aside entirely: a plain pass-through.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -89,6 +91,9 @@ struct Inner {
     phases: Arc<Phases>,
     gate: Arc<Gate>,
     fallback_window: Duration,
+    /// The longest `expires_in` (seconds) of an access token the primary
+    /// issued through the proxy: the fallback window is at least that long.
+    longest_access_token: AtomicU64,
     refresh_fallback_window: Option<Duration>,
     cutover_metrics: CutoverMetrics,
     recorder: Recorder,
@@ -128,6 +133,7 @@ impl TriggerHook {
                 phases: cutover.phases,
                 gate: cutover.gate,
                 fallback_window: cutover.fallback_window,
+                longest_access_token: AtomicU64::new(0),
                 refresh_fallback_window: cutover.refresh_fallback_window,
                 cutover_metrics: cutover.metrics,
                 recorder,
@@ -175,7 +181,7 @@ impl Hook for TriggerHook {
         // Only right after a flip: everything else streams untouched.
         inner
             .servers
-            .previous_within(inner.fallback_window)
+            .previous_within(inner.fallback_window())
             .or_else(|| inner.refresh_previous())?;
         inner
             .catalogue
@@ -210,7 +216,7 @@ impl Hook for TriggerHook {
                     .await;
             }
             let (method, path) = (&request.method, request.uri.path());
-            let previous = inner.servers.previous_within(inner.fallback_window);
+            let previous = inner.servers.previous_within(inner.fallback_window());
             let fallback = previous
                 .and_then(|_| {
                     inner
@@ -269,6 +275,9 @@ impl Ticket for TriggerTicket {
                 return;
             };
             inner.metrics.record_trigger(row.name);
+            if let Some(lifetime) = inner.catalogue.access_token_lifetime(self.route, &exchange) {
+                inner.observe_access_token_lifetime(lifetime);
+            }
             if let Some(samples) = &inner.samples
                 && let Some(tokens) = inner.catalogue.issued_tokens(self.route, &exchange)
             {
@@ -360,6 +369,28 @@ impl Inner {
     /// The old Connect2id, while refreshes are replayed there: after a
     /// cutover to an Authlete-based server, for the refresh fallback window
     /// (the hook steps aside at `complete`).
+    /// How long after a flip the previous primary is asked for state it
+    /// alone holds: the configured window, or the longest access-token
+    /// lifetime seen issued if that is longer (an identifier access token
+    /// issued just before the flip is introspected at the previous primary
+    /// until it expires; domain-gaps Q2.3).
+    fn fallback_window(&self) -> Duration {
+        let observed = Duration::from_secs(self.longest_access_token.load(Ordering::Relaxed));
+        self.fallback_window.max(observed)
+    }
+
+    /// Records the lifetime of an access token the primary issued.
+    fn observe_access_token_lifetime(&self, seconds: u64) {
+        let previous = self.longest_access_token.fetch_max(seconds, Ordering::Relaxed);
+        if seconds > previous && Duration::from_secs(seconds) > self.fallback_window {
+            tracing::info!(
+                lifetime_s = seconds,
+                configured_s = self.fallback_window.as_secs(),
+                "extended the fallback window to the longest access-token lifetime issued"
+            );
+        }
+    }
+
     fn refresh_previous(&self) -> Option<Side> {
         self.refresh_fallback_window
             .and_then(|window| self.servers.previous_within(window))

@@ -608,6 +608,21 @@ impl Catalogue {
         })
     }
 
+    /// The lifetime (`expires_in`, seconds) of an access token a successful
+    /// token or direct-authorization response issued. An identifier access
+    /// token lives only on the server that issued it (no import path), so
+    /// the fallback after a flip must last as long as the longest one.
+    pub fn access_token_lifetime(&self, route: RouteId, exchange: &Exchange<'_>) -> Option<u64> {
+        let resolved = Resolved::default();
+        let (row, _) = self.input(route, exchange, &resolved, 0)?;
+        if !matches!(row.name, "token" | "direct_authz") {
+            return None;
+        }
+        let response: Value = serde_json::from_slice(exchange.response_body?).ok()?;
+        response.get("access_token")?;
+        response.get("expires_in")?.as_u64()
+    }
+
     /// The token event of an exchange, for a target that learns tokens
     /// only from their values.
     pub fn token_event(
