@@ -368,6 +368,7 @@ pub async fn run(
             phases: Arc::clone(&phases),
             gate: Arc::clone(&gate),
             fallback_window: config.cutover.fallback_window,
+            tenant_headers: config.proxy.forward.trusted_issuer_header,
             samples: parity.as_ref().map(|_| Arc::clone(&samples)),
             refresh_fallback_window: config.cutover.refresh_fallback_window,
             metrics: metrics.cutover.clone(),

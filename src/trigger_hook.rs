@@ -47,7 +47,7 @@ use crate::cutover::{Phase, Phases};
 use crate::error::{Kind, ProxyError};
 use crate::metrics::{CutoverMetrics, JournalMetrics};
 use crate::model::Side;
-use crate::model::{Change, Key, TokenKind};
+use crate::model::{Change, Key, Tenant, TokenKind};
 use crate::proxy::{BoxFuture, Exchange, Hook, RouteId, Ticket};
 use crate::servers::Servers;
 use crate::sync::{Apply, Recorder};
@@ -94,6 +94,10 @@ struct Inner {
     /// The longest `expires_in` (seconds) of an access token the primary
     /// issued through the proxy: the fallback window is at least that long.
     longest_access_token: AtomicU64,
+    /// Whether downstream `Tenant-ID` / `Issuer` headers reach the primary
+    /// (`proxy.trusted_issuer_header`): then a trigger that carries one
+    /// changed that issuer's state, and its changes are scoped to it.
+    tenant_headers: bool,
     refresh_fallback_window: Option<Duration>,
     cutover_metrics: CutoverMetrics,
     recorder: Recorder,
@@ -134,6 +138,7 @@ impl TriggerHook {
                 gate: cutover.gate,
                 fallback_window: cutover.fallback_window,
                 longest_access_token: AtomicU64::new(0),
+                tenant_headers: cutover.tenant_headers,
                 refresh_fallback_window: cutover.refresh_fallback_window,
                 cutover_metrics: cutover.metrics,
                 recorder,
@@ -164,6 +169,9 @@ pub(crate) struct CutoverParts {
     pub refresh_fallback_window: Option<Duration>,
     /// Counts replays at the previous primary.
     pub metrics: CutoverMetrics,
+    /// Whether downstream `Tenant-ID` / `Issuer` headers are forwarded
+    /// (`proxy.trusted_issuer_header`), so triggers are scoped by them.
+    pub tenant_headers: bool,
     /// Where tokens seen in live token responses are kept (in memory) for
     /// the secret-key parity probes; `None` for an Authlete target.
     pub samples: Option<Arc<Samples>>,
@@ -211,8 +219,9 @@ impl Hook for TriggerHook {
             };
             let mut resolved = Resolved::default();
             if trigger && let Some(token) = inner.catalogue.token_to_resolve(route, body) {
+                let tenant = inner.tenant_of(&request.headers);
                 resolved.authorization = inner
-                    .resolve_before_forwarding(&token.token, token.kind)
+                    .resolve_before_forwarding(&token.token, token.kind, tenant.as_ref())
                     .await;
             }
             let (method, path) = (&request.method, request.uri.path());
@@ -345,6 +354,13 @@ impl Ticket for TriggerTicket {
                     inner.recorder.record_untracked(row.name, reason);
                 }
             }
+            // A trigger routed to one issuer changed that issuer's state.
+            if let Some(tenant) = inner.tenant_of(exchange.request_headers) {
+                changes = changes
+                    .into_iter()
+                    .map(|change| change.scoped(Some(tenant.clone())))
+                    .collect();
+            }
             // Answered by the previous primary: what changed lives there.
             if by_previous {
                 changes = changes
@@ -369,6 +385,15 @@ impl Inner {
     /// The old Connect2id, while refreshes are replayed there: after a
     /// cutover to an Authlete-based server, for the refresh fallback window
     /// (the hook steps aside at `complete`).
+    /// The issuer a downstream request was routed to, when its routing
+    /// headers reach the primary.
+    fn tenant_of(&self, headers: &http::HeaderMap) -> Option<Tenant> {
+        if !self.tenant_headers {
+            return None;
+        }
+        Tenant::of_headers(headers)
+    }
+
     /// How long after a flip the previous primary is asked for state it
     /// alone holds: the configured window, or the longest access-token
     /// lifetime seen issued if that is longer (an identifier access token
@@ -381,7 +406,9 @@ impl Inner {
 
     /// Records the lifetime of an access token the primary issued.
     fn observe_access_token_lifetime(&self, seconds: u64) {
-        let previous = self.longest_access_token.fetch_max(seconds, Ordering::Relaxed);
+        let previous = self
+            .longest_access_token
+            .fetch_max(seconds, Ordering::Relaxed);
         if seconds > previous && Duration::from_secs(seconds) > self.fallback_window {
             tracing::info!(
                 lifetime_s = seconds,
@@ -442,11 +469,15 @@ impl Inner {
         &self,
         token: &str,
         kind: TokenKind,
+        tenant: Option<&Tenant>,
     ) -> Option<(String, String)> {
         if let Some(pair) = jwt_subject_and_client(token) {
             return Some(pair);
         }
-        let primary = self.servers.primary_api();
+        let primary = match tenant {
+            Some(tenant) => std::borrow::Cow::Owned(self.servers.primary_api().in_tenant(tenant)),
+            None => std::borrow::Cow::Borrowed(self.servers.primary_api()),
+        };
         for kind in [kind, kind.other()] {
             match primary.inspect(token, kind).await {
                 Ok(Some(record)) => {

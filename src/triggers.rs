@@ -872,12 +872,36 @@ mod tests {
                 .map(|row| row.name)
         };
         for (method, legacy, current) in [
-            (Method::POST, "/c2id/authz-store/rest/v2/authorizations", "authz_store_add"),
-            (Method::DELETE, "/c2id/authz-store/rest/v2/authorizations", "authz_store_delete"),
-            (Method::POST, "/c2id/authz-store/rest/v2/revocation", "authz_store_revocation"),
-            (Method::POST, "/c2id/authz-sessions/rest/v1", "authz_session_start"),
-            (Method::PUT, "/c2id/authz-sessions/rest/v2/abc", "authz_session_step"),
-            (Method::PUT, "/c2id/authz-sessions/rest/v1/abc/", "authz_session_step"),
+            (
+                Method::POST,
+                "/c2id/authz-store/rest/v2/authorizations",
+                "authz_store_add",
+            ),
+            (
+                Method::DELETE,
+                "/c2id/authz-store/rest/v2/authorizations",
+                "authz_store_delete",
+            ),
+            (
+                Method::POST,
+                "/c2id/authz-store/rest/v2/revocation",
+                "authz_store_revocation",
+            ),
+            (
+                Method::POST,
+                "/c2id/authz-sessions/rest/v1",
+                "authz_session_start",
+            ),
+            (
+                Method::PUT,
+                "/c2id/authz-sessions/rest/v2/abc",
+                "authz_session_step",
+            ),
+            (
+                Method::PUT,
+                "/c2id/authz-sessions/rest/v1/abc/",
+                "authz_session_step",
+            ),
             (Method::POST, "/c2id/direct-authz/rest/v1", "direct_authz"),
         ] {
             assert_eq!(name(method, legacy), Some(current), "{legacy}");
@@ -885,7 +909,10 @@ mod tests {
         // Versions that never existed, or a prefix that only looks alike.
         assert_eq!(name(Method::POST, "/c2id/direct-authz/rest/v3"), None);
         assert_eq!(name(Method::POST, "/c2id/authz-sessions/rest/v1x"), None);
-        assert_eq!(name(Method::POST, "/c2id/authz-store/rest/v1/authorizations"), None);
+        assert_eq!(
+            name(Method::POST, "/c2id/authz-store/rest/v1/authorizations"),
+            None
+        );
         // The fallbacks of a login in progress cover the legacy paths too.
         assert_eq!(
             catalogue.fallback(&Method::PUT, "/c2id/authz-sessions/rest/v2/abc"),

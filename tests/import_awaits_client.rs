@@ -34,11 +34,18 @@ async fn an_authorization_waits_for_its_client_instead_of_dead_lettering() {
     // A login through the proxy persists an authorization of that client
     // (at the code exchange): its sync reaches a target that does not know
     // the client.
-    let login = stack.via_proxy.login(&app.id, "alice", consent).await.unwrap();
-    stack.via_proxy.exchange_code(&app, &login.code).await.unwrap();
-    let refused_for_now = support::proxy::eventually(
-        std::time::Duration::from_secs(10),
-        || async {
+    let login = stack
+        .via_proxy
+        .login(&app.id, "alice", consent)
+        .await
+        .unwrap();
+    stack
+        .via_proxy
+        .exchange_code(&app, &login.code)
+        .await
+        .unwrap();
+    let refused_for_now =
+        support::proxy::eventually(std::time::Duration::from_secs(10), || async {
             let (_, body) = support::proxy::get(
                 &support::proxy::client(),
                 &stack.proxy.admin_url("/metrics"),
@@ -48,9 +55,8 @@ async fn an_authorization_waits_for_its_client_instead_of_dead_lettering() {
                 &String::from_utf8_lossy(&body),
                 "handover_sync_failures_total",
             ) > 0.0
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(refused_for_now, "the import was never refused");
     assert!(stack.at_target.get_client(&app.id).await.unwrap().is_none());
 

@@ -53,7 +53,12 @@ async fn writes_through_legacy_api_versions_reach_the_target() {
     assert!(direct.json()["access_token"].is_string(), "{direct:?}");
     stack.wait_synced().await;
     assert!(
-        stack.at_target.get_authorization("jon", &app.id).await.unwrap().is_some(),
+        stack
+            .at_target
+            .get_authorization("jon", &app.id)
+            .await
+            .unwrap()
+            .is_some(),
         "a direct authorization through /direct-authz/rest/v1 did not reach the target"
     );
 
@@ -72,10 +77,22 @@ async fn writes_through_legacy_api_versions_reach_the_target() {
         )
         .await;
     assert!(deleted.status.is_success(), "{deleted:?}");
-    assert!(stack.at_source.get_authorization("jon", &app.id).await.unwrap().is_none());
+    assert!(
+        stack
+            .at_source
+            .get_authorization("jon", &app.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     stack.wait_synced().await;
     assert!(
-        stack.at_target.get_authorization("jon", &app.id).await.unwrap().is_none(),
+        stack
+            .at_target
+            .get_authorization("jon", &app.id)
+            .await
+            .unwrap()
+            .is_none(),
         "a delete through /authz-store/rest/v2 did not reach the target"
     );
 }
