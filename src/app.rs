@@ -339,7 +339,8 @@ pub async fn run(
         Arc::clone(&servers),
         sync.clone(),
         backfill_stop.clone(),
-    );
+    )
+    .with_tenants(config.sync.tenants.clone(), recorder.clone());
 
     // Secret-key parity is proven between two Connect2id servers only.
     let samples = Arc::new(Samples::default());
@@ -381,6 +382,7 @@ pub async fn run(
         datasets: config.sync.datasets.clone(),
         concurrency: crate::verify::DEFAULT_CONCURRENCY,
         live: live_sample.clone(),
+        tenants: config.sync.tenants.clone(),
         stop: backfill_stop.clone(),
     };
     let cutover = Arc::new(Cutover::new(

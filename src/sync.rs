@@ -90,6 +90,10 @@ pub struct Config {
     /// Datasets kept in sync (`clients`, `authorizations`, `sessions`; or
     /// `clients`, `tokens` for an Authlete target).
     pub datasets: Vec<Dataset>,
+    /// The tenants of a multi-tenant Connect2id (`Tenant-ID` values)
+    /// besides the default one, backfilled and verified each on its own
+    /// (`sync.tenants`; live changes are scoped by their own headers).
+    pub tenants: Vec<crate::model::Tenant>,
     /// Concurrent jobs to start with (and after an outage).
     pub workers: usize,
     /// The most concurrent jobs the adaptive limit may allow.
@@ -106,6 +110,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             datasets: Dataset::CONNECT2ID.to_vec(),
+            tenants: Vec::new(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             workers: DEFAULT_WORKERS,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,

@@ -6,6 +6,8 @@
 
 mod support;
 
+use handover::api::VerifyRequest;
+use handover::model::{Dataset, Tenant};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::c2id::{Http, Reply, Send};
@@ -109,5 +111,80 @@ async fn without_trusted_routing_headers_nothing_is_scoped() {
     assert_eq!(
         call(&url, Method::GET, None, None).await.status,
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_listed_tenant_is_backfilled_and_verified_on_its_own() {
+    let stack = Stack::start_servers(
+        Servers {
+            tenants: vec!["acme".to_owned()],
+            ..Servers::default()
+        },
+        |config| {
+            config.proxy.forward.trusted_issuer_header = true;
+            config.sync.tenants = vec![Tenant::id("acme")];
+        },
+    )
+    .await;
+    // Registered in the tenant before the proxy came (at the source).
+    let registered = call(
+        &format!("{}/clients", stack.source.url()),
+        Method::POST,
+        Some("acme"),
+        Some(json!({ "redirect_uris": ["https://app.example/cb"] })),
+    )
+    .await;
+    let id = registered.json()["client_id"].as_str().unwrap().to_owned();
+    let admin = stack.admin();
+    support::cutover::finish_backfill(&admin).await;
+    stack.wait_synced().await;
+    let at_target = format!("{}/clients/{id}", stack.target.url());
+    assert_eq!(
+        call(&at_target, Method::GET, Some("acme"), None)
+            .await
+            .status,
+        StatusCode::OK,
+        "the tenant's client was not backfilled"
+    );
+
+    let verify = |repair| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .verify(
+                    &VerifyRequest {
+                        repair,
+                        ..VerifyRequest::default()
+                    },
+                    |_| {},
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let clean = verify(false).await;
+    assert_eq!(clean.drift, 0, "{clean:#?}");
+    assert_eq!(
+        clean.tenants["acme"][&Dataset::Clients].matching,
+        1,
+        "{clean:#?}"
+    );
+
+    // Lost at the target's tenant: verify sees it there, repair restores it.
+    call(&at_target, Method::DELETE, Some("acme"), None).await;
+    let drifted = verify(true).await;
+    assert_eq!(drifted.drift, 1, "{drifted:#?}");
+    assert_eq!(
+        drifted.tenants["acme"][&Dataset::Clients].missing_on_target,
+        1
+    );
+    stack.wait_synced().await;
+    assert_eq!(
+        call(&at_target, Method::GET, Some("acme"), None)
+            .await
+            .status,
+        StatusCode::OK,
+        "repair did not restore the tenant's client"
     );
 }

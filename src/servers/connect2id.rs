@@ -235,21 +235,28 @@ impl Connect2id {
             .map_err(|err| ApiError::Transient(format!("cannot build request: {err}")))
     }
 
+    /// Adds the routing headers of this client's tenant, if any.
+    fn route_to_tenant(&self, request: &mut Request<ProxyBody>) -> Result<(), ApiError> {
+        let Some(tenant) = &self.tenant else {
+            return Ok(());
+        };
+        for (name, value) in tenant.headers() {
+            let value = http::HeaderValue::from_str(value).map_err(|_| ApiError::Rejected {
+                server: self.server(),
+                operation: "route a call to a tenant",
+                status: 0,
+                error: format!("the {name} header value is not a valid header value"),
+            })?;
+            request
+                .headers_mut()
+                .insert(http::HeaderName::from_static(name), value);
+        }
+        Ok(())
+    }
+
     /// Sends a request and reads the (bounded) answer.
     async fn call(&self, api: Api, mut request: Request<ProxyBody>) -> Result<Answer, ApiError> {
-        if let Some(tenant) = &self.tenant {
-            for (name, value) in tenant.headers() {
-                let value = http::HeaderValue::from_str(value).map_err(|_| ApiError::Rejected {
-                    server: self.server(),
-                    operation: "route a call to a tenant",
-                    status: 0,
-                    error: format!("the {name} header value is not a valid header value"),
-                })?;
-                request
-                    .headers_mut()
-                    .insert(http::HeaderName::from_static(name), value);
-            }
-        }
+        self.route_to_tenant(&mut request)?;
         let (status, body) = super::call(
             &self.upstream,
             api.name(),
@@ -853,7 +860,8 @@ impl Connect2id {
             }
             Dataset::Sessions => (Api::SessionStore, "/session-store/rest/v2/sessions"),
         };
-        let request = self.request(api, Method::GET, endpoint, None)?;
+        let mut request = self.request(api, Method::GET, endpoint, None)?;
+        self.route_to_tenant(&mut request)?;
         // Exports of millions of records take long: only the head has a
         // deadline here; the body is read by the caller at its own pace.
         let response = self
