@@ -418,6 +418,10 @@ pub struct VerifyReport {
     /// dataset has not passed, whatever the drift.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_measured: Vec<String>,
+    /// Per tenant of a multi-tenant Connect2id (`sync.tenants`, by
+    /// `Tenant-ID`), per dataset; their drift is in `drift` too.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenants: BTreeMap<String, BTreeMap<Dataset, DatasetReport>>,
 }
 
 impl VerifyReport {

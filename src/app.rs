@@ -339,7 +339,8 @@ pub async fn run(
         Arc::clone(&servers),
         sync.clone(),
         backfill_stop.clone(),
-    );
+    )
+    .with_tenants(config.sync.tenants.clone(), recorder.clone());
 
     // Secret-key parity is proven between two Connect2id servers only.
     let samples = Arc::new(Samples::default());
@@ -368,6 +369,7 @@ pub async fn run(
             phases: Arc::clone(&phases),
             gate: Arc::clone(&gate),
             fallback_window: config.cutover.fallback_window,
+            tenant_headers: config.proxy.forward.trusted_issuer_header,
             samples: parity.as_ref().map(|_| Arc::clone(&samples)),
             refresh_fallback_window: config.cutover.refresh_fallback_window,
             metrics: metrics.cutover.clone(),
@@ -380,6 +382,7 @@ pub async fn run(
         datasets: config.sync.datasets.clone(),
         concurrency: crate::verify::DEFAULT_CONCURRENCY,
         live: live_sample.clone(),
+        tenants: config.sync.tenants.clone(),
         stop: backfill_stop.clone(),
     };
     let cutover = Arc::new(Cutover::new(

@@ -57,10 +57,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{BackfillState as State, BackfillStatus, DatasetProgress};
-use crate::model::{Dataset, Key};
+use crate::model::{Change, Dataset, Key, Tenant};
 use crate::servers::Servers;
 use crate::servers::export::Export;
-use crate::sync::{BackfillOutcome, SyncHandle};
+use crate::sync::{BackfillOutcome, Recorder, SyncHandle};
 
 /// Writes in flight at once by default: enough to keep a remote target
 /// busy, well below the sync workers' share of its capacity.
@@ -203,6 +203,10 @@ struct Inner {
     runner: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// When the current pass started, and how long it took once finished.
     timing: Mutex<(Option<Instant>, Option<Duration>)>,
+    /// Tenants besides the default one (`sync.tenants`), and where their
+    /// keys are journaled.
+    tenants: Vec<Tenant>,
+    recorder: Option<Recorder>,
 }
 
 impl Backfill {
@@ -249,8 +253,20 @@ impl Backfill {
                 stop,
                 runner: Mutex::new(None),
                 timing: Mutex::new((None, None)),
+                tenants: Vec::new(),
+                recorder: None,
             }),
         }
+    }
+
+    /// Also backfills `tenants` (after the default issuer), journaling
+    /// their keys with `recorder`. Call before sharing the controller.
+    pub fn with_tenants(mut self, tenants: Vec<Tenant>, recorder: Recorder) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tenants = tenants;
+            inner.recorder = Some(recorder);
+        }
+        self
     }
 
     /// The current state.
@@ -482,6 +498,10 @@ impl Inner {
                 break;
             }
         }
+        if !failed && let Err(message) = self.enqueue_tenants().await {
+            tracing::error!(error = %message, "backfill of a tenant failed; `handover backfill start` runs it again");
+            failed = true;
+        }
         self.sync.watch_end();
         if let Ok(mut timing) = self.timing.lock()
             && let (Some(started), None) = *timing
@@ -493,6 +513,45 @@ impl Inner {
             tracing::info!("backfill done");
         }
         self.state.send_replace(state);
+    }
+
+    /// The tenants' records (`sync.tenants`), after the default issuer's:
+    /// every key of each tenant's exports is journaled as a change scoped
+    /// to that tenant (the DBLog rule: "enqueue every key", DESIGN §4),
+    /// and the sync copies each from the primary's tenant to the
+    /// secondary's. No checkpoint: a repeated pass enqueues again, which
+    /// is harmless; progress shows as journal depth.
+    async fn enqueue_tenants(&self) -> Result<(), String> {
+        let Some(recorder) = &self.recorder else {
+            return Ok(());
+        };
+        for tenant in &self.tenants {
+            let primary = self.servers.primary_api().in_tenant(tenant);
+            for &dataset in &self.datasets {
+                let mut export = Export::open(&primary, dataset)
+                    .await
+                    .map_err(|err| format!("{} {dataset}: {err}", tenant.label()))?;
+                let mut enqueued = 0u64;
+                loop {
+                    let records = tokio::select! {
+                        () = self.stop.cancelled() => return Ok(()),
+                        next = export.next() => next.map_err(|err| format!("{} {dataset}: {err}", tenant.label()))?,
+                    };
+                    let Some(records) = records else { break };
+                    let changes: Vec<Change> = records
+                        .into_iter()
+                        .filter_map(|member| member.key)
+                        .map(|key| Change::sync(key).scoped(Some(tenant.clone())))
+                        .collect();
+                    enqueued += changes.len() as u64;
+                    if !changes.is_empty() {
+                        recorder.record(changes).await;
+                    }
+                }
+                tracing::info!(tenant = %tenant.label(), dataset = dataset.as_str(), enqueued, "tenant backfill enqueued");
+            }
+        }
+        Ok(())
     }
 
     fn progress_of(&self, dataset: Dataset) -> Option<Arc<Progress>> {

@@ -186,6 +186,7 @@ pub(crate) struct RawJournal {
 #[allow(missing_docs)]
 pub(crate) struct RawSync {
     pub datasets: Option<Vec<String>>,
+    pub tenants: Option<Vec<String>>,
     pub workers: Option<usize>,
     pub max_concurrency: Option<usize>,
     pub retry_initial: Option<String>,
@@ -1142,6 +1143,24 @@ fn validate_sync(
             seen
         }
     };
+    let mut tenants: Vec<crate::model::Tenant> = Vec::new();
+    for id in raw.tenants.unwrap_or_default() {
+        let usable =
+            !id.is_empty() && id.len() <= 255 && id.bytes().all(|byte| byte.is_ascii_graphic());
+        if !usable {
+            problems.push(
+                "sync.tenants",
+                format!("tenant {id:?} is not a Tenant-ID header value (visible ASCII, 1..=255)"),
+            );
+        } else if tenants
+            .iter()
+            .any(|t| t.tenant_id.as_deref() == Some(id.as_str()))
+        {
+            problems.push("sync.tenants", format!("tenant {id:?} listed twice"));
+        } else {
+            tenants.push(crate::model::Tenant::id(id));
+        }
+    }
     let workers = raw.workers.unwrap_or(crate::sync::DEFAULT_WORKERS);
     if workers == 0 || workers > 1024 {
         problems.push("sync.workers", "must be between 1 and 1024");
@@ -1192,6 +1211,7 @@ fn validate_sync(
     }
     Some(crate::sync::Config {
         datasets,
+        tenants,
         workers,
         max_concurrency,
         retry_initial,
@@ -1706,6 +1726,13 @@ mod tests {
         let text =
             format!("{MINIMAL}\n[sync]\ndatasets = [\"clients\", \"tokens\"]\nworkers = 0\n");
         assert_eq!(problem_fields(&text), ["sync.datasets", "sync.workers"]);
+        let text = format!("{MINIMAL}\n[sync]\ntenants = [\"acme\", \"acme\", \"a b\"]\n");
+        assert_eq!(problem_fields(&text), ["sync.tenants", "sync.tenants"]);
+        let text = format!("{MINIMAL}\n[sync]\ntenants = [\"acme\"]\n");
+        assert_eq!(
+            parse(&text).unwrap().sync.tenants,
+            [crate::model::Tenant::id("acme")]
+        );
         let text = MINIMAL.replace(
             "payload_key_env = \"KEY\"",
             "payload_key_env = \"KEY\"\nsync = \"sometimes\"",

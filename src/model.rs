@@ -22,6 +22,7 @@ mod key;
 pub mod phase;
 mod secret;
 mod side;
+mod tenant;
 mod url;
 
 pub use change::{Change, TokenEvent, TokenKind};
@@ -30,4 +31,5 @@ pub use key::{Key, sid_key};
 pub use phase::{Event, Phase};
 pub use secret::Secret;
 pub use side::Side;
+pub use tenant::Tenant;
 pub use url::BaseUrl;

@@ -180,6 +180,12 @@ pub enum ApiError {
     /// Worth retrying: unreachable, timed out, 5xx, 429.
     #[error("{0}")]
     Transient(String),
+    /// The server answered, but the write needs another record there
+    /// first (an authorization whose client has not arrived: lanes deliver
+    /// clients and authorizations independently). Retried on the lane's own
+    /// backoff; not an outage of the server.
+    #[error("{0}")]
+    Awaiting(String),
     /// Our token was refused: an operator must fix the config; retried
     /// (the record is not lost) but loud.
     #[error("{server} refused the {api} API token ({status})")]
@@ -235,7 +241,10 @@ impl ApiError {
 
     /// Whether a retry may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_) | Self::Credentials { .. })
+        matches!(
+            self,
+            Self::Transient(_) | Self::Awaiting(_) | Self::Credentials { .. }
+        )
     }
 }
 

@@ -90,6 +90,10 @@ pub struct Config {
     /// Datasets kept in sync (`clients`, `authorizations`, `sessions`; or
     /// `clients`, `tokens` for an Authlete target).
     pub datasets: Vec<Dataset>,
+    /// The tenants of a multi-tenant Connect2id (`Tenant-ID` values)
+    /// besides the default one, backfilled and verified each on its own
+    /// (`sync.tenants`; live changes are scoped by their own headers).
+    pub tenants: Vec<crate::model::Tenant>,
     /// Concurrent jobs to start with (and after an outage).
     pub workers: usize,
     /// The most concurrent jobs the adaptive limit may allow.
@@ -106,6 +110,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             datasets: Dataset::CONNECT2ID.to_vec(),
+            tenants: Vec::new(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             workers: DEFAULT_WORKERS,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
@@ -726,7 +731,13 @@ impl Worker {
                 }
                 Err(err) if err.is_transient() => {
                     self.metrics.record_failure(dataset);
-                    let outage = self.breaker.record(admission, breaker::Outcome::Transient);
+                    // A server that answers "not yet" is up: no outage.
+                    let outcome = if matches!(err, ApiError::Awaiting(_)) {
+                        breaker::Outcome::Answered
+                    } else {
+                        breaker::Outcome::Transient
+                    };
+                    let outage = self.breaker.record(admission, outcome);
                     if outage {
                         self.limits.of(self.apply.secondary()).restart();
                     }

@@ -21,7 +21,8 @@
 //! kept for the next successful append, which journals them again.
 //!
 //! During a flip, trigger requests wait at the cutover [`Gate`] before
-//! being forwarded. Right after a flip (for `cutover.fallback_window`),
+//! being forwarded. Right after a flip (for `cutover.fallback_window`, or
+//! the longest access-token lifetime seen in token responses if longer),
 //! requests whose state lives only on the previous primary (a login in
 //! progress, an authorization code, an identifier access token) are
 //! replayed there when the new primary does not know it, and whatever they
@@ -33,6 +34,7 @@
 //! hook steps aside entirely: a plain pass-through.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,7 +47,7 @@ use crate::cutover::{Phase, Phases};
 use crate::error::{Kind, ProxyError};
 use crate::metrics::{CutoverMetrics, JournalMetrics};
 use crate::model::Side;
-use crate::model::{Change, Key, TokenKind};
+use crate::model::{Change, Key, Tenant, TokenKind};
 use crate::proxy::{BoxFuture, Exchange, Hook, RouteId, Ticket};
 use crate::servers::Servers;
 use crate::sync::{Apply, Recorder};
@@ -89,6 +91,13 @@ struct Inner {
     phases: Arc<Phases>,
     gate: Arc<Gate>,
     fallback_window: Duration,
+    /// The longest `expires_in` (seconds) of an access token the primary
+    /// issued through the proxy: the fallback window is at least that long.
+    longest_access_token: AtomicU64,
+    /// Whether downstream `Tenant-ID` / `Issuer` headers reach the primary
+    /// (`proxy.trusted_issuer_header`): then a trigger that carries one
+    /// changed that issuer's state, and its changes are scoped to it.
+    tenant_headers: bool,
     refresh_fallback_window: Option<Duration>,
     cutover_metrics: CutoverMetrics,
     recorder: Recorder,
@@ -128,6 +137,8 @@ impl TriggerHook {
                 phases: cutover.phases,
                 gate: cutover.gate,
                 fallback_window: cutover.fallback_window,
+                longest_access_token: AtomicU64::new(0),
+                tenant_headers: cutover.tenant_headers,
                 refresh_fallback_window: cutover.refresh_fallback_window,
                 cutover_metrics: cutover.metrics,
                 recorder,
@@ -158,6 +169,9 @@ pub(crate) struct CutoverParts {
     pub refresh_fallback_window: Option<Duration>,
     /// Counts replays at the previous primary.
     pub metrics: CutoverMetrics,
+    /// Whether downstream `Tenant-ID` / `Issuer` headers are forwarded
+    /// (`proxy.trusted_issuer_header`), so triggers are scoped by them.
+    pub tenant_headers: bool,
     /// Where tokens seen in live token responses are kept (in memory) for
     /// the secret-key parity probes; `None` for an Authlete target.
     pub samples: Option<Arc<Samples>>,
@@ -175,7 +189,7 @@ impl Hook for TriggerHook {
         // Only right after a flip: everything else streams untouched.
         inner
             .servers
-            .previous_within(inner.fallback_window)
+            .previous_within(inner.fallback_window())
             .or_else(|| inner.refresh_previous())?;
         inner
             .catalogue
@@ -205,12 +219,13 @@ impl Hook for TriggerHook {
             };
             let mut resolved = Resolved::default();
             if trigger && let Some(token) = inner.catalogue.token_to_resolve(route, body) {
+                let tenant = inner.tenant_of(&request.headers);
                 resolved.authorization = inner
-                    .resolve_before_forwarding(&token.token, token.kind)
+                    .resolve_before_forwarding(&token.token, token.kind, tenant.as_ref())
                     .await;
             }
             let (method, path) = (&request.method, request.uri.path());
-            let previous = inner.servers.previous_within(inner.fallback_window);
+            let previous = inner.servers.previous_within(inner.fallback_window());
             let fallback = previous
                 .and_then(|_| {
                     inner
@@ -269,6 +284,9 @@ impl Ticket for TriggerTicket {
                 return;
             };
             inner.metrics.record_trigger(row.name);
+            if let Some(lifetime) = inner.catalogue.access_token_lifetime(self.route, &exchange) {
+                inner.observe_access_token_lifetime(lifetime);
+            }
             if let Some(samples) = &inner.samples
                 && let Some(tokens) = inner.catalogue.issued_tokens(self.route, &exchange)
             {
@@ -336,6 +354,13 @@ impl Ticket for TriggerTicket {
                     inner.recorder.record_untracked(row.name, reason);
                 }
             }
+            // A trigger routed to one issuer changed that issuer's state.
+            if let Some(tenant) = inner.tenant_of(exchange.request_headers) {
+                changes = changes
+                    .into_iter()
+                    .map(|change| change.scoped(Some(tenant.clone())))
+                    .collect();
+            }
             // Answered by the previous primary: what changed lives there.
             if by_previous {
                 changes = changes
@@ -360,6 +385,39 @@ impl Inner {
     /// The old Connect2id, while refreshes are replayed there: after a
     /// cutover to an Authlete-based server, for the refresh fallback window
     /// (the hook steps aside at `complete`).
+    /// The issuer a downstream request was routed to, when its routing
+    /// headers reach the primary.
+    fn tenant_of(&self, headers: &http::HeaderMap) -> Option<Tenant> {
+        if !self.tenant_headers {
+            return None;
+        }
+        Tenant::of_headers(headers)
+    }
+
+    /// How long after a flip the previous primary is asked for state it
+    /// alone holds: the configured window, or the longest access-token
+    /// lifetime seen issued if that is longer (an identifier access token
+    /// issued just before the flip is introspected at the previous primary
+    /// until it expires; domain-gaps Q2.3).
+    fn fallback_window(&self) -> Duration {
+        let observed = Duration::from_secs(self.longest_access_token.load(Ordering::Relaxed));
+        self.fallback_window.max(observed)
+    }
+
+    /// Records the lifetime of an access token the primary issued.
+    fn observe_access_token_lifetime(&self, seconds: u64) {
+        let previous = self
+            .longest_access_token
+            .fetch_max(seconds, Ordering::Relaxed);
+        if seconds > previous && Duration::from_secs(seconds) > self.fallback_window {
+            tracing::info!(
+                lifetime_s = seconds,
+                configured_s = self.fallback_window.as_secs(),
+                "extended the fallback window to the longest access-token lifetime issued"
+            );
+        }
+    }
+
     fn refresh_previous(&self) -> Option<Side> {
         self.refresh_fallback_window
             .and_then(|window| self.servers.previous_within(window))
@@ -411,11 +469,15 @@ impl Inner {
         &self,
         token: &str,
         kind: TokenKind,
+        tenant: Option<&Tenant>,
     ) -> Option<(String, String)> {
         if let Some(pair) = jwt_subject_and_client(token) {
             return Some(pair);
         }
-        let primary = self.servers.primary_api();
+        let primary = match tenant {
+            Some(tenant) => std::borrow::Cow::Owned(self.servers.primary_api().in_tenant(tenant)),
+            None => std::borrow::Cow::Borrowed(self.servers.primary_api()),
+        };
         for kind in [kind, kind.other()] {
             match primary.inspect(token, kind).await {
                 Ok(Some(record)) => {

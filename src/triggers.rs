@@ -496,9 +496,10 @@ impl Catalogue {
             return None;
         }
         let relative = self.relative(path)?;
+        let (prefix, rest) = current_form(relative);
         CATALOGUE
             .iter()
-            .position(|row| row.method == *method && fits(row.path, relative))
+            .position(|row| row.method == *method && fits_current(row.path, prefix, rest))
             .and_then(|index| u16::try_from(index).ok())
             .map(RouteId)
     }
@@ -510,10 +511,12 @@ impl Catalogue {
     /// Whether a request may need the previous primary right after a flip.
     pub fn fallback(&self, method: &Method, path: &str) -> Option<Fallback> {
         let relative = self.relative(path)?;
+        let (prefix, rest) = current_form(relative);
         FALLBACKS
             .iter()
             .find(|(methods, pattern, _)| {
-                (methods.is_empty() || methods.contains(method)) && fits(pattern, relative)
+                (methods.is_empty() || methods.contains(method))
+                    && fits_current(pattern, prefix, rest)
             })
             .map(|(_, _, fallback)| *fallback)
     }
@@ -605,6 +608,21 @@ impl Catalogue {
         })
     }
 
+    /// The lifetime (`expires_in`, seconds) of an access token a successful
+    /// token or direct-authorization response issued. An identifier access
+    /// token lives only on the server that issued it (no import path), so
+    /// the fallback after a flip must last as long as the longest one.
+    pub fn access_token_lifetime(&self, route: RouteId, exchange: &Exchange<'_>) -> Option<u64> {
+        let resolved = Resolved::default();
+        let (row, _) = self.input(route, exchange, &resolved, 0)?;
+        if !matches!(row.name, "token" | "direct_authz") {
+            return None;
+        }
+        let response: Value = serde_json::from_slice(exchange.response_body?).ok()?;
+        response.get("access_token")?;
+        response.get("expires_in")?.as_u64()
+    }
+
     /// The token event of an exchange, for a target that learns tokens
     /// only from their values.
     pub fn token_event(
@@ -631,7 +649,12 @@ impl Catalogue {
         }
         let row = self.row(route)?;
         let relative = self.relative(exchange.path).unwrap_or(exchange.path);
-        let captures = matches(row.path, relative).unwrap_or_default();
+        let (prefix, rest) = current_form(relative);
+        let captures = row
+            .path
+            .strip_prefix(prefix)
+            .and_then(|pattern| matches(pattern, rest))
+            .unwrap_or_default();
         Some((
             row,
             Input {
@@ -642,6 +665,42 @@ impl Catalogue {
             },
         ))
     }
+}
+
+/// Legacy API versions a source may still serve, each with the current
+/// version its rows are written for: (legacy prefix, current prefix).
+/// `/authz-store/rest/v2` is still served next to v3 (JSP of 18.x); the
+/// other three were removed in 17.0 (RN 17.0), so a source older than 17 —
+/// the common case for a migration — has integrations calling them. Their
+/// requests name the same keys in the same places as the current versions
+/// (v2 of the authz-session API is a rewrite filter over v3 since 5.0), so
+/// the current rows read them.
+pub const LEGACY_PREFIXES: [(&str, &str); 4] = [
+    ("/authz-store/rest/v2", "/authz-store/rest/v3"),
+    ("/authz-sessions/rest/v1", "/authz-sessions/rest/v3"),
+    ("/authz-sessions/rest/v2", "/authz-sessions/rest/v3"),
+    ("/direct-authz/rest/v1", "/direct-authz/rest/v2"),
+];
+
+/// A relative path in its current form, without allocating: the current
+/// prefix a legacy prefix stands for (`""` for a current path) and the
+/// rest of the path after the prefix.
+fn current_form(relative: &str) -> (&'static str, &str) {
+    for (legacy, current) in LEGACY_PREFIXES {
+        if let Some(rest) = relative.strip_prefix(legacy) {
+            if rest.is_empty() || rest.starts_with('/') {
+                return (current, rest);
+            }
+        }
+    }
+    ("", relative)
+}
+
+/// Whether a pattern matches a path given in its current form.
+fn fits_current(pattern: &str, prefix: &str, rest: &str) -> bool {
+    pattern
+        .strip_prefix(prefix)
+        .is_some_and(|pattern| fits(pattern, rest))
 }
 
 /// Whether a pattern matches a relative path (no allocation).
@@ -801,6 +860,77 @@ mod tests {
     }
     fn sess(sid: &str) -> Change {
         session(sid.into())
+    }
+
+    #[test]
+    fn legacy_api_versions_route_like_their_current_versions() {
+        let catalogue = Catalogue::new("/c2id");
+        let name = |method: Method, path: &str| {
+            catalogue
+                .route(&method, path)
+                .and_then(|route| catalogue.row(route))
+                .map(|row| row.name)
+        };
+        for (method, legacy, current) in [
+            (
+                Method::POST,
+                "/c2id/authz-store/rest/v2/authorizations",
+                "authz_store_add",
+            ),
+            (
+                Method::DELETE,
+                "/c2id/authz-store/rest/v2/authorizations",
+                "authz_store_delete",
+            ),
+            (
+                Method::POST,
+                "/c2id/authz-store/rest/v2/revocation",
+                "authz_store_revocation",
+            ),
+            (
+                Method::POST,
+                "/c2id/authz-sessions/rest/v1",
+                "authz_session_start",
+            ),
+            (
+                Method::PUT,
+                "/c2id/authz-sessions/rest/v2/abc",
+                "authz_session_step",
+            ),
+            (
+                Method::PUT,
+                "/c2id/authz-sessions/rest/v1/abc/",
+                "authz_session_step",
+            ),
+            (Method::POST, "/c2id/direct-authz/rest/v1", "direct_authz"),
+        ] {
+            assert_eq!(name(method, legacy), Some(current), "{legacy}");
+        }
+        // Versions that never existed, or a prefix that only looks alike.
+        assert_eq!(name(Method::POST, "/c2id/direct-authz/rest/v3"), None);
+        assert_eq!(name(Method::POST, "/c2id/authz-sessions/rest/v1x"), None);
+        assert_eq!(
+            name(Method::POST, "/c2id/authz-store/rest/v1/authorizations"),
+            None
+        );
+        // The fallbacks of a login in progress cover the legacy paths too.
+        assert_eq!(
+            catalogue.fallback(&Method::PUT, "/c2id/authz-sessions/rest/v2/abc"),
+            Some(Fallback::AuthzSession)
+        );
+        // The rows read the keys off the legacy exchange.
+        let changes = Case::new(
+            Method::DELETE,
+            "/c2id/authz-store/rest/v2/authorizations?subject=alice&client_id=s6",
+        )
+        .response(204, "")
+        .changes();
+        assert!(changes.contains(&authz("alice", "s6")), "{changes:?}");
+        assert_eq!(current_form("/clients/abc"), ("", "/clients/abc"));
+        assert_eq!(
+            current_form("/authz-sessions/rest/v2/abc"),
+            ("/authz-sessions/rest/v3", "/abc")
+        );
     }
 
     #[test]

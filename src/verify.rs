@@ -28,6 +28,7 @@
 
 pub mod live;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,7 +38,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{DatasetReport, VerifyReport, VerifyRequest};
-use crate::model::{Change, Dataset, Key, idle};
+use crate::model::{Change, Dataset, Key, Tenant, idle};
 use crate::servers::ApiError;
 use crate::servers::Servers;
 use crate::servers::connect2id::Connect2id;
@@ -98,6 +99,9 @@ pub struct Verifier {
     pub concurrency: usize,
     /// Refresh tokens seen in live traffic (an Authlete target).
     pub live: Option<Arc<LiveSample>>,
+    /// Tenants besides the default one (`sync.tenants`), each compared
+    /// on its own (Connect2id targets).
+    pub tenants: Vec<Tenant>,
     /// Shutdown.
     pub stop: CancellationToken,
 }
@@ -119,13 +123,13 @@ impl Verifier {
             primary: self.servers.primary_side(),
             ..VerifyReport::default()
         };
-        for dataset in datasets {
+        for &dataset in &datasets {
             if let Ok(mut current) = progress.dataset.lock() {
                 *current = Some(dataset);
             }
             progress.scanned.store(0, Ordering::Relaxed);
             let result = self
-                .dataset(dataset, request.repair, list, progress)
+                .dataset(dataset, None, request.repair, list, progress)
                 .await?;
             if let Some(samples) = &result.samples
                 && samples.live.ratio().is_none()
@@ -137,12 +141,28 @@ impl Verifier {
             report.drift += result.drift();
             report.datasets.insert(dataset, result);
         }
+        if self.servers.authlete().is_none() {
+            for tenant in &self.tenants {
+                let mut per_dataset = BTreeMap::new();
+                for &dataset in &datasets {
+                    progress.scanned.store(0, Ordering::Relaxed);
+                    let result = self
+                        .dataset(dataset, Some(tenant), request.repair, list, progress)
+                        .await?;
+                    report.drift += result.drift();
+                    per_dataset.insert(dataset, result);
+                }
+                let name = tenant.tenant_id.clone().unwrap_or_else(|| tenant.label());
+                report.tenants.insert(name, per_dataset);
+            }
+        }
         Ok(report)
     }
 
     async fn dataset(
         &self,
         dataset: Dataset,
+        tenant: Option<&Tenant>,
         repair: bool,
         list: usize,
         progress: &Progress,
@@ -152,8 +172,16 @@ impl Verifier {
                 .authlete_dataset(authlete, dataset, repair, list, progress)
                 .await;
         }
-        let primary = self.servers.primary_api().clone();
-        let secondary = self.servers.secondary_api().clone();
+        let (primary, secondary) = match tenant {
+            Some(tenant) => (
+                self.servers.primary_api().in_tenant(tenant),
+                self.servers.secondary_api().in_tenant(tenant),
+            ),
+            None => (
+                self.servers.primary_api().clone(),
+                self.servers.secondary_api().clone(),
+            ),
+        };
         let state = Arc::new(Tally {
             list,
             ..Tally::default()
@@ -240,7 +268,13 @@ impl Verifier {
             report.repaired = repairs.len() as u64;
             for chunk in repairs.chunks(1000) {
                 self.recorder
-                    .record(chunk.iter().cloned().map(Change::sync).collect())
+                    .record(
+                        chunk
+                            .iter()
+                            .cloned()
+                            .map(|key| Change::sync(key).scoped(tenant.cloned()))
+                            .collect(),
+                    )
                     .await;
             }
             let unlisted = report.drift().saturating_sub(report.repaired);

@@ -132,22 +132,31 @@ fn changes() -> Vec<Change> {
 /// Shapes added after the journal fixture was written (optional fields
 /// only: the fixture still recovers as [`changes`]).
 fn newer_changes() -> Vec<Change> {
-    vec![Change::Token {
-        event: TokenEvent::Issued {
-            grant_type: "refresh_token".into(),
-            client_id: "app-1".into(),
-            subject: None,
-            scopes: vec!["openid".into()],
-            access_token: "at-3".into(),
-            expires_in: 600,
-            refresh_token: None,
-            refresh_expires_in: None,
-            replaced_refresh: None,
-            kept_refresh: Some("rt-held".into()),
-            issued_by: None,
-            client_auth: None,
+    vec![
+        Change::Token {
+            event: TokenEvent::Issued {
+                grant_type: "refresh_token".into(),
+                client_id: "app-1".into(),
+                subject: None,
+                scopes: vec!["openid".into()],
+                access_token: "at-3".into(),
+                expires_in: 600,
+                refresh_token: None,
+                refresh_expires_in: None,
+                replaced_refresh: None,
+                kept_refresh: Some("rt-held".into()),
+                issued_by: None,
+                client_auth: None,
+            },
         },
-    }]
+        Change::Sync {
+            key: Key::Client {
+                client_id: "app-t".into(),
+            },
+            from: None,
+        }
+        .scoped(Some(handover::model::Tenant::id("acme"))),
+    ]
 }
 
 #[test]

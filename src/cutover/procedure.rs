@@ -715,17 +715,19 @@ impl Cutover {
                 None
             }
         };
-        let (reachable, jwks, keys, discovery, sessions) = tokio::join!(
+        let (reachable, jwks, keys, discovery, backchannel, sessions) = tokio::join!(
             reachable,
             self.compare_jwks(),
             keys,
             self.compare_discovery(new_primary),
+            self.secondary_backchannel(new_primary),
             sessions
         );
         checks.push(reachable);
         checks.push(jwks);
         checks.extend(keys);
         checks.push(discovery);
+        checks.push(backchannel);
         checks.extend(sessions);
         checks.push(self.secret_grace(new_primary));
         checks.push(self.client_replacements(new_primary));
@@ -974,6 +976,46 @@ impl Cutover {
                     new_primary.as_str(),
                     old_primary.as_str(),
                     differences.join("; ")
+                ),
+            )
+        }
+    }
+
+    /// A warning when a server that is (or is about to be) the secondary
+    /// advertises OpenID back-channel logout (`backchannel_logout_supported`
+    /// in its discovery document): a secondary ends sessions on its own
+    /// (idle and lifetime expiry by its own clock, the deletes the sync
+    /// applies) and would notify relying parties of logouts the primary
+    /// never made, or notify them a second time (spec §6.4, RN 15.6). The
+    /// secondary until now is the new primary; the one after the flip is
+    /// the old primary (the reverse sync writes to it).
+    async fn secondary_backchannel(&self, new_primary: Side) -> Check {
+        let check = "secondary sends no back-channel logouts";
+        let endpoint = "/.well-known/openid-configuration";
+        let mut advertising = Vec::new();
+        for (side, role) in [
+            (new_primary, "the secondary until this flip"),
+            (new_primary.other(), "the secondary after it"),
+        ] {
+            match self.fetch_public(side, endpoint).await {
+                Ok(discovery) => {
+                    if discovery.get("backchannel_logout_supported") == Some(&Value::Bool(true)) {
+                        advertising.push(format!("the {} ({role})", side.as_str()));
+                    }
+                }
+                Err(err) => return Check::warn(check, err),
+            }
+        }
+        if advertising.is_empty() {
+            Check::pass(check, "neither server advertises back-channel logout")
+        } else {
+            Check::warn(
+                check,
+                format!(
+                    "{} advertises back-channel logout: as the secondary it notifies relying \
+                     parties of sessions it ends on its own (expiry, synced deletes); turn it \
+                     off there while it is the secondary (README, \"Back-channel logout\")",
+                    advertising.join(" and ")
                 ),
             )
         }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Dataset, Key, Side};
+use super::{Dataset, Key, Side, Tenant};
 
 /// Which kind of token a [`Change::Resolve`] carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +84,16 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         authorization: Option<String>,
     },
+    /// A change made in one issuer of a server that routes by `Tenant-ID`
+    /// or `Issuer` (multi-tenant edition, issuer aliases): applied with
+    /// the same headers on both sides. Records without it are the default
+    /// issuer's (every record written before this variant existed).
+    Scoped {
+        /// The routing headers the trigger carried.
+        tenant: Tenant,
+        /// The change, within that issuer (never itself scoped).
+        inner: Box<Change>,
+    },
     /// Find the authorization a token belongs to (at the primary), then
     /// copy it.
     Resolve {
@@ -120,6 +130,20 @@ impl Change {
                 Dataset::Authorizations
             }
             Self::Token { .. } => Dataset::Tokens,
+            Self::Scoped { inner, .. } => inner.dataset(),
+        }
+    }
+
+    /// The change within `tenant`'s issuer (`None`: the default issuer,
+    /// the change as it is). A scoped change is re-scoped, never nested.
+    pub fn scoped(self, tenant: Option<Tenant>) -> Self {
+        match (tenant, self) {
+            (None, change) => change,
+            (Some(tenant), Self::Scoped { inner, .. }) => Self::Scoped { tenant, inner },
+            (Some(tenant), change) => Self::Scoped {
+                tenant,
+                inner: Box::new(change),
+            },
         }
     }
 
@@ -146,6 +170,10 @@ impl Change {
                 }
                 Self::Token { event }
             }
+            Self::Scoped { tenant, inner } => Self::Scoped {
+                tenant,
+                inner: Box::new(inner.reading_from(side)),
+            },
             other => other,
         }
     }
@@ -167,6 +195,9 @@ impl Change {
                 client_id.as_deref().unwrap_or("*")
             ),
             Self::Resolve { kind, .. } => format!("{kind:?} token to resolve").to_lowercase(),
+            Self::Scoped { tenant, inner } => {
+                format!("{} in {}", inner.redacted(), tenant.label())
+            }
             Self::Token { event } => match event {
                 TokenEvent::Issued {
                     client_id,

@@ -40,7 +40,7 @@ use serde_json::{Map, Value};
 use super::ApiError;
 use crate::http::body::ProxyBody;
 use crate::http::form;
-use crate::model::{Dataset, Secret, Side, TokenKind, idle, sid_key};
+use crate::model::{Dataset, Secret, Side, Tenant, TokenKind, idle, sid_key};
 
 use crate::upstream::{self, Upstream};
 
@@ -91,6 +91,8 @@ pub struct Connect2id {
     timeout: Duration,
     /// Clients replaced here by delete and create.
     replaced: Arc<std::sync::atomic::AtomicU64>,
+    /// The issuer every call is routed to (`None`: the default one).
+    tenant: Option<Arc<Tenant>>,
 }
 
 /// How a client reached this server.
@@ -178,6 +180,16 @@ impl Connect2id {
             tokens,
             timeout,
             replaced: Arc::default(),
+            tenant: None,
+        }
+    }
+
+    /// The same APIs, every call routed to `tenant`'s issuer (with its
+    /// `Tenant-ID` / `Issuer` headers).
+    pub fn in_tenant(&self, tenant: &Tenant) -> Self {
+        Self {
+            tenant: Some(Arc::new(tenant.clone())),
+            ..self.clone()
         }
     }
 
@@ -223,8 +235,28 @@ impl Connect2id {
             .map_err(|err| ApiError::Transient(format!("cannot build request: {err}")))
     }
 
+    /// Adds the routing headers of this client's tenant, if any.
+    fn route_to_tenant(&self, request: &mut Request<ProxyBody>) -> Result<(), ApiError> {
+        let Some(tenant) = &self.tenant else {
+            return Ok(());
+        };
+        for (name, value) in tenant.headers() {
+            let value = http::HeaderValue::from_str(value).map_err(|_| ApiError::Rejected {
+                server: self.server(),
+                operation: "route a call to a tenant",
+                status: 0,
+                error: format!("the {name} header value is not a valid header value"),
+            })?;
+            request
+                .headers_mut()
+                .insert(http::HeaderName::from_static(name), value);
+        }
+        Ok(())
+    }
+
     /// Sends a request and reads the (bounded) answer.
-    async fn call(&self, api: Api, request: Request<ProxyBody>) -> Result<Answer, ApiError> {
+    async fn call(&self, api: Api, mut request: Request<ProxyBody>) -> Result<Answer, ApiError> {
+        self.route_to_tenant(&mut request)?;
         let (status, body) = super::call(
             &self.upstream,
             api.name(),
@@ -828,7 +860,8 @@ impl Connect2id {
             }
             Dataset::Sessions => (Api::SessionStore, "/session-store/rest/v2/sessions"),
         };
-        let request = self.request(api, Method::GET, endpoint, None)?;
+        let mut request = self.request(api, Method::GET, endpoint, None)?;
+        self.route_to_tenant(&mut request)?;
         // Exports of millions of records take long: only the head has a
         // deadline here; the body is read by the caller at its own pace.
         let response = self

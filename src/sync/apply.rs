@@ -9,6 +9,7 @@
 //! - `super::authlete::AuthleteApply`: an Authlete target gets clients and
 //!   the token values the source issued; nothing flows back.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::journal::Registrations;
-use crate::model::{Change, Key, Side};
+use crate::model::{Change, Key, Side, Tenant};
 use crate::servers::ApiError;
 use crate::servers::Servers;
 use crate::servers::connect2id::{ClientWrite, Connect2id, registration_access_token};
@@ -83,8 +84,14 @@ impl Connect2idCopy {
     /// Copies the current state of `key` from side `read` to the other.
     /// Returns follow-ups: the authorizations of a client the secondary
     /// replaced (a cascading delete may have removed them there).
-    async fn sync_key(&self, read: Side, key: &Key) -> Result<Vec<Change>, ApiError> {
-        let (from, to) = (self.servers.api(read), self.servers.api(read.other()));
+    async fn sync_key(
+        &self,
+        read: Side,
+        key: &Key,
+        tenant: Option<&Tenant>,
+    ) -> Result<Vec<Change>, ApiError> {
+        let (from, to) = (self.api(read, tenant), self.api(read.other(), tenant));
+        let (from, to) = (from.as_ref(), to.as_ref());
         let Key::Client { client_id } = key else {
             sync_key(from, to, key).await?;
             return Ok(Vec::new());
@@ -159,10 +166,39 @@ impl Connect2idCopy {
         blocking(move || registrations.forget(&client_id)).await
     }
 
+    /// The management APIs of `side`, routed to `tenant`'s issuer.
+    fn api(&self, side: Side, tenant: Option<&Tenant>) -> Cow<'_, Connect2id> {
+        match tenant {
+            None => Cow::Borrowed(self.servers.api(side)),
+            Some(tenant) => Cow::Owned(self.servers.api(side).in_tenant(tenant)),
+        }
+    }
+
+    /// Applies a change; a scoped one within its issuer, its follow-ups
+    /// scoped alike.
     async fn apply_change(&self, change: &Change) -> Result<Vec<Change>, ApiError> {
-        let primary = self.servers.primary_api();
-        let secondary = self.servers.secondary_api();
         match change {
+            Change::Scoped { tenant, inner } => Ok(self
+                .apply_in(Some(tenant), inner)
+                .await?
+                .into_iter()
+                .map(|follow_up| follow_up.scoped(Some(tenant.clone())))
+                .collect()),
+            change => self.apply_in(None, change).await,
+        }
+    }
+
+    async fn apply_in(
+        &self,
+        tenant: Option<&Tenant>,
+        change: &Change,
+    ) -> Result<Vec<Change>, ApiError> {
+        let primary = self.api(self.servers.primary_side(), tenant);
+        let secondary = self.api(self.servers.primary_side().other(), tenant);
+        let (primary, secondary) = (primary.as_ref(), secondary.as_ref());
+        match change {
+            // `Change::scoped` never nests scopes.
+            Change::Scoped { .. } => Ok(Vec::new()),
             Change::Token { .. } => Ok(Vec::new()),
             Change::RevokeToken {
                 form,
@@ -176,7 +212,7 @@ impl Connect2idCopy {
             }
             Change::Sync { key, from } => {
                 let read = from.unwrap_or_else(|| self.servers.primary_side());
-                self.sync_key(read, key).await
+                self.sync_key(read, key, tenant).await
             }
             Change::SubjectSessions { subject } => {
                 // Independent reads: both at once.
@@ -233,7 +269,8 @@ impl Connect2idCopy {
                     .collect())
             }
             Change::Resolve { token, kind, from } => {
-                let primary = from.map_or(primary, |side| self.servers.api(side));
+                let read = from.map(|side| self.api(side, tenant));
+                let primary = read.as_deref().unwrap_or(primary);
                 let mut record = primary.inspect(token, *kind).await?;
                 if record.is_none() {
                     // A token of the other kind than guessed.
@@ -265,7 +302,7 @@ impl Apply for Connect2idCopy {
         Box::pin(async move {
             let secondary = self.servers.secondary_api();
             let Key::Client { .. } = key else {
-                return write_exported(secondary, key, record).await;
+                return write_exported(self.servers.primary_api(), secondary, key, record).await;
             };
             // The one-request import first (the usual case: the record is
             // new), the full upsert when the secondary refuses it.
@@ -296,14 +333,51 @@ async fn blocking(
         .map_err(|err| ApiError::Transient(format!("cannot persist the registration map: {err}")))
 }
 
+/// Imports an authorization at the secondary. A server that checks the
+/// client of an import refuses one whose client has not arrived yet
+/// (domain-gaps Q1.13): clients and authorizations travel in different
+/// lanes, and the backfill may reach an authorization before its client.
+/// While the primary has the client, that refusal is a wait
+/// ([`ApiError::Awaiting`], retried), not a dead letter; a refusal with the
+/// client present on the secondary (or gone from the primary) is the
+/// record's own.
+async fn import_authorization(
+    primary: &Connect2id,
+    secondary: &Connect2id,
+    client_id: &str,
+    record: &Value,
+) -> Result<(), ApiError> {
+    match secondary.import_authorization(record).await {
+        Err(refused @ ApiError::Rejected { status: 400, .. }) => {
+            if secondary.get_client(client_id).await?.is_some()
+                || primary.get_client(client_id).await?.is_none()
+            {
+                return Err(refused);
+            }
+            Err(ApiError::Awaiting(format!(
+                "client {client_id} is not on the {} yet",
+                secondary.server()
+            )))
+        }
+        other => other,
+    }
+}
+
 /// Writes an exported authorization or session to the secondary with the
 /// import semantics, trying the one-request import first (the usual case:
 /// the record is new) and falling back to the full upsert when the
 /// secondary refuses it.
-async fn write_exported(secondary: &Connect2id, key: &Key, record: &Value) -> Result<(), ApiError> {
+async fn write_exported(
+    primary: &Connect2id,
+    secondary: &Connect2id,
+    key: &Key,
+    record: &Value,
+) -> Result<(), ApiError> {
     match key {
         Key::Client { .. } => Ok(()),
-        Key::Authorization { .. } => secondary.import_authorization(record).await,
+        Key::Authorization { client_id, .. } => {
+            import_authorization(primary, secondary, client_id, record).await
+        }
         Key::Session { sid } => match secondary.import_session(sid, record).await {
             Err(ApiError::Rejected { .. }) => secondary.upsert_session(sid, record).await,
             other => other,
@@ -325,7 +399,7 @@ async fn sync_key(primary: &Connect2id, secondary: &Connect2id, key: &Key) -> Re
         Key::Client { .. } => Ok(()),
         Key::Authorization { subject, client_id } => {
             match primary.get_authorization(subject, client_id).await? {
-                Some(record) => secondary.import_authorization(&record).await,
+                Some(record) => import_authorization(primary, secondary, client_id, &record).await,
                 None => secondary.delete_authorization(subject, client_id).await,
             }
         }

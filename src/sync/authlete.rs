@@ -130,6 +130,13 @@ async fn authlete_change(
             }
             Ok(Vec::new())
         }
+        // One issuer of a multi-tenant source: read there; an Authlete
+        // service is one issuer, so every tenant's clients and tokens land
+        // in the one service configured (README, "Tenants").
+        Change::Scoped { tenant, inner } => {
+            let source = source.in_tenant(tenant);
+            Box::pin(authlete_change(authlete, &source, inner)).await
+        }
         // Authorization records and sessions have no Authlete counterpart.
         _ => Ok(Vec::new()),
     }

@@ -271,6 +271,11 @@ impl<A, R> Dispatcher<A, R> {
             Change::RevokeToken { client_id, .. } => {
                 format!("revoke-token:{}", client_id.as_deref().unwrap_or(""))
             }
+            // Another issuer's records are other records: their own lanes.
+            Change::Scoped { tenant, inner } => {
+                let lane = self.lane_of(inner);
+                format!("{}@{lane}", tenant.label())
+            }
         }
     }
 

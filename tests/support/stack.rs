@@ -102,6 +102,9 @@ pub struct Servers {
     pub strictness: Option<connect2id::Strictness>,
     /// The target's own strictness, when it differs from `strictness`.
     pub target_strictness: Option<connect2id::Strictness>,
+    /// Tenants of the multi-tenant edition, on both servers (empty: the
+    /// regular edition).
+    pub tenants: Vec<String>,
 }
 
 impl Default for Servers {
@@ -114,6 +117,7 @@ impl Default for Servers {
             seed: 0,
             strictness: None,
             target_strictness: None,
+            tenants: Vec::new(),
         }
     }
 }
@@ -172,6 +176,8 @@ impl Stack {
         if let Some(strictness) = servers.target_strictness {
             target_config.strictness = strictness;
         }
+        source_config.tenants = servers.tenants.clone();
+        target_config.tenants = servers.tenants.clone();
         let source = start_emulator(source_config).await;
         let target = start_emulator(target_config).await;
         let mut config = Config::for_test(&source.url(), &target.url(), TOKEN);
