@@ -382,7 +382,8 @@ struct AliveTally {
     touched: AtomicU64,
     missing: AtomicU64,
     in_flight: AtomicU64,
-    repairs: std::sync::Mutex<Vec<Key>>,
+    /// Sessions absent from the secondary, looked at again after the pass.
+    suspects: std::sync::Mutex<Vec<Key>>,
 }
 
 impl Verifier {
@@ -423,13 +424,19 @@ impl Verifier {
                     // Ended on the primary since its export streamed past:
                     // not live any more.
                     None if primary.get_session(sid).await?.is_none() => {}
+                    // Absent: maybe created a moment ago, its trigger's
+                    // answer still on its way to the proxy (not journaled
+                    // yet). Looked at again once the pass is over.
                     None => {
-                        tally.live.fetch_add(1, Ordering::Relaxed);
-                        tally.missing.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut repairs) = tally.repairs.lock()
-                            && repairs.len() < MAX_REPAIRS
-                        {
-                            repairs.push(key.clone());
+                        let held = tally.suspects.lock().is_ok_and(|mut suspects| {
+                            suspects.len() < MAX_REPAIRS && {
+                                suspects.push(key.clone());
+                                true
+                            }
+                        });
+                        if !held {
+                            tally.live.fetch_add(1, Ordering::Relaxed);
+                            tally.missing.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -437,7 +444,31 @@ impl Verifier {
             }))
         })
         .await?;
-        let repairs = tally.repairs.lock().map(|r| r.clone()).unwrap_or_default();
+        let suspects = tally
+            .suspects
+            .lock()
+            .map(|suspects| suspects.clone())
+            .unwrap_or_default();
+        let lookup = |err: ApiError| Error::Dataset {
+            dataset: Dataset::Sessions,
+            message: format!("lookup failed: {err}"),
+        };
+        let mut repairs = Vec::new();
+        for key in suspects {
+            let Key::Session { sid } = &key else {
+                continue;
+            };
+            if self.sync.is_busy(&key) {
+                tally.in_flight.fetch_add(1, Ordering::Relaxed);
+            } else if secondary.get_session(sid).await.map_err(lookup)?.is_some() {
+                tally.live.fetch_add(1, Ordering::Relaxed);
+                tally.alive.fetch_add(1, Ordering::Relaxed);
+            } else if primary.get_session(sid).await.map_err(lookup)?.is_some() {
+                tally.live.fetch_add(1, Ordering::Relaxed);
+                tally.missing.fetch_add(1, Ordering::Relaxed);
+                repairs.push(key);
+            }
+        }
         for chunk in repairs.chunks(1000) {
             self.recorder
                 .record(chunk.iter().cloned().map(Change::sync).collect())
