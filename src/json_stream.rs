@@ -14,11 +14,11 @@ use bytes::{Bytes, BytesMut};
 
 /// Largest single member by default: far above any real record (a client
 /// with an inline JWK set is a few KiB), small enough to bound memory.
-pub(crate) const DEFAULT_MAX_MEMBER_BYTES: usize = 4 << 20;
+pub const DEFAULT_MAX_MEMBER_BYTES: usize = 4 << 20;
 
 /// Which container the document is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Container {
+pub enum Container {
     /// `[ member, ... ]`
     Array,
     /// `{ "key": member, ... }`
@@ -27,7 +27,7 @@ pub(crate) enum Container {
 
 /// One top-level member.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Member {
+pub struct Member {
     /// The key, for objects.
     pub key: Option<String>,
     /// The member's JSON text.
@@ -82,9 +82,9 @@ enum State {
     End,
 }
 
-/// The incremental splitter.
+/// The incremental splitter (public for the fuzz targets in `fuzz/`).
 #[derive(Debug)]
-pub(crate) struct Splitter {
+pub struct Splitter {
     container: Container,
     state: State,
     max_member: usize,
@@ -104,7 +104,7 @@ pub(crate) struct Splitter {
 
 impl Splitter {
     /// A splitter for a document of the given container kind.
-    pub(crate) fn new(container: Container, max_member: usize) -> Self {
+    pub fn new(container: Container, max_member: usize) -> Self {
         Self {
             container,
             state: State::Start,
@@ -135,7 +135,7 @@ impl Splitter {
     }
 
     /// Feeds the next bytes; complete members are pushed to `out`.
-    pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<Member>) -> Result<(), Error> {
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Member>) -> Result<(), Error> {
         let mut i = 0;
         while i < bytes.len() {
             let byte = bytes[i];
@@ -327,7 +327,7 @@ impl Splitter {
     }
 
     /// Checks that the document ended properly.
-    pub(crate) fn finish(&self) -> Result<(), Error> {
+    pub fn finish(&self) -> Result<(), Error> {
         if self.state == State::End {
             Ok(())
         } else {

@@ -110,13 +110,13 @@ pub enum Change {
 impl Change {
     /// The journal record body of this change (its JSON): the one encoder
     /// of the journal's and the dead letters' on-disk format.
-    pub(crate) fn to_record(&self) -> Vec<u8> {
+    pub fn to_record(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a change serialises: plain strings and integers")
     }
 
     /// A change from a journal record body. Fails for a record written by
     /// another version of handover (or not a change at all).
-    pub(crate) fn from_record(body: &[u8]) -> Result<Self, serde_json::Error> {
+    pub fn from_record(body: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(body)
     }
 
