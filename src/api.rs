@@ -319,9 +319,12 @@ pub struct DatasetReport {
     pub extra_on_target: u64,
     /// Keys with sync work pending: not drift.
     pub in_flight: u64,
-    /// Sessions equal on both sides but last used earlier on the target
+    /// Sessions equal on both sides but last used earlier on the secondary
     /// than on the primary by more than the tolerance: they would idle out
-    /// there first (counted in `mismatched` too).
+    /// there first. Counted in `mismatched` (drift) while the source is the
+    /// primary; after a cutover counted in `matching` (a rollback's
+    /// pre-flight touches them, and the new primary's times of sessions
+    /// unused since their import are the import's).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub idle_expiry_behind: u64,
     /// The first drifted keys, shortened for logs.

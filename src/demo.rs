@@ -11,6 +11,7 @@
 //! client request failed.
 
 pub mod authlete;
+pub mod scenarios;
 pub mod traffic;
 
 use std::io::Write as _;
@@ -67,6 +68,9 @@ pub enum Error {
     /// The admin API failed.
     #[error("admin API: {0}")]
     Admin(#[from] crate::api::Error),
+    /// A scenario could not be set up.
+    #[error("scenario setup failed: {0}")]
+    Scenario(String),
 }
 
 /// The demo's outcome.
@@ -93,6 +97,9 @@ pub struct Summary {
     pub lag_p99: Duration,
     /// Time from the end of traffic to an empty journal.
     pub drain: Duration,
+    /// SSO-only users, revoked tokens and self-managing clients across
+    /// the flip.
+    pub scenarios: scenarios::Counts,
 }
 
 impl Summary {
@@ -103,6 +110,7 @@ impl Summary {
         synced_cleanly(&self.totals, &self.verify, &self.backfill)
             && self.cutover.outcome == crate::api::Outcome::CutOver
             && self.rotations.refused == 0
+            && self.scenarios.all_kept()
             && self.drift.iter().all(|d| d.drifted() == 0)
     }
 }
@@ -156,6 +164,12 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
             connect2id::Config::new(connect2id::ApiTokens::single(TOKEN), jwks.clone());
         config.base_path = "/c2id".to_owned();
         config.issuer = Some(issuer.clone());
+        // The real server's behaviour, with a short idle limit so that the
+        // SSO-only users' sessions would idle out within the demo.
+        config.strictness = connect2id::Strictness {
+            session_max_idle_minutes: scenarios::SESSION_MAX_IDLE_MINUTES,
+            ..connect2id::Strictness::default()
+        };
         config
     };
     let mut source_config = emulator_config();
@@ -198,6 +212,15 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         options.duration.as_secs()
     ));
     let base = format!("http://{proxy_addr}/c2id");
+    let servers = [source.emulator(), target.emulator()];
+    let via_proxy = crate::emulator::driver::Driver::new(base.clone(), TOKEN);
+    say(&format!(
+        "first: SSO-only users log in and come back twice as the servers' clocks skip past the target's {} min idle limit; self-contained refresh tokens are revoked; self-managing clients register",
+        scenarios::SESSION_MAX_IDLE_MINUTES
+    ));
+    let prepared = scenarios::prepare(&via_proxy, &admin, servers)
+        .await
+        .map_err(Error::Scenario)?;
     let traffic = Arc::new(traffic::Traffic::new(&base, TOKEN));
     operator.backfill("start", None, None).await?;
     let traffic_started = Instant::now();
@@ -246,6 +269,12 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         .await;
     admin.wait_drained(Duration::from_secs(60)).await;
 
+    say(
+        "after the flip: the clocks skip on; SSO-only users come back, revoked tokens are tried, self-managing clients update themselves",
+    );
+    let scenarios = scenarios::count(&via_proxy, servers, &prepared).await;
+    admin.wait_drained(Duration::from_secs(60)).await;
+
     say("verifying: every record of the new primary compared with the old one");
     let verify = operator
         .verify(&crate::api::VerifyRequest::default(), |status| {
@@ -270,6 +299,7 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         drift,
         lag_p99: percentile(&lag_samples, 0.99),
         drain,
+        scenarios,
     };
     print_summary(&summary);
 
@@ -489,6 +519,17 @@ fn print_summary(summary: &Summary) {
         out,
         "no gap at the flip   {} refresh tokens rotated in the last second before the flip (still current at it): {} used by their users after it, {} by the check, {} refused",
         rotations.rotated, rotations.used_by_users, rotations.used_by_check, rotations.refused
+    );
+    let counts = &summary.scenarios;
+    let _ = writeln!(
+        out,
+        "sso-only users kept {}/{} · revoked tokens still revoked {}/{} · self-managing clients updated after the flip {}/{}",
+        counts.sso_kept,
+        counts.sso_users,
+        counts.still_revoked,
+        counts.revoked,
+        counts.self_updated,
+        counts.self_managing
     );
     let _ = writeln!(out);
     let _ = writeln!(

@@ -265,9 +265,10 @@ struct EmulateArgs {
     owner_api_secret: Option<String>,
     /// Which reading of the API to play: `lenient` (the emulator as the
     /// product was first written against) or `real` (every behaviour of the
-    /// real server that is harder on a migration).
-    #[arg(long, value_enum, default_value_t = StrictnessPreset::Lenient)]
-    strictness: StrictnessPreset,
+    /// real server that is harder on a migration). Omitted: Connect2id plays
+    /// the real server's defaults, Authlete the lenient reading.
+    #[arg(long, value_enum)]
+    strictness: Option<StrictnessPreset>,
     /// Authlete: one switch at its strict value, over the preset (repeat):
     /// paths, owner-credentials, aliases, replace-update, rate-limit, sweep,
     /// result-codes, client-single-token, typed-client-metadata, revoke-order.
@@ -478,11 +479,14 @@ fn emulate(args: EmulateArgs, log_format: LogFormat) -> ExitCode {
         });
         match args.kind {
             EmulatorKind::Connect2id => {
-                let strictness = connect2id::strictness_from_flags(
-                    args.strictness == StrictnessPreset::Real,
-                    args.switches.as_deref(),
-                )
-                .map_err(|err| err.to_string())?;
+                let preset = match args.strictness {
+                    None => connect2id::Preset::Default,
+                    Some(StrictnessPreset::Lenient) => connect2id::Preset::Lenient,
+                    Some(StrictnessPreset::Real) => connect2id::Preset::Real,
+                };
+                let strictness =
+                    connect2id::strictness_from_flags(preset, args.switches.as_deref())
+                        .map_err(|err| err.to_string())?;
                 connect2id::run(
                     connect2id::Options {
                         listen: args.listen,
@@ -512,8 +516,8 @@ fn emulate(args: EmulateArgs, log_format: LogFormat) -> ExitCode {
                 options.owner_api_key = args.owner_api_key;
                 options.owner_api_secret = args.owner_api_secret;
                 options.strictness = match args.strictness {
-                    StrictnessPreset::Lenient => authlete::Strictness::lenient(),
-                    StrictnessPreset::Real => authlete::Strictness::real(),
+                    None | Some(StrictnessPreset::Lenient) => authlete::Strictness::lenient(),
+                    Some(StrictnessPreset::Real) => authlete::Strictness::real(),
                 };
                 for switch in args.strict {
                     options.strictness.set(switch, true);

@@ -863,6 +863,29 @@ mod tests {
     }
 
     #[test]
+    fn a_redeemed_code_whose_id_token_names_a_session_changes_that_session() {
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let id_token = format!(
+            "{}.{}.{}",
+            engine.encode(r#"{"alg":"RS256"}"#),
+            engine.encode(r#"{"sub":"alice","aud":"s6","sid":"K1.H1"}"#),
+            engine.encode("signature")
+        );
+        let response = format!(r#"{{"access_token":"{}","id_token":"{id_token}"}}"#, jwt());
+        let changes = Case::new(Method::POST, "/c2id/token")
+            .request("grant_type=authorization_code&code=c1")
+            .response(200, &response)
+            .changes();
+        assert!(changes.contains(&sess("K1.H1")), "{changes:?}");
+        // A refresh adds no relying party: no session change.
+        let changes = Case::new(Method::POST, "/c2id/token")
+            .request("grant_type=refresh_token&refresh_token=r1")
+            .response(200, &response)
+            .changes();
+        assert!(!changes.contains(&sess("K1.H1")), "{changes:?}");
+    }
+
+    #[test]
     fn legacy_api_versions_route_like_their_current_versions() {
         let catalogue = Catalogue::new("/c2id");
         let name = |method: Method, path: &str| {

@@ -843,6 +843,15 @@ async fn compare_one(
             Verdict::Equal => {
                 tally.matching.fetch_add(1, Ordering::Relaxed);
             }
+            // After a cutover the old server is the secondary, kept only
+            // for a rollback, whose pre-flight touches every session last
+            // used earlier there; and the new primary's last-used times
+            // of sessions nobody used since are those of their import
+            // (a real server sets "now"), not uses. Reported, not drift.
+            Verdict::IdleBehind if primary.server() == crate::model::Side::Target => {
+                tally.idle_behind.fetch_add(1, Ordering::Relaxed);
+                tally.matching.fetch_add(1, Ordering::Relaxed);
+            }
             Verdict::IdleBehind => {
                 tally.idle_behind.fetch_add(1, Ordering::Relaxed);
                 tally.mismatched.fetch_add(1, Ordering::Relaxed);

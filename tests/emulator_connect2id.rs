@@ -19,6 +19,17 @@ const REDIRECT: &str = "https://app.example.com/cb";
 
 // ---- helpers ----
 
+/// The emulator in the lenient reading, for tests of what only it does:
+/// refresh tokens encrypted with a deterministic nonce (the client's
+/// string, an export's `rft` and every re-encryption are equal) and access
+/// tokens accepted at `/inspection`. The real server's reading of both
+/// (the default) is tested side by side in `emulator_connect2id_strict.rs`.
+fn lenient_config(jwks: &JwkSet) -> Config {
+    let mut config = config(jwks);
+    config.strictness = handover::emulator::connect2id::Strictness::lenient();
+    config
+}
+
 /// Registers a client with the master token.
 async fn register(http: &Http, base: &str, body: Value) -> Value {
     http.json(Method::POST, &format!("{base}/clients"), TOKEN, body)
@@ -662,7 +673,7 @@ async fn client_list_is_a_streamed_json_array() {
 #[tokio::test]
 async fn login_issues_a_signed_jwt_access_token_and_id_token() {
     let jwks = JwkSet::generate();
-    let emulator = start(config(&jwks)).await;
+    let emulator = start(lenient_config(&jwks)).await;
     let base = emulator.url();
     let http = Http::default();
     let client = web_client(&http, &base).await;
@@ -1071,7 +1082,7 @@ async fn bad_authorization_requests_are_errors_or_error_redirects() {
 
 #[tokio::test]
 async fn rotated_refresh_token_replay_revokes_the_authorization() {
-    let emulator = start(config(&JwkSet::generate())).await;
+    let emulator = start(lenient_config(&JwkSet::generate())).await;
     let base = emulator.url();
     let http = Http::default();
     let client = web_client(&http, &base).await;
@@ -1152,7 +1163,7 @@ async fn rotated_refresh_token_replay_revokes_the_authorization() {
 
 #[tokio::test]
 async fn refresh_without_rotation_keeps_the_refresh_token() {
-    let emulator = start(config(&JwkSet::generate())).await;
+    let emulator = start(lenient_config(&JwkSet::generate())).await;
     let base = emulator.url();
     let http = Http::default();
     let client = web_client(&http, &base).await;
@@ -1374,13 +1385,13 @@ async fn import_client(http: &Http, to: &str, client: &Value) -> Value {
 async fn imported_authorization_keeps_the_refresh_token_working() {
     let jwks = JwkSet::generate();
     let shared_issuer = "https://login.example.com/c2id".to_owned();
-    let mut source_config = config(&jwks);
+    let mut source_config = lenient_config(&jwks);
     source_config.issuer = Some(shared_issuer.clone());
     let source = start(source_config).await;
-    let mut target_config = config(&jwks);
+    let mut target_config = lenient_config(&jwks);
     target_config.issuer = Some(shared_issuer);
     let target = start(target_config).await;
-    let stranger = start(config(&JwkSet::generate())).await;
+    let stranger = start(lenient_config(&JwkSet::generate())).await;
     let http = Http::default();
     let client = web_client(&http, &source.url()).await;
     let tokens = login_tokens(&http, &source.url(), &client, "kate", long_lived(true)).await;
@@ -1458,7 +1469,7 @@ async fn imported_authorization_keeps_the_refresh_token_working() {
 
 #[tokio::test]
 async fn authz_store_mints_updates_lists_and_deletes() {
-    let emulator = start(config(&JwkSet::generate())).await;
+    let emulator = start(lenient_config(&JwkSet::generate())).await;
     let base = emulator.url();
     let http = Http::default();
     let client = web_client(&http, &base).await;
@@ -1663,7 +1674,7 @@ async fn revocation_honours_timestamp_and_quiet() {
 
 #[tokio::test]
 async fn inspection_finds_the_record_behind_a_token() {
-    let emulator = start(config(&JwkSet::generate())).await;
+    let emulator = start(lenient_config(&JwkSet::generate())).await;
     let base = emulator.url();
     let http = Http::default();
     let client = web_client(&http, &base).await;
@@ -2000,7 +2011,7 @@ async fn sessions_expire_by_idle_time_and_lifetime() {
 
 #[tokio::test]
 async fn direct_authz_issues_tokens_and_opens_a_session() {
-    let emulator = start(config(&JwkSet::generate())).await;
+    let emulator = start(lenient_config(&JwkSet::generate())).await;
     let base = emulator.url();
     let http = Http::default();
     let client = web_client(&http, &base).await;
@@ -2218,7 +2229,7 @@ async fn knobs_play_down_slow_and_failing() {
 #[tokio::test]
 async fn seeded_records_are_deterministic_and_usable() {
     let jwks = JwkSet::generate();
-    let mut seeded = config(&jwks);
+    let mut seeded = lenient_config(&jwks);
     seeded.seed = 40;
     let emulator = start(seeded.clone()).await;
     let twin = start(seeded).await;
@@ -2347,7 +2358,7 @@ async fn seeded_records_are_deterministic_and_usable() {
 #[tokio::test]
 async fn state_dumps_each_dataset() {
     let jwks = JwkSet::generate();
-    let mut seeded = config(&jwks);
+    let mut seeded = lenient_config(&jwks);
     seeded.seed = 3;
     let emulator = start(seeded).await;
     let http = Http::default();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use handover::emulator::connect2id::{Config, Handle, Strictness, strictness_from_flags};
+use handover::emulator::connect2id::{Config, Handle, Preset, Strictness, strictness_from_flags};
 use handover::emulator::jwks::JwkSet;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -1661,10 +1661,10 @@ async fn strictness_is_switchable_over_http_and_from_flags() {
         current,
         serde_json::to_value(Strictness::default()).unwrap()
     );
-    assert_eq!(
+    assert_ne!(
         Strictness::default(),
         Strictness::lenient(),
-        "lenient until the product is fixed"
+        "the real server's behaviour is the default"
     );
     let changed = http
         .json(
@@ -1693,15 +1693,20 @@ async fn strictness_is_switchable_over_http_and_from_flags() {
     );
 
     assert_eq!(
-        strictness_from_flags(true, None).unwrap(),
+        strictness_from_flags(Preset::Real, None).unwrap(),
         Strictness::real()
     );
     assert_eq!(
-        strictness_from_flags(false, None).unwrap(),
+        strictness_from_flags(Preset::Default, None).unwrap(),
         Strictness::default()
     );
-    let mixed = strictness_from_flags(false, Some(r#"{"backchannel_logout": true}"#)).unwrap();
+    assert_eq!(
+        strictness_from_flags(Preset::Lenient, None).unwrap(),
+        Strictness::lenient()
+    );
+    let mixed =
+        strictness_from_flags(Preset::Lenient, Some(r#"{"backchannel_logout": true}"#)).unwrap();
     assert!(mixed.backchannel_logout && !mixed.random_refresh_token_nonce);
-    assert!(strictness_from_flags(true, Some("not json")).is_err());
-    assert!(strictness_from_flags(true, Some(r#"{"nope": 1}"#)).is_err());
+    assert!(strictness_from_flags(Preset::Real, Some("not json")).is_err());
+    assert!(strictness_from_flags(Preset::Real, Some(r#"{"nope": 1}"#)).is_err());
 }

@@ -1012,10 +1012,15 @@ impl Cutover {
             Check::warn(
                 check,
                 format!(
-                    "{} advertises back-channel logout: as the secondary it notifies relying \
-                     parties of sessions it ends on its own (expiry, synced deletes); turn it \
-                     off there while it is the secondary (README, \"Back-channel logout\")",
-                    advertising.join(" and ")
+                    "{} {} back-channel logout: a secondary notifies relying parties of \
+                     sessions it ends on its own (expiry, synced deletes); turn it off there \
+                     while it is the secondary (README, \"Back-channel logout\")",
+                    advertising.join(" and "),
+                    if advertising.len() > 1 {
+                        "advertise"
+                    } else {
+                        "advertises"
+                    }
                 ),
             )
         }

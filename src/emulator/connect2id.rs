@@ -407,13 +407,24 @@ pub struct Options {
     pub issuer_aliases: Vec<String>,
 }
 
-/// The strictness chosen on the command line: the strict preset with
-/// `--strictness real`, else the default, with `--switches` overrides on top.
-pub fn strictness_from_flags(strict: bool, overrides: Option<&str>) -> Result<Strictness, Error> {
-    let base = if strict {
-        Strictness::real()
-    } else {
-        Strictness::default()
+/// A `--strictness` preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// None given: [`Strictness::default`], the real server's behaviour.
+    Default,
+    /// `lenient`: [`Strictness::lenient`].
+    Lenient,
+    /// `real`: [`Strictness::real`].
+    Real,
+}
+
+/// The strictness chosen on the command line: the `--strictness` preset,
+/// with `--switches` overrides on top.
+pub fn strictness_from_flags(preset: Preset, overrides: Option<&str>) -> Result<Strictness, Error> {
+    let base = match preset {
+        Preset::Default => Strictness::default(),
+        Preset::Lenient => Strictness::lenient(),
+        Preset::Real => Strictness::real(),
     };
     let Some(text) = overrides else {
         return Ok(base);

@@ -97,6 +97,11 @@ fn jwt_claims(token: &str) -> Option<Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// The session (`sid` claim) an ID token names, read like [`jwt_claims`].
+pub(super) fn id_token_sid(token: &str) -> Option<String> {
+    string_field(&jwt_claims(token)?, "sid")
+}
+
 /// The subject of a JWT (an access token or an ID token).
 pub(super) fn jwt_subject(token: &str) -> Option<String> {
     string_field(&jwt_claims(token)?, "sub")

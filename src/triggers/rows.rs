@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::parse::{
     authorization, authorization_of_tokens, client_auth_of, client_of, created_sid, form_body,
-    header, id_token_subject_and_client, jwt_subject, jwt_subject_and_client, query, request_json,
-    response_json, response_sid, session, string_field,
+    header, id_token_sid, id_token_subject_and_client, jwt_subject, jwt_subject_and_client, query,
+    request_json, response_json, response_sid, session, string_field,
 };
 use super::{Input, LogoutHint, Outcome};
 use crate::http::form;
@@ -166,6 +166,19 @@ pub(super) fn token_issued(input: &Input<'_>) -> Outcome {
     let mut changes: Vec<Change> = authorization_of_tokens(access, refresh)
         .into_iter()
         .collect();
+    // The first ID token a client gets in a session (a code redeemed)
+    // makes it one of the session's relying parties, recorded on the
+    // session for back-channel logout (spec §6.4): the session changed.
+    // Later refreshes add nothing.
+    if grant == "authorization_code"
+        && let Some(sid) = response
+            .as_ref()
+            .and_then(|r| r.get("id_token"))
+            .and_then(Value::as_str)
+            .and_then(id_token_sid)
+    {
+        changes.push(session(sid));
+    }
     // Native SSO (RN 16.0): a `device_secret` in the answer means the
     // server opened a device session for the subject, which only a session
     // listing names (its SID is not on the exchange).

@@ -12,11 +12,20 @@
 //! turns every one on; where public material is silent, it takes the reading
 //! most hostile to a proxy, and the field's doc says so.
 //!
-//! The lenient preset stays the default until the product handles the
-//! strict readings; tests and rehearsals select the strict one in-process
+//! The default ([`Strictness::default`]) is the real server's behaviour
+//! wherever it is known or the hostile reading is the safe assumption:
+//! public keys only at `/jwks.json`, random-nonce refresh-token
+//! encryption, SSO bumps last-used, sessions idle-expire, an import does
+//! not keep a supplied last-used, a client delete cascades, an import for
+//! an unknown client is refused, `/inspection` refuses access tokens
+//! (`allowDirectInspection=false`), back-channel logout. It differs from
+//! [`Strictness::real`] only where the real server's own default is off or
+//! a version choice: native SSO stays off (its real default), and the
+//! emulator serves the current API versions only. Tests of the other
+//! reading select [`Strictness::lenient`] in-process
 //! ([`crate::emulator::connect2id::Config::strictness`]), from the command
-//! line (`handover emulate --kind connect2id --strict`, `--strictness JSON`)
-//! or at run time over `/_emulator/strictness`.
+//! line (`handover emulate --kind connect2id --strictness lenient|real`,
+//! `--switches JSON`) or at run time over `/_emulator/strictness`.
 //!
 //! A switch whose two presets agree (for example `default_rotate`, false in
 //! both because false is the real default) is still a switch: it models a
@@ -160,9 +169,14 @@ pub struct Strictness {
 }
 
 impl Default for Strictness {
-    /// The lenient reading, until the product handles the strict one.
+    /// The real server's behaviour (see the module doc): [`Strictness::real`]
+    /// with native SSO off (the real default) and no legacy API versions.
     fn default() -> Self {
-        Self::lenient()
+        Self {
+            native_sso: false,
+            server_version: None,
+            ..Self::real()
+        }
     }
 }
 
@@ -276,7 +290,12 @@ mod tests {
     #[test]
     fn presets_differ_only_where_the_readings_differ() {
         let (lenient, real) = (Strictness::lenient(), Strictness::real());
-        assert_eq!(Strictness::default(), lenient);
+        let default = Strictness::default();
+        assert!(default.random_refresh_token_nonce && default.sso_updates_last_used);
+        assert!(default.import_resets_last_used && default.client_delete_cascades);
+        assert!(default.import_requires_client && !default.allow_direct_inspection);
+        assert!(default.backchannel_logout && default.session_purge_interval_secs > 0);
+        assert!(!default.native_sso && default.server_version.is_none());
         assert!(real.random_refresh_token_nonce && !lenient.random_refresh_token_nonce);
         assert!(!real.allow_direct_inspection && lenient.allow_direct_inspection);
         assert_eq!(real.default_rotate, lenient.default_rotate);
