@@ -34,7 +34,7 @@
 #                        writes count for the lag like any other)
 #   CONNECTIONS=64       the generator's keep-alive connections
 #   LAG_BOUND_MS=1000 DRAIN_BOUND_S=2   what "sustained" means
-#   DRAIN_WAIT_S=120     how long to wait for a backlog to drain before
+#   DRAIN_WAIT_S=60      how long to wait for a backlog to drain before
 #                        giving up on a stack
 #   POLL_S=0.2           /status polling period
 #   CUTOVER=1            0: skip the cutover part
@@ -64,7 +64,7 @@ WARMUP_S=${WARMUP_S:-1}
 CONNECTIONS=${CONNECTIONS:-64}
 LAG_BOUND_MS=${LAG_BOUND_MS:-1000}
 DRAIN_BOUND_S=${DRAIN_BOUND_S:-2}
-DRAIN_WAIT_S=${DRAIN_WAIT_S:-120}
+DRAIN_WAIT_S=${DRAIN_WAIT_S:-60}
 POLL_S=${POLL_S:-0.2}
 CUTOVER=${CUTOVER:-1}
 CUT_RTT=${CUT_RTT:-100}
@@ -144,6 +144,8 @@ start_stack() {
 
 stop_stack() {
     bench_stop "$H_PID"
+    # handover's own log, for whoever reads a cell that did not drain.
+    gzip -c "$WORK/handover-$1-$2.log" >"$CELL/handover.log.gz" 2>/dev/null || true
     bench_stop "$TARGET_PID"
     bench_stop "$SOURCE_PID"
     rm -rf "$WORK/journal-$1-$2"

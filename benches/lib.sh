@@ -69,10 +69,15 @@ bench_build() {
 
 # ---------------------------------------------------------------- ports
 
-# A free TCP port on 127.0.0.1 (nothing answers a connect to it).
+# A free TCP port on 127.0.0.1 (nothing answers a connect to it), below the
+# kernel's ephemeral range (ip_local_port_range, 32768 and up by default),
+# so that no client connection of the benchmark holds it as its local port
+# by the time the server binds it.
 free_port() {
-    local port
-    for port in $(shuf -i 20000-60000 -n 100); do
+    local port low=20000 high
+    high=$(awk '{ print $1 - 1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32767)
+    ((high > low)) || high=60000
+    for port in $(shuf -i "$low-$high" -n 100); do
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return

@@ -470,8 +470,9 @@ impl Mix {
     fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the mix {}", path.display()))?;
-        let entries: Vec<MixEntry> = serde_json::from_str(&text)
-            .with_context(|| format!("the mix {} is not a JSON array of requests", path.display()))?;
+        let entries: Vec<MixEntry> = serde_json::from_str(&text).with_context(|| {
+            format!("the mix {} is not a JSON array of requests", path.display())
+        })?;
         if entries.is_empty() {
             bail!("the mix {} is empty", path.display());
         }
@@ -551,7 +552,12 @@ impl Mix {
 fn render(template: &str, seq: u64, lines: &[String]) -> anyhow::Result<String> {
     let mut out = String::with_capacity(template.len() + 8);
     let mut rest = template;
-    while let Some(at) = rest.find("{seq").into_iter().chain(rest.find("{line}")).min() {
+    while let Some(at) = rest
+        .find("{seq")
+        .into_iter()
+        .chain(rest.find("{line}"))
+        .min()
+    {
         out.push_str(&rest[..at]);
         let tail = &rest[at..];
         let end = tail
@@ -685,7 +691,10 @@ impl Conn {
                 request = request.header(name, value);
             }
             let body = Bytes::from(template.render(&template.body, seq)?);
-            (request.body(Full::new(body))?, Some(Arc::clone(&template.name)))
+            (
+                request.body(Full::new(body))?,
+                Some(Arc::clone(&template.name)),
+            )
         } else {
             let mut request = Request::builder()
                 .method(self.target.method.clone())
