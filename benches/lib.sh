@@ -61,8 +61,16 @@ bench_build() {
         cargo build --release --locked --bin handover --bench loadgen >&2
     fi
     HANDOVER=$PWD/target/release/handover
-    LOADGEN=$(cargo bench --locked --bench loadgen --no-run --message-format=json 2>/dev/null |
-        sed -n 's/.*"executable":"\([^"]*loadgen[^"]*\)".*/\1/p' | tail -n 1)
+    if [[ ${SKIP_BUILD:-0} == 1 ]]; then
+        # The newest one built; asking cargo would rebuild it (and the
+        # library) after any change to src/.
+        LOADGEN=$(find target/release/deps -maxdepth 1 -name 'loadgen-*' -type f -executable \
+            -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -n 1 | cut -d' ' -f2-)
+        [[ -z $LOADGEN ]] || LOADGEN=$PWD/$LOADGEN
+    else
+        LOADGEN=$(cargo bench --locked --bench loadgen --no-run --message-format=json 2>/dev/null |
+            sed -n 's/.*"executable":"\([^"]*loadgen[^"]*\)".*/\1/p' | tail -n 1)
+    fi
     [[ -x $HANDOVER ]] || bench_die "$HANDOVER missing"
     [[ -x $LOADGEN ]] || bench_die "cannot find the loadgen executable"
 }
