@@ -24,6 +24,10 @@
 #   GAP_S=4              seconds between flips (and before the first one)
 #   WARMUP=3             seconds of load before the first flip's gap
 #   TAIL_S=3             seconds of load after the last flip
+#   FLIP_ALLOW_S=0       seconds the load is lengthened by per flip, for
+#                        flip commands that take long (a distant target's
+#                        pre-flight); a flip whose window saw no request is
+#                        reported
 #   CONNECTIONS=64       the generator's keep-alive connections
 #   SEED=1000            records per dataset on the source (the backfill
 #                        must finish before a cutover)
@@ -32,6 +36,13 @@
 #   WINDOW_MARGIN_S=0.1  a request counts for a flip when it was scheduled
 #                        from this long before the flip command started to
 #                        this long after it returned
+#   TARGET_LATENCY_MS=0  latency the target emulator adds to every answer
+#                        (its knob, set after the backfill): a distant target
+#   MIX=0                1: send the mix of trigger writes of benches/lib.sh
+#                        (its clients and tokens created after the backfill)
+#                        instead of client registrations only
+#   BENCH_ISSUER=        one issuer URL for both emulators (needed with MIX=1:
+#                        the mix's access tokens must be valid at the target)
 #   SKIP_BUILD=0 KEEP_TMP=0
 #   RESULTS=benches/results/cutover-<timestamp>
 #
@@ -49,6 +60,9 @@ SEED=${SEED:-1000}
 SYNC=${SYNC:-always}
 MAX_PAUSE=${MAX_PAUSE:-}
 WINDOW_MARGIN_S=${WINDOW_MARGIN_S:-0.1}
+TARGET_LATENCY_MS=${TARGET_LATENCY_MS:-0}
+FLIP_ALLOW_S=${FLIP_ALLOW_S:-0}
+MIX=${MIX:-0}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${RESULTS:-benches/results/cutover-$STAMP}
 BENCH_NAME=cutover
@@ -84,10 +98,29 @@ done
 [[ $state == done ]] || bench_die "backfill ended $state"
 bench_log "backfill done ($((3 * SEED)) records)"
 
+if ((TARGET_LATENCY_MS > 0)); then
+    curl -fsS -o /dev/null -X PUT -H "Authorization: Bearer $HANDOVER_TARGET_TOKEN" \
+        -H 'Content-Type: application/json' --data "{\"latency_ms\":$TARGET_LATENCY_MS}" \
+        "http://$TARGET_ADDR/c2id/_emulator/knobs" || bench_die "cannot set the target's latency knob"
+    bench_log "target latency $TARGET_LATENCY_MS ms"
+fi
+LOAD_ARGS=("${TRIGGER_ARGS[@]}")
+if [[ $MIX == 1 ]]; then
+    # In $WORK: the mix carries this run's throwaway tokens.
+    mix_prepare "$WORK" "http://127.0.0.1:$PROXY_PORT"
+    mix_write "$WORK/mix.json" cutover
+    LOAD_ARGS=(--mix "$WORK/mix.json")
+    for i in $(seq 1 600); do
+        [[ $("$HANDOVER" status --json --admin "$ADMIN" | jq -r '.journal.depth') != 0 ]] || break
+        sleep 0.2
+    done
+    bench_log "the mix's $MIX_CLIENTS clients and $MIX_TOKENS refresh tokens created"
+fi
+
 # ---------------------------------------------------------------- load + flips
 
-duration=$(awk -v f="$FLIPS" -v g="$GAP_S" -v t="$TAIL_S" 'BEGIN { print (f + 1) * g + t }')
-"$LOADGEN" open-loop --url "$URL" "${TRIGGER_ARGS[@]}" --rate "$RATE" \
+duration=$(awk -v f="$FLIPS" -v g="$GAP_S" -v t="$TAIL_S" -v a="$FLIP_ALLOW_S" 'BEGIN { print (f + 1) * g + f * a + t }')
+"$LOADGEN" open-loop --url "$URL" "${LOAD_ARGS[@]}" --rate "$RATE" \
     --duration "$duration" --warmup "$WARMUP" --connections "$CONNECTIONS" \
     --cpu-pid "$H_PID" --own-pid "$SOURCE_PID" --own-pid "$TARGET_PID" \
     --timeline "$RESULTS/timeline.csv" --json --label "target=handover" \
@@ -116,6 +149,9 @@ for i in $(seq 1 "$FLIPS"); do
     bench_log "flip $i $verb: $(jq -r '"\(.outcome) pause \(.pause_ms) ms held \(.held) rejected \(.rejected) \(.reason // "")"' <<<"$(tail -n 1 "$RESULTS/flips.jsonl")")"
     sleep "$GAP_S"
 done
+if ! kill -0 "$LOAD_PID" 2>/dev/null; then
+    bench_log "warning: the load ended before the last flip did (raise FLIP_ALLOW_S): those flips saw no requests"
+fi
 wait "$LOAD_PID" || bench_log "the load generator exited with an error: $(tail -n 3 "$RESULTS/load.log")"
 bench_forget "$LOAD_PID"
 uptime >"$RESULTS/uptime-after.txt"
@@ -205,7 +241,7 @@ JQ
 
 {
     echo
-    echo "== cutover under $RATE trigger writes/s, $FLIPS flips every ${GAP_S}s, sync = $SYNC"
+    echo "== cutover under $RATE trigger writes/s ($([[ $MIX == 1 ]] && echo "the mix" || echo "client registrations")), $FLIPS flips every ${GAP_S}s, sync = $SYNC, target latency $TARGET_LATENCY_MS ms"
     jq -r '.machine | "   \(.nproc) x \(.cpu), kernel \(.kernel), commit \(.commit)"' "$RESULTS/summary.json"
     echo
     printf '%-5s %-9s %-12s %9s %6s %9s %12s %7s %9s\n' flip verb outcome "pause ms" held rejected "max lat ms" failed "cmd ms"

@@ -212,6 +212,17 @@ struct Common {
     /// the window.
     #[arg(long = "own-pid")]
     own_pids: Vec<u32>,
+    /// A mix of requests instead of `--method`/`--body`/`--header`: a JSON
+    /// array of `{"name", "weight", "method", "path", "body", "headers":
+    /// ["Name: value"], "lines": FILE}` (path absolute, on `--url`'s host).
+    /// Request *n* of the run takes the template of slot `n % sum(weights)`
+    /// (weights interleaved, so every second has the same mix), and `{seq}`
+    /// / `{seq%N}` / `{line}` in its path and body become `n` / `n mod N` /
+    /// line `n mod (lines in FILE)` of the entry's `lines` file (e.g. a
+    /// refresh token per line). Failures are counted per template
+    /// (`client_update: status 400`).
+    #[arg(long, conflicts_with_all = ["body", "headers"])]
+    mix: Option<PathBuf>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -266,12 +277,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             if !(rate > 0.0 && rate.is_finite()) {
                 bail!("--rate must be a positive number, got {rate}");
             }
-            let target = Target::parse(&common.url)?.with_request(&common);
+            let target = Target::parse(&common.url)?.with_request(&common)?;
             let samples = runtime(common.threads)?.block_on(open_loop(&target, &common, rate))?;
             emit(&common, Mode::OpenLoop, Some(rate), samples)
         }
         Command::ClosedLoop { common } => {
-            let target = Target::parse(&common.url)?.with_request(&common);
+            let target = Target::parse(&common.url)?.with_request(&common)?;
             let samples = runtime(common.threads)?.block_on(closed_loop(&target, &common))?;
             emit(&common, Mode::ClosedLoop, None, samples)
         }
@@ -408,6 +419,173 @@ struct Target {
     method: http::Method,
     headers: Vec<(header::HeaderName, header::HeaderValue)>,
     body: Bytes,
+    /// `--mix`: the templates, one per weight slot, and the run's request
+    /// counter (shared by every connection).
+    mix: Option<Arc<Mix>>,
+}
+
+/// One `--mix` entry as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MixEntry {
+    name: String,
+    weight: u32,
+    method: String,
+    path: String,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    lines: Option<PathBuf>,
+}
+
+/// A parsed `--mix`.
+#[derive(Debug)]
+struct Mix {
+    templates: Vec<Template>,
+    /// Template index per weight slot, interleaved.
+    slots: Vec<usize>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct Template {
+    name: Arc<str>,
+    method: http::Method,
+    path: String,
+    body: String,
+    headers: Vec<(header::HeaderName, header::HeaderValue)>,
+    /// What `{line}` takes its values from.
+    lines: Vec<String>,
+}
+
+impl Template {
+    fn render(&self, template: &str, seq: u64) -> anyhow::Result<String> {
+        render(template, seq, &self.lines)
+    }
+}
+
+impl Mix {
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the mix {}", path.display()))?;
+        let entries: Vec<MixEntry> = serde_json::from_str(&text).with_context(|| {
+            format!("the mix {} is not a JSON array of requests", path.display())
+        })?;
+        if entries.is_empty() {
+            bail!("the mix {} is empty", path.display());
+        }
+        let mut templates = Vec::with_capacity(entries.len());
+        let mut weights = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.weight == 0 || !entry.path.starts_with('/') {
+                bail!(
+                    "mix entry {:?}: the weight must be positive and the path absolute",
+                    entry.name
+                );
+            }
+            let headers = entry
+                .headers
+                .iter()
+                .map(|text| parse_header(text).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?;
+            let lines = match &entry.lines {
+                None => Vec::new(),
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+                    .lines()
+                    .filter(|line| !line.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            };
+            // Both templates must render to something valid.
+            render(&entry.path, 0, &lines)?
+                .parse::<Uri>()
+                .with_context(|| format!("mix entry {:?}: bad path", entry.name))?;
+            render(&entry.body, 0, &lines)?;
+            weights.push(entry.weight);
+            templates.push(Template {
+                name: entry.name.into(),
+                method: entry
+                    .method
+                    .parse()
+                    .with_context(|| format!("bad method {:?}", entry.method))?,
+                path: entry.path,
+                body: entry.body,
+                headers,
+                lines,
+            });
+        }
+        // Interleave: slot k goes to the template whose share is furthest
+        // behind (smooth weighted round robin).
+        let total: u32 = weights.iter().sum();
+        let mut credit = vec![0_i64; weights.len()];
+        let mut slots = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            for (c, w) in credit.iter_mut().zip(&weights) {
+                *c += i64::from(*w);
+            }
+            let best = (0..credit.len())
+                .max_by_key(|&i| (credit[i], std::cmp::Reverse(i)))
+                .unwrap_or(0);
+            credit[best] -= i64::from(total);
+            slots.push(best);
+        }
+        Ok(Self {
+            templates,
+            slots,
+            next: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The next request of the run: its template and its sequence number.
+    fn next(&self) -> (&Template, u64) {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let slot = usize::try_from(n % self.slots.len() as u64).unwrap_or(0);
+        (&self.templates[self.slots[slot]], n)
+    }
+}
+
+/// Replaces `{seq}` with `seq`, `{seq%N}` with `seq mod N` and `{line}`
+/// with `lines[seq mod lines.len()]`.
+fn render(template: &str, seq: u64, lines: &[String]) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(template.len() + 8);
+    let mut rest = template;
+    while let Some(at) = rest
+        .find("{seq")
+        .into_iter()
+        .chain(rest.find("{line}"))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let end = tail
+            .find('}')
+            .with_context(|| format!("unclosed placeholder in {template:?}"))?;
+        let inner = &tail[1..end];
+        if inner == "seq" {
+            out.push_str(&seq.to_string());
+        } else if inner == "line" {
+            if lines.is_empty() {
+                bail!("{{line}} in {template:?} but no `lines` file (or it is empty)");
+            }
+            let at = usize::try_from(seq % lines.len() as u64).unwrap_or(0);
+            out.push_str(&lines[at]);
+        } else if let Some(modulus) = inner.strip_prefix("seq%") {
+            let modulus: u64 = modulus
+                .parse()
+                .ok()
+                .filter(|m| *m > 0)
+                .with_context(|| format!("bad placeholder {{{inner}}} in {template:?}"))?;
+            out.push_str(&(seq % modulus).to_string());
+        } else {
+            bail!("unknown placeholder {{{inner}}} in {template:?}");
+        }
+        rest = &tail[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 impl Target {
@@ -435,18 +613,22 @@ impl Target {
             method: http::Method::GET,
             headers: Vec::new(),
             body: Bytes::new(),
+            mix: None,
         })
     }
 
-    /// The method, headers and body given on the command line.
-    fn with_request(mut self, common: &Common) -> Self {
+    /// The method, headers and body given on the command line, or the mix.
+    fn with_request(mut self, common: &Common) -> anyhow::Result<Self> {
+        if let Some(path) = &common.mix {
+            self.mix = Some(Arc::new(Mix::load(path)?));
+        }
         self.method = common.method.clone();
         self.headers.clone_from(&common.headers);
         self.body = common
             .body
             .as_ref()
             .map_or_else(Bytes::new, |body| Bytes::from(body.clone()));
-        self
+        Ok(self)
     }
 }
 
@@ -499,19 +681,35 @@ impl Conn {
             .as_mut()
             .context("no connection after connecting")?;
         sender.ready().await?;
-        let mut request = Request::builder()
-            .method(self.target.method.clone())
-            .uri(self.target.path.as_str())
-            .header(header::HOST, self.target.host.clone());
-        for (name, value) in &self.target.headers {
-            request = request.header(name, value);
-        }
-        let request = request.body(Full::new(self.target.body.clone()))?;
+        let (request, name) = if let Some(mix) = &self.target.mix {
+            let (template, seq) = mix.next();
+            let mut request = Request::builder()
+                .method(template.method.clone())
+                .uri(template.render(&template.path, seq)?)
+                .header(header::HOST, self.target.host.clone());
+            for (name, value) in &template.headers {
+                request = request.header(name, value);
+            }
+            let body = Bytes::from(template.render(&template.body, seq)?);
+            (
+                request.body(Full::new(body))?,
+                Some(Arc::clone(&template.name)),
+            )
+        } else {
+            let mut request = Request::builder()
+                .method(self.target.method.clone())
+                .uri(self.target.path.as_str())
+                .header(header::HOST, self.target.host.clone());
+            for (name, value) in &self.target.headers {
+                request = request.header(name, value);
+            }
+            (request.body(Full::new(self.target.body.clone()))?, None)
+        };
         let response = sender.send_request(request).await?;
         let status = response.status();
         response.into_body().collect().await?;
         if !status.is_success() {
-            return Err(StatusError(status).into());
+            return Err(StatusError(status, name).into());
         }
         Ok(())
     }
@@ -519,11 +717,14 @@ impl Conn {
 
 /// A complete answer that was not a `2xx`.
 #[derive(Debug)]
-struct StatusError(StatusCode);
+struct StatusError(StatusCode, Option<Arc<str>>);
 
 impl std::fmt::Display for StatusError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "status {}", self.0)
+        match &self.1 {
+            Some(name) => write!(f, "{name}: status {}", self.0),
+            None => write!(f, "status {}", self.0),
+        }
     }
 }
 

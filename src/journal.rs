@@ -660,7 +660,10 @@ impl Journal {
             .writer
             .send(WriterMsg::Append(AppendRequest { bodies, reply }))
             .map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)?
+        answer
+            .await
+            .map_err(|_| Error::Closed)?
+            .map(writer::Delivery::accept)
     }
 
     /// Marks `seq` as applied. Non-blocking; any order; duplicates and seqs

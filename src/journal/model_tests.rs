@@ -413,6 +413,49 @@ fn a_dropped_append_future_leaves_an_orphan_not_a_stuck_cursor() {
     drop(release);
 }
 
+/// Found by benches/distance.sh: under load, clients that time out drop
+/// their request between the writer's answer and the trigger hook reading
+/// it; those records stayed unsynced (journal depth stuck above 0, the
+/// cutover refused for lag) until a restart.
+#[test]
+fn an_append_future_dropped_after_the_answer_leaves_an_orphan_not_a_stuck_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (release, gate) = std::sync::mpsc::channel();
+    let observer = Arc::new(GateObserver {
+        gate: Mutex::new(gate),
+    });
+    let (journal, _) = Journal::open_with_observer(config(dir.path()), cipher(), observer).unwrap();
+    let rt = runtime();
+    let mut lost = Box::pin(journal.append(b"answered, never read".to_vec()));
+    rt.block_on(async {
+        // Poll once so the request is sent, and keep the future.
+        tokio::select! {
+            biased;
+            _ = &mut lost => panic!("the gate holds the commit"),
+            () = std::future::ready(()) => {}
+        }
+    });
+    // Two commits may pass. The writer answers a group before it takes the
+    // next request, so once a later append is answered, the first one's
+    // answer is in its channel, unread.
+    release.send(()).unwrap();
+    release.send(()).unwrap();
+    let second = rt.block_on(journal.append(b"read".to_vec())).unwrap();
+    assert_eq!(second, 1);
+    assert_eq!(journal.stats().orphans, 0);
+    drop(lost);
+    assert_eq!(journal.stats().orphans, 1);
+    let orphans = journal.take_orphans();
+    assert_eq!(
+        (orphans[0].seq, &orphans[0].body[..]),
+        (0, &b"answered, never read"[..])
+    );
+    journal.ack(0);
+    journal.ack(1);
+    assert_eq!(journal.stats().depth, 0);
+    drop(release);
+}
+
 #[test]
 fn interval_policy_answers_before_fsync_and_loses_nothing_to_a_kill() {
     let dir = tempfile::tempdir().unwrap();

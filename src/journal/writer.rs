@@ -36,7 +36,37 @@ type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// Bodies to append as consecutive records, and where the seqs go.
 pub(super) struct AppendRequest {
     pub(super) bodies: Vec<Vec<u8>>,
-    pub(super) reply: Reply<Range<Seq>>,
+    pub(super) reply: Reply<Delivery>,
+}
+
+/// The answer to an append: its seqs, and its records until the caller
+/// takes the seqs ([`Delivery::accept`]). A delivery dropped unaccepted
+/// gives its records to [`super::Journal::take_orphans`]: the caller's
+/// future was dropped, either before the writer answered (the send fails
+/// and hands the delivery back) or after it answered but before the caller
+/// read the answer (the delivery is dropped inside the channel). Either
+/// way the records are durable and nobody else knows their seqs; without
+/// this the second case left them unsynced until the next restart.
+pub(super) struct Delivery {
+    seqs: Range<Seq>,
+    entries: Vec<Entry>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Delivery {
+    /// The seqs, for a caller that syncs the records itself.
+    pub(super) fn accept(mut self) -> Range<Seq> {
+        self.entries = Vec::new();
+        self.seqs.clone()
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.entries.is_empty() {
+            lock(&self.state).orphans.append(&mut self.entries);
+        }
+    }
 }
 
 /// A request to the writer thread.
@@ -118,7 +148,7 @@ pub(super) struct Writer {
 
 struct Waiter {
     seqs: Range<Seq>,
-    reply: Reply<Range<Seq>>,
+    reply: Reply<Delivery>,
 }
 
 impl Writer {
@@ -218,16 +248,15 @@ impl Writer {
                 for waiter in waiters {
                     let count = usize::try_from(waiter.seqs.end - waiter.seqs.start)
                         .expect("a group holds fewer than usize::MAX records");
-                    let mine = entries.by_ref().take(count);
-                    if waiter.reply.send(Ok(waiter.seqs)).is_err() {
-                        // The appender's future was dropped: the record is
-                        // durable but nobody knows its seq. Keep it for
-                        // `take_orphans` instead of letting it block the
-                        // cursor until the next restart.
-                        lock(&self.state).orphans.extend(mine);
-                    } else {
-                        mine.for_each(drop);
-                    }
+                    let delivery = Delivery {
+                        seqs: waiter.seqs,
+                        entries: entries.by_ref().take(count).collect(),
+                        state: Arc::clone(&self.state),
+                    };
+                    // If the appender's future is gone, the delivery comes
+                    // back and, dropped, leaves its records as orphans
+                    // instead of blocking the cursor until the next restart.
+                    let _ = waiter.reply.send(Ok(delivery));
                 }
             }
             Err(err) => {
