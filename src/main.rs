@@ -657,11 +657,49 @@ fn check(path: &std::path::Path) -> ExitCode {
                 eprintln!("handover: warning: {warning}");
             }
             eprintln!("handover: {} is valid", path.display());
+            if matches!(config.store.kind, handover::store::Kind::Postgres { .. }) {
+                return check_store(&config.store);
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {
             eprintln!("handover: {err}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `check` with a PostgreSQL store: connects (without changing anything)
+/// and compares the schema version with this build's.
+fn check_store(store: &handover::store::Config) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(EXIT_PROBLEM);
+    };
+    match runtime.block_on(handover::store::probe(store)) {
+        Ok(schema) if schema.found > schema.supported => {
+            eprintln!(
+                "handover: store: the database schema is at version {}, newer than this build's {}; upgrade handover",
+                schema.found, schema.supported
+            );
+            ExitCode::from(EXIT_PROBLEM)
+        }
+        Ok(schema) if schema.found < schema.supported => {
+            eprintln!(
+                "handover: store: PostgreSQL reachable; schema version {} (this build: {}), `serve` migrates it at start",
+                schema.found, schema.supported
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(schema) => {
+            eprintln!(
+                "handover: store: PostgreSQL reachable; schema version {} is current",
+                schema.found
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("handover: {err}");
+            ExitCode::from(EXIT_UNREACHABLE)
         }
     }
 }
@@ -675,6 +713,16 @@ fn serve(path: &std::path::Path, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if matches!(config.store.kind, handover::store::Kind::Postgres { .. }) {
+        // The PostgreSQL store exists (`check` verifies it) but `serve`
+        // does not route the journal through it yet: refuse rather than
+        // quietly keep a local journal the operator thinks is shared.
+        eprintln!(
+            "handover: {}: store.kind: \"postgres\" is not served yet (the shared journal is not wired into serve in this build); use kind = \"local\" with one journal directory per instance",
+            path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     telemetry::init(log_format);
     for warning in &config.warnings {
         tracing::warn!(warning = %warning, "check the config");
