@@ -84,6 +84,9 @@ pub enum Error {
     /// The journal could not be opened or recovered.
     #[error(transparent)]
     Journal(#[from] journal::Error),
+    /// The shared store could not be opened (unreachable, schema too new).
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
     /// The journal key is malformed.
     #[error("journal key: {0}")]
     JournalKey(#[from] journal::KeyError),
@@ -178,6 +181,14 @@ pub async fn run(
         Arc::new(JournalObserver(metrics.journal.clone())),
     )?;
     let dead_letters = Arc::new(DeadLetters::open(&config.journal.dir, cipher.clone())?);
+    // Fleet mode: the trigger path appends to the shared store and every
+    // instance's sync claims from it (the local journal then stays empty).
+    let shared_store = match &config.store.kind {
+        crate::store::Kind::Local => None,
+        crate::store::Kind::Postgres { .. } => {
+            Some(crate::store::Handle::open(&config.store, &config.journal, cipher.clone()).await?)
+        }
+    };
     let registrations = Arc::new(Registrations::open(&config.journal.dir, cipher)?);
     metrics
         .sync
@@ -311,19 +322,39 @@ pub async fn run(
 
     let sync_stop = CancellationToken::new();
     let sync_tracker = TaskTracker::new();
+    let (store_acks, store_ack_queue) = tokio::sync::mpsc::unbounded_channel();
     let sync = sync::spawn(
         config.sync.clone(),
         limits,
         Arc::clone(&apply),
-        journal.clone(),
+        match &shared_store {
+            Some(_) => sync::AckSink::Store(store_acks),
+            None => sync::AckSink::Journal(journal.clone()),
+        },
         Arc::clone(&dead_letters),
+        shared_store.clone(),
         metrics.sync.clone(),
         &sync_tracker,
         sync_stop.clone(),
     );
-    let recorder = Recorder::new(
+    let claimer = shared_store.as_ref().map(|store| {
+        sync::claimer::Claimer::new(
+            store.clone(),
+            sync.clone(),
+            format!("pid{}-{:08x}", std::process::id(), fastrand::u32(..)),
+            config.store.claim_lease,
+        )
+    });
+    let recorder = Recorder::with_shared(
         config.sync.datasets.clone(),
         journal.clone(),
+        shared_store
+            .as_ref()
+            .zip(claimer.as_ref())
+            .map(|(store, claimer)| sync::SharedJournal {
+                store: store.clone(),
+                wake: claimer.waker(),
+            }),
         sync.clone(),
         Arc::clone(&dead_letters),
         Arc::clone(&health),
@@ -482,6 +513,29 @@ pub async fn run(
         .instrument(tracing::info_span!("stats")),
     );
 
+    // Fleet mode: take a share of the shared journal, keep the claims
+    // alive, and delete what was applied (until after the sync stopped).
+    let acks_stop = CancellationToken::new();
+    let acks_task = claimer.map(|claimer| {
+        tracker.spawn(
+            claimer
+                .clone()
+                .run(background_stop.clone())
+                .instrument(tracing::info_span!("claim", owner = claimer.owner())),
+        );
+        tracker.spawn(
+            claimer
+                .clone()
+                .renew(background_stop.clone())
+                .instrument(tracing::info_span!("claim")),
+        );
+        tracker.spawn(
+            claimer
+                .ack_batches(store_ack_queue, acks_stop.clone())
+                .instrument(tracing::info_span!("claim")),
+        )
+    });
+
     if let Some(parity) = parity {
         let phases = Arc::clone(&phases);
         tracker.spawn(
@@ -556,9 +610,19 @@ pub async fn run(
             "sync jobs still running at the stop deadline; their changes stay in the journal"
         );
     }
+    // Acknowledge what the sync finished, give back what it did not.
+    acks_stop.cancel();
+    if let Some(task) = acks_task {
+        let _ = task.await;
+    }
     drop(sync);
     drop(trigger_hook);
     drop(recorder);
+    if let Some(store) = shared_store
+        && let Err(err) = store.close().await
+    {
+        tracing::error!(error = %err, "cannot close the shared store cleanly");
+    }
     if let Err(err) = journal.close().await {
         tracing::error!(error = %err, "cannot close the journal cleanly");
     }

@@ -154,6 +154,7 @@ pub(crate) struct RawStore {
     pub pool_size: Option<usize>,
     pub connect_timeout: Option<String>,
     pub ca_file: Option<PathBuf>,
+    pub claim_lease: Option<String>,
 }
 
 /// `[cutover]` as written.
@@ -1385,6 +1386,18 @@ fn validate_store(raw: RawStore, env: &dyn Env, problems: &mut Problems) -> crat
     );
     if config.connect_timeout.is_zero() {
         problems.push("store.connect_timeout", "must be > 0");
+    }
+    config.claim_lease = duration(
+        "store.claim_lease",
+        raw.claim_lease,
+        crate::store::DEFAULT_CLAIM_LEASE,
+        problems,
+    );
+    if config.claim_lease < Duration::from_secs(1) {
+        problems.push(
+            "store.claim_lease",
+            "must be at least 1s (claims are renewed every third of it)",
+        );
     }
     config.ca_file = raw.ca_file;
     config

@@ -713,16 +713,6 @@ fn serve(path: &std::path::Path, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if matches!(config.store.kind, handover::store::Kind::Postgres { .. }) {
-        // The PostgreSQL store exists (`check` verifies it) but `serve`
-        // does not route the journal through it yet: refuse rather than
-        // quietly keep a local journal the operator thinks is shared.
-        eprintln!(
-            "handover: {}: store.kind: \"postgres\" is not served yet (the shared journal is not wired into serve in this build); use kind = \"local\" with one journal directory per instance",
-            path.display()
-        );
-        return ExitCode::from(EXIT_CONFIG);
-    }
     telemetry::init(log_format);
     for warning in &config.warnings {
         tracing::warn!(warning = %warning, "check the config");

@@ -72,6 +72,14 @@ pub const DEFAULT_POOL_SIZE: usize = 8;
 /// database is reported while the operator still watches the start.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default `[store] claim_lease`: 30 s. An instance renews its claims
+/// every third of it while it lives; when it dies, its claims go to the
+/// rest of the fleet this long after its last renewal. Long enough that a
+/// stalled renewal (a GC-free process, but a busy database) does not hand a
+/// key to two instances; short enough that a lost instance's changes are
+/// late by half a minute, not lost.
+pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(30);
+
 /// Most records the PostgreSQL writer puts in one transaction: bounds the
 /// size of one statement while a burst still costs few commits.
 pub const MAX_GROUP_RECORDS: usize = 1024;
@@ -102,6 +110,8 @@ pub struct Config {
     /// CA certificates for the database's TLS certificate instead of the
     /// system roots (PostgreSQL with `sslmode=prefer` or `require`).
     pub ca_file: Option<PathBuf>,
+    /// How long a claim holds without renewal.
+    pub claim_lease: Duration,
 }
 
 impl Default for Config {
@@ -111,6 +121,7 @@ impl Default for Config {
             pool_size: DEFAULT_POOL_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             ca_file: None,
+            claim_lease: DEFAULT_CLAIM_LEASE,
         }
     }
 }
@@ -401,6 +412,31 @@ impl Handle {
                     .map_err(|_| Error::Closed)?
             }
             Handle::Postgres(store) => store.bury(record, reason).await,
+        }
+    }
+
+    /// Records a dead letter for `lane` without touching the pending
+    /// records (the caller acks the journal record itself, after this
+    /// returned: a crash in between retries it, never loses it).
+    pub async fn dead_letter(&self, lane: &[u8], reason: &str, body: &[u8]) -> Result<u64, Error> {
+        let reason = cut_reason(reason);
+        match self {
+            Handle::Local(store) => {
+                let store = Arc::clone(store);
+                let (lane, reason, body) = (lane.to_vec(), reason.to_owned(), body.to_vec());
+                tokio::task::spawn_blocking(move || store.dead_letter(&lane, &reason, &body))
+                    .await
+                    .map_err(|_| Error::Closed)?
+            }
+            Handle::Postgres(store) => store.dead_letter(lane, reason, body).await,
+        }
+    }
+
+    /// How many of `seqs` are still pending (not acked).
+    pub async fn pending_among(&self, seqs: &[Seq]) -> Result<u64, Error> {
+        match self {
+            Handle::Local(store) => Ok(store.pending_among(seqs)),
+            Handle::Postgres(store) => store.pending_among(seqs).await,
         }
     }
 

@@ -199,6 +199,17 @@ impl Local {
         Ok(id)
     }
 
+    /// Blocking (the dead-letter log fsyncs).
+    pub(super) fn dead_letter(&self, lane: &[u8], reason: &str, body: &[u8]) -> Result<u64, Error> {
+        let tag = self.cipher.tag(lane);
+        Ok(self.dead_letters.push(reason, &join(&tag, body))?)
+    }
+
+    pub(super) fn pending_among(&self, seqs: &[Seq]) -> u64 {
+        let pending = self.pending();
+        seqs.iter().filter(|seq| pending.contains_key(seq)).count() as u64
+    }
+
     pub(super) fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
         self.dead_letters
             .list()

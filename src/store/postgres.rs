@@ -531,31 +531,8 @@ impl Postgres {
         let fail = |err: tokio_postgres::Error| Error::postgres("bury", &err);
         let mut conn = self.pool.get("bury").await?;
         let tx = conn.transaction().await.map_err(fail)?;
-        let id: i64 = tx
-            .query_one("SELECT nextval('handover_dead_letter_seq')", &[])
-            .await
-            .map_err(fail)?
-            .get(0);
-        let sealed = record::encode(to_seq(id), &claimed.body, &self.cipher).map_err(|err| {
-            Error::Corrupt {
-                place: "dead letters",
-                seq: to_seq(id),
-                reason: err.to_string(),
-            }
-        })?;
-        tx.execute(
-            "INSERT INTO handover_dead_letters (id, lane, reason, record, dead_ms)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &id,
-                &claimed.lane.as_slice(),
-                &reason,
-                &sealed,
-                &unix_ms(SystemTime::now()),
-            ],
-        )
-        .await
-        .map_err(fail)?;
+        let id =
+            insert_dead_letter(&tx, &self.cipher, &claimed.lane, reason, &claimed.body).await?;
         tx.execute(
             "DELETE FROM handover_journal WHERE seq = $1",
             &[&to_i64(claimed.seq)],
@@ -563,7 +540,35 @@ impl Postgres {
         .await
         .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
-        Ok(to_seq(id))
+        Ok(id)
+    }
+
+    pub(super) async fn dead_letter(
+        &self,
+        lane: &[u8],
+        reason: &str,
+        body: &[u8],
+    ) -> Result<u64, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("dead letter", &err);
+        let mut conn = self.pool.get("dead letter").await?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        let id =
+            insert_dead_letter(&tx, &self.cipher, &self.cipher.tag(lane), reason, body).await?;
+        tx.commit().await.map_err(fail)?;
+        Ok(id)
+    }
+
+    pub(super) async fn pending_among(&self, seqs: &[Seq]) -> Result<u64, Error> {
+        let seqs: Vec<i64> = seqs.iter().copied().map(to_i64).collect();
+        let conn = self.pool.get("read pending").await?;
+        let row = conn
+            .query_one(
+                "SELECT count(*) FROM handover_journal WHERE seq = ANY($1)",
+                &[&seqs],
+            )
+            .await
+            .map_err(|err| Error::postgres("read pending", &err))?;
+        Ok(to_seq(row.get(0)))
     }
 
     pub(super) async fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
@@ -696,6 +701,41 @@ fn lane(bytes: &[u8], seq: Seq, place: &'static str) -> Result<LaneTag, Error> {
         seq,
         reason: format!("lane tag of {} bytes", bytes.len()),
     })
+}
+
+/// Allocates an id, seals and inserts one dead letter within `tx`.
+async fn insert_dead_letter(
+    tx: &tokio_postgres::Transaction<'_>,
+    cipher: &Cipher,
+    lane: &LaneTag,
+    reason: &str,
+    body: &[u8],
+) -> Result<u64, Error> {
+    let fail = |err: tokio_postgres::Error| Error::postgres("dead letter", &err);
+    let id: i64 = tx
+        .query_one("SELECT nextval('handover_dead_letter_seq')", &[])
+        .await
+        .map_err(fail)?
+        .get(0);
+    let sealed = record::encode(to_seq(id), body, cipher).map_err(|err| Error::Corrupt {
+        place: "dead letters",
+        seq: to_seq(id),
+        reason: err.to_string(),
+    })?;
+    tx.execute(
+        "INSERT INTO handover_dead_letters (id, lane, reason, record, dead_ms)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &id,
+            &lane.as_slice(),
+            &reason,
+            &sealed,
+            &unix_ms(SystemTime::now()),
+        ],
+    )
+    .await
+    .map_err(fail)?;
+    Ok(to_seq(id))
 }
 
 /// Allocates seqs, seals and inserts `records` within `tx`.
