@@ -273,6 +273,40 @@ pub struct Depth {
     pub oldest: Option<SystemTime>,
 }
 
+/// Pending work and dead letters at a glance, for `/status` and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Glance {
+    /// Pending records.
+    pub depth: Depth,
+    /// Dead letters.
+    pub dead_letters: u64,
+}
+
+/// One instance of the fleet, as it registers itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    /// Unique per running process.
+    pub instance: String,
+    /// Where its admin API listens.
+    pub admin_url: String,
+    /// Its handover version.
+    pub version: String,
+    /// The phase it sees.
+    pub phase: String,
+}
+
+/// A member and its lease.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberStatus {
+    /// The member.
+    #[serde(flatten)]
+    pub member: Member,
+    /// Time since its last renewal.
+    pub lease_age_ms: u64,
+    /// Whether its lease is live (it renewed within the lease).
+    pub live: bool,
+}
+
 /// The shared control state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Control {
@@ -437,6 +471,47 @@ impl Handle {
         match self {
             Handle::Local(store) => Ok(store.pending_among(seqs)),
             Handle::Postgres(store) => store.pending_among(seqs).await,
+        }
+    }
+
+    /// Pending work and the number of dead letters.
+    pub async fn glance(&self) -> Result<Glance, Error> {
+        match self {
+            Handle::Local(store) => Ok(Glance {
+                depth: store.depth(),
+                dead_letters: store.dead_letters()?.len() as u64,
+            }),
+            Handle::Postgres(store) => store.glance().await,
+        }
+    }
+
+    /// Registers `member` or renews its lease to `lease` from now.
+    pub async fn renew_member(&self, member: &Member, lease: Duration) -> Result<(), Error> {
+        match self {
+            Handle::Local(store) => {
+                store.renew_member(member, lease);
+                Ok(())
+            }
+            Handle::Postgres(store) => store.renew_member(member, lease).await,
+        }
+    }
+
+    /// Removes `instance` from the members (a clean stop).
+    pub async fn leave(&self, instance: &str) -> Result<(), Error> {
+        match self {
+            Handle::Local(store) => {
+                store.leave(instance);
+                Ok(())
+            }
+            Handle::Postgres(store) => store.leave(instance).await,
+        }
+    }
+
+    /// Every registered member, live or not, by instance name.
+    pub async fn members(&self) -> Result<Vec<MemberStatus>, Error> {
+        match self {
+            Handle::Local(store) => Ok(store.members()),
+            Handle::Postgres(store) => store.members().await,
         }
     }
 

@@ -8,152 +8,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/fleet.rs"]
+mod fleet;
 #[path = "support/pg.rs"]
 mod pg;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use handover::emulator::connect2id::{self, Connect2id, Handle};
+use fleet::{DEADLINE, Instance, TOKEN, eventually, start_emulator};
 use handover::emulator::driver::Driver;
 use handover::emulator::jwks::JwkSet;
-use http_body_util::BodyExt as _;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
-
-const BIN: &str = env!("CARGO_BIN_EXE_handover");
-const TOKEN: &str = "fleet-test-token";
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_emulator(jwks: &JwkSet, issuer: &str) -> Handle {
-    let mut config = connect2id::Config::new(connect2id::ApiTokens::single(TOKEN), jwks.clone());
-    config.base_path = "/c2id".to_owned();
-    config.issuer = Some(issuer.to_owned());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Connect2id::new(config).start(listener).await
-}
-
-/// One `handover serve` process.
-struct Instance {
-    proxy_port: u16,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Instance {
-    async fn start(dir: &Path, name: &str, source: &str, target: &str, db_url: &str) -> Self {
-        let (proxy_port, admin_port) = (free_port(), free_port());
-        let journal = dir.join(format!("journal-{name}"));
-        std::fs::create_dir(&journal).unwrap();
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[proxy]
-listen = "127.0.0.1:{proxy_port}"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[source]
-kind = "connect2id"
-url = "{source}"
-token_env = "HANDOVER_SOURCE_TOKEN"
-[target]
-kind = "connect2id"
-url = "{target}"
-token_env = "HANDOVER_TARGET_TOKEN"
-[journal]
-dir = "{journal}"
-payload_key_env = "HANDOVER_JOURNAL_KEY"
-[sync]
-datasets = ["clients"]
-retry_initial = "20ms"
-retry_max = "200ms"
-[store]
-kind = "postgres"
-url_env = "HANDOVER_STORE_URL"
-claim_lease = "1s"
-"#,
-                journal = journal.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(&config)
-            .env("HANDOVER_SOURCE_TOKEN", TOKEN)
-            .env("HANDOVER_TARGET_TOKEN", TOKEN)
-            .env("HANDOVER_JOURNAL_KEY", handover::config::TEST_JOURNAL_KEY)
-            .env("HANDOVER_STORE_URL", db_url)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .unwrap();
-        let mut instance = Instance {
-            proxy_port,
-            child: Some(child),
-            log,
-        };
-        let http = Client::builder(TokioExecutor::new())
-            .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let ready = format!("http://127.0.0.1:{admin_port}/readyz");
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let request = http::Request::get(&ready).body(Default::default()).unwrap();
-            if let Ok(response) = http.request(request).await
-                && response.status() == http::StatusCode::OK
-            {
-                let _ = response.into_body().collect().await;
-                break;
-            }
-            let exited = instance.child.as_mut().unwrap().try_wait().unwrap();
-            assert!(
-                exited.is_none() && Instant::now() < until,
-                "{name} did not become ready; log:\n{}",
-                std::fs::read_to_string(&instance.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        instance
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/c2id", self.proxy_port)
-    }
-
-    fn kill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Registers clients through `driver` until `stop`; returns the ids the
 /// client got a success answer for (acknowledged writes).
@@ -171,23 +37,6 @@ async fn writer(
             // The killed instance refuses connections: not acknowledged.
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
-    }
-}
-
-async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -252,6 +101,14 @@ async fn every_acknowledged_write_reaches_the_target_when_an_instance_dies_holdi
         .get(0);
     assert!(still_held > 0, "the killed instance's claims vanished");
 
+    // Any instance reports the shared depth, not its own (empty) journal.
+    assert!(
+        eventually(DEADLINE, || async {
+            b.journal_depth().await.is_some_and(|depth| depth > 0.0)
+        })
+        .await,
+        "b's metrics never showed the shared backlog"
+    );
     target.emulator().knobs().set_down(false);
     // The survivor keeps taking writes.
     assert!(
@@ -282,6 +139,10 @@ async fn every_acknowledged_write_reaches_the_target_when_an_instance_dies_holdi
         drained,
         "the shared journal never drained; log of b:\n{}",
         std::fs::read_to_string(&b.log).unwrap_or_default()
+    );
+    assert!(
+        eventually(DEADLINE, || async { b.journal_depth().await == Some(0.0) }).await,
+        "b's metrics never showed the drained shared journal"
     );
     let acked = acked.lock().unwrap().clone();
     let missing: Vec<&String> = acked

@@ -267,6 +267,46 @@ async fn control_is_compare_and_set(f: Fixture) {
     store.close().await.unwrap();
 }
 
+async fn members_hold_leases(f: Fixture) {
+    let store = f.open().await;
+    let member = |name: &str| store::Member {
+        instance: name.to_owned(),
+        admin_url: format!("http://{name}:9901"),
+        version: "0.1.0".to_owned(),
+        phase: "mirroring".to_owned(),
+    };
+    store.renew_member(&member("a"), HOUR).await.unwrap();
+    store
+        .renew_member(&member("b"), Duration::from_millis(1))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let members = store.members().await.unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].member, member("a"));
+        assert!(members[0].live);
+        if !members[1].live {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b's lease never expired");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Renewing brings it back; leaving removes it.
+    store.renew_member(&member("b"), HOUR).await.unwrap();
+    assert!(store.members().await.unwrap().iter().all(|m| m.live));
+    store.leave("a").await.unwrap();
+    let left: Vec<String> = store
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.member.instance)
+        .collect();
+    assert_eq!(left, ["b"]);
+    store.close().await.unwrap();
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod local {
@@ -295,6 +335,7 @@ both!(
     dead_letters_keep_the_reason_and_retry,
     a_reopened_store_has_the_pending_work,
     control_is_compare_and_set,
+    members_hold_leases,
 );
 
 // PostgreSQL only: what sharing one database across instances adds.

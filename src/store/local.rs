@@ -16,7 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Claimed, Control, DeadLetter, Depth, Error, LaneTag, Record, Seq};
+use super::{
+    Claimed, Control, DeadLetter, Depth, Error, LaneTag, Member, MemberStatus, Record, Seq,
+};
 use crate::journal::{self, Cipher, DeadLetters, Journal};
 
 /// The control file, beside the journal.
@@ -45,6 +47,8 @@ pub struct Local {
     dir: PathBuf,
     pending: Mutex<BTreeMap<Seq, Pending>>,
     control: Mutex<Control>,
+    /// The members (this process only: a local store has no fleet).
+    members: Mutex<BTreeMap<String, (Member, Instant, Instant)>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,6 +89,7 @@ impl Local {
             dir,
             pending: Mutex::new(pending),
             control: Mutex::new(control),
+            members: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -261,6 +266,36 @@ impl Local {
         }
         self.dead_letters.clear_through(through)?;
         Ok(letters.len())
+    }
+
+    pub(super) fn renew_member(&self, member: &Member, lease: Duration) {
+        let now = Instant::now();
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(member.instance.clone(), (member.clone(), now, now + lease));
+    }
+
+    pub(super) fn leave(&self, instance: &str) {
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(instance);
+    }
+
+    pub(super) fn members(&self) -> Vec<MemberStatus> {
+        let now = Instant::now();
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|(member, renewed, until)| MemberStatus {
+                member: member.clone(),
+                lease_age_ms: u64::try_from(now.duration_since(*renewed).as_millis())
+                    .unwrap_or(u64::MAX),
+                live: *until > now,
+            })
+            .collect()
     }
 
     pub(super) fn control(&self) -> Control {

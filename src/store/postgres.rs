@@ -10,6 +10,7 @@
 //! handover_dead_letters (id, lane, reason, record, dead_ms)
 //! handover_dead_letter_seq
 //! handover_control      (id = 1, phase, epoch, flipped_at_ms, version)
+//! handover_members      (instance, admin_url, version, phase, renewed_at, lease_until)   (version 2)
 //! ```
 //!
 //! `lane` is the 16-byte keyed tag of the record's key; `record` is the
@@ -64,7 +65,7 @@ use super::{
 use crate::journal::{Cipher, record};
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Advisory lock key held while migrating ("handover" in ASCII, then 1).
 const MIGRATION_LOCK: i64 = 0x6861_6e64_6f76_0001;
@@ -73,7 +74,8 @@ const MIGRATION_LOCK: i64 = 0x6861_6e64_6f76_0001;
 const CLAIM_LOCK: i64 = 0x6861_6e64_6f76_0002;
 
 /// Each migration, in order: `MIGRATIONS[n - 1]` takes the schema to `n`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE handover_journal (
         seq bigint PRIMARY KEY,
         lane bytea NOT NULL,
@@ -103,7 +105,18 @@ const MIGRATIONS: &[&str] = &["
     );
     INSERT INTO handover_control (id, phase, epoch, flipped_at_ms, version)
         VALUES (1, 'mirroring', 1, NULL, 0);
-"];
+",
+    "
+    CREATE TABLE handover_members (
+        instance text PRIMARY KEY,
+        admin_url text NOT NULL,
+        version text NOT NULL,
+        phase text NOT NULL,
+        renewed_at timestamptz NOT NULL,
+        lease_until timestamptz NOT NULL
+    );
+",
+];
 
 /// What `handover check` learns about the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -527,6 +540,26 @@ impl Postgres {
         })
     }
 
+    pub(super) async fn glance(&self) -> Result<super::Glance, Error> {
+        let conn = self.pool.get("read depth").await?;
+        let row = conn
+            .query_one(
+                "SELECT (SELECT count(*) FROM handover_journal),
+                        (SELECT min(appended_ms) FROM handover_journal),
+                        (SELECT count(*) FROM handover_dead_letters)",
+                &[],
+            )
+            .await
+            .map_err(|err| Error::postgres("read depth", &err))?;
+        Ok(super::Glance {
+            depth: Depth {
+                records: to_seq(row.get(0)),
+                oldest: row.get::<_, Option<i64>>(1).map(from_unix_ms),
+            },
+            dead_letters: to_seq(row.get(2)),
+        })
+    }
+
     pub(super) async fn bury(&self, claimed: &Claimed, reason: &str) -> Result<u64, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("bury", &err);
         let mut conn = self.pool.get("bury").await?;
@@ -672,6 +705,69 @@ impl Postgres {
             flipped_at_ms,
             version: to_seq(row.get(0)),
         }))
+    }
+
+    pub(super) async fn renew_member(
+        &self,
+        member: &super::Member,
+        lease: Duration,
+    ) -> Result<(), Error> {
+        let conn = self.pool.get("renew lease").await?;
+        conn.execute(
+            "INSERT INTO handover_members (instance, admin_url, version, phase, renewed_at, lease_until)
+             VALUES ($1, $2, $3, $4, now(), now() + $5::bigint * interval '1 millisecond')
+             ON CONFLICT (instance) DO UPDATE SET admin_url = EXCLUDED.admin_url,
+                 version = EXCLUDED.version, phase = EXCLUDED.phase,
+                 renewed_at = EXCLUDED.renewed_at, lease_until = EXCLUDED.lease_until",
+            &[
+                &member.instance,
+                &member.admin_url,
+                &member.version,
+                &member.phase,
+                &lease_ms(lease),
+            ],
+        )
+        .await
+        .map_err(|err| Error::postgres("renew lease", &err))?;
+        Ok(())
+    }
+
+    pub(super) async fn leave(&self, instance: &str) -> Result<(), Error> {
+        let conn = self.pool.get("leave").await?;
+        conn.execute(
+            "DELETE FROM handover_members WHERE instance = $1",
+            &[&instance],
+        )
+        .await
+        .map_err(|err| Error::postgres("leave", &err))?;
+        Ok(())
+    }
+
+    pub(super) async fn members(&self) -> Result<Vec<super::MemberStatus>, Error> {
+        let conn = self.pool.get("list members").await?;
+        let rows = conn
+            .query(
+                "SELECT instance, admin_url, version, phase,
+                        (extract(epoch FROM now() - renewed_at) * 1000)::bigint,
+                        lease_until > now()
+                 FROM handover_members ORDER BY instance",
+                &[],
+            )
+            .await
+            .map_err(|err| Error::postgres("list members", &err))?;
+        Ok(rows
+            .iter()
+            .map(|row| super::MemberStatus {
+                member: super::Member {
+                    instance: row.get(0),
+                    admin_url: row.get(1),
+                    version: row.get(2),
+                    phase: row.get(3),
+                },
+                lease_age_ms: to_seq(row.get(4)),
+                live: row.get(5),
+            })
+            .collect())
     }
 
     pub(super) async fn close(&self) {

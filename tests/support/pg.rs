@@ -281,6 +281,42 @@ impl TestDb {
         }
     }
 
+    /// The connection string of this database through `addr` (a relay).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let config: tokio_postgres::Config = self.url.parse().unwrap();
+        let mut parts = vec![
+            format!("host={}", addr.ip()),
+            format!("port={}", addr.port()),
+        ];
+        if let Some(user) = config.get_user() {
+            parts.push(format!("user={}", quote(user)));
+        }
+        if let Some(password) = config.get_password() {
+            parts.push(format!(
+                "password={}",
+                quote(&String::from_utf8_lossy(password))
+            ));
+        }
+        parts.push("sslmode=disable".to_owned());
+        parts.push(format!("dbname={}", quote(&self.name)));
+        parts.join(" ")
+    }
+
+    /// Where the server listens (TCP).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let config: tokio_postgres::Config = self.url.parse().unwrap();
+        let host = match &config.get_hosts()[0] {
+            Host::Tcp(host) => host.clone(),
+            Host::Unix(_) => panic!("the test database must be reached over TCP"),
+        };
+        let ip: std::net::IpAddr = if host == "localhost" {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            host.parse().unwrap()
+        };
+        std::net::SocketAddr::new(ip, config.get_ports()[0])
+    }
+
     /// A client of the database, for looking at the raw tables.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
