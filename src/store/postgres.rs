@@ -474,18 +474,35 @@ impl Postgres {
             .await
             .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
-        let mut claimed = rows
-            .iter()
-            .map(|row| {
-                let seq = to_seq(row.get(0));
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut unreadable = None;
+        for row in &rows {
+            let seq = to_seq(row.get(0));
+            let opened = lane(row.get(1), seq, "journal").and_then(|lane| {
                 Ok(Claimed {
                     seq,
-                    lane: lane(row.get(1), seq, "journal")?,
+                    lane,
                     body: self.open_record(row.get(2), seq, "journal")?,
                     appended_at: from_unix_ms(row.get(3)),
                 })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+            });
+            match opened {
+                Ok(record) => claimed.push(record),
+                Err(err) => {
+                    // Never skipped silently: it stays claimed (so it does
+                    // not spin) and comes back when the lease expires.
+                    tracing::error!(error = %err, "cannot read a shared journal record; it stays in the journal");
+                    unreadable = Some(err);
+                }
+            }
+        }
+        // Nothing readable at all (a wrong journal key): the caller must
+        // know; otherwise the readable records go ahead.
+        if let Some(err) = unreadable
+            && claimed.is_empty()
+        {
+            return Err(err);
+        }
         claimed.sort_by_key(|c| c.seq);
         Ok(claimed)
     }
