@@ -370,7 +370,13 @@ pub async fn run(
         Arc::clone(&health),
         metrics.journal.clone(),
     );
-    recorder.resume(recovery.entries);
+    if shared_store.is_some() {
+        // The sync acknowledges to the shared store: what the local journal
+        // still owes moves there first (its seqs mean nothing there).
+        recorder.adopt(recovery.entries).await;
+    } else {
+        recorder.resume(recovery.entries);
+    }
 
     let backfill_stop = CancellationToken::new();
     let backfill = Backfill::new(

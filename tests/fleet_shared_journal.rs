@@ -164,3 +164,70 @@ async fn every_acknowledged_write_reaches_the_target_when_an_instance_dies_holdi
     drop(b);
     let _ = source;
 }
+
+/// An instance switched from its own journal to the shared one brings its
+/// backlog along: the changes it owed reach the target through the fleet,
+/// and its local journal is acknowledged (the next start owes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_backlog_moves_to_the_shared_journal_when_switching_to_postgres() {
+    let db = pg::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = JwkSet::generate();
+    let issuer = "http://127.0.0.1:1/c2id";
+    let source = start_emulator(&jwks, issuer).await;
+    let target = start_emulator(&jwks, issuer).await;
+    target.emulator().knobs().set_down(true);
+    let mut local = Instance::start_kind(
+        dir.path(),
+        "a",
+        &source.url(),
+        &target.url(),
+        &db.url,
+        "local",
+    )
+    .await;
+    let driver = Driver::new(local.url(), TOKEN);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            driver
+                .register_client(&format!("owed-{n}"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Acknowledged, journaled locally, not on the target: killed.
+    local.kill();
+    assert!(ids.iter().all(|id| target.emulator().client(id).is_none()));
+
+    target.emulator().knobs().set_down(false);
+    let mut shared = Instance::start(dir.path(), "a", &source.url(), &target.url(), &db.url).await;
+    let log = std::fs::read_to_string(&shared.log).unwrap();
+    assert!(
+        log.contains("moved the local journal's backlog to the shared journal"),
+        "{log}"
+    );
+    let arrived = eventually(DEADLINE, || async {
+        ids.iter().all(|id| target.emulator().client(id).is_some())
+    })
+    .await;
+    assert!(arrived, "the owed changes never reached the target");
+    let client = db.client().await;
+    let drained = eventually(DEADLINE, || async {
+        client
+            .query_one("SELECT count(*) FROM handover_journal", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+    })
+    .await;
+    assert!(drained);
+
+    // A clean stop persists the local cursor: the next start owes nothing.
+    shared.stop().await;
+    let again = Instance::start(dir.path(), "a", &source.url(), &target.url(), &db.url).await;
+    let log = std::fs::read_to_string(&again.log).unwrap();
+    assert!(!log.contains("moved the local journal's backlog"), "{log}");
+}

@@ -334,6 +334,39 @@ impl Recorder {
         self.submit_entries(entries);
     }
 
+    /// Fleet mode: moves the local journal's backlog from before a
+    /// restart (an instance switched from `kind = "local"`) to the shared
+    /// journal, and acknowledges it locally only once it is there. If the
+    /// shared store refuses, the records stay in the local journal (they
+    /// come back at the next start) and are synced from memory meanwhile.
+    pub async fn adopt(&self, entries: Vec<journal::Entry>) {
+        let inner = &self.inner;
+        let decoded: Vec<(journal::Seq, Change)> = entries
+            .into_iter()
+            .filter_map(|entry| inner.decode(entry))
+            .filter(|(_, change)| inner.enabled(change))
+            .collect();
+        if decoded.is_empty() {
+            return;
+        }
+        let (seqs, changes): (Vec<journal::Seq>, Vec<Change>) = decoded.into_iter().unzip();
+        match inner.append(&changes).await {
+            Ok(_) => {
+                tracing::info!(
+                    changes = changes.len(),
+                    "moved the local journal's backlog to the shared journal"
+                );
+                for seq in seqs {
+                    inner.journal.ack(seq);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, changes = changes.len(), "cannot move the local journal's backlog to the shared journal; syncing it from memory, it stays in the local journal");
+                inner.sync.submit_unjournaled(changes);
+            }
+        }
+    }
+
     /// Syncs the records whose append future was dropped (the journal keeps
     /// them for us). Called periodically.
     pub fn pick_up_orphans(&self) {

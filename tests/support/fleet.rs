@@ -46,10 +46,28 @@ pub struct Instance {
 
 impl Instance {
     pub async fn start(dir: &Path, name: &str, source: &str, target: &str, db_url: &str) -> Self {
+        Self::start_kind(dir, name, source, target, db_url, "postgres").await
+    }
+
+    /// Like [`Instance::start`] with `[store] kind = kind`, reusing the
+    /// journal directory of an earlier instance of the same `name`.
+    pub async fn start_kind(
+        dir: &Path,
+        name: &str,
+        source: &str,
+        target: &str,
+        db_url: &str,
+        kind: &str,
+    ) -> Self {
         let (proxy_port, admin_port) = (free_port(), free_port());
         let journal = dir.join(format!("journal-{name}"));
-        std::fs::create_dir(&journal).unwrap();
+        std::fs::create_dir_all(&journal).unwrap();
         let config = dir.join(format!("{name}.toml"));
+        let url_line = if kind == "postgres" {
+            "url_env = \"HANDOVER_STORE_URL\""
+        } else {
+            ""
+        };
         std::fs::write(
             &config,
             format!(
@@ -75,15 +93,15 @@ datasets = ["clients"]
 retry_initial = "20ms"
 retry_max = "200ms"
 [store]
-kind = "postgres"
-url_env = "HANDOVER_STORE_URL"
+kind = "{kind}"
+{url_line}
 claim_lease = "1s"
 "#,
                 journal = journal.display()
             ),
         )
         .unwrap();
-        let log = dir.join(format!("{name}.log"));
+        let log = dir.join(format!("{name}-{kind}-{proxy_port}.log"));
         let child = Command::new(BIN)
             .args(["serve", "-c"])
             .arg(&config)
@@ -147,6 +165,18 @@ claim_lease = "1s"
             .lines()
             .find_map(|line| line.strip_prefix("handover_journal_depth "))
             .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// SIGTERM, then wait: a clean stop.
+    pub async fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let until = Instant::now() + DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < until, "the instance did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn kill(&mut self) {
