@@ -145,6 +145,10 @@ async fn every_acknowledged_write_reaches_the_target_when_an_instance_dies_holdi
         "b's metrics never showed the drained shared journal"
     );
     let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "fleet kill test: {} acknowledged writes ({before_kill} before the kill), {still_held} records claimed by the killed instance at the kill",
+        acked.len()
+    );
     let missing: Vec<&String> = acked
         .iter()
         .filter(|id| target.emulator().client(id).is_none())
