@@ -110,6 +110,56 @@ pub struct Admin {
     pub verify_job: Mutex<Option<VerifyJob>>,
     /// The cutover machinery.
     pub cutover: Arc<Cutover>,
+    /// Fleet mode: the shared store, whose depth and dead letters replace
+    /// the local journal's in `/status`, metrics and `/dead-letters`.
+    pub shared: Option<SharedStore>,
+}
+
+/// The shared store as the admin API sees it: the handle, and its latest
+/// glance (refreshed in the background, so `/status` and a scrape never
+/// wait for the database).
+#[derive(Debug, Clone)]
+pub struct SharedStore {
+    /// The store.
+    pub store: crate::store::Handle,
+    /// Its latest depth and dead-letter count.
+    pub glance: Arc<Mutex<crate::store::Glance>>,
+    /// This instance's name in the fleet.
+    pub instance: String,
+    /// The members at the latest refresh.
+    pub members: Arc<Mutex<Vec<crate::store::MemberStatus>>>,
+}
+
+impl SharedStore {
+    /// The fleet as `/status` shows it.
+    pub fn fleet(&self) -> crate::api::FleetStatus {
+        let members = self
+            .members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::api::FleetStatus {
+            this: self.instance.clone(),
+            instances: members
+                .iter()
+                .map(|m| crate::api::FleetMember {
+                    instance: m.member.instance.clone(),
+                    admin_url: m.member.admin_url.clone(),
+                    version: m.member.version.clone(),
+                    phase: m.member.phase.clone(),
+                    lease_age_ms: m.lease_age_ms,
+                    live: m.live,
+                })
+                .collect(),
+        }
+    }
+
+    /// The latest glance.
+    pub fn latest(&self) -> crate::store::Glance {
+        *self
+            .glance
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A verify started through the API.
@@ -215,8 +265,18 @@ impl Admin {
     /// The journal and concurrency gauges, fresh for a scrape.
     fn refresh_gauges(&self) {
         let stats = self.journal.stats();
-        self.metrics
-            .refresh_journal(stats.depth, stats.bytes_on_disk, stats.oldest_unacked_age);
+        match &self.shared {
+            Some(shared) => {
+                let glance = shared.latest();
+                self.metrics
+                    .refresh_journal(glance.depth.records, 0, age_of(glance.depth.oldest));
+            }
+            None => self.metrics.refresh_journal(
+                stats.depth,
+                stats.bytes_on_disk,
+                stats.oldest_unacked_age,
+            ),
+        }
         let snapshot = self.cutover.sync.limiter().snapshot();
         self.metrics.sync.refresh_concurrency(
             snapshot.limit,
@@ -228,7 +288,14 @@ impl Admin {
 
     /// The current status.
     pub fn status(&self) -> Status {
-        let stats = self.journal.stats();
+        let mut stats = self.journal.stats();
+        let mut dead_letters = self.dead_letters.len() as u64;
+        if let Some(shared) = &self.shared {
+            let glance = shared.latest();
+            stats.depth = glance.depth.records;
+            stats.oldest_unacked_age = age_of(glance.depth.oldest);
+            dead_letters = glance.dead_letters;
+        }
         let age_ms = stats
             .oldest_unacked_age
             .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
@@ -243,7 +310,7 @@ impl Admin {
                 depth: stats.depth,
                 oldest_age_ms: age_ms,
                 lag_ms: age_ms,
-                dead_letters: self.dead_letters.len() as u64,
+                dead_letters,
                 last_seq: stats.last_seq,
                 applied_cursor: stats.applied_cursor,
                 bytes_on_disk: stats.bytes_on_disk,
@@ -259,6 +326,7 @@ impl Admin {
                 .and_then(|parity| parity.status()),
             fallback: self.fallback_status(),
             sync: self.sync_status(),
+            fleet: self.shared.as_ref().map(SharedStore::fleet),
         }
     }
 
@@ -410,9 +478,21 @@ impl Admin {
                 let report = self.cutover.complete().await;
                 json_response(flip_status(&report), &report)
             }
-            (&Method::GET, "/dead-letters") => {
-                json_response(StatusCode::OK, &self.dead_letter_views())
-            }
+            (&Method::GET, "/dead-letters") => match &self.shared {
+                Some(shared) => match shared.store.dead_letters().await {
+                    Ok(letters) => {
+                        let views: Vec<DeadLetterView> = letters
+                            .into_iter()
+                            .map(|letter| {
+                                view(letter.id, &letter.body, &letter.reason, letter.dead_at)
+                            })
+                            .collect();
+                        json_response(StatusCode::OK, &views)
+                    }
+                    Err(err) => store_unavailable(&err),
+                },
+                None => json_response(StatusCode::OK, &self.dead_letter_views()),
+            },
             (&Method::POST, "/dead-letters/retry") => self.retry_dead_letters().await,
             (&Method::POST, "/shutdown") => {
                 tracing::info!("shutdown requested through the admin API");
@@ -504,23 +584,22 @@ impl Admin {
         self.dead_letters
             .list()
             .into_iter()
-            .map(|letter| DeadLetterView {
-                seq: letter.seq,
-                change: Change::from_record(&letter.body).map_or_else(
-                    |_| "(unreadable record)".to_owned(),
-                    |change| change.redacted(),
-                ),
-                // Letters written by a version that did not redact.
-                reason: crate::telemetry::redact::text(&letter.reason),
-                at_ms: letter
-                    .appended_at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            })
+            .map(|letter| view(letter.seq, &letter.body, &letter.reason, letter.appended_at))
             .collect()
     }
 
     async fn retry_dead_letters(&self) -> Response<Body> {
+        if let Some(shared) = &self.shared {
+            // One transaction moves them back to the shared journal, where
+            // any instance claims them.
+            return match shared.store.retry_dead_letters(u64::MAX).await {
+                Ok(retried) => {
+                    tracing::info!(retried, "dead letters retried");
+                    json_response(StatusCode::OK, &json!({"retried": retried}))
+                }
+                Err(err) => store_unavailable(&err),
+            };
+        }
         let letters = self.dead_letters.list();
         let Some(last) = letters.iter().map(|l| l.seq).max() else {
             return json_response(StatusCode::OK, &json!({"retried": 0}));
@@ -599,5 +678,39 @@ fn bad_request(description: &str) -> Response<Body> {
     json_response(
         StatusCode::BAD_REQUEST,
         &json!({"error": "invalid_request", "error_description": description}),
+    )
+}
+
+/// A dead letter as the API shows it.
+fn view(seq: u64, body: &[u8], reason: &str, at: std::time::SystemTime) -> DeadLetterView {
+    DeadLetterView {
+        seq,
+        change: Change::from_record(body).map_or_else(
+            |_| "(unreadable record)".to_owned(),
+            |change| change.redacted(),
+        ),
+        // Letters written by a version that did not redact.
+        reason: crate::telemetry::redact::text(reason),
+        at_ms: at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// How old something appended at `at` is.
+fn age_of(at: Option<std::time::SystemTime>) -> Option<std::time::Duration> {
+    at.map(|at| {
+        std::time::SystemTime::now()
+            .duration_since(at)
+            .unwrap_or_default()
+    })
+}
+
+/// The shared store could not answer (its fault, not the operator's).
+fn store_unavailable(err: &crate::store::Error) -> Response<Body> {
+    tracing::error!(error = %err, "the shared store did not answer");
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": "store_unavailable", "error_description": "the shared store (PostgreSQL) did not answer; see the log"}),
     )
 }

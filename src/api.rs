@@ -54,6 +54,36 @@ pub struct Status {
     /// state lives only there are replayed at it); absent before any flip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackStatus>,
+    /// Fleet mode (`[store] kind = "postgres"`): the instances sharing the
+    /// store; absent with a local journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// The fleet part of [`Status`]: every registered instance and its lease.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// This instance's name.
+    pub this: String,
+    /// Every registered instance, by name.
+    pub instances: Vec<FleetMember>,
+}
+
+/// One instance of the fleet.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetMember {
+    /// Its name (unique per running process).
+    pub instance: String,
+    /// Its admin API.
+    pub admin_url: String,
+    /// Its handover version.
+    pub version: String,
+    /// The phase it saw at its last renewal.
+    pub phase: String,
+    /// Time since its last renewal.
+    pub lease_age_ms: u64,
+    /// Whether its lease is live.
+    pub live: bool,
 }
 
 /// The sync part of [`Status`]: how hard it may push the server it writes

@@ -84,6 +84,9 @@ pub enum Error {
     /// The journal could not be opened or recovered.
     #[error(transparent)]
     Journal(#[from] journal::Error),
+    /// The shared store could not be opened (unreachable, schema too new).
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
     /// The journal key is malformed.
     #[error("journal key: {0}")]
     JournalKey(#[from] journal::KeyError),
@@ -178,6 +181,24 @@ pub async fn run(
         Arc::new(JournalObserver(metrics.journal.clone())),
     )?;
     let dead_letters = Arc::new(DeadLetters::open(&config.journal.dir, cipher.clone())?);
+    // Fleet mode: the trigger path appends to the shared store and every
+    // instance's sync claims from it (the local journal then stays empty).
+    let shared_store = match &config.store.kind {
+        crate::store::Kind::Local => None,
+        crate::store::Kind::Postgres { .. } => {
+            Some(crate::store::Handle::open(&config.store, &config.journal, cipher.clone()).await?)
+        }
+    };
+    // This process's name in the fleet: claims and the membership lease.
+    let instance = format!("pid{}-{:08x}", std::process::id(), fastrand::u32(..));
+    let shared_view = shared_store
+        .as_ref()
+        .map(|store| crate::admin::SharedStore {
+            store: store.clone(),
+            glance: Arc::new(std::sync::Mutex::new(crate::store::Glance::default())),
+            instance: instance.clone(),
+            members: Arc::new(std::sync::Mutex::new(Vec::new())),
+        });
     let registrations = Arc::new(Registrations::open(&config.journal.dir, cipher)?);
     metrics
         .sync
@@ -311,25 +332,51 @@ pub async fn run(
 
     let sync_stop = CancellationToken::new();
     let sync_tracker = TaskTracker::new();
+    let (store_acks, store_ack_queue) = tokio::sync::mpsc::unbounded_channel();
     let sync = sync::spawn(
         config.sync.clone(),
         limits,
         Arc::clone(&apply),
-        journal.clone(),
+        match &shared_store {
+            Some(_) => sync::AckSink::Store(store_acks),
+            None => sync::AckSink::Journal(journal.clone()),
+        },
         Arc::clone(&dead_letters),
+        shared_store.clone(),
         metrics.sync.clone(),
         &sync_tracker,
         sync_stop.clone(),
     );
-    let recorder = Recorder::new(
+    let claimer = shared_store.as_ref().map(|store| {
+        sync::claimer::Claimer::new(
+            store.clone(),
+            sync.clone(),
+            instance.clone(),
+            config.store.claim_lease,
+        )
+    });
+    let recorder = Recorder::with_shared(
         config.sync.datasets.clone(),
         journal.clone(),
+        shared_store
+            .as_ref()
+            .zip(claimer.as_ref())
+            .map(|(store, claimer)| sync::SharedJournal {
+                store: store.clone(),
+                wake: claimer.waker(),
+            }),
         sync.clone(),
         Arc::clone(&dead_letters),
         Arc::clone(&health),
         metrics.journal.clone(),
     );
-    recorder.resume(recovery.entries);
+    if shared_store.is_some() {
+        // The sync acknowledges to the shared store: what the local journal
+        // still owes moves there first (its seqs mean nothing there).
+        recorder.adopt(recovery.entries).await;
+    } else {
+        recorder.resume(recovery.entries);
+    }
 
     let backfill_stop = CancellationToken::new();
     let backfill = Backfill::new(
@@ -406,6 +453,9 @@ pub async fn run(
             verifier: verifier.clone(),
             registrations: Arc::clone(&registrations),
             parity: parity.clone(),
+            shared: shared_store
+                .as_ref()
+                .map(|store| (store.clone(), instance.clone())),
         },
     ));
     let credentials = Arc::new(CredentialRewriter {
@@ -442,6 +492,7 @@ pub async fn run(
         recorder: recorder.clone(),
         verify_job: std::sync::Mutex::new(None),
         cutover: Arc::clone(&cutover),
+        shared: shared_view.clone(),
     });
     let admin_task = tracker.spawn(
         admin::run(
@@ -479,11 +530,54 @@ pub async fn run(
         publish_stats(
             journal.clone(),
             recorder.clone(),
+            shared_view.clone(),
             metrics.clone(),
             background_stop.clone(),
         )
         .instrument(tracing::info_span!("stats")),
     );
+
+    if let Some(store) = &shared_store {
+        tracker.spawn(
+            keep_membership(
+                store.clone(),
+                crate::store::Member {
+                    instance: instance.clone(),
+                    admin_url: format!("http://{}", config.admin.listen),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    phase: String::new(),
+                },
+                Arc::clone(&phases),
+                config.store.claim_lease,
+                Arc::clone(&gate),
+                Arc::clone(&health),
+                background_stop.clone(),
+            )
+            .instrument(tracing::info_span!("fleet")),
+        );
+    }
+    // Fleet mode: take a share of the shared journal, keep the claims
+    // alive, and delete what was applied (until after the sync stopped).
+    let acks_stop = CancellationToken::new();
+    let acks_task = claimer.map(|claimer| {
+        tracker.spawn(
+            claimer
+                .clone()
+                .run(background_stop.clone())
+                .instrument(tracing::info_span!("claim", owner = claimer.owner())),
+        );
+        tracker.spawn(
+            claimer
+                .clone()
+                .renew(background_stop.clone())
+                .instrument(tracing::info_span!("claim")),
+        );
+        tracker.spawn(
+            claimer
+                .ack_batches(store_ack_queue, acks_stop.clone())
+                .instrument(tracing::info_span!("claim")),
+        )
+    });
 
     if let Some(parity) = parity {
         let phases = Arc::clone(&phases);
@@ -559,9 +653,19 @@ pub async fn run(
             "sync jobs still running at the stop deadline; their changes stay in the journal"
         );
     }
+    // Acknowledge what the sync finished, give back what it did not.
+    acks_stop.cancel();
+    if let Some(task) = acks_task {
+        let _ = task.await;
+    }
     drop(sync);
     drop(trigger_hook);
     drop(recorder);
+    if let Some(store) = shared_store
+        && let Err(err) = store.close().await
+    {
+        tracing::error!(error = %err, "cannot close the shared store cleanly");
+    }
     if let Err(err) = journal.close().await {
         tracing::error!(error = %err, "cannot close the journal cleanly");
     }
@@ -591,16 +695,105 @@ fn check_authlete(authlete: Arc<Authlete>) {
     });
 }
 
+/// Fleet mode: registers this instance and renews its lease every sixth
+/// of the lease until `stop`, then leaves. When no renewal succeeded for
+/// two thirds of the lease, the instance fences itself (trigger requests
+/// get `503` with `Retry-After`, reads still flow, `/readyz` false) until
+/// one succeeds: by the time its lease expires and the rest of the fleet
+/// may treat it as gone, it has stopped writing.
+async fn keep_membership(
+    store: crate::store::Handle,
+    member: crate::store::Member,
+    phases: Arc<Phases>,
+    lease: Duration,
+    gate: Arc<Gate>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let tick = lease / 6;
+    let mut last_renewal = std::time::Instant::now();
+    let mut fenced = false;
+    loop {
+        let current = crate::store::Member {
+            phase: phases.phase().as_str().to_owned(),
+            ..member.clone()
+        };
+        match tokio::time::timeout(tick, store.renew_member(&current, lease)).await {
+            Ok(Ok(())) => {
+                last_renewal = std::time::Instant::now();
+                if fenced {
+                    fenced = false;
+                    gate.set_fenced(false);
+                    health.set_fenced(false);
+                    tracing::info!("fleet lease renewed; fence lifted");
+                }
+            }
+            failed => {
+                if !fenced && last_renewal.elapsed() >= lease * 2 / 3 {
+                    fenced = true;
+                    gate.set_fenced(true);
+                    health.set_fenced(true);
+                    let error = match failed {
+                        Ok(Err(err)) => err.to_string(),
+                        _ => "the store did not answer in time".to_owned(),
+                    };
+                    tracing::error!(
+                        error,
+                        "cannot renew the fleet lease; fenced: trigger requests are refused until it is renewed"
+                    );
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(tick) => {}
+        }
+    }
+    if let Ok(Err(err)) = tokio::time::timeout(tick, store.leave(&member.instance)).await {
+        tracing::warn!(error = %err, "cannot leave the fleet; the lease expires on its own");
+    }
+}
+
 /// Refreshes the journal and lag gauges until `stop`.
 async fn publish_stats(
     journal: Journal,
     recorder: Recorder,
+    shared: Option<crate::admin::SharedStore>,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
     loop {
-        let stats = journal.stats();
-        metrics.refresh_journal(stats.depth, stats.bytes_on_disk, stats.oldest_unacked_age);
+        match &shared {
+            Some(shared) => match shared.store.glance().await {
+                Ok(glance) => {
+                    *shared
+                        .glance
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = glance;
+                    let age = glance.depth.oldest.map(|at| {
+                        std::time::SystemTime::now()
+                            .duration_since(at)
+                            .unwrap_or_default()
+                    });
+                    metrics.refresh_journal(glance.depth.records, 0, age);
+                    metrics
+                        .sync
+                        .dead_letters
+                        .set(i64::try_from(glance.dead_letters).unwrap_or(i64::MAX));
+                    if let Ok(members) = shared.store.members().await {
+                        *shared
+                            .members
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = members;
+                    }
+                }
+                Err(err) => tracing::debug!(error = %err, "cannot read the shared store's depth"),
+            },
+            None => {
+                let stats = journal.stats();
+                metrics.refresh_journal(stats.depth, stats.bytes_on_disk, stats.oldest_unacked_age);
+            }
+        }
         // A dropped append future leaves its records with the journal:
         // sync them like any other.
         recorder.pick_up_orphans();

@@ -225,6 +225,29 @@ pub fn render_status(status: &Status) -> String {
     if let Some(fallback) = &status.fallback {
         out.push_str(&render_fallback(fallback));
     }
+    if let Some(fleet) = &status.fleet {
+        let live = fleet.instances.iter().filter(|m| m.live).count();
+        out.push_str(&format!(
+            "fleet: {live} live of {} registered\n",
+            fleet.instances.len()
+        ));
+        for member in &fleet.instances {
+            out.push_str(&format!(
+                "  {}{} {} v{} phase {} lease renewed {} ms ago{}\n",
+                member.instance,
+                if member.instance == fleet.this {
+                    " (this)"
+                } else {
+                    ""
+                },
+                member.admin_url,
+                member.version,
+                member.phase,
+                member.lease_age_ms,
+                if member.live { "" } else { " · EXPIRED" }
+            ));
+        }
+    }
     out
 }
 
@@ -593,8 +616,34 @@ mod tests {
                 refresh_open_until_ms: Some(u64::MAX),
                 used: [(Dataset::Tokens, 7)].into_iter().collect(),
             }),
+            fleet: Some(crate::api::FleetStatus {
+                this: "pid1-a".to_owned(),
+                instances: vec![
+                    crate::api::FleetMember {
+                        instance: "pid1-a".to_owned(),
+                        admin_url: "http://10.0.0.1:9901".to_owned(),
+                        version: "0.1.0".to_owned(),
+                        phase: "mirroring".to_owned(),
+                        lease_age_ms: 120,
+                        live: true,
+                    },
+                    crate::api::FleetMember {
+                        instance: "pid2-b".to_owned(),
+                        admin_url: "http://10.0.0.2:9901".to_owned(),
+                        version: "0.1.0".to_owned(),
+                        phase: "mirroring".to_owned(),
+                        lease_age_ms: 45_000,
+                        live: false,
+                    },
+                ],
+            }),
         };
         let text = render_status(&status);
+        assert!(text.contains("fleet: 1 live of 2 registered"), "{text}");
+        assert!(
+            text.contains("pid2-b http://10.0.0.2:9901 v0.1.0 phase mirroring lease renewed 45000 ms ago · EXPIRED"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "sync 950/s · concurrency 120 of max 1024 · in flight 96 · waiting 0 · target latency p50 101 ms p99 140 ms (min 100 ms) · THROTTLED by target for 2.5 s (Retry-After) · 3 answers 429/503"

@@ -138,6 +138,23 @@ pub(crate) struct FileConfig {
     /// `[cutover]`
     #[serde(default)]
     pub cutover: RawCutover,
+    /// `[store]`
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// `[store]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub(crate) struct RawStore {
+    pub kind: Option<String>,
+    pub url_env: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub pool_size: Option<usize>,
+    pub connect_timeout: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub claim_lease: Option<String>,
 }
 
 /// `[cutover]` as written.
@@ -307,6 +324,8 @@ pub struct Config {
     pub backfill: crate::backfill::Config,
     /// The cutover.
     pub cutover: crate::cutover::Config,
+    /// Where pending work, dead letters and the phase live.
+    pub store: crate::store::Config,
     /// Findings that do not stop the proxy (a secret file others can read),
     /// each naming its field: `check` prints them, `serve` logs them.
     pub warnings: Vec<String>,
@@ -442,6 +461,7 @@ impl Config {
             },
             backfill: crate::backfill::Config::default(),
             cutover: crate::cutover::Config::default(),
+            store: crate::store::Config::default(),
             warnings: Vec::new(),
         }
     }
@@ -468,6 +488,7 @@ impl FileConfig {
         let sync = validate_sync(self.sync, authlete_target, &mut problems);
         let backfill = validate_backfill(self.backfill, &mut problems);
         let mut cutover = validate_cutover(self.cutover, &mut problems);
+        let store = validate_store(self.store, env, &mut problems);
         validate_refresh_fallback(&mut cutover, target.as_ref(), &mut problems);
         if let (Some(source), Some(target)) = (&source, &target)
             && source.url == target.url
@@ -500,6 +521,7 @@ impl FileConfig {
                 sync,
                 backfill,
                 cutover,
+                store,
                 warnings: problems.warnings,
             }),
             _ => Err(problems),
@@ -1328,6 +1350,84 @@ fn validate_refresh_fallback(
     }
 }
 
+fn validate_store(raw: RawStore, env: &dyn Env, problems: &mut Problems) -> crate::store::Config {
+    let mut config = crate::store::Config::default();
+    let has_url = raw.url_env.is_some() || raw.url_file.is_some();
+    match raw.kind.as_deref() {
+        None | Some("local") => {
+            if has_url {
+                problems.push(
+                    "store.url_env",
+                    "a connection URL is only used with kind = \"postgres\"",
+                );
+            }
+        }
+        Some("postgres") => {
+            if has_url {
+                if let Some(url) = secret(
+                    "store.url",
+                    raw.url_env.as_deref(),
+                    raw.url_file.as_deref(),
+                    env,
+                    problems,
+                ) {
+                    // Never repeat the value or the parser's words about it:
+                    // the URL may carry a password.
+                    if url.expose().parse::<tokio_postgres::Config>().is_err() {
+                        let field = if raw.url_env.is_some() {
+                            "store.url_env"
+                        } else {
+                            "store.url_file"
+                        };
+                        problems.push(
+                            field,
+                            "is not a PostgreSQL connection URL (postgres://user@host:5432/db?sslmode=require) or key=value string",
+                        );
+                    }
+                    config.kind = crate::store::Kind::Postgres { url };
+                }
+            } else {
+                problems.push(
+                    "store.url_env",
+                    "kind = \"postgres\" needs the connection URL: set url_env or url_file",
+                );
+            }
+        }
+        Some(other) => problems.push(
+            "store.kind",
+            format!("{other:?} is not \"local\" or \"postgres\""),
+        ),
+    }
+    match raw.pool_size {
+        Some(0) => problems.push("store.pool_size", "must be > 0"),
+        Some(size) => config.pool_size = size,
+        None => {}
+    }
+    config.connect_timeout = duration(
+        "store.connect_timeout",
+        raw.connect_timeout,
+        crate::store::DEFAULT_CONNECT_TIMEOUT,
+        problems,
+    );
+    if config.connect_timeout.is_zero() {
+        problems.push("store.connect_timeout", "must be > 0");
+    }
+    config.claim_lease = duration(
+        "store.claim_lease",
+        raw.claim_lease,
+        crate::store::DEFAULT_CLAIM_LEASE,
+        problems,
+    );
+    if config.claim_lease < Duration::from_secs(1) {
+        problems.push(
+            "store.claim_lease",
+            "must be at least 1s (claims are renewed every third of it)",
+        );
+    }
+    config.ca_file = raw.ca_file;
+    config
+}
+
 /// Resolves a secret from `<field>_env` or `<field>_file` (exactly one).
 fn secret(
     field: &str,
@@ -1348,6 +1448,8 @@ fn secret(
             // Never repeat the value: it is most likely the secret itself.
             let noun = if field.ends_with("key") {
                 "key"
+            } else if field.ends_with("url") {
+                "URL"
             } else {
                 "token"
             };
@@ -1841,6 +1943,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn store_is_local_by_default_and_postgres_needs_a_url_that_is_never_echoed() {
+        let config = parse(MINIMAL).unwrap();
+        assert!(matches!(config.store.kind, crate::store::Kind::Local));
+        assert_eq!(config.store.pool_size, crate::store::DEFAULT_POOL_SIZE);
+
+        assert_eq!(
+            problem_fields(&format!("{MINIMAL}\n[store]\nkind = \"postgres\"\n")),
+            ["store.url_env"]
+        );
+        assert_eq!(
+            problem_fields(&format!("{MINIMAL}\n[store]\nkind = \"etcd\"\n")),
+            ["store.kind"]
+        );
+        assert_eq!(
+            problem_fields(&format!("{MINIMAL}\n[store]\nurl_env = \"SRC\"\n")),
+            ["store.url_env"]
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pg.url");
+        std::fs::write(
+            &file,
+            "postgres://handover:pw-SECRET@db.internal/handover\n",
+        )
+        .unwrap();
+        let text = format!(
+            "{MINIMAL}\n[store]\nkind = \"postgres\"\nurl_file = \"{}\"\npool_size = 3\nconnect_timeout = \"2s\"\n",
+            file.display()
+        );
+        let config = parse(&text).unwrap();
+        let crate::store::Kind::Postgres { url } = &config.store.kind else {
+            panic!("expected a PostgreSQL store");
+        };
+        assert_eq!(
+            url.expose(),
+            "postgres://handover:pw-SECRET@db.internal/handover"
+        );
+        assert_eq!(config.store.pool_size, 3);
+        assert_eq!(config.store.connect_timeout, Duration::from_secs(2));
+        assert!(!format!("{config:?}").contains("pw-SECRET"));
+
+        // Not a URL: the message names the field, never the value.
+        std::fs::write(&file, "postgres://u:pw-SECRET@host:notaport/db").unwrap();
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("store.url_file"), "{err}");
+        assert!(!err.contains("pw-SECRET"), "{err}");
+        assert_eq!(
+            problem_fields(&format!("{MINIMAL}\n[store]\npool_size = 0\n")),
+            ["store.pool_size"]
+        );
     }
 
     /// A certificate and key for `localhost`, and a second key.

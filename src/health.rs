@@ -20,6 +20,7 @@ pub struct Health {
     primary_up: AtomicBool,
     journal_ok: AtomicBool,
     shutting_down: AtomicBool,
+    fenced: AtomicBool,
     metrics: HealthMetrics,
 }
 
@@ -41,6 +42,7 @@ impl Health {
             primary_up: AtomicBool::new(true),
             journal_ok: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
             metrics,
         };
         health.publish();
@@ -75,6 +77,14 @@ impl Health {
         }
     }
 
+    /// Records whether this instance fenced itself (fleet mode: its lease
+    /// could not be renewed).
+    pub fn set_fenced(&self, fenced: bool) {
+        if self.fenced.swap(fenced, Ordering::AcqRel) != fenced {
+            self.publish();
+        }
+    }
+
     /// Shutdown started: readiness is false from now on.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
@@ -93,6 +103,9 @@ impl Health {
         if !self.journal_ok.load(Ordering::Acquire) {
             reasons.push("journal not writable");
         }
+        if self.fenced.load(Ordering::Acquire) {
+            reasons.push("fenced: fleet lease not renewed");
+        }
         Readiness {
             ready: reasons.is_empty(),
             reasons,
@@ -104,6 +117,9 @@ impl Health {
             .primary_up
             .set(i64::from(self.primary_up.load(Ordering::Acquire)));
         self.metrics.ready.set(i64::from(self.readiness().ready));
+        self.metrics
+            .fenced
+            .set(i64::from(self.fenced.load(Ordering::Acquire)));
     }
 }
 

@@ -17,7 +17,7 @@
 //! | L5 sync engine | [`sync`] | lanes, retries, the breaker; the `Recorder` (the one way into the journal); one `Apply` per target kind |
 //! | L4 catalogue | [`triggers`] | pure: an exchange → the keys it changed |
 //! | L3 request path | [`proxy`], [`health`], [`error`] | accept, TLS, forwarding, header hygiene, framing; `proxy::hook` is every seam trait; readiness; whose fault an error is |
-//! | L2 adapters | [`journal`], [`upstream`], [`servers`] | the durable log (imports nothing from the crate); a pooled client to one server; both servers, their management-API clients, exports |
+//! | L2 adapters | [`journal`], [`store`], [`upstream`], [`servers`] | the durable log (imports nothing from the crate); the store interface over it or a shared PostgreSQL database; a pooled client to one server; both servers, their management-API clients, exports |
 //! | L1 vocabulary | [`model`], [`api`], [`metrics`] | DESIGN §1 as types, no I/O; the admin JSON contract and its client; metric names and recorders |
 //! | L0 foundations | [`http`], [`json_stream`], [`tls`], [`telemetry`] | bodies, forms, a small server; the incremental JSON splitter; rustls set-up; logging and error chains |
 //! | side tree | [`emulator`] | in-repo Connect2id and Authlete servers for tests, the demo and rehearsals; imports only L0 |
@@ -63,6 +63,7 @@ pub mod proxy;
 // L2 adapters
 pub mod journal;
 pub mod servers;
+pub mod store;
 pub mod upstream;
 // L1 vocabulary and contracts
 pub mod api;

@@ -681,6 +681,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                 eprintln!("handover: warning: {warning}");
             }
             eprintln!("handover: {} is valid", path.display());
+            if matches!(config.store.kind, handover::store::Kind::Postgres { .. }) {
+                return check_store(&config.store);
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -741,6 +744,41 @@ fn journal(action: JournalAction, path: &std::path::Path) -> ExitCode {
                     ExitCode::from(EXIT_PROBLEM)
                 }
             }
+        }
+    }
+}
+
+/// `check` with a PostgreSQL store: connects (without changing anything)
+/// and compares the schema version with this build's.
+fn check_store(store: &handover::store::Config) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(EXIT_PROBLEM);
+    };
+    match runtime.block_on(handover::store::probe(store)) {
+        Ok(schema) if schema.found > schema.supported => {
+            eprintln!(
+                "handover: store: the database schema is at version {}, newer than this build's {}; upgrade handover",
+                schema.found, schema.supported
+            );
+            ExitCode::from(EXIT_PROBLEM)
+        }
+        Ok(schema) if schema.found < schema.supported => {
+            eprintln!(
+                "handover: store: PostgreSQL reachable; schema version {} (this build: {}), `serve` migrates it at start",
+                schema.found, schema.supported
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(schema) => {
+            eprintln!(
+                "handover: store: PostgreSQL reachable; schema version {} is current",
+                schema.found
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("handover: {err}");
+            ExitCode::from(EXIT_UNREACHABLE)
         }
     }
 }

@@ -46,6 +46,9 @@ pub const UPSTREAM_API_SECONDS: &str = "handover_upstream_api_seconds";
 pub const PRIMARY_UP: &str = "handover_primary_up";
 /// 1 while `/readyz` reports ready.
 pub const READY: &str = "handover_ready";
+/// 1 while this instance has fenced itself: in fleet mode it could not
+/// renew its membership lease, so it refuses trigger requests.
+pub const FLEET_FENCED: &str = "handover_fleet_fenced";
 /// Changes applied to the secondary, by dataset.
 pub const SYNC_APPLIED_TOTAL: &str = "handover_sync_applied_total";
 /// Failed sync attempts that will be retried, by dataset.
@@ -524,6 +527,8 @@ pub struct HealthMetrics {
     pub primary_up: Gauge,
     /// 1 while ready.
     pub ready: Gauge,
+    /// 1 while this instance is fenced (fleet lease not renewed).
+    pub fenced: Gauge,
 }
 
 /// Registers a counter under its full exposition name (prometheus-client
@@ -649,6 +654,12 @@ impl Metrics {
         );
         let ready = Gauge::default();
         registry.register(READY, "1 while /readyz reports ready", ready.clone());
+        let fenced = Gauge::default();
+        registry.register(
+            FLEET_FENCED,
+            "1 while this instance is fenced (fleet lease not renewed)",
+            fenced.clone(),
+        );
 
         let sync = SyncMetrics {
             applied: Family::default(),
@@ -861,7 +872,11 @@ impl Metrics {
                 api_requests,
                 api_seconds,
             },
-            health: HealthMetrics { primary_up, ready },
+            health: HealthMetrics {
+                primary_up,
+                ready,
+                fenced,
+            },
         }
     }
 
@@ -905,6 +920,7 @@ mod tests {
             UPSTREAM_CONNECTIONS_TOTAL,
             PRIMARY_UP,
             READY,
+            FLEET_FENCED,
             SYNC_OUTAGE,
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

@@ -37,6 +37,7 @@
 mod apply;
 mod authlete;
 mod breaker;
+pub mod claimer;
 mod dispatcher;
 pub mod limiter;
 mod recorder;
@@ -45,7 +46,8 @@ pub use apply::{Apply, BoxFuture, Connect2idCopy};
 pub use authlete::AuthleteApply;
 pub use limiter::{Bounds, Limiter, Permit, Snapshot};
 pub use recorder::{
-    MAX_UNJOURNALED, REJOURNAL_INITIAL_DELAY, REJOURNAL_MAX_DELAY, Recorder, Untracked,
+    MAX_UNJOURNALED, REJOURNAL_INITIAL_DELAY, REJOURNAL_MAX_DELAY, Recorder, SharedJournal,
+    Untracked,
 };
 
 use std::collections::VecDeque;
@@ -166,7 +168,7 @@ impl Limits {
 /// must find them refused no matter which task the runtime ran first.
 pub(crate) struct Ack {
     seq: Seq,
-    journal: Journal,
+    journal: AckSink,
     stop: CancellationToken,
     /// Told when the record is settled (applied or dead-lettered), for a
     /// caller that must not answer before the secondary has the change.
@@ -187,6 +189,34 @@ impl Drop for Ack {
                 let _ = settled.send(());
             }
         }
+    }
+}
+
+/// Where acknowledgements go: the local journal, or (fleet mode) the
+/// shared store's ack batcher, which deletes applied records.
+#[derive(Debug, Clone)]
+pub enum AckSink {
+    /// The local journal.
+    Journal(Journal),
+    /// Seqs of the shared store, batched by [`claimer::ack_batches`].
+    Store(mpsc::UnboundedSender<Seq>),
+}
+
+impl AckSink {
+    fn ack(&self, seq: Seq) {
+        match self {
+            AckSink::Journal(journal) => journal.ack(seq),
+            // The batcher stops after the sync: nothing to do then.
+            AckSink::Store(acks) => {
+                let _ = acks.send(seq);
+            }
+        }
+    }
+}
+
+impl From<Journal> for AckSink {
+    fn from(journal: Journal) -> Self {
+        AckSink::Journal(journal)
     }
 }
 
@@ -240,7 +270,7 @@ pub enum BackfillOutcome {
 #[derive(Debug, Clone)]
 pub struct SyncHandle {
     commands: mpsc::UnboundedSender<Command>,
-    journal: Journal,
+    journal: AckSink,
     stop: CancellationToken,
     busy_lanes: Arc<AtomicUsize>,
     /// Identities of lanes with live (non-backfill) work, for verify.
@@ -492,6 +522,8 @@ struct Worker {
     applied: Arc<RateMeter>,
     apply: Arc<dyn Apply>,
     dead_letters: Arc<DeadLetters>,
+    /// Fleet mode: dead letters go to the shared store.
+    store: Option<crate::store::Handle>,
     metrics: SyncMetrics,
     config: Config,
     limits: Limits,
@@ -507,8 +539,9 @@ pub fn spawn(
     config: Config,
     limits: Limits,
     apply: Arc<dyn Apply>,
-    journal: Journal,
+    journal: impl Into<AckSink>,
     dead_letters: Arc<DeadLetters>,
+    store: Option<crate::store::Handle>,
     metrics: SyncMetrics,
     tracker: &TaskTracker,
     stop: CancellationToken,
@@ -521,7 +554,7 @@ pub fn spawn(
     let applied = Arc::new(RateMeter::default());
     let handle = SyncHandle {
         commands: commands.clone(),
-        journal,
+        journal: journal.into(),
         stop: stop.clone(),
         busy_lanes: Arc::clone(&busy_lanes),
         busy_keys: Arc::clone(&busy_keys),
@@ -537,6 +570,7 @@ pub fn spawn(
         applied,
         apply,
         dead_letters,
+        store,
         metrics,
         limits: limits.clone(),
         breaker: breaker::Breaker::new(config.retry_initial, config.retry_max, backoff, outage),
@@ -769,6 +803,19 @@ impl Worker {
         self.metrics.record_dead_letter(dataset);
         tracing::error!(change = %change.redacted(), reason, "sync gave up; moved to dead letters");
         let body = change.to_record();
+        if let Some(store) = &self.store {
+            let lane = dispatcher::store_lane(change);
+            match store.dead_letter(lane.as_bytes(), reason, &body).await {
+                Ok(_) => {
+                    if let Ok(letters) = store.dead_letters().await {
+                        let count = i64::try_from(letters.len()).unwrap_or(i64::MAX);
+                        self.metrics.dead_letters.set(count);
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, "cannot write the shared dead letters"),
+            }
+            return;
+        }
         let letters = Arc::clone(&self.dead_letters);
         let reason = reason.to_owned();
         let pushed = tokio::task::spawn_blocking(move || letters.push(&reason, &body)).await;

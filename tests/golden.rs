@@ -355,6 +355,7 @@ fn status_json_is_stable() {
             ],
         }),
         fallback: None,
+        fleet: None,
     };
     assert_golden("status.json", &status);
 }
@@ -523,6 +524,7 @@ fn authlete_verify_and_status_json_are_stable() {
             refresh_open_until_ms: Some(1_771_776_000_000),
             used: [(Dataset::Tokens, 42)].into_iter().collect(),
         }),
+        fleet: None,
     };
     assert_golden("status_authlete.json", &status);
 }

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("journal", 2),
     ("upstream", 2),
     ("servers", 2),
+    ("store", 2),
     // L3 request path
     ("error", 3),
     ("health", 3),

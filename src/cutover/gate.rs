@@ -41,6 +41,9 @@ pub struct Gate {
     max_bytes: usize,
     held_counter: Counter,
     rejected_counter: Counter,
+    /// Fleet mode: set while this instance cannot renew its lease; every
+    /// trigger is refused (503 with Retry-After), reads still flow.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 /// A request that passed the gate; its changes are journaled when dropped.
@@ -80,6 +83,7 @@ impl Gate {
             max_bytes,
             held_counter,
             rejected_counter,
+            fenced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -102,6 +106,9 @@ impl Gate {
 
     /// Lets a trigger request through, waiting while the gate is closed.
     pub async fn pass(self: &Arc<Self>, body_bytes: usize) -> Result<Pass, Refused> {
+        if self.fenced.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Refused::Fenced);
+        }
         let mut changed = self.changed.subscribe();
         let outcome = self.update(|state| {
             if !state.closed {
@@ -187,6 +194,12 @@ impl Gate {
         })
     }
 
+    /// Fences this instance (trigger requests refused) or lifts the fence.
+    pub fn set_fenced(&self, fenced: bool) {
+        self.fenced
+            .store(fenced, std::sync::atomic::Ordering::Release);
+    }
+
     /// Whether the gate is closed.
     pub fn is_closed(&self) -> bool {
         self.read(|state| state.closed)
@@ -226,6 +239,9 @@ pub enum Refused {
     /// The request waited [`HOLD_LIMIT`] and the flip still holds writes.
     #[error("writes held too long during a cutover")]
     HeldTooLong,
+    /// This instance could not renew its fleet lease: it fenced itself.
+    #[error("instance fenced: its fleet lease could not be renewed")]
+    Fenced,
 }
 
 impl Refused {
@@ -234,6 +250,7 @@ impl Refused {
         match self {
             Self::BufferFull => "write hold buffer full during a cutover",
             Self::HeldTooLong => "writes held too long during a cutover",
+            Self::Fenced => "instance fenced: its fleet lease could not be renewed",
         }
     }
 }

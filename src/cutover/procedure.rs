@@ -94,6 +94,10 @@ pub struct Environment {
     pub registrations: Arc<Registrations>,
     /// The secret-key parity prover (`None` for an Authlete target).
     pub parity: Option<Arc<Parity>>,
+    /// Fleet mode: the shared store (its journal must drain too, and no
+    /// other instance may hold a live lease) and this instance's name in
+    /// it.
+    pub shared: Option<(crate::store::Handle, String)>,
 }
 
 /// A flip in progress (between prepare and commit).
@@ -289,6 +293,7 @@ impl Cutover {
         }
         let new_primary = from.primary().other();
         report.preflight = self.preflight(new_primary, from == Phase::Mirroring).await;
+        report.preflight.extend(self.fleet_check().await);
         let blocking: Vec<&Check> = report
             .preflight
             .iter()
@@ -369,9 +374,12 @@ impl Cutover {
         // key whose lane is idle.
         let drain = async {
             loop {
-                let stats = self.journal.stats();
+                let mut stats = self.journal.stats();
                 let busy = self.sync.busy_lanes();
                 let unjournaled = self.recorder.unjournaled();
+                if let Some(depth) = self.shared_depth().await {
+                    stats.depth += depth;
+                }
                 if stats.depth == 0 && busy == 0 && unjournaled == 0 {
                     break Ok(stats.last_seq);
                 }
@@ -596,6 +604,7 @@ impl Cutover {
             // Read before choosing the keys: drained then means every key
             // chosen has its final state on both sides.
             let drained = self.journal.stats().depth == 0
+                && self.shared_depth().await.is_none_or(|depth| depth == 0)
                 && self.sync.busy_lanes() == 0
                 && self.recorder.unjournaled() == 0;
             let mut keys = std::mem::take(&mut again);
@@ -666,6 +675,56 @@ impl Cutover {
             }
         }
         Ok(checked)
+    }
+
+    /// Pending records of the shared journal (fleet mode); an unreadable
+    /// store counts as not drained.
+    async fn shared_depth(&self) -> Option<u64> {
+        let (store, _) = self.environment.shared.as_ref()?;
+        Some(match store.depth().await {
+            Ok(depth) => depth.records,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the shared journal's depth");
+                u64::MAX
+            }
+        })
+    }
+
+    /// Fleet mode: the flip is not yet fenced across instances, so it runs
+    /// only when this instance is the only one with a live lease (scale the
+    /// fleet to one to cut over).
+    async fn fleet_check(&self) -> Option<Check> {
+        let (store, me) = self.environment.shared.as_ref()?;
+        let check = "no other instance with a live lease";
+        Some(match store.members().await {
+            Ok(members) => {
+                let others: Vec<String> = members
+                    .iter()
+                    .filter(|m| m.live && m.member.instance != *me)
+                    .map(|m| format!("{} ({})", m.member.instance, m.member.admin_url))
+                    .collect();
+                if others.is_empty() {
+                    Check::pass(check, "this instance is the only live one")
+                } else {
+                    Check::fail(
+                        check,
+                        format!(
+                            "{} other instance{} hold{} a live lease: {}; the fleet-wide cutover is not built yet, scale to one instance to cut over",
+                            others.len(),
+                            if others.len() == 1 { "" } else { "s" },
+                            if others.len() == 1 { "s" } else { "" },
+                            others.join(", ")
+                        ),
+                        false,
+                    )
+                }
+            }
+            Err(err) => Check::fail(
+                check,
+                format!("cannot read the fleet's members: {err}"),
+                false,
+            ),
+        })
     }
 
     async fn preflight(&self, new_primary: Side, forward: bool) -> Vec<Check> {

@@ -65,6 +65,9 @@ pub enum CipherError {
 pub struct Cipher {
     key: LessSafeKey,
     rng: SystemRandom,
+    /// A key derived from the journal key for [`Cipher::tag`]: the same
+    /// bytes never serve two primitives.
+    tag_key: ring::hmac::Key,
 }
 
 impl fmt::Debug for Cipher {
@@ -78,10 +81,24 @@ impl Cipher {
     pub fn new(key: [u8; KEY_LEN]) -> Self {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &key)
             .expect("a 32-byte key is always valid for ChaCha20-Poly1305");
+        let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+        let derived = ring::hmac::sign(&derive, b"handover lane tag v1");
         Self {
             key: LessSafeKey::new(unbound),
             rng: SystemRandom::new(),
+            tag_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()),
         }
+    }
+
+    /// A keyed, one-way 16-byte tag of `data` (HMAC-SHA-256 under a key
+    /// derived from the journal key, cut to 128 bits). Lets a shared store
+    /// group records by key (a lane) without ever holding the key itself,
+    /// which may name a token or a session.
+    pub fn tag(&self, data: &[u8]) -> [u8; 16] {
+        let full = ring::hmac::sign(&self.tag_key, data);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full.as_ref()[..16]);
+        out
     }
 
     /// Parses a key written as 64 hex characters (either case), the form the

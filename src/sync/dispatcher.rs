@@ -29,6 +29,17 @@ use serde_json::Value;
 
 use crate::model::{Change, Key};
 
+/// The lane a change is stored under in a shared store (fleet mode): the
+/// dispatcher's own lane, so an instance holding a stored lane holds every
+/// dispatcher lane its changes go to; a resolution (a lane of its own, whose
+/// token must not name it) gets a random one.
+pub(crate) fn store_lane(change: &Change) -> String {
+    match change {
+        Change::Resolve { .. } => format!("resolve:{:016x}", fastrand::u64(..)),
+        other => Dispatcher::<(), ()>::default().lane_of(other),
+    }
+}
+
 /// One unit of work: a change and the acknowledgements it settles.
 #[derive(Debug)]
 pub(crate) struct Work<A> {

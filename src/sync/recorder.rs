@@ -57,6 +57,9 @@ pub const REJOURNAL_MAX_DELAY: Duration = Duration::from_secs(1);
 /// disk costs one failed write a second.
 pub const REJOURNAL_INITIAL_DELAY: Duration = Duration::from_millis(100);
 
+/// How often a settled record of the shared journal is looked for.
+const SETTLE_POLL: Duration = Duration::from_millis(10);
+
 /// Changes the proxy could not name: successful triggers whose response
 /// could not be inspected and whose request alone named nothing. Only
 /// `verify` finds what they changed; until one has run after them,
@@ -139,9 +142,27 @@ pub struct Recorder {
     inner: Arc<Inner>,
 }
 
+/// Where [`Recorder`] appends, when it is not the local journal.
+#[derive(Debug, Clone)]
+pub struct SharedJournal {
+    /// The shared store.
+    pub store: crate::store::Handle,
+    /// Woken after each append: this instance's claimer.
+    pub wake: Arc<Notify>,
+}
+
+/// What an append returned.
+enum Appended {
+    /// Seqs of the local journal, to hand to this instance's sync.
+    Local(std::ops::Range<journal::Seq>),
+    /// Seqs of the shared store: whichever instance claims them syncs them.
+    Shared(Vec<crate::store::Seq>),
+}
+
 struct Inner {
     datasets: Vec<Dataset>,
     journal: Journal,
+    shared: Option<SharedJournal>,
     sync: SyncHandle,
     dead_letters: Arc<DeadLetters>,
     health: Arc<Health>,
@@ -173,10 +194,25 @@ impl Recorder {
         health: Arc<Health>,
         metrics: JournalMetrics,
     ) -> Self {
+        Self::with_shared(datasets, journal, None, sync, dead_letters, health, metrics)
+    }
+
+    /// A recorder that appends to `shared` (fleet mode) when given, else
+    /// to the local journal.
+    pub fn with_shared(
+        datasets: Vec<Dataset>,
+        journal: Journal,
+        shared: Option<SharedJournal>,
+        sync: SyncHandle,
+        dead_letters: Arc<DeadLetters>,
+        health: Arc<Health>,
+        metrics: JournalMetrics,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 datasets,
                 journal,
+                shared,
                 sync,
                 dead_letters,
                 health,
@@ -298,6 +334,39 @@ impl Recorder {
         self.submit_entries(entries);
     }
 
+    /// Fleet mode: moves the local journal's backlog from before a
+    /// restart (an instance switched from `kind = "local"`) to the shared
+    /// journal, and acknowledges it locally only once it is there. If the
+    /// shared store refuses, the records stay in the local journal (they
+    /// come back at the next start) and are synced from memory meanwhile.
+    pub async fn adopt(&self, entries: Vec<journal::Entry>) {
+        let inner = &self.inner;
+        let decoded: Vec<(journal::Seq, Change)> = entries
+            .into_iter()
+            .filter_map(|entry| inner.decode(entry))
+            .filter(|(_, change)| inner.enabled(change))
+            .collect();
+        if decoded.is_empty() {
+            return;
+        }
+        let (seqs, changes): (Vec<journal::Seq>, Vec<Change>) = decoded.into_iter().unzip();
+        match inner.append(&changes).await {
+            Ok(_) => {
+                tracing::info!(
+                    changes = changes.len(),
+                    "moved the local journal's backlog to the shared journal"
+                );
+                for seq in seqs {
+                    inner.journal.ack(seq);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, changes = changes.len(), "cannot move the local journal's backlog to the shared journal; syncing it from memory, it stays in the local journal");
+                inner.sync.submit_unjournaled(changes);
+            }
+        }
+    }
+
     /// Syncs the records whose append future was dropped (the journal keeps
     /// them for us). Called periodically.
     pub fn pick_up_orphans(&self) {
@@ -333,10 +402,21 @@ impl Inner {
         if changes.is_empty() {
             return;
         }
-        let bodies: Vec<Vec<u8>> = changes.iter().map(Change::to_record).collect();
         let started = Instant::now();
-        match self.journal.append_batch(bodies).await {
-            Ok(seqs) => {
+        match self.append(&changes).await {
+            Ok(Appended::Shared(seqs)) => {
+                self.metrics
+                    .append_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.health.set_journal_ok(true);
+                if !self.backlog().changes.is_empty() {
+                    self.wake.notify_one();
+                }
+                if let Some(limit) = settle {
+                    self.settle_shared(&seqs, limit).await;
+                }
+            }
+            Ok(Appended::Local(seqs)) => {
                 self.metrics
                     .append_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -380,6 +460,62 @@ impl Inner {
         }
     }
 
+    /// Appends `changes` (one group commit) to the shared store if there
+    /// is one, else to the local journal.
+    async fn append(&self, changes: &[Change]) -> Result<Appended, String> {
+        match &self.shared {
+            Some(shared) => {
+                let records = changes
+                    .iter()
+                    .map(|change| crate::store::Record {
+                        lane: super::dispatcher::store_lane(change).into_bytes(),
+                        body: change.to_record(),
+                    })
+                    .collect();
+                let seqs = shared
+                    .store
+                    .append(records)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                shared.wake.notify_one();
+                Ok(Appended::Shared(seqs))
+            }
+            None => {
+                let bodies: Vec<Vec<u8>> = changes.iter().map(Change::to_record).collect();
+                self.journal
+                    .append_batch(bodies)
+                    .await
+                    .map(Appended::Local)
+                    .map_err(|err| err.to_string())
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) until the fleet has applied `seqs`: any
+    /// instance may have claimed them, so the store is asked.
+    async fn settle_shared(&self, seqs: &[crate::store::Seq], limit: Duration) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                match shared.store.pending_among(seqs).await {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(err) => tracing::debug!(error = %err, "cannot read pending shared work"),
+                }
+                tokio::time::sleep(SETTLE_POLL).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                limit = ?limit,
+                "released an answer of the previous primary before its changes reached the new primary"
+            );
+        }
+    }
+
     /// One attempt to journal the kept changes; true when none are left
     /// waiting.
     async fn rejournal(&self) -> bool {
@@ -387,9 +523,8 @@ impl Inner {
         if taken.is_empty() {
             return true;
         }
-        let bodies: Vec<Vec<u8>> = taken.iter().map(Change::to_record).collect();
-        match self.journal.append_batch(bodies).await {
-            Ok(seqs) => {
+        match self.append(&taken).await {
+            Ok(appended) => {
                 {
                     let mut backlog = self.backlog();
                     for change in &taken {
@@ -403,7 +538,9 @@ impl Inner {
                 );
                 // Synced from memory already, best effort; the journaled
                 // copy is synced (once more) and acknowledged like any other.
-                self.sync.submit_journaled(seqs.zip(taken));
+                if let Appended::Local(seqs) = appended {
+                    self.sync.submit_journaled(seqs.zip(taken));
+                }
                 self.backlog().changes.is_empty()
             }
             Err(err) => {

@@ -1,0 +1,948 @@
+//! The PostgreSQL store: the fleet's shared journal, dead letters and
+//! control state.
+//!
+//! # Schema (version [`SCHEMA_VERSION`])
+//!
+//! ```text
+//! handover_schema       (id = 1, version)              the migration level
+//! handover_journal      (seq, lane, record, appended_ms, claimed_by, claimed_until)
+//! handover_journal_seq  sequence of journal seqs
+//! handover_dead_letters (id, lane, reason, record, dead_ms)
+//! handover_dead_letter_seq
+//! handover_control      (id = 1, phase, epoch, flipped_at_ms, version)
+//! handover_members      (instance, admin_url, version, phase, renewed_at, lease_until)   (version 2)
+//! ```
+//!
+//! `lane` is the 16-byte keyed tag of the record's key; `record` is the
+//! journal's own encrypted record frame (`journal::record`, ChaCha20-
+//! Poly1305 under the journal key, the seq authenticated): the database
+//! holds no token, session id or key in clear. A `reason` never names a
+//! secret (the sync layer redacts).
+//!
+//! # Migrations
+//!
+//! Every instance migrates at start, under a session-level advisory lock
+//! ([`MIGRATION_LOCK`]): several instances starting at once on an empty
+//! database take turns, and the later ones find the work done. Each step
+//! runs in its own transaction with the version bump; a database newer than
+//! this build is refused ([`Error::SchemaTooNew`]).
+//!
+//! # Claims
+//!
+//! A claim transaction first takes a transaction-level advisory lock
+//! ([`CLAIM_LOCK`]), so claims from the whole fleet take turns: a lane is
+//! seen as free by one claimer at a time, and a lane in which any record is
+//! held under a live lease is never handed out (one owner per key,
+//! fleet-wide). Within it, rows are taken `FOR UPDATE SKIP LOCKED` so a
+//! claim never waits for an ack's delete in flight. Claims are coarse
+//! (whole lanes, many at a time), so taking turns costs one short
+//! transaction per batch. Lease times use the database's clock only.
+//!
+//! # Group commit
+//!
+//! Appends go through one writer task per instance: it takes every append
+//! queued at that moment (up to [`super::MAX_GROUP_RECORDS`] records) and
+//! commits them in one transaction, then answers each. Appends arriving
+//! during a commit form the next group.
+//!
+//! # Pool
+//!
+//! A small bounded pool: at most `pool_size` connections, idle ones reused,
+//! broken ones dropped; a waiter waits for a permit, not a busy loop.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, NoTls};
+
+use super::tls::MakeRustls;
+use super::{
+    Claimed, Config, Control, DeadLetter, Depth, Error, Kind, LaneTag, Record, Seq, from_unix_ms,
+    unix_ms,
+};
+use crate::journal::{Cipher, record};
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// Advisory lock key held while migrating ("handover" in ASCII, then 1).
+const MIGRATION_LOCK: i64 = 0x6861_6e64_6f76_0001;
+
+/// Advisory lock key held by a claim transaction.
+const CLAIM_LOCK: i64 = 0x6861_6e64_6f76_0002;
+
+/// Each migration, in order: `MIGRATIONS[n - 1]` takes the schema to `n`.
+const MIGRATIONS: &[&str] = &[
+    "
+    CREATE TABLE handover_journal (
+        seq bigint PRIMARY KEY,
+        lane bytea NOT NULL,
+        record bytea NOT NULL,
+        appended_ms bigint NOT NULL,
+        claimed_by text,
+        claimed_until timestamptz
+    );
+    CREATE INDEX handover_journal_lane ON handover_journal (lane, seq);
+    CREATE INDEX handover_journal_claimed ON handover_journal (claimed_until)
+        WHERE claimed_until IS NOT NULL;
+    CREATE SEQUENCE handover_journal_seq;
+    CREATE TABLE handover_dead_letters (
+        id bigint PRIMARY KEY,
+        lane bytea NOT NULL,
+        reason text NOT NULL,
+        record bytea NOT NULL,
+        dead_ms bigint NOT NULL
+    );
+    CREATE SEQUENCE handover_dead_letter_seq;
+    CREATE TABLE handover_control (
+        id smallint PRIMARY KEY CHECK (id = 1),
+        phase text NOT NULL,
+        epoch bigint NOT NULL,
+        flipped_at_ms bigint,
+        version bigint NOT NULL
+    );
+    INSERT INTO handover_control (id, phase, epoch, flipped_at_ms, version)
+        VALUES (1, 'mirroring', 1, NULL, 0);
+",
+    "
+    CREATE TABLE handover_members (
+        instance text PRIMARY KEY,
+        admin_url text NOT NULL,
+        version text NOT NULL,
+        phase text NOT NULL,
+        renewed_at timestamptz NOT NULL,
+        lease_until timestamptz NOT NULL
+    );
+",
+];
+
+/// What `handover check` learns about the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schema {
+    /// The version found (0: no handover tables yet; `serve` creates them).
+    pub found: i32,
+    /// [`SCHEMA_VERSION`].
+    pub supported: i32,
+}
+
+/// The error text of a client error: the database's message (with its
+/// SQLSTATE) or the client's, never the connection string.
+pub(super) fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Tls {
+    None,
+    Rustls(MakeRustls),
+}
+
+/// A bounded pool of connections.
+#[derive(Debug)]
+struct Pool {
+    config: tokio_postgres::Config,
+    tls: Tls,
+    idle: Mutex<Vec<Client>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A connection borrowed from the pool; back to it when dropped (unless
+/// it broke).
+struct Conn<'a> {
+    client: Option<Client>,
+    pool: &'a Pool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take()
+            && !client.is_closed()
+        {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(client);
+        }
+    }
+}
+
+impl Pool {
+    fn new(config: &Config) -> Result<Self, Error> {
+        let Kind::Postgres { url } = &config.kind else {
+            return Err(Error::InvalidConfig {
+                field: "store.kind",
+                reason: "not a PostgreSQL store".to_owned(),
+            });
+        };
+        let mut pg: tokio_postgres::Config =
+            url.expose().parse().map_err(|_| Error::InvalidConfig {
+                field: "store.url",
+                reason: "not a PostgreSQL connection URL or key=value string".to_owned(),
+            })?;
+        pg.connect_timeout(config.connect_timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("handover");
+        }
+        let tls = if pg.get_ssl_mode() == SslMode::Disable {
+            Tls::None
+        } else {
+            let client = crate::tls::client_config(config.ca_file.as_deref()).map_err(|err| {
+                Error::InvalidConfig {
+                    field: "store.ca_file",
+                    reason: err.to_string(),
+                }
+            })?;
+            Tls::Rustls(MakeRustls::new(client))
+        };
+        Ok(Self {
+            config: pg,
+            tls,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(config.pool_size.max(1))),
+        })
+    }
+
+    async fn get(&self, op: &'static str) -> Result<Conn<'_>, Error> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)?;
+        loop {
+            let idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            match idle {
+                Some(client) if client.is_closed() => {}
+                Some(client) => {
+                    return Ok(Conn {
+                        client: Some(client),
+                        pool: self,
+                        _permit: permit,
+                    });
+                }
+                None => break,
+            }
+        }
+        let client = self.connect(op).await?;
+        Ok(Conn {
+            client: Some(client),
+            pool: self,
+            _permit: permit,
+        })
+    }
+
+    async fn connect(&self, op: &'static str) -> Result<Client, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres(op, &err);
+        let client = match &self.tls {
+            Tls::None => {
+                let (client, connection) = self.config.connect(NoTls).await.map_err(fail)?;
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(error = %describe(&err), "store connection ended");
+                    }
+                });
+                client
+            }
+            Tls::Rustls(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await.map_err(fail)?;
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(error = %describe(&err), "store connection ended");
+                    }
+                });
+                client
+            }
+        };
+        Ok(client)
+    }
+
+    fn close(&self) {
+        self.permits.close();
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+struct AppendRequest {
+    records: Vec<(LaneTag, Vec<u8>)>,
+    reply: oneshot::Sender<Result<Vec<Seq>, Error>>,
+}
+
+/// The PostgreSQL store.
+#[derive(Debug)]
+pub struct Postgres {
+    pool: Arc<Pool>,
+    cipher: Cipher,
+    writer: mpsc::UnboundedSender<AppendRequest>,
+}
+
+impl std::fmt::Debug for AppendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRequest")
+            .field("records", &self.records.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the schema version without changing anything.
+pub(super) async fn probe(config: &Config) -> Result<Schema, Error> {
+    let pool = Pool::new(config)?;
+    let conn = pool.get("connect").await?;
+    let fail = |err: tokio_postgres::Error| Error::postgres("read schema version", &err);
+    let exists = conn
+        .query_one("SELECT to_regclass('handover_schema') IS NOT NULL", &[])
+        .await
+        .map_err(fail)?
+        .get::<_, bool>(0);
+    let found = if exists {
+        conn.query_opt("SELECT version FROM handover_schema WHERE id = 1", &[])
+            .await
+            .map_err(fail)?
+            .map_or(0, |row| row.get::<_, i32>(0))
+    } else {
+        0
+    };
+    Ok(Schema {
+        found,
+        supported: SCHEMA_VERSION,
+    })
+}
+
+async fn migrate(client: &mut Client) -> Result<(), Error> {
+    let fail = |err: tokio_postgres::Error| Error::postgres("migrate schema", &err);
+    client
+        .query_one("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(fail)?;
+    let result = migrate_locked(client).await;
+    // A dropped connection releases the lock too.
+    let unlocked = client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(fail);
+    result.and(unlocked.map(drop))
+}
+
+async fn migrate_locked(client: &mut Client) -> Result<(), Error> {
+    let fail = |err: tokio_postgres::Error| Error::postgres("migrate schema", &err);
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS handover_schema (
+                 id smallint PRIMARY KEY CHECK (id = 1),
+                 version integer NOT NULL
+             );
+             INSERT INTO handover_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;",
+        )
+        .await
+        .map_err(fail)?;
+    let found: i32 = client
+        .query_one("SELECT version FROM handover_schema WHERE id = 1", &[])
+        .await
+        .map_err(fail)?
+        .get(0);
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for version in found + 1..=SCHEMA_VERSION {
+        let step = MIGRATIONS[usize::try_from(version - 1).expect("versions start at 1")];
+        let tx = client.transaction().await.map_err(fail)?;
+        tx.batch_execute(step).await.map_err(fail)?;
+        tx.execute(
+            "UPDATE handover_schema SET version = $1 WHERE id = 1",
+            &[&version],
+        )
+        .await
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        tracing::info!(version, "migrated the store schema");
+    }
+    Ok(())
+}
+
+fn to_i64(seq: Seq) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn to_seq(value: i64) -> Seq {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Postgres {
+    /// Connects, migrates the schema, and starts the writer task.
+    pub(super) async fn open(config: &Config, cipher: Cipher) -> Result<Self, Error> {
+        let pool = Arc::new(Pool::new(config)?);
+        {
+            let mut conn = pool.get("connect").await?;
+            migrate(&mut conn).await?;
+        }
+        let (writer, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_groups(Arc::clone(&pool), cipher.clone(), queue));
+        Ok(Self {
+            pool,
+            cipher,
+            writer,
+        })
+    }
+
+    pub(super) async fn append(&self, records: Vec<Record>) -> Result<Vec<Seq>, Error> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records = records
+            .into_iter()
+            .map(|record| (self.cipher.tag(&record.lane), record.body))
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(AppendRequest { records, reply })
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    pub(super) async fn claim(
+        &self,
+        owner: &str,
+        max_lanes: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("claim", &err);
+        let mut conn = self.pool.get("claim").await?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
+            .await
+            .map_err(fail)?;
+        let limit = i64::try_from(max_lanes).unwrap_or(i64::MAX);
+        let rows = tx
+            .query(
+                "WITH busy AS (
+                     SELECT DISTINCT lane FROM handover_journal WHERE claimed_until > now()
+                 ), lanes AS (
+                     SELECT lane FROM handover_journal
+                     WHERE lane NOT IN (SELECT lane FROM busy)
+                     GROUP BY lane ORDER BY min(seq) LIMIT $1
+                 ), taken AS (
+                     SELECT seq FROM handover_journal
+                     WHERE lane IN (SELECT lane FROM lanes)
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE handover_journal j
+                 SET claimed_by = $2, claimed_until = now() + $3::bigint * interval '1 millisecond'
+                 FROM taken WHERE j.seq = taken.seq
+                 RETURNING j.seq, j.lane, j.record, j.appended_ms",
+                &[&limit, &owner, &lease_ms(lease)],
+            )
+            .await
+            .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut unreadable = None;
+        for row in &rows {
+            let seq = to_seq(row.get(0));
+            let opened = lane(row.get(1), seq, "journal").and_then(|lane| {
+                Ok(Claimed {
+                    seq,
+                    lane,
+                    body: self.open_record(row.get(2), seq, "journal")?,
+                    appended_at: from_unix_ms(row.get(3)),
+                })
+            });
+            match opened {
+                Ok(record) => claimed.push(record),
+                Err(err) => {
+                    // Never skipped silently: it stays claimed (so it does
+                    // not spin) and comes back when the lease expires.
+                    tracing::error!(error = %err, "cannot read a shared journal record; it stays in the journal");
+                    unreadable = Some(err);
+                }
+            }
+        }
+        // Nothing readable at all (a wrong journal key): the caller must
+        // know; otherwise the readable records go ahead.
+        if let Some(err) = unreadable
+            && claimed.is_empty()
+        {
+            return Err(err);
+        }
+        claimed.sort_by_key(|c| c.seq);
+        Ok(claimed)
+    }
+
+    pub(super) async fn extend(&self, owner: &str, lease: Duration) -> Result<u64, Error> {
+        let conn = self.pool.get("extend claims").await?;
+        conn.execute(
+            "UPDATE handover_journal
+             SET claimed_until = now() + $2::bigint * interval '1 millisecond'
+             WHERE claimed_by = $1",
+            &[&owner, &lease_ms(lease)],
+        )
+        .await
+        .map_err(|err| Error::postgres("extend claims", &err))
+    }
+
+    pub(super) async fn release(&self, owner: &str) -> Result<u64, Error> {
+        let conn = self.pool.get("release claims").await?;
+        conn.execute(
+            "UPDATE handover_journal SET claimed_by = NULL, claimed_until = NULL
+             WHERE claimed_by = $1",
+            &[&owner],
+        )
+        .await
+        .map_err(|err| Error::postgres("release claims", &err))
+    }
+
+    pub(super) async fn ack(&self, seqs: &[Seq]) -> Result<(), Error> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i64> = seqs.iter().copied().map(to_i64).collect();
+        let conn = self.pool.get("ack").await?;
+        conn.execute("DELETE FROM handover_journal WHERE seq = ANY($1)", &[&seqs])
+            .await
+            .map_err(|err| Error::postgres("ack", &err))?;
+        Ok(())
+    }
+
+    pub(super) async fn depth(&self) -> Result<Depth, Error> {
+        let conn = self.pool.get("read depth").await?;
+        let row = conn
+            .query_one(
+                "SELECT count(*), min(appended_ms) FROM handover_journal",
+                &[],
+            )
+            .await
+            .map_err(|err| Error::postgres("read depth", &err))?;
+        Ok(Depth {
+            records: to_seq(row.get(0)),
+            oldest: row.get::<_, Option<i64>>(1).map(from_unix_ms),
+        })
+    }
+
+    pub(super) async fn glance(&self) -> Result<super::Glance, Error> {
+        let conn = self.pool.get("read depth").await?;
+        let row = conn
+            .query_one(
+                "SELECT (SELECT count(*) FROM handover_journal),
+                        (SELECT min(appended_ms) FROM handover_journal),
+                        (SELECT count(*) FROM handover_dead_letters)",
+                &[],
+            )
+            .await
+            .map_err(|err| Error::postgres("read depth", &err))?;
+        Ok(super::Glance {
+            depth: Depth {
+                records: to_seq(row.get(0)),
+                oldest: row.get::<_, Option<i64>>(1).map(from_unix_ms),
+            },
+            dead_letters: to_seq(row.get(2)),
+        })
+    }
+
+    pub(super) async fn bury(&self, claimed: &Claimed, reason: &str) -> Result<u64, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("bury", &err);
+        let mut conn = self.pool.get("bury").await?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        let id =
+            insert_dead_letter(&tx, &self.cipher, &claimed.lane, reason, &claimed.body).await?;
+        tx.execute(
+            "DELETE FROM handover_journal WHERE seq = $1",
+            &[&to_i64(claimed.seq)],
+        )
+        .await
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        Ok(id)
+    }
+
+    pub(super) async fn dead_letter(
+        &self,
+        lane: &[u8],
+        reason: &str,
+        body: &[u8],
+    ) -> Result<u64, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("dead letter", &err);
+        let mut conn = self.pool.get("dead letter").await?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        let id =
+            insert_dead_letter(&tx, &self.cipher, &self.cipher.tag(lane), reason, body).await?;
+        tx.commit().await.map_err(fail)?;
+        Ok(id)
+    }
+
+    pub(super) async fn pending_among(&self, seqs: &[Seq]) -> Result<u64, Error> {
+        let seqs: Vec<i64> = seqs.iter().copied().map(to_i64).collect();
+        let conn = self.pool.get("read pending").await?;
+        let row = conn
+            .query_one(
+                "SELECT count(*) FROM handover_journal WHERE seq = ANY($1)",
+                &[&seqs],
+            )
+            .await
+            .map_err(|err| Error::postgres("read pending", &err))?;
+        Ok(to_seq(row.get(0)))
+    }
+
+    pub(super) async fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
+        let conn = self.pool.get("list dead letters").await?;
+        let rows = conn
+            .query(
+                "SELECT id, reason, record, dead_ms FROM handover_dead_letters ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(|err| Error::postgres("list dead letters", &err))?;
+        rows.iter()
+            .map(|row| {
+                let id = to_seq(row.get(0));
+                Ok(DeadLetter {
+                    id,
+                    reason: row.get(1),
+                    body: self.open_record(row.get(2), id, "dead letters")?,
+                    dead_at: from_unix_ms(row.get(3)),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn retry_dead_letters(&self, through: u64) -> Result<usize, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("retry dead letters", &err);
+        let mut conn = self.pool.get("retry dead letters").await?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        let rows = tx
+            .query(
+                "DELETE FROM handover_dead_letters WHERE id <= $1 RETURNING id, lane, record",
+                &[&to_i64(through)],
+            )
+            .await
+            .map_err(fail)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut letters = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id = to_seq(row.get(0));
+            letters.push((
+                id,
+                lane(row.get(1), id, "dead letters")?,
+                self.open_record(row.get(2), id, "dead letters")?,
+            ));
+        }
+        letters.sort_by_key(|(id, _, _)| *id);
+        let records: Vec<(LaneTag, Vec<u8>)> = letters
+            .into_iter()
+            .map(|(_, lane, body)| (lane, body))
+            .collect();
+        insert_records(&tx, &self.cipher, &records).await?;
+        tx.commit().await.map_err(fail)?;
+        Ok(records.len())
+    }
+
+    pub(super) async fn control(&self) -> Result<Control, Error> {
+        let conn = self.pool.get("read control").await?;
+        let row = conn
+            .query_one(
+                "SELECT phase, epoch, flipped_at_ms, version FROM handover_control WHERE id = 1",
+                &[],
+            )
+            .await
+            .map_err(|err| Error::postgres("read control", &err))?;
+        Ok(Control {
+            phase: row.get(0),
+            epoch: to_seq(row.get(1)),
+            flipped_at_ms: row.get::<_, Option<i64>>(2).map(to_seq),
+            version: to_seq(row.get(3)),
+        })
+    }
+
+    pub(super) async fn set_control(
+        &self,
+        expected: u64,
+        phase: &str,
+        epoch: u64,
+        flipped_at_ms: Option<u64>,
+    ) -> Result<Option<Control>, Error> {
+        let conn = self.pool.get("write control").await?;
+        let row = conn
+            .query_opt(
+                "UPDATE handover_control
+                 SET phase = $1, epoch = $2, flipped_at_ms = $3, version = version + 1
+                 WHERE id = 1 AND version = $4
+                 RETURNING version",
+                &[
+                    &phase,
+                    &to_i64(epoch),
+                    &flipped_at_ms.map(to_i64),
+                    &to_i64(expected),
+                ],
+            )
+            .await
+            .map_err(|err| Error::postgres("write control", &err))?;
+        Ok(row.map(|row| Control {
+            phase: phase.to_owned(),
+            epoch,
+            flipped_at_ms,
+            version: to_seq(row.get(0)),
+        }))
+    }
+
+    pub(super) async fn renew_member(
+        &self,
+        member: &super::Member,
+        lease: Duration,
+    ) -> Result<(), Error> {
+        let conn = self.pool.get("renew lease").await?;
+        conn.execute(
+            "INSERT INTO handover_members (instance, admin_url, version, phase, renewed_at, lease_until)
+             VALUES ($1, $2, $3, $4, now(), now() + $5::bigint * interval '1 millisecond')
+             ON CONFLICT (instance) DO UPDATE SET admin_url = EXCLUDED.admin_url,
+                 version = EXCLUDED.version, phase = EXCLUDED.phase,
+                 renewed_at = EXCLUDED.renewed_at, lease_until = EXCLUDED.lease_until",
+            &[
+                &member.instance,
+                &member.admin_url,
+                &member.version,
+                &member.phase,
+                &lease_ms(lease),
+            ],
+        )
+        .await
+        .map_err(|err| Error::postgres("renew lease", &err))?;
+        Ok(())
+    }
+
+    pub(super) async fn leave(&self, instance: &str) -> Result<(), Error> {
+        let conn = self.pool.get("leave").await?;
+        conn.execute(
+            "DELETE FROM handover_members WHERE instance = $1",
+            &[&instance],
+        )
+        .await
+        .map_err(|err| Error::postgres("leave", &err))?;
+        Ok(())
+    }
+
+    pub(super) async fn members(&self) -> Result<Vec<super::MemberStatus>, Error> {
+        let conn = self.pool.get("list members").await?;
+        let rows = conn
+            .query(
+                "SELECT instance, admin_url, version, phase,
+                        (extract(epoch FROM now() - renewed_at) * 1000)::bigint,
+                        lease_until > now()
+                 FROM handover_members ORDER BY instance",
+                &[],
+            )
+            .await
+            .map_err(|err| Error::postgres("list members", &err))?;
+        Ok(rows
+            .iter()
+            .map(|row| super::MemberStatus {
+                member: super::Member {
+                    instance: row.get(0),
+                    admin_url: row.get(1),
+                    version: row.get(2),
+                    phase: row.get(3),
+                },
+                lease_age_ms: to_seq(row.get(4)),
+                live: row.get(5),
+            })
+            .collect())
+    }
+
+    pub(super) async fn close(&self) {
+        self.pool.close();
+    }
+
+    fn open_record(&self, sealed: &[u8], seq: Seq, place: &'static str) -> Result<Vec<u8>, Error> {
+        let decoded = record::decode(sealed, &self.cipher).map_err(|err| Error::Corrupt {
+            place,
+            seq,
+            reason: err.to_string(),
+        })?;
+        if decoded.seq != seq {
+            return Err(Error::Corrupt {
+                place,
+                seq,
+                reason: format!("sealed as seq {}", decoded.seq),
+            });
+        }
+        Ok(decoded.plaintext)
+    }
+}
+
+fn lane(bytes: &[u8], seq: Seq, place: &'static str) -> Result<LaneTag, Error> {
+    LaneTag::try_from(bytes).map_err(|_| Error::Corrupt {
+        place,
+        seq,
+        reason: format!("lane tag of {} bytes", bytes.len()),
+    })
+}
+
+/// Allocates an id, seals and inserts one dead letter within `tx`.
+async fn insert_dead_letter(
+    tx: &tokio_postgres::Transaction<'_>,
+    cipher: &Cipher,
+    lane: &LaneTag,
+    reason: &str,
+    body: &[u8],
+) -> Result<u64, Error> {
+    let fail = |err: tokio_postgres::Error| Error::postgres("dead letter", &err);
+    let id: i64 = tx
+        .query_one("SELECT nextval('handover_dead_letter_seq')", &[])
+        .await
+        .map_err(fail)?
+        .get(0);
+    let sealed = record::encode(to_seq(id), body, cipher).map_err(|err| Error::Corrupt {
+        place: "dead letters",
+        seq: to_seq(id),
+        reason: err.to_string(),
+    })?;
+    tx.execute(
+        "INSERT INTO handover_dead_letters (id, lane, reason, record, dead_ms)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &id,
+            &lane.as_slice(),
+            &reason,
+            &sealed,
+            &unix_ms(SystemTime::now()),
+        ],
+    )
+    .await
+    .map_err(fail)?;
+    Ok(to_seq(id))
+}
+
+/// Allocates seqs, seals and inserts `records` within `tx`.
+async fn insert_records(
+    tx: &tokio_postgres::Transaction<'_>,
+    cipher: &Cipher,
+    records: &[(LaneTag, Vec<u8>)],
+) -> Result<Vec<Seq>, Error> {
+    let fail = |err: tokio_postgres::Error| Error::postgres("append", &err);
+    let count = i32::try_from(records.len()).unwrap_or(i32::MAX);
+    let mut seqs: Vec<i64> = tx
+        .query(
+            "SELECT nextval('handover_journal_seq') FROM generate_series(1, $1)",
+            &[&count],
+        )
+        .await
+        .map_err(fail)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    seqs.sort_unstable();
+    let now = unix_ms(SystemTime::now());
+    let mut lanes = Vec::with_capacity(records.len());
+    let mut sealed = Vec::with_capacity(records.len());
+    for (seq, (lane, body)) in seqs.iter().zip(records) {
+        lanes.push(lane.to_vec());
+        sealed.push(
+            record::encode(to_seq(*seq), body, cipher).map_err(|err| Error::Corrupt {
+                place: "journal",
+                seq: to_seq(*seq),
+                reason: err.to_string(),
+            })?,
+        );
+    }
+    let times = vec![now; records.len()];
+    tx.execute(
+        "INSERT INTO handover_journal (seq, lane, record, appended_ms)
+         SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[])",
+        &[&seqs, &lanes, &sealed, &times],
+    )
+    .await
+    .map_err(fail)?;
+    Ok(seqs.into_iter().map(to_seq).collect())
+}
+
+/// The writer task: one transaction per group of queued appends.
+async fn write_groups(
+    pool: Arc<Pool>,
+    cipher: Cipher,
+    mut queue: mpsc::UnboundedReceiver<AppendRequest>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        let mut records = group[0].records.len();
+        while records < super::MAX_GROUP_RECORDS {
+            match queue.try_recv() {
+                Ok(next) => {
+                    records += next.records.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<(LaneTag, Vec<u8>)> = group
+            .iter()
+            .flat_map(|request| request.records.iter().cloned())
+            .collect();
+        match commit_group(&pool, &cipher, &all).await {
+            Ok(seqs) => {
+                let mut rest = seqs.as_slice();
+                for request in group {
+                    let (mine, others) = rest.split_at(request.records.len());
+                    rest = others;
+                    let _ = request.reply.send(Ok(mine.to_vec()));
+                }
+            }
+            Err(err) => {
+                for request in group {
+                    let _ = request.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_group(
+    pool: &Pool,
+    cipher: &Cipher,
+    records: &[(LaneTag, Vec<u8>)],
+) -> Result<Vec<Seq>, Error> {
+    let fail = |err: tokio_postgres::Error| Error::postgres("append", &err);
+    let mut conn = pool.get("append").await?;
+    let tx = conn.transaction().await.map_err(fail)?;
+    let seqs = insert_records(&tx, cipher, records).await?;
+    tx.commit().await.map_err(fail)?;
+    Ok(seqs)
+}

@@ -1,0 +1,245 @@
+//! Fleet tests: `handover serve` processes sharing one PostgreSQL store,
+//! in front of in-process Connect2id emulators.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use handover::emulator::connect2id::{self, Connect2id, Handle};
+use handover::emulator::jwks::JwkSet;
+use http_body_util::BodyExt as _;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_handover");
+pub const TOKEN: &str = "fleet-test-token";
+/// The admin token every instance is given.
+pub const ADMIN_TOKEN: &str = "fleet-admin-token-0123456789abcdef";
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn start_emulator(jwks: &JwkSet, issuer: &str) -> Handle {
+    let mut config = connect2id::Config::new(connect2id::ApiTokens::single(TOKEN), jwks.clone());
+    config.base_path = "/c2id".to_owned();
+    config.issuer = Some(issuer.to_owned());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Connect2id::new(config).start(listener).await
+}
+
+/// One `handover serve` process.
+pub struct Instance {
+    pub proxy_port: u16,
+    pub admin_port: u16,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Instance {
+    pub async fn start(dir: &Path, name: &str, source: &str, target: &str, db_url: &str) -> Self {
+        Self::start_kind(dir, name, source, target, db_url, "postgres").await
+    }
+
+    /// Like [`Instance::start`] with `[store] kind = kind`, reusing the
+    /// journal directory of an earlier instance of the same `name`.
+    pub async fn start_kind(
+        dir: &Path,
+        name: &str,
+        source: &str,
+        target: &str,
+        db_url: &str,
+        kind: &str,
+    ) -> Self {
+        let (proxy_port, admin_port) = (free_port(), free_port());
+        let journal = dir.join(format!("journal-{name}"));
+        std::fs::create_dir_all(&journal).unwrap();
+        let config = dir.join(format!("{name}.toml"));
+        let url_line = if kind == "postgres" {
+            "url_env = \"HANDOVER_STORE_URL\""
+        } else {
+            ""
+        };
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[proxy]
+listen = "127.0.0.1:{proxy_port}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token_env = "HANDOVER_ADMIN_TOKEN"
+[source]
+kind = "connect2id"
+url = "{source}"
+token_env = "HANDOVER_SOURCE_TOKEN"
+[target]
+kind = "connect2id"
+url = "{target}"
+token_env = "HANDOVER_TARGET_TOKEN"
+[journal]
+dir = "{journal}"
+payload_key_env = "HANDOVER_JOURNAL_KEY"
+[sync]
+datasets = ["clients"]
+retry_initial = "20ms"
+retry_max = "200ms"
+[store]
+kind = "{kind}"
+{url_line}
+claim_lease = "1s"
+"#,
+                journal = journal.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join(format!("{name}-{kind}-{proxy_port}.log"));
+        let child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("HANDOVER_SOURCE_TOKEN", TOKEN)
+            .env("HANDOVER_TARGET_TOKEN", TOKEN)
+            .env("HANDOVER_JOURNAL_KEY", handover::config::TEST_JOURNAL_KEY)
+            .env("HANDOVER_STORE_URL", db_url)
+            .env("HANDOVER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap();
+        let mut instance = Instance {
+            proxy_port,
+            admin_port,
+            child: Some(child),
+            log,
+        };
+        let http = Client::builder(TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let ready = format!("http://127.0.0.1:{admin_port}/readyz");
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let request = http::Request::get(&ready).body(Default::default()).unwrap();
+            if let Ok(response) = http.request(request).await
+                && response.status() == http::StatusCode::OK
+            {
+                let _ = response.into_body().collect().await;
+                break;
+            }
+            let exited = instance.child.as_mut().unwrap().try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < until,
+                "{name} did not become ready; log:\n{}",
+                std::fs::read_to_string(&instance.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        instance
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/c2id", self.proxy_port)
+    }
+
+    /// `handover_journal_depth` as this instance's /metrics reports it.
+    pub async fn journal_depth(&self) -> Option<f64> {
+        let http = Client::builder(TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let request = http::Request::get(format!("http://127.0.0.1:{}/metrics", self.admin_port))
+            .body(Default::default())
+            .unwrap();
+        let response = http.request(request).await.ok()?;
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|line| line.strip_prefix("handover_journal_depth "))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// SIGTERM, then wait: a clean stop.
+    pub async fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let until = Instant::now() + DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < until, "the instance did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A plain HTTP client for the tests' own requests.
+pub fn http()
+-> Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Full<bytes::Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request; returns the status, the headers and the body.
+pub async fn send(
+    method: http::Method,
+    url: &str,
+    token: &str,
+    body: &str,
+) -> Option<(http::StatusCode, http::HeaderMap, String)> {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_owned(),
+        )))
+        .unwrap();
+    let response = http().request(request).await.ok()?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.ok()?.to_bytes();
+    Some((
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
+}
