@@ -107,6 +107,8 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
         new_primary_ca_file: None,
         refresh_token_duration: DEFAULT_REFRESH_DURATION,
         token_sample: DEFAULT_TOKEN_SAMPLE,
+        rate_limit: None,
+        owner: None,
     });
     config.sync.datasets = crate::model::Dataset::AUTHLETE.to_vec();
     config.sync.retry_max = Duration::from_secs(2);
@@ -165,6 +167,8 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
             new_primary_ca_file: None,
             refresh_token_duration: DEFAULT_REFRESH_DURATION,
             token_sample: 0,
+            rate_limit: None,
+            owner: None,
         },
         Duration::from_secs(10),
     );

@@ -749,6 +749,28 @@ impl Driver {
         )
     }
 
+    /// Revokes just one refresh token (`token_only=true`, Connect2id
+    /// 19.9+), not the whole authorization.
+    pub async fn revoke_token_only(
+        &self,
+        client: &RegisteredClient,
+        token: &str,
+    ) -> Result<(), Error> {
+        let answer = self
+            .token_call(
+                "revoke",
+                "/token/revoke",
+                client,
+                &[
+                    ("token", token),
+                    ("token_type_hint", "refresh_token"),
+                    ("token_only", "true"),
+                ],
+            )
+            .await?;
+        Self::expect(answer, "revoke", &[StatusCode::OK]).map(|_| ())
+    }
+
     /// Revokes a token (RFC 7009).
     pub async fn revoke(
         &self,

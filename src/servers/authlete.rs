@@ -109,7 +109,7 @@ pub struct TokenInfo {
 
 /// Service settings relevant to the migration, checked at start-up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct ServiceCheck {
+pub struct ServiceCheck {
     /// Problems found (empty: fine).
     pub warnings: Vec<String>,
 }
@@ -131,6 +131,16 @@ pub enum Credentials {
     },
 }
 
+/// The v2 service *owner's* API key and secret: what v2's
+/// `/api/service/get/{apiKey}` takes (v2 OpenAPI `ServiceOwnerCredentials`).
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The service owner's API key.
+    pub key: Secret,
+    /// The service owner's API secret.
+    pub secret: Secret,
+}
+
 /// An Authlete target's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -150,6 +160,12 @@ pub struct Config {
     pub refresh_token_duration: Duration,
     /// Refresh tokens sampled by verify.
     pub token_sample: usize,
+    /// A cap on the requests per second sent to the Authlete API (`None`:
+    /// only the adaptive limit and `Retry-After` pace them).
+    pub rate_limit: Option<f64>,
+    /// v2: the service owner's credentials, for the start-up check of the
+    /// service settings (v2 reads a service only with them).
+    pub owner: Option<Owner>,
 }
 
 /// Default lifetime of a mirrored refresh token whose source lifetime is
@@ -159,24 +175,39 @@ pub const DEFAULT_REFRESH_DURATION: Duration = Duration::from_secs(90 * 86_400);
 /// Refresh tokens verify samples on an Authlete target.
 pub const DEFAULT_TOKEN_SAMPLE: usize = 100;
 
+/// Clients read per page of `client/get/list` when the alias map is
+/// (re)built.
+const CLIENT_PAGE: usize = 100;
+/// A miss in the alias map rebuilds it from `client/get/list` at most this
+/// often: another instance (a fleet) may have created the client since.
+const IDS_RELOAD_AFTER: Duration = Duration::from_secs(5);
+
 /// The Authlete API client.
 #[derive(Debug)]
 pub struct Authlete {
     upstream: Arc<Upstream>,
     config: Config,
     timeout: Duration,
-    /// Alias → numeric client id.
+    /// Alias → numeric client id, built from `client/get/list` (the
+    /// documented way to learn ids; `client/get`, `update` and `delete`
+    /// take the numeric id) and kept up to date by creates.
     ids: DashMap<String, u64>,
+    /// When the alias map was last built from the list (`None`: never).
+    ids_loaded: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Authlete {
     /// A client of the Authlete service behind `upstream`.
     pub fn new(upstream: Arc<Upstream>, config: Config, timeout: Duration) -> Self {
+        if let Some(rate) = config.rate_limit {
+            upstream.feedback().set_rate_limit(rate);
+        }
         Self {
             upstream,
             config,
             timeout,
             ids: DashMap::new(),
+            ids_loaded: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -199,14 +230,7 @@ impl Authlete {
 
     fn authorization(&self) -> String {
         match &self.config.credentials {
-            Credentials::V2 { key, secret } => {
-                use base64::Engine as _;
-                let pair = format!("{}:{}", key.expose(), secret.expose());
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                )
-            }
+            Credentials::V2 { key, secret } => basic(key, secret),
             Credentials::V3 { token } => format!("Bearer {}", token.expose()),
         }
     }
@@ -218,6 +242,17 @@ impl Authlete {
         api: &str,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), ApiError> {
+        self.call_as(method, api, body, self.authorization()).await
+    }
+
+    /// [`call`](Self::call) with other credentials.
+    async fn call_as(
+        &self,
+        method: Method,
+        api: &str,
+        body: Option<Value>,
+        authorization: String,
+    ) -> Result<(StatusCode, Value), ApiError> {
         let uri = self
             .upstream
             .url
@@ -226,7 +261,7 @@ impl Authlete {
         let mut builder = Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::AUTHORIZATION, self.authorization())
+            .header(header::AUTHORIZATION, authorization)
             .header(header::ACCEPT, "application/json");
         let body = match body {
             Some(value) => {
@@ -282,72 +317,132 @@ impl Authlete {
 
     // ---- service ----
 
-    /// Checks the service settings the migration depends on.
-    pub(crate) async fn check_service(&self) -> Result<ServiceCheck, ApiError> {
-        let (status, service) = self.call(Method::GET, "/service/get", None).await?;
+    /// Reads the service: v3 `GET /api/{serviceId}/service/get` with the
+    /// access token; v2 `GET /api/service/get/{apiKey}` with the service
+    /// owner's credentials (v2 OpenAPI), `None` when none are configured.
+    async fn read_service(&self) -> Result<Option<Value>, ApiError> {
+        let (status, service) = match (&self.config.credentials, &self.config.owner) {
+            (Credentials::V3 { .. }, _) => self.call(Method::GET, "/service/get", None).await?,
+            (Credentials::V2 { key, .. }, Some(owner)) => {
+                let api = format!(
+                    "/service/get/{}",
+                    crate::http::form::encode_segment(key.expose())
+                );
+                self.call_as(Method::GET, &api, None, basic(&owner.key, &owner.secret))
+                    .await?
+            }
+            (Credentials::V2 { .. }, None) => return Ok(None),
+        };
         if !status.is_success() {
             return Err(Self::rejected("service/get", status, &service));
         }
+        Ok(Some(service))
+    }
+
+    /// Checks the settings the migration depends on, of the service and of
+    /// every client (`singleAccessTokenPerSubject` exists on both), and
+    /// builds the alias map on the way.
+    pub async fn check_service(&self) -> Result<ServiceCheck, ApiError> {
         let mut warnings = Vec::new();
-        if service
-            .get("singleAccessTokenPerSubject")
-            .and_then(Value::as_bool)
-            == Some(true)
-        {
-            warnings.push(
-                "singleAccessTokenPerSubject is on: creating a mirrored token would invalidate the subject's other tokens; turn it off during the migration".to_owned(),
-            );
+        match self.read_service().await? {
+            Some(service) => warnings.extend(service_warnings(&service, self.config.api_version)),
+            None => warnings.push(
+                "the service settings were not checked: Authlete v2 reads a service (/api/service/get/{apiKey}) only with the service owner's credentials; set target.owner_api_key_env and target.owner_api_secret_env".to_owned(),
+            ),
         }
-        if self.config.api_version == 2
-            && service.get("clientIdAliasEnabled").and_then(Value::as_bool) == Some(false)
-        {
-            warnings.push("clientIdAliasEnabled is off on the service: Connect2id client ids (aliases) will not work".to_owned());
-        }
-        let grants: Vec<&str> = service
-            .get("supportedGrantTypes")
-            .and_then(Value::as_array)
-            .map(|g| g.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        if !grants.is_empty() && !grants.contains(&"REFRESH_TOKEN") {
-            warnings.push("the service does not support REFRESH_TOKEN: mirrored refresh tokens would be dropped".to_owned());
+        let single = self.load_client_ids(true).await?;
+        if !single.is_empty() {
+            warnings.push(format!(
+                "singleAccessTokenPerSubject is on for {} client(s) ({}): creating a mirrored token would invalidate the subject's other tokens at that client; turn it off on those clients during the migration",
+                single.len(),
+                single.join(", ")
+            ));
         }
         Ok(ServiceCheck { warnings })
     }
 
+    /// (Re)builds the alias map from `client/get/list` (`always`, or when
+    /// it was last built more than [`IDS_RELOAD_AFTER`] ago); returns the
+    /// aliases of the clients with their own `singleAccessTokenPerSubject`
+    /// on (empty when the map was fresh enough to keep).
+    async fn load_client_ids(&self, always: bool) -> Result<Vec<String>, ApiError> {
+        let mut loaded = self.ids_loaded.lock().await;
+        if !always && loaded.is_some_and(|at| at.elapsed() < IDS_RELOAD_AFTER) {
+            return Ok(Vec::new());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut single = Vec::new();
+        let mut start = 0;
+        loop {
+            let (clients, total) = self.clients_page(start, start + CLIENT_PAGE).await?;
+            for client in &clients {
+                let Some(id) = client.get("clientId").and_then(Value::as_u64) else {
+                    continue;
+                };
+                let alias = client
+                    .get("clientIdAlias")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| id.to_string(), str::to_owned);
+                if client
+                    .get("singleAccessTokenPerSubject")
+                    .and_then(Value::as_bool)
+                    == Some(true)
+                {
+                    single.push(alias.clone());
+                }
+                self.ids.insert(alias.clone(), id);
+                seen.insert(alias);
+            }
+            start += clients.len();
+            if clients.is_empty() || start as u64 >= total {
+                break;
+            }
+        }
+        // Clients deleted since (by another instance, or by hand).
+        self.ids.retain(|alias, _| seen.contains(alias));
+        *loaded = Some(tokio::time::Instant::now());
+        Ok(single)
+    }
+
     // ---- clients ----
 
-    /// The numeric id of the client with `alias`, if it exists.
+    /// The numeric id of the client with `alias`, and the client, if it
+    /// exists. The id comes from the alias map (built from
+    /// `client/get/list`, rebuilt on a miss at most every
+    /// [`IDS_RELOAD_AFTER`]): Authlete documents `client/get/{clientId}`
+    /// with the numeric id, and no alias lookup.
     async fn client_id_of(&self, alias: &str) -> Result<Option<(u64, Value)>, ApiError> {
-        let identifier = match self.ids.get(alias) {
-            Some(id) => id.to_string(),
-            None => alias.to_owned(),
-        };
-        let (status, client) = self
-            .call(
-                Method::GET,
-                &format!(
-                    "/client/get/{}",
-                    crate::http::form::encode_segment(&identifier)
-                ),
-                None,
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
-            self.ids.remove(alias);
-            return Ok(None);
-        }
-        if !status.is_success() {
+        for attempt in 0..2 {
+            let id = match self.ids.get(alias).map(|id| *id) {
+                Some(id) => id,
+                None if attempt == 0 => {
+                    self.load_client_ids(false).await?;
+                    match self.ids.get(alias).map(|id| *id) {
+                        Some(id) => id,
+                        None => return Ok(None),
+                    }
+                }
+                None => return Ok(None),
+            };
+            let (status, client) = self
+                .call(Method::GET, &format!("/client/get/{id}"), None)
+                .await?;
+            if status.is_success()
+                && client.get("clientIdAlias").and_then(Value::as_str) == Some(alias)
+            {
+                return Ok(Some((id, client)));
+            }
+            if status.is_success()
+                || status == StatusCode::NOT_FOUND
+                || status == StatusCode::BAD_REQUEST
+            {
+                // Deleted, or its alias changed: the map is stale.
+                self.ids.remove(alias);
+                continue;
+            }
             return Err(Self::rejected("client/get", status, &client));
         }
-        let Some(id) = client.get("clientId").and_then(Value::as_u64) else {
-            return Ok(None);
-        };
-        // A numeric lookup may hit another client whose id equals the alias.
-        if client.get("clientIdAlias").and_then(Value::as_str) != Some(alias) {
-            return Ok(None);
-        }
-        self.ids.insert(alias.to_owned(), id);
-        Ok(Some((id, client)))
+        Ok(None)
     }
 
     /// The client with `alias` as Authlete holds it.
@@ -397,6 +492,14 @@ impl Authlete {
                     .call(Method::POST, "/client/create", Some(client))
                     .await?;
                 if !status.is_success() {
+                    // Possibly created meanwhile by another instance (the
+                    // alias is taken): learn its id and try again.
+                    self.load_client_ids(false).await?;
+                    if self.ids.contains_key(&alias) {
+                        return Err(ApiError::Transient(format!(
+                            "client {alias} appeared in Authlete while being created"
+                        )));
+                    }
                     return Err(Self::rejected("client/create", status, &created));
                 }
                 let id = created
@@ -528,24 +631,66 @@ impl Authlete {
 
     /// Creates a token with the observed values. Values Authlete already
     /// holds count as success (a replay).
+    ///
+    /// Authlete documents that a value it holds is refused, not how (spec
+    /// §7 q1; a real service may even answer 5xx): a failed create is
+    /// never matched against a guessed result code. Instead Authlete is
+    /// asked, by introspection, whether it holds every value of the spec;
+    /// then the create was a replay, otherwise the failure stands.
     pub async fn create_token(&self, spec: &TokenSpec) -> Result<(), ApiError> {
         self.ensure_client_id(&spec.client_id).await?;
         let body = self.create_body(spec)?;
-        let (status, answer) = self
+        let failure = match self
             .call(Method::POST, "/auth/token/create", Some(body))
-            .await?;
-        if status.is_success()
-            && answer
-                .get("action")
-                .and_then(Value::as_str)
-                .is_none_or(|a| a == "OK")
+            .await
         {
+            Ok((status, answer))
+                if status.is_success()
+                    && answer
+                        .get("action")
+                        .and_then(Value::as_str)
+                        .is_none_or(|a| a == "OK") =>
+            {
+                return Ok(());
+            }
+            Ok((status, answer)) => Self::rejected("auth/token/create", status, &answer),
+            // A 5xx or 429 may hide a duplicate as well.
+            Err(err @ ApiError::Transient(_)) => err,
+            Err(err) => return Err(err),
+        };
+        if self.holds(spec).await {
             return Ok(());
         }
-        if already_exists(&answer) {
-            return Ok(());
+        Err(failure)
+    }
+
+    /// Whether Authlete holds every token value of `spec`, active, for
+    /// the spec's client (false when it cannot say).
+    async fn holds(&self, spec: &TokenSpec) -> bool {
+        let values = [
+            (spec.access_token.as_deref(), false),
+            (spec.refresh_token.as_deref(), true),
+        ];
+        let mut any = false;
+        for (value, refresh) in values {
+            let Some(value) = value else { continue };
+            any = true;
+            match self.introspect(value, refresh).await {
+                Ok(Some(info)) if self.same_client(&info.client_id, &spec.client_id) => {}
+                _ => return false,
+            }
         }
-        Err(Self::rejected("auth/token/create", status, &answer))
+        any
+    }
+
+    /// Whether the client id introspection reports (the alias, or the
+    /// numeric id) is the client with `alias`.
+    fn same_client(&self, reported: &str, alias: &str) -> bool {
+        reported == alias
+            || self
+                .ids
+                .get(alias)
+                .is_some_and(|id| id.to_string() == reported)
     }
 
     /// Creates many tokens: the v3 batch API (asynchronous; polled), else
@@ -832,20 +977,44 @@ pub(crate) fn secret_acceptable(secret: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Whether an error envelope says the token value is already held (a
-/// replay). The result code for this case is undocumented (spec §7 q.1):
-/// the message is matched, and the emulator's codes.
-fn already_exists(envelope: &Value) -> bool {
-    let code = envelope
-        .get("resultCode")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let message = envelope
-        .get("resultMessage")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    matches!(code, "A109208" | "A109209") || message.contains("already exist")
+fn basic(key: &Secret, secret: &Secret) -> String {
+    use base64::Engine as _;
+    let pair = format!("{}:{}", key.expose(), secret.expose());
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// What a service's settings mean for the migration.
+fn service_warnings(service: &Value, api_version: u8) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if service
+        .get("singleAccessTokenPerSubject")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        warnings.push(
+            "singleAccessTokenPerSubject is on: creating a mirrored token would invalidate the subject's other tokens; turn it off during the migration".to_owned(),
+        );
+    }
+    if api_version == 2
+        && service.get("clientIdAliasEnabled").and_then(Value::as_bool) == Some(false)
+    {
+        warnings.push("clientIdAliasEnabled is off on the service: Connect2id client ids (aliases) will not work".to_owned());
+    }
+    let grants: Vec<&str> = service
+        .get("supportedGrantTypes")
+        .and_then(Value::as_array)
+        .map(|g| g.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !grants.is_empty() && !grants.contains(&"REFRESH_TOKEN") {
+        warnings.push(
+            "the service does not support REFRESH_TOKEN: mirrored refresh tokens would be dropped"
+                .to_owned(),
+        );
+    }
+    warnings
 }
 
 fn envelope_message(bytes: &[u8]) -> String {
@@ -1096,14 +1265,16 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_values_are_recognised() {
-        assert!(already_exists(&json!({"resultCode": "A109208"})));
-        assert!(already_exists(
-            &json!({"resultCode": "A999999", "resultMessage": "The token already exists."})
-        ));
-        assert!(!already_exists(
-            &json!({"resultCode": "A109201", "resultMessage": "Bad request"})
-        ));
+    fn service_settings_that_break_the_migration_are_warned_about() {
+        let fine = json!({"singleAccessTokenPerSubject": false, "clientIdAliasEnabled": true, "supportedGrantTypes": ["AUTHORIZATION_CODE", "REFRESH_TOKEN"]});
+        assert!(service_warnings(&fine, 2).is_empty());
+        let single = json!({"singleAccessTokenPerSubject": true});
+        assert!(service_warnings(&single, 3)[0].contains("singleAccessTokenPerSubject"));
+        let no_alias = json!({"clientIdAliasEnabled": false});
+        assert_eq!(service_warnings(&no_alias, 2).len(), 1);
+        assert!(service_warnings(&no_alias, 3).is_empty());
+        let no_refresh = json!({"supportedGrantTypes": ["AUTHORIZATION_CODE"]});
+        assert!(service_warnings(&no_refresh, 3)[0].contains("REFRESH_TOKEN"));
     }
 
     #[test]
