@@ -299,6 +299,19 @@ impl Driver {
         client_of(record, "register client")
     }
 
+    /// Registers a client with exactly these metadata; the registration
+    /// response (a public client has no secret, so no [`RegisteredClient`]).
+    pub async fn register_client_metadata(&self, metadata: Value) -> Result<Value, Error> {
+        self.json_call(
+            "register client",
+            Method::POST,
+            "/clients",
+            metadata,
+            &[StatusCode::OK, StatusCode::CREATED],
+        )
+        .await
+    }
+
     /// Updates a client's metadata (the server rotates its secret).
     pub async fn update_client(
         &self,

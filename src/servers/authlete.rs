@@ -13,12 +13,12 @@
 //!
 //! Clients are created with `clientIdAlias` = the Connect2id `client_id`
 //! (v2: with the alias enabled) and the source's secret set with
-//! `/client/secret/update`; the Connect2id metadata that has an Authlete
-//! field is mapped (name, redirect URIs, grant and response types, token
-//! endpoint auth method, application type, URIs, contacts); the rest is
-//! reported by name. A secret outside Authlete's rules (`A-Z a-z 0-9 - _`, at
-//! most 86 characters) is a permanent failure: dead-lettered with that
-//! reason.
+//! `/client/secret/update`; every Connect2id field with an Authlete
+//! counterpart is mapped, the rest reported by name, and an update reads
+//! the client, overlays the mapped fields and writes it back, so settings
+//! made at Authlete survive (`clients.rs`). A secret Authlete cannot hold
+//! (a hashed one, or one outside its rules) is a permanent failure:
+//! dead-lettered with the reason and what to do.
 //!
 //! v2 (`/api/...`, HTTP Basic with the service API key and secret, numeric
 //! client ids) and v3 (`/api/{serviceId}/...`, Bearer token, client ids or
@@ -33,6 +33,8 @@ use http::{Method, Request, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+pub(crate) mod clients;
+
 use super::ApiError;
 use crate::http::body::ProxyBody;
 use crate::model::{BaseUrl, Secret};
@@ -40,8 +42,6 @@ use crate::upstream::Upstream;
 
 /// Largest Authlete answer read.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
-/// Characters Authlete accepts in a client secret.
-const SECRET_MAX_LEN: usize = 86;
 
 /// A token to create in Authlete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -462,17 +462,17 @@ impl Authlete {
                 message: "no client_id".to_owned(),
             })?
             .to_owned();
-        storable(&alias, record)?;
-        let secret = record
-            .get("client_secret")
-            .or_else(|| record.get("encoded_client_secret"))
-            .and_then(Value::as_str);
-        let (client, unmapped) = map_client(record, self.config.api_version);
+        let mapped = storable(&alias, record, self.config.api_version)?;
+        let secret = mapped.secret.as_deref();
+        let unmapped = mapped.unmapped.clone();
         let existing = self.client_id_of(&alias).await?;
         let id = match existing {
             Some((id, current)) => {
-                if !mapped_equal(&current, &client) {
-                    let mut body = client.clone();
+                // Read, overlay, write: Authlete's update replaces the
+                // client, so what the mapping does not manage is sent back
+                // as Authlete holds it.
+                if !clients::differing(&current, &mapped).is_empty() {
+                    let mut body = clients::overlay(&current, &mapped);
                     body["clientId"] = id.into();
                     let (status, answer) = self
                         .call(Method::POST, &format!("/client/update/{id}"), Some(body))
@@ -488,8 +488,9 @@ impl Authlete {
                 id
             }
             None => {
+                let body = Value::Object(mapped.fields.clone());
                 let (status, created) = self
-                    .call(Method::POST, "/client/create", Some(client))
+                    .call(Method::POST, "/client/create", Some(body))
                     .await?;
                 if !status.is_success() {
                     // Possibly created meanwhile by another instance (the
@@ -968,15 +969,6 @@ pub fn remaining_refresh_lifetime(record: &Value, now: u64) -> Option<Option<u64
     (expires > now).then(|| Some(expires - now))
 }
 
-/// Whether Authlete takes this client secret (spec §4.3).
-pub(crate) fn secret_acceptable(secret: &str) -> bool {
-    !secret.is_empty()
-        && secret.len() <= SECRET_MAX_LEN
-        && secret
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 fn basic(key: &Secret, secret: &Secret) -> String {
     use base64::Engine as _;
     let pair = format!("{}:{}", key.expose(), secret.expose());
@@ -1028,195 +1020,34 @@ fn envelope_message(bytes: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-fn upper(value: &Value, map: fn(&str) -> Option<&'static str>) -> Value {
-    Value::Array(
-        value
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .filter_map(map)
-                    .map(Value::from)
-                    .collect()
-            })
-            .unwrap_or_default(),
-    )
-}
-
-fn grant_name(grant: &str) -> Option<&'static str> {
-    Some(match grant {
-        "authorization_code" => "AUTHORIZATION_CODE",
-        "refresh_token" => "REFRESH_TOKEN",
-        "implicit" => "IMPLICIT",
-        "password" => "PASSWORD",
-        "client_credentials" => "CLIENT_CREDENTIALS",
-        "urn:ietf:params:oauth:grant-type:token-exchange" => "TOKEN_EXCHANGE",
-        "urn:openid:params:grant-type:ciba" => "CIBA",
-        "urn:ietf:params:oauth:grant-type:device_code" => "DEVICE_CODE",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer" => "JWT_BEARER",
-        _ => return None,
+/// Whether Authlete can hold the client of a Connect2id record, and its
+/// mapping if so. A refusal is permanent (dead-lettered), with a reason
+/// that says why and what to do.
+pub(crate) fn storable(
+    alias: &str,
+    record: &Value,
+    api_version: u8,
+) -> Result<clients::Mapped, ApiError> {
+    clients::map(record, api_version).map_err(|refusal| ApiError::Unmigratable {
+        what: format!("client {alias}"),
+        reason: refusal.reason(alias),
     })
-}
-
-fn response_type_name(response_type: &str) -> Option<&'static str> {
-    let mut parts: Vec<&str> = response_type.split_whitespace().collect();
-    parts.sort_unstable();
-    Some(match parts.as_slice() {
-        ["none"] => "NONE",
-        ["code"] => "CODE",
-        ["token"] => "TOKEN",
-        ["id_token"] => "ID_TOKEN",
-        ["code", "token"] => "CODE_TOKEN",
-        ["code", "id_token"] => "CODE_ID_TOKEN",
-        ["id_token", "token"] => "ID_TOKEN_TOKEN",
-        ["code", "id_token", "token"] => "CODE_ID_TOKEN_TOKEN",
-        _ => return None,
-    })
-}
-
-fn auth_method_name(method: &str) -> Option<&'static str> {
-    Some(match method {
-        "none" => "NONE",
-        "client_secret_basic" => "CLIENT_SECRET_BASIC",
-        "client_secret_post" => "CLIENT_SECRET_POST",
-        "client_secret_jwt" => "CLIENT_SECRET_JWT",
-        "private_key_jwt" => "PRIVATE_KEY_JWT",
-        "tls_client_auth" => "TLS_CLIENT_AUTH",
-        "self_signed_tls_client_auth" => "SELF_SIGNED_TLS_CLIENT_AUTH",
-        _ => return None,
-    })
-}
-
-/// Client metadata that Authlete holds as is, under another name:
-/// (Connect2id / RFC 7591 name, Authlete name).
-const RENAMED: [(&str, &str); 9] = [
-    ("client_name", "clientName"),
-    ("redirect_uris", "redirectUris"),
-    ("client_uri", "clientUri"),
-    ("logo_uri", "logoUri"),
-    ("tos_uri", "tosUri"),
-    ("policy_uri", "policyUri"),
-    ("contacts", "contacts"),
-    ("jwks_uri", "jwksUri"),
-    ("id_token_signed_response_alg", "idTokenSignAlg"),
-];
-
-/// Whether Authlete can hold the client of a Connect2id record: its secret
-/// must follow Authlete's rules. A refusal is permanent, with the reason.
-pub(crate) fn storable(alias: &str, record: &Value) -> Result<(), ApiError> {
-    let secret = record
-        .get("client_secret")
-        .or_else(|| record.get("encoded_client_secret"))
-        .and_then(Value::as_str);
-    match secret {
-        Some(secret) if !secret_acceptable(secret) => Err(ApiError::Rejected {
-            server: crate::model::Side::Target,
-            operation: "client/secret/update",
-            status: 400,
-            error: format!(
-                "the source client secret of {alias} cannot be stored in Authlete (only A-Z a-z 0-9 - _ and at most {SECRET_MAX_LEN} characters are allowed)"
-            ),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// The Authlete `Client` of a Connect2id client record, and the source
-/// fields that have no Authlete equivalent.
-pub(crate) fn map_client(record: &Value, api_version: u8) -> (Value, Vec<String>) {
-    let empty = Map::new();
-    let fields = record.as_object().unwrap_or(&empty);
-    let mut client = Map::new();
-    let mut unmapped = Vec::new();
-    let confidential =
-        fields.contains_key("client_secret") || fields.contains_key("encoded_client_secret");
-    client.insert(
-        "clientType".into(),
-        if confidential {
-            "CONFIDENTIAL"
-        } else {
-            "PUBLIC"
-        }
-        .into(),
-    );
-    for (name, value) in fields {
-        if let Some((_, field)) = RENAMED.iter().find(|(from, _)| from == name) {
-            client.insert((*field).into(), value.clone());
-            continue;
-        }
-        match name.as_str() {
-            "client_id" => {
-                client.insert("clientIdAlias".into(), value.clone());
-                if api_version < 3 {
-                    client.insert("clientIdAliasEnabled".into(), true.into());
-                }
-            }
-            "grant_types" => {
-                client.insert("grantTypes".into(), upper(value, grant_name));
-            }
-            "response_types" => {
-                client.insert("responseTypes".into(), upper(value, response_type_name));
-            }
-            "token_endpoint_auth_method" => {
-                if let Some(method) = value.as_str().and_then(auth_method_name) {
-                    client.insert("tokenAuthMethod".into(), method.into());
-                } else {
-                    unmapped.push(name.clone());
-                }
-            }
-            "application_type" => {
-                let kind = if value.as_str() == Some("native") {
-                    "NATIVE"
-                } else {
-                    "WEB"
-                };
-                client.insert("applicationType".into(), kind.into());
-            }
-            // Credentials and server-side bookkeeping, handled elsewhere or
-            // regenerated by Authlete.
-            "client_secret"
-            | "encoded_client_secret"
-            | "client_secret_expires_at"
-            | "client_id_issued_at"
-            | "registration_access_token"
-            | "registration_client_uri" => {}
-            other => unmapped.push(other.to_owned()),
-        }
-    }
-    (Value::Object(client), unmapped)
-}
-
-/// Whether the mapped fields of an Authlete client already equal `wanted`.
-fn mapped_equal(current: &Value, wanted: &Value) -> bool {
-    let Some(wanted) = wanted.as_object() else {
-        return false;
-    };
-    wanted
-        .iter()
-        .filter(|(name, _)| name.as_str() != "clientIdAliasEnabled")
-        .all(|(name, value)| current.get(name) == Some(value))
 }
 
 /// The fields verify compares between a Connect2id client and its Authlete
 /// copy: the mapped ones, and the secret.
 pub(crate) fn client_drift(record: &Value, authlete: &Value, api_version: u8) -> Option<String> {
-    let (wanted, _) = map_client(record, api_version);
-    if !mapped_equal(authlete, &wanted) {
-        let differing: Vec<&String> = wanted
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(name, value)| {
-                name.as_str() != "clientIdAliasEnabled"
-                    && authlete.get(name.as_str()) != Some(value)
-            })
-            .map(|(name, _)| name)
-            .collect();
+    let mapped = match clients::map(record, api_version) {
+        Ok(mapped) => mapped,
+        Err(refusal) => return Some(format!("cannot be copied: {refusal:?}")),
+    };
+    let differing = clients::differing(authlete, &mapped);
+    if !differing.is_empty() {
         return Some(format!("differs in {differing:?}"));
     }
-    let secret = record.get("client_secret").and_then(Value::as_str);
-    if secret.is_some() && authlete.get("clientSecret").and_then(Value::as_str) != secret {
+    if mapped.secret.is_some()
+        && authlete.get("clientSecret").and_then(Value::as_str) != mapped.secret.as_deref()
+    {
         return Some("secret differs".to_owned());
     }
     None
@@ -1225,44 +1056,6 @@ pub(crate) fn client_drift(record: &Value, authlete: &Value, api_version: u8) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connect2id_clients_map_to_authlete_fields() {
-        let record = json!({
-            "client_id": "s6BhdRkqt3",
-            "client_secret": "ahL7AhthchiNg6beAo5HeijeThae3deiChab7ajiVuip2eodesoBie0ufohtiiK4",
-            "client_name": "Shop",
-            "redirect_uris": ["https://shop.example.com/cb"],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code", "code id_token"],
-            "token_endpoint_auth_method": "client_secret_basic",
-            "application_type": "web",
-            "data": {"tier": "gold"},
-            "client_id_issued_at": 1,
-        });
-        let (client, unmapped) = map_client(&record, 2);
-        assert_eq!(client["clientIdAlias"], "s6BhdRkqt3");
-        assert_eq!(client["clientIdAliasEnabled"], true);
-        assert_eq!(client["clientType"], "CONFIDENTIAL");
-        assert_eq!(
-            client["grantTypes"],
-            json!(["AUTHORIZATION_CODE", "REFRESH_TOKEN"])
-        );
-        assert_eq!(client["responseTypes"], json!(["CODE", "CODE_ID_TOKEN"]));
-        assert_eq!(client["tokenAuthMethod"], "CLIENT_SECRET_BASIC");
-        assert_eq!(unmapped, ["data"]);
-        assert!(client.get("clientSecret").is_none());
-        let (v3, _) = map_client(&record, 3);
-        assert!(v3.get("clientIdAliasEnabled").is_none());
-    }
-
-    #[test]
-    fn secrets_outside_authletes_rules_are_refused() {
-        assert!(secret_acceptable("ahL7AhthchiNg6beAo5-_"));
-        assert!(!secret_acceptable("has.dot"));
-        assert!(!secret_acceptable(&"a".repeat(87)));
-        assert!(!secret_acceptable(""));
-    }
 
     #[test]
     fn service_settings_that_break_the_migration_are_warned_about() {
