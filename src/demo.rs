@@ -67,6 +67,10 @@ pub enum Error {
     /// The admin API failed.
     #[error("admin API: {0}")]
     Admin(#[from] crate::api::Error),
+    /// A step the demo's own scenario needs (a login before the proxy
+    /// mirrors, a client registration) failed.
+    #[error("demo scenario: {0}")]
+    Scenario(String),
 }
 
 /// The demo's outcome.
