@@ -25,7 +25,7 @@ use crate::model::Dataset;
 
 use crate::servers::authlete::{
     Config as AuthleteConfig, Credentials as AuthleteCredentials, DEFAULT_REFRESH_DURATION,
-    DEFAULT_TOKEN_SAMPLE,
+    DEFAULT_TOKEN_SAMPLE, Owner as AuthleteOwner,
 };
 use crate::servers::connect2id::ApiTokens;
 
@@ -281,6 +281,11 @@ pub(crate) struct RawServer {
     pub new_primary_ca_file: Option<PathBuf>,
     pub refresh_token_duration: Option<String>,
     pub token_sample: Option<usize>,
+    pub rate_limit: Option<f64>,
+    pub owner_api_key_env: Option<String>,
+    pub owner_api_key_file: Option<PathBuf>,
+    pub owner_api_secret_env: Option<String>,
+    pub owner_api_secret_file: Option<PathBuf>,
 }
 
 /// `[source.tokens]` / `[target.tokens]`: one token per management API.
@@ -838,6 +843,48 @@ fn validate_target(
         }
         None => None,
     };
+    // v2's service API (`/api/service/get/{apiKey}`) takes the service
+    // *owner's* key and secret: optional, both or neither, v2 only.
+    let owner_given = raw.owner_api_key_env.is_some()
+        || raw.owner_api_key_file.is_some()
+        || raw.owner_api_secret_env.is_some()
+        || raw.owner_api_secret_file.is_some();
+    let owner = if !owner_given {
+        None
+    } else if api_version == Some(3) {
+        problems.push(
+            "target.owner_api_key_env",
+            "only applies to Authlete API v2 (v3 reads the service with its access token)",
+        );
+        None
+    } else {
+        let key = secret(
+            "target.owner_api_key",
+            raw.owner_api_key_env.as_deref(),
+            raw.owner_api_key_file.as_deref(),
+            env,
+            problems,
+        );
+        let secret = secret(
+            "target.owner_api_secret",
+            raw.owner_api_secret_env.as_deref(),
+            raw.owner_api_secret_file.as_deref(),
+            env,
+            problems,
+        );
+        key.zip(secret)
+            .map(|(key, secret)| AuthleteOwner { key, secret })
+    };
+    let rate_limit = match raw.rate_limit {
+        Some(rate) if !(rate > 0.0 && rate.is_finite()) => {
+            problems.push(
+                "target.rate_limit",
+                "must be a positive number of requests per second",
+            );
+            None
+        }
+        other => other,
+    };
     let new_primary = match raw.new_primary_url.as_deref().map(BaseUrl::parse) {
         Some(Ok(url)) => Some(url),
         Some(Err(message)) => {
@@ -880,6 +927,8 @@ fn validate_target(
             new_primary_ca_file: raw.new_primary_ca_file,
             refresh_token_duration,
             token_sample: raw.token_sample.unwrap_or(DEFAULT_TOKEN_SAMPLE),
+            rate_limit,
+            owner,
         }),
     })
 }
@@ -934,6 +983,15 @@ fn validate_server(
             raw.refresh_token_duration.is_some(),
         ),
         ("token_sample", raw.token_sample.is_some()),
+        ("rate_limit", raw.rate_limit.is_some()),
+        (
+            "owner_api_key_env",
+            raw.owner_api_key_env.is_some() || raw.owner_api_key_file.is_some(),
+        ),
+        (
+            "owner_api_secret_env",
+            raw.owner_api_secret_env.is_some() || raw.owner_api_secret_file.is_some(),
+        ),
     ];
     for (field, present) in authlete_only {
         if present {
@@ -2066,6 +2124,50 @@ mod tests {
             assert!(err.contains(says), "{err}");
             assert!(!err.contains("PRIVATE KEY"), "{err}");
         }
+    }
+
+    #[test]
+    fn an_authlete_rate_limit_is_positive_and_owner_credentials_are_v2_only() {
+        let target = |extra: &str, version: u8| {
+            let credentials = if version == 3 {
+                "service_id = \"1\"\naccess_token_env = \"DST\""
+            } else {
+                "api_key_env = \"DST\"\napi_secret_env = \"DST\""
+            };
+            MINIMAL.replace(
+                "kind = \"connect2id\"\n        url = \"http://127.0.0.1:18081/c2id\"\n        token_env = \"DST\"",
+                &format!("kind = \"authlete\"\nurl = \"http://127.0.0.1:18081\"\napi_version = {version}\n{credentials}\n{extra}"),
+            )
+        };
+        let config = parse(&target("rate_limit = 12.5", 3)).unwrap();
+        assert_eq!(config.target.authlete.unwrap().rate_limit, Some(12.5));
+        assert_eq!(
+            parse(&target("", 3))
+                .unwrap()
+                .target
+                .authlete
+                .unwrap()
+                .rate_limit,
+            None
+        );
+        assert_eq!(
+            problem_fields(&target("rate_limit = 0", 3)),
+            ["target.rate_limit"]
+        );
+        assert_eq!(
+            problem_fields(&target("rate_limit = -1", 2)),
+            ["target.rate_limit"]
+        );
+        let owner = "owner_api_key_env = \"DST\"\nowner_api_secret_env = \"DST\"";
+        let v2 = parse(&target(owner, 2)).unwrap();
+        assert!(v2.target.authlete.unwrap().owner.is_some());
+        assert_eq!(
+            problem_fields(&target(owner, 3)),
+            ["target.owner_api_key_env"]
+        );
+        let connect2id =
+            MINIMAL.replace("token_env = \"DST\"", "token_env = \"DST\"\nrate_limit = 5");
+        assert!(problem_fields(&connect2id).contains(&"target.rate_limit".to_owned()));
     }
 
     #[test]

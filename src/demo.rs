@@ -68,8 +68,9 @@ pub enum Error {
     /// The admin API failed.
     #[error("admin API: {0}")]
     Admin(#[from] crate::api::Error),
-    /// A scenario could not be set up.
-    #[error("scenario setup failed: {0}")]
+    /// A step the demo's own scenario needs (a login before the proxy
+    /// mirrors, a client registration) failed.
+    #[error("demo scenario: {0}")]
     Scenario(String),
 }
 

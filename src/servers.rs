@@ -211,6 +211,16 @@ pub enum ApiError {
         /// ([`crate::telemetry::redact::error_body`]).
         error: String,
     },
+    /// A record the target cannot hold as it is (a hashed client secret, a
+    /// secret outside Authlete's rules); `reason` says why and what to do,
+    /// and quotes no secret. Retrying will not help (dead-letter it).
+    #[error("{what} cannot be copied to the target: {reason}")]
+    Unmigratable {
+        /// What (a client, by id).
+        what: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The server answered success with a body we cannot parse.
     #[error("{server} answered {operation} with malformed JSON: {message}")]
     Malformed {

@@ -1182,6 +1182,40 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_token_only_revocation_revokes_that_token_by_value_at_authlete() {
+        let event = |form: &str| {
+            Case::new(Method::POST, "/c2id/token/revoke")
+                .request(form)
+                .response(200, "")
+                .resolved("alice", "s6BhdRkqt3")
+                .with_exchange(|catalogue, route, exchange| {
+                    let resolved = Resolved {
+                        authorization: Some(("alice".into(), "s6BhdRkqt3".into())),
+                    };
+                    catalogue.token_event(route, exchange, &resolved)
+                })
+        };
+        // Every token of alice at the client: Connect2id's default.
+        assert_eq!(
+            event("token=rt1&token_type_hint=refresh_token"),
+            Some(TokenEvent::Revoked {
+                client_id: Some("s6BhdRkqt3".into()),
+                subject: Some("alice".into()),
+                token: Some("rt1".into()),
+            })
+        );
+        // `token_only=true` (19.9): that token only, so no subject.
+        assert_eq!(
+            event("token=rt1&token_type_hint=refresh_token&token_only=true"),
+            Some(TokenEvent::Revoked {
+                client_id: Some("s6BhdRkqt3".into()),
+                subject: None,
+                token: Some("rt1".into()),
+            })
+        );
+    }
+
     fn jwt_form() -> Vec<u8> {
         format!("token={}", jwt()).into_bytes()
     }

@@ -694,6 +694,18 @@ pub struct Feedback {
     /// Answers that said the server is overloaded.
     overloaded: std::sync::atomic::AtomicU64,
     metrics: Option<crate::metrics::ApiMetrics>,
+    /// A configured cap on the request rate, if any.
+    pace: std::sync::Mutex<Option<Pace>>,
+}
+
+/// A request-rate cap as a virtual clock: each call reserves the next free
+/// slot, one `interval` after the previous one, and waits for it. Calls
+/// never come closer than `interval` on average, bursts included, and no
+/// call is refused: it waits.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    interval: Duration,
+    next: tokio::time::Instant,
 }
 
 /// Latency percentiles of recent calls.
@@ -722,9 +734,22 @@ impl Feedback {
         self.observer.set(observer).is_ok()
     }
 
-    /// Waits until a `Retry-After` the server gave has passed. Every call
-    /// waits here first, so the server is never called sooner than it
-    /// asked, whoever calls.
+    /// Caps the rate of calls to `per_second` (a configured limit, e.g.
+    /// `[target] rate_limit`): [`wait_turn`](Self::wait_turn) spaces calls
+    /// at least `1 / per_second` apart. Not positive: no cap.
+    pub fn set_rate_limit(&self, per_second: f64) {
+        if let Ok(mut pace) = self.pace.lock() {
+            *pace = (per_second > 0.0 && per_second.is_finite()).then(|| Pace {
+                interval: Duration::from_secs_f64(1.0 / per_second),
+                next: tokio::time::Instant::now(),
+            });
+        }
+    }
+
+    /// Waits until a `Retry-After` the server gave has passed, then for the
+    /// call's slot under the configured rate cap. Every call waits here
+    /// first, so the server is never called sooner than it asked, nor
+    /// faster than configured, whoever calls.
     pub async fn wait_turn(&self) {
         loop {
             let at = self.not_before.lock().ok().and_then(|at| *at);
@@ -732,8 +757,17 @@ impl Feedback {
                 Some(at) if tokio::time::Instant::now() < at => {
                     tokio::time::sleep_until(at).await;
                 }
-                _ => return,
+                _ => break,
             }
+        }
+        let slot = self.pace.lock().ok().and_then(|mut pace| {
+            let pace = pace.as_mut()?;
+            let at = pace.next.max(tokio::time::Instant::now());
+            pace.next = at + pace.interval;
+            Some(at)
+        });
+        if let Some(at) = slot {
+            tokio::time::sleep_until(at).await;
         }
     }
 
@@ -857,6 +891,33 @@ mod tests {
             parse_retry_after(&http::HeaderValue::from_static("soon")),
             None
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_cap_spaces_calls_and_retry_after_still_comes_first() {
+        let feedback = Feedback::default();
+        feedback.set_rate_limit(10.0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            feedback.wait_turn().await;
+        }
+        // Five calls at 10/s: the first at once, the fifth 400 ms later.
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+        feedback.record(
+            Duration::from_millis(1),
+            Verdict::Overloaded {
+                retry_after: Some(Duration::from_secs(2)),
+            },
+        );
+        let asked = tokio::time::Instant::now();
+        feedback.wait_turn().await;
+        assert!(asked.elapsed() >= Duration::from_secs(2));
+        feedback.set_rate_limit(0.0);
+        let uncapped = tokio::time::Instant::now();
+        for _ in 0..100 {
+            feedback.wait_turn().await;
+        }
+        assert_eq!(uncapped.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

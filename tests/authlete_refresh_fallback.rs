@@ -23,6 +23,8 @@ use support::authlete::Version;
 use support::cutover::finish_backfill;
 use support::stack::{AuthleteSetup, AuthleteStack};
 
+use handover::emulator::driver::Tokens;
+
 macro_rules! in_both_versions {
     ($($name:ident),* $(,)?) => {
         mod v2 {
@@ -45,6 +47,8 @@ macro_rules! in_both_versions {
 }
 
 in_both_versions!(
+    every_refresh_token_clients_hold_works_after_the_flip_against_the_strict_emulators,
+    a_mirrored_refresh_token_swept_at_authlete_before_the_flip_still_works_after_it,
     refresh_tokens_never_seen_during_mirroring_work_after_the_flip_first_through_the_old_server_then_at_the_new_one,
     a_refresh_token_revoked_at_the_new_server_is_not_brought_back_by_the_fallback,
     once_the_refresh_fallback_window_is_over_the_old_server_is_no_longer_asked,
@@ -237,4 +241,170 @@ async fn once_the_refresh_fallback_window_is_over_the_old_server_is_no_longer_as
     assert_eq!(token_fallbacks(&stack).await, 0.0);
     // The old server would still have taken it: the window closed it.
     assert!(stack.at_source.refresh(&client, &token).await.is_ok());
+}
+
+/// Both emulators in their strict reading: Connect2id as shipped and as
+/// hostile as its unknowns allow (random-nonce refresh tokens, no rotation
+/// by default, ...), Authlete as documented (paths, no alias lookups,
+/// replace-style update, 429 with Retry-After, generic duplicate errors,
+/// the sweep of unused tokens).
+fn strict_setup() -> AuthleteSetup {
+    AuthleteSetup {
+        source: handover::emulator::connect2id::Strictness::real(),
+        authlete: handover::emulator::authlete::Strictness::real(),
+        front: true,
+        ..AuthleteSetup::default()
+    }
+}
+
+/// A login through the proxy: what the client holds.
+async fn log_in(
+    stack: &AuthleteStack,
+    client: &RegisteredClient,
+    subject: &str,
+    rotate: bool,
+) -> Tokens {
+    let consent = Consent {
+        rotate,
+        ..Consent::default()
+    };
+    let login = stack
+        .via_proxy
+        .login(&client.id, subject, consent)
+        .await
+        .unwrap();
+    stack
+        .via_proxy
+        .exchange_code(client, &login.code)
+        .await
+        .unwrap()
+}
+
+/// Refreshes through the proxy and returns the refresh token the client
+/// holds afterwards (the same one unless rotated).
+async fn refresh(
+    stack: &AuthleteStack,
+    client: &RegisteredClient,
+    held: &str,
+) -> Result<String, String> {
+    let tokens = stack
+        .via_proxy
+        .refresh(client, held)
+        .await
+        .map_err(|err| format!("{err:?}"))?;
+    Ok(tokens.refresh_token.unwrap_or_else(|| held.to_owned()))
+}
+
+async fn every_refresh_token_clients_hold_works_after_the_flip_against_the_strict_emulators(
+    version: Version,
+) {
+    let stack = AuthleteStack::start_with(version, strict_setup(), |_| {}).await;
+    let client = stack.via_proxy.register_client("App").await.unwrap();
+    stack.wait_synced().await;
+    // (who, refresh token held at the flip)
+    let mut held: Vec<(String, String)> = Vec::new();
+    for rotate in [false, true] {
+        let tag = if rotate { "rotating" } else { "kept" };
+        // Idle during the whole mirroring period: logged in before the
+        // proxy came and never seen since.
+        let idle = format!("idle-{tag}");
+        held.push((
+            idle.clone(),
+            held_before(&stack, &client, &idle, rotate).await,
+        ));
+        // Logged in before the proxy, refreshing while it mirrors.
+        let old = format!("old-active-{tag}");
+        let token = held_before(&stack, &client, &old, rotate).await;
+        let token = refresh(&stack, &client, &token).await.unwrap();
+        let token = refresh(&stack, &client, &token).await.unwrap();
+        held.push((old, token));
+        // Logged in through the proxy, then idle.
+        let new_idle = format!("new-idle-{tag}");
+        let tokens = log_in(&stack, &client, &new_idle, rotate).await;
+        held.push((new_idle, tokens.refresh_token.unwrap()));
+        // Logged in through the proxy and refreshing.
+        let new_active = format!("new-active-{tag}");
+        let tokens = log_in(&stack, &client, &new_active, rotate).await;
+        let token = refresh(&stack, &client, tokens.refresh_token.as_deref().unwrap())
+            .await
+            .unwrap();
+        held.push((new_active, token));
+    }
+    stack.wait_synced().await;
+    assert_eq!(stack.dead_letters().await, 0);
+    cut_over(&stack).await;
+
+    // After the flip every client refreshes with what it holds, twice:
+    // the first may go through the fallback, the second must not need it.
+    let mut failures = Vec::new();
+    for (who, token) in &held {
+        match refresh(&stack, &client, token).await {
+            Ok(next) => {
+                if let Err(err) = refresh(&stack, &client, &next).await {
+                    failures.push(format!("{who} (second refresh): {err}"));
+                }
+            }
+            Err(err) => failures.push(format!("{who}: {err}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "held before the flip: {}; failed after it: {failures:#?}",
+        held.len()
+    );
+    // Only the tokens Authlete could not have had needed the old server:
+    // the idle ones issued before the proxy came.
+    assert_eq!(token_fallbacks(&stack).await, 2.0);
+    assert_eq!(stack.dead_letters().await, 0);
+}
+
+async fn a_mirrored_refresh_token_swept_at_authlete_before_the_flip_still_works_after_it(
+    version: Version,
+) {
+    // Authlete's 90-day sweep of unused tokens, time-compressed.
+    let sweep = Duration::from_millis(800);
+    let mut setup = strict_setup();
+    setup.authlete.sweep_unused_after = Some(sweep);
+    let stack = AuthleteStack::start_with(version, setup, |_| {}).await;
+    let client = stack.via_proxy.register_client("App").await.unwrap();
+    let tokens = log_in(&stack, &client, "quinn", false).await;
+    let token = tokens.refresh_token.unwrap();
+    stack.wait_synced().await;
+    assert!(
+        stack
+            .authlete
+            .authlete
+            .token_by_refresh_token(&token)
+            .is_some(),
+        "mirrored"
+    );
+    // quinn stays away longer than the sweep allows.
+    tokio::time::sleep(sweep + Duration::from_millis(300)).await;
+    assert!(
+        stack
+            .authlete
+            .authlete
+            .token_by_refresh_token(&token)
+            .is_none(),
+        "swept at Authlete"
+    );
+    cut_over(&stack).await;
+
+    // The new server refuses it; the old one (still running, inside the
+    // window) answers, and Authlete holds it again.
+    let next = refresh(&stack, &client, &token).await.unwrap();
+    assert_eq!(token_fallbacks(&stack).await, 1.0);
+    assert!(
+        stack
+            .authlete
+            .authlete
+            .token_by_refresh_token(&next)
+            .is_some()
+    );
+    refresh(&stack, &client, &next).await.unwrap();
+    assert_eq!(
+        token_fallbacks(&stack).await,
+        1.0,
+        "the next one works at the new server"
+    );
 }

@@ -65,5 +65,21 @@ async fn the_authlete_demo_ends_with_every_held_token_valid_at_authlete() {
     assert_eq!(summary.refresh_valid, summary.refresh_held, "{summary:?}");
     let clients = &summary.verify.datasets["clients"];
     assert!(clients.matching >= 300, "{clients:?}");
+    // Every authentication method, no field lost; every refresh token
+    // held at the flip works after it, the idle users' through the
+    // fallback.
+    assert_eq!(summary.method_clients, 7, "{summary:?}");
+    assert_eq!(summary.method_clients_whole, 7, "{summary:?}");
+    assert_eq!(
+        summary.cutover.outcome,
+        handover::api::Outcome::CutOver,
+        "{summary:?}"
+    );
+    assert!(summary.refresh_idle > 0, "{summary:?}");
+    assert_eq!(
+        summary.refresh_after_flip, summary.refresh_before_flip,
+        "{summary:?}"
+    );
+    assert!(summary.fallbacks >= summary.refresh_idle, "{summary:?}");
     assert!(summary.passed());
 }

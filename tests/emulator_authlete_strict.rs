@@ -295,9 +295,20 @@ async fn client_aliases_work_only_where_documented_when_strict() {
             let emu = start(config.clone()).await;
             let (id, _) = client_in(&emu, version, "rp", json!({})).await;
 
-            // Get (and delete, below) take an alias in both readings.
-            let got = emu.get(version, "/client/get/rp").await.ok("A122001");
-            assert_eq!(got.body["clientId"], json!(id));
+            // Get (and delete, below) take an alias only when lenient:
+            // both are documented with "a client ID".
+            let got = emu.get(version, "/client/get/rp").await;
+            if strict {
+                assert_eq!(got.status, StatusCode::NOT_FOUND, "{version:?}");
+                assert_eq!(got.code(), "A122301");
+            } else {
+                assert_eq!(got.ok("A122001").body["clientId"], json!(id));
+            }
+            let got = emu
+                .get(version, &format!("/client/get/{id}"))
+                .await
+                .ok("A122001");
+            assert_eq!(got.body["clientIdAlias"], "rp");
 
             // Update takes the numeric id only.
             let by_alias = emu
@@ -352,10 +363,18 @@ async fn client_aliases_work_only_where_documented_when_strict() {
             emu.get(version, "/auth/token/get/list?clientIdentifier=rp")
                 .await
                 .ok("A111001");
-            assert_eq!(
-                emu.delete(version, "/client/delete/rp").await.status,
-                StatusCode::NO_CONTENT
-            );
+            let by_alias = emu.delete(version, "/client/delete/rp").await.status;
+            if strict {
+                assert_eq!(by_alias, StatusCode::NOT_FOUND, "{version:?}");
+                assert_eq!(
+                    emu.delete(version, &format!("/client/delete/{id}"))
+                        .await
+                        .status,
+                    StatusCode::NO_CONTENT
+                );
+            } else {
+                assert_eq!(by_alias, StatusCode::NO_CONTENT);
+            }
         }
     }
 }
@@ -953,7 +972,10 @@ async fn the_real_preset_serves_every_documented_api_the_product_needs() {
         };
         service.ok("A126001");
         let (id, secret) = client_in(&emu, version, "rp", json!({})).await;
-        emu.get(version, "/client/get/rp").await.ok("A122001");
+        assert_eq!(
+            emu.get(version, "/client/get/rp").await.status,
+            StatusCode::NOT_FOUND
+        );
         emu.get(version, &format!("/client/get/{id}"))
             .await
             .ok("A122001");

@@ -277,6 +277,8 @@ async fn echo_round(kind: Kind) {
             new_primary_ca_file: None,
             refresh_token_duration: DEFAULT_REFRESH_DURATION,
             token_sample: DEFAULT_TOKEN_SAMPLE,
+            rate_limit: None,
+            owner: None,
         });
         config.sync.datasets = Dataset::AUTHLETE.to_vec();
     }

@@ -70,6 +70,8 @@ pub struct Traffic {
     clients: std::sync::Mutex<std::collections::HashMap<String, RegisteredClient>>,
     /// Tokens held at the end.
     held: std::sync::Mutex<Vec<HeldTokens>>,
+    /// Percent of logins whose consent asks for refresh-token rotation.
+    rotate_percent: u32,
 }
 
 /// A user's grant, kept to refresh, revoke or log out later.
@@ -87,6 +89,8 @@ struct Grant {
 pub(crate) struct HeldTokens {
     /// The client.
     pub client_id: String,
+    /// The client's latest credentials.
+    pub client: RegisteredClient,
     /// The latest access token.
     pub access_token: String,
     /// The current refresh token.
@@ -136,7 +140,15 @@ impl Traffic {
             events: std::sync::Mutex::new(Vec::new()),
             clients: std::sync::Mutex::new(std::collections::HashMap::new()),
             held: std::sync::Mutex::new(Vec::new()),
+            rotate_percent: 50,
         }
+    }
+
+    /// The same traffic with `percent` of logins asking for rotation (the
+    /// rest take the server's default; Connect2id's is no rotation).
+    pub(crate) fn with_rotate_percent(mut self, percent: u32) -> Self {
+        self.rotate_percent = percent.min(100);
+        self
     }
 
     fn event(&self, event: TokenEvent) {
@@ -274,7 +286,7 @@ impl Traffic {
                     let subject = format!("user-{index}-{serial}");
                     let consent = Consent {
                         long_lived: fastrand::u32(0..10) < 8,
-                        rotate: fastrand::bool(),
+                        rotate: fastrand::u32(0..100) < self.rotate_percent,
                         jwt_access_token: fastrand::u32(0..10) < 7,
                     };
                     let Some(login) = self.count(
@@ -409,6 +421,7 @@ impl Traffic {
         if let Ok(mut held) = self.held.lock() {
             held.push(HeldTokens {
                 client_id: grant.client.id.clone(),
+                client: grant.client.clone(),
                 access_token: grant.access_token.clone(),
                 refresh_token: grant.refresh_token.clone(),
             });
@@ -417,7 +430,17 @@ impl Traffic {
 
     /// Tokens users still held at the end of the traffic.
     pub(crate) fn held_tokens(&self) -> Vec<HeldTokens> {
-        self.held.lock().map(|h| h.clone()).unwrap_or_default()
+        let mut held = self.held.lock().map(|h| h.clone()).unwrap_or_default();
+        // A grant kept at a logout holds the client's credentials of that
+        // moment; the app has rolled out every secret since.
+        if let Ok(clients) = self.clients.lock() {
+            for tokens in &mut held {
+                if let Some(latest) = clients.get(&tokens.client_id) {
+                    tokens.client = latest.clone();
+                }
+            }
+        }
+        held
     }
 }
 

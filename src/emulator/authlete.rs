@@ -162,9 +162,10 @@
 //!   /client/delete/{clientIdOrAlias}` (204; **deletes all of its tokens**,
 //!   [KB-DELCLIENT]). Get and delete take an alias (the SDK has taken a
 //!   string there since 2.51); update keeps id, secret and `createdAt`.
-//!   `documented_aliases`: *lenient:* update takes an alias too;
-//!   *strict:* update takes the numeric id only (both SDKs format it
-//!   `%d`), an alias is 404. `client_update`: *lenient:* fields the body
+//!   `documented_aliases`: *lenient:* get, update and delete take an
+//!   alias too; *strict:* they take the numeric id only (both SDKs format
+//!   update `%d`; get and delete are documented with "a client ID", an
+//!   alias there is unverified), an alias is 404. `client_update`: *lenient:* fields the body
 //!   omits keep their value (merge); *strict:* they are reset, unset or
 //!   empty, the v3 alias to the numeric id, the v2 alias to none (the API
 //!   takes a full `Client`, spec §4.4), so a partial body wipes settings

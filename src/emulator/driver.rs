@@ -299,6 +299,19 @@ impl Driver {
         client_of(record, "register client")
     }
 
+    /// Registers a client with exactly these metadata; the registration
+    /// response (a public client has no secret, so no [`RegisteredClient`]).
+    pub async fn register_client_metadata(&self, metadata: Value) -> Result<Value, Error> {
+        self.json_call(
+            "register client",
+            Method::POST,
+            "/clients",
+            metadata,
+            &[StatusCode::OK, StatusCode::CREATED],
+        )
+        .await
+    }
+
     /// Updates a client's metadata (the server rotates its secret).
     pub async fn update_client(
         &self,
@@ -747,6 +760,28 @@ impl Driver {
             Self::expect(answer, "refresh", &[StatusCode::OK])?,
             "refresh",
         )
+    }
+
+    /// Revokes just one refresh token (`token_only=true`, Connect2id
+    /// 19.9+), not the whole authorization.
+    pub async fn revoke_token_only(
+        &self,
+        client: &RegisteredClient,
+        token: &str,
+    ) -> Result<(), Error> {
+        let answer = self
+            .token_call(
+                "revoke",
+                "/token/revoke",
+                client,
+                &[
+                    ("token", token),
+                    ("token_type_hint", "refresh_token"),
+                    ("token_only", "true"),
+                ],
+            )
+            .await?;
+        Self::expect(answer, "revoke", &[StatusCode::OK]).map(|_| ())
     }
 
     /// Revokes a token (RFC 7009).

@@ -13,12 +13,12 @@
 //!
 //! Clients are created with `clientIdAlias` = the Connect2id `client_id`
 //! (v2: with the alias enabled) and the source's secret set with
-//! `/client/secret/update`; the Connect2id metadata that has an Authlete
-//! field is mapped (name, redirect URIs, grant and response types, token
-//! endpoint auth method, application type, URIs, contacts); the rest is
-//! reported by name. A secret outside Authlete's rules (`A-Z a-z 0-9 - _`, at
-//! most 86 characters) is a permanent failure: dead-lettered with that
-//! reason.
+//! `/client/secret/update`; every Connect2id field with an Authlete
+//! counterpart is mapped, the rest reported by name, and an update reads
+//! the client, overlays the mapped fields and writes it back, so settings
+//! made at Authlete survive (`clients.rs`). A secret Authlete cannot hold
+//! (a hashed one, or one outside its rules) is a permanent failure:
+//! dead-lettered with the reason and what to do.
 //!
 //! v2 (`/api/...`, HTTP Basic with the service API key and secret, numeric
 //! client ids) and v3 (`/api/{serviceId}/...`, Bearer token, client ids or
@@ -33,6 +33,8 @@ use http::{Method, Request, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+pub(crate) mod clients;
+
 use super::ApiError;
 use crate::http::body::ProxyBody;
 use crate::model::{BaseUrl, Secret};
@@ -40,8 +42,6 @@ use crate::upstream::Upstream;
 
 /// Largest Authlete answer read.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
-/// Characters Authlete accepts in a client secret.
-const SECRET_MAX_LEN: usize = 86;
 
 /// A token to create in Authlete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +109,7 @@ pub struct TokenInfo {
 
 /// Service settings relevant to the migration, checked at start-up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct ServiceCheck {
+pub struct ServiceCheck {
     /// Problems found (empty: fine).
     pub warnings: Vec<String>,
 }
@@ -131,6 +131,16 @@ pub enum Credentials {
     },
 }
 
+/// The v2 service *owner's* API key and secret: what v2's
+/// `/api/service/get/{apiKey}` takes (v2 OpenAPI `ServiceOwnerCredentials`).
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The service owner's API key.
+    pub key: Secret,
+    /// The service owner's API secret.
+    pub secret: Secret,
+}
+
 /// An Authlete target's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -150,6 +160,12 @@ pub struct Config {
     pub refresh_token_duration: Duration,
     /// Refresh tokens sampled by verify.
     pub token_sample: usize,
+    /// A cap on the requests per second sent to the Authlete API (`None`:
+    /// only the adaptive limit and `Retry-After` pace them).
+    pub rate_limit: Option<f64>,
+    /// v2: the service owner's credentials, for the start-up check of the
+    /// service settings (v2 reads a service only with them).
+    pub owner: Option<Owner>,
 }
 
 /// Default lifetime of a mirrored refresh token whose source lifetime is
@@ -159,24 +175,39 @@ pub const DEFAULT_REFRESH_DURATION: Duration = Duration::from_secs(90 * 86_400);
 /// Refresh tokens verify samples on an Authlete target.
 pub const DEFAULT_TOKEN_SAMPLE: usize = 100;
 
+/// Clients read per page of `client/get/list` when the alias map is
+/// (re)built.
+const CLIENT_PAGE: usize = 100;
+/// A miss in the alias map rebuilds it from `client/get/list` at most this
+/// often: another instance (a fleet) may have created the client since.
+const IDS_RELOAD_AFTER: Duration = Duration::from_secs(5);
+
 /// The Authlete API client.
 #[derive(Debug)]
 pub struct Authlete {
     upstream: Arc<Upstream>,
     config: Config,
     timeout: Duration,
-    /// Alias → numeric client id.
+    /// Alias → numeric client id, built from `client/get/list` (the
+    /// documented way to learn ids; `client/get`, `update` and `delete`
+    /// take the numeric id) and kept up to date by creates.
     ids: DashMap<String, u64>,
+    /// When the alias map was last built from the list (`None`: never).
+    ids_loaded: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Authlete {
     /// A client of the Authlete service behind `upstream`.
     pub fn new(upstream: Arc<Upstream>, config: Config, timeout: Duration) -> Self {
+        if let Some(rate) = config.rate_limit {
+            upstream.feedback().set_rate_limit(rate);
+        }
         Self {
             upstream,
             config,
             timeout,
             ids: DashMap::new(),
+            ids_loaded: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -199,14 +230,7 @@ impl Authlete {
 
     fn authorization(&self) -> String {
         match &self.config.credentials {
-            Credentials::V2 { key, secret } => {
-                use base64::Engine as _;
-                let pair = format!("{}:{}", key.expose(), secret.expose());
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                )
-            }
+            Credentials::V2 { key, secret } => basic(key, secret),
             Credentials::V3 { token } => format!("Bearer {}", token.expose()),
         }
     }
@@ -218,6 +242,17 @@ impl Authlete {
         api: &str,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), ApiError> {
+        self.call_as(method, api, body, self.authorization()).await
+    }
+
+    /// [`call`](Self::call) with other credentials.
+    async fn call_as(
+        &self,
+        method: Method,
+        api: &str,
+        body: Option<Value>,
+        authorization: String,
+    ) -> Result<(StatusCode, Value), ApiError> {
         let uri = self
             .upstream
             .url
@@ -226,7 +261,7 @@ impl Authlete {
         let mut builder = Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::AUTHORIZATION, self.authorization())
+            .header(header::AUTHORIZATION, authorization)
             .header(header::ACCEPT, "application/json");
         let body = match body {
             Some(value) => {
@@ -282,72 +317,132 @@ impl Authlete {
 
     // ---- service ----
 
-    /// Checks the service settings the migration depends on.
-    pub(crate) async fn check_service(&self) -> Result<ServiceCheck, ApiError> {
-        let (status, service) = self.call(Method::GET, "/service/get", None).await?;
+    /// Reads the service: v3 `GET /api/{serviceId}/service/get` with the
+    /// access token; v2 `GET /api/service/get/{apiKey}` with the service
+    /// owner's credentials (v2 OpenAPI), `None` when none are configured.
+    async fn read_service(&self) -> Result<Option<Value>, ApiError> {
+        let (status, service) = match (&self.config.credentials, &self.config.owner) {
+            (Credentials::V3 { .. }, _) => self.call(Method::GET, "/service/get", None).await?,
+            (Credentials::V2 { key, .. }, Some(owner)) => {
+                let api = format!(
+                    "/service/get/{}",
+                    crate::http::form::encode_segment(key.expose())
+                );
+                self.call_as(Method::GET, &api, None, basic(&owner.key, &owner.secret))
+                    .await?
+            }
+            (Credentials::V2 { .. }, None) => return Ok(None),
+        };
         if !status.is_success() {
             return Err(Self::rejected("service/get", status, &service));
         }
+        Ok(Some(service))
+    }
+
+    /// Checks the settings the migration depends on, of the service and of
+    /// every client (`singleAccessTokenPerSubject` exists on both), and
+    /// builds the alias map on the way.
+    pub async fn check_service(&self) -> Result<ServiceCheck, ApiError> {
         let mut warnings = Vec::new();
-        if service
-            .get("singleAccessTokenPerSubject")
-            .and_then(Value::as_bool)
-            == Some(true)
-        {
-            warnings.push(
-                "singleAccessTokenPerSubject is on: creating a mirrored token would invalidate the subject's other tokens; turn it off during the migration".to_owned(),
-            );
+        match self.read_service().await? {
+            Some(service) => warnings.extend(service_warnings(&service, self.config.api_version)),
+            None => warnings.push(
+                "the service settings were not checked: Authlete v2 reads a service (/api/service/get/{apiKey}) only with the service owner's credentials; set target.owner_api_key_env and target.owner_api_secret_env".to_owned(),
+            ),
         }
-        if self.config.api_version == 2
-            && service.get("clientIdAliasEnabled").and_then(Value::as_bool) == Some(false)
-        {
-            warnings.push("clientIdAliasEnabled is off on the service: Connect2id client ids (aliases) will not work".to_owned());
-        }
-        let grants: Vec<&str> = service
-            .get("supportedGrantTypes")
-            .and_then(Value::as_array)
-            .map(|g| g.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        if !grants.is_empty() && !grants.contains(&"REFRESH_TOKEN") {
-            warnings.push("the service does not support REFRESH_TOKEN: mirrored refresh tokens would be dropped".to_owned());
+        let single = self.load_client_ids(true).await?;
+        if !single.is_empty() {
+            warnings.push(format!(
+                "singleAccessTokenPerSubject is on for {} client(s) ({}): creating a mirrored token would invalidate the subject's other tokens at that client; turn it off on those clients during the migration",
+                single.len(),
+                single.join(", ")
+            ));
         }
         Ok(ServiceCheck { warnings })
     }
 
+    /// (Re)builds the alias map from `client/get/list` (`always`, or when
+    /// it was last built more than [`IDS_RELOAD_AFTER`] ago); returns the
+    /// aliases of the clients with their own `singleAccessTokenPerSubject`
+    /// on (empty when the map was fresh enough to keep).
+    async fn load_client_ids(&self, always: bool) -> Result<Vec<String>, ApiError> {
+        let mut loaded = self.ids_loaded.lock().await;
+        if !always && loaded.is_some_and(|at| at.elapsed() < IDS_RELOAD_AFTER) {
+            return Ok(Vec::new());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut single = Vec::new();
+        let mut start = 0;
+        loop {
+            let (clients, total) = self.clients_page(start, start + CLIENT_PAGE).await?;
+            for client in &clients {
+                let Some(id) = client.get("clientId").and_then(Value::as_u64) else {
+                    continue;
+                };
+                let alias = client
+                    .get("clientIdAlias")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| id.to_string(), str::to_owned);
+                if client
+                    .get("singleAccessTokenPerSubject")
+                    .and_then(Value::as_bool)
+                    == Some(true)
+                {
+                    single.push(alias.clone());
+                }
+                self.ids.insert(alias.clone(), id);
+                seen.insert(alias);
+            }
+            start += clients.len();
+            if clients.is_empty() || start as u64 >= total {
+                break;
+            }
+        }
+        // Clients deleted since (by another instance, or by hand).
+        self.ids.retain(|alias, _| seen.contains(alias));
+        *loaded = Some(tokio::time::Instant::now());
+        Ok(single)
+    }
+
     // ---- clients ----
 
-    /// The numeric id of the client with `alias`, if it exists.
+    /// The numeric id of the client with `alias`, and the client, if it
+    /// exists. The id comes from the alias map (built from
+    /// `client/get/list`, rebuilt on a miss at most every
+    /// [`IDS_RELOAD_AFTER`]): Authlete documents `client/get/{clientId}`
+    /// with the numeric id, and no alias lookup.
     async fn client_id_of(&self, alias: &str) -> Result<Option<(u64, Value)>, ApiError> {
-        let identifier = match self.ids.get(alias) {
-            Some(id) => id.to_string(),
-            None => alias.to_owned(),
-        };
-        let (status, client) = self
-            .call(
-                Method::GET,
-                &format!(
-                    "/client/get/{}",
-                    crate::http::form::encode_segment(&identifier)
-                ),
-                None,
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
-            self.ids.remove(alias);
-            return Ok(None);
-        }
-        if !status.is_success() {
+        for attempt in 0..2 {
+            let id = match self.ids.get(alias).map(|id| *id) {
+                Some(id) => id,
+                None if attempt == 0 => {
+                    self.load_client_ids(false).await?;
+                    match self.ids.get(alias).map(|id| *id) {
+                        Some(id) => id,
+                        None => return Ok(None),
+                    }
+                }
+                None => return Ok(None),
+            };
+            let (status, client) = self
+                .call(Method::GET, &format!("/client/get/{id}"), None)
+                .await?;
+            if status.is_success()
+                && client.get("clientIdAlias").and_then(Value::as_str) == Some(alias)
+            {
+                return Ok(Some((id, client)));
+            }
+            if status.is_success()
+                || status == StatusCode::NOT_FOUND
+                || status == StatusCode::BAD_REQUEST
+            {
+                // Deleted, or its alias changed: the map is stale.
+                self.ids.remove(alias);
+                continue;
+            }
             return Err(Self::rejected("client/get", status, &client));
         }
-        let Some(id) = client.get("clientId").and_then(Value::as_u64) else {
-            return Ok(None);
-        };
-        // A numeric lookup may hit another client whose id equals the alias.
-        if client.get("clientIdAlias").and_then(Value::as_str) != Some(alias) {
-            return Ok(None);
-        }
-        self.ids.insert(alias.to_owned(), id);
-        Ok(Some((id, client)))
+        Ok(None)
     }
 
     /// The client with `alias` as Authlete holds it.
@@ -367,17 +462,17 @@ impl Authlete {
                 message: "no client_id".to_owned(),
             })?
             .to_owned();
-        storable(&alias, record)?;
-        let secret = record
-            .get("client_secret")
-            .or_else(|| record.get("encoded_client_secret"))
-            .and_then(Value::as_str);
-        let (client, unmapped) = map_client(record, self.config.api_version);
+        let mapped = storable(&alias, record, self.config.api_version)?;
+        let secret = mapped.secret.as_deref();
+        let unmapped = mapped.unmapped.clone();
         let existing = self.client_id_of(&alias).await?;
         let id = match existing {
             Some((id, current)) => {
-                if !mapped_equal(&current, &client) {
-                    let mut body = client.clone();
+                // Read, overlay, write: Authlete's update replaces the
+                // client, so what the mapping does not manage is sent back
+                // as Authlete holds it.
+                if !clients::differing(&current, &mapped).is_empty() {
+                    let mut body = clients::overlay(&current, &mapped);
                     body["clientId"] = id.into();
                     let (status, answer) = self
                         .call(Method::POST, &format!("/client/update/{id}"), Some(body))
@@ -393,10 +488,19 @@ impl Authlete {
                 id
             }
             None => {
+                let body = Value::Object(mapped.fields.clone());
                 let (status, created) = self
-                    .call(Method::POST, "/client/create", Some(client))
+                    .call(Method::POST, "/client/create", Some(body))
                     .await?;
                 if !status.is_success() {
+                    // Possibly created meanwhile by another instance (the
+                    // alias is taken): learn its id and try again.
+                    self.load_client_ids(false).await?;
+                    if self.ids.contains_key(&alias) {
+                        return Err(ApiError::Transient(format!(
+                            "client {alias} appeared in Authlete while being created"
+                        )));
+                    }
                     return Err(Self::rejected("client/create", status, &created));
                 }
                 let id = created
@@ -528,24 +632,66 @@ impl Authlete {
 
     /// Creates a token with the observed values. Values Authlete already
     /// holds count as success (a replay).
+    ///
+    /// Authlete documents that a value it holds is refused, not how (spec
+    /// §7 q1; a real service may even answer 5xx): a failed create is
+    /// never matched against a guessed result code. Instead Authlete is
+    /// asked, by introspection, whether it holds every value of the spec;
+    /// then the create was a replay, otherwise the failure stands.
     pub async fn create_token(&self, spec: &TokenSpec) -> Result<(), ApiError> {
         self.ensure_client_id(&spec.client_id).await?;
         let body = self.create_body(spec)?;
-        let (status, answer) = self
+        let failure = match self
             .call(Method::POST, "/auth/token/create", Some(body))
-            .await?;
-        if status.is_success()
-            && answer
-                .get("action")
-                .and_then(Value::as_str)
-                .is_none_or(|a| a == "OK")
+            .await
         {
+            Ok((status, answer))
+                if status.is_success()
+                    && answer
+                        .get("action")
+                        .and_then(Value::as_str)
+                        .is_none_or(|a| a == "OK") =>
+            {
+                return Ok(());
+            }
+            Ok((status, answer)) => Self::rejected("auth/token/create", status, &answer),
+            // A 5xx or 429 may hide a duplicate as well.
+            Err(err @ ApiError::Transient(_)) => err,
+            Err(err) => return Err(err),
+        };
+        if self.holds(spec).await {
             return Ok(());
         }
-        if already_exists(&answer) {
-            return Ok(());
+        Err(failure)
+    }
+
+    /// Whether Authlete holds every token value of `spec`, active, for
+    /// the spec's client (false when it cannot say).
+    async fn holds(&self, spec: &TokenSpec) -> bool {
+        let values = [
+            (spec.access_token.as_deref(), false),
+            (spec.refresh_token.as_deref(), true),
+        ];
+        let mut any = false;
+        for (value, refresh) in values {
+            let Some(value) = value else { continue };
+            any = true;
+            match self.introspect(value, refresh).await {
+                Ok(Some(info)) if self.same_client(&info.client_id, &spec.client_id) => {}
+                _ => return false,
+            }
         }
-        Err(Self::rejected("auth/token/create", status, &answer))
+        any
+    }
+
+    /// Whether the client id introspection reports (the alias, or the
+    /// numeric id) is the client with `alias`.
+    fn same_client(&self, reported: &str, alias: &str) -> bool {
+        reported == alias
+            || self
+                .ids
+                .get(alias)
+                .is_some_and(|id| id.to_string() == reported)
     }
 
     /// Creates many tokens: the v3 batch API (asynchronous; polled), else
@@ -823,29 +969,44 @@ pub fn remaining_refresh_lifetime(record: &Value, now: u64) -> Option<Option<u64
     (expires > now).then(|| Some(expires - now))
 }
 
-/// Whether Authlete takes this client secret (spec §4.3).
-pub(crate) fn secret_acceptable(secret: &str) -> bool {
-    !secret.is_empty()
-        && secret.len() <= SECRET_MAX_LEN
-        && secret
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+fn basic(key: &Secret, secret: &Secret) -> String {
+    use base64::Engine as _;
+    let pair = format!("{}:{}", key.expose(), secret.expose());
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
-/// Whether an error envelope says the token value is already held (a
-/// replay). The result code for this case is undocumented (spec §7 q.1):
-/// the message is matched, and the emulator's codes.
-fn already_exists(envelope: &Value) -> bool {
-    let code = envelope
-        .get("resultCode")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let message = envelope
-        .get("resultMessage")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    matches!(code, "A109208" | "A109209") || message.contains("already exist")
+/// What a service's settings mean for the migration.
+fn service_warnings(service: &Value, api_version: u8) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if service
+        .get("singleAccessTokenPerSubject")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        warnings.push(
+            "singleAccessTokenPerSubject is on: creating a mirrored token would invalidate the subject's other tokens; turn it off during the migration".to_owned(),
+        );
+    }
+    if api_version == 2
+        && service.get("clientIdAliasEnabled").and_then(Value::as_bool) == Some(false)
+    {
+        warnings.push("clientIdAliasEnabled is off on the service: Connect2id client ids (aliases) will not work".to_owned());
+    }
+    let grants: Vec<&str> = service
+        .get("supportedGrantTypes")
+        .and_then(Value::as_array)
+        .map(|g| g.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !grants.is_empty() && !grants.contains(&"REFRESH_TOKEN") {
+        warnings.push(
+            "the service does not support REFRESH_TOKEN: mirrored refresh tokens would be dropped"
+                .to_owned(),
+        );
+    }
+    warnings
 }
 
 fn envelope_message(bytes: &[u8]) -> String {
@@ -859,195 +1020,34 @@ fn envelope_message(bytes: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-fn upper(value: &Value, map: fn(&str) -> Option<&'static str>) -> Value {
-    Value::Array(
-        value
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .filter_map(map)
-                    .map(Value::from)
-                    .collect()
-            })
-            .unwrap_or_default(),
-    )
-}
-
-fn grant_name(grant: &str) -> Option<&'static str> {
-    Some(match grant {
-        "authorization_code" => "AUTHORIZATION_CODE",
-        "refresh_token" => "REFRESH_TOKEN",
-        "implicit" => "IMPLICIT",
-        "password" => "PASSWORD",
-        "client_credentials" => "CLIENT_CREDENTIALS",
-        "urn:ietf:params:oauth:grant-type:token-exchange" => "TOKEN_EXCHANGE",
-        "urn:openid:params:grant-type:ciba" => "CIBA",
-        "urn:ietf:params:oauth:grant-type:device_code" => "DEVICE_CODE",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer" => "JWT_BEARER",
-        _ => return None,
+/// Whether Authlete can hold the client of a Connect2id record, and its
+/// mapping if so. A refusal is permanent (dead-lettered), with a reason
+/// that says why and what to do.
+pub(crate) fn storable(
+    alias: &str,
+    record: &Value,
+    api_version: u8,
+) -> Result<clients::Mapped, ApiError> {
+    clients::map(record, api_version).map_err(|refusal| ApiError::Unmigratable {
+        what: format!("client {alias}"),
+        reason: refusal.reason(alias),
     })
-}
-
-fn response_type_name(response_type: &str) -> Option<&'static str> {
-    let mut parts: Vec<&str> = response_type.split_whitespace().collect();
-    parts.sort_unstable();
-    Some(match parts.as_slice() {
-        ["none"] => "NONE",
-        ["code"] => "CODE",
-        ["token"] => "TOKEN",
-        ["id_token"] => "ID_TOKEN",
-        ["code", "token"] => "CODE_TOKEN",
-        ["code", "id_token"] => "CODE_ID_TOKEN",
-        ["id_token", "token"] => "ID_TOKEN_TOKEN",
-        ["code", "id_token", "token"] => "CODE_ID_TOKEN_TOKEN",
-        _ => return None,
-    })
-}
-
-fn auth_method_name(method: &str) -> Option<&'static str> {
-    Some(match method {
-        "none" => "NONE",
-        "client_secret_basic" => "CLIENT_SECRET_BASIC",
-        "client_secret_post" => "CLIENT_SECRET_POST",
-        "client_secret_jwt" => "CLIENT_SECRET_JWT",
-        "private_key_jwt" => "PRIVATE_KEY_JWT",
-        "tls_client_auth" => "TLS_CLIENT_AUTH",
-        "self_signed_tls_client_auth" => "SELF_SIGNED_TLS_CLIENT_AUTH",
-        _ => return None,
-    })
-}
-
-/// Client metadata that Authlete holds as is, under another name:
-/// (Connect2id / RFC 7591 name, Authlete name).
-const RENAMED: [(&str, &str); 9] = [
-    ("client_name", "clientName"),
-    ("redirect_uris", "redirectUris"),
-    ("client_uri", "clientUri"),
-    ("logo_uri", "logoUri"),
-    ("tos_uri", "tosUri"),
-    ("policy_uri", "policyUri"),
-    ("contacts", "contacts"),
-    ("jwks_uri", "jwksUri"),
-    ("id_token_signed_response_alg", "idTokenSignAlg"),
-];
-
-/// Whether Authlete can hold the client of a Connect2id record: its secret
-/// must follow Authlete's rules. A refusal is permanent, with the reason.
-pub(crate) fn storable(alias: &str, record: &Value) -> Result<(), ApiError> {
-    let secret = record
-        .get("client_secret")
-        .or_else(|| record.get("encoded_client_secret"))
-        .and_then(Value::as_str);
-    match secret {
-        Some(secret) if !secret_acceptable(secret) => Err(ApiError::Rejected {
-            server: crate::model::Side::Target,
-            operation: "client/secret/update",
-            status: 400,
-            error: format!(
-                "the source client secret of {alias} cannot be stored in Authlete (only A-Z a-z 0-9 - _ and at most {SECRET_MAX_LEN} characters are allowed)"
-            ),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// The Authlete `Client` of a Connect2id client record, and the source
-/// fields that have no Authlete equivalent.
-pub(crate) fn map_client(record: &Value, api_version: u8) -> (Value, Vec<String>) {
-    let empty = Map::new();
-    let fields = record.as_object().unwrap_or(&empty);
-    let mut client = Map::new();
-    let mut unmapped = Vec::new();
-    let confidential =
-        fields.contains_key("client_secret") || fields.contains_key("encoded_client_secret");
-    client.insert(
-        "clientType".into(),
-        if confidential {
-            "CONFIDENTIAL"
-        } else {
-            "PUBLIC"
-        }
-        .into(),
-    );
-    for (name, value) in fields {
-        if let Some((_, field)) = RENAMED.iter().find(|(from, _)| from == name) {
-            client.insert((*field).into(), value.clone());
-            continue;
-        }
-        match name.as_str() {
-            "client_id" => {
-                client.insert("clientIdAlias".into(), value.clone());
-                if api_version < 3 {
-                    client.insert("clientIdAliasEnabled".into(), true.into());
-                }
-            }
-            "grant_types" => {
-                client.insert("grantTypes".into(), upper(value, grant_name));
-            }
-            "response_types" => {
-                client.insert("responseTypes".into(), upper(value, response_type_name));
-            }
-            "token_endpoint_auth_method" => {
-                if let Some(method) = value.as_str().and_then(auth_method_name) {
-                    client.insert("tokenAuthMethod".into(), method.into());
-                } else {
-                    unmapped.push(name.clone());
-                }
-            }
-            "application_type" => {
-                let kind = if value.as_str() == Some("native") {
-                    "NATIVE"
-                } else {
-                    "WEB"
-                };
-                client.insert("applicationType".into(), kind.into());
-            }
-            // Credentials and server-side bookkeeping, handled elsewhere or
-            // regenerated by Authlete.
-            "client_secret"
-            | "encoded_client_secret"
-            | "client_secret_expires_at"
-            | "client_id_issued_at"
-            | "registration_access_token"
-            | "registration_client_uri" => {}
-            other => unmapped.push(other.to_owned()),
-        }
-    }
-    (Value::Object(client), unmapped)
-}
-
-/// Whether the mapped fields of an Authlete client already equal `wanted`.
-fn mapped_equal(current: &Value, wanted: &Value) -> bool {
-    let Some(wanted) = wanted.as_object() else {
-        return false;
-    };
-    wanted
-        .iter()
-        .filter(|(name, _)| name.as_str() != "clientIdAliasEnabled")
-        .all(|(name, value)| current.get(name) == Some(value))
 }
 
 /// The fields verify compares between a Connect2id client and its Authlete
 /// copy: the mapped ones, and the secret.
 pub(crate) fn client_drift(record: &Value, authlete: &Value, api_version: u8) -> Option<String> {
-    let (wanted, _) = map_client(record, api_version);
-    if !mapped_equal(authlete, &wanted) {
-        let differing: Vec<&String> = wanted
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(name, value)| {
-                name.as_str() != "clientIdAliasEnabled"
-                    && authlete.get(name.as_str()) != Some(value)
-            })
-            .map(|(name, _)| name)
-            .collect();
+    let mapped = match clients::map(record, api_version) {
+        Ok(mapped) => mapped,
+        Err(refusal) => return Some(format!("cannot be copied: {refusal:?}")),
+    };
+    let differing = clients::differing(authlete, &mapped);
+    if !differing.is_empty() {
         return Some(format!("differs in {differing:?}"));
     }
-    let secret = record.get("client_secret").and_then(Value::as_str);
-    if secret.is_some() && authlete.get("clientSecret").and_then(Value::as_str) != secret {
+    if mapped.secret.is_some()
+        && authlete.get("clientSecret").and_then(Value::as_str) != mapped.secret.as_deref()
+    {
         return Some("secret differs".to_owned());
     }
     None
@@ -1058,52 +1058,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connect2id_clients_map_to_authlete_fields() {
-        let record = json!({
-            "client_id": "s6BhdRkqt3",
-            "client_secret": "ahL7AhthchiNg6beAo5HeijeThae3deiChab7ajiVuip2eodesoBie0ufohtiiK4",
-            "client_name": "Shop",
-            "redirect_uris": ["https://shop.example.com/cb"],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code", "code id_token"],
-            "token_endpoint_auth_method": "client_secret_basic",
-            "application_type": "web",
-            "data": {"tier": "gold"},
-            "client_id_issued_at": 1,
-        });
-        let (client, unmapped) = map_client(&record, 2);
-        assert_eq!(client["clientIdAlias"], "s6BhdRkqt3");
-        assert_eq!(client["clientIdAliasEnabled"], true);
-        assert_eq!(client["clientType"], "CONFIDENTIAL");
-        assert_eq!(
-            client["grantTypes"],
-            json!(["AUTHORIZATION_CODE", "REFRESH_TOKEN"])
-        );
-        assert_eq!(client["responseTypes"], json!(["CODE", "CODE_ID_TOKEN"]));
-        assert_eq!(client["tokenAuthMethod"], "CLIENT_SECRET_BASIC");
-        assert_eq!(unmapped, ["data"]);
-        assert!(client.get("clientSecret").is_none());
-        let (v3, _) = map_client(&record, 3);
-        assert!(v3.get("clientIdAliasEnabled").is_none());
-    }
-
-    #[test]
-    fn secrets_outside_authletes_rules_are_refused() {
-        assert!(secret_acceptable("ahL7AhthchiNg6beAo5-_"));
-        assert!(!secret_acceptable("has.dot"));
-        assert!(!secret_acceptable(&"a".repeat(87)));
-        assert!(!secret_acceptable(""));
-    }
-
-    #[test]
-    fn duplicate_values_are_recognised() {
-        assert!(already_exists(&json!({"resultCode": "A109208"})));
-        assert!(already_exists(
-            &json!({"resultCode": "A999999", "resultMessage": "The token already exists."})
-        ));
-        assert!(!already_exists(
-            &json!({"resultCode": "A109201", "resultMessage": "Bad request"})
-        ));
+    fn service_settings_that_break_the_migration_are_warned_about() {
+        let fine = json!({"singleAccessTokenPerSubject": false, "clientIdAliasEnabled": true, "supportedGrantTypes": ["AUTHORIZATION_CODE", "REFRESH_TOKEN"]});
+        assert!(service_warnings(&fine, 2).is_empty());
+        let single = json!({"singleAccessTokenPerSubject": true});
+        assert!(service_warnings(&single, 3)[0].contains("singleAccessTokenPerSubject"));
+        let no_alias = json!({"clientIdAliasEnabled": false});
+        assert_eq!(service_warnings(&no_alias, 2).len(), 1);
+        assert!(service_warnings(&no_alias, 3).is_empty());
+        let no_refresh = json!({"supportedGrantTypes": ["AUTHORIZATION_CODE"]});
+        assert!(service_warnings(&no_refresh, 3)[0].contains("REFRESH_TOKEN"));
     }
 
     #[test]

@@ -262,7 +262,7 @@ async fn issue(
                 tracing::debug!(client_id = %client_id, "client deleted at the source; tokens not created");
                 return Ok(());
             };
-            crate::servers::authlete::storable(client_id, &record)?;
+            crate::servers::authlete::storable(client_id, &record, authlete.config().api_version)?;
             return Err(ApiError::Transient(format!(
                 "client {client_id} is not in Authlete yet"
             )));

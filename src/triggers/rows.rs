@@ -538,10 +538,17 @@ fn json_scopes(value: &Value) -> Vec<String> {
 pub(super) fn token_revoked_event(input: &Input<'_>) -> Option<TokenEvent> {
     let request = form_body(input.exchange.request_body);
     let resolved = input.resolved;
+    // 19.9+: `token_only=true` revokes just that token, not the
+    // authorization: no subject, so that the target revokes by value.
+    let token_only = form::first(&request, "token_only") == Some("true");
     Some(TokenEvent::Revoked {
         client_id: client_of(input.exchange.request_headers, &request)
             .or_else(|| resolved.authorization.as_ref().map(|(_, c)| c.clone())),
-        subject: resolved.authorization.as_ref().map(|(s, _)| s.clone()),
+        subject: resolved
+            .authorization
+            .as_ref()
+            .filter(|_| !token_only)
+            .map(|(s, _)| s.clone()),
         token: form::first(&request, "token").map(str::to_owned),
     })
 }

@@ -429,6 +429,8 @@ pub fn proxy_authlete_config(
         new_primary_ca_file: None,
         refresh_token_duration: DEFAULT_REFRESH_DURATION,
         token_sample: DEFAULT_TOKEN_SAMPLE,
+        rate_limit: None,
+        owner: None,
     }
 }
 

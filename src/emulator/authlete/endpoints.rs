@@ -752,7 +752,24 @@ fn client_create(call: &Call<'_>) -> Result<Reply, Reply> {
     .fields(client))
 }
 
+/// With `documented_aliases`, `client/get/{clientId}` and
+/// `client/delete/{clientId}` take the numeric id only: both are
+/// documented with "a client ID" and no alias, and whether a real service
+/// resolves an alias there is unverified (spec §4.2, §7 q4), so the strict
+/// reading names no client by alias.
+fn numeric_client_id(call: &Call<'_>, identifier: &str) -> Result<(), Reply> {
+    if call.config().strictness.documented_aliases && identifier.parse::<u64>().is_err() {
+        return Err(Reply::new(
+            StatusCode::NOT_FOUND,
+            codes::CLIENT_UNKNOWN,
+            format!("The client ({identifier}) does not exist."),
+        ));
+    }
+    Ok(())
+}
+
 fn client_get(call: &Call<'_>, identifier: &str) -> Result<Reply, Reply> {
+    numeric_client_id(call, identifier)?;
     let state = call.shared.state();
     let client = state.client(identifier, call.version).ok_or_else(|| {
         Reply::new(
@@ -794,6 +811,7 @@ fn client_update(call: &Call<'_>, identifier: &str) -> Result<Reply, Reply> {
 }
 
 fn client_delete(call: &Call<'_>, identifier: &str) -> Result<Reply, Reply> {
+    numeric_client_id(call, identifier)?;
     let tokens = call
         .shared
         .state()

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`documented_paths`](Strictness::documented_paths) | extra layouts and methods accepted (v2 `/api/service/get`, v3 `/api/{id}/service/get/list`, `PUT` update, `POST` secret refresh) | exactly the documented path and method per version, else 404/405 | v2/v3 OpenAPI, `authlete-java-common` path constants |
 //! | [`owner_credentials`](Strictness::owner_credentials) | v2 service APIs take the service's API key | v2 `/api/service/get/{apiKey}` and `/api/service/get/list` need the service *owner* key and secret | v2 OpenAPI `security: ServiceOwnerCredentials` |
-//! | [`documented_aliases`](Strictness::documented_aliases) | an alias works wherever a client is named | no alias in `client/update/{clientId}` (numeric in both SDKs) nor in `clientId` of v3 `auth/token/create` | SDK path formats (`%d`), OpenAPI field types |
+//! | [`documented_aliases`](Strictness::documented_aliases) | an alias works wherever a client is named | no alias in `client/update/{clientId}` (numeric in both SDKs), `client/get/{clientId}`, `client/delete/{clientId}` (documented with "a client ID"; an alias there is unverified, spec §7 q4) nor in `clientId` of v3 `auth/token/create` | SDK path formats (`%d`), OpenAPI field types |
 //! | [`client_update`](Strictness::client_update) | [`ClientUpdate::Merge`]: omitted fields keep their value | [`ClientUpdate::Replace`]: omitted fields reset | spec §4.4 (inferred; the API takes a full `Client`) |
 //! | [`rate_limit`](Strictness::rate_limit) | none | [`REAL_RATE_LIMIT`], 429 + `Retry-After` | none published: invented, hostile |
 //! | [`sweep_unused_after`](Strictness::sweep_unused_after) | never | [`REAL_SWEEP_UNUSED_AFTER`] (90 days) | [KB-SWEEP] |
