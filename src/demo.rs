@@ -182,7 +182,13 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
                 .map_err(Error::Bind)?,
         )
         .await;
-    let target = Connect2id::new(emulator_config())
+    // The target as the runbook asks for it: it takes the source's secret
+    // on an in-place update (`preferred_client_secret` on `PUT`), so no
+    // client is deleted and re-created there (a cascading delete would
+    // revoke the client's tokens on the target only).
+    let mut target_config = emulator_config();
+    target_config.strictness.preferred_client_secret_on_update = true;
+    let target = Connect2id::new(target_config)
         .start(
             TcpListener::bind("127.0.0.1:0")
                 .await

@@ -687,10 +687,10 @@ pub const LEGACY_PREFIXES: [(&str, &str); 4] = [
 /// rest of the path after the prefix.
 fn current_form(relative: &str) -> (&'static str, &str) {
     for (legacy, current) in LEGACY_PREFIXES {
-        if let Some(rest) = relative.strip_prefix(legacy) {
-            if rest.is_empty() || rest.starts_with('/') {
-                return (current, rest);
-            }
+        if let Some(rest) = relative.strip_prefix(legacy)
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            return (current, rest);
         }
     }
     ("", relative)

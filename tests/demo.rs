@@ -29,6 +29,18 @@ async fn the_demo_ends_with_zero_drift_and_zero_failures() {
     );
     assert_eq!(summary.cutover.primary, handover::model::Side::Target);
     assert_eq!(summary.rotations.refused, 0, "{summary:?}");
+    let counts = &summary.scenarios;
+    assert_eq!((counts.sso_kept, counts.sso_users), (40, 40), "{counts:?}");
+    assert_eq!(
+        (counts.still_revoked, counts.revoked),
+        (12, 12),
+        "{counts:?}"
+    );
+    assert_eq!(
+        (counts.self_updated, counts.self_managing),
+        (3, 3),
+        "{counts:?}"
+    );
     for dataset in summary.verify.datasets.values() {
         assert!(dataset.matching >= 300, "{dataset:?}");
     }
