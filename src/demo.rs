@@ -262,6 +262,15 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         "  {} at epoch {}: writes held {} ms, {} requests held and released to the {}",
         cutover.outcome, cutover.epoch, cutover.pause_ms, cutover.held, cutover.primary
     ));
+    for check in cutover.preflight.iter().filter(|check| !check.ok) {
+        say(&format!(
+            "  pre-flight failed: {}: {}",
+            check.check, check.detail
+        ));
+    }
+    if let Some(reason) = &cutover.reason {
+        say(&format!("  reason: {reason}"));
+    }
     let lag_samples = load.await.unwrap_or_default();
     let totals = traffic.totals();
 

@@ -205,9 +205,7 @@ impl Connect2idCopy {
                 authorization,
                 ..
             } => {
-                secondary
-                    .replay_revocation(form, authorization.as_deref())
-                    .await?;
+                replay_revocation(secondary, form, authorization.as_deref()).await?;
                 Ok(Vec::new())
             }
             Change::Sync { key, from } => {
@@ -331,6 +329,47 @@ async fn blocking(
         .await
         .map_err(|err| ApiError::Transient(format!("registration map write stopped: {err}")))?
         .map_err(|err| ApiError::Transient(format!("cannot persist the registration map: {err}")))
+}
+
+/// Replays a client's token revocation at the secondary. When the
+/// secondary refuses the credentials the client revoked with, its secret
+/// changed since (rotated on the primary and synced before the replay ran):
+/// the revocation is replayed once more with the credentials the secondary
+/// holds for that client now, so that the revoked token does not come back
+/// to life there. A client that authenticates otherwise than with a secret
+/// (`private_key_jwt`, mTLS) cannot be re-authenticated: that refusal stays.
+async fn replay_revocation(
+    secondary: &Connect2id,
+    form: &str,
+    authorization: Option<&str>,
+) -> Result<(), ApiError> {
+    let refused = match secondary.replay_revocation(form, authorization).await {
+        Err(refused @ ApiError::Rejected { status: 401, .. }) => refused,
+        other => return other,
+    };
+    let pairs = crate::http::form::parse(form);
+    let mut headers = http::HeaderMap::new();
+    if let Some(value) = authorization.and_then(|value| http::HeaderValue::from_str(value).ok()) {
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+    let Some(client_id) = crate::triggers::client_of(&headers, &pairs) else {
+        return Err(refused);
+    };
+    let Some(secret) = secondary
+        .get_client(&client_id)
+        .await?
+        .and_then(|record| record.get("client_secret")?.as_str().map(str::to_owned))
+    else {
+        return Err(refused);
+    };
+    let form = crate::http::form::encode(
+        pairs
+            .iter()
+            .filter(|(name, _)| name != "client_secret" && name != "client_id")
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    );
+    let current = crate::http::form::basic_auth(&client_id, &secret);
+    secondary.replay_revocation(&form, Some(&current)).await
 }
 
 /// Imports an authorization at the secondary. A server that checks the
