@@ -29,6 +29,10 @@ use crate::servers::connect2id::ApiTokens;
 
 pub use traffic::Totals;
 
+/// The sync lag under which the demo's cutover starts (the pre-flight's
+/// default bound is 1 s).
+const CAUGHT_UP_LAG_MS: u64 = 300;
+
 /// Demo settings (`handover demo --help`).
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -238,16 +242,26 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         options.duration,
     ));
 
-    // Cut over under load: once the backfill is done and a little more than
-    // half the traffic has run.
+    // Cut over under load, as the runbook says: once the backfill is done,
+    // a little more than half the traffic has run, and the sync has caught
+    // up with what the backfill journaled (its lag well under the
+    // pre-flight's bound). Past 85 % of the traffic the flip is tried
+    // anyway, and a refusal is reported as it is.
     let cutover_at = traffic_started + options.duration.mul_f64(0.55);
+    let latest = traffic_started + options.duration.mul_f64(0.85);
+    let caught_up = Duration::from_millis(CAUGHT_UP_LAG_MS);
     let backfill = loop {
-        let status = admin.status().await.map(|s| s.backfill).unwrap_or_default();
-        if (status.state == crate::api::BackfillState::Done
-            || status.state == crate::api::BackfillState::Failed)
-            && Instant::now() >= cutover_at
-        {
-            break status;
+        let Some(status) = admin.status().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let backfill = status.backfill;
+        let now = Instant::now();
+        let settled = backfill.state == crate::api::BackfillState::Done
+            || backfill.state == crate::api::BackfillState::Failed;
+        let lag = Duration::from_millis(status.journal.lag_ms);
+        if settled && now >= cutover_at && (lag <= caught_up || now >= latest) {
+            break backfill;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

@@ -126,3 +126,73 @@ async fn a_native_sso_device_session_reaches_the_target_and_its_revocation_too()
     );
     assert!(stack.at_target.refresh(&app, &refresh_token).await.is_err());
 }
+
+/// A client revokes with the secret it had before an update rotated it
+/// (the source still takes it: the previous secret's grace), while the
+/// target, which took the new secret by delete and create, holds no such
+/// grace and refuses the old one. The replay is then made with the
+/// target's current credentials for that client, not dead-lettered, and
+/// the revoked token stays revoked there.
+#[tokio::test]
+async fn a_revocation_with_a_secret_rotated_since_is_replayed_with_the_targets_credentials() {
+    let real = Strictness::real();
+    let stack = Stack::start_servers(
+        Servers {
+            strictness: Some(real),
+            // No previous-secret grace on the target (its copy of an
+            // updated client is deleted and created), and nothing revoked
+            // there by that delete: only the replay can revoke the token.
+            target_strictness: Some(Strictness {
+                preferred_client_secret_on_update: false,
+                client_delete_cascades: false,
+                ..real
+            }),
+            ..Servers::default()
+        },
+        |_| {},
+    )
+    .await;
+    let app = stack.via_proxy.register_client("App").await.unwrap();
+    let consent = Consent {
+        long_lived: false,
+        rotate: false,
+        jwt_access_token: true,
+    };
+    let login = stack
+        .via_proxy
+        .login(&app.id, "carol", consent)
+        .await
+        .unwrap();
+    let tokens = stack
+        .via_proxy
+        .exchange_code(&app, &login.code)
+        .await
+        .unwrap();
+    let refresh_token = tokens.refresh_token.clone().unwrap();
+    // The update rotates the secret on both servers.
+    let updated = stack.via_proxy.update_client(&app, "App 2").await.unwrap();
+    assert_ne!(
+        updated.secret, app.secret,
+        "the update did not rotate the secret"
+    );
+    stack.wait_synced().await;
+
+    // Revoked with the old secret: the source takes it (grace).
+    stack
+        .via_proxy
+        .revoke(&app, &refresh_token, "refresh_token")
+        .await
+        .unwrap();
+    stack.wait_synced().await;
+    assert_eq!(
+        stack.metric("handover_sync_dead_letters").await,
+        Some(0.0),
+        "the replayed revocation was dead-lettered"
+    );
+    let at_target = stack.at_target.refresh(&updated, &refresh_token).await;
+    assert_eq!(
+        at_target.as_ref().err().and_then(|err| err.status()),
+        Some(400),
+        "the revoked refresh token still works at the target: {at_target:?}"
+    );
+}
