@@ -161,3 +161,65 @@ async fn the_dry_run_command_exits_1_naming_the_key_that_differs() {
     );
     assert!(stdout.contains("\"hmac\" key differs"), "{stdout}");
 }
+
+/// A client the target could only replace (its update minted a new secret
+/// there, so handover deleted and re-created it) lost its tokens to the
+/// delete's cascade: its access tokens are inactive at the target with
+/// equal keys. The probe says "inconclusive" for them, never "the key
+/// differs", which would refuse the cutover without a way to force it.
+#[tokio::test]
+async fn tokens_of_a_client_replaced_at_the_target_are_not_blamed_on_a_key() {
+    let real = Strictness::real();
+    let stack = Stack::start_servers(
+        Servers {
+            // The source keeps the secret on update; the target mints a new
+            // one, so its copy is replaced, and the delete cascades.
+            strictness: Some(Strictness {
+                always_refresh_client_secret_on_update: false,
+                ..real
+            }),
+            target_strictness: Some(Strictness {
+                always_refresh_client_secret_on_update: true,
+                preferred_client_secret_on_update: false,
+                client_delete_cascades: true,
+                ..real
+            }),
+            ..Servers::default()
+        },
+        |_| {},
+    )
+    .await;
+    let app = stack.via_proxy.register_client("App").await.unwrap();
+    let consent = Consent {
+        long_lived: false,
+        rotate: false,
+        jwt_access_token: true,
+    };
+    let login = stack
+        .via_proxy
+        .login(&app.id, "dave", consent)
+        .await
+        .unwrap();
+    let tokens = stack
+        .via_proxy
+        .exchange_code(&app, &login.code)
+        .await
+        .unwrap();
+    stack.wait_synced().await;
+    let renamed = stack.via_proxy.update_client(&app, "App 2").await.unwrap();
+    assert_eq!(renamed.secret, app.secret, "the source kept the secret");
+    stack.wait_synced().await;
+    finish_backfill(&admin(&stack.proxy)).await;
+    // The premise: the token is active at the source, not at the target.
+    let at_target = stack
+        .at_target
+        .introspect(&app, &tokens.access_token)
+        .await
+        .unwrap();
+    assert_eq!(at_target["active"], false, "{at_target}");
+
+    let report = dry_run(&stack, false).await;
+    let access = check(&report, "access-token keys");
+    assert!(access.ok, "{access:?}");
+    assert!(access.detail.contains("inconclusive"), "{}", access.detail);
+}

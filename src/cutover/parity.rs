@@ -434,11 +434,16 @@ async fn probe_access_tokens(
                 Ok(Some(_)) => Verdict::Differ,
                 Ok(None) => {
                     // Inactive there: a key, unless the client is not there
-                    // yet or the token was revoked meanwhile.
+                    // yet, the token was revoked meanwhile, or the client
+                    // was replaced there by delete and create (a delete
+                    // that cascades revokes its tokens: no key's doing).
                     let Some((_, client_id)) = crate::triggers::jwt_subject_and_client(token)
                     else {
                         return Verdict::Inconclusive;
                     };
+                    if secondary.client_was_replaced(&client_id) {
+                        return Verdict::Inconclusive;
+                    }
                     let client_there =
                         matches!(secondary.get_client(&client_id).await, Ok(Some(_)));
                     let still_active = matches!(

@@ -91,6 +91,9 @@ pub struct Connect2id {
     timeout: Duration,
     /// Clients replaced here by delete and create.
     replaced: Arc<std::sync::atomic::AtomicU64>,
+    /// Which clients those were: a delete may have revoked their tokens
+    /// here, which the key-parity probes must not blame on a key.
+    replaced_ids: Arc<dashmap::DashSet<Box<str>>>,
     /// The issuer every call is routed to (`None`: the default one).
     tenant: Option<Arc<Tenant>>,
 }
@@ -180,6 +183,7 @@ impl Connect2id {
             tokens,
             timeout,
             replaced: Arc::default(),
+            replaced_ids: Arc::default(),
             tenant: None,
         }
     }
@@ -442,6 +446,7 @@ impl Connect2id {
         let copy = self.import_client(record).await?;
         self.replaced
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.replaced_ids.insert(client_id.into());
         Ok(ClientCopy {
             write: ClientWrite::Replaced,
             copy,
@@ -453,6 +458,12 @@ impl Connect2id {
     /// (see [`Connect2id::upsert_client`]).
     pub fn clients_replaced(&self) -> u64 {
         self.replaced.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether this process replaced `client_id` here by delete and
+    /// create (its tokens issued before may have been revoked by it).
+    pub(crate) fn client_was_replaced(&self, client_id: &str) -> bool {
+        self.replaced_ids.contains(client_id)
     }
 
     // ---- authorizations ----
