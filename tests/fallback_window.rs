@@ -27,14 +27,9 @@ async fn an_identifier_access_token_issued_before_the_flip_is_introspected_until
         jwt_access_token: false,
         ..Consent::default()
     };
-    let login = stack
-        .via_proxy
-        .login(&app.id, "alice", consent)
-        .await
-        .unwrap();
     let tokens = stack
         .via_proxy
-        .exchange_code(&app, &login.code)
+        .login_tokens(&app, "alice", consent)
         .await
         .unwrap();
     stack.wait_synced().await;

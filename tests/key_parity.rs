@@ -195,14 +195,9 @@ async fn tokens_of_a_client_replaced_at_the_target_are_not_blamed_on_a_key() {
         rotate: false,
         jwt_access_token: true,
     };
-    let login = stack
-        .via_proxy
-        .login(&app.id, "dave", consent)
-        .await
-        .unwrap();
     let tokens = stack
         .via_proxy
-        .exchange_code(&app, &login.code)
+        .login_tokens(&app, "dave", consent)
         .await
         .unwrap();
     stack.wait_synced().await;

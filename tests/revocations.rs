@@ -33,14 +33,9 @@ async fn a_revoked_self_contained_refresh_token_stays_revoked_at_the_target() {
         rotate: false,
         jwt_access_token: true,
     };
-    let login = stack
-        .via_proxy
-        .login(&app.id, "alice", consent)
-        .await
-        .unwrap();
     let tokens = stack
         .via_proxy
-        .exchange_code(&app, &login.code)
+        .login_tokens(&app, "alice", consent)
         .await
         .unwrap();
     let refresh_token = tokens.refresh_token.clone().unwrap();
@@ -158,14 +153,9 @@ async fn a_revocation_with_a_secret_rotated_since_is_replayed_with_the_targets_c
         rotate: false,
         jwt_access_token: true,
     };
-    let login = stack
-        .via_proxy
-        .login(&app.id, "carol", consent)
-        .await
-        .unwrap();
     let tokens = stack
         .via_proxy
-        .exchange_code(&app, &login.code)
+        .login_tokens(&app, "carol", consent)
         .await
         .unwrap();
     let refresh_token = tokens.refresh_token.clone().unwrap();

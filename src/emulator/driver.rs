@@ -715,6 +715,18 @@ impl Driver {
         .await
     }
 
+    /// A login of `subject` at `client` and the exchange of its code: the
+    /// tokens a relying party ends up holding.
+    pub async fn login_tokens(
+        &self,
+        client: &RegisteredClient,
+        subject: &str,
+        consent: Consent,
+    ) -> Result<Tokens, Error> {
+        let login = self.login(&client.id, subject, consent).await?;
+        self.exchange_code(client, &login.code).await
+    }
+
     /// Exchanges an authorization code.
     pub async fn exchange_code(
         &self,
