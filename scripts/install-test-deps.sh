@@ -2,7 +2,8 @@
 # Installs what the test suite needs beyond Rust, from Debian packages:
 # `promtool` (package prometheus) for tests/deploy_kit.rs. PostgreSQL is
 # found or started by tests/support/pg.rs (package postgresql provides the
-# binaries for a throwaway cluster). Idempotent; called by .ci/run.
+# binaries for a throwaway cluster). Idempotent; tests/deploy_kit.rs runs it
+# when promtool is missing, so `cargo test` alone needs nothing installed by hand.
 set -euo pipefail
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)

@@ -9,15 +9,31 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use handover::api::FlipRequest;
+use handover::emulator::connect2id::Strictness;
 use support::cutover::{Load, admin, finish_backfill, status};
-use support::stack::Stack;
+use support::stack::{Servers, Stack};
 
 /// Load workers: the login page backend, relying parties and an admin tool.
 const WORKERS: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutover_under_continuous_mixed_load_has_zero_client_errors() {
-    let stack = Stack::start().await;
+    // The target is set up as the runbook asks: it takes the source's
+    // secret on a client update (`preferred_client_secret`). Otherwise the
+    // load's client updates reach it only by delete and create, whose
+    // cascade revokes that client's tokens there (the pre-flight warns of
+    // it), and a parked refresh token below could be one of them.
+    let stack = Stack::start_servers(
+        Servers {
+            target_strictness: Some(Strictness {
+                preferred_client_secret_on_update: true,
+                ..Strictness::default()
+            }),
+            ..Servers::default()
+        },
+        |_| {},
+    )
+    .await;
     let admin = admin(&stack.proxy);
     finish_backfill(&admin).await;
 
