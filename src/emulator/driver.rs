@@ -318,18 +318,7 @@ impl Driver {
         client: &RegisteredClient,
         name: &str,
     ) -> Result<RegisteredClient, Error> {
-        let mut body = client.record.clone();
-        for regenerated in [
-            "client_id_issued_at",
-            "registration_access_token",
-            "registration_client_uri",
-            "client_secret_expires_at",
-        ] {
-            if let Some(fields) = body.as_object_mut() {
-                fields.remove(regenerated);
-            }
-        }
-        body["client_name"] = name.into();
+        let body = renamed(client, name, &[]);
         let record = self
             .json_call(
                 "update client",
@@ -413,19 +402,8 @@ impl Driver {
         registration_token: &str,
         name: &str,
     ) -> Result<RegisteredClient, Error> {
-        let mut body = client.record.clone();
-        for regenerated in [
-            "client_id_issued_at",
-            "registration_access_token",
-            "registration_client_uri",
-            "client_secret_expires_at",
-            "client_secret",
-        ] {
-            if let Some(fields) = body.as_object_mut() {
-                fields.remove(regenerated);
-            }
-        }
-        body["client_name"] = name.into();
+        // A client may not name its own secret (a privileged field).
+        let body = renamed(client, name, &["client_secret"]);
         let answer = self
             .send(
                 "update own registration",
@@ -865,4 +843,25 @@ fn tokens_of(answer: Answer, operation: &'static str) -> Result<Tokens, Error> {
             .map(str::to_owned),
         response,
     })
+}
+
+/// `client`'s registration as an update body that renames it: without the
+/// fields the server sets itself (and without `also`).
+fn renamed(client: &RegisteredClient, name: &str, also: &[&str]) -> Value {
+    let mut body = client.record.clone();
+    if let Some(fields) = body.as_object_mut() {
+        for regenerated in [
+            "client_id_issued_at",
+            "registration_access_token",
+            "registration_client_uri",
+            "client_secret_expires_at",
+        ]
+        .iter()
+        .chain(also)
+        {
+            fields.remove(*regenerated);
+        }
+    }
+    body["client_name"] = name.into();
+    body
 }
