@@ -17,8 +17,7 @@
 //! | `GET /verify` | the latest verify: state, live progress, report |
 //! | `GET /dead-letters` | changes the sync gave up on, with the reason (never their contents) |
 //! | `POST /dead-letters/retry` | journals them again and clears the list |
-//! | `POST /cutover`, `/rollback` | the fenced flip (`{"dry_run": bool, "max_pause_ms": N, "force": bool}`), answers the step-by-step report |
-//! | `POST /cutover/prepare`, `/cutover/commit`, `/cutover/abort` | the same flip split in two phases, for several instances driven together |
+//! | `POST /cutover`, `/rollback` | the fenced flip (`{"dry_run": bool, "max_pause_ms": N, "force": bool}`), answers the step-by-step report; in a fleet, on any instance: it coordinates the rest through the store |
 //! | `POST /complete` | stop syncing for good after a cutover |
 //! | `POST /shutdown` | the same ordered shutdown as SIGTERM |
 
@@ -450,7 +449,7 @@ impl Admin {
                     &json!({"error": "not_found", "error_description": "no verify has run"}),
                 ),
             },
-            (&Method::POST, "/cutover" | "/rollback" | "/cutover/prepare") => {
+            (&Method::POST, "/cutover" | "/rollback") => {
                 let request: FlipRequest = if body.is_empty() {
                     FlipRequest::default()
                 } else {
@@ -459,19 +458,11 @@ impl Admin {
                         Err(err) => return bad_request(&format!("invalid JSON body: {err}")),
                     }
                 };
-                let report = match path {
-                    "/cutover" => self.cutover.cutover(&request).await,
-                    "/rollback" => self.cutover.rollback(&request).await,
-                    _ => self.cutover.prepare(&request).await,
+                let report = if path == "/cutover" {
+                    self.cutover.cutover(&request).await
+                } else {
+                    self.cutover.rollback(&request).await
                 };
-                json_response(flip_status(&report), &report)
-            }
-            (&Method::POST, "/cutover/commit") => {
-                let report = self.cutover.commit().await;
-                json_response(flip_status(&report), &report)
-            }
-            (&Method::POST, "/cutover/abort") => {
-                let report = self.cutover.abort("aborted by the coordinator").await;
                 json_response(flip_status(&report), &report)
             }
             (&Method::POST, "/complete") => {

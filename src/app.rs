@@ -276,6 +276,27 @@ pub async fn run(
     let timeout = config.sync.request_timeout;
     // The phase decides who is primary: a restart after a flip keeps it.
     let phases = Arc::new(Phases::load(&config.journal.dir)?);
+    // Fleet mode: register before serving anything (a flip waits for every
+    // registered instance), then take the fleet's phase: the store's, not
+    // this disk's.
+    let member = crate::store::Member {
+        instance: instance.clone(),
+        admin_url: format!("http://{}", config.admin.listen),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        phase: phases.phase().as_str().to_owned(),
+        backfill: String::new(),
+    };
+    if let Some(store) = &shared_store {
+        store
+            .renew_member(&member, config.store.claim_lease)
+            .await?;
+        let control = store.control().await?;
+        if let Some(state) = procedure::fleet_state(&control)
+            && state != phases.current()
+        {
+            phases.adopt(state)?;
+        }
+    }
     let mut servers = Servers::new(
         Arc::clone(&source),
         Arc::clone(&target),
@@ -347,6 +368,10 @@ pub async fn run(
         &sync_tracker,
         sync_stop.clone(),
     );
+    let epoch = {
+        let phases = Arc::clone(&phases);
+        sync::Epoch::new(move || phases.current().epoch)
+    };
     let claimer = shared_store.as_ref().map(|store| {
         sync::claimer::Claimer::new(
             store.clone(),
@@ -354,6 +379,7 @@ pub async fn run(
             instance.clone(),
             config.store.claim_lease,
         )
+        .with_epoch(epoch.clone())
     });
     let recorder = Recorder::with_shared(
         config.sync.datasets.clone(),
@@ -364,6 +390,7 @@ pub async fn run(
             .map(|(store, claimer)| sync::SharedJournal {
                 store: store.clone(),
                 wake: claimer.waker(),
+                epoch: epoch.clone(),
             }),
         sync.clone(),
         Arc::clone(&dead_letters),
@@ -444,7 +471,6 @@ pub async fn run(
         metrics.cutover.clone(),
         config.cutover.clone(),
         procedure::Environment {
-            admin_token: config.admin.token.clone(),
             target_serves_traffic: config
                 .target
                 .authlete
@@ -455,7 +481,7 @@ pub async fn run(
             parity: parity.clone(),
             shared: shared_store
                 .as_ref()
-                .map(|store| (store.clone(), instance.clone())),
+                .map(|store| procedure::Fleet::new(store.clone(), instance.clone())),
         },
     ));
     let credentials = Arc::new(CredentialRewriter {
@@ -541,19 +567,19 @@ pub async fn run(
         tracker.spawn(
             keep_membership(
                 store.clone(),
-                crate::store::Member {
-                    instance: instance.clone(),
-                    admin_url: format!("http://{}", config.admin.listen),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                    phase: String::new(),
-                },
-                Arc::clone(&phases),
+                member,
+                Arc::clone(&cutover),
                 config.store.claim_lease,
-                Arc::clone(&gate),
                 Arc::clone(&health),
                 background_stop.clone(),
             )
             .instrument(tracing::info_span!("fleet")),
+        );
+        // Holds, flips and aborts published by whichever instance runs them.
+        tracker.spawn(
+            Arc::clone(&cutover)
+                .follow(background_stop.clone())
+                .instrument(tracing::info_span!("fleet")),
         );
     }
     // Fleet mode: take a share of the shared journal, keep the claims
@@ -704,26 +730,36 @@ fn check_authlete(authlete: Arc<Authlete>) {
 async fn keep_membership(
     store: crate::store::Handle,
     member: crate::store::Member,
-    phases: Arc<Phases>,
+    cutover: Arc<Cutover>,
     lease: Duration,
-    gate: Arc<Gate>,
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
     let tick = lease / 6;
     let mut last_renewal = std::time::Instant::now();
     let mut fenced = false;
+    let phase_changed = cutover
+        .environment
+        .shared
+        .as_ref()
+        .map(|fleet| Arc::clone(&fleet.phase_changed))
+        .unwrap_or_default();
     loop {
         let current = crate::store::Member {
-            phase: phases.phase().as_str().to_owned(),
+            phase: cutover.phases.phase().as_str().to_owned(),
+            backfill: cutover.backfill.state().as_str().to_owned(),
             ..member.clone()
         };
         match tokio::time::timeout(tick, store.renew_member(&current, lease)).await {
             Ok(Ok(())) => {
                 last_renewal = std::time::Instant::now();
-                if fenced {
+                // The fleet may have flipped while this instance was cut
+                // off: take its phase before a trigger flows again.
+                if fenced && let Ok(Ok(control)) = tokio::time::timeout(tick, store.control()).await
+                {
+                    cutover.adopt(&control);
                     fenced = false;
-                    gate.set_fenced(false);
+                    cutover.gate.set_fenced(false);
                     health.set_fenced(false);
                     tracing::info!("fleet lease renewed; fence lifted");
                 }
@@ -731,7 +767,7 @@ async fn keep_membership(
             failed => {
                 if !fenced && last_renewal.elapsed() >= lease * 2 / 3 {
                     fenced = true;
-                    gate.set_fenced(true);
+                    cutover.gate.set_fenced(true);
                     health.set_fenced(true);
                     let error = match failed {
                         Ok(Err(err)) => err.to_string(),
@@ -747,6 +783,7 @@ async fn keep_membership(
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(tick) => {}
+            () = phase_changed.notified() => {}
         }
     }
     if let Ok(Err(err)) = tokio::time::timeout(tick, store.leave(&member.instance)).await {

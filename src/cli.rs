@@ -18,67 +18,18 @@ pub enum Flip {
     Rollback,
 }
 
-/// Drives a flip on one instance, or on several together: every instance
-/// prepares (holds, drains, verifies); only if all are prepared do all
-/// commit, else all prepared ones abort. Returns one report per instance,
-/// in order.
+/// Drives a flip through one instance's admin API. In a fleet, any
+/// instance coordinates every other through the shared store.
 pub async fn flip(
-    clients: &[AdminClient],
+    client: &AdminClient,
     flip: Flip,
     request: &FlipRequest,
-) -> Result<Vec<FlipReport>, Error> {
-    let single = match flip {
+) -> Result<FlipReport, Error> {
+    let path = match flip {
         Flip::Cutover => "/cutover",
         Flip::Rollback => "/rollback",
     };
-    if clients.len() == 1 || request.dry_run {
-        let mut reports = Vec::new();
-        for client in clients {
-            reports.push(client.flip(single, request).await?);
-        }
-        return Ok(reports);
-    }
-    let mut prepares = tokio::task::JoinSet::new();
-    for (index, client) in clients.iter().enumerate() {
-        let client = client.clone();
-        let request = request.clone();
-        prepares.spawn(async move { (index, client.flip("/cutover/prepare", &request).await) });
-    }
-    let mut prepared: Vec<Option<Result<FlipReport, Error>>> =
-        (0..clients.len()).map(|_| None).collect();
-    while let Some(joined) = prepares.join_next().await {
-        if let Ok((index, result)) = joined {
-            prepared[index] = Some(result);
-        }
-    }
-    let all_prepared = prepared
-        .iter()
-        .all(|r| matches!(r, Some(Ok(report)) if report.outcome == crate::api::Outcome::Prepared));
-    let second = if all_prepared {
-        "/cutover/commit"
-    } else {
-        "/cutover/abort"
-    };
-    let mut reports = Vec::new();
-    for (client, first) in clients.iter().zip(prepared) {
-        let first =
-            first.unwrap_or_else(|| Err(Error::Unexpected("prepare did not finish".to_owned())));
-        match first {
-            Ok(report) if report.outcome == crate::api::Outcome::Prepared => {
-                reports.push(client.flip(second, &FlipRequest::default()).await?)
-            }
-            Ok(report) => reports.push(report),
-            Err(err) => {
-                // This instance is in an unknown state; the others abort.
-                reports.push(FlipReport {
-                    outcome: crate::api::Outcome::Unreachable,
-                    reason: Some(err.to_string()),
-                    ..FlipReport::default()
-                });
-            }
-        }
-    }
-    Ok(reports)
+    client.flip(path, request).await
 }
 
 /// Renders a flip report, step by step.

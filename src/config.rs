@@ -1349,10 +1349,12 @@ fn validate_cutover(raw: RawCutover, problems: &mut Problems) -> crate::cutover:
         defaults.fallback_window,
         problems,
     );
-    for peer in &raw.peers {
-        if BaseUrl::parse(peer).is_err() {
-            problems.push("cutover.peers", format!("{peer:?} is not an http(s) URL"));
-        }
+    // The static peer list is gone: one way to run a fleet.
+    if !raw.peers.is_empty() {
+        problems.push(
+            "cutover.peers",
+            "was removed: several instances share a [store] kind = \"postgres\" and coordinate the cutover through it (README, \"Running several instances\"); delete this key",
+        );
     }
     let refresh_fallback_window = raw.refresh_fallback_window.map(|text| {
         duration(
@@ -1370,7 +1372,6 @@ fn validate_cutover(raw: RawCutover, problems: &mut Problems) -> crate::cutover:
         hold_max_bytes: usize::try_from(hold_max_bytes).unwrap_or(usize::MAX),
         fallback_window,
         refresh_fallback_window,
-        peers: raw.peers,
     }
 }
 
@@ -2001,6 +2002,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_removed_peer_list_is_refused_with_where_to_go() {
+        let text =
+            format!("{MINIMAL}\n[cutover]\npeers = [\"https://handover-2.internal:9901\"]\n");
+        assert_eq!(problem_fields(&text), ["cutover.peers"]);
+        let Err(err) = parse(&text) else {
+            panic!("accepted a peer list")
+        };
+        assert!(err.to_string().contains("[store] kind"), "{err}");
+        // An empty list (as earlier example files had) is harmless.
+        assert!(parse(&format!("{MINIMAL}\n[cutover]\npeers = []\n")).is_ok());
     }
 
     #[test]

@@ -59,9 +59,6 @@ pub struct Config {
     /// config from the target's refresh-token lifetime; `None` for a
     /// Connect2id target.
     pub refresh_fallback_window: Option<Duration>,
-    /// The other instances' admin URLs (for a prepared instance that lost
-    /// its coordinator).
-    pub peers: Vec<String>,
 }
 
 impl Default for Config {
@@ -74,7 +71,6 @@ impl Default for Config {
             hold_max_bytes: gate::DEFAULT_MAX_HELD_BYTES,
             fallback_window: procedure::DEFAULT_FALLBACK_WINDOW,
             refresh_fallback_window: None,
-            peers: Vec::new(),
         }
     }
 }
@@ -216,6 +212,33 @@ impl Phases {
         self.fast
             .store(phase as u8, std::sync::atomic::Ordering::Release);
         tracing::info!(phase = phase.as_str(), epoch, "phase changed");
+        Ok(next)
+    }
+}
+
+impl Phases {
+    /// Fleet mode: takes the state the fleet's shared control says (another
+    /// instance flipped, aborted or completed), persisting it like
+    /// [`Phases::apply`] does. The table was checked by whoever wrote it.
+    pub fn adopt(&self, next: State) -> Result<State, Error> {
+        let mut guard = self.state.lock().map_err(|_| Error::Persist {
+            path: self.path.clone(),
+            message: "phase lock poisoned".to_owned(),
+        })?;
+        if !next.phase.holds_writes() {
+            persist(&self.path, &next).map_err(|err| Error::Persist {
+                path: self.path.clone(),
+                message: err.to_string(),
+            })?;
+        }
+        *guard = next;
+        self.fast
+            .store(next.phase as u8, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            phase = next.phase.as_str(),
+            epoch = next.epoch,
+            "phase taken from the fleet"
+        );
         Ok(next)
     }
 }

@@ -19,6 +19,8 @@ const EXIT_PROBLEM: u8 = 1;
 /// (EX_UNAVAILABLE from sysexits.h): the operation did not run, so a
 /// script must not read it as "found drift" (1).
 const EXIT_UNREACHABLE: u8 = 69;
+/// Exit code for a usage error (clap's own).
+const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -147,9 +149,9 @@ struct FlipArgs {
     /// Flip despite dead letters or an unfinished backfill.
     #[arg(long)]
     force: bool,
-    /// Another instance's admin URL (repeat for each): all flip together or
-    /// none does.
-    #[arg(long = "peer", value_name = "URL")]
+    /// Removed: a fleet shares a PostgreSQL store, and any instance
+    /// coordinates the cutover through it.
+    #[arg(long = "peer", value_name = "URL", hide = true)]
     peers: Vec<String>,
 }
 
@@ -590,42 +592,30 @@ fn flip_command(args: FlipArgs, flip: handover::cli::Flip) -> ExitCode {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         force: args.force,
     };
-    let peers = args.peers.clone();
-    operate(&args.admin, |client, json| async move {
-        let token = std::env::var("HANDOVER_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-        let mut clients = vec![client];
-        clients.extend(
-            peers
-                .iter()
-                .map(|peer| handover::api::AdminClient::new(peer, token.clone())),
+    if !args.peers.is_empty() {
+        eprintln!(
+            "error: --peer was removed: several instances share a [store] kind = \"postgres\", and `handover cutover` on any one of them coordinates the rest (README, \"Running several instances\")"
         );
-        let reports = handover::cli::flip(&clients, flip, &request).await?;
+        return ExitCode::from(EXIT_USAGE);
+    }
+    operate(&args.admin, |client, json| async move {
+        let report = handover::cli::flip(&client, flip, &request).await?;
         if json {
+            // A list, as when several instances were driven one by one.
             write_stdout(&format!(
                 "{}\n",
-                serde_json::to_string(&reports).unwrap_or_default()
+                serde_json::to_string(&[&report]).unwrap_or_default()
             ));
         } else {
-            for (client, report) in clients.iter().zip(&reports) {
-                write_stdout(&handover::cli::render_flip(client.base(), report));
-            }
+            write_stdout(&handover::cli::render_flip(client.base(), &report));
         }
-        let unreachable = reports
-            .iter()
-            .any(|report| report.outcome == handover::api::Outcome::Unreachable);
-        Ok(
-            if reports.iter().all(handover::api::FlipReport::succeeded) {
-                ExitCode::SUCCESS
-            } else if unreachable {
-                // An instance could not be reached: the flip was aborted
-                // everywhere for that reason, not for a failed check.
-                ExitCode::from(EXIT_UNREACHABLE)
-            } else {
-                ExitCode::from(EXIT_PROBLEM)
-            },
-        )
+        Ok(if report.succeeded() {
+            ExitCode::SUCCESS
+        } else if report.outcome == handover::api::Outcome::Unreachable {
+            ExitCode::from(EXIT_UNREACHABLE)
+        } else {
+            ExitCode::from(EXIT_PROBLEM)
+        })
     })
 }
 

@@ -293,6 +293,11 @@ pub struct Member {
     pub version: String,
     /// The phase it sees.
     pub phase: String,
+    /// Its backfill's state (`idle`, `running`, `done`, ...): a backfill
+    /// done on one instance is done for the fleet (it copies the source
+    /// whole, whoever runs it).
+    #[serde(default)]
+    pub backfill: String,
 }
 
 /// A member and its lease.
@@ -305,6 +310,9 @@ pub struct MemberStatus {
     pub lease_age_ms: u64,
     /// Whether its lease is live (it renewed within the lease).
     pub live: bool,
+    /// The last hold it acknowledged, and how far it came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_ack: Option<(u64, HoldAck)>,
 }
 
 /// The shared control state.
@@ -318,6 +326,8 @@ pub struct Control {
     pub flipped_at_ms: Option<u64>,
     /// Increments at every write; [`Handle::set_control`] compares it.
     pub version: u64,
+    /// The flip in progress, if any: every instance holds its writes for it.
+    pub hold: Option<Hold>,
 }
 
 impl Default for Control {
@@ -327,7 +337,91 @@ impl Default for Control {
             epoch: 1,
             flipped_at_ms: None,
             version: 0,
+            hold: None,
         }
+    }
+}
+
+/// A flip in progress, as the control state publishes it to the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// Its id: the control version that published it (unique, increasing).
+    pub id: u64,
+    /// The instance driving it.
+    pub coordinator: String,
+    /// Whether its time is up by the store's clock (the coordinator may be
+    /// gone: any instance may then abort it).
+    pub expired: bool,
+}
+
+/// What [`Handle::set_control`] writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextControl {
+    /// The phase.
+    pub phase: String,
+    /// The epoch.
+    pub epoch: u64,
+    /// When the primary last flipped (unix ms).
+    pub flipped_at_ms: Option<u64>,
+    /// A hold to publish (`None` clears the one there is).
+    pub hold: Option<NewHold>,
+}
+
+/// A hold to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewHold {
+    /// The instance driving the flip.
+    pub coordinator: String,
+    /// How long it may last, by the store's clock.
+    pub lasting: Duration,
+}
+
+/// How far a member has come with a hold ([`Handle::ack_hold`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldAck {
+    /// Its gate is closed, every trigger that had passed it is journaled
+    /// in the store, and nothing is left in its memory.
+    Held,
+    /// And the keys it synced recently were read equal on both sides after
+    /// the shared journal drained.
+    Verified {
+        /// How many.
+        keys: u64,
+    },
+    /// It cannot take part (the reason names no secret).
+    Failed(String),
+}
+
+impl HoldAck {
+    /// As stored: `held`, `verified:<keys>`, `failed:<reason>`.
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Held => "held".to_owned(),
+            Self::Verified { keys } => format!("verified:{keys}"),
+            Self::Failed(reason) => format!("failed:{}", cut_reason(reason)),
+        }
+    }
+
+    /// The stored form back; an unknown form is a failure naming it.
+    pub fn decode(text: &str) -> Self {
+        if text == "held" {
+            return Self::Held;
+        }
+        if let Some(keys) = text.strip_prefix("verified:")
+            && let Ok(keys) = keys.parse()
+        {
+            return Self::Verified { keys };
+        }
+        match text.strip_prefix("failed:") {
+            Some(reason) => Self::Failed(reason.to_owned()),
+            None => Self::Failed(format!("unknown acknowledgement {text:?}")),
+        }
+    }
+}
+
+impl serde::Serialize for HoldAck {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.encode())
     }
 }
 
@@ -373,10 +467,20 @@ impl Handle {
     }
 
     /// Appends `records` as one transaction; returns their seqs in order.
+    /// They may be claimed at any epoch.
     pub async fn append(&self, records: Vec<Record>) -> Result<Vec<Seq>, Error> {
+        self.append_in(records, 0).await
+    }
+
+    /// Appends `records` made at `epoch` (the primary they were read from):
+    /// only a claimer at that epoch or a later one takes them, so an
+    /// instance that has not yet followed a flip never applies a change
+    /// made after it in the old direction. (A local store has one
+    /// instance: its epoch is the only one, and it keeps none.)
+    pub async fn append_in(&self, records: Vec<Record>, epoch: u64) -> Result<Vec<Seq>, Error> {
         match self {
             Handle::Local(store) => store.append(records).await,
-            Handle::Postgres(store) => store.append(records).await,
+            Handle::Postgres(store) => store.append(records, epoch).await,
         }
     }
 
@@ -389,9 +493,21 @@ impl Handle {
         max_lanes: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
+        self.claim_through(owner, max_lanes, lease, u64::MAX).await
+    }
+
+    /// Like [`Handle::claim`], taking only lanes whose records were all
+    /// appended at `epoch` or before ([`Handle::append_in`]).
+    pub async fn claim_through(
+        &self,
+        owner: &str,
+        max_lanes: usize,
+        lease: Duration,
+        epoch: u64,
+    ) -> Result<Vec<Claimed>, Error> {
         match self {
             Handle::Local(store) => Ok(store.claim(owner, max_lanes, lease)),
-            Handle::Postgres(store) => store.claim(owner, max_lanes, lease).await,
+            Handle::Postgres(store) => store.claim(owner, max_lanes, lease, epoch).await,
         }
     }
 
@@ -541,30 +657,32 @@ impl Handle {
     }
 
     /// Writes the control state if its version is still `expected`;
-    /// returns the new state (version + 1), or `None` when someone else
-    /// wrote first.
+    /// returns the new state (version + 1; a hold it publishes has that
+    /// version as its id), or `None` when someone else wrote first.
     pub async fn set_control(
         &self,
         expected: u64,
-        phase: &str,
-        epoch: u64,
-        flipped_at_ms: Option<u64>,
+        next: &NextControl,
     ) -> Result<Option<Control>, Error> {
         match self {
             Handle::Local(store) => {
                 let store = Arc::clone(store);
-                let phase = phase.to_owned();
-                tokio::task::spawn_blocking(move || {
-                    store.set_control(expected, &phase, epoch, flipped_at_ms)
-                })
-                .await
-                .map_err(|_| Error::Closed)?
-            }
-            Handle::Postgres(store) => {
-                store
-                    .set_control(expected, phase, epoch, flipped_at_ms)
+                let next = next.clone();
+                tokio::task::spawn_blocking(move || store.set_control(expected, &next))
                     .await
+                    .map_err(|_| Error::Closed)?
             }
+            Handle::Postgres(store) => store.set_control(expected, next).await,
+        }
+    }
+
+    /// Records how far member `instance` has come with hold `hold`;
+    /// `false` when it is not a member (its registration expired and was
+    /// not renewed).
+    pub async fn ack_hold(&self, instance: &str, hold: u64, ack: &HoldAck) -> Result<bool, Error> {
+        match self {
+            Handle::Local(store) => Ok(store.ack_hold(instance, hold, ack)),
+            Handle::Postgres(store) => store.ack_hold(instance, hold, ack).await,
         }
     }
 

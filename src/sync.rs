@@ -46,7 +46,7 @@ pub use apply::{Apply, BoxFuture, Connect2idCopy};
 pub use authlete::AuthleteApply;
 pub use limiter::{Bounds, Limiter, Permit, Snapshot};
 pub use recorder::{
-    MAX_UNJOURNALED, REJOURNAL_INITIAL_DELAY, REJOURNAL_MAX_DELAY, Recorder, SharedJournal,
+    Epoch, MAX_UNJOURNALED, REJOURNAL_INITIAL_DELAY, REJOURNAL_MAX_DELAY, Recorder, SharedJournal,
     Untracked,
 };
 

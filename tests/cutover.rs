@@ -1,7 +1,7 @@
 //! The phases around the fenced flip: the pre-flight refuses mismatched
 //! key sets, the flip survives a restart, a rollback keeps what was written
-//! on the target, several instances flip together or not at all, `complete`
-//! stops syncing, and management credentials follow the primary.
+//! on the target, `complete` stops syncing, and management credentials
+//! follow the primary. (Several instances: tests/fleet_cutover.rs.)
 #![allow(clippy::unwrap_used)] // tests unwrap freely; a panic is a failure
 
 mod support;
@@ -11,17 +11,13 @@ use std::time::Duration;
 
 use handover::api::AdminClient;
 use handover::api::{FlipReport, FlipRequest};
-use handover::cli::{self, Flip};
-use handover::config::TEST_JOURNAL_KEY;
 use handover::emulator::connect2id::ApiTokens;
 use handover::emulator::driver::{Consent, Driver};
 use handover::emulator::jwks::JwkSet;
-use handover::journal::{Cipher, DeadLetters};
-use handover::model::{Change, Key};
 use serde_json::Value;
 use support::cutover::{admin, finish_backfill, status};
 use support::proxy::TestProxy;
-use support::stack::{Servers, Stack, TOKEN, metric_sum, wait_drained};
+use support::stack::{Servers, Stack, metric_sum};
 
 /// Starts a stack with the backfill done, ready for a cutover.
 async fn ready_stack() -> Stack {
@@ -338,119 +334,6 @@ async fn rollback_after_writes_on_the_target_keeps_them_on_the_source() {
     // The refresh token last rotated on the target works at the source.
     let rotated = stack.at_source.refresh(&app, &refresh).await.unwrap();
     assert!(rotated.refresh_token.is_some());
-}
-
-/// A second proxy in front of the same servers, on its own journal
-/// directory (which may hold dead letters).
-async fn second_instance(stack: &Stack, dead_letter: bool) -> TestProxy {
-    let dir = tempfile::tempdir().unwrap();
-    if dead_letter {
-        let letters =
-            DeadLetters::open(dir.path(), Cipher::from_hex(TEST_JOURNAL_KEY).unwrap()).unwrap();
-        let change = Change::sync(Key::Client {
-            client_id: "refused-by-the-target".to_owned(),
-        });
-        letters
-            .push(
-                "the target refused the record",
-                &serde_json::to_vec(&change).unwrap(),
-            )
-            .unwrap();
-    }
-    let mut config = stack.config.clone();
-    config.journal.dir = dir.path().to_owned();
-    let mut proxy = TestProxy::start_with_journal(config).await;
-    proxy.journal_dir = Some(dir);
-    proxy.wait_ready().await;
-    proxy
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_cut_over_together() {
-    let stack = ready_stack().await;
-    let b = second_instance(&stack, true).await;
-    let (admin_a, admin_b) = (admin(&stack.proxy), admin(&b));
-    finish_backfill(&admin_b).await;
-    let via_b = Driver::new(b.url("/c2id"), TOKEN);
-
-    // B cannot prepare (a dead letter): A prepares, then aborts with it.
-    let reports = cli::flip(
-        &[admin_a.clone(), admin_b.clone()],
-        Flip::Cutover,
-        &FlipRequest::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        reports[0].outcome,
-        handover::api::Outcome::Aborted,
-        "{reports:#?}"
-    );
-    assert_eq!(
-        reports[0].reason.as_deref(),
-        Some("aborted by the coordinator")
-    );
-    assert_eq!(
-        reports[1].outcome,
-        handover::api::Outcome::Refused,
-        "{reports:#?}"
-    );
-    assert!(
-        reports[1]
-            .preflight
-            .iter()
-            .any(|c| c.check == "no dead letters" && !c.ok),
-        "{reports:#?}"
-    );
-    for admin in [&admin_a, &admin_b] {
-        assert_eq!(phase(admin).await, expect("mirroring", 1, "source"));
-    }
-    // Both still write to the source.
-    for via in [&stack.via_proxy, &via_b] {
-        let app = via.register_client("Still mirroring").await.unwrap();
-        assert!(stack.source_emulator().client(&app.id).is_some());
-    }
-
-    // Fixed: both flip, to the same epoch.
-    assert_eq!(admin_b.retry_dead_letters().await.unwrap(), 1);
-    stack.wait_synced().await;
-    assert!(wait_drained(&b.admin_url("/metrics"), Duration::from_secs(30)).await);
-    let reports = cli::flip(
-        &[admin_a.clone(), admin_b.clone()],
-        Flip::Cutover,
-        &FlipRequest::default(),
-    )
-    .await
-    .unwrap();
-    eprintln!(
-        "two instances: {}",
-        reports
-            .iter()
-            .map(|r| format!("{} (pause {} ms, epoch {})", r.outcome, r.pause_ms, r.epoch))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    for report in &reports {
-        assert_eq!(
-            (
-                report.outcome.as_str(),
-                report.epoch,
-                report.primary.as_str()
-            ),
-            ("cut-over", 2, "target"),
-            "{reports:#?}"
-        );
-    }
-    for admin in [&admin_a, &admin_b] {
-        assert_eq!(phase(admin).await, expect("cut-over", 2, "target"));
-    }
-    // Both route writes to the target: with the source down they still work.
-    stack.source_emulator().knobs().set_down(true);
-    for via in [&stack.via_proxy, &via_b] {
-        let app = via.register_client("After").await.unwrap();
-        assert!(stack.target_emulator().client(&app.id).is_some());
-    }
-    stack.source_emulator().knobs().set_down(false);
 }
 
 #[tokio::test]

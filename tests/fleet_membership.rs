@@ -3,9 +3,8 @@
 //! An instance reaches PostgreSQL through a TCP relay the test severs:
 //! once it cannot renew its lease it fences itself (trigger requests get
 //! `503` with `Retry-After`, reads keep flowing, `/readyz` false) and
-//! lifts the fence when the database is back. While two instances hold
-//! live leases, the cutover pre-flight refuses (the fleet-wide cutover is
-//! not built yet: scale to one to cut over).
+//! lifts the fence when the database is back. Two processes flip together
+//! through the store, and a dead one stops counting once its lease expires.
 
 #![allow(clippy::unwrap_used)]
 
@@ -125,7 +124,7 @@ async fn an_instance_cut_off_from_the_store_fences_itself_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cutover_preflight_refuses_while_another_instance_holds_a_live_lease() {
+async fn two_processes_flip_together_and_a_dead_one_stops_counting_when_its_lease_expires() {
     let db = pg::TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
     let jwks = JwkSet::generate();
@@ -134,64 +133,84 @@ async fn the_cutover_preflight_refuses_while_another_instance_holds_a_live_lease
     let target = start_emulator(&jwks, issuer).await;
     let a = Instance::start(dir.path(), "a", &source.url(), &target.url(), &db.url).await;
     let mut b = Instance::start(dir.path(), "b", &source.url(), &target.url(), &db.url).await;
-    let cutover = |instance: &Instance| {
-        let url = format!("http://127.0.0.1:{}/cutover", instance.admin_port);
+    let flip = |instance: &Instance, path: &'static str| {
+        let url = format!("http://127.0.0.1:{}{path}", instance.admin_port);
         async move {
-            let (_, _, body) = send(Method::POST, &url, ADMIN_TOKEN, "{}").await.unwrap();
+            // No backfill in this test: forced past that check only.
+            let (_, _, body) = send(Method::POST, &url, ADMIN_TOKEN, r#"{"force":true}"#)
+                .await
+                .unwrap();
             serde_json::from_str::<serde_json::Value>(&body).unwrap()
         }
     };
-    let fleet_check = |report: &serde_json::Value| {
-        report["preflight"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|check| check["check"] == "no other instance with a live lease")
-            .cloned()
-            .unwrap()
+    let status = |instance: &Instance| {
+        let url = format!("http://127.0.0.1:{}/status", instance.admin_port);
+        async move {
+            let (_, _, body) = send(Method::GET, &url, ADMIN_TOKEN, "").await.unwrap();
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
     };
-    let both_live = eventually(DEADLINE, || async {
-        let report = cutover(&a).await;
-        fleet_check(&report)["ok"] == false
-    })
-    .await;
-    assert!(both_live, "a did not see b's lease");
-    let report = cutover(&a).await;
-    assert_eq!(report["outcome"], "refused", "{report}");
-    let detail = fleet_check(&report)["detail"].as_str().unwrap().to_owned();
-    assert!(detail.contains("scale to one instance"), "{detail}");
-
     // /status on either instance shows the fleet (refreshed every second).
-    let status_url = format!("http://127.0.0.1:{}/status", b.admin_port);
-    let status = || async {
-        let (_, _, body) = send(Method::GET, &status_url, ADMIN_TOKEN, "")
-            .await
-            .unwrap();
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()
-    };
     let both = eventually(DEADLINE, || async {
-        status().await["fleet"]["instances"]
+        status(&b).await["fleet"]["instances"]
             .as_array()
             .is_some_and(|all| all.iter().filter(|m| m["live"] == true).count() == 2)
     })
     .await;
-    assert!(both, "{}", status().await);
-    let status = status().await;
+    assert!(both, "{}", status(&b).await);
+    let seen = status(&b).await;
     assert!(
-        status["fleet"]["instances"]
+        seen["fleet"]["instances"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|m| m["instance"] == status["fleet"]["this"]),
-        "{status}"
+            .any(|m| m["instance"] == seen["fleet"]["this"]),
+        "{seen}"
     );
 
-    // b dies; once its lease expires a is the only live instance and this
-    // check passes (the cutover may still be refused for other reasons).
+    // `handover cutover` on b: both instances hold, then flip together.
+    let report = flip(&b, "/cutover").await;
+    assert_eq!(report["outcome"], "cut-over", "{report:#}");
+    let held = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|step| step["step"] == "every instance held")
+        .cloned()
+        .unwrap();
+    assert!(
+        held["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 instances with a live lease"),
+        "{held}"
+    );
+    for instance in [&a, &b] {
+        let flipped = eventually(DEADLINE, || async {
+            let now = status(instance).await;
+            now["phase"] == "cut-over" && now["epoch"] == 2 && now["primary"] == "target"
+        })
+        .await;
+        assert!(flipped, "{}", status(instance).await);
+    }
+    // a writes to the new primary.
+    let (code, _, _) = register(&a).await.unwrap();
+    assert_eq!(code, StatusCode::CREATED);
+    assert_eq!(
+        target.emulator().clients().len(),
+        1,
+        "the write went to the target"
+    );
+
+    // b dies; once its lease (1 s) expires the rollback on a goes on
+    // without it.
     b.kill();
-    let alone = eventually(DEADLINE, || async {
-        fleet_check(&cutover(&a).await)["ok"] == true
-    })
-    .await;
-    assert!(alone, "b's expired lease still counted");
+    let report = flip(&a, "/rollback").await;
+    assert_eq!(report["outcome"], "rolled-back", "{report:#}");
+    let now = status(&a).await;
+    assert_eq!(
+        (now["phase"].as_str(), now["epoch"].as_u64()),
+        (Some("mirroring"), Some(3)),
+        "{now}"
+    );
 }

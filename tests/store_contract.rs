@@ -231,6 +231,15 @@ async fn a_reopened_store_has_the_pending_work(f: Fixture) {
     store.close().await.unwrap();
 }
 
+fn next(phase: &str, epoch: u64, flipped_at_ms: Option<u64>) -> store::NextControl {
+    store::NextControl {
+        phase: phase.to_owned(),
+        epoch,
+        flipped_at_ms,
+        hold: None,
+    }
+}
+
 async fn control_is_compare_and_set(f: Fixture) {
     let store = f.open().await;
     let initial = store.control().await.unwrap();
@@ -238,22 +247,23 @@ async fn control_is_compare_and_set(f: Fixture) {
         (initial.phase.as_str(), initial.epoch, initial.version),
         ("mirroring", 1, 0)
     );
-    let next = store
-        .set_control(0, "cutting-over", 1, None)
+    assert_eq!(initial.hold, None);
+    let written = store
+        .set_control(0, &next("cutting-over", 1, None))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(next.version, 1);
+    assert_eq!(written.version, 1);
     // A second writer that read version 0 loses.
     assert!(
         store
-            .set_control(0, "cutting-over", 1, None)
+            .set_control(0, &next("cutting-over", 1, None))
             .await
             .unwrap()
             .is_none()
     );
     store
-        .set_control(1, "cut-over", 2, Some(1_700_000_000_000))
+        .set_control(1, &next("cut-over", 2, Some(1_700_000_000_000)))
         .await
         .unwrap()
         .unwrap();
@@ -267,6 +277,64 @@ async fn control_is_compare_and_set(f: Fixture) {
     store.close().await.unwrap();
 }
 
+async fn a_hold_is_published_acknowledged_and_expires(f: Fixture) {
+    let store = f.open().await;
+    let member = store::Member {
+        instance: "b".to_owned(),
+        admin_url: "http://b:9901".to_owned(),
+        version: "0.1.0".to_owned(),
+        phase: "mirroring".to_owned(),
+        backfill: String::new(),
+    };
+    store.renew_member(&member, HOUR).await.unwrap();
+    let mut hold = next("cutting-over", 1, None);
+    hold.hold = Some(store::NewHold {
+        coordinator: "a".to_owned(),
+        lasting: Duration::from_millis(300),
+    });
+    let published = store.set_control(0, &hold).await.unwrap().unwrap();
+    let id = published.hold.as_ref().unwrap().id;
+    assert_eq!(id, published.version, "a hold is named by its version");
+    let read = store.control().await.unwrap();
+    let seen = read.hold.clone().unwrap();
+    assert_eq!((seen.id, seen.coordinator.as_str()), (id, "a"));
+    assert!(!seen.expired);
+
+    // Members acknowledge it; an unknown instance cannot.
+    for ack in [store::HoldAck::Held, store::HoldAck::Verified { keys: 7 }] {
+        assert!(store.ack_hold("b", id, &ack).await.unwrap());
+        let members = store.members().await.unwrap();
+        assert_eq!(members[0].hold_ack, Some((id, ack)));
+    }
+    assert!(
+        !store
+            .ack_hold("nobody", id, &store::HoldAck::Held)
+            .await
+            .unwrap()
+    );
+    let failed = store::HoldAck::Failed("in-flight writes did not finish".to_owned());
+    assert_eq!(store::HoldAck::decode(&failed.encode()), failed);
+    // A renewal keeps the acknowledgement.
+    store.renew_member(&member, HOUR).await.unwrap();
+    assert!(store.members().await.unwrap()[0].hold_ack.is_some());
+
+    // Its time runs out by the store's clock.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !store.control().await.unwrap().hold.unwrap().expired {
+        assert!(Instant::now() < deadline, "the hold never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Ending it clears it.
+    let ended = store
+        .set_control(read.version, &next("mirroring", 1, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.hold, None);
+    assert_eq!(store.control().await.unwrap().hold, None);
+    store.close().await.unwrap();
+}
+
 async fn members_hold_leases(f: Fixture) {
     let store = f.open().await;
     let member = |name: &str| store::Member {
@@ -274,6 +342,7 @@ async fn members_hold_leases(f: Fixture) {
         admin_url: format!("http://{name}:9901"),
         version: "0.1.0".to_owned(),
         phase: "mirroring".to_owned(),
+        backfill: "done".to_owned(),
     };
     store.renew_member(&member("a"), HOUR).await.unwrap();
     store
@@ -335,6 +404,7 @@ both!(
     dead_letters_keep_the_reason_and_retry,
     a_reopened_store_has_the_pending_work,
     control_is_compare_and_set,
+    a_hold_is_published_acknowledged_and_expires,
     members_hold_leases,
 );
 
@@ -353,6 +423,27 @@ async fn instances_starting_at_once_on_an_empty_database_both_come_up() {
     assert!(c.claim("c", 10, HOUR).await.unwrap().is_empty());
     c.ack(&seqs).await.unwrap();
     assert_eq!(a.depth().await.unwrap().records, 0);
+}
+
+#[tokio::test]
+async fn a_change_made_after_a_flip_is_never_claimed_by_an_instance_behind_it() {
+    let f = Fixture::postgres().await;
+    let store = f.open().await;
+    store
+        .append_in(vec![record("k", "made at epoch 2")], 2)
+        .await
+        .unwrap();
+    // An instance that has not followed the flip yet would read the old
+    // primary: it takes nothing from that lane.
+    assert!(
+        store
+            .claim_through("behind", 10, HOUR, 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = store.claim_through("caught-up", 10, HOUR, 2).await.unwrap();
+    assert_eq!(bodies(&claimed), ["made at epoch 2"]);
 }
 
 #[tokio::test]

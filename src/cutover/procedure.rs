@@ -31,12 +31,8 @@
 //! aborts: held requests are released to the old primary, the phase is
 //! what it was, and the report says why. Nothing is lost either way.
 //!
-//! Several instances are driven together with `prepare` (steps 1–4, the
-//! gate stays closed), then `commit` (5–6) or `abort` on all of them. A
-//! prepared instance that hears neither in time asks its peers: if any has
-//! committed it commits too, if all are reachable and none has it aborts,
-//! otherwise it keeps refusing writes (`503`) rather than send one to a
-//! primary that may already be stale.
+//! A fleet (several instances sharing a PostgreSQL store) flips the same
+//! way, coordinated through the store's control row: see [`fleet`].
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +52,9 @@ use crate::servers::Servers;
 use crate::sync::Recorder;
 use crate::sync::SyncHandle;
 use crate::verify::Verifier;
+
+mod fleet;
+pub use fleet::{Fleet, fleet_state};
 
 /// Default bound on the write pause.
 pub(crate) const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(2);
@@ -83,8 +82,6 @@ pub(crate) const DEFAULT_FALLBACK_WINDOW: Duration = Duration::from_secs(600);
 /// What the flip needs besides [`super::Config`].
 #[derive(Debug, Clone)]
 pub struct Environment {
-    /// The admin token, to ask peers.
-    pub admin_token: Option<crate::model::Secret>,
     /// Whether the target can take traffic (an Authlete target needs
     /// `target.new_primary_url`: Authlete itself is an API, not an OP).
     pub target_serves_traffic: bool,
@@ -94,20 +91,16 @@ pub struct Environment {
     pub registrations: Arc<Registrations>,
     /// The secret-key parity prover (`None` for an Authlete target).
     pub parity: Option<Arc<Parity>>,
-    /// Fleet mode: the shared store (its journal must drain too, and no
-    /// other instance may hold a live lease) and this instance's name in
-    /// it.
-    pub shared: Option<(crate::store::Handle, String)>,
+    /// Fleet mode: the shared store and this instance's name in it (the
+    /// flip is coordinated through the store: [`fleet`]).
+    pub shared: Option<Fleet>,
 }
 
-/// A flip in progress (between prepare and commit).
+/// A flip held, drained and verified, about to be committed.
 #[derive(Debug)]
 struct Prepared {
     started: Instant,
-    deadline: Instant,
     report: FlipReport,
-    /// The epoch the flip will produce.
-    next_epoch: u64,
 }
 
 /// The cutover machinery.
@@ -204,6 +197,9 @@ impl Cutover {
     /// `handover complete`: stop syncing for good.
     pub async fn complete(&self) -> FlipReport {
         let _running = self.running.lock().await;
+        if let Some(fleet) = &self.environment.shared {
+            return self.complete_fleet(fleet).await;
+        }
         match self.phases.apply(Event::Complete) {
             Ok(_) => {
                 self.publish();
@@ -219,11 +215,13 @@ impl Cutover {
 
     async fn flip(&self, request: &FlipRequest, from: Phase) -> FlipReport {
         let _running = self.running.lock().await;
+        if let Some(fleet) = &self.environment.shared {
+            return self.flip_fleet(fleet, request, from).await;
+        }
         let report = self.prepare_locked(request, from).await;
         if report.outcome != crate::api::Outcome::Prepared {
             return report;
         }
-        // Single instance: commit right away.
         match self.take_prepared() {
             Some(prepared) => self.commit_locked(prepared),
             None => report,
@@ -232,50 +230,6 @@ impl Cutover {
 
     fn take_prepared(&self) -> Option<Prepared> {
         self.prepared.lock().ok().and_then(|mut slot| slot.take())
-    }
-
-    /// Multi-instance step one: pre-flight, hold, drain, verify; the gate
-    /// stays closed until [`Cutover::commit`] or [`Cutover::abort`] (or
-    /// the watchdog).
-    pub async fn prepare(self: &Arc<Self>, request: &FlipRequest) -> FlipReport {
-        let from = self.phases.current().phase;
-        let _running = self.running.lock().await;
-        let report = self.prepare_locked(request, from).await;
-        if report.outcome == crate::api::Outcome::Prepared {
-            let cutover = Arc::clone(self);
-            tokio::spawn(async move { cutover.watchdog().await });
-        }
-        report
-    }
-
-    /// Multi-instance step two: flip and release.
-    pub async fn commit(&self) -> FlipReport {
-        let _running = self.running.lock().await;
-        match self.take_prepared() {
-            Some(prepared) => self.commit_locked(prepared),
-            None => {
-                let mut report = self.report(crate::api::Outcome::Refused);
-                report.reason = Some("nothing is prepared".to_owned());
-                report
-            }
-        }
-    }
-
-    /// Multi-instance: give up a prepared flip.
-    pub async fn abort(&self, reason: &str) -> FlipReport {
-        let _running = self.running.lock().await;
-        match self.take_prepared() {
-            Some(prepared) => {
-                let mut report = prepared.report;
-                self.abort_locked(&mut report, prepared.started, reason);
-                report
-            }
-            None => {
-                let mut report = self.report(crate::api::Outcome::Refused);
-                report.reason = Some("nothing is prepared".to_owned());
-                report
-            }
-        }
     }
 
     /// Pre-flight and the held drain. On success the gate is closed and a
@@ -293,7 +247,6 @@ impl Cutover {
         }
         let new_primary = from.primary().other();
         report.preflight = self.preflight(new_primary, from == Phase::Mirroring).await;
-        report.preflight.extend(self.fleet_check().await);
         let blocking: Vec<&Check> = report
             .preflight
             .iter()
@@ -443,9 +396,7 @@ impl Cutover {
         if let Ok(mut slot) = self.prepared.lock() {
             *slot = Some(Prepared {
                 started,
-                deadline,
                 report: report.clone(),
-                next_epoch: state.epoch + 1,
             });
         }
         report
@@ -680,50 +631,13 @@ impl Cutover {
     /// Pending records of the shared journal (fleet mode); an unreadable
     /// store counts as not drained.
     async fn shared_depth(&self) -> Option<u64> {
-        let (store, _) = self.environment.shared.as_ref()?;
-        Some(match store.depth().await {
+        let fleet = self.environment.shared.as_ref()?;
+        Some(match fleet.store.depth().await {
             Ok(depth) => depth.records,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the shared journal's depth");
                 u64::MAX
             }
-        })
-    }
-
-    /// Fleet mode: the flip is not yet fenced across instances, so it runs
-    /// only when this instance is the only one with a live lease (scale the
-    /// fleet to one to cut over).
-    async fn fleet_check(&self) -> Option<Check> {
-        let (store, me) = self.environment.shared.as_ref()?;
-        let check = "no other instance with a live lease";
-        Some(match store.members().await {
-            Ok(members) => {
-                let others: Vec<String> = members
-                    .iter()
-                    .filter(|m| m.live && m.member.instance != *me)
-                    .map(|m| format!("{} ({})", m.member.instance, m.member.admin_url))
-                    .collect();
-                if others.is_empty() {
-                    Check::pass(check, "this instance is the only live one")
-                } else {
-                    Check::fail(
-                        check,
-                        format!(
-                            "{} other instance{} hold{} a live lease: {}; the fleet-wide cutover is not built yet, scale to one instance to cut over",
-                            others.len(),
-                            if others.len() == 1 { "" } else { "s" },
-                            if others.len() == 1 { "s" } else { "" },
-                            others.join(", ")
-                        ),
-                        false,
-                    )
-                }
-            }
-            Err(err) => Check::fail(
-                check,
-                format!("cannot read the fleet's members: {err}"),
-                false,
-            ),
         })
     }
 
@@ -790,7 +704,7 @@ impl Cutover {
         checks.extend(sessions);
         checks.push(self.secret_grace(new_primary));
         checks.push(self.client_replacements(new_primary));
-        self.sync_checks(forward, &mut checks);
+        self.sync_checks(forward, &mut checks).await;
         checks
     }
 
@@ -897,19 +811,56 @@ impl Cutover {
 
     /// The checks both kinds of target share: the backfill finished
     /// (forward only), the sync lag within bounds, no dead letters.
-    fn sync_checks(&self, forward: bool, checks: &mut Vec<Check>) {
+    async fn sync_checks(&self, forward: bool, checks: &mut Vec<Check>) {
         if forward {
             let state = self.backfill.state();
+            let mut done = state == crate::api::BackfillState::Done;
+            let mut detail = format!("backfill {}", state.as_str());
+            // A fleet: done on any instance is done (it copies the whole
+            // source, whoever runs it).
+            if !done && let Some(fleet) = &self.environment.shared {
+                if let Ok(members) = fleet.store.members().await
+                    && let Some(member) = members
+                        .iter()
+                        .find(|m| m.member.backfill == crate::api::BackfillState::Done.as_str())
+                {
+                    done = true;
+                    detail = format!("backfill done (on {})", member.member.instance);
+                } else {
+                    detail.push_str(" here, and done on no instance of the fleet");
+                }
+            }
             checks.push(Check {
                 check: "backfill finished".to_owned(),
-                ok: state == crate::api::BackfillState::Done,
-                detail: format!("backfill {}", state.as_str()),
+                ok: done,
+                detail,
                 forceable: true,
                 warning: false,
             });
         }
-        let stats = self.journal.stats();
-        let lag = stats.oldest_unacked_age.unwrap_or_default();
+        let mut stats = self.journal.stats();
+        let mut lag = stats.oldest_unacked_age.unwrap_or_default();
+        let mut dead = self.dead_letters.len() as u64;
+        // A fleet's changes and dead letters are in the shared store,
+        // whoever took them.
+        if let Some(fleet) = &self.environment.shared {
+            match fleet.store.glance().await {
+                Ok(glance) => {
+                    stats.depth += glance.depth.records;
+                    if let Some(oldest) = glance.depth.oldest {
+                        lag = lag.max(oldest.elapsed().unwrap_or_default());
+                    }
+                    dead += glance.dead_letters;
+                }
+                Err(err) => {
+                    checks.push(Check::fail(
+                        "store reachable",
+                        format!("cannot read the shared journal: {err}"),
+                        false,
+                    ));
+                }
+            }
+        }
         checks.push(Check {
             check: "sync lag".to_owned(),
             ok: lag <= self.config.max_lag,
@@ -922,7 +873,6 @@ impl Cutover {
             forceable: false,
             warning: false,
         });
-        let dead = self.dead_letters.len();
         checks.push(Check {
             check: "no dead letters".to_owned(),
             ok: dead == 0,
@@ -977,7 +927,7 @@ impl Cutover {
             forceable: false,
             warning: false,
         });
-        self.sync_checks(forward, &mut checks);
+        self.sync_checks(forward, &mut checks).await;
         checks
     }
 
@@ -1158,79 +1108,6 @@ impl Cutover {
         }
     }
 
-    /// Resolves a prepared flip whose coordinator went silent.
-    async fn watchdog(self: Arc<Self>) {
-        let Some(deadline) = self
-            .prepared
-            .lock()
-            .ok()
-            .and_then(|p| p.as_ref().map(|p| p.deadline))
-        else {
-            return;
-        };
-        // The coordinator gets the pause bound plus a little slack.
-        tokio::time::sleep_until((deadline + Duration::from_secs(2)).into()).await;
-        loop {
-            // Committed or aborted meanwhile: nothing to resolve.
-            let Some(next_epoch) = self
-                .prepared
-                .lock()
-                .ok()
-                .and_then(|p| p.as_ref().map(|p| p.next_epoch))
-            else {
-                return;
-            };
-            match self.ask_peers(next_epoch).await {
-                PeerVerdict::SomeoneFlipped => {
-                    tracing::warn!("coordinator silent; a peer flipped: committing");
-                    let _ = self.commit().await;
-                    return;
-                }
-                PeerVerdict::NobodyFlipped => {
-                    let _ = self
-                        .abort("the coordinator went silent and no peer flipped")
-                        .await;
-                    return;
-                }
-                PeerVerdict::Unknown => {
-                    // Keep the gate closed: held writes time out with 503
-                    // rather than reach a primary that may be stale.
-                    tracing::error!("coordinator silent and peers unreachable: writes stay fenced");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
-
-    async fn ask_peers(&self, next_epoch: u64) -> PeerVerdict {
-        if self.config.peers.is_empty() {
-            return PeerVerdict::NobodyFlipped;
-        }
-        let mut unknown = false;
-        for peer in &self.config.peers {
-            let client = crate::api::AdminClient::new(
-                peer,
-                self.environment
-                    .admin_token
-                    .as_ref()
-                    .map(|t| t.expose().to_owned()),
-            );
-            match client.status().await {
-                Ok(status) if status.epoch >= next_epoch => return PeerVerdict::SomeoneFlipped,
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(peer, error = %err, "cannot ask a peer");
-                    unknown = true;
-                }
-            }
-        }
-        if unknown {
-            PeerVerdict::Unknown
-        } else {
-            PeerVerdict::NobodyFlipped
-        }
-    }
-
     /// The phase now, for `/status`.
     pub fn phase(&self) -> Phase {
         self.phases.current().phase
@@ -1310,12 +1187,6 @@ fn discovery_differences(old: &Value, new: &Value) -> Vec<String> {
             _ => name.clone(),
         })
         .collect()
-}
-
-enum PeerVerdict {
-    SomeoneFlipped,
-    NobodyFlipped,
-    Unknown,
 }
 
 fn verb(from: Phase) -> &'static str {

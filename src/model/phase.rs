@@ -43,6 +43,11 @@ impl Phase {
         }
     }
 
+    /// The phase named `name` (as [`Phase::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|phase| phase.as_str() == name)
+    }
+
     /// Every phase, for metrics.
     pub(crate) const ALL: [Self; 5] = [
         Self::Mirroring,

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Claimed, Control, DeadLetter, Depth, Error, LaneTag, Member, MemberStatus, Record, Seq,
+    Claimed, Control, DeadLetter, Depth, Error, Hold, HoldAck, LaneTag, Member, MemberStatus,
+    NextControl, Record, Seq,
 };
 use crate::journal::{self, Cipher, DeadLetters, Journal};
 
@@ -48,7 +49,19 @@ pub struct Local {
     pending: Mutex<BTreeMap<Seq, Pending>>,
     control: Mutex<Control>,
     /// The members (this process only: a local store has no fleet).
-    members: Mutex<BTreeMap<String, (Member, Instant, Instant)>>,
+    members: Mutex<BTreeMap<String, LocalMember>>,
+    /// The hold in progress and when it ends: in memory only, like the
+    /// transient phase it goes with (a restart mid-flip resumes in the
+    /// phase it was leaving).
+    hold: Mutex<Option<(Hold, Instant)>>,
+}
+
+#[derive(Debug)]
+struct LocalMember {
+    member: Member,
+    renewed: Instant,
+    until: Instant,
+    hold_ack: Option<(u64, HoldAck)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,6 +103,7 @@ impl Local {
             pending: Mutex::new(pending),
             control: Mutex::new(control),
             members: Mutex::new(BTreeMap::new()),
+            hold: Mutex::new(None),
         })
     }
 
@@ -270,10 +284,19 @@ impl Local {
 
     pub(super) fn renew_member(&self, member: &Member, lease: Duration) {
         let now = Instant::now();
-        self.members
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(member.instance.clone(), (member.clone(), now, now + lease));
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        let hold_ack = members
+            .remove(&member.instance)
+            .and_then(|known| known.hold_ack);
+        members.insert(
+            member.instance.clone(),
+            LocalMember {
+                member: member.clone(),
+                renewed: now,
+                until: now + lease,
+                hold_ack,
+            },
+        );
     }
 
     pub(super) fn leave(&self, instance: &str) {
@@ -289,43 +312,77 @@ impl Local {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .map(|(member, renewed, until)| MemberStatus {
-                member: member.clone(),
-                lease_age_ms: u64::try_from(now.duration_since(*renewed).as_millis())
+            .map(|known| MemberStatus {
+                member: known.member.clone(),
+                lease_age_ms: u64::try_from(now.duration_since(known.renewed).as_millis())
                     .unwrap_or(u64::MAX),
-                live: *until > now,
+                live: known.until > now,
+                hold_ack: known.hold_ack.clone(),
             })
             .collect()
     }
 
+    pub(super) fn ack_hold(&self, instance: &str, hold: u64, ack: &HoldAck) -> bool {
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        match members.get_mut(instance) {
+            Some(known) => {
+                known.hold_ack = Some((hold, ack.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
     pub(super) fn control(&self) -> Control {
-        self.control
+        let mut control = self
+            .control
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        control.hold = self
+            .hold
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(hold, until)| Hold {
+                expired: *until <= Instant::now(),
+                ..hold.clone()
+            });
+        control
     }
 
     /// Blocking (writes and fsyncs the control file).
     pub(super) fn set_control(
         &self,
         expected: u64,
-        phase: &str,
-        epoch: u64,
-        flipped_at_ms: Option<u64>,
+        next: &NextControl,
     ) -> Result<Option<Control>, Error> {
         let mut control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
         if control.version != expected {
             return Ok(None);
         }
-        let next = Control {
-            phase: phase.to_owned(),
-            epoch,
-            flipped_at_ms,
-            version: expected + 1,
+        let version = expected + 1;
+        let hold = next.hold.as_ref().map(|hold| {
+            (
+                Hold {
+                    id: version,
+                    coordinator: hold.coordinator.clone(),
+                    expired: false,
+                },
+                Instant::now() + hold.lasting,
+            )
+        });
+        let written = Control {
+            phase: next.phase.clone(),
+            epoch: next.epoch,
+            flipped_at_ms: next.flipped_at_ms,
+            version,
+            hold: hold.as_ref().map(|(hold, _)| hold.clone()),
         };
-        write_control(&self.dir, &next)?;
-        *control = next.clone();
-        Ok(Some(next))
+        write_control(&self.dir, &written)?;
+        *control = written.clone();
+        *self.hold.lock().unwrap_or_else(PoisonError::into_inner) = hold;
+        Ok(Some(written))
     }
 
     pub(super) async fn close(&self) -> Result<(), Error> {
@@ -374,6 +431,7 @@ fn read_control(dir: &std::path::Path) -> Result<Control, Error> {
                 epoch: file.epoch,
                 flipped_at_ms: file.flipped_at_ms,
                 version: file.version,
+                hold: None,
             })
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Control::default()),

@@ -5,12 +5,15 @@
 //!
 //! ```text
 //! handover_schema       (id = 1, version)              the migration level
-//! handover_journal      (seq, lane, record, appended_ms, claimed_by, claimed_until)
+//! handover_journal      (seq, lane, record, appended_ms, claimed_by, claimed_until,
+//!                        epoch)                                                          (epoch: version 3)
 //! handover_journal_seq  sequence of journal seqs
 //! handover_dead_letters (id, lane, reason, record, dead_ms)
 //! handover_dead_letter_seq
-//! handover_control      (id = 1, phase, epoch, flipped_at_ms, version)
-//! handover_members      (instance, admin_url, version, phase, renewed_at, lease_until)   (version 2)
+//! handover_control      (id = 1, phase, epoch, flipped_at_ms, version,
+//!                        hold_id, hold_coordinator, hold_until)                          (hold_*: version 3)
+//! handover_members      (instance, admin_url, version, phase, renewed_at, lease_until,  (version 2)
+//!                        hold_ack, hold_state, backfill)                                 (version 3)
 //! ```
 //!
 //! `lane` is the 16-byte keyed tag of the record's key; `record` is the
@@ -65,7 +68,7 @@ use super::{
 use crate::journal::{Cipher, record};
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Advisory lock key held while migrating ("handover" in ASCII, then 1).
 const MIGRATION_LOCK: i64 = 0x6861_6e64_6f76_0001;
@@ -115,6 +118,19 @@ const MIGRATIONS: &[&str] = &[
         renewed_at timestamptz NOT NULL,
         lease_until timestamptz NOT NULL
     );
+",
+    // The lease-fenced cutover: the hold the coordinator publishes and each
+    // member's acknowledgement of it.
+    "
+    ALTER TABLE handover_control
+        ADD COLUMN hold_id bigint,
+        ADD COLUMN hold_coordinator text,
+        ADD COLUMN hold_until timestamptz;
+    ALTER TABLE handover_journal ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+    ALTER TABLE handover_members
+        ADD COLUMN hold_ack bigint,
+        ADD COLUMN hold_state text,
+        ADD COLUMN backfill text NOT NULL DEFAULT '';
 ",
 ];
 
@@ -297,7 +313,8 @@ impl Pool {
 }
 
 struct AppendRequest {
-    records: Vec<(LaneTag, Vec<u8>)>,
+    /// Lane tag, body, epoch.
+    records: Vec<(LaneTag, Vec<u8>, i64)>,
     reply: oneshot::Sender<Result<Vec<Seq>, Error>>,
 }
 
@@ -424,13 +441,14 @@ impl Postgres {
         })
     }
 
-    pub(super) async fn append(&self, records: Vec<Record>) -> Result<Vec<Seq>, Error> {
+    pub(super) async fn append(&self, records: Vec<Record>, epoch: u64) -> Result<Vec<Seq>, Error> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        let epoch = to_i64(epoch);
         let records = records
             .into_iter()
-            .map(|record| (self.cipher.tag(&record.lane), record.body))
+            .map(|record| (self.cipher.tag(&record.lane), record.body, epoch))
             .collect();
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -444,6 +462,7 @@ impl Postgres {
         owner: &str,
         max_lanes: usize,
         lease: Duration,
+        epoch: u64,
     ) -> Result<Vec<Claimed>, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("claim", &err);
         let mut conn = self.pool.get("claim").await?;
@@ -459,7 +478,8 @@ impl Postgres {
                  ), lanes AS (
                      SELECT lane FROM handover_journal
                      WHERE lane NOT IN (SELECT lane FROM busy)
-                     GROUP BY lane ORDER BY min(seq) LIMIT $1
+                     GROUP BY lane HAVING max(epoch) <= $4
+                     ORDER BY min(seq) LIMIT $1
                  ), taken AS (
                      SELECT seq FROM handover_journal
                      WHERE lane IN (SELECT lane FROM lanes)
@@ -469,7 +489,7 @@ impl Postgres {
                  SET claimed_by = $2, claimed_until = now() + $3::bigint * interval '1 millisecond'
                  FROM taken WHERE j.seq = taken.seq
                  RETURNING j.seq, j.lane, j.record, j.appended_ms",
-                &[&limit, &owner, &lease_ms(lease)],
+                &[&limit, &owner, &lease_ms(lease), &to_i64(epoch)],
             )
             .await
             .map_err(fail)?;
@@ -667,9 +687,9 @@ impl Postgres {
             ));
         }
         letters.sort_by_key(|(id, _, _)| *id);
-        let records: Vec<(LaneTag, Vec<u8>)> = letters
+        let records: Vec<(LaneTag, Vec<u8>, i64)> = letters
             .into_iter()
-            .map(|(_, lane, body)| (lane, body))
+            .map(|(_, lane, body)| (lane, body, 0))
             .collect();
         insert_records(&tx, &self.cipher, &records).await?;
         tx.commit().await.map_err(fail)?;
@@ -680,48 +700,99 @@ impl Postgres {
         let conn = self.pool.get("read control").await?;
         let row = conn
             .query_one(
-                "SELECT phase, epoch, flipped_at_ms, version FROM handover_control WHERE id = 1",
+                "SELECT phase, epoch, flipped_at_ms, version,
+                        hold_id, hold_coordinator, hold_until <= now()
+                 FROM handover_control WHERE id = 1",
                 &[],
             )
             .await
             .map_err(|err| Error::postgres("read control", &err))?;
+        let hold = match (
+            row.get::<_, Option<i64>>(4),
+            row.get::<_, Option<String>>(5),
+        ) {
+            (Some(id), Some(coordinator)) => Some(super::Hold {
+                id: to_seq(id),
+                coordinator,
+                expired: row.get::<_, Option<bool>>(6).unwrap_or(true),
+            }),
+            _ => None,
+        };
         Ok(Control {
             phase: row.get(0),
             epoch: to_seq(row.get(1)),
             flipped_at_ms: row.get::<_, Option<i64>>(2).map(to_seq),
             version: to_seq(row.get(3)),
+            hold,
         })
     }
 
     pub(super) async fn set_control(
         &self,
         expected: u64,
-        phase: &str,
-        epoch: u64,
-        flipped_at_ms: Option<u64>,
+        next: &super::NextControl,
     ) -> Result<Option<Control>, Error> {
         let conn = self.pool.get("write control").await?;
+        let (coordinator, lasting) = match &next.hold {
+            Some(hold) => (
+                Some(hold.coordinator.as_str()),
+                Some(lease_ms(hold.lasting)),
+            ),
+            None => (None, None),
+        };
+        // The hold's id is the version this write creates; its end is set
+        // by the database's clock, like every lease.
         let row = conn
             .query_opt(
                 "UPDATE handover_control
-                 SET phase = $1, epoch = $2, flipped_at_ms = $3, version = version + 1
+                 SET phase = $1, epoch = $2, flipped_at_ms = $3, version = version + 1,
+                     hold_id = CASE WHEN $5::text IS NULL THEN NULL ELSE version + 1 END,
+                     hold_coordinator = $5::text,
+                     hold_until = now() + $6::bigint * interval '1 millisecond'
                  WHERE id = 1 AND version = $4
                  RETURNING version",
                 &[
-                    &phase,
-                    &to_i64(epoch),
-                    &flipped_at_ms.map(to_i64),
+                    &next.phase,
+                    &to_i64(next.epoch),
+                    &next.flipped_at_ms.map(to_i64),
                     &to_i64(expected),
+                    &coordinator,
+                    &lasting,
                 ],
             )
             .await
             .map_err(|err| Error::postgres("write control", &err))?;
-        Ok(row.map(|row| Control {
-            phase: phase.to_owned(),
-            epoch,
-            flipped_at_ms,
-            version: to_seq(row.get(0)),
+        Ok(row.map(|row| {
+            let version = to_seq(row.get(0));
+            Control {
+                phase: next.phase.clone(),
+                epoch: next.epoch,
+                flipped_at_ms: next.flipped_at_ms,
+                version,
+                hold: next.hold.as_ref().map(|hold| super::Hold {
+                    id: version,
+                    coordinator: hold.coordinator.clone(),
+                    expired: false,
+                }),
+            }
         }))
+    }
+
+    pub(super) async fn ack_hold(
+        &self,
+        instance: &str,
+        hold: u64,
+        ack: &super::HoldAck,
+    ) -> Result<bool, Error> {
+        let conn = self.pool.get("acknowledge hold").await?;
+        let updated = conn
+            .execute(
+                "UPDATE handover_members SET hold_ack = $2, hold_state = $3 WHERE instance = $1",
+                &[&instance, &to_i64(hold), &ack.encode()],
+            )
+            .await
+            .map_err(|err| Error::postgres("acknowledge hold", &err))?;
+        Ok(updated == 1)
     }
 
     pub(super) async fn renew_member(
@@ -731,17 +802,19 @@ impl Postgres {
     ) -> Result<(), Error> {
         let conn = self.pool.get("renew lease").await?;
         conn.execute(
-            "INSERT INTO handover_members (instance, admin_url, version, phase, renewed_at, lease_until)
-             VALUES ($1, $2, $3, $4, now(), now() + $5::bigint * interval '1 millisecond')
+            "INSERT INTO handover_members (instance, admin_url, version, phase, renewed_at, lease_until, backfill)
+             VALUES ($1, $2, $3, $4, now(), now() + $5::bigint * interval '1 millisecond', $6)
              ON CONFLICT (instance) DO UPDATE SET admin_url = EXCLUDED.admin_url,
                  version = EXCLUDED.version, phase = EXCLUDED.phase,
-                 renewed_at = EXCLUDED.renewed_at, lease_until = EXCLUDED.lease_until",
+                 renewed_at = EXCLUDED.renewed_at, lease_until = EXCLUDED.lease_until,
+                 backfill = EXCLUDED.backfill",
             &[
                 &member.instance,
                 &member.admin_url,
                 &member.version,
                 &member.phase,
                 &lease_ms(lease),
+                &member.backfill,
             ],
         )
         .await
@@ -766,7 +839,7 @@ impl Postgres {
             .query(
                 "SELECT instance, admin_url, version, phase,
                         (extract(epoch FROM now() - renewed_at) * 1000)::bigint,
-                        lease_until > now()
+                        lease_until > now(), hold_ack, hold_state, backfill
                  FROM handover_members ORDER BY instance",
                 &[],
             )
@@ -780,9 +853,19 @@ impl Postgres {
                     admin_url: row.get(1),
                     version: row.get(2),
                     phase: row.get(3),
+                    backfill: row.get(8),
                 },
                 lease_age_ms: to_seq(row.get(4)),
                 live: row.get(5),
+                hold_ack: match (
+                    row.get::<_, Option<i64>>(6),
+                    row.get::<_, Option<String>>(7),
+                ) {
+                    (Some(hold), Some(state)) => {
+                        Some((to_seq(hold), super::HoldAck::decode(&state)))
+                    }
+                    _ => None,
+                },
             })
             .collect())
     }
@@ -855,7 +938,7 @@ async fn insert_dead_letter(
 async fn insert_records(
     tx: &tokio_postgres::Transaction<'_>,
     cipher: &Cipher,
-    records: &[(LaneTag, Vec<u8>)],
+    records: &[(LaneTag, Vec<u8>, i64)],
 ) -> Result<Vec<Seq>, Error> {
     let fail = |err: tokio_postgres::Error| Error::postgres("append", &err);
     let count = i32::try_from(records.len()).unwrap_or(i32::MAX);
@@ -873,8 +956,10 @@ async fn insert_records(
     let now = unix_ms(SystemTime::now());
     let mut lanes = Vec::with_capacity(records.len());
     let mut sealed = Vec::with_capacity(records.len());
-    for (seq, (lane, body)) in seqs.iter().zip(records) {
+    let mut epochs = Vec::with_capacity(records.len());
+    for (seq, (lane, body, epoch)) in seqs.iter().zip(records) {
         lanes.push(lane.to_vec());
+        epochs.push(*epoch);
         sealed.push(
             record::encode(to_seq(*seq), body, cipher).map_err(|err| Error::Corrupt {
                 place: "journal",
@@ -885,9 +970,9 @@ async fn insert_records(
     }
     let times = vec![now; records.len()];
     tx.execute(
-        "INSERT INTO handover_journal (seq, lane, record, appended_ms)
-         SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[])",
-        &[&seqs, &lanes, &sealed, &times],
+        "INSERT INTO handover_journal (seq, lane, record, appended_ms, epoch)
+         SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::bigint[])",
+        &[&seqs, &lanes, &sealed, &times, &epochs],
     )
     .await
     .map_err(fail)?;
@@ -912,7 +997,7 @@ async fn write_groups(
                 Err(_) => break,
             }
         }
-        let all: Vec<(LaneTag, Vec<u8>)> = group
+        let all: Vec<(LaneTag, Vec<u8>, i64)> = group
             .iter()
             .flat_map(|request| request.records.iter().cloned())
             .collect();
@@ -937,7 +1022,7 @@ async fn write_groups(
 async fn commit_group(
     pool: &Pool,
     cipher: &Cipher,
-    records: &[(LaneTag, Vec<u8>)],
+    records: &[(LaneTag, Vec<u8>, i64)],
 ) -> Result<Vec<Seq>, Error> {
     let fail = |err: tokio_postgres::Error| Error::postgres("append", &err);
     let mut conn = pool.get("append").await?;

@@ -54,6 +54,9 @@ pub struct Claimer {
     lease: Duration,
     wake: Arc<Notify>,
     outstanding: Arc<AtomicUsize>,
+    /// The epoch this instance is at: it claims nothing appended after it
+    /// (a flip it has not followed yet: that change's primary is another).
+    epoch: Option<super::Epoch>,
 }
 
 impl Claimer {
@@ -66,7 +69,14 @@ impl Claimer {
             lease,
             wake: Arc::new(Notify::new()),
             outstanding: Arc::new(AtomicUsize::new(0)),
+            epoch: None,
         }
+    }
+
+    /// Claims only what was appended at the epoch `epoch` reads, or before.
+    pub fn with_epoch(mut self, epoch: super::Epoch) -> Self {
+        self.epoch = Some(epoch);
+        self
     }
 
     /// What the recorder notifies after an append.
@@ -88,9 +98,15 @@ impl Claimer {
             }
             let room = MAX_OUTSTANDING.saturating_sub(self.outstanding.load(Ordering::Acquire));
             if room > 0 {
+                let epoch = self.epoch.as_ref().map_or(u64::MAX, super::Epoch::get);
                 match self
                     .store
-                    .claim(&self.owner, MAX_LANES_PER_CLAIM.min(room), self.lease)
+                    .claim_through(
+                        &self.owner,
+                        MAX_LANES_PER_CLAIM.min(room),
+                        self.lease,
+                        epoch,
+                    )
                     .await
                 {
                     Ok(claimed) if !claimed.is_empty() => {

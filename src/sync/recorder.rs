@@ -149,6 +149,31 @@ pub struct SharedJournal {
     pub store: crate::store::Handle,
     /// Woken after each append: this instance's claimer.
     pub wake: Arc<Notify>,
+    /// The epoch this instance is at: each record carries it, so no
+    /// instance still behind a flip applies it in the old direction.
+    pub epoch: Epoch,
+}
+
+/// Reads the epoch this instance is at (the phase lives above the sync).
+#[derive(Clone)]
+pub struct Epoch(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Epoch {
+    /// The epoch `read` returns.
+    pub fn new(read: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(read))
+    }
+
+    /// The epoch now.
+    pub fn get(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Epoch").field(&self.get()).finish()
+    }
 }
 
 /// What an append returned.
@@ -474,7 +499,7 @@ impl Inner {
                     .collect();
                 let seqs = shared
                     .store
-                    .append(records)
+                    .append_in(records, shared.epoch.get())
                     .await
                     .map_err(|err| err.to_string())?;
                 shared.wake.notify_one();
