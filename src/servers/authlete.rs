@@ -75,17 +75,12 @@ pub struct TokenSpec {
 /// its family, which the proxy does not see, so it is recorded as
 /// `AUTHORIZATION_CODE` (the usual origin of refresh tokens).
 pub(crate) fn authlete_grant(grant_type: &str) -> &'static str {
+    // The names are a client's `grantTypes` (one table); "implicit" is the
+    // access token of an implicit or hybrid flow: Authlete gives such a
+    // pair no refresh token, as the flow does not.
     match grant_type {
-        "password" => "PASSWORD",
-        "client_credentials" => "CLIENT_CREDENTIALS",
-        "urn:ietf:params:oauth:grant-type:token-exchange" => "TOKEN_EXCHANGE",
-        "urn:openid:params:grant-type:ciba" => "CIBA",
-        "urn:ietf:params:oauth:grant-type:device_code" => "DEVICE_CODE",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer" => "JWT_BEARER",
-        // The access token of an implicit or hybrid flow: Authlete gives
-        // such a pair no refresh token, as the flow does not.
-        "implicit" => "IMPLICIT",
-        _ => "AUTHORIZATION_CODE",
+        "refresh_token" => "AUTHORIZATION_CODE",
+        other => clients::grant_name(other).unwrap_or("AUTHORIZATION_CODE"),
     }
 }
 

@@ -445,7 +445,8 @@ fn names_of(value: &Value, map: fn(&str) -> Option<&'static str>) -> (Value, boo
     (Value::Array(names), lost)
 }
 
-fn grant_name(grant: &str) -> Option<&'static str> {
+/// Authlete's name for an OAuth grant type; `None` when it has none.
+pub(super) fn grant_name(grant: &str) -> Option<&'static str> {
     Some(match grant {
         "authorization_code" => "AUTHORIZATION_CODE",
         "refresh_token" => "REFRESH_TOKEN",
