@@ -307,28 +307,25 @@ impl Backfill {
 
     /// Pauses reading the exports.
     pub fn pause(&self) -> Result<State, Error> {
-        match self.state() {
-            State::Running | State::Paused => {
-                self.inner.state.send_replace(State::Paused);
-                Ok(State::Paused)
-            }
-            other => Err(Error::State {
-                state: other.as_str(),
-                operation: "pause",
-            }),
-        }
+        self.run_or_pause(State::Paused, "pause")
     }
 
     /// Resumes after a pause.
     pub fn resume(&self) -> Result<State, Error> {
+        self.run_or_pause(State::Running, "resume")
+    }
+
+    /// Moves a running or paused backfill to `to` (running or paused);
+    /// refuses `operation` in any other state.
+    fn run_or_pause(&self, to: State, operation: &'static str) -> Result<State, Error> {
         match self.state() {
-            State::Paused | State::Running => {
-                self.inner.state.send_replace(State::Running);
-                Ok(State::Running)
+            State::Running | State::Paused => {
+                self.inner.state.send_replace(to);
+                Ok(to)
             }
             other => Err(Error::State {
                 state: other.as_str(),
-                operation: "resume",
+                operation,
             }),
         }
     }

@@ -159,9 +159,7 @@ const TOKEN: &str = "demo-management-token-0123456789abcdef";
 /// Runs the demo, printing progress to stderr and the summary to stdout.
 pub async fn run(options: Options) -> Result<Summary, Error> {
     let jwks = JwkSet::generate();
-    let proxy_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(Error::Bind)?;
+    let proxy_listener = loopback().await?;
     let proxy_addr = proxy_listener.local_addr().map_err(Error::Bind)?;
     let issuer = format!("http://{proxy_addr}/c2id");
     let emulator_config = || {
@@ -180,11 +178,7 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     let mut source_config = emulator_config();
     source_config.seed = options.records;
     let source = Connect2id::new(source_config)
-        .start(
-            TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(Error::Bind)?,
-        )
+        .start(loopback().await?)
         .await;
     // The target as the runbook asks for it: it takes the source's secret
     // on an in-place update (`preferred_client_secret` on `PUT`), so no
@@ -193,11 +187,7 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     let mut target_config = emulator_config();
     target_config.strictness.preferred_client_secret_on_update = true;
     let target = Connect2id::new(target_config)
-        .start(
-            TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(Error::Bind)?,
-        )
+        .start(loopback().await?)
         .await;
 
     let mut config = Config::for_test(&source.url(), &target.url(), TOKEN);
@@ -361,9 +351,7 @@ impl Stack {
         let journal_dir = tempfile::tempdir().map_err(Error::TempDir)?;
         config.journal.dir = journal_dir.path().to_owned();
         config.journal_key = crate::config::Secret::new(random_key());
-        let admin_listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(Error::Bind)?;
+        let admin_listener = loopback().await?;
         let admin_addr = admin_listener.local_addr().map_err(Error::Bind)?;
         let listeners = crate::app::Listeners {
             proxy: proxy_listener,
@@ -480,20 +468,51 @@ fn percentile(samples: &[Duration], q: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// A listener on a free loopback port (the demo runs everything locally).
+async fn loopback() -> Result<TcpListener, Error> {
+    TcpListener::bind("127.0.0.1:0").await.map_err(Error::Bind)
+}
+
 pub(crate) fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-fn print_summary(summary: &Summary) {
-    let mut out = std::io::stdout().lock();
-    let totals = &summary.totals;
+/// The summary's first lines, shared by both demos: its title (with
+/// `target` after "summary") and the client requests made.
+fn write_heading(out: &mut impl std::io::Write, target: &str, totals: &traffic::Totals) {
     let _ = writeln!(out);
-    let _ = writeln!(out, "== handover demo summary ==");
+    let _ = writeln!(out, "== handover demo summary{target} ==");
     let _ = writeln!(
         out,
         "client requests      {:>8}   failed {}",
         totals.requests, totals.errors
     );
+}
+
+/// The summary's backfill line, shared by both demos.
+fn write_backfill(
+    out: &mut impl std::io::Write,
+    backfill: &crate::api::BackfillStatus,
+    took: Duration,
+) {
+    let datasets: Vec<String> = backfill
+        .datasets
+        .iter()
+        .map(|(dataset, p)| format!("{dataset} {} copied, {} live-owned", p.copied, p.skipped))
+        .collect();
+    let _ = writeln!(
+        out,
+        "backfill             {} in {:.1}s: {}",
+        backfill.state,
+        took.as_secs_f64(),
+        datasets.join(" · ")
+    );
+}
+
+fn print_summary(summary: &Summary) {
+    let mut out = std::io::stdout().lock();
+    let totals = &summary.totals;
+    write_heading(&mut out, "", totals);
     let _ = writeln!(
         out,
         "  registrations {} · updates {} · deletes {} · logins {} · code exchanges {} · refreshes {} (failed {}) · revocations {} · logouts {}",
@@ -519,19 +538,7 @@ fn print_summary(summary: &Summary) {
         summary.lag_p99.as_secs_f64() * 1000.0,
         summary.drain.as_secs_f64() * 1000.0
     );
-    let backfill: Vec<String> = summary
-        .backfill
-        .datasets
-        .iter()
-        .map(|(dataset, p)| format!("{dataset} {} copied, {} live-owned", p.copied, p.skipped))
-        .collect();
-    let _ = writeln!(
-        out,
-        "backfill             {} in {:.1}s: {}",
-        summary.backfill.state,
-        summary.backfill_time.as_secs_f64(),
-        backfill.join(" · ")
-    );
+    write_backfill(&mut out, &summary.backfill, summary.backfill_time);
     let cutover = &summary.cutover;
     let _ = writeln!(
         out,

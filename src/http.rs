@@ -164,6 +164,29 @@ where
     serve_limited(listener, handler, shutdown, Limits::default()).await;
 }
 
+/// The next connection on `listener` (`what` names it in the log), or
+/// `None` once `stop` is cancelled. An accept error is logged and retried
+/// after a short pause: they are usually EMFILE, which a tight loop would
+/// only repeat.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    what: &'static str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(err) => {
+                    tracing::warn!(error = %err, "failed to accept {what}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+}
+
 /// [`serve`] with bounds on the connections (the admin API's).
 pub async fn serve_limited<H, F>(
     listener: TcpListener,
@@ -183,19 +206,7 @@ pub async fn serve_limited<H, F>(
     let builder = Arc::new(builder);
     let tracker = tokio_util::task::TaskTracker::new();
     let open = Arc::new(AtomicUsize::new(0));
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "failed to accept connection");
-                    // Back off briefly: accept errors are usually EMFILE.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = accept(&listener, &shutdown, "connection").await {
         let slot = OpenSlot::take(&open);
         if limits.max_connections.is_some_and(|max| slot.before >= max) {
             if let Some(refused) = &limits.refused {

@@ -533,6 +533,11 @@ pub struct HealthMetrics {
 
 /// Registers a counter under its full exposition name (prometheus-client
 /// appends `_total` itself).
+/// Latency histograms by label set, each with [`LATENCY_BUCKETS`].
+fn latency_family<L: Clone + std::hash::Hash + Eq>() -> Family<L, Histogram> {
+    Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS))
+}
+
 fn register_counter<M: prometheus_client::registry::Metric>(
     registry: &mut Registry,
     name: &str,
@@ -555,9 +560,7 @@ impl Metrics {
             "Downstream requests answered, by method class and status class",
             requests_family.clone(),
         );
-        let durations_family = Family::<MethodLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
-        );
+        let durations_family = latency_family::<MethodLabels>();
         registry.register(
             PROXY_REQUEST_DURATION_SECONDS,
             "Time from receiving a request to having its response head",
@@ -637,9 +640,7 @@ impl Metrics {
             "Management-API calls handover made, by upstream and outcome (answered, overloaded: 429/503, timed_out, unreachable)",
             api_requests.clone(),
         );
-        let api_seconds = Family::<UpstreamLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
-        );
+        let api_seconds = latency_family::<UpstreamLabels>();
         registry.register(
             UPSTREAM_API_SECONDS,
             "Latency of answered management-API calls, by upstream",
@@ -665,9 +666,7 @@ impl Metrics {
             applied: Family::default(),
             failures: Family::default(),
             dead_lettered: Family::default(),
-            apply_seconds: Family::new_with_constructor(
-                (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
-            ),
+            apply_seconds: latency_family(),
             lag_seconds: Gauge::default(),
             dead_letters: Gauge::default(),
             outage: Gauge::default(),

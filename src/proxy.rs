@@ -450,18 +450,9 @@ async fn serve_listener(
     let builder = Arc::new(connection_builder(&options));
     let tracker = TaskTracker::new();
     let force = CancellationToken::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "failed to accept downstream connection");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) =
+        crate::http::accept(&listener, &stop, "downstream connection").await
+    {
         let accepted = Instant::now();
         let Some(open) = OpenConnection::admit(&metrics, options.max_connections) else {
             refuse(&stream, options.tls.is_some(), &metrics);

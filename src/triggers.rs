@@ -165,41 +165,34 @@ pub(crate) struct Input<'a> {
 }
 
 macro_rules! row {
-    ($method:ident, $path:literal, $name:literal, $extract:expr) => {
+    // `events:` is optional: the row's token-event fn for an Authlete target.
+    ($method:ident, $path:literal, $name:literal, $extract:expr $(, events: $event:expr)?) => {
         row!(
             $method,
             $path,
             $name,
             Before::Nothing,
             $extract,
-            None,
+            row!(@event $($event)?),
             false
         )
     };
-    ($method:ident, $path:literal, $name:literal, reads_response: $extract:expr) => {
-        row!($method, $path, $name, Before::Nothing, $extract, None, true)
-    };
-    ($method:ident, $path:literal, $name:literal, $extract:expr, events: $event:expr) => {
+    ($method:ident, $path:literal, $name:literal, reads_response: $extract:expr $(, events: $event:expr)?) => {
         row!(
             $method,
             $path,
             $name,
             Before::Nothing,
             $extract,
-            Some($event),
-            false
-        )
-    };
-    ($method:ident, $path:literal, $name:literal, reads_response: $extract:expr, events: $event:expr) => {
-        row!(
-            $method,
-            $path,
-            $name,
-            Before::Nothing,
-            $extract,
-            Some($event),
+            row!(@event $($event)?),
             true
         )
+    };
+    (@event) => {
+        None
+    };
+    (@event $event:expr) => {
+        Some($event)
     };
     ($method:ident, $path:literal, $name:literal, $before:expr, $extract:expr, $event:expr, $reads:expr) => {
         Row {
@@ -845,6 +838,12 @@ mod tests {
             self.with_exchange(|catalogue, route, exchange| catalogue.uninspected(route, exchange))
         }
 
+        fn token_event(&self) -> Option<TokenEvent> {
+            self.with_exchange(|catalogue, route, exchange| {
+                catalogue.token_event(route, exchange, &self.resolved)
+            })
+        }
+
         fn changes(&self) -> Vec<Change> {
             self.run().changes
         }
@@ -860,6 +859,22 @@ mod tests {
     }
     fn sess(sid: &str) -> Change {
         session(sid.into())
+    }
+    /// A revocation of alice's authorizations (at `client_id`, else all).
+    fn revocation(client_id: Option<&str>, timestamp: u64) -> Change {
+        Change::Revocation {
+            subject: Some("alice".into()),
+            client_id: client_id.map(str::to_owned),
+            actor: None,
+            timestamp,
+        }
+    }
+    fn to_resolve(token: &str, kind: TokenKind) -> Change {
+        Change::Resolve {
+            token: token.into(),
+            kind,
+            from: None,
+        }
     }
 
     #[test]
@@ -1065,41 +1080,36 @@ mod tests {
             .response(200, &format!(r#"{{"access_token":"{jwt}","token_type":"Bearer","expires_in":600,"refresh_token":"tGzv3JOkF0XG5Qx2TlKWIA"}}"#));
         assert_eq!(code.changes(), [authz("alice", "s6BhdRkqt3")]);
 
-        let rotated = Case::new(Method::POST, "/c2id/token")
-            .request("grant_type=refresh_token&refresh_token=old-refresh-token")
-            .response(200, r#"{"access_token":"2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA","token_type":"Bearer","expires_in":600,"refresh_token":"new-refresh-token"}"#);
-        assert_eq!(
-            rotated.changes(),
-            [Change::Resolve {
-                token: "new-refresh-token".into(),
-                kind: TokenKind::Refresh,
-                from: None
-            }]
-        );
-
-        let kept = Case::new(Method::POST, "/c2id/token")
-            .request("grant_type=refresh_token&refresh_token=kept-refresh-token&client_id=public-app")
-            .response(200, r#"{"access_token":"2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA","token_type":"Bearer","expires_in":600}"#);
-        assert_eq!(
-            kept.changes(),
-            [Change::Resolve {
-                token: "kept-refresh-token".into(),
-                kind: TokenKind::Refresh,
-                from: None
-            }]
-        );
-
-        let identifier_only = Case::new(Method::POST, "/c2id/token")
-            .request("grant_type=password&username=alice&password=secret&scope=openid")
-            .response(200, r#"{"access_token":"2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA","token_type":"Bearer","expires_in":600}"#);
-        assert_eq!(
-            identifier_only.changes(),
-            [Change::Resolve {
-                token: "2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA".into(),
-                kind: TokenKind::Access,
-                from: None
-            }]
-        );
+        // A refresh names the refresh token to resolve (the rotated one, else
+        // the one used); a grant with only an identifier access token names
+        // that token.
+        let identifier = "2YotnFZFEjr1zCsicMWpAA.uZcHEFTDXTHkRjXgrjIRsA";
+        let without_refresh =
+            format!(r#"{{"access_token":"{identifier}","token_type":"Bearer","expires_in":600}}"#);
+        for (request, response, expected) in [
+            (
+                "grant_type=refresh_token&refresh_token=old-refresh-token",
+                format!(
+                    r#"{{"access_token":"{identifier}","token_type":"Bearer","expires_in":600,"refresh_token":"new-refresh-token"}}"#
+                ),
+                to_resolve("new-refresh-token", TokenKind::Refresh),
+            ),
+            (
+                "grant_type=refresh_token&refresh_token=kept-refresh-token&client_id=public-app",
+                without_refresh.clone(),
+                to_resolve("kept-refresh-token", TokenKind::Refresh),
+            ),
+            (
+                "grant_type=password&username=alice&password=secret&scope=openid",
+                without_refresh,
+                to_resolve(identifier, TokenKind::Access),
+            ),
+        ] {
+            let case = Case::new(Method::POST, "/c2id/token")
+                .request(request)
+                .response(200, &response);
+            assert_eq!(case.changes(), [expected], "{request}");
+        }
 
         for grant in [
             "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange",
@@ -1153,12 +1163,7 @@ mod tests {
         assert_eq!(
             case.changes(),
             [
-                Change::Revocation {
-                    subject: Some("alice".into()),
-                    client_id: Some("s6BhdRkqt3".into()),
-                    actor: None,
-                    timestamp: 1_700_000_000
-                },
+                revocation(Some("s6BhdRkqt3"), 1_700_000_000),
                 authz("alice", "s6BhdRkqt3")
             ]
         );
@@ -1189,12 +1194,7 @@ mod tests {
                 .request(form)
                 .response(200, "")
                 .resolved("alice", "s6BhdRkqt3")
-                .with_exchange(|catalogue, route, exchange| {
-                    let resolved = Resolved {
-                        authorization: Some(("alice".into(), "s6BhdRkqt3".into())),
-                    };
-                    catalogue.token_event(route, exchange, &resolved)
-                })
+                .token_event()
         };
         // Every token of alice at the client: Connect2id's default.
         assert_eq!(
@@ -1259,27 +1259,14 @@ mod tests {
         )
         .request("subject=alice&timestamp=1699999000")
         .response(204, "");
-        assert_eq!(
-            case.changes(),
-            [Change::Revocation {
-                subject: Some("alice".into()),
-                client_id: None,
-                actor: None,
-                timestamp: 1_699_999_000
-            }]
-        );
+        assert_eq!(case.changes(), [revocation(None, 1_699_999_000)]);
         let both = Case::new(Method::POST, "/c2id/authz-store/rest/v3/revocation")
             .request("subject=alice&client_id=s6BhdRkqt3")
             .response(200, r#"[{"sub":"alice","cid":"s6BhdRkqt3"}]"#);
         assert_eq!(
             both.changes(),
             [
-                Change::Revocation {
-                    subject: Some("alice".into()),
-                    client_id: Some("s6BhdRkqt3".into()),
-                    actor: None,
-                    timestamp: 1_700_000_000
-                },
+                revocation(Some("s6BhdRkqt3"), 1_700_000_000),
                 authz("alice", "s6BhdRkqt3")
             ]
         );
@@ -1477,14 +1464,7 @@ mod tests {
             .request("grant_type=refresh_token&refresh_token=rt-1")
             .unseen(200, crate::proxy::Unseen::Cut);
         assert_eq!(refresh.uninspected(), Some("cut"));
-        assert_eq!(
-            refresh.changes(),
-            [Change::Resolve {
-                token: "rt-1".into(),
-                kind: TokenKind::Refresh,
-                from: None
-            }]
-        );
+        assert_eq!(refresh.changes(), [to_resolve("rt-1", TokenKind::Refresh)]);
         let code = Case::new(Method::POST, "/c2id/token")
             .request("grant_type=authorization_code&code=c")
             .response(200, "not json");
@@ -1507,13 +1487,9 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Change>(&json).unwrap(), change);
         assert!(
-            !Change::Resolve {
-                token: "secret".into(),
-                kind: TokenKind::Refresh,
-                from: None
-            }
-            .redacted()
-            .contains("secret")
+            !to_resolve("secret", TokenKind::Refresh)
+                .redacted()
+                .contains("secret")
         );
     }
 
@@ -1522,35 +1498,46 @@ mod tests {
         response: &str,
         basic: Option<&str>,
     ) -> Option<TokenEvent> {
-        let catalogue = Catalogue::new("/c2id");
-        let route = catalogue.route(&Method::POST, "/c2id/token").unwrap();
-        let mut headers = HeaderMap::new();
+        let mut case = Case::new(Method::POST, "/c2id/token")
+            .request(request)
+            .response(200, response);
         if let Some(credentials) = basic {
             let value = base64::engine::general_purpose::STANDARD.encode(credentials);
-            headers.insert("authorization", format!("Basic {value}").parse().unwrap());
+            case = case.header("authorization", &format!("Basic {value}"));
         }
-        let request_body = Bytes::from(request.to_owned());
-        let response_body = Bytes::from(response.to_owned());
-        let response_headers = HeaderMap::new();
-        let exchange = Exchange {
-            method: &Method::POST,
-            path: "/c2id/token",
-            query: None,
-            request_headers: &headers,
-            request_body: &request_body,
-            status: StatusCode::OK,
-            response_headers: &response_headers,
-            response_body: Some(&response_body),
-            response_unseen: None,
-            answered_by: crate::model::Side::Source,
-        };
-        catalogue.token_event(route, &exchange, &Resolved::default())
+        case.token_event()
+    }
+
+    /// A `TokenEvent::Issued` with nothing replaced, kept or remembered.
+    fn issued(
+        grant_type: &str,
+        client_id: &str,
+        subject: &str,
+        scopes: &[&str],
+        access_token: &str,
+        expires_in: u64,
+        refresh_token: Option<&str>,
+    ) -> TokenEvent {
+        TokenEvent::Issued {
+            grant_type: grant_type.into(),
+            client_id: client_id.into(),
+            subject: Some(subject.into()),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            access_token: access_token.into(),
+            expires_in,
+            refresh_token: refresh_token.map(str::to_owned),
+            refresh_expires_in: None,
+            replaced_refresh: None,
+            kept_refresh: None,
+            issued_by: None,
+            client_auth: None,
+        }
     }
 
     #[test]
     fn token_responses_become_authlete_token_events() {
         let jwt = jwt();
-        let issued = token_exchange_event(
+        let code = token_exchange_event(
             "grant_type=authorization_code&code=abc&redirect_uri=x",
             &format!(
                 r#"{{"access_token":"{jwt}","token_type":"Bearer","expires_in":600,"refresh_token":"rt-1","scope":"openid email"}}"#
@@ -1558,21 +1545,16 @@ mod tests {
             Some("s6BhdRkqt3:secret"),
         );
         assert_eq!(
-            issued,
-            Some(TokenEvent::Issued {
-                grant_type: "authorization_code".into(),
-                client_id: "s6BhdRkqt3".into(),
-                subject: Some("alice".into()),
-                scopes: vec!["openid".into(), "email".into()],
-                access_token: jwt.clone(),
-                expires_in: 600,
-                refresh_token: Some("rt-1".into()),
-                refresh_expires_in: None,
-                replaced_refresh: None,
-                kept_refresh: None,
-                issued_by: None,
-                client_auth: None,
-            })
+            code,
+            Some(issued(
+                "authorization_code",
+                "s6BhdRkqt3",
+                "alice",
+                &["openid", "email"],
+                &jwt,
+                600,
+                Some("rt-1"),
+            ))
         );
         let rotated = token_exchange_event(
             "grant_type=refresh_token&refresh_token=rt-1&client_id=public-app",
@@ -1637,31 +1619,14 @@ mod tests {
     /// The token event of a JSON exchange at `path` (query included).
     fn json_event(
         method: Method,
-        path_and_query: &str,
+        path_and_query: &'static str,
         request: &str,
         response: &str,
     ) -> Option<TokenEvent> {
-        let catalogue = Catalogue::new("/c2id");
-        let (path, query) = path_and_query
-            .split_once('?')
-            .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
-        let route = catalogue.route(&method, path).unwrap();
-        let headers = HeaderMap::new();
-        let request_body = Bytes::from(request.to_owned());
-        let response_body = Bytes::from(response.to_owned());
-        let exchange = Exchange {
-            method: &method,
-            path,
-            query,
-            request_headers: &headers,
-            request_body: &request_body,
-            status: StatusCode::OK,
-            response_headers: &headers,
-            response_body: Some(&response_body),
-            response_unseen: None,
-            answered_by: crate::model::Side::Source,
-        };
-        catalogue.token_event(route, &exchange, &Resolved::default())
+        Case::new(method, path_and_query)
+            .request(request)
+            .response(200, response)
+            .token_event()
     }
 
     #[test]
@@ -1674,20 +1639,15 @@ mod tests {
         );
         assert_eq!(
             direct,
-            Some(TokenEvent::Issued {
-                grant_type: "direct_authz".into(),
-                client_id: "app".into(),
-                subject: Some("alice".into()),
-                scopes: vec!["openid".into(), "email".into()],
-                access_token: "at-d".into(),
-                expires_in: 600,
-                refresh_token: Some("rt-d".into()),
-                refresh_expires_in: None,
-                replaced_refresh: None,
-                kept_refresh: None,
-                issued_by: None,
-                client_auth: None,
-            })
+            Some(issued(
+                "direct_authz",
+                "app",
+                "alice",
+                &["openid", "email"],
+                "at-d",
+                600,
+                Some("rt-d"),
+            ))
         );
         let import = r#"{"sub":"bob","cid":"app","scp":["openid"],"irt":true}"#;
         let tokens =
@@ -1731,20 +1691,15 @@ mod tests {
         .unwrap();
         assert_eq!(
             hybrid,
-            TokenEvent::Issued {
-                grant_type: "implicit".into(),
-                client_id: "spa".into(),
-                subject: Some("carol".into()),
-                scopes: vec!["openid".into(), "email".into()],
-                access_token: "at-i".into(),
-                expires_in: 300,
-                refresh_token: None,
-                refresh_expires_in: None,
-                replaced_refresh: None,
-                kept_refresh: None,
-                issued_by: None,
-                client_auth: None,
-            }
+            issued(
+                "implicit",
+                "spa",
+                "carol",
+                &["openid", "email"],
+                "at-i",
+                300,
+                None
+            )
         );
         assert_eq!(
             json_event(
@@ -1760,28 +1715,16 @@ mod tests {
 
     #[test]
     fn deleting_an_authorization_revokes_its_tokens_at_authlete() {
-        let catalogue = Catalogue::new("/c2id");
-        let path = "/c2id/authz-store/rest/v3/authorizations";
-        let route = catalogue.route(&Method::DELETE, path).unwrap();
-        let headers = HeaderMap::new();
-        let empty = Bytes::new();
-        let event = |query, status| {
-            let exchange = Exchange {
-                method: &Method::DELETE,
-                path,
-                query: Some(query),
-                request_headers: &headers,
-                request_body: &empty,
-                status,
-                response_headers: &headers,
-                response_body: Some(&empty),
-                response_unseen: None,
-                answered_by: crate::model::Side::Source,
-            };
-            catalogue.token_event(route, &exchange, &Resolved::default())
+        let event = |path_and_query, status| {
+            Case::new(Method::DELETE, path_and_query)
+                .response(status, "")
+                .token_event()
         };
         assert_eq!(
-            event("subject=alice&client_id=app", StatusCode::NO_CONTENT),
+            event(
+                "/c2id/authz-store/rest/v3/authorizations?subject=alice&client_id=app",
+                204
+            ),
             Some(TokenEvent::Revoked {
                 client_id: Some("app".into()),
                 subject: Some("alice".into()),
@@ -1789,10 +1732,19 @@ mod tests {
             })
         );
         assert_eq!(
-            event("subject=alice&client_id=app", StatusCode::NOT_FOUND),
+            event(
+                "/c2id/authz-store/rest/v3/authorizations?subject=alice&client_id=app",
+                404
+            ),
             None
         );
-        assert_eq!(event("subject=alice", StatusCode::NO_CONTENT), None);
+        assert_eq!(
+            event(
+                "/c2id/authz-store/rest/v3/authorizations?subject=alice",
+                204
+            ),
+            None
+        );
     }
 
     #[test]

@@ -24,10 +24,8 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
-
 use super::traffic;
-use super::{Error, say};
+use super::{Error, loopback, say};
 use crate::config::{Config, ServerKind};
 use crate::emulator::authlete as emulated;
 use crate::emulator::connect2id::{self, Connect2id};
@@ -95,9 +93,7 @@ impl Summary {
 /// Runs the Authlete demo.
 pub async fn run(options: super::Options) -> Result<Summary, Error> {
     let jwks = JwkSet::generate();
-    let proxy_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(Error::Bind)?;
+    let proxy_listener = loopback().await?;
     let proxy_addr = proxy_listener.local_addr().map_err(Error::Bind)?;
     let mut source_config = connect2id::Config::new(connect2id::ApiTokens::single(TOKEN), jwks);
     source_config.base_path = "/c2id".to_owned();
@@ -109,11 +105,7 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
     source_config.strictness.default_rotate = false;
     source_config.strictness.random_refresh_token_nonce = true;
     let source = Connect2id::new(source_config)
-        .start(
-            TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(Error::Bind)?,
-        )
+        .start(loopback().await?)
         .await;
     let service = emulated::Authlete::new(emulated::Config {
         access_token: AUTHLETE_TOKEN.to_owned(),
@@ -127,25 +119,13 @@ pub async fn run(options: super::Options) -> Result<Summary, Error> {
         ..emulated::Config::default()
     });
     let service_id = service.config().service_id;
-    let target = service
-        .clone()
-        .start(
-            TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(Error::Bind)?,
-        )
-        .await;
+    let target = service.clone().start(loopback().await?).await;
 
     // The new authorization server built on the service: traffic goes
     // there after the cutover.
     let front = service
         .clone()
-        .start_front(
-            TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(Error::Bind)?,
-            "/c2id",
-        )
+        .start_front(loopback().await?, "/c2id")
         .await;
     let new_primary = crate::model::BaseUrl::parse(&front.url()).map_err(Error::Scenario)?;
 
@@ -466,13 +446,7 @@ fn authlete_upstream(url: &str) -> Result<crate::upstream::Upstream, Error> {
 fn print(summary: &Summary, service: &emulated::Authlete) {
     let mut out = std::io::stdout().lock();
     let totals = &summary.totals;
-    let _ = writeln!(out);
-    let _ = writeln!(out, "== handover demo summary (Authlete target) ==");
-    let _ = writeln!(
-        out,
-        "client requests      {:>8}   failed {}",
-        totals.requests, totals.errors
-    );
+    super::write_heading(&mut out, " (Authlete target)", totals);
     let _ = writeln!(
         out,
         "  registrations {} · updates {} · logins {} · code exchanges {} · refreshes {} · revocations {}",
@@ -483,18 +457,10 @@ fn print(summary: &Summary, service: &emulated::Authlete) {
         totals.refreshes,
         totals.revocations
     );
-    let backfill: Vec<String> = summary
-        .backfill
-        .datasets
-        .iter()
-        .map(|(dataset, p)| format!("{dataset} {} copied, {} live-owned", p.copied, p.skipped))
-        .collect();
-    let _ = writeln!(
-        out,
-        "backfill             {} in {:.1}s: {}",
-        summary.backfill.state,
-        summary.backfill.elapsed_ms as f64 / 1000.0,
-        backfill.join(" · ")
+    super::write_backfill(
+        &mut out,
+        &summary.backfill,
+        Duration::from_millis(summary.backfill.elapsed_ms),
     );
     let _ = writeln!(
         out,

@@ -253,16 +253,51 @@ impl Driver {
         body: Value,
         ok: &[StatusCode],
     ) -> Result<Value, Error> {
+        self.json_call_as(operation, method, path, self.bearer(), body, ok)
+            .await
+    }
+
+    /// [`Driver::json_call`] with another `authorization` than the
+    /// management token (a client's registration access token).
+    async fn json_call_as(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        authorization: (&'static str, String),
+        body: Value,
+        ok: &[StatusCode],
+    ) -> Result<Value, Error> {
         let answer = self
             .send(
                 operation,
                 method,
                 path,
-                &[self.bearer()],
+                &[authorization],
                 Some(("application/json", body.to_string().into_bytes())),
             )
             .await?;
         Self::expect(answer, operation, ok)?.json(operation)
+    }
+
+    /// GETs a JSON record; `Ok(None)` when the answer is one of `absent`
+    /// (the record is gone, or the credentials may no longer read it).
+    async fn read(
+        &self,
+        operation: &'static str,
+        path: &str,
+        headers: &[(&str, String)],
+        absent: &[StatusCode],
+    ) -> Result<Option<Value>, Error> {
+        let answer = self
+            .send(operation, Method::GET, path, headers, None)
+            .await?;
+        if absent.contains(&answer.status) {
+            return Ok(None);
+        }
+        Self::expect(answer, operation, &[StatusCode::OK])?
+            .json(operation)
+            .map(Some)
     }
 
     // ---- clients (an admin tool) ----
@@ -352,21 +387,13 @@ impl Driver {
 
     /// Reads a client (management API).
     pub async fn get_client(&self, client_id: &str) -> Result<Option<Value>, Error> {
-        let answer = self
-            .send(
-                "read client",
-                Method::GET,
-                &format!("/clients/{}", form::encode_segment(client_id)),
-                &[self.bearer()],
-                None,
-            )
-            .await?;
-        if answer.status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        Self::expect(answer, "read client", &[StatusCode::OK])?
-            .json("read client")
-            .map(Some)
+        self.read(
+            "read client",
+            &format!("/clients/{}", form::encode_segment(client_id)),
+            &[self.bearer()],
+            &[StatusCode::NOT_FOUND],
+        )
+        .await
     }
 
     /// Reads its own registration as a self-managing client does (RFC
@@ -377,21 +404,13 @@ impl Driver {
         client_id: &str,
         registration_token: &str,
     ) -> Result<Option<Value>, Error> {
-        let answer = self
-            .send(
-                "read own registration",
-                Method::GET,
-                &format!("/clients/{}", form::encode_segment(client_id)),
-                &[("authorization", format!("Bearer {registration_token}"))],
-                None,
-            )
-            .await?;
-        if answer.status == StatusCode::UNAUTHORIZED || answer.status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        Self::expect(answer, "read own registration", &[StatusCode::OK])?
-            .json("read own registration")
-            .map(Some)
+        self.read(
+            "read own registration",
+            &format!("/clients/{}", form::encode_segment(client_id)),
+            &[("authorization", format!("Bearer {registration_token}"))],
+            &[StatusCode::UNAUTHORIZED, StatusCode::NOT_FOUND],
+        )
+        .await
     }
 
     /// Updates its own registration with its registration access token
@@ -404,17 +423,16 @@ impl Driver {
     ) -> Result<RegisteredClient, Error> {
         // A client may not name its own secret (a privileged field).
         let body = renamed(client, name, &["client_secret"]);
-        let answer = self
-            .send(
+        let record = self
+            .json_call_as(
                 "update own registration",
                 Method::PUT,
                 &format!("/clients/{}", form::encode_segment(&client.id)),
-                &[("authorization", format!("Bearer {registration_token}"))],
-                Some(("application/json", body.to_string().into_bytes())),
+                ("authorization", format!("Bearer {registration_token}")),
+                body,
+                &[StatusCode::OK],
             )
             .await?;
-        let record = Self::expect(answer, "update own registration", &[StatusCode::OK])?
-            .json("update own registration")?;
         client_of(record, "update own registration")
     }
 
@@ -607,41 +625,25 @@ impl Driver {
 
     /// Reads a session (management API, without bumping its idle timer).
     pub async fn get_session(&self, sid: &str) -> Result<Option<Value>, Error> {
-        let answer = self
-            .send(
-                "read session",
-                Method::GET,
-                "/session-store/rest/v2/sessions?skip_last_used_update=true",
-                &[self.bearer(), ("sid", sid.to_owned())],
-                None,
-            )
-            .await?;
-        if answer.status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        Self::expect(answer, "read session", &[StatusCode::OK])?
-            .json("read session")
-            .map(Some)
+        self.read(
+            "read session",
+            "/session-store/rest/v2/sessions?skip_last_used_update=true",
+            &[self.bearer(), ("sid", sid.to_owned())],
+            &[StatusCode::NOT_FOUND],
+        )
+        .await
     }
 
     /// Reads a session the way the login page does, which counts as a use
     /// of it (bumps its idle timer).
     pub async fn use_session(&self, sid: &str) -> Result<Option<Value>, Error> {
-        let answer = self
-            .send(
-                "use session",
-                Method::GET,
-                "/session-store/rest/v2/sessions",
-                &[self.bearer(), ("sid", sid.to_owned())],
-                None,
-            )
-            .await?;
-        if answer.status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        Self::expect(answer, "use session", &[StatusCode::OK])?
-            .json("use session")
-            .map(Some)
+        self.read(
+            "use session",
+            "/session-store/rest/v2/sessions",
+            &[self.bearer(), ("sid", sid.to_owned())],
+            &[StatusCode::NOT_FOUND],
+        )
+        .await
     }
 
     /// Reads a long-lived authorization (management API).
@@ -654,21 +656,13 @@ impl Driver {
             "/authz-store/rest/v3/authorizations?{}",
             form::encode([("subject", subject), ("client_id", client_id)])
         );
-        let answer = self
-            .send(
-                "read authorization",
-                Method::GET,
-                &path,
-                &[self.bearer()],
-                None,
-            )
-            .await?;
-        if answer.status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        Self::expect(answer, "read authorization", &[StatusCode::OK])?
-            .json("read authorization")
-            .map(Some)
+        self.read(
+            "read authorization",
+            &path,
+            &[self.bearer()],
+            &[StatusCode::NOT_FOUND],
+        )
+        .await
     }
 
     // ---- tokens (relying parties) ----
@@ -759,19 +753,15 @@ impl Driver {
         client: &RegisteredClient,
         token: &str,
     ) -> Result<(), Error> {
-        let answer = self
-            .token_call(
-                "revoke",
-                "/token/revoke",
-                client,
-                &[
-                    ("token", token),
-                    ("token_type_hint", "refresh_token"),
-                    ("token_only", "true"),
-                ],
-            )
-            .await?;
-        Self::expect(answer, "revoke", &[StatusCode::OK]).map(|_| ())
+        self.revoke_with(
+            client,
+            &[
+                ("token", token),
+                ("token_type_hint", "refresh_token"),
+                ("token_only", "true"),
+            ],
+        )
+        .await
     }
 
     /// Revokes a token (RFC 7009).
@@ -781,13 +771,17 @@ impl Driver {
         token: &str,
         hint: &str,
     ) -> Result<(), Error> {
+        self.revoke_with(client, &[("token", token), ("token_type_hint", hint)])
+            .await
+    }
+
+    async fn revoke_with(
+        &self,
+        client: &RegisteredClient,
+        pairs: &[(&str, &str)],
+    ) -> Result<(), Error> {
         let answer = self
-            .token_call(
-                "revoke",
-                "/token/revoke",
-                client,
-                &[("token", token), ("token_type_hint", hint)],
-            )
+            .token_call("revoke", "/token/revoke", client, pairs)
             .await?;
         Self::expect(answer, "revoke", &[StatusCode::OK]).map(|_| ())
     }

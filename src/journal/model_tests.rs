@@ -382,23 +382,35 @@ impl Observer for GateObserver {
     }
 }
 
-#[test]
-fn a_dropped_append_future_leaves_an_orphan_not_a_stuck_cursor() {
-    let dir = tempfile::tempdir().unwrap();
+/// A journal in `dir` whose every commit waits for a `()` on the sender.
+fn gated_journal(dir: &Path) -> (Journal, std::sync::mpsc::Sender<()>) {
     let (release, gate) = std::sync::mpsc::channel();
     let observer = Arc::new(GateObserver {
         gate: Mutex::new(gate),
     });
-    let (journal, _) = Journal::open_with_observer(config(dir.path()), cipher(), observer).unwrap();
+    let (journal, _) = Journal::open_with_observer(config(dir), cipher(), observer).unwrap();
+    (journal, release)
+}
+
+/// Polls `append` once, so that its request reaches the writer (whose
+/// commit the gate holds).
+async fn send_only<F: std::future::Future + Unpin>(append: &mut F) {
+    tokio::select! {
+        biased;
+        _ = append => panic!("the gate holds the commit"),
+        () = std::future::ready(()) => {}
+    }
+}
+
+#[test]
+fn a_dropped_append_future_leaves_an_orphan_not_a_stuck_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, release) = gated_journal(dir.path());
     let rt = runtime();
     rt.block_on(async {
         let mut append = std::pin::pin!(journal.append(b"lost caller".to_vec()));
-        // Poll once so the request is sent, then give up on it.
-        tokio::select! {
-            biased;
-            _ = &mut append => panic!("the gate holds the commit"),
-            () = std::future::ready(()) => {}
-        }
+        // Send the request, then give up on it.
+        send_only(&mut append).await;
     });
     release.send(()).unwrap();
     assert!(eventually(|| journal.stats().orphans == 1));
@@ -420,21 +432,11 @@ fn a_dropped_append_future_leaves_an_orphan_not_a_stuck_cursor() {
 #[test]
 fn an_append_future_dropped_after_the_answer_leaves_an_orphan_not_a_stuck_cursor() {
     let dir = tempfile::tempdir().unwrap();
-    let (release, gate) = std::sync::mpsc::channel();
-    let observer = Arc::new(GateObserver {
-        gate: Mutex::new(gate),
-    });
-    let (journal, _) = Journal::open_with_observer(config(dir.path()), cipher(), observer).unwrap();
+    let (journal, release) = gated_journal(dir.path());
     let rt = runtime();
     let mut lost = Box::pin(journal.append(b"answered, never read".to_vec()));
-    rt.block_on(async {
-        // Poll once so the request is sent, and keep the future.
-        tokio::select! {
-            biased;
-            _ = &mut lost => panic!("the gate holds the commit"),
-            () = std::future::ready(()) => {}
-        }
-    });
+    // Send the request, and keep the future.
+    rt.block_on(send_only(&mut lost));
     // Two commits may pass. The writer answers a group before it takes the
     // next request, so once a later append is answered, the first one's
     // answer is in its channel, unread.

@@ -806,6 +806,22 @@ mod tests {
         store.append(&entries, true).unwrap();
     }
 
+    /// A store whose `count` records were appended one at a time (so small
+    /// segments roll between them).
+    fn one_record_a_segment(dir: &Path, segment_bytes: u64, count: Seq) -> SegmentStore {
+        let (store, _) = open(dir, segment_bytes);
+        for seq in 0..count {
+            append(&store, seq..seq + 1);
+        }
+        store
+    }
+
+    /// Why recovering `dir` fails.
+    fn recover_err(dir: &Path, segment_bytes: u64) -> Error {
+        let mut store = SegmentStore::open(dir, cipher(), segment_bytes).unwrap();
+        store.recover().unwrap_err()
+    }
+
     fn segment_files(dir: &Path) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = fs::read_dir(dir)
             .unwrap()
@@ -850,10 +866,7 @@ mod tests {
     #[test]
     fn segments_roll_past_the_size_limit_and_are_named_by_first_seq() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(dir.path(), 200);
-        for seq in 0..6 {
-            append(&store, seq..seq + 1);
-        }
+        let store = one_record_a_segment(dir.path(), 200, 6);
         let files = segment_files(dir.path());
         assert!(files.len() > 1, "{files:?}");
         assert_eq!(store.usage().segments, files.len());
@@ -900,8 +913,7 @@ mod tests {
         let first_len = record::parse(&bytes).unwrap().frame_len;
         bytes[first_len + 40] ^= 0x01; // inside record 1's ciphertext
         fs::write(&path, &bytes).unwrap();
-        let mut store = SegmentStore::open(dir.path(), cipher(), 1 << 20).unwrap();
-        let err = store.recover().unwrap_err();
+        let err = recover_err(dir.path(), 1 << 20);
         let Error::CorruptBeforeValid {
             path: p,
             offset,
@@ -924,10 +936,7 @@ mod tests {
     #[test]
     fn bad_record_in_an_older_segment_is_corruption_even_at_its_end() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(dir.path(), 150);
-        for seq in 0..4 {
-            append(&store, seq..seq + 1);
-        }
+        let store = one_record_a_segment(dir.path(), 150, 4);
         drop(store);
         let files = segment_files(dir.path());
         assert!(files.len() >= 2);
@@ -939,8 +948,7 @@ mod tests {
             .unwrap()
             .set_len(len - 1)
             .unwrap();
-        let mut store = SegmentStore::open(dir.path(), cipher(), 150).unwrap();
-        let err = store.recover().unwrap_err();
+        let err = recover_err(dir.path(), 150);
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
         assert!(
             err.to_string().contains(&first.display().to_string()),
@@ -981,8 +989,7 @@ mod tests {
         file.write_all(&record::encode(5, &[0; 8], &cipher()).unwrap())
             .unwrap();
         drop(file);
-        let mut store = SegmentStore::open(dir.path(), cipher(), 1 << 20).unwrap();
-        let err = store.recover().unwrap_err();
+        let err = recover_err(dir.path(), 1 << 20);
         assert!(
             matches!(
                 err,
@@ -999,10 +1006,7 @@ mod tests {
     #[test]
     fn applied_segments_are_deleted_and_cursor_respected() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(dir.path(), 150);
-        for seq in 0..6 {
-            append(&store, seq..seq + 1);
-        }
+        let store = one_record_a_segment(dir.path(), 150, 6);
         let before = store.usage().segments;
         store.persist_cursor(4).unwrap();
         let deleted = store.delete_applied(4).unwrap();
@@ -1019,16 +1023,12 @@ mod tests {
     #[test]
     fn missing_unapplied_segment_is_a_gap_error() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(dir.path(), 150);
-        for seq in 0..6 {
-            append(&store, seq..seq + 1);
-        }
+        let store = one_record_a_segment(dir.path(), 150, 6);
         drop(store);
         let files = segment_files(dir.path());
         assert!(files.len() >= 3, "{files:?}");
         fs::remove_file(&files[1]).unwrap();
-        let mut store = SegmentStore::open(dir.path(), cipher(), 150).unwrap();
-        let err = store.recover().unwrap_err();
+        let err = recover_err(dir.path(), 150);
         assert!(matches!(err, Error::Gap { .. }), "{err}");
     }
 
@@ -1039,8 +1039,7 @@ mod tests {
         append(&store, 0..3);
         drop(store);
         fs::write(segment_path(dir.path(), 2), b"").unwrap();
-        let mut store = SegmentStore::open(dir.path(), cipher(), 1 << 20).unwrap();
-        let err = store.recover().unwrap_err();
+        let err = recover_err(dir.path(), 1 << 20);
         assert!(
             matches!(
                 err,

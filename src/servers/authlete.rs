@@ -75,17 +75,12 @@ pub struct TokenSpec {
 /// its family, which the proxy does not see, so it is recorded as
 /// `AUTHORIZATION_CODE` (the usual origin of refresh tokens).
 pub(crate) fn authlete_grant(grant_type: &str) -> &'static str {
+    // The names are a client's `grantTypes` (one table); "implicit" is the
+    // access token of an implicit or hybrid flow: Authlete gives such a
+    // pair no refresh token, as the flow does not.
     match grant_type {
-        "password" => "PASSWORD",
-        "client_credentials" => "CLIENT_CREDENTIALS",
-        "urn:ietf:params:oauth:grant-type:token-exchange" => "TOKEN_EXCHANGE",
-        "urn:openid:params:grant-type:ciba" => "CIBA",
-        "urn:ietf:params:oauth:grant-type:device_code" => "DEVICE_CODE",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer" => "JWT_BEARER",
-        // The access token of an implicit or hybrid flow: Authlete gives
-        // such a pair no refresh token, as the flow does not.
-        "implicit" => "IMPLICIT",
-        _ => "AUTHORIZATION_CODE",
+        "refresh_token" => "AUTHORIZATION_CODE",
+        other => clients::grant_name(other).unwrap_or("AUTHORIZATION_CODE"),
     }
 }
 
@@ -243,6 +238,22 @@ impl Authlete {
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), ApiError> {
         self.call_as(method, api, body, self.authorization()).await
+    }
+
+    /// [`call`](Self::call), an answer other than 2xx being `what`'s
+    /// refusal.
+    async fn call_ok(
+        &self,
+        method: Method,
+        api: &str,
+        body: Option<Value>,
+        what: &'static str,
+    ) -> Result<Value, ApiError> {
+        let (status, answer) = self.call(method, api, body).await?;
+        if !status.is_success() {
+            return Err(Self::rejected(what, status, &answer));
+        }
+        Ok(answer)
     }
 
     /// [`call`](Self::call) with other credentials.
@@ -474,12 +485,13 @@ impl Authlete {
                 if !clients::differing(&current, &mapped).is_empty() {
                     let mut body = clients::overlay(&current, &mapped);
                     body["clientId"] = id.into();
-                    let (status, answer) = self
-                        .call(Method::POST, &format!("/client/update/{id}"), Some(body))
-                        .await?;
-                    if !status.is_success() {
-                        return Err(Self::rejected("client/update", status, &answer));
-                    }
+                    self.call_ok(
+                        Method::POST,
+                        &format!("/client/update/{id}"),
+                        Some(body),
+                        "client/update",
+                    )
+                    .await?;
                 }
                 let current_secret = current.get("clientSecret").and_then(Value::as_str);
                 if secret.is_none() || current_secret == secret {
@@ -521,19 +533,16 @@ impl Authlete {
             } else {
                 id.to_string()
             };
-            let (status, answer) = self
-                .call(
-                    Method::POST,
-                    &format!(
-                        "/client/secret/update/{}",
-                        crate::http::form::encode_segment(&identifier)
-                    ),
-                    Some(json!({ "clientSecret": secret })),
-                )
-                .await?;
-            if !status.is_success() {
-                return Err(Self::rejected("client/secret/update", status, &answer));
-            }
+            self.call_ok(
+                Method::POST,
+                &format!(
+                    "/client/secret/update/{}",
+                    crate::http::form::encode_segment(&identifier)
+                ),
+                Some(json!({ "clientSecret": secret })),
+                "client/secret/update",
+            )
+            .await?;
         }
         Ok(ClientOutcome { unmapped })
     }
@@ -557,16 +566,14 @@ impl Authlete {
         start: usize,
         end: usize,
     ) -> Result<(Vec<Value>, u64), ApiError> {
-        let (status, page) = self
-            .call(
+        let page = self
+            .call_ok(
                 Method::GET,
                 &format!("/client/get/list?start={start}&end={end}"),
                 None,
+                "client/get/list",
             )
             .await?;
-        if !status.is_success() {
-            return Err(Self::rejected("client/get/list", status, &page));
-        }
         let clients = page
             .get("clients")
             .and_then(Value::as_array)
@@ -725,16 +732,14 @@ impl Authlete {
             .iter()
             .map(|s| self.create_body(s))
             .collect::<Result<_, _>>()?;
-        let (status, answer) = self
-            .call(
+        let answer = self
+            .call_ok(
                 Method::POST,
                 "/auth/token/create/batch",
                 Some(Value::Array(bodies)),
+                "auth/token/create/batch",
             )
             .await?;
-        if !status.is_success() {
-            return Err(Self::rejected("auth/token/create/batch", status, &answer));
-        }
         let Some(request_id) = answer
             .get("requestId")
             .and_then(Value::as_str)
@@ -744,20 +749,14 @@ impl Authlete {
         };
         let deadline = tokio::time::Instant::now() + self.timeout.max(Duration::from_secs(30));
         loop {
-            let (status, answer) = self
-                .call(
+            let answer = self
+                .call_ok(
                     Method::GET,
                     &format!("/auth/token/create/batch/status/{request_id}"),
                     None,
+                    "auth/token/create/batch/status",
                 )
                 .await?;
-            if !status.is_success() {
-                return Err(Self::rejected(
-                    "auth/token/create/batch/status",
-                    status,
-                    &answer,
-                ));
-            }
             match answer
                 .get("status")
                 .and_then(|s| s.get("result"))
@@ -826,20 +825,14 @@ impl Authlete {
             "access_token"
         };
         let parameters = crate::http::form::encode([("token", token), ("token_type_hint", hint)]);
-        let (status, answer) = self
-            .call(
+        let answer = self
+            .call_ok(
                 Method::POST,
                 "/auth/introspection/standard",
                 Some(json!({ "parameters": parameters })),
+                "auth/introspection/standard",
             )
             .await?;
-        if !status.is_success() {
-            return Err(Self::rejected(
-                "auth/introspection/standard",
-                status,
-                &answer,
-            ));
-        }
         let content: Value = answer
             .get("responseContent")
             .and_then(Value::as_str)

@@ -474,10 +474,7 @@ impl Connect2id {
         subject: &str,
         client_id: &str,
     ) -> Result<Option<Value>, ApiError> {
-        let endpoint = format!(
-            "/authz-store/rest/v3/authorizations?{}",
-            form::encode([("subject", subject), ("client_id", client_id)])
-        );
+        let endpoint = authorization_endpoint(subject, client_id);
         let request = self.request(Api::AuthzStore, Method::GET, &endpoint, None)?;
         self.get_optional(
             Api::AuthzStore,
@@ -540,10 +537,7 @@ impl Connect2id {
         subject: &str,
         client_id: &str,
     ) -> Result<(), ApiError> {
-        let endpoint = format!(
-            "/authz-store/rest/v3/authorizations?{}",
-            form::encode([("subject", subject), ("client_id", client_id)])
-        );
+        let endpoint = authorization_endpoint(subject, client_id);
         let request = self.request(Api::AuthzStore, Method::DELETE, &endpoint, None)?;
         self.write(
             Api::AuthzStore,
@@ -991,6 +985,14 @@ pub(crate) fn client_import_form(record: &Value) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// The path of `subject`'s long-lived authorization at `client_id`.
+fn authorization_endpoint(subject: &str, client_id: &str) -> String {
+    format!(
+        "/authz-store/rest/v3/authorizations?{}",
+        form::encode([("subject", subject), ("client_id", client_id)])
+    )
 }
 
 #[cfg(test)]

@@ -209,6 +209,15 @@ mod tests {
             .min(max)
     }
 
+    /// A breaker opened by `THRESHOLD` transient failures in a row.
+    fn opened() -> Arc<Breaker> {
+        let breaker = breaker();
+        for _ in 0..THRESHOLD {
+            breaker.record(Admission::Normal, Outcome::Transient);
+        }
+        breaker
+    }
+
     fn breaker() -> Arc<Breaker> {
         Arc::new(Breaker::new(
             Duration::from_millis(100),
@@ -233,10 +242,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_outage_lets_one_probe_through_at_a_time_and_its_success_releases_everyone() {
-        let breaker = breaker();
-        for _ in 0..THRESHOLD {
-            breaker.record(Admission::Normal, Outcome::Transient);
-        }
+        let breaker = opened();
         assert!(breaker.is_open());
         assert_eq!(breaker.gauge.get(), 1);
         let stop = CancellationToken::new();
@@ -291,10 +297,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn probes_come_at_least_every_probe_max_however_long_the_outage() {
-        let breaker = breaker();
-        for _ in 0..THRESHOLD {
-            breaker.record(Admission::Normal, Outcome::Transient);
-        }
+        let breaker = opened();
         let stop = CancellationToken::new();
         for _ in 0..20 {
             assert_eq!(breaker.admit(&stop).await, Some(Admission::Probe));
@@ -307,10 +310,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waiting_lanes_stop_when_told() {
-        let breaker = breaker();
-        for _ in 0..THRESHOLD {
-            breaker.record(Admission::Normal, Outcome::Transient);
-        }
+        let breaker = opened();
         let stop = CancellationToken::new();
         assert_eq!(breaker.admit(&stop).await, Some(Admission::Probe));
         let waiting = {

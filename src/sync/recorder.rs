@@ -210,19 +210,7 @@ impl std::fmt::Debug for Recorder {
 
 impl Recorder {
     /// A recorder for the enabled `datasets` (changes of other datasets
-    /// are ignored).
-    pub fn new(
-        datasets: Vec<Dataset>,
-        journal: Journal,
-        sync: SyncHandle,
-        dead_letters: Arc<DeadLetters>,
-        health: Arc<Health>,
-        metrics: JournalMetrics,
-    ) -> Self {
-        Self::with_shared(datasets, journal, None, sync, dead_letters, health, metrics)
-    }
-
-    /// A recorder that appends to `shared` (fleet mode) when given, else
+    /// are ignored) that appends to `shared` (fleet mode) when given, else
     /// to the local journal.
     pub fn with_shared(
         datasets: Vec<Dataset>,

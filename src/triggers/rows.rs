@@ -392,17 +392,7 @@ pub(super) fn tokens_issued_event(input: &Input<'_>) -> Option<TokenEvent> {
 /// A direct authorization (`/direct-authz/rest/v2`): a token response for
 /// the `sub` and `client_id` of the request, minted without `/token`.
 pub(super) fn direct_authz_event(input: &Input<'_>) -> Option<TokenEvent> {
-    let request = request_json(input)?;
-    let response = response_json(input)?;
-    issued_event(Issued {
-        grant_type: "direct_authz".to_owned(),
-        client_id: string_field(&request, "client_id")?,
-        subject: string_field(&request, "sub"),
-        fallback_scopes: request.get("scope").map(json_scopes),
-        response: &response,
-        sent_refresh: None,
-        client_auth: None,
-    })
+    json_request_event(input, "direct_authz", "client_id", "scope")
 }
 
 /// An authz-store import with `?return=tokens`: the tokens of the new
@@ -412,13 +402,24 @@ pub(super) fn authz_store_tokens_event(input: &Input<'_>) -> Option<TokenEvent> 
     if form::first(&pairs, "return") != Some("tokens") {
         return None;
     }
+    json_request_event(input, "authz_store", "cid", "scp")
+}
+
+/// The tokens answering a JSON request that names the subject in `sub`,
+/// the client in `client_field` and the scopes in `scope_field`.
+fn json_request_event(
+    input: &Input<'_>,
+    grant_type: &str,
+    client_field: &str,
+    scope_field: &str,
+) -> Option<TokenEvent> {
     let request = request_json(input)?;
     let response = response_json(input)?;
     issued_event(Issued {
-        grant_type: "authz_store".to_owned(),
-        client_id: string_field(&request, "cid")?,
+        grant_type: grant_type.to_owned(),
+        client_id: string_field(&request, client_field)?,
         subject: string_field(&request, "sub"),
-        fallback_scopes: request.get("scp").map(json_scopes),
+        fallback_scopes: request.get(scope_field).map(json_scopes),
         response: &response,
         sent_refresh: None,
         client_auth: None,

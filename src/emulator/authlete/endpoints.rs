@@ -565,40 +565,29 @@ fn standard_introspection(call: &Call<'_>) -> Result<Reply, Reply> {
     .field("responseContent", content.to_string()))
 }
 
+/// `/auth/token`. Its OAuth errors (replies the service relays to its
+/// client) come back as `Err`, which every caller answers like `Ok`.
 pub(super) fn token_endpoint(call: &Call<'_>) -> Result<Reply, Reply> {
     let request: BackendRequest = call.body()?;
-    let Some(parameters) = request.parameters.as_deref() else {
-        return Ok(Reply::oauth_error(
-            codes::TOKEN_PARAMETERS_MISSING,
-            action::BAD_REQUEST,
-            "invalid_request",
-            "The token request from the service does not contain 'parameters'.",
-        ));
-    };
-    let pairs = form::parse(parameters);
+    let pairs = parameters(&request, codes::TOKEN_PARAMETERS_MISSING, "token")?;
     let now = now_ms();
     let mut state = call.shared.state();
-    let Some((client, alias_used)) = authenticate_client(&state, call.version, &request, &pairs)
-    else {
-        return Ok(Reply::oauth_error(
-            codes::TOKEN_CLIENT_INVALID,
-            action::INVALID_CLIENT,
-            "invalid_client",
-            "Client authentication failed.",
-        ));
-    };
-    match form::first(&pairs, "grant_type") {
-        Some("refresh_token") => {}
-        None | Some("") => {
-            return Ok(Reply::oauth_error(
-                codes::GRANT_TYPE_PARAMETER_MISSING,
-                action::BAD_REQUEST,
-                "invalid_request",
-                "The token request does not contain 'grant_type'.",
-            ));
-        }
-        Some(other) => {
-            return Ok(Reply::oauth_error(
+    let (client, alias_used) = authenticate_client(
+        &state,
+        call.version,
+        &request,
+        &pairs,
+        codes::TOKEN_CLIENT_INVALID,
+    )?;
+    match required(
+        &pairs,
+        "grant_type",
+        codes::GRANT_TYPE_PARAMETER_MISSING,
+        "token",
+    )? {
+        "refresh_token" => {}
+        other => {
+            return Err(Reply::oauth_error(
                 codes::GRANT_TYPE_UNSUPPORTED,
                 action::BAD_REQUEST,
                 "unsupported_grant_type",
@@ -606,18 +595,13 @@ pub(super) fn token_endpoint(call: &Call<'_>) -> Result<Reply, Reply> {
             ));
         }
     }
-    let Some(refresh_token) = form::first(&pairs, "refresh_token").filter(|v| !v.is_empty()) else {
-        return Ok(Reply::oauth_error(
-            codes::REFRESH_TOKEN_PARAMETER_MISSING,
-            action::BAD_REQUEST,
-            "invalid_request",
-            "The token request does not contain 'refresh_token'.",
-        ));
-    };
-    let refreshed = match state.refresh(client.client_id, refresh_token, call.config(), now) {
-        Ok(refreshed) => refreshed,
-        Err(reply) => return Ok(reply),
-    };
+    let refresh_token = required(
+        &pairs,
+        "refresh_token",
+        codes::REFRESH_TOKEN_PARAMETER_MISSING,
+        "token",
+    )?;
+    let refreshed = state.refresh(client.client_id, refresh_token, call.config(), now)?;
     let alias = active_alias(&state, &refreshed.token, call.version);
     drop(state);
     let token = &refreshed.token;
@@ -651,34 +635,20 @@ pub(super) fn token_endpoint(call: &Call<'_>) -> Result<Reply, Reply> {
     .field("responseContent", content.to_string()))
 }
 
+/// `/auth/revocation`; its OAuth errors come back as `Err`, like
+/// [`token_endpoint`]'s.
 pub(super) fn revocation(call: &Call<'_>) -> Result<Reply, Reply> {
     let request: BackendRequest = call.body()?;
-    let Some(parameters) = request.parameters.as_deref() else {
-        return Ok(Reply::oauth_error(
-            codes::REVOCATION_MALFORMED,
-            action::BAD_REQUEST,
-            "invalid_request",
-            "The revocation request from the service does not contain 'parameters'.",
-        ));
-    };
-    let pairs = form::parse(parameters);
+    let pairs = parameters(&request, codes::REVOCATION_MALFORMED, "revocation")?;
     let mut state = call.shared.state();
-    let Some((client, _)) = authenticate_client(&state, call.version, &request, &pairs) else {
-        return Ok(Reply::oauth_error(
-            codes::REVOCATION_CLIENT_INVALID,
-            action::INVALID_CLIENT,
-            "invalid_client",
-            "Client authentication failed.",
-        ));
-    };
-    let Some(token) = form::first(&pairs, "token").filter(|v| !v.is_empty()) else {
-        return Ok(Reply::oauth_error(
-            codes::REVOCATION_MALFORMED,
-            action::BAD_REQUEST,
-            "invalid_request",
-            "The revocation request does not contain 'token'.",
-        ));
-    };
+    let (client, _) = authenticate_client(
+        &state,
+        call.version,
+        &request,
+        &pairs,
+        codes::REVOCATION_CLIENT_INVALID,
+    )?;
+    let token = required(&pairs, "token", codes::REVOCATION_MALFORMED, "revocation")?;
     let refresh_first = form::first(&pairs, "token_type_hint") == Some("refresh_token");
     match state.revoke_pair(token, refresh_first, client.client_id) {
         Ok(_) => Ok(Reply::ok(
@@ -695,30 +665,79 @@ pub(super) fn revocation(call: &Call<'_>) -> Result<Reply, Reply> {
     }
 }
 
+/// The form an endpoint backend call (`what`: "token", "revocation")
+/// relays in `parameters`; else the OAuth error `code`.
+fn parameters(
+    request: &BackendRequest,
+    code: &'static str,
+    what: &str,
+) -> Result<Vec<(String, String)>, Reply> {
+    let parameters = request.parameters.as_deref().ok_or_else(|| {
+        Reply::oauth_error(
+            code,
+            action::BAD_REQUEST,
+            "invalid_request",
+            format!("The {what} request from the service does not contain 'parameters'."),
+        )
+    })?;
+    Ok(form::parse(parameters))
+}
+
+/// A form value the `what` request must carry, not empty; else the OAuth
+/// error `code`.
+fn required<'a>(
+    pairs: &'a [(String, String)],
+    name: &str,
+    code: &'static str,
+    what: &str,
+) -> Result<&'a str, Reply> {
+    form::first(pairs, name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Reply::oauth_error(
+                code,
+                action::BAD_REQUEST,
+                "invalid_request",
+                format!("The {what} request does not contain '{name}'."),
+            )
+        })
+}
+
 /// The client of an endpoint backend call: identified by `clientId` (or
 /// `client_id` in the parameters) as numeric id or alias, and, unless it is
 /// a public client, authenticated by secret. Also whether the alias was
-/// used.
+/// used. Else the OAuth error `code` (`invalid_client`).
 fn authenticate_client(
     state: &State,
     version: Version,
     request: &BackendRequest,
     pairs: &[(String, String)],
-) -> Option<(Client, bool)> {
-    let identifier = match &request.client_id {
-        Some(Value::String(text)) if !text.is_empty() => text.clone(),
-        Some(Value::Number(number)) => number.to_string(),
-        _ => form::first(pairs, "client_id")?.to_owned(),
+    code: &'static str,
+) -> Result<(Client, bool), Reply> {
+    let identified = || {
+        let identifier = match &request.client_id {
+            Some(Value::String(text)) if !text.is_empty() => text.clone(),
+            Some(Value::Number(number)) => number.to_string(),
+            _ => form::first(pairs, "client_id")?.to_owned(),
+        };
+        let client = state.client(&identifier, version)?;
+        let secret = request
+            .client_secret
+            .as_deref()
+            .or_else(|| form::first(pairs, "client_secret"));
+        let authenticated =
+            client.client_type == Some(ClientType::Public) || secret == Some(&client.client_secret);
+        let alias_used = identifier != client.client_id.to_string();
+        authenticated.then(|| (client.clone(), alias_used))
     };
-    let client = state.client(&identifier, version)?;
-    let secret = request
-        .client_secret
-        .as_deref()
-        .or_else(|| form::first(pairs, "client_secret"));
-    let authenticated =
-        client.client_type == Some(ClientType::Public) || secret == Some(&client.client_secret);
-    let alias_used = identifier != client.client_id.to_string();
-    authenticated.then(|| (client.clone(), alias_used))
+    identified().ok_or_else(|| {
+        Reply::oauth_error(
+            code,
+            action::INVALID_CLIENT,
+            "invalid_client",
+            "Client authentication failed.",
+        )
+    })
 }
 
 /// The alias a token's client answers to in this API version.

@@ -139,7 +139,7 @@ pub struct Property {
 
 /// A client as the emulated service stores and returns it: the subset of
 /// Authlete's `Client` the migration uses.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Client {
     /// Sequence number within the service (creation order).
@@ -194,6 +194,36 @@ pub struct Client {
 }
 
 impl Client {
+    /// This client with every writable field from `request`: the ones it
+    /// omits unset or empty, null metadata dropped. Number, ids, secret and
+    /// creation time stay. A creation, or an update by replacement.
+    fn written(
+        self,
+        request: ClientRequest,
+        (alias, enabled): (Option<String>, bool),
+        mut metadata: BTreeMap<String, Value>,
+        now: i64,
+    ) -> Client {
+        metadata.retain(|_, value| !value.is_null());
+        Client {
+            client_id_alias: alias,
+            client_id_alias_enabled: enabled,
+            developer: request.developer,
+            client_name: request.client_name,
+            description: request.description,
+            client_type: request.client_type,
+            application_type: request.application_type,
+            grant_types: request.grant_types.unwrap_or_default(),
+            response_types: request.response_types.unwrap_or_default(),
+            redirect_uris: request.redirect_uris.unwrap_or_default(),
+            token_auth_method: request.token_auth_method,
+            attributes: request.attributes.unwrap_or_default(),
+            metadata,
+            modified_at: now,
+            ..self
+        }
+    }
+
     /// The client-level `singleAccessTokenPerSubject` flag.
     pub fn single_access_token_per_subject(&self) -> bool {
         self.metadata.get("singleAccessTokenPerSubject") == Some(&Value::Bool(true))
@@ -525,11 +555,10 @@ impl State {
         strictness: &Strictness,
         now: i64,
     ) -> Result<Client, Reply> {
-        let mut metadata = request.metadata(strictness.typed_client_metadata)?;
-        metadata.retain(|_, value| !value.is_null());
+        let metadata = request.metadata(strictness.typed_client_metadata)?;
         let client_id = self.fresh_client_id();
-        let (alias, enabled) = Self::alias_of(&request, client_id, version);
-        if let Some(alias) = &alias {
+        let alias = Self::alias_of(&request, client_id, version);
+        if let Some(alias) = &alias.0 {
             self.check_alias_free(alias, None)?;
         }
         self.next_client_number += 1;
@@ -538,28 +567,12 @@ impl State {
             number,
             client_id,
             client_secret: random_value(64),
-            client_id_alias: alias,
-            client_id_alias_enabled: enabled,
-            developer: request.developer,
-            client_name: request.client_name,
-            description: request.description,
-            client_type: request.client_type,
-            application_type: request.application_type,
-            grant_types: request.grant_types.unwrap_or_default(),
-            response_types: request.response_types.unwrap_or_default(),
-            redirect_uris: request.redirect_uris.unwrap_or_default(),
-            token_auth_method: request.token_auth_method,
-            attributes: request.attributes.unwrap_or_default(),
-            metadata,
             created_at: now,
-            modified_at: now,
-        };
-        self.client_numbers.insert(client_id, number);
-        if let Some(alias) = &client.client_id_alias {
-            self.aliases.insert(alias.clone(), number);
+            ..Client::default()
         }
-        self.clients.insert(number, client.clone());
-        Ok(client)
+        .written(request, alias, metadata, now);
+        self.client_numbers.insert(client_id, number);
+        Ok(self.put_client(client))
     }
 
     /// `/client/update/{id}`: keeps id, secret and creation time, and
@@ -589,28 +602,11 @@ impl State {
         let Some(current) = self.clients.get(&number) else {
             return Err(client_unknown(identifier));
         };
-        let mut metadata = request.metadata(strictness.typed_client_metadata)?;
+        let metadata = request.metadata(strictness.typed_client_metadata)?;
         let client = match strictness.client_update {
             ClientUpdate::Replace => {
-                let (alias, enabled) = Self::alias_of(&request, current.client_id, version);
-                metadata.retain(|_, value| !value.is_null());
-                Client {
-                    client_id_alias: alias,
-                    client_id_alias_enabled: enabled,
-                    developer: request.developer,
-                    client_name: request.client_name,
-                    description: request.description,
-                    client_type: request.client_type,
-                    application_type: request.application_type,
-                    grant_types: request.grant_types.unwrap_or_default(),
-                    response_types: request.response_types.unwrap_or_default(),
-                    redirect_uris: request.redirect_uris.unwrap_or_default(),
-                    token_auth_method: request.token_auth_method,
-                    attributes: request.attributes.unwrap_or_default(),
-                    metadata,
-                    modified_at: now,
-                    ..current.clone()
-                }
+                let alias = Self::alias_of(&request, current.client_id, version);
+                current.clone().written(request, alias, metadata, now)
             }
             ClientUpdate::Merge => {
                 let alias = non_empty(request.client_id_alias.clone())
@@ -659,11 +655,16 @@ impl State {
         {
             self.aliases.remove(&old);
         }
+        Ok(self.put_client(client))
+    }
+
+    /// Stores `client` under its number, and its alias.
+    fn put_client(&mut self, client: Client) -> Client {
         if let Some(alias) = &client.client_id_alias {
-            self.aliases.insert(alias.clone(), number);
+            self.aliases.insert(alias.clone(), client.number);
         }
-        self.clients.insert(number, client.clone());
-        Ok(client)
+        self.clients.insert(client.number, client.clone());
+        client
     }
 
     /// `/client/delete/{id}`: removes the client and every token issued to

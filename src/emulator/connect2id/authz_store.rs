@@ -181,31 +181,23 @@ fn update(service: &Service, given: Authorization) -> Reply {
 }
 
 fn get(service: &Arc<Service>, req: &Req) -> Reply {
-    match (req.query.get("subject"), req.query.get("client_id")) {
-        (Some(sub), Some(cid)) => match service.store.authorization(sub, cid) {
-            Some(record) => web::ok_json(&service.authorization_output(&record)),
-            None => Err(not_found()),
-        },
-        (Some(sub), None) => {
-            let records = service.store.authorizations_of_subject(sub);
-            Ok(web::streamed_array(
-                records
-                    .iter()
-                    .map(|record| service.authorization_output(record))
-                    .collect(),
-            ))
+    let records = match (req.query.get("subject"), req.query.get("client_id")) {
+        (Some(sub), Some(cid)) => {
+            return match service.store.authorization(sub, cid) {
+                Some(record) => web::ok_json(&service.authorization_output(&record)),
+                None => Err(not_found()),
+            };
         }
-        (None, Some(cid)) => {
-            let records = service.store.authorizations_of_client(cid);
-            Ok(web::streamed_array(
-                records
-                    .iter()
-                    .map(|record| service.authorization_output(record))
-                    .collect(),
-            ))
-        }
-        (None, None) => Ok(export(service)),
-    }
+        (Some(sub), None) => service.store.authorizations_of_subject(sub),
+        (None, Some(cid)) => service.store.authorizations_of_client(cid),
+        (None, None) => return Ok(export(service)),
+    };
+    Ok(web::streamed_array(
+        records
+            .iter()
+            .map(|record| service.authorization_output(record))
+            .collect(),
+    ))
 }
 
 /// Streams every long-lived authorization as one JSON array.

@@ -445,7 +445,8 @@ fn names_of(value: &Value, map: fn(&str) -> Option<&'static str>) -> (Value, boo
     (Value::Array(names), lost)
 }
 
-fn grant_name(grant: &str) -> Option<&'static str> {
+/// Authlete's name for an OAuth grant type; `None` when it has none.
+pub(super) fn grant_name(grant: &str) -> Option<&'static str> {
     Some(match grant {
         "authorization_code" => "AUTHORIZATION_CODE",
         "refresh_token" => "REFRESH_TOKEN",
@@ -618,55 +619,56 @@ mod tests {
 
     #[test]
     fn algorithms_take_authletes_names() {
-        assert_eq!(
-            field(
-                json!({"token_endpoint_auth_signing_alg": "PS256"}),
-                "tokenAuthSignAlg"
+        for (metadata, value, name, expected) in [
+            (
+                "token_endpoint_auth_signing_alg",
+                "PS256",
+                "tokenAuthSignAlg",
+                "PS256",
             ),
-            Some(json!("PS256"))
-        );
-        assert_eq!(
-            field(
-                json!({"id_token_signed_response_alg": "none"}),
-                "idTokenSignAlg"
+            (
+                "id_token_signed_response_alg",
+                "none",
+                "idTokenSignAlg",
+                "NONE",
             ),
-            Some(json!("NONE"))
-        );
-        assert_eq!(
-            field(
-                json!({"id_token_signed_response_alg": "EdDSA"}),
-                "idTokenSignAlg"
+            (
+                "id_token_signed_response_alg",
+                "EdDSA",
+                "idTokenSignAlg",
+                "EdDSA",
             ),
-            Some(json!("EdDSA"))
-        );
-        assert_eq!(
-            field(
-                json!({"id_token_encrypted_response_alg": "ECDH-ES+A128KW"}),
-                "idTokenEncryptionAlg"
+            (
+                "id_token_encrypted_response_alg",
+                "ECDH-ES+A128KW",
+                "idTokenEncryptionAlg",
+                "ECDH_ES_A128KW",
             ),
-            Some(json!("ECDH_ES_A128KW"))
-        );
-        assert_eq!(
-            field(
-                json!({"userinfo_encrypted_response_enc": "A128CBC-HS256"}),
-                "userInfoEncryptionEnc"
+            (
+                "userinfo_encrypted_response_enc",
+                "A128CBC-HS256",
+                "userInfoEncryptionEnc",
+                "A128CBC_HS256",
             ),
-            Some(json!("A128CBC_HS256"))
-        );
-        assert_eq!(
-            field(
-                json!({"request_object_signing_alg": "RS256"}),
-                "requestSignAlg"
+            (
+                "request_object_signing_alg",
+                "RS256",
+                "requestSignAlg",
+                "RS256",
             ),
-            Some(json!("RS256"))
-        );
-        assert_eq!(
-            field(
-                json!({"authorization_signed_response_alg": "ES384"}),
-                "authorizationSignAlg"
+            (
+                "authorization_signed_response_alg",
+                "ES384",
+                "authorizationSignAlg",
+                "ES384",
             ),
-            Some(json!("ES384"))
-        );
+        ] {
+            assert_eq!(
+                field(json!({ metadata: value }), name),
+                Some(json!(expected)),
+                "{metadata}: {value}"
+            );
+        }
         let unknown = mapped(json!({"id_token_signed_response_alg": "XS999"}));
         assert!(!unknown.fields.contains_key("idTokenSignAlg"));
         assert_eq!(unknown.unmapped, ["id_token_signed_response_alg (value)"]);
