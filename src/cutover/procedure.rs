@@ -247,30 +247,12 @@ impl Cutover {
         }
         let new_primary = from.primary().other();
         report.preflight = self.preflight(new_primary, from == Phase::Mirroring).await;
-        let blocking: Vec<&Check> = report
-            .preflight
-            .iter()
-            .filter(|check| !(check.ok || (check.forceable && request.force)))
-            .collect();
-        if !blocking.is_empty() {
-            report.reason = Some(format!(
-                "pre-flight failed: {}",
-                blocking
-                    .iter()
-                    .map(|c| c.check.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            return report;
-        }
-        if request.dry_run {
-            report.outcome = crate::api::Outcome::DryRunPassed;
+        if stops_after_preflight(&mut report, request) {
             return report;
         }
 
         // Verify what synced recently while writes still flow: the pause
         // then only covers what syncs from now on.
-        let before_hold = Instant::now();
         let verified_before = match self.verify_before_hold().await {
             Ok(verified) => verified,
             Err(reason) => {
@@ -278,10 +260,7 @@ impl Cutover {
                 return report;
             }
         };
-        let verify_took = before_hold.elapsed();
-        let max_pause = request
-            .max_pause_ms
-            .map_or(self.config.max_pause, Duration::from_millis);
+        let max_pause = self.max_pause(request);
         if let Err(err) = self.phases.apply(Event::Begin) {
             report.reason = Some(err.to_string());
             return report;
@@ -290,12 +269,7 @@ impl Cutover {
         let started = Instant::now();
         let deadline = started + max_pause;
         let step = |report: &mut FlipReport, name: &str, ok: bool, detail: String| {
-            report.steps.push(Step {
-                step: name.to_owned(),
-                ok,
-                at_ms: millis(started.elapsed()),
-                detail,
-            });
+            push_step(report, started, name, ok, detail);
         };
         self.gate.close();
         tracing::info!(max_pause = ?max_pause, from = from.as_str(), "writes held");
@@ -376,7 +350,7 @@ impl Cutover {
                 format!(
                     "{count} keys equal on both sides during the hold; {} verified in {} ms before it, while writes flowed",
                     verified_before.equal,
-                    millis(verify_took)
+                    millis(verified_before.took)
                 ),
             ),
             Ok(Err(reason)) => {
@@ -442,9 +416,7 @@ impl Cutover {
         } else {
             crate::api::Outcome::CutOver
         };
-        self.finish_report(report, pause, held.held, held.rejected);
-        self.metrics
-            .record_flip(report.outcome.as_str(), pause, held.held, held.rejected);
+        self.conclude(report, pause, held);
         tracing::info!(
             outcome = report.outcome.as_str(),
             epoch = report.epoch,
@@ -468,14 +440,20 @@ impl Cutover {
         let pause = started.elapsed();
         report.outcome = crate::api::Outcome::Aborted;
         report.reason = Some(reason.to_owned());
-        self.finish_report(report, pause, held.held, held.rejected);
-        self.metrics
-            .record_flip("aborted", pause, held.held, held.rejected);
+        self.conclude(report, pause, held);
         tracing::warn!(
             reason,
             pause_ms = report.pause_ms,
             "flip aborted; nothing changed"
         );
+    }
+
+    /// Fills in the report's outcome figures and counts the flip (its
+    /// outcome set by the caller) in the metrics.
+    fn conclude(&self, report: &mut FlipReport, pause: Duration, held: super::gate::Held) {
+        self.finish_report(report, pause, held.held, held.rejected);
+        self.metrics
+            .record_flip(report.outcome.as_str(), pause, held.held, held.rejected);
     }
 
     fn finish_report(&self, report: &mut FlipReport, pause: Duration, held: u64, rejected: u64) {
@@ -497,6 +475,20 @@ impl Cutover {
     /// the cutover (the pause has not begun); a key that differs is only
     /// carried over (its sync may be in flight).
     async fn verify_before_hold(&self) -> Result<VerifiedBeforeHold, String> {
+        let started = Instant::now();
+        let mut verified = self.verify_rounds_before_hold().await?;
+        verified.took = started.elapsed();
+        Ok(verified)
+    }
+
+    /// The pause bound of `request`, or the configured one.
+    fn max_pause(&self, request: &FlipRequest) -> Duration {
+        request
+            .max_pause_ms
+            .map_or(self.config.max_pause, Duration::from_millis)
+    }
+
+    async fn verify_rounds_before_hold(&self) -> Result<VerifiedBeforeHold, String> {
         let deadline = Instant::now() + self.config.verify_ahead;
         let mut since = Instant::now()
             .checked_sub(VERIFY_LOOKBACK)
@@ -505,6 +497,7 @@ impl Cutover {
             since,
             differing: Vec::new(),
             equal: 0,
+            took: Duration::ZERO,
         };
         if self.servers.authlete().is_some() {
             // Authlete holds no records to compare key by key; the drain
@@ -1123,6 +1116,8 @@ struct VerifiedBeforeHold {
     differing: Vec<Key>,
     /// Keys found equal.
     equal: usize,
+    /// How long it took (writes flowed meanwhile).
+    took: Duration,
 }
 
 /// Keys read on both sides.
@@ -1195,6 +1190,37 @@ fn verb(from: Phase) -> &'static str {
     } else {
         "cut over"
     }
+}
+
+/// After the pre-flight: whether the flip stops here, refused (a check
+/// failed that `--force` does not cover; the report names them) or because
+/// it was a dry run.
+fn stops_after_preflight(report: &mut FlipReport, request: &FlipRequest) -> bool {
+    let blocking: Vec<&str> = report
+        .preflight
+        .iter()
+        .filter(|check| !(check.ok || (check.forceable && request.force)))
+        .map(|check| check.check.as_str())
+        .collect();
+    if !blocking.is_empty() {
+        report.reason = Some(format!("pre-flight failed: {}", blocking.join(", ")));
+        return true;
+    }
+    if request.dry_run {
+        report.outcome = crate::api::Outcome::DryRunPassed;
+        return true;
+    }
+    false
+}
+
+/// Adds a step to the report, timed from the start of the pause.
+fn push_step(report: &mut FlipReport, started: Instant, name: &str, ok: bool, detail: String) {
+    report.steps.push(Step {
+        step: name.to_owned(),
+        ok,
+        at_ms: millis(started.elapsed()),
+        detail,
+    });
 }
 
 fn remaining(deadline: Instant) -> Duration {

@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Cutover, VERIFY_LOOKBACK, millis, remaining, verb};
-use crate::api::{Check, FlipReport, FlipRequest, Outcome, Step};
+use super::{Cutover, VERIFY_LOOKBACK, millis, push_step, remaining, stops_after_preflight, verb};
+use crate::api::{Check, FlipReport, FlipRequest, Outcome};
 use crate::cutover::{Event, Phase, State};
 use crate::model::Key;
 use crate::store::{Control, Handle, Hold, HoldAck, NewHold, NextControl};
@@ -142,6 +142,18 @@ fn left_by(phase: Phase) -> Phase {
     }
 }
 
+/// The control state an abort of `holding`'s hold writes: the phase it
+/// left, the same epoch, no hold.
+fn abort_of(holding: &Control) -> NextControl {
+    let phase = Phase::from_name(&holding.phase).map_or(Phase::Mirroring, left_by);
+    NextControl {
+        phase: phase.as_str().to_owned(),
+        epoch: holding.epoch,
+        flipped_at_ms: holding.flipped_at_ms,
+        hold: None,
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -191,27 +203,9 @@ impl Cutover {
         let new_primary = from.primary().other();
         report.preflight = self.preflight(new_primary, from == Phase::Mirroring).await;
         report.preflight.push(self.fleet_check(fleet, from).await);
-        let blocking: Vec<&Check> = report
-            .preflight
-            .iter()
-            .filter(|check| !(check.ok || (check.forceable && request.force)))
-            .collect();
-        if !blocking.is_empty() {
-            report.reason = Some(format!(
-                "pre-flight failed: {}",
-                blocking
-                    .iter()
-                    .map(|c| c.check.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+        if stops_after_preflight(&mut report, request) {
             return report;
         }
-        if request.dry_run {
-            report.outcome = Outcome::DryRunPassed;
-            return report;
-        }
-        let before_hold = Instant::now();
         let verified_before = match self.verify_before_hold().await {
             Ok(verified) => verified,
             Err(reason) => {
@@ -219,10 +213,7 @@ impl Cutover {
                 return report;
             }
         };
-        let verify_took = before_hold.elapsed();
-        let max_pause = request
-            .max_pause_ms
-            .map_or(self.config.max_pause, Duration::from_millis);
+        let max_pause = self.max_pause(request);
         let Ok(holding) = crate::cutover::transition(from, Event::Begin) else {
             report.reason = Some(format!("cannot {} while {}", verb(from), from.as_str()));
             return report;
@@ -256,12 +247,7 @@ impl Cutover {
         let deadline = started + max_pause;
         tracing::info!(hold = hold_id, max_pause = ?max_pause, from = from.as_str(), "fleet hold published");
         let step = |report: &mut FlipReport, name: &str, ok: bool, detail: String| {
-            report.steps.push(Step {
-                step: name.to_owned(),
-                ok,
-                at_ms: millis(started.elapsed()),
-                detail,
-            });
+            push_step(report, started, name, ok, detail);
         };
         step(
             &mut report,
@@ -323,7 +309,7 @@ impl Cutover {
             format!(
                 "{keys} keys equal on both sides during the hold (each instance its own); {} verified in {} ms before it, while writes flowed",
                 verified_before.equal,
-                millis(verify_took)
+                millis(verified_before.took)
             ),
         );
 
@@ -389,9 +375,7 @@ impl Cutover {
         } else {
             Outcome::CutOver
         };
-        self.finish_report(&mut report, pause, held.held, held.rejected);
-        self.metrics
-            .record_flip(report.outcome.as_str(), pause, held.held, held.rejected);
+        self.conclude(&mut report, pause, held);
         tracing::info!(
             outcome = report.outcome.as_str(),
             epoch = report.epoch,
@@ -646,21 +630,14 @@ impl Cutover {
         started: Instant,
         reason: &str,
     ) -> FlipReport {
-        let phase = Phase::from_name(&published.phase).map_or(Phase::Mirroring, left_by);
-        let back = NextControl {
-            phase: phase.as_str().to_owned(),
-            epoch: published.epoch,
-            flipped_at_ms: published.flipped_at_ms,
-            hold: None,
-        };
-        match fleet.store.set_control(published.version, &back).await {
-            Ok(Some(_)) => {
-                self.finish_fleet(fleet, report, started, Outcome::Aborted, Some(reason))
-                    .await
-            }
-            // Someone else ended it (aborted when its time ran out): the
-            // store says how.
-            Ok(None) => {
+        match fleet
+            .store
+            .set_control(published.version, &abort_of(published))
+            .await
+        {
+            // Aborted here, or by another instance when its time ran out
+            // (only its coordinator flips a hold): the store says so.
+            Ok(_) => {
                 self.finish_fleet(fleet, report, started, Outcome::Aborted, Some(reason))
                     .await
             }
@@ -690,9 +667,7 @@ impl Cutover {
         let pause = started.elapsed();
         report.outcome = outcome;
         report.reason = reason.map(str::to_owned);
-        self.finish_report(&mut report, pause, held.held, held.rejected);
-        self.metrics
-            .record_flip(outcome.as_str(), pause, held.held, held.rejected);
+        self.conclude(&mut report, pause, held);
         tracing::warn!(reason, pause_ms = report.pause_ms, "fleet flip not done");
         report
     }
@@ -848,14 +823,11 @@ impl Cutover {
     /// it by compare-and-set; exactly one of this and the coordinator's
     /// flip wins.
     async fn abort_expired(&self, fleet: &Fleet, control: &Control, hold: &Hold) {
-        let phase = Phase::from_name(&control.phase).map_or(Phase::Mirroring, left_by);
-        let back = NextControl {
-            phase: phase.as_str().to_owned(),
-            epoch: control.epoch,
-            flipped_at_ms: control.flipped_at_ms,
-            hold: None,
-        };
-        match fleet.store.set_control(control.version, &back).await {
+        match fleet
+            .store
+            .set_control(control.version, &abort_of(control))
+            .await
+        {
             Ok(Some(aborted)) => {
                 tracing::warn!(
                     hold = hold.id,
