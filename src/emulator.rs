@@ -33,12 +33,18 @@ pub struct Knobs {
 }
 
 /// One request an emulator answered, as recorded by [`Knobs::record_calls`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
     /// When the answer was sent.
     pub at: Instant,
     /// Whether it was the throttle's `429`.
     pub throttled: bool,
+    /// The request's method.
+    pub method: http::Method,
+    /// The request's path below the base path, with identifiers in it
+    /// replaced by a placeholder (`/clients/{id}`): what a test counts
+    /// calls by.
+    pub route: String,
 }
 
 /// The JSON form of [`Knobs`] used by `/_emulator/knobs`; absent fields are
@@ -115,8 +121,8 @@ impl Knobs {
             .unwrap_or_default()
     }
 
-    /// Records an answer (when recording).
-    pub(crate) fn answered(&self, throttled: bool) {
+    /// Records an answer to `method` on `route` (when recording).
+    pub(crate) fn answered(&self, throttled: bool, method: &http::Method, route: &str) {
         if let Some(calls) = self
             .calls
             .lock()
@@ -126,6 +132,8 @@ impl Knobs {
             calls.push(Call {
                 at: Instant::now(),
                 throttled,
+                method: method.clone(),
+                route: route.to_owned(),
             });
         }
     }

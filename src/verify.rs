@@ -27,6 +27,7 @@
 //! primary's current state (or deletes an extra record).
 
 pub mod live;
+pub mod sessions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +56,7 @@ pub const DEFAULT_LIST: usize = 20;
 pub const LIVE_SETTLE: Duration = Duration::from_secs(5);
 
 pub use live::LiveSample;
+pub use sessions::SessionsAlive;
 
 /// Why a verify could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -357,132 +359,7 @@ impl Verifier {
     }
 }
 
-/// What the pass over the primary's live sessions found on the secondary
-/// (the cutover's pre-flight: nobody is logged out by the flip).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SessionsAlive {
-    /// Live sessions on the primary (those with no sync work queued).
-    pub live: u64,
-    /// Of those, present on the secondary.
-    pub alive: u64,
-    /// Of those, touched because they were last used earlier there.
-    pub touched: u64,
-    /// Live on the primary, absent from the secondary; a re-sync of each
-    /// was journaled.
-    pub missing: u64,
-    /// Sessions with sync work queued or running (not checked: the drain
-    /// settles them).
-    pub in_flight: u64,
-}
-
-#[derive(Debug, Default)]
-struct AliveTally {
-    live: AtomicU64,
-    alive: AtomicU64,
-    touched: AtomicU64,
-    missing: AtomicU64,
-    in_flight: AtomicU64,
-    /// Sessions absent from the secondary, looked at again after the pass.
-    suspects: std::sync::Mutex<Vec<Key>>,
-}
-
 impl Verifier {
-    /// Proves every live session of the primary alive on the secondary,
-    /// and no nearer to its idle expiry: a session last used earlier there
-    /// (beyond [`idle::LAST_USED_TOLERANCE`]) is touched on the way, a
-    /// missing one is re-synced (journaled) and counted.
-    pub async fn prove_sessions_alive(&self) -> Result<SessionsAlive, Error> {
-        let primary = self.servers.primary_api().clone();
-        let secondary = self.servers.secondary_api().clone();
-        let tally = Arc::new(AliveTally::default());
-        let progress = Progress::default();
-        self.stream(&primary, Dataset::Sessions, &progress, |key, record| {
-            let (primary, secondary, tally, sync) = (
-                primary.clone(),
-                secondary.clone(),
-                Arc::clone(&tally),
-                self.sync.clone(),
-            );
-            Some(Box::pin(async move {
-                let Key::Session { sid } = &key else {
-                    return Ok(());
-                };
-                if sync.is_busy(&key) {
-                    tally.in_flight.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                match secondary.get_session(sid).await? {
-                    Some(copy) => {
-                        if idle::behind(&record, &copy, idle::LAST_USED_TOLERANCE)
-                            && secondary.touch_session(sid).await?
-                        {
-                            tally.touched.fetch_add(1, Ordering::Relaxed);
-                        }
-                        tally.live.fetch_add(1, Ordering::Relaxed);
-                        tally.alive.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Ended on the primary since its export streamed past:
-                    // not live any more.
-                    None if primary.get_session(sid).await?.is_none() => {}
-                    // Absent: maybe created a moment ago, its trigger's
-                    // answer still on its way to the proxy (not journaled
-                    // yet). Looked at again once the pass is over.
-                    None => {
-                        let held = tally.suspects.lock().is_ok_and(|mut suspects| {
-                            suspects.len() < MAX_REPAIRS && {
-                                suspects.push(key.clone());
-                                true
-                            }
-                        });
-                        if !held {
-                            tally.live.fetch_add(1, Ordering::Relaxed);
-                            tally.missing.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                Ok(())
-            }))
-        })
-        .await?;
-        let suspects = tally
-            .suspects
-            .lock()
-            .map(|suspects| suspects.clone())
-            .unwrap_or_default();
-        let lookup = |err: ApiError| Error::Dataset {
-            dataset: Dataset::Sessions,
-            message: format!("lookup failed: {err}"),
-        };
-        let mut repairs = Vec::new();
-        for key in suspects {
-            let Key::Session { sid } = &key else {
-                continue;
-            };
-            if self.sync.is_busy(&key) {
-                tally.in_flight.fetch_add(1, Ordering::Relaxed);
-            } else if secondary.get_session(sid).await.map_err(lookup)?.is_some() {
-                tally.live.fetch_add(1, Ordering::Relaxed);
-                tally.alive.fetch_add(1, Ordering::Relaxed);
-            } else if primary.get_session(sid).await.map_err(lookup)?.is_some() {
-                tally.live.fetch_add(1, Ordering::Relaxed);
-                tally.missing.fetch_add(1, Ordering::Relaxed);
-                repairs.push(key);
-            }
-        }
-        for chunk in repairs.chunks(1000) {
-            self.recorder
-                .record(chunk.iter().cloned().map(Change::sync).collect())
-                .await;
-        }
-        Ok(SessionsAlive {
-            live: tally.live.load(Ordering::Relaxed),
-            alive: tally.alive.load(Ordering::Relaxed),
-            touched: tally.touched.load(Ordering::Relaxed),
-            missing: tally.missing.load(Ordering::Relaxed),
-            in_flight: tally.in_flight.load(Ordering::Relaxed),
-        })
-    }
-
     /// Verify against an Authlete target: clients by alias (mapped fields
     /// and secret); for tokens, two samples introspected at Authlete. The
     /// refresh tokens seen in live traffic (the strings clients hold) must

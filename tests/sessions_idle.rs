@@ -228,6 +228,152 @@ async fn the_cutover_pre_flight_proves_every_live_source_session_alive_on_the_ta
     assert_eq!(report.outcome, Outcome::DryRunPassed, "{report:#?}");
 }
 
+/// The sessions the key-parity check reads at the target in every
+/// pre-flight (the SID key probe), besides the live-session check's calls.
+const PARITY_PROBES: usize = handover::cutover::parity::PROBES_PER_KEY;
+
+/// The session-store calls the target answered while `pass` ran.
+async fn session_store_calls_during<F: std::future::Future>(
+    stack: &Stack,
+    pass: F,
+) -> (F::Output, Vec<handover::emulator::Call>) {
+    let knobs = stack.target_emulator().knobs();
+    knobs.record_calls(true);
+    let output = pass.await;
+    let calls = knobs.calls();
+    knobs.record_calls(false);
+    let calls = calls
+        .into_iter()
+        .filter(|call| call.route.starts_with("/session-store/"))
+        .collect();
+    (output, calls)
+}
+
+/// A stack whose source holds `live` sessions (seeded), all copied to the
+/// target by the backfill.
+async fn backfilled_sessions(live: usize) -> Stack {
+    let stack = Stack::start_servers(
+        Servers {
+            seed: live,
+            strictness: Some(strict()),
+            ..Servers::default()
+        },
+        |_| {},
+    )
+    .await;
+    finish_backfill(&admin(&stack.proxy)).await;
+    stack
+}
+
+/// Lets time pass, then uses `count` of the source's sessions behind the
+/// proxy's back: their copies on the target are now behind. Their SIDs.
+async fn use_some_on_the_source(stack: &Stack, count: usize) -> Vec<String> {
+    stack.advance_clocks(MAX_IDLE / 2);
+    let sids: Vec<String> = stack
+        .source_emulator()
+        .sessions()
+        .keys()
+        .take(count)
+        .cloned()
+        .collect();
+    for sid in &sids {
+        stack.at_source.use_session(sid).await.unwrap().unwrap();
+    }
+    sids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pre_flight_costs_the_target_one_export_and_a_touch_per_session_behind() {
+    const LIVE: usize = 300;
+    const BEHIND: usize = 7;
+    let stack = backfilled_sessions(LIVE).await;
+
+    // All in step: the target is asked for its export, not for each
+    // session (besides the key-parity check's fixed sample).
+    let ((report, check), calls) = session_store_calls_during(&stack, sessions_check(&stack)).await;
+    assert!(check.ok, "{check:?}");
+    assert_eq!(report.outcome, Outcome::DryRunPassed, "{report:#?}");
+    assert!(
+        check.detail.starts_with(&format!(
+            "{LIVE} live sessions: {LIVE} alive on the target (0 touched"
+        )),
+        "{}",
+        check.detail
+    );
+    assert_eq!(
+        calls.len(),
+        1 + PARITY_PROBES,
+        "the target's session store was called {} times for {LIVE} sessions in step",
+        calls.len(),
+    );
+    assert!(calls.iter().all(|call| call.method == Method::GET));
+
+    // Some behind: one touch each, and nothing more.
+    let behind = use_some_on_the_source(&stack, BEHIND).await;
+    let ((_, check), calls) = session_store_calls_during(&stack, sessions_check(&stack)).await;
+    assert!(check.ok, "{check:?}");
+    assert!(
+        check.detail.starts_with(&format!(
+            "{LIVE} live sessions: {LIVE} alive on the target ({BEHIND} touched"
+        )),
+        "{}",
+        check.detail
+    );
+    assert_eq!(
+        calls.len(),
+        1 + PARITY_PROBES + BEHIND,
+        "expected the export and {BEHIND} touches, got {} calls",
+        calls.len() - PARITY_PROBES
+    );
+    for sid in &behind {
+        let source = stack.at_source.get_session(sid).await.unwrap().unwrap();
+        let target = stack.at_target.get_session(sid).await.unwrap().unwrap();
+        assert!(
+            last_used(&target) >= last_used(&source),
+            "a session behind was not touched"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pre_flight_reads_each_session_at_a_target_without_the_session_export() {
+    const LIVE: usize = 40;
+    const BEHIND: usize = 3;
+    let stack = backfilled_sessions(LIVE).await;
+    let behind = use_some_on_the_source(&stack, BEHIND).await;
+    let target = stack.target_emulator();
+    target.set_strictness(Strictness {
+        session_export: false,
+        ..target.strictness()
+    });
+
+    let ((report, check), calls) = session_store_calls_during(&stack, sessions_check(&stack)).await;
+    assert!(check.ok, "{check:?}");
+    assert_eq!(report.outcome, Outcome::DryRunPassed, "{report:#?}");
+    assert!(
+        check.detail.starts_with(&format!(
+            "{LIVE} live sessions: {LIVE} alive on the target ({BEHIND} touched"
+        )),
+        "{}",
+        check.detail
+    );
+    // The refused export, a read of each session, a touch of each behind.
+    assert_eq!(
+        calls.len(),
+        1 + LIVE + BEHIND + PARITY_PROBES,
+        "{} calls",
+        calls.len()
+    );
+    for sid in &behind {
+        let source = stack.at_source.get_session(sid).await.unwrap().unwrap();
+        let target = stack.at_target.get_session(sid).await.unwrap().unwrap();
+        assert!(
+            last_used(&target) >= last_used(&source),
+            "a session behind was not touched"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_pushed_before_the_flip_is_usable_after_it() {
     let stack = strict_stack().await;

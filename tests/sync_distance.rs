@@ -103,7 +103,7 @@ async fn a_target_answering_429_is_not_called_before_its_retry_after() {
     knobs.record_calls(false);
 
     for pair in calls.windows(2) {
-        let (answer, next) = (pair[0], pair[1]);
+        let (answer, next) = (&pair[0], &pair[1]);
         if answer.throttled {
             let waited = next.at.duration_since(answer.at);
             assert!(

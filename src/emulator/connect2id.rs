@@ -1160,14 +1160,16 @@ impl Service {
             tokio::time::sleep(latency).await;
         }
         if let Some(retry_after) = self.knobs.throttled() {
-            self.knobs.answered(true);
+            self.knobs
+                .answered(true, &req.method, route_template(&route));
             let mut response = ApiError::throttled().into_response();
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, retry_after.into());
             return Ok(response);
         }
-        self.knobs.answered(false);
+        self.knobs
+            .answered(false, &req.method, route_template(&route));
         if self.knobs.should_fail() {
             return Ok(ApiError::unavailable().into_response());
         }

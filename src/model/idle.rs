@@ -31,7 +31,14 @@ pub fn last_used(session: &Value) -> Option<u64> {
 /// `primary`: it would idle out there first. Records without the time say
 /// nothing (false).
 pub fn behind(primary: &Value, secondary: &Value, tolerance: Duration) -> bool {
-    match (last_used(primary), last_used(secondary)) {
+    behind_times(last_used(primary), last_used(secondary), tolerance)
+}
+
+/// [`behind`] on the two last-used times alone (epoch seconds, `None` for
+/// a record that shows none), for a caller that kept only the secondary's
+/// time and not its record.
+pub fn behind_times(primary: Option<u64>, secondary: Option<u64>, tolerance: Duration) -> bool {
+    match (primary, secondary) {
         (Some(primary), Some(secondary)) => secondary.saturating_add(tolerance.as_secs()) < primary,
         _ => false,
     }

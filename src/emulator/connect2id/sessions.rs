@@ -7,7 +7,8 @@
 //!
 //! * `GET` with `SID` bumps `last_used` (the idle timer) unless
 //!   `?skip_last_used_update=true`; so may an SSO start
-//!   (`Strictness::sso_updates_last_used`);
+//!   (`Strictness::sso_updates_last_used`); `GET` with no selector is the
+//!   export, `404` without `Strictness::session_export`;
 //! * `POST` keeps a supplied `last_used` leniently and resets it to "now"
 //!   strictly (`Strictness::import_resets_last_used`);
 //! * at most five sessions per subject: storing a sixth closes the oldest
@@ -280,6 +281,9 @@ fn get(service: &Arc<Service>, req: &Req) -> Reply {
             out.insert(service.keys.keyed(&key), json!(session));
         }
         return web::ok_json(&Value::Object(out));
+    }
+    if !service.strict().session_export {
+        return Err(not_found());
     }
     Ok(export(service))
 }

@@ -166,6 +166,13 @@ pub struct Strictness {
     /// Both presets leave it on (the emulator's reading so far); tests turn
     /// it off to prove a backfill does not claim copies it cannot make.
     pub records_carry_refresh_token: bool,
+    /// `GET /session-store/rest/v2/sessions` with no selector answers every
+    /// live session (the migration export, spec §6: per the migration
+    /// guide, not re-read). Off: that `GET` is answered `404`, as by a
+    /// server without the listing. Both presets leave it on (the only
+    /// reading the public material gives); tests turn it off to prove a
+    /// reader falls back where it can.
+    pub session_export: bool,
 }
 
 impl Default for Strictness {
@@ -203,6 +210,7 @@ impl Strictness {
             backchannel_logout: false,
             echo_kept_refresh_token: false,
             records_carry_refresh_token: true,
+            session_export: true,
         }
     }
 
@@ -229,6 +237,7 @@ impl Strictness {
             backchannel_logout: true,
             echo_kept_refresh_token: false,
             records_carry_refresh_token: true,
+            session_export: true,
         }
     }
 
