@@ -1432,7 +1432,7 @@ fn validate_store(raw: RawStore, env: &dyn Env, problems: &mut Problems) -> crat
                 ) {
                     // Never repeat the value or the parser's words about it:
                     // the URL may carry a password.
-                    if url.expose().parse::<tokio_postgres::Config>().is_err() {
+                    if !crate::store::url_parses(url.expose()) {
                         let field = if raw.url_env.is_some() {
                             "store.url_env"
                         } else {

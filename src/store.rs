@@ -699,6 +699,15 @@ impl Handle {
     }
 }
 
+/// Whether `url` is a connection URL or `key=value` string the store can
+/// use (libpq's `sslmode` values included).
+pub fn url_parses(url: &str) -> bool {
+    postgres::ssl_verification(url)
+        .0
+        .parse::<tokio_postgres::Config>()
+        .is_ok()
+}
+
 /// Connects to the database of `config` without changing anything and
 /// reads its schema version (`handover check`).
 pub async fn probe(config: &Config) -> Result<Schema, Error> {

@@ -219,23 +219,31 @@ impl Pool {
                 reason: "not a PostgreSQL store".to_owned(),
             });
         };
-        let mut pg: tokio_postgres::Config =
-            url.expose().parse().map_err(|_| Error::InvalidConfig {
-                field: "store.url",
-                reason: "not a PostgreSQL connection URL or key=value string".to_owned(),
-            })?;
+        let (text, verify_full) = ssl_verification(url.expose());
+        let mut pg: tokio_postgres::Config = text.parse().map_err(|_| Error::InvalidConfig {
+            field: "store.url",
+            reason: "not a PostgreSQL connection URL or key=value string".to_owned(),
+        })?;
         pg.connect_timeout(config.connect_timeout);
         if pg.get_application_name().is_none() {
             pg.application_name("handover");
         }
+        // libpq's meaning of sslmode, which operators know: `prefer` and
+        // `require` encrypt without checking the server's certificate,
+        // unless a CA is given (`[store] ca_file`, like libpq's root
+        // certificate file); `verify-ca` / `verify-full` check it against
+        // that CA or the system roots (rustls always checks the name too).
         let tls = if pg.get_ssl_mode() == SslMode::Disable {
             Tls::None
         } else {
-            let client = crate::tls::client_config(config.ca_file.as_deref()).map_err(|err| {
-                Error::InvalidConfig {
-                    field: "store.ca_file",
-                    reason: err.to_string(),
-                }
+            let client = if verify_full || config.ca_file.is_some() {
+                crate::tls::client_config(config.ca_file.as_deref())
+            } else {
+                crate::tls::unverified_client_config()
+            }
+            .map_err(|err| Error::InvalidConfig {
+                field: "store.ca_file",
+                reason: err.to_string(),
             })?;
             Tls::Rustls(MakeRustls::new(client))
         };
@@ -410,6 +418,24 @@ async fn migrate_locked(client: &mut Client) -> Result<(), Error> {
         tracing::info!(version, "migrated the store schema");
     }
     Ok(())
+}
+
+/// `sslmode=verify-ca` / `verify-full` (libpq's, which the client does
+/// not parse) become `require` plus "check the certificate".
+pub(super) fn ssl_verification(url: &str) -> (String, bool) {
+    let mut verify = false;
+    let text = ["verify-full", "verify-ca"]
+        .iter()
+        .fold(url.to_owned(), |text, mode| {
+            let needle = format!("sslmode={mode}");
+            if text.contains(&needle) {
+                verify = true;
+                text.replace(&needle, "sslmode=require")
+            } else {
+                text
+            }
+        });
+    (text, verify)
 }
 
 fn to_i64(seq: Seq) -> i64 {
@@ -1030,4 +1056,44 @@ async fn commit_group(
     let seqs = insert_records(&tx, cipher, records).await?;
     tx.commit().await.map_err(fail)?;
     Ok(seqs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_modes_become_require_with_a_certificate_check() {
+        assert_eq!(
+            ssl_verification("postgres://h/db?sslmode=verify-full"),
+            ("postgres://h/db?sslmode=require".to_owned(), true)
+        );
+        assert_eq!(
+            ssl_verification("host=h sslmode=verify-ca dbname=x"),
+            ("host=h sslmode=require dbname=x".to_owned(), true)
+        );
+        for plain in [
+            "postgres://h/db",
+            "host=h sslmode=require",
+            "host=h sslmode=prefer",
+        ] {
+            assert_eq!(ssl_verification(plain), (plain.to_owned(), false));
+        }
+    }
+
+    #[test]
+    fn every_sslmode_but_disable_gets_a_tls_client_and_a_bad_url_names_no_secret() {
+        for url in [
+            "host=127.0.0.1 user=u password=hunter2 sslmode=prefer",
+            "host=127.0.0.1 sslmode=require",
+            "postgres://u:hunter2@127.0.0.1/db?sslmode=verify-full",
+        ] {
+            let pool = Pool::new(&Config::postgres(url)).unwrap();
+            assert!(matches!(pool.tls, Tls::Rustls(_)), "{url}");
+        }
+        let pool = Pool::new(&Config::postgres("host=127.0.0.1 sslmode=disable")).unwrap();
+        assert!(matches!(pool.tls, Tls::None));
+        let err = Pool::new(&Config::postgres("postgres://u:hunter2@[::bad")).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
 }
