@@ -398,13 +398,9 @@ impl Admin {
                 &Method::POST,
                 "/backfill/start" | "/backfill/pause" | "/backfill/resume" | "/backfill/settings",
             ) => {
-                let settings: BackfillSettings = if body.is_empty() {
-                    BackfillSettings::default()
-                } else {
-                    match serde_json::from_slice(body) {
-                        Ok(settings) => settings,
-                        Err(err) => return bad_request(&format!("invalid JSON body: {err}")),
-                    }
+                let settings: BackfillSettings = match json_or_default(body) {
+                    Ok(settings) => settings,
+                    Err(response) => return response,
                 };
                 if let Some(concurrency) = settings.concurrency
                     && let Err(err) = self.backfill.set_concurrency(concurrency)
@@ -432,13 +428,9 @@ impl Admin {
                 }
             }
             (&Method::POST, "/verify") => {
-                let request: VerifyRequest = if body.is_empty() {
-                    VerifyRequest::default()
-                } else {
-                    match serde_json::from_slice(body) {
-                        Ok(request) => request,
-                        Err(err) => return bad_request(&format!("invalid JSON body: {err}")),
-                    }
+                let request: VerifyRequest = match json_or_default(body) {
+                    Ok(request) => request,
+                    Err(response) => return response,
                 };
                 self.start_verify(request)
             }
@@ -450,13 +442,9 @@ impl Admin {
                 ),
             },
             (&Method::POST, "/cutover" | "/rollback") => {
-                let request: FlipRequest = if body.is_empty() {
-                    FlipRequest::default()
-                } else {
-                    match serde_json::from_slice(body) {
-                        Ok(request) => request,
-                        Err(err) => return bad_request(&format!("invalid JSON body: {err}")),
-                    }
+                let request: FlipRequest = match json_or_default(body) {
+                    Ok(request) => request,
+                    Err(response) => return response,
                 };
                 let report = if path == "/cutover" {
                     self.cutover.cutover(&request).await
@@ -663,6 +651,18 @@ fn flip_status(report: &FlipReport) -> StatusCode {
     } else {
         StatusCode::CONFLICT
     }
+}
+
+/// An optional JSON request body: empty means the defaults; malformed is
+/// the client's fault (`400`, saying why).
+#[allow(clippy::result_large_err)]
+fn json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, Response<Body>> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|err| bad_request(&format!("invalid JSON body: {err}")))
 }
 
 fn bad_request(description: &str) -> Response<Body> {

@@ -924,22 +924,12 @@ fn read_checkpoint(dir: &Path, dataset: Dataset) -> Option<Checkpoint> {
 
 /// Writes a checkpoint atomically: temp file, fsync, rename.
 fn write_checkpoint(dir: &Path, dataset: Dataset, checkpoint: &Checkpoint) -> std::io::Result<()> {
-    use std::io::Write as _;
     crate::journal::create_private_dir_all(dir)?;
-    let path = checkpoint_path(dir, dataset);
-    let temp = dir.join(format!(".{dataset}.json.tmp"));
-    let mut file = crate::journal::private_file()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp)?;
-    file.write_all(&serde_json::to_vec(checkpoint).map_err(std::io::Error::other)?)?;
-    file.sync_data()?;
-    std::fs::rename(&temp, &path)?;
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    crate::journal::replace_file(
+        &checkpoint_path(dir, dataset),
+        &dir.join(format!(".{dataset}.json.tmp")),
+        &serde_json::to_vec(checkpoint).map_err(std::io::Error::other)?,
+    )
 }
 
 #[cfg(test)]

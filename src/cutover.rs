@@ -244,22 +244,11 @@ impl Phases {
 }
 
 fn persist(path: &Path, state: &State) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let temp = path.with_extension("json.tmp");
-    let mut file = crate::journal::private_file()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp)?;
-    file.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
-    file.sync_data()?;
-    std::fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        dir.sync_all()?;
-    }
-    Ok(())
+    crate::journal::replace_file(
+        path,
+        &path.with_extension("json.tmp"),
+        &serde_json::to_vec(state).map_err(std::io::Error::other)?,
+    )
 }
 
 #[cfg(test)]

@@ -185,7 +185,7 @@ use tracing::warn;
 
 pub use cipher::{Cipher, CipherError, KEY_LEN, KeyError};
 pub use deadletters::{DEAD_LETTERS_DIR, DeadLetter, DeadLetters, MAX_REASON_BYTES};
-pub use io::{DIR_MODE, FILE_MODE, Faults, create_private_dir_all, private_file};
+pub use io::{DIR_MODE, FILE_MODE, Faults, create_private_dir_all, private_file, replace_file};
 pub use record::{EncodeError, FrameError};
 pub use registrations::{ClientCredentials, REGISTRATIONS_DIR, Registrations};
 pub use salvage::{

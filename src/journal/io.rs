@@ -74,6 +74,27 @@ pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
     builder.create(dir)
 }
 
+/// Replaces `path` with `bytes` atomically and durably: an owner-only temp
+/// file beside it (`temp`), written and fdatasynced, renamed over `path`,
+/// then the directory fsynced. A crash leaves the old content or the new,
+/// never a mix. The small state files (phase, checkpoints, control) all
+/// go through here.
+pub fn replace_file(path: &Path, temp: &Path, bytes: &[u8]) -> io::Result<()> {
+    use io::Write as _;
+    let mut file = private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(temp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    std::fs::rename(temp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Builds an [`Error::Io`].
 pub(super) fn io_error(op: &'static str, path: &Path, err: io::Error) -> Error {
     Error::Io {

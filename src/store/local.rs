@@ -440,7 +440,6 @@ fn read_control(dir: &std::path::Path) -> Result<Control, Error> {
 }
 
 fn write_control(dir: &std::path::Path, control: &Control) -> Result<(), Error> {
-    use std::io::Write as _;
     let path = dir.join(CONTROL_FILE);
     let temp = path.with_extension("json.tmp");
     let io = |op, err: std::io::Error| {
@@ -457,18 +456,6 @@ fn write_control(dir: &std::path::Path, control: &Control) -> Result<(), Error> 
         version: control.version,
     };
     let bytes = serde_json::to_vec(&file).expect("the control state always serialises");
-    let mut out = journal::private_file()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp)
-        .map_err(|err| io("write control file", err))?;
-    out.write_all(&bytes)
-        .and_then(|()| out.sync_data())
-        .map_err(|err| io("write control file", err))?;
-    std::fs::rename(&temp, &path).map_err(|err| io("rename control file", err))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|err| io("sync directory", err))?;
+    journal::replace_file(&path, &temp, &bytes).map_err(|err| io("write control file", err))?;
     Ok(())
 }
