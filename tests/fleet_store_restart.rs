@@ -194,6 +194,15 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_write() {
         kept += metric(instance, "handover_mirror_unjournaled_total").await;
     }
     assert!(kept > 0.0, "no change was kept in memory during the outage");
+    let rejournaled = instances.iter().any(|instance| {
+        std::fs::read_to_string(&instance.log)
+            .unwrap_or_default()
+            .contains("journaled the changes kept in memory")
+    });
+    assert!(
+        rejournaled,
+        "the changes kept in memory were never written to the store"
+    );
     let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
