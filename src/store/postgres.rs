@@ -161,6 +161,25 @@ pub(super) fn describe(err: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether `err` is rustls refusing the server's certificate (it comes
+/// wrapped in the `io::Error` of the TLS stream).
+fn certificate_refused(err: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let refused = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if matches!(refused, Some(rustls::Error::InvalidCertificate(_))) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 #[derive(Debug, Clone)]
 enum Tls {
     None,
@@ -172,6 +191,9 @@ enum Tls {
 struct Pool {
     config: tokio_postgres::Config,
     tls: Tls,
+    /// What the server's certificate is checked against, for the error
+    /// of a refused one (the operator's `ca_file`, or the system roots).
+    trust: String,
     idle: Mutex<Vec<Client>>,
     permits: Arc<Semaphore>,
 }
@@ -247,9 +269,16 @@ impl Pool {
             })?;
             Tls::Rustls(MakeRustls::new(client))
         };
+        let trust = match &config.ca_file {
+            Some(path) => format!("store.ca_file {}", path.display()),
+            None => {
+                "the system's root certificates (set store.ca_file for a private CA)".to_owned()
+            }
+        };
         Ok(Self {
             config: pg,
             tls,
+            trust,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(config.pool_size.max(1))),
         })
@@ -299,7 +328,18 @@ impl Pool {
                 client
             }
             Tls::Rustls(tls) => {
-                let (client, connection) = self.config.connect(tls.clone()).await.map_err(fail)?;
+                let (client, connection) =
+                    self.config.connect(tls.clone()).await.map_err(|err| {
+                        let refused = certificate_refused(&err);
+                        let mut error = fail(err);
+                        // Say where to look: the certificate or the CA
+                        // configured, not the network.
+                        if refused && let Error::Postgres { message, .. } = &mut error {
+                            message.push_str("; the database's certificate was checked against ");
+                            message.push_str(&self.trust);
+                        }
+                        error
+                    })?;
                 tokio::spawn(async move {
                     if let Err(err) = connection.await {
                         tracing::debug!(error = %describe(&err), "store connection ended");

@@ -29,11 +29,134 @@ pub fn free_port() -> u16 {
 }
 
 pub async fn start_emulator(jwks: &JwkSet, issuer: &str) -> Handle {
+    start_emulator_with(jwks, issuer, connect2id::Strictness::default()).await
+}
+
+/// A target set up as the runbook asks: it takes the source's secret on a
+/// client update (`preferred_client_secret`), so a client update reaches
+/// it in place, not by delete and create (whose cascade would revoke that
+/// client's tokens there).
+pub async fn start_target_emulator(jwks: &JwkSet, issuer: &str) -> Handle {
+    let strictness = connect2id::Strictness {
+        preferred_client_secret_on_update: true,
+        ..connect2id::Strictness::default()
+    };
+    start_emulator_with(jwks, issuer, strictness).await
+}
+
+pub async fn start_emulator_with(
+    jwks: &JwkSet,
+    issuer: &str,
+    strictness: connect2id::Strictness,
+) -> Handle {
     let mut config = connect2id::Config::new(connect2id::ApiTokens::single(TOKEN), jwks.clone());
     config.base_path = "/c2id".to_owned();
     config.issuer = Some(issuer.to_owned());
+    config.strictness = strictness;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     Connect2id::new(config).start(listener).await
+}
+
+/// How a test instance is configured beyond the addresses.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `[store] kind`.
+    pub kind: String,
+    /// `[sync] datasets`, as a TOML array.
+    pub datasets: String,
+    /// `[store] claim_lease`: a killed instance's claims return this long
+    /// after its last renewal; it fences itself after two thirds of it.
+    pub claim_lease: String,
+    /// More lines of `[store]` (e.g. `ca_file`).
+    pub store_extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            kind: "postgres".to_owned(),
+            datasets: r#"["clients"]"#.to_owned(),
+            claim_lease: "1s".to_owned(),
+            store_extra: String::new(),
+        }
+    }
+}
+
+/// Writes the config of instance `name`; returns it and its log's path.
+fn write_config(
+    dir: &Path,
+    name: &str,
+    source: &str,
+    target: &str,
+    options: &Options,
+    proxy_port: u16,
+    admin_port: u16,
+) -> (PathBuf, PathBuf) {
+    let journal = dir.join(format!("journal-{name}"));
+    std::fs::create_dir_all(&journal).unwrap();
+    let config = dir.join(format!("{name}.toml"));
+    let kind = &options.kind;
+    let url_line = if kind == "postgres" {
+        "url_env = \"HANDOVER_STORE_URL\""
+    } else {
+        ""
+    };
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:{proxy_port}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token_env = "HANDOVER_ADMIN_TOKEN"
+[source]
+kind = "connect2id"
+url = "{source}"
+token_env = "HANDOVER_SOURCE_TOKEN"
+[target]
+kind = "connect2id"
+url = "{target}"
+token_env = "HANDOVER_TARGET_TOKEN"
+[journal]
+dir = "{journal}"
+payload_key_env = "HANDOVER_JOURNAL_KEY"
+[sync]
+datasets = {datasets}
+retry_initial = "20ms"
+retry_max = "200ms"
+[store]
+kind = "{kind}"
+{url_line}
+claim_lease = "{lease}"
+{extra}
+"#,
+            journal = journal.display(),
+            datasets = options.datasets,
+            lease = options.claim_lease,
+            extra = options.store_extra,
+        ),
+    )
+    .unwrap();
+    let log = dir.join(format!("{name}-{kind}-{proxy_port}.log"));
+    (config, log)
+}
+
+/// `handover serve -c config`, logging to `log`.
+fn spawn(config: &Path, log: &Path, db_url: &str) -> Child {
+    Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(config)
+        .env("HANDOVER_SOURCE_TOKEN", TOKEN)
+        .env("HANDOVER_TARGET_TOKEN", TOKEN)
+        .env("HANDOVER_JOURNAL_KEY", handover::config::TEST_JOURNAL_KEY)
+        .env("HANDOVER_STORE_URL", db_url)
+        .env("HANDOVER_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+        .spawn()
+        .unwrap()
 }
 
 /// One `handover serve` process.
@@ -59,62 +182,26 @@ impl Instance {
         db_url: &str,
         kind: &str,
     ) -> Self {
-        let (proxy_port, admin_port) = (free_port(), free_port());
-        let journal = dir.join(format!("journal-{name}"));
-        std::fs::create_dir_all(&journal).unwrap();
-        let config = dir.join(format!("{name}.toml"));
-        let url_line = if kind == "postgres" {
-            "url_env = \"HANDOVER_STORE_URL\""
-        } else {
-            ""
+        let options = Options {
+            kind: kind.to_owned(),
+            ..Options::default()
         };
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[proxy]
-listen = "127.0.0.1:{proxy_port}"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-token_env = "HANDOVER_ADMIN_TOKEN"
-[source]
-kind = "connect2id"
-url = "{source}"
-token_env = "HANDOVER_SOURCE_TOKEN"
-[target]
-kind = "connect2id"
-url = "{target}"
-token_env = "HANDOVER_TARGET_TOKEN"
-[journal]
-dir = "{journal}"
-payload_key_env = "HANDOVER_JOURNAL_KEY"
-[sync]
-datasets = ["clients"]
-retry_initial = "20ms"
-retry_max = "200ms"
-[store]
-kind = "{kind}"
-{url_line}
-claim_lease = "1s"
-"#,
-                journal = journal.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join(format!("{name}-{kind}-{proxy_port}.log"));
-        let child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(&config)
-            .env("HANDOVER_SOURCE_TOKEN", TOKEN)
-            .env("HANDOVER_TARGET_TOKEN", TOKEN)
-            .env("HANDOVER_JOURNAL_KEY", handover::config::TEST_JOURNAL_KEY)
-            .env("HANDOVER_STORE_URL", db_url)
-            .env("HANDOVER_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .unwrap();
+        Self::start_with(dir, name, source, target, db_url, &options).await
+    }
+
+    /// Like [`Instance::start`], configured as `options` says.
+    pub async fn start_with(
+        dir: &Path,
+        name: &str,
+        source: &str,
+        target: &str,
+        db_url: &str,
+        options: &Options,
+    ) -> Self {
+        let (proxy_port, admin_port) = (free_port(), free_port());
+        let (config, log) =
+            write_config(dir, name, source, target, options, proxy_port, admin_port);
+        let child = spawn(&config, &log, db_url);
         let mut instance = Instance {
             proxy_port,
             admin_port,
@@ -142,6 +229,41 @@ claim_lease = "1s"
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         instance
+    }
+
+    /// Starts an instance that is expected to refuse to start; returns its
+    /// exit code and its log once it exited (the test fails if it is
+    /// still running after [`DEADLINE`]).
+    pub async fn start_failing(
+        dir: &Path,
+        name: &str,
+        source: &str,
+        target: &str,
+        db_url: &str,
+        options: &Options,
+    ) -> (Option<i32>, String) {
+        let (config, log) =
+            write_config(dir, name, source, target, options, free_port(), free_port());
+        let mut child = spawn(&config, &log, db_url);
+        let until = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{name} kept running; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        (
+            status.code(),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
     }
 
     pub fn pid(&self) -> u32 {

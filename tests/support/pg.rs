@@ -351,3 +351,183 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// A throwaway cluster of one's own, for tests that restart the server or
+/// change its settings (never the shared server: other tests use it in
+/// parallel). Runs as `postgres` when we are root; stopped and removed
+/// when dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    bin: PathBuf,
+    root: bool,
+    /// Holds the data directory, the socket and the log.
+    dir: PathBuf,
+    /// Where it listens (127.0.0.1).
+    pub port: u16,
+}
+
+/// How a [`Cluster`] is set up.
+#[derive(Debug, Default)]
+pub struct ClusterOptions {
+    /// PEM certificate and key: `ssl = on` with them.
+    pub tls: Option<(String, String)>,
+}
+
+impl Cluster {
+    /// Initializes and starts a cluster on a free port; panics (the test
+    /// fails) without the server binaries, saying how to install them.
+    pub fn start(options: &ClusterOptions) -> Cluster {
+        let bin = bin_dir().unwrap_or_else(|err| panic!("{HOW_TO_INSTALL}\n({err})"));
+        let root = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("handover-pg-own-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let data = dir.join("data");
+        if let Some((cert, key)) = &options.tls {
+            std::fs::write(dir.join("server.crt"), cert).unwrap();
+            std::fs::write(dir.join("server.key"), key).unwrap();
+            // The server refuses a key others may read.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(
+                dir.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        if root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "cannot give {} to postgres",
+                dir.display()
+            );
+        }
+        let out = as_server_user(&bin.join("initdb"), root)
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        // The tests measure outcomes, not durability against power loss.
+        writeln!(conf, "fsync = off").unwrap();
+        if options.tls.is_some() {
+            writeln!(conf, "ssl = on").unwrap();
+            writeln!(
+                conf,
+                "ssl_cert_file = '{}'",
+                dir.join("server.crt").display()
+            )
+            .unwrap();
+            writeln!(
+                conf,
+                "ssl_key_file = '{}'",
+                dir.join("server.key").display()
+            )
+            .unwrap();
+        }
+        drop(conf);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = Cluster {
+            bin,
+            root,
+            dir,
+            port,
+        };
+        cluster.pg_ctl(&["start"]);
+        cluster
+    }
+
+    fn pg_ctl(&self, action: &[&str]) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let out = as_server_user(&self.bin.join("pg_ctl"), self.root)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "-t", "60", "-o", &options])
+            .args(action)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl {action:?} failed: {}{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server (`-m fast`: sessions are disconnected, as in a
+    /// failover or a restart for maintenance); returns when it is down.
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "fast"]);
+    }
+
+    /// Starts it again on the same data and port; returns when it accepts
+    /// connections.
+    pub fn resume(&self) {
+        self.pg_ctl(&["start"]);
+    }
+
+    /// The key=value connection string of database `test` (created on
+    /// first use) with `extra` settings (e.g. `sslmode=require`).
+    pub async fn database(&self, extra: &str) -> String {
+        let admin = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+            self.port
+        );
+        let (client, connection) = tokio_postgres::connect(&admin, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = 'test'", &[])
+            .await
+            .unwrap()
+            .is_some();
+        if !exists {
+            client.batch_execute("CREATE DATABASE test").await.unwrap();
+        }
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=test {extra}",
+            self.port
+        )
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = as_server_user(&self.bin.join("pg_ctl"), self.root)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-w", "stop", "-m", "immediate"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
