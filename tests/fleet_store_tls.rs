@@ -3,7 +3,9 @@
 //! here; an instance configured with `sslmode=require` and `[store]
 //! ca_file` opens the store over TLS and syncs a write through it. With
 //! another CA the instance refuses to start with an error that says what
-//! failed, and never echoes the connection URL or its password.
+//! failed, and never echoes the connection URL or its password. Without a
+//! CA, `require` encrypts without checking the certificate (libpq's
+//! meaning) and `verify-full` checks it against the system roots.
 
 #![allow(clippy::unwrap_used)]
 
@@ -135,4 +137,43 @@ async fn the_store_opens_over_tls_with_the_configured_ca_and_refuses_another() {
     assert!(!log.contains(PASSWORD), "the password leaked: {log}");
     assert!(!log.contains(&url), "the URL leaked: {log}");
     assert!(!log.contains("dbname"), "the URL leaked: {log}");
+
+    // libpq's meaning of sslmode: `require` without a CA encrypts without
+    // checking the certificate (a self-signed one is fine)...
+    let unverified = Instance::start_with(
+        dir.path(),
+        "c",
+        &source.url(),
+        &target.url(),
+        &url,
+        &Options::default(),
+    )
+    .await;
+    let client = Driver::new(unverified.url(), TOKEN)
+        .register_client("over-unverified-tls")
+        .await
+        .unwrap();
+    assert!(
+        eventually(DEADLINE, || async {
+            target.emulator().client(&client.id).is_some()
+        })
+        .await
+    );
+    drop(unverified);
+    // ... and `verify-full` checks it: against the system roots here, which
+    // do not know this certificate.
+    let verify_full = url.replace("sslmode=require", "sslmode=verify-full");
+    let (code, log) = Instance::start_failing(
+        dir.path(),
+        "d",
+        &source.url(),
+        &target.url(),
+        &verify_full,
+        &Options::default(),
+    )
+    .await;
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("invalid peer certificate"), "{log}");
+    assert!(log.contains("the system's root certificates"), "{log}");
+    assert!(!log.contains(PASSWORD), "the password leaked: {log}");
 }
