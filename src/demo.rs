@@ -259,9 +259,24 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     traffic::progress_done();
     say("cutting over to the target under load: hold writes, drain, verify, flip, release");
     let cutover_started = Instant::now();
-    let cutover = operator
+    let mut cutover = operator
         .flip("/cutover", &crate::api::FlipRequest::default())
         .await?;
+    // An SRE refused only because the sync is a moment behind the load
+    // tries again; the demo does so while its traffic runs.
+    let traffic_ends = traffic_started + options.duration;
+    while cutover.outcome == crate::api::Outcome::Refused
+        && cutover
+            .preflight
+            .iter()
+            .all(|check| check.ok || check.check == "sync lag")
+        && Instant::now() + Duration::from_millis(200) < traffic_ends
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cutover = operator
+            .flip("/cutover", &crate::api::FlipRequest::default())
+            .await?;
+    }
     say(&format!(
         "  {} at epoch {}: writes held {} ms, {} requests held and released to the {}",
         cutover.outcome, cutover.epoch, cutover.pause_ms, cutover.held, cutover.primary
