@@ -116,6 +116,11 @@ impl Local {
             .into_iter()
             .map(|record| (self.cipher.tag(&record.lane), record.body))
             .collect();
+        self.append_tagged(tagged).await
+    }
+
+    /// Journals `(lane tag, body)` records and takes them as pending.
+    async fn append_tagged(&self, tagged: Vec<(LaneTag, Vec<u8>)>) -> Result<Vec<Seq>, Error> {
         let bodies = tagged.iter().map(|(lane, body)| join(lane, body)).collect();
         let seqs = self.journal.append_batch(bodies).await?;
         let now = SystemTime::now();
@@ -261,23 +266,7 @@ impl Local {
         for letter in &letters {
             records.push(split(&letter.body, letter.seq, "dead letters")?);
         }
-        let bodies = letters.iter().map(|letter| letter.body.clone()).collect();
-        let seqs = self.journal.append_batch(bodies).await?;
-        {
-            let now = SystemTime::now();
-            let mut pending = self.pending();
-            for (seq, (lane, body)) in seqs.zip(records) {
-                pending.insert(
-                    seq,
-                    Pending {
-                        lane,
-                        body,
-                        appended_at: now,
-                        claim: None,
-                    },
-                );
-            }
-        }
+        self.append_tagged(records).await?;
         self.dead_letters.clear_through(through)?;
         Ok(letters.len())
     }
