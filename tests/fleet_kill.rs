@@ -112,11 +112,16 @@ async fn writer(driver: Driver, name: String, stop: Arc<AtomicBool>, count: Arc<
         };
         count.add();
         ledger.sessions.push(login.sid.clone());
-        ledger.authorizations.push((subject.clone(), id.clone()));
+        // A code flow's long-lived authorization is persisted when its
+        // code is redeemed (spec §3: the grant completes at /token): it is
+        // acknowledged with the exchange's answer, not the login's. An
+        // exchange the killed instance forwarded but never answered may
+        // have made one at the source that nobody acknowledged.
         let Ok(tokens) = driver.exchange_code(&client, &login.code).await else {
             continue;
         };
         count.add();
+        ledger.authorizations.push((subject.clone(), id.clone()));
         let Some(mut refresh) = tokens.refresh_token else {
             panic!("a code exchange issued no refresh token");
         };

@@ -621,10 +621,22 @@ impl Postgres {
             return Ok(());
         }
         let seqs: Vec<i64> = seqs.iter().copied().map(to_i64).collect();
-        let conn = self.pool.get("ack").await?;
-        conn.execute("DELETE FROM handover_journal WHERE seq = ANY($1)", &[&seqs])
+        let fail = |err: tokio_postgres::Error| Error::postgres("ack", &err);
+        let mut conn = self.pool.get("ack").await?;
+        // An ack need not wait for its WAL flush: one lost with a database
+        // crash brings its records back, and applying a key again copies
+        // the primary's current state once more (delivery is at least
+        // once anyway; the records carry their epoch, so none is applied
+        // in a direction it was not made for). Appends stay synchronous:
+        // they are the promise made to the client.
+        let tx = conn.transaction().await.map_err(fail)?;
+        tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
             .await
-            .map_err(|err| Error::postgres("ack", &err))?;
+            .map_err(fail)?;
+        tx.execute("DELETE FROM handover_journal WHERE seq = ANY($1)", &[&seqs])
+            .await
+            .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
         Ok(())
     }
 
