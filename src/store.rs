@@ -582,6 +582,15 @@ impl Handle {
         }
     }
 
+    /// Whether any record of `lane` is pending (claimed or not), by any
+    /// instance.
+    pub async fn lane_pending(&self, lane: &[u8]) -> Result<bool, Error> {
+        match self {
+            Handle::Local(store) => Ok(store.lane_pending(lane)),
+            Handle::Postgres(store) => store.lane_pending(lane).await,
+        }
+    }
+
     /// How many of `seqs` are still pending (not acked).
     pub async fn pending_among(&self, seqs: &[Seq]) -> Result<u64, Error> {
         match self {

@@ -194,14 +194,14 @@ impl Verifier {
         self.stream(&primary, dataset, progress, |key, record| {
             primary_count += 1;
             filter.insert(&key.identity());
-            let (primary, secondary, state, sync) = (
+            let (primary, secondary, state, busy) = (
                 primary.clone(),
                 secondary.clone(),
                 Arc::clone(&state),
-                self.sync.clone(),
+                self.busy(),
             );
             Some(Box::pin(async move {
-                compare_one(dataset, &primary, &secondary, &sync, &state, key, record).await
+                compare_one(dataset, &primary, &secondary, &busy, &state, key, record).await
             }))
         })
         .await?;
@@ -213,9 +213,9 @@ impl Verifier {
             if filter.contains(&key.identity()) {
                 return None;
             }
-            let (primary, state, sync) = (primary.clone(), Arc::clone(&state), self.sync.clone());
+            let (primary, state, busy) = (primary.clone(), Arc::clone(&state), self.busy());
             Some(Box::pin(async move {
-                check_extra(&primary, &sync, &state, key).await
+                check_extra(&primary, &busy, &state, key).await
             }))
         })
         .await?;
@@ -242,10 +242,9 @@ impl Verifier {
                 repairs.clear();
             }
             self.stream(&secondary, dataset, progress, |key, _record| {
-                let (primary, state, sync) =
-                    (primary.clone(), Arc::clone(&state), self.sync.clone());
+                let (primary, state, busy) = (primary.clone(), Arc::clone(&state), self.busy());
                 Some(Box::pin(async move {
-                    check_extra(&primary, &sync, &state, key).await
+                    check_extra(&primary, &busy, &state, key).await
                 }))
             })
             .await?;
@@ -570,6 +569,13 @@ impl Verifier {
 }
 
 impl Verifier {
+    fn busy(&self) -> Busy {
+        Busy {
+            sync: self.sync.clone(),
+            recorder: self.recorder.clone(),
+        }
+    }
+
     /// Introspects the refresh tokens of the live sample at Authlete: each
     /// must be active for its client. Counted into `state` like the
     /// exported sample (a refused one is drift: a client holds it).
@@ -684,11 +690,27 @@ async fn read_secondary(
     }
 }
 
+/// Whether a key's sync is under way: here (its lane busy or queued) or,
+/// in a fleet, anywhere (a change of it still in the shared journal). The
+/// fleet-wide look costs a query, so it is made only for keys that
+/// differ.
+#[derive(Clone)]
+struct Busy {
+    sync: SyncHandle,
+    recorder: crate::sync::Recorder,
+}
+
+impl Busy {
+    async fn now(&self, key: &Key) -> bool {
+        self.sync.is_busy(key) || self.recorder.pending_in_store(key).await
+    }
+}
+
 async fn compare_one(
     dataset: Dataset,
     primary: &Connect2id,
     secondary: &Connect2id,
-    sync: &SyncHandle,
+    busy: &Busy,
     tally: &Tally,
     key: Key,
     record: Value,
@@ -697,7 +719,7 @@ async fn compare_one(
     if on_secondary.is_some() {
         tally.found_on_secondary.fetch_add(1, Ordering::Relaxed);
     }
-    if sync.is_busy(&key) {
+    if busy.sync.is_busy(&key) {
         tally.in_flight.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
@@ -711,7 +733,7 @@ async fn compare_one(
     // changed while the export streamed.
     let now_primary = read_secondary(dataset, primary, &key).await?;
     let now_secondary = read_secondary(dataset, secondary, &key).await?;
-    if sync.is_busy(&key) {
+    if busy.now(&key).await {
         tally.in_flight.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
@@ -780,11 +802,11 @@ fn verdict(dataset: Dataset, primary: &Value, secondary: &Value) -> Verdict {
 
 async fn check_extra(
     primary: &Connect2id,
-    sync: &SyncHandle,
+    busy: &Busy,
     tally: &Tally,
     key: Key,
 ) -> Result<(), ApiError> {
-    if sync.is_busy(&key) {
+    if busy.now(&key).await {
         tally.in_flight.fetch_add(1, Ordering::Relaxed);
         tally.new_on_primary.fetch_add(1, Ordering::Relaxed);
         return Ok(());

@@ -443,3 +443,56 @@ async fn an_instance_cut_off_from_the_store_is_waited_for_until_its_lease_expire
         "the write after the fence did not go to the new primary"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_counts_a_key_still_in_the_shared_journal_as_in_flight_not_drift() {
+    let db = pg::TestDb::create().await;
+    let stack = fleet_stack(&db).await;
+    let admin_a = admin(&stack.proxy);
+    finish_backfill(&admin_a).await;
+
+    // A client the target lacks, whose change waits in the shared journal
+    // (appended at an epoch no instance has reached, so none takes it:
+    // as if another instance's sync of it were still running). Its lane is
+    // the key's identity, as the sync names it.
+    let client = stack
+        .at_source
+        .register_client("pending elsewhere")
+        .await
+        .unwrap();
+    let key = handover::model::Key::Client {
+        client_id: client.id.clone(),
+    };
+    let store = open_store(&db).await;
+    store
+        .append_in(
+            vec![store::Record {
+                lane: format!("client:{}", client.id).into_bytes(),
+                body: handover::model::Change::sync(key).to_record(),
+            }],
+            99,
+        )
+        .await
+        .unwrap();
+    let report = admin_a
+        .verify(&handover::api::VerifyRequest::default(), |_| {})
+        .await
+        .unwrap();
+    let clients = &report.datasets[&handover::model::Dataset::Clients];
+    assert_eq!(report.drift, 0, "{report:#?}");
+    assert_eq!(clients.in_flight, 1, "{report:#?}");
+
+    // Once nothing of it is pending, the same difference is drift.
+    let control = store.control().await.unwrap();
+    assert_eq!(control.epoch, 1);
+    let db_client = db.client().await;
+    db_client
+        .execute("DELETE FROM handover_journal", &[])
+        .await
+        .unwrap();
+    let report = admin_a
+        .verify(&handover::api::VerifyRequest::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.drift, 1, "{report:#?}");
+}

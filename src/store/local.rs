@@ -229,6 +229,11 @@ impl Local {
         Ok(self.dead_letters.push(reason, &join(&tag, body))?)
     }
 
+    pub(super) fn lane_pending(&self, lane: &[u8]) -> bool {
+        let tag = self.cipher.tag(lane);
+        self.pending().values().any(|pending| pending.lane == tag)
+    }
+
     pub(super) fn pending_among(&self, seqs: &[Seq]) -> u64 {
         let pending = self.pending();
         seqs.iter().filter(|seq| pending.contains_key(seq)).count() as u64

@@ -706,6 +706,19 @@ impl Postgres {
         Ok(id)
     }
 
+    pub(super) async fn lane_pending(&self, lane: &[u8]) -> Result<bool, Error> {
+        let tag = self.cipher.tag(lane);
+        let conn = self.pool.get("read a lane").await?;
+        let row = conn
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM handover_journal WHERE lane = $1)",
+                &[&tag.as_slice()],
+            )
+            .await
+            .map_err(|err| Error::postgres("read a lane", &err))?;
+        Ok(row.get(0))
+    }
+
     pub(super) async fn pending_among(&self, seqs: &[Seq]) -> Result<u64, Error> {
         let seqs: Vec<i64> = seqs.iter().copied().map(to_i64).collect();
         let conn = self.pool.get("read pending").await?;

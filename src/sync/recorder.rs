@@ -40,7 +40,7 @@ use super::SyncHandle;
 use crate::health::Health;
 use crate::journal::{self, DeadLetters, Journal};
 use crate::metrics::JournalMetrics;
-use crate::model::{Change, Dataset};
+use crate::model::{Change, Dataset, Key};
 
 /// Most changes kept in memory while the journal cannot be written; past
 /// this the oldest are dropped (and counted): `handover verify --repair`
@@ -294,6 +294,24 @@ impl Recorder {
             .unwrap_or_else(PoisonError::into_inner);
         if untracked.last.is_some_and(|last| last < started) {
             *untracked = Untracked::default();
+        }
+    }
+
+    /// Fleet mode: whether a change of `key` waits in the shared journal,
+    /// taken by any instance (its sync may be running elsewhere). A store
+    /// that does not answer counts as "no": the caller reports what it
+    /// read.
+    pub async fn pending_in_store(&self, key: &Key) -> bool {
+        let Some(shared) = &self.inner.shared else {
+            return false;
+        };
+        let lane = super::dispatcher::store_lane(&Change::sync(key.clone()));
+        match shared.store.lane_pending(lane.as_bytes()).await {
+            Ok(pending) => pending,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the shared journal for a key");
+                false
+            }
         }
     }
 
