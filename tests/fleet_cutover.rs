@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap freely; a panic is a failure
 
+#[path = "support/fleet.rs"]
+mod fleet;
 #[path = "support/pg.rs"]
 mod pg;
 #[path = "support/relay.rs"]
@@ -15,6 +17,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet::eventually;
 use handover::api::{AdminClient, FlipRequest, Outcome};
 use handover::config::{Config, TEST_JOURNAL_KEY};
 use handover::emulator::connect2id::Strictness;
@@ -65,21 +68,13 @@ async fn another(stack: &Stack, store_url: &str) -> TestProxy {
     proxy
 }
 
-async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The detail of the report's step `name`.
+fn step<'a>(report: &'a handover::api::FlipReport, name: &str) -> &'a str {
+    report
+        .steps
+        .iter()
+        .find(|step| step.step == name)
+        .map_or("", |step| step.detail.as_str())
 }
 
 /// Waits until `admin` reports the phase, epoch and primary.
@@ -177,14 +172,10 @@ async fn three_instances_cut_over_under_load_and_roll_back_with_zero_client_erro
     }
     assert_eq!(report.outcome, Outcome::CutOver, "{report:#?}");
     assert_eq!(report.epoch, 2);
-    let held = report
-        .steps
-        .iter()
-        .find(|step| step.step == "every instance held")
-        .unwrap();
+    let held = step(&report, "every instance held");
     assert!(
-        held.detail.starts_with("3 instances with a live lease"),
-        "{held:?}"
+        held.starts_with("3 instances with a live lease"),
+        "{report:#?}"
     );
     assert_eq!(report.rejected, 0);
     for admin in &admins {
@@ -234,17 +225,10 @@ async fn three_instances_cut_over_under_load_and_roll_back_with_zero_client_erro
 
     // The fleet's journal drains (any instance's workers apply any
     // instance's records).
-    let db_client = db.client().await;
-    let drained = eventually(Duration::from_secs(30), || async {
-        db_client
-            .query_one("SELECT count(*) FROM handover_journal", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 0
-    })
-    .await;
-    assert!(drained, "the shared journal never drained");
+    assert!(
+        fleet::journal_drains(&db.client().await).await,
+        "the shared journal never drained"
+    );
     let drift = admins[0]
         .verify(&handover::api::VerifyRequest::default(), |_| {})
         .await
@@ -413,14 +397,10 @@ async fn an_instance_cut_off_from_the_store_is_waited_for_until_its_lease_expire
         severed.elapsed() >= LEASE / 2,
         "the flip did not wait for the cut-off instance's lease"
     );
-    let held = report
-        .steps
-        .iter()
-        .find(|step| step.step == "every instance held")
-        .unwrap();
+    let held = step(&report, "every instance held");
     assert!(
-        held.detail.starts_with("1 instance with a live lease"),
-        "{held:?}"
+        held.starts_with("1 instance with a live lease"),
+        "{report:#?}"
     );
 
     // Meanwhile it fenced itself: no trigger reaches a stale primary.

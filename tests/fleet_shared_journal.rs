@@ -126,15 +126,7 @@ async fn every_acknowledged_write_reaches_the_target_when_an_instance_dies_holdi
 
     // The shared journal drains: the dead instance's claims expired and the
     // survivor applied them.
-    let drained = eventually(DEADLINE, || async {
-        client
-            .query_one("SELECT count(*) FROM handover_journal", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 0
-    })
-    .await;
+    let drained = fleet::journal_drains(&client).await;
     assert!(
         drained,
         "the shared journal never drained; log of b:\n{}",
@@ -218,15 +210,7 @@ async fn a_local_backlog_moves_to_the_shared_journal_when_switching_to_postgres(
     .await;
     assert!(arrived, "the owed changes never reached the target");
     let client = db.client().await;
-    let drained = eventually(DEADLINE, || async {
-        client
-            .query_one("SELECT count(*) FROM handover_journal", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 0
-    })
-    .await;
+    let drained = fleet::journal_drains(&client).await;
     assert!(drained);
 
     // A clean stop persists the local cursor: the next start owes nothing.

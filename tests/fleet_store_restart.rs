@@ -207,14 +207,7 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_write() {
         .await
         .unwrap();
     tokio::spawn(connection);
-    let drained = eventually(DEADLINE, || async {
-        pg.query_one("SELECT count(*) FROM handover_journal", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 0
-    })
-    .await;
+    let drained = fleet::journal_drains(&pg).await;
     assert!(
         drained,
         "the shared journal never drained; log of a:\n{}",

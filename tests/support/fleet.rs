@@ -198,37 +198,45 @@ impl Instance {
         db_url: &str,
         options: &Options,
     ) -> Self {
-        let (proxy_port, admin_port) = (free_port(), free_port());
-        let (config, log) =
-            write_config(dir, name, source, target, options, proxy_port, admin_port);
-        let child = spawn(&config, &log, db_url);
-        let mut instance = Instance {
-            proxy_port,
-            admin_port,
-            child: Some(child),
-            log,
-        };
         let http = Client::builder(TokioExecutor::new())
             .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let ready = format!("http://127.0.0.1:{admin_port}/readyz");
         let until = Instant::now() + DEADLINE;
-        loop {
-            let request = http::Request::get(&ready).body(Default::default()).unwrap();
-            if let Ok(response) = http.request(request).await
-                && response.status() == http::StatusCode::OK
-            {
-                let _ = response.into_body().collect().await;
-                break;
+        // A free port is only free until somebody binds it: a test running
+        // beside this one may take it between our probe and the child's
+        // bind. Such a start is tried again on other ports.
+        'start: loop {
+            let (proxy_port, admin_port) = (free_port(), free_port());
+            let (config, log) =
+                write_config(dir, name, source, target, options, proxy_port, admin_port);
+            let child = spawn(&config, &log, db_url);
+            let mut instance = Instance {
+                proxy_port,
+                admin_port,
+                child: Some(child),
+                log,
+            };
+            let ready = format!("http://127.0.0.1:{admin_port}/readyz");
+            loop {
+                let request = http::Request::get(&ready).body(Default::default()).unwrap();
+                if let Ok(response) = http.request(request).await
+                    && response.status() == http::StatusCode::OK
+                {
+                    let _ = response.into_body().collect().await;
+                    return instance;
+                }
+                let exited = instance.child.as_mut().unwrap().try_wait().unwrap();
+                let log = std::fs::read_to_string(&instance.log).unwrap_or_default();
+                if exited.is_some() && log.contains("cannot listen on") && Instant::now() < until {
+                    instance.child = None;
+                    continue 'start;
+                }
+                assert!(
+                    exited.is_none() && Instant::now() < until,
+                    "{name} did not become ready; log:\n{log}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let exited = instance.child.as_mut().unwrap().try_wait().unwrap();
-            assert!(
-                exited.is_none() && Instant::now() < until,
-                "{name} did not become ready; log:\n{}",
-                std::fs::read_to_string(&instance.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        instance
     }
 
     /// Starts an instance that is expected to refuse to start; returns its
@@ -315,6 +323,19 @@ impl Drop for Instance {
             let _ = child.wait();
         }
     }
+}
+
+/// Waits until the shared journal of `pg`'s database is empty (every
+/// instance's records applied); false after [`DEADLINE`].
+pub async fn journal_drains(pg: &tokio_postgres::Client) -> bool {
+    eventually(DEADLINE, || async {
+        pg.query_one("SELECT count(*) FROM handover_journal", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+    })
+    .await
 }
 
 pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
