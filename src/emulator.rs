@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 pub struct Knobs {
     latency_us: AtomicU64,
     error_rate_ppm: AtomicU32,
+    /// The one route the error rate applies to (a route as
+    /// [`Call::route`] names it); every route when `None`.
+    error_route: Mutex<Option<String>>,
     /// `Retry-After` seconds of a `429` answered to every request; 0: off.
     throttle_secs: AtomicU64,
     down: AtomicBool,
@@ -58,6 +61,12 @@ pub struct KnobSettings {
     /// Fraction of requests (0.0 to 1.0) answered with `503`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<f64>,
+    /// The one route the error rate applies to: a Connect2id route as
+    /// recorded calls name it (`/clients/{id}`,
+    /// `/authz-store/rest/v3/inspection`), an Authlete request path; an
+    /// empty string: every route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_route: Option<String>,
     /// When above 0, every request is answered `429` with this
     /// `Retry-After` (seconds); 0 turns the throttle off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +98,24 @@ impl Knobs {
     /// The configured error rate.
     pub fn error_rate(&self) -> f64 {
         f64::from(self.error_rate_ppm.load(Ordering::Relaxed)) / 1_000_000.0
+    }
+
+    /// Confines the error rate to one route (as [`Call::route`] names it),
+    /// or spreads it over every route again (`None`): a server whose one
+    /// endpoint fails while the rest answers.
+    pub fn set_error_route(&self, route: Option<&str>) {
+        *self
+            .error_route
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = route.map(str::to_owned);
+    }
+
+    /// The route the error rate is confined to, if any.
+    pub fn error_route(&self) -> Option<String> {
+        self.error_route
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
     }
 
     /// Answers every request `429` with `Retry-After: retry_after` (whole
@@ -148,10 +175,17 @@ impl Knobs {
         self.down.load(Ordering::Relaxed)
     }
 
-    /// Draws whether this request should fail with `503`.
-    pub(crate) fn should_fail(&self) -> bool {
+    /// Draws whether this request, on `route`, should fail with `503`.
+    pub(crate) fn should_fail(&self, route: &str) -> bool {
         let ppm = self.error_rate_ppm.load(Ordering::Relaxed);
-        ppm > 0 && fastrand::u32(0..1_000_000) < ppm
+        ppm > 0
+            && self
+                .error_route
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .as_deref()
+                .is_none_or(|only| only == route)
+            && fastrand::u32(0..1_000_000) < ppm
     }
 
     /// Applies a partial update.
@@ -161,6 +195,9 @@ impl Knobs {
         }
         if let Some(rate) = settings.error_rate {
             self.set_error_rate(rate);
+        }
+        if let Some(route) = &settings.error_route {
+            self.set_error_route(Some(route.as_str()).filter(|route| !route.is_empty()));
         }
         if let Some(secs) = settings.throttle_secs {
             self.set_throttle((secs > 0).then(|| Duration::from_secs(secs)));
@@ -175,6 +212,7 @@ impl Knobs {
         KnobSettings {
             latency_ms: Some(u64::try_from(self.latency().as_millis()).unwrap_or(u64::MAX)),
             error_rate: Some(self.error_rate()),
+            error_route: Some(self.error_route().unwrap_or_default()),
             throttle_secs: Some(self.throttled().unwrap_or(0)),
             down: Some(self.is_down()),
         }
@@ -198,9 +236,20 @@ mod tests {
         });
         assert_eq!(knobs.latency(), Duration::from_millis(5));
         assert!(knobs.is_down());
-        assert!(!knobs.should_fail());
+        assert!(!knobs.should_fail("/clients"));
         knobs.set_error_rate(1.0);
-        assert!(knobs.should_fail());
+        assert!(knobs.should_fail("/clients"));
+        knobs.apply(&KnobSettings {
+            error_route: Some("/authz-store/rest/v3/inspection".into()),
+            ..KnobSettings::default()
+        });
+        assert!(knobs.should_fail("/authz-store/rest/v3/inspection"));
+        assert!(!knobs.should_fail("/clients"));
+        knobs.apply(&KnobSettings {
+            error_route: Some(String::new()),
+            ..KnobSettings::default()
+        });
+        assert!(knobs.should_fail("/clients"));
         assert_eq!(knobs.throttled(), None);
         knobs.apply(&KnobSettings {
             throttle_secs: Some(3),

@@ -218,3 +218,35 @@ async fn tokens_of_a_client_replaced_at_the_target_are_not_blamed_on_a_key() {
     assert!(access.ok, "{access:?}");
     assert!(access.detail.contains("inconclusive"), "{}", access.detail);
 }
+
+/// A secondary whose token inspection fails (a slow target timing out, a
+/// `503`) while it answers everything else proves nothing about its key:
+/// the refresh tokens are inconclusive, and the flip is not refused for a
+/// key. (A failed call read as "unknown token" once refused a flip to a
+/// slow target with equal keys.)
+#[tokio::test]
+async fn a_failing_inspection_at_the_target_is_not_blamed_on_a_key() {
+    let stack = stack_with_traffic(false).await;
+    let knobs = stack.target_emulator().knobs();
+    knobs.set_error_route(Some("/authz-store/rest/v3/inspection"));
+    knobs.set_error_rate(1.0);
+
+    let report = dry_run(&stack, false).await;
+    let refresh = check(&report, "refresh-token key");
+    assert!(refresh.ok, "{refresh:?}");
+    assert!(
+        refresh.detail.contains("inconclusive"),
+        "{}",
+        refresh.detail
+    );
+    assert!(refresh.detail.contains(": 0 decrypt"), "{}", refresh.detail);
+    // Everything else at the target answers: the sessions are still proven.
+    assert_eq!(
+        check(&report, "SID HMAC key").detail,
+        "probed 1 sessions: 1 found at the target under the source's SID"
+    );
+
+    knobs.set_error_rate(0.0);
+    let report = dry_run(&stack, false).await;
+    assert_eq!(report.outcome, Outcome::DryRunPassed, "{report:#?}");
+}

@@ -384,8 +384,13 @@ async fn probe_refresh_tokens(
                 // nothing.
                 return Verdict::Inconclusive;
             };
-            if let Ok(Some(_)) = secondary.inspect(token, TokenKind::Refresh).await {
-                return Verdict::Equal;
+            // Only an answer "unknown token" counts against the key: a
+            // failed call (a slow or busy secondary timing out, a `503`)
+            // says nothing about it.
+            match secondary.inspect(token, TokenKind::Refresh).await {
+                Ok(Some(_)) => return Verdict::Equal,
+                Ok(None) => {}
+                Err(_) => return Verdict::Inconclusive,
             }
             // Unknown there. A key, if the secondary holds the very record
             // the token belongs to; else the sync has not caught up (or the
@@ -394,6 +399,12 @@ async fn probe_refresh_tokens(
             else {
                 return Verdict::Inconclusive;
             };
+            // A client replaced there by delete and create may have taken
+            // its tokens with it (a delete that cascades revokes them):
+            // no key's doing.
+            if secondary.client_was_replaced(&client_id) {
+                return Verdict::Inconclusive;
+            }
             let same = |copy: &Value| {
                 Dataset::Authorizations.comparable(copy)
                     == Dataset::Authorizations.comparable(&record)
@@ -402,8 +413,10 @@ async fn probe_refresh_tokens(
                 Ok(Some(copy)) if same(&copy) => {}
                 _ => return Verdict::Inconclusive,
             }
-            if let Ok(Some(_)) = secondary.inspect(token, TokenKind::Refresh).await {
-                return Verdict::Equal;
+            match secondary.inspect(token, TokenKind::Refresh).await {
+                Ok(Some(_)) => return Verdict::Equal,
+                Ok(None) => {}
+                Err(_) => return Verdict::Inconclusive,
             }
             match primary.get_authorization(&subject, &client_id).await {
                 Ok(Some(now)) if same(&now) => Verdict::Differ,

@@ -1170,7 +1170,7 @@ impl Service {
         }
         self.knobs
             .answered(false, &req.method, route_template(&route));
-        if self.knobs.should_fail() {
+        if self.knobs.should_fail(route_template(&route)) {
             return Ok(ApiError::unavailable().into_response());
         }
         let service = match self.route(&req.headers) {

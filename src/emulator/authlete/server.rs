@@ -91,7 +91,7 @@ async fn serve_api(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if shared.knobs.should_fail() {
+    if shared.knobs.should_fail(parts.uri.path()) {
         return Ok(Reply::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             codes::SERVER_ERROR,
