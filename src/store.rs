@@ -33,7 +33,8 @@
 //!   transaction); [`Handle::retry_dead_letters`] moves them back.
 //! - [`Handle::control`] / [`Handle::set_control`]: the phase, the epoch
 //!   and when the primary last flipped, written by compare-and-set on a
-//!   version so two instances never both make the same transition.
+//!   version so two instances never both make the same transition;
+//!   [`Handle::changes`] wakes the other instances when it changed.
 //! - Everything written is there after a restart ([`Handle::close`], then
 //!   open again): pending records come back (unclaimed locally; in
 //!   PostgreSQL a dead owner's claims return when their lease expires).
@@ -53,7 +54,7 @@ use std::time::{Duration, SystemTime};
 use crate::journal::{self, Cipher};
 use crate::model::Secret;
 
-pub use postgres::{SCHEMA_VERSION, Schema};
+pub use postgres::{CHANGES_CHANNEL, SCHEMA_VERSION, Schema};
 
 /// A record's sequence number in the store.
 pub type Seq = u64;
@@ -425,6 +426,18 @@ impl serde::Serialize for HoldAck {
     }
 }
 
+/// What a store's change listener heard: the hint that the control row or
+/// a hold acknowledgement may have changed (PostgreSQL's `NOTIFY`, see
+/// [`Handle::changes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The listener is connected: changes are announced as they commit, so
+    /// a watcher may poll slowly.
+    pub listening: bool,
+    /// Notices heard so far (a reconnection counts as one).
+    pub notices: u64,
+}
+
 /// An open store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Handle {
@@ -455,6 +468,17 @@ impl Handle {
             Kind::Postgres { .. } => Ok(Handle::Postgres(Arc::new(
                 postgres::Postgres::open(config, cipher).await?,
             ))),
+        }
+    }
+
+    /// Wakes when another instance may have changed the control row or
+    /// acknowledged a hold ([`Changes`]): PostgreSQL only (one instance
+    /// has nobody else to hear from). A hint: read the state after it, and
+    /// poll as well (slowly while [`Changes::listening`]).
+    pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<Changes>> {
+        match self {
+            Handle::Local(_) => None,
+            Handle::Postgres(pg) => Some(pg.changes()),
         }
     }
 

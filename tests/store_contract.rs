@@ -602,3 +602,106 @@ async fn an_unreachable_database_is_an_error_naming_no_url() {
     );
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// Waits (bounded, not timed) until `changes` says its listener is
+/// connected; returns the notices heard so far.
+async fn listening(changes: &mut tokio::sync::watch::Receiver<store::Changes>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = *changes.borrow_and_update();
+        if seen.listening {
+            return seen.notices;
+        }
+        assert!(Instant::now() < deadline, "the listener never connected");
+        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+    }
+}
+
+/// Waits (bounded) until `changes` heard more than `after` notices.
+async fn announced(changes: &mut tokio::sync::watch::Receiver<store::Changes>, after: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = changes.borrow_and_update().notices;
+        if seen > after {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "no change was announced");
+        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_change_of_control_or_an_acknowledgement_is_announced_to_every_instance() {
+    let f = Fixture::postgres().await;
+    let (a, b) = tokio::join!(f.open(), f.open());
+    let mut heard = b.changes().expect("a PostgreSQL store announces changes");
+    let before = listening(&mut heard).await;
+
+    // Only notifications move the count: nothing here polls.
+    let mut hold = next("cutting-over", 1, None);
+    hold.hold = Some(store::NewHold {
+        coordinator: "a".to_owned(),
+        lasting: HOUR,
+    });
+    let published = a.set_control(0, &hold).await.unwrap().unwrap();
+    let after_hold = announced(&mut heard, before).await;
+
+    let member = store::Member {
+        instance: "b".to_owned(),
+        admin_url: "http://b:9901".to_owned(),
+        version: "0.1.0".to_owned(),
+        phase: "mirroring".to_owned(),
+        backfill: String::new(),
+    };
+    b.renew_member(&member, HOUR).await.unwrap();
+    let id = published.hold.unwrap().id;
+    assert!(b.ack_hold("b", id, &store::HoldAck::Held).await.unwrap());
+    let mut heard_by_a = a.changes().unwrap();
+    listening(&mut heard_by_a).await;
+    announced(&mut heard, after_hold).await;
+
+    // One instance has nobody to hear from.
+    let local = Fixture::local().await;
+    assert!(local.open().await.changes().is_none());
+}
+
+#[tokio::test]
+async fn a_listener_that_lost_its_connection_listens_again() {
+    let f = Fixture::postgres().await;
+    let (a, b) = tokio::join!(f.open(), f.open());
+    let mut heard = b.changes().unwrap();
+    listening(&mut heard).await;
+
+    // The database ends both listeners' sessions (a failover, an idle
+    // timeout, an operator's pg_terminate_backend).
+    let db = f.db.as_ref().unwrap().client().await;
+    let ended = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND query = $1",
+            &[&format!("LISTEN {}", store::CHANGES_CHANNEL)],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(ended >= 1, "no listener found to end");
+    // It connects again (counted as a notice: what was announced meanwhile
+    // must be read), then hears changes as before.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lost = false;
+    loop {
+        let seen = *heard.borrow_and_update();
+        lost |= !seen.listening;
+        if lost && seen.listening {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listener did not come back");
+        let _ = tokio::time::timeout(Duration::from_millis(200), heard.changed()).await;
+    }
+    let before = heard.borrow_and_update().notices;
+    a.set_control(0, &next("cutting-over", 1, None))
+        .await
+        .unwrap()
+        .unwrap();
+    announced(&mut heard, before).await;
+}

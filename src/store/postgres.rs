@@ -52,13 +52,27 @@
 //!
 //! A small bounded pool: at most `pool_size` connections, idle ones reused,
 //! broken ones dropped; a waiter waits for a permit, not a busy loop.
+//!
+//! # Change notices
+//!
+//! A change of the control row (a hold published, a flip, an abort) and a
+//! hold acknowledgement are announced with `NOTIFY` on [`CHANGES_CHANNEL`]
+//! after they committed. One more connection per instance, outside the
+//! pool, `LISTEN`s to it and wakes [`super::Handle::changes`]'s watchers, so
+//! instances see a hold or a flip within a round trip instead of at their
+//! next poll. It is a hint, never the state: the watchers read the rows
+//! anyway, they keep polling (more slowly while the listener is connected),
+//! and a lost listener connection is opened again with a backoff, counted
+//! as a change (whatever was announced meanwhile is read then).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
+use tokio_util::sync::CancellationToken;
 
 use super::tls::MakeRustls;
 use super::{
@@ -66,6 +80,16 @@ use super::{
     unix_ms,
 };
 use crate::journal::{Cipher, record};
+
+/// The channel changes of the control row and hold acknowledgements are
+/// announced on (module doc, "Change notices").
+pub const CHANGES_CHANNEL: &str = "handover_control";
+
+/// The listener's first wait before it connects again after losing its
+/// connection; it doubles up to [`LISTEN_BACKOFF_MAX`].
+const LISTEN_BACKOFF: Duration = Duration::from_millis(100);
+/// The listener's longest wait between attempts to connect.
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i32 = 3;
@@ -365,15 +389,21 @@ impl Pool {
     }
 
     async fn connect(&self, op: &'static str) -> Result<Client, Error> {
+        self.connect_notifying(op, None).await
+    }
+
+    /// A new connection, outside the pool's bound; its notifications (see
+    /// `LISTEN`) go to `notices`, which is dropped when the connection ends.
+    async fn connect_notifying(
+        &self,
+        op: &'static str,
+        notices: Option<mpsc::UnboundedSender<()>>,
+    ) -> Result<Client, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres(op, &err);
         let client = match &self.tls {
             Tls::None => {
                 let (client, connection) = self.config.connect(NoTls).await.map_err(fail)?;
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(error = %describe(&err), "store connection ended");
-                    }
-                });
+                tokio::spawn(drive(connection, notices));
                 client
             }
             Tls::Rustls(tls) => {
@@ -389,11 +419,7 @@ impl Pool {
                         }
                         error
                     })?;
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(error = %describe(&err), "store connection ended");
-                    }
-                });
+                tokio::spawn(drive(connection, notices));
                 client
             }
         };
@@ -409,6 +435,94 @@ impl Pool {
     }
 }
 
+/// Runs a connection until it ends, passing its notifications on to
+/// `notices` (dropped at the end, which tells the listener).
+async fn drive<S, T>(mut connection: Connection<S, T>, notices: Option<mpsc::UnboundedSender<()>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(_))) => {
+                if let Some(notices) = &notices {
+                    let _ = notices.send(());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(err)) => {
+                tracing::debug!(error = %describe(&err), "store connection ended");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// The listener (module doc, "Change notices"): `LISTEN`s on a connection
+/// of its own, connects again with a backoff when it breaks, until `stop`.
+async fn listen(pool: Arc<Pool>, changes: watch::Sender<super::Changes>, stop: CancellationToken) {
+    let mut backoff = LISTEN_BACKOFF;
+    loop {
+        let (notices, mut noticed) = mpsc::unbounded_channel();
+        let connected = tokio::select! {
+            () = stop.cancelled() => return,
+            connected = pool.connect_notifying("listen for changes", Some(notices)) => connected,
+        };
+        match connected {
+            Ok(client) => {
+                let statement = format!("LISTEN {CHANGES_CHANNEL}");
+                let listening = tokio::select! {
+                    () = stop.cancelled() => return,
+                    listening = client.batch_execute(&statement) => listening,
+                };
+                match listening {
+                    Ok(()) => {
+                        backoff = LISTEN_BACKOFF;
+                        // Connected again: whatever was announced while
+                        // nobody listened is read now.
+                        changes.send_modify(|seen| {
+                            seen.listening = true;
+                            seen.notices += 1;
+                        });
+                        loop {
+                            tokio::select! {
+                                () = stop.cancelled() => return,
+                                notice = noticed.recv() => match notice {
+                                    Some(()) => changes.send_modify(|seen| seen.notices += 1),
+                                    None => break,
+                                },
+                            }
+                        }
+                        changes.send_modify(|seen| seen.listening = false);
+                        tracing::debug!("the store's change listener lost its connection");
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %describe(&err), "cannot listen for the store's changes");
+                    }
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot connect the store's change listener"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+    }
+}
+
+/// Announces a committed change on [`CHANGES_CHANNEL`]: a hint (module
+/// doc), so a failure only costs the other instances their next poll.
+async fn announce(conn: &Client) {
+    if let Err(err) = conn
+        .batch_execute(&format!("NOTIFY {CHANGES_CHANNEL}"))
+        .await
+    {
+        tracing::debug!(error = %describe(&err), "cannot announce a change of the store");
+    }
+}
+
 struct AppendRequest {
     /// Lane tag, body, epoch.
     records: Vec<(LaneTag, Vec<u8>, i64)>,
@@ -421,6 +535,17 @@ pub struct Postgres {
     pool: Arc<Pool>,
     cipher: Cipher,
     writer: mpsc::UnboundedSender<AppendRequest>,
+    /// What the listener heard (module doc, "Change notices").
+    changes: watch::Receiver<super::Changes>,
+    /// Ends the listener.
+    stop: CancellationToken,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // The listener holds a connection of its own.
+        self.stop.cancel();
+    }
 }
 
 impl std::fmt::Debug for AppendRequest {
@@ -549,10 +674,15 @@ impl Postgres {
         }
         let (writer, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_groups(Arc::clone(&pool), cipher.clone(), queue));
+        let (announced, changes) = watch::channel(super::Changes::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(listen(Arc::clone(&pool), announced, stop.clone()));
         Ok(Self {
             pool,
             cipher,
             writer,
+            changes,
+            stop,
         })
     }
 
@@ -892,6 +1022,9 @@ impl Postgres {
             )
             .await
             .map_err(|err| Error::postgres("write control", &err))?;
+        if row.is_some() {
+            announce(&conn).await;
+        }
         Ok(row.map(|row| {
             let version = to_seq(row.get(0));
             Control {
@@ -922,6 +1055,9 @@ impl Postgres {
             )
             .await
             .map_err(|err| Error::postgres("acknowledge hold", &err))?;
+        if updated == 1 {
+            announce(&conn).await;
+        }
         Ok(updated == 1)
     }
 
@@ -1001,7 +1137,12 @@ impl Postgres {
     }
 
     pub(super) async fn close(&self) {
+        self.stop.cancel();
         self.pool.close();
+    }
+
+    pub(super) fn changes(&self) -> watch::Receiver<super::Changes> {
+        self.changes.clone()
     }
 
     fn open_record(&self, sealed: &[u8], seq: Seq, place: &'static str) -> Result<Vec<u8>, Error> {

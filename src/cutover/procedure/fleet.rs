@@ -41,21 +41,31 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cutover, VERIFY_LOOKBACK, millis, push_step, remaining, stops_after_preflight, verb};
 use crate::api::{Check, FlipReport, FlipRequest, Outcome};
 use crate::cutover::{Event, Phase, State};
 use crate::model::Key;
-use crate::store::{Control, Handle, Hold, HoldAck, NewHold, NextControl};
+use crate::store::{Changes, Control, Handle, Hold, HoldAck, NewHold, NextControl};
 
-/// How often every instance reads the shared control row: the delay before
+/// How often every instance reads the shared control row while the store
+/// announces no changes (its listener is not connected): the delay before
 /// it holds, and before it releases after the flip. A read is one indexed
 /// row; fifty a second per instance is nothing to PostgreSQL.
 pub(crate) const FOLLOW_INTERVAL: Duration = Duration::from_millis(20);
+/// How often it reads the row anyway while changes are announced
+/// (`Handle::changes`): a hold that ran out of time is noticed by reading,
+/// since nothing announces the passing of time.
+pub(crate) const FOLLOW_WHILE_LISTENING: Duration = Duration::from_millis(250);
 
-/// How often the coordinator reads the members' acknowledgements.
+/// How often the coordinator reads the members' acknowledgements while
+/// they are not announced, and the shared journal's depth.
 const ACK_POLL: Duration = Duration::from_millis(5);
+/// How often it reads the acknowledgements anyway while they are
+/// announced.
+const ACK_WHILE_LISTENING: Duration = Duration::from_millis(100);
 
 /// How long an instance takes part in a hold at most (the coordinator's
 /// pause bound ends it sooner; this bounds an abandoned one).
@@ -501,8 +511,11 @@ impl Cutover {
         hold: u64,
         deadline: Instant,
     ) -> Result<BTreeMap<String, u64>, String> {
+        let mut changes = watch_changes(&fleet.store);
         loop {
             let last_problem;
+            // Acknowledgements are announced; the journal's depth is not.
+            let mut announced = false;
             match fleet.store.members().await {
                 Ok(members) => {
                     let mut verified = BTreeMap::new();
@@ -535,6 +548,7 @@ impl Cutover {
                         }
                     } else {
                         last_problem = format!("waiting for {}", waiting.join(", "));
+                        announced = true;
                     }
                 }
                 Err(err) => last_problem = format!("cannot read the fleet's members: {err}"),
@@ -544,7 +558,16 @@ impl Cutover {
                     "not every live instance held and verified within the pause bound: {last_problem}"
                 ));
             }
-            tokio::time::sleep(ACK_POLL.min(remaining(deadline))).await;
+            let slow = if announced {
+                ACK_WHILE_LISTENING
+            } else {
+                ACK_POLL
+            };
+            let _ = tokio::time::timeout(
+                remaining(deadline),
+                until_changed(&mut changes, ACK_POLL, slow),
+            )
+            .await;
         }
     }
 
@@ -773,12 +796,11 @@ impl Cutover {
         let Some(fleet) = self.fleet().cloned() else {
             return;
         };
-        let mut ticker = tokio::time::interval(FOLLOW_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes = watch_changes(&fleet.store);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = ticker.tick() => {}
+                () = until_changed(&mut changes, FOLLOW_INTERVAL, FOLLOW_WHILE_LISTENING) => {}
             }
             match fleet.store.control().await {
                 Ok(control) => self.follow_once(&fleet, &control).await,
@@ -838,6 +860,43 @@ impl Cutover {
             }
             Ok(None) => {}
             Err(err) => tracing::debug!(error = %err, "cannot abort an expired hold"),
+        }
+    }
+}
+
+/// The store's change announcements, seen up to now (`None` for a store
+/// that makes none).
+fn watch_changes(store: &Handle) -> Option<watch::Receiver<Changes>> {
+    store.changes().map(|mut changes| {
+        changes.borrow_and_update();
+        changes
+    })
+}
+
+/// Waits until the store announces a change, or `polling` passes: `slow`
+/// instead while its listener is connected (changes then arrive as they
+/// commit; the read after a quiet `slow` catches what nothing announces).
+async fn until_changed(
+    changes: &mut Option<watch::Receiver<Changes>>,
+    polling: Duration,
+    slow: Duration,
+) {
+    let Some(watch) = changes else {
+        tokio::time::sleep(polling).await;
+        return;
+    };
+    let wait = if watch.borrow().listening {
+        slow
+    } else {
+        polling
+    };
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        changed = watch.changed() => {
+            if changed.is_err() {
+                // The store closed: poll from now on.
+                *changes = None;
+            }
         }
     }
 }
