@@ -177,6 +177,16 @@ impl Registrations {
             .max()
     }
 
+    /// Every client's entry, in no particular order (a PostgreSQL store
+    /// takes them over at start: `store::Registrations`).
+    pub fn entries(&self) -> Vec<(String, ClientCredentials)> {
+        self.lock()
+            .clients
+            .iter()
+            .map(|(client_id, credentials)| (client_id.clone(), credentials.clone()))
+            .collect()
+    }
+
     /// Clients in the map.
     pub fn len(&self) -> usize {
         self.lock().clients.len()
