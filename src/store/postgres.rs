@@ -1046,12 +1046,30 @@ impl Postgres {
     pub(super) async fn update_registration(
         &self,
         client_id: &str,
-        change: impl FnOnce(&mut ClientCredentials),
+        change: impl Fn(&mut ClientCredentials),
     ) -> Result<ClientCredentials, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("write registration", &err);
         let tag = self.cipher.tag(client_id.as_bytes());
-        let empty = self.seal_entry(client_id, &ClientCredentials::default())?;
         let mut conn = self.pool.get("write registration").await?;
+        // Most syncs of a client change none of its credentials: one read
+        // (no transaction, no lock) tells, and a change that would leave
+        // the entry as read is done as of that read.
+        if let Some(row) = conn
+            .query_opt(
+                "SELECT entry FROM handover_registrations WHERE client = $1",
+                &[&tag.as_slice()],
+            )
+            .await
+            .map_err(fail)?
+        {
+            let current = self.open_entry(client_id, row.get(0))?;
+            let mut next = current.clone();
+            change(&mut next);
+            if next == current {
+                return Ok(next);
+            }
+        }
+        let empty = self.seal_entry(client_id, &ClientCredentials::default())?;
         let tx = conn.transaction().await.map_err(fail)?;
         // A row to lock even for a client's first entry: two instances
         // writing it first at once take turns on the primary key (the

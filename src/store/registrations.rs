@@ -149,11 +149,13 @@ impl Registrations {
     }
 
     /// Changes a client's entry with `change` (starting from an empty one)
-    /// and persists it.
+    /// and persists it. `change` may run more than once (on the entry as
+    /// first read, then under the row's lock): it sets values, it does not
+    /// count.
     pub async fn update(
         &self,
         client_id: &str,
-        change: impl FnOnce(&mut ClientCredentials) + Send + 'static,
+        change: impl Fn(&mut ClientCredentials) + Send + 'static,
     ) -> Result<(), Error> {
         match &self.backing {
             Backing::Local(map) => {

@@ -144,10 +144,10 @@ impl Connect2idCopy {
                     Side::Target => (&mut entry.target, &mut entry.source),
                 };
                 if read_token.is_some() {
-                    *read_slot = read_token;
+                    read_slot.clone_from(&read_token);
                 }
                 if written_token.is_some() {
-                    *written_slot = written_token;
+                    written_slot.clone_from(&written_token);
                 }
                 if secret_changed {
                     entry.secret_changed_at = Some(now);
