@@ -44,10 +44,9 @@ use crate::cutover::parity::{DEFAULT_PARITY_INTERVAL, Parity, Samples};
 use crate::cutover::procedure::{self, Cutover};
 use crate::cutover::{Phase, Phases};
 use crate::health::{self, Health};
-use crate::journal::{self, Cipher, DeadLetters, Journal, Registrations};
+use crate::journal::{self, Cipher, DeadLetters, Journal};
 use crate::metrics::{JournalMetrics, Metrics};
 use crate::model::Side;
-use crate::proxy::Rewriter;
 use crate::proxy::{self, Forwarder, Hook, ListenerOptions};
 use crate::servers::Servers;
 use crate::servers::authlete::Authlete;
@@ -126,17 +125,6 @@ impl Listeners {
     }
 }
 
-/// Management credentials follow the upstream a request goes to.
-struct CredentialRewriter {
-    credentials: Credentials,
-}
-
-impl Rewriter for CredentialRewriter {
-    fn rewrite(&self, path: &str, headers: &mut http::HeaderMap, to: Side) {
-        self.credentials.follow_primary(path, headers, to);
-    }
-}
-
 /// Feeds journal events into the metrics.
 struct JournalObserver(JournalMetrics);
 
@@ -199,7 +187,12 @@ pub async fn run(
             instance: instance.clone(),
             members: Arc::new(std::sync::Mutex::new(Vec::new())),
         });
-    let registrations = Arc::new(Registrations::open(&config.journal.dir, cipher)?);
+    // The client credential map follows the store: shared by the fleet in
+    // PostgreSQL, beside the journal otherwise.
+    let registrations = Arc::new(
+        crate::store::Registrations::open(shared_store.as_ref(), &config.journal.dir, cipher)
+            .await?,
+    );
     metrics
         .sync
         .dead_letters
@@ -484,14 +477,16 @@ pub async fn run(
                 .map(|store| procedure::Fleet::new(store.clone(), instance.clone())),
         },
     ));
-    let credentials = Arc::new(CredentialRewriter {
-        credentials: Credentials::new(
+    // Management tokens come from this config, the same on every instance
+    // of a fleet; registration tokens from the map the fleet shares.
+    let credentials = Arc::new(
+        Credentials::new(
             &config.source.url.base_path,
             config.source.tokens.clone(),
             config.target.tokens.clone(),
         )
-        .with_registrations(Arc::clone(&registrations)),
-    });
+        .with_registrations(Arc::clone(&registrations), Arc::clone(&phases)),
+    );
     let primary: Arc<dyn PrimarySelector> = Arc::clone(&servers) as Arc<dyn PrimarySelector>;
     let forwarder = Arc::new(
         Forwarder::new(

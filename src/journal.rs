@@ -46,7 +46,7 @@
 //! <dir>/cursor                       seq u64 LE | crc32 u32 LE (12 bytes)
 //! <dir>/NNNNNNNNNNNNNNNNNNNN.seg     20-digit first seq of the file; records back to back
 //! <dir>/deadletters/                 the dead-letter log, same layout (see DeadLetters)
-//! <dir>/registrations/               per-client credentials, same layout (see Registrations)
+//! <dir>/registrations/               per-client credentials, same layout (see Registrations; a local store only)
 //!
 //! record:
 //!   len    u32 LE    bytes after the crc field (37 + plaintext length)

@@ -41,9 +41,14 @@
 //!   Delivery is at least once: the local journal persists a cursor over
 //!   the acked prefix, so a record acked out of order may come back after a
 //!   restart; PostgreSQL deletes acked rows, so none do.
+//!
+//! The client credential map ([`Registrations`]) follows the store too: on
+//! disk beside the journal for one instance, a table shared by the fleet in
+//! PostgreSQL.
 
 mod local;
 mod postgres;
+mod registrations;
 mod tls;
 
 use std::fmt;
@@ -55,6 +60,7 @@ use crate::journal::{self, Cipher};
 use crate::model::Secret;
 
 pub use postgres::{CHANGES_CHANNEL, SCHEMA_VERSION, Schema};
+pub use registrations::{LOOKUP_TIMEOUT, Registrations, SecretChanges};
 
 /// A record's sequence number in the store.
 pub type Seq = u64;
@@ -174,6 +180,13 @@ pub enum Error {
         /// Its seq.
         seq: Seq,
         /// What is wrong.
+        reason: String,
+    },
+    /// A client's entry in the shared credential map does not decrypt or
+    /// was sealed for another client (wrong journal key, tampering).
+    #[error("store: a client's registration entry is unreadable: {reason}")]
+    UnreadableRegistration {
+        /// What is wrong (names no client and no token).
         reason: String,
     },
     /// A setting is unusable (a TLS CA file, the URL).

@@ -44,11 +44,12 @@ use super::parity::{self, Parity};
 use super::{Event, Phase, Phases};
 use crate::api::{Check, FlipReport, FlipRequest, Step};
 use crate::backfill::Backfill;
-use crate::journal::{DeadLetters, Journal, Registrations};
+use crate::journal::{DeadLetters, Journal};
 use crate::metrics::CutoverMetrics;
 use crate::model::Key;
 use crate::model::Side;
 use crate::servers::Servers;
+use crate::store::Registrations;
 use crate::sync::Recorder;
 use crate::sync::SyncHandle;
 use crate::verify::Verifier;
@@ -695,7 +696,7 @@ impl Cutover {
         checks.push(discovery);
         checks.push(backchannel);
         checks.extend(sessions);
-        checks.push(self.secret_grace(new_primary));
+        checks.push(self.secret_grace(new_primary).await);
         checks.push(self.client_replacements(new_primary));
         self.sync_checks(forward, &mut checks).await;
         checks
@@ -704,27 +705,37 @@ impl Cutover {
     /// A warning about clients whose secret changed within the previous
     /// secret's grace: the old primary alone still accepts their previous
     /// secret, from relying parties that have not picked up the new one.
-    fn secret_grace(&self, new_primary: Side) -> Check {
+    /// In a fleet the changes are counted over every instance's syncs.
+    async fn secret_grace(&self, new_primary: Side) -> Check {
         let check = "no client in its previous-secret grace";
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let grace = PREVIOUS_SECRET_GRACE.as_secs();
-        let recent = self
+        let changes = match self
             .environment
             .registrations
-            .secrets_changed_since(now.saturating_sub(grace));
+            .secret_changes(now.saturating_sub(grace))
+            .await
+        {
+            Ok(changes) => changes,
+            // A warning check: it never refuses a flip, so an unreadable
+            // map only says that it could not look.
+            Err(err) => {
+                return Check::warn(
+                    check,
+                    format!("cannot count recent client secret changes: {err}"),
+                );
+            }
+        };
+        let recent = changes.since;
         if recent == 0 {
             return Check::pass(
                 check,
                 format!("no client secret changed in the last {} min", grace / 60),
             );
         }
-        let latest = self
-            .environment
-            .registrations
-            .latest_secret_change()
-            .unwrap_or(now);
+        let latest = changes.latest.unwrap_or(now);
         let wait = (latest + grace).saturating_sub(now);
         Check::warn(
             check,

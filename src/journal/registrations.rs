@@ -14,6 +14,11 @@
 //! appended again and everything before them is dropped. Writes are rare
 //! (client changes) and fdatasync'ed; calls block on disk I/O, so async
 //! code calls them from `spawn_blocking`.
+//!
+//! This is the map of one instance (a local store). A fleet on a
+//! PostgreSQL store shares one map in the database instead
+//! (`store::Registrations`, which puts either behind one type); an instance
+//! switched to it hands this log's entries over at start ([`Registrations::entries`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -175,6 +180,16 @@ impl Registrations {
             .values()
             .filter_map(|c| c.secret_changed_at)
             .max()
+    }
+
+    /// Every client's entry, in no particular order (a PostgreSQL store
+    /// takes them over at start: `store::Registrations`).
+    pub fn entries(&self) -> Vec<(String, ClientCredentials)> {
+        self.lock()
+            .clients
+            .iter()
+            .map(|(client_id, credentials)| (client_id.clone(), credentials.clone()))
+            .collect()
     }
 
     /// Clients in the map.

@@ -236,8 +236,11 @@ impl Forwarder {
             ProxyError::downstream(Kind::BadRequest(format!("unforwardable path: {err}")))
         })?;
         parts.uri = uri;
-        if let Some(rewriter) = &self.rewriter {
-            rewriter.rewrite(parts.uri.path(), &mut parts.headers, primary.side);
+        if let Some(rewriter) = &self.rewriter
+            && let Some(lookup) =
+                rewriter.rewrite(parts.uri.path(), &mut parts.headers, primary.side)
+        {
+            lookup.await;
         }
         // Inspected requests may be replayed elsewhere: keep a copy.
         let replay = inspected
@@ -292,8 +295,11 @@ impl Forwarder {
             // State that lives only on the previous primary: ask it.
             if let Ok(uri) = previous.url.uri(path_and_query) {
                 parts.uri = uri;
-                if let Some(rewriter) = &self.rewriter {
-                    rewriter.rewrite(parts.uri.path(), &mut parts.headers, previous.side);
+                if let Some(rewriter) = &self.rewriter
+                    && let Some(lookup) =
+                        rewriter.rewrite(parts.uri.path(), &mut parts.headers, previous.side)
+                {
+                    lookup.await;
                 }
                 let request = Request::from_parts(parts, ProxyBody::full(bytes));
                 match previous.send(request, self.config.upstream_timeout).await {

@@ -8,7 +8,8 @@
 //!    primary, or refuse it. Returns the request's [`Ticket`].
 //! 3. `upstream::PrimarySelector::primary`: which server gets it.
 //! 4. [`Rewriter::rewrite`]: adjust the headers for that server
-//!    (management credentials follow the primary).
+//!    (management credentials follow the primary; a lookup only for the
+//!    rare request that needs one).
 //! 5. [`Ticket::redirect`]: with the primary's answer: replay at another
 //!    server instead (state that lives only on the previous primary).
 //! 6. [`Ticket::finish`] with the whole [`Exchange`] (or
@@ -124,6 +125,17 @@ pub trait Ticket: Send {
 /// Adjusts a request for the upstream that will receive it (management
 /// credentials follow the primary after a flip).
 pub trait Rewriter: Send + Sync + 'static {
-    /// Rewrites `headers` of a request to `path` bound for `to`.
-    fn rewrite(&self, path: &str, headers: &mut HeaderMap, to: Side);
+    /// Rewrites `headers` of a request to `path` bound for `to`. What can be
+    /// decided from memory is done before it returns `None`, so the common
+    /// request costs no allocation and no I/O; a rewrite that must look
+    /// something up (a self-managing client's token in the fleet's shared
+    /// map) returns the rest as a future, which the proxy awaits before
+    /// forwarding. That future never fails the request: what it cannot
+    /// find, it leaves as it was.
+    fn rewrite<'a>(
+        &'a self,
+        path: &'a str,
+        headers: &'a mut HeaderMap,
+        to: Side,
+    ) -> Option<BoxFuture<'a, ()>>;
 }

@@ -14,6 +14,7 @@
 //!                        hold_id, hold_coordinator, hold_until)                          (hold_*: version 3)
 //! handover_members      (instance, admin_url, version, phase, renewed_at, lease_until,  (version 2)
 //!                        hold_ack, hold_state, backfill)                                 (version 3)
+//! handover_registrations (client, entry, secret_changed_at)                              (version 4)
 //! ```
 //!
 //! `lane` is the 16-byte keyed tag of the record's key; `record` is the
@@ -21,6 +22,15 @@
 //! Poly1305 under the journal key, the seq authenticated): the database
 //! holds no token, session id or key in clear. A `reason` never names a
 //! secret (the sync layer redacts).
+//!
+//! `handover_registrations` holds one row per client: `client` is the tag
+//! of its client_id, `entry` its credentials (registration access tokens
+//! on both sides, bearer secrets) sealed in the same record frame, with the
+//! client_id inside so that a row moved under another tag is refused, and
+//! `secret_changed_at` (epoch seconds) in clear so the cutover pre-flight
+//! counts recent secret changes in SQL. An update is a read-modify-write
+//! under the row's lock (`SELECT ... FOR UPDATE` in one transaction), so
+//! instances changing different parts of one entry at once keep both.
 //!
 //! # Migrations
 //!
@@ -65,6 +75,7 @@
 //! and a lost listener connection is opened again with a backoff, counted
 //! as a change (whatever was announced meanwhile is read then).
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -79,7 +90,7 @@ use super::{
     Claimed, Config, Control, DeadLetter, Depth, Error, Kind, LaneTag, Record, Seq, from_unix_ms,
     unix_ms,
 };
-use crate::journal::{Cipher, record};
+use crate::journal::{Cipher, ClientCredentials, record};
 
 /// The channel changes of the control row and hold acknowledgements are
 /// announced on (module doc, "Change notices").
@@ -92,7 +103,7 @@ const LISTEN_BACKOFF: Duration = Duration::from_millis(100);
 const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Advisory lock key held while migrating ("handover" in ASCII, then 1).
 const MIGRATION_LOCK: i64 = 0x6861_6e64_6f76_0001;
@@ -204,6 +215,18 @@ const MIGRATIONS: &[&str] = &[
         ADD COLUMN hold_ack bigint,
         ADD COLUMN hold_state text,
         ADD COLUMN backfill text NOT NULL DEFAULT '';
+",
+    // The fleet's client credential map (`super::Registrations`): one row
+    // per client, keyed by the client_id's tag, its tokens sealed; when its
+    // secret last changed in clear, for the cutover pre-flight's counts.
+    "
+    CREATE TABLE handover_registrations (
+        client bytea PRIMARY KEY,
+        entry bytea NOT NULL,
+        secret_changed_at bigint
+    );
+    CREATE INDEX handover_registrations_secret_changed
+        ON handover_registrations (secret_changed_at) WHERE secret_changed_at IS NOT NULL;
 ",
 ];
 
@@ -1136,6 +1159,176 @@ impl Postgres {
             .collect())
     }
 
+    /// A client's entry in the shared credential map.
+    pub(super) async fn registration(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<ClientCredentials>, Error> {
+        let tag = self.cipher.tag(client_id.as_bytes());
+        let conn = self.pool.get("read registration").await?;
+        let row = conn
+            .query_opt(
+                "SELECT entry FROM handover_registrations WHERE client = $1",
+                &[&tag.as_slice()],
+            )
+            .await
+            .map_err(|err| Error::postgres("read registration", &err))?;
+        row.map(|row| self.open_entry(client_id, row.get(0)))
+            .transpose()
+    }
+
+    /// Changes a client's entry with `change` (starting from an empty one)
+    /// under its row lock; returns the entry as written.
+    pub(super) async fn update_registration(
+        &self,
+        client_id: &str,
+        change: impl Fn(&mut ClientCredentials),
+    ) -> Result<ClientCredentials, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("write registration", &err);
+        let tag = self.cipher.tag(client_id.as_bytes());
+        let mut conn = self.pool.get("write registration").await?;
+        // Most syncs of a client change none of its credentials: one read
+        // (no transaction, no lock) tells, and a change that would leave
+        // the entry as read is done as of that read.
+        if let Some(row) = conn
+            .query_opt(
+                "SELECT entry FROM handover_registrations WHERE client = $1",
+                &[&tag.as_slice()],
+            )
+            .await
+            .map_err(fail)?
+        {
+            let current = self.open_entry(client_id, row.get(0))?;
+            let mut next = current.clone();
+            change(&mut next);
+            if next == current {
+                return Ok(next);
+            }
+        }
+        let empty = self.seal_entry(client_id, &ClientCredentials::default())?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        // A row to lock even for a client's first entry: two instances
+        // writing it first at once take turns on the primary key (the
+        // second insert waits for the first to commit, then does nothing)
+        // instead of one of them failing on it.
+        tx.execute(
+            "INSERT INTO handover_registrations (client, entry) VALUES ($1, $2)
+             ON CONFLICT (client) DO NOTHING",
+            &[&tag.as_slice(), &empty],
+        )
+        .await
+        .map_err(fail)?;
+        let row = tx
+            .query_one(
+                "SELECT entry FROM handover_registrations WHERE client = $1 FOR UPDATE",
+                &[&tag.as_slice()],
+            )
+            .await
+            .map_err(fail)?;
+        let current = self.open_entry(client_id, row.get(0))?;
+        let mut next = current.clone();
+        change(&mut next);
+        if next != current {
+            tx.execute(
+                "UPDATE handover_registrations SET entry = $2, secret_changed_at = $3
+                 WHERE client = $1",
+                &[
+                    &tag.as_slice(),
+                    &self.seal_entry(client_id, &next)?,
+                    &next.secret_changed_at.map(to_i64),
+                ],
+            )
+            .await
+            .map_err(fail)?;
+        }
+        tx.commit().await.map_err(fail)?;
+        Ok(next)
+    }
+
+    /// Deletes a client's entry.
+    pub(super) async fn forget_registration(&self, client_id: &str) -> Result<(), Error> {
+        let tag = self.cipher.tag(client_id.as_bytes());
+        let conn = self.pool.get("forget registration").await?;
+        conn.execute(
+            "DELETE FROM handover_registrations WHERE client = $1",
+            &[&tag.as_slice()],
+        )
+        .await
+        .map_err(|err| Error::postgres("forget registration", &err))?;
+        Ok(())
+    }
+
+    /// How many clients' secrets changed at or after `since` (epoch s),
+    /// and the latest change, fleet-wide.
+    pub(super) async fn secret_changes(&self, since: u64) -> Result<(u64, Option<u64>), Error> {
+        let conn = self.pool.get("count secret changes").await?;
+        let row = conn
+            .query_one(
+                "SELECT count(*) FILTER (WHERE secret_changed_at >= $1), max(secret_changed_at)
+                 FROM handover_registrations",
+                &[&to_i64(since)],
+            )
+            .await
+            .map_err(|err| Error::postgres("count secret changes", &err))?;
+        Ok((to_seq(row.get(0)), row.get::<_, Option<i64>>(1).map(to_seq)))
+    }
+
+    /// Inserts the entries of clients the map does not hold yet (an
+    /// instance's own map, taken over); returns how many it inserted.
+    pub(super) async fn adopt_registrations(
+        &self,
+        entries: &[(String, ClientCredentials)],
+    ) -> Result<u64, Error> {
+        let mut tags = Vec::with_capacity(entries.len());
+        let mut sealed = Vec::with_capacity(entries.len());
+        let mut changed = Vec::with_capacity(entries.len());
+        for (client_id, credentials) in entries {
+            tags.push(self.cipher.tag(client_id.as_bytes()).to_vec());
+            sealed.push(self.seal_entry(client_id, credentials)?);
+            changed.push(credentials.secret_changed_at.map(to_i64));
+        }
+        let conn = self.pool.get("adopt registrations").await?;
+        conn.execute(
+            "INSERT INTO handover_registrations (client, entry, secret_changed_at)
+             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[])
+             ON CONFLICT (client) DO NOTHING",
+            &[&tags, &sealed, &changed],
+        )
+        .await
+        .map_err(|err| Error::postgres("adopt registrations", &err))
+    }
+
+    fn seal_entry(
+        &self,
+        client_id: &str,
+        credentials: &ClientCredentials,
+    ) -> Result<Vec<u8>, Error> {
+        let body = serde_json::to_vec(&SealedEntry {
+            client_id: Cow::Borrowed(client_id),
+            credentials: Cow::Borrowed(credentials),
+        })
+        .expect("a registration entry serialises");
+        record::encode(ENTRY_SEQ, &body, &self.cipher).map_err(|err| {
+            Error::UnreadableRegistration {
+                reason: format!("cannot seal it: {err}"),
+            }
+        })
+    }
+
+    fn open_entry(&self, client_id: &str, sealed: &[u8]) -> Result<ClientCredentials, Error> {
+        let unreadable = |reason: String| Error::UnreadableRegistration { reason };
+        let decoded =
+            record::decode(sealed, &self.cipher).map_err(|err| unreadable(err.to_string()))?;
+        let entry: SealedEntry<'_> = serde_json::from_slice(&decoded.plaintext)
+            .map_err(|_| unreadable("not a registration entry".to_owned()))?;
+        if decoded.seq != ENTRY_SEQ || entry.client_id != client_id {
+            return Err(unreadable(
+                "sealed for another client (moved under this one's tag)".to_owned(),
+            ));
+        }
+        Ok(entry.credentials.into_owned())
+    }
+
     pub(super) async fn close(&self) {
         self.stop.cancel();
         self.pool.close();
@@ -1160,6 +1353,18 @@ impl Postgres {
         }
         Ok(decoded.plaintext)
     }
+}
+
+/// The seq every sealed registration entry carries (the frame wants one;
+/// the entry is bound to its client by the client_id inside).
+const ENTRY_SEQ: Seq = 0;
+
+/// A client's credentials as sealed in `handover_registrations`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SealedEntry<'a> {
+    client_id: Cow<'a, str>,
+    #[serde(flatten)]
+    credentials: Cow<'a, ClientCredentials>,
 }
 
 fn lane(bytes: &[u8], seq: Seq, place: &'static str) -> Result<LaneTag, Error> {

@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::journal::Registrations;
 use crate::model::{Change, Key, Side, Tenant};
 use crate::servers::ApiError;
 use crate::servers::Servers;
 use crate::servers::connect2id::{ClientWrite, Connect2id, registration_access_token};
+use crate::store::Registrations;
 
 /// A boxed future, for the object-safe [`Apply`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -126,44 +126,42 @@ impl Connect2idCopy {
         copy: &Value,
         secret_changed: bool,
     ) -> Result<(), ApiError> {
-        let Some(registrations) = self.registrations.clone() else {
+        let Some(registrations) = &self.registrations else {
             return Ok(());
         };
         let Some(client_id) = record.get("client_id").and_then(Value::as_str) else {
             return Ok(());
         };
-        let client_id = client_id.to_owned();
         let read_token = registration_access_token(record).map(str::to_owned);
         let written_token = registration_access_token(copy).map(str::to_owned);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        blocking(move || {
-            registrations.update(&client_id, |entry| {
+        registrations
+            .update(client_id, move |entry| {
                 let (read_slot, written_slot) = match read {
                     Side::Source => (&mut entry.source, &mut entry.target),
                     Side::Target => (&mut entry.target, &mut entry.source),
                 };
                 if read_token.is_some() {
-                    *read_slot = read_token;
+                    read_slot.clone_from(&read_token);
                 }
                 if written_token.is_some() {
-                    *written_slot = written_token;
+                    written_slot.clone_from(&written_token);
                 }
                 if secret_changed {
                     entry.secret_changed_at = Some(now);
                 }
             })
-        })
-        .await
+            .await
+            .map_err(unpersisted)
     }
 
     async fn forget_client(&self, client_id: &str) -> Result<(), ApiError> {
-        let Some(registrations) = self.registrations.clone() else {
+        let Some(registrations) = &self.registrations else {
             return Ok(());
         };
-        let client_id = client_id.to_owned();
-        blocking(move || registrations.forget(&client_id)).await
+        registrations.forget(client_id).await.map_err(unpersisted)
     }
 
     /// The management APIs of `side`, routed to `tenant`'s issuer.
@@ -322,13 +320,11 @@ impl Apply for Connect2idCopy {
 }
 
 /// Runs a registration-map write off the async threads (it fdatasyncs).
-async fn blocking(
-    write: impl FnOnce() -> Result<(), crate::journal::Error> + Send + 'static,
-) -> Result<(), ApiError> {
-    tokio::task::spawn_blocking(write)
-        .await
-        .map_err(|err| ApiError::Transient(format!("registration map write stopped: {err}")))?
-        .map_err(|err| ApiError::Transient(format!("cannot persist the registration map: {err}")))
+/// A registration map write that failed (the disk, or the shared store
+/// unreachable) fails the sync job like a failed server call: the engine
+/// retries it, reading the client again, so the credential is not lost.
+fn unpersisted(err: crate::store::Error) -> ApiError {
+    ApiError::Transient(format!("cannot persist the registration map: {err}"))
 }
 
 /// Replays a client's token revocation at the secondary. When the
