@@ -541,6 +541,7 @@ mod tests {
                 concurrency: 32,
                 elapsed_ms: 0,
                 datasets,
+                runner: None,
             },
             warnings: vec!["2 changes could not be tracked since then".to_owned()],
             sync: crate::api::SyncStatus {
