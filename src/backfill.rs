@@ -982,6 +982,12 @@ impl Inner {
                 state
             }
         };
+        // What this instance shows from now on is the fleet's: fresh.
+        if let Ledger::Fleet(fleet) = &self.ledger
+            && let Err(err) = fleet.refresh().await
+        {
+            tracing::debug!(error = %err, "cannot read the fleet's backfill");
+        }
         self.state.send_replace(state);
     }
 
