@@ -52,7 +52,8 @@
 //!   if no other instance holds the runner lease; otherwise it is refused,
 //!   naming the runner and its admin API. The runner renews the lease
 //!   while it runs and lets go when the pass is done, fails or stops; one
-//!   that cannot renew for two thirds of it stops copying. When the runner
+//!   whose lease another instance took after it expired stops copying
+//!   (its checkpoints are refused from then on). When the runner
 //!   dies, its lease expires and `start` on another instance resumes from
 //!   the shared checkpoint; instances with `auto_start` take over by
 //!   themselves (a pass left `running` or `paused` without a live runner).
@@ -1048,48 +1049,32 @@ impl Inner {
         Some(false)
     }
 
-    /// A fleet: renews the runner lease every third of it until `stop`; a
-    /// runner that lost it (another instance took it after it expired) or
-    /// could not renew it for two thirds of it stops copying: by the time
-    /// the fleet may hand it to another instance, it has stopped.
+    /// A fleet: renews the runner lease every third of it until `stop`. A
+    /// runner whose lease another instance took (it expired while this one
+    /// could not renew it) stops copying. One that merely cannot reach the
+    /// store goes on: its writes wait for the store anyway (each takes its
+    /// key's claim there first), and a second runner would only repeat
+    /// idempotent imports, never write a stale copy.
     async fn keep_runner_lease(self: Arc<Self>, stop: CancellationToken) {
         let Ledger::Fleet(fleet) = &self.ledger else {
             return;
         };
-        let mut renewed = Instant::now();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(fleet.lease / 3) => {}
             }
-            match tokio::time::timeout(
-                fleet.lease / 3,
-                fleet.store.renew_runner(&fleet.instance, fleet.lease),
-            )
-            .await
-            {
-                Ok(Ok(true)) => renewed = Instant::now(),
-                Ok(Ok(false)) => {
+            match fleet.store.renew_runner(&fleet.instance, fleet.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
                     tracing::error!(
                         "another instance took over the backfill (this one could not renew its lease in time); stopping here"
                     );
                     stop.cancel();
                     return;
                 }
-                failed => {
-                    let error = match failed {
-                        Ok(Err(err)) => err.to_string(),
-                        _ => "the store did not answer in time".to_owned(),
-                    };
-                    if renewed.elapsed() >= fleet.lease * 2 / 3 {
-                        tracing::error!(
-                            error,
-                            "cannot renew the backfill lease; stopping here (`handover backfill start` on any instance resumes)"
-                        );
-                        stop.cancel();
-                        return;
-                    }
-                    tracing::warn!(error, "cannot renew the backfill lease; retrying");
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot renew the backfill lease; retrying")
                 }
             }
         }

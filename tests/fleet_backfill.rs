@@ -47,9 +47,14 @@ async fn status(instance: &Instance) -> Status {
     admin(instance).status().await.unwrap()
 }
 
-/// Clients only, a one-second lease, and `sections` (e.g. `[backfill]`).
+/// Clients only, and `sections` (e.g. `[backfill]`). The lease is long
+/// enough that a busy two-core machine running these instances side by
+/// side does not let a runner's lease lapse between renewals (which would
+/// hand the backfill to another instance mid-run); short enough that a
+/// killed runner's lease runs out within the test.
 fn options(sections: &str) -> Options {
     Options {
+        claim_lease: "3s".to_owned(),
         sections: sections.to_owned(),
         ..Options::default()
     }
@@ -333,4 +338,54 @@ async fn live_writes_through_another_instance_win_over_the_runners_exported_copi
             "client {id}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auto_start_a_survivor_takes_over_when_the_runner_dies() {
+    let db = pg::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = JwkSet::generate();
+    let source = seeded_source(&jwks, 500).await;
+    let target = start_target_emulator(&jwks, ISSUER).await;
+    let (s, t) = (source.url(), target.url());
+    let auto = options("[backfill]\nauto_start = true\nrate = 100\n");
+    let mut instances = [
+        Instance::start_with(dir.path(), "a", &s, &t, &db.url, &auto).await,
+        Instance::start_with(dir.path(), "b", &s, &t, &db.url, &auto).await,
+    ];
+    let pg = db.client().await;
+    assert!(
+        eventually(DEADLINE, || async { shared_settled(&pg).await >= 100 }).await,
+        "no shared checkpoint"
+    );
+    let runner = status(&instances[0]).await.backfill.runner.unwrap();
+    let dead = instances
+        .iter()
+        .position(|i| runner.instance.starts_with(&format!("pid{}-", i.pid())))
+        .unwrap();
+    instances[dead].kill();
+    let at_kill = shared_settled(&pg).await;
+    let survivor = &instances[1 - dead];
+
+    // Nobody asks: the survivor sees the pass without a live runner and
+    // resumes it from the shared checkpoint.
+    let done = wait_done(survivor).await;
+    assert_eq!(settled(&done), 500, "{:?}", done.backfill);
+    let log = std::fs::read_to_string(&survivor.log).unwrap();
+    assert!(
+        log.contains("took over the fleet's backfill"),
+        "the survivor did not take over:\n{log}"
+    );
+    let resume_at = log
+        .lines()
+        .filter(|line| line.contains("backfill copying"))
+        .filter_map(|line| line.split("resume_at=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .next_back()
+        .unwrap();
+    assert!(
+        resume_at >= at_kill,
+        "resumed at {resume_at}, {at_kill} at the kill"
+    );
+    assert_no_drift(&db, survivor).await;
 }

@@ -463,7 +463,15 @@ pub struct Postgres {
     pool: Arc<Pool>,
     cipher: Cipher,
     writer: mpsc::UnboundedSender<AppendRequest>,
+    /// Backfill claims in flight at once ([`BACKFILL_CLAIMS`]).
+    backfill_claims: Semaphore,
 }
+
+/// Backfill claims one instance runs at once. They take turns under the
+/// claim lock anyway, so more would only park pooled connections there,
+/// and the backfill's dozens of writes in flight must leave the pool to
+/// the appends a client waits for, the claims and the lease renewals.
+const BACKFILL_CLAIMS: usize = 2;
 
 impl std::fmt::Debug for AppendRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -595,6 +603,7 @@ impl Postgres {
             pool,
             cipher,
             writer,
+            backfill_claims: Semaphore::new(BACKFILL_CLAIMS),
         })
     }
 
@@ -1310,6 +1319,11 @@ impl Postgres {
     ) -> Result<Option<Seq>, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("claim for the backfill", &err);
         let tag = self.cipher.tag(lane);
+        let _turn = self
+            .backfill_claims
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed)?;
         let mut conn = self.pool.get("claim for the backfill").await?;
         // The seq is drawn first: the record is sealed under it. One drawn
         // for a record that is then not written is a gap, as after any
