@@ -508,11 +508,16 @@ pub struct BackfillUpdate {
 ///   leaves while the pass is unfinished, even once its record was applied
 ///   and deleted) and no record of the lane is pending. It takes the lane
 ///   the way a claim does (a record of its own, a sync of the key, claimed
-///   under the runner's lease): no instance syncs the key until the copy is
-///   written and that record acked, and a live change that arrives
-///   meanwhile is synced after it, reading the newer state. If the runner
-///   dies mid-write, the record returns to the pool when the lease
-///   expires and a sync of the key overwrites whatever copy landed.
+///   under the runner's lease): no instance claims the key until the copy
+///   is written and that record acked, and a live change journaled
+///   meanwhile is synced after it, reading the newer state. Keys a live
+///   change reaches only through a resolution (synced by the instance
+///   that claimed it, not under the key's claim) are marked touched
+///   ([`BackfillStore::mark_touched`]) before they are read; a copy whose
+///   key was marked while it was written is followed by a sync of the key
+///   ([`BackfillStore::finish_backfill_write`]). If the runner dies
+///   mid-write, the record returns to the pool when the lease expires and
+///   a sync of the key overwrites whatever copy landed.
 #[derive(Debug, Clone)]
 pub struct BackfillStore(Arc<postgres::Postgres>);
 
@@ -587,6 +592,24 @@ impl BackfillStore {
         lease: Duration,
     ) -> Result<Option<Seq>, Error> {
         self.0.claim_for_backfill(owner, lane, body, lease).await
+    }
+
+    /// Marks `lanes` as touched by live traffic while a pass is
+    /// unfinished (nothing otherwise), for changes that reach a key
+    /// without being journaled on its lane: the keys a resolution or a
+    /// subject's sessions resolve to, synced by the instance that claimed
+    /// the change. Call it before reading them at the primary.
+    pub async fn mark_touched(&self, lanes: &[&[u8]]) -> Result<(), Error> {
+        self.0.mark_touched(lanes).await
+    }
+
+    /// Ends the backfill write that holds `seq` on `lane`: deletes the
+    /// record, or, when the lane was touched since it was taken (a
+    /// resolved key's sync does not wait for the lane's claim), gives it
+    /// back to the pool instead, so a sync of the key reads the primary
+    /// after the copy landed; returns whether it did that.
+    pub async fn finish_backfill_write(&self, seq: Seq, lane: &[u8]) -> Result<bool, Error> {
+        self.0.finish_backfill_write(seq, lane).await
     }
 
     /// The keyed hash (hex) a checkpoint names a key by: the journal

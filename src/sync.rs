@@ -704,6 +704,9 @@ impl Worker {
             .await;
         match applied {
             Ok(follow_ups) => {
+                if !self.mark_follow_ups(&follow_ups).await {
+                    return Vec::new();
+                }
                 self.applied.tick();
                 if let Change::Sync { key, .. } = &change {
                     self.recent.push(key.clone());
@@ -764,11 +767,13 @@ impl Worker {
             // key overwrites whatever copy landed.
             return outcome;
         }
-        // Until this ack, the lane is held: a live change waiting behind it
-        // is synced once it is gone. A failed ack is retried; giving up
-        // would hold the lane for as long as the claims are renewed.
+        // Until this, the lane is held: a live change waiting behind it is
+        // synced once it is gone; a resolved key synced meanwhile elsewhere
+        // (marked touched before its read) gets one more sync. A failure is
+        // retried; giving up would hold the lane for as long as the claims
+        // are renewed.
         let mut delay = Duration::from_millis(50);
-        while let Err(err) = shared.store.ack(&[seq]).await {
+        while let Err(err) = backfill.finish_backfill_write(seq, lane.as_bytes()).await {
             tracing::warn!(error = %err, "cannot release a key the backfill wrote; retrying");
             tokio::select! {
                 () = self.stop.cancelled() => break,
@@ -777,6 +782,41 @@ impl Worker {
             delay = (delay * 2).min(Duration::from_secs(2));
         }
         outcome
+    }
+
+    /// In a fleet, marks the keys of `follow_ups` as touched by live
+    /// traffic for a backfill pass that may be running on another
+    /// instance: they are synced here without their lanes' claims, so the
+    /// runner must learn of them before they are read (see
+    /// `store::BackfillStore`). False when the sync stopped first (the
+    /// change stays in the journal).
+    async fn mark_follow_ups(&self, follow_ups: &[Change]) -> bool {
+        let Some(backfill) = self.shared.as_ref().and_then(|s| s.store.backfill_store()) else {
+            return true;
+        };
+        let lanes: Vec<String> = follow_ups
+            .iter()
+            .filter(|change| !matches!(change, Change::Resolve { .. }))
+            .map(dispatcher::store_lane)
+            .collect();
+        if lanes.is_empty() {
+            return true;
+        }
+        let lanes: Vec<&[u8]> = lanes.iter().map(String::as_bytes).collect();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match backfill.mark_touched(&lanes).await {
+                Ok(()) => return true,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot mark resolved keys for the backfill; retrying");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return false,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     /// Writes one exported record to the secondary, retrying transient

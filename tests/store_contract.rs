@@ -809,3 +809,45 @@ async fn a_pass_done_forgets_its_marks_and_the_next_start_is_a_new_pass() {
     );
     assert_eq!(backfill.key_hash(b"client:a").len(), 32);
 }
+
+#[tokio::test]
+async fn a_key_resolved_elsewhere_while_a_copy_is_written_is_synced_again_after_it() {
+    let f = Fixture::postgres().await;
+    let store = f.open().await;
+    let backfill = store.backfill_store().unwrap();
+    assert_eq!(backfill.take_runner("r", HOUR).await.unwrap(), None);
+    assert_eq!(backfill.begin_pass("r", 0, 1).await.unwrap(), Some(false));
+
+    // Another instance resolves a change to the key while the copy is
+    // being written (no record on the key's lane): the copy's record goes
+    // back to the pool, a sync of the key.
+    let seq = backfill
+        .claim_for_backfill("r", b"k", b"sync k", HOUR)
+        .await
+        .unwrap()
+        .unwrap();
+    backfill.mark_touched(&[b"k", b"other"]).await.unwrap();
+    assert!(backfill.finish_backfill_write(seq, b"k").await.unwrap());
+    assert_eq!(
+        bodies(&store.claim("x", 10, HOUR).await.unwrap()),
+        ["sync k"]
+    );
+
+    // Untouched: the record is simply gone.
+    let seq = backfill
+        .claim_for_backfill("r", b"quiet", b"sync quiet", HOUR)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!backfill.finish_backfill_write(seq, b"quiet").await.unwrap());
+    assert!(store.claim("x", 10, HOUR).await.unwrap().is_empty());
+    assert_eq!(store.depth().await.unwrap().records, 1);
+    // The other marked key is not copied either.
+    assert_eq!(
+        backfill
+            .claim_for_backfill("r", b"other", b"sync", HOUR)
+            .await
+            .unwrap(),
+        None
+    );
+}

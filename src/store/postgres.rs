@@ -1262,6 +1262,47 @@ impl Postgres {
         Ok(())
     }
 
+    pub(super) async fn mark_touched(&self, lanes: &[&[u8]]) -> Result<(), Error> {
+        let tags: Vec<Vec<u8>> = lanes
+            .iter()
+            .map(|lane| self.cipher.tag(lane).to_vec())
+            .collect();
+        let conn = self.pool.get("mark touched keys").await?;
+        conn.execute(
+            "INSERT INTO handover_backfill_touched (lane)
+             SELECT DISTINCT lane FROM unnest($1::bytea[]) AS lane
+             WHERE EXISTS (SELECT 1 FROM handover_backfill WHERE id = 1 AND watching)
+             ON CONFLICT DO NOTHING",
+            &[&tags],
+        )
+        .await
+        .map_err(|err| Error::postgres("mark touched keys", &err))?;
+        Ok(())
+    }
+
+    pub(super) async fn finish_backfill_write(&self, seq: Seq, lane: &[u8]) -> Result<bool, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("finish a backfill write", &err);
+        let tag = self.cipher.tag(lane);
+        let mut conn = self.pool.get("finish a backfill write").await?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        let touched: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM handover_backfill_touched WHERE lane = $1)",
+                &[&tag.as_slice()],
+            )
+            .await
+            .map_err(fail)?
+            .get(0);
+        let statement = if touched {
+            "UPDATE handover_journal SET claimed_by = NULL, claimed_until = NULL WHERE seq = $1"
+        } else {
+            "DELETE FROM handover_journal WHERE seq = $1"
+        };
+        tx.execute(statement, &[&to_i64(seq)]).await.map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        Ok(touched)
+    }
+
     pub(super) async fn read_backfill(&self) -> Result<super::SharedBackfill, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("read the backfill", &err);
         let conn = self.pool.get("read the backfill").await?;
