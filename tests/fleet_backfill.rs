@@ -20,8 +20,9 @@ use fleet::{
 };
 use handover::api::{AdminClient, BackfillState, Status, VerifyRequest};
 use handover::emulator::connect2id::{self, Connect2id, Handle};
-use handover::emulator::driver::Driver;
+use handover::emulator::driver::{Consent, Driver};
 use handover::emulator::jwks::JwkSet;
+use handover::model::Dataset;
 use tokio::net::TcpListener;
 
 const ISSUER: &str = "http://127.0.0.1:1/c2id";
@@ -78,7 +79,7 @@ async fn shared_settled(pg: &tokio_postgres::Client) -> u64 {
 
 /// Settled records of the clients as `status` shows them.
 fn settled(status: &Status) -> u64 {
-    let clients = &status.backfill.datasets[&handover::model::Dataset::Clients];
+    let clients = &status.backfill.datasets[&Dataset::Clients];
     clients.copied + clients.skipped + clients.failed
 }
 
@@ -321,7 +322,7 @@ async fn live_writes_through_another_instance_win_over_the_runners_exported_copi
     admin(&a).backfill("settings", Some(0), None).await.unwrap();
     let done = wait_done(&a).await;
     assert_eq!(settled(&done), 120, "{:?}", done.backfill);
-    let skipped = done.backfill.datasets[&handover::model::Dataset::Clients].skipped;
+    let skipped = done.backfill.datasets[&Dataset::Clients].skipped;
     assert!(
         skipped > 0,
         "no exported copy was skipped: {:?}",
@@ -388,4 +389,68 @@ async fn with_auto_start_a_survivor_takes_over_when_the_runner_dies() {
         "resumed at {resume_at}, {at_kill} at the kill"
     );
     assert_no_drift(&db, survivor).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_tokens_rotated_through_another_instance_during_the_copy_work_at_the_target() {
+    let db = pg::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = JwkSet::generate();
+    let source = seeded_source(&jwks, 0).await;
+    let target = start_target_emulator(&jwks, ISSUER).await;
+    // Users who consented before handover: only the backfill copies their
+    // authorizations.
+    let at_source = Driver::new(source.url(), TOKEN);
+    let client = at_source.register_client("app").await.unwrap();
+    let mut refresh_tokens = Vec::new();
+    for n in 0..60 {
+        let login = at_source
+            .login(&client.id, &format!("user-{n}"), Consent::default())
+            .await
+            .unwrap();
+        let tokens = at_source.exchange_code(&client, &login.code).await.unwrap();
+        refresh_tokens.push(tokens.refresh_token.unwrap());
+    }
+    let (s, t) = (source.url(), target.url());
+    let both = Options {
+        datasets: r#"["clients", "authorizations"]"#.to_owned(),
+        ..options("")
+    };
+    let a = Instance::start_with(dir.path(), "a", &s, &t, &db.url, &both).await;
+    let b = Instance::start_with(dir.path(), "b", &s, &t, &db.url, &both).await;
+
+    admin(&a).backfill("start", Some(15), None).await.unwrap();
+    let copying = eventually(DEADLINE, || async {
+        let now = status(&a).await;
+        now.backfill
+            .datasets
+            .get(&Dataset::Authorizations)
+            .is_some_and(|p| p.copied + p.skipped >= 5)
+    })
+    .await;
+    assert!(copying, "the authorizations' copy did not get going");
+    // Users of the second half refresh through b: their authorizations
+    // rotate after a read them.
+    let via_b = Driver::new(b.url(), TOKEN);
+    let mut rotated = Vec::new();
+    for token in &refresh_tokens[30..] {
+        let next = via_b.refresh(&client, token).await.unwrap();
+        rotated.push(next.refresh_token.unwrap());
+    }
+    admin(&a).backfill("settings", Some(0), None).await.unwrap();
+    wait_done(&a).await;
+    assert_no_drift(&db, &b).await;
+    // The last rotated refresh token of each works at the target.
+    let at_target = Driver::new(target.url(), TOKEN);
+    for (n, token) in rotated.iter().enumerate() {
+        at_target
+            .refresh(&client, token)
+            .await
+            .unwrap_or_else(|err| {
+                panic!(
+                    "user-{}'s rotated refresh token at the target: {err}",
+                    n + 30
+                )
+            });
+    }
 }
