@@ -44,7 +44,7 @@
 //! # A fleet (`[store] kind = "postgres"`)
 //!
 //! Checkpoints and progress live in the shared store instead of files
-//! (the [`Ledger`] seam; `store::BackfillStore` has the rules), and the
+//! (the `Ledger` seam; `store::BackfillStore` has the rules), and the
 //! checkpoint names its last key by a keyed hash of the journal key, not a
 //! plain SHA-256:
 //!
@@ -69,7 +69,10 @@
 //!   instance is synced by whichever instance claims it, unseen by this
 //!   instance's lanes: each exported copy is written only under its key's
 //!   claim in the store, and only if no live change of the key was
-//!   journaled since the pass began (`sync`, `store::BackfillStore::claim_for_backfill`).
+//!   journaled since the pass began; keys a change reaches through a
+//!   lookup are marked before they are read, and a copy whose key was
+//!   marked while it was written gets one more sync (`sync`,
+//!   `store::BackfillStore`).
 
 mod tokens;
 
