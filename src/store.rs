@@ -298,9 +298,9 @@ pub struct Member {
     pub version: String,
     /// The phase it sees.
     pub phase: String,
-    /// Its backfill's state (`idle`, `running`, `done`, ...): a backfill
-    /// done on one instance is done for the fleet (it copies the source
-    /// whole, whoever runs it).
+    /// The fleet's backfill state as it sees it (`idle`, `running`,
+    /// `done`, ...; the shared `handover_backfill` row is the authority:
+    /// [`BackfillStore`]).
     #[serde(default)]
     pub backfill: String,
 }
