@@ -36,7 +36,7 @@ use crate::api::{
     DeadLetterView, FlipReport, FlipRequest, JournalStatus, LatencyMs, Status, SyncStatus,
     VerifyReport, VerifyRequest, VerifyState, VerifyStatus,
 };
-use crate::backfill::Backfill;
+use crate::backfill::{Backfill, Operation};
 use crate::cutover::procedure::Cutover;
 use crate::health::Health;
 use crate::http::{Body, BoxError, json_response, text_response};
@@ -393,7 +393,11 @@ impl Admin {
         body: &[u8],
     ) -> Response<Body> {
         match (method, path) {
-            (&Method::GET, "/status") => json_response(StatusCode::OK, &self.status()),
+            (&Method::GET, "/status") => {
+                // A fleet: the backfill's shared progress as of now.
+                self.backfill.refresh().await;
+                json_response(StatusCode::OK, &self.status())
+            }
             (
                 &Method::POST,
                 "/backfill/start" | "/backfill/pause" | "/backfill/resume" | "/backfill/settings",
@@ -402,24 +406,28 @@ impl Admin {
                     Ok(settings) => settings,
                     Err(response) => return response,
                 };
-                if let Some(concurrency) = settings.concurrency
-                    && let Err(err) = self.backfill.set_concurrency(concurrency)
-                {
-                    return bad_request(&err.to_string());
-                }
-                if let Some(rate) = settings.rate {
-                    self.backfill.set_rate(rate);
-                }
-                let result = match path {
-                    "/backfill/start" => self.backfill.start(),
-                    "/backfill/pause" => self.backfill.pause(),
-                    "/backfill/resume" => self.backfill.resume(),
-                    _ => Ok(self.backfill.state()),
+                let operation = match path {
+                    "/backfill/start" => Operation::Start,
+                    "/backfill/pause" => Operation::Pause,
+                    "/backfill/resume" => Operation::Resume,
+                    _ => Operation::Settings,
                 };
+                let result = self
+                    .backfill
+                    .control(operation, settings.rate, settings.concurrency)
+                    .await;
                 match result {
                     Ok(_) => {
                         tracing::info!(operation = path, "backfill control");
                         json_response(StatusCode::OK, &self.backfill.status())
+                    }
+                    Err(err @ crate::backfill::Error::Invalid(_)) => bad_request(&err.to_string()),
+                    Err(err @ crate::backfill::Error::Store(_)) => {
+                        tracing::error!(operation = path, error = %err, "backfill control failed");
+                        json_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &json!({"error": "unavailable", "error_description": err.to_string()}),
+                        )
                     }
                     Err(err) => json_response(
                         StatusCode::CONFLICT,

@@ -222,6 +222,20 @@ pub struct BackfillStatus {
     pub elapsed_ms: u64,
     /// Per-dataset progress.
     pub datasets: BTreeMap<Dataset, DatasetProgress>,
+    /// A fleet: the instance running the backfill, when one does. On the
+    /// other instances, `datasets` is the runner's shared checkpoint
+    /// (written about once a second). Absent with a local journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<BackfillRunner>,
+}
+
+/// The instance of a fleet that runs the backfill.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillRunner {
+    /// Its name in the fleet.
+    pub instance: String,
+    /// Its admin API (pause, resume and settings go there).
+    pub admin_url: String,
 }
 
 /// The backfill's overall state.

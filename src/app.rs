@@ -356,7 +356,11 @@ pub async fn run(
             None => sync::AckSink::Journal(journal.clone()),
         },
         Arc::clone(&dead_letters),
-        shared_store.clone(),
+        shared_store.clone().map(|store| sync::Shared {
+            store,
+            owner: instance.clone(),
+            lease: config.store.claim_lease,
+        }),
         metrics.sync.clone(),
         &sync_tracker,
         sync_stop.clone(),
@@ -399,7 +403,7 @@ pub async fn run(
     }
 
     let backfill_stop = CancellationToken::new();
-    let backfill = Backfill::new(
+    let mut backfill = Backfill::new(
         config.backfill.clone(),
         config.sync.datasets.clone(),
         config.journal.dir.join("backfill"),
@@ -408,6 +412,15 @@ pub async fn run(
         backfill_stop.clone(),
     )
     .with_tenants(config.sync.tenants.clone(), recorder.clone());
+    // A fleet: one runner at a time, checkpoints and progress shared.
+    if let Some(store) = shared_store.as_ref().and_then(|s| s.backfill_store()) {
+        backfill = backfill.in_fleet(
+            store,
+            instance.clone(),
+            member.admin_url.clone(),
+            config.store.claim_lease,
+        );
+    }
 
     // Secret-key parity is proven between two Connect2id servers only.
     let samples = Arc::new(Samples::default());
@@ -627,8 +640,18 @@ pub async fn run(
         .instrument(tracing::info_span!("proxy")),
     );
     tracker.close();
-    if config.backfill.auto_start && backfill.state() != crate::api::BackfillState::Done {
-        let _ = backfill.start();
+    if config.backfill.auto_start {
+        backfill.start_automatically().await;
+    }
+    // A fleet: the fleet's backfill for status and membership; with
+    // auto_start, taking over a pass whose runner died.
+    if shared_store.is_some() {
+        tracker.spawn(
+            backfill
+                .clone()
+                .follow(background_stop.clone())
+                .instrument(tracing::info_span!("backfill")),
+        );
     }
     tracing::info!(
         proxy = ?proxy_addr,

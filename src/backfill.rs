@@ -40,6 +40,39 @@
 //! Rate (records per second) and concurrency are adjustable while running;
 //! pause stops reading the export (the connection stays open; if the source
 //! drops it, the dataset resumes from its checkpoint).
+//!
+//! # A fleet (`[store] kind = "postgres"`)
+//!
+//! Checkpoints and progress live in the shared store instead of files
+//! (the `Ledger` seam; `store::BackfillStore` has the rules), and the
+//! checkpoint names its last key by a keyed hash of the journal key, not a
+//! plain SHA-256:
+//!
+//! - **One runner.** `start` on any instance runs the backfill there only
+//!   if no other instance holds the runner lease; otherwise it is refused,
+//!   naming the runner and its admin API. The runner renews the lease
+//!   while it runs and lets go when the pass is done, fails or stops; one
+//!   whose lease another instance took after it expired stops copying
+//!   (its checkpoints are refused from then on). When the runner
+//!   dies, its lease expires and `start` on another instance resumes from
+//!   the shared checkpoint; instances with `auto_start` take over by
+//!   themselves (a pass left `running` or `paused` without a live runner).
+//!   `start` after `done` begins a new pass and clears the shared
+//!   checkpoints.
+//! - **Status from any instance.** The non-runners show the fleet's
+//!   backfill from the store: the runner, and each dataset's progress as
+//!   of its last checkpoint (written about once a second, read when
+//!   `/status` is asked, so at most about a second behind the runner's own
+//!   view). Pause, resume and settings act on the runner's process: asked
+//!   of another instance, they are refused with the runner's admin URL.
+//! - **Live writes win, fleet-wide.** Live traffic through another
+//!   instance is synced by whichever instance claims it, unseen by this
+//!   instance's lanes: each exported copy is written only under its key's
+//!   claim in the store, and only if no live change of the key was
+//!   journaled since the pass began; keys a change reaches through a
+//!   lookup are marked before they are read, and a copy whose key was
+//!   marked while it was written gets one more sync (`sync`,
+//!   `store::BackfillStore`).
 
 mod tokens;
 
@@ -60,6 +93,7 @@ use crate::api::{BackfillState as State, BackfillStatus, DatasetProgress};
 use crate::model::{Change, Dataset, Key, Tenant};
 use crate::servers::Servers;
 use crate::servers::export::Export;
+use crate::store::{BackfillStore, BackfillUpdate, SharedBackfill, StoredCheckpoint};
 use crate::sync::{BackfillOutcome, Recorder, SyncHandle};
 
 /// Writes in flight at once by default: enough to keep a remote target
@@ -69,6 +103,13 @@ pub(crate) const DEFAULT_CONCURRENCY: usize = 32;
 pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Attempts at one dataset's export before the backfill is marked failed.
 pub(crate) const EXPORT_ATTEMPTS: u32 = 3;
+/// How often an instance of a fleet reads the fleet's backfill: its view
+/// for `/status` between asks, and how soon an `auto_start` instance sees
+/// that the runner died.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait for the store when `/status` reads the fleet's backfill:
+/// past it, the latest view is shown.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Backfill settings.
 #[derive(Debug, Clone)]
@@ -109,6 +150,46 @@ pub enum Error {
     /// A setting is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// A fleet: another instance runs the backfill (its lease is live).
+    #[error(
+        "backfill runs on instance {instance} (admin API {admin_url}): {operation} it there, or wait until it ends"
+    )]
+    Elsewhere {
+        /// The runner.
+        instance: String,
+        /// Its admin API.
+        admin_url: String,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// A fleet: the shared store could not be read or written (the
+    /// database's fault, or the network's).
+    #[error("backfill: {0}")]
+    Store(#[from] crate::store::Error),
+}
+
+/// An operator's request to the backfill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Start or resume.
+    Start,
+    /// Pause.
+    Pause,
+    /// Resume after a pause.
+    Resume,
+    /// Only change the settings.
+    Settings,
+}
+
+impl Operation {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Settings => "change the settings of",
+        }
+    }
 }
 
 /// The persisted checkpoint of one dataset.
@@ -134,6 +215,149 @@ struct Checkpoint {
     not_copied: BTreeMap<String, u64>,
     /// Records in the export when counted.
     total: Option<u64>,
+}
+
+/// Where checkpoints live: the one seam between a single instance and a
+/// fleet.
+#[derive(Debug)]
+enum Ledger {
+    /// `<journal dir>/backfill/<dataset>.json` (a local store).
+    Files(PathBuf),
+    /// The shared store (a fleet).
+    Fleet(Fleet),
+}
+
+/// The fleet side of the ledger.
+#[derive(Debug)]
+struct Fleet {
+    store: BackfillStore,
+    /// This instance's name: the runner's, while it runs the backfill.
+    instance: String,
+    /// Its admin API, for the status of the backfill it runs.
+    admin_url: String,
+    /// The runner lease.
+    lease: Duration,
+    /// The fleet's backfill at the latest read.
+    view: Mutex<Option<SharedBackfill>>,
+}
+
+impl Fleet {
+    /// Reads the fleet's backfill and keeps it as the view.
+    async fn refresh(&self) -> Result<SharedBackfill, crate::store::Error> {
+        let shared = self.store.read().await?;
+        if let Ok(mut view) = self.view.lock() {
+            *view = Some(shared.clone());
+        }
+        Ok(shared)
+    }
+
+    fn view(&self) -> Option<SharedBackfill> {
+        self.view.lock().ok().and_then(|view| view.clone())
+    }
+
+    /// The runner, if another instance holds a live lease.
+    fn runner_elsewhere(&self, shared: &SharedBackfill) -> Option<crate::store::BackfillRunner> {
+        shared
+            .runner
+            .clone()
+            .filter(|runner| runner.live && runner.instance != self.instance)
+    }
+}
+
+/// The fleet's state as `/status` shows it: a pass left running or paused
+/// without a live runner is stopped (`start` resumes it).
+fn fleet_state(shared: &SharedBackfill) -> State {
+    let runs = shared.runner.as_ref().is_some_and(|runner| runner.live);
+    match shared.state.as_str() {
+        "running" if runs => State::Running,
+        "paused" if runs => State::Paused,
+        "done" => State::Done,
+        "failed" => State::Failed,
+        _ => State::Idle,
+    }
+}
+
+/// A stored checkpoint's JSON back; an unreadable one starts the dataset
+/// over (imports are idempotent).
+fn parse_checkpoint(stored: &StoredCheckpoint) -> Option<Checkpoint> {
+    match serde_json::from_str(&stored.checkpoint) {
+        Ok(checkpoint) => Some(checkpoint),
+        Err(err) => {
+            tracing::warn!(dataset = %stored.dataset, error = %err, "unreadable shared backfill checkpoint; starting the dataset over");
+            None
+        }
+    }
+}
+
+impl Ledger {
+    async fn read(&self, dataset: Dataset) -> Option<Checkpoint> {
+        match self {
+            Ledger::Files(dir) => read_checkpoint(dir, dataset),
+            Ledger::Fleet(fleet) => match fleet.refresh().await {
+                Ok(shared) => shared
+                    .checkpoints
+                    .iter()
+                    .find(|stored| stored.dataset == dataset.as_str())
+                    .and_then(parse_checkpoint),
+                Err(err) => {
+                    // Copying again from the start is safe, only slower.
+                    tracing::warn!(dataset = dataset.as_str(), error = %err, "cannot read the shared backfill checkpoint; copying the dataset from the start");
+                    None
+                }
+            },
+        }
+    }
+
+    async fn write(&self, dataset: Dataset, checkpoint: &Checkpoint, progress: &Progress) {
+        let written = match self {
+            Ledger::Files(dir) => {
+                write_checkpoint(dir, dataset, checkpoint).map_err(|err| err.to_string())
+            }
+            Ledger::Fleet(fleet) => {
+                let stored = StoredCheckpoint {
+                    dataset: dataset.as_str().to_owned(),
+                    checkpoint: serde_json::to_string(checkpoint).expect("a checkpoint serializes"),
+                    rate: progress.rate.lock().map_or(0.0, |rate| *rate),
+                    error: progress.error.lock().ok().and_then(|error| error.clone()),
+                };
+                match fleet.store.save_checkpoint(&fleet.instance, &stored).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err("another instance runs the backfill now".to_owned()),
+                    Err(err) => Err(err.to_string()),
+                }
+            }
+        };
+        if let Err(err) = written {
+            tracing::warn!(dataset = dataset.as_str(), error = %err, "cannot write the backfill checkpoint");
+        }
+    }
+
+    /// Forgets a dataset's checkpoint: it is copied again from the start.
+    async fn forget(&self, dataset: Dataset) {
+        match self {
+            Ledger::Files(dir) => {
+                let _ = std::fs::remove_file(checkpoint_path(dir, dataset));
+            }
+            Ledger::Fleet(fleet) => {
+                if let Err(err) = fleet
+                    .store
+                    .forget_checkpoint(&fleet.instance, dataset.as_str())
+                    .await
+                {
+                    tracing::warn!(dataset = dataset.as_str(), error = %err, "cannot clear the shared backfill checkpoint");
+                }
+            }
+        }
+    }
+
+    /// How a checkpoint names a key: never the key itself (a session id is
+    /// a secret); in the shared database, a hash keyed by the journal key.
+    fn key_hash(&self, key: &Key) -> String {
+        match self {
+            Ledger::Files(_) => hash_key(key),
+            Ledger::Fleet(fleet) => fleet.store.key_hash(key.identity().as_bytes()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -190,8 +414,10 @@ struct Inner {
     config: Mutex<Config>,
     /// The datasets, in copy order.
     datasets: Vec<Dataset>,
-    /// The checkpoint directory.
-    dir: PathBuf,
+    /// Where the checkpoints live.
+    ledger: Ledger,
+    /// Serializes start, pause and resume (a start awaits the store).
+    control: tokio::sync::Mutex<()>,
     servers: Arc<Servers>,
     sync: SyncHandle,
     state: watch::Sender<State>,
@@ -245,7 +471,8 @@ impl Backfill {
                 concurrency: AtomicUsize::new(concurrency),
                 config: Mutex::new(config),
                 datasets,
-                dir,
+                ledger: Ledger::Files(dir),
+                control: tokio::sync::Mutex::new(()),
                 servers,
                 sync,
                 state: watch::channel(initial).0,
@@ -269,64 +496,271 @@ impl Backfill {
         self
     }
 
-    /// The current state.
+    /// Keeps checkpoints and progress in the fleet's shared store instead
+    /// of files (see the module doc), as `instance` (whose admin API is
+    /// at `admin_url`), holding the runner lease for `lease` while it
+    /// runs. Call before sharing the controller.
+    pub fn in_fleet(
+        mut self,
+        store: BackfillStore,
+        instance: String,
+        admin_url: String,
+        lease: Duration,
+    ) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.ledger = Ledger::Fleet(Fleet {
+                store,
+                instance,
+                admin_url,
+                lease,
+                view: Mutex::new(None),
+            });
+            // The fleet's progress is read from the store, not from files
+            // a local run may have left.
+            if let Ok(mut progress) = inner.progress.lock() {
+                for &dataset in &inner.datasets {
+                    progress.insert(dataset, Arc::new(Progress::default()));
+                }
+            }
+            inner.state.send_replace(State::Idle);
+        }
+        self
+    }
+
+    /// The current state: this instance's backfill, or in a fleet, while
+    /// this instance does not run it, the fleet's at the latest read.
     pub fn state(&self) -> State {
+        let local = self.local_state();
+        if matches!(local, State::Running | State::Paused) {
+            return local;
+        }
+        match &self.inner.ledger {
+            Ledger::Fleet(fleet) => fleet.view().map_or(local, |shared| fleet_state(&shared)),
+            Ledger::Files(_) => local,
+        }
+    }
+
+    /// This instance's own backfill.
+    fn local_state(&self) -> State {
         *self.inner.state.borrow()
+    }
+
+    /// Reads the fleet's backfill now (a fleet; nothing to do otherwise),
+    /// for a status that is at most a checkpoint interval behind.
+    pub async fn refresh(&self) {
+        if let Ledger::Fleet(fleet) = &self.inner.ledger {
+            match tokio::time::timeout(READ_TIMEOUT, fleet.refresh()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "cannot read the fleet's backfill; showing the latest view")
+                }
+                Err(_) => tracing::debug!(
+                    "the store did not answer in time; showing the latest view of the backfill"
+                ),
+            }
+        }
     }
 
     /// Starts (or resumes after a failure or restart) the backfill. `start`
     /// while running is a no-op; `start` after `done` begins a new pass.
-    pub fn start(&self) -> Result<State, Error> {
-        match self.state() {
-            State::Running => return Ok(State::Running),
-            State::Paused => return self.resume(),
-            State::Done => {
-                // A new pass: forget the finished checkpoints.
-                for &dataset in &self.inner.datasets {
-                    let _ = std::fs::remove_file(checkpoint_path(&self.inner.dir, dataset));
-                }
-                if let Ok(mut progress) = self.inner.progress.lock() {
-                    for &dataset in &self.inner.datasets {
-                        progress.insert(dataset, Arc::new(Progress::default()));
-                    }
-                }
+    /// In a fleet, refused while another instance runs it.
+    pub async fn start(&self) -> Result<State, Error> {
+        self.control(Operation::Start, None, None).await
+    }
+
+    /// Pauses reading the exports.
+    pub async fn pause(&self) -> Result<State, Error> {
+        self.control(Operation::Pause, None, None).await
+    }
+
+    /// Resumes after a pause.
+    pub async fn resume(&self) -> Result<State, Error> {
+        self.control(Operation::Resume, None, None).await
+    }
+
+    /// What `auto_start` does at start-up: start unless the backfill is
+    /// done (in a fleet: done by any instance, or running elsewhere).
+    pub async fn start_automatically(&self) {
+        self.refresh().await;
+        if self.state() == State::Done {
+            return;
+        }
+        match self.start().await {
+            Ok(_) => {}
+            Err(Error::Elsewhere { instance, .. }) => {
+                tracing::info!(runner = %instance, "the backfill runs on another instance");
             }
-            State::Idle | State::Failed => {}
+            Err(err) => tracing::warn!(error = %err, "cannot start the backfill"),
+        }
+    }
+
+    /// An operator's request: adjusts the settings given, then does
+    /// `operation`. In a fleet, the settings, pause and resume act on the
+    /// runner's process: asked of another instance while the runner's
+    /// lease is live, refused with its admin URL.
+    pub async fn control(
+        &self,
+        operation: Operation,
+        rate: Option<u64>,
+        concurrency: Option<usize>,
+    ) -> Result<State, Error> {
+        let _turn = self.inner.control.lock().await;
+        if let Ledger::Fleet(fleet) = &self.inner.ledger
+            && !matches!(self.local_state(), State::Running | State::Paused)
+            && let Some(runner) = fleet.runner_elsewhere(&fleet.refresh().await?)
+        {
+            return Err(Error::Elsewhere {
+                instance: runner.instance,
+                admin_url: runner
+                    .admin_url
+                    .unwrap_or_else(|| "unknown: the runner is not a member".to_owned()),
+                operation: operation.verb(),
+            });
+        }
+        if let Some(concurrency) = concurrency {
+            self.set_concurrency(concurrency)?;
+        }
+        if let Some(rate) = rate {
+            self.set_rate(rate);
+        }
+        match operation {
+            Operation::Start => self.start_locked().await,
+            Operation::Pause => self.run_or_pause(State::Paused, "pause").await,
+            Operation::Resume => self.run_or_pause(State::Running, "resume").await,
+            Operation::Settings => {
+                self.inner.publish(false).await;
+                Ok(self.state())
+            }
+        }
+    }
+
+    async fn start_locked(&self) -> Result<State, Error> {
+        let new_pass = match self.local_state() {
+            State::Running => return Ok(State::Running),
+            State::Paused => return self.run_or_pause(State::Running, "resume").await,
+            local => match &self.inner.ledger {
+                Ledger::Files(dir) => {
+                    let done = local == State::Done;
+                    if done {
+                        // A new pass: forget the finished checkpoints.
+                        for &dataset in &self.inner.datasets {
+                            let _ = std::fs::remove_file(checkpoint_path(dir, dataset));
+                        }
+                    }
+                    done
+                }
+                Ledger::Fleet(fleet) => {
+                    if let Some(runner) = fleet
+                        .store
+                        .take_runner(&fleet.instance, fleet.lease)
+                        .await?
+                    {
+                        return Err(Error::Elsewhere {
+                            instance: runner.instance,
+                            admin_url: runner.admin_url.unwrap_or_else(|| {
+                                "unknown: the runner is not a member".to_owned()
+                            }),
+                            operation: "start",
+                        });
+                    }
+                    let (rate, concurrency) = (
+                        self.inner.rate.load(Ordering::Relaxed),
+                        self.inner.concurrency.load(Ordering::Relaxed) as u64,
+                    );
+                    let Some(new_pass) = fleet
+                        .store
+                        .begin_pass(&fleet.instance, rate, concurrency)
+                        .await?
+                    else {
+                        return Err(Error::State {
+                            state: "taken over by another instance",
+                            operation: "start",
+                        });
+                    };
+                    // Resuming: the progress so far is the shared one.
+                    let shared = fleet.refresh().await?;
+                    if let Ok(mut progress) = self.inner.progress.lock() {
+                        for &dataset in &self.inner.datasets {
+                            let checkpoint = shared
+                                .checkpoints
+                                .iter()
+                                .find(|stored| stored.dataset == dataset.as_str())
+                                .and_then(parse_checkpoint)
+                                .filter(|_| !new_pass)
+                                .unwrap_or_default();
+                            progress.insert(dataset, Arc::new(progress_from(&checkpoint)));
+                        }
+                    }
+                    tracing::info!(instance = %fleet.instance, new_pass, "running the fleet's backfill");
+                    new_pass
+                }
+            },
+        };
+        if new_pass && let Ok(mut progress) = self.inner.progress.lock() {
+            for &dataset in &self.inner.datasets {
+                progress.insert(dataset, Arc::new(Progress::default()));
+            }
         }
         self.inner.state.send_replace(State::Running);
         if let Ok(mut timing) = self.inner.timing.lock() {
             *timing = (Some(Instant::now()), None);
         }
         let inner = Arc::clone(&self.inner);
-        let task = tokio::spawn(async move { inner.run().await });
+        let stop = self.inner.stop.child_token();
+        let task = tokio::spawn(async move { inner.run(stop).await });
         if let Ok(mut runner) = self.inner.runner.lock() {
             *runner = Some(task);
         }
         Ok(State::Running)
     }
 
-    /// Pauses reading the exports.
-    pub fn pause(&self) -> Result<State, Error> {
-        self.run_or_pause(State::Paused, "pause")
-    }
-
-    /// Resumes after a pause.
-    pub fn resume(&self) -> Result<State, Error> {
-        self.run_or_pause(State::Running, "resume")
-    }
-
     /// Moves a running or paused backfill to `to` (running or paused);
     /// refuses `operation` in any other state.
-    fn run_or_pause(&self, to: State, operation: &'static str) -> Result<State, Error> {
-        match self.state() {
+    async fn run_or_pause(&self, to: State, operation: &'static str) -> Result<State, Error> {
+        match self.local_state() {
             State::Running | State::Paused => {
                 self.inner.state.send_replace(to);
+                self.inner.publish(false).await;
                 Ok(to)
             }
-            other => Err(Error::State {
-                state: other.as_str(),
+            _ => Err(Error::State {
+                state: self.state().as_str(),
                 operation,
             }),
+        }
+    }
+
+    /// A fleet: follows the fleet's backfill until `stop` (the view
+    /// `/status` and the membership show between asks); with `auto_start`,
+    /// takes over a pass whose runner died. Returns at once otherwise.
+    pub async fn follow(self, stop: CancellationToken) {
+        let Ledger::Fleet(fleet) = &self.inner.ledger else {
+            return;
+        };
+        loop {
+            if let Ok(shared) = fleet.refresh().await {
+                let orphaned = matches!(shared.state.as_str(), "running" | "paused")
+                    && !shared.runner.as_ref().is_some_and(|runner| runner.live);
+                let auto_start = self.inner.config.lock().is_ok_and(|c| c.auto_start);
+                if auto_start
+                    && orphaned
+                    && !matches!(self.local_state(), State::Running | State::Paused)
+                {
+                    match self.start().await {
+                        Ok(_) => tracing::info!(
+                            "took over the fleet's backfill from an instance that stopped running it"
+                        ),
+                        Err(Error::Elsewhere { .. }) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot take over the fleet's backfill")
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            }
         }
     }
 
@@ -376,15 +810,96 @@ impl Backfill {
         self.state()
     }
 
-    /// The `/status` view.
+    /// The `/status` view. In a fleet, on an instance that does not run
+    /// the backfill, the fleet's: its runner and each dataset's shared
+    /// checkpoint, read when `/status` is asked ([`Backfill::refresh`]).
     pub fn status(&self) -> BackfillStatus {
+        let active = matches!(self.local_state(), State::Running | State::Paused);
+        if let Ledger::Fleet(fleet) = &self.inner.ledger
+            && !active
+            && let Some(shared) = fleet.view()
+        {
+            return self.fleet_status(&shared);
+        }
         let progress = self
             .inner
             .progress
             .lock()
             .map(|p| p.clone())
             .unwrap_or_default();
-        let datasets = progress
+        let elapsed = self
+            .inner
+            .timing
+            .lock()
+            .ok()
+            .and_then(|timing| match *timing {
+                (_, Some(took)) => Some(took),
+                (Some(started), None) => Some(started.elapsed()),
+                (None, None) => None,
+            });
+        BackfillStatus {
+            elapsed_ms: elapsed.map_or(0, |e| u64::try_from(e.as_millis()).unwrap_or(u64::MAX)),
+            state: self.state(),
+            rate_limit: self.inner.rate.load(Ordering::Relaxed),
+            concurrency: self.inner.concurrency.load(Ordering::Relaxed),
+            datasets: self.render(progress),
+            runner: match &self.inner.ledger {
+                Ledger::Fleet(fleet) if active => Some(crate::api::BackfillRunner {
+                    instance: fleet.instance.clone(),
+                    admin_url: fleet.admin_url.clone(),
+                }),
+                _ => None,
+            },
+        }
+    }
+
+    /// The fleet's backfill as another instance runs it (or ran it).
+    fn fleet_status(&self, shared: &SharedBackfill) -> BackfillStatus {
+        let progress = self
+            .inner
+            .datasets
+            .iter()
+            .map(|&dataset| {
+                let stored = shared
+                    .checkpoints
+                    .iter()
+                    .find(|stored| stored.dataset == dataset.as_str());
+                let checkpoint = stored.and_then(parse_checkpoint).unwrap_or_default();
+                let progress = progress_from(&checkpoint);
+                if let Some(stored) = stored {
+                    if let Ok(mut rate) = progress.rate.lock() {
+                        *rate = stored.rate;
+                    }
+                    if let Ok(mut error) = progress.error.lock() {
+                        error.clone_from(&stored.error);
+                    }
+                }
+                (dataset, Arc::new(progress))
+            })
+            .collect();
+        BackfillStatus {
+            state: fleet_state(shared),
+            rate_limit: shared.rate_limit,
+            concurrency: usize::try_from(shared.concurrency).unwrap_or(usize::MAX),
+            elapsed_ms: shared.elapsed_ms.unwrap_or(0),
+            datasets: self.render(progress),
+            runner: shared
+                .runner
+                .as_ref()
+                .filter(|runner| runner.live)
+                .map(|runner| crate::api::BackfillRunner {
+                    instance: runner.instance.clone(),
+                    admin_url: runner.admin_url.clone().unwrap_or_default(),
+                }),
+        }
+    }
+
+    /// Each dataset's progress as `/status` shows it.
+    fn render(
+        &self,
+        progress: BTreeMap<Dataset, Arc<Progress>>,
+    ) -> BTreeMap<Dataset, DatasetProgress> {
+        progress
             .into_iter()
             .map(|(dataset, p)| {
                 let settled = p.settled();
@@ -421,53 +936,83 @@ impl Backfill {
                     },
                 )
             })
-            .collect();
-        let elapsed = self
-            .inner
-            .timing
-            .lock()
-            .ok()
-            .and_then(|timing| match *timing {
-                (_, Some(took)) => Some(took),
-                (Some(started), None) => Some(started.elapsed()),
-                (None, None) => None,
-            });
-        BackfillStatus {
-            elapsed_ms: elapsed.map_or(0, |e| u64::try_from(e.as_millis()).unwrap_or(u64::MAX)),
-            state: self.state(),
-            rate_limit: self.inner.rate.load(Ordering::Relaxed),
-            concurrency: self.inner.concurrency.load(Ordering::Relaxed),
-            datasets,
-        }
+            .collect()
     }
 }
 
 impl Inner {
-    async fn run(self: Arc<Self>) {
+    /// Runs a pass until it is done, fails, or `stop` (the controller's
+    /// stop, or in a fleet, the runner lease lost).
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
         let config = self
             .config
             .lock()
             .map(|c| c.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
-        if let Err(err) = crate::journal::create_private_dir_all(&self.dir) {
-            tracing::error!(dir = %self.dir.display(), error = %err, "cannot create the backfill checkpoint directory");
+        if let Ledger::Files(dir) = &self.ledger
+            && let Err(err) = crate::journal::create_private_dir_all(dir)
+        {
+            tracing::error!(dir = %dir.display(), error = %err, "cannot create the backfill checkpoint directory");
         }
-        let mut failed = false;
+        let lease = match &self.ledger {
+            Ledger::Fleet(_) => Some(tokio::spawn(
+                Arc::clone(&self).keep_runner_lease(stop.clone()),
+            )),
+            Ledger::Files(_) => None,
+        };
+        let outcome = self.copy_all(&config, &stop).await;
+        if let Some(lease) = lease {
+            lease.abort();
+        }
+        self.sync.watch_end();
+        let state = match outcome {
+            // Resumes from the checkpoints on the next start (in a fleet,
+            // on any instance: the pass is left for one to take over).
+            None => {
+                self.let_go(self.local_state(), true).await;
+                State::Idle
+            }
+            Some(failed) => {
+                if let Ok(mut timing) = self.timing.lock()
+                    && let (Some(started), None) = *timing
+                {
+                    timing.1 = Some(started.elapsed());
+                }
+                let state = if failed { State::Failed } else { State::Done };
+                if !failed {
+                    tracing::info!("backfill done");
+                }
+                self.let_go(state, true).await;
+                state
+            }
+        };
+        // What this instance shows from now on is the fleet's: fresh.
+        if let Ledger::Fleet(fleet) = &self.ledger
+            && let Err(err) = fleet.refresh().await
+        {
+            tracing::debug!(error = %err, "cannot read the fleet's backfill");
+        }
+        self.state.send_replace(state);
+    }
+
+    fn local_state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// Every dataset, then the tenants: `Some(failed)` when the pass ended,
+    /// `None` when it was stopped.
+    async fn copy_all(&self, config: &Config, stop: &CancellationToken) -> Option<bool> {
         for &dataset in &self.datasets {
-            let checkpoint = read_checkpoint(&self.dir, dataset).unwrap_or_default();
+            let checkpoint = self.ledger.read(dataset).await.unwrap_or_default();
             if checkpoint.done {
                 continue;
             }
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                match self.copy_dataset(&config, dataset).await {
+                match self.copy_dataset(config, dataset, stop).await {
                     Ok(()) => break,
-                    Err(DatasetError::Stopped) => {
-                        // Resumes from the checkpoints on the next start.
-                        self.state.send_replace(State::Idle);
-                        return;
-                    }
+                    Err(DatasetError::Stopped) => return None,
                     Err(DatasetError::OrderChanged) => {
                         // copy_dataset handles it; unreachable here.
                         break;
@@ -475,41 +1020,96 @@ impl Inner {
                     Err(DatasetError::Export(message)) if attempt < EXPORT_ATTEMPTS => {
                         tracing::warn!(dataset = dataset.as_str(), attempt, error = %message, "backfill export failed; resuming from the checkpoint");
                         tokio::select! {
-                            () = self.stop.cancelled() => return,
+                            () = stop.cancelled() => return None,
                             () = tokio::time::sleep(Duration::from_secs(u64::from(attempt))) => {}
                         }
                     }
                     Err(DatasetError::Export(message)) => {
                         tracing::error!(dataset = dataset.as_str(), error = %message, "backfill failed; `handover backfill start` resumes from the checkpoint");
-                        if let Some(progress) = self.progress_of(dataset)
-                            && let Ok(mut error) = progress.error.lock()
-                        {
-                            *error = Some(message);
+                        if let Some(progress) = self.progress_of(dataset) {
+                            if let Ok(mut error) = progress.error.lock() {
+                                *error = Some(message);
+                            }
+                            // The fleet sees why.
+                            if let Ledger::Fleet(_) = &self.ledger
+                                && let Some(checkpoint) = self.ledger.read(dataset).await
+                            {
+                                self.ledger.write(dataset, &checkpoint, &progress).await;
+                            }
                         }
-                        failed = true;
-                        break;
+                        return Some(true);
                     }
                 }
             }
-            if failed {
-                break;
+        }
+        if let Err(message) = self.enqueue_tenants(stop).await {
+            tracing::error!(error = %message, "backfill of a tenant failed; `handover backfill start` runs it again");
+            return Some(true);
+        }
+        if stop.is_cancelled() {
+            return None;
+        }
+        Some(false)
+    }
+
+    /// A fleet: renews the runner lease every third of it until `stop`. A
+    /// runner whose lease another instance took (it expired while this one
+    /// could not renew it) stops copying. One that merely cannot reach the
+    /// store goes on: its writes wait for the store anyway (each takes its
+    /// key's claim there first), and a second runner would only repeat
+    /// idempotent imports, never write a stale copy.
+    async fn keep_runner_lease(self: Arc<Self>, stop: CancellationToken) {
+        let Ledger::Fleet(fleet) = &self.ledger else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(fleet.lease / 3) => {}
+            }
+            match fleet.store.renew_runner(&fleet.instance, fleet.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(
+                        "another instance took over the backfill (this one could not renew its lease in time); stopping here"
+                    );
+                    stop.cancel();
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot renew the backfill lease; retrying")
+                }
             }
         }
-        if !failed && let Err(message) = self.enqueue_tenants().await {
-            tracing::error!(error = %message, "backfill of a tenant failed; `handover backfill start` runs it again");
-            failed = true;
+    }
+
+    /// A fleet: publishes the runner's state and settings (and lets go of
+    /// the lease when `release`). Nothing to do for one instance.
+    async fn let_go(&self, state: State, release: bool) {
+        let Ledger::Fleet(fleet) = &self.ledger else {
+            return;
+        };
+        let update = BackfillUpdate {
+            state: state.as_str().to_owned(),
+            rate_limit: self.rate.load(Ordering::Relaxed),
+            concurrency: self.concurrency.load(Ordering::Relaxed) as u64,
+            release,
+        };
+        match fleet.store.publish(&fleet.instance, &update).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("the backfill is no longer this instance's to publish"),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot publish the backfill's state to the fleet")
+            }
         }
-        self.sync.watch_end();
-        if let Ok(mut timing) = self.timing.lock()
-            && let (Some(started), None) = *timing
-        {
-            timing.1 = Some(started.elapsed());
+    }
+
+    /// A fleet: publishes the running backfill's state and settings.
+    async fn publish(&self, release: bool) {
+        let state = self.local_state();
+        if matches!(state, State::Running | State::Paused) {
+            self.let_go(state, release).await;
         }
-        let state = if failed { State::Failed } else { State::Done };
-        if !failed {
-            tracing::info!("backfill done");
-        }
-        self.state.send_replace(state);
     }
 
     /// The tenants' records (`sync.tenants`), after the default issuer's:
@@ -518,7 +1118,7 @@ impl Inner {
     /// and the sync copies each from the primary's tenant to the
     /// secondary's. No checkpoint: a repeated pass enqueues again, which
     /// is harmless; progress shows as journal depth.
-    async fn enqueue_tenants(&self) -> Result<(), String> {
+    async fn enqueue_tenants(&self, stop: &CancellationToken) -> Result<(), String> {
         let Some(recorder) = &self.recorder else {
             return Ok(());
         };
@@ -531,7 +1131,7 @@ impl Inner {
                 let mut enqueued = 0u64;
                 loop {
                     let records = tokio::select! {
-                        () = self.stop.cancelled() => return Ok(()),
+                        () = stop.cancelled() => return Ok(()),
                         next = export.next() => next.map_err(|err| format!("{} {dataset}: {err}", tenant.label()))?,
                     };
                     let Some(records) = records else { break };
@@ -555,13 +1155,18 @@ impl Inner {
         self.progress.lock().ok()?.get(&dataset).cloned()
     }
 
-    async fn copy_dataset(&self, config: &Config, dataset: Dataset) -> Result<(), DatasetError> {
-        let mut checkpoint = read_checkpoint(&self.dir, dataset).unwrap_or_default();
+    async fn copy_dataset(
+        &self,
+        config: &Config,
+        dataset: Dataset,
+        stop: &CancellationToken,
+    ) -> Result<(), DatasetError> {
+        let mut checkpoint = self.ledger.read(dataset).await.unwrap_or_default();
         let primary = self.servers.primary_api().clone();
         // Count first, for a total and an ETA.
         let total = match checkpoint.total {
             Some(total) => Some(total),
-            None if config.count_first => Some(self.count(&primary, dataset).await?),
+            None if config.count_first => Some(self.count(&primary, dataset, stop).await?),
             None => None,
         };
         checkpoint.total = total;
@@ -576,25 +1181,26 @@ impl Inner {
 
         let tracker = Arc::new(Mutex::new(Settled::new(&checkpoint)));
         let result = self
-            .stream_dataset(config, dataset, &checkpoint, &progress, &tracker)
+            .stream_dataset(dataset, &checkpoint, &progress, &tracker, stop)
             .await;
         if let Err(DatasetError::OrderChanged) = result {
             // Copy everything again: imports are idempotent.
-            let _ = std::fs::remove_file(checkpoint_path(&self.dir, dataset));
-            return Box::pin(self.copy_dataset(config, dataset)).await;
+            self.ledger.forget(dataset).await;
+            return Box::pin(self.copy_dataset(config, dataset, stop)).await;
         }
         // Whatever happened, keep what is settled.
-        self.save(dataset, &checkpoint, &progress, &tracker, result.is_ok());
+        self.save(dataset, &checkpoint, &progress, &tracker, result.is_ok())
+            .await;
         result
     }
 
     async fn stream_dataset(
         &self,
-        _config: &Config,
         dataset: Dataset,
         checkpoint: &Checkpoint,
         progress: &Arc<Progress>,
         tracker: &Arc<Mutex<Settled>>,
+        stop: &CancellationToken,
     ) -> Result<(), DatasetError> {
         let primary = self.servers.primary_api().clone();
         // From here on, keys touched by live traffic belong to the sync.
@@ -611,7 +1217,7 @@ impl Inner {
         let mut in_flight = tokio::task::JoinSet::new();
         loop {
             let records = tokio::select! {
-                () = self.stop.cancelled() => return Err(DatasetError::Stopped),
+                () = stop.cancelled() => return Err(DatasetError::Stopped),
                 next = export.next() => next.map_err(|err| DatasetError::Export(err.to_string()))?,
             };
             let Some(records) = records else { break };
@@ -636,7 +1242,9 @@ impl Inner {
                     }
                 };
                 if index <= skip {
-                    if index == skip && expected_hash.as_deref() != Some(&hash_key(&key)) {
+                    if index == skip
+                        && expected_hash.as_deref() != Some(&self.ledger.key_hash(&key))
+                    {
                         // The export order changed: copy everything again
                         // (imports are idempotent).
                         tracing::warn!(
@@ -671,21 +1279,21 @@ impl Inner {
                     let outcome = Outcome::NotCopied(reason.as_str());
                     progress.count(outcome);
                     if let Ok(mut t) = tracker.lock() {
-                        t.complete(index, Some(hash_key(&key)), outcome);
+                        t.complete(index, Some(self.ledger.key_hash(&key)), outcome);
                     }
                     continue;
                 }
                 // Pause, rate limit and concurrency apply per record.
-                self.wait_while_paused().await?;
+                self.wait_while_paused(stop).await?;
                 limiter.wait(self.rate.load(Ordering::Relaxed)).await;
                 let permit = tokio::select! {
-                    () = self.stop.cancelled() => return Err(DatasetError::Stopped),
+                    () = stop.cancelled() => return Err(DatasetError::Stopped),
                     permit = Arc::clone(&self.permits).acquire_owned() => permit.map_err(|_| DatasetError::Stopped)?,
                 };
                 let sync = self.sync.clone();
                 let progress = Arc::clone(progress);
                 let tracker = Arc::clone(tracker);
-                let key_hash = hash_key(&key);
+                let key_hash = self.ledger.key_hash(&key);
                 in_flight.spawn(async move {
                     let outcome = sync.backfill(key, record).await;
                     drop(permit);
@@ -704,7 +1312,8 @@ impl Inner {
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
                 last_checkpoint = Instant::now();
-                self.save(dataset, checkpoint, progress, tracker, false);
+                self.save(dataset, checkpoint, progress, tracker, false)
+                    .await;
                 let (since, before) = rate_window;
                 let now_settled = progress.settled();
                 let elapsed = since.elapsed().as_secs_f64();
@@ -722,7 +1331,7 @@ impl Inner {
             }
         }
         while in_flight.join_next().await.is_some() {}
-        if self.stop.is_cancelled() {
+        if stop.is_cancelled() {
             return Err(DatasetError::Stopped);
         }
         tracing::info!(
@@ -740,6 +1349,7 @@ impl Inner {
         &self,
         primary: &crate::servers::connect2id::Connect2id,
         dataset: Dataset,
+        stop: &CancellationToken,
     ) -> Result<u64, DatasetError> {
         let mut export = Export::open(primary, dataset)
             .await
@@ -747,7 +1357,7 @@ impl Inner {
         let mut total = 0u64;
         loop {
             let records = tokio::select! {
-                () = self.stop.cancelled() => return Err(DatasetError::Stopped),
+                () = stop.cancelled() => return Err(DatasetError::Stopped),
                 next = export.next() => next.map_err(|err| DatasetError::Export(format!("counting: {err}")))?,
             };
             match records {
@@ -758,15 +1368,15 @@ impl Inner {
         Ok(total)
     }
 
-    async fn wait_while_paused(&self) -> Result<(), DatasetError> {
+    async fn wait_while_paused(&self, stop: &CancellationToken) -> Result<(), DatasetError> {
         let mut state = self.state.subscribe();
         tokio::select! {
-            () = self.stop.cancelled() => Err(DatasetError::Stopped),
+            () = stop.cancelled() => Err(DatasetError::Stopped),
             result = state.wait_for(|s| *s != State::Paused) => result.map(|_| ()).map_err(|_| DatasetError::Stopped),
         }
     }
 
-    fn save(
+    async fn save(
         &self,
         dataset: Dataset,
         base: &Checkpoint,
@@ -790,9 +1400,7 @@ impl Inner {
             },
             Err(_) => base.clone(),
         };
-        if let Err(err) = write_checkpoint(&self.dir, dataset, &checkpoint) {
-            tracing::warn!(dataset = dataset.as_str(), error = %err, "cannot write the backfill checkpoint");
-        }
+        self.ledger.write(dataset, &checkpoint, progress).await;
     }
 }
 

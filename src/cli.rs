@@ -99,8 +99,13 @@ pub fn render_status(status: &Status) -> String {
     } else {
         format!("{}/s", backfill.rate_limit)
     };
+    // A fleet: the instance that runs it (pause, resume and settings go
+    // to its admin API).
+    let runner = backfill.runner.as_ref().map_or_else(String::new, |runner| {
+        format!(" on {} ({})", runner.instance, runner.admin_url)
+    });
     out.push_str(&format!(
-        "backfill {} (rate {limit}, concurrency {})\n",
+        "backfill {}{runner} (rate {limit}, concurrency {})\n",
         backfill.state, backfill.concurrency
     ));
     for (dataset, progress) in &backfill.datasets {
@@ -541,6 +546,10 @@ mod tests {
                 concurrency: 32,
                 elapsed_ms: 0,
                 datasets,
+                runner: Some(crate::api::BackfillRunner {
+                    instance: "pid2-b".to_owned(),
+                    admin_url: "http://10.0.0.2:9901".to_owned(),
+                }),
             },
             warnings: vec!["2 changes could not be tracked since then".to_owned()],
             sync: crate::api::SyncStatus {
@@ -591,6 +600,10 @@ mod tests {
         };
         let text = render_status(&status);
         assert!(text.contains("fleet: 1 live of 2 registered"), "{text}");
+        assert!(
+            text.contains("backfill running on pid2-b (http://10.0.0.2:9901) (rate unlimited"),
+            "{text}"
+        );
         assert!(
             text.contains("pid2-b http://10.0.0.2:9901 v0.1.0 phase mirroring lease renewed 45000 ms ago · EXPIRED"),
             "{text}"

@@ -166,6 +166,8 @@ enum BackfillAction {
     Resume,
     /// Only apply --rate / --concurrency.
     Set,
+    /// Only show it (in a fleet, from any instance: the fleet's).
+    Status,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -366,6 +368,18 @@ fn main() -> ExitCode {
                 BackfillAction::Pause => "pause",
                 BackfillAction::Resume => "resume",
                 BackfillAction::Set => "settings",
+                BackfillAction::Status => {
+                    let status = client.status().await?;
+                    if json {
+                        write_stdout(&format!(
+                            "{}\n",
+                            serde_json::to_string(&status.backfill).unwrap_or_default()
+                        ));
+                    } else {
+                        write_stdout(&handover::cli::render_status(&status));
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
             };
             let answer = client.backfill(operation, rate, concurrency).await?;
             if json {

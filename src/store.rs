@@ -35,6 +35,11 @@
 //!   and when the primary last flipped, written by compare-and-set on a
 //!   version so two instances never both make the same transition;
 //!   [`Handle::changes`] wakes the other instances when it changed.
+//! - The fleet's backfill ([`BackfillStore`], PostgreSQL only: a local
+//!   store has one instance, whose backfill keeps its checkpoint files):
+//!   one runner at a time under a lease, checkpoints only the runner
+//!   writes, and [`BackfillStore::claim_for_backfill`], the fleet-wide
+//!   "live writes win" rule.
 //! - Everything written is there after a restart ([`Handle::close`], then
 //!   open again): pending records come back (unclaimed locally; in
 //!   PostgreSQL a dead owner's claims return when their lease expires).
@@ -307,9 +312,9 @@ pub struct Member {
     pub version: String,
     /// The phase it sees.
     pub phase: String,
-    /// Its backfill's state (`idle`, `running`, `done`, ...): a backfill
-    /// done on one instance is done for the fleet (it copies the source
-    /// whole, whoever runs it).
+    /// The fleet's backfill state as it sees it (`idle`, `running`,
+    /// `done`, ...; the shared `handover_backfill` row is the authority:
+    /// [`BackfillStore`]).
     #[serde(default)]
     pub backfill: String,
 }
@@ -451,6 +456,199 @@ pub struct Changes {
     pub notices: u64,
 }
 
+/// The fleet's backfill as the store holds it ([`BackfillStore::read`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedBackfill {
+    /// The pass's state as its runner last published it (`idle`,
+    /// `running`, `paused`, `done`, `failed`).
+    pub state: String,
+    /// Who runs it (or ran it last and has not let go).
+    pub runner: Option<BackfillRunner>,
+    /// A pass is unfinished: appends record the lanes they touch.
+    pub watching: bool,
+    /// Time spent in the pass (so far, or in all once finished).
+    pub elapsed_ms: Option<u64>,
+    /// The runner's rate limit (records per second, 0 = unlimited).
+    pub rate_limit: u64,
+    /// The runner's writes in flight at once.
+    pub concurrency: u64,
+    /// Each dataset's latest checkpoint.
+    pub checkpoints: Vec<StoredCheckpoint>,
+}
+
+/// The instance running the fleet's backfill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillRunner {
+    /// Its name.
+    pub instance: String,
+    /// Its admin API, when it is a member.
+    pub admin_url: Option<String>,
+    /// Whether its lease is live.
+    pub live: bool,
+}
+
+/// One dataset's checkpoint as stored: the backfill's own JSON form (its
+/// key hash is a keyed [`Cipher::tag`], never a key), and what the status
+/// shows beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCheckpoint {
+    /// The dataset.
+    pub dataset: String,
+    /// The checkpoint, as the backfill serializes it.
+    pub checkpoint: String,
+    /// Records settled per second, recently.
+    pub rate: f64,
+    /// Why the dataset failed, if it did (names no secret).
+    pub error: Option<String>,
+}
+
+/// What the runner publishes ([`BackfillStore::publish`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillUpdate {
+    /// The state (`done` ends the pass: the touched lanes are forgotten).
+    pub state: String,
+    /// Its rate limit.
+    pub rate_limit: u64,
+    /// Its concurrency.
+    pub concurrency: u64,
+    /// Let go of the runner's lease (finished, failed or stopped).
+    pub release: bool,
+}
+
+/// The fleet's backfill in a PostgreSQL store ([`Handle::backfill_store`]).
+///
+/// - **One runner**: [`BackfillStore::take_runner`] succeeds for one
+///   instance at a time; the runner renews its lease
+///   ([`BackfillStore::renew_runner`]) and lets go when it finishes or
+///   stops; a runner that dies loses it when the lease expires. A lease
+///   row rather than an advisory lock: it is visible to every instance
+///   (status names the runner), and it does not depend on one pooled
+///   connection staying open. A stalled runner may overlap its successor
+///   for a moment; that costs duplicate imports (idempotent), never a
+///   stale write, because each write is guarded by its lane (below), and
+///   its checkpoints are refused once it lost the lease.
+/// - **Checkpoints** are written by the runner only.
+/// - **Live writes win, fleet-wide**: [`BackfillStore::claim_for_backfill`]
+///   takes a key's lane for one exported copy only if live traffic has not
+///   touched the key since the pass began (a durable mark every append
+///   leaves while the pass is unfinished, even once its record was applied
+///   and deleted) and no record of the lane is pending. It takes the lane
+///   the way a claim does (a record of its own, a sync of the key, claimed
+///   under the runner's lease): no instance claims the key until the copy
+///   is written and that record acked, and a live change journaled
+///   meanwhile is synced after it, reading the newer state. Keys a live
+///   change reaches only through a resolution (synced by the instance
+///   that claimed it, not under the key's claim) are marked touched
+///   ([`BackfillStore::mark_touched`]) before they are read; a copy whose
+///   key was marked while it was written is followed by a sync of the key
+///   ([`BackfillStore::finish_backfill_write`]). If the runner dies
+///   mid-write, the record returns to the pool when the lease expires and
+///   a sync of the key overwrites whatever copy landed.
+#[derive(Debug, Clone)]
+pub struct BackfillStore(Arc<postgres::Postgres>);
+
+impl BackfillStore {
+    /// Makes `instance` the runner for `lease`, unless another instance
+    /// holds a live lease: then that runner.
+    pub async fn take_runner(
+        &self,
+        instance: &str,
+        lease: Duration,
+    ) -> Result<Option<BackfillRunner>, Error> {
+        self.0.take_runner(instance, lease).await
+    }
+
+    /// Renews `instance`'s runner lease; `false` when it is not the runner
+    /// any more (its lease expired and another took it).
+    pub async fn renew_runner(&self, instance: &str, lease: Duration) -> Result<bool, Error> {
+        self.0.renew_runner(instance, lease).await
+    }
+
+    /// The runner `instance` begins (or resumes) the pass: `Some(true)`
+    /// when the previous pass was done (its checkpoints and touched lanes
+    /// are cleared: a new pass), `Some(false)` when it resumes, `None` when
+    /// `instance` is not the runner.
+    pub async fn begin_pass(
+        &self,
+        instance: &str,
+        rate_limit: u64,
+        concurrency: u64,
+    ) -> Result<Option<bool>, Error> {
+        self.0.begin_pass(instance, rate_limit, concurrency).await
+    }
+
+    /// The runner `instance` publishes its state; `false` when it is not
+    /// the runner.
+    pub async fn publish(&self, instance: &str, update: &BackfillUpdate) -> Result<bool, Error> {
+        self.0.publish_backfill(instance, update).await
+    }
+
+    /// The runner `instance` saves a checkpoint; `false` (nothing written)
+    /// when it is not the runner.
+    pub async fn save_checkpoint(
+        &self,
+        instance: &str,
+        checkpoint: &StoredCheckpoint,
+    ) -> Result<bool, Error> {
+        self.0.save_checkpoint(instance, checkpoint).await
+    }
+
+    /// The runner `instance` forgets a dataset's checkpoint (its export
+    /// order changed: it is copied again from the start).
+    pub async fn forget_checkpoint(&self, instance: &str, dataset: &str) -> Result<(), Error> {
+        self.0.forget_checkpoint(instance, dataset).await
+    }
+
+    /// The fleet's backfill now.
+    pub async fn read(&self) -> Result<SharedBackfill, Error> {
+        self.0.read_backfill().await
+    }
+
+    /// Takes `lane` for writing one exported copy, as `owner` for `lease`
+    /// (renewed with [`Handle::extend`] like its claims): the seq of the
+    /// record that holds it (`body`, a sync of the key, applied by whoever
+    /// claims it if the owner never acks it), or `None` when live traffic
+    /// owns the key (touched since the pass began, or pending). Ack the
+    /// seq once the copy is written.
+    pub async fn claim_for_backfill(
+        &self,
+        owner: &str,
+        lane: &[u8],
+        body: &[u8],
+        lease: Duration,
+    ) -> Result<Option<Seq>, Error> {
+        self.0.claim_for_backfill(owner, lane, body, lease).await
+    }
+
+    /// Marks `lanes` as touched by live traffic while a pass is
+    /// unfinished (nothing otherwise), for changes that reach a key
+    /// without being journaled on its lane: the keys a resolution or a
+    /// subject's sessions resolve to, synced by the instance that claimed
+    /// the change. Call it before reading them at the primary.
+    pub async fn mark_touched(&self, lanes: &[&[u8]]) -> Result<(), Error> {
+        self.0.mark_touched(lanes).await
+    }
+
+    /// Ends the backfill write that holds `seq` on `lane`: deletes the
+    /// record, or, when the lane was touched since it was taken (a
+    /// resolved key's sync does not wait for the lane's claim), gives it
+    /// back to the pool instead, so a sync of the key reads the primary
+    /// after the copy landed; returns whether it did that.
+    pub async fn finish_backfill_write(&self, seq: Seq, lane: &[u8]) -> Result<bool, Error> {
+        self.0.finish_backfill_write(seq, lane).await
+    }
+
+    /// The keyed hash (hex) a checkpoint names a key by: the journal
+    /// key's [`Cipher::tag`], so the database never holds an identity.
+    pub fn key_hash(&self, identity: &[u8]) -> String {
+        self.0
+            .tag(identity)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 /// An open store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Handle {
@@ -492,6 +690,15 @@ impl Handle {
         match self {
             Handle::Local(_) => None,
             Handle::Postgres(pg) => Some(pg.changes()),
+        }
+    }
+
+    /// The fleet's backfill state: a PostgreSQL store only (a local
+    /// store's single instance keeps its checkpoint files).
+    pub fn backfill_store(&self) -> Option<BackfillStore> {
+        match self {
+            Handle::Local(_) => None,
+            Handle::Postgres(store) => Some(BackfillStore(Arc::clone(store))),
         }
     }
 

@@ -517,13 +517,26 @@ impl Recent {
     }
 }
 
+/// Fleet mode: the shared store, and this instance's name and claim lease
+/// in it.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The store.
+    pub store: crate::store::Handle,
+    /// The owner name this instance's claims carry (its claimer's).
+    pub owner: String,
+    /// The claim lease (the claimer renews every claim of `owner`).
+    pub lease: Duration,
+}
+
 struct Worker {
     recent: Arc<Recent>,
     applied: Arc<RateMeter>,
     apply: Arc<dyn Apply>,
     dead_letters: Arc<DeadLetters>,
-    /// Fleet mode: dead letters go to the shared store.
-    store: Option<crate::store::Handle>,
+    /// Fleet mode: dead letters go to the shared store, and an exported
+    /// copy is written only under its lane's claim there.
+    shared: Option<Shared>,
     metrics: SyncMetrics,
     config: Config,
     limits: Limits,
@@ -541,7 +554,7 @@ pub fn spawn(
     apply: Arc<dyn Apply>,
     journal: impl Into<AckSink>,
     dead_letters: Arc<DeadLetters>,
-    store: Option<crate::store::Handle>,
+    shared: Option<Shared>,
     metrics: SyncMetrics,
     tracker: &TaskTracker,
     stop: CancellationToken,
@@ -570,7 +583,7 @@ pub fn spawn(
         applied,
         apply,
         dead_letters,
-        store,
+        shared,
         metrics,
         limits: limits.clone(),
         breaker: breaker::Breaker::new(config.retry_initial, config.retry_max, backoff, outage),
@@ -691,6 +704,9 @@ impl Worker {
             .await;
         match applied {
             Ok(follow_ups) => {
+                if !self.mark_follow_ups(&follow_ups).await {
+                    return Vec::new();
+                }
                 self.applied.tick();
                 if let Change::Sync { key, .. } = &change {
                     self.recent.push(key.clone());
@@ -711,8 +727,101 @@ impl Worker {
         }
     }
 
-    /// Writes one exported record, retrying transient failures.
+    /// Writes one exported record, retrying transient failures. In a
+    /// fleet, only under its lane's claim in the shared store, and only if
+    /// live traffic through any instance has not touched the key since the
+    /// pass began (`store::BackfillStore`): this instance's lanes see only
+    /// its own share of the live work.
     async fn backfill(&self, key: &Key, record: &Value) -> BackfillOutcome {
+        let Some(shared) = &self.shared else {
+            return self.write_exported(key, record).await;
+        };
+        let Some(backfill) = shared.store.backfill_store() else {
+            return self.write_exported(key, record).await;
+        };
+        let change = Change::sync(key.clone());
+        let lane = dispatcher::store_lane(&change);
+        let body = change.to_record();
+        let mut delay = Duration::from_millis(100);
+        let seq = loop {
+            match backfill
+                .claim_for_backfill(&shared.owner, lane.as_bytes(), &body, shared.lease)
+                .await
+            {
+                Ok(Some(seq)) => break seq,
+                Ok(None) => return BackfillOutcome::Skipped,
+                Err(err) => {
+                    tracing::warn!(key = %key.redacted(), error = %err, "cannot take a key for the backfill; retrying");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return BackfillOutcome::Stopped,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        let outcome = self.write_exported(key, record).await;
+        if outcome == BackfillOutcome::Stopped {
+            // The record stays claimed until this instance gives its claims
+            // back at shutdown (or its lease expires): then a sync of the
+            // key overwrites whatever copy landed.
+            return outcome;
+        }
+        // Until this, the lane is held: a live change waiting behind it is
+        // synced once it is gone; a resolved key synced meanwhile elsewhere
+        // (marked touched before its read) gets one more sync. A failure is
+        // retried; giving up would hold the lane for as long as the claims
+        // are renewed.
+        let mut delay = Duration::from_millis(50);
+        while let Err(err) = backfill.finish_backfill_write(seq, lane.as_bytes()).await {
+            tracing::warn!(error = %err, "cannot release a key the backfill wrote; retrying");
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        outcome
+    }
+
+    /// In a fleet, marks the keys of `follow_ups` as touched by live
+    /// traffic for a backfill pass that may be running on another
+    /// instance: they are synced here without their lanes' claims, so the
+    /// runner must learn of them before they are read (see
+    /// `store::BackfillStore`). False when the sync stopped first (the
+    /// change stays in the journal).
+    async fn mark_follow_ups(&self, follow_ups: &[Change]) -> bool {
+        let Some(backfill) = self.shared.as_ref().and_then(|s| s.store.backfill_store()) else {
+            return true;
+        };
+        let lanes: Vec<String> = follow_ups
+            .iter()
+            .filter(|change| !matches!(change, Change::Resolve { .. }))
+            .map(dispatcher::store_lane)
+            .collect();
+        if lanes.is_empty() {
+            return true;
+        }
+        let lanes: Vec<&[u8]> = lanes.iter().map(String::as_bytes).collect();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match backfill.mark_touched(&lanes).await {
+                Ok(()) => return true,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot mark resolved keys for the backfill; retrying");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return false,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Writes one exported record to the secondary, retrying transient
+    /// failures; a refusal dead-letters the key.
+    async fn write_exported(&self, key: &Key, record: &Value) -> BackfillOutcome {
         let dataset = key.dataset();
         let written = self
             .retrying(dataset, &|| key.redacted(), || async {
@@ -803,7 +912,7 @@ impl Worker {
         self.metrics.record_dead_letter(dataset);
         tracing::error!(change = %change.redacted(), reason, "sync gave up; moved to dead letters");
         let body = change.to_record();
-        if let Some(store) = &self.store {
+        if let Some(store) = self.shared.as_ref().map(|shared| &shared.store) {
             let lane = dispatcher::store_lane(change);
             match store.dead_letter(lane.as_bytes(), reason, &body).await {
                 Ok(_) => {

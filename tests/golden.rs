@@ -316,6 +316,7 @@ fn status_json_is_stable() {
             concurrency: 32,
             elapsed_ms: 1500,
             datasets,
+            runner: None,
         },
         warnings: vec!["1 change could not be tracked since Thu, 03 Dec 2026 10:42:31 GMT (a trigger's response was too large, cut off or malformed); run `handover verify --repair`".into()],
         sync: SyncStatus {
@@ -513,6 +514,7 @@ fn authlete_verify_and_status_json_are_stable() {
             concurrency: 32,
             elapsed_ms: 900,
             datasets,
+            runner: None,
         },
         warnings: vec![],
         sync: SyncStatus::default(),

@@ -630,6 +630,18 @@ async fn announced(changes: &mut tokio::sync::watch::Receiver<store::Changes>, a
     }
 }
 
+// The fleet's backfill (PostgreSQL only: a local store's single instance
+// keeps its checkpoint files).
+
+fn stored(dataset: &str, settled: u64) -> store::StoredCheckpoint {
+    store::StoredCheckpoint {
+        dataset: dataset.to_owned(),
+        checkpoint: format!(r#"{{"done":false,"settled":{settled}}}"#),
+        rate: 10.0,
+        error: None,
+    }
+}
+
 #[tokio::test]
 async fn a_change_of_control_or_an_acknowledgement_is_announced_to_every_instance() {
     let f = Fixture::postgres().await;
@@ -704,4 +716,241 @@ async fn a_listener_that_lost_its_connection_listens_again() {
         .unwrap()
         .unwrap();
     announced(&mut heard, before).await;
+}
+
+#[tokio::test]
+async fn one_backfill_runner_at_a_time_until_its_lease_expires() {
+    let f = Fixture::postgres().await;
+    let store = f.open().await;
+    let backfill = store.backfill_store().unwrap();
+    assert!(
+        Fixture::local()
+            .await
+            .open()
+            .await
+            .backfill_store()
+            .is_none()
+    );
+    let lease = Duration::from_millis(300);
+    assert_eq!(backfill.take_runner("a", lease).await.unwrap(), None);
+    // Taking it again is renewing it.
+    assert_eq!(backfill.take_runner("a", lease).await.unwrap(), None);
+    let held = backfill.take_runner("b", lease).await.unwrap().unwrap();
+    assert_eq!((held.instance.as_str(), held.live), ("a", true));
+    assert!(backfill.renew_runner("a", lease).await.unwrap());
+    assert_eq!(backfill.begin_pass("b", 0, 1).await.unwrap(), None);
+    assert_eq!(backfill.begin_pass("a", 0, 1).await.unwrap(), Some(false));
+    assert!(
+        backfill
+            .save_checkpoint("a", &stored("clients", 5))
+            .await
+            .unwrap()
+    );
+    // Only the runner writes.
+    assert!(
+        !backfill
+            .save_checkpoint("b", &stored("clients", 1))
+            .await
+            .unwrap()
+    );
+
+    // a stops renewing (it died): b takes over, and a is fenced out.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    assert!(!backfill.read().await.unwrap().runner.unwrap().live);
+    assert_eq!(backfill.take_runner("b", lease).await.unwrap(), None);
+    assert!(!backfill.renew_runner("a", lease).await.unwrap());
+    assert!(
+        !backfill
+            .save_checkpoint("a", &stored("clients", 2))
+            .await
+            .unwrap()
+    );
+    let update = store::BackfillUpdate {
+        state: "running".to_owned(),
+        rate_limit: 0,
+        concurrency: 1,
+        release: true,
+    };
+    assert!(!backfill.publish("a", &update).await.unwrap());
+    // b resumes a's pass: its checkpoint is there.
+    assert_eq!(backfill.begin_pass("b", 0, 1).await.unwrap(), Some(false));
+    let shared = backfill.read().await.unwrap();
+    assert_eq!(shared.checkpoints, [stored("clients", 5)]);
+    assert_eq!(shared.runner.unwrap().instance, "b");
+    assert!(shared.watching);
+}
+
+#[tokio::test]
+async fn a_backfill_write_never_takes_a_key_live_traffic_touched_during_the_pass() {
+    let f = Fixture::postgres().await;
+    let store = f.open().await;
+    let backfill = store.backfill_store().unwrap();
+    // Before the pass: applied changes leave no mark.
+    let early = store.append(vec![record("early", "e")]).await.unwrap();
+    store.ack(&early).await.unwrap();
+    assert_eq!(backfill.take_runner("r", HOUR).await.unwrap(), None);
+    assert_eq!(backfill.begin_pass("r", 0, 1).await.unwrap(), Some(false));
+
+    // A change of "live" during the pass, applied and deleted by now.
+    let seqs = store.append(vec![record("live", "l1")]).await.unwrap();
+    assert_eq!(bodies(&store.claim("x", 10, HOUR).await.unwrap()), ["l1"]);
+    store.ack(&seqs).await.unwrap();
+    assert_eq!(store.depth().await.unwrap().records, 0);
+    assert_eq!(
+        backfill
+            .claim_for_backfill("r", b"live", b"sync", HOUR)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        backfill
+            .claim_for_backfill("r", b"early", b"sync", HOUR)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // A key the backfill holds: a live change arriving meanwhile waits,
+    // then goes to a claimer once the copy is written.
+    let held = backfill
+        .claim_for_backfill("r", b"quiet", b"sync quiet", HOUR)
+        .await
+        .unwrap()
+        .unwrap();
+    store.append(vec![record("quiet", "q1")]).await.unwrap();
+    let others = store.claim("x", 10, HOUR).await.unwrap();
+    assert!(bodies(&others).is_empty(), "{:?}", bodies(&others));
+    store.ack(&[held]).await.unwrap();
+    assert_eq!(bodies(&store.claim("x", 10, HOUR).await.unwrap()), ["q1"]);
+    // And the key is touched now: no second copy.
+    assert_eq!(
+        backfill
+            .claim_for_backfill("r", b"quiet", b"sync", HOUR)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A runner that dies mid-write: its record returns to the pool and
+    // whoever claims it syncs the key.
+    let orphan = backfill
+        .claim_for_backfill(
+            "dead",
+            b"orphan",
+            b"sync orphan",
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let claimed = store.claim("y", 10, HOUR).await.unwrap();
+    assert_eq!(bodies(&claimed), ["sync orphan"]);
+    assert_eq!(claimed[0].seq, orphan);
+
+    // The marks name no key in clear.
+    let client = f.db.as_ref().unwrap().client().await;
+    for row in client
+        .query("SELECT lane FROM handover_backfill_touched", &[])
+        .await
+        .unwrap()
+    {
+        let lane: Vec<u8> = row.get(0);
+        assert!(!String::from_utf8_lossy(&lane).contains("live"));
+        assert_eq!(lane.len(), 16);
+    }
+}
+
+#[tokio::test]
+async fn a_pass_done_forgets_its_marks_and_the_next_start_is_a_new_pass() {
+    let f = Fixture::postgres().await;
+    let store = f.open().await;
+    let backfill = store.backfill_store().unwrap();
+    assert_eq!(backfill.take_runner("r", HOUR).await.unwrap(), None);
+    assert_eq!(backfill.begin_pass("r", 0, 1).await.unwrap(), Some(false));
+    store.append(vec![record("k", "live")]).await.unwrap();
+    assert!(
+        backfill
+            .save_checkpoint("r", &stored("clients", 9))
+            .await
+            .unwrap()
+    );
+    let done = store::BackfillUpdate {
+        state: "done".to_owned(),
+        rate_limit: 5,
+        concurrency: 2,
+        release: true,
+    };
+    assert!(backfill.publish("r", &done).await.unwrap());
+    let shared = backfill.read().await.unwrap();
+    assert_eq!(shared.state, "done");
+    assert_eq!(shared.runner, None);
+    assert!(!shared.watching);
+    assert_eq!((shared.rate_limit, shared.concurrency), (5, 2));
+    assert!(shared.elapsed_ms.is_some());
+    // Not watching: appends leave no mark.
+    let client = f.db.as_ref().unwrap().client().await;
+    let marks = "SELECT count(*) FROM handover_backfill_touched";
+    assert_eq!(
+        client.query_one(marks, &[]).await.unwrap().get::<_, i64>(0),
+        0
+    );
+    store.append(vec![record("k2", "live")]).await.unwrap();
+    assert_eq!(
+        client.query_one(marks, &[]).await.unwrap().get::<_, i64>(0),
+        0
+    );
+
+    // Another instance starts a new pass: the old checkpoints go.
+    assert_eq!(backfill.take_runner("s", HOUR).await.unwrap(), None);
+    assert_eq!(backfill.begin_pass("s", 0, 1).await.unwrap(), Some(true));
+    assert!(backfill.read().await.unwrap().checkpoints.is_empty());
+    assert_ne!(
+        backfill.key_hash(b"client:a"),
+        backfill.key_hash(b"client:b")
+    );
+    assert_eq!(backfill.key_hash(b"client:a").len(), 32);
+}
+
+#[tokio::test]
+async fn a_key_resolved_elsewhere_while_a_copy_is_written_is_synced_again_after_it() {
+    let f = Fixture::postgres().await;
+    let store = f.open().await;
+    let backfill = store.backfill_store().unwrap();
+    assert_eq!(backfill.take_runner("r", HOUR).await.unwrap(), None);
+    assert_eq!(backfill.begin_pass("r", 0, 1).await.unwrap(), Some(false));
+
+    // Another instance resolves a change to the key while the copy is
+    // being written (no record on the key's lane): the copy's record goes
+    // back to the pool, a sync of the key.
+    let seq = backfill
+        .claim_for_backfill("r", b"k", b"sync k", HOUR)
+        .await
+        .unwrap()
+        .unwrap();
+    backfill.mark_touched(&[b"k", b"other"]).await.unwrap();
+    assert!(backfill.finish_backfill_write(seq, b"k").await.unwrap());
+    assert_eq!(
+        bodies(&store.claim("x", 10, HOUR).await.unwrap()),
+        ["sync k"]
+    );
+
+    // Untouched: the record is simply gone.
+    let seq = backfill
+        .claim_for_backfill("r", b"quiet", b"sync quiet", HOUR)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!backfill.finish_backfill_write(seq, b"quiet").await.unwrap());
+    assert!(store.claim("x", 10, HOUR).await.unwrap().is_empty());
+    assert_eq!(store.depth().await.unwrap().records, 1);
+    // The other marked key is not copied either.
+    assert_eq!(
+        backfill
+            .claim_for_backfill("r", b"other", b"sync", HOUR)
+            .await
+            .unwrap(),
+        None
+    );
 }

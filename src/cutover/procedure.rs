@@ -817,23 +817,15 @@ impl Cutover {
     /// (forward only), the sync lag within bounds, no dead letters.
     async fn sync_checks(&self, forward: bool, checks: &mut Vec<Check>) {
         if forward {
+            // A fleet: the fleet's backfill (done by whichever instance ran
+            // it), read now.
+            self.backfill.refresh().await;
             let state = self.backfill.state();
-            let mut done = state == crate::api::BackfillState::Done;
-            let mut detail = format!("backfill {}", state.as_str());
-            // A fleet: done on any instance is done (it copies the whole
-            // source, whoever runs it).
-            if !done && let Some(fleet) = &self.environment.shared {
-                if let Ok(members) = fleet.store.members().await
-                    && let Some(member) = members
-                        .iter()
-                        .find(|m| m.member.backfill == crate::api::BackfillState::Done.as_str())
-                {
-                    done = true;
-                    detail = format!("backfill done (on {})", member.member.instance);
-                } else {
-                    detail.push_str(" here, and done on no instance of the fleet");
-                }
-            }
+            let done = state == crate::api::BackfillState::Done;
+            let detail = match &self.environment.shared {
+                Some(_) => format!("backfill {} (fleet)", state.as_str()),
+                None => format!("backfill {}", state.as_str()),
+            };
             checks.push(Check {
                 check: "backfill finished".to_owned(),
                 ok: done,

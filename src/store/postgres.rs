@@ -15,6 +15,10 @@
 //! handover_members      (instance, admin_url, version, phase, renewed_at, lease_until,  (version 2)
 //!                        hold_ack, hold_state, backfill)                                 (version 3)
 //! handover_registrations (client, entry, secret_changed_at)                              (version 4)
+//! handover_backfill     (id = 1, state, runner, runner_until, watching, started_at,     (version 5)
+//!                        elapsed_ms, rate_limit, concurrency)
+//! handover_backfill_checkpoints (dataset, checkpoint, rate, error, saved_at)            (version 5)
+//! handover_backfill_touched     (lane)                                                  (version 5)
 //! ```
 //!
 //! `lane` is the 16-byte keyed tag of the record's key; `record` is the
@@ -50,6 +54,17 @@
 //! claim never waits for an ack's delete in flight. Claims are coarse
 //! (whole lanes, many at a time), so taking turns costs one short
 //! transaction per batch. Lease times use the database's clock only.
+//!
+//! # The fleet's backfill
+//!
+//! One row says who runs the backfill (`runner`, under a lease like a
+//! member's) and where the pass is; one row per dataset holds its
+//! checkpoint (the same JSON as the local checkpoint file, its key hash a
+//! [`Cipher::tag`]). While a pass is unfinished (`watching`), every append
+//! also records its lanes in `handover_backfill_touched`, in the same
+//! statement: the durable "live traffic touched this key since the export
+//! began" that outlives the records themselves (applied records are
+//! deleted). See [`super::BackfillStore`] for the rules built on it.
 //!
 //! # Group commit
 //!
@@ -103,7 +118,7 @@ const LISTEN_BACKOFF: Duration = Duration::from_millis(100);
 const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Advisory lock key held while migrating ("handover" in ASCII, then 1).
 const MIGRATION_LOCK: i64 = 0x6861_6e64_6f76_0001;
@@ -227,6 +242,33 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX handover_registrations_secret_changed
         ON handover_registrations (secret_changed_at) WHERE secret_changed_at IS NOT NULL;
+",
+    // The fleet's backfill: who runs it, its checkpoints, and the lanes
+    // live traffic touched while a pass is unfinished.
+    "
+    CREATE TABLE handover_backfill (
+        id smallint PRIMARY KEY CHECK (id = 1),
+        state text NOT NULL,
+        runner text,
+        runner_until timestamptz,
+        watching boolean NOT NULL,
+        started_at timestamptz,
+        elapsed_ms bigint,
+        rate_limit bigint NOT NULL,
+        concurrency bigint NOT NULL
+    );
+    INSERT INTO handover_backfill (id, state, watching, rate_limit, concurrency)
+        VALUES (1, 'idle', false, 0, 0);
+    CREATE TABLE handover_backfill_checkpoints (
+        dataset text PRIMARY KEY,
+        checkpoint text NOT NULL,
+        rate double precision NOT NULL DEFAULT 0,
+        error text,
+        saved_at timestamptz NOT NULL
+    );
+    CREATE TABLE handover_backfill_touched (
+        lane bytea PRIMARY KEY
+    );
 ",
 ];
 
@@ -562,6 +604,8 @@ pub struct Postgres {
     changes: watch::Receiver<super::Changes>,
     /// Ends the listener.
     stop: CancellationToken,
+    /// Backfill claims in flight at once ([`BACKFILL_CLAIMS`]).
+    backfill_claims: Semaphore,
 }
 
 impl Drop for Postgres {
@@ -570,6 +614,12 @@ impl Drop for Postgres {
         self.stop.cancel();
     }
 }
+
+/// Backfill claims one instance runs at once. They take turns under the
+/// claim lock anyway, so more would only park pooled connections there,
+/// and the backfill's dozens of writes in flight must leave the pool to
+/// the appends a client waits for, the claims and the lease renewals.
+const BACKFILL_CLAIMS: usize = 2;
 
 impl std::fmt::Debug for AppendRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -706,6 +756,7 @@ impl Postgres {
             writer,
             changes,
             stop,
+            backfill_claims: Semaphore::new(BACKFILL_CLAIMS),
         })
     }
 
@@ -1338,6 +1389,10 @@ impl Postgres {
         self.changes.clone()
     }
 
+    pub(super) fn tag(&self, data: &[u8]) -> LaneTag {
+        self.cipher.tag(data)
+    }
+
     fn open_record(&self, sealed: &[u8], seq: Seq, place: &'static str) -> Result<Vec<u8>, Error> {
         let decoded = record::decode(sealed, &self.cipher).map_err(|err| Error::Corrupt {
             place,
@@ -1365,6 +1420,340 @@ struct SealedEntry<'a> {
     client_id: Cow<'a, str>,
     #[serde(flatten)]
     credentials: Cow<'a, ClientCredentials>,
+}
+
+/// The fleet's backfill (schema version 5; see [`super::BackfillStore`]).
+impl Postgres {
+    pub(super) async fn take_runner(
+        &self,
+        instance: &str,
+        lease: Duration,
+    ) -> Result<Option<super::BackfillRunner>, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("take the backfill", &err);
+        let conn = self.pool.get("take the backfill").await?;
+        // The row lock serializes two instances taking it at once: the
+        // second re-reads the row the first wrote and finds it held.
+        let taken = conn
+            .execute(
+                "UPDATE handover_backfill
+                 SET runner = $1, runner_until = now() + $2::bigint * interval '1 millisecond'
+                 WHERE id = 1 AND (runner IS NULL OR runner = $1 OR runner_until <= now())",
+                &[&instance, &lease_ms(lease)],
+            )
+            .await
+            .map_err(fail)?;
+        if taken == 1 {
+            return Ok(None);
+        }
+        let row = conn
+            .query_one(
+                "SELECT b.runner, m.admin_url, b.runner_until > now()
+                 FROM handover_backfill b LEFT JOIN handover_members m ON m.instance = b.runner
+                 WHERE b.id = 1",
+                &[],
+            )
+            .await
+            .map_err(fail)?;
+        Ok(Some(super::BackfillRunner {
+            instance: row.get::<_, Option<String>>(0).unwrap_or_default(),
+            admin_url: row.get(1),
+            live: row.get::<_, Option<bool>>(2).unwrap_or(false),
+        }))
+    }
+
+    pub(super) async fn renew_runner(
+        &self,
+        instance: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        let conn = self.pool.get("renew the backfill").await?;
+        let renewed = conn
+            .execute(
+                "UPDATE handover_backfill
+                 SET runner_until = now() + $2::bigint * interval '1 millisecond'
+                 WHERE id = 1 AND runner = $1",
+                &[&instance, &lease_ms(lease)],
+            )
+            .await
+            .map_err(|err| Error::postgres("renew the backfill", &err))?;
+        Ok(renewed == 1)
+    }
+
+    pub(super) async fn begin_pass(
+        &self,
+        instance: &str,
+        rate_limit: u64,
+        concurrency: u64,
+    ) -> Result<Option<bool>, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("begin the backfill", &err);
+        let mut conn = self.pool.get("begin the backfill").await?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT state FROM handover_backfill WHERE id = 1 AND runner = $1 FOR UPDATE",
+                &[&instance],
+            )
+            .await
+            .map_err(fail)?
+        else {
+            return Ok(None);
+        };
+        let new_pass = row.get::<_, String>(0) == "done";
+        if new_pass {
+            tx.batch_execute(
+                "DELETE FROM handover_backfill_checkpoints; DELETE FROM handover_backfill_touched;",
+            )
+            .await
+            .map_err(fail)?;
+        }
+        // Watching starts before the runner opens any export (it commits
+        // here first), and stays on until the pass is done.
+        tx.execute(
+            "UPDATE handover_backfill
+             SET state = 'running', watching = true, started_at = now(), elapsed_ms = NULL,
+                 rate_limit = $1, concurrency = $2
+             WHERE id = 1",
+            &[&to_i64(rate_limit), &to_i64(concurrency)],
+        )
+        .await
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        Ok(Some(new_pass))
+    }
+
+    pub(super) async fn publish_backfill(
+        &self,
+        instance: &str,
+        update: &super::BackfillUpdate,
+    ) -> Result<bool, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("publish the backfill", &err);
+        let mut conn = self.pool.get("publish the backfill").await?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        let done = update.state == "done";
+        let finished = done || update.state == "failed";
+        let updated = tx
+            .execute(
+                "UPDATE handover_backfill
+                 SET state = $2, rate_limit = $3, concurrency = $4,
+                     watching = watching AND NOT $5,
+                     elapsed_ms = CASE WHEN $6
+                         THEN (extract(epoch FROM now() - started_at) * 1000)::bigint
+                         ELSE elapsed_ms END,
+                     runner = CASE WHEN $7 THEN NULL ELSE runner END,
+                     runner_until = CASE WHEN $7 THEN NULL ELSE runner_until END
+                 WHERE id = 1 AND runner = $1",
+                &[
+                    &instance,
+                    &update.state,
+                    &to_i64(update.rate_limit),
+                    &to_i64(update.concurrency),
+                    &done,
+                    &finished,
+                    &update.release,
+                ],
+            )
+            .await
+            .map_err(fail)?;
+        if updated == 1 && done {
+            tx.execute("DELETE FROM handover_backfill_touched", &[])
+                .await
+                .map_err(fail)?;
+        }
+        tx.commit().await.map_err(fail)?;
+        Ok(updated == 1)
+    }
+
+    pub(super) async fn save_checkpoint(
+        &self,
+        instance: &str,
+        checkpoint: &super::StoredCheckpoint,
+    ) -> Result<bool, Error> {
+        let conn = self.pool.get("save a backfill checkpoint").await?;
+        // Only the runner writes: one that lost its lease must not put an
+        // older checkpoint over its successor's.
+        let saved = conn
+            .execute(
+                "INSERT INTO handover_backfill_checkpoints (dataset, checkpoint, rate, error, saved_at)
+                 SELECT $2, $3, $4, $5, now()
+                 WHERE EXISTS (SELECT 1 FROM handover_backfill WHERE id = 1 AND runner = $1)
+                 ON CONFLICT (dataset) DO UPDATE SET checkpoint = EXCLUDED.checkpoint,
+                     rate = EXCLUDED.rate, error = EXCLUDED.error, saved_at = EXCLUDED.saved_at",
+                &[
+                    &instance,
+                    &checkpoint.dataset,
+                    &checkpoint.checkpoint,
+                    &checkpoint.rate,
+                    &checkpoint.error,
+                ],
+            )
+            .await
+            .map_err(|err| Error::postgres("save a backfill checkpoint", &err))?;
+        Ok(saved == 1)
+    }
+
+    pub(super) async fn forget_checkpoint(
+        &self,
+        instance: &str,
+        dataset: &str,
+    ) -> Result<(), Error> {
+        let conn = self.pool.get("forget a backfill checkpoint").await?;
+        conn.execute(
+            "DELETE FROM handover_backfill_checkpoints
+             WHERE dataset = $2
+               AND EXISTS (SELECT 1 FROM handover_backfill WHERE id = 1 AND runner = $1)",
+            &[&instance, &dataset],
+        )
+        .await
+        .map_err(|err| Error::postgres("forget a backfill checkpoint", &err))?;
+        Ok(())
+    }
+
+    pub(super) async fn mark_touched(&self, lanes: &[&[u8]]) -> Result<(), Error> {
+        let tags: Vec<Vec<u8>> = lanes
+            .iter()
+            .map(|lane| self.cipher.tag(lane).to_vec())
+            .collect();
+        let conn = self.pool.get("mark touched keys").await?;
+        conn.execute(
+            "INSERT INTO handover_backfill_touched (lane)
+             SELECT DISTINCT lane FROM unnest($1::bytea[]) AS lane
+             WHERE EXISTS (SELECT 1 FROM handover_backfill WHERE id = 1 AND watching)
+             ON CONFLICT DO NOTHING",
+            &[&tags],
+        )
+        .await
+        .map_err(|err| Error::postgres("mark touched keys", &err))?;
+        Ok(())
+    }
+
+    pub(super) async fn finish_backfill_write(&self, seq: Seq, lane: &[u8]) -> Result<bool, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("finish a backfill write", &err);
+        let tag = self.cipher.tag(lane);
+        let mut conn = self.pool.get("finish a backfill write").await?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        let touched: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM handover_backfill_touched WHERE lane = $1)",
+                &[&tag.as_slice()],
+            )
+            .await
+            .map_err(fail)?
+            .get(0);
+        let statement = if touched {
+            "UPDATE handover_journal SET claimed_by = NULL, claimed_until = NULL WHERE seq = $1"
+        } else {
+            "DELETE FROM handover_journal WHERE seq = $1"
+        };
+        tx.execute(statement, &[&to_i64(seq)]).await.map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        Ok(touched)
+    }
+
+    pub(super) async fn read_backfill(&self) -> Result<super::SharedBackfill, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("read the backfill", &err);
+        let conn = self.pool.get("read the backfill").await?;
+        let row = conn
+            .query_one(
+                "SELECT b.state, b.runner, m.admin_url, b.runner_until > now(), b.watching,
+                        coalesce(b.elapsed_ms,
+                                 (extract(epoch FROM now() - b.started_at) * 1000)::bigint),
+                        b.rate_limit, b.concurrency
+                 FROM handover_backfill b LEFT JOIN handover_members m ON m.instance = b.runner
+                 WHERE b.id = 1",
+                &[],
+            )
+            .await
+            .map_err(fail)?;
+        let checkpoints = conn
+            .query(
+                "SELECT dataset, checkpoint, rate, error FROM handover_backfill_checkpoints
+                 ORDER BY dataset",
+                &[],
+            )
+            .await
+            .map_err(fail)?
+            .iter()
+            .map(|row| super::StoredCheckpoint {
+                dataset: row.get(0),
+                checkpoint: row.get(1),
+                rate: row.get(2),
+                error: row.get(3),
+            })
+            .collect();
+        Ok(super::SharedBackfill {
+            state: row.get(0),
+            runner: row
+                .get::<_, Option<String>>(1)
+                .map(|instance| super::BackfillRunner {
+                    instance,
+                    admin_url: row.get(2),
+                    live: row.get::<_, Option<bool>>(3).unwrap_or(false),
+                }),
+            watching: row.get(4),
+            elapsed_ms: row.get::<_, Option<i64>>(5).map(to_seq),
+            rate_limit: to_seq(row.get(6)),
+            concurrency: to_seq(row.get(7)),
+            checkpoints,
+        })
+    }
+
+    pub(super) async fn claim_for_backfill(
+        &self,
+        owner: &str,
+        lane: &[u8],
+        body: &[u8],
+        lease: Duration,
+    ) -> Result<Option<Seq>, Error> {
+        let fail = |err: tokio_postgres::Error| Error::postgres("claim for the backfill", &err);
+        let tag = self.cipher.tag(lane);
+        let _turn = self
+            .backfill_claims
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let mut conn = self.pool.get("claim for the backfill").await?;
+        // The seq is drawn first: the record is sealed under it. One drawn
+        // for a record that is then not written is a gap, as after any
+        // rolled-back append.
+        let seq: i64 = conn
+            .query_one("SELECT nextval('handover_journal_seq')", &[])
+            .await
+            .map_err(fail)?
+            .get(0);
+        let sealed =
+            record::encode(to_seq(seq), body, &self.cipher).map_err(|err| Error::Corrupt {
+                place: "journal",
+                seq: to_seq(seq),
+                reason: err.to_string(),
+            })?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        // Taking turns with every claimer: between this check and the
+        // insert, nobody takes the lane.
+        tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
+            .await
+            .map_err(fail)?;
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO handover_journal
+                     (seq, lane, record, appended_ms, epoch, claimed_by, claimed_until)
+                 SELECT $1, $2, $3, $4, 0, $5, now() + $6::bigint * interval '1 millisecond'
+                 WHERE NOT EXISTS (SELECT 1 FROM handover_backfill_touched WHERE lane = $2)
+                   AND NOT EXISTS (SELECT 1 FROM handover_journal WHERE lane = $2)
+                 RETURNING seq",
+                &[
+                    &seq,
+                    &tag.as_slice(),
+                    &sealed,
+                    &unix_ms(SystemTime::now()),
+                    &owner,
+                    &lease_ms(lease),
+                ],
+            )
+            .await
+            .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        Ok(inserted.map(|row| to_seq(row.get(0))))
+    }
 }
 
 fn lane(bytes: &[u8], seq: Seq, place: &'static str) -> Result<LaneTag, Error> {
@@ -1445,9 +1834,22 @@ async fn insert_records(
         );
     }
     let times = vec![now; records.len()];
+    // One statement: the records, and (while a backfill pass is
+    // unfinished) their lanes as touched by live traffic. The flag is read
+    // in this statement's snapshot: an append that misses a flag set
+    // concurrently began before it was set, so the change it journals was
+    // made at the primary before any export of that pass opened, and every
+    // exported copy is at least as new.
     tx.execute(
-        "INSERT INTO handover_journal (seq, lane, record, appended_ms, epoch)
-         SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::bigint[])",
+        "WITH appended AS (
+             INSERT INTO handover_journal (seq, lane, record, appended_ms, epoch)
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::bigint[])
+             RETURNING lane
+         )
+         INSERT INTO handover_backfill_touched (lane)
+         SELECT DISTINCT lane FROM appended
+         WHERE EXISTS (SELECT 1 FROM handover_backfill WHERE id = 1 AND watching)
+         ON CONFLICT DO NOTHING",
         &[&seqs, &lanes, &sealed, &times, &epochs],
     )
     .await

@@ -18,6 +18,9 @@
 //!   an exported copy of it is skipped, never written after a live read.
 //!   Outside that window too, an exported copy is skipped when live work
 //!   for its key is queued or running, or arrives while the copy waits.
+//!   (In a fleet these lanes see only this instance's share of the live
+//!   work: the engine also takes the key's claim in the shared store for
+//!   each copy, see `store::BackfillStore`.)
 //!
 //! The dispatcher is generic over what it carries for the engine: `A`, the
 //! acknowledgement of a journal record (dropped when the work is done), and

@@ -69,6 +69,8 @@ pub struct Options {
     pub claim_lease: String,
     /// More lines of `[store]` (e.g. `ca_file`).
     pub store_extra: String,
+    /// More sections after `[store]` (e.g. `[backfill]`).
+    pub sections: String,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             datasets: r#"["clients"]"#.to_owned(),
             claim_lease: "1s".to_owned(),
             store_extra: String::new(),
+            sections: String::new(),
         }
     }
 }
@@ -130,11 +133,13 @@ kind = "{kind}"
 {url_line}
 claim_lease = "{lease}"
 {extra}
+{sections}
 "#,
             journal = journal.display(),
             datasets = options.datasets,
             lease = options.claim_lease,
             extra = options.store_extra,
+            sections = options.sections,
         ),
     )
     .unwrap();
