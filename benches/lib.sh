@@ -152,7 +152,11 @@ start_authlete() {
 start_emulators() {
     start_emulator source "$HANDOVER_SOURCE_TOKEN" 127.0.0.1:0 ${BENCH_ISSUER:+--issuer "$BENCH_ISSUER"} "$@"
     SOURCE_PID=$EMU_PID SOURCE_ADDR=$EMU_ADDR
-    start_emulator target "$HANDOVER_TARGET_TOKEN" 127.0.0.1:0 ${BENCH_ISSUER:+--issuer "$BENCH_ISSUER"}
+    # TARGET_SWITCHES: the target's configuration as a JSON object of
+    # emulator switches, e.g. '{"always_refresh_client_secret_on_update":false}'
+    # for a target set up as the README asks (op.reg.alwaysRefreshClientSecretOnUpdate=false).
+    start_emulator target "$HANDOVER_TARGET_TOKEN" 127.0.0.1:0 ${BENCH_ISSUER:+--issuer "$BENCH_ISSUER"} \
+        ${TARGET_SWITCHES:+--switches "$TARGET_SWITCHES"}
     TARGET_PID=$EMU_PID TARGET_ADDR=$EMU_ADDR
 }
 
