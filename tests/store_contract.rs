@@ -954,3 +954,46 @@ async fn a_key_resolved_elsewhere_while_a_copy_is_written_is_synced_again_after_
         None
     );
 }
+
+/// A fleet upgraded from schema 4 after its backfill finished keeps it
+/// finished: before the shared backfill table each member reported its own,
+/// and the migration carries a finished one over (else the cutover
+/// pre-flight would ask for a second pass of the whole source).
+#[tokio::test]
+async fn a_backfill_finished_before_the_upgrade_stays_finished() {
+    for (reported, expected) in [("done", "done"), ("running", "idle"), ("", "idle")] {
+        let f = Fixture::postgres().await;
+        let store = f.open().await;
+        store
+            .renew_member(
+                &store::Member {
+                    instance: "a".to_owned(),
+                    admin_url: "http://a:9901".to_owned(),
+                    version: "0.1.0".to_owned(),
+                    phase: "mirroring".to_owned(),
+                    backfill: reported.to_owned(),
+                },
+                HOUR,
+            )
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        // The database as the previous build left it: schema 4, no shared
+        // backfill tables.
+        let db = f.db.as_ref().unwrap().client().await;
+        db.batch_execute(
+            "DROP TABLE handover_backfill, handover_backfill_checkpoints, handover_backfill_touched;
+             UPDATE handover_schema SET version = 4",
+        )
+        .await
+        .unwrap();
+        let upgraded = f.open().await;
+        assert_eq!(
+            store::probe(&f.config).await.unwrap().found,
+            store::SCHEMA_VERSION
+        );
+        let shared = upgraded.backfill_store().unwrap().read().await.unwrap();
+        assert_eq!(shared.state, expected, "a member reported {reported:?}");
+        assert!(shared.checkpoints.is_empty());
+    }
+}

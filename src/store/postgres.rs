@@ -257,8 +257,12 @@ const MIGRATIONS: &[&str] = &[
         rate_limit bigint NOT NULL,
         concurrency bigint NOT NULL
     );
+    -- A fleet upgraded after its backfill finished keeps it finished (each
+    -- member reported its own backfill before this table existed): the
+    -- cutover pre-flight must not ask for a second pass.
     INSERT INTO handover_backfill (id, state, watching, rate_limit, concurrency)
-        VALUES (1, 'idle', false, 0, 0);
+        VALUES (1, CASE WHEN EXISTS (SELECT 1 FROM handover_members WHERE backfill = 'done')
+                        THEN 'done' ELSE 'idle' END, false, 0, 0);
     CREATE TABLE handover_backfill_checkpoints (
         dataset text PRIMARY KEY,
         checkpoint text NOT NULL,
