@@ -346,7 +346,7 @@ for round in $(seq 1 "$ROUNDS"); do
         fi
         rps=$(jq -s '[.[].achieved_rps] | add | round' "$prefix"-*.json)
         cl_errors=$(jq -s '[.[] | .errors + .timeouts] | add' "$prefix"-*.json)
-        first=$(members "$config" | head -n 1)
+        first=$(members "$config" | sed -n 1p)
         left=0
         [[ -z $first ]] || left=$(depth "$first")
         secs=$(drain "$config")
