@@ -27,6 +27,42 @@ use tokio::net::TcpListener;
 
 const ISSUER: &str = "http://127.0.0.1:1/c2id";
 
+/// What every test here runs its instances against: a database, a source
+/// seeded with generated clients, a target, a directory for the instances.
+struct Setup {
+    db: pg::TestDb,
+    dir: tempfile::TempDir,
+    source: Handle,
+    target: Handle,
+}
+
+impl Setup {
+    /// With `seed` generated clients at the source.
+    async fn new(seed: usize) -> Self {
+        let jwks = JwkSet::generate();
+        Self {
+            db: pg::TestDb::create().await,
+            dir: tempfile::tempdir().unwrap(),
+            source: seeded_source(&jwks, seed).await,
+            target: start_target_emulator(&jwks, ISSUER).await,
+        }
+    }
+
+    /// A `handover serve` instance named `name` in front of both.
+    async fn start(&self, name: &str, options: &Options) -> Instance {
+        let (source, target) = (self.source.url(), self.target.url());
+        Instance::start_with(
+            self.dir.path(),
+            name,
+            &source,
+            &target,
+            &self.db.url,
+            options,
+        )
+        .await
+    }
+}
+
 /// A source holding `seed` generated clients.
 async fn seeded_source(jwks: &JwkSet, seed: usize) -> Handle {
     let mut config = connect2id::Config::new(connect2id::ApiTokens::single(TOKEN), jwks.clone());
@@ -125,14 +161,10 @@ async fn assert_no_drift(db: &pg::TestDb, instance: &Instance) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_start_elsewhere_is_refused_naming_the_runner_and_any_instance_shows_its_progress()
 {
-    let db = pg::TestDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let jwks = JwkSet::generate();
-    let source = seeded_source(&jwks, 400).await;
-    let target = start_target_emulator(&jwks, ISSUER).await;
-    let (s, t) = (source.url(), target.url());
-    let a = Instance::start_with(dir.path(), "a", &s, &t, &db.url, &options("")).await;
-    let b = Instance::start_with(dir.path(), "b", &s, &t, &db.url, &options("")).await;
+    let setup = Setup::new(400).await;
+    let db = &setup.db;
+    let a = setup.start("a", &options("")).await;
+    let b = setup.start("b", &options("")).await;
 
     // Slow enough that b is asked while a runs.
     admin(&a).backfill("start", Some(40), None).await.unwrap();
@@ -183,23 +215,16 @@ async fn a_second_start_elsewhere_is_refused_naming_the_runner_and_any_instance_
         assert_eq!(settled(&done), 400, "{:?}", done.backfill);
         assert_eq!(done.backfill.runner, None);
     }
-    assert_no_drift(&db, &b).await;
+    assert_no_drift(db, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_start_on_two_instances_runs_one_backfill() {
-    let db = pg::TestDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let jwks = JwkSet::generate();
-    let source = seeded_source(&jwks, 300).await;
-    let target = start_target_emulator(&jwks, ISSUER).await;
+    let setup = Setup::new(300).await;
+    let (db, source) = (&setup.db, &setup.source);
     source.emulator().knobs().record_calls(true);
-    let (s, t) = (source.url(), target.url());
     let auto = options("[backfill]\nauto_start = true\nrate = 150\n");
-    let (a, b) = tokio::join!(
-        Instance::start_with(dir.path(), "a", &s, &t, &db.url, &auto),
-        Instance::start_with(dir.path(), "b", &s, &t, &db.url, &auto),
-    );
+    let (a, b) = tokio::join!(setup.start("a", &auto), setup.start("b", &auto),);
 
     // Both name the same runner while it runs.
     let agreed = eventually(DEADLINE, || async {
@@ -215,20 +240,16 @@ async fn auto_start_on_two_instances_runs_one_backfill() {
     }
     // One runner read the source: one counting pass and one copying
     // pass of the export, not two of each.
-    assert_eq!(exports(&source), 2, "export requests at the source");
-    assert_no_drift(&db, &a).await;
+    assert_eq!(exports(source), 2, "export requests at the source");
+    assert_no_drift(db, &a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_instance_resumes_a_killed_runners_pass_from_the_shared_checkpoint() {
-    let db = pg::TestDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let jwks = JwkSet::generate();
-    let source = seeded_source(&jwks, 600).await;
-    let target = start_target_emulator(&jwks, ISSUER).await;
-    let (s, t) = (source.url(), target.url());
-    let mut a = Instance::start_with(dir.path(), "a", &s, &t, &db.url, &options("")).await;
-    let b = Instance::start_with(dir.path(), "b", &s, &t, &db.url, &options("")).await;
+    let setup = Setup::new(600).await;
+    let db = &setup.db;
+    let mut a = setup.start("a", &options("")).await;
+    let b = setup.start("b", &options("")).await;
     let pg = db.client().await;
 
     admin(&a).backfill("start", Some(100), None).await.unwrap();
@@ -278,16 +299,13 @@ async fn another_instance_resumes_a_killed_runners_pass_from_the_shared_checkpoi
         resume_at >= at_kill,
         "b resumed at {resume_at}, {at_kill} at the kill"
     );
-    assert_no_drift(&db, &b).await;
+    assert_no_drift(db, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_writes_through_another_instance_win_over_the_runners_exported_copies() {
-    let db = pg::TestDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let jwks = JwkSet::generate();
-    let source = seeded_source(&jwks, 0).await;
-    let target = start_target_emulator(&jwks, ISSUER).await;
+    let setup = Setup::new(0).await;
+    let (db, source, target) = (&setup.db, &setup.source, &setup.target);
     // Clients that exist before handover: only the backfill copies them.
     let at_source = Driver::new(source.url(), TOKEN);
     let mut clients = Vec::new();
@@ -299,9 +317,8 @@ async fn live_writes_through_another_instance_win_over_the_runners_exported_copi
                 .unwrap(),
         );
     }
-    let (s, t) = (source.url(), target.url());
-    let a = Instance::start_with(dir.path(), "a", &s, &t, &db.url, &options("")).await;
-    let b = Instance::start_with(dir.path(), "b", &s, &t, &db.url, &options("")).await;
+    let a = setup.start("a", &options("")).await;
+    let b = setup.start("b", &options("")).await;
 
     // a copies slowly: its export (one chunk of the source's) is read
     // whole when it opens, then written 20 records a second.
@@ -329,7 +346,7 @@ async fn live_writes_through_another_instance_win_over_the_runners_exported_copi
         done.backfill
     );
 
-    assert_no_drift(&db, &b).await;
+    assert_no_drift(db, &b).await;
     // The newest read landed last: the target has the new names.
     for (id, name) in &renamed {
         let record = target.emulator().client(id).unwrap();
@@ -343,17 +360,10 @@ async fn live_writes_through_another_instance_win_over_the_runners_exported_copi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auto_start_a_survivor_takes_over_when_the_runner_dies() {
-    let db = pg::TestDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let jwks = JwkSet::generate();
-    let source = seeded_source(&jwks, 500).await;
-    let target = start_target_emulator(&jwks, ISSUER).await;
-    let (s, t) = (source.url(), target.url());
+    let setup = Setup::new(500).await;
+    let db = &setup.db;
     let auto = options("[backfill]\nauto_start = true\nrate = 100\n");
-    let mut instances = [
-        Instance::start_with(dir.path(), "a", &s, &t, &db.url, &auto).await,
-        Instance::start_with(dir.path(), "b", &s, &t, &db.url, &auto).await,
-    ];
+    let mut instances = [setup.start("a", &auto).await, setup.start("b", &auto).await];
     let pg = db.client().await;
     assert!(
         eventually(DEADLINE, || async { shared_settled(&pg).await >= 100 }).await,
@@ -388,16 +398,13 @@ async fn with_auto_start_a_survivor_takes_over_when_the_runner_dies() {
         resume_at >= at_kill,
         "resumed at {resume_at}, {at_kill} at the kill"
     );
-    assert_no_drift(&db, survivor).await;
+    assert_no_drift(db, survivor).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_tokens_rotated_through_another_instance_during_the_copy_work_at_the_target() {
-    let db = pg::TestDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let jwks = JwkSet::generate();
-    let source = seeded_source(&jwks, 0).await;
-    let target = start_target_emulator(&jwks, ISSUER).await;
+    let setup = Setup::new(0).await;
+    let (db, source, target) = (&setup.db, &setup.source, &setup.target);
     // Users who consented before handover: only the backfill copies their
     // authorizations.
     let at_source = Driver::new(source.url(), TOKEN);
@@ -411,13 +418,12 @@ async fn refresh_tokens_rotated_through_another_instance_during_the_copy_work_at
         let tokens = at_source.exchange_code(&client, &login.code).await.unwrap();
         refresh_tokens.push(tokens.refresh_token.unwrap());
     }
-    let (s, t) = (source.url(), target.url());
     let both = Options {
         datasets: r#"["clients", "authorizations"]"#.to_owned(),
         ..options("")
     };
-    let a = Instance::start_with(dir.path(), "a", &s, &t, &db.url, &both).await;
-    let b = Instance::start_with(dir.path(), "b", &s, &t, &db.url, &both).await;
+    let a = setup.start("a", &both).await;
+    let b = setup.start("b", &both).await;
 
     admin(&a).backfill("start", Some(15), None).await.unwrap();
     let copying = eventually(DEADLINE, || async {
@@ -439,7 +445,7 @@ async fn refresh_tokens_rotated_through_another_instance_during_the_copy_work_at
     }
     admin(&a).backfill("settings", Some(0), None).await.unwrap();
     wait_done(&a).await;
-    assert_no_drift(&db, &b).await;
+    assert_no_drift(db, &b).await;
     // The last rotated refresh token of each works at the target.
     let at_target = Driver::new(target.url(), TOKEN);
     for (n, token) in rotated.iter().enumerate() {

@@ -19,54 +19,12 @@ use std::time::{Duration, Instant};
 
 use fleet::eventually;
 use handover::api::{AdminClient, FlipRequest, Outcome};
-use handover::config::{Config, TEST_JOURNAL_KEY};
-use handover::emulator::connect2id::Strictness;
+use handover::config::TEST_JOURNAL_KEY;
 use handover::emulator::driver::Driver;
 use handover::journal::Cipher;
 use handover::store;
 use support::cutover::{Load, admin, finish_backfill, status};
-use support::proxy::TestProxy;
-use support::stack::{Servers, Stack};
-
-/// Pre-flight checks that settle by themselves a moment later.
-const SETTLING: &[&str] = &["sync lag", "live sessions alive", "backfill finished"];
-
-/// Every instance renews its lease (and may be given up) this fast.
-const LEASE: Duration = Duration::from_secs(2);
-
-fn fleet_config(config: &mut Config, url: &str) {
-    config.store = store::Config {
-        claim_lease: LEASE,
-        ..store::Config::postgres(url)
-    };
-}
-
-/// A stack whose proxy is the first instance of a fleet on `db`; both
-/// servers take the other's secret on a client update, as the runbook asks
-/// (a rollback syncs client updates back to the source).
-async fn fleet_stack(db: &pg::TestDb) -> Stack {
-    let url = db.url.clone();
-    Stack::start_servers(
-        Servers {
-            strictness: Some(Strictness {
-                preferred_client_secret_on_update: true,
-                ..Strictness::default()
-            }),
-            ..Servers::default()
-        },
-        move |config| fleet_config(config, &url),
-    )
-    .await
-}
-
-/// Another instance of the same fleet (its own journal directory).
-async fn another(stack: &Stack, store_url: &str) -> TestProxy {
-    let mut config = stack.config.clone();
-    fleet_config(&mut config, store_url);
-    let mut proxy = TestProxy::start(config).await;
-    proxy.wait_ready().await;
-    proxy
-}
+use support::fleet_stack::{LEASE, another, fleet_stack, flip_settling};
 
 /// The detail of the report's step `name`.
 fn step<'a>(report: &'a handover::api::FlipReport, name: &str) -> &'a str {
@@ -84,40 +42,6 @@ async fn shows(admin: &AdminClient, phase: &str, epoch: u64, primary: &str) -> b
         now.phase.as_str() == phase && now.epoch == epoch && now.primary.as_str() == primary
     })
     .await
-}
-
-/// Flips through `admin`, trying again while the only failed checks are
-/// ones that settle by themselves a moment later: the sync lag of a load
-/// running flat out on a shared machine, a session created during the
-/// live-session pass and synced by another instance, a backfill finished on
-/// another instance that has not renewed its lease since.
-async fn flip_retrying_lag(
-    admin: &AdminClient,
-    path: &str,
-    request: &FlipRequest,
-) -> handover::api::FlipReport {
-    let mut report = admin.flip(path, request).await.unwrap();
-    for _ in 0..40 {
-        let behind_only = report.outcome == Outcome::Refused
-            && report
-                .preflight
-                .iter()
-                .all(|check| check.ok || SETTLING.iter().any(|name| check.check.starts_with(name)));
-        if !behind_only {
-            break;
-        }
-        eprintln!(
-            "refused, settling: {:?}",
-            report
-                .preflight
-                .iter()
-                .filter(|check| !check.ok)
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        report = admin.flip(path, request).await.unwrap();
-    }
-    report
 }
 
 /// A flip under this test's load with a pause bound of 10 s: on a debug
@@ -151,7 +75,7 @@ async fn open_store(db: &pg::TestDb) -> store::Handle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_cut_over_under_load_and_roll_back_with_zero_client_errors() {
     let db = pg::TestDb::create().await;
-    let stack = fleet_stack(&db).await;
+    let stack = fleet_stack(&db.url).await;
     let b = another(&stack, &db.url).await;
     let c = another(&stack, &db.url).await;
     let admins = [admin(&stack.proxy), admin(&b), admin(&c)];
@@ -176,7 +100,7 @@ async fn three_instances_cut_over_under_load_and_roll_back_with_zero_client_erro
 
     // `handover cutover` on b coordinates all three.
     let before_flip = Instant::now();
-    let report = flip_retrying_lag(&admins[1], "/cutover", &unhurried()).await;
+    let report = flip_settling(&admins[1], "/cutover", &unhurried()).await;
     eprintln!(
         "fleet cutover: {} · pause {} ms · held here {}",
         report.outcome, report.pause_ms, report.held
@@ -209,7 +133,7 @@ async fn three_instances_cut_over_under_load_and_roll_back_with_zero_client_erro
     }
 
     // `handover rollback` on c, still under load.
-    let report = flip_retrying_lag(&admins[2], "/rollback", &unhurried()).await;
+    let report = flip_settling(&admins[2], "/rollback", &unhurried()).await;
     eprintln!(
         "fleet rollback: {} · pause {} ms",
         report.outcome, report.pause_ms
@@ -273,7 +197,7 @@ async fn three_instances_cut_over_under_load_and_roll_back_with_zero_client_erro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_instance_that_never_acknowledges_blocks_the_flip_and_nothing_changes() {
     let db = pg::TestDb::create().await;
-    let stack = fleet_stack(&db).await;
+    let stack = fleet_stack(&db.url).await;
     let b = another(&stack, &db.url).await;
     let (admin_a, admin_b) = (admin(&stack.proxy), admin(&b));
     finish_backfill(&admin_a).await;
@@ -323,7 +247,7 @@ async fn a_live_instance_that_never_acknowledges_blocks_the_flip_and_nothing_cha
 
     // It leaves (a clean stop): the same flip goes through.
     store.leave("silent").await.unwrap();
-    let report = flip_retrying_lag(&admin_a, "/cutover", &FlipRequest::default()).await;
+    let report = flip_settling(&admin_a, "/cutover", &FlipRequest::default()).await;
     assert_eq!(report.outcome, Outcome::CutOver, "{report:#?}");
     for admin in [&admin_a, &admin_b] {
         assert!(shows(admin, "cut-over", 2, "target").await);
@@ -333,7 +257,7 @@ async fn a_live_instance_that_never_acknowledges_blocks_the_flip_and_nothing_cha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_whose_coordinator_died_expires_and_held_writes_go_to_the_old_primary() {
     let db = pg::TestDb::create().await;
-    let stack = fleet_stack(&db).await;
+    let stack = fleet_stack(&db.url).await;
     let admin_a = admin(&stack.proxy);
 
     // A coordinator publishes a hold and dies before flipping.
@@ -383,7 +307,7 @@ async fn a_hold_whose_coordinator_died_expires_and_held_writes_go_to_the_old_pri
 async fn an_instance_cut_off_from_the_store_is_waited_for_until_its_lease_expires_then_follows() {
     let db = pg::TestDb::create().await;
     let relay = relay::Relay::start(db.addr()).await;
-    let stack = fleet_stack(&db).await;
+    let stack = fleet_stack(&db.url).await;
     let cut_off = another(&stack, &db.url_via(relay.addr)).await;
     let (admin_a, admin_c) = (admin(&stack.proxy), admin(&cut_off));
     finish_backfill(&admin_a).await;
@@ -393,7 +317,7 @@ async fn an_instance_cut_off_from_the_store_is_waited_for_until_its_lease_expire
     // and the flip must not complete without it until it expires.
     let severed = Instant::now();
     relay.sever();
-    let report = flip_retrying_lag(
+    let report = flip_settling(
         &admin_a,
         "/cutover",
         &FlipRequest {
@@ -441,7 +365,7 @@ async fn an_instance_cut_off_from_the_store_is_waited_for_until_its_lease_expire
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_counts_a_key_still_in_the_shared_journal_as_in_flight_not_drift() {
     let db = pg::TestDb::create().await;
-    let stack = fleet_stack(&db).await;
+    let stack = fleet_stack(&db.url).await;
     let admin_a = admin(&stack.proxy);
     finish_backfill(&admin_a).await;
 

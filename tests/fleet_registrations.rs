@@ -15,54 +15,10 @@ mod support;
 use std::time::Duration;
 
 use fleet::eventually;
-use handover::api::{AdminClient, FlipReport, FlipRequest, Outcome};
-use handover::config::Config;
-use handover::emulator::connect2id::Strictness;
+use handover::api::{AdminClient, FlipRequest, Outcome};
 use handover::emulator::driver::{Driver, RegisteredClient};
-use handover::store;
 use support::cutover::{admin, finish_backfill, status};
-use support::proxy::TestProxy;
-use support::stack::{Servers, Stack};
-
-/// Pre-flight checks that settle by themselves a moment later (a backfill
-/// done on another instance that has not renewed its lease since, the
-/// lag of a sync still finishing).
-const SETTLING: &[&str] = &["sync lag", "backfill finished"];
-
-fn fleet_config(config: &mut Config, url: &str) {
-    config.store = store::Config {
-        claim_lease: Duration::from_secs(2),
-        ..store::Config::postgres(url)
-    };
-}
-
-/// Another instance of the fleet (its own journal directory, so its own
-/// local files: nothing but the database is shared).
-async fn another(stack: &Stack, store_url: &str) -> TestProxy {
-    let mut config = stack.config.clone();
-    fleet_config(&mut config, store_url);
-    let mut proxy = TestProxy::start(config).await;
-    proxy.wait_ready().await;
-    proxy
-}
-
-/// Flips through `admin`, trying again while only settling checks fail.
-async fn flip(admin: &AdminClient, path: &str) -> FlipReport {
-    let mut report = admin.flip(path, &FlipRequest::default()).await.unwrap();
-    for _ in 0..40 {
-        let settling_only = report.outcome == Outcome::Refused
-            && report
-                .preflight
-                .iter()
-                .all(|check| check.ok || SETTLING.iter().any(|name| check.check.starts_with(name)));
-        if !settling_only {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        report = admin.flip(path, &FlipRequest::default()).await.unwrap();
-    }
-    report
-}
+use support::fleet_stack::{another, fleet_stack, flip_settling};
 
 async fn shows(admin: &AdminClient, phase: &str, primary: &str) -> bool {
     eventually(Duration::from_secs(10), || async {
@@ -82,20 +38,7 @@ fn registration_token(client: &RegisteredClient) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_managing_client_synced_by_one_instance_manages_itself_through_another() {
     let db = pg::TestDb::create().await;
-    let url = db.url.clone();
-    // Both servers take the other's secret on update (the runbook's
-    // setting; the rollback syncs the client's update back).
-    let stack = Stack::start_servers(
-        Servers {
-            strictness: Some(Strictness {
-                preferred_client_secret_on_update: true,
-                ..Strictness::default()
-            }),
-            ..Servers::default()
-        },
-        move |config| fleet_config(config, &url),
-    )
-    .await;
+    let stack = fleet_stack(&db.url).await;
     let admin_a = admin(&stack.proxy);
 
     // Registered through a, synced and backfilled while a is the whole
@@ -110,7 +53,7 @@ async fn a_self_managing_client_synced_by_one_instance_manages_itself_through_an
     let b = another(&stack, &db.url).await;
     let admin_b = admin(&b);
     let via_b = Driver::new(b.url("/c2id"), support::stack::TOKEN);
-    let report = flip(&admin_b, "/cutover").await;
+    let report = flip_settling(&admin_b, "/cutover", &FlipRequest::default()).await;
     assert_eq!(report.outcome, Outcome::CutOver, "{report:#?}");
     assert!(shows(&admin_b, "cut-over", "target").await);
 
@@ -139,7 +82,7 @@ async fn a_self_managing_client_synced_by_one_instance_manages_itself_through_an
     // it); after a rollback, a's swap knows the source's new token for the
     // one the target gave.
     assert!(fleet::journal_drains(&db.client().await).await);
-    let report = flip(&admin_a, "/rollback").await;
+    let report = flip_settling(&admin_a, "/rollback", &FlipRequest::default()).await;
     assert_eq!(report.outcome, Outcome::RolledBack, "{report:#?}");
     assert!(shows(&admin_a, "mirroring", "source").await);
     let back = stack

@@ -5,5 +5,6 @@
 pub mod authlete;
 pub mod c2id;
 pub mod cutover;
+pub mod fleet_stack;
 pub mod proxy;
 pub mod stack;
