@@ -405,13 +405,28 @@ impl Connect2id {
             .get("client_id")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let Some(existing) = self.get_client(client_id).await? else {
-            let copy = self.import_client(record).await?;
-            return Ok(ClientCopy {
-                write: ClientWrite::Created,
-                copy,
-                secret_changed: false,
-            });
+        let existing = match self.get_client(client_id).await? {
+            Some(existing) => existing,
+            None => match self.import_client(record).await {
+                Ok(copy) => {
+                    return Ok(ClientCopy {
+                        write: ClientWrite::Created,
+                        copy,
+                        secret_changed: false,
+                    });
+                }
+                // Created there since the read (a change delivered twice,
+                // at least once, after a store outage, synced by two
+                // instances at once): the import refuses the taken id, and
+                // the client is brought up to date like any existing one.
+                Err(refused @ ApiError::Rejected { status: 400, .. }) => {
+                    match self.get_client(client_id).await? {
+                        Some(existing) => existing,
+                        None => return Err(refused),
+                    }
+                }
+                Err(other) => return Err(other),
+            },
         };
         let secret_changed = client_secret(&existing) != client_secret(record);
         if Dataset::Clients.comparable(&existing) == Dataset::Clients.comparable(record) {
