@@ -33,6 +33,8 @@
 #                        must finish before a cutover)
 #   SYNC=always          [journal] sync
 #   MAX_PAUSE=           `--max-pause` for every flip (default: handover's 2s)
+#   FLIP_ARGS=           more flags for every flip command (`--dry-run`:
+#                        the pre-flight alone, to see what it costs the sync)
 #   WINDOW_MARGIN_S=0.1  a request counts for a flip when it was scheduled
 #                        from this long before the flip command started to
 #                        this long after it returned
@@ -59,6 +61,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 SEED=${SEED:-1000}
 SYNC=${SYNC:-always}
 MAX_PAUSE=${MAX_PAUSE:-}
+FLIP_ARGS=${FLIP_ARGS:-}
 WINDOW_MARGIN_S=${WINDOW_MARGIN_S:-0.1}
 TARGET_LATENCY_MS=${TARGET_LATENCY_MS:-0}
 FLIP_ALLOW_S=${FLIP_ALLOW_S:-0}
@@ -131,6 +134,19 @@ uptime >"$RESULTS/uptime-before.txt"
 
 flip_args=(--json --admin "$ADMIN")
 [[ -z $MAX_PAUSE ]] || flip_args+=(--max-pause "$MAX_PAUSE")
+# shellcheck disable=SC2206 # words on purpose: FLIP_ARGS="--dry-run"
+[[ -z $FLIP_ARGS ]] || flip_args+=($FLIP_ARGS)
+# The journal's depth and lag every 50 ms: when, around a flip, the sync
+# fell behind (before the hold, in it, after the release).
+(
+    while :; do
+        printf '%s,%s\n' "$(date +%s.%N)" \
+            "$(curl -fsS -H "Authorization: Bearer $HANDOVER_ADMIN_TOKEN" "$ADMIN/status" |
+                jq -r '[.journal.depth, .journal.lag_ms, .sync.in_flight, .sync.waiting, .phase, .sync.concurrency_limit, .sync.latency_ms.p50, .sync.min_latency_ms, .sync.throttled_ms] | @csv')"
+        sleep 0.05
+    done
+) >"$RESULTS/lag.csv" 2>/dev/null &
+PIDS+=("$!")
 : >"$RESULTS/flips.jsonl"
 sleep "$(awk -v w="$WARMUP" -v g="$GAP_S" 'BEGIN { print w + g }')"
 for i in $(seq 1 "$FLIPS"); do
@@ -164,6 +180,9 @@ for i in $(seq 1 300); do
     sleep 0.2
 done
 "$HANDOVER" status --json --admin "$ADMIN" >"$RESULTS/status-after.json"
+# The sync's retries and apply times per dataset, for where a pause went.
+curl -fsS -H "Authorization: Bearer $HANDOVER_ADMIN_TOKEN" "$ADMIN/metrics" >"$RESULTS/metrics-after.txt" ||
+    bench_log "cannot read $ADMIN/metrics"
 vrc=0
 "$HANDOVER" verify --json --admin "$ADMIN" >"$RESULTS/verify.json" 2>"$RESULTS/verify.log" || vrc=$?
 bench_log "verify exit $vrc, drift $(jq -r '.drift' "$RESULTS/verify.json" 2>/dev/null || echo '?')"

@@ -320,14 +320,23 @@ impl Cutover {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         };
-        let verify = tokio::time::timeout(
-            remaining(deadline),
-            self.verify_during_hold(verified_before.since, verified_before.differing.clone()),
-        );
-        let (drained, verified) = tokio::join!(drain, verify);
+        // Each step is stamped when it ends, not when both have: the report
+        // tells an SRE which of the two kept the pause open.
+        let drain = async { (drain.await, started.elapsed()) };
+        let verify = async {
+            let verified = tokio::time::timeout(
+                remaining(deadline),
+                self.verify_during_hold(verified_before.since, verified_before.differing.clone()),
+            )
+            .await;
+            (verified, started.elapsed())
+        };
+        let ((drained, drained_at), (verified, verified_at)) = tokio::join!(drain, verify);
+        let limit = self.sync.limiter().snapshot();
         match drained {
-            Ok(last_seq) => step(
+            Ok(last_seq) => push_step_at(
                 &mut report,
+                drained_at,
                 "drain journal",
                 true,
                 match last_seq {
@@ -344,14 +353,16 @@ impl Cutover {
 
         // Verify what was synced right before and during the hold.
         match verified {
-            Ok(Ok(count)) => step(
+            Ok(Ok(count)) => push_step_at(
                 &mut report,
+                verified_at,
                 "verify recent keys",
                 true,
                 format!(
-                    "{count} keys equal on both sides during the hold; {} verified in {} ms before it, while writes flowed",
+                    "{count} keys equal on both sides during the hold; {} verified in {} ms before it, while writes flowed; sync concurrency limit {} at the end",
                     verified_before.equal,
-                    millis(verified_before.took)
+                    millis(verified_before.took),
+                    limit.limit,
                 ),
             ),
             Ok(Err(reason)) => {
@@ -536,15 +547,27 @@ impl Cutover {
     /// the sync is drained and nothing is left. A key that differs while
     /// the drain goes on is checked again; once drained, a difference is
     /// drift. Returns the keys verified.
-    async fn verify_during_hold(
-        &self,
-        since: Instant,
-        mut again: Vec<Key>,
-    ) -> Result<usize, String> {
+    ///
+    /// Checks stream: a key's check starts the moment its lane goes idle,
+    /// not when the previous batch of checks has finished. At a distance a
+    /// batch takes a round trip or more, and a key waiting for the next one
+    /// kept the pause open that much longer after the drain.
+    async fn verify_during_hold(&self, since: Instant, again: Vec<Key>) -> Result<usize, String> {
         if self.servers.authlete().is_some() {
             return Ok(0);
         }
+        let limiter = Arc::clone(self.sync.limiter());
+        // Cancels the checks still waiting for a permit when this future is
+        // dropped (the pause bound).
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _stop_on_drop = stop.clone().drop_guard();
+        let mut pending: std::collections::HashMap<String, Key> =
+            again.into_iter().map(|key| (key.identity(), key)).collect();
         let mut verified = std::collections::HashSet::new();
+        let mut checking = std::collections::HashSet::new();
+        let mut checks = tokio::task::JoinSet::new();
+        let mut drift = Vec::new();
+        let mut cursor = since;
         loop {
             // Read before choosing the keys: drained then means every key
             // chosen has its final state on both sides.
@@ -552,30 +575,71 @@ impl Cutover {
                 && self.shared_depth().await.is_none_or(|depth| depth == 0)
                 && self.sync.busy_lanes() == 0
                 && self.recorder.unjournaled() == 0;
-            let mut keys = std::mem::take(&mut again);
-            keys.extend(self.sync.recent_keys(since));
-            let (ready, waiting): (Vec<Key>, Vec<Key>) = dedup(keys)
-                .into_iter()
-                .filter(|key| !verified.contains(&key.identity()))
-                .partition(|key| drained || !self.sync.is_busy(key));
-            if ready.is_empty() {
-                if drained {
+            // Only what synced since the last look: a key synced again is
+            // already pending, checking or verified.
+            let now = Instant::now();
+            for key in self.sync.recent_keys(cursor) {
+                let identity = key.identity();
+                if !verified.contains(&identity) && !checking.contains(&identity) {
+                    pending.entry(identity).or_insert(key);
+                }
+            }
+            cursor = now;
+            let ready: Vec<String> = pending
+                .iter()
+                .filter(|(_, key)| drained || !self.sync.is_busy(key))
+                .map(|(identity, _)| identity.clone())
+                .collect();
+            for identity in ready {
+                let Some(key) = pending.remove(&identity) else {
+                    continue;
+                };
+                checking.insert(identity);
+                let primary = self.servers.primary_api().clone();
+                let secondary = self.servers.secondary_api().clone();
+                let limiter = Arc::clone(&limiter);
+                let stop = stop.clone();
+                checks.spawn(async move {
+                    let equal = check_key(&primary, &secondary, &limiter, &stop, &key).await;
+                    (key, drained, equal)
+                });
+            }
+            if checks.is_empty() && pending.is_empty() && drained {
+                if drift.is_empty() {
                     return Ok(verified.len());
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                continue;
+                let names: Vec<String> = drift.iter().map(Key::redacted).collect();
+                return Err(format!("{} keys differ: {}", names.len(), names.join(", ")));
             }
-            let checked = self.check_keys(ready).await?;
-            verified.extend(checked.equal.iter().map(Key::identity));
-            if !checked.differing.is_empty() {
-                if drained {
-                    let names: Vec<String> = checked.differing.iter().map(Key::redacted).collect();
-                    return Err(format!("{} keys differ: {}", names.len(), names.join(", ")));
+            // Until a check finishes (then collect every finished one) or
+            // the next look at the lanes.
+            let first = if checks.is_empty() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                None
+            } else {
+                tokio::select! {
+                    joined = checks.join_next() => joined,
+                    () = tokio::time::sleep(Duration::from_millis(2)) => None,
                 }
-                again = checked.differing;
-                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            let mut finished: Vec<_> = first.into_iter().collect();
+            while let Some(joined) = checks.try_join_next() {
+                finished.push(joined);
             }
-            again.extend(waiting);
+            for joined in finished {
+                let (key, drained_then, equal) = joined.map_err(|err| err.to_string())?;
+                let identity = key.identity();
+                checking.remove(&identity);
+                match equal? {
+                    true => {
+                        verified.insert(identity);
+                    }
+                    false if drained_then => drift.push(key),
+                    false => {
+                        pending.insert(identity, key);
+                    }
+                }
+            }
         }
     }
 
@@ -587,27 +651,15 @@ impl Cutover {
         let limiter = Arc::clone(self.sync.limiter());
         // Dropped with the set when the caller gives up (deadline).
         let stop = tokio_util::sync::CancellationToken::new();
+        let _stop_on_drop = stop.clone().drop_guard();
         for key in keys {
             let primary = self.servers.primary_api().clone();
             let secondary = self.servers.secondary_api().clone();
             let limiter = Arc::clone(&limiter);
             let stop = stop.clone();
             checks.spawn(async move {
-                let Some(_permit) = limiter.acquire(&stop).await else {
-                    return Err("stopped".to_owned());
-                };
-                let (a, b) = tokio::join!(read(&primary, &key), read(&secondary, &key));
-                let (a, b) = match (a, b) {
-                    (Ok(a), Ok(b)) => (a, b),
-                    (Err(err), _) | (_, Err(err)) => return Err(err.to_string()),
-                };
-                let dataset = key.dataset();
-                let equal = match (&a, &b) {
-                    (Some(a), Some(b)) => dataset.comparable(a) == dataset.comparable(b),
-                    (None, None) => true,
-                    _ => false,
-                };
-                Ok((key, equal))
+                let equal = check_key(&primary, &secondary, &limiter, &stop, &key).await;
+                equal.map(|equal| (key, equal))
             });
         }
         let mut checked = Checked::default();
@@ -1218,10 +1270,15 @@ fn stops_after_preflight(report: &mut FlipReport, request: &FlipRequest) -> bool
 
 /// Adds a step to the report, timed from the start of the pause.
 fn push_step(report: &mut FlipReport, started: Instant, name: &str, ok: bool, detail: String) {
+    push_step_at(report, started.elapsed(), name, ok, detail);
+}
+
+/// Adds a step that ended `at` after the start of the pause.
+fn push_step_at(report: &mut FlipReport, at: Duration, name: &str, ok: bool, detail: String) {
     report.steps.push(Step {
         step: name.to_owned(),
         ok,
-        at_ms: millis(started.elapsed()),
+        at_ms: millis(at),
         detail,
     });
 }
@@ -1232,6 +1289,33 @@ fn remaining(deadline: Instant) -> Duration {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether `key` reads the same on both sides, both read at once under
+/// one permit of the secondary's limiter, taken from its spare capacity
+/// (the sync's jobs go first: the drain is what the pause waits for). A
+/// read that fails is an error.
+async fn check_key(
+    primary: &crate::servers::connect2id::Connect2id,
+    secondary: &crate::servers::connect2id::Connect2id,
+    limiter: &Arc<crate::sync::Limiter>,
+    stop: &tokio_util::sync::CancellationToken,
+    key: &Key,
+) -> Result<bool, String> {
+    let Some(_permit) = limiter.acquire_spare(stop).await else {
+        return Err("stopped".to_owned());
+    };
+    let (a, b) = tokio::join!(read(primary, key), read(secondary, key));
+    let (a, b) = match (a, b) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(err), _) | (_, Err(err)) => return Err(err.to_string()),
+    };
+    let dataset = key.dataset();
+    Ok(match (&a, &b) {
+        (Some(a), Some(b)) => dataset.comparable(a) == dataset.comparable(b),
+        (None, None) => true,
+        _ => false,
+    })
 }
 
 async fn read(

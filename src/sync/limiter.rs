@@ -34,6 +34,12 @@
 //!
 //! Permits are a fair (FIFO) semaphore whose size follows the limit; a
 //! shrink takes free permits away at once and the rest as jobs finish.
+//!
+//! **Spare capacity.** The cutover's verify reads keys through the same
+//! limit (the target's capacity is one), but only with what the sync's jobs
+//! leave: [`Limiter::acquire_spare`] never queues ahead of a job. A verify
+//! of a thousand keys once queued in front of the sync's jobs for several
+//! round trips at 100 ms; the lag that built up then was the next pause.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -41,7 +47,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +77,8 @@ pub const GROWTH: f64 = 0.25;
 pub const OVERLOAD_BACKOFF: f64 = 0.5;
 /// The most one window of rising latency takes away.
 pub const MAX_LATENCY_BACKOFF: f64 = 0.5;
+/// How often a spare-capacity waiter looks again without being woken.
+const SPARE_RECHECK: Duration = Duration::from_millis(10);
 /// Samples kept per window (a reservoir beyond that).
 const WINDOW_SAMPLES: usize = 512;
 
@@ -163,6 +171,11 @@ pub struct Limiter {
     state: Mutex<State>,
     in_flight: AtomicUsize,
     waiting: AtomicUsize,
+    /// Wakes one [`Limiter::acquire_spare`] waiter when a permit is
+    /// returned or the limit grows.
+    spare: Notify,
+    /// The turn among spare-capacity waiters.
+    spare_turn: tokio::sync::Mutex<()>,
 }
 
 /// A job's right to run; released on drop.
@@ -185,7 +198,13 @@ impl Drop for Permit {
         if state.issued > capacity(state.limit) {
             state.issued -= 1;
             permit.forget();
+            return;
         }
+        drop(state);
+        // Back in the semaphore (a queued job takes it first), then a
+        // spare-capacity waiter may try.
+        drop(permit);
+        self.limiter.spare.notify_one();
     }
 }
 
@@ -213,6 +232,8 @@ impl Limiter {
             }),
             in_flight: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            spare: Notify::new(),
+            spare_turn: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -224,18 +245,7 @@ impl Limiter {
     /// Waits for a permit (and for any `Retry-After` to pass). `None` when
     /// `stop` fires first.
     pub async fn acquire(self: &Arc<Self>, stop: &CancellationToken) -> Option<Permit> {
-        loop {
-            let retry_at = self.state.lock().ok().and_then(|state| state.retry_at);
-            match retry_at {
-                Some(at) if Instant::now() < at => {
-                    tokio::select! {
-                        () = stop.cancelled() => return None,
-                        () = tokio::time::sleep_until(at) => {}
-                    }
-                }
-                _ => break,
-            }
-        }
+        self.throttled(stop).await?;
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -249,14 +259,70 @@ impl Limiter {
                 permit?
             }
         };
+        Some(self.admit(permit))
+    }
+
+    /// Like [`Limiter::acquire`], but only with capacity no job is waiting
+    /// for: it takes a free permit when no job is queued, and otherwise
+    /// waits for a returned permit that no job takes. For reads that may
+    /// wait (the cutover's verify) and must not delay the sync.
+    pub async fn acquire_spare(self: &Arc<Self>, stop: &CancellationToken) -> Option<Permit> {
+        // One spare waiter at a time looks; the others queue behind it in
+        // order, so a returned permit wakes one task, not a thousand.
+        let _turn = tokio::select! {
+            () = stop.cancelled() => return None,
+            turn = self.spare_turn.lock() => turn,
+        };
+        loop {
+            self.throttled(stop).await?;
+            // Registered before looking, so a permit returned in between
+            // is not missed.
+            let returned = self.spare.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if self.waiting.load(Ordering::Acquire) == 0
+                && let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned()
+            {
+                return Some(self.admit(permit));
+            }
+            // Demand beyond the limit, like a queued job: the limit may
+            // grow if the server's latency allows.
+            self.mark_saturated();
+            // The timer covers a permit handed to a job that then gave up
+            // waiting (stopping): nothing announces that one.
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = returned => {}
+                () = tokio::time::sleep(SPARE_RECHECK) => {}
+            }
+        }
+    }
+
+    /// Waits out a `Retry-After`; `None` when `stop` fires first.
+    async fn throttled(&self, stop: &CancellationToken) -> Option<()> {
+        loop {
+            let retry_at = self.state.lock().ok().and_then(|state| state.retry_at);
+            match retry_at {
+                Some(at) if Instant::now() < at => {
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                _ => return Some(()),
+            }
+        }
+    }
+
+    fn admit(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Permit {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         if self.permits.available_permits() == 0 {
             self.mark_saturated();
         }
-        Some(Permit {
+        Permit {
             permit: Some(permit),
             limiter: Arc::clone(self),
-        })
+        }
     }
 
     fn mark_saturated(&self) {
@@ -278,6 +344,22 @@ impl Limiter {
                 );
                 self.set_limit(&mut state, limit);
             }
+            state.window = Window::new(Instant::now());
+        }
+    }
+
+    /// Raises the limit to at least `limit` (within the bounds); a new
+    /// window starts, so the latency judges the new limit afresh.
+    pub fn raise_to(&self, limit: usize) {
+        if let Ok(mut state) = self.state.lock()
+            && capacity(state.limit) < limit.min(self.bounds.max)
+        {
+            tracing::info!(
+                from = capacity(state.limit),
+                to = limit.min(self.bounds.max),
+                "sync concurrency raised to the previous secondary's limit"
+            );
+            self.set_limit(&mut state, limit as f64);
             state.window = Window::new(Instant::now());
         }
     }
@@ -309,6 +391,7 @@ impl Limiter {
         if wanted > state.issued {
             self.permits.add_permits(wanted - state.issued);
             state.issued = wanted;
+            self.spare.notify_one();
         } else if wanted < state.issued {
             // Free permits go now; held ones as their jobs finish.
             let excess = state.issued - wanted;
@@ -613,5 +696,89 @@ mod tests {
         limiter.restart();
         assert_eq!(limiter.snapshot().limit, 16);
         assert_eq!(limiter.permits.available_permits(), 16);
+    }
+
+    /// Polls `task` a few times (paused time advances past the spare
+    /// waiters' recheck timer too); whether it has finished.
+    async fn settled<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+        for _ in 0..5 {
+            tokio::time::sleep(SPARE_RECHECK).await;
+        }
+        task.is_finished()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spare_capacity_never_goes_ahead_of_a_waiting_job() {
+        let limiter = limiter(2, 2);
+        let stop = CancellationToken::new();
+        let a = limiter.acquire(&stop).await.unwrap();
+        let b = limiter.acquire(&stop).await.unwrap();
+        // A verify read asks first, a job after it.
+        let spare = {
+            let (limiter, stop) = (Arc::clone(&limiter), stop.clone());
+            tokio::spawn(async move { limiter.acquire_spare(&stop).await })
+        };
+        assert!(!settled(&spare).await);
+        let job = {
+            let (limiter, stop) = (Arc::clone(&limiter), stop.clone());
+            tokio::spawn(async move { limiter.acquire(&stop).await })
+        };
+        assert!(!settled(&job).await);
+        // The first permit returned goes to the job, not the earlier read.
+        drop(a);
+        assert!(settled(&job).await);
+        assert!(!settled(&spare).await);
+        // Nothing else queued: the next one is the read's.
+        drop(b);
+        assert!(settled(&spare).await);
+        assert!(spare.await.unwrap().is_some());
+        assert!(job.await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spare_capacity_is_taken_at_once_and_by_each_waiter_in_turn() {
+        let limiter = limiter(3, 3);
+        let stop = CancellationToken::new();
+        // Free permits, nobody queued: no wait.
+        let held: Vec<Permit> = [
+            limiter.acquire_spare(&stop).await.unwrap(),
+            limiter.acquire_spare(&stop).await.unwrap(),
+            limiter.acquire_spare(&stop).await.unwrap(),
+        ]
+        .into();
+        assert_eq!(limiter.snapshot().in_flight, 3);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (limiter, stop) = (Arc::clone(&limiter), stop.clone());
+                tokio::spawn(async move { limiter.acquire_spare(&stop).await })
+            })
+            .collect();
+        for waiter in &waiters {
+            assert!(!settled(waiter).await);
+        }
+        // All returned at once: every waiter gets one.
+        drop(held);
+        for waiter in waiters {
+            assert!(waiter.await.unwrap().is_some());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spare_capacity_waiters_stop_when_told() {
+        let limiter = limiter(2, 2);
+        let stop = CancellationToken::new();
+        let _a = limiter.acquire(&stop).await.unwrap();
+        let _b = limiter.acquire(&stop).await.unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let (limiter, stop) = (Arc::clone(&limiter), stop.clone());
+                tokio::spawn(async move { limiter.acquire_spare(&stop).await.is_some() })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        stop.cancel();
+        for waiter in waiters {
+            assert!(!waiter.await.unwrap());
+        }
     }
 }
