@@ -70,13 +70,34 @@
 //!
 //! Appends go through one writer task per instance: it takes every append
 //! queued at that moment (up to [`super::MAX_GROUP_RECORDS`] records) and
-//! commits them in one transaction, then answers each. Appends arriving
+//! commits them in one statement (a transaction of its own: seqs drawn,
+//! then one insert), then answers each. Appends arriving
 //! during a commit form the next group.
 //!
 //! # Pool
 //!
 //! A small bounded pool: at most `pool_size` connections, idle ones reused,
 //! broken ones dropped; a waiter waits for a permit, not a busy loop.
+//!
+//! # Prepared statements
+//!
+//! A statement given as text is prepared (one round trip, and the server
+//! parses and plans it) at every call, then run (a second one). So each
+//! pooled connection keeps the statements it prepared, by their text
+//! ([`Conn::prepared`]): after its first use there, a statement costs one
+//! round trip and no parsing. They go with the connection when it breaks.
+//! Statements that must follow one another without a decision in between
+//! are sent back to back (issued together, awaited together; the server
+//! runs them in order): a claim takes the fleet's lock and looks for lanes
+//! in one round trip, an ack is one round trip in all.
+//!
+//! Schema changes and cached statements: migrations run in
+//! [`Postgres::open`], before any traffic, with statements given as text,
+//! and the connection's cache is emptied after them anyway. Another
+//! instance's migration (a newer build, while this one runs) only adds
+//! tables and columns: the server plans a cached statement again after
+//! such a change, and every statement here names its result columns, so
+//! none changes its result type.
 //!
 //! # Change notices
 //!
@@ -91,13 +112,15 @@
 //! as a change (whatever was announced meanwhile is read then).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Client, Connection, GenericClient, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::tls::MakeRustls;
@@ -125,6 +148,9 @@ const MIGRATION_LOCK: i64 = 0x6861_6e64_6f76_0001;
 
 /// Advisory lock key held by a claim transaction.
 const CLAIM_LOCK: i64 = 0x6861_6e64_6f76_0002;
+
+/// Takes [`CLAIM_LOCK`] (its parameter) until the transaction ends.
+const CLAIM_LOCK_TAKE: &str = "SELECT pg_advisory_xact_lock($1)";
 
 /// A claim's fast path: lanes of the oldest unclaimed rows (at most four
 /// rows looked at per lane wanted), none of whose rows is held under a
@@ -174,6 +200,9 @@ const CLAIM_ANY: &str = "
     SET claimed_by = $2, claimed_until = now() + $3::bigint * interval '1 millisecond'
     FROM taken WHERE j.seq = taken.seq
     RETURNING j.seq, j.lane, j.record, j.appended_ms";
+
+/// An ack: its records go (parameter: their seqs).
+const ACK_DELETE: &str = "DELETE FROM handover_journal WHERE seq = ANY($1)";
 
 /// Each migration, in order: `MIGRATIONS[n - 1]` takes the schema to `n`.
 const MIGRATIONS: &[&str] = &[
@@ -336,41 +365,117 @@ struct Pool {
     /// What the server's certificate is checked against, for the error
     /// of a refused one (the operator's `ca_file`, or the system roots).
     trust: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Session>>,
     permits: Arc<Semaphore>,
+}
+
+/// A connection and the statements prepared on it (module doc,
+/// "Prepared statements"): they live and die with it.
+#[derive(Debug)]
+struct Session {
+    client: Client,
+    /// Keyed by their text: every statement is a constant.
+    statements: HashMap<&'static str, Statement>,
 }
 
 /// A connection borrowed from the pool; back to it when dropped (unless
 /// it broke).
 struct Conn<'a> {
-    client: Option<Client>,
+    session: Option<Session>,
     pool: &'a Pool,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Conn<'_> {
+    fn session(&mut self) -> &mut Session {
+        self.session.as_mut().expect("present until dropped")
+    }
+
+    /// `sql` prepared on this connection: parsed by the server at its
+    /// first use here, reused after that. Prepare before opening a
+    /// transaction and pass the statement to it.
+    async fn prepared(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
+        let session = self.session();
+        if let Some(statement) = session.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = session.client.prepare(sql).await?;
+        session.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// [`Client::query`] of `sql` [prepared](Self::prepared) here.
+    async fn query_cached(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.prepared(sql).await?;
+        self.query(&statement, params).await
+    }
+
+    /// [`Client::query_one`] of `sql` [prepared](Self::prepared) here.
+    async fn query_one_cached(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+        let statement = self.prepared(sql).await?;
+        self.query_one(&statement, params).await
+    }
+
+    /// [`Client::query_opt`] of `sql` [prepared](Self::prepared) here.
+    async fn query_opt_cached(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.prepared(sql).await?;
+        self.query_opt(&statement, params).await
+    }
+
+    /// [`Client::execute`] of `sql` [prepared](Self::prepared) here.
+    async fn execute_cached(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.prepared(sql).await?;
+        self.execute(&statement, params).await
+    }
+
+    /// Forgets the statements prepared so far (a schema change may have
+    /// changed what they return); they are prepared again when used.
+    fn forget_statements(&mut self) {
+        self.session().statements.clear();
+    }
 }
 
 impl std::ops::Deref for Conn<'_> {
     type Target = Client;
     fn deref(&self) -> &Client {
-        self.client.as_ref().expect("present until dropped")
+        &self.session.as_ref().expect("present until dropped").client
     }
 }
 
 impl std::ops::DerefMut for Conn<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until dropped")
+        &mut self.session().client
     }
 }
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take()
-            && !client.is_closed()
+        // A broken connection goes with its statements: a new one starts
+        // with none.
+        if let Some(session) = self.session.take()
+            && !session.client.is_closed()
         {
             self.pool
                 .idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(client);
+                .push(session);
         }
     }
 }
@@ -438,10 +543,10 @@ impl Pool {
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop();
             match idle {
-                Some(client) if client.is_closed() => {}
-                Some(client) => {
+                Some(session) if session.client.is_closed() => {}
+                Some(session) => {
                     return Ok(Conn {
-                        client: Some(client),
+                        session: Some(session),
                         pool: self,
                         _permit: permit,
                     });
@@ -451,7 +556,10 @@ impl Pool {
         }
         let client = self.connect(op).await?;
         Ok(Conn {
-            client: Some(client),
+            session: Some(Session {
+                client,
+                statements: HashMap::new(),
+            }),
             pool: self,
             _permit: permit,
         })
@@ -748,6 +856,9 @@ impl Postgres {
         {
             let mut conn = pool.get("connect").await?;
             migrate(&mut conn).await?;
+            // Nothing was prepared through the cache yet; should that ever
+            // change, no statement prepared before the migration may outlive it.
+            conn.forget_statements();
         }
         let (writer, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_groups(Arc::clone(&pool), cipher.clone(), queue));
@@ -789,22 +900,35 @@ impl Postgres {
     ) -> Result<Vec<Claimed>, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("claim", &err);
         let mut conn = self.pool.get("claim").await?;
+        let lock = conn.prepared(CLAIM_LOCK_TAKE).await.map_err(fail)?;
+        let oldest = conn.prepared(CLAIM_OLDEST).await.map_err(fail)?;
+        let any = conn.prepared(CLAIM_ANY).await.map_err(fail)?;
         let tx = conn.transaction().await.map_err(fail)?;
-        tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
-            .await
-            .map_err(fail)?;
         let limit = i64::try_from(max_lanes).unwrap_or(i64::MAX);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&limit, &owner, &lease_ms(lease), &to_i64(epoch)];
+        let params: [&(dyn ToSql + Sync); 4] = [&limit, &owner, &lease_ms(lease), &to_i64(epoch)];
         // Usually the free lanes are among the oldest unclaimed rows: look
         // there first, by the primary key, instead of grouping the whole
         // table (a backlog of thousands of rows made every claim scan it).
         // When that finds nothing (the oldest rows all belong to lanes
         // held or not yet claimable), the whole table is grouped as before,
         // so no free lane waits behind a busy one.
-        let mut rows = tx.query(CLAIM_OLDEST, &params).await.map_err(fail)?;
+        //
+        // The lock and the first look are sent back to back (`biased`:
+        // polled, hence sent, in this order), so the lock is held for one
+        // round trip less; the server runs the look after the lock is
+        // taken, in a snapshot of its own, as if awaited in turn. Should
+        // the lock fail, the look fails too (the transaction is aborted)
+        // and the lock's error is the one reported.
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&CLAIM_LOCK];
+        let (locked, found) = tokio::join!(
+            biased;
+            tx.query_one(&lock, &lock_params),
+            tx.query(&oldest, &params),
+        );
+        locked.map_err(fail)?;
+        let mut rows = found.map_err(fail)?;
         if rows.is_empty() {
-            rows = tx.query(CLAIM_ANY, &params).await.map_err(fail)?;
+            rows = tx.query(&any, &params).await.map_err(fail)?;
         }
         tx.commit().await.map_err(fail)?;
         let mut claimed = Vec::with_capacity(rows.len());
@@ -841,8 +965,8 @@ impl Postgres {
     }
 
     pub(super) async fn extend(&self, owner: &str, lease: Duration) -> Result<u64, Error> {
-        let conn = self.pool.get("extend claims").await?;
-        conn.execute(
+        let mut conn = self.pool.get("extend claims").await?;
+        conn.execute_cached(
             "UPDATE handover_journal
              SET claimed_until = now() + $2::bigint * interval '1 millisecond'
              WHERE claimed_by = $1",
@@ -853,8 +977,8 @@ impl Postgres {
     }
 
     pub(super) async fn release(&self, owner: &str) -> Result<u64, Error> {
-        let conn = self.pool.get("release claims").await?;
-        conn.execute(
+        let mut conn = self.pool.get("release claims").await?;
+        conn.execute_cached(
             "UPDATE handover_journal SET claimed_by = NULL, claimed_until = NULL
              WHERE claimed_by = $1",
             &[&owner],
@@ -870,27 +994,36 @@ impl Postgres {
         let seqs: Vec<i64> = seqs.iter().copied().map(to_i64).collect();
         let fail = |err: tokio_postgres::Error| Error::postgres("ack", &err);
         let mut conn = self.pool.get("ack").await?;
+        let delete = conn.prepared(ACK_DELETE).await.map_err(fail)?;
         // An ack need not wait for its WAL flush: one lost with a database
         // crash brings its records back, and applying a key again copies
         // the primary's current state once more (delivery is at least
         // once anyway; the records carry their epoch, so none is applied
         // in a direction it was not made for). Appends stay synchronous:
         // they are the promise made to the client.
-        let tx = conn.transaction().await.map_err(fail)?;
-        tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
-            .await
-            .map_err(fail)?;
-        tx.execute("DELETE FROM handover_journal WHERE seq = ANY($1)", &[&seqs])
-            .await
-            .map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
+        //
+        // The whole transaction is sent at once (`biased`: in this order),
+        // one round trip. Once sent, it runs to its end whatever happens
+        // here (the connection goes back to the pool outside any
+        // transaction): a failed delete aborts it, and its COMMIT then
+        // rolls back.
+        let params: [&(dyn ToSql + Sync); 1] = [&seqs];
+        let (begun, deleted, committed) = tokio::join!(
+            biased;
+            conn.batch_execute("BEGIN; SET LOCAL synchronous_commit TO OFF"),
+            conn.execute(&delete, &params),
+            conn.batch_execute("COMMIT"),
+        );
+        begun.map_err(fail)?;
+        deleted.map_err(fail)?;
+        committed.map_err(fail)?;
         Ok(())
     }
 
     pub(super) async fn depth(&self) -> Result<Depth, Error> {
-        let conn = self.pool.get("read depth").await?;
+        let mut conn = self.pool.get("read depth").await?;
         let row = conn
-            .query_one(
+            .query_one_cached(
                 "SELECT count(*), min(appended_ms) FROM handover_journal",
                 &[],
             )
@@ -903,9 +1036,9 @@ impl Postgres {
     }
 
     pub(super) async fn glance(&self) -> Result<super::Glance, Error> {
-        let conn = self.pool.get("read depth").await?;
+        let mut conn = self.pool.get("read depth").await?;
         let row = conn
-            .query_one(
+            .query_one_cached(
                 "SELECT (SELECT count(*) FROM handover_journal),
                         (SELECT min(appended_ms) FROM handover_journal),
                         (SELECT count(*) FROM handover_dead_letters)",
@@ -925,15 +1058,24 @@ impl Postgres {
     pub(super) async fn bury(&self, claimed: &Claimed, reason: &str) -> Result<u64, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("bury", &err);
         let mut conn = self.pool.get("bury").await?;
+        let statements = InsertDeadLetter::prepare(&mut conn).await.map_err(fail)?;
+        let delete = conn
+            .prepared("DELETE FROM handover_journal WHERE seq = $1")
+            .await
+            .map_err(fail)?;
         let tx = conn.transaction().await.map_err(fail)?;
-        let id =
-            insert_dead_letter(&tx, &self.cipher, &claimed.lane, reason, &claimed.body).await?;
-        tx.execute(
-            "DELETE FROM handover_journal WHERE seq = $1",
-            &[&to_i64(claimed.seq)],
+        let id = insert_dead_letter(
+            &tx,
+            &statements,
+            &self.cipher,
+            &claimed.lane,
+            reason,
+            &claimed.body,
         )
-        .await
-        .map_err(fail)?;
+        .await?;
+        tx.execute(&delete, &[&to_i64(claimed.seq)])
+            .await
+            .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(id)
     }
@@ -946,18 +1088,26 @@ impl Postgres {
     ) -> Result<u64, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("dead letter", &err);
         let mut conn = self.pool.get("dead letter").await?;
+        let statements = InsertDeadLetter::prepare(&mut conn).await.map_err(fail)?;
         let tx = conn.transaction().await.map_err(fail)?;
-        let id =
-            insert_dead_letter(&tx, &self.cipher, &self.cipher.tag(lane), reason, body).await?;
+        let id = insert_dead_letter(
+            &tx,
+            &statements,
+            &self.cipher,
+            &self.cipher.tag(lane),
+            reason,
+            body,
+        )
+        .await?;
         tx.commit().await.map_err(fail)?;
         Ok(id)
     }
 
     pub(super) async fn lane_pending(&self, lane: &[u8]) -> Result<bool, Error> {
         let tag = self.cipher.tag(lane);
-        let conn = self.pool.get("read a lane").await?;
+        let mut conn = self.pool.get("read a lane").await?;
         let row = conn
-            .query_one(
+            .query_one_cached(
                 "SELECT EXISTS (SELECT 1 FROM handover_journal WHERE lane = $1)",
                 &[&tag.as_slice()],
             )
@@ -968,9 +1118,9 @@ impl Postgres {
 
     pub(super) async fn pending_among(&self, seqs: &[Seq]) -> Result<u64, Error> {
         let seqs: Vec<i64> = seqs.iter().copied().map(to_i64).collect();
-        let conn = self.pool.get("read pending").await?;
+        let mut conn = self.pool.get("read pending").await?;
         let row = conn
-            .query_one(
+            .query_one_cached(
                 "SELECT count(*) FROM handover_journal WHERE seq = ANY($1)",
                 &[&seqs],
             )
@@ -980,9 +1130,9 @@ impl Postgres {
     }
 
     pub(super) async fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
-        let conn = self.pool.get("list dead letters").await?;
+        let mut conn = self.pool.get("list dead letters").await?;
         let rows = conn
-            .query(
+            .query_cached(
                 "SELECT id, reason, record, dead_ms FROM handover_dead_letters ORDER BY id",
                 &[],
             )
@@ -1004,6 +1154,7 @@ impl Postgres {
     pub(super) async fn retry_dead_letters(&self, through: u64) -> Result<usize, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("retry dead letters", &err);
         let mut conn = self.pool.get("retry dead letters").await?;
+        let statements = InsertRecords::prepare(&mut conn).await.map_err(fail)?;
         let tx = conn.transaction().await.map_err(fail)?;
         let rows = tx
             .query(
@@ -1029,15 +1180,15 @@ impl Postgres {
             .into_iter()
             .map(|(_, lane, body)| (lane, body, 0))
             .collect();
-        insert_records(&tx, &self.cipher, &records).await?;
+        insert_records(&tx, &statements, &self.cipher, &records).await?;
         tx.commit().await.map_err(fail)?;
         Ok(records.len())
     }
 
     pub(super) async fn control(&self) -> Result<Control, Error> {
-        let conn = self.pool.get("read control").await?;
+        let mut conn = self.pool.get("read control").await?;
         let row = conn
-            .query_one(
+            .query_one_cached(
                 "SELECT phase, epoch, flipped_at_ms, version,
                         hold_id, hold_coordinator, hold_until <= now()
                  FROM handover_control WHERE id = 1",
@@ -1070,7 +1221,7 @@ impl Postgres {
         expected: u64,
         next: &super::NextControl,
     ) -> Result<Option<Control>, Error> {
-        let conn = self.pool.get("write control").await?;
+        let mut conn = self.pool.get("write control").await?;
         let (coordinator, lasting) = match &next.hold {
             Some(hold) => (
                 Some(hold.coordinator.as_str()),
@@ -1081,7 +1232,7 @@ impl Postgres {
         // The hold's id is the version this write creates; its end is set
         // by the database's clock, like every lease.
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 "UPDATE handover_control
                  SET phase = $1, epoch = $2, flipped_at_ms = $3, version = version + 1,
                      hold_id = CASE WHEN $5::text IS NULL THEN NULL ELSE version + 1 END,
@@ -1125,9 +1276,9 @@ impl Postgres {
         hold: u64,
         ack: &super::HoldAck,
     ) -> Result<bool, Error> {
-        let conn = self.pool.get("acknowledge hold").await?;
+        let mut conn = self.pool.get("acknowledge hold").await?;
         let updated = conn
-            .execute(
+            .execute_cached(
                 "UPDATE handover_members SET hold_ack = $2, hold_state = $3 WHERE instance = $1",
                 &[&instance, &to_i64(hold), &ack.encode()],
             )
@@ -1144,8 +1295,8 @@ impl Postgres {
         member: &super::Member,
         lease: Duration,
     ) -> Result<(), Error> {
-        let conn = self.pool.get("renew lease").await?;
-        conn.execute(
+        let mut conn = self.pool.get("renew lease").await?;
+        conn.execute_cached(
             "INSERT INTO handover_members (instance, admin_url, version, phase, renewed_at, lease_until, backfill)
              VALUES ($1, $2, $3, $4, now(), now() + $5::bigint * interval '1 millisecond', $6)
              ON CONFLICT (instance) DO UPDATE SET admin_url = EXCLUDED.admin_url,
@@ -1167,8 +1318,8 @@ impl Postgres {
     }
 
     pub(super) async fn leave(&self, instance: &str) -> Result<(), Error> {
-        let conn = self.pool.get("leave").await?;
-        conn.execute(
+        let mut conn = self.pool.get("leave").await?;
+        conn.execute_cached(
             "DELETE FROM handover_members WHERE instance = $1",
             &[&instance],
         )
@@ -1178,9 +1329,9 @@ impl Postgres {
     }
 
     pub(super) async fn members(&self) -> Result<Vec<super::MemberStatus>, Error> {
-        let conn = self.pool.get("list members").await?;
+        let mut conn = self.pool.get("list members").await?;
         let rows = conn
-            .query(
+            .query_cached(
                 "SELECT instance, admin_url, version, phase,
                         (extract(epoch FROM now() - renewed_at) * 1000)::bigint,
                         lease_until > now(), hold_ack, hold_state, backfill
@@ -1220,9 +1371,9 @@ impl Postgres {
         client_id: &str,
     ) -> Result<Option<ClientCredentials>, Error> {
         let tag = self.cipher.tag(client_id.as_bytes());
-        let conn = self.pool.get("read registration").await?;
+        let mut conn = self.pool.get("read registration").await?;
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 "SELECT entry FROM handover_registrations WHERE client = $1",
                 &[&tag.as_slice()],
             )
@@ -1246,7 +1397,7 @@ impl Postgres {
         // (no transaction, no lock) tells, and a change that would leave
         // the entry as read is done as of that read.
         if let Some(row) = conn
-            .query_opt(
+            .query_opt_cached(
                 "SELECT entry FROM handover_registrations WHERE client = $1",
                 &[&tag.as_slice()],
             )
@@ -1261,32 +1412,47 @@ impl Postgres {
             }
         }
         let empty = self.seal_entry(client_id, &ClientCredentials::default())?;
+        let insert = conn
+            .prepared(
+                "INSERT INTO handover_registrations (client, entry) VALUES ($1, $2)
+                 ON CONFLICT (client) DO NOTHING",
+            )
+            .await
+            .map_err(fail)?;
+        let lock = conn
+            .prepared("SELECT entry FROM handover_registrations WHERE client = $1 FOR UPDATE")
+            .await
+            .map_err(fail)?;
+        let update = conn
+            .prepared(
+                "UPDATE handover_registrations SET entry = $2, secret_changed_at = $3
+                 WHERE client = $1",
+            )
+            .await
+            .map_err(fail)?;
         let tx = conn.transaction().await.map_err(fail)?;
         // A row to lock even for a client's first entry: two instances
         // writing it first at once take turns on the primary key (the
         // second insert waits for the first to commit, then does nothing)
-        // instead of one of them failing on it.
-        tx.execute(
-            "INSERT INTO handover_registrations (client, entry) VALUES ($1, $2)
-             ON CONFLICT (client) DO NOTHING",
-            &[&tag.as_slice(), &empty],
-        )
-        .await
-        .map_err(fail)?;
-        let row = tx
-            .query_one(
-                "SELECT entry FROM handover_registrations WHERE client = $1 FOR UPDATE",
-                &[&tag.as_slice()],
-            )
-            .await
-            .map_err(fail)?;
+        // instead of one of them failing on it. The insert and the locking
+        // read are sent back to back (`biased`: in this order); the server
+        // runs the read once the insert is done.
+        let client = tag.as_slice();
+        let insert_params: [&(dyn ToSql + Sync); 2] = [&client, &empty];
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&client];
+        let (inserted, locked) = tokio::join!(
+            biased;
+            tx.execute(&insert, &insert_params),
+            tx.query_one(&lock, &lock_params),
+        );
+        inserted.map_err(fail)?;
+        let row = locked.map_err(fail)?;
         let current = self.open_entry(client_id, row.get(0))?;
         let mut next = current.clone();
         change(&mut next);
         if next != current {
             tx.execute(
-                "UPDATE handover_registrations SET entry = $2, secret_changed_at = $3
-                 WHERE client = $1",
+                &update,
                 &[
                     &tag.as_slice(),
                     &self.seal_entry(client_id, &next)?,
@@ -1303,8 +1469,8 @@ impl Postgres {
     /// Deletes a client's entry.
     pub(super) async fn forget_registration(&self, client_id: &str) -> Result<(), Error> {
         let tag = self.cipher.tag(client_id.as_bytes());
-        let conn = self.pool.get("forget registration").await?;
-        conn.execute(
+        let mut conn = self.pool.get("forget registration").await?;
+        conn.execute_cached(
             "DELETE FROM handover_registrations WHERE client = $1",
             &[&tag.as_slice()],
         )
@@ -1316,9 +1482,9 @@ impl Postgres {
     /// How many clients' secrets changed at or after `since` (epoch s),
     /// and the latest change, fleet-wide.
     pub(super) async fn secret_changes(&self, since: u64) -> Result<(u64, Option<u64>), Error> {
-        let conn = self.pool.get("count secret changes").await?;
+        let mut conn = self.pool.get("count secret changes").await?;
         let row = conn
-            .query_one(
+            .query_one_cached(
                 "SELECT count(*) FILTER (WHERE secret_changed_at >= $1), max(secret_changed_at)
                  FROM handover_registrations",
                 &[&to_i64(since)],
@@ -1342,8 +1508,8 @@ impl Postgres {
             sealed.push(self.seal_entry(client_id, credentials)?);
             changed.push(credentials.secret_changed_at.map(to_i64));
         }
-        let conn = self.pool.get("adopt registrations").await?;
-        conn.execute(
+        let mut conn = self.pool.get("adopt registrations").await?;
+        conn.execute_cached(
             "INSERT INTO handover_registrations (client, entry, secret_changed_at)
              SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[])
              ON CONFLICT (client) DO NOTHING",
@@ -1434,11 +1600,11 @@ impl Postgres {
         lease: Duration,
     ) -> Result<Option<super::BackfillRunner>, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("take the backfill", &err);
-        let conn = self.pool.get("take the backfill").await?;
+        let mut conn = self.pool.get("take the backfill").await?;
         // The row lock serializes two instances taking it at once: the
         // second re-reads the row the first wrote and finds it held.
         let taken = conn
-            .execute(
+            .execute_cached(
                 "UPDATE handover_backfill
                  SET runner = $1, runner_until = now() + $2::bigint * interval '1 millisecond'
                  WHERE id = 1 AND (runner IS NULL OR runner = $1 OR runner_until <= now())",
@@ -1450,7 +1616,7 @@ impl Postgres {
             return Ok(None);
         }
         let row = conn
-            .query_one(
+            .query_one_cached(
                 "SELECT b.runner, m.admin_url, b.runner_until > now()
                  FROM handover_backfill b LEFT JOIN handover_members m ON m.instance = b.runner
                  WHERE b.id = 1",
@@ -1470,9 +1636,9 @@ impl Postgres {
         instance: &str,
         lease: Duration,
     ) -> Result<bool, Error> {
-        let conn = self.pool.get("renew the backfill").await?;
+        let mut conn = self.pool.get("renew the backfill").await?;
         let renewed = conn
-            .execute(
+            .execute_cached(
                 "UPDATE handover_backfill
                  SET runner_until = now() + $2::bigint * interval '1 millisecond'
                  WHERE id = 1 AND runner = $1",
@@ -1572,11 +1738,11 @@ impl Postgres {
         instance: &str,
         checkpoint: &super::StoredCheckpoint,
     ) -> Result<bool, Error> {
-        let conn = self.pool.get("save a backfill checkpoint").await?;
+        let mut conn = self.pool.get("save a backfill checkpoint").await?;
         // Only the runner writes: one that lost its lease must not put an
         // older checkpoint over its successor's.
         let saved = conn
-            .execute(
+            .execute_cached(
                 "INSERT INTO handover_backfill_checkpoints (dataset, checkpoint, rate, error, saved_at)
                  SELECT $2, $3, $4, $5, now()
                  WHERE EXISTS (SELECT 1 FROM handover_backfill WHERE id = 1 AND runner = $1)
@@ -1600,8 +1766,8 @@ impl Postgres {
         instance: &str,
         dataset: &str,
     ) -> Result<(), Error> {
-        let conn = self.pool.get("forget a backfill checkpoint").await?;
-        conn.execute(
+        let mut conn = self.pool.get("forget a backfill checkpoint").await?;
+        conn.execute_cached(
             "DELETE FROM handover_backfill_checkpoints
              WHERE dataset = $2
                AND EXISTS (SELECT 1 FROM handover_backfill WHERE id = 1 AND runner = $1)",
@@ -1617,8 +1783,8 @@ impl Postgres {
             .iter()
             .map(|lane| self.cipher.tag(lane).to_vec())
             .collect();
-        let conn = self.pool.get("mark touched keys").await?;
-        conn.execute(
+        let mut conn = self.pool.get("mark touched keys").await?;
+        conn.execute_cached(
             "INSERT INTO handover_backfill_touched (lane)
              SELECT DISTINCT lane FROM unnest($1::bytea[]) AS lane
              WHERE EXISTS (SELECT 1 FROM handover_backfill WHERE id = 1 AND watching)
@@ -1634,20 +1800,27 @@ impl Postgres {
         let fail = |err: tokio_postgres::Error| Error::postgres("finish a backfill write", &err);
         let tag = self.cipher.tag(lane);
         let mut conn = self.pool.get("finish a backfill write").await?;
+        let read = conn
+            .prepared("SELECT EXISTS (SELECT 1 FROM handover_backfill_touched WHERE lane = $1)")
+            .await
+            .map_err(fail)?;
+        let release = conn
+            .prepared(
+                "UPDATE handover_journal SET claimed_by = NULL, claimed_until = NULL WHERE seq = $1",
+            )
+            .await
+            .map_err(fail)?;
+        let delete = conn
+            .prepared("DELETE FROM handover_journal WHERE seq = $1")
+            .await
+            .map_err(fail)?;
         let tx = conn.transaction().await.map_err(fail)?;
         let touched: bool = tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM handover_backfill_touched WHERE lane = $1)",
-                &[&tag.as_slice()],
-            )
+            .query_one(&read, &[&tag.as_slice()])
             .await
             .map_err(fail)?
             .get(0);
-        let statement = if touched {
-            "UPDATE handover_journal SET claimed_by = NULL, claimed_until = NULL WHERE seq = $1"
-        } else {
-            "DELETE FROM handover_journal WHERE seq = $1"
-        };
+        let statement = if touched { &release } else { &delete };
         tx.execute(statement, &[&to_i64(seq)]).await.map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(touched)
@@ -1655,9 +1828,9 @@ impl Postgres {
 
     pub(super) async fn read_backfill(&self) -> Result<super::SharedBackfill, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("read the backfill", &err);
-        let conn = self.pool.get("read the backfill").await?;
+        let mut conn = self.pool.get("read the backfill").await?;
         let row = conn
-            .query_one(
+            .query_one_cached(
                 "SELECT b.state, b.runner, m.admin_url, b.runner_until > now(), b.watching,
                         coalesce(b.elapsed_ms,
                                  (extract(epoch FROM now() - b.started_at) * 1000)::bigint),
@@ -1669,7 +1842,7 @@ impl Postgres {
             .await
             .map_err(fail)?;
         let checkpoints = conn
-            .query(
+            .query_cached(
                 "SELECT dataset, checkpoint, rate, error FROM handover_backfill_checkpoints
                  ORDER BY dataset",
                 &[],
@@ -1720,7 +1893,7 @@ impl Postgres {
         // for a record that is then not written is a gap, as after any
         // rolled-back append.
         let seq: i64 = conn
-            .query_one("SELECT nextval('handover_journal_seq')", &[])
+            .query_one_cached("SELECT nextval('handover_journal_seq')", &[])
             .await
             .map_err(fail)?
             .get(0);
@@ -1730,31 +1903,35 @@ impl Postgres {
                 seq: to_seq(seq),
                 reason: err.to_string(),
             })?;
-        let tx = conn.transaction().await.map_err(fail)?;
-        // Taking turns with every claimer: between this check and the
-        // insert, nobody takes the lane.
-        tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
-            .await
-            .map_err(fail)?;
-        let inserted = tx
-            .query_opt(
+        let lock = conn.prepared(CLAIM_LOCK_TAKE).await.map_err(fail)?;
+        let insert = conn
+            .prepared(
                 "INSERT INTO handover_journal
                      (seq, lane, record, appended_ms, epoch, claimed_by, claimed_until)
                  SELECT $1, $2, $3, $4, 0, $5, now() + $6::bigint * interval '1 millisecond'
                  WHERE NOT EXISTS (SELECT 1 FROM handover_backfill_touched WHERE lane = $2)
                    AND NOT EXISTS (SELECT 1 FROM handover_journal WHERE lane = $2)
                  RETURNING seq",
-                &[
-                    &seq,
-                    &tag.as_slice(),
-                    &sealed,
-                    &unix_ms(SystemTime::now()),
-                    &owner,
-                    &lease_ms(lease),
-                ],
             )
             .await
             .map_err(fail)?;
+        let tx = conn.transaction().await.map_err(fail)?;
+        // Taking turns with every claimer: between this check and the
+        // insert, nobody takes the lane. Sent back to back as in
+        // [`Self::claim`]: the insert runs once the lock is taken.
+        let lane = tag.as_slice();
+        let appended_ms = unix_ms(SystemTime::now());
+        let lease_ms = lease_ms(lease);
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&CLAIM_LOCK];
+        let insert_params: [&(dyn ToSql + Sync); 6] =
+            [&seq, &lane, &sealed, &appended_ms, &owner, &lease_ms];
+        let (locked, inserted) = tokio::join!(
+            biased;
+            tx.query_one(&lock, &lock_params),
+            tx.query_opt(&insert, &insert_params),
+        );
+        locked.map_err(fail)?;
+        let inserted = inserted.map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(inserted.map(|row| to_seq(row.get(0))))
     }
@@ -1768,9 +1945,34 @@ fn lane(bytes: &[u8], seq: Seq, place: &'static str) -> Result<LaneTag, Error> {
     })
 }
 
-/// Allocates an id, seals and inserts one dead letter within `tx`.
+/// The statements of [`insert_dead_letter`], prepared on the connection
+/// it runs on.
+struct InsertDeadLetter {
+    next_id: Statement,
+    insert: Statement,
+}
+
+impl InsertDeadLetter {
+    async fn prepare(conn: &mut Conn<'_>) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            next_id: conn
+                .prepared("SELECT nextval('handover_dead_letter_seq')")
+                .await?,
+            insert: conn
+                .prepared(
+                    "INSERT INTO handover_dead_letters (id, lane, reason, record, dead_ms)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .await?,
+        })
+    }
+}
+
+/// Allocates an id, seals and inserts one dead letter within `tx` (of
+/// the connection `statements` were prepared on).
 async fn insert_dead_letter(
     tx: &tokio_postgres::Transaction<'_>,
+    statements: &InsertDeadLetter,
     cipher: &Cipher,
     lane: &LaneTag,
     reason: &str,
@@ -1778,7 +1980,7 @@ async fn insert_dead_letter(
 ) -> Result<u64, Error> {
     let fail = |err: tokio_postgres::Error| Error::postgres("dead letter", &err);
     let id: i64 = tx
-        .query_one("SELECT nextval('handover_dead_letter_seq')", &[])
+        .query_one(&statements.next_id, &[])
         .await
         .map_err(fail)?
         .get(0);
@@ -1788,8 +1990,7 @@ async fn insert_dead_letter(
         reason: err.to_string(),
     })?;
     tx.execute(
-        "INSERT INTO handover_dead_letters (id, lane, reason, record, dead_ms)
-         VALUES ($1, $2, $3, $4, $5)",
+        &statements.insert,
         &[
             &id,
             &lane.as_slice(),
@@ -1803,19 +2004,54 @@ async fn insert_dead_letter(
     Ok(to_seq(id))
 }
 
-/// Allocates seqs, seals and inserts `records` within `tx`.
+/// The statements of [`insert_records`], prepared on the connection it
+/// runs on.
+struct InsertRecords {
+    /// [`NEXT_SEQS`].
+    next_seqs: Statement,
+    /// [`INSERT_RECORDS`].
+    insert: Statement,
+}
+
+impl InsertRecords {
+    async fn prepare(conn: &mut Conn<'_>) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            next_seqs: conn.prepared(NEXT_SEQS).await?,
+            insert: conn.prepared(INSERT_RECORDS).await?,
+        })
+    }
+}
+
+/// Draws $1 journal seqs.
+const NEXT_SEQS: &str = "SELECT nextval('handover_journal_seq') FROM generate_series(1, $1)";
+
+/// Inserts journal records (parameters: seqs, lanes, sealed records,
+/// append times, epochs) and, while a backfill pass is unfinished, their
+/// lanes as touched by live traffic (see [`insert_records`]).
+const INSERT_RECORDS: &str = "
+    WITH appended AS (
+        INSERT INTO handover_journal (seq, lane, record, appended_ms, epoch)
+        SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::bigint[])
+        RETURNING lane
+    )
+    INSERT INTO handover_backfill_touched (lane)
+    SELECT DISTINCT lane FROM appended
+    WHERE EXISTS (SELECT 1 FROM handover_backfill WHERE id = 1 AND watching)
+    ON CONFLICT DO NOTHING";
+
+/// Allocates seqs, seals and inserts `records` through `client` (a
+/// connection, or a transaction of the connection `statements` were
+/// prepared on).
 async fn insert_records(
-    tx: &tokio_postgres::Transaction<'_>,
+    client: &impl GenericClient,
+    statements: &InsertRecords,
     cipher: &Cipher,
     records: &[(LaneTag, Vec<u8>, i64)],
 ) -> Result<Vec<Seq>, Error> {
     let fail = |err: tokio_postgres::Error| Error::postgres("append", &err);
     let count = i32::try_from(records.len()).unwrap_or(i32::MAX);
-    let mut seqs: Vec<i64> = tx
-        .query(
-            "SELECT nextval('handover_journal_seq') FROM generate_series(1, $1)",
-            &[&count],
-        )
+    let mut seqs: Vec<i64> = client
+        .query(&statements.next_seqs, &[&count])
         .await
         .map_err(fail)?
         .iter()
@@ -1843,25 +2079,19 @@ async fn insert_records(
     // in this statement's snapshot: an append that misses a flag set
     // concurrently began before it was set, so the change it journals was
     // made at the primary before any export of that pass opened, and every
-    // exported copy is at least as new.
-    tx.execute(
-        "WITH appended AS (
-             INSERT INTO handover_journal (seq, lane, record, appended_ms, epoch)
-             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::bigint[])
-             RETURNING lane
-         )
-         INSERT INTO handover_backfill_touched (lane)
-         SELECT DISTINCT lane FROM appended
-         WHERE EXISTS (SELECT 1 FROM handover_backfill WHERE id = 1 AND watching)
-         ON CONFLICT DO NOTHING",
-        &[&seqs, &lanes, &sealed, &times, &epochs],
-    )
-    .await
-    .map_err(fail)?;
+    // exported copy is at least as new. Being one statement, it is atomic
+    // on its own: it needs no transaction around it.
+    client
+        .execute(
+            &statements.insert,
+            &[&seqs, &lanes, &sealed, &times, &epochs],
+        )
+        .await
+        .map_err(fail)?;
     Ok(seqs.into_iter().map(to_seq).collect())
 }
 
-/// The writer task: one transaction per group of queued appends.
+/// The writer task: one commit per group of queued appends.
 async fn write_groups(
     pool: Arc<Pool>,
     cipher: Cipher,
@@ -1908,15 +2138,131 @@ async fn commit_group(
 ) -> Result<Vec<Seq>, Error> {
     let fail = |err: tokio_postgres::Error| Error::postgres("append", &err);
     let mut conn = pool.get("append").await?;
-    let tx = conn.transaction().await.map_err(fail)?;
-    let seqs = insert_records(&tx, cipher, records).await?;
-    tx.commit().await.map_err(fail)?;
-    Ok(seqs)
+    let statements = InsertRecords::prepare(&mut conn).await.map_err(fail)?;
+    // No transaction: the seqs are drawn outside any (a sequence ignores
+    // rollbacks; a failed insert leaves a gap either way), and the insert
+    // is one statement, committed on its own. Two round trips.
+    insert_records(&*conn, &statements, cipher, records).await
 }
+
+/// A database of the tests' own (tests/support/pg.rs).
+#[cfg(test)]
+#[path = "../../tests/support/pg.rs"]
+mod test_db;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store with a pool of one connection, on a fresh database.
+    async fn one_connection_store(db: &test_db::TestDb) -> Postgres {
+        let config = Config {
+            pool_size: 1,
+            ..Config::postgres(db.url.clone())
+        };
+        Postgres::open(&config, Cipher::new([7; 32])).await.unwrap()
+    }
+
+    /// An append, a claim of it, its ack and a read of the depth.
+    async fn write_claim_ack(store: &Postgres) {
+        let record = Record {
+            lane: b"lane".to_vec(),
+            body: b"body".to_vec(),
+        };
+        let seqs = store.append(vec![record], 0).await.unwrap();
+        let claimed = store
+            .claim("tester", 10, Duration::from_secs(60), u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(claimed.iter().map(|c| c.seq).collect::<Vec<_>>(), seqs);
+        store.ack(&seqs).await.unwrap();
+        assert_eq!(store.depth().await.unwrap().records, 0);
+    }
+
+    const DEPTH: &str = "SELECT count(*), min(appended_ms) FROM handover_journal";
+
+    /// How often each of `statements` is prepared on `conn`'s session.
+    async fn prepared_on(conn: &Conn<'_>, statements: &[&str]) -> Vec<i64> {
+        let mut counts = Vec::new();
+        for statement in statements {
+            let row = conn
+                .query_one(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1",
+                    &[statement],
+                )
+                .await
+                .unwrap();
+            counts.push(row.get(0));
+        }
+        counts
+    }
+
+    #[tokio::test]
+    async fn a_connection_prepares_each_statement_once() {
+        let db = test_db::TestDb::create().await;
+        let store = one_connection_store(&db).await;
+        let hot = [
+            NEXT_SEQS,
+            INSERT_RECORDS,
+            CLAIM_LOCK_TAKE,
+            CLAIM_OLDEST,
+            ACK_DELETE,
+            DEPTH,
+        ];
+        write_claim_ack(&store).await;
+        write_claim_ack(&store).await;
+        let conn = store.pool.get("test").await.unwrap();
+        assert_eq!(prepared_on(&conn, &hot).await, vec![1; hot.len()]);
+        let cached = conn.session.as_ref().unwrap().statements.len();
+        drop(conn);
+        // Used again, nothing more is prepared.
+        write_claim_ack(&store).await;
+        let conn = store.pool.get("test").await.unwrap();
+        assert_eq!(conn.session.as_ref().unwrap().statements.len(), cached);
+        assert_eq!(prepared_on(&conn, &hot).await, vec![1; hot.len()]);
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_goes_with_its_statements() {
+        let db = test_db::TestDb::create().await;
+        let store = one_connection_store(&db).await;
+        write_claim_ack(&store).await;
+        let pid: i32 = {
+            let conn = store.pool.get("test").await.unwrap();
+            conn.query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0)
+        };
+        let admin = db.client().await;
+        let terminated: bool = admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(terminated);
+        // Wait for the client to see its connection end, so that the next
+        // operation finds it broken rather than failing on it.
+        let waited = std::time::Instant::now();
+        while !store.pool.idle.lock().unwrap()[0].client.is_closed() {
+            assert!(waited.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Statements of the old connection reused on a new one would not
+        // exist there ("prepared statement ... does not exist").
+        write_claim_ack(&store).await;
+        let conn = store.pool.get("test").await.unwrap();
+        let now: i32 = conn
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_ne!(now, pid);
+        assert_eq!(
+            prepared_on(&conn, &[INSERT_RECORDS, CLAIM_OLDEST, ACK_DELETE]).await,
+            vec![1, 1, 1]
+        );
+    }
 
     #[test]
     fn verify_modes_become_require_with_a_certificate_check() {
