@@ -150,7 +150,11 @@ start_authlete() {
 # source are then valid at the target (the cutover's key-parity check). Sets SOURCE_PID, SOURCE_ADDR,
 # TARGET_PID and TARGET_ADDR.
 start_emulators() {
-    start_emulator source "$HANDOVER_SOURCE_TOKEN" 127.0.0.1:0 ${BENCH_ISSUER:+--issuer "$BENCH_ISSUER"} "$@"
+    # SOURCE_SWITCHES: the same for the source (a source that does not
+    # mint a new secret on every client update, e.g.
+    # '{"always_refresh_client_secret_on_update":false}').
+    start_emulator source "$HANDOVER_SOURCE_TOKEN" 127.0.0.1:0 ${BENCH_ISSUER:+--issuer "$BENCH_ISSUER"} \
+        ${SOURCE_SWITCHES:+--switches "$SOURCE_SWITCHES"} "$@"
     SOURCE_PID=$EMU_PID SOURCE_ADDR=$EMU_ADDR
     # TARGET_SWITCHES: the target's configuration as a JSON object of
     # emulator switches, e.g. '{"always_refresh_client_secret_on_update":false}'
