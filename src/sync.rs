@@ -183,10 +183,13 @@ impl Limits {
             Side::Source => 0,
             Side::Target => 1,
         };
-        let before = self.last_secondary.swap(now, Ordering::AcqRel);
         let limiter = self.of(side);
-        if before != now && before != Self::NONE {
-            limiter.raise_to(self.of(side.other()).snapshot().limit);
+        // A read per job; a write only at a flip.
+        if self.last_secondary.load(Ordering::Acquire) != now {
+            let before = self.last_secondary.swap(now, Ordering::AcqRel);
+            if before != now && before != Self::NONE {
+                limiter.raise_to(self.of(side.other()).snapshot().limit);
+            }
         }
         limiter
     }

@@ -99,12 +99,11 @@ async fn sequential_appends_claims_and_acks() {
         };
         store.append(vec![record]).await.unwrap();
     }
-    let took = started.elapsed();
-    let sent = bursts.load(Ordering::Relaxed) - before;
-    eprintln!(
-        "append: {APPENDS} sequential, {:.0} µs each, {:.2} client bursts each",
-        took.as_secs_f64() * 1e6 / f64::from(APPENDS),
-        sent as f64 / f64::from(APPENDS),
+    report(
+        "append",
+        APPENDS,
+        started,
+        bursts.load(Ordering::Relaxed) - before,
     );
 
     let before = bursts.load(Ordering::Relaxed);
@@ -116,12 +115,11 @@ async fn sequential_appends_claims_and_acks() {
             .unwrap();
         assert_eq!(claimed.len(), 1);
     }
-    let took = started.elapsed();
-    let sent = bursts.load(Ordering::Relaxed) - before;
-    eprintln!(
-        "claim: {CLAIMS} sequential, {:.0} µs each, {:.2} client bursts each",
-        took.as_secs_f64() * 1e6 / f64::from(CLAIMS),
-        sent as f64 / f64::from(CLAIMS),
+    report(
+        "claim",
+        CLAIMS,
+        started,
+        bursts.load(Ordering::Relaxed) - before,
     );
 
     let claimed = store
@@ -134,11 +132,19 @@ async fn sequential_appends_claims_and_acks() {
     for record in claimed.iter().take(1_000) {
         store.ack(&[record.seq]).await.unwrap();
     }
-    let took = started.elapsed();
-    let sent = bursts.load(Ordering::Relaxed) - before;
+    report(
+        "ack",
+        acks,
+        started,
+        bursts.load(Ordering::Relaxed) - before,
+    );
+}
+
+/// Prints one operation's figures: µs and client bursts (round trips) each.
+fn report(name: &str, count: u32, started: Instant, bursts: u64) {
     eprintln!(
-        "ack: {acks} sequential, {:.0} µs each, {:.2} client bursts each",
-        took.as_secs_f64() * 1e6 / f64::from(acks),
-        sent as f64 / f64::from(acks),
+        "{name}: {count} sequential, {:.0} µs each, {:.2} client bursts each",
+        started.elapsed().as_secs_f64() * 1e6 / f64::from(count),
+        bursts as f64 / f64::from(count),
     );
 }

@@ -595,12 +595,9 @@ impl Cutover {
                     continue;
                 };
                 checking.insert(identity);
-                let primary = self.servers.primary_api().clone();
-                let secondary = self.servers.secondary_api().clone();
-                let limiter = Arc::clone(&limiter);
-                let stop = stop.clone();
+                let check = self.check(&limiter, &stop, key);
                 checks.spawn(async move {
-                    let equal = check_key(&primary, &secondary, &limiter, &stop, &key).await;
+                    let (key, equal) = check.await;
                     (key, drained, equal)
                 });
             }
@@ -643,6 +640,24 @@ impl Cutover {
         }
     }
 
+    /// The comparison of `key` on both sides ([`check_key`]), owning what
+    /// it needs, for a task of its own.
+    fn check(
+        &self,
+        limiter: &Arc<crate::sync::Limiter>,
+        stop: &tokio_util::sync::CancellationToken,
+        key: Key,
+    ) -> impl std::future::Future<Output = (Key, Result<bool, String>)> + Send + 'static {
+        let primary = self.servers.primary_api().clone();
+        let secondary = self.servers.secondary_api().clone();
+        let limiter = Arc::clone(limiter);
+        let stop = stop.clone();
+        async move {
+            let equal = check_key(&primary, &secondary, &limiter, &stop, &key).await;
+            (key, equal)
+        }
+    }
+
     /// Reads `keys` on both sides (both at once per key, as many keys at
     /// once as the secondary's concurrency limiter allows) and sorts them
     /// into equal and differing. A read that fails is an error.
@@ -653,12 +668,9 @@ impl Cutover {
         let stop = tokio_util::sync::CancellationToken::new();
         let _stop_on_drop = stop.clone().drop_guard();
         for key in keys {
-            let primary = self.servers.primary_api().clone();
-            let secondary = self.servers.secondary_api().clone();
-            let limiter = Arc::clone(&limiter);
-            let stop = stop.clone();
+            let check = self.check(&limiter, &stop, key);
             checks.spawn(async move {
-                let equal = check_key(&primary, &secondary, &limiter, &stop, &key).await;
+                let (key, equal) = check.await;
                 equal.map(|equal| (key, equal))
             });
         }
