@@ -46,14 +46,61 @@
 //!
 //! # Claims
 //!
-//! A claim transaction first takes a transaction-level advisory lock
-//! ([`CLAIM_LOCK`]), so claims from the whole fleet take turns: a lane is
-//! seen as free by one claimer at a time, and a lane in which any record is
-//! held under a live lease is never handed out (one owner per key,
-//! fleet-wide). Within it, rows are taken `FOR UPDATE SKIP LOCKED` so a
-//! claim never waits for an ack's delete in flight. Claims are coarse
-//! (whole lanes, many at a time), so taking turns costs one short
-//! transaction per batch. Lease times use the database's clock only.
+//! One owner per lane (key), fleet-wide: a lane in which any record is
+//! held under a live lease (by anyone), or was appended at a newer epoch
+//! than the claimer's, is never handed out. Every lane has an advisory
+//! lock of its own (two keys: one for all lanes, then the lane tag's
+//! first four bytes; see `lane_lock_keys!`), and a claim is one
+//! transaction of two statements:
+//!
+//! 1. the pick ([`CLAIM_PICK`]) finds free lanes, oldest first, and locks
+//!    each with `pg_try_advisory_xact_lock`, which never waits: a lane
+//!    whose lock another claim (or the backfill) holds is skipped and the
+//!    next candidate tried, until enough are locked. It locks only the
+//!    lanes it returns (see the statement), and leaves them in a setting
+//!    of the transaction (`handover.claim_lanes`);
+//! 2. the take ([`CLAIM_TAKE`]), a statement of its own, so its snapshot
+//!    is taken once the locks were granted, checks those lanes again
+//!    (live lease, newer epoch), takes their rows `FOR UPDATE SKIP
+//!    LOCKED` (so a claim never waits for an ack's delete in flight) and
+//!    marks them claimed.
+//!
+//! The locks are released at commit, after the claim became visible. So
+//! of two claims of one lane, the second locks it only after the first
+//! committed (else it skips the lane), and its take sees the first's
+//! lease. The check cannot be made in the statement that takes the locks:
+//! a statement's snapshot is taken before it runs, so it could miss a
+//! claim committed while it waited for the lock, and take a row appended
+//! to the lane since then (`FOR UPDATE` re-reads only the rows it locks,
+//! not the rest of the lane). The price: a lane another claim took while
+//! the pick ran is locked, then found held by the take, so a claim under
+//! contention may return fewer lanes than it asked for; the next claim
+//! looks again.
+//!
+//! Claims of different lanes never wait for each other. (Before, every
+//! claim first took one fleet-wide lock, [`CLAIM_LOCK`], so the fleet's
+//! claims took turns: with three instances, waiting for it was a database
+//! session's most frequent state, benches/README.md §9.) Two lanes whose
+//! tags share their first four bytes share a lock: one of them is skipped
+//! for a transaction, nothing worse. The backfill's claim (a record of its
+//! own, inserted only into a lane untouched and empty) takes the lock of
+//! its one lane the waiting way, then checks and inserts in a statement of
+//! its own: atomic against claims of that lane in the same way. No
+//! transaction waits for a lane's lock while holding another's, so these
+//! locks never deadlock.
+//!
+//! A fleet upgraded one instance at a time runs both builds at once, and
+//! the older one's claims know only [`CLAIM_LOCK`]. So every claim here
+//! (and the backfill's) still takes it first, in shared mode: claims of
+//! this build never wait for each other on it, and each waits for, and
+//! excludes, an older build's claim, which takes it exclusively.
+//!
+//! Round trips: a claim is one (`BEGIN`, the shared lock, pick, take and
+//! `COMMIT` sent back to back; the lanes go from one statement to the
+//! next in the server, not through the client), where it was three (four
+//! when the oldest rows gave nothing: the whole table's look was a
+//! statement of its own); the backfill's claim is two (its seq, then the
+//! rest), where it was four. Lease times use the database's clock only.
 //!
 //! # The fleet's backfill
 //!
@@ -88,8 +135,8 @@
 //! round trip and no parsing. They go with the connection when it breaks.
 //! Statements that must follow one another without a decision in between
 //! are sent back to back (issued together, awaited together; the server
-//! runs them in order): a claim takes the fleet's lock and looks for lanes
-//! in one round trip, an ack is one round trip in all.
+//! runs them in order): a claim and an ack are one round trip each, their
+//! `BEGIN` and `COMMIT` included.
 //!
 //! Schema changes and cached statements: migrations run in
 //! [`Postgres::open`], before any traffic, with statements given as text,
@@ -146,60 +193,134 @@ pub const SCHEMA_VERSION: i32 = 5;
 /// Advisory lock key held while migrating ("handover" in ASCII, then 1).
 const MIGRATION_LOCK: i64 = 0x6861_6e64_6f76_0001;
 
-/// Advisory lock key held by a claim transaction.
+/// Advisory lock key of the fleet's claims: taken shared by every claim of
+/// this build (so they never wait for each other on it), exclusively by
+/// builds before it, whose claims relied on it alone (module doc,
+/// "Claims": a fleet upgraded one instance at a time).
 const CLAIM_LOCK: i64 = 0x6861_6e64_6f76_0002;
 
-/// Takes [`CLAIM_LOCK`] (its parameter) until the transaction ends.
-const CLAIM_LOCK_TAKE: &str = "SELECT pg_advisory_xact_lock($1)";
+/// Takes [`CLAIM_LOCK`] (its parameter) shared until the transaction ends.
+const CLAIM_LOCK_SHARE: &str = "SELECT pg_advisory_xact_lock_shared($1)";
 
-/// A claim's fast path: lanes of the oldest unclaimed rows (at most four
-/// rows looked at per lane wanted), none of whose rows is held under a
-/// live lease or was appended after the claimer's epoch. Parameters: $1
-/// lanes wanted, $2 owner, $3 lease (ms), $4 epoch.
-const CLAIM_OLDEST: &str = "
-    WITH candidates AS (
-        SELECT lane, min(seq) AS first FROM (
-            SELECT lane, seq FROM handover_journal
-            WHERE claimed_until IS NULL OR claimed_until <= now()
-            ORDER BY seq LIMIT $1::bigint * 4
-        ) oldest
-        GROUP BY lane
-    ), lanes AS (
-        SELECT c.lane FROM candidates c
+/// The two keys of the advisory lock of the lane tag `$lane` (SQL), as
+/// arguments of `pg_(try_)advisory_xact_lock` (module doc, "Claims"):
+/// 1751215716 (0x68616e64, "hand" in ASCII) for every lane, then the tag's
+/// first four bytes (it is a keyed hash: they are as good as any). Two-key
+/// advisory locks are a space of their own: none is [`MIGRATION_LOCK`]. A
+/// macro, so that the statements stay constants.
+macro_rules! lane_lock_keys {
+    ($lane:literal) => {
+        concat!(
+            "1751215716, ('x' || encode(substring(",
+            $lane,
+            " FROM 1 FOR 4), 'hex'))::bit(32)::integer"
+        )
+    };
+}
+
+/// A claim's first statement: picks up to $1 lanes and locks each
+/// (module doc, "Claims"), then leaves them in the transaction's
+/// `handover.claim_lanes` setting for [`CLAIM_TAKE`].
+///
+/// Candidates come first from the oldest unclaimed rows (at most four
+/// looked at per lane wanted), by the primary key: usually the free lanes
+/// are there, and a backlog of thousands of rows made grouping the whole
+/// table on every claim expensive. Only if that locks none (the oldest
+/// rows all belong to lanes held, not yet claimable, or being claimed
+/// by others) is the whole table grouped, oldest lanes first, so no free
+/// lane waits behind a busy one. Either way a candidate is a lane none of
+/// whose rows is held under a live lease or was appended after the
+/// claimer's epoch, in this statement's snapshot (the lock makes it worth
+/// re-checking in the next).
+///
+/// The lock is a filter above each candidate list's own `LIMIT`, which
+/// PostgreSQL never pushes a condition below: so it is evaluated on the
+/// candidates in order, until $1 were locked, and never on a row the
+/// statement then drops (without that `LIMIT` it went into the grouping
+/// and locked every candidate). The second list is a sub-select
+/// `coalesce` reaches only when the first is empty, so it is not run
+/// otherwise. Parameters: $1 lanes wanted, $2 epoch.
+const CLAIM_PICK: &str = concat!(
+    "
+    WITH oldest AS (
+        SELECT lane FROM (
+            SELECT c.lane FROM (
+                SELECT lane, min(seq) AS first FROM (
+                    SELECT lane, seq FROM handover_journal
+                    WHERE claimed_until IS NULL OR claimed_until <= now()
+                    ORDER BY seq LIMIT $1::bigint * 4
+                ) unclaimed
+                GROUP BY lane
+            ) c
+            WHERE NOT EXISTS (
+                SELECT 1 FROM handover_journal j
+                WHERE j.lane = c.lane AND (j.claimed_until > now() OR j.epoch > $2::bigint)
+            )
+            ORDER BY c.first LIMIT $1::bigint * 4
+        ) free
+        WHERE pg_try_advisory_xact_lock(",
+    lane_lock_keys!("free.lane"),
+    ")
+        LIMIT $1::bigint
+    ), anywhere AS (
+        SELECT lane FROM (
+            SELECT lane FROM handover_journal
+            WHERE lane NOT IN (SELECT lane FROM handover_journal WHERE claimed_until > now())
+            GROUP BY lane HAVING max(epoch) <= $2::bigint
+            ORDER BY min(seq) LIMIT $1::bigint * 4
+        ) free
+        WHERE pg_try_advisory_xact_lock(",
+    lane_lock_keys!("free.lane"),
+    ")
+        LIMIT $1::bigint
+    )
+    SELECT set_config('handover.claim_lanes', coalesce(
+        (SELECT array_agg(lane) FROM oldest),
+        (SELECT array_agg(lane) FROM anywhere),
+        '{}')::text, true)"
+);
+
+/// A claim's second statement: of the lanes [`CLAIM_PICK`] locked, those
+/// still free in this statement's snapshot (taken after the locks were
+/// granted, so it holds every claim committed before), every row of
+/// them not locked by a delete in flight, marked claimed. Parameters: $1
+/// owner, $2 lease (ms), $3 epoch.
+const CLAIM_TAKE: &str = "
+    WITH lanes AS (
+        SELECT l.lane FROM unnest(current_setting('handover.claim_lanes')::bytea[]) AS l (lane)
         WHERE NOT EXISTS (
             SELECT 1 FROM handover_journal j
-            WHERE j.lane = c.lane AND (j.claimed_until > now() OR j.epoch > $4::bigint)
+            WHERE j.lane = l.lane AND (j.claimed_until > now() OR j.epoch > $3::bigint)
         )
-        ORDER BY c.first LIMIT $1::bigint
     ), taken AS (
         SELECT seq FROM handover_journal
         WHERE lane IN (SELECT lane FROM lanes)
         FOR UPDATE SKIP LOCKED
     )
     UPDATE handover_journal j
-    SET claimed_by = $2, claimed_until = now() + $3::bigint * interval '1 millisecond'
+    SET claimed_by = $1, claimed_until = now() + $2::bigint * interval '1 millisecond'
     FROM taken WHERE j.seq = taken.seq
     RETURNING j.seq, j.lane, j.record, j.appended_ms";
 
-/// A claim over the whole table, oldest lanes first (the fast path found
-/// nothing). Same parameters.
-const CLAIM_ANY: &str = "
-    WITH busy AS (
-        SELECT DISTINCT lane FROM handover_journal WHERE claimed_until > now()
-    ), lanes AS (
-        SELECT lane FROM handover_journal
-        WHERE lane NOT IN (SELECT lane FROM busy)
-        GROUP BY lane HAVING max(epoch) <= $4
-        ORDER BY min(seq) LIMIT $1
-    ), taken AS (
-        SELECT seq FROM handover_journal
-        WHERE lane IN (SELECT lane FROM lanes)
-        FOR UPDATE SKIP LOCKED
-    )
-    UPDATE handover_journal j
-    SET claimed_by = $2, claimed_until = now() + $3::bigint * interval '1 millisecond'
-    FROM taken WHERE j.seq = taken.seq
-    RETURNING j.seq, j.lane, j.record, j.appended_ms";
+/// Takes the advisory lock of lane $1, waiting for it, until the
+/// transaction ends (the backfill's claim: one lane).
+const LANE_LOCK_TAKE: &str = concat!(
+    "SELECT pg_advisory_xact_lock(",
+    lane_lock_keys!("$1::bytea"),
+    ")"
+);
+
+/// The backfill's claim: a record of its own into lane $2, claimed by $5,
+/// only if live traffic has not touched the lane during the pass and no
+/// record of it is pending. Parameters: $1 seq, $2 lane, $3 sealed record,
+/// $4 append time (ms), $5 owner, $6 lease (ms).
+const BACKFILL_INSERT: &str = "
+    INSERT INTO handover_journal
+        (seq, lane, record, appended_ms, epoch, claimed_by, claimed_until)
+    SELECT $1, $2, $3, $4, 0, $5, now() + $6::bigint * interval '1 millisecond'
+    WHERE NOT EXISTS (SELECT 1 FROM handover_backfill_touched WHERE lane = $2)
+      AND NOT EXISTS (SELECT 1 FROM handover_journal WHERE lane = $2)
+    RETURNING seq";
 
 /// An ack: its records go (parameter: their seqs).
 const ACK_DELETE: &str = "DELETE FROM handover_journal WHERE seq = ANY($1)";
@@ -727,10 +848,10 @@ impl Drop for Postgres {
     }
 }
 
-/// Backfill claims one instance runs at once. They take turns under the
-/// claim lock anyway, so more would only park pooled connections there,
-/// and the backfill's dozens of writes in flight must leave the pool to
-/// the appends a client waits for, the claims and the lease renewals.
+/// Backfill claims one instance runs at once. Each is one short
+/// transaction (module doc, "Claims"); the backfill's dozens of writes in
+/// flight must leave the pool to the appends a client waits for, the
+/// claims and the lease renewals.
 const BACKFILL_CLAIMS: usize = 2;
 
 impl std::fmt::Debug for AppendRequest {
@@ -900,37 +1021,37 @@ impl Postgres {
     ) -> Result<Vec<Claimed>, Error> {
         let fail = |err: tokio_postgres::Error| Error::postgres("claim", &err);
         let mut conn = self.pool.get("claim").await?;
-        let lock = conn.prepared(CLAIM_LOCK_TAKE).await.map_err(fail)?;
-        let oldest = conn.prepared(CLAIM_OLDEST).await.map_err(fail)?;
-        let any = conn.prepared(CLAIM_ANY).await.map_err(fail)?;
-        let tx = conn.transaction().await.map_err(fail)?;
+        let share = conn.prepared(CLAIM_LOCK_SHARE).await.map_err(fail)?;
+        let pick = conn.prepared(CLAIM_PICK).await.map_err(fail)?;
+        let take = conn.prepared(CLAIM_TAKE).await.map_err(fail)?;
         let limit = i64::try_from(max_lanes).unwrap_or(i64::MAX);
-        let params: [&(dyn ToSql + Sync); 4] = [&limit, &owner, &lease_ms(lease), &to_i64(epoch)];
-        // Usually the free lanes are among the oldest unclaimed rows: look
-        // there first, by the primary key, instead of grouping the whole
-        // table (a backlog of thousands of rows made every claim scan it).
-        // When that finds nothing (the oldest rows all belong to lanes
-        // held or not yet claimable), the whole table is grouped as before,
-        // so no free lane waits behind a busy one.
-        //
-        // The lock and the first look are sent back to back (`biased`:
-        // polled, hence sent, in this order), so the lock is held for one
-        // round trip less; the server runs the look after the lock is
-        // taken, in a snapshot of its own, as if awaited in turn. Should
-        // the lock fail, the look fails too (the transaction is aborted)
-        // and the lock's error is the one reported.
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&CLAIM_LOCK];
-        let (locked, found) = tokio::join!(
+        let epoch = to_i64(epoch);
+        let share_params: [&(dyn ToSql + Sync); 1] = [&CLAIM_LOCK];
+        let pick_params: [&(dyn ToSql + Sync); 2] = [&limit, &epoch];
+        let take_params: [&(dyn ToSql + Sync); 3] = [&owner, &lease_ms(lease), &epoch];
+        // The whole transaction is sent at once (`biased`: polled, hence
+        // sent, in this order), one round trip: no decision is made here
+        // between its statements (the lanes pass from the pick to the take
+        // in the transaction's setting), and the server runs each after
+        // the one before, the take in a snapshot of its own taken once the
+        // pick's locks were granted, as if awaited in turn. So no lane's
+        // lock is held across a round trip. Once sent, it runs to its end
+        // whatever happens here (as an ack does; the claimer awaits it): a
+        // failed statement aborts the transaction, its COMMIT then rolls
+        // back, and the first error is the one reported.
+        let (begun, shared, picked, taken, committed) = tokio::join!(
             biased;
-            tx.query_one(&lock, &lock_params),
-            tx.query(&oldest, &params),
+            conn.batch_execute("BEGIN"),
+            conn.query_one(&share, &share_params),
+            conn.execute(&pick, &pick_params),
+            conn.query(&take, &take_params),
+            conn.batch_execute("COMMIT"),
         );
-        locked.map_err(fail)?;
-        let mut rows = found.map_err(fail)?;
-        if rows.is_empty() {
-            rows = tx.query(&any, &params).await.map_err(fail)?;
-        }
-        tx.commit().await.map_err(fail)?;
+        begun.map_err(fail)?;
+        shared.map_err(fail)?;
+        picked.map_err(fail)?;
+        let rows = taken.map_err(fail)?;
+        committed.map_err(fail)?;
         let mut claimed = Vec::with_capacity(rows.len());
         let mut unreadable = None;
         for row in &rows {
@@ -1903,36 +2024,33 @@ impl Postgres {
                 seq: to_seq(seq),
                 reason: err.to_string(),
             })?;
-        let lock = conn.prepared(CLAIM_LOCK_TAKE).await.map_err(fail)?;
-        let insert = conn
-            .prepared(
-                "INSERT INTO handover_journal
-                     (seq, lane, record, appended_ms, epoch, claimed_by, claimed_until)
-                 SELECT $1, $2, $3, $4, 0, $5, now() + $6::bigint * interval '1 millisecond'
-                 WHERE NOT EXISTS (SELECT 1 FROM handover_backfill_touched WHERE lane = $2)
-                   AND NOT EXISTS (SELECT 1 FROM handover_journal WHERE lane = $2)
-                 RETURNING seq",
-            )
-            .await
-            .map_err(fail)?;
-        let tx = conn.transaction().await.map_err(fail)?;
-        // Taking turns with every claimer: between this check and the
-        // insert, nobody takes the lane. Sent back to back as in
-        // [`Self::claim`]: the insert runs once the lock is taken.
+        let share = conn.prepared(CLAIM_LOCK_SHARE).await.map_err(fail)?;
+        let lock = conn.prepared(LANE_LOCK_TAKE).await.map_err(fail)?;
+        let insert = conn.prepared(BACKFILL_INSERT).await.map_err(fail)?;
+        // The lane's lock (waiting for a claim deciding on it: one short
+        // transaction), then the check and insert in a snapshot taken
+        // after it: between them, no claim takes the lane (module doc,
+        // "Claims"). Sent at once as in [`Self::claim`], one round trip.
         let lane = tag.as_slice();
         let appended_ms = unix_ms(SystemTime::now());
         let lease_ms = lease_ms(lease);
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&CLAIM_LOCK];
+        let share_params: [&(dyn ToSql + Sync); 1] = [&CLAIM_LOCK];
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&lane];
         let insert_params: [&(dyn ToSql + Sync); 6] =
             [&seq, &lane, &sealed, &appended_ms, &owner, &lease_ms];
-        let (locked, inserted) = tokio::join!(
+        let (begun, shared, locked, inserted, committed) = tokio::join!(
             biased;
-            tx.query_one(&lock, &lock_params),
-            tx.query_opt(&insert, &insert_params),
+            conn.batch_execute("BEGIN"),
+            conn.query_one(&share, &share_params),
+            conn.query_one(&lock, &lock_params),
+            conn.query_opt(&insert, &insert_params),
+            conn.batch_execute("COMMIT"),
         );
+        begun.map_err(fail)?;
+        shared.map_err(fail)?;
         locked.map_err(fail)?;
         let inserted = inserted.map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
+        committed.map_err(fail)?;
         Ok(inserted.map(|row| to_seq(row.get(0))))
     }
 }
@@ -2204,8 +2322,9 @@ mod tests {
         let hot = [
             NEXT_SEQS,
             INSERT_RECORDS,
-            CLAIM_LOCK_TAKE,
-            CLAIM_OLDEST,
+            CLAIM_LOCK_SHARE,
+            CLAIM_PICK,
+            CLAIM_TAKE,
             ACK_DELETE,
             DEPTH,
         ];
@@ -2259,9 +2378,212 @@ mod tests {
             .get(0);
         assert_ne!(now, pid);
         assert_eq!(
-            prepared_on(&conn, &[INSERT_RECORDS, CLAIM_OLDEST, ACK_DELETE]).await,
-            vec![1, 1, 1]
+            prepared_on(&conn, &[INSERT_RECORDS, CLAIM_PICK, CLAIM_TAKE, ACK_DELETE]).await,
+            vec![1, 1, 1, 1]
         );
+    }
+
+    fn lane_record(lane: &str) -> Record {
+        Record {
+            lane: lane.as_bytes().to_vec(),
+            body: b"body".to_vec(),
+        }
+    }
+
+    /// The lanes a pick left for the take in the transaction of `client`.
+    async fn picked(client: &impl GenericClient) -> Vec<Vec<u8>> {
+        client
+            .query_one(
+                "SELECT current_setting('handover.claim_lanes')::bytea[]",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// How many lanes' advisory locks (the two-key form) `client`'s
+    /// session holds.
+    async fn lane_locks_held(client: &impl GenericClient) -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND objsubid = 2 AND pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits until a session of `db` waits for an advisory lock; fails
+    /// the test after 10 s.
+    async fn an_advisory_lock_is_waited_for(db: &test_db::TestDb) {
+        let admin = db.client().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database()
+                       AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nobody waited for an advisory lock"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The pick's lock is evaluated for the lanes it returns only, on the
+    /// oldest rows' path and on the whole table's.
+    #[tokio::test]
+    async fn a_pick_locks_only_the_lanes_it_returns() {
+        let db = test_db::TestDb::create().await;
+        let store = one_connection_store(&db).await;
+        let tag = |lane: &str| store.cipher.tag(lane.as_bytes()).to_vec();
+        let lanes: Vec<String> = (0..10).map(|n| format!("lane-{n}")).collect();
+        store
+            .append(lanes.iter().map(|lane| lane_record(lane)).collect(), 0)
+            .await
+            .unwrap();
+        let mut client = db.client().await;
+        let tx = client.transaction().await.unwrap();
+        tx.execute(CLAIM_PICK, &[&3_i64, &i64::MAX]).await.unwrap();
+        let mut got = picked(&tx).await;
+        got.sort();
+        let mut oldest: Vec<_> = lanes[..3].iter().map(|lane| tag(lane)).collect();
+        oldest.sort();
+        assert_eq!(got, oldest);
+        assert_eq!(lane_locks_held(&tx).await, 3);
+        tx.rollback().await.unwrap();
+
+        // The oldest unclaimed rows (four per lane wanted) all belong to
+        // a lane held: the whole table is looked at.
+        let db = test_db::TestDb::create().await;
+        let store = one_connection_store(&db).await;
+        store.append(vec![lane_record("held")], 0).await.unwrap();
+        let held = store
+            .claim("holder", 1, Duration::from_secs(3600), u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(held.len(), 1);
+        let mut records: Vec<_> = (0..4).map(|_| lane_record("held")).collect();
+        records.extend(["x", "y", "z"].map(lane_record));
+        store.append(records, 0).await.unwrap();
+        let mut client = db.client().await;
+        let tx = client.transaction().await.unwrap();
+        tx.execute(CLAIM_PICK, &[&1_i64, &i64::MAX]).await.unwrap();
+        assert_eq!(picked(&tx).await, [store.cipher.tag(b"x").to_vec()]);
+        assert_eq!(lane_locks_held(&tx).await, 1);
+        tx.rollback().await.unwrap();
+    }
+
+    /// Another claim deciding on lane a (its pick done, not committed)
+    /// neither holds up a claim nor shares lane a with it.
+    #[tokio::test]
+    async fn a_claim_skips_a_lane_another_claim_is_deciding_on_without_waiting() {
+        let db = test_db::TestDb::create().await;
+        let store = one_connection_store(&db).await;
+        store.append(vec![lane_record("a")], 0).await.unwrap();
+        let mut other = db.client().await;
+        let tx = other.transaction().await.unwrap();
+        tx.query_one(CLAIM_LOCK_SHARE, &[&CLAIM_LOCK])
+            .await
+            .unwrap();
+        tx.execute(CLAIM_PICK, &[&10_i64, &i64::MAX]).await.unwrap();
+        assert_eq!(picked(&tx).await, [store.cipher.tag(b"a").to_vec()]);
+        store.append(vec![lane_record("b")], 0).await.unwrap();
+        let claimed = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.claim("me", 10, Duration::from_secs(3600), u64::MAX),
+        )
+        .await
+        .expect("a claim of lane b waited for a claim of lane a")
+        .unwrap();
+        let lanes: Vec<_> = claimed.iter().map(|c| c.lane).collect();
+        assert_eq!(lanes, [store.cipher.tag(b"b")]);
+        // The other claim ends without taking lane a: it is free again.
+        tx.rollback().await.unwrap();
+        let claimed = store
+            .claim("me", 10, Duration::from_secs(3600), u64::MAX)
+            .await
+            .unwrap();
+        let lanes: Vec<_> = claimed.iter().map(|c| c.lane).collect();
+        assert_eq!(lanes, [store.cipher.tag(b"a")]);
+    }
+
+    /// A build before per-lane locks claims under [`CLAIM_LOCK`] alone,
+    /// exclusively: in a fleet running both builds, a claim here waits
+    /// until that claim committed.
+    #[tokio::test]
+    async fn a_claim_waits_for_an_older_builds_claim() {
+        let db = test_db::TestDb::create().await;
+        let store = Arc::new(one_connection_store(&db).await);
+        store.append(vec![lane_record("a")], 0).await.unwrap();
+        let mut old = db.client().await;
+        let tx = old.transaction().await.unwrap();
+        tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
+            .await
+            .unwrap();
+        let claim = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .claim("new", 10, Duration::from_secs(3600), u64::MAX)
+                    .await
+            }
+        });
+        an_advisory_lock_is_waited_for(&db).await;
+        assert!(!claim.is_finished());
+        tx.commit().await.unwrap();
+        let claimed = claim.await.unwrap().unwrap();
+        assert_eq!(claimed.len(), 1);
+    }
+
+    /// The backfill's claim of a lane waits for a claim deciding on that
+    /// lane, then sees it (the lane is not empty: no copy), and does not
+    /// wait for a claim of another lane.
+    #[tokio::test]
+    async fn a_backfill_claim_waits_for_a_claim_of_its_lane_only() {
+        let db = test_db::TestDb::create().await;
+        let store = Arc::new(one_connection_store(&db).await);
+        store.append(vec![lane_record("a")], 0).await.unwrap();
+        let mut other = db.client().await;
+        let tx = other.transaction().await.unwrap();
+        tx.query_one(CLAIM_LOCK_SHARE, &[&CLAIM_LOCK])
+            .await
+            .unwrap();
+        tx.execute(CLAIM_PICK, &[&10_i64, &i64::MAX]).await.unwrap();
+        let lease = Duration::from_secs(3600);
+        let elsewhere = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.claim_for_backfill("runner", b"b", b"copy", lease),
+        )
+        .await
+        .expect("a backfill claim of lane b waited for a claim of lane a")
+        .unwrap();
+        assert!(elsewhere.is_some());
+        let copy = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .claim_for_backfill("runner", b"a", b"copy", lease)
+                    .await
+            }
+        });
+        an_advisory_lock_is_waited_for(&db).await;
+        assert!(!copy.is_finished());
+        tx.rollback().await.unwrap();
+        assert_eq!(copy.await.unwrap().unwrap(), None);
     }
 
     #[test]
