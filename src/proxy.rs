@@ -240,7 +240,8 @@ const NO_REQUEST_YET: u64 = u64::MAX;
 /// Keeps a request counted as in flight until the response body is done.
 #[derive(Debug)]
 pub(crate) struct InFlight {
-    conn: Arc<ConnInfo>,
+    /// `None` once handed to the response body ([`Self::into_guard`]).
+    conn: Option<Arc<ConnInfo>>,
 }
 
 impl InFlight {
@@ -248,14 +249,30 @@ impl InFlight {
     pub(crate) fn start(conn: &Arc<ConnInfo>) -> Self {
         conn.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
-            conn: Arc::clone(conn),
+            conn: Some(Arc::clone(conn)),
         }
+    }
+
+    /// Hands the count to the response body: the request stays in flight
+    /// until that body is done.
+    pub(crate) fn into_guard(mut self) -> Option<crate::http::body::Guard> {
+        let conn: Arc<dyn crate::http::body::Done> = self.conn.take()?;
+        Some(crate::http::body::Guard::new(conn))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let activity = &self.conn.activity;
+        if let Some(conn) = self.conn.take() {
+            crate::http::body::Done::done(conn.as_ref());
+        }
+    }
+}
+
+impl crate::http::body::Done for ConnInfo {
+    /// A request of this connection is done.
+    fn done(&self) {
+        let activity = &self.activity;
         if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             activity
                 .idle_since_ms

@@ -421,7 +421,11 @@ impl H1 {
             let (sending, fresh) = match pool.start(None, request, self) {
                 Ok(sending) => (sending, false),
                 Err(unsent) => {
-                    let sender = self.connect().await?;
+                    // Boxed: connecting (the connector, TLS, the
+                    // handshake) is a large future needed only for a new
+                    // connection, which pooled requests would otherwise
+                    // carry and move.
+                    let sender = Box::pin(self.connect()).await?;
                     match pool.start(Some(sender), unsent, self) {
                         Ok(sending) => (sending, true),
                         Err(_) => {

@@ -13,8 +13,28 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-/// Something to drop when the body is done.
-pub(crate) type Guard = Box<dyn Send + Sync>;
+/// Told once when a body is done (finished or dropped).
+pub(crate) trait Done: Send + Sync {
+    /// The body it guarded is done.
+    fn done(&self);
+}
+
+/// What a body tells when it is done: a shared handle (an `Arc` of the
+/// connection's state), so attaching it to a response allocates nothing.
+pub(crate) struct Guard(std::sync::Arc<dyn Done>);
+
+impl Guard {
+    /// A guard that tells `to` when dropped.
+    pub(crate) fn new(to: std::sync::Arc<dyn Done>) -> Self {
+        Self(to)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
 
 /// A forwarding-path body.
 pub struct ProxyBody {

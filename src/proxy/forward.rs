@@ -129,7 +129,7 @@ impl Forwarder {
         let started = Instant::now();
         let in_flight = InFlight::start(conn);
         let class = MethodClass::of(request.method());
-        let request_id = request_id(request.headers());
+        let (request_id, log_id) = request_id(request.headers());
         // A debug span: at the default `info` level it costs nothing per
         // request (formatting its fields was ~4% of the proxy's CPU); the
         // failure lines below carry the request id themselves.
@@ -138,14 +138,19 @@ impl Forwarder {
             "request",
             method = %method,
             route_class = class.as_str(),
-            request_id = %request_id.to_str().unwrap_or_default(),
+            request_id = log_id.as_str(),
             status = tracing::field::Empty,
             fault = tracing::field::Empty,
         );
-        let request_id_for_log = request_id.clone();
-        let result =
+        // Instrumenting moves the request's future into a wrapper and
+        // enters the span at every poll; with the span disabled (the
+        // default level) there is nothing to enter.
+        let result = if span.is_disabled() {
+            self.forward(request, conn, request_id).await
+        } else {
             tracing::Instrument::instrument(self.forward(request, conn, request_id), span.clone())
-                .await;
+                .await
+        };
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -154,7 +159,7 @@ impl Forwarder {
                     .proxy
                     .record_error(error.fault.as_str(), error.kind_label());
                 let _entered = span.enter();
-                let id = request_id_for_log.to_str().unwrap_or_default();
+                let id = log_id.as_str();
                 match error.fault {
                     Fault::Primary | Fault::Internal => {
                         tracing::warn!(%method, request_id = id, error = %error, "request failed");
@@ -171,7 +176,11 @@ impl Forwarder {
             .proxy
             .record_request(class, response.status(), started.elapsed());
         let (parts, body) = response.into_parts();
-        Response::from_parts(parts, body.with_guard(Box::new(in_flight)))
+        let body = match in_flight.into_guard() {
+            Some(guard) => body.with_guard(guard),
+            None => body,
+        };
+        Response::from_parts(parts, body)
     }
 
     async fn forward(
@@ -183,94 +192,141 @@ impl Forwarder {
         if let Some(Verdict::Ambiguous(reason)) = conn.verdicts.next() {
             return Err(ProxyError::downstream(Kind::AmbiguousFraming(reason)));
         }
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
         check_host(&parts)?;
         let route = self.hook.as_ref().and_then(|hook| {
             hook.route(&parts.method, parts.uri.path())
                 .map(|route| (hook, route))
         });
-
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let original_headers = route.is_some().then(|| parts.headers.clone());
-        self.clean_request_headers(&mut parts, conn, request_id);
-
-        // Inspected routes are buffered (and may be held or refused by the
-        // hook); everything else streams.
-        let (upstream_body, inspected) = match route {
-            None => (ProxyBody::stream(body), None),
+        match route {
+            None => self.pass_through(parts, body, conn, request_id).await,
+            // The inspected path keeps a ticket, the hook's view, a replay
+            // copy, buffered bodies and possibly a second exchange: several
+            // KiB of future. Boxed, so that pass-through requests (almost
+            // all of them) neither carry nor move it (benches/README.md §7,
+            // lever 3).
             Some((hook, route)) => {
-                let read = crate::http::read_body(body, self.config.max_body_bytes);
-                let bytes = tokio::time::timeout(self.config.body_read_timeout, read)
-                    .await
-                    .map_err(|_| {
-                        ProxyError::downstream(Kind::BodyTimeout(self.config.body_read_timeout))
-                    })?
-                    .map_err(|err| match err {
-                        crate::http::ReadBodyError::TooLarge { limit } => {
-                            ProxyError::downstream(Kind::BodyTooLarge { limit })
-                        }
-                        crate::http::ReadBodyError::Io(err) => {
-                            ProxyError::downstream(Kind::DownstreamBody(err.to_string()))
-                        }
-                    })?;
-                // The hook sees the client's own headers (client
-                // authentication lives in `Authorization`).
-                let mut view = parts.clone_without_extensions();
-                view.headers = original_headers.unwrap_or_default();
-                let ticket = hook.begin(route, &view, &bytes).await?;
-                // A buffered body has a known length now; a chunked
-                // framing header from downstream no longer applies.
-                parts.headers.remove(header::CONTENT_LENGTH);
-                (ProxyBody::full(bytes.clone()), Some((ticket, view, bytes)))
+                Box::pin(self.inspect(hook.as_ref(), route, parts, body, conn, request_id)).await
             }
-        };
+        }
+    }
+
+    /// Everything that is not inspected: both bodies stream.
+    async fn pass_through(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+        request_id: HeaderValue,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let path_and_query = path_and_query(&parts);
+        self.clean_request_headers(&mut parts, conn, request_id);
+        let primary = self.primary.primary();
+        self.aim(&mut parts, &primary, path_and_query).await?;
+        let response = self
+            .send(
+                &primary,
+                Request::from_parts(parts, ProxyBody::stream(body)),
+            )
+            .await?;
+        let (mut response_parts, response_body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut response_parts.headers);
+        Ok(Response::from_parts(
+            response_parts,
+            ProxyBody::stream(response_body),
+        ))
+    }
+
+    /// Points `parts` at `upstream` (`path_and_query` unchanged) and lets
+    /// the rewriter adapt it to that side.
+    async fn aim(
+        &self,
+        parts: &mut http::request::Parts,
+        upstream: &upstream::Upstream,
+        path_and_query: http::uri::PathAndQuery,
+    ) -> Result<(), ProxyError> {
+        parts.uri = upstream.url.uri(path_and_query).map_err(|err| {
+            ProxyError::downstream(Kind::BadRequest(format!("unforwardable path: {err}")))
+        })?;
+        if let Some(rewriter) = &self.rewriter
+            && let Some(lookup) =
+                rewriter.rewrite(parts.uri.path(), &mut parts.headers, upstream.side)
+        {
+            lookup.await;
+        }
+        Ok(())
+    }
+
+    /// Sends to `upstream` within the upstream deadline, noting in the
+    /// health state whether it answered.
+    async fn send(
+        &self,
+        upstream: &upstream::Upstream,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match upstream.send(request, self.config.upstream_timeout).await {
+            Ok(response) => {
+                self.health.primary_answered();
+                Ok(response)
+            }
+            Err(err) => Err(self.upstream_error(err)),
+        }
+    }
+
+    /// A request the hook inspects: buffered both ways, held or refused
+    /// by the hook before it goes, reported to it after the answer.
+    async fn inspect(
+        &self,
+        hook: &dyn Hook,
+        route: super::RouteId,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+        request_id: HeaderValue,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let path_and_query = path_and_query(&parts);
+        // The hook sees the client's own headers (client authentication
+        // lives in `Authorization`).
+        let original_headers = parts.headers.clone();
+        self.clean_request_headers(&mut parts, conn, request_id);
+        let read = crate::http::read_body(body, self.config.max_body_bytes);
+        let request_body = tokio::time::timeout(self.config.body_read_timeout, read)
+            .await
+            .map_err(|_| ProxyError::downstream(Kind::BodyTimeout(self.config.body_read_timeout)))?
+            .map_err(|err| match err {
+                crate::http::ReadBodyError::TooLarge { limit } => {
+                    ProxyError::downstream(Kind::BodyTooLarge { limit })
+                }
+                crate::http::ReadBodyError::Io(err) => {
+                    ProxyError::downstream(Kind::DownstreamBody(err.to_string()))
+                }
+            })?;
+        let mut view = parts.clone_without_extensions();
+        view.headers = original_headers;
+        let mut ticket = hook.begin(route, &view, &request_body).await?;
+        // A buffered body has a known length now; a chunked framing header
+        // from downstream no longer applies.
+        parts.headers.remove(header::CONTENT_LENGTH);
 
         // The primary is chosen after the hook returned: a held write is
         // released to whichever server is primary by then.
         let primary = self.primary.primary();
-        let uri = primary.url.uri(path_and_query.clone()).map_err(|err| {
-            ProxyError::downstream(Kind::BadRequest(format!("unforwardable path: {err}")))
-        })?;
-        parts.uri = uri;
-        if let Some(rewriter) = &self.rewriter
-            && let Some(lookup) =
-                rewriter.rewrite(parts.uri.path(), &mut parts.headers, primary.side)
-        {
-            lookup.await;
+        if let Err(err) = self.aim(&mut parts, &primary, path_and_query.clone()).await {
+            ticket.abandon();
+            return Err(err);
         }
         // Inspected requests may be replayed elsewhere: keep a copy.
-        let replay = inspected
-            .as_ref()
-            .map(|(_, _, body)| (parts.clone_without_extensions(), body.clone()));
-        let upstream_request = Request::from_parts(parts, upstream_body);
-        let response = match primary
-            .send(upstream_request, self.config.upstream_timeout)
-            .await
-        {
-            Ok(response) => {
-                self.health.primary_answered();
-                response
-            }
+        let replay = parts.clone_without_extensions();
+        let upstream_request = Request::from_parts(parts, ProxyBody::full(request_body.clone()));
+        let response = match self.send(&primary, upstream_request).await {
+            Ok(response) => response,
             Err(err) => {
-                if let Some((ticket, _, _)) = inspected {
-                    ticket.abandon();
-                }
-                return Err(self.upstream_error(err));
+                ticket.abandon();
+                return Err(err);
             }
         };
         let (mut response_parts, response_body) = response.into_parts();
         headers::strip_hop_by_hop(&mut response_parts.headers);
-
-        let Some((mut ticket, view, request_body)) = inspected else {
-            return Ok(Response::from_parts(
-                response_parts,
-                ProxyBody::stream(response_body),
-            ));
-        };
         let (mut buffered, mut body) = match self.buffer_response(response_body).await {
             Ok(read) => read,
             Err(err) => {
@@ -289,19 +345,15 @@ impl Forwarder {
             }
         };
         let mut answered_by = primary.side;
-        if let Some(previous) = ticket.redirect(response_parts.status, buffered.as_ref())
-            && let Some((mut parts, bytes)) = replay
-        {
+        if let Some(previous) = ticket.redirect(response_parts.status, buffered.as_ref()) {
             // State that lives only on the previous primary: ask it.
-            if let Ok(uri) = previous.url.uri(path_and_query) {
-                parts.uri = uri;
-                if let Some(rewriter) = &self.rewriter
-                    && let Some(lookup) =
-                        rewriter.rewrite(parts.uri.path(), &mut parts.headers, previous.side)
-                {
-                    lookup.await;
-                }
-                let request = Request::from_parts(parts, ProxyBody::full(bytes));
+            let mut parts = replay;
+            if self
+                .aim(&mut parts, &previous, path_and_query)
+                .await
+                .is_ok()
+            {
+                let request = Request::from_parts(parts, ProxyBody::full(request_body.clone()));
                 match previous.send(request, self.config.upstream_timeout).await {
                     Ok(response) => {
                         let (mut parts, body_stream) = response.into_parts();
@@ -447,6 +499,15 @@ impl Forwarder {
     }
 }
 
+/// The path and query a request is forwarded with, unchanged.
+fn path_and_query(parts: &http::request::Parts) -> http::uri::PathAndQuery {
+    parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+}
+
 /// Hands the exchange to the hook. `response_body` is what was buffered:
 /// `Some(None)` when the body was larger than the cap, `None` when it broke
 /// off.
@@ -525,11 +586,11 @@ impl CloneParts for http::request::Parts {
     }
 }
 
-fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+fn request_id(headers: &http::HeaderMap) -> (HeaderValue, LogId) {
     if let Some(id) = headers.get(X_REQUEST_ID)
         && id.len() <= 128
     {
-        return id.clone();
+        return (id.clone(), LogId::Sent(id.clone()));
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 16];
@@ -537,7 +598,26 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     for (i, digit) in id.iter_mut().enumerate() {
         *digit = HEX[((random >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+    let value = HeaderValue::from_bytes(&id).expect("hex digits are a valid header value");
+    (value, LogId::Made(id))
+}
+
+/// The request id as the request's log lines show it. A generated id is
+/// kept as its digits: cloning the freshly made header value would turn
+/// its bytes into shared storage, an allocation per request. A client's
+/// id is a slice of the connection's read buffer, already shared.
+enum LogId {
+    Made([u8; 16]),
+    Sent(HeaderValue),
+}
+
+impl LogId {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Made(digits) => std::str::from_utf8(digits).unwrap_or_default(),
+            Self::Sent(value) => value.to_str().unwrap_or_default(),
+        }
+    }
 }
 
 /// The response for a failed request: the mapped status and a generic body.
@@ -593,8 +673,12 @@ mod tests {
     #[test]
     fn request_ids_are_kept_or_generated() {
         let mut headers = http::HeaderMap::new();
-        assert_eq!(request_id(&headers).len(), 16);
+        let (made, log) = request_id(&headers);
+        assert_eq!(made.len(), 16);
+        assert_eq!(log.as_str(), made.to_str().unwrap());
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc"));
-        assert_eq!(request_id(&headers), "abc");
+        let (kept, log) = request_id(&headers);
+        assert_eq!(kept, "abc");
+        assert_eq!(log.as_str(), "abc");
     }
 }

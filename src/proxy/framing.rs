@@ -125,9 +125,33 @@ impl Sniffer {
                             return;
                         }
                     }
+                    if self.head.is_empty() {
+                        // Usually a whole head arrives in one read: parse
+                        // it where it lies, and copy only a partial one.
+                        match parse_head(bytes) {
+                            HeadParse::Partial => {
+                                if bytes.len() > self.max_head {
+                                    self.state = State::Off;
+                                } else {
+                                    self.head.extend_from_slice(bytes);
+                                }
+                                return;
+                            }
+                            HeadParse::Invalid => {
+                                self.state = State::Off;
+                                return;
+                            }
+                            HeadParse::Complete { len, verdict, next } => {
+                                verdicts(verdict);
+                                bytes = &bytes[len..];
+                                self.state = next;
+                                continue;
+                            }
+                        }
+                    }
                     let before = self.head.len();
                     self.head.extend_from_slice(bytes);
-                    match self.parse_head() {
+                    match parse_head(&self.head) {
                         HeadParse::Partial => {
                             if self.head.len() > self.max_head {
                                 self.state = State::Off;
@@ -221,74 +245,78 @@ impl Sniffer {
             }
         }
     }
+}
 
-    fn parse_head(&self) -> HeadParse {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_SNIFF_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        let len = match request.parse(&self.head) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return HeadParse::Partial,
-            Err(_) => return HeadParse::Invalid,
+/// Parses the request head at the start of `buf`.
+fn parse_head(buf: &[u8]) -> HeadParse {
+    // Uninitialised slots: filling 256 empty headers first was a
+    // memset of 8 KiB per request.
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_SNIFF_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return HeadParse::Partial,
+        Err(_) => return HeadParse::Invalid,
+    };
+    if request.method == Some("CONNECT") {
+        // A tunnel follows; nothing to sniff.
+        return HeadParse::Complete {
+            len,
+            verdict: Verdict::Clean,
+            next: State::Off,
         };
-        if request.method == Some("CONNECT") {
-            // A tunnel follows; nothing to sniff.
-            return HeadParse::Complete {
-                len,
-                verdict: Verdict::Clean,
-                next: State::Off,
-            };
-        }
-        let mut transfer_encoding: Option<&[u8]> = None;
-        let mut te_count = 0;
-        let mut content_length: Option<u64> = None;
-        let mut conflicting_lengths = false;
-        let mut bad_length = false;
-        for header in request.headers.iter() {
-            if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                te_count += 1;
-                transfer_encoding = Some(header.value);
-            } else if header.name.eq_ignore_ascii_case("content-length") {
-                for part in header.value.split(|b| *b == b',') {
-                    match parse_length(part) {
-                        Some(value) => match content_length {
-                            Some(previous) if previous != value => conflicting_lengths = true,
-                            _ => content_length = Some(value),
-                        },
-                        None => bad_length = true,
-                    }
-                }
-            }
-        }
-        let verdict = if transfer_encoding.is_some() && (content_length.is_some() || bad_length) {
-            Verdict::Ambiguous("both Content-Length and Transfer-Encoding")
-        } else if conflicting_lengths {
-            Verdict::Ambiguous("conflicting Content-Length values")
-        } else {
-            Verdict::Clean
-        };
-        let next = match (transfer_encoding, content_length) {
-            (Some(value), _) => {
-                // Chunked must be the final coding of the (last) header;
-                // anything else hyper refuses, so stop following.
-                let last = value.rsplit(|b| *b == b',').next().unwrap_or_default();
-                if te_count == 1 && trim(last).eq_ignore_ascii_case(b"chunked") {
-                    State::ChunkSize {
-                        size: 0,
-                        digits: 0,
-                        in_ext: false,
-                    }
-                } else {
-                    State::Off
-                }
-            }
-            (None, Some(0)) => State::Head,
-            (None, Some(length)) if !bad_length => State::Fixed(length),
-            (None, Some(_)) => State::Off,
-            (None, None) if bad_length => State::Off,
-            (None, None) => State::Head,
-        };
-        HeadParse::Complete { len, verdict, next }
     }
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut te_count = 0;
+    let mut content_length: Option<u64> = None;
+    let mut conflicting_lengths = false;
+    let mut bad_length = false;
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_count += 1;
+            transfer_encoding = Some(header.value);
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            for part in header.value.split(|b| *b == b',') {
+                match parse_length(part) {
+                    Some(value) => match content_length {
+                        Some(previous) if previous != value => conflicting_lengths = true,
+                        _ => content_length = Some(value),
+                    },
+                    None => bad_length = true,
+                }
+            }
+        }
+    }
+    let verdict = if transfer_encoding.is_some() && (content_length.is_some() || bad_length) {
+        Verdict::Ambiguous("both Content-Length and Transfer-Encoding")
+    } else if conflicting_lengths {
+        Verdict::Ambiguous("conflicting Content-Length values")
+    } else {
+        Verdict::Clean
+    };
+    let next = match (transfer_encoding, content_length) {
+        (Some(value), _) => {
+            // Chunked must be the final coding of the (last) header;
+            // anything else hyper refuses, so stop following.
+            let last = value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            if te_count == 1 && trim(last).eq_ignore_ascii_case(b"chunked") {
+                State::ChunkSize {
+                    size: 0,
+                    digits: 0,
+                    in_ext: false,
+                }
+            } else {
+                State::Off
+            }
+        }
+        (None, Some(0)) => State::Head,
+        (None, Some(length)) if !bad_length => State::Fixed(length),
+        (None, Some(_)) => State::Off,
+        (None, None) if bad_length => State::Off,
+        (None, None) => State::Head,
+    };
+    HeadParse::Complete { len, verdict, next }
 }
 
 enum HeadParse {
