@@ -274,8 +274,37 @@ impl Upstream {
         let pool = POOL.with(Cell::get);
         let clients = match &self.transport {
             Transport::Http1(h1) => {
-                return match tokio::time::timeout(timeout, h1.send(pool, request)).await {
-                    Err(_) => Err(Error::Timeout { upstream, timeout }),
+                let deadline = tokio::time::Instant::now() + timeout;
+                let timed_out = || Error::Timeout { upstream, timeout };
+                // The common case, a ready pooled connection, awaits
+                // hyper's own future under the deadline and nothing else:
+                // every layer of future around it is copied when it is
+                // built (a pass-through request moved ~8 KB through the
+                // layers this replaced, benches/README.md §7). Connecting
+                // and retrying are boxed, off that path.
+                let request = h1.prepare(request);
+                let pool = h1.pool(pool);
+                let unsent = match pool.start(None, request, h1) {
+                    Err(unsent) => unsent,
+                    Ok(sending) => match tokio::time::timeout_at(deadline, sending).await {
+                        Err(_) => return Err(timed_out()),
+                        Ok(Ok(response)) => return Ok(response),
+                        Ok(Err(mut err)) => match err.take_message() {
+                            // Not even started (closed while idle): once
+                            // more, on another or a new connection.
+                            Some(unsent) => unsent,
+                            None => {
+                                return Err(
+                                    Failure::Exchange(err.into_error()).into_error(upstream)
+                                );
+                            }
+                        },
+                    },
+                };
+                return match tokio::time::timeout_at(deadline, Box::pin(h1.send(pool, unsent)))
+                    .await
+                {
+                    Err(_) => Err(timed_out()),
                     Ok(result) => result.map_err(|failure| failure.into_error(upstream)),
                 };
             }
@@ -397,12 +426,9 @@ impl H1 {
         }
     }
 
-    async fn send(
-        &self,
-        pool: usize,
-        mut request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, Failure> {
-        // A connection-level client writes the URI as given: origin form.
+    /// `request` as a connection-level client must send it: origin form
+    /// (it writes the URI as given), with a `Host`.
+    fn prepare(&self, mut request: Request<ProxyBody>) -> Request<ProxyBody> {
         if request.uri().scheme().is_some() {
             let path = request
                 .uri()
@@ -416,7 +442,22 @@ impl H1 {
                 .headers_mut()
                 .insert(header::HOST, self.host.clone());
         }
-        let pool = self.pools.get(pool).unwrap_or(&self.pools[0]);
+        request
+    }
+
+    /// Pool `index`'s connections (the shared pool for an unknown index).
+    fn pool(&self, index: usize) -> &H1Pool {
+        self.pools.get(index).unwrap_or(&self.pools[0])
+    }
+
+    /// Sends a prepared `request` on `pool`: on a ready pooled connection,
+    /// else on a new one; a pooled connection that closed before taking
+    /// the request gives it back for another try.
+    async fn send(
+        &self,
+        pool: &H1Pool,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, Failure> {
         loop {
             let (sending, fresh) = match pool.start(None, request, self) {
                 Ok(sending) => (sending, false),
