@@ -42,6 +42,24 @@ fn cipher() -> Cipher {
     Cipher::new([9; 32])
 }
 
+/// [`Journal::open`], waiting out a directory lock held only by a child
+/// process: the tmpfs tests below run `mount` and `umount`, and a child
+/// forked while a test here had a journal open holds a copy of its lock
+/// file's descriptor (so the `flock`) until it execs, which on a loaded
+/// machine outlasts that test's `close`. handover never forks; only this
+/// test process does. Tests that expect `Locked` call `Journal::open`.
+fn open_journal(cfg: Config, cipher: Cipher) -> Result<(Journal, Recovery), Error> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Journal::open(cfg.clone(), cipher.clone()) {
+            Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn config(dir: &Path) -> Config {
     Config::new(dir)
 }
@@ -87,7 +105,7 @@ fn eventually(mut condition: impl FnMut() -> bool) -> bool {
 fn appended_records_come_back_in_order_until_acked() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let (journal, recovery) = Journal::open(config(dir.path()), cipher()).unwrap();
+    let (journal, recovery) = open_journal(config(dir.path()), cipher()).unwrap();
     assert!(recovery.entries.is_empty());
     let a = rt.block_on(journal.append(b"client:a".to_vec())).unwrap();
     let bc = rt
@@ -101,7 +119,7 @@ fn appended_records_come_back_in_order_until_acked() {
     journal.ack(0);
     rt.block_on(journal.close()).unwrap();
 
-    let (journal, recovery) = Journal::open(config(dir.path()), cipher()).unwrap();
+    let (journal, recovery) = open_journal(config(dir.path()), cipher()).unwrap();
     assert_eq!(bodies(&recovery), vec![(2, b"session:c".to_vec())]);
     assert_eq!(recovery.next_seq, 3);
     assert_eq!(rt.block_on(journal.append(b"d".to_vec())).unwrap(), 3);
@@ -111,7 +129,7 @@ fn appended_records_come_back_in_order_until_acked() {
 fn cursor_persists_across_a_clean_restart() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let (journal, _) = Journal::open(config(dir.path()), cipher()).unwrap();
+    let (journal, _) = open_journal(config(dir.path()), cipher()).unwrap();
     for i in 0..5u8 {
         rt.block_on(journal.append(vec![i])).unwrap();
     }
@@ -120,7 +138,7 @@ fn cursor_persists_across_a_clean_restart() {
     }
     assert_eq!(journal.stats().applied_cursor, 4);
     rt.block_on(journal.close()).unwrap();
-    let (journal, recovery) = Journal::open(config(dir.path()), cipher()).unwrap();
+    let (journal, recovery) = open_journal(config(dir.path()), cipher()).unwrap();
     assert_eq!(recovery.cursor, 4);
     assert_eq!(bodies(&recovery), vec![(4, vec![4])]);
     let stats = journal.stats();
@@ -134,11 +152,11 @@ fn acked_records_may_come_back_after_a_crash_at_least_once() {
     let rt = runtime();
     let mut cfg = config(dir.path());
     cfg.cursor_persist_interval = Duration::from_secs(3600);
-    let (journal, _) = Journal::open(cfg.clone(), cipher()).unwrap();
+    let (journal, _) = open_journal(cfg.clone(), cipher()).unwrap();
     rt.block_on(journal.append(b"x".to_vec())).unwrap();
     journal.ack(0);
     journal.crash();
-    let (_journal, recovery) = Journal::open(cfg, cipher()).unwrap();
+    let (_journal, recovery) = open_journal(cfg, cipher()).unwrap();
     assert_eq!(bodies(&recovery), vec![(0, b"x".to_vec())]);
 }
 
@@ -148,7 +166,7 @@ fn applied_segments_are_deleted_after_acks() {
     let rt = runtime();
     let mut cfg = config(dir.path());
     cfg.segment_bytes = 256;
-    let (journal, _) = Journal::open(cfg.clone(), cipher()).unwrap();
+    let (journal, _) = open_journal(cfg.clone(), cipher()).unwrap();
     for i in 0..20u8 {
         rt.block_on(journal.append(vec![i; 40])).unwrap();
     }
@@ -166,7 +184,7 @@ fn applied_segments_are_deleted_after_acks() {
     assert_eq!(segment_files(dir.path()).len(), stats.segments);
     assert!(stats.bytes_on_disk < before.bytes_on_disk);
     rt.block_on(journal.close()).unwrap();
-    let (_journal, recovery) = Journal::open(cfg, cipher()).unwrap();
+    let (_journal, recovery) = open_journal(cfg, cipher()).unwrap();
     let seqs: Vec<Seq> = recovery.entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (15..20).collect::<Vec<_>>());
 }
@@ -175,7 +193,7 @@ fn applied_segments_are_deleted_after_acks() {
 fn stats_report_depth_and_age_of_the_oldest_unacked_record() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let (journal, _) = Journal::open(config(dir.path()), cipher()).unwrap();
+    let (journal, _) = open_journal(config(dir.path()), cipher()).unwrap();
     let empty = journal.stats();
     assert_eq!(
         (empty.last_seq, empty.depth, empty.oldest_unacked_age),
@@ -203,11 +221,11 @@ fn stats_report_depth_and_age_of_the_oldest_unacked_record() {
 fn backlog_age_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let (journal, _) = Journal::open(config(dir.path()), cipher()).unwrap();
+    let (journal, _) = open_journal(config(dir.path()), cipher()).unwrap();
     rt.block_on(journal.append(b"old".to_vec())).unwrap();
     rt.block_on(journal.close()).unwrap();
     std::thread::sleep(Duration::from_millis(30));
-    let (journal, recovery) = Journal::open(config(dir.path()), cipher()).unwrap();
+    let (journal, recovery) = open_journal(config(dir.path()), cipher()).unwrap();
     let age = journal.stats().oldest_unacked_age.unwrap();
     assert!(age >= Duration::from_millis(25), "{age:?}");
     assert!(recovery.entries[0].appended_at.elapsed().unwrap() >= Duration::from_millis(25));
@@ -219,7 +237,7 @@ fn oversized_body_is_rejected_without_consuming_a_seq() {
     let rt = runtime();
     let mut cfg = config(dir.path());
     cfg.max_record_bytes = 10;
-    let (journal, _) = Journal::open(cfg, cipher()).unwrap();
+    let (journal, _) = open_journal(cfg, cipher()).unwrap();
     let err = rt
         .block_on(journal.append_batch(vec![vec![0; 5], vec![0; 11]]))
         .unwrap_err();
@@ -262,18 +280,18 @@ fn invalid_config_is_refused_with_the_field_name() {
 fn a_second_journal_on_the_same_directory_is_refused_until_close() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let (journal, _) = Journal::open(config(dir.path()), cipher()).unwrap();
+    let (journal, _) = open_journal(config(dir.path()), cipher()).unwrap();
     let err = Journal::open(config(dir.path()), cipher()).unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     rt.block_on(journal.close()).unwrap();
-    assert!(Journal::open(config(dir.path()), cipher()).is_ok());
+    assert!(open_journal(config(dir.path()), cipher()).is_ok());
 }
 
 #[test]
 fn appends_after_close_fail_with_closed() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let (journal, _) = Journal::open(config(dir.path()), cipher()).unwrap();
+    let (journal, _) = open_journal(config(dir.path()), cipher()).unwrap();
     let other = journal.clone();
     rt.block_on(journal.close()).unwrap();
     assert!(matches!(
@@ -287,7 +305,7 @@ fn appends_after_close_fail_with_closed() {
 fn mid_file_corruption_refuses_to_open_naming_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let (journal, _) = Journal::open(config(dir.path()), cipher()).unwrap();
+    let (journal, _) = open_journal(config(dir.path()), cipher()).unwrap();
     for i in 0..4u8 {
         rt.block_on(journal.append(vec![i; 100])).unwrap();
     }
@@ -464,12 +482,12 @@ fn interval_policy_answers_before_fsync_and_loses_nothing_to_a_kill() {
     let rt = runtime();
     let mut cfg = config(dir.path());
     cfg.sync = SyncPolicy::Interval(Duration::from_secs(3600));
-    let (journal, _) = Journal::open(cfg.clone(), cipher()).unwrap();
+    let (journal, _) = open_journal(cfg.clone(), cipher()).unwrap();
     for i in 0..10u8 {
         rt.block_on(journal.append(vec![i])).unwrap();
     }
     journal.crash();
-    let (_journal, recovery) = Journal::open(cfg, cipher()).unwrap();
+    let (_journal, recovery) = open_journal(cfg, cipher()).unwrap();
     assert_eq!(recovery.entries.len(), 10);
 }
 
@@ -534,7 +552,7 @@ fn disk_full_fails_the_append_and_the_journal_recovers_when_space_returns() {
     };
     let dir = fs_.dir.path().join("journal");
     let rt = runtime();
-    let (journal, _) = Journal::open(config(&dir), cipher()).unwrap();
+    let (journal, _) = open_journal(config(&dir), cipher()).unwrap();
     // Leave a little room, then fill it.
     let ballast = fs_.dir.path().join("ballast");
     let mut file = fs::File::create(&ballast).unwrap();
@@ -560,7 +578,7 @@ fn disk_full_fails_the_append_and_the_journal_recovers_when_space_returns() {
     assert_eq!(seq, ok.len() as u64, "failed appends consumed no seq");
     ok.push((seq, vec![7; 3000]));
     journal.crash();
-    let (journal, recovery) = Journal::open(config(&dir), cipher()).unwrap();
+    let (journal, recovery) = open_journal(config(&dir), cipher()).unwrap();
     assert_eq!(
         recovery.torn_tail, None,
         "the partial write was truncated at once"
@@ -667,7 +685,7 @@ impl Harness {
         config.segment_bytes = setup.segment_bytes;
         config.sync = setup.sync;
         config.cursor_persist_interval = setup.cursor_persist_interval;
-        let (journal, recovery) = Journal::open(config.clone(), cipher()).unwrap();
+        let (journal, recovery) = open_journal(config.clone(), cipher()).unwrap();
         assert!(recovery.entries.is_empty());
         Self {
             dir,
@@ -814,7 +832,7 @@ impl Harness {
     /// Reopens and checks the recovered entries against the model.
     /// `first_lost` is the first seq a `LoseTail` cut reached, if any.
     fn reopen(&mut self, first_lost: Option<Seq>) -> Result<(), TestCaseError> {
-        let (journal, recovery) = Journal::open(self.config.clone(), cipher())
+        let (journal, recovery) = open_journal(self.config.clone(), cipher())
             .map_err(|e| TestCaseError::fail(format!("recovery refused: {e}")))?;
         self.journal = Some(journal);
         let seqs: Vec<Seq> = recovery.entries.iter().map(|e| e.seq).collect();
