@@ -275,7 +275,8 @@ struct EmulateArgs {
     strictness: Option<StrictnessPreset>,
     /// Authlete: one switch at its strict value, over the preset (repeat):
     /// paths, owner-credentials, aliases, replace-update, rate-limit, sweep,
-    /// result-codes, client-single-token, typed-client-metadata, revoke-order.
+    /// result-codes, client-single-token, typed-client-metadata, revoke-order,
+    /// slow-batch.
     #[arg(long = "strict", value_name = "SWITCH", value_parser = parse_switch)]
     strict: Vec<handover::emulator::authlete::Switch>,
     /// Authlete: one switch at its lenient value, over the preset (repeat).

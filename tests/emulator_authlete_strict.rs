@@ -665,20 +665,73 @@ async fn a_duplicate_token_gets_an_invented_code_when_lenient_and_a_generic_serv
     );
 }
 
-/// Polls a batch until it has a result, with a deadline.
+/// Polls a batch until it has a result, with a deadline. A strict batch
+/// stays in progress for a second, so the looks are spaced (and a 429 of
+/// the real preset's rate limit is one more look).
 async fn batch_result(emu: &Emulator, request_id: &str) -> Reply {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reply = emu
             .get(V3, &format!("/auth/token/create/batch/status/{request_id}"))
-            .await
-            .ok("A447001");
-        if !reply.body["status"]["result"].is_null() {
-            return reply;
+            .await;
+        if reply.status != StatusCode::TOO_MANY_REQUESTS {
+            assert!(reply.status.is_success(), "unexpected {reply:?}");
+            assert_eq!(reply.code(), "A447001", "unexpected {reply:?}");
+            if !reply.body["status"]["result"].is_null() {
+                return reply;
+            }
         }
         assert!(Instant::now() < deadline, "batch did not finish: {reply:?}");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// ---- 6b. the batch's time in progress -------------------------------------
+
+#[tokio::test]
+async fn a_batch_runs_at_once_when_lenient_and_stays_in_progress_without_result_or_tokens_when_strict()
+ {
+    for (strict, config) in both(Switch::SlowBatch) {
+        let emu = start(config).await;
+        client_in(&emu, V3, "rp", json!({})).await;
+        let item = |at: &str| json!({"grantType": "PASSWORD", "clientIdentifier": "rp", "subject": "s", "accessToken": at});
+        let accepted = emu
+            .post(
+                V3,
+                "/auth/token/create/batch",
+                &json!([item("slow-1"), item("slow-2")]),
+            )
+            .await
+            .ok("A482001");
+        let request_id = accepted.str("requestId").to_owned();
+        if strict {
+            // Well within the second the batch stays in progress: no
+            // `result` key at all (not null), nothing counted, no token.
+            let running = emu
+                .get(V3, &format!("/auth/token/create/batch/status/{request_id}"))
+                .await
+                .ok("A447001");
+            let status = running.body["status"].as_object().unwrap();
+            assert!(!status.contains_key("result"), "{running:?}");
+            assert_eq!(status["tokenCount"], 0, "{running:?}");
+            assert_eq!(status["requestId"], request_id.as_str());
+            assert_eq!(emu.authlete.token_count(), 0, "no token before the result");
+            let unknown = emu.introspect_in(V3, "slow-1").await;
+            assert_eq!(unknown.code(), "A057302", "{unknown:?}");
+        }
+        let done = batch_result(&emu, &request_id).await;
+        assert_eq!(
+            done.body["status"]["result"], "SUCCEEDED",
+            "strict: {strict}"
+        );
+        assert_eq!(done.body["status"]["tokenCount"], 2);
+        assert_eq!(emu.authlete.token_count(), 2);
+        emu.introspect_in(V3, "slow-2").await.ok("A056001");
+    }
+    assert_eq!(
+        Strictness::real().batch_duration,
+        Some(handover::emulator::authlete::REAL_BATCH_DURATION)
+    );
 }
 
 // ---- 7. client-level singleAccessTokenPerSubject -------------------------------------
@@ -1176,5 +1229,5 @@ async fn emulate_flags_pick_the_preset_and_override_single_switches() {
         .unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("revoke-order"), "{stderr}");
+    assert!(stderr.contains("slow-batch"), "{stderr}");
 }

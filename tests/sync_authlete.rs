@@ -1097,3 +1097,179 @@ async fn tokens_file_backfill(version: Version, tokens: usize) {
     );
     assert_no_dead_letters(&stack).await;
 }
+
+// ---- the v3 token batch: asynchronous, polled with back-off ---------------
+//
+// Authlete runs a batch in the background (spec §5.2). These runs give the
+// tokens-file import (`backfill::import_tokens`, what `POST
+// /backfill/tokens` runs) an emulator whose batches stay in progress for
+// the invented `REAL_BATCH_DURATION` (a second for 500 tokens), and count
+// at the emulator what the client sent: the status looks of a batch, and
+// whether it fell back to creating tokens one by one.
+
+/// An emulated v3 service with one client (`shop`), read as `strictness`.
+async fn batch_service(
+    strictness: handover::emulator::authlete::Strictness,
+) -> support::authlete::Emulator {
+    let emulator = support::authlete::start(handover::emulator::authlete::Config {
+        strictness,
+        ..support::authlete::config()
+    })
+    .await;
+    emulator
+        .create_client(Version::V3, json!({"clientIdAlias": "shop"}))
+        .await;
+    emulator
+}
+
+/// Imports `tokens` live token pairs of `shop` through the v3 API client
+/// the proxy builds, the way `POST /backfill/tokens` does.
+async fn import_into(
+    emulator: &support::authlete::Emulator,
+    tokens: usize,
+) -> handover::api::TokenImport {
+    let url = handover::model::BaseUrl::parse(&emulator.handle.url()).unwrap();
+    let upstream = handover::upstream::Upstream::new(
+        handover::model::Side::Target,
+        &url,
+        None,
+        handover::upstream::Protocol::Http1,
+        &handover::upstream::Config::default(),
+        &handover::metrics::Metrics::new(),
+    )
+    .unwrap();
+    let api = handover::servers::authlete::Authlete::new(
+        std::sync::Arc::new(upstream),
+        support::stack::proxy_authlete_config(emulator, Version::V3),
+        Duration::from_secs(10),
+    );
+    let expires = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3_600;
+    let mut file = String::new();
+    for index in 0..tokens {
+        let line = json!({
+            "client_id": "shop",
+            "subject": format!("batch-user-{index}"),
+            "scopes": ["openid"],
+            "access_token": format!("batch-at-{index}-{}", fastrand::u64(..)),
+            "access_token_expires_at": expires,
+            "refresh_token": format!("batch-rt-{index}-{}", fastrand::u64(..)),
+            "refresh_token_expires_at": expires + 86_400,
+        });
+        file.push_str(&line.to_string());
+        file.push('\n');
+    }
+    handover::backfill::import_tokens(std::sync::Arc::new(api), Full::new(Bytes::from(file)))
+        .await
+        .unwrap()
+}
+
+/// What the emulator saw of the import's token calls.
+#[derive(Debug, Default)]
+struct BatchCalls {
+    /// Batches accepted (`POST .../auth/token/create/batch` answered 2xx).
+    accepted: usize,
+    /// Looks at a batch's status, whatever the answer.
+    looks: usize,
+    /// Batch calls (submissions or looks) answered 429.
+    refused: usize,
+    /// Single creates: the fallback to one by one.
+    single: usize,
+}
+
+fn batch_calls(emulator: &support::authlete::Emulator) -> BatchCalls {
+    let mut calls = BatchCalls::default();
+    for arrival in emulator.authlete.arrivals() {
+        let ok = arrival.status.is_some_and(|s| s.is_success());
+        let refused = arrival.status == Some(StatusCode::TOO_MANY_REQUESTS);
+        if arrival.path.ends_with("/auth/token/create/batch") {
+            calls.accepted += usize::from(ok);
+            calls.refused += usize::from(refused);
+        } else if arrival.path.contains("/auth/token/create/batch/status/") {
+            calls.looks += 1;
+            calls.refused += usize::from(refused);
+        } else if arrival.path.ends_with("/auth/token/create") {
+            calls.single += 1;
+        }
+    }
+    calls
+}
+
+/// Every token of the import made it, none refused.
+fn assert_all_created(
+    emulator: &support::authlete::Emulator,
+    report: &handover::api::TokenImport,
+    tokens: usize,
+) {
+    assert_eq!(report.created, tokens as u64, "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(emulator.authlete.token_count(), tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_a_batch_in_progress_for_a_second_is_looked_at_a_few_times_not_every_20_ms() {
+    use handover::emulator::authlete::{Strictness, Switch};
+    let mut strictness = Strictness::lenient();
+    strictness.set(Switch::SlowBatch, true);
+    let emulator = batch_service(strictness).await;
+    let tokens = 2 * handover::backfill::TOKEN_BATCH;
+    let report = import_into(&emulator, tokens).await;
+    assert_all_created(&emulator, &report, tokens);
+    let calls = batch_calls(&emulator);
+    assert_eq!(calls.accepted, 2, "{calls:?}");
+    assert_eq!(calls.single, 0, "no fallback to one by one: {calls:?}");
+    // Each batch is in progress for a second: looked at right away, then
+    // after 0.5 s and 1.5 s (a tight 20 ms loop: ~50 looks a batch). The
+    // bound leaves room for a slow machine.
+    assert!(
+        calls.looks >= 2 && calls.looks <= 2 * 5,
+        "status looks for 2 batches: {calls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_the_real_readings_rate_limit_does_not_turn_batches_into_one_by_one_creation() {
+    let emulator = batch_service(handover::emulator::authlete::Strictness::real()).await;
+    // As many batches as the import runs at once: a client polling each
+    // every 20 ms meets the 50 requests/s cap and falls back.
+    let tokens = handover::backfill::TOKEN_BATCHES_IN_FLIGHT * handover::backfill::TOKEN_BATCH;
+    let report = import_into(&emulator, tokens).await;
+    assert_all_created(&emulator, &report, tokens);
+    let calls = batch_calls(&emulator);
+    assert_eq!(
+        calls.accepted,
+        handover::backfill::TOKEN_BATCHES_IN_FLIGHT,
+        "{calls:?}"
+    );
+    assert_eq!(calls.single, 0, "no fallback to one by one: {calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_a_429_on_a_batch_call_is_waited_out_instead_of_creating_one_by_one() {
+    use handover::emulator::authlete::{RateLimit, Strictness};
+    // A cap so low that four batches' submissions and first looks cannot
+    // all pass in one window: some batch call meets a 429.
+    let emulator = batch_service(Strictness {
+        rate_limit: Some(RateLimit {
+            requests: 3,
+            per: Duration::from_secs(1),
+        }),
+        ..Strictness::real()
+    })
+    .await;
+    let tokens = handover::backfill::TOKEN_BATCHES_IN_FLIGHT * handover::backfill::TOKEN_BATCH;
+    let report = import_into(&emulator, tokens).await;
+    assert_all_created(&emulator, &report, tokens);
+    let calls = batch_calls(&emulator);
+    assert!(calls.refused > 0, "the cap was met: {calls:?}");
+    assert_eq!(
+        calls.accepted,
+        handover::backfill::TOKEN_BATCHES_IN_FLIGHT,
+        "{calls:?}"
+    );
+    assert_eq!(calls.single, 0, "no fallback to one by one: {calls:?}");
+}

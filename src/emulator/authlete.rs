@@ -83,10 +83,18 @@
 //!   the strict reading). `GET` or `POST
 //!   /auth/token/create/batch/status/{requestId}` answers `A447001` with
 //!   `status.{batchKind, requestId, result, tokenCount, errorCode,
-//!   errorDescription, createdAt, modifiedAt}`; `result` is `null` while
-//!   the batch still runs. A dry run checks every item (duplicates within
-//!   the batch included) and stores nothing; `tokenCount` is then the
-//!   number that would have been created.
+//!   errorDescription, createdAt, modifiedAt}`. A dry run checks every
+//!   item (duplicates within the batch included) and stores nothing;
+//!   `tokenCount` is then the number that would have been created. How
+//!   long a batch stays in progress (`batch_duration`): *lenient:* it runs
+//!   as soon as it is accepted, done within milliseconds, `result` `null`
+//!   meanwhile; *strict:* it waits `max(1 s, 2 ms a token)` (invented: the
+//!   API is documented as asynchronous, spec §5.2, with no figure) before
+//!   any item is applied, so none of its tokens exists until it completed,
+//!   and meanwhile its status has no `result` key at all, `tokenCount` 0
+//!   (the spec is silent on the in-progress shape and the SDK's `Result`
+//!   knows only `SUCCEEDED` and `FAILED`: the most hostile plausible
+//!   reading, against a client that expects `null` or a third value).
 //! - `POST /auth/token/update`: located by `accessToken`, then
 //!   `accessTokenHash`, `tokenId`, `refreshToken`, `refreshTokenHash`;
 //!   sets `accessTokenExpiresAt` / `refreshTokenExpiresAt` (epoch ms, 0
@@ -253,8 +261,8 @@ pub use store::{
     ApplicationType, Client, ClientType, GrantType, Pair, Property, Token, token_hash,
 };
 pub use strictness::{
-    ClientUpdate, DuplicateToken, REAL_RATE_LIMIT, REAL_SWEEP_UNUSED_AFTER, RateLimit, Strictness,
-    Switch, UnknownSwitch,
+    BatchDuration, ClientUpdate, DuplicateToken, REAL_BATCH_DURATION, REAL_RATE_LIMIT,
+    REAL_SWEEP_UNUSED_AFTER, RateLimit, Strictness, Switch, UnknownSwitch,
 };
 pub use traffic::{ARRIVAL_LOG_CAPACITY, Arrival};
 use traffic::{ArrivalLog, Limiter};

@@ -43,6 +43,16 @@ use crate::upstream::Upstream;
 /// Largest Authlete answer read.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
 
+/// The pause before a token batch's status is asked again after the first
+/// look (which comes at once); it doubles up to [`BATCH_POLL_MAX`]. A
+/// batch of 500 takes a real service seconds (spec §5.2: asynchronous),
+/// and every look counts against its rate limit like any other call, so
+/// a tight loop (the 20 ms it once was, `research/domain-gaps.md` 3.18)
+/// would spend the migration's budget on asking.
+const BATCH_POLL_FIRST: Duration = Duration::from_millis(500);
+/// The longest pause between two looks at a token batch's status.
+const BATCH_POLL_MAX: Duration = Duration::from_secs(4);
+
 /// A token to create in Authlete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenSpec {
@@ -726,50 +736,90 @@ impl Authlete {
         Ok(())
     }
 
-    /// Runs one batch; `Ok(true)` when it succeeded entirely.
+    /// Runs one batch; `Ok(true)` when it succeeded entirely, `Ok(false)`
+    /// when it failed or no outcome was known by the deadline (the caller
+    /// then creates one by one, duplicates counting as success).
+    ///
+    /// The status is looked at right away (a small batch may be done
+    /// already), then after pauses of [`BATCH_POLL_FIRST`] doubling up to
+    /// [`BATCH_POLL_MAX`]: a real service takes seconds for a large batch,
+    /// and each look counts against its rate limit like any other call.
+    ///
+    /// A transient failure (429, 5xx, no answer) of the submission or of a
+    /// look is asked again after the next pause, not taken for the
+    /// batch's failure: the shared call path already holds every later
+    /// call until a `Retry-After` has passed, as for any other API, and
+    /// falling back to one-by-one creation would send hundreds of calls to
+    /// a service that just asked for fewer. Only the deadline ends the
+    /// wait. A re-submitted batch that had been applied fails on its
+    /// duplicates, which the one-by-one fallback then confirms.
     async fn create_batch(&self, specs: &[TokenSpec]) -> Result<bool, ApiError> {
         let bodies: Vec<Value> = specs
             .iter()
             .map(|s| self.create_body(s))
             .collect::<Result<_, _>>()?;
-        let answer = self
-            .call_ok(
-                Method::POST,
-                "/auth/token/create/batch",
-                Some(Value::Array(bodies)),
-                "auth/token/create/batch",
-            )
-            .await?;
-        let Some(request_id) = answer
-            .get("requestId")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-        else {
-            return Ok(false);
-        };
+        let batch = Value::Array(bodies);
         let deadline = tokio::time::Instant::now() + self.timeout.max(Duration::from_secs(30));
+        let mut pause = BATCH_POLL_FIRST;
+        let mut request_id: Option<String> = None;
         loop {
-            let answer = self
-                .call_ok(
-                    Method::GET,
-                    &format!("/auth/token/create/batch/status/{request_id}"),
-                    None,
-                    "auth/token/create/batch/status",
-                )
-                .await?;
-            match answer
-                .get("status")
-                .and_then(|s| s.get("result"))
-                .and_then(Value::as_str)
-            {
-                Some("SUCCEEDED") => return Ok(true),
-                Some("FAILED") => return Ok(false),
-                _ => {}
+            let answer = match &request_id {
+                None => {
+                    self.call_ok(
+                        Method::POST,
+                        "/auth/token/create/batch",
+                        Some(batch.clone()),
+                        "auth/token/create/batch",
+                    )
+                    .await
+                }
+                Some(id) => {
+                    self.call_ok(
+                        Method::GET,
+                        &format!("/auth/token/create/batch/status/{id}"),
+                        None,
+                        "auth/token/create/batch/status",
+                    )
+                    .await
+                }
+            };
+            match answer {
+                Ok(answer) if request_id.is_none() => {
+                    let Some(id) = answer.get("requestId").and_then(Value::as_str) else {
+                        return Ok(false);
+                    };
+                    request_id = Some(id.to_owned());
+                    // The first look comes at once.
+                    continue;
+                }
+                Ok(answer) => match answer
+                    .get("status")
+                    .and_then(|s| s.get("result"))
+                    .and_then(Value::as_str)
+                {
+                    Some("SUCCEEDED") => return Ok(true),
+                    Some("FAILED") => return Ok(false),
+                    // Absent or null: still running.
+                    _ => {}
+                },
+                Err(err @ ApiError::Transient(_)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(err);
+                    }
+                    tracing::debug!(
+                        error = %err,
+                        submitted = request_id.is_some(),
+                        "token batch call failed; asking again"
+                    );
+                }
+                Err(err) => return Err(err),
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(BATCH_POLL_MAX);
         }
     }
 

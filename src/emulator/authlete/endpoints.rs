@@ -230,13 +230,18 @@ fn token_create_batch(call: &Call<'_>) -> Result<Reply, Reply> {
 }
 
 /// Applies a batch in order, stopping at the first failing item, as the
-/// real batch does (spec §5.2: FAILED may be partially completed).
+/// real batch does (spec §5.2: FAILED may be partially completed). With
+/// `batch_duration` on, nothing is applied before the batch's time in
+/// progress has passed, so its tokens appear only with its result.
 async fn run_batch(
     shared: Arc<Shared>,
     request_id: String,
     requests: Vec<TokenCreateRequest>,
     dry_run: bool,
 ) {
+    if let Some(duration) = shared.config.strictness.batch_duration {
+        tokio::time::sleep(duration.of(requests.len())).await;
+    }
     // Hashes claimed by earlier items; only a dry run needs them, as a real
     // run stores each item before checking the next.
     let mut claimed = HashSet::new();
@@ -306,6 +311,15 @@ fn batch_status(call: &Call<'_>, request_id: &str) -> Result<Reply, Reply> {
             format!("The batch request ({request_id}) does not exist."),
         ));
     };
+    let mut status = serde_json::to_value(status).unwrap_or(Value::Null);
+    // The strict reading of a batch in progress leaves `result` out rather
+    // than `null` (see the module docs).
+    if call.config().strictness.batch_duration.is_some()
+        && let Some(fields) = status.as_object_mut()
+        && fields.get("result").is_some_and(Value::is_null)
+    {
+        fields.remove("result");
+    }
     Ok(Reply::ok(
         codes::BATCH_STATUS_OK,
         "Successfully retrieved the status of the batch.",
