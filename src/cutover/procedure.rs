@@ -326,7 +326,11 @@ impl Cutover {
         let verify = async {
             let verified = tokio::time::timeout(
                 remaining(deadline),
-                self.verify_during_hold(verified_before.since, verified_before.differing.clone()),
+                self.verify_during_hold(
+                    verified_before.since,
+                    verified_before.differing.clone(),
+                    &verified_before.settled,
+                ),
             )
             .await;
             (verified, started.elapsed())
@@ -510,6 +514,7 @@ impl Cutover {
             differing: Vec::new(),
             equal: 0,
             took: Duration::ZERO,
+            settled: Settled::default(),
         };
         if self.servers.authlete().is_some() {
             // Authlete holds no records to compare key by key; the drain
@@ -525,13 +530,25 @@ impl Cutover {
             keys.extend(self.sync.recent_keys(since));
             let keys = dedup(keys);
             let fits = keys.len() <= self.sync.limiter().snapshot().limit;
-            let Ok(checked) =
-                tokio::time::timeout(remaining(deadline), self.check_keys(keys)).await
-            else {
-                break;
-            };
-            let checked = checked?;
+            let (checked, complete) = self.check_keys(keys, deadline).await?;
             outcome.equal += checked.equal.len();
+            if !complete {
+                // Cut short: the keys it did not reach, and the ones that
+                // differed before, stay for the hold (`since` is not
+                // moved); the ones it found equal are settled unless
+                // synced again.
+                let equal: std::collections::HashSet<String> =
+                    checked.equal.iter().map(Key::identity).collect();
+                outcome
+                    .differing
+                    .retain(|key| !equal.contains(&key.identity()));
+                outcome.differing.extend(checked.differing);
+                outcome.settled = Settled {
+                    at: Some(round),
+                    keys: equal,
+                };
+                break;
+            }
             outcome.differing = checked.differing;
             since = round;
             outcome.since = round;
@@ -552,7 +569,12 @@ impl Cutover {
     /// not when the previous batch of checks has finished. At a distance a
     /// batch takes a round trip or more, and a key waiting for the next one
     /// kept the pause open that much longer after the drain.
-    async fn verify_during_hold(&self, since: Instant, again: Vec<Key>) -> Result<usize, String> {
+    async fn verify_during_hold(
+        &self,
+        since: Instant,
+        again: Vec<Key>,
+        settled: &Settled,
+    ) -> Result<usize, String> {
         if self.servers.authlete().is_some() {
             return Ok(0);
         }
@@ -568,6 +590,7 @@ impl Cutover {
         let mut checks = tokio::task::JoinSet::new();
         let mut drift = Vec::new();
         let mut cursor = since;
+        let mut first_look = true;
         loop {
             // Read before choosing the keys: drained then means every key
             // chosen has its final state on both sides.
@@ -578,12 +601,30 @@ impl Cutover {
             // Only what synced since the last look: a key synced again is
             // already pending, checking or verified.
             let now = Instant::now();
-            for key in self.sync.recent_keys(cursor) {
+            let recent = self.sync.recent_keys(cursor);
+            // On the first look only: a key settled before the hold and
+            // not synced since is equal still. Read after `recent`, so a
+            // key synced in between counts as synced again; one synced
+            // after `now` comes up again at the next look, unfiltered.
+            let resynced: std::collections::HashSet<String> = match settled.at {
+                Some(at) if first_look => self
+                    .sync
+                    .recent_keys(at)
+                    .iter()
+                    .map(Key::identity)
+                    .collect(),
+                _ => std::collections::HashSet::new(),
+            };
+            for key in recent {
                 let identity = key.identity();
+                if first_look && settled.keys.contains(&identity) && !resynced.contains(&identity) {
+                    continue;
+                }
                 if !verified.contains(&identity) && !checking.contains(&identity) {
                     pending.entry(identity).or_insert(key);
                 }
             }
+            first_look = false;
             cursor = now;
             let ready: Vec<String> = pending
                 .iter()
@@ -661,7 +702,11 @@ impl Cutover {
     /// Reads `keys` on both sides (both at once per key, as many keys at
     /// once as the secondary's concurrency limiter allows) and sorts them
     /// into equal and differing. A read that fails is an error.
-    async fn check_keys(&self, keys: Vec<Key>) -> Result<Checked, String> {
+    async fn check_keys(
+        &self,
+        keys: Vec<Key>,
+        deadline: Instant,
+    ) -> Result<(Checked, bool), String> {
         let mut checks = tokio::task::JoinSet::new();
         let limiter = Arc::clone(self.sync.limiter());
         // Dropped with the set when the caller gives up (deadline).
@@ -675,7 +720,12 @@ impl Cutover {
             });
         }
         let mut checked = Checked::default();
-        while let Some(joined) = checks.join_next().await {
+        loop {
+            let joined = match tokio::time::timeout(remaining(deadline), checks.join_next()).await {
+                Err(_) => return Ok((checked, false)),
+                Ok(None) => return Ok((checked, true)),
+                Ok(Some(joined)) => joined,
+            };
             let (key, equal) = joined.map_err(|err| err.to_string())??;
             if equal {
                 checked.equal.push(key);
@@ -683,7 +733,6 @@ impl Cutover {
                 checked.differing.push(key);
             }
         }
-        Ok(checked)
     }
 
     /// Pending records of the shared journal (fleet mode); an unreadable
@@ -1185,6 +1234,21 @@ struct VerifiedBeforeHold {
     equal: usize,
     /// How long it took (writes flowed meanwhile).
     took: Duration,
+    /// What the last round verified before it was cut short.
+    settled: Settled,
+}
+
+/// Keys the last round before the hold found equal before `verify_ahead`
+/// ran out, and when that round began. A key not synced since then is
+/// still equal on both sides (every change of it goes through the sync),
+/// so the hold need not read it again; without this, a round cut short
+/// counted for nothing and a busy sync left every recent key to the pause.
+#[derive(Debug, Default)]
+pub(super) struct Settled {
+    /// When the round began; `None`: nothing settled.
+    at: Option<Instant>,
+    /// The identities of the keys it found equal.
+    keys: std::collections::HashSet<String>,
 }
 
 /// Keys read on both sides.

@@ -77,6 +77,9 @@ pub const GROWTH: f64 = 0.25;
 pub const OVERLOAD_BACKOFF: f64 = 0.5;
 /// The most one window of rising latency takes away.
 pub const MAX_LATENCY_BACKOFF: f64 = 0.5;
+/// How long spare-capacity waiters go without any before they queue like
+/// jobs ([`Limiter::acquire_spare`]).
+pub const SPARE_PATIENCE: Duration = Duration::from_millis(250);
 /// How often a spare-capacity waiter looks again without being woken.
 const SPARE_RECHECK: Duration = Duration::from_millis(10);
 /// Samples kept per window (a reservoir beyond that).
@@ -176,6 +179,9 @@ pub struct Limiter {
     spare: Notify,
     /// The turn among spare-capacity waiters.
     spare_turn: tokio::sync::Mutex<()>,
+    /// Since when spare-capacity waiters have found none
+    /// ([`Limiter::acquire_spare`]: past [`SPARE_PATIENCE`] they queue).
+    spare_starved_since: Mutex<Option<Instant>>,
 }
 
 /// A job's right to run; released on drop.
@@ -234,6 +240,7 @@ impl Limiter {
             waiting: AtomicUsize::new(0),
             spare: Notify::new(),
             spare_turn: tokio::sync::Mutex::new(()),
+            spare_starved_since: Mutex::new(None),
         })
     }
 
@@ -266,6 +273,16 @@ impl Limiter {
     /// for: it takes a free permit when no job is queued, and otherwise
     /// waits for a returned permit that no job takes. For reads that may
     /// wait (the cutover's verify) and must not delay the sync.
+    ///
+    /// Not forever, though: while jobs always wait (a sync held at a low
+    /// limit by a slow target, or by a starved CPU), there is no spare
+    /// capacity at all, and a verify that waits for it checks nothing until
+    /// the cutover's hold, which then has to check every key inside its
+    /// pause bound. So once spare waiters have found none for
+    /// [`SPARE_PATIENCE`], each queues like a job, behind the jobs already
+    /// waiting (never ahead of one), one at a time (the spare waiters' turn
+    /// is held meanwhile): the reads get one place in the queue, until
+    /// spare capacity is found again.
     pub async fn acquire_spare(self: &Arc<Self>, stop: &CancellationToken) -> Option<Permit> {
         // One spare waiter at a time looks; the others queue behind it in
         // order, so a returned permit wakes one task, not a thousand.
@@ -283,7 +300,12 @@ impl Limiter {
             if self.waiting.load(Ordering::Acquire) == 0
                 && let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned()
             {
+                self.set_spare_starved(false);
                 return Some(self.admit(permit));
+            }
+            self.set_spare_starved(true);
+            if self.spare_starved_for() >= Some(SPARE_PATIENCE) {
+                return self.acquire(stop).await;
             }
             // Demand beyond the limit, like a queued job: the limit may
             // grow if the server's latency allows.
@@ -294,6 +316,24 @@ impl Limiter {
                 () = stop.cancelled() => return None,
                 () = returned => {}
                 () = tokio::time::sleep(SPARE_RECHECK) => {}
+            }
+        }
+    }
+
+    /// How long spare waiters have found no spare capacity, if they have
+    /// not.
+    fn spare_starved_for(&self) -> Option<Duration> {
+        let since = *self.spare_starved_since.lock().ok()?;
+        since.map(|at| at.elapsed())
+    }
+
+    /// Notes whether a spare waiter just found spare capacity.
+    fn set_spare_starved(&self, starved: bool) {
+        if let Ok(mut since) = self.spare_starved_since.lock() {
+            match (starved, *since) {
+                (false, _) => *since = None,
+                (true, None) => *since = Some(Instant::now()),
+                (true, Some(_)) => {}
             }
         }
     }
@@ -733,6 +773,45 @@ mod tests {
         assert!(settled(&spare).await);
         assert!(spare.await.unwrap().is_some());
         assert!(job.await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spare_waiters_that_never_find_any_queue_behind_the_jobs_after_their_patience() {
+        let limiter = limiter(2, 2);
+        let stop = CancellationToken::new();
+        let spawn_job = || {
+            let (limiter, stop) = (Arc::clone(&limiter), stop.clone());
+            tokio::spawn(async move { limiter.acquire(&stop).await })
+        };
+        // Every permit busy and a job always waiting: no spare capacity.
+        let a = limiter.acquire(&stop).await.unwrap();
+        let b = limiter.acquire(&stop).await.unwrap();
+        let first = spawn_job();
+        let spare = {
+            let (limiter, stop) = (Arc::clone(&limiter), stop.clone());
+            tokio::spawn(async move { limiter.acquire_spare(&stop).await })
+        };
+        tokio::time::sleep(SPARE_PATIENCE * 2).await;
+        assert!(!spare.is_finished());
+        // A returned permit goes to the job that waited before the read;
+        // a job that queues after the read has queued waits behind it.
+        drop(a);
+        assert!(settled(&first).await);
+        let second = spawn_job();
+        assert!(!settled(&second).await);
+        drop(b);
+        assert!(
+            settled(&spare).await,
+            "the read waits for spare capacity that never comes"
+        );
+        assert!(!second.is_finished());
+        drop(spare.await.unwrap());
+        assert!(settled(&second).await);
+        // Spare capacity found at once again: the patience starts over.
+        drop(first.await.unwrap());
+        drop(second.await.unwrap());
+        assert!(limiter.acquire_spare(&stop).await.is_some());
+        assert_eq!(limiter.spare_starved_for(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -613,7 +613,12 @@ impl Cutover {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             ack(HoldAck::Held).await;
-            match self.verify_during_hold(since, again).await {
+            // Each instance verifies what it synced; none carries keys
+            // settled before the hold (`Settled`) across the fleet.
+            match self
+                .verify_during_hold(since, again, &super::Settled::default())
+                .await
+            {
                 Ok(keys) => {
                     // An Authlete target verifies nothing key by key: the
                     // drain is the proof, so wait for it here too.
