@@ -428,6 +428,12 @@ impl SyncHandle {
         self.recent.since(since)
     }
 
+    /// Whether [`Self::recent_keys`]`(since)` is complete: none synced
+    /// since then was forgotten (a minute, or 50,000 keys, are kept).
+    pub(crate) fn remembers_since(&self, since: Instant) -> bool {
+        self.recent.covers(since)
+    }
+
     /// Whether live work is queued or running for `key`.
     pub(crate) fn is_busy(&self, key: &Key) -> bool {
         self.busy_keys
@@ -517,6 +523,8 @@ impl RateMeter {
 #[derive(Debug, Default)]
 struct Recent {
     keys: std::sync::Mutex<VecDeque<(Instant, Key)>>,
+    /// When the newest key it let go of was synced (capacity or age).
+    forgot_through: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Most recently synced keys remembered.
@@ -533,10 +541,21 @@ impl Recent {
                     .front()
                     .is_some_and(|(at, _)| now.duration_since(*at) > RECENT_AGE)
             {
-                keys.pop_front();
+                if let Some((at, _)) = keys.pop_front()
+                    && let Ok(mut forgot) = self.forgot_through.lock()
+                {
+                    *forgot = Some(at);
+                }
             }
             keys.push_back((now, key));
         }
+    }
+
+    /// Whether every key synced since `since` is still remembered.
+    fn covers(&self, since: Instant) -> bool {
+        self.forgot_through
+            .lock()
+            .is_ok_and(|forgot| forgot.is_none_or(|at| at < since))
     }
 
     fn since(&self, since: Instant) -> Vec<Key> {
@@ -1001,6 +1020,24 @@ mod recent_tests {
         assert_eq!(recent.since(before), vec![client("a"), client("b")]);
         assert_eq!(recent.since(middle), vec![client("b"), client("a")]);
         assert_eq!(recent.since(Instant::now()), Vec::<Key>::new());
+    }
+
+    #[test]
+    fn it_says_whether_it_still_remembers_every_key_since_an_instant() {
+        let recent = Recent::default();
+        let start = Instant::now();
+        recent.push(client("first"));
+        assert!(recent.covers(start));
+        std::thread::sleep(Duration::from_millis(2));
+        let later = Instant::now();
+        // Full: the oldest go, and with them the memory of `start` onward.
+        for i in 0..RECENT_CAPACITY {
+            recent.push(client(&i.to_string()));
+        }
+        assert!(!recent.covers(start));
+        assert!(recent.covers(Instant::now()));
+        // The one let go was synced before `later`: nothing after is lost.
+        assert!(recent.covers(later));
     }
 }
 

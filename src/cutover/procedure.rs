@@ -606,8 +606,11 @@ impl Cutover {
             // not synced since is equal still. Read after `recent`, so a
             // key synced in between counts as synced again; one synced
             // after `now` comes up again at the next look, unfiltered.
+            // Only while the sync still remembers every key synced since
+            // the round began; past that, nothing is skipped.
+            let skip = first_look && settled.at.is_some_and(|at| self.sync.remembers_since(at));
             let resynced: std::collections::HashSet<String> = match settled.at {
-                Some(at) if first_look => self
+                Some(at) if skip => self
                     .sync
                     .recent_keys(at)
                     .iter()
@@ -617,7 +620,7 @@ impl Cutover {
             };
             for key in recent {
                 let identity = key.identity();
-                if first_look && settled.keys.contains(&identity) && !resynced.contains(&identity) {
+                if skip && settled.keys.contains(&identity) && !resynced.contains(&identity) {
                     continue;
                 }
                 if !verified.contains(&identity) && !checking.contains(&identity) {
