@@ -125,34 +125,21 @@ impl Sniffer {
                             return;
                         }
                     }
-                    if self.head.is_empty() {
-                        // Usually a whole head arrives in one read: parse
-                        // it where it lies, and copy only a partial one.
-                        match parse_head(bytes) {
-                            HeadParse::Partial => {
-                                if bytes.len() > self.max_head {
-                                    self.state = State::Off;
-                                } else {
-                                    self.head.extend_from_slice(bytes);
-                                }
-                                return;
-                            }
-                            HeadParse::Invalid => {
-                                self.state = State::Off;
-                                return;
-                            }
-                            HeadParse::Complete { len, verdict, next } => {
-                                verdicts(verdict);
-                                bytes = &bytes[len..];
-                                self.state = next;
-                                continue;
-                            }
-                        }
-                    }
+                    // Usually a whole head arrives in one read: parse it
+                    // where it lies, and copy only a partial one.
+                    let direct = self.head.is_empty();
                     let before = self.head.len();
-                    self.head.extend_from_slice(bytes);
-                    match parse_head(&self.head) {
+                    let parsed = if direct {
+                        parse_head(bytes)
+                    } else {
+                        self.head.extend_from_slice(bytes);
+                        parse_head(&self.head)
+                    };
+                    match parsed {
                         HeadParse::Partial => {
+                            if direct {
+                                self.head.extend_from_slice(bytes);
+                            }
                             if self.head.len() > self.max_head {
                                 self.state = State::Off;
                             }
@@ -164,8 +151,7 @@ impl Sniffer {
                         }
                         HeadParse::Complete { len, verdict, next } => {
                             verdicts(verdict);
-                            let consumed = len - before;
-                            bytes = &bytes[consumed..];
+                            bytes = &bytes[len - before..];
                             self.head.clear();
                             self.state = next;
                         }
